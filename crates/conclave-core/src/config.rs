@@ -1,0 +1,253 @@
+//! `conclave.toml`: the server's settings and the team the supervisor runs.
+//!
+//! Parsing is strict (unknown fields are errors that name the line), and every field is optional:
+//! a setting left out passes nothing to the agent CLI, so the client's own default applies.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Durability, StoreConfig};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7420";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub defaults: AgentSettings,
+    #[serde(default, rename = "agent")]
+    pub agents: Vec<AgentSpec>,
+    #[serde(default, rename = "pipeline")]
+    pub pipelines: Vec<PipelineSpec>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Address to listen on; loopback unless `allow_remote`.
+    pub listen: Option<String>,
+    #[serde(default)]
+    pub allow_remote: bool,
+    /// Host names the server answers to when reached from elsewhere.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Seconds a task claim lives without a request from its holder (default 600).
+    pub claim_ttl_secs: Option<i64>,
+    /// Default seconds of a file lease (default 600).
+    pub lease_ttl_secs: Option<i64>,
+    /// `normal` (default) or `full`.
+    pub durability: Option<String>,
+    /// Hooks fail closed when the server cannot be reached.
+    #[serde(default)]
+    pub strict: bool,
+    /// The Stop hook keeps an agent working while it holds an unfinished task.
+    #[serde(default)]
+    pub keep_working: bool,
+}
+
+/// Settings shared by `[defaults]` and each `[[agent]]` (the agent's own win).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSettings {
+    pub command: Option<String>,
+    pub model: Option<String>,
+    pub permission_mode: Option<String>,
+    pub allowed_tools: Option<Vec<String>>,
+    pub disallowed_tools: Option<Vec<String>>,
+    pub prompt: Option<String>,
+    pub env: Option<BTreeMap<String, String>>,
+    pub budget_usd: Option<f64>,
+    pub recycle_at: Option<f64>,
+    pub hibernate_after: Option<String>,
+    pub cwd: Option<String>,
+    pub isolation: Option<String>,
+    pub check: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSpec {
+    pub name: String,
+    pub role: Option<String>,
+    pub count: Option<u32>,
+    #[serde(default)]
+    pub caps: Vec<String>,
+    #[serde(flatten)]
+    pub settings: AgentSettings,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSpec {
+    pub name: String,
+    pub stages: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+}
+
+impl Config {
+    /// Reads `path`; a missing file is the default configuration.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                });
+            }
+        };
+        Config::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.display().to_string(),
+            message,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|error| describe_toml_error(text, &error))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if let Some(durability) = &self.server.durability
+            && !matches!(durability.as_str(), "normal" | "full")
+        {
+            return Err(format!(
+                "[server] durability = {durability:?}: expected \"normal\" or \"full\""
+            ));
+        }
+        for (what, value) in [
+            ("claim_ttl_secs", self.server.claim_ttl_secs),
+            ("lease_ttl_secs", self.server.lease_ttl_secs),
+        ] {
+            if value.is_some_and(|secs| secs < 1) {
+                return Err(format!("[server] {what} must be at least 1"));
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for agent in &self.agents {
+            if agent.name.is_empty() {
+                return Err("[[agent]] name must not be empty".to_string());
+            }
+            if !names.insert(agent.name.clone()) {
+                return Err(format!("[[agent]] name {:?} appears twice", agent.name));
+            }
+            if agent.count == Some(0) {
+                return Err(format!("[[agent]] {:?}: count must be at least 1", agent.name));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn store_config(&self) -> StoreConfig {
+        let defaults = StoreConfig::default();
+        StoreConfig {
+            claim_ttl_secs: self.server.claim_ttl_secs.unwrap_or(defaults.claim_ttl_secs),
+            lease_ttl_secs: self.server.lease_ttl_secs.unwrap_or(defaults.lease_ttl_secs),
+            durability: match self.server.durability.as_deref() {
+                Some("full") => Durability::Full,
+                _ => Durability::Normal,
+            },
+        }
+    }
+}
+
+/// toml's messages carry the span; say it as `line N: ...` so people find the spot.
+fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim_end_matches('\n');
+    match error.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let line_text = text.lines().nth(line - 1).unwrap_or("").trim();
+            format!("line {line} (`{line_text}`): {message}")
+        }
+        None => message.to_string(),
+    }
+}
+
+/// The commented file `conclave init` writes.
+pub const EXAMPLE_CONFIG: &str = r#"# Conclave configuration. Every setting is optional; one left out passes nothing to the agent CLI.
+# Docs: README.md and docs/ in the Conclave repository.
+
+[server]
+# listen = "127.0.0.1:7420"   # loopback by default; another address needs allow_remote = true
+# claim_ttl_secs = 600         # a claimed task returns to ready after this long without a request
+# lease_ttl_secs = 600         # default lifetime of a file lease
+# durability = "normal"        # "full" also survives power loss, at ~10x the commit cost
+# strict = false               # hooks deny edits when the server cannot be reached
+# keep_working = false         # the Stop hook keeps an agent going while it holds a task
+
+[defaults]
+# command = "claude"
+# model = "sonnet"
+# permission_mode = "acceptEdits"
+# recycle_at = 0.7             # share of the context window at which an agent is recycled
+# budget_usd = 5.0
+# hibernate_after = "10m"
+
+# [[agent]]
+# name = "architect"
+# role = "architect"
+# model = "opus"
+# prompt = "You own the design. Record decisions as notes."
+
+# [[agent]]
+# name = "coder"
+# role = "coder"
+# count = 2                    # coder-1, coder-2
+# allowed_tools = ["Read", "Edit", "Write", "Bash(cargo *)"]
+# env = { ANTHROPIC_BASE_URL = "http://127.0.0.1:9999" }
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_parses() {
+        let config = Config::parse(EXAMPLE_CONFIG).expect("example");
+        assert!(config.agents.is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_line_and_the_field() {
+        let text = "[server]\nlisten = \"127.0.0.1:1\"\nbogus = 1\n";
+        let error = Config::parse(text).expect_err("unknown field");
+        assert!(error.contains("line 3") && error.contains("bogus"), "{error}");
+        let text = "[[agent]]\nname = \"a\"\ncount = \"two\"\n";
+        let error = Config::parse(text).expect_err("wrong type");
+        assert!(error.contains("line 3"), "{error}");
+    }
+
+    #[test]
+    fn agents_with_settings_parse() {
+        let text = r#"
+[defaults]
+model = "sonnet"
+[[agent]]
+name = "coder"
+role = "coder"
+count = 2
+allowed_tools = ["Read"]
+env = { A = "b" }
+"#;
+        let config = Config::parse(text).expect("parse");
+        assert_eq!(config.agents[0].count, Some(2));
+        assert_eq!(config.agents[0].settings.allowed_tools.as_deref(), Some(&["Read".to_string()][..]));
+    }
+}

@@ -1,0 +1,652 @@
+//! The domain model: agents, tasks, leases, messages, notes and events.
+//!
+//! These types are also the wire format of the HTTP API (they derive `Serialize`, `Deserialize` and
+//! `JsonSchema` for the OpenAPI document and the MCP tool schemas); nothing else crosses a process
+//! boundary. Agents are named by their name everywhere.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::error::CoreError;
+
+/// Who did something: a registered agent, the admin (a person or the supervisor), or the server.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Actor {
+    Admin,
+    Agent(String),
+    System,
+}
+
+impl Actor {
+    pub fn name(&self) -> &str {
+        match self {
+            Actor::Admin => ADMIN_NAME,
+            Actor::Agent(name) => name,
+            Actor::System => SYSTEM_NAME,
+        }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Actor::Admin)
+    }
+
+    pub fn agent(&self) -> Option<&str> {
+        match self {
+            Actor::Agent(name) => Some(name),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+pub const ADMIN_NAME: &str = "admin";
+pub const SYSTEM_NAME: &str = "conclave";
+
+/// A task's short id, shown as `T-12`; parsed from `T-12`, `t-12` or `12`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId(pub i64);
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "T-{}", self.0)
+    }
+}
+
+impl FromStr for TaskId {
+    type Err = CoreError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let trimmed = text.trim();
+        let digits = trimmed
+            .strip_prefix("T-")
+            .or_else(|| trimmed.strip_prefix("t-"))
+            .unwrap_or(trimmed);
+        match digits.parse::<i64>() {
+            Ok(n) if n > 0 => Ok(TaskId(n)),
+            _ => Err(CoreError::invalid(format!(
+                "{text:?} is not a task id (expected T-<number>)"
+            ))),
+        }
+    }
+}
+
+impl Serialize for TaskId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for TaskId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Text(String),
+            Number(i64),
+        }
+        match Repr::deserialize(deserializer)? {
+            Repr::Text(text) => text.parse().map_err(serde::de::Error::custom),
+            Repr::Number(n) if n > 0 => Ok(TaskId(n)),
+            Repr::Number(n) => Err(serde::de::Error::custom(format!("{n} is not a task id"))),
+        }
+    }
+}
+
+impl JsonSchema for TaskId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "TaskId".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": "string", "description": "task id, e.g. T-3" })
+    }
+}
+
+/// Implements `Display`/`FromStr` for a fieldless enum from one table of `(variant, "name")`.
+macro_rules! named_enum {
+    ($ty:ident, $what:literal, { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            pub const ALL: &'static [$ty] = &[$($ty::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($ty::$variant => $name),+ }
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = CoreError;
+
+            fn from_str(text: &str) -> Result<Self, Self::Err> {
+                match text {
+                    $($name => Ok($ty::$variant),)+
+                    _ => {
+                        let names: Vec<&str> = vec![$($name),+];
+                        Err(CoreError::invalid(format!(
+                            "unknown {} {:?} (expected one of: {})", $what, text, names.join(", ")
+                        )))
+                    }
+                }
+            }
+        }
+    };
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    Pending,
+    Ready,
+    Claimed,
+    InProgress,
+    Review,
+    Blocked,
+    Done,
+    Failed,
+    Cancelled,
+}
+
+named_enum!(TaskStatus, "task status", {
+    Pending => "pending", Ready => "ready", Claimed => "claimed", InProgress => "in_progress",
+    Review => "review", Blocked => "blocked", Done => "done", Failed => "failed",
+    Cancelled => "cancelled",
+});
+
+impl TaskStatus {
+    /// A task in one of these states is held by its assignee under a claim lease.
+    pub fn is_held(self) -> bool {
+        matches!(
+            self,
+            TaskStatus::Claimed | TaskStatus::InProgress | TaskStatus::Review | TaskStatus::Blocked
+        )
+    }
+
+    /// Terminal states: nothing happens to the task any more unless it is reopened.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            TaskStatus::Done | TaskStatus::Failed | TaskStatus::Cancelled
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentStatus {
+    Starting,
+    Working,
+    Idle,
+    Waiting,
+    Offline,
+    Paused,
+    Hibernated,
+    Stopped,
+    Crashed,
+}
+
+named_enum!(AgentStatus, "agent status", {
+    Starting => "starting", Working => "working", Idle => "idle", Waiting => "waiting",
+    Offline => "offline", Paused => "paused", Hibernated => "hibernated", Stopped => "stopped",
+    Crashed => "crashed",
+});
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseMode {
+    #[default]
+    Exclusive,
+    Shared,
+}
+
+named_enum!(LeaseMode, "lease mode", { Exclusive => "exclusive", Shared => "shared" });
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageKind {
+    #[default]
+    Chat,
+    Question,
+    Answer,
+    Alert,
+    Handoff,
+}
+
+named_enum!(MessageKind, "message kind", {
+    Chat => "chat", Question => "question", Answer => "answer", Alert => "alert",
+    Handoff => "handoff",
+});
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum NoteKind {
+    Decision,
+    #[default]
+    Discovery,
+    Interface,
+    Warning,
+}
+
+named_enum!(NoteKind, "note kind", {
+    Decision => "decision", Discovery => "discovery", Interface => "interface",
+    Warning => "warning",
+});
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Agent {
+    pub name: String,
+    pub role: Option<String>,
+    pub model: Option<String>,
+    pub caps: Vec<String>,
+    pub status: AgentStatus,
+    pub session_id: Option<String>,
+    pub pid: Option<i64>,
+    pub host: Option<String>,
+    pub last_seen: Option<DateTime<Utc>>,
+    pub context_tokens: Option<i64>,
+    pub context_window: Option<i64>,
+    pub cost_usd: f64,
+    pub restarts: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Task {
+    pub id: TaskId,
+    pub title: String,
+    pub body: String,
+    pub status: TaskStatus,
+    /// Higher runs first.
+    pub priority: i64,
+    /// The role an agent needs to claim it; none means every agent fits.
+    pub role: Option<String>,
+    /// Capability tags an agent needs (all of them) to claim it.
+    pub caps: Vec<String>,
+    /// Tasks that must be `done` before this one is ready.
+    pub depends_on: Vec<TaskId>,
+    pub assignee: Option<String>,
+    pub claim_expires_at: Option<DateTime<Utc>>,
+    pub attempts: i64,
+    pub result: Option<String>,
+    pub files: Vec<String>,
+    pub parent: Option<TaskId>,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Lease {
+    /// Normalized path or glob relative to the project root.
+    pub path: String,
+    pub mode: LeaseMode,
+    pub holder: String,
+    pub task: Option<TaskId>,
+    pub reason: Option<String>,
+    /// Grows with every grant, across all leases.
+    pub fencing_token: i64,
+    pub acquired_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Delivery {
+    pub agent: String,
+    pub acked_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Message {
+    /// `M-<n>`.
+    pub id: String,
+    pub sender: String,
+    /// As addressed: an agent name, `role:<name>` or `all`.
+    pub to: String,
+    pub thread: String,
+    pub kind: MessageKind,
+    pub urgent: bool,
+    pub body: String,
+    pub created_at: DateTime<Utc>,
+    pub deliveries: Vec<Delivery>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Note {
+    /// `N-<n>`.
+    pub id: String,
+    pub author: String,
+    pub kind: NoteKind,
+    pub title: String,
+    pub body: String,
+    pub tags: Vec<String>,
+    pub files: Vec<String>,
+    pub task: Option<TaskId>,
+    pub supersedes: Option<String>,
+    pub superseded_by: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Event {
+    /// Strictly increasing sequence number.
+    pub seq: i64,
+    pub ts: DateTime<Utc>,
+    pub actor: String,
+    /// Dotted kind such as `task.claimed` or `lease.granted`.
+    pub kind: String,
+    pub task: Option<TaskId>,
+    /// The agent the event is about (may differ from the actor).
+    pub agent: Option<String>,
+    pub data: serde_json::Value,
+}
+
+/// One hit of a full-text search over notes, messages and task results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SearchHit {
+    /// `note`, `message` or `task`.
+    pub kind: String,
+    /// `N-3`, `M-7` or `T-2`.
+    pub id: String,
+    pub title: String,
+    pub snippet: String,
+}
+
+// ---- requests -------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewAgent {
+    pub name: String,
+    #[serde(default)]
+    pub role: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub caps: Vec<String>,
+}
+
+/// What a supervisor or the agent itself reports about a running agent.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentUpdate {
+    #[serde(default)]
+    pub status: Option<AgentStatus>,
+    #[serde(default)]
+    pub role: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub session_id: Option<String>,
+    #[serde(default)]
+    pub pid: Option<i64>,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub context_tokens: Option<i64>,
+    #[serde(default)]
+    pub context_window: Option<i64>,
+    #[serde(default)]
+    pub cost_usd: Option<f64>,
+    #[serde(default)]
+    pub restarts: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewTask {
+    pub title: String,
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Tasks that must be done first.
+    #[serde(default)]
+    pub after: Vec<TaskId>,
+    #[serde(default)]
+    pub role: Option<String>,
+    #[serde(default)]
+    pub caps: Vec<String>,
+    #[serde(default)]
+    pub priority: Option<i64>,
+    #[serde(default)]
+    pub parent: Option<TaskId>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskEdit {
+    #[serde(default)]
+    pub title: Option<String>,
+    #[serde(default)]
+    pub body: Option<String>,
+    #[serde(default)]
+    pub priority: Option<i64>,
+    /// Set the required role; an empty string clears it.
+    #[serde(default)]
+    pub role: Option<String>,
+    #[serde(default)]
+    pub caps: Option<Vec<String>>,
+    /// Dependencies to add.
+    #[serde(default)]
+    pub after: Vec<TaskId>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskStatusUpdate {
+    pub status: TaskStatus,
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskFinish {
+    #[serde(default)]
+    pub summary: Option<String>,
+    #[serde(default)]
+    pub files: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskFailure {
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskCancel {
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskAssign {
+    pub agent: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequest {
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub mode: LeaseMode,
+    #[serde(default)]
+    pub ttl_secs: Option<i64>,
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// The task the lease serves; defaults to the agent's current task.
+    #[serde(default)]
+    pub task: Option<TaskId>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRelease {
+    pub paths: Vec<String>,
+    /// Admin only: release leases held by others.
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewMessage {
+    /// An agent name, `role:<name>` or `all`.
+    pub to: String,
+    pub body: String,
+    #[serde(default)]
+    pub thread: Option<String>,
+    #[serde(default)]
+    pub kind: MessageKind,
+    #[serde(default)]
+    pub urgent: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MessageAck {
+    pub ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewNote {
+    pub title: String,
+    #[serde(default)]
+    pub kind: NoteKind,
+    #[serde(default)]
+    pub body: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub files: Vec<String>,
+    /// `N-<n>` of the note this one replaces.
+    #[serde(default)]
+    pub supersedes: Option<String>,
+    #[serde(default)]
+    pub task: Option<TaskId>,
+}
+
+/// Filters of an event query; every field narrows the result.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct EventFilter {
+    /// Only events with a sequence number above this.
+    #[serde(default)]
+    pub after: Option<i64>,
+    /// Events by or about this agent.
+    #[serde(default)]
+    pub agent: Option<String>,
+    #[serde(default)]
+    pub task: Option<TaskId>,
+    /// An exact kind (`task.claimed`) or a prefix ending in a dot (`task.`).
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub since: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub until: Option<DateTime<Utc>>,
+    /// Only events with a sequence number below this (paging back through history).
+    #[serde(default)]
+    pub before: Option<i64>,
+    /// At most this many (default 1000, at most 10000).
+    #[serde(default)]
+    pub limit: Option<i64>,
+    /// Newest first instead of oldest first.
+    #[serde(default)]
+    pub desc: bool,
+}
+
+impl EventFilter {
+    /// Whether a live event passes the filter (for streams; `since`/`until`/`limit` aside).
+    pub fn admits(&self, event: &Event) -> bool {
+        if self.after.is_some_and(|after| event.seq <= after) {
+            return false;
+        }
+        if let Some(agent) = &self.agent
+            && event.agent.as_deref() != Some(agent.as_str())
+            && event.actor != *agent
+        {
+            return false;
+        }
+        if self.task.is_some() && event.task != self.task {
+            return false;
+        }
+        if let Some(kind) = &self.kind
+            && !kind_matches(kind, &event.kind)
+        {
+            return false;
+        }
+        true
+    }
+}
+
+/// `task.` matches every `task.*` kind; anything else must match exactly.
+pub fn kind_matches(filter: &str, kind: &str) -> bool {
+    if filter.ends_with('.') {
+        kind.starts_with(filter)
+    } else {
+        kind == filter
+    }
+}
+
+/// `90` → `1m30s`; for people reading lease expiries.
+pub fn format_duration_secs(secs: i64) -> String {
+    let secs = secs.max(0);
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
+        _ => format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_ids_parse_in_every_spelling() {
+        for (text, expected) in [("T-3", Some(3)), ("t-12", Some(12)), ("7", Some(7))] {
+            assert_eq!(text.parse::<TaskId>().ok().map(|t| t.0), expected);
+        }
+        for bad in ["", "T-", "T-0", "X-1", "T--1", "1.5"] {
+            assert!(bad.parse::<TaskId>().is_err(), "{bad} should not parse");
+        }
+        assert_eq!(TaskId(4).to_string(), "T-4");
+    }
+
+    #[test]
+    fn task_id_json_round_trips_as_text() {
+        let json = serde_json::to_string(&TaskId(9)).expect("serialize");
+        assert_eq!(json, "\"T-9\"");
+        assert_eq!(serde_json::from_str::<TaskId>("9").expect("number").0, 9);
+        assert!(serde_json::from_str::<TaskId>("\"nope\"").is_err());
+    }
+
+    #[test]
+    fn enums_name_the_accepted_values_on_error() {
+        let error = "finished".parse::<TaskStatus>().expect_err("unknown");
+        assert!(error.to_string().contains("in_progress"), "{error}");
+        assert_eq!("review".parse::<TaskStatus>().ok(), Some(TaskStatus::Review));
+    }
+
+    #[test]
+    fn kind_filters_match_prefixes_ending_in_a_dot() {
+        assert!(kind_matches("task.", "task.claimed"));
+        assert!(kind_matches("task.claimed", "task.claimed"));
+        assert!(!kind_matches("task", "task.claimed"));
+    }
+}

@@ -1,0 +1,274 @@
+//! Agents: registration, tokens (stored hashed), heartbeats, status reports, and releasing what a
+//! dead agent held.
+
+use rand::RngCore;
+use rusqlite::{OptionalExtension, Row, params};
+use serde_json::json;
+
+use super::{Reader, Tx, json_list, ms_to_time, opt_time, sha256_hex, to_json_list, validate_name};
+use crate::error::{CoreError, Result};
+use crate::model::{ADMIN_NAME, Agent, AgentStatus, AgentUpdate, NewAgent, SYSTEM_NAME, TaskStatus};
+
+const AGENT_COLUMNS: &str = "name, role, model, caps, status, session_id, pid, host, last_seen, \
+     context_tokens, context_window, cost_usd, restarts, created_at";
+
+/// Tokens are stored as their SHA-256; a token cannot be read back, only checked.
+pub fn hash_token(token: &str) -> String {
+    sha256_hex(token.as_bytes())
+}
+
+fn new_token() -> String {
+    let mut bytes = [0u8; 24];
+    rand::rng().fill_bytes(&mut bytes);
+    let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+    format!("cvk_{hex}")
+}
+
+fn agent_from_row(row: &Row<'_>) -> rusqlite::Result<Agent> {
+    let status: String = row.get(4)?;
+    Ok(Agent {
+        name: row.get(0)?,
+        role: row.get(1)?,
+        model: row.get(2)?,
+        caps: json_list(&row.get::<_, String>(3)?),
+        status: status.parse().unwrap_or(AgentStatus::Offline),
+        session_id: row.get(5)?,
+        pid: row.get(6)?,
+        host: row.get(7)?,
+        last_seen: opt_time(row.get(8)?),
+        context_tokens: row.get(9)?,
+        context_window: row.get(10)?,
+        cost_usd: row.get(11)?,
+        restarts: row.get(12)?,
+        created_at: ms_to_time(row.get(13)?),
+    })
+}
+
+/// Names that would be ambiguous as a message recipient or an actor.
+fn validate_agent_name(name: &str) -> Result<()> {
+    validate_name("agent name", name)?;
+    if [ADMIN_NAME, SYSTEM_NAME, "all", "role"].contains(&name) {
+        return Err(CoreError::invalid(format!(
+            "agent name {name:?} is reserved"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_tags(caps: &[String]) -> Result<()> {
+    for cap in caps {
+        validate_name("capability", cap)?;
+    }
+    Ok(())
+}
+
+impl Reader<'_> {
+    pub fn agent(&self, name: &str) -> Result<Agent> {
+        self.find_agent(name)?
+            .ok_or_else(|| CoreError::not_found(format!("no agent named {name:?}")))
+    }
+
+    pub fn find_agent(&self, name: &str) -> Result<Option<Agent>> {
+        let sql = format!("SELECT {AGENT_COLUMNS} FROM agents WHERE name = ?1");
+        Ok(self
+            .conn()
+            .query_row(&sql, params![name], agent_from_row)
+            .optional()?)
+    }
+
+    pub fn agents(&self) -> Result<Vec<Agent>> {
+        let sql = format!("SELECT {AGENT_COLUMNS} FROM agents ORDER BY created_at, name");
+        let mut statement = self.conn().prepare(&sql)?;
+        let rows = statement.query_map([], agent_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The agent a token belongs to, if any.
+    pub fn agent_for_token(&self, token: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT agent FROM agent_tokens WHERE token_hash = ?1",
+                params![hash_token(token)],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+}
+
+impl Tx<'_> {
+    /// Registers an agent and returns it with its first token.
+    pub fn register_agent(&mut self, actor: &str, new: NewAgent) -> Result<(Agent, String)> {
+        validate_agent_name(&new.name)?;
+        if let Some(role) = &new.role {
+            validate_name("role", role)?;
+        }
+        validate_tags(&new.caps)?;
+        if self.read().find_agent(&new.name)?.is_some() {
+            return Err(CoreError::conflict(format!(
+                "an agent named {:?} already exists (use `conclave agent token {}` for another token)",
+                new.name, new.name
+            )));
+        }
+        self.conn().execute(
+            "INSERT INTO agents (name, role, model, caps, status, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                new.name,
+                new.role,
+                new.model,
+                to_json_list(&new.caps)?,
+                AgentStatus::Idle.as_str(),
+                self.now_ms()
+            ],
+        )?;
+        let token = self.insert_token(&new.name)?;
+        let agent = self.read().agent(&new.name)?;
+        self.emit(
+            actor,
+            "agent.registered",
+            None,
+            Some(&agent.name),
+            json!({ "role": agent.role, "caps": agent.caps, "model": agent.model }),
+        )?;
+        Ok((agent, token))
+    }
+
+    /// Issues one more token for an existing agent (an agent may hold several).
+    pub fn issue_token(&mut self, actor: &str, name: &str) -> Result<String> {
+        self.read().agent(name)?;
+        let token = self.insert_token(name)?;
+        self.emit(actor, "agent.token_issued", None, Some(name), json!({}))?;
+        Ok(token)
+    }
+
+    fn insert_token(&mut self, name: &str) -> Result<String> {
+        let token = new_token();
+        self.conn().execute(
+            "INSERT INTO agent_tokens (token_hash, agent, created_at) VALUES (?1, ?2, ?3)",
+            params![hash_token(&token), name, self.now_ms()],
+        )?;
+        Ok(token)
+    }
+
+    /// Records that the agent is alive and renews the claim leases of the tasks it holds.
+    /// Not an event: it happens on every request.
+    pub fn heartbeat(&mut self, name: &str) -> Result<()> {
+        let now = self.now_ms();
+        let claim_expires = now + self.config().claim_ttl_secs * 1000;
+        self.conn().execute(
+            "UPDATE agents SET last_seen = ?2 WHERE name = ?1",
+            params![name, now],
+        )?;
+        self.conn().execute(
+            "UPDATE tasks SET claim_expires_at = ?2
+             WHERE assignee = ?1 AND status IN ('claimed', 'in_progress', 'review', 'blocked')",
+            params![name, claim_expires],
+        )?;
+        Ok(())
+    }
+
+    /// Applies a status report (from the supervisor, a hook, or the agent itself).
+    pub fn update_agent(&mut self, actor: &str, name: &str, update: AgentUpdate) -> Result<Agent> {
+        let before = self.read().agent(name)?;
+        if let Some(role) = &update.role {
+            validate_name("role", role)?;
+        }
+        for (what, value) in [
+            ("context_tokens", update.context_tokens),
+            ("context_window", update.context_window),
+            ("restarts", update.restarts),
+        ] {
+            if value.is_some_and(|v| v < 0) {
+                return Err(CoreError::invalid(format!("{what} must not be negative")));
+            }
+        }
+        if update.cost_usd.is_some_and(|cost| !cost.is_finite() || cost < 0.0) {
+            return Err(CoreError::invalid("cost_usd must be a non-negative number"));
+        }
+        self.conn().execute(
+            "UPDATE agents SET
+                status = COALESCE(?2, status), role = COALESCE(?3, role),
+                model = COALESCE(?4, model), session_id = COALESCE(?5, session_id),
+                pid = COALESCE(?6, pid), host = COALESCE(?7, host),
+                context_tokens = COALESCE(?8, context_tokens),
+                context_window = COALESCE(?9, context_window),
+                cost_usd = COALESCE(?10, cost_usd), restarts = COALESCE(?11, restarts)
+             WHERE name = ?1",
+            params![
+                name,
+                update.status.map(AgentStatus::as_str),
+                update.role,
+                update.model,
+                update.session_id,
+                update.pid,
+                update.host,
+                update.context_tokens,
+                update.context_window,
+                update.cost_usd,
+                update.restarts
+            ],
+        )?;
+        let after = self.read().agent(name)?;
+        if after.status != before.status {
+            self.emit(
+                actor,
+                "agent.status",
+                None,
+                Some(name),
+                json!({ "from": before.status, "to": after.status }),
+            )?;
+        }
+        if after.session_id != before.session_id {
+            self.emit(
+                actor,
+                "agent.session",
+                None,
+                Some(name),
+                json!({ "session_id": after.session_id }),
+            )?;
+        }
+        Ok(after)
+    }
+
+    /// Returns everything an agent holds to the team: its claimed tasks go back to `ready`
+    /// (attempts + 1) and its file leases are released, each with an event naming `reason`.
+    /// Used when its claim lease expires or when the supervisor knows its process died.
+    pub fn release_agent(&mut self, actor: &str, name: &str, reason: &str) -> Result<ReleaseReport> {
+        let held: Vec<i64> = {
+            let mut statement = self.conn().prepare(
+                "SELECT id FROM tasks WHERE assignee = ?1
+                 AND status IN ('claimed', 'in_progress', 'review', 'blocked') ORDER BY id",
+            )?;
+            let rows = statement.query_map(params![name], |row| row.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let mut report = ReleaseReport::default();
+        for id in held {
+            let task_id = crate::model::TaskId(id);
+            self.conn().execute(
+                "UPDATE tasks SET status = ?2, assignee = NULL, claim_expires_at = NULL,
+                    attempts = attempts + 1, updated_at = ?3 WHERE id = ?1",
+                params![id, TaskStatus::Ready.as_str(), self.now_ms()],
+            )?;
+            self.emit(
+                actor,
+                "task.reclaimed",
+                Some(task_id),
+                Some(name),
+                json!({ "reason": reason }),
+            )?;
+            report.tasks.push(task_id);
+        }
+        report.leases = self.release_all_leases(actor, name, reason)?;
+        Ok(report)
+    }
+}
+
+/// What [`Tx::release_agent`] gave back.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct ReleaseReport {
+    pub tasks: Vec<crate::model::TaskId>,
+    pub leases: Vec<String>,
+}
+

@@ -1,0 +1,101 @@
+//! The append-only event log: queries, and the sweeper that expires claims and leases.
+
+use rusqlite::{Row, params};
+use serde::{Deserialize, Serialize};
+
+use super::{Reader, Store, Tx, ms_to_time};
+use crate::error::Result;
+use crate::model::{Event, EventFilter, TaskId};
+
+const DEFAULT_LIMIT: i64 = 1000;
+const MAX_LIMIT: i64 = 10_000;
+
+fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Event> {
+    let data: String = row.get(6)?;
+    Ok(Event {
+        seq: row.get(0)?,
+        ts: ms_to_time(row.get(1)?),
+        actor: row.get(2)?,
+        kind: row.get(3)?,
+        task: row.get::<_, Option<i64>>(4)?.map(TaskId),
+        agent: row.get(5)?,
+        data: serde_json::from_str(&data).unwrap_or(serde_json::Value::Null),
+    })
+}
+
+impl Reader<'_> {
+    /// Events matching `filter`, oldest first (or newest first with `desc`).
+    pub fn events(&self, filter: &EventFilter) -> Result<Vec<Event>> {
+        let (kind_exact, kind_prefix) = match filter.kind.as_deref() {
+            Some(kind) if kind.ends_with('.') => (None, Some(format!("{kind}%"))),
+            Some(kind) => (Some(kind.to_string()), None),
+            None => (None, None),
+        };
+        let order = if filter.desc { "DESC" } else { "ASC" };
+        let sql = format!(
+            "SELECT seq, ts, actor, kind, task_id, agent, data FROM events
+             WHERE (?1 IS NULL OR seq > ?1)
+               AND (?2 IS NULL OR agent = ?2 OR actor = ?2)
+               AND (?3 IS NULL OR task_id = ?3)
+               AND (?4 IS NULL OR kind = ?4)
+               AND (?5 IS NULL OR kind LIKE ?5)
+               AND (?6 IS NULL OR ts >= ?6)
+               AND (?7 IS NULL OR ts <= ?7)
+               AND (?8 IS NULL OR seq < ?8)
+             ORDER BY seq {order} LIMIT ?9"
+        );
+        let mut statement = self.conn().prepare_cached(&sql)?;
+        let limit = filter.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+        let rows = statement.query_map(
+            params![
+                filter.after,
+                filter.agent,
+                filter.task.map(|t| t.0),
+                kind_exact,
+                kind_prefix,
+                filter.since.map(|t| t.timestamp_millis()),
+                filter.until.map(|t| t.timestamp_millis()),
+                filter.before,
+                limit
+            ],
+            event_from_row,
+        )?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The highest sequence number written so far (0 for an empty log).
+    pub fn last_seq(&self) -> Result<i64> {
+        Ok(self
+            .conn()
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |row| row.get(0))?)
+    }
+}
+
+/// What one sweep changed.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct SweepReport {
+    pub reclaimed_tasks: Vec<TaskId>,
+    pub expired_leases: Vec<String>,
+}
+
+impl Tx<'_> {
+    pub fn sweep(&mut self) -> Result<SweepReport> {
+        let reclaimed_tasks = self.expire_claims()?;
+        let expired_leases = self
+            .purge_expired_leases()?
+            .into_iter()
+            .map(|lease| lease.path)
+            .collect();
+        Ok(SweepReport {
+            reclaimed_tasks,
+            expired_leases,
+        })
+    }
+}
+
+impl Store {
+    /// Expires claims and leases whose time is up. The server runs this periodically.
+    pub fn sweep(&self) -> Result<SweepReport> {
+        self.write(|tx| tx.sweep())
+    }
+}

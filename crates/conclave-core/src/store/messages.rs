@@ -1,0 +1,199 @@
+//! Messages: addressed to an agent, a role (`role:<name>`) or everyone (`all`), threaded, with a
+//! delivery row per recipient that stays unacknowledged (and so comes back in the inbox) until the
+//! recipient acknowledges it: at-least-once delivery across reconnects and restarts.
+
+use std::collections::HashMap;
+
+use rusqlite::{Row, params};
+use serde_json::json;
+
+use super::{Reader, Tx, ms_to_time, opt_time, validate_name, validate_text};
+use crate::error::{CoreError, Result};
+use crate::model::{Actor, Delivery, Message, MessageKind, NewMessage};
+
+const MAX_BODY: usize = 32 * 1024;
+const MESSAGE_COLUMNS: &str = "id, sender, recipient, thread, kind, urgent, body, created_at";
+
+/// Parses `M-12` (or `12`) into the row id.
+pub fn parse_message_id(text: &str) -> Result<i64> {
+    let digits = text.trim().trim_start_matches("M-").trim_start_matches("m-");
+    digits
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| CoreError::invalid(format!("{text:?} is not a message id (expected M-<number>)")))
+}
+
+fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
+    let kind: String = row.get(4)?;
+    Ok(Message {
+        id: format!("M-{}", row.get::<_, i64>(0)?),
+        sender: row.get(1)?,
+        to: row.get(2)?,
+        thread: row.get(3)?,
+        kind: kind.parse().unwrap_or(MessageKind::Chat),
+        urgent: row.get(5)?,
+        body: row.get(6)?,
+        created_at: ms_to_time(row.get(7)?),
+        deliveries: Vec::new(),
+    })
+}
+
+impl Reader<'_> {
+    /// Messages with their delivery state: all of them, or those sent by or to `party`, or one
+    /// thread; oldest first, at most `limit`.
+    pub fn messages(&self, party: Option<&str>, thread: Option<&str>, limit: i64) -> Result<Vec<Message>> {
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages m
+             WHERE (?1 IS NULL OR m.sender = ?1
+                    OR EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id AND d.agent = ?1))
+               AND (?2 IS NULL OR m.thread = ?2)
+             ORDER BY m.id DESC LIMIT ?3"
+        );
+        let mut statement = self.conn().prepare_cached(&sql)?;
+        let rows = statement.query_map(params![party, thread, limit.clamp(1, 10_000)], message_from_row)?;
+        let mut messages: Vec<Message> = rows.collect::<rusqlite::Result<_>>()?;
+        messages.reverse();
+        self.attach_deliveries(&mut messages)?;
+        Ok(messages)
+    }
+
+    /// The agent's unacknowledged messages, oldest first.
+    pub fn inbox(&self, agent: &str) -> Result<Vec<Message>> {
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages m JOIN deliveries d ON d.message_id = m.id
+             WHERE d.agent = ?1 AND d.acked_at IS NULL ORDER BY m.id"
+        );
+        let mut statement = self.conn().prepare_cached(&sql)?;
+        let rows = statement.query_map(params![agent], message_from_row)?;
+        let mut messages: Vec<Message> = rows.collect::<rusqlite::Result<_>>()?;
+        self.attach_deliveries(&mut messages)?;
+        Ok(messages)
+    }
+
+    pub fn unread_count(&self, agent: &str) -> Result<i64> {
+        Ok(self.conn().query_row(
+            "SELECT COUNT(*) FROM deliveries WHERE agent = ?1 AND acked_at IS NULL",
+            params![agent],
+            |row| row.get(0),
+        )?)
+    }
+
+    fn attach_deliveries(&self, messages: &mut [Message]) -> Result<()> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let first = parse_message_id(&messages[0].id)?;
+        let last = parse_message_id(&messages[messages.len() - 1].id)?;
+        let mut statement = self.conn().prepare_cached(
+            "SELECT message_id, agent, acked_at FROM deliveries
+             WHERE message_id BETWEEN ?1 AND ?2 ORDER BY message_id, agent",
+        )?;
+        let rows = statement.query_map(params![first.min(last), first.max(last)], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                Delivery {
+                    agent: row.get(1)?,
+                    acked_at: opt_time(row.get(2)?),
+                },
+            ))
+        })?;
+        let mut by_message: HashMap<i64, Vec<Delivery>> = HashMap::new();
+        for row in rows {
+            let (id, delivery) = row?;
+            by_message.entry(id).or_default().push(delivery);
+        }
+        for message in messages {
+            let id = parse_message_id(&message.id)?;
+            message.deliveries = by_message.remove(&id).unwrap_or_default();
+        }
+        Ok(())
+    }
+
+    /// The agents a recipient spec names, at this moment.
+    fn resolve_recipients(&self, sender: &str, to: &str) -> Result<Vec<String>> {
+        let agents = self.agents()?;
+        let names: Vec<String> = if to == "all" {
+            agents.into_iter().map(|a| a.name).filter(|name| name != sender).collect()
+        } else if let Some(role) = to.strip_prefix("role:") {
+            validate_name("role", role)?;
+            agents
+                .into_iter()
+                .filter(|a| a.role.as_deref() == Some(role))
+                .map(|a| a.name)
+                .filter(|name| name != sender)
+                .collect()
+        } else {
+            vec![self.agent(to)?.name]
+        };
+        if names.is_empty() {
+            return Err(CoreError::not_found(format!("{to:?} names no agent other than the sender")));
+        }
+        Ok(names)
+    }
+}
+
+impl Tx<'_> {
+    pub fn send_message(&mut self, actor: &Actor, new: NewMessage) -> Result<Message> {
+        validate_text("message body", &new.body, MAX_BODY, true)?;
+        let to = new.to.trim().to_string();
+        let recipients = self.read().resolve_recipients(actor.name(), &to)?;
+        if let Some(thread) = &new.thread {
+            validate_text("thread", thread, 200, true)?;
+        }
+        self.conn().execute(
+            "INSERT INTO messages (sender, recipient, thread, kind, urgent, body, created_at)
+             VALUES (?1, ?2, '', ?3, ?4, ?5, ?6)",
+            params![actor.name(), to, new.kind.as_str(), new.urgent, new.body, self.now_ms()],
+        )?;
+        let row_id = self.conn().last_insert_rowid();
+        let id = format!("M-{row_id}");
+        let thread = new.thread.clone().unwrap_or_else(|| id.clone());
+        self.conn().execute(
+            "UPDATE messages SET thread = ?2 WHERE id = ?1",
+            params![row_id, thread],
+        )?;
+        for recipient in &recipients {
+            self.conn().execute(
+                "INSERT INTO deliveries (message_id, agent) VALUES (?1, ?2)",
+                params![row_id, recipient],
+            )?;
+        }
+        self.index_search("message", &id, &format!("{} → {}", actor.name(), to), &new.body)?;
+        self.emit(
+            actor.name(),
+            "message.sent",
+            None,
+            actor.agent(),
+            json!({
+                "id": id, "to": to, "recipients": recipients, "thread": thread,
+                "kind": new.kind, "urgent": new.urgent, "body": new.body,
+            }),
+        )?;
+        let mut messages = self.read().messages(None, Some(&thread), 10_000)?;
+        messages
+            .pop()
+            .filter(|message| message.id == id)
+            .ok_or_else(|| CoreError::not_found("message vanished while sending"))
+    }
+
+    /// Acknowledges messages for `agent`; unknown or already acknowledged ids are ignored, so a
+    /// retried acknowledgement is harmless. Returns the ids newly acknowledged.
+    pub fn ack_messages(&mut self, agent: &str, ids: &[String]) -> Result<Vec<String>> {
+        let mut acked = Vec::new();
+        for id in ids {
+            let row_id = parse_message_id(id)?;
+            let changed = self.conn().execute(
+                "UPDATE deliveries SET acked_at = ?3 WHERE message_id = ?1 AND agent = ?2 AND acked_at IS NULL",
+                params![row_id, agent, self.now_ms()],
+            )?;
+            if changed == 1 {
+                acked.push(format!("M-{row_id}"));
+            }
+        }
+        if !acked.is_empty() {
+            self.emit(agent, "message.acked", None, Some(agent), json!({ "ids": acked }))?;
+        }
+        Ok(acked)
+    }
+}

@@ -1,0 +1,205 @@
+//! Notes (shared knowledge: decisions, discoveries, interfaces, warnings) and the full-text index
+//! over notes, messages and task results.
+
+use rusqlite::{OptionalExtension, Row, params};
+use serde_json::json;
+
+use super::{Reader, Tx, json_list, ms_to_time, to_json_list, validate_name, validate_text};
+use crate::error::{CoreError, Result};
+use crate::model::{Actor, MessageKind, NewMessage, NewNote, Note, NoteKind, SearchHit, TaskId};
+
+const NOTE_COLUMNS: &str =
+    "id, author, kind, title, body, tags, files, task_id, supersedes, superseded_by, created_at";
+
+pub fn parse_note_id(text: &str) -> Result<i64> {
+    let digits = text.trim().trim_start_matches("N-").trim_start_matches("n-");
+    digits
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| CoreError::invalid(format!("{text:?} is not a note id (expected N-<number>)")))
+}
+
+fn note_from_row(row: &Row<'_>) -> rusqlite::Result<Note> {
+    let kind: String = row.get(2)?;
+    Ok(Note {
+        id: format!("N-{}", row.get::<_, i64>(0)?),
+        author: row.get(1)?,
+        kind: kind.parse().unwrap_or(NoteKind::Discovery),
+        title: row.get(3)?,
+        body: row.get(4)?,
+        tags: json_list(&row.get::<_, String>(5)?),
+        files: json_list(&row.get::<_, String>(6)?),
+        task: row.get::<_, Option<i64>>(7)?.map(TaskId),
+        supersedes: row.get::<_, Option<i64>>(8)?.map(|id| format!("N-{id}")),
+        superseded_by: row.get::<_, Option<i64>>(9)?.map(|id| format!("N-{id}")),
+        created_at: ms_to_time(row.get(10)?),
+    })
+}
+
+/// Turns free text into an FTS5 query that cannot be a syntax error: every word becomes a quoted
+/// term, and all must match.
+fn fts_query(text: &str) -> Option<String> {
+    let terms: Vec<String> = text
+        .split(|c: char| !c.is_alphanumeric() && c != '_')
+        .filter(|word| !word.is_empty())
+        .take(32)
+        .map(|word| format!("\"{word}\""))
+        .collect();
+    (!terms.is_empty()).then(|| terms.join(" "))
+}
+
+impl Reader<'_> {
+    pub fn note(&self, id: &str) -> Result<Note> {
+        let row_id = parse_note_id(id)?;
+        let sql = format!("SELECT {NOTE_COLUMNS} FROM notes WHERE id = ?1");
+        self.conn()
+            .query_row(&sql, params![row_id], note_from_row)
+            .optional()?
+            .ok_or_else(|| CoreError::not_found(format!("no note {id}")))
+    }
+
+    /// Notes, newest first; `kind` narrows; superseded notes are left out unless asked for.
+    pub fn notes(&self, kind: Option<NoteKind>, include_superseded: bool, limit: i64) -> Result<Vec<Note>> {
+        let sql = format!(
+            "SELECT {NOTE_COLUMNS} FROM notes
+             WHERE (?1 IS NULL OR kind = ?1) AND (?2 OR superseded_by IS NULL)
+             ORDER BY id DESC LIMIT ?3"
+        );
+        let mut statement = self.conn().prepare_cached(&sql)?;
+        let rows = statement.query_map(
+            params![kind.map(NoteKind::as_str), include_superseded, limit.clamp(1, 10_000)],
+            note_from_row,
+        )?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Full-text search; `kinds` narrows to `note`, `message` and/or `task`. Best matches first.
+    pub fn search(&self, text: &str, kinds: &[&str], limit: i64) -> Result<Vec<SearchHit>> {
+        let Some(query) = fts_query(text) else {
+            return Err(CoreError::invalid("the search query has no words"));
+        };
+        let mut statement = self.conn().prepare_cached(
+            "SELECT kind, ref, title, snippet(search_index, 3, '[', ']', '…', 16)
+             FROM search_index WHERE search_index MATCH ?1 ORDER BY rank LIMIT ?2",
+        )?;
+        let rows = statement.query_map(params![query, limit.clamp(1, 1000) * 4], |row| {
+            Ok(SearchHit {
+                kind: row.get(0)?,
+                id: row.get(1)?,
+                title: row.get(2)?,
+                snippet: row.get(3)?,
+            })
+        })?;
+        let mut hits: Vec<SearchHit> = rows.collect::<rusqlite::Result<_>>()?;
+        if !kinds.is_empty() {
+            hits.retain(|hit| kinds.contains(&hit.kind.as_str()));
+        }
+        hits.truncate(usize::try_from(limit.clamp(1, 1000)).unwrap_or(20));
+        Ok(hits)
+    }
+}
+
+impl Tx<'_> {
+    pub fn add_note(&mut self, actor: &Actor, new: NewNote) -> Result<Note> {
+        let title = new.title.trim().to_string();
+        validate_text("title", &title, 200, true)?;
+        let body = new.body.unwrap_or_default();
+        validate_text("body", &body, 64 * 1024, false)?;
+        for tag in &new.tags {
+            validate_name("tag", tag)?;
+        }
+        for file in &new.files {
+            validate_text("file", file, 1000, true)?;
+        }
+        let supersedes = match &new.supersedes {
+            Some(id) => {
+                let old = self.read().note(id)?;
+                if let Some(newer) = &old.superseded_by {
+                    return Err(CoreError::conflict(format!(
+                        "{} is already superseded by {newer}; supersede that one instead",
+                        old.id
+                    )));
+                }
+                Some(old)
+            }
+            None => None,
+        };
+        let task = match new.task {
+            Some(task) => Some(self.read().task(task)?.id),
+            None => match actor.agent() {
+                Some(agent) => self.read().held_tasks(agent)?.first().map(|task| task.id),
+                None => None,
+            },
+        };
+        self.conn().execute(
+            "INSERT INTO notes (author, kind, title, body, tags, files, task_id, supersedes, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                actor.name(),
+                new.kind.as_str(),
+                title,
+                body,
+                to_json_list(&new.tags)?,
+                to_json_list(&new.files)?,
+                task.map(|t| t.0),
+                supersedes.as_ref().map(|old| parse_note_id(&old.id)).transpose()?,
+                self.now_ms()
+            ],
+        )?;
+        let row_id = self.conn().last_insert_rowid();
+        let id = format!("N-{row_id}");
+        let tags_text = new.tags.join(" ");
+        self.index_search("note", &id, &title, &format!("{body} {tags_text}"))?;
+        self.emit(
+            actor.name(),
+            "note.added",
+            task,
+            actor.agent(),
+            json!({ "id": id, "kind": new.kind, "title": title, "supersedes": new.supersedes }),
+        )?;
+        if let Some(old) = supersedes {
+            self.conn().execute(
+                "UPDATE notes SET superseded_by = ?2 WHERE id = ?1",
+                params![parse_note_id(&old.id)?, row_id],
+            )?;
+            self.emit(
+                actor.name(),
+                "note.superseded",
+                old.task,
+                None,
+                json!({ "id": old.id, "by": id }),
+            )?;
+            // Whoever may have built on the old note must hear that it changed.
+            let others = self.read().agents()?.into_iter().any(|a| a.name != actor.name());
+            if others {
+                self.send_message(
+                    &Actor::System,
+                    NewMessage {
+                        to: "all".to_string(),
+                        body: format!(
+                            "{} {} \"{}\" was superseded by {id} \"{title}\" ({}). Check that your work still fits.",
+                            old.kind, old.id, old.title, actor.name()
+                        ),
+                        thread: None,
+                        kind: MessageKind::Alert,
+                        urgent: true,
+                    },
+                )?;
+            }
+        }
+        self.read().note(&id)
+    }
+
+    pub(crate) fn index_search(&mut self, kind: &str, id: &str, title: &str, body: &str) -> Result<()> {
+        self.conn().execute(
+            "DELETE FROM search_index WHERE kind = ?1 AND ref = ?2",
+            params![kind, id],
+        )?;
+        self.conn().execute(
+            "INSERT INTO search_index (kind, ref, title, body) VALUES (?1, ?2, ?3, ?4)",
+            params![kind, id, title, body],
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,719 @@
+//! Tasks: the dependency DAG, readiness, atomic claims under a lease, and the status machine.
+//!
+//! Transitions (admin may do what a holder may):
+//! `pending → ready` when every dependency is done; `ready → claimed` by `claim`;
+//! `claimed|in_progress|blocked|review` among themselves by the holder's `update`;
+//! held → `done` / `failed` by the holder; anything unfinished → `cancelled`;
+//! held → `ready` when the claim lease expires or the holder is released (attempts + 1);
+//! `done|failed|cancelled → ready|pending` by `reopen`.
+
+use std::collections::{BTreeSet, HashSet};
+
+use rusqlite::{OptionalExtension, Row, params};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{Reader, Tx, json_list, ms_to_time, opt_time, to_json_list, validate_name, validate_text};
+use crate::error::{CoreError, Result};
+use crate::model::{
+    Actor, Agent, MessageKind, NewMessage, NewTask, Task, TaskAssign, TaskEdit, TaskFinish, TaskId,
+    TaskStatus, TaskStatusUpdate,
+};
+
+const TASK_COLUMNS: &str = "id, title, body, status, priority, role, caps, assignee, \
+    claim_expires_at, attempts, result, files, parent, created_by, created_at, updated_at";
+
+const MAX_TITLE: usize = 200;
+const MAX_BODY: usize = 64 * 1024;
+
+/// The answer to a claim: the task taken, or nothing when no ready task fits.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ClaimOutcome {
+    pub task: Option<Task>,
+}
+
+fn task_from_row(row: &Row<'_>) -> rusqlite::Result<Task> {
+    let status: String = row.get(3)?;
+    Ok(Task {
+        id: TaskId(row.get(0)?),
+        title: row.get(1)?,
+        body: row.get(2)?,
+        status: status.parse().unwrap_or(TaskStatus::Pending),
+        priority: row.get(4)?,
+        role: row.get(5)?,
+        caps: json_list(&row.get::<_, String>(6)?),
+        depends_on: Vec::new(),
+        assignee: row.get(7)?,
+        claim_expires_at: opt_time(row.get(8)?),
+        attempts: row.get(9)?,
+        result: row.get(10)?,
+        files: json_list(&row.get::<_, String>(11)?),
+        parent: row.get::<_, Option<i64>>(12)?.map(TaskId),
+        created_by: row.get(13)?,
+        created_at: ms_to_time(row.get(14)?),
+        updated_at: ms_to_time(row.get(15)?),
+    })
+}
+
+/// Whether `agent` may take `task`: its role matches (or the task names none) and it has every
+/// capability the task asks for. A task reserved for an assignee fits only that agent.
+pub fn task_fits(task: &Task, agent: &Agent) -> bool {
+    let role_fits = match &task.role {
+        None => true,
+        Some(role) => agent.role.as_deref() == Some(role.as_str()),
+    };
+    let caps_fit = task.caps.iter().all(|cap| agent.caps.contains(cap));
+    let reserved_fits = task
+        .assignee
+        .as_deref()
+        .is_none_or(|assignee| assignee == agent.name);
+    role_fits && caps_fit && reserved_fits
+}
+
+impl Reader<'_> {
+    pub fn task(&self, id: TaskId) -> Result<Task> {
+        self.find_task(id)?
+            .ok_or_else(|| CoreError::not_found(format!("no task {id}")))
+    }
+
+    pub fn find_task(&self, id: TaskId) -> Result<Option<Task>> {
+        let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1");
+        let task = self
+            .conn()
+            .query_row(&sql, params![id.0], task_from_row)
+            .optional()?;
+        match task {
+            Some(mut task) => {
+                task.depends_on = self.dependencies(id)?;
+                Ok(Some(task))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Tasks, optionally of one status or held by one agent, in id order.
+    pub fn tasks(&self, status: Option<TaskStatus>, assignee: Option<&str>) -> Result<Vec<Task>> {
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks
+             WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR assignee = ?2) ORDER BY id"
+        );
+        let mut statement = self.conn().prepare(&sql)?;
+        let rows = statement.query_map(params![status.map(TaskStatus::as_str), assignee], task_from_row)?;
+        let mut tasks: Vec<Task> = rows.collect::<rusqlite::Result<_>>()?;
+        let mut deps = self.conn().prepare("SELECT task_id, depends_on FROM task_deps ORDER BY depends_on")?;
+        let edges = deps.query_map([], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)))?;
+        let mut by_task: std::collections::HashMap<i64, Vec<TaskId>> = Default::default();
+        for edge in edges {
+            let (task, dep) = edge?;
+            by_task.entry(task).or_default().push(TaskId(dep));
+        }
+        for task in &mut tasks {
+            task.depends_on = by_task.remove(&task.id.0).unwrap_or_default();
+        }
+        Ok(tasks)
+    }
+
+    pub fn dependencies(&self, id: TaskId) -> Result<Vec<TaskId>> {
+        self.id_list(
+            "SELECT depends_on FROM task_deps WHERE task_id = ?1 ORDER BY depends_on",
+            id,
+        )
+    }
+
+    pub fn dependents(&self, id: TaskId) -> Result<Vec<TaskId>> {
+        self.id_list(
+            "SELECT task_id FROM task_deps WHERE depends_on = ?1 ORDER BY task_id",
+            id,
+        )
+    }
+
+    fn id_list(&self, sql: &str, id: TaskId) -> Result<Vec<TaskId>> {
+        let mut statement = self.conn().prepare_cached(sql)?;
+        let rows = statement.query_map(params![id.0], |row| row.get(0).map(TaskId))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Tasks held by an agent (claimed, in progress, in review or blocked).
+    pub fn held_tasks(&self, agent: &str) -> Result<Vec<Task>> {
+        let mut tasks = self.tasks(None, Some(agent))?;
+        tasks.retain(|task| task.status.is_held());
+        Ok(tasks)
+    }
+
+    /// Unfinished dependencies of a task, with their status, for "not ready" explanations.
+    fn blocking_dependencies(&self, id: TaskId) -> Result<Vec<(TaskId, TaskStatus)>> {
+        let mut out = Vec::new();
+        for dep in self.dependencies(id)? {
+            let status = self.task(dep)?.status;
+            if status != TaskStatus::Done {
+                out.push((dep, status));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether `from` can reach `target` by following "depends on" edges.
+    fn depends_transitively(&self, from: TaskId, target: TaskId) -> Result<bool> {
+        let mut stack = vec![from];
+        let mut seen = HashSet::new();
+        while let Some(current) = stack.pop() {
+            if current == target {
+                return Ok(true);
+            }
+            if seen.insert(current) {
+                stack.extend(self.dependencies(current)?);
+            }
+        }
+        Ok(false)
+    }
+}
+
+impl Tx<'_> {
+    pub fn create_task(&mut self, actor: &Actor, new: NewTask) -> Result<Task> {
+        let title = new.title.trim().to_string();
+        validate_text("title", &title, MAX_TITLE, true)?;
+        let body = new.body.unwrap_or_default();
+        validate_text("body", &body, MAX_BODY, false)?;
+        if let Some(role) = &new.role {
+            validate_name("role", role)?;
+        }
+        for cap in &new.caps {
+            validate_name("capability", cap)?;
+        }
+        let deps: BTreeSet<TaskId> = new.after.iter().copied().collect();
+        for dep in &deps {
+            self.read().task(*dep)?;
+        }
+        if let Some(parent) = new.parent {
+            self.read().task(parent)?;
+        }
+        let now = self.now_ms();
+        self.conn().execute(
+            "INSERT INTO tasks (title, body, status, priority, role, caps, parent, created_by,
+                created_at, updated_at)
+             VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+            params![
+                title,
+                body,
+                new.priority.unwrap_or(0),
+                new.role,
+                to_json_list(&new.caps)?,
+                new.parent.map(|p| p.0),
+                actor.name(),
+                now
+            ],
+        )?;
+        let id = TaskId(self.conn().last_insert_rowid());
+        for dep in &deps {
+            self.conn().execute(
+                "INSERT INTO task_deps (task_id, depends_on) VALUES (?1, ?2)",
+                params![id.0, dep.0],
+            )?;
+        }
+        self.emit(
+            actor.name(),
+            "task.created",
+            Some(id),
+            None,
+            json!({ "title": title, "after": deps, "role": new.role, "priority": new.priority.unwrap_or(0) }),
+        )?;
+        self.refresh_readiness(actor.name(), id)?;
+        self.read().task(id)
+    }
+
+    /// Moves a pending task to ready when all its dependencies are done, and a ready (unheld)
+    /// task back to pending when one is not.
+    fn refresh_readiness(&mut self, actor: &str, id: TaskId) -> Result<()> {
+        let task = self.read().task(id)?;
+        let waiting = !self.read().blocking_dependencies(id)?.is_empty();
+        let next = match (task.status, waiting) {
+            (TaskStatus::Pending, false) => TaskStatus::Ready,
+            (TaskStatus::Ready, true) => TaskStatus::Pending,
+            _ => return Ok(()),
+        };
+        self.set_status(id, next)?;
+        let kind = if next == TaskStatus::Ready { "task.ready" } else { "task.pending" };
+        self.emit(actor, kind, Some(id), task.assignee.as_deref(), json!({}))
+    }
+
+    fn set_status(&mut self, id: TaskId, status: TaskStatus) -> Result<()> {
+        self.conn().execute(
+            "UPDATE tasks SET status = ?2, updated_at = ?3 WHERE id = ?1",
+            params![id.0, status.as_str(), self.now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Claims a task for `agent`: the one named, or the highest-priority ready task that fits.
+    pub fn claim_task(&mut self, agent: &str, id: Option<TaskId>) -> Result<ClaimOutcome> {
+        let me = self.read().agent(agent)?;
+        let task = match id {
+            Some(id) => {
+                let task = self.read().task(id)?;
+                self.check_claimable(&task, &me)?;
+                task
+            }
+            None => {
+                let candidates = self.read().tasks(Some(TaskStatus::Ready), None)?;
+                let best = candidates
+                    .into_iter()
+                    .filter(|task| task_fits(task, &me))
+                    .max_by_key(|task| (task.priority, std::cmp::Reverse(task.id)));
+                match best {
+                    Some(task) => task,
+                    None => return Ok(ClaimOutcome { task: None }),
+                }
+            }
+        };
+        let expires = self.now_ms() + self.config().claim_ttl_secs * 1000;
+        // The status guard makes the claim atomic even if two writers raced past the checks.
+        let changed = self.conn().execute(
+            "UPDATE tasks SET status = 'claimed', assignee = ?2, claim_expires_at = ?3, updated_at = ?4
+             WHERE id = ?1 AND status = 'ready'",
+            params![task.id.0, agent, expires, self.now_ms()],
+        )?;
+        if changed != 1 {
+            return Err(CoreError::conflict(format!("{} was claimed by someone else", task.id)));
+        }
+        self.emit(
+            agent,
+            "task.claimed",
+            Some(task.id),
+            Some(agent),
+            json!({ "title": task.title, "attempts": task.attempts }),
+        )?;
+        Ok(ClaimOutcome {
+            task: Some(self.read().task(task.id)?),
+        })
+    }
+
+    fn check_claimable(&self, task: &Task, me: &Agent) -> Result<()> {
+        match task.status {
+            TaskStatus::Ready => {}
+            status if status.is_held() => {
+                let holder = task.assignee.as_deref().unwrap_or("another agent");
+                let whose = if holder == me.name { "you already hold it" } else { holder };
+                return Err(CoreError::conflict(format!(
+                    "{} is already {status} by {whose}",
+                    task.id
+                )));
+            }
+            TaskStatus::Pending => {
+                let waits: Vec<String> = self
+                    .read()
+                    .blocking_dependencies(task.id)?
+                    .iter()
+                    .map(|(id, status)| format!("{id} ({status})"))
+                    .collect();
+                return Err(CoreError::NotReady(format!(
+                    "{} is not ready: it waits on {}",
+                    task.id,
+                    waits.join(", ")
+                )));
+            }
+            status => {
+                return Err(CoreError::NotReady(format!(
+                    "{} is {status}; only ready tasks can be claimed",
+                    task.id
+                )));
+            }
+        }
+        if !task_fits(task, me) {
+            let mut needs = Vec::new();
+            if let Some(role) = &task.role {
+                needs.push(format!("role {role}"));
+            }
+            if !task.caps.is_empty() {
+                needs.push(format!("capabilities {}", task.caps.join(", ")));
+            }
+            if let Some(assignee) = &task.assignee {
+                needs.push(format!("to be {assignee} (it is assigned)"));
+            }
+            return Err(CoreError::forbidden(format!(
+                "{} needs {}; {} has role {} and capabilities [{}]",
+                task.id,
+                needs.join(" and "),
+                me.name,
+                me.role.as_deref().unwrap_or("none"),
+                me.caps.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// The task, checked to be held and changeable by `actor` (its holder, or the admin).
+    fn held_by(&self, actor: &Actor, id: TaskId, verb: &str) -> Result<Task> {
+        let task = self.read().task(id)?;
+        if !task.status.is_held() {
+            return Err(CoreError::conflict(format!(
+                "cannot {verb} {id}: it is {} (claim it first)",
+                task.status
+            )));
+        }
+        if let Actor::Agent(name) = actor
+            && task.assignee.as_deref() != Some(name.as_str())
+        {
+            return Err(CoreError::forbidden(format!(
+                "cannot {verb} {id}: it is held by {}",
+                task.assignee.as_deref().unwrap_or("nobody")
+            )));
+        }
+        Ok(task)
+    }
+
+    pub fn update_task_status(&mut self, actor: &Actor, id: TaskId, update: TaskStatusUpdate) -> Result<Task> {
+        if !matches!(
+            update.status,
+            TaskStatus::InProgress | TaskStatus::Blocked | TaskStatus::Review | TaskStatus::Claimed
+        ) {
+            return Err(CoreError::invalid(format!(
+                "status {} cannot be set by update: use in_progress, blocked or review \
+                 (done, fail and cancel have their own commands)",
+                update.status
+            )));
+        }
+        if let Some(note) = &update.note {
+            validate_text("note", note, MAX_BODY, false)?;
+        }
+        let task = self.held_by(actor, id, "update")?;
+        self.set_status(id, update.status)?;
+        self.emit(
+            actor.name(),
+            "task.updated",
+            Some(id),
+            task.assignee.as_deref(),
+            json!({ "from": task.status, "to": update.status, "note": update.note }),
+        )?;
+        self.read().task(id)
+    }
+
+    pub fn finish_task(&mut self, actor: &Actor, id: TaskId, finish: TaskFinish) -> Result<Task> {
+        let summary = finish.summary.unwrap_or_default();
+        validate_text("summary", &summary, MAX_BODY, false)?;
+        let task = self.held_by(actor, id, "finish")?;
+        self.conn().execute(
+            "UPDATE tasks SET status = 'done', result = ?2, files = ?3, claim_expires_at = NULL,
+                updated_at = ?4 WHERE id = ?1",
+            params![id.0, summary, to_json_list(&finish.files)?, self.now_ms()],
+        )?;
+        self.index_search("task", &id.to_string(), &task.title, &summary)?;
+        self.emit(
+            actor.name(),
+            "task.done",
+            Some(id),
+            task.assignee.as_deref(),
+            json!({ "summary": summary, "files": finish.files }),
+        )?;
+        self.release_task_leases(actor.name(), id, "task done")?;
+        for dependent in self.read().dependents(id)? {
+            self.refresh_readiness(actor.name(), dependent)?;
+        }
+        self.read().task(id)
+    }
+
+    pub fn fail_task(&mut self, actor: &Actor, id: TaskId, reason: &str) -> Result<Task> {
+        validate_text("reason", reason, MAX_BODY, true)?;
+        let task = self.held_by(actor, id, "fail")?;
+        self.conn().execute(
+            "UPDATE tasks SET status = 'failed', result = ?2, claim_expires_at = NULL,
+                updated_at = ?3 WHERE id = ?1",
+            params![id.0, reason, self.now_ms()],
+        )?;
+        self.index_search("task", &id.to_string(), &task.title, reason)?;
+        self.emit(
+            actor.name(),
+            "task.failed",
+            Some(id),
+            task.assignee.as_deref(),
+            json!({ "reason": reason }),
+        )?;
+        self.release_task_leases(actor.name(), id, "task failed")?;
+        Ok(self.read().task(id)?)
+    }
+
+    /// Cancels an unfinished task. The admin may cancel any; an agent, what it created or holds.
+    pub fn cancel_task(&mut self, actor: &Actor, id: TaskId, reason: Option<String>) -> Result<Task> {
+        let task = self.read().task(id)?;
+        if task.status.is_finished() {
+            return Err(CoreError::conflict(format!("{id} is already {}", task.status)));
+        }
+        if let Actor::Agent(name) = actor
+            && task.created_by != *name
+            && task.assignee.as_deref() != Some(name.as_str())
+        {
+            return Err(CoreError::forbidden(format!(
+                "cannot cancel {id}: only its creator ({}), its holder or an admin may",
+                task.created_by
+            )));
+        }
+        self.conn().execute(
+            "UPDATE tasks SET status = 'cancelled', claim_expires_at = NULL, updated_at = ?2
+             WHERE id = ?1",
+            params![id.0, self.now_ms()],
+        )?;
+        self.emit(
+            actor.name(),
+            "task.cancelled",
+            Some(id),
+            task.assignee.as_deref(),
+            json!({ "reason": reason }),
+        )?;
+        self.release_task_leases(actor.name(), id, "task cancelled")?;
+        if let Some(holder) = task.assignee.as_deref()
+            && holder != actor.name()
+            && task.status.is_held()
+        {
+            let body = format!(
+                "{id} \"{}\", which you hold, was cancelled by {}{}. Stop working on it.",
+                task.title,
+                actor.name(),
+                reason.map(|r| format!(": {r}")).unwrap_or_default()
+            );
+            self.notify(holder, &body)?;
+        }
+        self.read().task(id)
+    }
+
+    /// Gives a task to an agent (admin). A ready or held task becomes claimed by it at once; a
+    /// pending task is reserved for it and waits for its dependencies.
+    pub fn assign_task(&mut self, actor: &Actor, id: TaskId, assign: TaskAssign) -> Result<Task> {
+        let agent = self.read().agent(&assign.agent)?;
+        let task = self.read().task(id)?;
+        if task.status.is_finished() {
+            return Err(CoreError::conflict(format!(
+                "{id} is {}; reopen it before assigning",
+                task.status
+            )));
+        }
+        let previous = task.assignee.clone().filter(|_| task.status.is_held());
+        if task.status == TaskStatus::Pending {
+            self.conn().execute(
+                "UPDATE tasks SET assignee = ?2, updated_at = ?3 WHERE id = ?1",
+                params![id.0, agent.name, self.now_ms()],
+            )?;
+        } else {
+            let expires = self.now_ms() + self.config().claim_ttl_secs * 1000;
+            self.conn().execute(
+                "UPDATE tasks SET status = 'claimed', assignee = ?2, claim_expires_at = ?3,
+                    updated_at = ?4 WHERE id = ?1",
+                params![id.0, agent.name, expires, self.now_ms()],
+            )?;
+        }
+        self.emit(
+            actor.name(),
+            "task.assigned",
+            Some(id),
+            Some(&agent.name),
+            json!({ "from": previous, "title": task.title }),
+        )?;
+        if let Some(previous) = previous.filter(|p| *p != agent.name) {
+            self.release_task_leases(actor.name(), id, "task reassigned")?;
+            let body = format!(
+                "{id} \"{}\" was reassigned from you to {} by {}. Stop working on it.",
+                task.title,
+                agent.name,
+                actor.name()
+            );
+            self.notify(&previous, &body)?;
+        }
+        self.read().task(id)
+    }
+
+    /// Changes a task's description, priority, requirements or dependencies. Holders of tasks
+    /// that depend on it are told when its title or body changes.
+    pub fn edit_task(&mut self, actor: &Actor, id: TaskId, edit: TaskEdit) -> Result<Task> {
+        let before = self.read().task(id)?;
+        if let Actor::Agent(name) = actor
+            && before.created_by != *name
+            && before.assignee.as_deref() != Some(name.as_str())
+        {
+            return Err(CoreError::forbidden(format!(
+                "cannot edit {id}: only its creator ({}), its holder or an admin may",
+                before.created_by
+            )));
+        }
+        if let Some(title) = &edit.title {
+            validate_text("title", title.trim(), MAX_TITLE, true)?;
+        }
+        if let Some(body) = &edit.body {
+            validate_text("body", body, MAX_BODY, false)?;
+        }
+        let role = match edit.role.as_deref() {
+            Some("") => Some(None),
+            Some(role) => {
+                validate_name("role", role)?;
+                Some(Some(role.to_string()))
+            }
+            None => None,
+        };
+        if let Some(caps) = &edit.caps {
+            for cap in caps {
+                validate_name("capability", cap)?;
+            }
+        }
+        for dep in &edit.after {
+            self.read().task(*dep)?;
+            if *dep == id || self.read().depends_transitively(*dep, id)? {
+                return Err(CoreError::Cycle(format!(
+                    "{id} cannot wait on {dep}: {dep} already waits on {id}"
+                )));
+            }
+        }
+        self.conn().execute(
+            "UPDATE tasks SET title = COALESCE(?2, title), body = COALESCE(?3, body),
+                priority = COALESCE(?4, priority), caps = COALESCE(?5, caps), updated_at = ?6
+             WHERE id = ?1",
+            params![
+                id.0,
+                edit.title.as_deref().map(str::trim),
+                edit.body,
+                edit.priority,
+                edit.caps.as_deref().map(to_json_list).transpose()?,
+                self.now_ms()
+            ],
+        )?;
+        if let Some(role) = &role {
+            self.conn().execute(
+                "UPDATE tasks SET role = ?2 WHERE id = ?1",
+                params![id.0, role],
+            )?;
+        }
+        for dep in &edit.after {
+            self.conn().execute(
+                "INSERT OR IGNORE INTO task_deps (task_id, depends_on) VALUES (?1, ?2)",
+                params![id.0, dep.0],
+            )?;
+        }
+        let after = self.read().task(id)?;
+        let mut changed = Vec::new();
+        if after.title != before.title {
+            changed.push("title");
+        }
+        if after.body != before.body {
+            changed.push("body");
+        }
+        if after.priority != before.priority {
+            changed.push("priority");
+        }
+        if after.role != before.role {
+            changed.push("role");
+        }
+        if after.caps != before.caps {
+            changed.push("caps");
+        }
+        if after.depends_on != before.depends_on {
+            changed.push("dependencies");
+        }
+        self.emit(
+            actor.name(),
+            "task.edited",
+            Some(id),
+            after.assignee.as_deref(),
+            json!({ "changed": changed, "title": after.title, "priority": after.priority }),
+        )?;
+        if !edit.after.is_empty() {
+            self.refresh_readiness(actor.name(), id)?;
+        }
+        if changed.iter().any(|field| matches!(*field, "title" | "body")) {
+            let what = format!("was changed by {} ({})", actor.name(), changed.join(", "));
+            self.notify_dependents(&after, &what)?;
+        }
+        self.read().task(id)
+    }
+
+    /// Puts a finished task back in play. Tasks that depend on it wait again, and their holders
+    /// are told.
+    pub fn reopen_task(&mut self, actor: &Actor, id: TaskId, reason: Option<String>) -> Result<Task> {
+        let task = self.read().task(id)?;
+        if !task.status.is_finished() {
+            return Err(CoreError::conflict(format!(
+                "{id} is {}; only done, failed or cancelled tasks can be reopened",
+                task.status
+            )));
+        }
+        if let Actor::Agent(name) = actor
+            && task.created_by != *name
+        {
+            return Err(CoreError::forbidden(format!(
+                "cannot reopen {id}: only its creator ({}) or an admin may",
+                task.created_by
+            )));
+        }
+        self.conn().execute(
+            "UPDATE tasks SET status = 'pending', assignee = NULL, claim_expires_at = NULL,
+                updated_at = ?2 WHERE id = ?1",
+            params![id.0, self.now_ms()],
+        )?;
+        self.emit(
+            actor.name(),
+            "task.reopened",
+            Some(id),
+            None,
+            json!({ "from": task.status, "reason": reason }),
+        )?;
+        self.refresh_readiness(actor.name(), id)?;
+        for dependent in self.read().dependents(id)? {
+            self.refresh_readiness(actor.name(), dependent)?;
+        }
+        let what = format!(
+            "was reopened by {}{}",
+            actor.name(),
+            reason.map(|r| format!(": {r}")).unwrap_or_default()
+        );
+        self.notify_dependents(&task, &what)?;
+        self.read().task(id)
+    }
+
+    /// Messages the holders of tasks that depend on `task` that it `what`.
+    fn notify_dependents(&mut self, task: &Task, what: &str) -> Result<()> {
+        for dependent_id in self.read().dependents(task.id)? {
+            let dependent = self.read().task(dependent_id)?;
+            if let (Some(holder), true) = (dependent.assignee.as_deref(), dependent.status.is_held()) {
+                let body = format!(
+                    "{} \"{}\", which your task {} depends on, {what}. Check that your work still fits.",
+                    task.id, task.title, dependent.id
+                );
+                self.notify(holder, &body)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A message from the server itself to one agent.
+    pub(crate) fn notify(&mut self, agent: &str, body: &str) -> Result<()> {
+        self.send_message(
+            &Actor::System,
+            NewMessage {
+                to: agent.to_string(),
+                body: body.to_string(),
+                thread: None,
+                kind: MessageKind::Alert,
+                urgent: true,
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Returns tasks whose claim lease ran out to `ready` (via releasing their holders).
+    pub(crate) fn expire_claims(&mut self) -> Result<Vec<TaskId>> {
+        let holders: Vec<String> = {
+            let mut statement = self.conn().prepare(
+                "SELECT DISTINCT assignee FROM tasks
+                 WHERE claim_expires_at IS NOT NULL AND claim_expires_at <= ?1
+                 AND status IN ('claimed', 'in_progress', 'review', 'blocked')",
+            )?;
+            let rows = statement.query_map(params![self.now_ms()], |row| row.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let mut reclaimed = Vec::new();
+        for holder in holders {
+            let reason = format!(
+                "claim lease expired: no request from {holder} for {}",
+                crate::model::format_duration_secs(self.config().claim_ttl_secs)
+            );
+            let report = self.release_agent(crate::model::SYSTEM_NAME, &holder, &reason)?;
+            reclaimed.extend(report.tasks);
+        }
+        Ok(reclaimed)
+    }
+}

@@ -1,0 +1,543 @@
+//! Unit tests of the domain rules, run against an in-memory store.
+
+use chrono::Duration;
+
+use super::*;
+use crate::model::*;
+
+fn store() -> Store {
+    Store::open_in_memory(StoreConfig::default()).expect("store")
+}
+
+fn agent(store: &Store, name: &str, role: Option<&str>, caps: &[&str]) -> String {
+    store
+        .write(|tx| {
+            tx.register_agent(
+                "admin",
+                NewAgent {
+                    name: name.into(),
+                    role: role.map(Into::into),
+                    caps: caps.iter().map(|c| c.to_string()).collect(),
+                    ..Default::default()
+                },
+            )
+        })
+        .expect("register")
+        .1
+}
+
+fn task(store: &Store, title: &str, after: &[TaskId], role: Option<&str>, priority: i64) -> TaskId {
+    store
+        .write(|tx| {
+            tx.create_task(
+                &Actor::Admin,
+                NewTask {
+                    title: title.into(),
+                    after: after.to_vec(),
+                    role: role.map(Into::into),
+                    priority: Some(priority),
+                    ..Default::default()
+                },
+            )
+        })
+        .expect("create")
+        .id
+}
+
+fn claim(store: &Store, agent: &str, id: Option<TaskId>) -> Result<Option<TaskId>> {
+    store
+        .write(|tx| tx.claim_task(agent, id))
+        .map(|outcome| outcome.task.map(|t| t.id))
+}
+
+fn status(store: &Store, id: TaskId) -> TaskStatus {
+    store.read(|r| r.task(id)).expect("task").status
+}
+
+fn lease(store: &Store, agent: &str, paths: &[&str], mode: LeaseMode) -> Result<Vec<Lease>> {
+    store.write(|tx| {
+        tx.acquire_leases(
+            agent,
+            LeaseRequest {
+                paths: paths.iter().map(|p| p.to_string()).collect(),
+                mode,
+                ..Default::default()
+            },
+        )
+    })
+}
+
+#[test]
+fn a_task_is_ready_only_when_all_its_dependencies_are_done() {
+    let store = store();
+    agent(&store, "a", None, &[]);
+    let design = task(&store, "design", &[], None, 0);
+    let api = task(&store, "api", &[], None, 0);
+    let build = task(&store, "build", &[design, api], None, 0);
+    assert_eq!(status(&store, build), TaskStatus::Pending);
+    let error = claim(&store, "a", Some(build)).expect_err("pending");
+    assert_eq!(error.code(), "not_ready");
+    assert!(error.to_string().contains("T-1 (ready)"), "{error}");
+
+    for id in [design, api] {
+        claim(&store, "a", Some(id)).expect("claim");
+        assert_eq!(status(&store, build), TaskStatus::Pending);
+        store
+            .write(|tx| tx.finish_task(&Actor::Agent("a".into()), id, TaskFinish::default()))
+            .expect("done");
+    }
+    assert_eq!(status(&store, build), TaskStatus::Ready);
+}
+
+#[test]
+fn claim_next_takes_the_highest_priority_task_that_fits_the_role() {
+    let store = store();
+    agent(&store, "coder", Some("coder"), &[]);
+    agent(&store, "reviewer", Some("reviewer"), &[]);
+    let low = task(&store, "low", &[], None, 1);
+    let review = task(&store, "review", &[], Some("reviewer"), 9);
+    let high = task(&store, "high", &[], Some("coder"), 5);
+    assert_eq!(claim(&store, "coder", None).expect("claim"), Some(high));
+    assert_eq!(claim(&store, "coder", None).expect("claim"), Some(low));
+    assert_eq!(claim(&store, "coder", None).expect("claim"), None);
+    assert_eq!(claim(&store, "reviewer", None).expect("claim"), Some(review));
+    let error = claim(&store, "reviewer", Some(high)).expect_err("held");
+    assert!(error.to_string().contains("by coder"), "{error}");
+}
+
+#[test]
+fn tasks_that_need_capabilities_go_only_to_agents_that_have_them() {
+    let store = store();
+    agent(&store, "plain", None, &[]);
+    agent(&store, "browser", None, &["browser", "net"]);
+    let id = store
+        .write(|tx| {
+            tx.create_task(
+                &Actor::Admin,
+                NewTask {
+                    title: "screenshot".into(),
+                    caps: vec!["browser".into()],
+                    ..Default::default()
+                },
+            )
+        })
+        .expect("create")
+        .id;
+    assert_eq!(claim(&store, "plain", None).expect("claim"), None);
+    assert_eq!(claim(&store, "plain", Some(id)).expect_err("caps").code(), "forbidden");
+    assert_eq!(claim(&store, "browser", None).expect("claim"), Some(id));
+}
+
+#[test]
+fn dependency_cycles_are_refused_and_change_nothing() {
+    let store = store();
+    let a = task(&store, "a", &[], None, 0);
+    let b = task(&store, "b", &[a], None, 0);
+    let c = task(&store, "c", &[b], None, 0);
+    let edit = |id, after: Vec<TaskId>| {
+        store.write(|tx| {
+            tx.edit_task(
+                &Actor::Admin,
+                id,
+                TaskEdit {
+                    after,
+                    title: Some("renamed".into()),
+                    ..Default::default()
+                },
+            )
+        })
+    };
+    let error = edit(a, vec![c]).expect_err("cycle");
+    assert_eq!(error.code(), "cycle");
+    assert_eq!(edit(a, vec![a]).expect_err("self").code(), "cycle");
+    let unchanged = store.read(|r| r.task(a)).expect("task");
+    assert_eq!(unchanged.title, "a");
+    assert!(unchanged.depends_on.is_empty());
+    assert_eq!(status(&store, a), TaskStatus::Ready);
+}
+
+#[test]
+fn unknown_dependencies_are_refused() {
+    let store = store();
+    let error = store
+        .write(|tx| {
+            tx.create_task(
+                &Actor::Admin,
+                NewTask {
+                    title: "x".into(),
+                    after: vec![TaskId(42)],
+                    ..Default::default()
+                },
+            )
+        })
+        .expect_err("unknown");
+    assert_eq!(error.code(), "not_found");
+    assert!(store.read(|r| r.tasks(None, None)).expect("tasks").is_empty());
+}
+
+#[test]
+fn only_the_holder_may_update_or_finish_a_task() {
+    let store = store();
+    agent(&store, "a", None, &[]);
+    agent(&store, "b", None, &[]);
+    let id = task(&store, "t", &[], None, 0);
+    claim(&store, "a", Some(id)).expect("claim");
+    let by_b = Actor::Agent("b".into());
+    let error = store
+        .write(|tx| tx.finish_task(&by_b, id, TaskFinish::default()))
+        .expect_err("not holder");
+    assert_eq!(error.code(), "forbidden");
+    let update = TaskStatusUpdate {
+        status: TaskStatus::Done,
+        note: None,
+    };
+    let error = store
+        .write(|tx| tx.update_task_status(&Actor::Agent("a".into()), id, update))
+        .expect_err("done through update");
+    assert_eq!(error.code(), "invalid_input");
+}
+
+#[test]
+fn expired_claims_return_to_ready_with_attempts_counted_and_leases_released() {
+    let store = Store::open_in_memory(StoreConfig {
+        claim_ttl_secs: 0,
+        ..StoreConfig::default()
+    })
+    .expect("store");
+    agent(&store, "a", None, &[]);
+    let id = task(&store, "t", &[], None, 0);
+    claim(&store, "a", Some(id)).expect("claim");
+    lease(&store, "a", &["src/a.rs"], LeaseMode::Exclusive).expect("lease");
+    let report = store.sweep().expect("sweep");
+    assert_eq!(report.reclaimed_tasks, vec![id]);
+    let task = store.read(|r| r.task(id)).expect("task");
+    assert_eq!((task.status, task.attempts, task.assignee), (TaskStatus::Ready, 1, None));
+    let now = Utc::now().timestamp_millis();
+    assert!(store.read(|r| r.leases(now)).expect("leases").is_empty());
+    let kinds: Vec<String> = store
+        .read(|r| r.events(&EventFilter::default()))
+        .expect("events")
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert!(kinds.contains(&"task.reclaimed".to_string()), "{kinds:?}");
+    assert!(kinds.contains(&"lease.released".to_string()), "{kinds:?}");
+}
+
+#[test]
+fn a_heartbeat_renews_the_claim_lease() {
+    let store = store();
+    agent(&store, "a", None, &[]);
+    let id = task(&store, "t", &[], None, 0);
+    claim(&store, "a", Some(id)).expect("claim");
+    let before = store.read(|r| r.task(id)).expect("task").claim_expires_at;
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    store.write(|tx| tx.heartbeat("a")).expect("heartbeat");
+    let after = store.read(|r| r.task(id)).expect("task").claim_expires_at;
+    assert!(after > before, "{after:?} should be later than {before:?}");
+}
+
+#[test]
+fn conflicting_leases_are_refused_naming_the_holder_and_its_task() {
+    let store = store();
+    agent(&store, "a", None, &[]);
+    agent(&store, "b", None, &[]);
+    let id = task(&store, "parser", &[], None, 0);
+    claim(&store, "a", Some(id)).expect("claim");
+    let granted = lease(&store, "a", &["src/parser/**"], LeaseMode::Exclusive).expect("lease");
+    assert_eq!(granted[0].task, Some(id));
+
+    let error = lease(&store, "b", &["docs/x.md", "src/parser/lex.rs"], LeaseMode::Shared)
+        .expect_err("conflict");
+    let CoreError::LeaseConflict(conflicts) = &error else {
+        panic!("expected a lease conflict, got {error}");
+    };
+    assert_eq!(conflicts.len(), 1);
+    assert_eq!((conflicts[0].holder.as_str(), conflicts[0].task), ("a", Some(id)));
+    assert!(error.to_string().contains("leased by a for T-1"), "{error}");
+    // All or nothing: docs/x.md was not granted either.
+    let now = Utc::now().timestamp_millis();
+    assert!(store.read(|r| r.leases_of("b", now)).expect("leases").is_empty());
+}
+
+#[test]
+fn shared_leases_coexist_and_exclusive_ones_do_not() {
+    let store = store();
+    agent(&store, "a", None, &[]);
+    agent(&store, "b", None, &[]);
+    lease(&store, "a", &["Cargo.toml"], LeaseMode::Shared).expect("a shared");
+    lease(&store, "b", &["Cargo.toml"], LeaseMode::Shared).expect("b shared");
+    assert!(lease(&store, "b", &["Cargo.toml"], LeaseMode::Exclusive).is_err());
+}
+
+#[test]
+fn fencing_tokens_grow_with_every_grant_and_renewal_extends() {
+    let store = store();
+    agent(&store, "a", None, &[]);
+    let first = lease(&store, "a", &["a.rs"], LeaseMode::Exclusive).expect("lease")[0].clone();
+    let second = lease(&store, "a", &["b.rs"], LeaseMode::Exclusive).expect("lease")[0].clone();
+    let again = lease(&store, "a", &["a.rs"], LeaseMode::Exclusive).expect("renew")[0].clone();
+    assert!(first.fencing_token < second.fencing_token);
+    assert!(second.fencing_token < again.fencing_token);
+    assert!(again.expires_at >= first.expires_at);
+    assert_eq!(again.acquired_at, first.acquired_at);
+    let now = Utc::now().timestamp_millis();
+    assert_eq!(store.read(|r| r.leases_of("a", now)).expect("leases").len(), 2);
+}
+
+#[test]
+fn only_the_holder_or_a_forcing_admin_releases_a_lease() {
+    let store = store();
+    agent(&store, "a", None, &[]);
+    agent(&store, "b", None, &[]);
+    lease(&store, "a", &["x.rs"], LeaseMode::Exclusive).expect("lease");
+    let release = |actor: Actor, force| {
+        store.write(|tx| {
+            tx.release_leases(
+                &actor,
+                LeaseRelease {
+                    paths: vec!["x.rs".into()],
+                    force,
+                },
+            )
+        })
+    };
+    assert_eq!(release(Actor::Agent("b".into()), false).expect_err("b").code(), "forbidden");
+    assert_eq!(release(Actor::Agent("b".into()), true).expect_err("b force").code(), "forbidden");
+    assert_eq!(release(Actor::Admin, false).expect_err("no force").code(), "forbidden");
+    assert_eq!(release(Actor::Admin, true).expect("admin force").len(), 1);
+    assert_eq!(release(Actor::Admin, true).expect_err("gone").code(), "not_found");
+}
+
+#[test]
+fn paths_that_escape_the_root_are_refused() {
+    let store = store();
+    agent(&store, "a", None, &[]);
+    for bad in ["../etc/passwd", "/etc/passwd", "a/../../b", ""] {
+        let error = lease(&store, "a", &[bad], LeaseMode::Exclusive).expect_err(bad);
+        assert_eq!(error.code(), "invalid_input", "{bad}: {error}");
+    }
+}
+
+#[test]
+fn messages_come_back_until_acknowledged() {
+    let store = store();
+    agent(&store, "a", Some("coder"), &[]);
+    agent(&store, "b", Some("coder"), &[]);
+    agent(&store, "c", Some("reviewer"), &[]);
+    let send = |actor: Actor, to: &str| {
+        store.write(|tx| {
+            tx.send_message(
+                &actor,
+                NewMessage {
+                    to: to.into(),
+                    body: format!("hello {to}"),
+                    ..Default::default()
+                },
+            )
+        })
+    };
+    let direct = send(Actor::Agent("a".into()), "c").expect("direct");
+    let to_role = send(Actor::Agent("c".into()), "role:coder").expect("role");
+    let everyone = send(Actor::Admin, "all").expect("all");
+    assert_eq!(to_role.deliveries.len(), 2);
+    assert_eq!(everyone.deliveries.len(), 3);
+    assert_eq!(send(Actor::Admin, "nobody").expect_err("unknown").code(), "not_found");
+
+    let inbox = |name: &str| store.read(|r| r.inbox(name)).expect("inbox");
+    let ids = |messages: Vec<Message>| messages.into_iter().map(|m| m.id).collect::<Vec<_>>();
+    assert_eq!(ids(inbox("c")), vec![direct.id.clone(), everyone.id.clone()]);
+    assert_eq!(ids(inbox("c")).len(), 2, "reading does not acknowledge");
+    let acked = store
+        .write(|tx| tx.ack_messages("c", &[direct.id.clone()]))
+        .expect("ack");
+    assert_eq!(acked, vec![direct.id.clone()]);
+    assert_eq!(ids(inbox("c")), vec![everyone.id.clone()]);
+    let again = store.write(|tx| tx.ack_messages("c", &[direct.id])).expect("re-ack");
+    assert!(again.is_empty());
+    assert_eq!(ids(inbox("a")), vec![to_role.id, everyone.id]);
+}
+
+#[test]
+fn reopening_or_changing_a_task_tells_the_holders_of_its_dependents() {
+    let store = store();
+    agent(&store, "a", None, &[]);
+    agent(&store, "b", None, &[]);
+    let api = task(&store, "define the api", &[], None, 0);
+    let client = task(&store, "write the client", &[api], None, 0);
+    claim(&store, "a", Some(api)).expect("claim");
+    store
+        .write(|tx| tx.finish_task(&Actor::Agent("a".into()), api, TaskFinish::default()))
+        .expect("done");
+    claim(&store, "b", Some(client)).expect("claim client");
+
+    store
+        .write(|tx| {
+            tx.edit_task(
+                &Actor::Admin,
+                api,
+                TaskEdit {
+                    body: Some("now with pagination".into()),
+                    ..Default::default()
+                },
+            )
+        })
+        .expect("edit");
+    let inbox = store.read(|r| r.inbox("b")).expect("inbox");
+    assert_eq!(inbox.len(), 1);
+    assert!(inbox[0].body.contains("T-1") && inbox[0].body.contains("was changed"), "{}", inbox[0].body);
+
+    store
+        .write(|tx| tx.reopen_task(&Actor::Admin, api, Some("bug".into())))
+        .expect("reopen");
+    assert_eq!(status(&store, api), TaskStatus::Ready);
+    let inbox = store.read(|r| r.inbox("b")).expect("inbox");
+    assert!(inbox[1].body.contains("reopened"), "{}", inbox[1].body);
+    assert!(store.read(|r| r.inbox("a")).expect("inbox").is_empty());
+}
+
+#[test]
+fn superseding_a_note_alerts_the_other_agents_and_hides_the_old_note() {
+    let store = store();
+    agent(&store, "a", None, &[]);
+    agent(&store, "b", None, &[]);
+    let note = |actor: &str, title: &str, supersedes: Option<String>| {
+        store.write(|tx| {
+            tx.add_note(
+                &Actor::Agent(actor.into()),
+                NewNote {
+                    title: title.into(),
+                    kind: NoteKind::Decision,
+                    body: Some("we use sqlite".into()),
+                    supersedes,
+                    ..Default::default()
+                },
+            )
+        })
+    };
+    let old = note("a", "storage engine", None).expect("note");
+    let new = note("a", "storage engine v2", Some(old.id.clone())).expect("supersede");
+    assert_eq!(
+        note("a", "again", Some(old.id.clone())).expect_err("twice").code(),
+        "conflict"
+    );
+    let listed = store.read(|r| r.notes(None, false, 100)).expect("notes");
+    assert_eq!(listed.iter().map(|n| n.id.clone()).collect::<Vec<_>>(), vec![new.id.clone()]);
+    let inbox = store.read(|r| r.inbox("b")).expect("inbox");
+    assert_eq!(inbox.len(), 1);
+    assert!(inbox[0].body.contains(&old.id) && inbox[0].body.contains(&new.id));
+}
+
+#[test]
+fn search_finds_notes_messages_and_task_results_and_survives_odd_queries() {
+    let store = store();
+    agent(&store, "a", None, &[]);
+    agent(&store, "b", None, &[]);
+    let id = task(&store, "tokenizer", &[], None, 0);
+    claim(&store, "a", Some(id)).expect("claim");
+    store
+        .write(|tx| {
+            tx.finish_task(
+                &Actor::Agent("a".into()),
+                id,
+                TaskFinish {
+                    summary: Some("tokenizer handles unicode escapes".into()),
+                    files: vec![],
+                },
+            )
+        })
+        .expect("done");
+    store
+        .write(|tx| {
+            tx.add_note(
+                &Actor::Agent("a".into()),
+                NewNote {
+                    title: "unicode policy".into(),
+                    body: Some("escapes are decoded once".into()),
+                    ..Default::default()
+                },
+            )
+        })
+        .expect("note");
+    store
+        .write(|tx| {
+            tx.send_message(
+                &Actor::Agent("a".into()),
+                NewMessage {
+                    to: "b".into(),
+                    body: "watch the unicode escapes".into(),
+                    ..Default::default()
+                },
+            )
+        })
+        .expect("message");
+    let hits = store.read(|r| r.search("unicode escapes", &[], 10)).expect("search");
+    let mut kinds: Vec<&str> = hits.iter().map(|h| h.kind.as_str()).collect();
+    kinds.sort_unstable();
+    assert_eq!(kinds, vec!["message", "note", "task"]);
+    for odd in ["\"quoted", "AND OR NOT", "a*b(", "NEAR("] {
+        store.read(|r| r.search(odd, &[], 10)).expect(odd);
+    }
+    assert!(store.read(|r| r.search("  ()  ", &[], 10)).is_err());
+}
+
+#[test]
+fn every_change_writes_its_event_and_a_failed_change_writes_none() {
+    let store = store();
+    agent(&store, "a", None, &[]);
+    let count = || store.read(|r| r.last_seq()).expect("seq");
+    let before = count();
+    task(&store, "t", &[], None, 0);
+    assert!(count() > before);
+    let before = count();
+    let _ = claim(&store, "a", Some(TaskId(99)));
+    assert_eq!(count(), before, "a refused request must leave no event");
+}
+
+#[test]
+fn an_idempotent_retry_is_applied_once_and_answered_the_same() {
+    let store = store();
+    let actor = Actor::Admin;
+    let create = || {
+        store.write_idempotent(&actor, "key-1", "POST /api/tasks {x}", |tx| {
+            let task = tx.create_task(
+                &actor,
+                NewTask {
+                    title: "once".into(),
+                    ..Default::default()
+                },
+            )?;
+            Ok(serde_json::to_value(task)?)
+        })
+    };
+    let (first, replayed_first) = create().expect("first");
+    let (second, replayed_second) = create().expect("second");
+    assert_eq!(first, second);
+    assert_eq!((replayed_first, replayed_second), (false, true));
+    assert_eq!(store.read(|r| r.tasks(None, None)).expect("tasks").len(), 1);
+    let reused = store.write_idempotent(&actor, "key-1", "POST /api/tasks {y}", |_| Ok(serde_json::Value::Null));
+    assert_eq!(reused.expect_err("mismatch").code(), "idempotency_mismatch");
+}
+
+#[test]
+fn lease_expiry_is_swept_with_an_event() {
+    let store = store();
+    agent(&store, "a", None, &[]);
+    store
+        .write(|tx| {
+            tx.acquire_leases(
+                "a",
+                LeaseRequest {
+                    paths: vec!["a.rs".into()],
+                    ttl_secs: Some(1),
+                    ..Default::default()
+                },
+            )
+        })
+        .expect("lease");
+    let later = Utc::now() + Duration::seconds(2);
+    let live = store.read(|r| r.leases(later.timestamp_millis())).expect("leases");
+    assert!(live.is_empty(), "an expired lease is not in force");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(store.sweep().expect("sweep").expired_leases, vec!["a.rs".to_string()]);
+}

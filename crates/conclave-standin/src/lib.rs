@@ -1,0 +1,1 @@
+//! placeholder (the stand-in helper replaces this file)
