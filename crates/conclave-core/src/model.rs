@@ -594,6 +594,100 @@ impl EventFilter {
     }
 }
 
+// ---- response envelopes ------------------------------------------------------------------------
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct AgentList {
+    pub agents: Vec<Agent>,
+}
+
+/// A newly registered agent and its first token (shown once; stored hashed).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct AgentCreated {
+    pub agent: Agent,
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct TokenIssued {
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonRequest {
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRequest {
+    /// The task to claim; none takes the best ready task that fits.
+    #[serde(default)]
+    pub id: Option<TaskId>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct TaskList {
+    pub tasks: Vec<Task>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct LeaseList {
+    pub leases: Vec<Lease>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ReleasedLeases {
+    pub released: Vec<Lease>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct MessageList {
+    pub messages: Vec<Message>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct AckResult {
+    pub acked: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct NoteList {
+    pub notes: Vec<Note>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct SearchResults {
+    pub hits: Vec<SearchHit>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct EventList {
+    pub events: Vec<Event>,
+}
+
+/// `GET /api/status`: the whole team at a glance.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct StatusReport {
+    pub agents: Vec<Agent>,
+    pub tasks: Vec<Task>,
+    pub leases: Vec<Lease>,
+    /// The calling agent, when an agent asks.
+    pub me: Option<String>,
+    /// The calling agent's unacknowledged messages.
+    pub unread: Option<i64>,
+    pub last_seq: i64,
+}
+
 /// `task.` matches every `task.*` kind; anything else must match exactly.
 pub fn kind_matches(filter: &str, kind: &str) -> bool {
     if filter.ends_with('.') {

@@ -1,1 +1,226 @@
-pub fn x(){}
+//! Conclave's server: the HTTP JSON API, the live event stream, and (later) the MCP endpoint,
+//! hook endpoints and dashboard, all on one port over one [`conclave_core::Store`].
+//!
+//! [`run`] takes an already bound listener and a shutdown token (tests bind port 0);
+//! [`serve_project`] is what `conclave serve` calls: it takes the project's lock, opens its store,
+//! binds, writes `.conclave/server.json`, and serves until shut down.
+
+mod api;
+mod app;
+mod auth;
+mod error;
+mod metrics;
+mod routes;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use conclave_core::config::{Config, DEFAULT_LISTEN};
+use conclave_core::project::{Project, ServerInfo};
+use conclave_core::Store;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use app::{App, AppSettings};
+pub use error::{ApiError, ErrorBody, ErrorDetail};
+pub use routes::openapi_document;
+
+/// The largest request body accepted (bigger ones get 413).
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// Builds the whole HTTP service.
+pub fn router(app: App) -> Router {
+    routes::router(&app)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(app.clone(), count_requests))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        .with_state(app)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint (see /api/openapi.json)")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method (see /api/openapi.json)",
+    )
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    ApiError::internal("internal error").into_response()
+}
+
+async fn count_requests(State(app): State<App>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    app.metrics().count_request(response.status().as_u16(), micros);
+    response
+}
+
+/// Serves `app` on `listener` until `shutdown` is cancelled, sweeping expired claims and leases
+/// in the background.
+pub async fn run(listener: TcpListener, app: App, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let sweeper = tokio::spawn(sweep_periodically(app.clone(), shutdown.clone()));
+    let service = router(app);
+    let result = axum::serve(listener, service)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
+    shutdown.cancel();
+    let _ = sweeper.await;
+    result.context("the HTTP server failed")
+}
+
+async fn sweep_periodically(app: App, shutdown: CancellationToken) {
+    let ttl = app.store().config().claim_ttl_secs.min(app.store().config().lease_ttl_secs);
+    // Often enough that an expiry is noticed within a small fraction of the TTL.
+    let period = Duration::from_millis((ttl * 1000 / 10).clamp(200, 15_000) as u64);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        let store = app.store().clone();
+        match tokio::task::spawn_blocking(move || store.sweep()).await {
+            Ok(Ok(report)) if !report.reclaimed_tasks.is_empty() || !report.expired_leases.is_empty() => {
+                tracing::info!(?report.reclaimed_tasks, ?report.expired_leases, "swept expired claims and leases");
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "sweep failed"),
+            Err(error) => tracing::warn!(%error, "sweep task failed"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// Overrides `[server] listen` from `conclave.toml`.
+    pub listen: Option<String>,
+    /// Allow binding a non-loopback address.
+    pub allow_remote: bool,
+}
+
+/// Holds the project's server lock for as long as it lives. The OS drops the lock when the
+/// process dies, so a crashed server never blocks the next start.
+pub struct ServerLock {
+    _file: std::fs::File,
+}
+
+impl ServerLock {
+    pub fn acquire(project: &Project) -> anyhow::Result<ServerLock> {
+        project.ensure_state_dir().context("cannot create the .conclave folder")?;
+        let path = project.lock_file();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(ServerLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let running = project
+                    .read_server_info()
+                    .map(|info| format!(" at {} (pid {})", info.url, info.pid))
+                    .unwrap_or_default();
+                anyhow::bail!(
+                    "another conclave server is already running on {}{running}; stop it first or use it",
+                    project.state_dir().display()
+                )
+            }
+            Err(std::fs::TryLockError::Error(error)) => {
+                Err(error).with_context(|| format!("cannot lock {}", path.display()))
+            }
+        }
+    }
+}
+
+/// A running project server's pieces, for `conclave serve` and `conclave up`.
+pub struct ProjectServer {
+    pub app: App,
+    pub listener: TcpListener,
+    pub url: String,
+    pub admin_token: String,
+    pub lock: ServerLock,
+}
+
+/// Locks the project, opens its store and binds the listener (checking the loopback rule).
+pub async fn open_project_server(project: &Project, options: &ServeOptions, shutdown: CancellationToken) -> anyhow::Result<ProjectServer> {
+    let config = Config::load(&project.config_file())?;
+    let lock = ServerLock::acquire(project)?;
+    let admin_token = project.ensure_admin_token().context("cannot create the admin token")?;
+    let listen = options
+        .listen
+        .clone()
+        .or_else(|| config.server.listen.clone())
+        .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+    let allow_remote = options.allow_remote || config.server.allow_remote;
+    let addr: SocketAddr = listen
+        .parse()
+        .with_context(|| format!("--listen {listen:?} is not an address like 127.0.0.1:7420"))?;
+    if !addr.ip().is_loopback() && !allow_remote {
+        anyhow::bail!(
+            "refusing to listen on {addr}: it is not a loopback address and would expose the team to the network; pass --allow-remote to do it anyway"
+        );
+    }
+    let store_config = config.store_config();
+    let database = project.database();
+    let store = tokio::task::spawn_blocking(move || Store::open(&database, store_config))
+        .await?
+        .with_context(|| format!("cannot open the store at {}", project.database().display()))?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    let url = format!("http://{local}");
+    let mut allowed_hosts = config.server.allowed_hosts.clone();
+    if !local.ip().is_loopback() && !local.ip().is_unspecified() {
+        allowed_hosts.push(local.ip().to_string());
+    }
+    let settings = AppSettings {
+        project_root: Some(project.root().to_path_buf()),
+        allowed_hosts,
+        keep_working: config.server.keep_working,
+    };
+    let app = App::new(store, &admin_token, settings, shutdown);
+    Ok(ProjectServer {
+        app,
+        listener,
+        url,
+        admin_token,
+        lock,
+    })
+}
+
+/// `conclave serve`: serves the project in the foreground until `shutdown`.
+pub async fn serve_project(project: &Project, options: ServeOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let server = open_project_server(project, &options, shutdown.clone()).await?;
+    project
+        .write_server_info(&ServerInfo {
+            url: server.url.clone(),
+            pid: std::process::id(),
+            started_at: chrono::Utc::now(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        })
+        .context("cannot write .conclave/server.json")?;
+    eprintln!("conclave: serving {} on {}", project.root().display(), server.url);
+    eprintln!("conclave: dashboard (keep this link private; it carries the admin token):");
+    eprintln!("{}/?token={}", server.url, server.admin_token);
+    let result = run(server.listener, server.app, shutdown).await;
+    project.remove_server_info();
+    drop(server.lock);
+    eprintln!("conclave: server stopped");
+    result
+}

@@ -1,0 +1,9 @@
+//! HTTP handlers of the JSON API, one module per area.
+
+pub mod agents;
+pub mod events;
+pub mod leases;
+pub mod messages;
+pub mod notes;
+pub mod status;
+pub mod tasks;

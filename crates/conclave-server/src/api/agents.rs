@@ -1,0 +1,96 @@
+//! `/api/agents`: register agents, issue tokens, report status, release what an agent holds.
+
+use axum::response::Response;
+use conclave_core::model::{
+    Actor, Agent, AgentCreated, AgentList, AgentUpdate, NewAgent, ReasonRequest, TokenIssued,
+};
+
+use crate::app::{ApiJson, ApiPath, App, IdempotencyKey, only_admin};
+use crate::error::{ApiError, ApiResult};
+use axum::Json;
+use axum::extract::State;
+
+pub async fn register(
+    State(app): State<App>,
+    actor: Actor,
+    key: IdempotencyKey,
+    ApiJson(new): ApiJson<NewAgent>,
+) -> ApiResult<Response> {
+    only_admin(&actor, "register agents")?;
+    let key = key.with_body(&new);
+    let written = app
+        .write(&actor, &key, move |tx| {
+            let (agent, token) = tx.register_agent(conclave_core::model::ADMIN_NAME, new)?;
+            Ok(AgentCreated { agent, token })
+        })
+        .await?;
+    Ok(written.created())
+}
+
+pub async fn list(State(app): State<App>) -> ApiResult<Json<AgentList>> {
+    let agents = app.read(|r| r.agents()).await?;
+    Ok(Json(AgentList { agents }))
+}
+
+pub async fn show(State(app): State<App>, ApiPath(name): ApiPath<String>) -> ApiResult<Json<Agent>> {
+    Ok(Json(app.read(move |r| r.agent(&name)).await?))
+}
+
+/// The admin (supervisor) reports on any agent; an agent reports on itself.
+pub async fn update(
+    State(app): State<App>,
+    actor: Actor,
+    key: IdempotencyKey,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(update): ApiJson<AgentUpdate>,
+) -> ApiResult<Response> {
+    if let Actor::Agent(me) = &actor
+        && *me != name
+    {
+        return Err(ApiError::forbidden(format!("{me} may not change agent {name}")));
+    }
+    let key = key.with_body(&update);
+    let by = actor.name().to_string();
+    let written = app
+        .write(&actor, &key, move |tx| tx.update_agent(&by, &name, update))
+        .await?;
+    Ok(written.ok())
+}
+
+pub async fn issue_token(
+    State(app): State<App>,
+    actor: Actor,
+    key: IdempotencyKey,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Response> {
+    only_admin(&actor, "issue tokens")?;
+    let written = app
+        .write(&actor, &key, move |tx| {
+            let token = tx.issue_token(conclave_core::model::ADMIN_NAME, &name)?;
+            Ok(TokenIssued { token })
+        })
+        .await?;
+    Ok(written.created())
+}
+
+/// Gives back everything an agent holds (its process is known to be dead).
+pub async fn release(
+    State(app): State<App>,
+    actor: Actor,
+    key: IdempotencyKey,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(request): ApiJson<ReasonRequest>,
+) -> ApiResult<Response> {
+    only_admin(&actor, "release an agent's claims")?;
+    let key = key.with_body(&request);
+    let reason = request
+        .reason
+        .unwrap_or_else(|| "released by an admin".to_string());
+    let written = app
+        .write(&actor, &key, move |tx| {
+            tx.read().agent(&name)?;
+            tx.release_agent(conclave_core::model::ADMIN_NAME, &name, &reason)
+        })
+        .await?;
+    Ok(written.ok())
+}

@@ -1,0 +1,67 @@
+//! `/api/status`, `/healthz`, `/metrics` and `/api/openapi.json`.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use conclave_core::model::{Actor, AgentStatus, Health, StatusReport, TaskStatus};
+
+use crate::app::App;
+use crate::error::ApiResult;
+use crate::metrics::StateGauges;
+
+pub async fn status(State(app): State<App>, actor: Actor) -> ApiResult<Json<StatusReport>> {
+    let me = actor.agent().map(str::to_string);
+    let now = chrono::Utc::now().timestamp_millis();
+    let report = app
+        .read(move |r| {
+            let unread = me.as_deref().map(|name| r.unread_count(name)).transpose()?;
+            Ok(StatusReport {
+                agents: r.agents()?,
+                tasks: r.tasks(None, None)?,
+                leases: r.leases(now)?,
+                me,
+                unread,
+                last_seq: r.last_seq()?,
+            })
+        })
+        .await?;
+    Ok(Json(report))
+}
+
+pub async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok".to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    })
+}
+
+pub async fn metrics(State(app): State<App>) -> ApiResult<impl IntoResponse> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let gauges = app
+        .read(move |r| {
+            let tasks = r.tasks(None, None)?;
+            let agents = r.agents()?;
+            Ok(StateGauges {
+                tasks: TaskStatus::ALL
+                    .iter()
+                    .map(|s| (*s, tasks.iter().filter(|t| t.status == *s).count()))
+                    .collect(),
+                agents: AgentStatus::ALL
+                    .iter()
+                    .map(|s| (*s, agents.iter().filter(|a| a.status == *s).count()))
+                    .collect(),
+                leases: r.leases(now)?.len(),
+                last_seq: r.last_seq()?,
+            })
+        })
+        .await?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        app.metrics().render(&gauges),
+    ))
+}
+
+pub async fn openapi() -> impl IntoResponse {
+    Json(crate::routes::openapi_document())
+}

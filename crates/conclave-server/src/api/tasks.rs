@@ -1,0 +1,167 @@
+//! `/api/tasks`: create, list, edit, claim, update, finish, fail, cancel, assign, reopen.
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::Response;
+use conclave_core::model::{
+    Actor, ClaimRequest, NewTask, ReasonRequest, Task, TaskAssign, TaskCancel, TaskEdit,
+    TaskFailure, TaskFinish, TaskId, TaskList, TaskStatus, TaskStatusUpdate,
+};
+use serde::Deserialize;
+
+use crate::app::{ApiJson, ApiPath, ApiQuery, App, IdempotencyKey, only_admin, only_agent};
+use crate::error::ApiResult;
+
+fn parse_id(text: &str) -> ApiResult<TaskId> {
+    Ok(text.parse::<TaskId>()?)
+}
+
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskQuery {
+    pub status: Option<String>,
+    pub assignee: Option<String>,
+}
+
+pub async fn create(
+    State(app): State<App>,
+    actor: Actor,
+    key: IdempotencyKey,
+    ApiJson(new): ApiJson<NewTask>,
+) -> ApiResult<Response> {
+    let key = key.with_body(&new);
+    let by = actor.clone();
+    let written = app.write(&actor, &key, move |tx| tx.create_task(&by, new)).await?;
+    Ok(written.created())
+}
+
+pub async fn list(State(app): State<App>, ApiQuery(query): ApiQuery<TaskQuery>) -> ApiResult<Json<TaskList>> {
+    let status = query.status.as_deref().map(str::parse::<TaskStatus>).transpose()?;
+    let tasks = app
+        .read(move |r| r.tasks(status, query.assignee.as_deref()))
+        .await?;
+    Ok(Json(TaskList { tasks }))
+}
+
+pub async fn show(State(app): State<App>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Task>> {
+    let id = parse_id(&id)?;
+    Ok(Json(app.read(move |r| r.task(id)).await?))
+}
+
+pub async fn edit(
+    State(app): State<App>,
+    actor: Actor,
+    key: IdempotencyKey,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(edit): ApiJson<TaskEdit>,
+) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    let key = key.with_body(&edit);
+    let by = actor.clone();
+    Ok(app.write(&actor, &key, move |tx| tx.edit_task(&by, id, edit)).await?.ok())
+}
+
+pub async fn claim(
+    State(app): State<App>,
+    actor: Actor,
+    key: IdempotencyKey,
+    ApiJson(request): ApiJson<ClaimRequest>,
+) -> ApiResult<Response> {
+    let agent = only_agent(&actor, "claim tasks")?.to_string();
+    let key = key.with_body(&request);
+    Ok(app
+        .write(&actor, &key, move |tx| tx.claim_task(&agent, request.id))
+        .await?
+        .ok())
+}
+
+pub async fn set_status(
+    State(app): State<App>,
+    actor: Actor,
+    key: IdempotencyKey,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(update): ApiJson<TaskStatusUpdate>,
+) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    let key = key.with_body(&update);
+    let by = actor.clone();
+    Ok(app
+        .write(&actor, &key, move |tx| tx.update_task_status(&by, id, update))
+        .await?
+        .ok())
+}
+
+pub async fn done(
+    State(app): State<App>,
+    actor: Actor,
+    key: IdempotencyKey,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(finish): ApiJson<TaskFinish>,
+) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    let key = key.with_body(&finish);
+    let by = actor.clone();
+    Ok(app.write(&actor, &key, move |tx| tx.finish_task(&by, id, finish)).await?.ok())
+}
+
+pub async fn fail(
+    State(app): State<App>,
+    actor: Actor,
+    key: IdempotencyKey,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(failure): ApiJson<TaskFailure>,
+) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    let key = key.with_body(&failure);
+    let by = actor.clone();
+    Ok(app
+        .write(&actor, &key, move |tx| tx.fail_task(&by, id, &failure.reason))
+        .await?
+        .ok())
+}
+
+pub async fn cancel(
+    State(app): State<App>,
+    actor: Actor,
+    key: IdempotencyKey,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(cancel): ApiJson<TaskCancel>,
+) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    let key = key.with_body(&cancel);
+    let by = actor.clone();
+    Ok(app
+        .write(&actor, &key, move |tx| tx.cancel_task(&by, id, cancel.reason))
+        .await?
+        .ok())
+}
+
+pub async fn assign(
+    State(app): State<App>,
+    actor: Actor,
+    key: IdempotencyKey,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(assign): ApiJson<TaskAssign>,
+) -> ApiResult<Response> {
+    only_admin(&actor, "assign tasks")?;
+    let id = parse_id(&id)?;
+    let key = key.with_body(&assign);
+    let by = actor.clone();
+    Ok(app.write(&actor, &key, move |tx| tx.assign_task(&by, id, assign)).await?.ok())
+}
+
+pub async fn reopen(
+    State(app): State<App>,
+    actor: Actor,
+    key: IdempotencyKey,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(request): ApiJson<ReasonRequest>,
+) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    let key = key.with_body(&request);
+    let by = actor.clone();
+    Ok(app
+        .write(&actor, &key, move |tx| tx.reopen_task(&by, id, request.reason))
+        .await?
+        .ok())
+}

@@ -1,0 +1,255 @@
+//! The route table: every API operation once, with its handler and its documentation. The router
+//! and the OpenAPI document are both built from [`operations`], so they cannot drift apart.
+
+use axum::Router;
+use axum::routing::{MethodRouter, get, patch, post};
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde_json::{Map, Value, json};
+
+use crate::api::{agents, events, leases, messages, notes, status, tasks};
+use crate::app::App;
+use crate::error::ErrorBody;
+use conclave_core::model::*;
+
+type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
+
+fn schema<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
+    generator.subschema_for::<T>()
+}
+
+pub struct Operation {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub summary: &'static str,
+    /// Answers without a token.
+    pub public: bool,
+    pub status: u16,
+    request: Option<SchemaFn>,
+    query: Option<SchemaFn>,
+    response: Option<SchemaFn>,
+    handler: MethodRouter<App>,
+}
+
+impl Operation {
+    fn request<T: JsonSchema>(mut self) -> Self {
+        self.request = Some(schema::<T>);
+        self
+    }
+
+    fn query<T: JsonSchema>(mut self) -> Self {
+        self.query = Some(schema::<T>);
+        self
+    }
+
+    fn response<T: JsonSchema>(mut self) -> Self {
+        self.response = Some(schema::<T>);
+        self
+    }
+
+    fn created(mut self) -> Self {
+        self.status = 201;
+        self
+    }
+
+    fn public(mut self) -> Self {
+        self.public = true;
+        self
+    }
+}
+
+fn op(method: &'static str, path: &'static str, summary: &'static str, handler: MethodRouter<App>) -> Operation {
+    Operation {
+        method,
+        path,
+        summary,
+        public: false,
+        status: 200,
+        request: None,
+        query: None,
+        response: None,
+        handler,
+    }
+}
+
+pub fn operations() -> Vec<Operation> {
+    vec![
+        op("get", "/healthz", "Liveness check", get(status::health)).public().response::<Health>(),
+        op("get", "/api/openapi.json", "This document", get(status::openapi)).public(),
+        op("get", "/metrics", "Prometheus metrics (text)", get(status::metrics)),
+        op("get", "/api/status", "Agents, tasks and leases at a glance", get(status::status))
+            .response::<StatusReport>(),
+        op("post", "/api/agents", "Register an agent (admin); answers its first token", post(agents::register))
+            .request::<NewAgent>().response::<AgentCreated>().created(),
+        op("get", "/api/agents", "List agents", get(agents::list)).response::<AgentList>(),
+        op("get", "/api/agents/{name}", "Show an agent", get(agents::show)).response::<Agent>(),
+        op("patch", "/api/agents/{name}", "Report an agent's status (admin, or the agent itself)", patch(agents::update))
+            .request::<AgentUpdate>().response::<Agent>(),
+        op("post", "/api/agents/{name}/tokens", "Issue another token for an agent (admin)", post(agents::issue_token))
+            .response::<TokenIssued>().created(),
+        op("post", "/api/agents/{name}/release", "Return an agent's tasks and leases (admin)", post(agents::release))
+            .request::<ReasonRequest>().response::<conclave_core::store::ReleaseReport>(),
+        op("post", "/api/tasks", "Create a task", post(tasks::create))
+            .request::<NewTask>().response::<Task>().created(),
+        op("get", "/api/tasks", "List tasks", get(tasks::list)).query::<tasks::TaskQuery>().response::<TaskList>(),
+        op("post", "/api/tasks/claim", "Claim a task (agent): the one named, or the best ready one", post(tasks::claim))
+            .request::<ClaimRequest>().response::<conclave_core::store::ClaimOutcome>(),
+        op("get", "/api/tasks/{id}", "Show a task", get(tasks::show)).response::<Task>(),
+        op("patch", "/api/tasks/{id}", "Edit a task", patch(tasks::edit)).request::<TaskEdit>().response::<Task>(),
+        op("post", "/api/tasks/{id}/status", "Set in_progress, blocked or review (holder)", post(tasks::set_status))
+            .request::<TaskStatusUpdate>().response::<Task>(),
+        op("post", "/api/tasks/{id}/done", "Finish a task (holder)", post(tasks::done))
+            .request::<TaskFinish>().response::<Task>(),
+        op("post", "/api/tasks/{id}/fail", "Fail a task (holder)", post(tasks::fail))
+            .request::<TaskFailure>().response::<Task>(),
+        op("post", "/api/tasks/{id}/cancel", "Cancel a task", post(tasks::cancel))
+            .request::<TaskCancel>().response::<Task>(),
+        op("post", "/api/tasks/{id}/assign", "Assign a task to an agent (admin)", post(tasks::assign))
+            .request::<TaskAssign>().response::<Task>(),
+        op("post", "/api/tasks/{id}/reopen", "Reopen a finished task", post(tasks::reopen))
+            .request::<ReasonRequest>().response::<Task>(),
+        op("post", "/api/leases", "Lease paths or globs (agent); all or nothing", post(leases::acquire))
+            .request::<LeaseRequest>().response::<LeaseList>(),
+        op("post", "/api/leases/release", "Release leases", post(leases::release))
+            .request::<LeaseRelease>().response::<ReleasedLeases>(),
+        op("get", "/api/leases", "List leases in force", get(leases::list)).response::<LeaseList>(),
+        op("post", "/api/messages", "Send a message to an agent, role:<name> or all", post(messages::send))
+            .request::<NewMessage>().response::<Message>().created(),
+        op("get", "/api/messages", "List messages (an agent sees its own)", get(messages::list))
+            .query::<messages::MessageQuery>().response::<MessageList>(),
+        op("get", "/api/inbox", "Unacknowledged messages (agent), optionally waiting", get(messages::inbox))
+            .query::<messages::InboxQuery>().response::<MessageList>(),
+        op("post", "/api/inbox/ack", "Acknowledge messages (agent)", post(messages::ack))
+            .request::<MessageAck>().response::<AckResult>(),
+        op("post", "/api/notes", "Write a note", post(notes::add)).request::<NewNote>().response::<Note>().created(),
+        op("get", "/api/notes", "List notes", get(notes::list)).query::<notes::NoteQuery>().response::<NoteList>(),
+        op("get", "/api/search", "Search notes, messages and task results", get(notes::search))
+            .query::<notes::SearchQuery>().response::<SearchResults>(),
+        op("get", "/api/events", "Query the event log", get(events::list))
+            .query::<EventFilter>().response::<EventList>(),
+        op("get", "/api/events/stream", "Follow the event log (SSE; resumes after Last-Event-ID)", get(events::stream))
+            .query::<EventFilter>(),
+    ]
+}
+
+/// The API router: public operations, and the rest behind the token middleware.
+pub fn router(app: &App) -> Router<App> {
+    let mut public = Router::new();
+    let mut private = Router::new();
+    for operation in operations() {
+        if operation.public {
+            public = public.route(operation.path, operation.handler);
+        } else {
+            private = private.route(operation.path, operation.handler);
+        }
+    }
+    let private = private.layer(axum::middleware::from_fn_with_state(
+        app.clone(),
+        crate::auth::require_token,
+    ));
+    public.merge(private)
+}
+
+/// The OpenAPI 3.1 document of every operation.
+pub fn openapi_document() -> Value {
+    let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
+    let error_schema = generator.subschema_for::<ErrorBody>();
+    let mut paths: Map<String, Value> = Map::new();
+    for operation in operations() {
+        let mut entry = json!({
+            "summary": operation.summary,
+            "operationId": format!("{}_{}", operation.method, operation.path.trim_start_matches('/').replace(['/', '{', '}', '.'], "_")),
+        });
+        let mut responses = Map::new();
+        let ok = match operation.response {
+            Some(response) => json!({
+                "description": "success",
+                "content": { "application/json": { "schema": response(&mut generator) } }
+            }),
+            None => json!({ "description": "success" }),
+        };
+        responses.insert(operation.status.to_string(), ok);
+        responses.insert(
+            "default".to_string(),
+            json!({ "description": "error", "content": { "application/json": { "schema": error_schema.clone() } } }),
+        );
+        entry["responses"] = Value::Object(responses);
+        if let Some(request) = operation.request {
+            entry["requestBody"] = json!({
+                "required": true,
+                "content": { "application/json": { "schema": request(&mut generator) } }
+            });
+        }
+        let mut parameters: Vec<Value> = path_parameters(operation.path)
+            .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
+            .collect();
+        if let Some(query) = operation.query {
+            let query_schema = query(&mut generator);
+            parameters.extend(query_parameters(&generator, &query_schema));
+        }
+        if !parameters.is_empty() {
+            entry["parameters"] = Value::Array(parameters);
+        }
+        if operation.public {
+            entry["security"] = json!([]);
+        }
+        let item = paths
+            .entry(operation.path.to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
+        item[operation.method] = entry;
+    }
+    let schemas: Map<String, Value> = generator
+        .take_definitions(true)
+        .into_iter()
+        .collect();
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Conclave API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Coordination server for teams of coding agents. Every request but /healthz and /api/openapi.json needs `Authorization: Bearer <token>` (an agent's token or the admin token). Mutating requests may carry `Idempotency-Key`."
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } }
+        },
+        "security": [{ "bearer": [] }]
+    })
+}
+
+fn path_parameters(path: &str) -> impl Iterator<Item = &str> {
+    path.split('/')
+        .filter_map(|segment| segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+}
+
+/// Query parameters from the properties of a query struct's schema.
+fn query_parameters(generator: &SchemaGenerator, schema: &Schema) -> Vec<Value> {
+    let resolved = schema
+        .get("$ref")
+        .and_then(Value::as_str)
+        .and_then(|reference| reference.rsplit('/').next())
+        .and_then(|name| generator.definitions().get(name))
+        .cloned()
+        .unwrap_or_else(|| schema.as_value().clone());
+    let required: Vec<&str> = resolved
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|names| names.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    resolved
+        .get("properties")
+        .and_then(Value::as_object)
+        .map(|properties| {
+            properties
+                .iter()
+                .map(|(name, property)| {
+                    json!({
+                        "name": name, "in": "query",
+                        "required": required.contains(&name.as_str()),
+                        "schema": property,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
