@@ -1,0 +1,94 @@
+//! The event log over HTTP: queries, the live SSE stream, and resuming after Last-Event-ID.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::TestServer;
+
+/// Reads SSE `data:` payloads from a streaming response until `n` events arrived.
+async fn read_events(response: reqwest::Response, n: usize) -> Vec<Value> {
+    let mut stream = response.bytes_stream();
+    let mut buffer = String::new();
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while events.len() < n {
+        let chunk = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .expect("events arrive in time")
+            .expect("stream open")
+            .expect("chunk");
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let frame: String = buffer.drain(..end + 2).collect();
+            for line in frame.lines() {
+                if let Some(data) = line.strip_prefix("data:") {
+                    events.push(serde_json::from_str(data.trim()).expect("event json"));
+                }
+            }
+        }
+    }
+    events
+}
+
+#[tokio::test]
+async fn a_live_stream_delivers_new_events_and_resumes_after_last_event_id() {
+    let server = TestServer::start().await;
+    server.task("before the stream").await;
+    let (_, status) = server.as_admin().get("/api/status").await;
+    let seen = status["last_seq"].as_i64().expect("seq");
+
+    // Live: an event created after connecting arrives.
+    let live = server
+        .as_admin()
+        .request(Method::GET, "/api/events/stream?kind=task.created")
+        .send()
+        .await
+        .expect("stream");
+    server.task("while streaming").await;
+    let events = read_events(live, 1).await;
+    assert_eq!(events[0]["data"]["title"], "while streaming");
+
+    // Resume: everything after the given id comes first, in order, then live.
+    let resumed = server
+        .as_admin()
+        .request(Method::GET, "/api/events/stream")
+        .header("last-event-id", seen.to_string())
+        .send()
+        .await
+        .expect("stream");
+    server.task("after resume").await;
+    let events = read_events(resumed, 4).await;
+    let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().expect("seq")).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert_eq!(seqs[0], seen + 1);
+    let titles: Vec<&str> = events.iter().filter_map(|e| e["data"]["title"].as_str()).collect();
+    assert_eq!(titles, vec!["while streaming", "after resume"]);
+}
+
+#[tokio::test]
+async fn events_can_be_queried_by_agent_task_kind_and_sequence() {
+    let server = TestServer::start().await;
+    let alice = server.agent("alice", None).await;
+    let first = server.task("one").await;
+    server.task("two").await;
+    let (_, claimed) = server.with_token(&alice).post("/api/tasks/claim", json!({ "id": first })).await;
+    assert_eq!(claimed["task"]["id"], first.as_str());
+
+    let (_, by_task) = server.as_admin().get(&format!("/api/events?task={first}")).await;
+    let kinds: Vec<&str> = by_task["events"].as_array().expect("events").iter().filter_map(|e| e["kind"].as_str()).collect();
+    assert_eq!(kinds, vec!["task.created", "task.ready", "task.claimed"]);
+
+    let (_, by_agent) = server.as_admin().get("/api/events?agent=alice&kind=task.").await;
+    let events = by_agent["events"].as_array().expect("events");
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["actor"], "alice");
+
+    let after = events[0]["seq"].as_i64().expect("seq") - 1;
+    let (_, later) = server.as_admin().get(&format!("/api/events?after={after}")).await;
+    assert_eq!(later["events"][0]["kind"], "task.claimed");
+    let (_, newest) = server.as_admin().get("/api/events?desc=true&limit=1").await;
+    assert_eq!(newest["events"][0]["kind"], "task.claimed");
+}
