@@ -6,6 +6,7 @@
 //! binds, writes `.conclave/server.json`, and serves until shut down.
 
 mod api;
+pub mod bench;
 mod app;
 mod auth;
 mod error;
