@@ -39,6 +39,7 @@ struct AppInner {
     last_heartbeat: Mutex<HashMap<String, Instant>>,
     shutdown: CancellationToken,
     settings: AppSettings,
+    stop_blocks: crate::hooks::StopBlocks,
 }
 
 /// Server-wide settings that handlers and integrations read.
@@ -73,6 +74,7 @@ impl App {
                 last_heartbeat: Mutex::new(HashMap::new()),
                 shutdown,
                 settings,
+                stop_blocks: crate::hooks::StopBlocks::default(),
             }),
         }
     }
@@ -87,6 +89,10 @@ impl App {
 
     pub fn settings(&self) -> &AppSettings {
         &self.inner.settings
+    }
+
+    pub(crate) fn stop_blocks(&self) -> &crate::hooks::StopBlocks {
+        &self.inner.stop_blocks
     }
 
     pub fn shutdown_token(&self) -> &CancellationToken {

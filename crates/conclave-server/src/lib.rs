@@ -10,6 +10,8 @@ pub mod bench;
 mod app;
 mod auth;
 mod error;
+pub mod hooks;
+mod mcp;
 mod metrics;
 mod routes;
 
@@ -30,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use app::{App, AppSettings};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
+pub use mcp::tool_definitions_json;
 pub use routes::openapi_document;
 
 /// The largest request body accepted (bigger ones get 413).
@@ -37,7 +40,11 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
 /// Builds the whole HTTP service.
 pub fn router(app: App) -> Router {
+    let mcp = Router::new()
+        .nest_service("/mcp", mcp::service(app.clone()))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), auth::require_token));
     routes::router(&app)
+        .merge(mcp.with_state(app.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(app.clone(), count_requests))

@@ -126,6 +126,7 @@ pub fn operations() -> Vec<Operation> {
             .query::<notes::SearchQuery>().response::<SearchResults>(),
         op("get", "/api/events", "Query the event log", get(events::list))
             .query::<EventFilter>().response::<EventList>(),
+        op("post", "/hooks/{event}", "Claude Code hook endpoint (agent): pre-tool-use, post-tool-use, session-start, user-prompt-submit, stop, pre-compact, session-end", post(crate::hooks::handle)),
         op("get", "/api/events/stream", "Follow the event log (SSE; resumes after Last-Event-ID)", get(events::stream))
             .query::<EventFilter>(),
     ]

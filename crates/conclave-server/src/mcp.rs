@@ -1,0 +1,732 @@
+//! The MCP endpoint (`/mcp`, streamable HTTP, built with the official SDK `rmcp`): the agent's
+//! tool set. All MCP code lives in this module (rmcp breaks its API often).
+//!
+//! Served statelessly: no MCP session is kept in memory, so a client keeps working across a
+//! server restart. The agent is the owner of the bearer token (checked by the auth middleware in
+//! front); no tool takes an identity argument. Results are short text a model reads easily,
+//! bounded in size; errors say what to do next.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use conclave_core::model::{
+    Actor, LeaseMode, LeaseRelease, LeaseRequest, MessageAck, MessageKind, NewMessage, NewNote,
+    NewTask, NoteKind, Task, TaskFinish, TaskId, TaskStatus, TaskStatusUpdate, format_duration_secs,
+};
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::tool::Extension;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{CallToolResult, ContentBlock};
+use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ServerHandler, tool, tool_handler, tool_router};
+use serde::Deserialize;
+
+use crate::api::messages::wait_for_inbox;
+use crate::app::{App, IdempotencyKey};
+use crate::error::ApiError;
+
+/// The most text one tool result carries.
+const MAX_RESULT_CHARS: usize = 6000;
+const MAX_INBOX_WAIT_SECS: i64 = 300;
+
+pub type McpService = StreamableHttpService<ConclaveTools, NeverSessionManager>;
+
+/// The `/mcp` service. Mount it behind the token middleware.
+pub fn service(app: App) -> McpService {
+    let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    hosts.extend(app.settings().allowed_hosts.iter().cloned());
+    let config = StreamableHttpServerConfig::default()
+        .with_legacy_session_mode(false)
+        .with_json_response(true)
+        .with_sse_keep_alive(None)
+        .with_allowed_hosts(hosts)
+        .with_cancellation_token(app.shutdown_token().child_token());
+    let router = Arc::new(slim_schemas(ConclaveTools::tool_router()));
+    StreamableHttpService::new(
+        move || {
+            Ok(ConclaveTools {
+                app: app.clone(),
+                tool_router: router.clone(),
+            })
+        },
+        Arc::new(NeverSessionManager::default()),
+        config,
+    )
+}
+
+#[derive(Clone)]
+pub struct ConclaveTools {
+    app: App,
+    tool_router: Arc<ToolRouter<Self>>,
+}
+
+type ToolResult = Result<CallToolResult, rmcp::ErrorData>;
+
+fn text(body: impl Into<String>) -> ToolResult {
+    let mut body = body.into();
+    if body.len() > MAX_RESULT_CHARS {
+        let mut cut = MAX_RESULT_CHARS;
+        while !body.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        body.truncate(cut);
+        body.push_str("\n… (cut; narrow the request)");
+    }
+    Ok(CallToolResult::success(vec![ContentBlock::text(body)]))
+}
+
+fn failure(error: ApiError, hint: &str) -> ToolResult {
+    let mut message = format!("Error ({}): {}", error.code, error.message);
+    if !hint.is_empty() {
+        message.push_str("\n");
+        message.push_str(hint);
+    }
+    Ok(CallToolResult::error(vec![ContentBlock::text(message)]))
+}
+
+fn actor_of(parts: &http::request::Parts) -> Result<Actor, ApiError> {
+    parts
+        .extensions
+        .get::<Actor>()
+        .cloned()
+        .ok_or_else(|| ApiError::unauthorized("no agent token"))
+}
+
+fn agent_of(parts: &http::request::Parts) -> Result<(Actor, String), ApiError> {
+    let actor = actor_of(parts)?;
+    let name = actor
+        .agent()
+        .ok_or_else(|| ApiError::forbidden("the Conclave tools need an agent's token, not the admin's"))?
+        .to_string();
+    Ok((actor, name))
+}
+
+fn parse_task_id(text: &str) -> Result<TaskId, ApiError> {
+    Ok(text.parse::<TaskId>()?)
+}
+
+fn task_line(task: &Task) -> String {
+    let mut line = format!("{} [{}] {}", task.id, task.status, task.title);
+    if let Some(role) = &task.role {
+        let _ = write!(line, " (role {role})");
+    }
+    if task.priority != 0 {
+        let _ = write!(line, " prio {}", task.priority);
+    }
+    if !task.depends_on.is_empty() {
+        let deps: Vec<String> = task.depends_on.iter().map(ToString::to_string).collect();
+        let _ = write!(line, " after {}", deps.join(","));
+    }
+    if let Some(holder) = &task.assignee {
+        let _ = write!(line, " — {holder}");
+    }
+    line
+}
+
+fn default_status() -> String {
+    "open".to_string()
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct ClaimArgs {
+    /// Task id; omit to take the best ready task for you
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct UpdateArgs {
+    pub id: String,
+    /// in_progress, blocked or review
+    pub status: String,
+    /// Progress note for the log
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct DoneArgs {
+    pub id: String,
+    /// What was done (others search this)
+    #[serde(default)]
+    pub summary: Option<String>,
+    /// Files changed
+    #[serde(default)]
+    pub files: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct FailArgs {
+    pub id: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct NewTaskArgs {
+    pub title: String,
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Ids that must be done first; "#2" means the 2nd task of this call
+    #[serde(default)]
+    pub after: Vec<String>,
+    #[serde(default)]
+    pub role: Option<String>,
+    /// Higher runs first (default 0)
+    #[serde(default)]
+    pub priority: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct AddTasksArgs {
+    pub tasks: Vec<NewTaskArgs>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct TasksArgs {
+    /// open (default), all, or one status
+    #[serde(default = "default_status")]
+    pub status: String,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct LockArgs {
+    /// Paths or globs relative to the project root
+    pub paths: Vec<String>,
+    /// Shared (read) lease instead of exclusive
+    #[serde(default)]
+    pub shared: bool,
+    #[serde(default)]
+    pub ttl_secs: Option<i64>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct UnlockArgs {
+    pub paths: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct SendArgs {
+    /// Agent name, role:<name>, or all
+    pub to: String,
+    pub body: String,
+    #[serde(default)]
+    pub thread: Option<String>,
+    /// chat (default), question, answer, alert
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub urgent: bool,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct InboxArgs {
+    /// Seconds to wait if empty (default 0, max 300)
+    #[serde(default)]
+    pub wait_secs: i64,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct NoteArgs {
+    pub title: String,
+    #[serde(default)]
+    pub body: Option<String>,
+    /// decision, discovery (default), interface, warning
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Id of the note this replaces (N-3)
+    #[serde(default)]
+    pub supersedes: Option<String>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct SearchArgs {
+    pub query: String,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct HandoffArgs {
+    /// State of your work, next steps, pitfalls
+    pub summary: String,
+}
+
+type Parts = Extension<http::request::Parts>;
+
+#[tool_router]
+impl ConclaveTools {
+    #[tool(description = "Who you are, your tasks and leases, unread count, the team.")]
+    async fn status(&self, Extension(parts): Parts) -> ToolResult {
+        match self.status_text(&parts).await {
+            Ok(body) => text(body),
+            Err(error) => failure(error, ""),
+        }
+    }
+
+    #[tool(description = "Claim a ready task (by id, or the best one for you).")]
+    async fn claim(&self, Extension(parts): Parts, Parameters(args): Parameters<ClaimArgs>) -> ToolResult {
+        let result = async {
+            let (actor, name) = agent_of(&parts)?;
+            let id = args.id.as_deref().map(parse_task_id).transpose()?;
+            let outcome = self
+                .app
+                .write(&actor, &IdempotencyKey::default(), move |tx| tx.claim_task(&name, id))
+                .await?;
+            let outcome: conclave_core::store::ClaimOutcome = serde_json::from_value(outcome.value)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            Ok::<_, ApiError>(match outcome.task {
+                Some(task) => {
+                    let mut body = format!("Claimed {}\n", task_line(&task));
+                    if !task.body.is_empty() {
+                        let _ = writeln!(body, "{}", task.body);
+                    }
+                    body.push_str("Edits lease files for you. Finish with done (or fail).");
+                    body
+                }
+                None => "Nothing ready fits you now. Wait with inbox(wait_secs) or check tasks.".to_string(),
+            })
+        }
+        .await;
+        match result {
+            Ok(body) => text(body),
+            Err(error) => failure(error, "See tasks for what is ready."),
+        }
+    }
+
+    #[tool(description = "Set your task's status: in_progress, blocked or review.")]
+    async fn update(&self, Extension(parts): Parts, Parameters(args): Parameters<UpdateArgs>) -> ToolResult {
+        let result = async {
+            let (actor, _) = agent_of(&parts)?;
+            let id = parse_task_id(&args.id)?;
+            let status: TaskStatus = args.status.parse()?;
+            let by = actor.clone();
+            let update = TaskStatusUpdate { status, note: args.note };
+            self.app
+                .write(&actor, &IdempotencyKey::default(), move |tx| tx.update_task_status(&by, id, update))
+                .await?;
+            Ok::<_, ApiError>(format!("{id} is now {status}."))
+        }
+        .await;
+        match result {
+            Ok(body) => text(body),
+            Err(error) => failure(error, ""),
+        }
+    }
+
+    #[tool(description = "Mark your task done, with a summary.")]
+    async fn done(&self, Extension(parts): Parts, Parameters(args): Parameters<DoneArgs>) -> ToolResult {
+        let result = async {
+            let (actor, _) = agent_of(&parts)?;
+            let id = parse_task_id(&args.id)?;
+            let by = actor.clone();
+            let finish = TaskFinish { summary: args.summary, files: args.files };
+            self.app
+                .write(&actor, &IdempotencyKey::default(), move |tx| tx.finish_task(&by, id, finish))
+                .await?;
+            Ok::<_, ApiError>(format!("{id} done; its leases are released. claim for more work."))
+        }
+        .await;
+        match result {
+            Ok(body) => text(body),
+            Err(error) => failure(error, ""),
+        }
+    }
+
+    #[tool(description = "Give up your task with a reason.")]
+    async fn fail(&self, Extension(parts): Parts, Parameters(args): Parameters<FailArgs>) -> ToolResult {
+        let result = async {
+            let (actor, _) = agent_of(&parts)?;
+            let id = parse_task_id(&args.id)?;
+            let by = actor.clone();
+            self.app
+                .write(&actor, &IdempotencyKey::default(), move |tx| tx.fail_task(&by, id, &args.reason))
+                .await?;
+            Ok::<_, ApiError>(format!("{id} failed; its leases are released."))
+        }
+        .await;
+        match result {
+            Ok(body) => text(body),
+            Err(error) => failure(error, ""),
+        }
+    }
+
+    #[tool(description = "Create tasks (split work). after: ids, or \"#n\" for the nth task here.")]
+    async fn add_tasks(&self, Extension(parts): Parts, Parameters(args): Parameters<AddTasksArgs>) -> ToolResult {
+        let result = async {
+            let actor = actor_of(&parts)?;
+            if args.tasks.is_empty() || args.tasks.len() > 50 {
+                return Err(ApiError::bad_request("give 1 to 50 tasks"));
+            }
+            let by = actor.clone();
+            let created = self
+                .app
+                .write(&actor, &IdempotencyKey::default(), move |tx| {
+                    let mut ids: Vec<TaskId> = Vec::new();
+                    for new in args.tasks {
+                        let mut after = Vec::new();
+                        for reference in &new.after {
+                            let id = match reference.strip_prefix('#') {
+                                Some(n) => n
+                                    .parse::<usize>()
+                                    .ok()
+                                    .and_then(|n| n.checked_sub(1))
+                                    .and_then(|i| ids.get(i).copied())
+                                    .ok_or_else(|| {
+                                        conclave_core::CoreError::invalid(format!(
+                                            "{reference} does not name an earlier task of this call"
+                                        ))
+                                    })?,
+                                None => reference.parse()?,
+                            };
+                            after.push(id);
+                        }
+                        let task = tx.create_task(
+                            &by,
+                            NewTask {
+                                title: new.title,
+                                body: new.body,
+                                after,
+                                role: new.role,
+                                priority: new.priority,
+                                ..NewTask::default()
+                            },
+                        )?;
+                        ids.push(task.id);
+                    }
+                    Ok(ids)
+                })
+                .await?;
+            let ids: Vec<String> = created
+                .value
+                .as_array()
+                .map(|ids| ids.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+                .unwrap_or_default();
+            Ok(format!("Created {}.", ids.join(", ")))
+        }
+        .await;
+        match result {
+            Ok(body) => text(body),
+            Err(error) => failure(error, "Nothing was created."),
+        }
+    }
+
+    #[tool(description = "List tasks: open (default), all, or a status.")]
+    async fn tasks(&self, Parameters(args): Parameters<TasksArgs>) -> ToolResult {
+        let result = async {
+            let filter = match args.status.as_str() {
+                "open" | "all" => None,
+                status => Some(status.parse::<TaskStatus>()?),
+            };
+            let open_only = args.status == "open";
+            let tasks = self.app.read(move |r| r.tasks(filter, None)).await?;
+            let lines: Vec<String> = tasks
+                .iter()
+                .filter(|t| !open_only || !t.status.is_finished())
+                .map(task_line)
+                .collect();
+            Ok::<_, ApiError>(if lines.is_empty() { "No tasks.".to_string() } else { lines.join("\n") })
+        }
+        .await;
+        match result {
+            Ok(body) => text(body),
+            Err(error) => failure(error, ""),
+        }
+    }
+
+    #[tool(description = "Lease paths/globs before editing (edits lease files automatically).")]
+    async fn lock(&self, Extension(parts): Parts, Parameters(args): Parameters<LockArgs>) -> ToolResult {
+        let result = async {
+            let (actor, name) = agent_of(&parts)?;
+            let request = LeaseRequest {
+                paths: args.paths.clone(),
+                mode: if args.shared { LeaseMode::Shared } else { LeaseMode::Exclusive },
+                ttl_secs: args.ttl_secs,
+                reason: args.reason,
+                task: None,
+            };
+            let written = crate::api::leases::acquire_for(&self.app, &actor, &IdempotencyKey::default(), name.clone(), request).await;
+            if let Err(error) = &written
+                && error.code == "lease_conflict"
+            {
+                crate::api::leases::record_denial(&self.app, &name, &args.paths, &error.message).await;
+            }
+            let list: conclave_core::model::LeaseList =
+                serde_json::from_value(written?.value).map_err(|e| ApiError::internal(e.to_string()))?;
+            let lines: Vec<String> = list
+                .leases
+                .iter()
+                .map(|l| {
+                    let left = (l.expires_at - chrono::Utc::now()).num_seconds();
+                    format!("{} {} for {} (token {})", l.path, l.mode, format_duration_secs(left), l.fencing_token)
+                })
+                .collect();
+            Ok::<_, ApiError>(format!("Leased: {}", lines.join("; ")))
+        }
+        .await;
+        match result {
+            Ok(body) => text(body),
+            Err(error) => failure(error, "Message the holder (send) or pick other work."),
+        }
+    }
+
+    #[tool(description = "Release your leases on paths.")]
+    async fn unlock(&self, Extension(parts): Parts, Parameters(args): Parameters<UnlockArgs>) -> ToolResult {
+        let result = async {
+            let (actor, _) = agent_of(&parts)?;
+            let by = actor.clone();
+            let release = LeaseRelease { paths: args.paths, force: false };
+            let written = self
+                .app
+                .write(&actor, &IdempotencyKey::default(), move |tx| tx.release_leases(&by, release))
+                .await?;
+            let n = written.value.as_array().map_or(0, Vec::len);
+            Ok::<_, ApiError>(format!("Released {n} lease(s)."))
+        }
+        .await;
+        match result {
+            Ok(body) => text(body),
+            Err(error) => failure(error, ""),
+        }
+    }
+
+    #[tool(description = "Send a message to an agent, role:<name>, or all.")]
+    async fn send(&self, Extension(parts): Parts, Parameters(args): Parameters<SendArgs>) -> ToolResult {
+        let result = async {
+            let actor = actor_of(&parts)?;
+            let kind = args.kind.as_deref().map(str::parse::<MessageKind>).transpose()?.unwrap_or_default();
+            let by = actor.clone();
+            let new = NewMessage { to: args.to, body: args.body, thread: args.thread, kind, urgent: args.urgent };
+            let written = self
+                .app
+                .write(&actor, &IdempotencyKey::default(), move |tx| tx.send_message(&by, new))
+                .await?;
+            let id = written.value["id"].as_str().unwrap_or("?").to_string();
+            let n = written.value["deliveries"].as_array().map_or(0, Vec::len);
+            Ok::<_, ApiError>(format!("Sent {id} to {n} agent(s)."))
+        }
+        .await;
+        match result {
+            Ok(body) => text(body),
+            Err(error) => failure(error, "status lists the team's names."),
+        }
+    }
+
+    #[tool(description = "Read and acknowledge your messages; wait_secs waits for one.")]
+    async fn inbox(&self, Extension(parts): Parts, Parameters(args): Parameters<InboxArgs>) -> ToolResult {
+        let result = async {
+            let (actor, name) = agent_of(&parts)?;
+            let wait = Duration::from_secs(args.wait_secs.clamp(0, MAX_INBOX_WAIT_SECS) as u64);
+            let messages = wait_for_inbox(&self.app, &name, wait).await?;
+            if messages.is_empty() {
+                return Ok("No messages.".to_string());
+            }
+            let mut body = String::new();
+            let mut shown = Vec::new();
+            for message in &messages {
+                let line = format!(
+                    "{} from {} [{}{}] thread {}: {}\n",
+                    message.id,
+                    message.sender,
+                    message.kind,
+                    if message.urgent { ", urgent" } else { "" },
+                    message.thread,
+                    message.body
+                );
+                if body.len() + line.len() > MAX_RESULT_CHARS - 200 {
+                    let _ = writeln!(body, "({} more; call inbox again)", messages.len() - shown.len());
+                    break;
+                }
+                body.push_str(&line);
+                shown.push(message.id.clone());
+            }
+            let ack = MessageAck { ids: shown };
+            self.app
+                .write(&actor, &IdempotencyKey::default(), move |tx| tx.ack_messages(&name, &ack.ids))
+                .await?;
+            Ok::<_, ApiError>(body)
+        }
+        .await;
+        match result {
+            Ok(body) => text(body),
+            Err(error) => failure(error, ""),
+        }
+    }
+
+    #[tool(description = "Record a note for the team: decision, discovery, interface, warning.")]
+    async fn note(&self, Extension(parts): Parts, Parameters(args): Parameters<NoteArgs>) -> ToolResult {
+        let result = async {
+            let actor = actor_of(&parts)?;
+            let kind = args.kind.as_deref().map(str::parse::<NoteKind>).transpose()?.unwrap_or_default();
+            let by = actor.clone();
+            let new = NewNote {
+                title: args.title,
+                kind,
+                body: args.body,
+                tags: args.tags,
+                supersedes: args.supersedes,
+                ..NewNote::default()
+            };
+            let written = self.app.write(&actor, &IdempotencyKey::default(), move |tx| tx.add_note(&by, new)).await?;
+            Ok::<_, ApiError>(format!("Noted {}.", written.value["id"].as_str().unwrap_or("?")))
+        }
+        .await;
+        match result {
+            Ok(body) => text(body),
+            Err(error) => failure(error, ""),
+        }
+    }
+
+    #[tool(description = "Search notes, messages and task results.")]
+    async fn search(&self, Parameters(args): Parameters<SearchArgs>) -> ToolResult {
+        let result = async {
+            let hits = self.app.read(move |r| r.search(&args.query, &[], 15)).await?;
+            if hits.is_empty() {
+                return Ok("No matches.".to_string());
+            }
+            let lines: Vec<String> = hits.iter().map(|h| format!("{} {}: {}", h.id, h.title, h.snippet)).collect();
+            Ok::<_, ApiError>(lines.join("\n"))
+        }
+        .await;
+        match result {
+            Ok(body) => text(body),
+            Err(error) => failure(error, ""),
+        }
+    }
+
+    #[tool(description = "Leave a handoff for your successor session.")]
+    async fn handoff(&self, Extension(parts): Parts, Parameters(args): Parameters<HandoffArgs>) -> ToolResult {
+        let result = async {
+            let (actor, name) = agent_of(&parts)?;
+            let by = actor.clone();
+            let new = NewMessage {
+                to: name,
+                body: args.summary,
+                thread: Some("handoff".to_string()),
+                kind: MessageKind::Handoff,
+                urgent: false,
+            };
+            self.app.write(&actor, &IdempotencyKey::default(), move |tx| tx.send_message(&by, new)).await?;
+            Ok::<_, ApiError>("Handoff saved; your next session gets it at start.".to_string())
+        }
+        .await;
+        match result {
+            Ok(body) => text(body),
+            Err(error) => failure(error, ""),
+        }
+    }
+}
+
+impl ConclaveTools {
+    async fn status_text(&self, parts: &http::request::Parts) -> Result<String, ApiError> {
+        let (_, name) = agent_of(parts)?;
+        let now = chrono::Utc::now().timestamp_millis();
+        let me = name.clone();
+        let (agent, held, leases, unread, agents) = self
+            .app
+            .read(move |r| {
+                Ok((r.agent(&me)?, r.held_tasks(&me)?, r.leases_of(&me, now)?, r.unread_count(&me)?, r.agents()?))
+            })
+            .await?;
+        let held_by_all = self.app.read(|r| r.tasks(None, None)).await?;
+        let mut body = format!("You are {} (role {}).\n", agent.name, agent.role.as_deref().unwrap_or("none"));
+        if held.is_empty() {
+            body.push_str("No task held: claim one.\n");
+        }
+        for task in &held {
+            let _ = writeln!(body, "Task: {}", task_line(task));
+        }
+        for lease in &leases {
+            let left = (lease.expires_at - chrono::Utc::now()).num_seconds();
+            let _ = writeln!(body, "Lease: {} {} ({} left)", lease.path, lease.mode, format_duration_secs(left));
+        }
+        let _ = writeln!(body, "Unread messages: {unread}{}", if unread > 0 { " (inbox)" } else { "" });
+        body.push_str("Team:\n");
+        for other in agents.iter().filter(|a| a.name != name) {
+            let tasks: Vec<String> = held_by_all
+                .iter()
+                .filter(|t| t.assignee.as_deref() == Some(other.name.as_str()) && t.status.is_held())
+                .map(|t| t.id.to_string())
+                .collect();
+            let _ = writeln!(
+                body,
+                "- {} ({}) {}{}",
+                other.name,
+                other.role.as_deref().unwrap_or("no role"),
+                other.status,
+                if tasks.is_empty() { String::new() } else { format!(" on {}", tasks.join(",")) }
+            );
+        }
+        Ok(body)
+    }
+}
+
+#[tool_handler(router = self.tool_router, name = "conclave", version = "0.1.0")]
+impl ServerHandler for ConclaveTools {}
+
+/// Drops `$schema`, titles and integer `format`s from input schemas: every byte of the tool list
+/// sits in every agent's context all session long.
+fn slim_schemas<S>(mut router: ToolRouter<S>) -> ToolRouter<S> {
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                map.remove("$schema");
+                map.remove("title");
+                if map.get("format").and_then(|f| f.as_str()).is_some_and(|f| f.contains("int") || f == "double") {
+                    map.remove("format");
+                }
+                map.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    for route in router.map.values_mut() {
+        let mut value = serde_json::Value::Object((*route.attr.input_schema).clone());
+        walk(&mut value);
+        if let serde_json::Value::Object(map) = value {
+            route.attr.input_schema = Arc::new(map);
+        }
+    }
+    router
+}
+
+/// The tool definitions as a client receives them (name, description, input schema), as
+/// compact JSON: what each agent carries in its context.
+pub fn tool_definitions_json() -> String {
+    let router = slim_schemas(ConclaveTools::tool_router());
+    let tools: Vec<serde_json::Value> = router
+        .list_all()
+        .into_iter()
+        .map(|tool| {
+            serde_json::json!({
+                "name": tool.name,
+                "description": tool.description,
+                "input_schema": tool.input_schema,
+            })
+        })
+        .collect();
+    serde_json::to_string(&tools).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The whole tool list sits in every agent's context: keep it under 8,000 characters.
+    #[test]
+    fn the_tool_definitions_stay_under_eight_thousand_characters() {
+        let json = tool_definitions_json();
+        let tools: Vec<serde_json::Value> = serde_json::from_str(&json).expect("json");
+        let names: Vec<&str> = tools.iter().filter_map(|t| t["name"].as_str()).collect();
+        for verb in ["status", "claim", "update", "done", "fail", "add_tasks", "tasks", "lock", "unlock", "send", "inbox", "note", "search", "handoff"] {
+            assert!(names.contains(&verb), "missing tool {verb}: {names:?}");
+        }
+        println!("tool definitions: {} characters for {} tools", json.len(), tools.len());
+        assert!(json.len() < 8000, "{} characters", json.len());
+        assert!(!json.contains("\"format\""), "integer formats should be stripped");
+    }
+}
