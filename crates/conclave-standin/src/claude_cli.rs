@@ -81,7 +81,9 @@ pub enum ClaudeCliError {
     #[error("no cache folder for the Claude Code CLI: set {CACHE_DIR_ENV} or HOME")]
     NoCacheDir,
     /// `npm` could not be started.
-    #[error("cannot run npm to install {NPM_PACKAGE} ({source}); install Node.js and npm, or set {CLAUDE_BIN_ENV}")]
+    #[error(
+        "cannot run npm to install {NPM_PACKAGE} ({source}); install Node.js and npm, or set {CLAUDE_BIN_ENV}"
+    )]
     NpmMissing {
         /// Why it could not be started.
         source: io::Error,
@@ -232,8 +234,9 @@ pub fn parse_stream_json(stdout: &str) -> Result<Vec<Value>, serde_json::Error> 
 /// retrying ten times with backoff for minutes). Override any of them with [`CliEnv::set`].
 ///
 /// The home also holds a `.claude.json` that marks onboarding done and approves the API key,
-/// so an interactive session (e.g. under tmux) starts straight at the prompt; headless `-p`
-/// runs need neither.
+/// so an interactive session (e.g. under tmux) skips those screens; with
+/// [`CliEnv::trust_folder`] it also skips the folder-trust question and starts straight at the
+/// prompt. Headless `-p` runs need none of this.
 #[derive(Debug)]
 pub struct CliEnv {
     home: TempDir,
@@ -294,6 +297,31 @@ impl CliEnv {
     pub fn with(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.set(name, value);
         self
+    }
+
+    /// Marks `dir` as trusted in the home's `.claude.json`, so an interactive session started
+    /// there skips the "do you trust this folder?" question (headless `-p` runs never ask).
+    /// Pass the path as the CLI will see its working directory (canonical, no symlinks).
+    pub fn trust_folder(&self, dir: &Path) -> io::Result<()> {
+        let config_path = self.home().join(".claude.json");
+        let mut config: Value = serde_json::from_str(&fs::read_to_string(&config_path)?)
+            .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
+        let Some(config_object) = config.as_object_mut() else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                ".claude.json is not an object",
+            ));
+        };
+        let projects = config_object.entry("projects").or_insert_with(|| json!({}));
+        if let Some(projects) = projects.as_object_mut() {
+            let project = projects
+                .entry(dir.to_string_lossy().into_owned())
+                .or_insert_with(|| json!({}));
+            if let Some(project) = project.as_object_mut() {
+                project.insert("hasTrustDialogAccepted".to_owned(), Value::Bool(true));
+            }
+        }
+        fs::write(config_path, config.to_string())
     }
 
     /// Removes a variable this environment would set.
@@ -425,7 +453,9 @@ mod tests {
     fn binary_path_follows_the_npm_layout() {
         assert_eq!(
             binary_in(Path::new("/c/claude-code-1.0.0")),
-            PathBuf::from("/c/claude-code-1.0.0/node_modules/@anthropic-ai/claude-code/bin/claude.exe")
+            PathBuf::from(
+                "/c/claude-code-1.0.0/node_modules/@anthropic-ai/claude-code/bin/claude.exe"
+            )
         );
     }
 
@@ -435,11 +465,25 @@ mod tests {
         let env: BTreeMap<String, String> = cli_env
             .full_env()
             .into_iter()
-            .map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.to_string_lossy().into_owned(),
+                    v.to_string_lossy().into_owned(),
+                )
+            })
             .collect();
-        assert_eq!(env.get("HOME").map(PathBuf::from).as_deref(), Some(cli_env.home()));
-        assert_eq!(env.get("ANTHROPIC_BASE_URL").map(String::as_str), Some("http://127.0.0.1:9"));
-        assert_eq!(env.get("ANTHROPIC_API_KEY").map(String::as_str), Some("key-123"));
+        assert_eq!(
+            env.get("HOME").map(PathBuf::from).as_deref(),
+            Some(cli_env.home())
+        );
+        assert_eq!(
+            env.get("ANTHROPIC_BASE_URL").map(String::as_str),
+            Some("http://127.0.0.1:9")
+        );
+        assert_eq!(
+            env.get("ANTHROPIC_API_KEY").map(String::as_str),
+            Some("key-123")
+        );
         assert_eq!(env.get("EXTRA").map(String::as_str), Some("1"));
         let leaked: Vec<&String> = env
             .keys()
@@ -449,8 +493,17 @@ mod tests {
             })
             .collect();
         assert!(leaked.is_empty(), "inherited {leaked:?}");
-        let config = fs::read_to_string(cli_env.home().join(".claude.json"))?;
-        assert!(config.contains("key-123"));
+        cli_env.trust_folder(Path::new("/work/repo"))?;
+        let config: Value =
+            serde_json::from_str(&fs::read_to_string(cli_env.home().join(".claude.json"))?)?;
+        assert_eq!(
+            config["customApiKeyResponses"]["approved"],
+            json!(["key-123"])
+        );
+        assert_eq!(
+            config["projects"]["/work/repo"]["hasTrustDialogAccepted"],
+            json!(true)
+        );
         Ok(())
     }
 }

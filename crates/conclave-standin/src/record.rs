@@ -128,7 +128,10 @@ impl RecordedRequest {
 
     /// The system prompt's text (blocks joined with newlines).
     pub fn system_text(&self) -> String {
-        self.body.get("system").map(content_text).unwrap_or_default()
+        self.body
+            .get("system")
+            .map(content_text)
+            .unwrap_or_default()
     }
 
     /// The `messages` list (empty if missing).
@@ -331,8 +334,18 @@ mod tests {
     #[test]
     fn classify_tells_turns_from_side_requests() {
         let cases = [
-            ("POST", "/v1/messages", json!({"tools": [{"name": "Bash"}]}), RequestKind::Main),
-            ("POST", "/v1/messages", json!({"tools": []}), RequestKind::Side),
+            (
+                "POST",
+                "/v1/messages",
+                json!({"tools": [{"name": "Bash"}]}),
+                RequestKind::Main,
+            ),
+            (
+                "POST",
+                "/v1/messages",
+                json!({"tools": []}),
+                RequestKind::Side,
+            ),
             ("POST", "/v1/messages", json!({}), RequestKind::Side),
             (
                 "POST",
@@ -340,11 +353,20 @@ mod tests {
                 json!({"tools": [{"name": "Bash"}], "output_config": {"format": {"type": "json_schema"}}}),
                 RequestKind::Side,
             ),
-            ("POST", "/v1/messages/count_tokens", json!({}), RequestKind::CountTokens),
+            (
+                "POST",
+                "/v1/messages/count_tokens",
+                json!({}),
+                RequestKind::CountTokens,
+            ),
             ("GET", "/api/hello", Value::Null, RequestKind::Other),
         ];
         for (method, path, body, expected) in cases {
-            assert_eq!(classify(method, path, &body), expected, "{method} {path} {body}");
+            assert_eq!(
+                classify(method, path, &body),
+                expected,
+                "{method} {path} {body}"
+            );
         }
     }
 }

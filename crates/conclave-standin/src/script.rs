@@ -129,7 +129,10 @@ impl Script {
         for reply in replies {
             self.push_for(api_key, reply);
         }
-        self.lock().agent_lanes.entry(api_key.to_owned()).or_default();
+        self.lock()
+            .agent_lanes
+            .entry(api_key.to_owned())
+            .or_default();
         self
     }
 
@@ -158,10 +161,7 @@ impl Script {
 
     /// Appends a reply to the default lane of a running script.
     pub fn push(&self, reply: Reply) {
-        self.lock()
-            .default_lane
-            .queue
-            .push_back(Step::Fixed(reply));
+        self.lock().default_lane.queue.push_back(Step::Fixed(reply));
     }
 
     /// Appends a reply to an agent's lane of a running script, creating the lane if needed.

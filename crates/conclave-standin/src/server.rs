@@ -433,7 +433,10 @@ fn parse_body(body: &Bytes) -> (Value, bool) {
     }
     match serde_json::from_slice(body) {
         Ok(value) => (value, true),
-        Err(_) => (Value::String(String::from_utf8_lossy(body).into_owned()), false),
+        Err(_) => (
+            Value::String(String::from_utf8_lossy(body).into_owned()),
+            false,
+        ),
     }
 }
 

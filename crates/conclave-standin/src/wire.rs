@@ -15,7 +15,11 @@ const DELTA_CHUNK_CHARS: usize = 48;
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum WireBlock {
     Text(String),
-    ToolUse { id: String, name: String, input: Value },
+    ToolUse {
+        id: String,
+        name: String,
+        input: Value,
+    },
 }
 
 /// Token counts reported for one answer.
