@@ -428,7 +428,7 @@ impl Tx<'_> {
             json!({ "reason": reason }),
         )?;
         self.release_task_leases(actor.name(), id, "task failed")?;
-        Ok(self.read().task(id)?)
+        self.read().task(id)
     }
 
     /// Cancels an unfinished task. The admin may cancel any; an agent, what it created or holds.

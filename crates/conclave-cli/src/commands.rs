@@ -1,0 +1,37 @@
+//! One module per command group; [`run`] dispatches a parsed command line to it.
+
+mod agent;
+mod init;
+mod lock;
+mod log;
+mod msg;
+mod note;
+mod serve;
+mod status;
+mod task;
+
+use crate::cli::{Cli, Command};
+use crate::context::Context;
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Init => init::run(),
+        Command::Serve(args) => serve::run(args).await,
+        command => {
+            let context = Context::from_env()?;
+            match command {
+                Command::Init | Command::Serve(_) => unreachable!("handled above"),
+                Command::Agent(command) => agent::run(&context, command).await,
+                Command::Task(command) => task::run(&context, command).await,
+                Command::Lock(args) => lock::lock(&context, args).await,
+                Command::Unlock(args) => lock::unlock(&context, args).await,
+                Command::Locks(flag) => lock::list(&context, flag.json).await,
+                Command::Msg(command) => msg::run(&context, command).await,
+                Command::Note(command) => note::run(&context, command).await,
+                Command::Log(args) => log::log(&context, args).await,
+                Command::Export => log::export(&context).await,
+                Command::Status(flag) => status::run(&context, flag.json).await,
+            }
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! `conclave task ...`: create, list, show, edit and steer tasks; claim, update and finish them as
+//! an agent.
+
+use conclave_core::model::{
+    ClaimRequest, NewTask, ReasonRequest, Task, TaskAssign, TaskCancel, TaskEdit, TaskFailure,
+    TaskFinish, TaskId, TaskList, TaskStatusUpdate,
+};
+use conclave_core::store::ClaimOutcome;
+
+use crate::cli::TaskCommand;
+use crate::client::Client;
+use crate::context::Context;
+use crate::error::{ApiError, NothingReady};
+use crate::output::{Table, clip, or_dash, print_json, until};
+
+pub async fn run(context: &Context, command: TaskCommand) -> anyhow::Result<()> {
+    // Agent-only commands say so before anything else is looked up.
+    if let TaskCommand::Claim { .. } = command {
+        context.require_agent("conclave task claim")?;
+    }
+    let client = context.client()?;
+    match command {
+        TaskCommand::Add {
+            title,
+            body,
+            after,
+            role,
+            caps,
+            priority,
+            parent,
+        } => {
+            let request = NewTask {
+                title,
+                body,
+                after,
+                role,
+                caps,
+                priority,
+                parent,
+            };
+            let task: Task = client.post("/api/tasks", &request).await?;
+            println!("{}", task.id);
+            eprintln!("conclave: created {} ({})", task.id, task.status);
+        }
+        TaskCommand::List {
+            status,
+            assignee,
+            json,
+        } => {
+            let mut query = Vec::new();
+            if let Some(status) = status {
+                query.push(("status", status));
+            }
+            if let Some(assignee) = assignee {
+                query.push(("assignee", assignee));
+            }
+            let list: TaskList = client.get("/api/tasks", &query).await?;
+            if json {
+                print_json(&list)?;
+            } else if list.tasks.is_empty() {
+                eprintln!("no tasks");
+            } else {
+                tasks_table(&list.tasks).print();
+            }
+        }
+        TaskCommand::Show { id, json } => {
+            let task: Task = client.get(&task_path(id, ""), &[]).await?;
+            if json {
+                print_json(&task)?;
+            } else {
+                print_task(&task);
+            }
+        }
+        TaskCommand::Edit {
+            id,
+            title,
+            body,
+            priority,
+            role,
+            after,
+        } => {
+            let request = TaskEdit {
+                title,
+                body,
+                priority,
+                role,
+                caps: None,
+                after,
+            };
+            let task: Task = client.patch(&task_path(id, ""), &request).await?;
+            eprintln!("conclave: edited {} ({})", task.id, task.status);
+        }
+        TaskCommand::Cancel { id, reason } => {
+            let task: Task = client
+                .post(&task_path(id, "/cancel"), &TaskCancel { reason })
+                .await?;
+            eprintln!("conclave: {} {}", task.id, task.status);
+        }
+        TaskCommand::Assign { id, agent } => {
+            let task: Task = client
+                .post(&task_path(id, "/assign"), &TaskAssign { agent })
+                .await?;
+            eprintln!(
+                "conclave: {} assigned to {} ({})",
+                task.id,
+                or_dash(task.assignee.as_ref()),
+                task.status
+            );
+        }
+        TaskCommand::Reopen { id, reason } => {
+            let task: Task = client
+                .post(&task_path(id, "/reopen"), &ReasonRequest { reason })
+                .await?;
+            eprintln!("conclave: reopened {} ({})", task.id, task.status);
+        }
+        TaskCommand::Claim { id } => claim(&client, id).await?,
+        TaskCommand::Update { id, status, note } => {
+            let status = status.parse()?;
+            let task: Task = client
+                .post(
+                    &task_path(id, "/status"),
+                    &TaskStatusUpdate { status, note },
+                )
+                .await?;
+            eprintln!("conclave: {} is {}", task.id, task.status);
+        }
+        TaskCommand::Done { id, summary, files } => {
+            let task: Task = client
+                .post(&task_path(id, "/done"), &TaskFinish { summary, files })
+                .await?;
+            eprintln!("conclave: {} is {}", task.id, task.status);
+        }
+        TaskCommand::Fail { id, reason } => {
+            let task: Task = client
+                .post(&task_path(id, "/fail"), &TaskFailure { reason })
+                .await?;
+            eprintln!("conclave: {} is {}", task.id, task.status);
+        }
+    }
+    Ok(())
+}
+
+async fn claim(client: &Client, id: Option<TaskId>) -> anyhow::Result<()> {
+    let claimed: anyhow::Result<ClaimOutcome> =
+        client.post("/api/tasks/claim", &ClaimRequest { id }).await;
+    let claimed = match claimed {
+        Ok(claimed) => claimed,
+        // A named task that is not ready is "nothing ready" too (exit 3), with the server's reason.
+        Err(error) => match error.downcast_ref::<ApiError>() {
+            Some(api) if api.code == "not_ready" => {
+                return Err(NothingReady {
+                    message: api.message.clone(),
+                }
+                .into());
+            }
+            _ => return Err(error),
+        },
+    };
+    match claimed.task {
+        Some(task) => {
+            println!("{}", task.id);
+            eprintln!("conclave: claimed {}: {}", task.id, clip(&task.title, 80));
+            Ok(())
+        }
+        None => Err(NothingReady {
+            message: "nothing is ready to claim".to_string(),
+        }
+        .into()),
+    }
+}
+
+fn task_path(id: TaskId, rest: &str) -> String {
+    format!("/api/tasks/{id}{rest}")
+}
+
+pub fn tasks_table(tasks: &[Task]) -> Table {
+    let mut table = Table::new(&["id", "status", "pri", "assignee", "role", "after", "title"]);
+    for task in tasks {
+        let after: Vec<String> = task.depends_on.iter().map(ToString::to_string).collect();
+        table.row(vec![
+            task.id.to_string(),
+            task.status.to_string(),
+            task.priority.to_string(),
+            or_dash(task.assignee.as_ref()),
+            or_dash(task.role.as_ref()),
+            if after.is_empty() {
+                "-".to_string()
+            } else {
+                after.join(",")
+            },
+            clip(&task.title, 60),
+        ]);
+    }
+    table
+}
+
+fn print_task(task: &Task) {
+    let mut lines = vec![
+        format!("{}  {}", task.id, task.title),
+        format!("status:    {}", task.status),
+        format!("priority:  {}", task.priority),
+    ];
+    if let Some(assignee) = &task.assignee {
+        let claim = task
+            .claim_expires_at
+            .map(|at| format!(" (claim expires {})", until(at)));
+        lines.push(format!(
+            "assignee:  {assignee}{}",
+            claim.unwrap_or_default()
+        ));
+    }
+    if let Some(role) = &task.role {
+        lines.push(format!("role:      {role}"));
+    }
+    if !task.caps.is_empty() {
+        lines.push(format!("caps:      {}", task.caps.join(", ")));
+    }
+    if !task.depends_on.is_empty() {
+        let after: Vec<String> = task.depends_on.iter().map(ToString::to_string).collect();
+        lines.push(format!("after:     {}", after.join(", ")));
+    }
+    if let Some(parent) = task.parent {
+        lines.push(format!("parent:    {parent}"));
+    }
+    lines.push(format!("attempts:  {}", task.attempts));
+    lines.push(format!(
+        "created:   {} by {}",
+        task.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+        task.created_by
+    ));
+    if let Some(result) = &task.result {
+        lines.push(format!("result:    {result}"));
+    }
+    if !task.files.is_empty() {
+        lines.push(format!("files:     {}", task.files.join(", ")));
+    }
+    for line in lines {
+        println!("{line}");
+    }
+    if !task.body.trim().is_empty() {
+        println!();
+        println!("{}", task.body.trim_end());
+    }
+}

@@ -1,0 +1,137 @@
+//! The failures the CLI tells apart, and the one place that turns any error into an exit code.
+//!
+//! Commands return `anyhow::Result`; the errors below travel inside it and [`exit_code`] recovers
+//! them by downcasting, so a command never calls `process::exit` itself.
+
+use std::fmt;
+
+use conclave_core::LeaseConflict;
+
+pub const EXIT_ERROR: u8 = 1;
+pub const EXIT_NOTHING_READY: u8 = 3;
+pub const EXIT_LEASE_CONFLICT: u8 = 4;
+pub const EXIT_UNREACHABLE: u8 = 5;
+
+/// An error the server answered with (`{"error":{"code":..,"message":..}}`).
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: u16,
+    /// The stable machine-readable code (`not_found`, `lease_conflict`, ...).
+    pub code: String,
+    pub message: String,
+    pub conflicts: Vec<LeaseConflict>,
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.conflicts.is_empty() {
+            return f.write_str(&self.message);
+        }
+        // Rendered here rather than taken from the message so that the time left is current.
+        let parts: Vec<String> = self.conflicts.iter().map(ToString::to_string).collect();
+        f.write_str(&parts.join("; "))
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// The server could not be reached at all (or no server is known for this project).
+#[derive(Debug, Clone)]
+pub struct Unreachable {
+    pub what: String,
+}
+
+impl fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}; start it with `conclave serve`, or `conclave up` to run the team",
+            self.what
+        )
+    }
+}
+
+impl std::error::Error for Unreachable {}
+
+/// `task claim` found nothing it could take.
+#[derive(Debug, Clone)]
+pub struct NothingReady {
+    pub message: String,
+}
+
+impl fmt::Display for NothingReady {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for NothingReady {}
+
+/// The exit code for an error that ended a command.
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    for cause in error.chain() {
+        if cause.is::<Unreachable>() {
+            return EXIT_UNREACHABLE;
+        }
+        if cause.is::<NothingReady>() {
+            return EXIT_NOTHING_READY;
+        }
+        if let Some(api) = cause.downcast_ref::<ApiError>()
+            && api.code == "lease_conflict"
+        {
+            return EXIT_LEASE_CONFLICT;
+        }
+    }
+    EXIT_ERROR
+}
+
+/// The error as one line for people: the whole context chain, newlines folded.
+pub fn one_line(error: &anyhow::Error) -> String {
+    let text = format!("{error:#}");
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: &str) -> anyhow::Error {
+        ApiError {
+            status: 409,
+            code: code.to_string(),
+            message: "m".to_string(),
+            conflicts: Vec::new(),
+        }
+        .into()
+    }
+
+    #[test]
+    fn each_failure_has_its_exit_code() {
+        let cases: Vec<(anyhow::Error, u8)> = vec![
+            (api("lease_conflict"), 4),
+            (api("not_found"), 1),
+            (Unreachable { what: "x".into() }.into(), 5),
+            (
+                NothingReady {
+                    message: "x".into(),
+                }
+                .into(),
+                3,
+            ),
+            (anyhow::anyhow!("plain"), 1),
+            (
+                anyhow::Error::from(Unreachable { what: "x".into() }).context("while listing"),
+                5,
+            ),
+        ];
+        for (error, expected) in cases {
+            assert_eq!(exit_code(&error), expected, "{error:#}");
+        }
+    }
+
+    #[test]
+    fn messages_are_one_line() {
+        let error = anyhow::anyhow!("first\nsecond").context("outer");
+        assert_eq!(one_line(&error), "outer: first second");
+    }
+}

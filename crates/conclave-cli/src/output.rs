@@ -1,0 +1,134 @@
+//! How results reach people and scripts: compact tables and `--json` on stdout, notes on stderr.
+
+use std::io::Write;
+
+use chrono::{DateTime, Local, Utc};
+use conclave_core::model::format_duration_secs;
+use serde::Serialize;
+
+/// Prints a value as pretty JSON on stdout.
+pub fn print_json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    println!("{text}");
+    Ok(())
+}
+
+/// Prints one compact JSON line on stdout (JSON Lines output).
+pub fn print_json_line<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
+    let text = serde_json::to_string(value)?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{text}")?;
+    stdout.flush()?;
+    Ok(())
+}
+
+/// A table of left-aligned columns separated by two spaces, with an upper-case header.
+#[derive(Debug)]
+pub struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(header: &[&str]) -> Table {
+        Table {
+            header: header.iter().map(|name| name.to_uppercase()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub fn render(&self) -> String {
+        let n_columns = self.header.len();
+        let mut widths: Vec<usize> = self
+            .header
+            .iter()
+            .map(|cell| cell.chars().count())
+            .collect();
+        for row in &self.rows {
+            for (column, cell) in row.iter().enumerate().take(n_columns) {
+                widths[column] = widths[column].max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for row in std::iter::once(&self.header).chain(&self.rows) {
+            let mut line = String::new();
+            for (column, width) in widths.iter().enumerate() {
+                let cell = row.get(column).map(String::as_str).unwrap_or("");
+                line.push_str(cell);
+                if column + 1 < n_columns {
+                    line.push_str(&" ".repeat(width - cell.chars().count() + 2));
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+
+    pub fn print(&self) {
+        print!("{}", self.render());
+    }
+}
+
+/// `-` for a missing value.
+pub fn or_dash(value: Option<impl ToString>) -> String {
+    value
+        .map(|value| value.to_string())
+        .unwrap_or_else(|| "-".to_string())
+}
+
+/// Shortens text to `max` characters on one line.
+pub fn clip(text: &str, max: usize) -> String {
+    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.chars().count() <= max {
+        return one_line;
+    }
+    let cut: String = one_line.chars().take(max.saturating_sub(1)).collect();
+    format!("{cut}…")
+}
+
+/// `12s ago`, `3m05s ago`.
+pub fn ago(time: DateTime<Utc>) -> String {
+    format!(
+        "{} ago",
+        format_duration_secs((Utc::now() - time).num_seconds())
+    )
+}
+
+/// `in 9m59s` (or `expired`).
+pub fn until(time: DateTime<Utc>) -> String {
+    let left = (time - Utc::now()).num_seconds();
+    if left <= 0 {
+        "expired".to_string()
+    } else {
+        format!("in {}", format_duration_secs(left))
+    }
+}
+
+/// Local wall-clock time of day.
+pub fn clock(time: DateTime<Utc>) -> String {
+    time.with_timezone(&Local).format("%H:%M:%S").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns_without_trailing_spaces() {
+        let mut table = Table::new(&["id", "title"]);
+        table.row(vec!["T-1".into(), "short".into()]);
+        table.row(vec!["T-10".into(), "".into()]);
+        assert_eq!(table.render(), "ID    TITLE\nT-1   short\nT-10\n");
+    }
+
+    #[test]
+    fn clip_keeps_one_line() {
+        assert_eq!(clip("a\nb", 10), "a b");
+        assert_eq!(clip("abcdef", 4), "abc…");
+    }
+}

@@ -1,0 +1,10 @@
+//! Integration tests of the `conclave` binary: real processes, a real server on loopback, a real
+//! database in a temporary project. One test binary, one module per area.
+
+mod errors;
+mod follow;
+mod retry;
+mod serve;
+mod steering;
+mod support;
+mod tour;
