@@ -54,6 +54,53 @@ pub enum Command {
     Export,
     /// Agents, tasks by status and leases at a glance
     Status(JsonFlag),
+    /// Run Claude Code joined to the team as agent NAME (registers it, passes the Conclave MCP
+    /// server and hooks); arguments after -- go to claude
+    Claude(ClaudeArgs),
+    /// The command hook Claude Code runs: reads the hook's JSON on stdin, prints the server's
+    /// answer (always exits 0; fails open unless --strict)
+    Hook(HookArgs),
+    /// Measure claim, lock and message latency over loopback HTTP (a private server, temporary store)
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Concurrent clients, each its own agent
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    /// Requests per client and operation
+    #[arg(long, default_value_t = 200)]
+    pub requests: usize,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ClaudeArgs {
+    /// The agent's name on the team (registered if new, else given a fresh token)
+    #[arg(long, value_name = "NAME")]
+    pub name: String,
+    /// The role it plays (tasks that name a role go to agents with that role)
+    #[arg(long, value_name = "R")]
+    pub role: Option<String>,
+    /// Deny edits while the server cannot be reached (default from [server] strict)
+    #[arg(long)]
+    pub strict: bool,
+    /// Arguments passed to claude unchanged
+    #[arg(last = true, value_name = "CLAUDE ARGS")]
+    pub claude_args: Vec<std::ffi::OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct HookArgs {
+    /// The hook event
+    #[arg(value_parser = clap::builder::PossibleValuesParser::new(crate::commands::hook::EVENTS))]
+    pub event: String,
+    /// Fail closed: deny a file edit when the server cannot be reached (also CONCLAVE_STRICT=1)
+    #[arg(long)]
+    pub strict: bool,
 }
 
 #[derive(Debug, Args)]

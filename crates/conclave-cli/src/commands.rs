@@ -1,6 +1,9 @@
 //! One module per command group; [`run`] dispatches a parsed command line to it.
 
 mod agent;
+mod bench;
+mod claude;
+pub mod hook;
 mod init;
 mod lock;
 mod log;
@@ -10,6 +13,8 @@ mod serve;
 mod status;
 mod task;
 
+pub use claude::ClaudeExited;
+
 use crate::cli::{Cli, Command};
 use crate::context::Context;
 
@@ -17,10 +22,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Init => init::run(),
         Command::Serve(args) => serve::run(args).await,
+        // main runs hooks before starting the async runtime; this is the same, only slower.
+        Command::Hook(args) => {
+            hook::run(&args.event, args.strict);
+            Ok(())
+        }
+        Command::Bench(args) => bench::run(args).await,
         command => {
             let context = Context::from_env()?;
             match command {
-                Command::Init | Command::Serve(_) => unreachable!("handled above"),
+                Command::Init | Command::Serve(_) | Command::Bench(_) | Command::Hook(_) => {
+                    unreachable!("handled above")
+                }
                 Command::Agent(command) => agent::run(&context, command).await,
                 Command::Task(command) => task::run(&context, command).await,
                 Command::Lock(args) => lock::lock(&context, args).await,
@@ -31,6 +44,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Log(args) => log::log(&context, args).await,
                 Command::Export => log::export(&context).await,
                 Command::Status(flag) => status::run(&context, flag.json).await,
+                Command::Claude(args) => claude::run(&context, args).await,
             }
         }
     }

@@ -231,7 +231,8 @@ impl Tx<'_> {
         Ok(after)
     }
 
-    /// Returns everything an agent holds to the team: its claimed tasks go back to `ready`
+    /// Returns everything an agent holds to the team: its claimed tasks go back to `ready` (or
+    /// `pending` when a dependency was reopened meanwhile)
     /// (attempts + 1) and its file leases are released, each with an event naming `reason`.
     /// Used when its claim lease expires or when the supervisor knows its process died.
     pub fn release_agent(&mut self, actor: &str, name: &str, reason: &str) -> Result<ReleaseReport> {
@@ -249,7 +250,7 @@ impl Tx<'_> {
             self.conn().execute(
                 "UPDATE tasks SET status = ?2, assignee = NULL, claim_expires_at = NULL,
                     attempts = attempts + 1, updated_at = ?3 WHERE id = ?1",
-                params![id, TaskStatus::Ready.as_str(), self.now_ms()],
+                params![id, TaskStatus::Pending.as_str(), self.now_ms()],
             )?;
             self.emit(
                 actor,
@@ -258,6 +259,9 @@ impl Tx<'_> {
                 Some(name),
                 json!({ "reason": reason }),
             )?;
+            // Back to ready only if its dependencies are still all done (one may have been
+            // reopened while it was held).
+            self.refresh_readiness(actor, task_id)?;
             report.tasks.push(task_id);
         }
         report.leases = self.release_all_leases(actor, name, reason)?;

@@ -223,7 +223,7 @@ impl Tx<'_> {
 
     /// Moves a pending task to ready when all its dependencies are done, and a ready (unheld)
     /// task back to pending when one is not.
-    fn refresh_readiness(&mut self, actor: &str, id: TaskId) -> Result<()> {
+    pub(crate) fn refresh_readiness(&mut self, actor: &str, id: TaskId) -> Result<()> {
         let task = self.read().task(id)?;
         let waiting = !self.read().blocking_dependencies(id)?.is_empty();
         let next = match (task.status, waiting) {

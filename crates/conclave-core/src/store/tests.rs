@@ -349,7 +349,7 @@ fn messages_come_back_until_acknowledged() {
     assert_eq!(ids(inbox("c")), vec![direct.id.clone(), everyone.id.clone()]);
     assert_eq!(ids(inbox("c")).len(), 2, "reading does not acknowledge");
     let acked = store
-        .write(|tx| tx.ack_messages("c", &[direct.id.clone()]))
+        .write(|tx| tx.ack_messages("c", std::slice::from_ref(&direct.id)))
         .expect("ack");
     assert_eq!(acked, vec![direct.id.clone()]);
     assert_eq!(ids(inbox("c")), vec![everyone.id.clone()]);

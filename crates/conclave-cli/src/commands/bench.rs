@@ -1,0 +1,28 @@
+//! `conclave bench`: runs the server's loopback benchmark and prints its figures.
+
+use conclave_server::bench::{BenchOptions, run_bench};
+
+use crate::cli::BenchArgs;
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.clients == 0 || args.requests == 0 {
+        anyhow::bail!("--clients and --requests must be at least 1");
+    }
+    let options = BenchOptions {
+        clients: args.clients,
+        requests_per_client: args.requests,
+    };
+    let stats = run_bench(options, |step| eprintln!("bench: {step}")).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&stats)?);
+        return Ok(());
+    }
+    println!("operation  requests   p50 ms   p99 ms   max ms   req/s");
+    for s in &stats {
+        println!(
+            "{:<10} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>7.0}",
+            s.operation, s.requests, s.p50_ms, s.p99_ms, s.max_ms, s.throughput_per_sec
+        );
+    }
+    Ok(())
+}
