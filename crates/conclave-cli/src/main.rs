@@ -17,6 +17,11 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    // Hooks run once per tool call: answer them without starting an async runtime.
+    if let cli::Command::Hook(args) = &cli.command {
+        commands::hook::run(&args.event, args.strict);
+        return ExitCode::SUCCESS;
+    }
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -31,6 +36,13 @@ fn main() -> ExitCode {
     match runtime.block_on(commands::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
+        // `conclave claude` exits as claude did; claude has said why already.
+        Err(error) if error.is::<commands::ClaudeExited>() => {
+            let code = error
+                .downcast_ref::<commands::ClaudeExited>()
+                .map_or(error::EXIT_ERROR, |exited| exited.code);
+            ExitCode::from(code)
+        }
         Err(error) => {
             eprintln!("error: {}", error::one_line(&error));
             ExitCode::from(error::exit_code(&error))

@@ -1,0 +1,586 @@
+//! `conclave hook <event>`: the command hook Claude Code runs on its hook events.
+//!
+//! It reads the hook's JSON on stdin, posts it to `$CONCLAVE_URL/hooks/<event>` with the agent's
+//! token (`CONCLAVE_TOKEN`, `CONCLAVE_AGENT`), and prints the server's JSON answer on stdout (the
+//! server speaks Claude Code's hook output format, see `conclave_server::hooks`). It always exits
+//! 0: a hook that fails must never break the agent's session.
+//!
+//! When the server cannot be reached or answers with an error, the hook fails open: it prints
+//! `{}` (the client goes ahead) and one warning line on stderr. In strict mode (`--strict` or
+//! `CONCLAVE_STRICT=1`) a `pre-tool-use` on a file-writing tool fails closed instead: it denies
+//! the edit with a reason saying that the server cannot be reached.
+//!
+//! This runs once per tool call, so it is built to start and finish fast: no async runtime, a
+//! minimal blocking HTTP/1.1 client over one loopback TCP connection, a 1 s connect timeout and a
+//! 5 s deadline for the whole exchange (10 s for `session-start`, which reads more).
+
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use conclave_core::project::Project;
+use conclave_server::hooks::FILE_WRITING_TOOLS;
+use serde_json::{Value, json};
+
+use crate::context::{ENV_AGENT, ENV_TOKEN, ENV_URL};
+
+/// The events `conclave hook` accepts, spelled as in the server's `/hooks/<event>` paths.
+pub const EVENTS: [&str; 7] = [
+    "pre-tool-use",
+    "post-tool-use",
+    "session-start",
+    "user-prompt-submit",
+    "stop",
+    "pre-compact",
+    "session-end",
+];
+
+/// Set to `1` (or `true`) to make the hook fail closed, as `--strict` does.
+pub const ENV_STRICT: &str = "CONCLAVE_STRICT";
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const DEADLINE: Duration = Duration::from_secs(5);
+const SESSION_START_DEADLINE: Duration = Duration::from_secs(10);
+/// The largest answer read from the server (its hook answers are a few kilobytes).
+const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Runs the hook for `event` (one of [`EVENTS`]) and writes its answer. Never fails: every
+/// outcome is an answer on stdout (and maybe a warning on stderr), so the caller exits 0.
+pub fn run(event: &str, strict_flag: bool) {
+    let strict = strict_flag || env_flag(ENV_STRICT);
+    let mut input = Vec::new();
+    let outcome = match io::stdin().lock().read_to_end(&mut input) {
+        Ok(_) => forward(event, &input),
+        Err(error) => Err(Failure {
+            url: None,
+            detail: format!("cannot read the hook input on stdin: {error}"),
+        }),
+    };
+    let answer = answer_for(event, strict, &input, outcome);
+    if let Some(warning) = &answer.warning {
+        eprintln!("conclave hook {event}: {warning}");
+    }
+    let mut stdout = io::stdout().lock();
+    // A client that stopped reading cannot be told anything anyway.
+    let _ = stdout.write_all(answer.stdout.as_bytes());
+    let _ = stdout.write_all(b"\n");
+    let _ = stdout.flush();
+}
+
+/// Why the server's answer could not be had.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The server URL tried, when one was known.
+    pub url: Option<String>,
+    pub detail: String,
+}
+
+/// What the hook prints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The JSON for Claude Code, on stdout.
+    pub stdout: String,
+    /// One line for stderr, when something went wrong.
+    pub warning: Option<String>,
+}
+
+/// Decides what to print, given the server's answer (the body of a 2xx) or why there is none.
+pub fn answer_for(
+    event: &str,
+    strict: bool,
+    input: &[u8],
+    outcome: Result<String, Failure>,
+) -> Answer {
+    let failure = match outcome {
+        Ok(body) => {
+            return Answer {
+                stdout: body,
+                warning: None,
+            };
+        }
+        Err(failure) => failure,
+    };
+    let url = failure.url.as_deref().unwrap_or("(unknown)");
+    if strict && event == "pre-tool-use" && writes_a_file(input) {
+        let reason = format!(
+            "Conclave server at {url} cannot be reached: {}; edits are blocked in strict mode. \
+             Ask the person running the team to start it (`conclave serve`), then try again.",
+            failure.detail
+        );
+        let decision = json!({
+            "hookSpecificOutput": {
+                "hookEventName": "PreToolUse",
+                "permissionDecision": "deny",
+                "permissionDecisionReason": reason,
+            }
+        });
+        return Answer {
+            stdout: decision.to_string(),
+            warning: Some(format!(
+                "Conclave server at {url} cannot be reached ({}); denied the edit (strict mode)",
+                failure.detail
+            )),
+        };
+    }
+    Answer {
+        stdout: "{}".to_string(),
+        warning: Some(format!(
+            "Conclave server at {url} cannot be reached ({}); going ahead without it",
+            failure.detail
+        )),
+    }
+}
+
+/// Whether the hook input is a call of a file-writing tool (`Edit`, `Write`, ...).
+fn writes_a_file(input: &[u8]) -> bool {
+    let Ok(value) = serde_json::from_slice::<Value>(input) else {
+        // Unreadable input in strict mode: it might be an edit, so treat it as one.
+        return true;
+    };
+    value
+        .get("tool_name")
+        .and_then(Value::as_str)
+        .is_some_and(|tool| FILE_WRITING_TOOLS.contains(&tool))
+}
+
+/// Posts the hook input to the server and returns its JSON answer.
+fn forward(event: &str, input: &[u8]) -> Result<String, Failure> {
+    let url = server_url().ok_or_else(|| Failure {
+        url: None,
+        detail: format!(
+            "{ENV_URL} is not set and no running server was found for this folder \
+             (`conclave claude` sets it)"
+        ),
+    })?;
+    let fail = |detail: String| Failure {
+        url: Some(url.clone()),
+        detail,
+    };
+    let token = env_value(ENV_TOKEN).ok_or_else(|| {
+        fail(format!(
+            "{ENV_TOKEN} is not set (`conclave claude` sets it)"
+        ))
+    })?;
+    let agent = env_value(ENV_AGENT);
+    let endpoint = Endpoint::parse(&url).map_err(&fail)?;
+    let deadline = Instant::now()
+        + if event == "session-start" {
+            SESSION_START_DEADLINE
+        } else {
+            DEADLINE
+        };
+    let mut headers = vec![("Authorization", format!("Bearer {token}"))];
+    if let Some(agent) = agent {
+        headers.push(("X-Conclave-Agent", agent));
+    }
+    let path = format!("{}/hooks/{event}", endpoint.base_path);
+    let response = endpoint
+        .post_json(&path, &headers, input, deadline)
+        .map_err(&fail)?;
+    let body = String::from_utf8_lossy(&response.body).trim().to_string();
+    if !(200..300).contains(&response.status) {
+        return Err(fail(format!(
+            "it answered {}: {}",
+            response.status,
+            error_message(&body)
+        )));
+    }
+    if body.is_empty() {
+        return Ok("{}".to_string());
+    }
+    match serde_json::from_str::<Value>(&body) {
+        Ok(Value::Object(_)) => Ok(body),
+        _ => Err(fail(format!(
+            "it answered something that is not a JSON object: {}",
+            excerpt(&body)
+        ))),
+    }
+}
+
+/// `CONCLAVE_URL`, else the URL the project's running server wrote in `.conclave/server.json`.
+fn server_url() -> Option<String> {
+    if let Some(url) = env_value(ENV_URL) {
+        return Some(url.trim_end_matches('/').to_string());
+    }
+    let cwd = std::env::current_dir().ok()?;
+    let info = Project::find(&cwd)?.read_server_info()?;
+    Some(info.url.trim_end_matches('/').to_string())
+}
+
+/// The message of the server's `{"error":{"message":..}}` body, or an excerpt of the body.
+fn error_message(body: &str) -> String {
+    serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|value| {
+            value
+                .pointer("/error/message")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| excerpt(body))
+}
+
+fn excerpt(text: &str) -> String {
+    let cut: String = text.chars().take(200).collect();
+    if cut.len() < text.len() {
+        format!("{cut}…")
+    } else {
+        cut
+    }
+}
+
+fn env_value(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .map(|value| value.trim().to_string())
+        .filter(|value| !value.is_empty())
+}
+
+fn env_flag(name: &str) -> bool {
+    env_value(name).is_some_and(|value| matches!(value.as_str(), "1" | "true" | "yes"))
+}
+
+/// Where an `http://host:port/base` URL points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Endpoint {
+    /// The host as given (brackets stripped from an IPv6 literal).
+    host: String,
+    port: u16,
+    /// The `Host` header: the URL's authority.
+    authority: String,
+    /// The URL's path without a trailing slash (usually empty).
+    base_path: String,
+}
+
+/// A server's answer.
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    body: Vec<u8>,
+}
+
+impl Endpoint {
+    fn parse(url: &str) -> Result<Endpoint, String> {
+        let rest = match url.split_once("://") {
+            Some(("http", rest)) => rest,
+            Some((scheme, _)) => {
+                return Err(format!(
+                    "{url}: the hook speaks plain http to the server, not {scheme}"
+                ));
+            }
+            None => return Err(format!("{url} is not a URL like http://127.0.0.1:7420")),
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(slash) => (&rest[..slash], &rest[slash..]),
+            None => (rest, ""),
+        };
+        let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+            let (host, after) = bracketed
+                .split_once(']')
+                .ok_or_else(|| format!("{url}: unclosed [ in the host"))?;
+            (host, after.strip_prefix(':'))
+        } else {
+            match authority.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            }
+        };
+        let port = match port {
+            Some(port) => port
+                .parse::<u16>()
+                .map_err(|_| format!("{url}: {port:?} is not a port number"))?,
+            None => 80,
+        };
+        if host.is_empty() {
+            return Err(format!("{url}: no host"));
+        }
+        Ok(Endpoint {
+            host: host.to_string(),
+            port,
+            authority: authority.to_string(),
+            base_path: path.trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// One `POST` with a JSON body over a fresh connection, finished before `deadline`.
+    fn post_json(
+        &self,
+        path: &str,
+        headers: &[(&str, String)],
+        body: &[u8],
+        deadline: Instant,
+    ) -> Result<Response, String> {
+        let mut request = String::with_capacity(256);
+        let _ = write!(
+            request,
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\nUser-Agent: conclave-hook/{}\r\n",
+            self.authority,
+            body.len(),
+            env!("CARGO_PKG_VERSION")
+        );
+        for (name, value) in headers {
+            if value.chars().any(char::is_control) {
+                return Err(format!("the {name} header would carry a control character"));
+            }
+            let _ = write!(request, "{name}: {value}\r\n");
+        }
+        request.push_str("\r\n");
+        let mut bytes = request.into_bytes();
+        bytes.extend_from_slice(body);
+
+        let mut stream = self.connect(deadline)?;
+        let _ = stream.set_nodelay(true);
+        stream
+            .set_write_timeout(Some(remaining(deadline)?))
+            .map_err(|error| error.to_string())?;
+        stream
+            .write_all(&bytes)
+            .map_err(|error| describe_io("sending the request", &error))?;
+        read_response(&mut stream, deadline)
+    }
+
+    fn connect(&self, deadline: Instant) -> Result<TcpStream, String> {
+        let addresses = (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(|error| format!("cannot resolve {}: {error}", self.host))?;
+        let mut last_error = format!("{} resolves to no address", self.host);
+        for address in addresses {
+            let timeout = remaining(deadline)?.min(CONNECT_TIMEOUT);
+            match TcpStream::connect_timeout(&address, timeout) {
+                Ok(stream) => return Ok(stream),
+                Err(error) => last_error = describe_io("connecting", &error),
+            }
+        }
+        Err(last_error)
+    }
+}
+
+/// Reads a whole HTTP/1.1 response (the server closes the connection after it).
+fn read_response(stream: &mut TcpStream, deadline: Instant) -> Result<Response, String> {
+    let mut buffer = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 8192];
+    let mut head_end = None;
+    let mut content_length = None;
+    loop {
+        if let (Some(end), Some(length)) = (head_end, content_length)
+            && buffer.len() >= end + length
+        {
+            buffer.truncate(end + length);
+            break;
+        }
+        stream
+            .set_read_timeout(Some(remaining(deadline)?))
+            .map_err(|error| error.to_string())?;
+        let n = match stream.read(&mut chunk) {
+            Ok(n) => n,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(describe_io("reading the answer", &error)),
+        };
+        if n == 0 {
+            break;
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+        if buffer.len() > MAX_RESPONSE_BYTES {
+            return Err(format!("its answer is over {MAX_RESPONSE_BYTES} bytes"));
+        }
+        if head_end.is_none()
+            && let Some(position) = find(&buffer, b"\r\n\r\n")
+        {
+            head_end = Some(position + 4);
+            content_length = header_value(&buffer[..position], "content-length")
+                .and_then(|value| value.trim().parse::<usize>().ok());
+        }
+    }
+    let end = head_end.ok_or_else(|| "the connection closed before an answer".to_string())?;
+    let head = String::from_utf8_lossy(&buffer[..end]);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse::<u16>().ok())
+        .ok_or_else(|| format!("not an HTTP answer: {}", excerpt(&head)))?;
+    let raw_body = &buffer[end..];
+    let chunked = header_value(&buffer[..end], "transfer-encoding")
+        .is_some_and(|value| value.to_ascii_lowercase().contains("chunked"));
+    let body = if chunked {
+        dechunk(raw_body)?
+    } else {
+        match content_length {
+            Some(length) if raw_body.len() < length => {
+                return Err("the connection closed in the middle of the answer".to_string());
+            }
+            _ => raw_body.to_vec(),
+        }
+    };
+    Ok(Response { status, body })
+}
+
+/// The value of a header in a response head (case-insensitive name).
+fn header_value(head: &[u8], name: &str) -> Option<String> {
+    String::from_utf8_lossy(head)
+        .lines()
+        .skip(1)
+        .find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| value.trim().to_string())
+        })
+}
+
+/// Decodes a `Transfer-Encoding: chunked` body.
+fn dechunk(mut raw: &[u8]) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = find(raw, b"\r\n").ok_or("a chunked answer was cut short")?;
+        let size_text = String::from_utf8_lossy(&raw[..line_end]);
+        let size_text = size_text.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_text, 16)
+            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
+        raw = &raw[line_end + 2..];
+        if size == 0 {
+            return Ok(body);
+        }
+        if raw.len() < size {
+            return Err("a chunked answer was cut short".to_string());
+        }
+        body.extend_from_slice(&raw[..size]);
+        raw = raw.get(size + 2..).unwrap_or_default();
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
+}
+
+fn remaining(deadline: Instant) -> Result<Duration, String> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        Err("no answer in time".to_string())
+    } else {
+        Ok(left)
+    }
+}
+
+fn describe_io(what: &str, error: &io::Error) -> String {
+    match error.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => format!("timed out {what}"),
+        io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
+        _ => format!("{what}: {error}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_split_into_host_port_and_path() {
+        let cases = [
+            ("http://127.0.0.1:7420", ("127.0.0.1", 7420, "")),
+            ("http://localhost:80/base/", ("localhost", 80, "/base")),
+            ("http://[::1]:9000", ("::1", 9000, "")),
+            ("http://example.com", ("example.com", 80, "")),
+        ];
+        for (url, (host, port, path)) in cases {
+            let endpoint = Endpoint::parse(url).expect(url);
+            assert_eq!(
+                (
+                    endpoint.host.as_str(),
+                    endpoint.port,
+                    endpoint.base_path.as_str()
+                ),
+                (host, port, path),
+                "{url}"
+            );
+        }
+        for bad in ["https://x:1", "127.0.0.1:7420", "http://:80", "http://h:x"] {
+            assert!(Endpoint::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_are_decoded() {
+        assert_eq!(
+            dechunk(b"3\r\n{\"a\r\n2;x=1\r\n\":\r\n2\r\n1}\r\n0\r\n\r\n").as_deref(),
+            Ok(&b"{\"a\":1}"[..])
+        );
+        assert!(dechunk(b"5\r\nab").is_err());
+    }
+
+    /// One helper per case: (event, strict, tool) with the server down → (decision?, stdout).
+    fn down(event: &str, strict: bool, tool: &str) -> Answer {
+        let input = json!({"tool_name": tool, "tool_input": {"file_path": "a.rs"}}).to_string();
+        let failure = Failure {
+            url: Some("http://127.0.0.1:9".to_string()),
+            detail: "connection refused".to_string(),
+        };
+        answer_for(event, strict, input.as_bytes(), Err(failure))
+    }
+
+    #[test]
+    fn an_unreachable_server_fails_open_unless_strict_on_an_edit() {
+        let open = [
+            ("pre-tool-use", false, "Write"),
+            ("pre-tool-use", true, "Bash"),
+            ("post-tool-use", true, "Write"),
+            ("session-start", true, ""),
+        ];
+        for (event, strict, tool) in open {
+            let answer = down(event, strict, tool);
+            assert_eq!(answer.stdout, "{}", "{event} {strict} {tool}");
+            assert!(
+                answer
+                    .warning
+                    .is_some_and(|w| w.contains("cannot be reached")),
+                "{event}"
+            );
+        }
+        for tool in FILE_WRITING_TOOLS {
+            let answer = down("pre-tool-use", true, tool);
+            let value: Value = serde_json::from_str(&answer.stdout).expect("json");
+            assert_eq!(
+                value["hookSpecificOutput"]["permissionDecision"], "deny",
+                "{tool}"
+            );
+            let reason = value["hookSpecificOutput"]["permissionDecisionReason"]
+                .as_str()
+                .unwrap_or_default();
+            assert!(
+                reason.starts_with("Conclave server at http://127.0.0.1:9 cannot be reached: connection refused; edits are blocked in strict mode"),
+                "{reason}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_server_answer_is_passed_through() {
+        let answer = answer_for("stop", true, b"{}", Ok("{\"decision\":\"block\"}".into()));
+        assert_eq!(
+            answer,
+            Answer {
+                stdout: "{\"decision\":\"block\"}".into(),
+                warning: None
+            }
+        );
+    }
+
+    #[test]
+    fn a_dead_port_is_refused_quickly() {
+        // Bind then drop a listener to find a port nothing listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map(|address| address.port())
+            .expect("port");
+        let endpoint = Endpoint::parse(&format!("http://127.0.0.1:{port}")).expect("url");
+        let started = Instant::now();
+        let error = endpoint
+            .post_json("/hooks/stop", &[], b"{}", Instant::now() + DEADLINE)
+            .expect_err("nothing listens");
+        assert_eq!(error, "connection refused");
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,12 @@
+//! End-to-end tests of Conclave with the real Claude Code CLI: real `conclave serve` and
+//! `conclave claude` processes, the pinned `claude` binary, and the scripted stand-in for the
+//! Anthropic API on loopback. Each test has its own throwaway git repo and `HOME`s, and the
+//! tests run one at a time ([`support::serial`]).
+//!
+//! Without the CLI (and without npm to install it) a test prints `skipped: <reason>`; under
+//! `CI=true` it fails instead.
+
+mod outages;
+mod support;
+mod team;
+mod tool_list;
