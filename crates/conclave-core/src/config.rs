@@ -103,7 +103,9 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Config::default());
+            }
             Err(source) => {
                 return Err(ConfigError::Read {
                     path: path.display().to_string(),
@@ -118,7 +120,8 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config, String> {
-        let config: Config = toml::from_str(text).map_err(|error| describe_toml_error(text, &error))?;
+        let config: Config =
+            toml::from_str(text).map_err(|error| describe_toml_error(text, &error))?;
         config.validate()?;
         Ok(config)
     }
@@ -148,7 +151,10 @@ impl Config {
                 return Err(format!("[[agent]] name {:?} appears twice", agent.name));
             }
             if agent.count == Some(0) {
-                return Err(format!("[[agent]] {:?}: count must be at least 1", agent.name));
+                return Err(format!(
+                    "[[agent]] {:?}: count must be at least 1",
+                    agent.name
+                ));
             }
         }
         Ok(())
@@ -157,8 +163,14 @@ impl Config {
     pub fn store_config(&self) -> StoreConfig {
         let defaults = StoreConfig::default();
         StoreConfig {
-            claim_ttl_secs: self.server.claim_ttl_secs.unwrap_or(defaults.claim_ttl_secs),
-            lease_ttl_secs: self.server.lease_ttl_secs.unwrap_or(defaults.lease_ttl_secs),
+            claim_ttl_secs: self
+                .server
+                .claim_ttl_secs
+                .unwrap_or(defaults.claim_ttl_secs),
+            lease_ttl_secs: self
+                .server
+                .lease_ttl_secs
+                .unwrap_or(defaults.lease_ttl_secs),
             durability: match self.server.durability.as_deref() {
                 Some("full") => Durability::Full,
                 _ => Durability::Normal,
@@ -228,7 +240,10 @@ mod tests {
     fn errors_name_the_line_and_the_field() {
         let text = "[server]\nlisten = \"127.0.0.1:1\"\nbogus = 1\n";
         let error = Config::parse(text).expect_err("unknown field");
-        assert!(error.contains("line 3") && error.contains("bogus"), "{error}");
+        assert!(
+            error.contains("line 3") && error.contains("bogus"),
+            "{error}"
+        );
         let text = "[[agent]]\nname = \"a\"\ncount = \"two\"\n";
         let error = Config::parse(text).expect_err("wrong type");
         assert!(error.contains("line 3"), "{error}");
@@ -248,6 +263,9 @@ env = { A = "b" }
 "#;
         let config = Config::parse(text).expect("parse");
         assert_eq!(config.agents[0].count, Some(2));
-        assert_eq!(config.agents[0].settings.allowed_tools.as_deref(), Some(&["Read".to_string()][..]));
+        assert_eq!(
+            config.agents[0].settings.allowed_tools.as_deref(),
+            Some(&["Read".to_string()][..])
+        );
     }
 }

@@ -4,11 +4,11 @@
 //! Every change of state happens in one [`store::Tx`] and writes its [`model::Event`] to the
 //! append-only log in the same transaction.
 
+pub mod config;
 pub mod error;
 pub mod model;
 pub mod paths;
 pub mod project;
-pub mod config;
 pub mod store;
 
 pub use error::{CoreError, LeaseConflict, Result};

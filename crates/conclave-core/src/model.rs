@@ -734,7 +734,10 @@ mod tests {
     fn enums_name_the_accepted_values_on_error() {
         let error = "finished".parse::<TaskStatus>().expect_err("unknown");
         assert!(error.to_string().contains("in_progress"), "{error}");
-        assert_eq!("review".parse::<TaskStatus>().ok(), Some(TaskStatus::Review));
+        assert_eq!(
+            "review".parse::<TaskStatus>().ok(),
+            Some(TaskStatus::Review)
+        );
     }
 
     #[test]

@@ -155,7 +155,10 @@ mod tests {
         let temp = tempfile::tempdir().expect("tempdir");
         let deep = temp.path().join("a/b/c");
         fs::create_dir_all(&deep).expect("mkdir");
-        assert!(Project::find(&deep).is_none() || Project::find(&deep).is_some_and(|p| p.root() != temp.path()));
+        assert!(
+            Project::find(&deep).is_none()
+                || Project::find(&deep).is_some_and(|p| p.root() != temp.path())
+        );
         fs::write(temp.path().join(CONFIG_FILE), "").expect("config");
         assert_eq!(Project::find(&deep).expect("found").root(), temp.path());
     }
@@ -169,7 +172,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(project.admin_token_file()).expect("meta").permissions().mode();
+            let mode = fs::metadata(project.admin_token_file())
+                .expect("meta")
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }

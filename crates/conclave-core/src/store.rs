@@ -27,11 +27,11 @@ use crate::error::{CoreError, Result};
 use crate::model::{Actor, Event, TaskId};
 
 pub use agents::{ReleaseReport, hash_token};
-pub use schema::SCHEMA_VERSION;
-pub use tasks::{ClaimOutcome, task_fits};
 pub use events::SweepReport;
 pub use messages::parse_message_id;
 pub use notes::parse_note_id;
+pub use schema::SCHEMA_VERSION;
+pub use tasks::{ClaimOutcome, task_fits};
 
 /// How hard a commit tries to reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -106,7 +106,11 @@ impl Store {
         Ok(Store::from_parts(writer, Vec::new(), config))
     }
 
-    fn from_parts(writer: Connection, readers: Vec<Mutex<Connection>>, config: StoreConfig) -> Self {
+    fn from_parts(
+        writer: Connection,
+        readers: Vec<Mutex<Connection>>,
+        config: StoreConfig,
+    ) -> Self {
         Store {
             inner: Arc::new(StoreInner {
                 writer: Mutex::new(writer),
@@ -246,7 +250,9 @@ fn configure(conn: &Connection, durability: Durability) -> Result<()> {
 
 /// A poisoned mutex only means another thread panicked mid-call; SQLite rolled its work back.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {

@@ -53,7 +53,12 @@ pub struct AppSettings {
 }
 
 impl App {
-    pub fn new(store: Store, admin_token: &str, settings: AppSettings, shutdown: CancellationToken) -> App {
+    pub fn new(
+        store: Store,
+        admin_token: &str,
+        settings: AppSettings,
+        shutdown: CancellationToken,
+    ) -> App {
         let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
         let metrics = Metrics::default();
         let sender = events.clone();
@@ -120,7 +125,12 @@ impl App {
 
     /// Runs a change on a blocking thread, in one transaction with the acting agent's heartbeat
     /// and, when the request carries one, its idempotency key. Answers with the change's JSON.
-    pub async fn write<T, F>(&self, actor: &Actor, key: &IdempotencyKey, change: F) -> ApiResult<Written>
+    pub async fn write<T, F>(
+        &self,
+        actor: &Actor,
+        key: &IdempotencyKey,
+        change: F,
+    ) -> ApiResult<Written>
     where
         T: Serialize + 'static,
         F: FnOnce(&mut Tx<'_>) -> CoreResult<T> + Send + 'static,

@@ -38,7 +38,10 @@ pub struct OperationStats {
     pub throughput_per_sec: f64,
 }
 
-pub async fn run_bench(options: BenchOptions, progress: impl Fn(&str)) -> anyhow::Result<Vec<OperationStats>> {
+pub async fn run_bench(
+    options: BenchOptions,
+    progress: impl Fn(&str),
+) -> anyhow::Result<Vec<OperationStats>> {
     let dir = tempfile::tempdir().context("cannot make a temporary folder")?;
     let store = Store::open(&dir.path().join("bench.db"), StoreConfig::default())?;
     let shutdown = CancellationToken::new();
@@ -92,7 +95,9 @@ pub async fn run_bench(options: BenchOptions, progress: impl Fn(&str)) -> anyhow
                 let mut latencies = Vec::with_capacity(n);
                 for i in 0..n {
                     let request = match operation {
-                        "claim" => http.post(format!("{base}/api/tasks/claim")).json(&json!({})),
+                        "claim" => http
+                            .post(format!("{base}/api/tasks/claim"))
+                            .json(&json!({})),
                         "lock" => http
                             .post(format!("{base}/api/leases"))
                             .json(&json!({ "paths": [format!("bench/{client}/{i}.rs")] })),
@@ -102,7 +107,11 @@ pub async fn run_bench(options: BenchOptions, progress: impl Fn(&str)) -> anyhow
                         })),
                     };
                     let sent = Instant::now();
-                    request.bearer_auth(&token).send().await?.error_for_status()?;
+                    request
+                        .bearer_auth(&token)
+                        .send()
+                        .await?
+                        .error_for_status()?;
                     latencies.push(sent.elapsed());
                 }
                 anyhow::Ok(latencies)

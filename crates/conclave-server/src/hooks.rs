@@ -75,7 +75,14 @@ pub async fn handle(
         "user-prompt-submit" => urgent_context(&app, &actor, &agent, "UserPromptSubmit").await?,
         "stop" => stop(&app, &agent, &input).await?,
         "pre-compact" => {
-            record(&app, &actor, &agent, "agent.compacting", json!({ "session_id": input.session_id })).await?;
+            record(
+                &app,
+                &actor,
+                &agent,
+                "agent.compacting",
+                json!({ "session_id": input.session_id }),
+            )
+            .await?;
             json!({})
         }
         "session-end" => session_end(&app, &actor, &agent, &input).await?,
@@ -107,7 +114,12 @@ pub fn touched_path(root: Option<&Path>, input: &HookInput) -> Option<String> {
     paths::relativize(&root, &cwd, file)
 }
 
-async fn pre_tool_use(app: &App, actor: &Actor, agent: &str, input: &HookInput) -> ApiResult<Value> {
+async fn pre_tool_use(
+    app: &App,
+    actor: &Actor,
+    agent: &str,
+    input: &HookInput,
+) -> ApiResult<Value> {
     let Some(path) = touched_path(app.settings().project_root.as_deref(), input) else {
         return Ok(json!({}));
     };
@@ -115,13 +127,30 @@ async fn pre_tool_use(app: &App, actor: &Actor, agent: &str, input: &HookInput) 
         paths: vec![path.clone()],
         mode: LeaseMode::Exclusive,
         ttl_secs: None,
-        reason: Some(format!("{} (hook)", input.tool_name.as_deref().unwrap_or("edit"))),
+        reason: Some(format!(
+            "{} (hook)",
+            input.tool_name.as_deref().unwrap_or("edit")
+        )),
         task: None,
     };
-    match crate::api::leases::acquire_for(app, actor, &IdempotencyKey::default(), agent.to_string(), request).await {
+    match crate::api::leases::acquire_for(
+        app,
+        actor,
+        &IdempotencyKey::default(),
+        agent.to_string(),
+        request,
+    )
+    .await
+    {
         Ok(_) => Ok(json!({})),
         Err(error) if error.code == "lease_conflict" => {
-            crate::api::leases::record_denial(app, agent, std::slice::from_ref(&path), &error.message).await;
+            crate::api::leases::record_denial(
+                app,
+                agent,
+                std::slice::from_ref(&path),
+                &error.message,
+            )
+            .await;
             let reason = deny_reason(&path, &error);
             Ok(json!({
                 "hookSpecificOutput": {
@@ -144,18 +173,29 @@ fn deny_reason(path: &str, error: &ApiError) -> String {
                 "Conclave: {path} is leased by {}{} for {} more ({} lease on {}). Do not edit it now: \
                  message {} (send) to coordinate, or pick other work (claim).",
                 conflict.holder,
-                conflict.task.map(|t| format!(" for {t}")).unwrap_or_default(),
+                conflict
+                    .task
+                    .map(|t| format!(" for {t}"))
+                    .unwrap_or_default(),
                 format_duration_secs(left),
                 conflict.mode,
                 conflict.held,
                 conflict.holder
             )
         }
-        None => format!("Conclave: {path} is leased by another agent: {}", error.message),
+        None => format!(
+            "Conclave: {path} is leased by another agent: {}",
+            error.message
+        ),
     }
 }
 
-async fn post_tool_use(app: &App, actor: &Actor, agent: &str, input: &HookInput) -> ApiResult<Value> {
+async fn post_tool_use(
+    app: &App,
+    actor: &Actor,
+    agent: &str,
+    input: &HookInput,
+) -> ApiResult<Value> {
     let path = touched_path(app.settings().project_root.as_deref(), input);
     let name = agent.to_string();
     let tool = input.tool_name.clone().unwrap_or_default();
@@ -163,7 +203,13 @@ async fn post_tool_use(app: &App, actor: &Actor, agent: &str, input: &HookInput)
         tx.renew_leases(&name)?;
         if let Some(path) = &path {
             let task = tx.read().held_tasks(&name)?.first().map(|t| t.id);
-            tx.emit(&name, "file.touched", task, Some(&name), json!({ "path": path, "tool": tool }))?;
+            tx.emit(
+                &name,
+                "file.touched",
+                task,
+                Some(&name),
+                json!({ "path": path, "tool": tool }),
+            )?;
         }
         Ok(())
     })
@@ -172,7 +218,12 @@ async fn post_tool_use(app: &App, actor: &Actor, agent: &str, input: &HookInput)
 }
 
 /// Urgent unacknowledged messages as additional context (acknowledged once injected).
-async fn urgent_context(app: &App, actor: &Actor, agent: &str, event_name: &str) -> ApiResult<Value> {
+async fn urgent_context(
+    app: &App,
+    actor: &Actor,
+    agent: &str,
+    event_name: &str,
+) -> ApiResult<Value> {
     let name = agent.to_string();
     let urgent: Vec<Message> = app
         .read(move |r| Ok(r.inbox(&name)?.into_iter().filter(|m| m.urgent).collect()))
@@ -183,16 +234,25 @@ async fn urgent_context(app: &App, actor: &Actor, agent: &str, event_name: &str)
     let mut context = String::from("Urgent Conclave messages:\n");
     let ids = append_messages(&mut context, &urgent, MAX_CONTEXT_CHARS);
     acknowledge(app, actor, agent, ids).await?;
-    Ok(json!({ "hookSpecificOutput": { "hookEventName": event_name, "additionalContext": context } }))
+    Ok(
+        json!({ "hookSpecificOutput": { "hookEventName": event_name, "additionalContext": context } }),
+    )
 }
 
 /// Appends messages to `out` within `budget` characters; returns the ids shown.
 fn append_messages(out: &mut String, messages: &[Message], budget: usize) -> Vec<String> {
     let mut shown = Vec::new();
     for message in messages {
-        let line = format!("- {} from {} ({}): {}\n", message.id, message.sender, message.kind, message.body);
+        let line = format!(
+            "- {} from {} ({}): {}\n",
+            message.id, message.sender, message.kind, message.body
+        );
         if out.len() + line.len() > budget {
-            let _ = writeln!(out, "- ({} more: use the inbox tool)", messages.len() - shown.len());
+            let _ = writeln!(
+                out,
+                "- ({} more: use the inbox tool)",
+                messages.len() - shown.len()
+            );
             break;
         }
         out.push_str(&line);
@@ -206,21 +266,37 @@ async fn acknowledge(app: &App, actor: &Actor, agent: &str, ids: Vec<String>) ->
         return Ok(());
     }
     let name = agent.to_string();
-    app.write(actor, &IdempotencyKey::default(), move |tx| tx.ack_messages(&name, &ids))
-        .await?;
+    app.write(actor, &IdempotencyKey::default(), move |tx| {
+        tx.ack_messages(&name, &ids)
+    })
+    .await?;
     Ok(())
 }
 
-async fn session_start(app: &App, actor: &Actor, agent: &str, input: &HookInput) -> ApiResult<Value> {
+async fn session_start(
+    app: &App,
+    actor: &Actor,
+    agent: &str,
+    input: &HookInput,
+) -> ApiResult<Value> {
     let name = agent.to_string();
     let update = AgentUpdate {
         session_id: input.session_id.clone(),
         status: Some(AgentStatus::Working),
         ..AgentUpdate::default()
     };
-    app.write(actor, &IdempotencyKey::default(), move |tx| tx.update_agent(&name, &name, update))
-        .await?;
-    record(app, actor, agent, "agent.session_start", json!({ "source": input.source, "session_id": input.session_id })).await?;
+    app.write(actor, &IdempotencyKey::default(), move |tx| {
+        tx.update_agent(&name, &name, update)
+    })
+    .await?;
+    record(
+        app,
+        actor,
+        agent,
+        "agent.session_start",
+        json!({ "source": input.source, "session_id": input.session_id }),
+    )
+    .await?;
     let name = agent.to_string();
     let (me, held, inbox, decisions) = app
         .read(move |r| {
@@ -241,22 +317,35 @@ async fn session_start(app: &App, actor: &Actor, agent: &str, input: &HookInput)
         context.push_str("You hold no task: claim one.\n");
     }
     for task in &held {
-        let _ = writeln!(context, "Your current task: {} \"{}\" ({}).", task.id, task.title, task.status);
+        let _ = writeln!(
+            context,
+            "Your current task: {} \"{}\" ({}).",
+            task.id, task.title, task.status
+        );
         if !task.body.is_empty() {
             let body: String = task.body.chars().take(1500).collect();
             let _ = writeln!(context, "{body}");
         }
     }
-    let (handoffs, others): (Vec<Message>, Vec<Message>) =
-        inbox.into_iter().partition(|m| m.kind == MessageKind::Handoff);
+    let (handoffs, others): (Vec<Message>, Vec<Message>) = inbox
+        .into_iter()
+        .partition(|m| m.kind == MessageKind::Handoff);
     let mut shown = Vec::new();
     if !handoffs.is_empty() {
         context.push_str("Handoff from your previous session:\n");
-        shown.extend(append_messages(&mut context, &handoffs, MAX_CONTEXT_CHARS / 2));
+        shown.extend(append_messages(
+            &mut context,
+            &handoffs,
+            MAX_CONTEXT_CHARS / 2,
+        ));
     }
     if !others.is_empty() {
         context.push_str("Unread messages:\n");
-        shown.extend(append_messages(&mut context, &others, MAX_CONTEXT_CHARS - 1200));
+        shown.extend(append_messages(
+            &mut context,
+            &others,
+            MAX_CONTEXT_CHARS - 1200,
+        ));
     }
     if !decisions.is_empty() {
         context.push_str("Recent decisions:\n");
@@ -269,7 +358,9 @@ async fn session_start(app: &App, actor: &Actor, agent: &str, input: &HookInput)
         }
     }
     acknowledge(app, actor, agent, shown).await?;
-    Ok(json!({ "hookSpecificOutput": { "hookEventName": "SessionStart", "additionalContext": context } }))
+    Ok(
+        json!({ "hookSpecificOutput": { "hookEventName": "SessionStart", "additionalContext": context } }),
+    )
 }
 
 async fn stop(app: &App, agent: &str, input: &HookInput) -> ApiResult<Value> {
@@ -278,7 +369,10 @@ async fn stop(app: &App, agent: &str, input: &HookInput) -> ApiResult<Value> {
     }
     let name = agent.to_string();
     let held = app.read(move |r| r.held_tasks(&name)).await?;
-    let session = input.session_id.clone().unwrap_or_else(|| agent.to_string());
+    let session = input
+        .session_id
+        .clone()
+        .unwrap_or_else(|| agent.to_string());
     let blocks = app.stop_blocks();
     let mut counts = blocks.0.lock().unwrap_or_else(|p| p.into_inner());
     let Some(task) = held.first() else {
@@ -299,16 +393,36 @@ async fn stop(app: &App, agent: &str, input: &HookInput) -> ApiResult<Value> {
 async fn session_end(app: &App, actor: &Actor, agent: &str, input: &HookInput) -> ApiResult<Value> {
     // Claims and leases stay until they expire or are released, so that a person can resume.
     let name = agent.to_string();
-    let update = AgentUpdate { status: Some(AgentStatus::Offline), ..AgentUpdate::default() };
-    app.write(actor, &IdempotencyKey::default(), move |tx| tx.update_agent(&name, &name, update))
-        .await?;
-    record(app, actor, agent, "agent.session_end", json!({ "session_id": input.session_id })).await?;
+    let update = AgentUpdate {
+        status: Some(AgentStatus::Offline),
+        ..AgentUpdate::default()
+    };
+    app.write(actor, &IdempotencyKey::default(), move |tx| {
+        tx.update_agent(&name, &name, update)
+    })
+    .await?;
+    record(
+        app,
+        actor,
+        agent,
+        "agent.session_end",
+        json!({ "session_id": input.session_id }),
+    )
+    .await?;
     Ok(json!({}))
 }
 
-async fn record(app: &App, actor: &Actor, agent: &str, kind: &'static str, data: Value) -> ApiResult<()> {
+async fn record(
+    app: &App,
+    actor: &Actor,
+    agent: &str,
+    kind: &'static str,
+    data: Value,
+) -> ApiResult<()> {
     let name = agent.to_string();
-    app.write(actor, &IdempotencyKey::default(), move |tx| tx.emit(&name, kind, None, Some(&name), data))
-        .await?;
+    app.write(actor, &IdempotencyKey::default(), move |tx| {
+        tx.emit(&name, kind, None, Some(&name), data)
+    })
+    .await?;
     Ok(())
 }

@@ -6,9 +6,9 @@
 //! binds, writes `.conclave/server.json`, and serves until shut down.
 
 mod api;
-pub mod bench;
 mod app;
 mod auth;
+pub mod bench;
 mod error;
 pub mod hooks;
 mod mcp;
@@ -24,9 +24,9 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use conclave_core::Store;
 use conclave_core::config::{Config, DEFAULT_LISTEN};
 use conclave_core::project::{Project, ServerInfo};
-use conclave_core::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -42,19 +42,31 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 pub fn router(app: App) -> Router {
     let mcp = Router::new()
         .nest_service("/mcp", mcp::service(app.clone()))
-        .layer(axum::middleware::from_fn_with_state(app.clone(), auth::require_token));
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            auth::require_token,
+        ));
     routes::router(&app)
         .merge(mcp.with_state(app.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(app.clone(), count_requests))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            count_requests,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
         .with_state(app)
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint (see /api/openapi.json)")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint (see /api/openapi.json)",
+    )
 }
 
 async fn method_not_allowed() -> ApiError {
@@ -74,13 +86,18 @@ async fn count_requests(State(app): State<App>, request: Request, next: Next) ->
     let started = Instant::now();
     let response = next.run(request).await;
     let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-    app.metrics().count_request(response.status().as_u16(), micros);
+    app.metrics()
+        .count_request(response.status().as_u16(), micros);
     response
 }
 
 /// Serves `app` on `listener` until `shutdown` is cancelled, sweeping expired claims and leases
 /// in the background.
-pub async fn run(listener: TcpListener, app: App, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    app: App,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let sweeper = tokio::spawn(sweep_periodically(app.clone(), shutdown.clone()));
     let service = router(app);
     let result = axum::serve(listener, service)
@@ -92,7 +109,11 @@ pub async fn run(listener: TcpListener, app: App, shutdown: CancellationToken) -
 }
 
 async fn sweep_periodically(app: App, shutdown: CancellationToken) {
-    let ttl = app.store().config().claim_ttl_secs.min(app.store().config().lease_ttl_secs);
+    let ttl = app
+        .store()
+        .config()
+        .claim_ttl_secs
+        .min(app.store().config().lease_ttl_secs);
     // Often enough that an expiry is noticed within a small fraction of the TTL.
     let period = Duration::from_millis((ttl * 1000 / 10).clamp(200, 15_000) as u64);
     loop {
@@ -102,7 +123,9 @@ async fn sweep_periodically(app: App, shutdown: CancellationToken) {
         }
         let store = app.store().clone();
         match tokio::task::spawn_blocking(move || store.sweep()).await {
-            Ok(Ok(report)) if !report.reclaimed_tasks.is_empty() || !report.expired_leases.is_empty() => {
+            Ok(Ok(report))
+                if !report.reclaimed_tasks.is_empty() || !report.expired_leases.is_empty() =>
+            {
                 tracing::info!(?report.reclaimed_tasks, ?report.expired_leases, "swept expired claims and leases");
             }
             Ok(Ok(_)) => {}
@@ -128,7 +151,9 @@ pub struct ServerLock {
 
 impl ServerLock {
     pub fn acquire(project: &Project) -> anyhow::Result<ServerLock> {
-        project.ensure_state_dir().context("cannot create the .conclave folder")?;
+        project
+            .ensure_state_dir()
+            .context("cannot create the .conclave folder")?;
         let path = project.lock_file();
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -165,10 +190,16 @@ pub struct ProjectServer {
 }
 
 /// Locks the project, opens its store and binds the listener (checking the loopback rule).
-pub async fn open_project_server(project: &Project, options: &ServeOptions, shutdown: CancellationToken) -> anyhow::Result<ProjectServer> {
+pub async fn open_project_server(
+    project: &Project,
+    options: &ServeOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<ProjectServer> {
     let config = Config::load(&project.config_file())?;
     let lock = ServerLock::acquire(project)?;
-    let admin_token = project.ensure_admin_token().context("cannot create the admin token")?;
+    let admin_token = project
+        .ensure_admin_token()
+        .context("cannot create the admin token")?;
     let listen = options
         .listen
         .clone()
@@ -213,7 +244,11 @@ pub async fn open_project_server(project: &Project, options: &ServeOptions, shut
 }
 
 /// `conclave serve`: serves the project in the foreground until `shutdown`.
-pub async fn serve_project(project: &Project, options: ServeOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve_project(
+    project: &Project,
+    options: ServeOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let server = open_project_server(project, &options, shutdown.clone()).await?;
     project
         .write_server_info(&ServerInfo {
@@ -223,7 +258,11 @@ pub async fn serve_project(project: &Project, options: ServeOptions, shutdown: C
             version: env!("CARGO_PKG_VERSION").to_string(),
         })
         .context("cannot write .conclave/server.json")?;
-    eprintln!("conclave: serving {} on {}", project.root().display(), server.url);
+    eprintln!(
+        "conclave: serving {} on {}",
+        project.root().display(),
+        server.url
+    );
     eprintln!("conclave: dashboard (keep this link private; it carries the admin token):");
     eprintln!("{}/?token={}", server.url, server.admin_token);
     let result = run(server.listener, server.app, shutdown).await;

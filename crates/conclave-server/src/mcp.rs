@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use conclave_core::model::{
     Actor, LeaseMode, LeaseRelease, LeaseRequest, MessageAck, MessageKind, NewMessage, NewNote,
-    NewTask, NoteKind, Task, TaskFinish, TaskId, TaskStatus, TaskStatusUpdate, format_duration_secs,
+    NewTask, NoteKind, Task, TaskFinish, TaskId, TaskStatus, TaskStatusUpdate,
+    format_duration_secs,
 };
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::Extension;
@@ -35,7 +36,11 @@ pub type McpService = StreamableHttpService<ConclaveTools, NeverSessionManager>;
 
 /// The `/mcp` service. Mount it behind the token middleware.
 pub fn service(app: App) -> McpService {
-    let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let mut hosts = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
     hosts.extend(app.settings().allowed_hosts.iter().cloned());
     let config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
@@ -80,7 +85,7 @@ fn text(body: impl Into<String>) -> ToolResult {
 fn failure(error: ApiError, hint: &str) -> ToolResult {
     let mut message = format!("Error ({}): {}", error.code, error.message);
     if !hint.is_empty() {
-        message.push_str("\n");
+        message.push('\n');
         message.push_str(hint);
     }
     Ok(CallToolResult::error(vec![ContentBlock::text(message)]))
@@ -98,7 +103,9 @@ fn agent_of(parts: &http::request::Parts) -> Result<(Actor, String), ApiError> {
     let actor = actor_of(parts)?;
     let name = actor
         .agent()
-        .ok_or_else(|| ApiError::forbidden("the Conclave tools need an agent's token, not the admin's"))?
+        .ok_or_else(|| {
+            ApiError::forbidden("the Conclave tools need an agent's token, not the admin's")
+        })?
         .to_string();
     Ok((actor, name))
 }
@@ -268,13 +275,19 @@ impl ConclaveTools {
     }
 
     #[tool(description = "Claim a ready task (by id, or the best one for you).")]
-    async fn claim(&self, Extension(parts): Parts, Parameters(args): Parameters<ClaimArgs>) -> ToolResult {
+    async fn claim(
+        &self,
+        Extension(parts): Parts,
+        Parameters(args): Parameters<ClaimArgs>,
+    ) -> ToolResult {
         let result = async {
             let (actor, name) = agent_of(&parts)?;
             let id = args.id.as_deref().map(parse_task_id).transpose()?;
             let outcome = self
                 .app
-                .write(&actor, &IdempotencyKey::default(), move |tx| tx.claim_task(&name, id))
+                .write(&actor, &IdempotencyKey::default(), move |tx| {
+                    tx.claim_task(&name, id)
+                })
                 .await?;
             let outcome: conclave_core::store::ClaimOutcome = serde_json::from_value(outcome.value)
                 .map_err(|e| ApiError::internal(e.to_string()))?;
@@ -287,7 +300,8 @@ impl ConclaveTools {
                     body.push_str("Edits lease files for you. Finish with done (or fail).");
                     body
                 }
-                None => "Nothing ready fits you now. Wait with inbox(wait_secs) or check tasks.".to_string(),
+                None => "Nothing ready fits you now. Wait with inbox(wait_secs) or check tasks."
+                    .to_string(),
             })
         }
         .await;
@@ -298,15 +312,24 @@ impl ConclaveTools {
     }
 
     #[tool(description = "Set your task's status: in_progress, blocked or review.")]
-    async fn update(&self, Extension(parts): Parts, Parameters(args): Parameters<UpdateArgs>) -> ToolResult {
+    async fn update(
+        &self,
+        Extension(parts): Parts,
+        Parameters(args): Parameters<UpdateArgs>,
+    ) -> ToolResult {
         let result = async {
             let (actor, _) = agent_of(&parts)?;
             let id = parse_task_id(&args.id)?;
             let status: TaskStatus = args.status.parse()?;
             let by = actor.clone();
-            let update = TaskStatusUpdate { status, note: args.note };
+            let update = TaskStatusUpdate {
+                status,
+                note: args.note,
+            };
             self.app
-                .write(&actor, &IdempotencyKey::default(), move |tx| tx.update_task_status(&by, id, update))
+                .write(&actor, &IdempotencyKey::default(), move |tx| {
+                    tx.update_task_status(&by, id, update)
+                })
                 .await?;
             Ok::<_, ApiError>(format!("{id} is now {status}."))
         }
@@ -318,16 +341,27 @@ impl ConclaveTools {
     }
 
     #[tool(description = "Mark your task done, with a summary.")]
-    async fn done(&self, Extension(parts): Parts, Parameters(args): Parameters<DoneArgs>) -> ToolResult {
+    async fn done(
+        &self,
+        Extension(parts): Parts,
+        Parameters(args): Parameters<DoneArgs>,
+    ) -> ToolResult {
         let result = async {
             let (actor, _) = agent_of(&parts)?;
             let id = parse_task_id(&args.id)?;
             let by = actor.clone();
-            let finish = TaskFinish { summary: args.summary, files: args.files };
+            let finish = TaskFinish {
+                summary: args.summary,
+                files: args.files,
+            };
             self.app
-                .write(&actor, &IdempotencyKey::default(), move |tx| tx.finish_task(&by, id, finish))
+                .write(&actor, &IdempotencyKey::default(), move |tx| {
+                    tx.finish_task(&by, id, finish)
+                })
                 .await?;
-            Ok::<_, ApiError>(format!("{id} done; its leases are released. claim for more work."))
+            Ok::<_, ApiError>(format!(
+                "{id} done; its leases are released. claim for more work."
+            ))
         }
         .await;
         match result {
@@ -337,13 +371,19 @@ impl ConclaveTools {
     }
 
     #[tool(description = "Give up your task with a reason.")]
-    async fn fail(&self, Extension(parts): Parts, Parameters(args): Parameters<FailArgs>) -> ToolResult {
+    async fn fail(
+        &self,
+        Extension(parts): Parts,
+        Parameters(args): Parameters<FailArgs>,
+    ) -> ToolResult {
         let result = async {
             let (actor, _) = agent_of(&parts)?;
             let id = parse_task_id(&args.id)?;
             let by = actor.clone();
             self.app
-                .write(&actor, &IdempotencyKey::default(), move |tx| tx.fail_task(&by, id, &args.reason))
+                .write(&actor, &IdempotencyKey::default(), move |tx| {
+                    tx.fail_task(&by, id, &args.reason)
+                })
                 .await?;
             Ok::<_, ApiError>(format!("{id} failed; its leases are released."))
         }
@@ -355,7 +395,11 @@ impl ConclaveTools {
     }
 
     #[tool(description = "Create tasks (split work). after: ids, or \"#n\" for the nth task here.")]
-    async fn add_tasks(&self, Extension(parts): Parts, Parameters(args): Parameters<AddTasksArgs>) -> ToolResult {
+    async fn add_tasks(
+        &self,
+        Extension(parts): Parts,
+        Parameters(args): Parameters<AddTasksArgs>,
+    ) -> ToolResult {
         let result = async {
             let actor = actor_of(&parts)?;
             if args.tasks.is_empty() || args.tasks.len() > 50 {
@@ -403,7 +447,11 @@ impl ConclaveTools {
             let ids: Vec<String> = created
                 .value
                 .as_array()
-                .map(|ids| ids.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+                .map(|ids| {
+                    ids.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default();
             Ok(format!("Created {}.", ids.join(", ")))
         }
@@ -428,7 +476,11 @@ impl ConclaveTools {
                 .filter(|t| !open_only || !t.status.is_finished())
                 .map(task_line)
                 .collect();
-            Ok::<_, ApiError>(if lines.is_empty() { "No tasks.".to_string() } else { lines.join("\n") })
+            Ok::<_, ApiError>(if lines.is_empty() {
+                "No tasks.".to_string()
+            } else {
+                lines.join("\n")
+            })
         }
         .await;
         match result {
@@ -438,30 +490,52 @@ impl ConclaveTools {
     }
 
     #[tool(description = "Lease paths/globs before editing (edits lease files automatically).")]
-    async fn lock(&self, Extension(parts): Parts, Parameters(args): Parameters<LockArgs>) -> ToolResult {
+    async fn lock(
+        &self,
+        Extension(parts): Parts,
+        Parameters(args): Parameters<LockArgs>,
+    ) -> ToolResult {
         let result = async {
             let (actor, name) = agent_of(&parts)?;
             let request = LeaseRequest {
                 paths: args.paths.clone(),
-                mode: if args.shared { LeaseMode::Shared } else { LeaseMode::Exclusive },
+                mode: if args.shared {
+                    LeaseMode::Shared
+                } else {
+                    LeaseMode::Exclusive
+                },
                 ttl_secs: args.ttl_secs,
                 reason: args.reason,
                 task: None,
             };
-            let written = crate::api::leases::acquire_for(&self.app, &actor, &IdempotencyKey::default(), name.clone(), request).await;
+            let written = crate::api::leases::acquire_for(
+                &self.app,
+                &actor,
+                &IdempotencyKey::default(),
+                name.clone(),
+                request,
+            )
+            .await;
             if let Err(error) = &written
                 && error.code == "lease_conflict"
             {
-                crate::api::leases::record_denial(&self.app, &name, &args.paths, &error.message).await;
+                crate::api::leases::record_denial(&self.app, &name, &args.paths, &error.message)
+                    .await;
             }
-            let list: conclave_core::model::LeaseList =
-                serde_json::from_value(written?.value).map_err(|e| ApiError::internal(e.to_string()))?;
+            let list: conclave_core::model::LeaseList = serde_json::from_value(written?.value)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
             let lines: Vec<String> = list
                 .leases
                 .iter()
                 .map(|l| {
                     let left = (l.expires_at - chrono::Utc::now()).num_seconds();
-                    format!("{} {} for {} (token {})", l.path, l.mode, format_duration_secs(left), l.fencing_token)
+                    format!(
+                        "{} {} for {} (token {})",
+                        l.path,
+                        l.mode,
+                        format_duration_secs(left),
+                        l.fencing_token
+                    )
                 })
                 .collect();
             Ok::<_, ApiError>(format!("Leased: {}", lines.join("; ")))
@@ -474,14 +548,23 @@ impl ConclaveTools {
     }
 
     #[tool(description = "Release your leases on paths.")]
-    async fn unlock(&self, Extension(parts): Parts, Parameters(args): Parameters<UnlockArgs>) -> ToolResult {
+    async fn unlock(
+        &self,
+        Extension(parts): Parts,
+        Parameters(args): Parameters<UnlockArgs>,
+    ) -> ToolResult {
         let result = async {
             let (actor, _) = agent_of(&parts)?;
             let by = actor.clone();
-            let release = LeaseRelease { paths: args.paths, force: false };
+            let release = LeaseRelease {
+                paths: args.paths,
+                force: false,
+            };
             let written = self
                 .app
-                .write(&actor, &IdempotencyKey::default(), move |tx| tx.release_leases(&by, release))
+                .write(&actor, &IdempotencyKey::default(), move |tx| {
+                    tx.release_leases(&by, release)
+                })
                 .await?;
             let n = written.value.as_array().map_or(0, Vec::len);
             Ok::<_, ApiError>(format!("Released {n} lease(s)."))
@@ -494,15 +577,32 @@ impl ConclaveTools {
     }
 
     #[tool(description = "Send a message to an agent, role:<name>, or all.")]
-    async fn send(&self, Extension(parts): Parts, Parameters(args): Parameters<SendArgs>) -> ToolResult {
+    async fn send(
+        &self,
+        Extension(parts): Parts,
+        Parameters(args): Parameters<SendArgs>,
+    ) -> ToolResult {
         let result = async {
             let actor = actor_of(&parts)?;
-            let kind = args.kind.as_deref().map(str::parse::<MessageKind>).transpose()?.unwrap_or_default();
+            let kind = args
+                .kind
+                .as_deref()
+                .map(str::parse::<MessageKind>)
+                .transpose()?
+                .unwrap_or_default();
             let by = actor.clone();
-            let new = NewMessage { to: args.to, body: args.body, thread: args.thread, kind, urgent: args.urgent };
+            let new = NewMessage {
+                to: args.to,
+                body: args.body,
+                thread: args.thread,
+                kind,
+                urgent: args.urgent,
+            };
             let written = self
                 .app
-                .write(&actor, &IdempotencyKey::default(), move |tx| tx.send_message(&by, new))
+                .write(&actor, &IdempotencyKey::default(), move |tx| {
+                    tx.send_message(&by, new)
+                })
                 .await?;
             let id = written.value["id"].as_str().unwrap_or("?").to_string();
             let n = written.value["deliveries"].as_array().map_or(0, Vec::len);
@@ -516,7 +616,11 @@ impl ConclaveTools {
     }
 
     #[tool(description = "Read and acknowledge your messages; wait_secs waits for one.")]
-    async fn inbox(&self, Extension(parts): Parts, Parameters(args): Parameters<InboxArgs>) -> ToolResult {
+    async fn inbox(
+        &self,
+        Extension(parts): Parts,
+        Parameters(args): Parameters<InboxArgs>,
+    ) -> ToolResult {
         let result = async {
             let (actor, name) = agent_of(&parts)?;
             let wait = Duration::from_secs(args.wait_secs.clamp(0, MAX_INBOX_WAIT_SECS) as u64);
@@ -537,7 +641,11 @@ impl ConclaveTools {
                     message.body
                 );
                 if body.len() + line.len() > MAX_RESULT_CHARS - 200 {
-                    let _ = writeln!(body, "({} more; call inbox again)", messages.len() - shown.len());
+                    let _ = writeln!(
+                        body,
+                        "({} more; call inbox again)",
+                        messages.len() - shown.len()
+                    );
                     break;
                 }
                 body.push_str(&line);
@@ -545,7 +653,9 @@ impl ConclaveTools {
             }
             let ack = MessageAck { ids: shown };
             self.app
-                .write(&actor, &IdempotencyKey::default(), move |tx| tx.ack_messages(&name, &ack.ids))
+                .write(&actor, &IdempotencyKey::default(), move |tx| {
+                    tx.ack_messages(&name, &ack.ids)
+                })
                 .await?;
             Ok::<_, ApiError>(body)
         }
@@ -557,10 +667,19 @@ impl ConclaveTools {
     }
 
     #[tool(description = "Record a note for the team: decision, discovery, interface, warning.")]
-    async fn note(&self, Extension(parts): Parts, Parameters(args): Parameters<NoteArgs>) -> ToolResult {
+    async fn note(
+        &self,
+        Extension(parts): Parts,
+        Parameters(args): Parameters<NoteArgs>,
+    ) -> ToolResult {
         let result = async {
             let actor = actor_of(&parts)?;
-            let kind = args.kind.as_deref().map(str::parse::<NoteKind>).transpose()?.unwrap_or_default();
+            let kind = args
+                .kind
+                .as_deref()
+                .map(str::parse::<NoteKind>)
+                .transpose()?
+                .unwrap_or_default();
             let by = actor.clone();
             let new = NewNote {
                 title: args.title,
@@ -570,8 +689,16 @@ impl ConclaveTools {
                 supersedes: args.supersedes,
                 ..NewNote::default()
             };
-            let written = self.app.write(&actor, &IdempotencyKey::default(), move |tx| tx.add_note(&by, new)).await?;
-            Ok::<_, ApiError>(format!("Noted {}.", written.value["id"].as_str().unwrap_or("?")))
+            let written = self
+                .app
+                .write(&actor, &IdempotencyKey::default(), move |tx| {
+                    tx.add_note(&by, new)
+                })
+                .await?;
+            Ok::<_, ApiError>(format!(
+                "Noted {}.",
+                written.value["id"].as_str().unwrap_or("?")
+            ))
         }
         .await;
         match result {
@@ -583,11 +710,17 @@ impl ConclaveTools {
     #[tool(description = "Search notes, messages and task results.")]
     async fn search(&self, Parameters(args): Parameters<SearchArgs>) -> ToolResult {
         let result = async {
-            let hits = self.app.read(move |r| r.search(&args.query, &[], 15)).await?;
+            let hits = self
+                .app
+                .read(move |r| r.search(&args.query, &[], 15))
+                .await?;
             if hits.is_empty() {
                 return Ok("No matches.".to_string());
             }
-            let lines: Vec<String> = hits.iter().map(|h| format!("{} {}: {}", h.id, h.title, h.snippet)).collect();
+            let lines: Vec<String> = hits
+                .iter()
+                .map(|h| format!("{} {}: {}", h.id, h.title, h.snippet))
+                .collect();
             Ok::<_, ApiError>(lines.join("\n"))
         }
         .await;
@@ -598,7 +731,11 @@ impl ConclaveTools {
     }
 
     #[tool(description = "Leave a handoff for your successor session.")]
-    async fn handoff(&self, Extension(parts): Parts, Parameters(args): Parameters<HandoffArgs>) -> ToolResult {
+    async fn handoff(
+        &self,
+        Extension(parts): Parts,
+        Parameters(args): Parameters<HandoffArgs>,
+    ) -> ToolResult {
         let result = async {
             let (actor, name) = agent_of(&parts)?;
             let by = actor.clone();
@@ -609,7 +746,11 @@ impl ConclaveTools {
                 kind: MessageKind::Handoff,
                 urgent: false,
             };
-            self.app.write(&actor, &IdempotencyKey::default(), move |tx| tx.send_message(&by, new)).await?;
+            self.app
+                .write(&actor, &IdempotencyKey::default(), move |tx| {
+                    tx.send_message(&by, new)
+                })
+                .await?;
             Ok::<_, ApiError>("Handoff saved; your next session gets it at start.".to_string())
         }
         .await;
@@ -628,11 +769,21 @@ impl ConclaveTools {
         let (agent, held, leases, unread, agents) = self
             .app
             .read(move |r| {
-                Ok((r.agent(&me)?, r.held_tasks(&me)?, r.leases_of(&me, now)?, r.unread_count(&me)?, r.agents()?))
+                Ok((
+                    r.agent(&me)?,
+                    r.held_tasks(&me)?,
+                    r.leases_of(&me, now)?,
+                    r.unread_count(&me)?,
+                    r.agents()?,
+                ))
             })
             .await?;
         let held_by_all = self.app.read(|r| r.tasks(None, None)).await?;
-        let mut body = format!("You are {} (role {}).\n", agent.name, agent.role.as_deref().unwrap_or("none"));
+        let mut body = format!(
+            "You are {} (role {}).\n",
+            agent.name,
+            agent.role.as_deref().unwrap_or("none")
+        );
         if held.is_empty() {
             body.push_str("No task held: claim one.\n");
         }
@@ -641,14 +792,26 @@ impl ConclaveTools {
         }
         for lease in &leases {
             let left = (lease.expires_at - chrono::Utc::now()).num_seconds();
-            let _ = writeln!(body, "Lease: {} {} ({} left)", lease.path, lease.mode, format_duration_secs(left));
+            let _ = writeln!(
+                body,
+                "Lease: {} {} ({} left)",
+                lease.path,
+                lease.mode,
+                format_duration_secs(left)
+            );
         }
-        let _ = writeln!(body, "Unread messages: {unread}{}", if unread > 0 { " (inbox)" } else { "" });
+        let _ = writeln!(
+            body,
+            "Unread messages: {unread}{}",
+            if unread > 0 { " (inbox)" } else { "" }
+        );
         body.push_str("Team:\n");
         for other in agents.iter().filter(|a| a.name != name) {
             let tasks: Vec<String> = held_by_all
                 .iter()
-                .filter(|t| t.assignee.as_deref() == Some(other.name.as_str()) && t.status.is_held())
+                .filter(|t| {
+                    t.assignee.as_deref() == Some(other.name.as_str()) && t.status.is_held()
+                })
                 .map(|t| t.id.to_string())
                 .collect();
             let _ = writeln!(
@@ -657,7 +820,11 @@ impl ConclaveTools {
                 other.name,
                 other.role.as_deref().unwrap_or("no role"),
                 other.status,
-                if tasks.is_empty() { String::new() } else { format!(" on {}", tasks.join(",")) }
+                if tasks.is_empty() {
+                    String::new()
+                } else {
+                    format!(" on {}", tasks.join(","))
+                }
             );
         }
         Ok(body)
@@ -675,7 +842,11 @@ fn slim_schemas<S>(mut router: ToolRouter<S>) -> ToolRouter<S> {
             serde_json::Value::Object(map) => {
                 map.remove("$schema");
                 map.remove("title");
-                if map.get("format").and_then(|f| f.as_str()).is_some_and(|f| f.contains("int") || f == "double") {
+                if map
+                    .get("format")
+                    .and_then(|f| f.as_str())
+                    .is_some_and(|f| f.contains("int") || f == "double")
+                {
                     map.remove("format");
                 }
                 map.values_mut().for_each(walk);
@@ -722,11 +893,33 @@ mod tests {
         let json = tool_definitions_json();
         let tools: Vec<serde_json::Value> = serde_json::from_str(&json).expect("json");
         let names: Vec<&str> = tools.iter().filter_map(|t| t["name"].as_str()).collect();
-        for verb in ["status", "claim", "update", "done", "fail", "add_tasks", "tasks", "lock", "unlock", "send", "inbox", "note", "search", "handoff"] {
+        for verb in [
+            "status",
+            "claim",
+            "update",
+            "done",
+            "fail",
+            "add_tasks",
+            "tasks",
+            "lock",
+            "unlock",
+            "send",
+            "inbox",
+            "note",
+            "search",
+            "handoff",
+        ] {
             assert!(names.contains(&verb), "missing tool {verb}: {names:?}");
         }
-        println!("tool definitions: {} characters for {} tools", json.len(), tools.len());
+        println!(
+            "tool definitions: {} characters for {} tools",
+            json.len(),
+            tools.len()
+        );
         assert!(json.len() < 8000, "{} characters", json.len());
-        assert!(!json.contains("\"format\""), "integer formats should be stripped");
+        assert!(
+            !json.contains("\"format\""),
+            "integer formats should be stripped"
+        );
     }
 }

@@ -30,7 +30,9 @@ impl Metrics {
             _ => &self.inner.requests_2xx,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        self.inner.request_micros.fetch_add(micros, Ordering::Relaxed);
+        self.inner
+            .request_micros
+            .fetch_add(micros, Ordering::Relaxed);
     }
 
     pub fn count_event(&self) {
@@ -53,10 +55,15 @@ impl Metrics {
             ("4xx", c.requests_4xx.load(Ordering::Relaxed)),
             ("5xx", c.requests_5xx.load(Ordering::Relaxed)),
         ];
-        out.push_str("# HELP conclave_http_requests_total HTTP requests answered, by status class.\n");
+        out.push_str(
+            "# HELP conclave_http_requests_total HTTP requests answered, by status class.\n",
+        );
         out.push_str("# TYPE conclave_http_requests_total counter\n");
         for (class, n) in requests {
-            let _ = writeln!(out, "conclave_http_requests_total{{status=\"{class}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "conclave_http_requests_total{{status=\"{class}\"}} {n}"
+            );
         }
         let seconds = c.request_micros.load(Ordering::Relaxed) as f64 / 1e6;
         out.push_str("# HELP conclave_http_request_seconds_total Time spent answering requests.\n");
@@ -64,10 +71,18 @@ impl Metrics {
         let _ = writeln!(out, "conclave_http_request_seconds_total {seconds}");
         out.push_str("# HELP conclave_events_total Events appended to the log since start.\n");
         out.push_str("# TYPE conclave_events_total counter\n");
-        let _ = writeln!(out, "conclave_events_total {}", c.events.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "conclave_events_total {}",
+            c.events.load(Ordering::Relaxed)
+        );
         out.push_str("# HELP conclave_event_streams Open SSE event streams.\n");
         out.push_str("# TYPE conclave_event_streams gauge\n");
-        let _ = writeln!(out, "conclave_event_streams {}", c.sse_clients.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "conclave_event_streams {}",
+            c.sse_clients.load(Ordering::Relaxed)
+        );
         out.push_str("# HELP conclave_tasks Tasks by status.\n# TYPE conclave_tasks gauge\n");
         for (status, n) in &state.tasks {
             let _ = writeln!(out, "conclave_tasks{{status=\"{status}\"}} {n}");
@@ -76,7 +91,9 @@ impl Metrics {
         for (status, n) in &state.agents {
             let _ = writeln!(out, "conclave_agents{{status=\"{status}\"}} {n}");
         }
-        out.push_str("# HELP conclave_leases File leases in force.\n# TYPE conclave_leases gauge\n");
+        out.push_str(
+            "# HELP conclave_leases File leases in force.\n# TYPE conclave_leases gauge\n",
+        );
         let _ = writeln!(out, "conclave_leases {}", state.leases);
         out.push_str("# HELP conclave_last_event_seq Sequence number of the newest event.\n");
         out.push_str("# TYPE conclave_last_event_seq gauge\n");
@@ -91,7 +108,10 @@ pub struct SseGuard {
 
 impl Drop for SseGuard {
     fn drop(&mut self) {
-        self.metrics.inner.sse_clients.fetch_sub(1, Ordering::Relaxed);
+        self.metrics
+            .inner
+            .sse_clients
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 

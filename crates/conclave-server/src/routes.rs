@@ -57,7 +57,12 @@ impl Operation {
     }
 }
 
-fn op(method: &'static str, path: &'static str, summary: &'static str, handler: MethodRouter<App>) -> Operation {
+fn op(
+    method: &'static str,
+    path: &'static str,
+    summary: &'static str,
+    handler: MethodRouter<App>,
+) -> Operation {
     Operation {
         method,
         path,
@@ -73,62 +78,234 @@ fn op(method: &'static str, path: &'static str, summary: &'static str, handler: 
 
 pub fn operations() -> Vec<Operation> {
     vec![
-        op("get", "/healthz", "Liveness check", get(status::health)).public().response::<Health>(),
-        op("get", "/api/openapi.json", "This document", get(status::openapi)).public(),
-        op("get", "/metrics", "Prometheus metrics (text)", get(status::metrics)),
-        op("get", "/api/status", "Agents, tasks and leases at a glance", get(status::status))
-            .response::<StatusReport>(),
-        op("post", "/api/agents", "Register an agent (admin); answers its first token", post(agents::register))
-            .request::<NewAgent>().response::<AgentCreated>().created(),
+        op("get", "/healthz", "Liveness check", get(status::health))
+            .public()
+            .response::<Health>(),
+        op(
+            "get",
+            "/api/openapi.json",
+            "This document",
+            get(status::openapi),
+        )
+        .public(),
+        op(
+            "get",
+            "/metrics",
+            "Prometheus metrics (text)",
+            get(status::metrics),
+        ),
+        op(
+            "get",
+            "/api/status",
+            "Agents, tasks and leases at a glance",
+            get(status::status),
+        )
+        .response::<StatusReport>(),
+        op(
+            "post",
+            "/api/agents",
+            "Register an agent (admin); answers its first token",
+            post(agents::register),
+        )
+        .request::<NewAgent>()
+        .response::<AgentCreated>()
+        .created(),
         op("get", "/api/agents", "List agents", get(agents::list)).response::<AgentList>(),
-        op("get", "/api/agents/{name}", "Show an agent", get(agents::show)).response::<Agent>(),
-        op("patch", "/api/agents/{name}", "Report an agent's status (admin, or the agent itself)", patch(agents::update))
-            .request::<AgentUpdate>().response::<Agent>(),
-        op("post", "/api/agents/{name}/tokens", "Issue another token for an agent (admin)", post(agents::issue_token))
-            .response::<TokenIssued>().created(),
-        op("post", "/api/agents/{name}/release", "Return an agent's tasks and leases (admin)", post(agents::release))
-            .request::<ReasonRequest>().response::<conclave_core::store::ReleaseReport>(),
+        op(
+            "get",
+            "/api/agents/{name}",
+            "Show an agent",
+            get(agents::show),
+        )
+        .response::<Agent>(),
+        op(
+            "patch",
+            "/api/agents/{name}",
+            "Report an agent's status (admin, or the agent itself)",
+            patch(agents::update),
+        )
+        .request::<AgentUpdate>()
+        .response::<Agent>(),
+        op(
+            "post",
+            "/api/agents/{name}/tokens",
+            "Issue another token for an agent (admin)",
+            post(agents::issue_token),
+        )
+        .response::<TokenIssued>()
+        .created(),
+        op(
+            "post",
+            "/api/agents/{name}/release",
+            "Return an agent's tasks and leases (admin)",
+            post(agents::release),
+        )
+        .request::<ReasonRequest>()
+        .response::<conclave_core::store::ReleaseReport>(),
         op("post", "/api/tasks", "Create a task", post(tasks::create))
-            .request::<NewTask>().response::<Task>().created(),
-        op("get", "/api/tasks", "List tasks", get(tasks::list)).query::<tasks::TaskQuery>().response::<TaskList>(),
-        op("post", "/api/tasks/claim", "Claim a task (agent): the one named, or the best ready one", post(tasks::claim))
-            .request::<ClaimRequest>().response::<conclave_core::store::ClaimOutcome>(),
+            .request::<NewTask>()
+            .response::<Task>()
+            .created(),
+        op("get", "/api/tasks", "List tasks", get(tasks::list))
+            .query::<tasks::TaskQuery>()
+            .response::<TaskList>(),
+        op(
+            "post",
+            "/api/tasks/claim",
+            "Claim a task (agent): the one named, or the best ready one",
+            post(tasks::claim),
+        )
+        .request::<ClaimRequest>()
+        .response::<conclave_core::store::ClaimOutcome>(),
         op("get", "/api/tasks/{id}", "Show a task", get(tasks::show)).response::<Task>(),
-        op("patch", "/api/tasks/{id}", "Edit a task", patch(tasks::edit)).request::<TaskEdit>().response::<Task>(),
-        op("post", "/api/tasks/{id}/status", "Set in_progress, blocked or review (holder)", post(tasks::set_status))
-            .request::<TaskStatusUpdate>().response::<Task>(),
-        op("post", "/api/tasks/{id}/done", "Finish a task (holder)", post(tasks::done))
-            .request::<TaskFinish>().response::<Task>(),
-        op("post", "/api/tasks/{id}/fail", "Fail a task (holder)", post(tasks::fail))
-            .request::<TaskFailure>().response::<Task>(),
-        op("post", "/api/tasks/{id}/cancel", "Cancel a task", post(tasks::cancel))
-            .request::<TaskCancel>().response::<Task>(),
-        op("post", "/api/tasks/{id}/assign", "Assign a task to an agent (admin)", post(tasks::assign))
-            .request::<TaskAssign>().response::<Task>(),
-        op("post", "/api/tasks/{id}/reopen", "Reopen a finished task", post(tasks::reopen))
-            .request::<ReasonRequest>().response::<Task>(),
-        op("post", "/api/leases", "Lease paths or globs (agent); all or nothing", post(leases::acquire))
-            .request::<LeaseRequest>().response::<LeaseList>(),
-        op("post", "/api/leases/release", "Release leases", post(leases::release))
-            .request::<LeaseRelease>().response::<ReleasedLeases>(),
-        op("get", "/api/leases", "List leases in force", get(leases::list)).response::<LeaseList>(),
-        op("post", "/api/messages", "Send a message to an agent, role:<name> or all", post(messages::send))
-            .request::<NewMessage>().response::<Message>().created(),
-        op("get", "/api/messages", "List messages (an agent sees its own)", get(messages::list))
-            .query::<messages::MessageQuery>().response::<MessageList>(),
-        op("get", "/api/inbox", "Unacknowledged messages (agent), optionally waiting", get(messages::inbox))
-            .query::<messages::InboxQuery>().response::<MessageList>(),
-        op("post", "/api/inbox/ack", "Acknowledge messages (agent)", post(messages::ack))
-            .request::<MessageAck>().response::<AckResult>(),
-        op("post", "/api/notes", "Write a note", post(notes::add)).request::<NewNote>().response::<Note>().created(),
-        op("get", "/api/notes", "List notes", get(notes::list)).query::<notes::NoteQuery>().response::<NoteList>(),
-        op("get", "/api/search", "Search notes, messages and task results", get(notes::search))
-            .query::<notes::SearchQuery>().response::<SearchResults>(),
-        op("get", "/api/events", "Query the event log", get(events::list))
-            .query::<EventFilter>().response::<EventList>(),
-        op("post", "/hooks/{event}", "Claude Code hook endpoint (agent): pre-tool-use, post-tool-use, session-start, user-prompt-submit, stop, pre-compact, session-end", post(crate::hooks::handle)),
-        op("get", "/api/events/stream", "Follow the event log (SSE; resumes after Last-Event-ID)", get(events::stream))
-            .query::<EventFilter>(),
+        op(
+            "patch",
+            "/api/tasks/{id}",
+            "Edit a task",
+            patch(tasks::edit),
+        )
+        .request::<TaskEdit>()
+        .response::<Task>(),
+        op(
+            "post",
+            "/api/tasks/{id}/status",
+            "Set in_progress, blocked or review (holder)",
+            post(tasks::set_status),
+        )
+        .request::<TaskStatusUpdate>()
+        .response::<Task>(),
+        op(
+            "post",
+            "/api/tasks/{id}/done",
+            "Finish a task (holder)",
+            post(tasks::done),
+        )
+        .request::<TaskFinish>()
+        .response::<Task>(),
+        op(
+            "post",
+            "/api/tasks/{id}/fail",
+            "Fail a task (holder)",
+            post(tasks::fail),
+        )
+        .request::<TaskFailure>()
+        .response::<Task>(),
+        op(
+            "post",
+            "/api/tasks/{id}/cancel",
+            "Cancel a task",
+            post(tasks::cancel),
+        )
+        .request::<TaskCancel>()
+        .response::<Task>(),
+        op(
+            "post",
+            "/api/tasks/{id}/assign",
+            "Assign a task to an agent (admin)",
+            post(tasks::assign),
+        )
+        .request::<TaskAssign>()
+        .response::<Task>(),
+        op(
+            "post",
+            "/api/tasks/{id}/reopen",
+            "Reopen a finished task",
+            post(tasks::reopen),
+        )
+        .request::<ReasonRequest>()
+        .response::<Task>(),
+        op(
+            "post",
+            "/api/leases",
+            "Lease paths or globs (agent); all or nothing",
+            post(leases::acquire),
+        )
+        .request::<LeaseRequest>()
+        .response::<LeaseList>(),
+        op(
+            "post",
+            "/api/leases/release",
+            "Release leases",
+            post(leases::release),
+        )
+        .request::<LeaseRelease>()
+        .response::<ReleasedLeases>(),
+        op(
+            "get",
+            "/api/leases",
+            "List leases in force",
+            get(leases::list),
+        )
+        .response::<LeaseList>(),
+        op(
+            "post",
+            "/api/messages",
+            "Send a message to an agent, role:<name> or all",
+            post(messages::send),
+        )
+        .request::<NewMessage>()
+        .response::<Message>()
+        .created(),
+        op(
+            "get",
+            "/api/messages",
+            "List messages (an agent sees its own)",
+            get(messages::list),
+        )
+        .query::<messages::MessageQuery>()
+        .response::<MessageList>(),
+        op(
+            "get",
+            "/api/inbox",
+            "Unacknowledged messages (agent), optionally waiting",
+            get(messages::inbox),
+        )
+        .query::<messages::InboxQuery>()
+        .response::<MessageList>(),
+        op(
+            "post",
+            "/api/inbox/ack",
+            "Acknowledge messages (agent)",
+            post(messages::ack),
+        )
+        .request::<MessageAck>()
+        .response::<AckResult>(),
+        op("post", "/api/notes", "Write a note", post(notes::add))
+            .request::<NewNote>()
+            .response::<Note>()
+            .created(),
+        op("get", "/api/notes", "List notes", get(notes::list))
+            .query::<notes::NoteQuery>()
+            .response::<NoteList>(),
+        op(
+            "get",
+            "/api/search",
+            "Search notes, messages and task results",
+            get(notes::search),
+        )
+        .query::<notes::SearchQuery>()
+        .response::<SearchResults>(),
+        op(
+            "get",
+            "/api/events",
+            "Query the event log",
+            get(events::list),
+        )
+        .query::<EventFilter>()
+        .response::<EventList>(),
+        op(
+            "post",
+            "/hooks/{event}",
+            "Claude Code hook endpoint (agent): pre-tool-use, post-tool-use, session-start, user-prompt-submit, stop, pre-compact, session-end",
+            post(crate::hooks::handle),
+        ),
+        op(
+            "get",
+            "/api/events/stream",
+            "Follow the event log (SSE; resumes after Last-Event-ID)",
+            get(events::stream),
+        )
+        .query::<EventFilter>(),
     ]
 }
 
@@ -198,10 +375,7 @@ pub fn openapi_document() -> Value {
             .or_insert_with(|| Value::Object(Map::new()));
         item[operation.method] = entry;
     }
-    let schemas: Map<String, Value> = generator
-        .take_definitions(true)
-        .into_iter()
-        .collect();
+    let schemas: Map<String, Value> = generator.take_definitions(true).into_iter().collect();
     json!({
         "openapi": "3.1.0",
         "info": {

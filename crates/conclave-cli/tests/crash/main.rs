@@ -16,8 +16,11 @@ struct Server {
     url: String,
 }
 
+// The child is returned to the caller, which kills and waits for it; on a start-up timeout it is
+// killed and reaped before the test fails.
+#[allow(clippy::zombie_processes)]
 fn start_server(dir: &Path, previous_pid: Option<u32>) -> Server {
-    let child = Command::new(env!("CARGO_BIN_EXE_conclave"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_conclave"))
         .args(["serve", "--listen", "127.0.0.1:0"])
         .current_dir(dir)
         .stdin(Stdio::null())
@@ -36,7 +39,11 @@ fn start_server(dir: &Path, previous_pid: Option<u32>) -> Server {
             let url = info["url"].as_str().expect("url").to_string();
             return Server { child, url };
         }
-        assert!(Instant::now() < deadline, "the server did not start");
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the server did not start");
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -106,13 +113,21 @@ async fn acknowledged_writes_survive_sigkill_and_retries_double_nothing() {
     }
     let acknowledged = acknowledged.lock().expect("lock").clone();
     let in_doubt = in_doubt.lock().expect("lock").clone();
-    assert!(acknowledged.len() >= 200, "the burst was too small: {}", acknowledged.len());
+    assert!(
+        acknowledged.len() >= 200,
+        "the burst was too small: {}",
+        acknowledged.len()
+    );
 
     // Restart on the same store: everything acknowledged is there, exactly once.
     let mut server = start_server(dir.path(), Some(server.child.id()));
     let titles = task_titles(&http, &server.url, &admin).await;
     for title in &acknowledged {
-        assert_eq!(titles.get(title), Some(&1), "acknowledged {title} is missing or doubled");
+        assert_eq!(
+            titles.get(title),
+            Some(&1),
+            "acknowledged {title} is missing or doubled"
+        );
     }
 
     // Retrying what was in flight with the same keys applies each at most once.
@@ -136,7 +151,13 @@ async fn acknowledged_writes_survive_sigkill_and_retries_double_nothing() {
             .send()
             .await
             .expect("retry");
-        assert_eq!(response.headers().get("idempotent-replayed").map(|v| v.as_bytes()), Some(&b"true"[..]));
+        assert_eq!(
+            response
+                .headers()
+                .get("idempotent-replayed")
+                .map(|v| v.as_bytes()),
+            Some(&b"true"[..])
+        );
     }
     let titles = task_titles(&http, &server.url, &admin).await;
     for (title, count) in &titles {
@@ -146,7 +167,10 @@ async fn acknowledged_writes_survive_sigkill_and_retries_double_nothing() {
 
     // The log agrees: one task.created event per task, sequence numbers strictly increasing.
     let events: Value = http
-        .get(format!("{}/api/events?kind=task.created&limit=10000", server.url))
+        .get(format!(
+            "{}/api/events?kind=task.created&limit=10000",
+            server.url
+        ))
         .bearer_auth(&admin)
         .send()
         .await
@@ -156,7 +180,10 @@ async fn acknowledged_writes_survive_sigkill_and_retries_double_nothing() {
         .expect("json");
     let events = events["events"].as_array().expect("events");
     assert_eq!(events.len(), titles.len());
-    let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().expect("seq")).collect();
+    let seqs: Vec<i64> = events
+        .iter()
+        .map(|e| e["seq"].as_i64().expect("seq"))
+        .collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]));
     let _ = server.child.kill();
     let _ = server.child.wait();
@@ -174,7 +201,9 @@ async fn task_titles(http: &reqwest::Client, url: &str, admin: &str) -> HashMap<
         .expect("json");
     let mut counts = HashMap::new();
     for task in tasks["tasks"].as_array().expect("tasks") {
-        *counts.entry(task["title"].as_str().expect("title").to_string()).or_insert(0) += 1;
+        *counts
+            .entry(task["title"].as_str().expect("title").to_string())
+            .or_insert(0) += 1;
     }
     counts
 }

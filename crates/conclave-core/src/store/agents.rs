@@ -7,7 +7,9 @@ use serde_json::json;
 
 use super::{Reader, Tx, json_list, ms_to_time, opt_time, sha256_hex, to_json_list, validate_name};
 use crate::error::{CoreError, Result};
-use crate::model::{ADMIN_NAME, Agent, AgentStatus, AgentUpdate, NewAgent, SYSTEM_NAME, TaskStatus};
+use crate::model::{
+    ADMIN_NAME, Agent, AgentStatus, AgentUpdate, NewAgent, SYSTEM_NAME, TaskStatus,
+};
 
 const AGENT_COLUMNS: &str = "name, role, model, caps, status, session_id, pid, host, last_seen, \
      context_tokens, context_window, cost_usd, restarts, created_at";
@@ -183,7 +185,10 @@ impl Tx<'_> {
                 return Err(CoreError::invalid(format!("{what} must not be negative")));
             }
         }
-        if update.cost_usd.is_some_and(|cost| !cost.is_finite() || cost < 0.0) {
+        if update
+            .cost_usd
+            .is_some_and(|cost| !cost.is_finite() || cost < 0.0)
+        {
             return Err(CoreError::invalid("cost_usd must be a non-negative number"));
         }
         self.conn().execute(
@@ -235,7 +240,12 @@ impl Tx<'_> {
     /// `pending` when a dependency was reopened meanwhile)
     /// (attempts + 1) and its file leases are released, each with an event naming `reason`.
     /// Used when its claim lease expires or when the supervisor knows its process died.
-    pub fn release_agent(&mut self, actor: &str, name: &str, reason: &str) -> Result<ReleaseReport> {
+    pub fn release_agent(
+        &mut self,
+        actor: &str,
+        name: &str,
+        reason: &str,
+    ) -> Result<ReleaseReport> {
         let held: Vec<i64> = {
             let mut statement = self.conn().prepare(
                 "SELECT id FROM tasks WHERE assignee = ?1
@@ -275,4 +285,3 @@ pub struct ReleaseReport {
     pub tasks: Vec<crate::model::TaskId>,
     pub leases: Vec<String>,
 }
-

@@ -67,7 +67,9 @@ impl Reader<'_> {
     pub fn last_seq(&self) -> Result<i64> {
         Ok(self
             .conn()
-            .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |row| row.get(0))?)
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |row| {
+                row.get(0)
+            })?)
     }
 }
 

@@ -78,8 +78,20 @@ impl Reader<'_> {
         mode: LeaseMode,
         now_ms: i64,
     ) -> Result<Vec<LeaseConflict>> {
+        Ok(conflicts_with(&self.leases(now_ms)?, holder, pattern, mode))
+    }
+}
+
+/// Which of `live` stand against `holder` taking `pattern` in `mode`.
+fn conflicts_with(
+    live: &[Lease],
+    holder: &str,
+    pattern: &LeasePattern,
+    mode: LeaseMode,
+) -> Vec<LeaseConflict> {
+    {
         let mut conflicts = Vec::new();
-        for lease in self.leases(now_ms)? {
+        for lease in live {
             if lease.holder == holder {
                 continue;
             }
@@ -100,7 +112,7 @@ impl Reader<'_> {
                 });
             }
         }
-        Ok(conflicts)
+        conflicts
     }
 }
 
@@ -123,9 +135,10 @@ impl Tx<'_> {
         };
         let now = self.now_ms();
         self.purge_expired_leases()?;
+        let live = self.read().leases(now)?;
         let mut conflicts = Vec::new();
         for pattern in &patterns {
-            conflicts.extend(self.read().lease_conflicts(holder, pattern, request.mode, now)?);
+            conflicts.extend(conflicts_with(&live, holder, pattern, request.mode));
         }
         if !conflicts.is_empty() {
             return Err(CoreError::LeaseConflict(conflicts));
@@ -164,7 +177,11 @@ impl Tx<'_> {
                     ],
                 )?;
             }
-            let kind = if renewed { "lease.renewed" } else { "lease.granted" };
+            let kind = if renewed {
+                "lease.renewed"
+            } else {
+                "lease.granted"
+            };
             self.emit(
                 holder,
                 kind,
@@ -175,13 +192,20 @@ impl Tx<'_> {
                     "fencing_token": fencing_token, "reason": request.reason,
                 }),
             )?;
-            let lease = self
-                .read()
-                .leases_of(holder, now)?
-                .into_iter()
-                .find(|lease| lease.path == pattern.as_str())
-                .ok_or_else(|| CoreError::not_found("lease vanished while granting"))?;
-            granted.push(lease);
+            let acquired_at = live
+                .iter()
+                .find(|lease| renewed && lease.holder == holder && lease.path == pattern.as_str())
+                .map_or(self.now, |lease| lease.acquired_at);
+            granted.push(Lease {
+                path: pattern.as_str().to_string(),
+                mode: request.mode,
+                holder: holder.to_string(),
+                task,
+                reason: request.reason.clone(),
+                fencing_token,
+                acquired_at,
+                expires_at: super::ms_to_time(expires),
+            });
         }
         Ok(granted)
     }
@@ -200,13 +224,16 @@ impl Tx<'_> {
     pub fn release_leases(&mut self, actor: &Actor, release: LeaseRelease) -> Result<Vec<Lease>> {
         let patterns = normalize_all(&release.paths)?;
         if release.force && !actor.is_admin() {
-            return Err(CoreError::forbidden("only an admin may force-release leases"));
+            return Err(CoreError::forbidden(
+                "only an admin may force-release leases",
+            ));
         }
         let now = self.now_ms();
         let live = self.read().leases(now)?;
         let mut released = Vec::new();
         for pattern in &patterns {
-            let matching: Vec<&Lease> = live.iter().filter(|l| l.path == pattern.as_str()).collect();
+            let matching: Vec<&Lease> =
+                live.iter().filter(|l| l.path == pattern.as_str()).collect();
             let mine: Vec<&Lease> = matching
                 .iter()
                 .copied()
@@ -234,7 +261,12 @@ impl Tx<'_> {
     }
 
     /// Releases every lease tied to a task (when it is done, failed, cancelled or reassigned).
-    pub(crate) fn release_task_leases(&mut self, actor: &str, task: TaskId, why: &str) -> Result<()> {
+    pub(crate) fn release_task_leases(
+        &mut self,
+        actor: &str,
+        task: TaskId,
+        why: &str,
+    ) -> Result<()> {
         let leases: Vec<Lease> = self
             .read()
             .leases(self.now_ms())?
@@ -248,7 +280,12 @@ impl Tx<'_> {
     }
 
     /// Releases every lease an agent holds; returns their paths.
-    pub(crate) fn release_all_leases(&mut self, actor: &str, holder: &str, why: &str) -> Result<Vec<String>> {
+    pub(crate) fn release_all_leases(
+        &mut self,
+        actor: &str,
+        holder: &str,
+        why: &str,
+    ) -> Result<Vec<String>> {
         let leases = self.read().leases_of(holder, self.now_ms())?;
         for lease in &leases {
             self.delete_lease(actor, lease, why)?;

@@ -16,12 +16,19 @@ const MESSAGE_COLUMNS: &str = "id, sender, recipient, thread, kind, urgent, body
 
 /// Parses `M-12` (or `12`) into the row id.
 pub fn parse_message_id(text: &str) -> Result<i64> {
-    let digits = text.trim().trim_start_matches("M-").trim_start_matches("m-");
+    let digits = text
+        .trim()
+        .trim_start_matches("M-")
+        .trim_start_matches("m-");
     digits
         .parse::<i64>()
         .ok()
         .filter(|n| *n > 0)
-        .ok_or_else(|| CoreError::invalid(format!("{text:?} is not a message id (expected M-<number>)")))
+        .ok_or_else(|| {
+            CoreError::invalid(format!(
+                "{text:?} is not a message id (expected M-<number>)"
+            ))
+        })
 }
 
 fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
@@ -42,7 +49,12 @@ fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
 impl Reader<'_> {
     /// Messages with their delivery state: all of them, or those sent by or to `party`, or one
     /// thread; oldest first, at most `limit`.
-    pub fn messages(&self, party: Option<&str>, thread: Option<&str>, limit: i64) -> Result<Vec<Message>> {
+    pub fn messages(
+        &self,
+        party: Option<&str>,
+        thread: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Message>> {
         let sql = format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages m
              WHERE (?1 IS NULL OR m.sender = ?1
@@ -51,7 +63,10 @@ impl Reader<'_> {
              ORDER BY m.id DESC LIMIT ?3"
         );
         let mut statement = self.conn().prepare_cached(&sql)?;
-        let rows = statement.query_map(params![party, thread, limit.clamp(1, 10_000)], message_from_row)?;
+        let rows = statement.query_map(
+            params![party, thread, limit.clamp(1, 10_000)],
+            message_from_row,
+        )?;
         let mut messages: Vec<Message> = rows.collect::<rusqlite::Result<_>>()?;
         messages.reverse();
         self.attach_deliveries(&mut messages)?;
@@ -114,7 +129,11 @@ impl Reader<'_> {
     fn resolve_recipients(&self, sender: &str, to: &str) -> Result<Vec<String>> {
         let agents = self.agents()?;
         let names: Vec<String> = if to == "all" {
-            agents.into_iter().map(|a| a.name).filter(|name| name != sender).collect()
+            agents
+                .into_iter()
+                .map(|a| a.name)
+                .filter(|name| name != sender)
+                .collect()
         } else if let Some(role) = to.strip_prefix("role:") {
             validate_name("role", role)?;
             agents
@@ -127,7 +146,9 @@ impl Reader<'_> {
             vec![self.agent(to)?.name]
         };
         if names.is_empty() {
-            return Err(CoreError::not_found(format!("{to:?} names no agent other than the sender")));
+            return Err(CoreError::not_found(format!(
+                "{to:?} names no agent other than the sender"
+            )));
         }
         Ok(names)
     }
@@ -144,7 +165,14 @@ impl Tx<'_> {
         self.conn().execute(
             "INSERT INTO messages (sender, recipient, thread, kind, urgent, body, created_at)
              VALUES (?1, ?2, '', ?3, ?4, ?5, ?6)",
-            params![actor.name(), to, new.kind.as_str(), new.urgent, new.body, self.now_ms()],
+            params![
+                actor.name(),
+                to,
+                new.kind.as_str(),
+                new.urgent,
+                new.body,
+                self.now_ms()
+            ],
         )?;
         let row_id = self.conn().last_insert_rowid();
         let id = format!("M-{row_id}");
@@ -159,7 +187,12 @@ impl Tx<'_> {
                 params![row_id, recipient],
             )?;
         }
-        self.index_search("message", &id, &format!("{} → {}", actor.name(), to), &new.body)?;
+        self.index_search(
+            "message",
+            &id,
+            &format!("{} → {}", actor.name(), to),
+            &new.body,
+        )?;
         self.emit(
             actor.name(),
             "message.sent",
@@ -192,7 +225,13 @@ impl Tx<'_> {
             }
         }
         if !acked.is_empty() {
-            self.emit(agent, "message.acked", None, Some(agent), json!({ "ids": acked }))?;
+            self.emit(
+                agent,
+                "message.acked",
+                None,
+                Some(agent),
+                json!({ "ids": acked }),
+            )?;
         }
         Ok(acked)
     }

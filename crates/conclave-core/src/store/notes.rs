@@ -12,12 +12,17 @@ const NOTE_COLUMNS: &str =
     "id, author, kind, title, body, tags, files, task_id, supersedes, superseded_by, created_at";
 
 pub fn parse_note_id(text: &str) -> Result<i64> {
-    let digits = text.trim().trim_start_matches("N-").trim_start_matches("n-");
+    let digits = text
+        .trim()
+        .trim_start_matches("N-")
+        .trim_start_matches("n-");
     digits
         .parse::<i64>()
         .ok()
         .filter(|n| *n > 0)
-        .ok_or_else(|| CoreError::invalid(format!("{text:?} is not a note id (expected N-<number>)")))
+        .ok_or_else(|| {
+            CoreError::invalid(format!("{text:?} is not a note id (expected N-<number>)"))
+        })
 }
 
 fn note_from_row(row: &Row<'_>) -> rusqlite::Result<Note> {
@@ -60,7 +65,12 @@ impl Reader<'_> {
     }
 
     /// Notes, newest first; `kind` narrows; superseded notes are left out unless asked for.
-    pub fn notes(&self, kind: Option<NoteKind>, include_superseded: bool, limit: i64) -> Result<Vec<Note>> {
+    pub fn notes(
+        &self,
+        kind: Option<NoteKind>,
+        include_superseded: bool,
+        limit: i64,
+    ) -> Result<Vec<Note>> {
         let sql = format!(
             "SELECT {NOTE_COLUMNS} FROM notes
              WHERE (?1 IS NULL OR kind = ?1) AND (?2 OR superseded_by IS NULL)
@@ -68,7 +78,11 @@ impl Reader<'_> {
         );
         let mut statement = self.conn().prepare_cached(&sql)?;
         let rows = statement.query_map(
-            params![kind.map(NoteKind::as_str), include_superseded, limit.clamp(1, 10_000)],
+            params![
+                kind.map(NoteKind::as_str),
+                include_superseded,
+                limit.clamp(1, 10_000)
+            ],
             note_from_row,
         )?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -171,7 +185,11 @@ impl Tx<'_> {
                 json!({ "id": old.id, "by": id }),
             )?;
             // Whoever may have built on the old note must hear that it changed.
-            let others = self.read().agents()?.into_iter().any(|a| a.name != actor.name());
+            let others = self
+                .read()
+                .agents()?
+                .into_iter()
+                .any(|a| a.name != actor.name());
             if others {
                 self.send_message(
                     &Actor::System,
@@ -191,11 +209,21 @@ impl Tx<'_> {
         self.read().note(&id)
     }
 
-    pub(crate) fn index_search(&mut self, kind: &str, id: &str, title: &str, body: &str) -> Result<()> {
-        self.conn().execute(
-            "DELETE FROM search_index WHERE kind = ?1 AND ref = ?2",
-            params![kind, id],
-        )?;
+    pub(crate) fn index_search(
+        &mut self,
+        kind: &str,
+        id: &str,
+        title: &str,
+        body: &str,
+    ) -> Result<()> {
+        // Only a task's result can be indexed twice (done again after a reopen). The delete scans
+        // the index (its columns are unindexed), so new notes and messages skip it.
+        if kind == "task" {
+            self.conn().execute(
+                "DELETE FROM search_index WHERE kind = ?1 AND ref = ?2",
+                params![kind, id],
+            )?;
+        }
         self.conn().execute(
             "INSERT INTO search_index (kind, ref, title, body) VALUES (?1, ?2, ?3, ?4)",
             params![kind, id, title, body],

@@ -13,7 +13,9 @@ use rusqlite::{OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{Reader, Tx, json_list, ms_to_time, opt_time, to_json_list, validate_name, validate_text};
+use super::{
+    Reader, Tx, json_list, ms_to_time, opt_time, to_json_list, validate_name, validate_text,
+};
 use crate::error::{CoreError, Result};
 use crate::model::{
     Actor, Agent, MessageKind, NewMessage, NewTask, Task, TaskAssign, TaskEdit, TaskFinish, TaskId,
@@ -98,9 +100,14 @@ impl Reader<'_> {
              WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR assignee = ?2) ORDER BY id"
         );
         let mut statement = self.conn().prepare(&sql)?;
-        let rows = statement.query_map(params![status.map(TaskStatus::as_str), assignee], task_from_row)?;
+        let rows = statement.query_map(
+            params![status.map(TaskStatus::as_str), assignee],
+            task_from_row,
+        )?;
         let mut tasks: Vec<Task> = rows.collect::<rusqlite::Result<_>>()?;
-        let mut deps = self.conn().prepare("SELECT task_id, depends_on FROM task_deps ORDER BY depends_on")?;
+        let mut deps = self
+            .conn()
+            .prepare("SELECT task_id, depends_on FROM task_deps ORDER BY depends_on")?;
         let edges = deps.query_map([], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)))?;
         let mut by_task: std::collections::HashMap<i64, Vec<TaskId>> = Default::default();
         for edge in edges {
@@ -138,6 +145,23 @@ impl Reader<'_> {
         let mut tasks = self.tasks(None, Some(agent))?;
         tasks.retain(|task| task.status.is_held());
         Ok(tasks)
+    }
+
+    /// The highest-priority (then oldest) ready task that fits `agent`, walking the ready queue
+    /// in order on its index and stopping at the first fit.
+    fn best_ready_task(&self, agent: &Agent) -> Result<Option<Task>> {
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE status = 'ready' ORDER BY priority DESC, id ASC"
+        );
+        let mut statement = self.conn().prepare_cached(&sql)?;
+        let mut rows = statement.query([])?;
+        while let Some(row) = rows.next()? {
+            let task = task_from_row(row)?;
+            if task_fits(&task, agent) {
+                return Ok(Some(task));
+            }
+        }
+        Ok(None)
     }
 
     /// Unfinished dependencies of a task, with their status, for "not ready" explanations.
@@ -232,7 +256,11 @@ impl Tx<'_> {
             _ => return Ok(()),
         };
         self.set_status(id, next)?;
-        let kind = if next == TaskStatus::Ready { "task.ready" } else { "task.pending" };
+        let kind = if next == TaskStatus::Ready {
+            "task.ready"
+        } else {
+            "task.pending"
+        };
         self.emit(actor, kind, Some(id), task.assignee.as_deref(), json!({}))
     }
 
@@ -253,17 +281,10 @@ impl Tx<'_> {
                 self.check_claimable(&task, &me)?;
                 task
             }
-            None => {
-                let candidates = self.read().tasks(Some(TaskStatus::Ready), None)?;
-                let best = candidates
-                    .into_iter()
-                    .filter(|task| task_fits(task, &me))
-                    .max_by_key(|task| (task.priority, std::cmp::Reverse(task.id)));
-                match best {
-                    Some(task) => task,
-                    None => return Ok(ClaimOutcome { task: None }),
-                }
-            }
+            None => match self.read().best_ready_task(&me)? {
+                Some(task) => task,
+                None => return Ok(ClaimOutcome { task: None }),
+            },
         };
         let expires = self.now_ms() + self.config().claim_ttl_secs * 1000;
         // The status guard makes the claim atomic even if two writers raced past the checks.
@@ -273,7 +294,10 @@ impl Tx<'_> {
             params![task.id.0, agent, expires, self.now_ms()],
         )?;
         if changed != 1 {
-            return Err(CoreError::conflict(format!("{} was claimed by someone else", task.id)));
+            return Err(CoreError::conflict(format!(
+                "{} was claimed by someone else",
+                task.id
+            )));
         }
         self.emit(
             agent,
@@ -292,7 +316,11 @@ impl Tx<'_> {
             TaskStatus::Ready => {}
             status if status.is_held() => {
                 let holder = task.assignee.as_deref().unwrap_or("another agent");
-                let whose = if holder == me.name { "you already hold it" } else { holder };
+                let whose = if holder == me.name {
+                    "you already hold it"
+                } else {
+                    holder
+                };
                 return Err(CoreError::conflict(format!(
                     "{} is already {status} by {whose}",
                     task.id
@@ -361,7 +389,12 @@ impl Tx<'_> {
         Ok(task)
     }
 
-    pub fn update_task_status(&mut self, actor: &Actor, id: TaskId, update: TaskStatusUpdate) -> Result<Task> {
+    pub fn update_task_status(
+        &mut self,
+        actor: &Actor,
+        id: TaskId,
+        update: TaskStatusUpdate,
+    ) -> Result<Task> {
         if !matches!(
             update.status,
             TaskStatus::InProgress | TaskStatus::Blocked | TaskStatus::Review | TaskStatus::Claimed
@@ -432,10 +465,18 @@ impl Tx<'_> {
     }
 
     /// Cancels an unfinished task. The admin may cancel any; an agent, what it created or holds.
-    pub fn cancel_task(&mut self, actor: &Actor, id: TaskId, reason: Option<String>) -> Result<Task> {
+    pub fn cancel_task(
+        &mut self,
+        actor: &Actor,
+        id: TaskId,
+        reason: Option<String>,
+    ) -> Result<Task> {
         let task = self.read().task(id)?;
         if task.status.is_finished() {
-            return Err(CoreError::conflict(format!("{id} is already {}", task.status)));
+            return Err(CoreError::conflict(format!(
+                "{id} is already {}",
+                task.status
+            )));
         }
         if let Actor::Agent(name) = actor
             && task.created_by != *name
@@ -614,7 +655,10 @@ impl Tx<'_> {
         if !edit.after.is_empty() {
             self.refresh_readiness(actor.name(), id)?;
         }
-        if changed.iter().any(|field| matches!(*field, "title" | "body")) {
+        if changed
+            .iter()
+            .any(|field| matches!(*field, "title" | "body"))
+        {
             let what = format!("was changed by {} ({})", actor.name(), changed.join(", "));
             self.notify_dependents(&after, &what)?;
         }
@@ -623,7 +667,12 @@ impl Tx<'_> {
 
     /// Puts a finished task back in play. Tasks that depend on it wait again, and their holders
     /// are told.
-    pub fn reopen_task(&mut self, actor: &Actor, id: TaskId, reason: Option<String>) -> Result<Task> {
+    pub fn reopen_task(
+        &mut self,
+        actor: &Actor,
+        id: TaskId,
+        reason: Option<String>,
+    ) -> Result<Task> {
         let task = self.read().task(id)?;
         if !task.status.is_finished() {
             return Err(CoreError::conflict(format!(
@@ -668,7 +717,9 @@ impl Tx<'_> {
     fn notify_dependents(&mut self, task: &Task, what: &str) -> Result<()> {
         for dependent_id in self.read().dependents(task.id)? {
             let dependent = self.read().task(dependent_id)?;
-            if let (Some(holder), true) = (dependent.assignee.as_deref(), dependent.status.is_held()) {
+            if let (Some(holder), true) =
+                (dependent.assignee.as_deref(), dependent.status.is_held())
+            {
                 let body = format!(
                     "{} \"{}\", which your task {} depends on, {what}. Check that your work still fits.",
                     task.id, task.title, dependent.id

@@ -100,7 +100,10 @@ fn claim_next_takes_the_highest_priority_task_that_fits_the_role() {
     assert_eq!(claim(&store, "coder", None).expect("claim"), Some(high));
     assert_eq!(claim(&store, "coder", None).expect("claim"), Some(low));
     assert_eq!(claim(&store, "coder", None).expect("claim"), None);
-    assert_eq!(claim(&store, "reviewer", None).expect("claim"), Some(review));
+    assert_eq!(
+        claim(&store, "reviewer", None).expect("claim"),
+        Some(review)
+    );
     let error = claim(&store, "reviewer", Some(high)).expect_err("held");
     assert!(error.to_string().contains("by coder"), "{error}");
 }
@@ -124,7 +127,10 @@ fn tasks_that_need_capabilities_go_only_to_agents_that_have_them() {
         .expect("create")
         .id;
     assert_eq!(claim(&store, "plain", None).expect("claim"), None);
-    assert_eq!(claim(&store, "plain", Some(id)).expect_err("caps").code(), "forbidden");
+    assert_eq!(
+        claim(&store, "plain", Some(id)).expect_err("caps").code(),
+        "forbidden"
+    );
     assert_eq!(claim(&store, "browser", None).expect("claim"), Some(id));
 }
 
@@ -172,7 +178,12 @@ fn unknown_dependencies_are_refused() {
         })
         .expect_err("unknown");
     assert_eq!(error.code(), "not_found");
-    assert!(store.read(|r| r.tasks(None, None)).expect("tasks").is_empty());
+    assert!(
+        store
+            .read(|r| r.tasks(None, None))
+            .expect("tasks")
+            .is_empty()
+    );
 }
 
 #[test]
@@ -211,7 +222,10 @@ fn expired_claims_return_to_ready_with_attempts_counted_and_leases_released() {
     let report = store.sweep().expect("sweep");
     assert_eq!(report.reclaimed_tasks, vec![id]);
     let task = store.read(|r| r.task(id)).expect("task");
-    assert_eq!((task.status, task.attempts, task.assignee), (TaskStatus::Ready, 1, None));
+    assert_eq!(
+        (task.status, task.attempts, task.assignee),
+        (TaskStatus::Ready, 1, None)
+    );
     let now = Utc::now().timestamp_millis();
     assert!(store.read(|r| r.leases(now)).expect("leases").is_empty());
     let kinds: Vec<String> = store
@@ -247,17 +261,30 @@ fn conflicting_leases_are_refused_naming_the_holder_and_its_task() {
     let granted = lease(&store, "a", &["src/parser/**"], LeaseMode::Exclusive).expect("lease");
     assert_eq!(granted[0].task, Some(id));
 
-    let error = lease(&store, "b", &["docs/x.md", "src/parser/lex.rs"], LeaseMode::Shared)
-        .expect_err("conflict");
+    let error = lease(
+        &store,
+        "b",
+        &["docs/x.md", "src/parser/lex.rs"],
+        LeaseMode::Shared,
+    )
+    .expect_err("conflict");
     let CoreError::LeaseConflict(conflicts) = &error else {
         panic!("expected a lease conflict, got {error}");
     };
     assert_eq!(conflicts.len(), 1);
-    assert_eq!((conflicts[0].holder.as_str(), conflicts[0].task), ("a", Some(id)));
+    assert_eq!(
+        (conflicts[0].holder.as_str(), conflicts[0].task),
+        ("a", Some(id))
+    );
     assert!(error.to_string().contains("leased by a for T-1"), "{error}");
     // All or nothing: docs/x.md was not granted either.
     let now = Utc::now().timestamp_millis();
-    assert!(store.read(|r| r.leases_of("b", now)).expect("leases").is_empty());
+    assert!(
+        store
+            .read(|r| r.leases_of("b", now))
+            .expect("leases")
+            .is_empty()
+    );
 }
 
 #[test]
@@ -282,7 +309,10 @@ fn fencing_tokens_grow_with_every_grant_and_renewal_extends() {
     assert!(again.expires_at >= first.expires_at);
     assert_eq!(again.acquired_at, first.acquired_at);
     let now = Utc::now().timestamp_millis();
-    assert_eq!(store.read(|r| r.leases_of("a", now)).expect("leases").len(), 2);
+    assert_eq!(
+        store.read(|r| r.leases_of("a", now)).expect("leases").len(),
+        2
+    );
 }
 
 #[test]
@@ -302,11 +332,27 @@ fn only_the_holder_or_a_forcing_admin_releases_a_lease() {
             )
         })
     };
-    assert_eq!(release(Actor::Agent("b".into()), false).expect_err("b").code(), "forbidden");
-    assert_eq!(release(Actor::Agent("b".into()), true).expect_err("b force").code(), "forbidden");
-    assert_eq!(release(Actor::Admin, false).expect_err("no force").code(), "forbidden");
+    assert_eq!(
+        release(Actor::Agent("b".into()), false)
+            .expect_err("b")
+            .code(),
+        "forbidden"
+    );
+    assert_eq!(
+        release(Actor::Agent("b".into()), true)
+            .expect_err("b force")
+            .code(),
+        "forbidden"
+    );
+    assert_eq!(
+        release(Actor::Admin, false).expect_err("no force").code(),
+        "forbidden"
+    );
     assert_eq!(release(Actor::Admin, true).expect("admin force").len(), 1);
-    assert_eq!(release(Actor::Admin, true).expect_err("gone").code(), "not_found");
+    assert_eq!(
+        release(Actor::Admin, true).expect_err("gone").code(),
+        "not_found"
+    );
 }
 
 #[test]
@@ -342,18 +388,26 @@ fn messages_come_back_until_acknowledged() {
     let everyone = send(Actor::Admin, "all").expect("all");
     assert_eq!(to_role.deliveries.len(), 2);
     assert_eq!(everyone.deliveries.len(), 3);
-    assert_eq!(send(Actor::Admin, "nobody").expect_err("unknown").code(), "not_found");
+    assert_eq!(
+        send(Actor::Admin, "nobody").expect_err("unknown").code(),
+        "not_found"
+    );
 
     let inbox = |name: &str| store.read(|r| r.inbox(name)).expect("inbox");
     let ids = |messages: Vec<Message>| messages.into_iter().map(|m| m.id).collect::<Vec<_>>();
-    assert_eq!(ids(inbox("c")), vec![direct.id.clone(), everyone.id.clone()]);
+    assert_eq!(
+        ids(inbox("c")),
+        vec![direct.id.clone(), everyone.id.clone()]
+    );
     assert_eq!(ids(inbox("c")).len(), 2, "reading does not acknowledge");
     let acked = store
         .write(|tx| tx.ack_messages("c", std::slice::from_ref(&direct.id)))
         .expect("ack");
     assert_eq!(acked, vec![direct.id.clone()]);
     assert_eq!(ids(inbox("c")), vec![everyone.id.clone()]);
-    let again = store.write(|tx| tx.ack_messages("c", &[direct.id])).expect("re-ack");
+    let again = store
+        .write(|tx| tx.ack_messages("c", &[direct.id]))
+        .expect("re-ack");
     assert!(again.is_empty());
     assert_eq!(ids(inbox("a")), vec![to_role.id, everyone.id]);
 }
@@ -385,7 +439,11 @@ fn reopening_or_changing_a_task_tells_the_holders_of_its_dependents() {
         .expect("edit");
     let inbox = store.read(|r| r.inbox("b")).expect("inbox");
     assert_eq!(inbox.len(), 1);
-    assert!(inbox[0].body.contains("T-1") && inbox[0].body.contains("was changed"), "{}", inbox[0].body);
+    assert!(
+        inbox[0].body.contains("T-1") && inbox[0].body.contains("was changed"),
+        "{}",
+        inbox[0].body
+    );
 
     store
         .write(|tx| tx.reopen_task(&Actor::Admin, api, Some("bug".into())))
@@ -418,11 +476,16 @@ fn superseding_a_note_alerts_the_other_agents_and_hides_the_old_note() {
     let old = note("a", "storage engine", None).expect("note");
     let new = note("a", "storage engine v2", Some(old.id.clone())).expect("supersede");
     assert_eq!(
-        note("a", "again", Some(old.id.clone())).expect_err("twice").code(),
+        note("a", "again", Some(old.id.clone()))
+            .expect_err("twice")
+            .code(),
         "conflict"
     );
     let listed = store.read(|r| r.notes(None, false, 100)).expect("notes");
-    assert_eq!(listed.iter().map(|n| n.id.clone()).collect::<Vec<_>>(), vec![new.id.clone()]);
+    assert_eq!(
+        listed.iter().map(|n| n.id.clone()).collect::<Vec<_>>(),
+        vec![new.id.clone()]
+    );
     let inbox = store.read(|r| r.inbox("b")).expect("inbox");
     assert_eq!(inbox.len(), 1);
     assert!(inbox[0].body.contains(&old.id) && inbox[0].body.contains(&new.id));
@@ -471,7 +534,9 @@ fn search_finds_notes_messages_and_task_results_and_survives_odd_queries() {
             )
         })
         .expect("message");
-    let hits = store.read(|r| r.search("unicode escapes", &[], 10)).expect("search");
+    let hits = store
+        .read(|r| r.search("unicode escapes", &[], 10))
+        .expect("search");
     let mut kinds: Vec<&str> = hits.iter().map(|h| h.kind.as_str()).collect();
     kinds.sort_unstable();
     assert_eq!(kinds, vec!["message", "note", "task"]);
@@ -515,7 +580,9 @@ fn an_idempotent_retry_is_applied_once_and_answered_the_same() {
     assert_eq!(first, second);
     assert_eq!((replayed_first, replayed_second), (false, true));
     assert_eq!(store.read(|r| r.tasks(None, None)).expect("tasks").len(), 1);
-    let reused = store.write_idempotent(&actor, "key-1", "POST /api/tasks {y}", |_| Ok(serde_json::Value::Null));
+    let reused = store.write_idempotent(&actor, "key-1", "POST /api/tasks {y}", |_| {
+        Ok(serde_json::Value::Null)
+    });
     assert_eq!(reused.expect_err("mismatch").code(), "idempotency_mismatch");
 }
 
@@ -536,8 +603,13 @@ fn lease_expiry_is_swept_with_an_event() {
         })
         .expect("lease");
     let later = Utc::now() + Duration::seconds(2);
-    let live = store.read(|r| r.leases(later.timestamp_millis())).expect("leases");
+    let live = store
+        .read(|r| r.leases(later.timestamp_millis()))
+        .expect("leases");
     assert!(live.is_empty(), "an expired lease is not in force");
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    assert_eq!(store.sweep().expect("sweep").expired_leases, vec!["a.rs".to_string()]);
+    assert_eq!(
+        store.sweep().expect("sweep").expired_leases,
+        vec!["a.rs".to_string()]
+    );
 }

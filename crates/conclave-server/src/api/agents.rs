@@ -32,7 +32,10 @@ pub async fn list(State(app): State<App>) -> ApiResult<Json<AgentList>> {
     Ok(Json(AgentList { agents }))
 }
 
-pub async fn show(State(app): State<App>, ApiPath(name): ApiPath<String>) -> ApiResult<Json<Agent>> {
+pub async fn show(
+    State(app): State<App>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Json<Agent>> {
     Ok(Json(app.read(move |r| r.agent(&name)).await?))
 }
 
@@ -47,7 +50,9 @@ pub async fn update(
     if let Actor::Agent(me) = &actor
         && *me != name
     {
-        return Err(ApiError::forbidden(format!("{me} may not change agent {name}")));
+        return Err(ApiError::forbidden(format!(
+            "{me} may not change agent {name}"
+        )));
     }
     let key = key.with_body(&update);
     let by = actor.name().to_string();

@@ -17,7 +17,10 @@ use crate::error::{ApiError, ApiResult};
 
 const BACKLOG_PAGE: i64 = 500;
 
-pub async fn list(State(app): State<App>, ApiQuery(filter): ApiQuery<EventFilter>) -> ApiResult<Json<EventList>> {
+pub async fn list(
+    State(app): State<App>,
+    ApiQuery(filter): ApiQuery<EventFilter>,
+) -> ApiResult<Json<EventList>> {
     let events = app.read(move |r| r.events(&filter)).await?;
     Ok(Json(EventList { events }))
 }
@@ -32,9 +35,9 @@ pub async fn stream(
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
     if let Some(value) = headers.get("last-event-id") {
         let text = value.to_str().unwrap_or_default().trim();
-        let seq = text
-            .parse::<i64>()
-            .map_err(|_| ApiError::bad_request(format!("Last-Event-ID {text:?} is not a sequence number")))?;
+        let seq = text.parse::<i64>().map_err(|_| {
+            ApiError::bad_request(format!("Last-Event-ID {text:?} is not a sequence number"))
+        })?;
         filter.after = Some(seq);
     }
     let receiver = app.subscribe();

@@ -4,7 +4,6 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::Response;
 use conclave_core::model::{Actor, LeaseList, LeaseRelease, LeaseRequest, ReleasedLeases};
-use conclave_core::CoreError;
 use serde_json::json;
 
 use crate::app::{ApiJson, App, IdempotencyKey, only_agent};
@@ -47,10 +46,11 @@ pub(crate) async fn record_denial(app: &App, holder: &str, paths: &[String], why
     let holder = holder.to_string();
     let data = json!({ "paths": paths, "why": why });
     let result = app
-        .write(&Actor::Agent(holder.clone()), &IdempotencyKey::default(), move |tx| {
-            tx.emit(&holder, "lease.denied", None, Some(&holder), data)
-                .map_err(CoreError::from)
-        })
+        .write(
+            &Actor::Agent(holder.clone()),
+            &IdempotencyKey::default(),
+            move |tx| tx.emit(&holder, "lease.denied", None, Some(&holder), data),
+        )
         .await;
     if let Err(error) = result {
         tracing::warn!(message = %error.message, "could not record a lease denial");

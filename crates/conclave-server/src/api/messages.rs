@@ -36,7 +36,10 @@ pub async fn send(
 ) -> ApiResult<Response> {
     let key = key.with_body(&new);
     let by = actor.clone();
-    Ok(app.write(&actor, &key, move |tx| tx.send_message(&by, new)).await?.created())
+    Ok(app
+        .write(&actor, &key, move |tx| tx.send_message(&by, new))
+        .await?
+        .created())
 }
 
 /// An agent sees the messages it sent or received; the admin sees all.
@@ -47,7 +50,13 @@ pub async fn list(
 ) -> ApiResult<Json<MessageList>> {
     let party = actor.agent().map(str::to_string);
     let messages = app
-        .read(move |r| r.messages(party.as_deref(), query.thread.as_deref(), query.limit.unwrap_or(1000)))
+        .read(move |r| {
+            r.messages(
+                party.as_deref(),
+                query.thread.as_deref(),
+                query.limit.unwrap_or(1000),
+            )
+        })
         .await?;
     Ok(Json(MessageList { messages }))
 }

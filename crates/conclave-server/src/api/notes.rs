@@ -36,24 +36,45 @@ pub async fn add(
 ) -> ApiResult<Response> {
     let key = key.with_body(&new);
     let by = actor.clone();
-    Ok(app.write(&actor, &key, move |tx| tx.add_note(&by, new)).await?.created())
+    Ok(app
+        .write(&actor, &key, move |tx| tx.add_note(&by, new))
+        .await?
+        .created())
 }
 
-pub async fn list(State(app): State<App>, ApiQuery(query): ApiQuery<NoteQuery>) -> ApiResult<Json<NoteList>> {
-    let kind = query.kind.as_deref().map(str::parse::<NoteKind>).transpose()?;
+pub async fn list(
+    State(app): State<App>,
+    ApiQuery(query): ApiQuery<NoteQuery>,
+) -> ApiResult<Json<NoteList>> {
+    let kind = query
+        .kind
+        .as_deref()
+        .map(str::parse::<NoteKind>)
+        .transpose()?;
     let notes = app
         .read(move |r| r.notes(kind, query.all, query.limit.unwrap_or(200)))
         .await?;
     Ok(Json(NoteList { notes }))
 }
 
-pub async fn search(State(app): State<App>, ApiQuery(query): ApiQuery<SearchQuery>) -> ApiResult<Json<SearchResults>> {
+pub async fn search(
+    State(app): State<App>,
+    ApiQuery(query): ApiQuery<SearchQuery>,
+) -> ApiResult<Json<SearchResults>> {
     let kinds: Vec<String> = query
         .kind
         .as_deref()
-        .map(|k| k.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+        .map(|k| {
+            k.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
         .unwrap_or_default();
-    if let Some(bad) = kinds.iter().find(|k| !matches!(k.as_str(), "note" | "message" | "task")) {
+    if let Some(bad) = kinds
+        .iter()
+        .find(|k| !matches!(k.as_str(), "note" | "message" | "task"))
+    {
         return Err(ApiError::bad_request(format!(
             "unknown search kind {bad:?} (expected note, message or task)"
         )));

@@ -57,7 +57,10 @@ pub async fn metrics(State(app): State<App>) -> ApiResult<impl IntoResponse> {
         })
         .await?;
     Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         app.metrics().render(&gauges),
     ))
 }

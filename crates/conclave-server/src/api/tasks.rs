@@ -31,12 +31,21 @@ pub async fn create(
 ) -> ApiResult<Response> {
     let key = key.with_body(&new);
     let by = actor.clone();
-    let written = app.write(&actor, &key, move |tx| tx.create_task(&by, new)).await?;
+    let written = app
+        .write(&actor, &key, move |tx| tx.create_task(&by, new))
+        .await?;
     Ok(written.created())
 }
 
-pub async fn list(State(app): State<App>, ApiQuery(query): ApiQuery<TaskQuery>) -> ApiResult<Json<TaskList>> {
-    let status = query.status.as_deref().map(str::parse::<TaskStatus>).transpose()?;
+pub async fn list(
+    State(app): State<App>,
+    ApiQuery(query): ApiQuery<TaskQuery>,
+) -> ApiResult<Json<TaskList>> {
+    let status = query
+        .status
+        .as_deref()
+        .map(str::parse::<TaskStatus>)
+        .transpose()?;
     let tasks = app
         .read(move |r| r.tasks(status, query.assignee.as_deref()))
         .await?;
@@ -58,7 +67,10 @@ pub async fn edit(
     let id = parse_id(&id)?;
     let key = key.with_body(&edit);
     let by = actor.clone();
-    Ok(app.write(&actor, &key, move |tx| tx.edit_task(&by, id, edit)).await?.ok())
+    Ok(app
+        .write(&actor, &key, move |tx| tx.edit_task(&by, id, edit))
+        .await?
+        .ok())
 }
 
 pub async fn claim(
@@ -86,7 +98,9 @@ pub async fn set_status(
     let key = key.with_body(&update);
     let by = actor.clone();
     Ok(app
-        .write(&actor, &key, move |tx| tx.update_task_status(&by, id, update))
+        .write(&actor, &key, move |tx| {
+            tx.update_task_status(&by, id, update)
+        })
         .await?
         .ok())
 }
@@ -101,7 +115,10 @@ pub async fn done(
     let id = parse_id(&id)?;
     let key = key.with_body(&finish);
     let by = actor.clone();
-    Ok(app.write(&actor, &key, move |tx| tx.finish_task(&by, id, finish)).await?.ok())
+    Ok(app
+        .write(&actor, &key, move |tx| tx.finish_task(&by, id, finish))
+        .await?
+        .ok())
 }
 
 pub async fn fail(
@@ -115,7 +132,9 @@ pub async fn fail(
     let key = key.with_body(&failure);
     let by = actor.clone();
     Ok(app
-        .write(&actor, &key, move |tx| tx.fail_task(&by, id, &failure.reason))
+        .write(&actor, &key, move |tx| {
+            tx.fail_task(&by, id, &failure.reason)
+        })
         .await?
         .ok())
 }
@@ -131,7 +150,9 @@ pub async fn cancel(
     let key = key.with_body(&cancel);
     let by = actor.clone();
     Ok(app
-        .write(&actor, &key, move |tx| tx.cancel_task(&by, id, cancel.reason))
+        .write(&actor, &key, move |tx| {
+            tx.cancel_task(&by, id, cancel.reason)
+        })
         .await?
         .ok())
 }
@@ -147,7 +168,10 @@ pub async fn assign(
     let id = parse_id(&id)?;
     let key = key.with_body(&assign);
     let by = actor.clone();
-    Ok(app.write(&actor, &key, move |tx| tx.assign_task(&by, id, assign)).await?.ok())
+    Ok(app
+        .write(&actor, &key, move |tx| tx.assign_task(&by, id, assign))
+        .await?
+        .ok())
 }
 
 pub async fn reopen(
@@ -161,7 +185,9 @@ pub async fn reopen(
     let key = key.with_body(&request);
     let by = actor.clone();
     Ok(app
-        .write(&actor, &key, move |tx| tx.reopen_task(&by, id, request.reason))
+        .write(&actor, &key, move |tx| {
+            tx.reopen_task(&by, id, request.reason)
+        })
         .await?
         .ok())
 }

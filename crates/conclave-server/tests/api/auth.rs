@@ -9,16 +9,28 @@ use crate::TestServer;
 async fn health_and_openapi_answer_without_a_token_and_nothing_else_does() {
     let server = TestServer::start().await;
     let (status, body) = server.anonymous().get("/healthz").await;
-    assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("ok")));
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("ok"))
+    );
     let (status, doc) = server.anonymous().get("/api/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(doc["openapi"], "3.1.0");
-    for path in ["/api/tasks", "/api/status", "/metrics", "/api/events", "/api/agents"] {
+    for path in [
+        "/api/tasks",
+        "/api/status",
+        "/metrics",
+        "/api/events",
+        "/api/agents",
+    ] {
         let (status, body) = server.anonymous().get(path).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}: {body}");
         assert_eq!(body["error"]["code"], "unauthorized");
     }
-    let (status, _) = server.with_token("cvk_not_a_real_token").get("/api/tasks").await;
+    let (status, _) = server
+        .with_token("cvk_not_a_real_token")
+        .get("/api/tasks")
+        .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
@@ -46,12 +58,22 @@ async fn an_agent_acts_only_as_itself() {
     // An agent cannot change another agent or do admin work.
     let (status, _) = server
         .with_token(&alice)
-        .call(Method::PATCH, "/api/agents/bob", Some(json!({ "status": "stopped" })))
+        .call(
+            Method::PATCH,
+            "/api/agents/bob",
+            Some(json!({ "status": "stopped" })),
+        )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, _) = server.with_token(&alice).post("/api/agents", json!({ "name": "mallory" })).await;
+    let (status, _) = server
+        .with_token(&alice)
+        .post("/api/agents", json!({ "name": "mallory" }))
+        .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, _) = server.with_token(&alice).post("/api/agents/bob/tokens", json!({})).await;
+    let (status, _) = server
+        .with_token(&alice)
+        .post("/api/agents/bob/tokens", json!({}))
+        .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
 
@@ -59,12 +81,18 @@ async fn an_agent_acts_only_as_itself() {
 async fn an_agent_may_hold_several_tokens() {
     let server = TestServer::start().await;
     let first = server.agent("alice", None).await;
-    let (status, body) = server.as_admin().post("/api/agents/alice/tokens", json!({})).await;
+    let (status, body) = server
+        .as_admin()
+        .post("/api/agents/alice/tokens", json!({}))
+        .await;
     assert_eq!(status, StatusCode::CREATED);
     let second = body["token"].as_str().expect("token").to_string();
     assert_ne!(first, second);
     for token in [&first, &second] {
         let (status, body) = server.with_token(token).get("/api/status").await;
-        assert_eq!((status, body["me"].as_str()), (StatusCode::OK, Some("alice")));
+        assert_eq!(
+            (status, body["me"].as_str()),
+            (StatusCode::OK, Some("alice"))
+        );
     }
 }

@@ -24,7 +24,10 @@ async fn exactly_one_of_many_simultaneous_claimers_wins_every_round() {
             async move { caller.post("/api/tasks/claim", json!({ "id": id })).await }
         });
         let results = futures::future::join_all(claims).await;
-        let winners: Vec<_> = results.iter().filter(|(status, _)| *status == StatusCode::OK).collect();
+        let winners: Vec<_> = results
+            .iter()
+            .filter(|(status, _)| *status == StatusCode::OK)
+            .collect();
         assert_eq!(winners.len(), 1, "round {round}: {results:?}");
         for (status, body) in results.iter().filter(|(s, _)| *s != StatusCode::OK) {
             assert_eq!(*status, StatusCode::CONFLICT, "{body}");
@@ -84,12 +87,18 @@ async fn exactly_one_of_many_simultaneous_lockers_wins_every_round() {
             async move { caller.post("/api/leases", json!({ "paths": [path] })).await }
         });
         let results = futures::future::join_all(locks).await;
-        let winners = results.iter().filter(|(status, _)| *status == StatusCode::OK).count();
+        let winners = results
+            .iter()
+            .filter(|(status, _)| *status == StatusCode::OK)
+            .count();
         assert_eq!(winners, 1, "round {round}: {results:?}");
         for (status, body) in results.iter().filter(|(s, _)| *s != StatusCode::OK) {
             assert_eq!(*status, StatusCode::CONFLICT, "{body}");
             assert_eq!(body["error"]["code"], "lease_conflict");
-            assert!(body["error"]["conflicts"][0]["holder"].is_string(), "{body}");
+            assert!(
+                body["error"]["conflicts"][0]["holder"].is_string(),
+                "{body}"
+            );
         }
     }
 }

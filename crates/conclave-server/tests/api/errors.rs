@@ -16,28 +16,131 @@ async fn bad_input_is_refused_with_a_json_error_and_changes_nothing() {
     let token = server.agent("alice", None).await;
     let before = event_count(&server).await;
     let cases: Vec<(Method, &str, Value, StatusCode, &str)> = vec![
-        (Method::POST, "/api/tasks", json!({}), StatusCode::BAD_REQUEST, "invalid_input"),
-        (Method::POST, "/api/tasks", json!({ "title": "" }), StatusCode::BAD_REQUEST, "invalid_input"),
-        (Method::POST, "/api/tasks", json!({ "title": "x", "after": ["T-99"] }), StatusCode::NOT_FOUND, "not_found"),
-        (Method::POST, "/api/tasks", json!({ "title": "x", "after": ["nonsense"] }), StatusCode::BAD_REQUEST, "invalid_input"),
-        (Method::POST, "/api/tasks", json!({ "title": "x", "bogus": 1 }), StatusCode::BAD_REQUEST, "invalid_input"),
-        (Method::GET, "/api/tasks/T-0", Value::Null, StatusCode::BAD_REQUEST, "invalid_input"),
-        (Method::GET, "/api/tasks/T-5", Value::Null, StatusCode::NOT_FOUND, "not_found"),
-        (Method::GET, "/api/tasks?status=finished", Value::Null, StatusCode::BAD_REQUEST, "invalid_input"),
-        (Method::POST, "/api/agents", json!({ "name": "bad name!" }), StatusCode::BAD_REQUEST, "invalid_input"),
-        (Method::POST, "/api/agents", json!({ "name": "all" }), StatusCode::BAD_REQUEST, "invalid_input"),
-        (Method::POST, "/api/agents", json!({ "name": "alice" }), StatusCode::CONFLICT, "conflict"),
-        (Method::POST, "/api/messages", json!({ "to": "nobody", "body": "x" }), StatusCode::NOT_FOUND, "not_found"),
-        (Method::GET, "/api/search?q=%28%29", Value::Null, StatusCode::BAD_REQUEST, "invalid_input"),
-        (Method::GET, "/api/nope", Value::Null, StatusCode::NOT_FOUND, "not_found"),
-        (Method::DELETE, "/api/tasks", Value::Null, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        (
+            Method::POST,
+            "/api/tasks",
+            json!({}),
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+        ),
+        (
+            Method::POST,
+            "/api/tasks",
+            json!({ "title": "" }),
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+        ),
+        (
+            Method::POST,
+            "/api/tasks",
+            json!({ "title": "x", "after": ["T-99"] }),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            Method::POST,
+            "/api/tasks",
+            json!({ "title": "x", "after": ["nonsense"] }),
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+        ),
+        (
+            Method::POST,
+            "/api/tasks",
+            json!({ "title": "x", "bogus": 1 }),
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+        ),
+        (
+            Method::GET,
+            "/api/tasks/T-0",
+            Value::Null,
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+        ),
+        (
+            Method::GET,
+            "/api/tasks/T-5",
+            Value::Null,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            Method::GET,
+            "/api/tasks?status=finished",
+            Value::Null,
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+        ),
+        (
+            Method::POST,
+            "/api/agents",
+            json!({ "name": "bad name!" }),
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+        ),
+        (
+            Method::POST,
+            "/api/agents",
+            json!({ "name": "all" }),
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+        ),
+        (
+            Method::POST,
+            "/api/agents",
+            json!({ "name": "alice" }),
+            StatusCode::CONFLICT,
+            "conflict",
+        ),
+        (
+            Method::POST,
+            "/api/messages",
+            json!({ "to": "nobody", "body": "x" }),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            Method::GET,
+            "/api/search?q=%28%29",
+            Value::Null,
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+        ),
+        (
+            Method::GET,
+            "/api/nope",
+            Value::Null,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            Method::DELETE,
+            "/api/tasks",
+            Value::Null,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
     ];
     for (method, path, body, expected_status, expected_code) in cases {
         let body = (!body.is_null()).then_some(body);
-        let (status, answer) = server.as_admin().call(method.clone(), path, body.clone()).await;
-        assert_eq!(status, expected_status, "{method} {path} {body:?}: {answer}");
-        assert_eq!(answer["error"]["code"], expected_code, "{method} {path}: {answer}");
-        assert!(answer["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        let (status, answer) = server
+            .as_admin()
+            .call(method.clone(), path, body.clone())
+            .await;
+        assert_eq!(
+            status, expected_status,
+            "{method} {path} {body:?}: {answer}"
+        );
+        assert_eq!(
+            answer["error"]["code"], expected_code,
+            "{method} {path}: {answer}"
+        );
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
     }
     // Agent-side bad input.
     let (status, answer) = server
@@ -45,10 +148,23 @@ async fn bad_input_is_refused_with_a_json_error_and_changes_nothing() {
         .post("/api/leases", json!({ "paths": ["../../etc/passwd"] }))
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
-    assert!(answer["error"]["message"].as_str().unwrap_or("").contains("escapes"), "{answer}");
-    let (status, _) = server.with_token(&token).post("/api/leases", json!({ "paths": ["a"], "ttl_secs": -5 })).await;
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("escapes"),
+        "{answer}"
+    );
+    let (status, _) = server
+        .with_token(&token)
+        .post("/api/leases", json!({ "paths": ["a"], "ttl_secs": -5 }))
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(event_count(&server).await, before, "refused requests must leave no trace");
+    assert_eq!(
+        event_count(&server).await,
+        before,
+        "refused requests must leave no trace"
+    );
 }
 
 #[tokio::test]
@@ -101,7 +217,10 @@ async fn the_openapi_document_describes_every_operation() {
         ("/api/events/stream", "get"),
         ("/api/tasks/{id}/done", "post"),
     ] {
-        assert!(doc["paths"][path][method]["summary"].is_string(), "{method} {path} undocumented");
+        assert!(
+            doc["paths"][path][method]["summary"].is_string(),
+            "{method} {path} undocumented"
+        );
     }
     assert!(doc["components"]["schemas"]["NewTask"].is_object());
     assert!(doc["components"]["schemas"]["ErrorBody"].is_object());

@@ -61,10 +61,16 @@ async fn a_live_stream_delivers_new_events_and_resumes_after_last_event_id() {
         .expect("stream");
     server.task("after resume").await;
     let events = read_events(resumed, 4).await;
-    let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().expect("seq")).collect();
+    let seqs: Vec<i64> = events
+        .iter()
+        .map(|e| e["seq"].as_i64().expect("seq"))
+        .collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
     assert_eq!(seqs[0], seen + 1);
-    let titles: Vec<&str> = events.iter().filter_map(|e| e["data"]["title"].as_str()).collect();
+    let titles: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["data"]["title"].as_str())
+        .collect();
     assert_eq!(titles, vec!["while streaming", "after resume"]);
 }
 
@@ -74,20 +80,37 @@ async fn events_can_be_queried_by_agent_task_kind_and_sequence() {
     let alice = server.agent("alice", None).await;
     let first = server.task("one").await;
     server.task("two").await;
-    let (_, claimed) = server.with_token(&alice).post("/api/tasks/claim", json!({ "id": first })).await;
+    let (_, claimed) = server
+        .with_token(&alice)
+        .post("/api/tasks/claim", json!({ "id": first }))
+        .await;
     assert_eq!(claimed["task"]["id"], first.as_str());
 
-    let (_, by_task) = server.as_admin().get(&format!("/api/events?task={first}")).await;
-    let kinds: Vec<&str> = by_task["events"].as_array().expect("events").iter().filter_map(|e| e["kind"].as_str()).collect();
+    let (_, by_task) = server
+        .as_admin()
+        .get(&format!("/api/events?task={first}"))
+        .await;
+    let kinds: Vec<&str> = by_task["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
     assert_eq!(kinds, vec!["task.created", "task.ready", "task.claimed"]);
 
-    let (_, by_agent) = server.as_admin().get("/api/events?agent=alice&kind=task.").await;
+    let (_, by_agent) = server
+        .as_admin()
+        .get("/api/events?agent=alice&kind=task.")
+        .await;
     let events = by_agent["events"].as_array().expect("events");
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["actor"], "alice");
 
     let after = events[0]["seq"].as_i64().expect("seq") - 1;
-    let (_, later) = server.as_admin().get(&format!("/api/events?after={after}")).await;
+    let (_, later) = server
+        .as_admin()
+        .get(&format!("/api/events?after={after}"))
+        .await;
     assert_eq!(later["events"][0]["kind"], "task.claimed");
     let (_, newest) = server.as_admin().get("/api/events?desc=true&limit=1").await;
     assert_eq!(newest["events"][0]["kind"], "task.claimed");

@@ -25,7 +25,13 @@ async fn a_retried_request_with_the_same_idempotency_key_is_applied_once() {
     let first: serde_json::Value = first.json().await.expect("json");
     let second = send().await.expect("second");
     assert_eq!(second.status(), StatusCode::CREATED);
-    assert_eq!(second.headers().get("idempotent-replayed").map(|v| v.as_bytes()), Some(&b"true"[..]));
+    assert_eq!(
+        second
+            .headers()
+            .get("idempotent-replayed")
+            .map(|v| v.as_bytes()),
+        Some(&b"true"[..])
+    );
     let second: serde_json::Value = second.json().await.expect("json");
     assert_eq!(first, second);
     let (_, tasks) = server.as_admin().get("/api/tasks").await;
@@ -57,7 +63,10 @@ async fn an_inbox_wait_returns_as_soon_as_a_message_arrives() {
     };
     let sending = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        server.with_token(&alice).post("/api/messages", json!({ "to": "bob", "body": "ping" })).await
+        server
+            .with_token(&alice)
+            .post("/api/messages", json!({ "to": "bob", "body": "ping" }))
+            .await
     };
     let ((status, inbox, waited), (sent, _)) = tokio::join!(waiting, sending);
     assert_eq!((status, sent), (StatusCode::OK, StatusCode::CREATED));
@@ -68,7 +77,10 @@ async fn an_inbox_wait_returns_as_soon_as_a_message_arrives() {
     // Unacknowledged messages come back; acknowledged ones do not.
     let (_, again) = server.with_token(&bob).get("/api/inbox").await;
     let id = again["messages"][0]["id"].as_str().expect("id").to_string();
-    let (status, acked) = server.with_token(&bob).post("/api/inbox/ack", json!({ "ids": [id] })).await;
+    let (status, acked) = server
+        .with_token(&bob)
+        .post("/api/inbox/ack", json!({ "ids": [id] }))
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(acked["acked"].as_array().map(Vec::len), Some(1));
     let (_, empty) = server.with_token(&bob).get("/api/inbox").await;
@@ -84,9 +96,18 @@ async fn a_claim_not_renewed_within_its_ttl_returns_the_task_to_ready() {
     .await;
     let alice = server.agent("alice", None).await;
     let id = server.task("short lease").await;
-    let (status, _) = server.with_token(&alice).post("/api/tasks/claim", json!({ "id": id })).await;
+    let (status, _) = server
+        .with_token(&alice)
+        .post("/api/tasks/claim", json!({ "id": id }))
+        .await;
     assert_eq!(status, StatusCode::OK);
-    let (_, leased) = server.with_token(&alice).post("/api/leases", json!({ "paths": ["src/x.rs"], "ttl_secs": 600 })).await;
+    let (_, leased) = server
+        .with_token(&alice)
+        .post(
+            "/api/leases",
+            json!({ "paths": ["src/x.rs"], "ttl_secs": 600 }),
+        )
+        .await;
     assert_eq!(leased["leases"][0]["task"], id.as_str());
     // The sweeper runs every 200 ms here; wait (bounded) for it to notice.
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -100,8 +121,15 @@ async fn a_claim_not_renewed_within_its_ttl_returns_the_task_to_ready() {
     assert_eq!(task["status"], "ready", "{task}");
     assert_eq!(task["attempts"], 1);
     let (_, leases) = server.as_admin().get("/api/leases").await;
-    assert_eq!(leases["leases"].as_array().map(Vec::len), Some(0), "the dead holder's leases are released");
-    let (_, events) = server.as_admin().get(&format!("/api/events?task={id}&kind=task.reclaimed")).await;
+    assert_eq!(
+        leases["leases"].as_array().map(Vec::len),
+        Some(0),
+        "the dead holder's leases are released"
+    );
+    let (_, events) = server
+        .as_admin()
+        .get(&format!("/api/events?task={id}&kind=task.reclaimed"))
+        .await;
     let reason = events["events"][0]["data"]["reason"].as_str().unwrap_or("");
     assert!(reason.contains("claim lease expired"), "{events}");
 }
@@ -110,9 +138,17 @@ async fn a_claim_not_renewed_within_its_ttl_returns_the_task_to_ready() {
 async fn metrics_are_prometheus_text() {
     let server = TestServer::start().await;
     server.task("counted").await;
-    let response = server.as_admin().request(Method::GET, "/metrics").send().await.expect("metrics");
+    let response = server
+        .as_admin()
+        .request(Method::GET, "/metrics")
+        .send()
+        .await
+        .expect("metrics");
     assert_eq!(response.status(), StatusCode::OK);
     let text = response.text().await.expect("text");
-    assert!(text.contains("conclave_tasks{status=\"ready\"} 1"), "{text}");
+    assert!(
+        text.contains("conclave_tasks{status=\"ready\"} 1"),
+        "{text}"
+    );
     assert!(text.contains("# TYPE conclave_http_requests_total counter"));
 }

@@ -34,7 +34,9 @@ impl TestServer {
         let store = Store::open(&dir.path().join("conclave.db"), config).expect("store");
         let shutdown = CancellationToken::new();
         let app = App::new(store, ADMIN, AppSettings::default(), shutdown.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr: SocketAddr = listener.local_addr().expect("addr");
         tokio::spawn(conclave_server::run(listener, app, shutdown.clone()));
         TestServer {
@@ -46,22 +48,35 @@ impl TestServer {
     }
 
     pub fn as_admin(&self) -> Caller<'_> {
-        Caller { server: self, token: Some(ADMIN.to_string()) }
+        Caller {
+            server: self,
+            token: Some(ADMIN.to_string()),
+        }
     }
 
     pub fn with_token(&self, token: &str) -> Caller<'_> {
-        Caller { server: self, token: Some(token.to_string()) }
+        Caller {
+            server: self,
+            token: Some(token.to_string()),
+        }
     }
 
     pub fn anonymous(&self) -> Caller<'_> {
-        Caller { server: self, token: None }
+        Caller {
+            server: self,
+            token: None,
+        }
     }
 
     /// Registers an agent and returns its token.
     pub async fn agent(&self, name: &str, role: Option<&str>) -> String {
         let (status, body) = self
             .as_admin()
-            .call(Method::POST, "/api/agents", Some(json!({ "name": name, "role": role })))
+            .call(
+                Method::POST,
+                "/api/agents",
+                Some(json!({ "name": name, "role": role })),
+            )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         body["token"].as_str().expect("token").to_string()
@@ -90,14 +105,22 @@ pub struct Caller<'s> {
 
 impl Caller<'_> {
     pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        let mut request = self.server.http.request(method, format!("{}{path}", self.server.base));
+        let mut request = self
+            .server
+            .http
+            .request(method, format!("{}{path}", self.server.base));
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
         request
     }
 
-    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut request = self.request(method, path);
         if let Some(body) = body {
             request = request.json(&body);
