@@ -195,7 +195,7 @@ impl Tx<'_> {
             let acquired_at = live
                 .iter()
                 .find(|lease| renewed && lease.holder == holder && lease.path == pattern.as_str())
-                .map_or(self.now, |lease| lease.acquired_at);
+                .map_or_else(|| super::ms_to_time(now), |lease| lease.acquired_at);
             granted.push(Lease {
                 path: pattern.as_str().to_string(),
                 mode: request.mode,
