@@ -5,6 +5,7 @@ mod concurrency;
 mod errors;
 mod events;
 mod flows;
+mod mcp;
 
 use std::net::SocketAddr;
 
@@ -30,10 +31,14 @@ impl TestServer {
     }
 
     pub async fn with_config(config: StoreConfig) -> TestServer {
+        TestServer::with(config, AppSettings::default()).await
+    }
+
+    pub async fn with(config: StoreConfig, settings: AppSettings) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("conclave.db"), config).expect("store");
         let shutdown = CancellationToken::new();
-        let app = App::new(store, ADMIN, AppSettings::default(), shutdown.clone());
+        let app = App::new(store, ADMIN, settings, shutdown.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

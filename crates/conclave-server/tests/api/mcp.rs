@@ -1,0 +1,95 @@
+//! The MCP endpoint over HTTP: token required, tools listed and callable statelessly, and host
+//! names other than loopback accepted only when configured (`allowed_hosts`).
+
+use conclave_core::StoreConfig;
+use conclave_server::AppSettings;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::TestServer;
+
+async fn mcp_call(
+    server: &TestServer,
+    token: Option<&str>,
+    host: &str,
+    body: Value,
+) -> (StatusCode, Value) {
+    let mut request = server
+        .http
+        .request(Method::POST, format!("{}/mcp", server.base))
+        .header("host", host)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-11-25")
+        .json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("send");
+    let status = response.status();
+    let text = response.text().await.expect("text");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[tokio::test]
+async fn mcp_tools_work_statelessly_for_an_agent_and_only_for_allowed_hosts() {
+    let settings = AppSettings {
+        allowed_hosts: vec!["conclave.test".to_string()],
+        ..AppSettings::default()
+    };
+    let server = TestServer::with(StoreConfig::default(), settings).await;
+    let token = server.agent("alice", Some("coder")).await;
+    let id = server.task("write the parser").await;
+    let list = json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/list" });
+
+    let (status, _) = mcp_call(&server, None, "127.0.0.1", list.clone()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let (status, answer) = mcp_call(&server, Some(&token), "127.0.0.1", list.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let names: Vec<&str> = answer["result"]["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"claim") && names.contains(&"inbox"),
+        "{names:?}"
+    );
+
+    // A configured host name is accepted; any other is refused (DNS-rebinding guard).
+    let (status, _) = mcp_call(&server, Some(&token), "conclave.test:7420", list.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = mcp_call(&server, Some(&token), "evil.example", list).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // A tool call without any handshake (a client that outlived a server restart) works, and
+    // acts as the token's agent.
+    let call = json!({
+        "jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": { "name": "claim", "arguments": {} }
+    });
+    let (status, answer) = mcp_call(&server, Some(&token), "localhost", call).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let text = answer["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(text.contains(&format!("Claimed {id}")), "{answer}");
+    let (_, task) = server.as_admin().get(&format!("/api/tasks/{id}")).await;
+    assert_eq!(task["assignee"], "alice");
+
+    // Errors come back as readable tool results that say what to do next.
+    let call = json!({
+        "jsonrpc": "2.0", "id": 3, "method": "tools/call",
+        "params": { "name": "send", "arguments": { "to": "nobody", "body": "hi" } }
+    });
+    let (_, answer) = mcp_call(&server, Some(&token), "localhost", call).await;
+    assert_eq!(answer["result"]["isError"], true, "{answer}");
+    let text = answer["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(text.contains("nobody") && text.contains("status"), "{text}");
+}
