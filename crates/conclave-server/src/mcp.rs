@@ -91,6 +91,14 @@ fn failure(error: ApiError, hint: &str) -> ToolResult {
     Ok(CallToolResult::error(vec![ContentBlock::text(message)]))
 }
 
+/// A tool's outcome as the model reads it: the text, or the error with a hint of what to do next.
+fn answer(result: Result<String, ApiError>, hint: &str) -> ToolResult {
+    match result {
+        Ok(body) => text(body),
+        Err(error) => failure(error, hint),
+    }
+}
+
 fn actor_of(parts: &http::request::Parts) -> Result<Actor, ApiError> {
     parts
         .extensions
@@ -268,10 +276,7 @@ type Parts = Extension<http::request::Parts>;
 impl ConclaveTools {
     #[tool(description = "Who you are, your tasks and leases, unread count, the team.")]
     async fn status(&self, Extension(parts): Parts) -> ToolResult {
-        match self.status_text(&parts).await {
-            Ok(body) => text(body),
-            Err(error) => failure(error, ""),
-        }
+        answer(self.status_text(&parts).await, "")
     }
 
     #[tool(description = "Claim a ready task (by id, or the best one for you).")]
@@ -305,10 +310,7 @@ impl ConclaveTools {
             })
         }
         .await;
-        match result {
-            Ok(body) => text(body),
-            Err(error) => failure(error, "See tasks for what is ready."),
-        }
+        answer(result, "See tasks for what is ready.")
     }
 
     #[tool(description = "Set your task's status: in_progress, blocked or review.")]
@@ -334,10 +336,7 @@ impl ConclaveTools {
             Ok::<_, ApiError>(format!("{id} is now {status}."))
         }
         .await;
-        match result {
-            Ok(body) => text(body),
-            Err(error) => failure(error, ""),
-        }
+        answer(result, "")
     }
 
     #[tool(description = "Mark your task done, with a summary.")]
@@ -364,10 +363,7 @@ impl ConclaveTools {
             ))
         }
         .await;
-        match result {
-            Ok(body) => text(body),
-            Err(error) => failure(error, ""),
-        }
+        answer(result, "")
     }
 
     #[tool(description = "Give up your task with a reason.")]
@@ -388,10 +384,7 @@ impl ConclaveTools {
             Ok::<_, ApiError>(format!("{id} failed; its leases are released."))
         }
         .await;
-        match result {
-            Ok(body) => text(body),
-            Err(error) => failure(error, ""),
-        }
+        answer(result, "")
     }
 
     #[tool(description = "Create tasks (split work). after: ids, or \"#n\" for the nth task here.")]
@@ -456,10 +449,7 @@ impl ConclaveTools {
             Ok(format!("Created {}.", ids.join(", ")))
         }
         .await;
-        match result {
-            Ok(body) => text(body),
-            Err(error) => failure(error, "Nothing was created."),
-        }
+        answer(result, "Nothing was created.")
     }
 
     #[tool(description = "List tasks: open (default), all, or a status.")]
@@ -483,10 +473,7 @@ impl ConclaveTools {
             })
         }
         .await;
-        match result {
-            Ok(body) => text(body),
-            Err(error) => failure(error, ""),
-        }
+        answer(result, "")
     }
 
     #[tool(description = "Lease paths/globs before editing (edits lease files automatically).")]
@@ -541,10 +528,7 @@ impl ConclaveTools {
             Ok::<_, ApiError>(format!("Leased: {}", lines.join("; ")))
         }
         .await;
-        match result {
-            Ok(body) => text(body),
-            Err(error) => failure(error, "Message the holder (send) or pick other work."),
-        }
+        answer(result, "Message the holder (send) or pick other work.")
     }
 
     #[tool(description = "Release your leases on paths.")]
@@ -570,10 +554,7 @@ impl ConclaveTools {
             Ok::<_, ApiError>(format!("Released {n} lease(s)."))
         }
         .await;
-        match result {
-            Ok(body) => text(body),
-            Err(error) => failure(error, ""),
-        }
+        answer(result, "")
     }
 
     #[tool(description = "Send a message to an agent, role:<name>, or all.")]
@@ -609,10 +590,7 @@ impl ConclaveTools {
             Ok::<_, ApiError>(format!("Sent {id} to {n} agent(s)."))
         }
         .await;
-        match result {
-            Ok(body) => text(body),
-            Err(error) => failure(error, "status lists the team's names."),
-        }
+        answer(result, "status lists the team's names.")
     }
 
     #[tool(description = "Read and acknowledge your messages; wait_secs waits for one.")]
@@ -660,10 +638,7 @@ impl ConclaveTools {
             Ok::<_, ApiError>(body)
         }
         .await;
-        match result {
-            Ok(body) => text(body),
-            Err(error) => failure(error, ""),
-        }
+        answer(result, "")
     }
 
     #[tool(description = "Record a note for the team: decision, discovery, interface, warning.")]
@@ -701,10 +676,7 @@ impl ConclaveTools {
             ))
         }
         .await;
-        match result {
-            Ok(body) => text(body),
-            Err(error) => failure(error, ""),
-        }
+        answer(result, "")
     }
 
     #[tool(description = "Search notes, messages and task results.")]
@@ -724,10 +696,7 @@ impl ConclaveTools {
             Ok::<_, ApiError>(lines.join("\n"))
         }
         .await;
-        match result {
-            Ok(body) => text(body),
-            Err(error) => failure(error, ""),
-        }
+        answer(result, "")
     }
 
     #[tool(description = "Leave a handoff for your successor session.")]
@@ -754,10 +723,7 @@ impl ConclaveTools {
             Ok::<_, ApiError>("Handoff saved; your next session gets it at start.".to_string())
         }
         .await;
-        match result {
-            Ok(body) => text(body),
-            Err(error) => failure(error, ""),
-        }
+        answer(result, "")
     }
 }
 
