@@ -627,6 +627,28 @@ pub struct ReasonRequest {
     pub reason: Option<String>,
 }
 
+/// What a person asks the supervisor to do with a running agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentAction {
+    Pause,
+    Resume,
+    Stop,
+    Restart,
+}
+
+named_enum!(AgentAction, "agent action", {
+    Pause => "pause", Resume => "resume", Stop => "stop", Restart => "restart",
+});
+
+/// `POST /api/agents/{name}/control`: recorded as an `agent.control` event, which the supervisor
+/// running the agent follows and carries out.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentControl {
+    pub action: AgentAction,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimRequest {

@@ -2,7 +2,8 @@
 
 use axum::response::Response;
 use conclave_core::model::{
-    Actor, Agent, AgentCreated, AgentList, AgentUpdate, NewAgent, ReasonRequest, TokenIssued,
+    Actor, Agent, AgentControl, AgentCreated, AgentList, AgentUpdate, NewAgent, ReasonRequest,
+    TokenIssued,
 };
 
 use crate::app::{ApiJson, ApiPath, App, IdempotencyKey, only_admin};
@@ -95,6 +96,33 @@ pub async fn release(
         .write(&actor, &key, move |tx| {
             tx.read().agent(&name)?;
             tx.release_agent(conclave_core::model::ADMIN_NAME, &name, &reason)
+        })
+        .await?;
+    Ok(written.ok())
+}
+
+/// Asks the supervisor to pause, resume, stop or restart an agent (admin). The request is an
+/// `agent.control` event; the supervisor that runs the agent follows the log and acts on it.
+pub async fn control(
+    State(app): State<App>,
+    actor: Actor,
+    key: IdempotencyKey,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(control): ApiJson<AgentControl>,
+) -> ApiResult<Response> {
+    only_admin(&actor, "control agents")?;
+    let key = key.with_body(&control);
+    let written = app
+        .write(&actor, &key, move |tx| {
+            let agent = tx.read().agent(&name)?;
+            tx.emit(
+                conclave_core::model::ADMIN_NAME,
+                "agent.control",
+                None,
+                Some(&agent.name),
+                serde_json::json!({ "action": control.action }),
+            )?;
+            Ok(agent)
         })
         .await?;
     Ok(written.ok())
