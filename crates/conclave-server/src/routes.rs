@@ -136,6 +136,14 @@ pub fn operations() -> Vec<Operation> {
         .created(),
         op(
             "post",
+            "/api/agents/{name}/control",
+            "Ask the supervisor to pause, resume, stop or restart an agent (admin)",
+            post(agents::control),
+        )
+        .request::<AgentControl>()
+        .response::<Agent>(),
+        op(
+            "post",
             "/api/agents/{name}/release",
             "Return an agent's tasks and leases (admin)",
             post(agents::release),
