@@ -62,10 +62,109 @@ pub struct AgentSettings {
     pub env: Option<BTreeMap<String, String>>,
     pub budget_usd: Option<f64>,
     pub recycle_at: Option<f64>,
+    /// Idle time after which the supervisor ends an agent's process (`"10m"`, `"30s"`, `"1h"`).
     pub hibernate_after: Option<String>,
+    /// Restarts of a crashed agent allowed within `restart_window` (default 5).
+    pub max_restarts: Option<u32>,
+    /// The window `max_restarts` counts in (default `"10m"`).
+    pub restart_window: Option<String>,
     pub cwd: Option<String>,
     pub isolation: Option<String>,
     pub check: Option<String>,
+}
+
+impl AgentSettings {
+    /// `self` with every field it leaves out taken from `defaults` (`env` tables are merged,
+    /// the agent's own entries winning).
+    pub fn or(&self, defaults: &AgentSettings) -> AgentSettings {
+        let env = match (&defaults.env, &self.env) {
+            (Some(base), Some(own)) => {
+                let mut merged = base.clone();
+                merged.extend(own.clone());
+                Some(merged)
+            }
+            (base, own) => own.clone().or_else(|| base.clone()),
+        };
+        AgentSettings {
+            command: self.command.clone().or_else(|| defaults.command.clone()),
+            model: self.model.clone().or_else(|| defaults.model.clone()),
+            permission_mode: self
+                .permission_mode
+                .clone()
+                .or_else(|| defaults.permission_mode.clone()),
+            allowed_tools: self
+                .allowed_tools
+                .clone()
+                .or_else(|| defaults.allowed_tools.clone()),
+            disallowed_tools: self
+                .disallowed_tools
+                .clone()
+                .or_else(|| defaults.disallowed_tools.clone()),
+            prompt: self.prompt.clone().or_else(|| defaults.prompt.clone()),
+            env,
+            budget_usd: self.budget_usd.or(defaults.budget_usd),
+            recycle_at: self.recycle_at.or(defaults.recycle_at),
+            hibernate_after: self
+                .hibernate_after
+                .clone()
+                .or_else(|| defaults.hibernate_after.clone()),
+            max_restarts: self.max_restarts.or(defaults.max_restarts),
+            restart_window: self
+                .restart_window
+                .clone()
+                .or_else(|| defaults.restart_window.clone()),
+            cwd: self.cwd.clone().or_else(|| defaults.cwd.clone()),
+            isolation: self
+                .isolation
+                .clone()
+                .or_else(|| defaults.isolation.clone()),
+            check: self.check.clone().or_else(|| defaults.check.clone()),
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if let Some(recycle_at) = self.recycle_at
+            && !(recycle_at > 0.0 && recycle_at <= 1.0)
+        {
+            return Err(format!(
+                "recycle_at = {recycle_at}: expected a share of the context window above 0 and at most 1"
+            ));
+        }
+        if let Some(budget) = self.budget_usd
+            && !(budget.is_finite() && budget > 0.0)
+        {
+            return Err(format!("budget_usd = {budget}: expected a positive amount"));
+        }
+        for (what, value) in [
+            ("hibernate_after", &self.hibernate_after),
+            ("restart_window", &self.restart_window),
+        ] {
+            if let Some(text) = value {
+                parse_duration(text).map_err(|error| format!("{what} = {text:?}: {error}"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses a duration such as `"30s"`, `"10m"`, `"1h"`, `"500ms"` or a plain number of seconds.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| "expected a duration like \"30s\", \"10m\" or \"1h\"".to_string())?;
+    let seconds = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => return Err(format!("unknown unit {other:?} (use ms, s, m or h)")),
+    };
+    std::time::Duration::try_from_secs_f64(seconds).map_err(|error| error.to_string())
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -156,7 +255,14 @@ impl Config {
                     agent.name
                 ));
             }
+            agent
+                .settings
+                .validate()
+                .map_err(|error| format!("[[agent]] {:?}: {error}", agent.name))?;
         }
+        self.defaults
+            .validate()
+            .map_err(|error| format!("[defaults] {error}"))?;
         Ok(())
     }
 
@@ -210,7 +316,9 @@ pub const EXAMPLE_CONFIG: &str = r#"# Conclave configuration. Every setting is o
 # permission_mode = "acceptEdits"
 # recycle_at = 0.7             # share of the context window at which an agent is recycled
 # budget_usd = 5.0
-# hibernate_after = "10m"
+# hibernate_after = "10m"     # an idle agent's process ends after this; a message wakes it
+# max_restarts = 5             # crash restarts allowed within restart_window, then "crashed"
+# restart_window = "10m"
 
 # [[agent]]
 # name = "architect"
@@ -247,6 +355,43 @@ mod tests {
         let text = "[[agent]]\nname = \"a\"\ncount = \"two\"\n";
         let error = Config::parse(text).expect_err("wrong type");
         assert!(error.contains("line 3"), "{error}");
+    }
+
+    #[test]
+    fn durations_parse() {
+        use std::time::Duration;
+        let cases = [
+            ("30s", Some(Duration::from_secs(30))),
+            ("10m", Some(Duration::from_secs(600))),
+            ("1h", Some(Duration::from_secs(3600))),
+            ("500ms", Some(Duration::from_millis(500))),
+            ("2", Some(Duration::from_secs(2))),
+            ("ten", None),
+            ("5d", None),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_duration(text).ok(), expected, "{text}");
+        }
+        let error = Config::parse("[defaults]\nhibernate_after = \"soon\"\n").expect_err("bad");
+        assert!(error.contains("hibernate_after"), "{error}");
+    }
+
+    #[test]
+    fn agent_settings_fall_back_to_defaults() {
+        let text = r#"
+[defaults]
+model = "sonnet"
+env = { A = "1", B = "2" }
+[[agent]]
+name = "coder"
+model = "opus"
+env = { B = "3" }
+"#;
+        let config = Config::parse(text).expect("parse");
+        let merged = config.agents[0].settings.or(&config.defaults);
+        assert_eq!(merged.model.as_deref(), Some("opus"));
+        let env = merged.env.expect("env");
+        assert_eq!((env["A"].as_str(), env["B"].as_str()), ("1", "3"));
     }
 
     #[test]

@@ -627,6 +627,21 @@ pub struct ReasonRequest {
     pub reason: Option<String>,
 }
 
+/// `POST /api/events` (admin): an observation the supervisor records about an agent it runs
+/// (a tool call, a turn's usage, a restart). The kind must start with `agent.`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewEvent {
+    /// `agent.tool`, `agent.turn`, `agent.crashed`, ...
+    pub kind: String,
+    /// The agent the event is about.
+    pub agent: String,
+    #[serde(default)]
+    pub task: Option<TaskId>,
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
 /// What a person asks the supervisor to do with a running agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

@@ -64,6 +64,26 @@ impl Reader<'_> {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// The live leases that could overlap `pattern`: for a literal path, those on the path itself,
+    /// above it or beneath it, and every glob; for a glob, all of them. Saves reading every lease
+    /// when many are held.
+    fn leases_near(&self, pattern: &LeasePattern, now_ms: i64) -> Result<Vec<Lease>> {
+        if pattern.is_glob() {
+            return self.leases(now_ms);
+        }
+        let sql = format!(
+            "SELECT {LEASE_COLUMNS} FROM leases WHERE expires_at > ?1 AND (
+                pattern = ?2
+                OR instr(pattern, '*') > 0 OR instr(pattern, '?') > 0 OR instr(pattern, '[') > 0
+                OR substr(?2, 1, length(pattern) + 1) = pattern || '/'
+                OR substr(pattern, 1, length(?2) + 1) = ?2 || '/')
+             ORDER BY pattern, holder"
+        );
+        let mut statement = self.conn().prepare_cached(&sql)?;
+        let rows = statement.query_map(params![now_ms, pattern.as_str()], lease_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     pub fn leases_of(&self, holder: &str, now_ms: i64) -> Result<Vec<Lease>> {
         let mut leases = self.leases(now_ms)?;
         leases.retain(|lease| lease.holder == holder);
@@ -89,30 +109,69 @@ fn conflicts_with(
     pattern: &LeasePattern,
     mode: LeaseMode,
 ) -> Vec<LeaseConflict> {
-    {
-        let mut conflicts = Vec::new();
-        for lease in live {
-            if lease.holder == holder {
-                continue;
-            }
-            if mode == LeaseMode::Shared && lease.mode == LeaseMode::Shared {
-                continue;
-            }
-            let Ok(held) = paths::normalize_lease_path(&lease.path) else {
-                continue;
-            };
-            if paths::overlaps(pattern, &held) {
-                conflicts.push(LeaseConflict {
-                    requested: pattern.as_str().to_string(),
-                    held: lease.path.clone(),
-                    holder: lease.holder.clone(),
-                    task: lease.task,
-                    mode: lease.mode,
-                    expires_at: lease.expires_at,
-                });
+    live.iter()
+        .filter(|lease| lease.holder != holder)
+        .filter(|lease| !(mode == LeaseMode::Shared && lease.mode == LeaseMode::Shared))
+        .filter(|lease| stored_pattern_overlaps(pattern, &lease.path))
+        .map(|lease| LeaseConflict {
+            requested: pattern.as_str().to_string(),
+            held: lease.path.clone(),
+            holder: lease.holder.clone(),
+            task: lease.task,
+            mode: lease.mode,
+            expires_at: lease.expires_at,
+        })
+        .collect()
+}
+
+/// Whether `pattern` overlaps a stored (already normalized) lease path. Two literal paths overlap
+/// when one is the other or lies beneath it, which a string comparison decides without parsing;
+/// anything with a glob goes through the exact glob intersection.
+fn stored_pattern_overlaps(pattern: &LeasePattern, stored: &str) -> bool {
+    let stored_is_glob = stored.contains(['*', '?', '[']);
+    if !stored_is_glob && !pattern.is_glob() {
+        let requested = pattern.as_str();
+        let beneath = |inner: &str, outer: &str| {
+            inner.len() > outer.len()
+                && inner.starts_with(outer)
+                && inner.as_bytes()[outer.len()] == b'/'
+        };
+        return requested == stored || beneath(requested, stored) || beneath(stored, requested);
+    }
+    match paths::normalize_lease_path(stored) {
+        Ok(held) => paths::overlaps(pattern, &held),
+        // A stored lease always normalized once; if it no longer does, be safe: it conflicts.
+        Err(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_literal_fast_path_agrees_with_the_glob_intersection() {
+        let paths = [
+            "src",
+            "src/a.rs",
+            "src/a.rs/x",
+            "srcx/a.rs",
+            "src/b.rs",
+            "docs/src",
+            "a",
+            "ab",
+        ];
+        for requested in paths {
+            for stored in paths {
+                let pattern = paths::normalize_lease_path(requested).expect("pattern");
+                let held = paths::normalize_lease_path(stored).expect("held");
+                assert_eq!(
+                    stored_pattern_overlaps(&pattern, stored),
+                    paths::overlaps(&pattern, &held),
+                    "{requested} vs {stored}"
+                );
             }
         }
-        conflicts
     }
 }
 
@@ -135,10 +194,16 @@ impl Tx<'_> {
         };
         let now = self.now_ms();
         self.purge_expired_leases()?;
-        let live = self.read().leases(now)?;
         let mut conflicts = Vec::new();
+        let mut mine = Vec::new();
         for pattern in &patterns {
-            conflicts.extend(conflicts_with(&live, holder, pattern, request.mode));
+            let candidates = self.read().leases_near(pattern, now)?;
+            conflicts.extend(conflicts_with(&candidates, holder, pattern, request.mode));
+            mine.extend(
+                candidates
+                    .into_iter()
+                    .filter(|lease| lease.holder == holder),
+            );
         }
         if !conflicts.is_empty() {
             return Err(CoreError::LeaseConflict(conflicts));
@@ -192,7 +257,7 @@ impl Tx<'_> {
                     "fencing_token": fencing_token, "reason": request.reason,
                 }),
             )?;
-            let acquired_at = live
+            let acquired_at = mine
                 .iter()
                 .find(|lease| renewed && lease.holder == holder && lease.path == pattern.as_str())
                 .map_or_else(|| super::ms_to_time(now), |lease| lease.acquired_at);
