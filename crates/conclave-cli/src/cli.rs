@@ -62,6 +62,29 @@ pub enum Command {
     Hook(HookArgs),
     /// Measure claim, lock and message latency over loopback HTTP (a private server, temporary store)
     Bench(BenchArgs),
+    /// Run the team of conclave.toml: start (or join) the server, then every agent as a headless
+    /// Claude Code, and keep them healthy; exits 0 when the team has finished
+    Up(UpArgs),
+    /// Stop the team started by `conclave up` (agents first, then its server)
+    Down,
+    /// Follow one agent's live stream: tool calls, text and cost
+    Attach(AttachArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Run in the background (output in .conclave/supervisor.log)
+    #[arg(long)]
+    pub detach: bool,
+    /// Keep running when the team has nothing left to do
+    #[arg(long)]
+    pub stay: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// The agent to follow
+    pub name: String,
 }
 
 #[derive(Debug, Args)]
@@ -139,6 +162,14 @@ pub enum AgentCommand {
     List(JsonFlag),
     /// Issue a fresh token for an agent; prints it on stdout
     Token { name: String },
+    /// Ask the supervisor to end an agent's process (status stopped)
+    Stop { name: String },
+    /// Ask the supervisor to restart an agent's process (resuming its session)
+    Restart { name: String },
+    /// Ask the supervisor to stop waking an agent
+    Pause { name: String },
+    /// Ask the supervisor to wake an agent again (or start a stopped one)
+    Resume { name: String },
 }
 
 #[derive(Debug, Subcommand)]

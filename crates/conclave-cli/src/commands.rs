@@ -1,8 +1,10 @@
 //! One module per command group; [`run`] dispatches a parsed command line to it.
 
 mod agent;
+mod attach;
 mod bench;
-mod claude;
+pub mod claude;
+mod down;
 pub mod hook;
 mod init;
 mod lock;
@@ -12,6 +14,7 @@ mod note;
 mod serve;
 mod status;
 mod task;
+mod up;
 
 pub use claude::ClaudeExited;
 
@@ -45,6 +48,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Export => log::export(&context).await,
                 Command::Status(flag) => status::run(&context, flag.json).await,
                 Command::Claude(args) => claude::run(&context, args).await,
+                Command::Up(args) => up::run(&context, args).await,
+                Command::Down => down::run(&context).await,
+                Command::Attach(args) => attach::run(&context, args).await,
             }
         }
     }

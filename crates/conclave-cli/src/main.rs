@@ -9,6 +9,7 @@ mod commands;
 mod context;
 mod error;
 mod output;
+mod supervisor;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

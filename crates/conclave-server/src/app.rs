@@ -35,6 +35,7 @@ struct AppInner {
     store: Store,
     events: broadcast::Sender<Event>,
     admin_token_hash: String,
+    session: crate::auth::DashboardSession,
     metrics: Metrics,
     last_heartbeat: Mutex<HashMap<String, Instant>>,
     shutdown: CancellationToken,
@@ -75,6 +76,7 @@ impl App {
                 store,
                 events,
                 admin_token_hash: conclave_core::store::hash_token(admin_token),
+                session: crate::auth::DashboardSession::from_admin_token(admin_token),
                 metrics,
                 last_heartbeat: Mutex::new(HashMap::new()),
                 shutdown,
@@ -107,6 +109,11 @@ impl App {
     /// Live events committed from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.inner.events.subscribe()
+    }
+
+    /// The dashboard's session cookie, derived from the admin token.
+    pub(crate) fn session(&self) -> &crate::auth::DashboardSession {
+        &self.inner.session
     }
 
     pub(crate) fn is_admin_token(&self, token: &str) -> bool {

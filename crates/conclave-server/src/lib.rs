@@ -1,5 +1,6 @@
-//! Conclave's server: the HTTP JSON API, the live event stream, and (later) the MCP endpoint,
-//! hook endpoints and dashboard, all on one port over one [`conclave_core::Store`].
+//! Conclave's server: the HTTP JSON API, the live event stream, the MCP endpoint, the hook
+//! endpoints and the dashboard (`/`, see [`dashboard`]), all on one port over one
+//! [`conclave_core::Store`].
 //!
 //! [`run`] takes an already bound listener and a shutdown token (tests bind port 0);
 //! [`serve_project`] is what `conclave serve` calls: it takes the project's lock, opens its store,
@@ -9,6 +10,7 @@ mod api;
 mod app;
 mod auth;
 pub mod bench;
+mod dashboard;
 mod error;
 pub mod hooks;
 mod mcp;
@@ -47,6 +49,7 @@ pub fn router(app: App) -> Router {
             auth::require_token,
         ));
     routes::router(&app)
+        .merge(dashboard::router())
         .merge(mcp.with_state(app.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -243,6 +246,19 @@ pub async fn open_project_server(
     })
 }
 
+/// Writes `.conclave/server.json` naming `url` and this process, so that commands, hooks and
+/// `conclave up` find the server (`conclave serve`, and `conclave up` serving in-process).
+pub fn announce(project: &Project, url: &str) -> anyhow::Result<()> {
+    project
+        .write_server_info(&ServerInfo {
+            url: url.to_string(),
+            pid: std::process::id(),
+            started_at: chrono::Utc::now(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        })
+        .context("cannot write .conclave/server.json")
+}
+
 /// `conclave serve`: serves the project in the foreground until `shutdown`.
 pub async fn serve_project(
     project: &Project,
@@ -250,14 +266,7 @@ pub async fn serve_project(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let server = open_project_server(project, &options, shutdown.clone()).await?;
-    project
-        .write_server_info(&ServerInfo {
-            url: server.url.clone(),
-            pid: std::process::id(),
-            started_at: chrono::Utc::now(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-        })
-        .context("cannot write .conclave/server.json")?;
+    announce(project, &server.url)?;
     eprintln!(
         "conclave: serving {} on {}",
         project.root().display(),

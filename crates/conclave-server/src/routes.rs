@@ -303,6 +303,14 @@ pub fn operations() -> Vec<Operation> {
         .response::<EventList>(),
         op(
             "post",
+            "/api/events",
+            "Record the supervisor's observation of an agent (admin; kind agent.*)",
+            post(events::record),
+        )
+        .request::<NewEvent>()
+        .created(),
+        op(
+            "post",
             "/hooks/{event}",
             "Claude Code hook endpoint (agent): pre-tool-use, post-tool-use, session-start, user-prompt-submit, stop, pre-compact, session-end",
             post(crate::hooks::handle),

@@ -58,6 +58,7 @@
 //! ```
 
 pub mod claude_cli;
+pub mod demo;
 mod record;
 mod reply;
 mod script;

@@ -1,6 +1,9 @@
-//! `conclave agent add|list|token`.
+//! `conclave agent add|list|token|stop|restart|pause|resume` (the last four ask the supervisor
+//! through `POST /api/agents/NAME/control`).
 
-use conclave_core::model::{Agent, AgentCreated, AgentList, NewAgent, TokenIssued};
+use conclave_core::model::{
+    Agent, AgentAction, AgentControl, AgentCreated, AgentList, NewAgent, Task, TokenIssued,
+};
 
 use crate::cli::AgentCommand;
 use crate::client::segment;
@@ -43,23 +46,60 @@ pub async fn run(context: &Context, command: AgentCommand) -> anyhow::Result<()>
             println!("{}", token.token);
             eprintln!("conclave: issued a new token for {name}");
         }
+        AgentCommand::Stop { name } => control(&client, &name, AgentAction::Stop).await?,
+        AgentCommand::Restart { name } => control(&client, &name, AgentAction::Restart).await?,
+        AgentCommand::Pause { name } => control(&client, &name, AgentAction::Pause).await?,
+        AgentCommand::Resume { name } => control(&client, &name, AgentAction::Resume).await?,
     }
     Ok(())
 }
 
-pub fn agents_table(agents: &[Agent]) -> Table {
-    let mut table = Table::new(&["name", "role", "status", "model", "caps", "last seen"]);
+async fn control(
+    client: &crate::client::Client,
+    name: &str,
+    action: AgentAction,
+) -> anyhow::Result<()> {
+    let path = format!("/api/agents/{}/control", segment(name));
+    let _: Agent = client.post(&path, &AgentControl { action }).await?;
+    eprintln!("conclave: asked the supervisor to {action} {name}");
+    Ok(())
+}
+
+/// The agents with what the supervisor reports (task held, context use, cost, restarts).
+pub fn agents_table(agents: &[Agent], tasks: &[Task]) -> Table {
+    let mut table = Table::new(&[
+        "name",
+        "role",
+        "status",
+        "task",
+        "context",
+        "cost",
+        "restarts",
+        "model",
+        "last seen",
+    ]);
     for agent in agents {
+        let task = tasks
+            .iter()
+            .filter(|task| !task.status.is_finished())
+            .find(|task| task.assignee.as_deref() == Some(agent.name.as_str()))
+            .map(|task| task.id.to_string());
+        let context = match (agent.context_tokens, agent.context_window) {
+            (Some(tokens), Some(window)) if window > 0 => {
+                format!("{}k ({}%)", tokens / 1000, tokens * 100 / window)
+            }
+            (Some(tokens), _) => format!("{}k", tokens / 1000),
+            _ => "-".to_string(),
+        };
         table.row(vec![
             agent.name.clone(),
             or_dash(agent.role.as_ref()),
             agent.status.to_string(),
+            or_dash(task),
+            context,
+            format!("${:.2}", agent.cost_usd),
+            agent.restarts.to_string(),
             or_dash(agent.model.as_ref()),
-            if agent.caps.is_empty() {
-                "-".to_string()
-            } else {
-                agent.caps.join(",")
-            },
             or_dash(agent.last_seen.map(ago)),
         ]);
     }
@@ -71,5 +111,5 @@ fn print_agents(agents: &[Agent]) {
         eprintln!("no agents yet (add one with `conclave agent add NAME`)");
         return;
     }
-    agents_table(agents).print();
+    agents_table(agents, &[]).print();
 }

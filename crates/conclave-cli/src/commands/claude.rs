@@ -2,7 +2,7 @@
 //! Code, joined to the team.
 //!
 //! 1. Finds the project and its running server (`CONCLAVE_URL` or `.conclave/server.json`).
-//! 2. As the admin, registers the agent, or, when it exists already, issues it a fresh token
+//! 2. As the admin ([`prepare_agent`], which the supervisor of `conclave up` uses too), registers the agent, or, when it exists already, issues it a fresh token
 //!    (tokens are stored hashed and cannot be read back; an agent may hold several).
 //! 3. Writes, under `.conclave/agents/NAME/` and never in the user's own settings files:
 //!    `mcp.json` (the Conclave MCP server over HTTP, with the token; mode 0600) and
@@ -67,9 +67,14 @@ pub async fn run(context: &Context, options: ClaudeArgs) -> anyhow::Result<()> {
     let bin = claude_bin()?;
     let url = reachable_url(&context.server_url()?);
     let admin = admin_client(project, &url)?;
-    let token = join(&admin, &options.name, options.role.as_deref()).await?;
-    let exe = std::env::current_exe().context("cannot find the path of this conclave binary")?;
-    let files = write_agent_files(project, &options.name, &url, &token, &exe, strict)?;
+    let registration = NewAgent {
+        name: options.name.clone(),
+        role: options.role.clone(),
+        model: None,
+        caps: Vec::new(),
+    };
+    let JoinedAgent { token, files } =
+        prepare_agent(project, &admin, &registration, strict).await?;
     eprintln!(
         "conclave: starting Claude Code as agent {}{} on the team at {url}{} (config in {})",
         options.name,
@@ -92,10 +97,39 @@ pub async fn run(context: &Context, options: ClaudeArgs) -> anyhow::Result<()> {
     }
 }
 
+/// An agent joined to the team: the token it acts with and the files generated for it.
+#[derive(Debug, Clone)]
+pub struct JoinedAgent {
+    pub token: String,
+    pub files: AgentFiles,
+}
+
+/// What `conclave claude` and the supervisor both do before starting an agent's client: as the
+/// admin, register the agent (or issue a fresh token for it), then write its `mcp.json` and
+/// `settings.json` under `.conclave/agents/NAME/`.
+pub async fn prepare_agent(
+    project: &Project,
+    admin: &Client,
+    registration: &NewAgent,
+    strict: bool,
+) -> anyhow::Result<JoinedAgent> {
+    let token = join(admin, registration).await?;
+    let exe = std::env::current_exe().context("cannot find the path of this conclave binary")?;
+    let files = write_agent_files(
+        project,
+        &registration.name,
+        admin.base_url(),
+        &token,
+        &exe,
+        strict,
+    )?;
+    Ok(JoinedAgent { token, files })
+}
+
 /// The server's URL as an agent on this machine reaches it: a server listening on every
 /// address (`0.0.0.0`, `[::]`) writes that address in `server.json`, but the MCP endpoint only
 /// answers requests whose `Host` it knows, loopback included.
-fn reachable_url(url: &str) -> String {
+pub fn reachable_url(url: &str) -> String {
     for (any, loopback) in [("://0.0.0.0", "://127.0.0.1"), ("://[::]", "://[::1]")] {
         if let Some(rest) = url.strip_prefix("http").and_then(|u| u.strip_prefix(any))
             && (rest.is_empty() || rest.starts_with(':') || rest.starts_with('/'))
@@ -108,7 +142,7 @@ fn reachable_url(url: &str) -> String {
 
 /// A client acting as the admin, whatever `CONCLAVE_AGENT` says (it may be set by an outer
 /// Conclave session).
-fn admin_client(project: &Project, url: &str) -> anyhow::Result<Client> {
+pub fn admin_client(project: &Project, url: &str) -> anyhow::Result<Client> {
     let path = project.admin_token_file();
     let token = project
         .read_admin_token()
@@ -123,29 +157,26 @@ fn admin_client(project: &Project, url: &str) -> anyhow::Result<Client> {
     Client::new(url.to_string(), token, None)
 }
 
-/// Registers the agent, or issues a fresh token for the existing one; returns the token.
-async fn join(admin: &Client, name: &str, role: Option<&str>) -> anyhow::Result<String> {
-    let new = NewAgent {
-        name: name.to_string(),
-        role: role.map(str::to_string),
-        model: None,
-        caps: Vec::new(),
-    };
-    match admin.post::<_, AgentCreated>("/api/agents", &new).await {
+/// Registers the agent, or issues a fresh token for the existing one (updating its role and
+/// model when given); returns the token.
+async fn join(admin: &Client, new: &NewAgent) -> anyhow::Result<String> {
+    let name = &new.name;
+    match admin.post::<_, AgentCreated>("/api/agents", new).await {
         Ok(created) => return Ok(created.token),
         Err(error) if is_conflict(&error) => {}
         Err(error) => return Err(error.context(format!("cannot register agent {name}"))),
     }
     let path = format!("/api/agents/{}", segment(name));
-    if let Some(role) = role {
+    if new.role.is_some() || new.model.is_some() {
         let update = AgentUpdate {
-            role: Some(role.to_string()),
+            role: new.role.clone(),
+            model: new.model.clone(),
             ..AgentUpdate::default()
         };
         admin
             .patch::<_, Value>(&path, &update)
             .await
-            .with_context(|| format!("cannot set the role of agent {name}"))?;
+            .with_context(|| format!("cannot set the role and model of agent {name}"))?;
     }
     let issued: TokenIssued = admin
         .post(&format!("{path}/tokens"), &json!({}))
@@ -251,7 +282,7 @@ fn shell_quote(text: &str) -> String {
 
 /// The Claude Code executable: `CONCLAVE_CLAUDE_BIN`, else `claude` found on `PATH`. Looked up
 /// before anything is registered, so that a missing CLI changes nothing.
-fn claude_bin() -> anyhow::Result<PathBuf> {
+pub fn claude_bin() -> anyhow::Result<PathBuf> {
     if let Some(bin) = std::env::var_os(ENV_CLAUDE_BIN).filter(|bin| !bin.is_empty()) {
         let path = PathBuf::from(bin);
         if path.is_file() {
@@ -262,17 +293,21 @@ fn claude_bin() -> anyhow::Result<PathBuf> {
             path.display()
         );
     }
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join("claude"))
-        .find(|candidate| is_executable(candidate))
-        .with_context(|| {
+    find_on_path("claude").with_context(|| {
             format!(
                 "cannot find `claude` on PATH: install Claude Code \
                  (`npm install -g @anthropic-ai/claude-code`) or name its binary with {ENV_CLAUDE_BIN}"
             )
         })
+}
+
+/// The first executable named `name` in a folder of `PATH`.
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|candidate| is_executable(candidate))
 }
 
 fn is_executable(path: &Path) -> bool {

@@ -27,7 +27,10 @@ pub async fn run(context: &Context, json: bool) -> anyhow::Result<()> {
         println!("agents: none");
     } else {
         println!("agents ({})", status.agents.len());
-        print!("{}", super::agent::agents_table(&status.agents).render());
+        print!(
+            "{}",
+            super::agent::agents_table(&status.agents, &status.tasks).render()
+        );
     }
 
     println!();

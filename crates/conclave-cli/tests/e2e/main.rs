@@ -7,6 +7,7 @@
 //! `CI=true` it fails instead.
 
 mod outages;
+mod supervisor;
 mod support;
 mod team;
 mod tool_list;

@@ -145,36 +145,6 @@ fn stored_pattern_overlaps(pattern: &LeasePattern, stored: &str) -> bool {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_literal_fast_path_agrees_with_the_glob_intersection() {
-        let paths = [
-            "src",
-            "src/a.rs",
-            "src/a.rs/x",
-            "srcx/a.rs",
-            "src/b.rs",
-            "docs/src",
-            "a",
-            "ab",
-        ];
-        for requested in paths {
-            for stored in paths {
-                let pattern = paths::normalize_lease_path(requested).expect("pattern");
-                let held = paths::normalize_lease_path(stored).expect("held");
-                assert_eq!(
-                    stored_pattern_overlaps(&pattern, stored),
-                    paths::overlaps(&pattern, &held),
-                    "{requested} vs {stored}"
-                );
-            }
-        }
-    }
-}
-
 impl Tx<'_> {
     /// Grants every requested lease to `holder`, or none (with the conflicts named).
     pub fn acquire_leases(&mut self, holder: &str, request: LeaseRequest) -> Result<Vec<Lease>> {
@@ -402,5 +372,35 @@ impl Tx<'_> {
             [],
             |row| row.get(0),
         )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_literal_fast_path_agrees_with_the_glob_intersection() {
+        let paths = [
+            "src",
+            "src/a.rs",
+            "src/a.rs/x",
+            "srcx/a.rs",
+            "src/b.rs",
+            "docs/src",
+            "a",
+            "ab",
+        ];
+        for requested in paths {
+            for stored in paths {
+                let pattern = paths::normalize_lease_path(requested).expect("pattern");
+                let held = paths::normalize_lease_path(stored).expect("held");
+                assert_eq!(
+                    stored_pattern_overlaps(&pattern, stored),
+                    paths::overlaps(&pattern, &held),
+                    "{requested} vs {stored}"
+                );
+            }
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! `/api/events`: query the log, and follow it live over SSE (resuming after `Last-Event-ID`).
+//! `/api/events`: query the log, follow it live over SSE (resuming after `Last-Event-ID`), and
+//! record the supervisor's observations of the agents it runs (`agent.*` kinds, admin only).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -7,15 +8,66 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
+use axum::response::Response;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use conclave_core::model::{Event, EventFilter, EventList};
+use conclave_core::model::{Actor, Event, EventFilter, EventList, NewEvent};
 use futures::Stream;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::app::{ApiQuery, App};
+use crate::app::{ApiJson, ApiQuery, App, IdempotencyKey, only_admin};
 use crate::error::{ApiError, ApiResult};
 
 const BACKLOG_PAGE: i64 = 500;
+/// The longest `data` accepted for an observation, as JSON text.
+const MAX_EVENT_DATA: usize = 16 * 1024;
+
+/// Records an observation about an agent (admin only): what the supervisor saw in its stream
+/// (`agent.tool`, `agent.text`, `agent.turn`) or did to it (`agent.restarted`, ...).
+pub async fn record(
+    State(app): State<App>,
+    actor: Actor,
+    key: IdempotencyKey,
+    ApiJson(new): ApiJson<NewEvent>,
+) -> ApiResult<Response> {
+    only_admin(&actor, "record agent events")?;
+    let suffix = new.kind.strip_prefix("agent.").unwrap_or_default();
+    let well_formed = !suffix.is_empty()
+        && suffix
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.');
+    if !well_formed {
+        return Err(ApiError::bad_request(format!(
+            "event kind {:?} must be `agent.` followed by lowercase letters, digits, `_` or `.`",
+            new.kind
+        )));
+    }
+    if new.kind == "agent.control" {
+        return Err(ApiError::bad_request(
+            "agent.control is recorded by POST /api/agents/{name}/control",
+        ));
+    }
+    let size = serde_json::to_string(&new.data).map_or(0, |text| text.len());
+    if size > MAX_EVENT_DATA {
+        return Err(ApiError::bad_request(format!(
+            "event data is {size} bytes; at most {MAX_EVENT_DATA} are accepted"
+        )));
+    }
+    let key = key.with_body(&new);
+    let written = app
+        .write(&actor, &key, move |tx| {
+            let agent = tx.read().agent(&new.agent)?;
+            tx.emit(
+                conclave_core::model::ADMIN_NAME,
+                &new.kind,
+                new.task,
+                Some(&agent.name),
+                new.data.clone(),
+            )?;
+            Ok(serde_json::json!({ "kind": new.kind, "agent": agent.name }))
+        })
+        .await?;
+    Ok(written.created())
+}
 
 pub async fn list(
     State(app): State<App>,

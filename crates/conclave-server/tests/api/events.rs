@@ -115,3 +115,80 @@ async fn events_can_be_queried_by_agent_task_kind_and_sequence() {
     let (_, newest) = server.as_admin().get("/api/events?desc=true&limit=1").await;
     assert_eq!(newest["events"][0]["kind"], "task.claimed");
 }
+
+#[tokio::test]
+async fn the_supervisor_records_agent_observations_and_nothing_else() {
+    let server = TestServer::start().await;
+    let alice = server.agent("alice", None).await;
+    let observation = json!({
+        "kind": "agent.tool", "agent": "alice",
+        "data": {"tool": "Write", "input": "src/a.rs", "result_bytes": 12}
+    });
+    let (status, body) = server
+        .as_admin()
+        .post("/api/events", observation.clone())
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (_, events) = server.as_admin().get("/api/events?kind=agent.tool").await;
+    let recorded = &events["events"][0];
+    assert_eq!(
+        (&recorded["agent"], &recorded["data"]["tool"]),
+        (&json!("alice"), &json!("Write"))
+    );
+
+    // Refused, and nothing written: an agent posting, another kind, an unknown agent.
+    let refused = [
+        (
+            server
+                .with_token(&alice)
+                .post("/api/events", observation.clone())
+                .await,
+            403,
+        ),
+        (
+            server
+                .as_admin()
+                .post(
+                    "/api/events",
+                    json!({"kind": "task.done", "agent": "alice"}),
+                )
+                .await,
+            400,
+        ),
+        (
+            server
+                .as_admin()
+                .post(
+                    "/api/events",
+                    json!({"kind": "agent.control", "agent": "alice"}),
+                )
+                .await,
+            400,
+        ),
+        (
+            server
+                .as_admin()
+                .post(
+                    "/api/events",
+                    json!({"kind": "agent.tool", "agent": "nobody"}),
+                )
+                .await,
+            404,
+        ),
+    ];
+    for ((status, body), expected) in refused {
+        assert_eq!(status.as_u16(), expected, "{body}");
+    }
+    let (_, events) = server.as_admin().get("/api/events?kind=agent.tool").await;
+    assert_eq!(
+        events["events"].as_array().map(Vec::len),
+        Some(1),
+        "{events}"
+    );
+    let (_, events) = server.as_admin().get("/api/events?kind=task.done").await;
+    assert_eq!(
+        events["events"].as_array().map(Vec::len),
+        Some(0),
+        "{events}"
+    );
+}

@@ -2,6 +2,7 @@
 
 mod auth;
 mod concurrency;
+mod dashboard;
 mod errors;
 mod events;
 mod flows;

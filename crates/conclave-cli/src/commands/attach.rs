@@ -1,0 +1,158 @@
+//! `conclave attach NAME`: follows one agent's live stream (`.conclave/agents/NAME/stream.jsonl`,
+//! written by the supervisor) like `tail -f`, printing its turns readably: tool calls, text,
+//! and each turn's cost. A rotated or recreated file is followed from its start.
+
+use std::io::{Read as _, Seek as _, SeekFrom};
+use std::os::unix::fs::MetadataExt as _;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde_json::Value;
+
+use crate::cli::AttachArgs;
+use crate::context::Context;
+use crate::supervisor::stream::{summarize_input, truncate};
+
+/// Lines of history printed before following.
+const HISTORY_LINES: usize = 40;
+const POLL: Duration = Duration::from_millis(200);
+
+pub async fn run(context: &Context, args: AttachArgs) -> anyhow::Result<()> {
+    let project = context.project()?;
+    let path = project.agent_dir(&args.name).join("stream.jsonl");
+    eprintln!("conclave: following {} (Ctrl-C to stop)", path.display());
+    let mut printed_history = false;
+    loop {
+        let Ok(mut file) = std::fs::File::open(&path) else {
+            tokio::time::sleep(POLL).await;
+            continue;
+        };
+        let inode = file
+            .metadata()
+            .context("cannot read the stream file")?
+            .ino();
+        let mut text = String::new();
+        file.read_to_string(&mut text)?;
+        let mut offset = text.len() as u64;
+        if !printed_history {
+            let lines: Vec<&str> = text.lines().collect();
+            for line in &lines[lines.len().saturating_sub(HISTORY_LINES)..] {
+                print_line(line);
+            }
+            printed_history = true;
+        } else {
+            text.lines().for_each(print_line);
+        }
+        let mut pending = String::new();
+        loop {
+            tokio::time::sleep(POLL).await;
+            let replaced = std::fs::metadata(&path)
+                .map(|meta| meta.ino() != inode || meta.len() < offset)
+                .unwrap_or(true);
+            let mut chunk = String::new();
+            file.seek(SeekFrom::Start(offset))?;
+            file.read_to_string(&mut chunk)?;
+            offset += chunk.len() as u64;
+            pending.push_str(&chunk);
+            while let Some(end) = pending.find('\n') {
+                let line: String = pending.drain(..=end).collect();
+                print_line(line.trim_end());
+            }
+            if replaced {
+                break;
+            }
+        }
+    }
+}
+
+fn print_line(line: &str) {
+    if let Some(text) = render(line) {
+        println!("{text}");
+    }
+}
+
+/// One stream-json line as people read it; `None` for lines of no interest.
+pub fn render(line: &str) -> Option<String> {
+    let value: Value = serde_json::from_str(line).ok()?;
+    match value["type"].as_str()? {
+        "system" if value["subtype"] == "init" => Some(format!(
+            "── turn in session {} ({})",
+            value["session_id"].as_str().unwrap_or("?"),
+            value["model"].as_str().unwrap_or("?")
+        )),
+        "assistant" => {
+            let mut out = Vec::new();
+            for block in value["message"]["content"].as_array()? {
+                match block["type"].as_str() {
+                    Some("text") => out.push(truncate(block["text"].as_str()?.trim(), 2000)),
+                    Some("tool_use") => out.push(format!(
+                        "→ {} {}",
+                        block["name"].as_str().unwrap_or("?"),
+                        summarize_input(&block["input"])
+                    )),
+                    _ => {}
+                }
+            }
+            (!out.is_empty()).then(|| out.join("\n"))
+        }
+        "user" => {
+            let results: Vec<String> = value["message"]["content"]
+                .as_array()?
+                .iter()
+                .filter(|block| block["type"] == "tool_result")
+                .map(|block| {
+                    let bytes = match &block["content"] {
+                        Value::String(text) => text.len(),
+                        Value::Array(parts) => parts
+                            .iter()
+                            .map(|p| p["text"].as_str().map_or(0, str::len))
+                            .sum(),
+                        _ => 0,
+                    };
+                    let error = if block["is_error"] == true {
+                        " (error)"
+                    } else {
+                        ""
+                    };
+                    format!("  ← {bytes} bytes{error}")
+                })
+                .collect();
+            (!results.is_empty()).then(|| results.join("\n"))
+        }
+        "result" => Some(format!(
+            "── turn ended{}: {} model call(s), total cost ${:.4}",
+            if value["is_error"] == true {
+                " with an error"
+            } else {
+                ""
+            },
+            value["num_turns"].as_i64().unwrap_or(0),
+            value["total_cost_usd"].as_f64().unwrap_or(0.0)
+        )),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn turns_read_as_text() {
+        let cases = [
+            (
+                r#"{"type":"assistant","message":{"content":[{"type":"tool_use","name":"Bash","input":{"command":"ls"}}]}}"#,
+                Some("→ Bash ls"),
+            ),
+            (
+                r#"{"type":"result","num_turns":2,"total_cost_usd":0.5}"#,
+                Some("── turn ended: 2 model call(s), total cost $0.5000"),
+            ),
+            (r#"{"type":"system","subtype":"api_retry"}"#, None),
+            ("not json", None),
+        ];
+        for (line, expected) in cases {
+            assert_eq!(render(line).as_deref(), expected, "{line}");
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! `conclave up [--detach] [--stay]`: runs the team of `conclave.toml` under the supervisor.
+//!
+//! It joins the server already running for the project (named in `.conclave/server.json` and
+//! answering `/healthz`), else serves the project in-process. It writes
+//! `.conclave/supervisor.json` (its pid, for `conclave down`), runs the supervisor until the
+//! team has finished (unless `--stay`) or a signal arrives, ends the agents, then its own
+//! server. `--detach` starts the same command in the background with its output in
+//! `.conclave/supervisor.log`.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use conclave_core::project::Project;
+use conclave_server::ServeOptions;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::UpArgs;
+use crate::client::Client;
+use crate::commands::claude::{admin_client, reachable_url};
+use crate::context::Context;
+use crate::supervisor::{Supervisor, SupervisorOptions};
+
+/// Set in the environment of the background process `--detach` starts.
+const ENV_DETACHED: &str = "CONCLAVE_UP_DETACHED";
+
+/// `.conclave/supervisor.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SupervisorInfo {
+    pub pid: u32,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+}
+
+pub fn supervisor_file(project: &Project) -> std::path::PathBuf {
+    project.state_dir().join("supervisor.json")
+}
+
+pub fn read_supervisor_info(project: &Project) -> Option<SupervisorInfo> {
+    let text = std::fs::read_to_string(supervisor_file(project)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+pub async fn run(context: &Context, args: UpArgs) -> anyhow::Result<()> {
+    let project = context.project()?.clone();
+    project
+        .ensure_state_dir()
+        .context("cannot create the .conclave folder")?;
+    if let Some(info) = read_supervisor_info(&project)
+        && info.pid != std::process::id()
+        && crate::supervisor::process::is_alive(i32::try_from(info.pid).unwrap_or(0))
+    {
+        bail!(
+            "a supervisor already runs this team (pid {}); stop it with `conclave down`",
+            info.pid
+        );
+    }
+    if args.detach && std::env::var_os(ENV_DETACHED).is_none() {
+        return detach(&project, &args);
+    }
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone())?;
+
+    let server_shutdown = CancellationToken::new();
+    let (admin, server) = match running_server(&project).await {
+        Some(admin) => {
+            eprintln!("conclave: joining the server at {}", admin.base_url());
+            (admin, None)
+        }
+        None => {
+            let server = conclave_server::open_project_server(
+                &project,
+                &ServeOptions::default(),
+                server_shutdown.clone(),
+            )
+            .await?;
+            conclave_server::announce(&project, &server.url)?;
+            let url = reachable_url(&server.url);
+            eprintln!(
+                "conclave: serving {} on {}",
+                project.root().display(),
+                server.url
+            );
+            let admin = Client::new(url, server.admin_token.clone(), None)?;
+            let lock = server.lock;
+            let task = tokio::spawn(conclave_server::run(
+                server.listener,
+                server.app,
+                server_shutdown.clone(),
+            ));
+            (admin, Some((task, lock)))
+        }
+    };
+    let info = SupervisorInfo {
+        pid: std::process::id(),
+        started_at: chrono::Utc::now(),
+    };
+    std::fs::write(supervisor_file(&project), serde_json::to_string(&info)?)
+        .context("cannot write .conclave/supervisor.json")?;
+
+    let options = SupervisorOptions { stay: args.stay };
+    let outcome = async {
+        let (supervisor, reports) = Supervisor::prepare(&project, admin, options).await?;
+        eprintln!(
+            "conclave: running {} agent(s): {}",
+            supervisor.names().len(),
+            supervisor.names().join(", ")
+        );
+        supervisor.run(reports, shutdown.clone()).await
+    }
+    .await;
+
+    if read_supervisor_info(&project).is_some_and(|info| info.pid == std::process::id()) {
+        let _ = std::fs::remove_file(supervisor_file(&project));
+    }
+    if let Some((task, lock)) = server {
+        server_shutdown.cancel();
+        match tokio::time::timeout(Duration::from_secs(10), task).await {
+            Ok(Ok(Err(error))) => tracing::warn!(%error, "the server stopped with an error"),
+            Ok(_) => {}
+            Err(_) => tracing::warn!("the server did not stop in time"),
+        }
+        project.remove_server_info();
+        drop(lock);
+        eprintln!("conclave: server stopped");
+    }
+    outcome
+}
+
+/// An admin client for the server named in `server.json`, if it answers.
+async fn running_server(project: &Project) -> Option<Client> {
+    let info = project.read_server_info()?;
+    let url = reachable_url(info.url.trim_end_matches('/'));
+    let admin = admin_client(project, &url).ok()?;
+    let health =
+        tokio::time::timeout(Duration::from_secs(3), admin.get::<Value>("/healthz", &[])).await;
+    matches!(health, Ok(Ok(_))).then_some(admin)
+}
+
+/// Starts `conclave up` again in the background, its output in `.conclave/supervisor.log`.
+fn detach(project: &Project, args: &UpArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find the path of this conclave binary")?;
+    let log_path = project.state_dir().join("supervisor.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot open {}", log_path.display()))?;
+    let mut command = std::process::Command::new(exe);
+    command.arg("up");
+    if args.stay {
+        command.arg("--stay");
+    }
+    use std::os::unix::process::CommandExt as _;
+    let child = command
+        .current_dir(project.root())
+        .env(ENV_DETACHED, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log))
+        .process_group(0)
+        .spawn()
+        .context("cannot start the supervisor in the background")?;
+    eprintln!(
+        "conclave: the team runs in the background (pid {}); log: {}; stop it with `conclave down`",
+        child.id(),
+        log_path.display()
+    );
+    Ok(())
+}
+
+/// The first SIGINT or SIGTERM stops the team cleanly; a second one ends the process at once.
+fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    tokio::spawn(async move {
+        let mut n_signals = 0;
+        loop {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            n_signals += 1;
+            if n_signals == 1 {
+                eprintln!("conclave: stopping the team (signal again to stop at once)");
+                shutdown.cancel();
+            } else {
+                std::process::exit(130);
+            }
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,260 @@
+//! The team as `conclave.toml` describes it: one [`AgentPlan`] per agent process (an `[[agent]]`
+//! with `count = 2` named `coder` becomes `coder-1` and `coder-2`), its settings merged with
+//! `[defaults]`, and the command line its client is started with. A setting left out passes
+//! nothing to the client.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use conclave_core::config::{AgentSettings, Config, parse_duration};
+
+use crate::commands::claude::{AgentFiles, ENV_CLAUDE_BIN, claude_bin, find_on_path};
+
+/// Default share of the context window at which an agent is recycled.
+pub const DEFAULT_RECYCLE_AT: f64 = 0.7;
+/// Default idle time before an agent's process is ended.
+pub const DEFAULT_HIBERNATE_AFTER: Duration = Duration::from_secs(600);
+/// Default crash restarts allowed per window.
+pub const DEFAULT_MAX_RESTARTS: u32 = 5;
+/// Default window the restarts are counted in.
+pub const DEFAULT_RESTART_WINDOW: Duration = Duration::from_secs(600);
+
+/// Appended to every agent's system prompt, before its own `prompt`.
+pub const PROTOCOL: &str = "You are one agent of a team coordinated by Conclave. Use its MCP tools \
+(mcp__conclave__*): `status` shows who you are, your task and the team; `claim` takes the best \
+ready task for you; `update` reports progress; `done` finishes a task with a summary (`fail` gives \
+it back with a reason); `add_tasks` splits work; `lock`/`unlock` lease files (edits lease them \
+automatically); `send` messages an agent, `role:NAME` or `all`; `inbox` reads messages; `note` \
+records decisions; `search` finds notes, messages and results; `handoff` leaves a summary for \
+your successor session. Work on one task at a time: claim, do it, call done, then claim the next. \
+When nothing is ready for you, end your turn: you will be woken when a message or a task arrives.";
+
+/// One agent process the supervisor runs.
+#[derive(Debug, Clone)]
+pub struct AgentPlan {
+    pub name: String,
+    pub role: Option<String>,
+    pub caps: Vec<String>,
+    /// Its settings with `[defaults]` filled in.
+    pub settings: AgentSettings,
+    /// Where its client runs (the project root unless `cwd` says otherwise).
+    pub cwd: PathBuf,
+    pub recycle_at: f64,
+    pub hibernate_after: Duration,
+    pub max_restarts: u32,
+    pub restart_window: Duration,
+}
+
+/// Every agent process of the team, in the order of `conclave.toml`.
+pub fn plan_team(config: &Config, root: &Path) -> anyhow::Result<Vec<AgentPlan>> {
+    let mut plans = Vec::new();
+    for spec in &config.agents {
+        let settings = spec.settings.or(&config.defaults);
+        let count = spec.count.unwrap_or(1);
+        for n in 1..=count {
+            let name = if spec.count.is_some() {
+                format!("{}-{n}", spec.name)
+            } else {
+                spec.name.clone()
+            };
+            let duration = |what: &str, value: &Option<String>, default: Duration| match value {
+                Some(text) => {
+                    parse_duration(text).map_err(|error| anyhow::anyhow!("{name}: {what}: {error}"))
+                }
+                None => Ok(default),
+            };
+            plans.push(AgentPlan {
+                role: spec.role.clone(),
+                caps: spec.caps.clone(),
+                cwd: settings
+                    .cwd
+                    .as_deref()
+                    .map_or_else(|| root.to_path_buf(), |cwd| root.join(cwd)),
+                recycle_at: settings.recycle_at.unwrap_or(DEFAULT_RECYCLE_AT),
+                hibernate_after: duration(
+                    "hibernate_after",
+                    &settings.hibernate_after,
+                    DEFAULT_HIBERNATE_AFTER,
+                )?,
+                max_restarts: settings.max_restarts.unwrap_or(DEFAULT_MAX_RESTARTS),
+                restart_window: duration(
+                    "restart_window",
+                    &settings.restart_window,
+                    DEFAULT_RESTART_WINDOW,
+                )?,
+                settings: settings.clone(),
+                name,
+            });
+        }
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for plan in &plans {
+        if !names.insert(plan.name.clone()) {
+            bail!(
+                "two agents of conclave.toml are both named {:?} (count adds -1, -2...)",
+                plan.name
+            );
+        }
+    }
+    Ok(plans)
+}
+
+/// The program an agent runs, and the arguments that come before Conclave's:
+/// `CONCLAVE_CLAUDE_BIN` when set, else the `command` setting (split on spaces; its first word
+/// looked up on `PATH`), else `claude` from `PATH`.
+pub fn program(plan: &AgentPlan) -> anyhow::Result<(PathBuf, Vec<String>)> {
+    let from_env = std::env::var_os(ENV_CLAUDE_BIN).is_some_and(|bin| !bin.is_empty());
+    match plan.settings.command.as_deref() {
+        Some(command) if !from_env => {
+            let mut words = command.split_whitespace();
+            let first = words
+                .next()
+                .with_context(|| format!("{}: command is empty", plan.name))?;
+            let path = if first.contains('/') {
+                PathBuf::from(first)
+            } else {
+                find_on_path(first)
+                    .with_context(|| format!("{}: cannot find {first:?} on PATH", plan.name))?
+            };
+            Ok((path, words.map(str::to_string).collect()))
+        }
+        _ => Ok((claude_bin()?, Vec::new())),
+    }
+}
+
+/// The arguments Conclave passes: headless stream-json in and out, the MCP config and hook
+/// settings, then only the settings the agent has, and `--resume` when continuing a session.
+pub fn arguments(plan: &AgentPlan, files: &AgentFiles, resume: Option<&str>) -> Vec<OsString> {
+    let mut args: Vec<OsString> = [
+        "-p",
+        "--input-format",
+        "stream-json",
+        "--output-format",
+        "stream-json",
+        "--verbose",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    args.push("--mcp-config".into());
+    args.push(files.mcp_config.clone().into());
+    args.push("--settings".into());
+    args.push(files.settings.clone().into());
+    let settings = &plan.settings;
+    if let Some(model) = &settings.model {
+        args.extend(["--model".into(), model.into()]);
+    }
+    if let Some(mode) = &settings.permission_mode {
+        args.extend(["--permission-mode".into(), mode.into()]);
+    }
+    if let Some(tools) = settings.allowed_tools.as_ref().filter(|t| !t.is_empty()) {
+        args.push("--allowedTools".into());
+        args.extend(tools.iter().map(OsString::from));
+    }
+    if let Some(tools) = settings.disallowed_tools.as_ref().filter(|t| !t.is_empty()) {
+        args.push("--disallowedTools".into());
+        args.extend(tools.iter().map(OsString::from));
+    }
+    args.push("--append-system-prompt".into());
+    args.push(system_prompt(plan).into());
+    if let Some(session) = resume {
+        args.extend(["--resume".into(), session.into()]);
+    }
+    args
+}
+
+/// The protocol text, then the agent's own `prompt`.
+pub fn system_prompt(plan: &AgentPlan) -> String {
+    match plan.settings.prompt.as_deref().map(str::trim) {
+        Some(prompt) if !prompt.is_empty() => format!("{PROTOCOL}\n\n{prompt}"),
+        _ => PROTOCOL.to_string(),
+    }
+}
+
+/// The agent's `env` table (applied on top of the inherited environment).
+pub fn extra_env(plan: &AgentPlan) -> BTreeMap<String, String> {
+    plan.settings.env.clone().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files() -> AgentFiles {
+        AgentFiles {
+            mcp_config: PathBuf::from("/p/.conclave/agents/a/mcp.json"),
+            settings: PathBuf::from("/p/.conclave/agents/a/settings.json"),
+        }
+    }
+
+    fn args_of(text: &str, resume: Option<&str>) -> Vec<Vec<String>> {
+        let config = Config::parse(text).expect("config");
+        plan_team(&config, Path::new("/p"))
+            .expect("plan")
+            .iter()
+            .map(|plan| {
+                arguments(plan, &files(), resume)
+                    .iter()
+                    .map(|arg| arg.to_string_lossy().into_owned())
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn replicas_are_numbered_and_a_lone_agent_keeps_its_name() {
+        let config = Config::parse(
+            "[[agent]]\nname = \"lead\"\n[[agent]]\nname = \"coder\"\ncount = 2\nrole = \"coder\"\ncwd = \"sub\"\n",
+        )
+        .expect("config");
+        let plans = plan_team(&config, Path::new("/p")).expect("plan");
+        let names: Vec<&str> = plans.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["lead", "coder-1", "coder-2"]);
+        assert_eq!(plans[1].cwd, PathBuf::from("/p/sub"));
+        assert_eq!(plans[0].cwd, PathBuf::from("/p"));
+        assert_eq!(plans[0].hibernate_after, DEFAULT_HIBERNATE_AFTER);
+    }
+
+    #[test]
+    fn settings_left_out_pass_nothing() {
+        let args = args_of("[[agent]]\nname = \"a\"\n", None);
+        let joined = args[0].join(" ");
+        for flag in ["--model", "--permission-mode", "--allowedTools", "--resume"] {
+            assert!(!joined.contains(flag), "{joined}");
+        }
+        assert!(joined.starts_with(
+            "-p --input-format stream-json --output-format stream-json --verbose --mcp-config"
+        ));
+    }
+
+    #[test]
+    fn settings_given_are_passed_and_defaults_fill_in() {
+        let text = r#"
+[defaults]
+model = "sonnet"
+permission_mode = "acceptEdits"
+[[agent]]
+name = "a"
+allowed_tools = ["Read", "Bash(cargo *)"]
+disallowed_tools = ["WebFetch"]
+prompt = "You review."
+"#;
+        let args = &args_of(text, Some("s-1"))[0];
+        let after = |flag: &str| {
+            args.iter()
+                .position(|arg| arg == flag)
+                .and_then(|at| args.get(at + 1))
+                .cloned()
+        };
+        assert_eq!(after("--model").as_deref(), Some("sonnet"));
+        assert_eq!(after("--permission-mode").as_deref(), Some("acceptEdits"));
+        assert_eq!(after("--allowedTools").as_deref(), Some("Read"));
+        assert_eq!(after("--disallowedTools").as_deref(), Some("WebFetch"));
+        assert_eq!(after("--resume").as_deref(), Some("s-1"));
+        let prompt = after("--append-system-prompt").unwrap_or_default();
+        assert!(prompt.starts_with(PROTOCOL) && prompt.ends_with("You review."));
+    }
+}

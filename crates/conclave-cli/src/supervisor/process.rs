@@ -1,0 +1,218 @@
+//! One agent's client process: started in its own process group with its stdin and stdout piped
+//! (stderr appended to `.conclave/agents/NAME/stderr.log`), its stdout lines passed to the
+//! supervisor and copied to the rotated stream log, its exit reported; and ended with escalation.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::ChildStdin;
+use tokio::sync::mpsc;
+
+use super::stream::StreamLog;
+
+/// What a process reports to the supervisor.
+#[derive(Debug)]
+pub enum ProcessReport {
+    /// One stdout line that parsed as JSON.
+    Line {
+        agent: usize,
+        generation: u64,
+        value: Value,
+    },
+    /// The process exited; `how` says how ("exit code 1", "signal 9").
+    Exited {
+        agent: usize,
+        generation: u64,
+        how: String,
+    },
+}
+
+/// How to start one process.
+#[derive(Debug)]
+pub struct Launch {
+    pub agent: usize,
+    pub generation: u64,
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    pub cwd: PathBuf,
+    /// Set on top of the inherited environment.
+    pub env: BTreeMap<String, String>,
+    /// `.conclave/agents/NAME/`.
+    pub dir: PathBuf,
+}
+
+/// A running process.
+#[derive(Debug)]
+pub struct Running {
+    pub pid: Pid,
+    stdin: Option<ChildStdin>,
+    exited: Arc<AtomicBool>,
+}
+
+impl Running {
+    /// Writes one user message (one stream-json line) to its stdin.
+    pub async fn send_user_message(&mut self, text: &str) -> anyhow::Result<()> {
+        let line = serde_json::json!({
+            "type": "user",
+            "message": {"role": "user", "content": text},
+        })
+        .to_string();
+        let stdin = self
+            .stdin
+            .as_mut()
+            .context("the process's stdin is closed")?;
+        stdin.write_all(line.as_bytes()).await?;
+        stdin.write_all(b"\n").await?;
+        stdin.flush().await?;
+        Ok(())
+    }
+
+    /// Ends the process: closes its stdin (it exits once its turn is over), then after `grace`
+    /// sends SIGINT to its process group, SIGTERM 3 s later, SIGKILL 3 s after that; stops as
+    /// soon as it has exited. Its exit is reported as usual.
+    pub fn stop(&mut self, grace: Duration) {
+        self.stdin = None;
+        let pid = self.pid;
+        let exited = self.exited.clone();
+        tokio::spawn(async move {
+            let steps = [
+                (grace, Signal::SIGINT),
+                (Duration::from_secs(3), Signal::SIGTERM),
+                (Duration::from_secs(3), Signal::SIGKILL),
+            ];
+            for (wait, signal) in steps {
+                tokio::time::sleep(wait).await;
+                if exited.load(Ordering::SeqCst) {
+                    return;
+                }
+                tracing::info!(pid = pid.as_raw(), ?signal, "ending an agent process");
+                let _ = killpg(pid, signal);
+            }
+        });
+    }
+
+    /// Kills the process group at once (the supervisor is going away and cannot wait).
+    pub fn kill_now(&self) {
+        if !self.exited.load(Ordering::SeqCst) {
+            let _ = killpg(self.pid, Signal::SIGKILL);
+        }
+    }
+}
+
+/// Starts the process and the tasks that read its stdout and wait for its exit.
+pub fn spawn(launch: Launch, reports: mpsc::Sender<ProcessReport>) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(&launch.dir)
+        .with_context(|| format!("cannot create {}", launch.dir.display()))?;
+    let stderr_path = launch.dir.join("stderr.log");
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&stderr_path)
+        .with_context(|| format!("cannot open {}", stderr_path.display()))?;
+    let mut command = tokio::process::Command::new(&launch.program);
+    command
+        .args(&launch.args)
+        .current_dir(&launch.cwd)
+        .envs(&launch.env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(stderr))
+        .process_group(0);
+    let mut child = command.spawn().with_context(|| {
+        format!(
+            "cannot start {} in {}",
+            launch.program.display(),
+            launch.cwd.display()
+        )
+    })?;
+    let pid = child
+        .id()
+        .and_then(|pid| i32::try_from(pid).ok())
+        .map(Pid::from_raw)
+        .context("the agent's process exited at once")?;
+    let stdin = child.stdin.take();
+    let stdout = child.stdout.take().context("stdout is not piped")?;
+    let exited = Arc::new(AtomicBool::new(false));
+    let (agent, generation) = (launch.agent, launch.generation);
+    let reader = tokio::spawn(read_stdout(
+        stdout,
+        launch.dir.clone(),
+        agent,
+        generation,
+        reports.clone(),
+    ));
+    tokio::spawn({
+        let exited = exited.clone();
+        async move {
+            let how = match child.wait().await {
+                Ok(status) => describe_exit(status),
+                Err(error) => format!("an unknown way ({error})"),
+            };
+            exited.store(true, Ordering::SeqCst);
+            // Every line it printed is handed over before its exit.
+            let _ = reader.await;
+            let _ = reports
+                .send(ProcessReport::Exited {
+                    agent,
+                    generation,
+                    how,
+                })
+                .await;
+        }
+    });
+    Ok(Running { pid, stdin, exited })
+}
+
+async fn read_stdout(
+    stdout: tokio::process::ChildStdout,
+    dir: PathBuf,
+    agent: usize,
+    generation: u64,
+    reports: mpsc::Sender<ProcessReport>,
+) {
+    let mut log = StreamLog::in_dir(&dir);
+    let mut lines = BufReader::new(stdout).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line.trim().is_empty() {
+            continue;
+        }
+        if let Err(error) = log.append(&line) {
+            tracing::warn!(%error, dir = %dir.display(), "cannot write the stream log");
+        }
+        let Ok(value) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        let report = ProcessReport::Line {
+            agent,
+            generation,
+            value,
+        };
+        if reports.send(report).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(signal)) => format!("signal {signal}"),
+        (None, None) => "an unknown way".to_string(),
+    }
+}
+
+/// Whether a process with this pid exists (a leftover of an earlier supervisor, say).
+pub fn is_alive(pid: i32) -> bool {
+    pid > 0 && Path::new(&format!("/proc/{pid}")).exists()
+}

@@ -1,0 +1,322 @@
+//! What an agent's `--output-format stream-json` lines mean to the supervisor, and the raw copy
+//! of the stream kept per agent.
+//!
+//! Facts this relies on (Claude Code 2.1.328, SPEC section 6): `system/init` carries the session
+//! id and is printed again before every turn; each model call prints an `assistant` line whose
+//! `message.usage` is the context in use (input + cache read + cache creation tokens); tool
+//! results come back in `user` lines; a turn ends with a `result` line whose `total_cost_usd`
+//! and `modelUsage` are running totals (read the latest, never add them up) and whose `usage`
+//! adds up the turn's calls (so context is never read from it).
+
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+/// Longest tool input summary recorded in an `agent.tool` event.
+pub const MAX_TOOL_INPUT: usize = 200;
+/// Longest text recorded in an `agent.text` event.
+pub const MAX_TEXT: usize = 500;
+
+/// A tool call seen in an `assistant` line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    /// A short summary of its input (≤ [`MAX_TOOL_INPUT`] characters).
+    pub input: String,
+}
+
+/// What one line says.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamUpdate {
+    /// `system/init`: a turn starts in this session.
+    Init { session_id: Option<String> },
+    /// A model call: the context it used, its tool calls and its text.
+    Assistant {
+        context_tokens: Option<i64>,
+        tools: Vec<ToolCall>,
+        texts: Vec<String>,
+    },
+    /// Tool results (tool-use id, size of the result in bytes).
+    ToolResults(Vec<(String, usize)>),
+    /// The turn ended.
+    Result {
+        cost_usd: Option<f64>,
+        context_window: Option<i64>,
+        is_error: bool,
+        session_id: Option<String>,
+    },
+    /// Anything else (retries, other system lines).
+    Other,
+}
+
+/// Reads one stream-json line.
+pub fn parse_line(line: &Value) -> StreamUpdate {
+    let session_id = line["session_id"].as_str().map(str::to_string);
+    match (line["type"].as_str(), line["subtype"].as_str()) {
+        (Some("system"), Some("init")) => StreamUpdate::Init { session_id },
+        (Some("assistant"), _) => {
+            let message = &line["message"];
+            let usage = &message["usage"];
+            let context_tokens = usage["input_tokens"].as_i64().map(|input| {
+                input
+                    + usage["cache_read_input_tokens"].as_i64().unwrap_or(0)
+                    + usage["cache_creation_input_tokens"].as_i64().unwrap_or(0)
+            });
+            let mut tools = Vec::new();
+            let mut texts = Vec::new();
+            for block in message["content"].as_array().into_iter().flatten() {
+                match block["type"].as_str() {
+                    Some("tool_use") => tools.push(ToolCall {
+                        id: block["id"].as_str().unwrap_or_default().to_string(),
+                        name: block["name"].as_str().unwrap_or("?").to_string(),
+                        input: summarize_input(&block["input"]),
+                    }),
+                    Some("text") => {
+                        if let Some(text) = block["text"].as_str().filter(|t| !t.trim().is_empty())
+                        {
+                            texts.push(truncate(text.trim(), MAX_TEXT));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            StreamUpdate::Assistant {
+                context_tokens,
+                tools,
+                texts,
+            }
+        }
+        (Some("user"), _) => {
+            let results = line["message"]["content"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|block| block["type"] == "tool_result")
+                .map(|block| {
+                    let id = block["tool_use_id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    let bytes = match &block["content"] {
+                        Value::String(text) => text.len(),
+                        Value::Array(parts) => parts
+                            .iter()
+                            .map(|part| part["text"].as_str().map_or(0, str::len))
+                            .sum(),
+                        _ => 0,
+                    };
+                    (id, bytes)
+                })
+                .collect::<Vec<_>>();
+            if results.is_empty() {
+                StreamUpdate::Other
+            } else {
+                StreamUpdate::ToolResults(results)
+            }
+        }
+        (Some("result"), _) => StreamUpdate::Result {
+            cost_usd: line["total_cost_usd"].as_f64(),
+            context_window: line["modelUsage"]
+                .as_object()
+                .into_iter()
+                .flat_map(|models| models.values())
+                .filter_map(|usage| usage["contextWindow"].as_i64())
+                .max(),
+            is_error: line["is_error"].as_bool().unwrap_or(false),
+            session_id,
+        },
+        _ => StreamUpdate::Other,
+    }
+}
+
+/// A one-line summary of a tool's input: the field that says most (path, command, pattern...)
+/// or else the compact JSON, cut to [`MAX_TOOL_INPUT`] characters.
+pub fn summarize_input(input: &Value) -> String {
+    const TELLING: [&str; 8] = [
+        "file_path",
+        "command",
+        "pattern",
+        "path",
+        "url",
+        "to",
+        "id",
+        "description",
+    ];
+    let text = TELLING
+        .iter()
+        .find_map(|key| input.get(*key).and_then(Value::as_str))
+        .map_or_else(|| input.to_string(), str::to_string);
+    truncate(&text.replace('\n', " "), MAX_TOOL_INPUT)
+}
+
+/// `text` cut to at most `max` characters (an ellipsis marks the cut).
+pub fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let cut: String = text.chars().take(max.saturating_sub(1)).collect();
+    format!("{cut}…")
+}
+
+/// The raw stream of one agent, appended line by line to `stream.jsonl`; when the file passes
+/// `max_bytes` it becomes `stream.jsonl.1` (older ones shift up to `.keep`, the oldest dropped).
+#[derive(Debug)]
+pub struct StreamLog {
+    path: PathBuf,
+    file: Option<File>,
+    size: u64,
+    max_bytes: u64,
+    keep: usize,
+}
+
+/// Default size at which a stream log rotates.
+pub const STREAM_LOG_MAX_BYTES: u64 = 10 * 1024 * 1024;
+/// Default number of rotated logs kept.
+pub const STREAM_LOG_KEEP: usize = 3;
+
+impl StreamLog {
+    pub fn new(path: PathBuf, max_bytes: u64, keep: usize) -> StreamLog {
+        StreamLog {
+            path,
+            file: None,
+            size: 0,
+            max_bytes,
+            keep,
+        }
+    }
+
+    /// The log of an agent whose files live in `dir`.
+    pub fn in_dir(dir: &Path) -> StreamLog {
+        StreamLog::new(
+            dir.join("stream.jsonl"),
+            STREAM_LOG_MAX_BYTES,
+            STREAM_LOG_KEEP,
+        )
+    }
+
+    /// Appends one line (a newline is added).
+    pub fn append(&mut self, line: &str) -> std::io::Result<()> {
+        if self.file.is_none() {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
+            self.size = file.metadata()?.len();
+            self.file = Some(file);
+        }
+        if self.size > 0 && self.size + line.len() as u64 + 1 > self.max_bytes {
+            self.rotate()?;
+            return self.append(line);
+        }
+        if let Some(file) = self.file.as_mut() {
+            file.write_all(line.as_bytes())?;
+            file.write_all(b"\n")?;
+            self.size += line.len() as u64 + 1;
+        }
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        self.file = None;
+        let numbered = |n: usize| PathBuf::from(format!("{}.{n}", self.path.display()));
+        let _ = std::fs::remove_file(numbered(self.keep));
+        for n in (1..self.keep).rev() {
+            let _ = std::fs::rename(numbered(n), numbered(n + 1));
+        }
+        if self.keep > 0 {
+            std::fs::rename(&self.path, numbered(1))?;
+        } else {
+            std::fs::remove_file(&self.path)?;
+        }
+        self.size = 0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn lines_are_read_as_the_cli_writes_them() {
+        let cases = [
+            (
+                json!({"type": "system", "subtype": "init", "session_id": "s1"}),
+                StreamUpdate::Init {
+                    session_id: Some("s1".into()),
+                },
+            ),
+            (
+                json!({"type": "assistant", "message": {"usage": {"input_tokens": 10,
+                    "cache_read_input_tokens": 5, "cache_creation_input_tokens": 1},
+                    "content": [{"type": "text", "text": "hi"},
+                                {"type": "tool_use", "id": "t1", "name": "Write",
+                                 "input": {"file_path": "a.rs", "content": "x"}}]}}),
+                StreamUpdate::Assistant {
+                    context_tokens: Some(16),
+                    tools: vec![ToolCall {
+                        id: "t1".into(),
+                        name: "Write".into(),
+                        input: "a.rs".into(),
+                    }],
+                    texts: vec!["hi".into()],
+                },
+            ),
+            (
+                json!({"type": "user", "message": {"content": [
+                    {"type": "tool_result", "tool_use_id": "t1", "content": "done"}]}}),
+                StreamUpdate::ToolResults(vec![("t1".into(), 4)]),
+            ),
+            (
+                json!({"type": "result", "subtype": "success", "is_error": false,
+                    "total_cost_usd": 0.5, "session_id": "s1",
+                    "usage": {"input_tokens": 999},
+                    "modelUsage": {"m": {"contextWindow": 1000000}}}),
+                StreamUpdate::Result {
+                    cost_usd: Some(0.5),
+                    context_window: Some(1_000_000),
+                    is_error: false,
+                    session_id: Some("s1".into()),
+                },
+            ),
+            (
+                json!({"type": "system", "subtype": "api_retry"}),
+                StreamUpdate::Other,
+            ),
+            (json!("not an object"), StreamUpdate::Other),
+        ];
+        for (line, expected) in cases {
+            assert_eq!(parse_line(&line), expected, "{line}");
+        }
+    }
+
+    #[test]
+    fn summaries_are_short() {
+        assert_eq!(summarize_input(&json!({"command": "ls\n-l"})), "ls -l");
+        let long = "x".repeat(500);
+        assert_eq!(
+            summarize_input(&json!({"body": long})).chars().count(),
+            MAX_TOOL_INPUT
+        );
+    }
+
+    #[test]
+    fn the_stream_log_rotates_and_keeps_a_bounded_number() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("stream.jsonl");
+        let mut log = StreamLog::new(path.clone(), 25, 2);
+        for n in 0..10 {
+            log.append(&format!("line number {n}")).expect("append");
+        }
+        let current = std::fs::read_to_string(&path).expect("current");
+        assert_eq!(current, "line number 9\n");
+        let first = std::fs::read_to_string(dir.path().join("stream.jsonl.1")).expect(".1");
+        assert_eq!(first, "line number 8\n");
+        assert!(dir.path().join("stream.jsonl.2").exists());
+        assert!(!dir.path().join("stream.jsonl.3").exists());
+    }
+}

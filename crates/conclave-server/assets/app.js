@@ -1,0 +1,759 @@
+// Conclave dashboard: reads the JSON API, follows /api/events/stream, and acts through the same
+// API as the CLI. The DOM is built with textContent only: nothing user-provided is parsed as HTML.
+'use strict';
+
+const TASK_COLUMNS = [
+  ['pending', ['pending']],
+  ['ready', ['ready']],
+  ['working', ['claimed', 'in_progress']],
+  ['review', ['review']],
+  ['blocked', ['blocked']],
+  ['finished', ['done', 'failed', 'cancelled']],
+];
+const HELD = new Set(['claimed', 'in_progress', 'review', 'blocked']);
+const PAGE = 100;
+
+const state = {
+  agents: [], tasks: [], leases: [], messages: [], notes: [], hits: null,
+  lastAction: new Map(), // agent name -> its latest event
+  seen: new Set(), // event seqs shown in the timeline
+  oldest: null, // the oldest seq loaded in the timeline
+  timelineDone: false, loadingOlder: false, generation: 0,
+  filter: { agent: '', task: '', kind: '' },
+  drawer: null, // {type: 'agent', name} or {type: 'task', id}
+  lastSeq: 0,
+};
+
+// ---- small helpers ----------------------------------------------------------------------------
+
+const $ = (id) => document.getElementById(id);
+
+/** Builds an element; `props` keys: class, text, title, data-*, on* handlers, other attributes. */
+function h(tag, props, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key === 'class') node.className = value;
+    else if (key === 'text') node.textContent = String(value);
+    else if (key.startsWith('on')) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value === true ? '' : String(value));
+  }
+  for (const child of children.flat(Infinity)) {
+    if (child === undefined || child === null || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+/** Replaces a node's children, skipping empty ones (replaceChildren would print "null"). */
+function put(node, ...children) {
+  node.replaceChildren(...children.flat(Infinity).filter((c) => c !== undefined && c !== null && c !== false));
+}
+
+function ago(ts) {
+  if (!ts) return 'never';
+  const secs = Math.max(0, Math.round((Date.now() - Date.parse(ts)) / 1000));
+  if (secs < 60) return `${secs}s ago`;
+  if (secs < 3600) return `${Math.floor(secs / 60)}m ago`;
+  if (secs < 86400) return `${Math.floor(secs / 3600)}h ago`;
+  return `${Math.floor(secs / 86400)}d ago`;
+}
+
+function left(ts) {
+  const secs = Math.round((Date.parse(ts) - Date.now()) / 1000);
+  if (secs <= 0) return 'expired';
+  if (secs < 60) return `${secs}s`;
+  if (secs < 3600) return `${Math.floor(secs / 60)}m ${secs % 60}s`;
+  return `${Math.floor(secs / 3600)}h ${Math.floor((secs % 3600) / 60)}m`;
+}
+
+/** A relative time that the clock keeps current. */
+const agoNode = (ts) => h('span', { 'data-ago': ts || '', title: ts || '', text: ago(ts) });
+const leftNode = (ts) => h('span', { 'data-left': ts, title: ts, text: left(ts) });
+
+function clip(text, n) {
+  const s = String(text ?? '');
+  return s.length > n ? `${s.slice(0, n - 1)}…` : s;
+}
+
+function clock(ts) {
+  const d = new Date(ts);
+  return Number.isNaN(d.getTime()) ? '' : d.toLocaleTimeString([], { hour12: false });
+}
+
+function toast(text, isError) {
+  const node = $('toast');
+  node.textContent = text;
+  node.classList.toggle('error', Boolean(isError));
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => { node.textContent = ''; }, isError ? 8000 : 3000);
+}
+
+async function api(method, path, body) {
+  const headers = { Accept: 'application/json' };
+  if (method !== 'GET') headers['X-Conclave-Csrf'] = '1';
+  const init = { method, headers, credentials: 'same-origin' };
+  if (body !== undefined) {
+    headers['Content-Type'] = 'application/json';
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, init);
+  const text = await response.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch { data = text; }
+  if (!response.ok) {
+    if (response.status === 401) setConn('lost', 'logged out: open the link conclave serve printed');
+    const message = data && data.error ? data.error.message : `HTTP ${response.status}`;
+    throw new Error(message);
+  }
+  return data;
+}
+
+/** Runs an action and reports how it went. */
+async function act(what, run) {
+  try {
+    await run();
+    toast(`${what}: done`);
+    return true;
+  } catch (error) {
+    toast(`${what}: ${error.message}`, true);
+    return false;
+  }
+}
+
+const enc = encodeURIComponent;
+const agentOf = (ev) => ev.agent || (ev.actor !== 'admin' && ev.actor !== 'conclave' ? ev.actor : null);
+
+/** A one-line description of an event. */
+function describe(ev) {
+  const d = ev.data || {};
+  switch (ev.kind) {
+    case 'agent.tool': return `${d.tool || 'tool'} ${clip(typeof d.input === 'string' ? d.input : JSON.stringify(d.input ?? ''), 160)}`;
+    case 'agent.text': return clip(d.text, 200);
+    case 'agent.turn': return `context ${d.context_tokens ?? '?'} / ${d.context_window ?? '?'}, $${Number(d.cost_usd || 0).toFixed(2)}`;
+    case 'agent.control': return `${d.action || ''} requested`;
+    case 'file.touched': return `${d.tool || ''} ${d.path || ''}`;
+    case 'message.sent': return `${d.to ? `to ${d.to}: ` : ''}${clip(d.body ?? '', 160)}`;
+    default: {
+      const parts = [];
+      for (const key of ['title', 'status', 'path', 'paths', 'reason', 'summary', 'action', 'agent', 'to']) {
+        if (d[key] !== undefined && d[key] !== null && typeof d[key] !== 'object') parts.push(`${key}: ${d[key]}`);
+        else if (Array.isArray(d[key])) parts.push(`${key}: ${d[key].join(', ')}`);
+      }
+      return clip(parts.join(' · '), 200);
+    }
+  }
+}
+
+// ---- loading ----------------------------------------------------------------------------------
+
+async function loadAgents() {
+  state.agents = (await api('GET', '/api/agents')).agents;
+  renderTeam();
+  renderRecipients();
+  if (state.drawer && state.drawer.type === 'agent') renderAgentHeader();
+}
+
+async function loadTasks() {
+  state.tasks = (await api('GET', '/api/tasks')).tasks;
+  renderBoard();
+  renderTeam();
+  $('summary').textContent = summaryText();
+  if (state.drawer && state.drawer.type === 'task') renderTaskDrawer();
+}
+
+async function loadLeases() {
+  state.leases = (await api('GET', '/api/leases')).leases;
+  renderLeases();
+}
+
+async function loadMessages() {
+  state.messages = (await api('GET', '/api/messages?limit=500')).messages;
+  renderThreads();
+}
+
+async function loadNotes() {
+  state.notes = (await api('GET', '/api/notes?limit=200')).notes;
+  if (!state.hits) renderNotes();
+}
+
+async function loadLastActions() {
+  await Promise.all(state.agents.map(async (agent) => {
+    if (state.lastAction.has(agent.name)) return;
+    const { events } = await api('GET', `/api/events?desc=true&limit=1&agent=${enc(agent.name)}`);
+    if (events.length) noteLastAction(events[0]);
+  }));
+  renderTeam();
+}
+
+function summaryText() {
+  const count = (pred) => state.tasks.filter(pred).length;
+  return `${state.agents.length} agents · ${count((t) => HELD.has(t.status))} tasks held · ${count((t) => t.status === 'ready')} ready · ${count((t) => t.status === 'done')} done`;
+}
+
+// Refetches a section soon, once, however many events ask for it.
+const pending = new Map();
+function refresh(name, load) {
+  if (pending.has(name)) return;
+  pending.set(name, setTimeout(() => {
+    pending.delete(name);
+    load().catch((error) => toast(`${name}: ${error.message}`, true));
+  }, 120));
+}
+
+// ---- live events ------------------------------------------------------------------------------
+
+function setConn(stateName, text) {
+  const node = $('conn');
+  node.dataset.state = stateName;
+  node.textContent = text;
+}
+
+function follow(after) {
+  const source = new EventSource(`/api/events/stream?after=${after}`);
+  source.onopen = () => setConn('live', 'live');
+  source.onerror = () => {
+    if (source.readyState === EventSource.CLOSED) setConn('lost', 'disconnected: reload the page');
+    else setConn('connecting', 'reconnecting…');
+  };
+  source.onmessage = (message) => {
+    let ev;
+    try { ev = JSON.parse(message.data); } catch { return; }
+    onEvent(ev);
+  };
+}
+
+function noteLastAction(ev) {
+  const name = agentOf(ev);
+  if (!name) return;
+  const last = state.lastAction.get(name);
+  if (!last || last.seq < ev.seq) state.lastAction.set(name, ev);
+}
+
+function onEvent(ev) {
+  state.lastSeq = Math.max(state.lastSeq, ev.seq);
+  noteLastAction(ev);
+  if (admits(state.filter, ev)) addTimeline(ev, true);
+  if (state.drawer && state.drawer.type === 'agent' && agentOf(ev) === state.drawer.name) addStream(ev, true);
+  if (state.drawer && state.drawer.type === 'task' && ev.task === state.drawer.id) addStream(ev, true);
+  const kind = ev.kind;
+  if (kind.startsWith('task.')) refresh('tasks', loadTasks);
+  else if (kind.startsWith('lease.')) refresh('leases', loadLeases);
+  else if (kind.startsWith('message.')) refresh('messages', loadMessages);
+  else if (kind.startsWith('note.')) refresh('notes', loadNotes);
+  else if (kind.startsWith('agent.') && kind !== 'agent.tool' && kind !== 'agent.text') refresh('agents', loadAgents);
+  if (kind.startsWith('agent.registered')) refresh('last', loadLastActions);
+  refresh('team', async () => renderTeam());
+}
+
+function admits(filter, ev) {
+  if (filter.agent && ev.agent !== filter.agent && ev.actor !== filter.agent) return false;
+  if (filter.task && ev.task !== filter.task) return false;
+  if (filter.kind) {
+    if (filter.kind.endsWith('.') ? !ev.kind.startsWith(filter.kind) : ev.kind !== filter.kind) return false;
+  }
+  return true;
+}
+
+// ---- team -------------------------------------------------------------------------------------
+
+function currentTask(name) {
+  return state.tasks.find((t) => t.assignee === name && HELD.has(t.status));
+}
+
+function contextBar(agent) {
+  const used = agent.context_tokens;
+  const window = agent.context_window;
+  if (!used || !window) return h('div', { class: 'muted', text: 'context: not reported' });
+  const share = Math.min(1, used / window);
+  const fill = h('span');
+  fill.style.width = `${Math.round(share * 100)}%`;
+  const cls = share >= 0.9 ? 'bar full' : share >= 0.7 ? 'bar high' : 'bar';
+  return h('div', { title: `${used} of ${window} tokens` },
+    h('div', { class: 'line muted', text: `context ${Math.round(share * 100)}% (${Math.round(used / 1000)}k / ${Math.round(window / 1000)}k)` }),
+    h('div', { class: cls }, fill));
+}
+
+function controlButtons(name) {
+  const control = (action) => h('button', {
+    type: 'button', class: action === 'stop' ? 'danger' : '', 'data-action': action, text: action,
+    onclick: (e) => {
+      e.stopPropagation();
+      act(`${action} ${name}`, () => api('POST', `/api/agents/${enc(name)}/control`, { action }));
+    },
+  });
+  return h('div', { class: 'controls' }, ['pause', 'resume', 'stop', 'restart'].map(control));
+}
+
+function renderTeam() {
+  const root = $('agents');
+  if (!state.agents.length) {
+    put(root, h('p', { class: 'empty', text: 'No agents yet.' }));
+    return;
+  }
+  put(root, ...state.agents.map((agent) => {
+    const task = currentTask(agent.name);
+    const last = state.lastAction.get(agent.name);
+    const scripted = agent.model && /scripted|stand-in/i.test(agent.model);
+    return h('div', {
+      class: 'agent', 'data-agent': agent.name, 'data-status': agent.status,
+      onclick: () => openAgent(agent.name),
+    },
+    h('div', { class: 'agent-head' },
+      h('span', { class: 'agent-name', text: agent.name }),
+      h('span', { class: 'badge', 'data-status': agent.status, text: agent.status }),
+      scripted ? h('span', { class: 'badge scripted', text: 'scripted' }) : null),
+    h('div', { class: 'line muted', text: [agent.role ? `role ${agent.role}` : 'no role', agent.model || 'model not reported'].join(' · ') }),
+    h('div', { class: 'line', title: task ? task.title : '' }, task ? `${task.id} ${task.title}` : h('span', { class: 'muted', text: 'no task' })),
+    contextBar(agent),
+    h('div', { class: 'line muted', text: `$${Number(agent.cost_usd || 0).toFixed(2)} · ${agent.restarts} restarts` }),
+    h('div', { class: 'line last-action', title: last ? describe(last) : '' },
+      last ? [h('span', { class: 'mono', text: last.kind }), ' ', clip(describe(last), 80), ' · ', agoNode(last.ts)]
+        : h('span', { class: 'muted', text: `no action yet · seen ${ago(agent.last_seen)}` })),
+    controlButtons(agent.name));
+  }));
+}
+
+function renderRecipients() {
+  const roles = [...new Set(state.agents.map((a) => a.role).filter(Boolean))];
+  const options = ['all', ...state.agents.map((a) => a.name), ...roles.map((r) => `role:${r}`)];
+  put($('recipients'), ...options.map((value) => h('option', { value })));
+  const select = document.querySelector('#timeline-filter select[name=agent]');
+  const chosen = select.value;
+  put(select, h('option', { value: '', text: 'every agent' }),
+    ...state.agents.map((a) => h('option', { value: a.name, text: a.name })));
+  select.value = chosen;
+}
+
+// ---- tasks ------------------------------------------------------------------------------------
+
+function renderBoard() {
+  const byId = new Map(state.tasks.map((t) => [t.id, t]));
+  const blocks = new Map(); // task id -> tasks waiting on it
+  for (const task of state.tasks) {
+    for (const dep of task.depends_on) {
+      if (!blocks.has(dep)) blocks.set(dep, []);
+      blocks.get(dep).push(task.id);
+    }
+  }
+  const card = (task) => h('div', {
+    class: 'task', 'data-task': task.id, 'data-status': task.status, onclick: () => openTask(task.id),
+  },
+  h('div', {},
+    h('span', { class: 'task-id', text: `${task.id} · p${task.priority}` }), ' ',
+    task.status !== 'pending' && task.status !== 'ready' ? h('span', { class: 'badge', 'data-status': task.status, text: task.status }) : null),
+  h('div', { class: 'task-title', text: task.title }),
+  task.assignee ? h('div', { class: 'holder', text: `@${task.assignee}` }) : null,
+  task.depends_on.length ? h('div', { class: 'deps' }, 'after ', task.depends_on.map((dep, i) => {
+    const done = byId.get(dep)?.status === 'done';
+    return [i ? ', ' : '', h('span', { class: done ? 'dep-done' : 'dep-open', title: byId.get(dep)?.status || '', text: `${dep}${done ? ' ✓' : ''}` })];
+  })) : null,
+  blocks.has(task.id) && task.status !== 'done' ? h('div', { class: 'deps', text: `blocks ${blocks.get(task.id).join(', ')}` }) : null);
+  put($('board'), ...TASK_COLUMNS.map(([title, statuses]) => {
+    const tasks = state.tasks.filter((t) => statuses.includes(t.status))
+      .sort((a, b) => b.priority - a.priority || Number(a.id.slice(2)) - Number(b.id.slice(2)));
+    return h('div', { class: 'column', 'data-column': title },
+      h('h3', { text: `${title} (${tasks.length})` }),
+      tasks.length ? tasks.map(card) : h('p', { class: 'empty', text: '—' }));
+  }));
+}
+
+function parseIds(text) {
+  return String(text || '').split(/[\s,]+/).filter(Boolean).map((s) => (/^\d+$/.test(s) ? `T-${s}` : s.toUpperCase()));
+}
+
+function openTask(id) {
+  state.drawer = { type: 'task', id };
+  const task = state.tasks.find((t) => t.id === id);
+  $('drawer').hidden = false;
+  // The edit form is built once per opening, so live updates never wipe what is being typed.
+  const edit = h('form', { class: 'edit-task', autocomplete: 'off' },
+    h('div', { class: 'row' }, h('input', { name: 'title', value: task ? task.title : '', required: true, 'aria-label': 'title' })),
+    h('textarea', { name: 'body', rows: 3, 'aria-label': 'body', placeholder: 'description' }),
+    h('div', { class: 'row' },
+      h('label', {}, 'priority ', h('input', { name: 'priority', type: 'number', step: 1, value: task ? task.priority : 0, size: 4 })),
+      h('label', {}, 'role ', h('input', { name: 'role', value: (task && task.role) || '', size: 8 })),
+      h('label', {}, 'add deps ', h('input', { name: 'after', placeholder: 'T-1', size: 8 })),
+      h('button', { type: 'submit', text: 'Save' })));
+  edit.elements.body.value = (task && task.body) || '';
+  // Fields the person has typed into keep their text; the others follow the task live.
+  edit.addEventListener('input', (e) => { e.target.dataset.dirty = '1'; });
+  edit.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const current = state.tasks.find((t) => t.id === id);
+    if (!current) return;
+    const f = edit.elements;
+    const change = {};
+    if (f.title.value !== current.title) change.title = f.title.value;
+    if (f.body.value !== (current.body || '')) change.body = f.body.value;
+    if (f.priority.value !== '' && Number(f.priority.value) !== current.priority) change.priority = Number(f.priority.value);
+    if (f.role.value !== (current.role || '')) change.role = f.role.value;
+    const after = parseIds(f.after.value);
+    if (after.length) change.after = after;
+    if (!Object.keys(change).length) { toast(`edit ${id}: nothing changed`); return; }
+    act(`edit ${id}`, () => api('PATCH', `/api/tasks/${enc(id)}`, change)).then((ok) => {
+      if (!ok) return;
+      f.after.value = '';
+      for (const field of edit.querySelectorAll('[data-dirty]')) delete field.dataset.dirty;
+    });
+  });
+  put($('drawer-body'), h('div', { id: 'task-info' }), h('h3', { text: 'Edit' }), edit,
+    h('h3', { text: 'Events' }), h('ol', { class: 'stream' }));
+  renderTaskDrawer();
+  loadDrawerEvents(`task=${enc(id)}`);
+}
+
+/** The task panel's facts and actions (re-rendered on every change of the task list). */
+function renderTaskDrawer() {
+  const { id } = state.drawer;
+  const task = state.tasks.find((t) => t.id === id);
+  const info = $('task-info');
+  if (!info) return;
+  if (!task) {
+    put(info, h('h2', { text: id }), h('p', { class: 'empty', text: `${id} is gone.` }));
+    return;
+  }
+  const form = document.querySelector('#drawer form.edit-task');
+  if (form) {
+    const values = { title: task.title, body: task.body || '', priority: task.priority, role: task.role || '' };
+    for (const [name, value] of Object.entries(values)) {
+      const field = form.elements[name];
+      if (!field.dataset.dirty && document.activeElement !== field) field.value = value;
+    }
+  }
+  const previous = info.querySelector('select[name="agent"]');
+  const assignee = h('select', { name: 'agent', 'aria-label': 'assign to' },
+    state.agents.map((a) => h('option', { value: a.name, text: a.name, selected: a.name === task.assignee })));
+  if (previous) assignee.value = previous.value;
+  const finished = ['done', 'failed', 'cancelled'].includes(task.status);
+  const patch = (change) => api('PATCH', `/api/tasks/${enc(id)}`, change);
+  const actions = h('div', { class: 'row' },
+    h('button', { type: 'button', text: 'priority +1', onclick: () => act(`reprioritize ${id}`, () => patch({ priority: task.priority + 1 })) }),
+    h('button', { type: 'button', text: 'priority −1', onclick: () => act(`reprioritize ${id}`, () => patch({ priority: task.priority - 1 })) }),
+    assignee,
+    h('button', { type: 'button', text: 'Assign', onclick: () => act(`assign ${id}`, () => api('POST', `/api/tasks/${enc(id)}/assign`, { agent: assignee.value })) }),
+    finished
+      ? h('button', { type: 'button', text: 'Reopen', onclick: () => act(`reopen ${id}`, () => api('POST', `/api/tasks/${enc(id)}/reopen`, {})) })
+      : h('button', { type: 'button', class: 'danger', text: 'Cancel task', onclick: () => act(`cancel ${id}`, () => api('POST', `/api/tasks/${enc(id)}/cancel`, { reason: 'cancelled from the dashboard' })) }));
+  const waiting = state.tasks.filter((t) => t.depends_on.includes(id)).map((t) => t.id);
+  put(info,
+    h('h2', {}, h('span', { class: 'task-id', text: id }), ' ', task.title),
+    h('dl', {},
+      h('dt', { text: 'status' }), h('dd', {}, h('span', { class: 'badge', 'data-status': task.status, text: task.status })),
+      h('dt', { text: 'holder' }), h('dd', { text: task.assignee || '—' }),
+      h('dt', { text: 'claim expires' }), h('dd', {}, task.claim_expires_at ? leftNode(task.claim_expires_at) : '—'),
+      h('dt', { text: 'priority' }), h('dd', { text: task.priority }),
+      h('dt', { text: 'role / caps' }), h('dd', { text: [task.role || 'any role', ...task.caps].join(', ') }),
+      h('dt', { text: 'after' }), h('dd', { text: task.depends_on.join(', ') || '—' }),
+      h('dt', { text: 'blocks' }), h('dd', { text: waiting.join(', ') || '—' }),
+      h('dt', { text: 'attempts' }), h('dd', { text: task.attempts }),
+      h('dt', { text: 'result' }), h('dd', { class: 'pre', text: task.result || '—' }),
+      h('dt', { text: 'files' }), h('dd', { text: task.files.join(', ') || '—' }),
+      h('dt', { text: 'created' }), h('dd', {}, `by ${task.created_by} `, agoNode(task.created_at))),
+    task.body ? h('div', { class: 'pre', text: task.body }) : null,
+    actions);
+}
+
+// ---- agent page -------------------------------------------------------------------------------
+
+function openAgent(name) {
+  state.drawer = { type: 'agent', name };
+  const body = $('drawer-body');
+  $('drawer').hidden = false;
+  const compose = h('form', { class: 'agent-compose', autocomplete: 'off' },
+    h('div', { class: 'row' },
+      h('textarea', { name: 'body', rows: 2, placeholder: `message ${name}`, required: true, 'aria-label': 'message' }),
+      h('button', { type: 'submit', text: 'Send' })));
+  compose.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const text = compose.elements.body.value;
+    act(`message ${name}`, () => api('POST', '/api/messages', { to: name, body: text }))
+      .then((ok) => { if (ok) compose.reset(); });
+  });
+  put(body, h('div', { id: 'agent-header' }), compose,
+    h('h3', { text: 'Live activity (tool calls, text, files)' }), h('ol', { class: 'stream' }));
+  renderAgentHeader();
+  loadDrawerEvents(`agent=${enc(name)}`);
+}
+
+function renderAgentHeader() {
+  const { name } = state.drawer;
+  const agent = state.agents.find((a) => a.name === name);
+  const header = $('agent-header');
+  if (!header) return;
+  if (!agent) {
+    put(header, h('h2', { text: name }), h('p', { class: 'empty', text: 'unknown agent' }));
+    return;
+  }
+  const task = currentTask(name);
+  put(header,
+    h('h2', {}, agent.name, ' ', h('span', { class: 'badge', 'data-status': agent.status, text: agent.status })),
+    h('dl', {},
+      h('dt', { text: 'role' }), h('dd', { text: agent.role || '—' }),
+      h('dt', { text: 'model' }), h('dd', { text: agent.model || '—' }),
+      h('dt', { text: 'task' }), h('dd', { text: task ? `${task.id} ${task.title}` : '—' }),
+      h('dt', { text: 'cost' }), h('dd', { text: `$${Number(agent.cost_usd || 0).toFixed(2)}` }),
+      h('dt', { text: 'restarts' }), h('dd', { text: agent.restarts }),
+      h('dt', { text: 'pid / host' }), h('dd', { text: `${agent.pid ?? '—'} / ${agent.host ?? '—'}` }),
+      h('dt', { text: 'last seen' }), h('dd', {}, agoNode(agent.last_seen))),
+    contextBar(agent),
+    controlButtons(name));
+}
+
+async function loadDrawerEvents(query) {
+  const drawer = state.drawer;
+  try {
+    const { events } = await api('GET', `/api/events?desc=true&limit=200&${query}`);
+    if (state.drawer !== drawer) return;
+    const list = $('drawer-body').querySelector('.stream');
+    put(list);
+    for (const ev of events) addStream(ev, false);
+  } catch (error) {
+    toast(error.message, true);
+  }
+}
+
+function addStream(ev, live) {
+  const list = $('drawer-body').querySelector('.stream');
+  if (!list || list.querySelector(`[data-seq="${ev.seq}"]`)) return;
+  const d = ev.data || {};
+  let what;
+  if (ev.kind === 'agent.tool') {
+    what = h('div', { class: 'tool' }, h('b', { text: d.tool || 'tool' }), ' ',
+      clip(typeof d.input === 'string' ? d.input : JSON.stringify(d.input ?? ''), 600),
+      d.result_bytes !== undefined ? h('span', { class: 'muted', text: ` → ${d.result_bytes} bytes` }) : null);
+  } else if (ev.kind === 'agent.text') {
+    what = h('div', { class: 'text', text: d.text ?? '' });
+  } else {
+    what = h('div', {}, h('span', { class: 'mono', text: ev.kind }), ' ', describe(ev));
+  }
+  const item = h('li', { 'data-seq': ev.seq, 'data-kind': ev.kind },
+    h('div', { class: 'muted' }, `#${ev.seq} ${clock(ev.ts)} · ${ev.actor}`), what);
+  if (live) list.prepend(item); else list.append(item);
+  while (list.children.length > 500) list.lastElementChild.remove();
+}
+
+function closeDrawer() {
+  state.drawer = null;
+  $('drawer').hidden = true;
+  put($('drawer-body'));
+}
+
+// ---- leases -----------------------------------------------------------------------------------
+
+function renderLeases() {
+  const body = $('leases');
+  if (!state.leases.length) {
+    put(body, h('tr', {}, h('td', { colspan: 5, class: 'empty', text: 'No leases.' })));
+    return;
+  }
+  put(body, ...state.leases.map((lease) => h('tr', { 'data-path': lease.path },
+    h('td', { class: 'mono', title: `${lease.path} (${lease.mode}${lease.reason ? `: ${lease.reason}` : ''})`, text: lease.path }),
+    h('td', { text: lease.holder }),
+    h('td', { text: lease.task || '—' }),
+    h('td', {}, leftNode(lease.expires_at)),
+    h('td', {}, h('button', {
+      type: 'button', class: 'danger', text: 'release',
+      onclick: () => act(`release ${lease.path}`, () => api('POST', '/api/leases/release', { paths: [lease.path], force: true })),
+    })))));
+}
+
+// ---- messages ---------------------------------------------------------------------------------
+
+function renderThreads() {
+  const threads = new Map();
+  for (const message of state.messages) {
+    if (!threads.has(message.thread)) threads.set(message.thread, []);
+    threads.get(message.thread).push(message);
+  }
+  const latest = (list) => list.reduce((max, m) => (m.created_at > max ? m.created_at : max), '');
+  const ordered = [...threads.entries()].sort((a, b) => latest(b[1]).localeCompare(latest(a[1]))).slice(0, 40);
+  if (!ordered.length) {
+    put($('threads'), h('p', { class: 'empty', text: 'No messages.' }));
+    return;
+  }
+  put($('threads'), ...ordered.map(([thread, list]) => h('div', { class: 'thread', 'data-thread': thread },
+    h('div', { class: 'thread-name' }, `thread ${thread} `,
+      h('button', { type: 'button', text: 'reply', onclick: () => { const f = $('compose').elements; f.thread.value = thread; f.to.value = list[list.length - 1].sender === 'admin' ? list[list.length - 1].to : list[list.length - 1].sender; f.body.focus(); } })),
+    list.sort((a, b) => a.created_at.localeCompare(b.created_at)).map((m) => h('div', { class: `message${m.urgent ? ' urgent' : ''}`, 'data-message': m.id },
+      h('div', { class: 'message-head' }, h('b', { text: m.sender }), ` → ${m.to} · ${m.kind} · `, agoNode(m.created_at)),
+      h('div', { class: 'message-body pre', text: m.body }),
+      m.deliveries.length ? h('div', { class: 'reads' }, m.deliveries.map((d, i) => [i ? ' ' : '',
+        h('span', { class: d.acked_at ? 'read' : 'unread', title: d.acked_at ? `read ${d.acked_at}` : 'not read yet', text: `${d.acked_at ? '✓' : '•'} ${d.agent}` })])) : null)))));
+}
+
+// ---- notes ------------------------------------------------------------------------------------
+
+function renderNotes() {
+  const root = $('notes');
+  if (state.hits) {
+    put(root,
+      h('p', { class: 'muted' }, `${state.hits.length} results `, h('button', { type: 'button', text: 'clear', onclick: () => { state.hits = null; $('note-search').reset(); renderNotes(); } })),
+      ...state.hits.map((hit) => h('div', { class: 'note' },
+        h('div', {}, h('span', { class: 'badge', text: hit.kind }), ' ', h('span', { class: 'task-id', text: hit.id }), ' ', h('b', { text: hit.title })),
+        h('div', { class: 'pre muted', text: hit.snippet }))));
+    return;
+  }
+  if (!state.notes.length) {
+    put(root, h('p', { class: 'empty', text: 'No notes.' }));
+    return;
+  }
+  put(root, ...state.notes.map((note) => h('div', { class: 'note', 'data-note': note.id },
+    h('div', {}, h('span', { class: 'badge', text: note.kind }), ' ', h('b', { text: note.title })),
+    h('div', { class: 'muted' }, `${note.id} by ${note.author} `, agoNode(note.created_at),
+      note.tags.length ? ` · ${note.tags.join(', ')}` : '', note.files.length ? ` · ${note.files.join(', ')}` : ''),
+    note.body ? h('div', { class: 'pre', text: clip(note.body, 600) }) : null)));
+}
+
+// ---- timeline ---------------------------------------------------------------------------------
+
+function timelineItem(ev) {
+  return h('li', { 'data-seq': ev.seq, 'data-kind': ev.kind },
+    h('span', { class: 'muted', title: ev.ts, text: clock(ev.ts) }),
+    h('span', { class: 'muted', text: `#${ev.seq}` }),
+    h('span', { class: 'line', text: ev.actor }),
+    h('span', { class: 'kind line', text: ev.kind }),
+    h('span', { class: 'what', title: describe(ev) },
+      ev.task ? h('span', { class: 'task-id', text: `${ev.task} ` }) : null,
+      ev.agent && ev.agent !== ev.actor ? `@${ev.agent} ` : '', describe(ev)));
+}
+
+function addTimeline(ev, live) {
+  if (state.seen.has(ev.seq)) return;
+  state.seen.add(ev.seq);
+  const list = $('timeline');
+  if (live) list.prepend(timelineItem(ev));
+  else list.append(timelineItem(ev));
+  if (!live && (state.oldest === null || ev.seq < state.oldest)) state.oldest = ev.seq;
+}
+
+function filterQuery() {
+  const f = state.filter;
+  return [f.agent && `agent=${enc(f.agent)}`, f.task && `task=${enc(f.task)}`, f.kind && `kind=${enc(f.kind)}`]
+    .filter(Boolean).join('&');
+}
+
+async function loadOlder() {
+  if (state.loadingOlder || state.timelineDone) return;
+  state.loadingOlder = true;
+  const generation = state.generation;
+  try {
+    const before = state.oldest === null ? '' : `&before=${state.oldest}`;
+    const extra = filterQuery();
+    const { events } = await api('GET', `/api/events?desc=true&limit=${PAGE}${before}${extra ? `&${extra}` : ''}`);
+    if (generation !== state.generation) return;
+    for (const ev of events) addTimeline(ev, false);
+    if (events.length < PAGE) {
+      state.timelineDone = true;
+      $('timeline-end').textContent = state.seen.size ? 'the beginning of the log' : 'no events match';
+    } else {
+      $('timeline-end').textContent = 'loading…';
+    }
+  } catch (error) {
+    $('timeline-end').textContent = `could not load: ${error.message}`;
+  } finally {
+    if (generation === state.generation) state.loadingOlder = false;
+  }
+  if (generation !== state.generation) return;
+  // Keep loading while the sentinel is still visible (a short first page).
+  if (!state.timelineDone && isVisible($('timeline-end'), $('timeline-scroll'))) loadOlder();
+}
+
+function isVisible(node, root) {
+  const a = node.getBoundingClientRect();
+  const b = root.getBoundingClientRect();
+  return a.top < b.bottom && a.bottom > b.top && a.top < window.innerHeight;
+}
+
+function resetTimeline(filter) {
+  state.filter = filter;
+  state.generation += 1;
+  state.loadingOlder = false;
+  state.seen = new Set();
+  state.oldest = null;
+  state.timelineDone = false;
+  put($('timeline'));
+  $('timeline-end').textContent = 'loading…';
+  loadOlder();
+}
+
+// ---- clocks -----------------------------------------------------------------------------------
+
+function tick() {
+  for (const node of document.querySelectorAll('[data-ago]')) node.textContent = ago(node.dataset.ago);
+  for (const node of document.querySelectorAll('[data-left]')) node.textContent = left(node.dataset.left);
+}
+
+// ---- forms ------------------------------------------------------------------------------------
+
+function wireForms() {
+  $('compose').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const f = e.target.elements;
+    const message = { to: f.to.value.trim(), body: f.body.value, urgent: f.urgent.checked };
+    if (f.thread.value.trim()) message.thread = f.thread.value.trim();
+    act(`message ${message.to}`, () => api('POST', '/api/messages', message)).then((ok) => {
+      if (ok) { f.body.value = ''; f.urgent.checked = false; }
+    });
+  });
+  $('new-task').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const f = e.target.elements;
+    const task = { title: f.title.value };
+    if (f.body.value) task.body = f.body.value;
+    if (f.role.value.trim()) task.role = f.role.value.trim();
+    if (f.priority.value !== '') task.priority = Number(f.priority.value);
+    const after = parseIds(f.after.value);
+    if (after.length) task.after = after;
+    act('create task', () => api('POST', '/api/tasks', task)).then((ok) => { if (ok) e.target.reset(); });
+  });
+  $('note-search').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const q = e.target.elements.q.value.trim();
+    if (!q) { state.hits = null; renderNotes(); return; }
+    api('GET', `/api/search?q=${enc(q)}`).then((result) => {
+      state.hits = result.hits;
+      renderNotes();
+    }).catch((error) => toast(`search: ${error.message}`, true));
+  });
+  $('timeline-filter').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const f = e.target.elements;
+    const task = parseIds(f.task.value)[0] || '';
+    resetTimeline({ agent: f.agent.value, task, kind: f.kind.value.trim() });
+  });
+  $('timeline-filter').elements.agent.addEventListener('change', () => $('timeline-filter').requestSubmit());
+  $('drawer-close').addEventListener('click', closeDrawer);
+  document.addEventListener('keydown', (e) => { if (e.key === 'Escape') closeDrawer(); });
+}
+
+// ---- start ------------------------------------------------------------------------------------
+
+async function start() {
+  wireForms();
+  try {
+    const status = await api('GET', '/api/status');
+    state.agents = status.agents;
+    state.tasks = status.tasks;
+    state.leases = status.leases;
+    state.lastSeq = status.last_seq;
+    // Follow from the snapshot on, so nothing between it and the stream is missed.
+    follow(status.last_seq);
+    renderTeam();
+    renderRecipients();
+    renderBoard();
+    renderLeases();
+    $('summary').textContent = summaryText();
+    await Promise.all([loadMessages(), loadNotes(), loadLastActions(), loadTasks()]);
+  } catch (error) {
+    toast(error.message, true);
+  }
+  new IntersectionObserver((entries) => {
+    if (entries.some((entry) => entry.isIntersecting)) loadOlder();
+  }, { root: $('timeline-scroll') }).observe($('timeline-end'));
+  resetTimeline(state.filter);
+  setInterval(tick, 5000);
+  document.body.dataset.ready = 'true';
+}
+
+start();
