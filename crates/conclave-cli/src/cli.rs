@@ -69,6 +69,18 @@ pub enum Command {
     Down,
     /// Follow one agent's live stream: tool calls, text and cost
     Attach(AttachArgs),
+    /// A scripted three-agent team in a throwaway project, for a first look without an API key
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where to make the throwaway project (default: a new temporary folder, kept afterwards)
+    #[arg(long)]
+    pub dir: Option<std::path::PathBuf>,
+    /// Stop when the scripted team has finished instead of waiting for Ctrl-C
+    #[arg(long)]
+    pub exit_when_done: bool,
 }
 
 #[derive(Debug, Args)]

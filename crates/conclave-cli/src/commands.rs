@@ -4,6 +4,7 @@ mod agent;
 mod attach;
 mod bench;
 pub mod claude;
+mod demo;
 mod down;
 pub mod hook;
 mod init;
@@ -31,10 +32,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => bench::run(args).await,
+        Command::Demo(args) => demo::run(args).await,
         command => {
             let context = Context::from_env()?;
             match command {
-                Command::Init | Command::Serve(_) | Command::Bench(_) | Command::Hook(_) => {
+                Command::Init
+                | Command::Serve(_)
+                | Command::Bench(_)
+                | Command::Hook(_)
+                | Command::Demo(_) => {
                     unreachable!("handled above")
                 }
                 Command::Agent(command) => agent::run(&context, command).await,

@@ -6,6 +6,7 @@
 //! Without the CLI (and without npm to install it) a test prints `skipped: <reason>`; under
 //! `CI=true` it fails instead.
 
+mod demo;
 mod outages;
 mod supervisor;
 mod support;

@@ -1,0 +1,71 @@
+//! `conclave demo`: the scripted three-agent team runs to the end with the real Claude Code CLI,
+//! and the story it tells (dependent tasks, a collision on one file resolved by message) is in
+//! the event log.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use conclave_standin::claude_cli::claude_or_skip;
+
+use crate::support::serial;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_team_collides_on_one_file_resolves_it_by_message_and_finishes() -> Result<()> {
+    let Some(claude) = claude_or_skip() else {
+        return Ok(());
+    };
+    let _serial = serial().await;
+    let temp = tempfile::tempdir()?;
+    let dir = temp.path().join("demo");
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_conclave"));
+    command
+        .args(["demo", "--exit-when-done", "--dir"])
+        .arg(&dir)
+        .env("CONCLAVE_CLAUDE_BIN", &claude)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(240), command.output())
+        .await
+        .context("the demo did not finish within 240 s")??;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(output.status.success(), "demo failed: {stderr}");
+    ensure!(
+        stderr.contains("SCRIPTED DEMO"),
+        "the terminal must say it is scripted: {stderr}"
+    );
+    ensure!(
+        stderr.contains("/?token="),
+        "the dashboard link is printed: {stderr}"
+    );
+
+    // Read the finished project's log straight from its database file.
+    let store = conclave_core::Store::open(&dir.join(".conclave/conclave.db"), Default::default())?;
+    let events = store.read(|r| r.events(&Default::default()))?;
+    let tasks = store.read(|r| r.tasks(None, None))?;
+    ensure!(tasks.len() == 3, "{tasks:?}");
+    for task in &tasks {
+        ensure!(
+            task.status == conclave_core::model::TaskStatus::Done,
+            "{task:?}"
+        );
+    }
+    let denied = events
+        .iter()
+        .find(|e| e.kind == "lease.denied")
+        .context("no agent ran into another's lease")?;
+    let why = denied.data["why"].as_str().unwrap_or_default();
+    ensure!(
+        why.contains("src/lib.rs") && why.contains("leased by coder-"),
+        "{why}"
+    );
+    let asked = events
+        .iter()
+        .any(|e| e.kind == "message.sent" && e.data["kind"] == "question");
+    ensure!(asked, "the refused coder asks the holder by message");
+    let lib = std::fs::read_to_string(dir.join("src/lib.rs"))?;
+    ensure!(
+        lib.contains("mod farewell") && lib.contains("mod greet"),
+        "{lib}"
+    );
+    Ok(())
+}
