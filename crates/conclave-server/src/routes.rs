@@ -397,7 +397,7 @@ pub fn openapi_document() -> Value {
         "info": {
             "title": "Conclave API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Coordination server for teams of coding agents. Every request but /healthz and /api/openapi.json needs `Authorization: Bearer <token>` (an agent's token or the admin token). Mutating requests may carry `Idempotency-Key`."
+            "description": "Coordination server for teams of coding agents. Every request but /healthz and /api/openapi.json needs `Authorization: Bearer <token>` (an agent's token or the admin token); the dashboard's session cookie also authenticates /api/* requests as admin, and a change made with it must be same-origin and carry `X-Conclave-Csrf: 1`. Mutating requests may carry `Idempotency-Key`."
         },
         "paths": paths,
         "components": {
