@@ -259,6 +259,12 @@ pub fn announce(project: &Project, url: &str) -> anyhow::Result<()> {
         .context("cannot write .conclave/server.json")
 }
 
+/// Prints the dashboard link (it carries the admin token) on a line of its own, on stderr.
+pub fn print_dashboard_link(url: &str, admin_token: &str) {
+    eprintln!("conclave: dashboard (keep this link private; it carries the admin token):");
+    eprintln!("{url}/?token={admin_token}");
+}
+
 /// `conclave serve`: serves the project in the foreground until `shutdown`.
 pub async fn serve_project(
     project: &Project,
@@ -272,8 +278,7 @@ pub async fn serve_project(
         project.root().display(),
         server.url
     );
-    eprintln!("conclave: dashboard (keep this link private; it carries the admin token):");
-    eprintln!("{}/?token={}", server.url, server.admin_token);
+    print_dashboard_link(&server.url, &server.admin_token);
     let result = run(server.listener, server.app, shutdown).await;
     project.remove_server_info();
     drop(server.lock);

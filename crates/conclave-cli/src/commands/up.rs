@@ -93,6 +93,9 @@ pub async fn run(context: &Context, args: UpArgs) -> anyhow::Result<()> {
             (admin, Some((task, lock)))
         }
     };
+    if let Ok(Some(admin_token)) = project.read_admin_token() {
+        conclave_server::print_dashboard_link(admin.base_url(), &admin_token);
+    }
     let info = SupervisorInfo {
         pid: std::process::id(),
         started_at: chrono::Utc::now(),
