@@ -20,4 +20,4 @@ pub mod stream;
 pub mod team;
 pub mod wake;
 
-pub use team::{Supervisor, SupervisorOptions};
+pub use team::{Supervisor, SupervisorOptions, check_team};

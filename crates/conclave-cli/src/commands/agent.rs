@@ -46,15 +46,22 @@ pub async fn run(context: &Context, command: AgentCommand) -> anyhow::Result<()>
             println!("{}", token.token);
             eprintln!("conclave: issued a new token for {name}");
         }
-        AgentCommand::Stop { name } => control(&client, &name, AgentAction::Stop).await?,
-        AgentCommand::Restart { name } => control(&client, &name, AgentAction::Restart).await?,
-        AgentCommand::Pause { name } => control(&client, &name, AgentAction::Pause).await?,
-        AgentCommand::Resume { name } => control(&client, &name, AgentAction::Resume).await?,
+        AgentCommand::Stop { name } => control(context, &client, &name, AgentAction::Stop).await?,
+        AgentCommand::Restart { name } => {
+            control(context, &client, &name, AgentAction::Restart).await?
+        }
+        AgentCommand::Pause { name } => {
+            control(context, &client, &name, AgentAction::Pause).await?
+        }
+        AgentCommand::Resume { name } => {
+            control(context, &client, &name, AgentAction::Resume).await?
+        }
     }
     Ok(())
 }
 
 async fn control(
+    context: &Context,
     client: &crate::client::Client,
     name: &str,
     action: AgentAction,
@@ -62,6 +69,17 @@ async fn control(
     let path = format!("/api/agents/{}/control", segment(name));
     let _: Agent = client.post(&path, &AgentControl { action }).await?;
     eprintln!("conclave: asked the supervisor to {action} {name}");
+    // The request is an event that only a running `conclave up` acts on.
+    if let Ok(project) = context.project() {
+        let supervised = super::up::read_supervisor_info(project).is_some_and(|info| {
+            i32::try_from(info.pid).is_ok_and(crate::supervisor::process::is_alive)
+        });
+        if !supervised {
+            eprintln!(
+                "conclave: warning: no supervisor runs for this project (`conclave up`), so nothing acts on the request"
+            );
+        }
+    }
     Ok(())
 }
 

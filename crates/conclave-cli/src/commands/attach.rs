@@ -31,9 +31,16 @@ pub async fn run(context: &Context, args: AttachArgs) -> anyhow::Result<()> {
             .metadata()
             .context("cannot read the stream file")?
             .ino();
-        let mut text = String::new();
-        file.read_to_string(&mut text)?;
-        let mut offset = text.len() as u64;
+        // Bytes, not text: the file may end inside a character the agent is still writing.
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        let mut offset = bytes.len() as u64;
+        let complete = bytes
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |end| end + 1);
+        let mut pending: Vec<u8> = bytes.split_off(complete);
+        let text = String::from_utf8_lossy(&bytes);
         if !printed_history {
             let lines: Vec<&str> = text.lines().collect();
             for line in &lines[lines.len().saturating_sub(HISTORY_LINES)..] {
@@ -43,20 +50,19 @@ pub async fn run(context: &Context, args: AttachArgs) -> anyhow::Result<()> {
         } else {
             text.lines().for_each(print_line);
         }
-        let mut pending = String::new();
         loop {
             tokio::time::sleep(POLL).await;
             let replaced = std::fs::metadata(&path)
                 .map(|meta| meta.ino() != inode || meta.len() < offset)
                 .unwrap_or(true);
-            let mut chunk = String::new();
+            let mut chunk = Vec::new();
             file.seek(SeekFrom::Start(offset))?;
-            file.read_to_string(&mut chunk)?;
+            file.read_to_end(&mut chunk)?;
             offset += chunk.len() as u64;
-            pending.push_str(&chunk);
-            while let Some(end) = pending.find('\n') {
-                let line: String = pending.drain(..=end).collect();
-                print_line(line.trim_end());
+            pending.extend_from_slice(&chunk);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                print_line(String::from_utf8_lossy(&line).trim_end());
             }
             if replaced {
                 break;

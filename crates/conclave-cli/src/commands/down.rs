@@ -38,7 +38,7 @@ pub async fn run(context: &Context) -> anyhow::Result<()> {
 async fn stop(pid: i32) -> anyhow::Result<()> {
     kill(Pid::from_raw(pid), Signal::SIGTERM)?;
     let started = Instant::now();
-    while is_alive(pid) && !is_zombie(pid) {
+    while is_alive(pid) {
         if started.elapsed() > WAIT {
             anyhow::bail!("pid {pid} did not stop within {WAIT:?}; send it SIGKILL if needed");
         }
@@ -46,14 +46,4 @@ async fn stop(pid: i32) -> anyhow::Result<()> {
     }
     eprintln!("conclave: stopped");
     Ok(())
-}
-
-fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            stat.rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
 }

@@ -8,7 +8,7 @@
 //! `.conclave/supervisor.log`.
 
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use conclave_core::project::Project;
@@ -26,6 +26,8 @@ use crate::supervisor::{Supervisor, SupervisorOptions};
 
 /// Set in the environment of the background process `--detach` starts.
 const ENV_DETACHED: &str = "CONCLAVE_UP_DETACHED";
+/// How long `up --detach` waits for the background supervisor to report that it runs.
+const DETACH_WAIT: Duration = Duration::from_secs(30);
 
 /// `.conclave/supervisor.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,7 +60,7 @@ pub async fn run(context: &Context, args: UpArgs) -> anyhow::Result<()> {
         );
     }
     if args.detach && std::env::var_os(ENV_DETACHED).is_none() {
-        return detach(&project, &args);
+        return detach(&project, &args).await;
     }
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone())?;
@@ -143,21 +145,24 @@ async fn running_server(project: &Project) -> Option<Client> {
 }
 
 /// Starts `conclave up` again in the background, its output in `.conclave/supervisor.log`.
-fn detach(project: &Project, args: &UpArgs) -> anyhow::Result<()> {
+async fn detach(project: &Project, args: &UpArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the path of this conclave binary")?;
     let log_path = project.state_dir().join("supervisor.log");
+    // A bad conclave.toml is reported here, not only in the log.
+    crate::supervisor::check_team(project)?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&log_path)
         .with_context(|| format!("cannot open {}", log_path.display()))?;
+    let log_start = log.metadata().map(|meta| meta.len()).unwrap_or(0);
     let mut command = std::process::Command::new(exe);
     command.arg("up");
     if args.stay {
         command.arg("--stay");
     }
     use std::os::unix::process::CommandExt as _;
-    let child = command
+    let mut child = command
         .current_dir(project.root())
         .env(ENV_DETACHED, "1")
         .stdin(Stdio::null())
@@ -166,12 +171,48 @@ fn detach(project: &Project, args: &UpArgs) -> anyhow::Result<()> {
         .process_group(0)
         .spawn()
         .context("cannot start the supervisor in the background")?;
+    // Returns once the background supervisor runs (it wrote supervisor.json), or says why it
+    // did not start.
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "the background supervisor exited at once ({status}); the end of {}:\n{}",
+                log_path.display(),
+                log_tail(&log_path, log_start)
+            );
+        }
+        if read_supervisor_info(project).is_some_and(|info| info.pid == child.id()) {
+            break;
+        }
+        if started.elapsed() > DETACH_WAIT {
+            eprintln!(
+                "conclave: the background supervisor (pid {}) has not reported yet; see {}",
+                child.id(),
+                log_path.display()
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     eprintln!(
         "conclave: the team runs in the background (pid {}); log: {}; stop it with `conclave down`",
         child.id(),
         log_path.display()
     );
     Ok(())
+}
+
+/// What was written to the log since offset `start` (at most its last 4 KB).
+fn log_tail(path: &std::path::Path, start: u64) -> String {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let from = usize::try_from(start)
+        .unwrap_or(0)
+        .max(bytes.len().saturating_sub(4096))
+        .min(bytes.len());
+    String::from_utf8_lossy(&bytes[from..])
+        .trim_end()
+        .to_string()
 }
 
 /// The first SIGINT or SIGTERM stops the team cleanly; a second one ends the process at once.

@@ -212,7 +212,20 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
     }
 }
 
-/// Whether a process with this pid exists (a leftover of an earlier supervisor, say).
+/// Whether a process with this pid runs (a leftover of an earlier supervisor, say). A zombie
+/// (ended, not yet reaped by its parent) does not count: a supervisor killed with SIGKILL stays
+/// one until its parent reaps it, and must not keep the next `conclave up` from starting.
 pub fn is_alive(pid: i32) -> bool {
-    pid > 0 && Path::new(&format!("/proc/{pid}")).exists()
+    pid > 0 && Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid)
+}
+
+/// Whether `pid` is a zombie.
+pub fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
 }

@@ -155,6 +155,21 @@ pub struct Supervisor {
     quiet_ticks: u32,
 }
 
+/// The agents of `conclave.toml` and their clients, checked without starting anything (for
+/// `up --detach`, which reports a bad configuration before it goes to the background).
+pub fn check_team(project: &Project) -> anyhow::Result<Vec<String>> {
+    let config = Config::load(&project.config_file())?;
+    let plans = plan::plan_team(&config, project.root())?;
+    anyhow::ensure!(
+        !plans.is_empty(),
+        "conclave.toml names no agents: add an [[agent]] section (see `conclave init`)"
+    );
+    for plan in &plans {
+        plan::program(plan)?;
+    }
+    Ok(plans.into_iter().map(|plan| plan.name).collect())
+}
+
 impl Supervisor {
     /// Joins every agent of `conclave.toml` to the server at `url` (registering new ones) and
     /// prepares its files; starts nothing yet.
@@ -163,15 +178,9 @@ impl Supervisor {
         admin: Client,
         options: SupervisorOptions,
     ) -> anyhow::Result<(Supervisor, mpsc::Receiver<ProcessReport>)> {
+        check_team(project)?;
         let config = Config::load(&project.config_file())?;
         let plans = plan::plan_team(&config, project.root())?;
-        anyhow::ensure!(
-            !plans.is_empty(),
-            "conclave.toml names no agents: add an [[agent]] section (see `conclave init`)"
-        );
-        for plan in &plans {
-            plan::program(plan)?;
-        }
         let url = admin.base_url().to_string();
         let (reports_tx, reports_rx) = mpsc::channel(1024);
         let mut agents = Vec::new();
@@ -275,8 +284,10 @@ impl Supervisor {
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let finished = loop {
-            // Staggered first starts.
-            if let Some(index) = self.agents.iter().position(|a| a.phase == Phase::Waiting)
+            // Staggered first starts (none once a stop was asked for: `down` during the
+            // stagger must not start the rest of the team).
+            if !shutdown.is_cancelled()
+                && let Some(index) = self.agents.iter().position(|a| a.phase == Phase::Waiting)
                 && Instant::now() >= next_start
             {
                 self.start(index).await;
@@ -602,8 +613,14 @@ impl Supervisor {
             }
             Some(StopReason::Hibernate) => {
                 self.agents[index].phase = Phase::Hibernated;
+                // A paused agent stays `paused` on its record while its process is gone.
+                let status = if self.agents[index].paused {
+                    AgentStatus::Paused
+                } else {
+                    AgentStatus::Hibernated
+                };
                 let update = AgentUpdate {
-                    status: Some(AgentStatus::Hibernated),
+                    status: Some(status),
                     ..AgentUpdate::default()
                 };
                 self.patch(index, update).await;

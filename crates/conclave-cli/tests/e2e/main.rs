@@ -9,6 +9,7 @@
 mod demo;
 mod outages;
 mod supervisor;
+mod supervisor_control;
 mod support;
 mod team;
 mod tool_list;

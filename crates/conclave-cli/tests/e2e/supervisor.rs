@@ -19,16 +19,16 @@ use serde_json::{Value, json};
 use crate::support::{AGENT_TIMEOUT, AgentProcess, BIN, Team, api_key, events, serial};
 
 /// One agent of a test team: its name, role and extra `conclave.toml` lines.
-struct Member {
-    name: &'static str,
-    role: Option<&'static str>,
-    extra: &'static str,
+pub(crate) struct Member {
+    pub name: &'static str,
+    pub role: Option<&'static str>,
+    pub extra: &'static str,
 }
 
 /// A team under `conclave up`: the project, the stand-in, and the agents' homes.
-struct UpTeam {
-    team: Team,
-    stand_in: StandInHandle,
+pub(crate) struct UpTeam {
+    pub team: Team,
+    pub stand_in: StandInHandle,
     claude: std::path::PathBuf,
     _homes: Vec<CliEnv>,
     supervisor_env: CliEnv,
@@ -36,11 +36,24 @@ struct UpTeam {
 
 impl UpTeam {
     /// Starts the server and the stand-in, and writes `conclave.toml` for `members`.
-    async fn start(script: Script, members: &[Member]) -> Result<Option<UpTeam>> {
+    pub(crate) async fn start(script: Script, members: &[Member]) -> Result<Option<UpTeam>> {
+        UpTeam::start_with(script, members, true).await
+    }
+
+    /// The same; `serve` false leaves the project with no server (`conclave up` serves it).
+    pub(crate) async fn start_with(
+        script: Script,
+        members: &[Member],
+        serve: bool,
+    ) -> Result<Option<UpTeam>> {
         let Some(claude) = claude_or_skip() else {
             return Ok(None);
         };
-        let team = Team::start().await?;
+        let team = if serve {
+            Team::start().await?
+        } else {
+            Team::create().await?
+        };
         let stand_in = StandIn::start(script).await?;
         let mut toml = String::new();
         let mut homes = Vec::new();
@@ -72,7 +85,7 @@ impl UpTeam {
     }
 
     /// `conclave up ARGS`, its stderr captured.
-    fn up(&self, args: &[&str]) -> Result<AgentProcess> {
+    pub(crate) fn up(&self, args: &[&str]) -> Result<AgentProcess> {
         let mut command = self.supervisor_env.command(Path::new(BIN));
         command
             .arg("up")
@@ -84,7 +97,7 @@ impl UpTeam {
         AgentProcess::spawn(command)
     }
 
-    async fn agent(&self, name: &str) -> Result<Value> {
+    pub(crate) async fn agent(&self, name: &str) -> Result<Value> {
         let list = self
             .team
             .conclave_json(&["agent", "list", "--json"])
@@ -97,7 +110,7 @@ impl UpTeam {
     }
 
     /// Polls until `check` holds for agent `name`'s record.
-    async fn wait_agent(
+    pub(crate) async fn wait_agent(
         &self,
         name: &str,
         what: &str,
@@ -115,11 +128,11 @@ impl UpTeam {
         }
     }
 
-    fn requests(&self, name: &str) -> Vec<RecordedRequest> {
+    pub(crate) fn requests(&self, name: &str) -> Vec<RecordedRequest> {
         self.stand_in.main_requests_for(&api_key(name))
     }
 
-    async fn wait_requests(
+    pub(crate) async fn wait_requests(
         &self,
         name: &str,
         what: &str,
@@ -141,7 +154,7 @@ impl UpTeam {
 }
 
 /// Waits for `conclave up` to exit; its stderr comes with a failure.
-async fn finished(mut up: AgentProcess) -> Result<String> {
+pub(crate) async fn finished(mut up: AgentProcess) -> Result<String> {
     let output = up.finish(AGENT_TIMEOUT).await?;
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     ensure!(
@@ -153,7 +166,7 @@ async fn finished(mut up: AgentProcess) -> Result<String> {
 }
 
 /// The text of every user and system message of a request.
-fn context_text(request: &RecordedRequest) -> String {
+pub(crate) fn context_text(request: &RecordedRequest) -> String {
     let mut text = Vec::new();
     for message in request.messages() {
         if !matches!(message["role"].as_str(), Some("user" | "system")) {
@@ -198,11 +211,11 @@ fn worker(request: &RecordedRequest) -> Reply {
 }
 
 /// Idle after a turn ended (a newly registered agent is idle too, with no window yet).
-fn after_first_turn(agent: &Value) -> bool {
+pub(crate) fn after_first_turn(agent: &Value) -> bool {
     agent["status"] == "idle" && agent["context_window"].is_i64()
 }
 
-fn kinds(events: &[Value], agent: &str) -> Vec<String> {
+pub(crate) fn kinds(events: &[Value], agent: &str) -> Vec<String> {
     events
         .iter()
         .filter(|e| e["agent"] == agent)

@@ -49,6 +49,13 @@ pub struct Team {
 impl Team {
     /// `git init`, `conclave init`, then `conclave serve --listen 127.0.0.1:0`.
     pub async fn start() -> Result<Team> {
+        let mut team = Team::create().await?;
+        team.server = Some(Server::start(team.root(), "127.0.0.1:0").await?);
+        Ok(team)
+    }
+
+    /// `git init` and `conclave init`, with no server running.
+    pub async fn create() -> Result<Team> {
         let repo = tempfile::Builder::new()
             .prefix("conclave-e2e-")
             .tempdir()
@@ -59,9 +66,8 @@ impl Team {
             .status()
             .context("running git init")?;
         ensure!(git.success(), "git init failed: {git}");
-        let mut team = Team { repo, server: None };
+        let team = Team { repo, server: None };
         team.conclave(&["init"]).await?;
-        team.server = Some(Server::start(team.root(), "127.0.0.1:0").await?);
         Ok(team)
     }
 
@@ -241,6 +247,11 @@ impl AgentProcess {
             .and_then(|pid| i32::try_from(pid).ok())
             .map(Pid::from_raw);
         Ok(AgentProcess { child, group })
+    }
+
+    /// Its pid, while it has not been reaped.
+    pub fn id(&self) -> Option<u32> {
+        self.child.id()
     }
 
     pub fn stdin(&mut self) -> Result<ChildStdin> {
