@@ -1,6 +1,6 @@
-//! `conclave down`: stops the team gracefully. It signals the supervisor named in
-//! `.conclave/supervisor.json` (which ends its agents, then its in-process server); when no
-//! supervisor runs but a server does, it stops the server.
+//! `conclave down`: stops the team gracefully, agents first, then the server. It signals the
+//! supervisor named in `.conclave/supervisor.json` (which ends its agents, then its in-process
+//! server); then, if a server still runs for the project (one `up` joined), it stops that too.
 
 use std::time::{Duration, Instant};
 
@@ -15,23 +15,26 @@ const WAIT: Duration = Duration::from_secs(40);
 
 pub async fn run(context: &Context) -> anyhow::Result<()> {
     let project = context.project()?;
+    let mut stopped_something = false;
     if let Some(info) = super::up::read_supervisor_info(project)
         && let Ok(pid) = i32::try_from(info.pid)
         && is_alive(pid)
     {
         eprintln!("conclave: stopping the supervisor (pid {pid}) and its agents");
         stop(pid).await?;
-        return Ok(());
+        stopped_something = true;
     }
     if let Some(info) = project.read_server_info()
         && let Ok(pid) = i32::try_from(info.pid)
         && is_alive(pid)
     {
-        eprintln!("conclave: no supervisor runs; stopping the server (pid {pid})");
+        eprintln!("conclave: stopping the server (pid {pid})");
         stop(pid).await?;
-        return Ok(());
+        stopped_something = true;
     }
-    eprintln!("conclave: nothing runs for {}", project.root().display());
+    if !stopped_something {
+        eprintln!("conclave: nothing runs for {}", project.root().display());
+    }
     Ok(())
 }
 

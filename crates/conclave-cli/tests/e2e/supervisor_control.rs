@@ -286,8 +286,21 @@ async fn up_detach_runs_the_team_in_the_background_until_down() -> Result<()> {
     wait_ended(pid, "the background supervisor").await?;
     wait_ended(agent_pid, "its agent").await?;
     assert!(!team.path(".conclave/supervisor.json").exists());
-    let agent = up_team.agent("solo").await?;
-    assert_ne!(agent["status"], "idle", "{agent:#}");
+    // `down` stopped the server too (agents first, then the server): read the store directly.
+    assert!(
+        !team.path(".conclave/server.json").exists(),
+        "the server still runs"
+    );
+    let store = conclave_core::Store::open(
+        &team.path(".conclave/conclave.db"),
+        conclave_core::StoreConfig::default(),
+    )?;
+    let agent = store.read(|r| r.agent("solo"))?;
+    assert_ne!(
+        agent.status,
+        conclave_core::model::AgentStatus::Idle,
+        "{agent:?}"
+    );
     let log = std::fs::read_to_string(&log_path)?;
     assert!(log.contains("stopping the team"), "{log}");
     Ok(())

@@ -456,7 +456,27 @@ pub async fn next_result(lines: &mut Lines<BufReader<ChildStdout>>) -> Result<Va
 }
 
 /// The events of `conclave log --json`.
+/// The event log, through `conclave log --json` while a server runs; after `conclave down` has
+/// stopped every server of the project, straight from its database file.
 pub async fn events(team: &Team) -> Result<Vec<Value>> {
+    let server_runs = conclave_core::project::Project::at(team.root())
+        .read_server_info()
+        .is_some();
+    if !server_runs {
+        let store = conclave_core::Store::open(
+            &team.path(".conclave/conclave.db"),
+            conclave_core::StoreConfig::default(),
+        )?;
+        let filter = conclave_core::model::EventFilter {
+            limit: Some(10_000),
+            ..Default::default()
+        };
+        let events = store.read(|r| r.events(&filter))?;
+        return Ok(serde_json::to_value(events)?
+            .as_array()
+            .cloned()
+            .unwrap_or_default());
+    }
     let log = team
         .conclave_json(&["log", "--json", "--limit", "1000"])
         .await?;
