@@ -158,9 +158,10 @@ async fn agent_control_pauses_resumes_restarts_and_stops_an_agent() -> Result<()
         .wait_agent("solo", "stopped", |a| a["status"] == "stopped")
         .await?;
     wait_ended(second_pid, "the stopped agent's process").await?;
-    // The record keeps the last pid (the store cannot clear it); the status says it is gone.
+    // A stopped agent has no live process, so no pid.
     let stopped = up_team.agent("solo").await?;
     assert_eq!(stopped["status"], "stopped", "{stopped:#}");
+    assert!(stopped["pid"].is_null(), "{stopped:#}");
 
     team.conclave(&["down"]).await?;
     finished(up).await?;

@@ -170,7 +170,8 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Applies a status report (from the supervisor, a hook, or the agent itself).
+    /// Applies a status report (from the supervisor, a hook, or the agent itself). An agent that
+    /// stops, crashes, hibernates or goes offline has no live process: its pid is cleared.
     pub fn update_agent(&mut self, actor: &str, name: &str, update: AgentUpdate) -> Result<Agent> {
         let before = self.read().agent(name)?;
         if let Some(role) = &update.role {
@@ -195,7 +196,9 @@ impl Tx<'_> {
             "UPDATE agents SET
                 status = COALESCE(?2, status), role = COALESCE(?3, role),
                 model = COALESCE(?4, model), session_id = COALESCE(?5, session_id),
-                pid = COALESCE(?6, pid), host = COALESCE(?7, host),
+                pid = CASE WHEN ?2 IN ('stopped', 'crashed', 'hibernated', 'offline') AND ?6 IS NULL
+                           THEN NULL ELSE COALESCE(?6, pid) END,
+                host = COALESCE(?7, host),
                 context_tokens = COALESCE(?8, context_tokens),
                 context_window = COALESCE(?9, context_window),
                 cost_usd = COALESCE(?10, cost_usd), restarts = COALESCE(?11, restarts)

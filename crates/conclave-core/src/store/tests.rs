@@ -613,3 +613,31 @@ fn lease_expiry_is_swept_with_an_event() {
         vec!["a.rs".to_string()]
     );
 }
+
+#[test]
+fn an_agent_without_a_live_process_has_no_pid() {
+    let store = store();
+    agent(&store, "a", None, &[]);
+    let report = |status: AgentStatus, pid: Option<i64>| {
+        store.write(|tx| {
+            tx.update_agent(
+                "admin",
+                "a",
+                AgentUpdate {
+                    status: Some(status),
+                    pid,
+                    ..Default::default()
+                },
+            )
+        })
+    };
+    assert_eq!(
+        report(AgentStatus::Working, Some(42)).expect("working").pid,
+        Some(42)
+    );
+    assert_eq!(report(AgentStatus::Idle, None).expect("idle").pid, Some(42));
+    assert_eq!(
+        report(AgentStatus::Stopped, None).expect("stopped").pid,
+        None
+    );
+}
