@@ -166,6 +166,83 @@ pub fn arguments(plan: &AgentPlan, files: &AgentFiles, resume: Option<&str>) -> 
     args
 }
 
+/// The whole command line of an agent: the program and every argument.
+///
+/// `command` in `conclave.toml` is either a program (with arguments of its own) to which
+/// Conclave's arguments are appended, or a template for another agent CLI when it holds a
+/// placeholder: `{args}` (Conclave's usual arguments), `{mcp_config}`, `{settings}`, `{model}`,
+/// `{permission_mode}`, `{prompt}` (protocol text and the agent's prompt), `{name}`, `{role}`,
+/// `{resume}` (the session to resume). A template gets only what it names; a word whose
+/// placeholder has no value (no `model` set, nothing to resume) is left out. The CLI must still
+/// print stream-json on stdout and read stream-json user messages on stdin.
+pub fn command_line(
+    plan: &AgentPlan,
+    files: &AgentFiles,
+    resume: Option<&str>,
+) -> anyhow::Result<(PathBuf, Vec<String>)> {
+    let (program, prefix) = program(plan)?;
+    let standard: Vec<String> = arguments(plan, files, resume)
+        .into_iter()
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .collect();
+    if !prefix.iter().any(|word| word.contains('{')) {
+        let mut args = prefix;
+        args.extend(standard);
+        return Ok((program, args));
+    }
+    let settings = &plan.settings;
+    let values: Vec<(&str, Option<String>)> = vec![
+        ("{mcp_config}", Some(files.mcp_config.display().to_string())),
+        ("{settings}", Some(files.settings.display().to_string())),
+        ("{model}", settings.model.clone()),
+        ("{permission_mode}", settings.permission_mode.clone()),
+        ("{prompt}", Some(system_prompt(plan))),
+        ("{name}", Some(plan.name.clone())),
+        ("{role}", plan.role.clone()),
+        ("{resume}", resume.map(str::to_string)),
+    ];
+    let mut args = Vec::new();
+    for word in prefix {
+        if word == "{args}" {
+            args.extend(standard.iter().cloned());
+            continue;
+        }
+        let mut expanded = word.clone();
+        let mut missing = false;
+        for (placeholder, value) in &values {
+            if expanded.contains(placeholder) {
+                match value {
+                    Some(value) => expanded = expanded.replace(placeholder, value),
+                    None => missing = true,
+                }
+            }
+        }
+        if let Some(unknown) = expanded
+            .find('{')
+            .filter(|_| expanded.contains('}') && !missing)
+        {
+            let rest = &expanded[unknown..];
+            if let Some(end) = rest.find('}') {
+                let name = &rest[..=end];
+                if name.len() > 2
+                    && name[1..name.len() - 1]
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c == '_')
+                {
+                    anyhow::bail!(
+                        "{}: command has an unknown placeholder {name} (known: {{args}}, {{mcp_config}}, {{settings}}, {{model}}, {{permission_mode}}, {{prompt}}, {{name}}, {{role}}, {{resume}})",
+                        plan.name
+                    );
+                }
+            }
+        }
+        if !missing {
+            args.push(expanded);
+        }
+    }
+    Ok((program, args))
+}
+
 /// The protocol text, then the agent's own `prompt`.
 pub fn system_prompt(plan: &AgentPlan) -> String {
     match plan.settings.prompt.as_deref().map(str::trim) {
@@ -256,5 +333,27 @@ prompt = "You review."
         assert_eq!(after("--resume").as_deref(), Some("s-1"));
         let prompt = after("--append-system-prompt").unwrap_or_default();
         assert!(prompt.starts_with(PROTOCOL) && prompt.ends_with("You review."));
+    }
+
+    #[test]
+    fn a_command_template_gets_exactly_what_it_names() {
+        let text = "[[agent]]\nname = \"a\"\nrole = \"coder\"\nmodel = \"m1\"\ncommand = \"/bin/echo --cfg={mcp_config} --model {model} --role={role} --resume={resume} {args}\"\n";
+        let config = Config::parse(text).expect("config");
+        let plans = plan_team(&config, Path::new("/p")).expect("plan");
+        let (program, args) = command_line(&plans[0], &files(), None).expect("command");
+        assert_eq!(program, PathBuf::from("/bin/echo"));
+        assert_eq!(args[0], "--cfg=/p/.conclave/agents/a/mcp.json");
+        assert_eq!(&args[1..4], ["--model", "m1", "--role=coder"]);
+        assert!(!args.iter().any(|a| a.starts_with("--resume=")), "{args:?}");
+        assert!(
+            args.contains(&"stream-json".to_string()),
+            "{{args}} expands: {args:?}"
+        );
+
+        let text = "[[agent]]\nname = \"a\"\ncommand = \"/bin/echo {bogus}\"\n";
+        let config = Config::parse(text).expect("config");
+        let plans = plan_team(&config, Path::new("/p")).expect("plan");
+        let error = command_line(&plans[0], &files(), None).expect_err("unknown placeholder");
+        assert!(error.to_string().contains("{bogus}"), "{error}");
     }
 }

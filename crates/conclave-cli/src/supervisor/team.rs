@@ -333,13 +333,8 @@ impl Supervisor {
         };
         let agent = &mut self.agents[index];
         agent.generation += 1;
-        let launch = match plan::program(&agent.plan) {
-            Ok((program, mut args)) => {
-                args.extend(
-                    plan::arguments(&agent.plan, &agent.files, resume.as_deref())
-                        .into_iter()
-                        .map(|arg| arg.to_string_lossy().into_owned()),
-                );
+        let launch = match plan::command_line(&agent.plan, &agent.files, resume.as_deref()) {
+            Ok((program, args)) => {
                 let mut env = plan::extra_env(&agent.plan);
                 env.insert(ENV_URL.to_string(), self.url.clone());
                 env.insert(ENV_AGENT.to_string(), agent.plan.name.clone());
