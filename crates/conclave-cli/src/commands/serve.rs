@@ -18,7 +18,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         )
     })?;
     let shutdown = CancellationToken::new();
-    spawn_signal_handler(shutdown.clone())?;
+    spawn_signal_handler(shutdown.clone(), "shutting down")?;
     let options = ServeOptions {
         listen: args.listen,
         allow_remote: args.allow_remote,
@@ -26,9 +26,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     conclave_server::serve_project(&project, options, shutdown).await
 }
 
-/// The first SIGINT or SIGTERM asks the server to shut down cleanly; a second one ends the
+/// The first SIGINT or SIGTERM cancels `shutdown` (saying `what` it stops); a second one ends the
 /// process at once.
-fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
+pub(crate) fn spawn_signal_handler(
+    shutdown: CancellationToken,
+    what: &'static str,
+) -> anyhow::Result<()> {
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     tokio::spawn(async move {
@@ -40,7 +43,7 @@ fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
             }
             n_signals += 1;
             if n_signals == 1 {
-                eprintln!("conclave: shutting down (signal again to stop at once)");
+                eprintln!("conclave: {what} (signal again to stop at once)");
                 shutdown.cancel();
             } else {
                 std::process::exit(130);

@@ -15,7 +15,6 @@ use conclave_core::project::Project;
 use conclave_server::ServeOptions;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::UpArgs;
@@ -63,7 +62,7 @@ pub async fn run(context: &Context, args: UpArgs) -> anyhow::Result<()> {
         return detach(&project, &args).await;
     }
     let shutdown = CancellationToken::new();
-    spawn_signal_handler(shutdown.clone())?;
+    super::serve::spawn_signal_handler(shutdown.clone(), "stopping the team")?;
 
     let server_shutdown = CancellationToken::new();
     let (admin, server) = match running_server(&project).await {
@@ -213,27 +212,4 @@ fn log_tail(path: &std::path::Path, start: u64) -> String {
     String::from_utf8_lossy(&bytes[from..])
         .trim_end()
         .to_string()
-}
-
-/// The first SIGINT or SIGTERM stops the team cleanly; a second one ends the process at once.
-fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    tokio::spawn(async move {
-        let mut n_signals = 0;
-        loop {
-            tokio::select! {
-                _ = interrupt.recv() => {}
-                _ = terminate.recv() => {}
-            }
-            n_signals += 1;
-            if n_signals == 1 {
-                eprintln!("conclave: stopping the team (signal again to stop at once)");
-                shutdown.cancel();
-            } else {
-                std::process::exit(130);
-            }
-        }
-    });
-    Ok(())
 }
