@@ -8,6 +8,7 @@
 
 mod demo;
 mod outages;
+mod readme_team;
 mod supervisor;
 mod supervisor_control;
 mod support;
