@@ -105,7 +105,20 @@ pub async fn run(context: &Context, args: UpArgs) -> anyhow::Result<()> {
         .context("cannot write .conclave/supervisor.json")?;
 
     let options = SupervisorOptions { stay: args.stay };
+    let no_agents = conclave_core::config::Config::load(&project.config_file())
+        .map(|config| config.agents.is_empty())
+        .unwrap_or(false);
     let outcome = async {
+        if no_agents {
+            // Nothing to supervise yet: serve the project (tasks, messages, the dashboard) until
+            // stopped, so that `conclave init && conclave up` is a working start.
+            eprintln!(
+                "conclave: conclave.toml names no agents yet: serving only (add [[agent]] sections \
+                 and run `conclave up` again to start a team; Ctrl-C or `conclave down` stops)"
+            );
+            shutdown.cancelled().await;
+            return Ok(());
+        }
         let (supervisor, reports) = Supervisor::prepare(&project, admin, options).await?;
         eprintln!(
             "conclave: running {} agent(s): {}",

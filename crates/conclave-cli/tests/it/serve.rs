@@ -97,3 +97,25 @@ fn serve_shuts_down_cleanly_on_sigterm_and_sigint() {
         );
     }
 }
+
+/// `conclave init && conclave up` is a working start even before any agent is configured: `up`
+/// serves the project (and says how to add a team) until stopped.
+#[test]
+fn up_without_agents_serves_the_project_until_stopped() {
+    let project = TestProject::init();
+    std::fs::write(
+        project.root().join("conclave.toml"),
+        "[server]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .expect("config");
+    let server = Server::start_command(&project, "up.log", &["up"]);
+    let id = project.run(&["task", "add", "first task"]).ok();
+    assert_eq!(id.trim(), "T-1");
+    assert!(
+        server.log().contains("names no agents yet"),
+        "{}",
+        server.log()
+    );
+    assert_eq!(server.stop_with(Signal::SIGTERM), Some(0));
+    assert!(!project.state_dir().join("server.json").exists());
+}

@@ -247,9 +247,14 @@ impl Server {
     }
 
     pub fn start_logging(project: &TestProject, log_name: &str) -> Server {
+        Server::start_command(project, log_name, &["serve", "--listen", "127.0.0.1:0"])
+    }
+
+    /// Any command that ends up serving the project (`serve`, or `up` with no agents).
+    pub fn start_command(project: &TestProject, log_name: &str, args: &[&str]) -> Server {
         let log = project.log_path(log_name);
         let log_file = std::fs::File::create(&log).expect("server log");
-        let mut command = project.command(&As::Admin, &["serve", "--listen", "127.0.0.1:0"]);
+        let mut command = project.command(&As::Admin, args);
         command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
