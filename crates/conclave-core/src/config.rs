@@ -237,8 +237,11 @@ impl Config {
             ("claim_ttl_secs", self.server.claim_ttl_secs),
             ("lease_ttl_secs", self.server.lease_ttl_secs),
         ] {
-            if value.is_some_and(|secs| secs < 1) {
-                return Err(format!("[server] {what} must be at least 1"));
+            if value.is_some_and(|secs| !(1..=crate::store::MAX_LEASE_TTL_SECS).contains(&secs)) {
+                return Err(format!(
+                    "[server] {what} must be between 1 and {} (a day)",
+                    crate::store::MAX_LEASE_TTL_SECS
+                ));
             }
         }
         let mut names = std::collections::BTreeSet::new();

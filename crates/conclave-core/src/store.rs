@@ -28,6 +28,7 @@ use crate::model::{Actor, Event, TaskId};
 
 pub use agents::{ReleaseReport, hash_token};
 pub use events::SweepReport;
+pub use leases::MAX_LEASE_TTL_SECS;
 pub use messages::parse_message_id;
 pub use notes::parse_note_id;
 pub use schema::SCHEMA_VERSION;
@@ -132,20 +133,20 @@ impl Store {
 
     /// Runs `change` in one write transaction; commits if it returns `Ok`, else rolls back.
     pub fn write<T>(&self, change: impl FnOnce(&mut Tx<'_>) -> Result<T>) -> Result<T> {
-        let (value, events) = {
-            let mut conn = lock(&self.inner.writer);
-            let transaction = conn.transaction()?;
-            let mut tx = Tx {
-                tx: transaction,
-                now: Utc::now(),
-                config: &self.inner.config,
-                events: Vec::new(),
-            };
-            let value = change(&mut tx)?;
-            let Tx { tx, events, .. } = tx;
-            tx.commit()?;
-            (value, events)
+        let mut conn = lock(&self.inner.writer);
+        let transaction = conn.transaction()?;
+        let mut tx = Tx {
+            tx: transaction,
+            now: Utc::now(),
+            config: &self.inner.config,
+            events: Vec::new(),
         };
+        let value = change(&mut tx)?;
+        let Tx { tx, events, .. } = tx;
+        tx.commit()?;
+        // Published while the writer is still held, so that subscribers see events in sequence
+        // order (a stream that has sent seq 11 never gets seq 10 afterwards). The sink must not
+        // block: the server's is a broadcast send.
         self.publish(&events);
         Ok(value)
     }
@@ -222,11 +223,18 @@ impl Store {
 }
 
 fn read_snapshot<T>(conn: &Connection, query: impl FnOnce(&Reader<'_>) -> Result<T>) -> Result<T> {
+    /// Ends the read transaction however the query ends, a panic included, so that a pooled
+    /// connection is never left inside one.
+    struct EndRead<'c>(&'c Connection);
+    impl Drop for EndRead<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.execute_batch("ROLLBACK");
+        }
+    }
     // One deferred transaction so that a multi-query read sees a single snapshot.
     conn.execute_batch("BEGIN")?;
-    let result = query(&Reader { conn });
-    conn.execute_batch("COMMIT")?;
-    result
+    let _end = EndRead(conn);
+    query(&Reader { conn })
 }
 
 fn thread_index() -> usize {

@@ -111,7 +111,24 @@ pub fn touched_path(root: Option<&Path>, input: &HookInput) -> Option<String> {
         .and_then(Value::as_str)?;
     let cwd = PathBuf::from(input.cwd.as_deref().unwrap_or("/"));
     let root = root.map(Path::to_path_buf).unwrap_or_else(|| cwd.clone());
-    paths::relativize(&root, &cwd, file)
+    paths::relativize(&root, &cwd, file).map(|path| escape_glob(&path))
+}
+
+/// A concrete file name as a lease pattern that matches exactly it: `[`, `*` and `?` (legal in
+/// file names, such as `app/[id]/page.tsx`) become one-character classes.
+fn escape_glob(path: &str) -> String {
+    let mut escaped = String::with_capacity(path.len());
+    for c in path.chars() {
+        match c {
+            '[' | '*' | '?' => {
+                escaped.push('[');
+                escaped.push(c);
+                escaped.push(']');
+            }
+            _ => escaped.push(c),
+        }
+    }
+    escaped
 }
 
 async fn pre_tool_use(
@@ -248,6 +265,14 @@ fn append_messages(out: &mut String, messages: &[Message], budget: usize) -> Vec
             message.id, message.sender, message.kind, message.body
         );
         if out.len() + line.len() > budget {
+            if shown.is_empty() {
+                // A message longer than the whole budget still gets through, cut, rather than
+                // blocking every message behind it.
+                out.push_str(&cut_to(&line, budget.saturating_sub(out.len()).max(200)));
+                out.push_str("… (cut; the full text is in `conclave msg list`)\n");
+                shown.push(message.id.clone());
+                continue;
+            }
             let _ = writeln!(
                 out,
                 "- ({} more: use the inbox tool)",
@@ -425,4 +450,52 @@ async fn record(
     })
     .await?;
     Ok(())
+}
+
+/// The longest prefix of `text` within `max` bytes, on a character boundary.
+pub(crate) fn cut_to(text: &str, max: usize) -> String {
+    let mut end = max.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_with_glob_characters_lease_exactly_that_file() {
+        let input = HookInput {
+            cwd: Some("/repo".into()),
+            tool_name: Some("Write".into()),
+            tool_input: Some(serde_json::json!({ "file_path": "/repo/app/[id]/page.tsx" })),
+            ..HookInput::default()
+        };
+        let path = touched_path(Some(Path::new("/repo")), &input).expect("inside the root");
+        assert_eq!(path, "app/[[]id]/page.tsx");
+        let pattern = paths::normalize_lease_path(&path).expect("valid pattern");
+        assert!(pattern.matches("app/[id]/page.tsx"));
+        assert!(!pattern.matches("app/i/page.tsx"));
+    }
+
+    #[test]
+    fn a_message_longer_than_the_budget_is_cut_not_stuck() {
+        let long = Message {
+            id: "M-1".into(),
+            sender: "a".into(),
+            to: "b".into(),
+            thread: "M-1".into(),
+            kind: MessageKind::Chat,
+            urgent: true,
+            body: "x".repeat(10_000),
+            created_at: chrono::Utc::now(),
+            deliveries: Vec::new(),
+        };
+        let mut out = String::new();
+        let shown = append_messages(&mut out, &[long.clone(), long], 1000);
+        assert_eq!(shown, vec!["M-1".to_string()]);
+        assert!(out.len() < 1200 && out.contains("cut"), "{}", out.len());
+    }
 }

@@ -619,6 +619,13 @@ impl ConclaveTools {
                     message.body
                 );
                 if body.len() + line.len() > MAX_RESULT_CHARS - 200 {
+                    if shown.is_empty() {
+                        // One message longer than a result must not block those behind it.
+                        body.push_str(&crate::hooks::cut_to(&line, MAX_RESULT_CHARS - 300));
+                        body.push_str("… (cut; ask the sender for the rest)\n");
+                        shown.push(message.id.clone());
+                        continue;
+                    }
                     let _ = writeln!(
                         body,
                         "({} more; call inbox again)",

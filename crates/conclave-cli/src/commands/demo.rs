@@ -137,10 +137,13 @@ fn make_project(dir: &Path, stand_in_url: &str, claude: &Path) -> anyhow::Result
 
 fn spawn(exe: &Path, dir: &Path, args: &[&str], quiet: bool) -> anyhow::Result<Child> {
     let mut command = Command::new(exe);
+    // Their own process group: a Ctrl-C in the terminal reaches the demo alone, which then stops
+    // `up` (agents first) and the server in order.
     command
         .args(args)
         .current_dir(dir)
         .stdin(Stdio::null())
+        .process_group(0)
         .kill_on_drop(true);
     if quiet {
         command.stdout(Stdio::null()).stderr(Stdio::null());
@@ -198,7 +201,7 @@ async fn stop(child: &mut Child) {
             nix::sys::signal::Signal::SIGTERM,
         );
     }
-    if tokio::time::timeout(Duration::from_secs(15), child.wait())
+    if tokio::time::timeout(Duration::from_secs(40), child.wait())
         .await
         .is_err()
     {

@@ -7,6 +7,7 @@
 //! server. `--detach` starts the same command in the background with its output in
 //! `.conclave/supervisor.log`.
 
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -162,11 +163,16 @@ async fn detach(project: &Project, args: &UpArgs) -> anyhow::Result<()> {
     let log_path = project.state_dir().join("supervisor.log");
     // A bad conclave.toml is reported here, not only in the log.
     crate::supervisor::check_team(project)?;
+    // The log carries the dashboard link, and with it the admin token: owner-only, like
+    // admin.token itself.
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&log_path)
         .with_context(|| format!("cannot open {}", log_path.display()))?;
+    std::fs::set_permissions(&log_path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", log_path.display()))?;
     let log_start = log.metadata().map(|meta| meta.len()).unwrap_or(0);
     let mut command = std::process::Command::new(exe);
     command.arg("up");

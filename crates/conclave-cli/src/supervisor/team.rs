@@ -756,6 +756,15 @@ impl Supervisor {
                     self.on_control(index, action).await;
                 }
             }
+            "task.ready" => {
+                // A task that is ready again (reopened, reclaimed, released) may be offered anew.
+                if let Some(task) = event.task {
+                    for agent in &mut self.agents {
+                        agent.offered.remove(&task);
+                    }
+                }
+                self.dirty = true;
+            }
             kind if kind.starts_with("task.") => self.dirty = true,
             _ => {}
         }
@@ -1011,6 +1020,15 @@ impl Supervisor {
 
     fn stop_process(&mut self, index: usize, reason: StopReason, grace: Duration) {
         let agent = &mut self.agents[index];
+        // A person's stop and the team's shutdown win over anything the supervisor decides
+        // itself (recycle, budget, hibernate) while the process is on its way out.
+        if matches!(
+            agent.stopping,
+            Some(StopReason::Shutdown | StopReason::Stop)
+        ) && !matches!(reason, StopReason::Shutdown | StopReason::Stop)
+        {
+            return;
+        }
         if let Some(process) = agent.process.as_mut() {
             agent.stopping = Some(reason);
             process.stop(grace);

@@ -2,9 +2,7 @@
 //! delivery row per recipient that stays unacknowledged (and so comes back in the inbox) until the
 //! recipient acknowledges it: at-least-once delivery across reconnects and restarts.
 
-use std::collections::HashMap;
-
-use rusqlite::{Row, params};
+use rusqlite::{OptionalExtension, Row, params};
 use serde_json::json;
 
 use super::{Reader, Tx, ms_to_time, opt_time, validate_name, validate_text};
@@ -73,6 +71,21 @@ impl Reader<'_> {
         Ok(messages)
     }
 
+    /// One message with its delivery state.
+    pub fn message(&self, row_id: i64) -> Result<Message> {
+        let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?1");
+        let message = self
+            .conn()
+            .query_row(&sql, params![row_id], message_from_row)
+            .optional()?
+            .ok_or_else(|| CoreError::not_found(format!("no message M-{row_id}")))?;
+        let mut messages = vec![message];
+        self.attach_deliveries(&mut messages)?;
+        messages
+            .pop()
+            .ok_or_else(|| CoreError::not_found(format!("no message M-{row_id}")))
+    }
+
     /// The agent's unacknowledged messages, oldest first.
     pub fn inbox(&self, agent: &str) -> Result<Vec<Message>> {
         let sql = format!(
@@ -95,32 +108,18 @@ impl Reader<'_> {
     }
 
     fn attach_deliveries(&self, messages: &mut [Message]) -> Result<()> {
-        if messages.is_empty() {
-            return Ok(());
-        }
-        let first = parse_message_id(&messages[0].id)?;
-        let last = parse_message_id(&messages[messages.len() - 1].id)?;
         let mut statement = self.conn().prepare_cached(
-            "SELECT message_id, agent, acked_at FROM deliveries
-             WHERE message_id BETWEEN ?1 AND ?2 ORDER BY message_id, agent",
+            "SELECT agent, acked_at FROM deliveries WHERE message_id = ?1 ORDER BY agent",
         )?;
-        let rows = statement.query_map(params![first.min(last), first.max(last)], |row| {
-            Ok((
-                row.get::<_, i64>(0)?,
-                Delivery {
-                    agent: row.get(1)?,
-                    acked_at: opt_time(row.get(2)?),
-                },
-            ))
-        })?;
-        let mut by_message: HashMap<i64, Vec<Delivery>> = HashMap::new();
-        for row in rows {
-            let (id, delivery) = row?;
-            by_message.entry(id).or_default().push(delivery);
-        }
         for message in messages {
             let id = parse_message_id(&message.id)?;
-            message.deliveries = by_message.remove(&id).unwrap_or_default();
+            let rows = statement.query_map(params![id], |row| {
+                Ok(Delivery {
+                    agent: row.get(0)?,
+                    acked_at: opt_time(row.get(1)?),
+                })
+            })?;
+            message.deliveries = rows.collect::<rusqlite::Result<_>>()?;
         }
         Ok(())
     }
@@ -203,11 +202,7 @@ impl Tx<'_> {
                 "kind": new.kind, "urgent": new.urgent, "body": new.body,
             }),
         )?;
-        let mut messages = self.read().messages(None, Some(&thread), 10_000)?;
-        messages
-            .pop()
-            .filter(|message| message.id == id)
-            .ok_or_else(|| CoreError::not_found("message vanished while sending"))
+        self.read().message(row_id)
     }
 
     /// Acknowledges messages for `agent`; unknown or already acknowledged ids are ignored, so a

@@ -48,12 +48,26 @@ pub async fn update(
     ApiPath(name): ApiPath<String>,
     ApiJson(update): ApiJson<AgentUpdate>,
 ) -> ApiResult<Response> {
-    if let Actor::Agent(me) = &actor
-        && *me != name
-    {
-        return Err(ApiError::forbidden(format!(
-            "{me} may not change agent {name}"
-        )));
+    if let Actor::Agent(me) = &actor {
+        if *me != name {
+            return Err(ApiError::forbidden(format!(
+                "{me} may not change agent {name}"
+            )));
+        }
+        // An agent reports on its own session; what it may claim (role) and what the
+        // supervisor accounts (pid, cost, restarts) are the admin's to set.
+        if update.role.is_some()
+            || update.model.is_some()
+            || update.pid.is_some()
+            || update.host.is_some()
+            || update.cost_usd.is_some()
+            || update.restarts.is_some()
+        {
+            return Err(ApiError::forbidden(
+                "an agent may report only its status, session id and context use; role, model, \
+                 pid, host, cost and restarts are set by an admin",
+            ));
+        }
     }
     let key = key.with_body(&update);
     let by = actor.name().to_string();

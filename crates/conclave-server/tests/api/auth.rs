@@ -96,3 +96,32 @@ async fn an_agent_may_hold_several_tokens() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_agent_reports_on_its_session_but_cannot_give_itself_another_role() {
+    let server = TestServer::start().await;
+    let alice = server.agent("alice", Some("coder")).await;
+    let (status, agent) = server
+        .with_token(&alice)
+        .call(
+            Method::PATCH,
+            "/api/agents/alice",
+            Some(json!({ "session_id": "s-1", "context_tokens": 1200 })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{agent}");
+    assert_eq!(agent["session_id"], "s-1");
+    for update in [
+        json!({ "role": "lead" }),
+        json!({ "cost_usd": 0.0 }),
+        json!({ "pid": 1 }),
+    ] {
+        let (status, body) = server
+            .with_token(&alice)
+            .call(Method::PATCH, "/api/agents/alice", Some(update.clone()))
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{update}: {body}");
+    }
+    let (_, agent) = server.as_admin().get("/api/agents/alice").await;
+    assert_eq!(agent["role"], "coder");
+}
