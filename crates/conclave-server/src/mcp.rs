@@ -72,11 +72,7 @@ type ToolResult = Result<CallToolResult, rmcp::ErrorData>;
 fn text(body: impl Into<String>) -> ToolResult {
     let mut body = body.into();
     if body.len() > MAX_RESULT_CHARS {
-        let mut cut = MAX_RESULT_CHARS;
-        while !body.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        body.truncate(cut);
+        body = crate::hooks::cut_to(&body, MAX_RESULT_CHARS);
         body.push_str("\n… (cut; narrow the request)");
     }
     Ok(CallToolResult::success(vec![ContentBlock::text(body)]))
