@@ -116,17 +116,13 @@ impl<'de> Deserialize<'de> for Isolation {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NotSupported {}
 
-fn refuse_check<'de, D: serde::Deserializer<'de>>(
-    _: D,
-) -> Result<Option<NotSupported>, D::Error> {
+fn refuse_check<'de, D: serde::Deserializer<'de>>(_: D) -> Result<Option<NotSupported>, D::Error> {
     Err(serde::de::Error::custom(
         "`check` is not supported yet (the merge queue's check will live in a [merge] table)",
     ))
 }
 
-fn refuse_pipeline<'de, D: serde::Deserializer<'de>>(
-    _: D,
-) -> Result<Vec<NotSupported>, D::Error> {
+fn refuse_pipeline<'de, D: serde::Deserializer<'de>>(_: D) -> Result<Vec<NotSupported>, D::Error> {
     Err(serde::de::Error::custom(
         "[[pipeline]] is not supported yet",
     ))
@@ -342,12 +338,35 @@ fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
     let message = error.message().trim_end_matches('\n');
     match error.span() {
         Some(span) => {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let start = key_line_start(text, span.clone(), message).unwrap_or(span.start);
+            let line = text[..start.min(text.len())].matches('\n').count() + 1;
             let line_text = text.lines().nth(line - 1).unwrap_or("").trim();
             format!("line {line} (`{line_text}`): {message}")
         }
         None => message.to_string(),
     }
+}
+
+/// An error in an `[[agent]]`'s settings (flattened into it) points at the table's header; when
+/// the message names a key (`` `key` `` or `key = `) of the table that starts there, the offset
+/// of that key's line instead.
+fn key_line_start(text: &str, span: std::ops::Range<usize>, message: &str) -> Option<usize> {
+    let mut offset = span.start;
+    for (index, line) in text.get(span.start..)?.split_inclusive('\n').enumerate() {
+        if index > 0 && line.trim_start().starts_with('[') {
+            return None; // the next table
+        }
+        if let Some((key, _)) = line.split_once('=') {
+            let key = key.trim();
+            if !key.is_empty()
+                && (message.contains(&format!("`{key}`")) || message.contains(&format!("{key} =")))
+            {
+                return Some(offset);
+            }
+        }
+        offset += line.len();
+    }
+    None
 }
 
 /// The commented file `conclave init` writes.
@@ -468,7 +487,8 @@ env = { A = "b" }
 
     #[test]
     fn isolation_shared_is_accepted() {
-        let text = "[defaults]\nisolation = \"shared\"\n[[agent]]\nname = \"a\"\nisolation = \"shared\"\n";
+        let text =
+            "[defaults]\nisolation = \"shared\"\n[[agent]]\nname = \"a\"\nisolation = \"shared\"\n";
         let config = Config::parse(text).expect("shared is what every agent gets");
         assert_eq!(config.defaults.isolation, Some(Isolation::Shared));
         assert_eq!(config.agents[0].settings.isolation, Some(Isolation::Shared));
@@ -484,7 +504,11 @@ env = { A = "b" }
                 "isolation",
                 5,
             ),
-            ("[defaults]\nmodel = \"sonnet\"\ncheck = \"cargo test\"\n", "check", 3),
+            (
+                "[defaults]\nmodel = \"sonnet\"\ncheck = \"cargo test\"\n",
+                "check",
+                3,
+            ),
             (
                 "[[agent]]\nname = \"coder\"\ncheck = \"cargo test\"\n",
                 "check",
