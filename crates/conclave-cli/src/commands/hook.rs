@@ -726,7 +726,10 @@ mod tests {
         ];
         for (replies, expected) in cases {
             let endpoint = raw_peer(replies, Duration::ZERO);
-            assert_eq!(post_stop(&endpoint, DEADLINE).expect_err(expected), expected);
+            assert_eq!(
+                post_stop(&endpoint, DEADLINE).expect_err(expected),
+                expected
+            );
         }
     }
 
