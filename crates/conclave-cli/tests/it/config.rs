@@ -19,7 +19,7 @@ fn serve_up_and_claude_refuse_an_isolation_that_is_not_supported_yet() {
         &["up"],
         &["claude", "--name", "alice"],
     ] {
-        let run = project.run(&args);
+        let run = project.run(args);
         assert_ne!(run.code, 0, "{args:?} started with a refused key: {run:#?}");
         assert!(
             run.stderr
