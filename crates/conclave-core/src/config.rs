@@ -348,8 +348,8 @@ fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
 }
 
 /// An error in an `[[agent]]`'s settings (flattened into it) points at the table's header; when
-/// the message names a key (`` `key` `` or `key = `) of the table that starts there, the offset
-/// of that key's line instead.
+/// the message is about one key of the table that starts there (it begins `` `key` ``,
+/// `key = ` or ``unknown field `key` ``), the offset of that key's line instead.
 fn key_line_start(text: &str, span: std::ops::Range<usize>, message: &str) -> Option<usize> {
     let mut offset = span.start;
     for (index, line) in text.get(span.start..)?.split_inclusive('\n').enumerate() {
@@ -358,9 +358,14 @@ fn key_line_start(text: &str, span: std::ops::Range<usize>, message: &str) -> Op
         }
         if let Some((key, _)) = line.split_once('=') {
             let key = key.trim();
-            if !key.is_empty()
-                && (message.contains(&format!("`{key}`")) || message.contains(&format!("{key} =")))
-            {
+            let about_key = [
+                format!("`{key}`"),
+                format!("{key} ="),
+                format!("unknown field `{key}`"),
+            ]
+            .iter()
+            .any(|start| message.starts_with(start.as_str()));
+            if !key.is_empty() && about_key {
                 return Some(offset);
             }
         }
@@ -520,6 +525,9 @@ env = { A = "b" }
                 3,
             ),
         ];
+        let text = "[[agent]]\nname = \"coder\"\nmodel = \"opus\"\nmodle = \"x\"\n";
+        let error = Config::parse(text).expect_err("typo");
+        assert!(error.starts_with("line 4 "), "{error}");
         for (text, key, line) in cases {
             let error = Config::parse(text).expect_err(text);
             assert!(
