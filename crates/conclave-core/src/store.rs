@@ -27,8 +27,9 @@ use crate::error::{CoreError, Result};
 use crate::model::{Actor, Event, TaskId};
 
 pub use agents::{ReleaseReport, hash_token};
-pub use events::SweepReport;
+pub use events::{IDEMPOTENCY_WINDOW_SECS, SweepReport};
 pub use leases::MAX_LEASE_TTL_SECS;
+pub use leases::{MAX_REPORTED_CONFLICTS, MAX_WHOLE_TREE_TTL_SECS};
 pub use messages::parse_message_id;
 pub use notes::parse_note_id;
 pub use schema::SCHEMA_VERSION;
@@ -50,6 +51,8 @@ pub struct StoreConfig {
     pub claim_ttl_secs: i64,
     /// Default lifetime of a file lease.
     pub lease_ttl_secs: i64,
+    /// Live file leases one agent may hold at once.
+    pub max_leases_per_agent: usize,
     pub durability: Durability,
 }
 
@@ -58,6 +61,7 @@ impl Default for StoreConfig {
         StoreConfig {
             claim_ttl_secs: 600,
             lease_ttl_secs: 600,
+            max_leases_per_agent: 256,
             durability: Durability::Normal,
         }
     }

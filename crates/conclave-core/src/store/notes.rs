@@ -216,18 +216,29 @@ impl Tx<'_> {
         title: &str,
         body: &str,
     ) -> Result<()> {
-        // Only a task's result can be indexed twice (done again after a reopen). The delete scans
-        // the index (its columns are unindexed), so new notes and messages skip it.
+        // Only a task's result is indexed again (done again after a reopen). Its row is found by
+        // rowid (task T-n is row -n), never by a scan of the index's unindexed columns; notes and
+        // messages take positive rowids, given explicitly so that they never run into the
+        // negative range.
         if kind == "task" {
+            let row = id
+                .strip_prefix("T-")
+                .and_then(|n| n.parse::<i64>().ok())
+                .ok_or_else(|| CoreError::invalid(format!("not a task id: {id}")))?;
+            self.conn()
+                .execute("DELETE FROM search_index WHERE rowid = ?1", params![-row])?;
             self.conn().execute(
-                "DELETE FROM search_index WHERE kind = ?1 AND ref = ?2",
-                params![kind, id],
+                "INSERT INTO search_index (rowid, kind, ref, title, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![-row, kind, id, title, body],
+            )?;
+        } else {
+            self.conn().execute(
+                "INSERT INTO search_index (rowid, kind, ref, title, body) VALUES (
+                    (SELECT coalesce(max(rowid), 0) + 1 FROM search_index WHERE rowid > 0),
+                    ?1, ?2, ?3, ?4)",
+                params![kind, id, title, body],
             )?;
         }
-        self.conn().execute(
-            "INSERT INTO search_index (kind, ref, title, body) VALUES (?1, ?2, ?3, ?4)",
-            params![kind, id, title, body],
-        )?;
         Ok(())
     }
 }
