@@ -281,6 +281,10 @@ pub struct Task {
     pub claim_expires_at: Option<DateTime<Utc>>,
     pub attempts: i64,
     pub result: Option<String>,
+    /// Why the server blocked the task (a dependency failed or was cancelled); `None` for a
+    /// task its holder marked blocked, and for every other status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked_reason: Option<String>,
     pub files: Vec<String>,
     pub parent: Option<TaskId>,
     pub created_by: String,

@@ -33,7 +33,7 @@ pub use leases::{MAX_REPORTED_CONFLICTS, MAX_WHOLE_TREE_TTL_SECS};
 pub use messages::parse_message_id;
 pub use notes::parse_note_id;
 pub use schema::SCHEMA_VERSION;
-pub use tasks::{ClaimOutcome, task_fits};
+pub use tasks::{ClaimOutcome, is_held, task_fits};
 
 /// How hard a commit tries to reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -151,8 +151,10 @@ const MIGRATIONS: &[&str] = &[
     // it) and say whether they are globs, so grants find overlapping leases through indexes;
     // sweeps find expired leases and old idempotency keys by index; search rows of a task are
     // found by rowid (task T-n is row -n; notes and messages keep positive rowids) instead of a
-    // scan over the index's unindexed columns.
+    // scan over the index's unindexed columns. A task the server blocks (a dependency failed or
+    // was cancelled) keeps the reason.
     r#"
+    ALTER TABLE tasks ADD COLUMN blocked_reason TEXT;
     ALTER TABLE leases ADD COLUMN ttl_ms INTEGER;
     ALTER TABLE leases ADD COLUMN is_glob INTEGER NOT NULL DEFAULT 0;
     UPDATE leases SET is_glob = 1

@@ -910,3 +910,72 @@ fn a_task_done_twice_has_one_search_row_with_its_latest_result() {
         "{hits:?}"
     );
 }
+
+/// Regression: a task whose dependency was cancelled or failed stayed `pending` forever, with no
+/// event and nobody told.
+#[test]
+fn a_task_whose_dependency_failed_is_blocked_and_its_creator_told() {
+    let store = store();
+    agent(&store, "a", None, &[]);
+    agent(&store, "planner", None, &[]);
+    let base = task(&store, "base", &[], None, 0);
+    let top = store
+        .write(|tx| {
+            tx.create_task(
+                &Actor::Agent("planner".into()),
+                NewTask {
+                    title: "top".into(),
+                    after: vec![base],
+                    ..Default::default()
+                },
+            )
+        })
+        .expect("create")
+        .id;
+    claim(&store, "a", Some(base)).expect("claim");
+    store
+        .write(|tx| tx.fail_task(&Actor::Agent("a".into()), base, "cannot"))
+        .expect("fail");
+    let blocked = store.read(|r| r.task(top)).expect("top");
+    assert_eq!(blocked.status, TaskStatus::Blocked);
+    assert_eq!(
+        blocked.blocked_reason.as_deref(),
+        Some("dependency T-1 failed")
+    );
+    assert!(!is_held(&blocked));
+    let inbox = store.read(|r| r.inbox("planner")).expect("inbox");
+    assert!(
+        inbox
+            .iter()
+            .any(|m| m.body.contains("T-2") && m.body.contains("blocked")),
+        "{inbox:?}"
+    );
+    // Nobody can claim it; it waits again when the dependency is reopened.
+    assert_eq!(claim(&store, "a", None).expect("claim next"), None);
+    store
+        .write(|tx| tx.reopen_task(&Actor::Admin, base, None))
+        .expect("reopen");
+    let waiting = store.read(|r| r.task(top)).expect("top");
+    assert_eq!(waiting.status, TaskStatus::Pending);
+    assert_eq!(waiting.blocked_reason, None);
+    store
+        .write(|tx| tx.cancel_task(&Actor::Admin, base, None))
+        .expect("cancel");
+    assert_eq!(status(&store, top), TaskStatus::Blocked);
+    let kinds: Vec<String> = store
+        .read(|r| {
+            r.events(&EventFilter {
+                task: Some(top),
+                ..Default::default()
+            })
+        })
+        .expect("events")
+        .into_iter()
+        .map(|e| e.kind.to_string())
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "task.blocked").count(),
+        2,
+        "{kinds:?}"
+    );
+}
