@@ -379,6 +379,9 @@ pub(crate) fn validate_text(what: &str, text: &str, max_len: usize, required: bo
     if required && text.trim().is_empty() {
         return Err(CoreError::invalid(format!("{what} must not be empty")));
     }
+    if text.contains('\0') {
+        return Err(CoreError::invalid(format!("{what} contains a NUL byte")));
+    }
     if text.len() > max_len {
         return Err(CoreError::invalid(format!(
             "{what} is {} bytes long; the limit is {max_len}",

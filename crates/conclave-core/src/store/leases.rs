@@ -110,6 +110,21 @@ impl Reader<'_> {
         Ok(near)
     }
 
+    /// The holders of live leases that overlap `pattern`, each once.
+    pub fn lease_holders_overlapping(
+        &self,
+        pattern: &LeasePattern,
+        now_ms: i64,
+    ) -> Result<Vec<String>> {
+        let mut holders: Vec<String> = Vec::new();
+        for lease in self.leases_near(pattern, now_ms)? {
+            if !holders.contains(&lease.holder) && stored_pattern_overlaps(pattern, &lease.path) {
+                holders.push(lease.holder);
+            }
+        }
+        Ok(holders)
+    }
+
     /// The live leases tied to `task`.
     fn leases_of_task(&self, task: TaskId, now_ms: i64) -> Result<Vec<Lease>> {
         let sql =

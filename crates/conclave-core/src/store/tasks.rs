@@ -28,6 +28,9 @@ const TASK_COLUMNS: &str = "id, title, body, status, priority, role, caps, assig
 
 const MAX_TITLE: usize = 200;
 const MAX_BODY: usize = 64 * 1024;
+/// Files one `done` may list (each a path of at most [`MAX_FILE_PATH`] bytes).
+pub const MAX_FILES: usize = 1000;
+const MAX_FILE_PATH: usize = 4096;
 
 /// The answer to a claim: the task taken, or nothing when no ready task fits.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
@@ -490,6 +493,15 @@ impl Tx<'_> {
     pub fn finish_task(&mut self, actor: &Actor, id: TaskId, finish: TaskFinish) -> Result<Task> {
         let summary = finish.summary.unwrap_or_default();
         validate_text("summary", &summary, MAX_BODY, false)?;
+        if finish.files.len() > MAX_FILES {
+            return Err(CoreError::invalid(format!(
+                "{} files listed; the limit is {MAX_FILES} (list the directories instead)",
+                finish.files.len()
+            )));
+        }
+        for file in &finish.files {
+            validate_text("file", file, MAX_FILE_PATH, true)?;
+        }
         let task = self.held_by(actor, id, "finish")?;
         self.conn().execute(
             "UPDATE tasks SET status = 'done', result = ?2, files = ?3, claim_expires_at = NULL,

@@ -979,3 +979,94 @@ fn a_task_whose_dependency_failed_is_blocked_and_its_creator_told() {
         "{kinds:?}"
     );
 }
+
+/// Regression: only a superseding note notified anyone; a new decision naming files others are
+/// editing reached nobody.
+#[test]
+fn a_decision_naming_files_or_a_task_reaches_the_agents_working_on_them() {
+    let store = store();
+    for name in ["author", "editor", "holder", "bystander"] {
+        agent(&store, name, None, &[]);
+    }
+    let id = task(&store, "api", &[], None, 0);
+    claim(&store, "holder", Some(id)).expect("claim");
+    lease(&store, "editor", &["src/api"], LeaseMode::Exclusive).expect("lease");
+    lease(&store, "bystander", &["docs"], LeaseMode::Exclusive).expect("lease");
+    store
+        .write(|tx| {
+            tx.add_note(
+                &Actor::Agent("author".into()),
+                NewNote {
+                    title: "errors are typed".into(),
+                    kind: NoteKind::Decision,
+                    files: vec!["./src/api/error.rs".into()],
+                    task: Some(id),
+                    ..Default::default()
+                },
+            )
+        })
+        .expect("note");
+    let inbox = |name: &str| store.read(|r| r.inbox(name)).expect("inbox");
+    assert!(
+        inbox("editor")[0].body.contains("src/api/error.rs"),
+        "{:?}",
+        inbox("editor")
+    );
+    assert!(
+        inbox("holder")[0].body.contains("T-1"),
+        "{:?}",
+        inbox("holder")
+    );
+    assert!(inbox("bystander").is_empty());
+    assert!(inbox("author").is_empty());
+    // A discovery is for whoever searches; nobody is interrupted.
+    store
+        .write(|tx| {
+            tx.add_note(
+                &Actor::Agent("author".into()),
+                NewNote {
+                    title: "found a thing".into(),
+                    kind: NoteKind::Discovery,
+                    files: vec!["src/api/error.rs".into()],
+                    ..Default::default()
+                },
+            )
+        })
+        .expect("note");
+    assert_eq!(inbox("editor").len(), 1);
+}
+
+#[test]
+fn nul_bytes_and_overlong_file_lists_are_refused() {
+    let store = store();
+    agent(&store, "a", None, &[]);
+    let error = store
+        .write(|tx| {
+            tx.add_note(
+                &Actor::Agent("a".into()),
+                NewNote {
+                    title: "a\0b".into(),
+                    ..Default::default()
+                },
+            )
+        })
+        .expect_err("nul");
+    assert!(error.to_string().contains("NUL"), "{error}");
+    let id = task(&store, "t", &[], None, 0);
+    claim(&store, "a", Some(id)).expect("claim");
+    let files: Vec<String> = (0..=tasks::MAX_FILES).map(|i| format!("f{i}")).collect();
+    let error = store
+        .write(|tx| {
+            tx.finish_task(
+                &Actor::Agent("a".into()),
+                id,
+                TaskFinish {
+                    summary: None,
+                    files,
+                },
+            )
+        })
+        .expect_err("too many files");
+    assert!(error.to_string().contains("the limit is 1000"), "{error}");
+    assert_eq!(status(&store, id), TaskStatus::Claimed);
+}
