@@ -12,6 +12,7 @@ mod events;
 mod leases;
 mod messages;
 mod notes;
+mod presence;
 mod schema;
 mod tasks;
 
@@ -32,6 +33,7 @@ pub use leases::MAX_LEASE_TTL_SECS;
 pub use leases::{MAX_REPORTED_CONFLICTS, MAX_WHOLE_TREE_TTL_SECS};
 pub use messages::parse_message_id;
 pub use notes::parse_note_id;
+pub use presence::ServerPresence;
 pub use schema::SCHEMA_VERSION;
 pub use tasks::{ClaimOutcome, is_held, task_fits};
 

@@ -165,6 +165,16 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX leases_globs ON leases (expires_at) WHERE is_glob = 1;
     CREATE INDEX idempotency_by_age ON idempotency_keys (created_at);
 
+    -- The server using this database (see store/presence.rs): one row.
+    CREATE TABLE server_presence (
+        id         INTEGER PRIMARY KEY CHECK (id = 1),
+        instance   TEXT NOT NULL,
+        pid        INTEGER NOT NULL,
+        host       TEXT NOT NULL,
+        started_at INTEGER NOT NULL,
+        beat_at    INTEGER NOT NULL
+    );
+
     CREATE TEMP TABLE task_search AS
         SELECT rowid AS old, ref, title, body FROM search_index WHERE kind = 'task';
     DELETE FROM search_index WHERE kind = 'task';
