@@ -90,9 +90,17 @@ struct StoreInner {
 impl Store {
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     pub fn open(path: &Path, config: StoreConfig) -> Result<Store> {
+        make_private(path)?;
         let mut writer = Connection::open(path)?;
         configure(&writer, config.durability)?;
         schema::migrate(&mut writer)?;
+        // SQLite gives its `-wal` and `-shm` files the database file's mode; older versions
+        // left them readable by others.
+        for suffix in ["-wal", "-shm"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            make_private(Path::new(&side))?;
+        }
         let mut readers = Vec::with_capacity(READ_POOL_SIZE);
         for _ in 0..READ_POOL_SIZE {
             let reader = Connection::open_with_flags(
@@ -377,6 +385,34 @@ pub(crate) fn validate_name(what: &str, name: &str) -> Result<()> {
 }
 
 /// Free text has a bounded size so that no single request can bloat the store or a context.
+/// Creates `path` if missing and makes it readable and writable by its owner only (0600).
+fn make_private(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let io = |error: std::io::Error| {
+            CoreError::invalid(format!("cannot protect {}: {error}", path.display()))
+        };
+        if !path.exists() {
+            if path.file_name().is_some_and(|name| {
+                let name = name.to_string_lossy();
+                name.ends_with("-wal") || name.ends_with("-shm")
+            }) {
+                return Ok(());
+            }
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(io)?;
+        }
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    }
+    Ok(())
+}
+
 pub(crate) fn validate_text(what: &str, text: &str, max_len: usize, required: bool) -> Result<()> {
     if required && text.trim().is_empty() {
         return Err(CoreError::invalid(format!("{what} must not be empty")));

@@ -106,6 +106,26 @@ mod tests {
     }
 
     #[test]
+    fn database_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("db.sqlite");
+        let store = Store::open(&path, StoreConfig::default()).expect("open");
+        store
+            .claim_presence(&presence("a", 1), Duration::ZERO, |_| false)
+            .expect("write");
+        drop(store);
+        let store = Store::open(&path, StoreConfig::default()).expect("reopen");
+        for name in ["db.sqlite", "db.sqlite-wal", "db.sqlite-shm"] {
+            let file = dir.path().join(name);
+            if let Ok(meta) = std::fs::metadata(&file) {
+                assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name}");
+            }
+        }
+        drop(store);
+    }
+
+    #[test]
     fn a_second_live_server_is_refused_and_a_dead_one_taken_over() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("db.sqlite");
