@@ -245,6 +245,14 @@ named_enum!(NoteKind, "note kind", {
     Warning => "warning",
 });
 
+/// One of an agent's tokens, as listed (the secret itself is never stored or shown again).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AgentToken {
+    /// The first 12 hex digits of the token's SHA-256: enough to name it for `revoke`.
+    pub id: String,
+    pub created_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Agent {
     pub name: String,

@@ -1070,3 +1070,46 @@ fn nul_bytes_and_overlong_file_lists_are_refused() {
     assert!(error.to_string().contains("the limit is 1000"), "{error}");
     assert_eq!(status(&store, id), TaskStatus::Claimed);
 }
+
+#[test]
+fn an_agents_tokens_are_listed_and_revoked_one_or_all() {
+    let store = store();
+    let first = agent(&store, "a", None, &[]);
+    let second = store
+        .write(|tx| tx.issue_token("admin", "a"))
+        .expect("second");
+    let tokens = store.read(|r| r.agent_tokens("a")).expect("tokens");
+    assert_eq!(tokens.len(), 2);
+    let id_of = |token: &str| hash_token(token)[..12].to_string();
+    assert!(tokens.iter().any(|t| t.id == id_of(&first)));
+    store
+        .write(|tx| tx.revoke_tokens("admin", "a", Some(&id_of(&first))))
+        .expect("revoke one");
+    assert_eq!(
+        store.read(|r| r.agent_for_token(&first)).expect("read"),
+        None
+    );
+    assert_eq!(
+        store
+            .read(|r| r.agent_for_token(&second))
+            .expect("read")
+            .as_deref(),
+        Some("a")
+    );
+    let error = store
+        .write(|tx| tx.revoke_tokens("admin", "a", Some("zz")))
+        .expect_err("not an id");
+    assert_eq!(error.code(), "invalid_input");
+    assert_eq!(
+        store
+            .write(|tx| tx.revoke_tokens("admin", "a", None))
+            .expect("all"),
+        1
+    );
+    assert!(
+        store
+            .read(|r| r.agent_tokens("a"))
+            .expect("tokens")
+            .is_empty()
+    );
+}
