@@ -6,6 +6,8 @@ use conclave_core::model::{
     TokenIssued,
 };
 
+use conclave_core::model::EventPayload;
+
 use crate::app::{ApiJson, ApiPath, App, IdempotencyKey, only_admin};
 use crate::error::{ApiError, ApiResult};
 use axum::Json;
@@ -131,10 +133,9 @@ pub async fn control(
             let agent = tx.read().agent(&name)?;
             tx.emit(
                 conclave_core::model::ADMIN_NAME,
-                "agent.control",
                 None,
                 Some(&agent.name),
-                serde_json::json!({ "action": control.action }),
+                EventPayload::AgentControl(control.clone()),
             )?;
             Ok(agent)
         })
