@@ -233,7 +233,9 @@ fn summarize(event: &Event) -> String {
     match &event.payload {
         EventPayload::TaskCreated(d) => {
             summary.title(&d.title).list("after", &d.after);
-            summary.opt("role", d.role.as_ref()).field("priority", d.priority);
+            summary
+                .opt("role", d.role.as_ref())
+                .field("priority", d.priority);
         }
         EventPayload::TaskReady(NoData {})
         | EventPayload::TaskPending(NoData {})
@@ -262,7 +264,9 @@ fn summarize(event: &Event) -> String {
             summary.field("priority", d.priority);
         }
         EventPayload::TaskReopened(d) => {
-            summary.field("from", d.from).opt("reason", d.reason.as_ref());
+            summary
+                .field("from", d.from)
+                .opt("reason", d.reason.as_ref());
         }
         EventPayload::AgentRegistered(d) => {
             summary.opt("role", d.role.as_ref()).list("caps", &d.caps);
@@ -317,17 +321,23 @@ fn summarize(event: &Event) -> String {
             summary.flag("restart", d.restart);
         }
         EventPayload::AgentCrashed(d) => {
-            summary.opt("reason", d.reason.as_ref()).flag("gave_up", d.gave_up);
+            summary
+                .opt("reason", d.reason.as_ref())
+                .flag("gave_up", d.gave_up);
             summary.opt("message", d.message.as_ref());
         }
         EventPayload::AgentRestarted(d) => {
             summary.flag("asked", d.asked).opt("restarts", d.restarts);
         }
         EventPayload::AgentWoken(d) => {
-            summary.list("messages", &d.messages).list("tasks", &d.tasks);
+            summary
+                .list("messages", &d.messages)
+                .list("tasks", &d.tasks);
         }
         EventPayload::AgentAlert(d) => {
-            summary.field("cause", &d.cause).field("message", &d.message);
+            summary
+                .field("cause", &d.cause)
+                .field("message", &d.message);
         }
         EventPayload::LeaseGranted(d) | EventPayload::LeaseRenewed(d) => {
             summary.field("path", &d.path).field("mode", d.mode);
@@ -345,14 +355,20 @@ fn summarize(event: &Event) -> String {
             summary.list("paths", &d.paths).field("why", &d.why);
         }
         EventPayload::MessageSent(d) => {
-            summary.field("id", &d.id).field("to", &d.to).field("kind", d.kind);
+            summary
+                .field("id", &d.id)
+                .field("to", &d.to)
+                .field("kind", d.kind);
             summary.flag("urgent", d.urgent).field("body", &d.body);
         }
         EventPayload::MessageAcked(d) => {
             summary.list("ids", &d.ids);
         }
         EventPayload::NoteAdded(d) => {
-            summary.title(&d.title).field("id", &d.id).field("kind", d.kind);
+            summary
+                .title(&d.title)
+                .field("id", &d.id)
+                .field("kind", d.kind);
             summary.opt("supersedes", d.supersedes.as_ref());
         }
         EventPayload::NoteSuperseded(d) => {
@@ -509,6 +525,48 @@ mod tests {
                 "split at {split}"
             );
         }
+    }
+
+    fn event_from(kind: &str, data: serde_json::Value) -> Event {
+        serde_json::from_value(serde_json::json!({
+            "seq": 1, "ts": "2030-01-01T00:00:00Z", "actor": "admin", "kind": kind,
+            "task": null, "agent": "bob", "data": data,
+        }))
+        .expect("an event")
+    }
+
+    #[test]
+    fn each_kind_says_what_matters_and_old_rows_show_their_data() {
+        let tool = event_from(
+            "agent.tool",
+            serde_json::json!({"tool": "Bash", "input": "cargo test", "result_bytes": 120}),
+        );
+        assert_eq!(
+            summarize(&tool),
+            "agent=bob tool=Bash input=\"cargo test\" result_bytes=120"
+        );
+        let exited = event_from(
+            "agent.exited",
+            serde_json::json!({"exit": "signal: 15", "stopped": true}),
+        );
+        assert_eq!(summarize(&exited), "agent=bob exit=\"signal: 15\" stopped");
+        let denied = event_from(
+            "lease.denied",
+            serde_json::json!({"paths": ["a.rs", "b.rs"], "why": "held"}),
+        );
+        assert_eq!(summarize(&denied), "agent=bob paths=a.rs,b.rs why=held");
+        // A kind this version does not know, as an older or newer server may send it.
+        let old = event_from(
+            "agent.danced",
+            serde_json::json!({"steps": 3, "style": "tango"}),
+        );
+        assert!(matches!(old.payload, EventPayload::Unrecognized(_)));
+        assert_eq!(summarize(&old), "agent=bob steps=3 style=tango");
+        assert!(
+            event_line(&old).contains(" admin agent.danced - "),
+            "{}",
+            event_line(&old)
+        );
     }
 
     #[test]

@@ -11,14 +11,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use conclave_core::config::Config;
-use conclave_core::model::{
-    AgentAction, AgentStatus, AgentUpdate, Event, EventPayload, MessageKind, MessageList, NewAgent, NewEvent,
-    StatusReport,
-    TaskId, TaskStatus,
-};
 use conclave_core::event::{
     AgentBudgetExceeded, AgentCrashed, AgentExit, AgentHandoffRequested, AgentRecycled,
     AgentRestarted, AgentStarted, AgentText, AgentTool, AgentTurn, AgentWoken, Topic,
+};
+use conclave_core::model::{
+    AgentAction, AgentStatus, AgentUpdate, Event, EventPayload, MessageKind, MessageList, NewAgent,
+    NewEvent, StatusReport, TaskId, TaskStatus,
 };
 use conclave_core::project::Project;
 use serde::{Deserialize, Serialize};
@@ -772,8 +771,7 @@ impl Supervisor {
                     body: sent.body.clone(),
                 };
                 for agent in &mut self.agents {
-                    if sent.recipients.contains(&agent.plan.name)
-                        && agent.plan.name != event.actor
+                    if sent.recipients.contains(&agent.plan.name) && agent.plan.name != event.actor
                     {
                         agent.pending_messages.push(quoted.clone());
                         self.dirty = true;
