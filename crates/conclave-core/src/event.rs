@@ -89,16 +89,6 @@ impl Unrecognized {
     }
 }
 
-/// Data `null` or absent reads as `{}`: kinds without data store `{}`, and the supervisor may
-/// omit `data` for them.
-fn object_or_empty(data: Value) -> Value {
-    if data.is_null() {
-        Value::Object(serde_json::Map::new())
-    } else {
-        data
-    }
-}
-
 /// Defines [`EventPayload`] from one table: variant, data type, kind name, topic.
 macro_rules! event_kinds {
     ($( $(#[$doc:meta])* $variant:ident($data:ty) => $name:literal in $topic:ident, )+) => {
@@ -132,14 +122,16 @@ macro_rules! event_kinds {
 
             /// A new event from its kind name and data: an unknown kind or data that does not
             /// fit the kind is refused.
-            pub fn from_parts(kind: &str, data: Value) -> Result<Self, PayloadError> {
-                let data = object_or_empty(data);
+            pub fn from_parts(kind: &str, data: &Value) -> Result<Self, PayloadError> {
+                let empty = Value::Object(serde_json::Map::new());
+                // Kinds without data store `{}`; the supervisor may send `null` or nothing.
+                let data = if data.is_null() { &empty } else { data };
                 let misshapen = |error: serde_json::Error| PayloadError::Data {
                     kind: kind.to_string(),
                     error: error.to_string(),
                 };
                 match kind {
-                    $( $name => serde_json::from_value::<$data>(data)
+                    $( $name => <$data>::deserialize(data)
                         .map(EventPayload::$variant)
                         .map_err(misshapen), )+
                     _ => Err(PayloadError::UnknownKind(kind.to_string())),
@@ -245,7 +237,7 @@ impl EventPayload {
     /// A stored or received event: typed when its kind is known and its data fits, else kept
     /// verbatim as [`EventPayload::Unrecognized`].
     pub fn read(kind: String, data: Value) -> Self {
-        EventPayload::from_parts(&kind, data.clone())
+        EventPayload::from_parts(&kind, &data)
             .unwrap_or(EventPayload::Unrecognized(Unrecognized { kind, data }))
     }
 
@@ -736,7 +728,7 @@ mod tests {
             "one sample per kind, in the table's order"
         );
         for (kind, data) in samples {
-            let payload = EventPayload::from_parts(kind, data.clone())
+            let payload = EventPayload::from_parts(kind, &data)
                 .unwrap_or_else(|error| panic!("{kind}: {error}"));
             assert_eq!(payload.kind(), kind);
             let topic = payload
@@ -764,34 +756,35 @@ mod tests {
             json!({"exit": "exit status: 0"}),
             json!({"exit": "signal: 15", "restart": true}),
         ] {
-            let payload = EventPayload::from_parts("agent.exited", data.clone()).expect("fits");
+            let payload = EventPayload::from_parts("agent.exited", &data).expect("fits");
             assert_eq!(payload.data(), data);
         }
         let gave_up = json!({"alert": true, "gave_up": true, "message": "crashed 4 times"});
-        let payload = EventPayload::from_parts("agent.crashed", gave_up.clone()).expect("fits");
+        let payload = EventPayload::from_parts("agent.crashed", &gave_up).expect("fits");
         assert_eq!(payload.data(), gave_up);
         let asked = json!({"asked": true});
-        let payload = EventPayload::from_parts("agent.restarted", asked.clone()).expect("fits");
+        let payload = EventPayload::from_parts("agent.restarted", &asked).expect("fits");
         assert_eq!(payload.data(), asked);
     }
 
     #[test]
     fn new_events_of_unknown_kinds_or_misshapen_data_are_refused() {
-        let unknown = EventPayload::from_parts("agent.danced", json!({})).unwrap_err();
+        let unknown = EventPayload::from_parts("agent.danced", &json!({})).expect_err("unknown");
         assert_eq!(unknown, PayloadError::UnknownKind("agent.danced".into()));
         assert!(
             unknown
                 .to_string()
                 .contains("unknown event kind \"agent.danced\"")
         );
-        let misshapen = EventPayload::from_parts("agent.text", json!({"text": 3})).unwrap_err();
+        let misshapen =
+            EventPayload::from_parts("agent.text", &json!({"text": 3})).expect_err("misshapen");
         assert!(
             matches!(&misshapen, PayloadError::Data { kind, .. } if kind == "agent.text"),
             "{misshapen:?}"
         );
         // Kinds without data accept `null` or no data at all.
         assert_eq!(
-            EventPayload::from_parts("task.ready", Value::Null),
+            EventPayload::from_parts("task.ready", &Value::Null),
             Ok(EventPayload::TaskReady(NoData {}))
         );
     }
@@ -846,7 +839,7 @@ mod tests {
         let refused = serde_json::from_value::<crate::model::NewEvent>(
             json!({"kind": "agent.danced", "agent": "bob"}),
         )
-        .unwrap_err();
+        .expect_err("unknown kind");
         assert!(
             refused.to_string().contains("unknown event kind"),
             "{refused}"

@@ -646,7 +646,7 @@ impl TryFrom<NewEventWire> for NewEvent {
 
     fn try_from(wire: NewEventWire) -> Result<Self, Self::Error> {
         Ok(NewEvent {
-            payload: EventPayload::from_parts(&wire.kind, wire.data)?,
+            payload: EventPayload::from_parts(&wire.kind, &wire.data)?,
             agent: wire.agent,
             task: wire.task,
         })
