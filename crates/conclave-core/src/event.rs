@@ -3,7 +3,7 @@
 //! An event is `{seq, ts, actor, kind, task, agent, data}` on the wire and in the store (`kind` and
 //! `data` columns). [`EventPayload`] is `kind` and `data` together, adjacently tagged: a variant
 //! per kind, each with its own data type, so that a kind nothing handles is a compile error where
-//! payloads are matched, and each kind's name is written once, in the [`event_kinds!`] table below.
+//! payloads are matched, and each kind's name is written once, in the `event_kinds!` table below.
 //!
 //! Reading is lenient, writing is strict. A stored row whose kind this build does not know, or
 //! whose data does not fit its kind's type (a row written by an older version), reads as

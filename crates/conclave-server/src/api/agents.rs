@@ -2,11 +2,9 @@
 
 use axum::response::Response;
 use conclave_core::model::{
-    Actor, Agent, AgentControl, AgentCreated, AgentList, AgentUpdate, NewAgent, ReasonRequest,
-    TokenIssued,
+    Actor, Agent, AgentControl, AgentCreated, AgentList, AgentUpdate, EventPayload, NewAgent,
+    ReasonRequest, TokenIssued,
 };
-
-use conclave_core::model::EventPayload;
 
 use crate::app::{ApiJson, ApiPath, App, IdempotencyKey, only_admin};
 use crate::error::{ApiError, ApiResult};
