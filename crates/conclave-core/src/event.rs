@@ -157,16 +157,19 @@ event_kinds! {
     TaskClaimed(TaskClaimed) => "task.claimed" in Task,
     TaskUpdated(TaskUpdated) => "task.updated" in Task,
     TaskDone(TaskDone) => "task.done" in Task,
-    TaskFailed(TaskFailed) => "task.failed" in Task,
-    TaskCancelled(TaskReason) => "task.cancelled" in Task,
+    TaskFailed(Reason) => "task.failed" in Task,
+    TaskCancelled(OptionalReason) => "task.cancelled" in Task,
     TaskAssigned(TaskAssigned) => "task.assigned" in Task,
     TaskEdited(TaskEdited) => "task.edited" in Task,
     TaskReopened(TaskReopened) => "task.reopened" in Task,
     /// Its holder's claim expired or its process died: back to the team.
-    TaskReclaimed(TaskFailed) => "task.reclaimed" in Task,
+    TaskReclaimed(Reason) => "task.reclaimed" in Task,
+    /// A dependency failed or was cancelled: the task cannot become ready by itself.
+    TaskBlocked(Reason) => "task.blocked" in Task,
 
     AgentRegistered(AgentRegistered) => "agent.registered" in Agent,
     AgentTokenIssued(NoData) => "agent.token_issued" in Agent,
+    AgentTokenRevoked(AgentTokenRevoked) => "agent.token_revoked" in Agent,
     AgentStatusChanged(AgentStatusChanged) => "agent.status" in Agent,
     /// The agent's recorded Claude Code session changed.
     AgentSession(AgentSession) => "agent.session" in Agent,
@@ -376,13 +379,13 @@ pub struct TaskDone {
 
 /// Why a task failed or was reclaimed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TaskFailed {
+pub struct Reason {
     pub reason: String,
 }
 
 /// Why a task was cancelled, if anyone said.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TaskReason {
+pub struct OptionalReason {
     pub reason: Option<String>,
 }
 
@@ -412,6 +415,13 @@ pub struct AgentRegistered {
     pub role: Option<String>,
     pub caps: Vec<String>,
     pub model: Option<String>,
+}
+
+/// Tokens revoked: the one whose id starts with `token`, or all of them (`token` null).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentTokenRevoked {
+    pub token: Option<String>,
+    pub count: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -630,11 +640,16 @@ mod tests {
                 json!({"from": "done", "reason": "regressed"}),
             ),
             ("task.reclaimed", json!({"reason": "claim expired"})),
+            ("task.blocked", json!({"reason": "dependency T-1 failed"})),
             (
                 "agent.registered",
                 json!({"role": "coder", "caps": ["rust"], "model": null}),
             ),
             ("agent.token_issued", json!({})),
+            (
+                "agent.token_revoked",
+                json!({"token": "a1b2c3", "count": 1}),
+            ),
             ("agent.status", json!({"from": "idle", "to": "working"})),
             ("agent.session", json!({"session_id": "s-1"})),
             ("agent.control", json!({"action": "pause"})),

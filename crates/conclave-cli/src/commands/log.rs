@@ -250,7 +250,9 @@ fn summarize(event: &Event) -> String {
         EventPayload::TaskDone(d) => {
             summary.field("summary", &d.summary).list("files", &d.files);
         }
-        EventPayload::TaskFailed(d) | EventPayload::TaskReclaimed(d) => {
+        EventPayload::TaskFailed(d)
+        | EventPayload::TaskReclaimed(d)
+        | EventPayload::TaskBlocked(d) => {
             summary.field("reason", &d.reason);
         }
         EventPayload::TaskCancelled(d) => {
@@ -271,6 +273,11 @@ fn summarize(event: &Event) -> String {
         EventPayload::AgentRegistered(d) => {
             summary.opt("role", d.role.as_ref()).list("caps", &d.caps);
             summary.opt("model", d.model.as_ref());
+        }
+        EventPayload::AgentTokenRevoked(d) => {
+            summary
+                .opt("token", d.token.as_ref())
+                .field("count", d.count);
         }
         EventPayload::AgentStatusChanged(d) => {
             summary.field("from", d.from).field("to", d.to);

@@ -6,7 +6,9 @@ use rusqlite::{OptionalExtension, Row, params};
 
 use super::{Reader, Tx, json_list, ms_to_time, opt_time, sha256_hex, to_json_list, validate_name};
 use crate::error::{CoreError, Result};
-use crate::event::{AgentRegistered, AgentSession, AgentStatusChanged, NoData, TaskFailed};
+use crate::event::{
+    AgentRegistered, AgentSession, AgentStatusChanged, AgentTokenRevoked, NoData, Reason,
+};
 use crate::model::EventPayload;
 use crate::model::{
     ADMIN_NAME, Agent, AgentStatus, AgentToken, AgentUpdate, NewAgent, SYSTEM_NAME, TaskStatus,
@@ -191,12 +193,15 @@ impl Tx<'_> {
                 None => format!("{name} has no tokens"),
             }));
         }
+        let revoked_tokens = AgentTokenRevoked {
+            token: id.map(str::to_string),
+            count: i64::try_from(revoked).unwrap_or(i64::MAX),
+        };
         self.emit(
             actor,
-            "agent.token_revoked",
             None,
             Some(name),
-            json!({ "token": id, "count": revoked }),
+            EventPayload::AgentTokenRevoked(revoked_tokens),
         )?;
         Ok(revoked)
     }
@@ -322,7 +327,7 @@ impl Tx<'_> {
                     attempts = attempts + 1, updated_at = ?3 WHERE id = ?1",
                 params![id, TaskStatus::Pending.as_str(), self.now_ms()],
             )?;
-            let reclaimed = TaskFailed {
+            let reclaimed = Reason {
                 reason: reason.to_string(),
             };
             self.emit(

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::error::{CoreError, Result};
 use crate::event::{
-    NoData, TaskAssigned, TaskClaimed, TaskCreated, TaskDone, TaskEdited, TaskFailed, TaskReason,
+    NoData, OptionalReason, Reason, TaskAssigned, TaskClaimed, TaskCreated, TaskDone, TaskEdited,
     TaskReopened, TaskUpdated,
 };
 use crate::model::EventPayload;
@@ -294,12 +294,14 @@ impl Tx<'_> {
                  WHERE id = ?1",
                 params![id.0, reason, self.now_ms()],
             )?;
+            let blocked = Reason {
+                reason: reason.clone(),
+            };
             self.emit(
                 actor,
-                "task.blocked",
                 Some(id),
                 task.assignee.as_deref(),
-                json!({ "reason": reason }),
+                EventPayload::TaskBlocked(blocked),
             )?;
             let body = format!(
                 "{id} \"{}\" is blocked: its {reason}, so it can never become ready by itself. \
@@ -551,7 +553,7 @@ impl Tx<'_> {
             params![id.0, reason, self.now_ms()],
         )?;
         self.index_search("task", &id.to_string(), &task.title, reason)?;
-        let failed = TaskFailed {
+        let failed = Reason {
             reason: reason.to_string(),
         };
         self.emit(
@@ -599,7 +601,7 @@ impl Tx<'_> {
             actor.name(),
             Some(id),
             task.assignee.as_deref(),
-            EventPayload::TaskCancelled(TaskReason {
+            EventPayload::TaskCancelled(OptionalReason {
                 reason: reason.clone(),
             }),
         )?;

@@ -1018,7 +1018,7 @@ fn a_task_whose_dependency_failed_is_blocked_and_its_creator_told() {
         })
         .expect("events")
         .into_iter()
-        .map(|e| e.kind.to_string())
+        .map(|e| e.kind().to_string())
         .collect();
     assert_eq!(
         kinds.iter().filter(|k| *k == "task.blocked").count(),
