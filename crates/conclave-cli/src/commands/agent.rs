@@ -8,7 +8,7 @@ use conclave_core::model::{
 use crate::cli::AgentCommand;
 use crate::client::segment;
 use crate::context::Context;
-use crate::output::{Table, ago, or_dash, print_json};
+use crate::output::{Table, ago, note, or_dash, outln, print_json};
 
 pub async fn run(context: &Context, command: AgentCommand) -> anyhow::Result<()> {
     let client = context.client()?;
@@ -26,10 +26,11 @@ pub async fn run(context: &Context, command: AgentCommand) -> anyhow::Result<()>
                 caps,
             };
             let created: AgentCreated = client.post("/api/agents", &request).await?;
-            println!("{}", created.token);
-            eprintln!(
+            outln!("{}", created.token)?;
+            note!(
                 "conclave: registered agent {}; act as it with CONCLAVE_AGENT={} CONCLAVE_TOKEN=<the token above>",
-                created.agent.name, created.agent.name
+                created.agent.name,
+                created.agent.name
             );
         }
         AgentCommand::List(flag) => {
@@ -37,14 +38,14 @@ pub async fn run(context: &Context, command: AgentCommand) -> anyhow::Result<()>
             if flag.json {
                 print_json(&list)?;
             } else {
-                print_agents(&list.agents);
+                print_agents(&list.agents)?;
             }
         }
         AgentCommand::Token { name } => {
             let path = format!("/api/agents/{}/tokens", segment(&name));
             let token: TokenIssued = client.post(&path, &serde_json::json!({})).await?;
-            println!("{}", token.token);
-            eprintln!("conclave: issued a new token for {name}");
+            outln!("{}", token.token)?;
+            note!("conclave: issued a new token for {name}");
         }
         AgentCommand::Stop { name } => control(context, &client, &name, AgentAction::Stop).await?,
         AgentCommand::Restart { name } => {
@@ -68,14 +69,14 @@ async fn control(
 ) -> anyhow::Result<()> {
     let path = format!("/api/agents/{}/control", segment(name));
     let _: Agent = client.post(&path, &AgentControl { action }).await?;
-    eprintln!("conclave: asked the supervisor to {action} {name}");
+    note!("conclave: asked the supervisor to {action} {name}");
     // The request is an event that only a running `conclave up` acts on.
     if let Ok(project) = context.project() {
         let supervised = super::up::read_supervisor_info(project).is_some_and(|info| {
             i32::try_from(info.pid).is_ok_and(crate::supervisor::process::is_alive)
         });
         if !supervised {
-            eprintln!(
+            note!(
                 "conclave: warning: no supervisor runs for this project (`conclave up`), so nothing acts on the request"
             );
         }
@@ -124,10 +125,10 @@ pub fn agents_table(agents: &[Agent], tasks: &[Task]) -> Table {
     table
 }
 
-fn print_agents(agents: &[Agent]) {
+fn print_agents(agents: &[Agent]) -> std::io::Result<()> {
     if agents.is_empty() {
-        eprintln!("no agents yet (add one with `conclave agent add NAME`)");
-        return;
+        note!("no agents yet (add one with `conclave agent add NAME`)");
+        return Ok(());
     }
-    agents_table(agents, &[]).print();
+    agents_table(agents, &[]).print()
 }

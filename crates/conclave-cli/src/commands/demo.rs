@@ -21,6 +21,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::DemoArgs;
 use crate::client::Client;
+use crate::output::note;
 
 const BANNER: &str = "SCRIPTED DEMO: the agents are real Claude Code processes, but their model turns are played \
 by Conclave's built-in stand-in for the Anthropic API (no API key, no network).";
@@ -46,8 +47,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir.join("src"))
         .with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = dir.canonicalize()?;
-    eprintln!("{BANNER}");
-    eprintln!("conclave demo: project in {}", dir.display());
+    note!("{BANNER}");
+    note!("conclave demo: project in {}", dir.display());
 
     let stand_in = StandIn::start(demo_script(&dir)).await?;
     make_project(&dir, &stand_in.url(), &claude)?;
@@ -67,15 +68,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         up_args.push("--stay");
     }
     let mut up = spawn(&exe, &dir, &up_args, false)?;
-    eprintln!();
-    eprintln!("{BANNER}");
-    eprintln!("Watch the team on the dashboard (it carries the admin token; keep it private):");
-    eprintln!("{url}/?token={admin_token}");
-    eprintln!(
+    note!();
+    note!("{BANNER}");
+    note!("Watch the team on the dashboard (it carries the admin token; keep it private):");
+    note!("{url}/?token={admin_token}");
+    note!(
         "Follow one agent in another terminal: cd {} && conclave attach coder-2",
         dir.display()
     );
-    eprintln!("Press Ctrl-C to stop the demo.");
+    note!("Press Ctrl-C to stop the demo.");
 
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
@@ -84,7 +85,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         _ = terminate.recv() => Ok(()),
         status = up.wait() => match status {
             Ok(status) if status.success() => {
-                eprintln!("conclave demo: the scripted team finished; its project stays in {}", dir.display());
+                note!("conclave demo: the scripted team finished; its project stays in {}", dir.display());
                 Ok(())
             }
             Ok(status) => Err(anyhow::anyhow!("conclave up ended with {status}")),
@@ -188,7 +189,7 @@ async fn seed_tasks(admin: &Client) -> anyhow::Result<()> {
             .as_str()
             .context("the server gave no task id")?
             .to_string();
-        eprintln!("conclave demo: task {id} \"{title}\" for role {role}");
+        note!("conclave demo: task {id} \"{title}\" for role {role}");
         ids.push(id);
     }
     Ok(())

@@ -4,7 +4,7 @@ use conclave_core::model::{NewNote, Note, NoteList, SearchResults};
 
 use crate::cli::NoteCommand;
 use crate::context::Context;
-use crate::output::{Table, clip, print_json};
+use crate::output::{Table, clip, note, outln, print_json};
 
 pub async fn run(context: &Context, command: NoteCommand) -> anyhow::Result<()> {
     let client = context.client()?;
@@ -28,13 +28,14 @@ pub async fn run(context: &Context, command: NoteCommand) -> anyhow::Result<()> 
                 task,
             };
             let note: Note = client.post("/api/notes", &request).await?;
-            println!("{}", note.id);
+            outln!("{}", note.id)?;
             match &note.supersedes {
-                Some(old) => eprintln!(
+                Some(old) => note!(
                     "conclave: recorded {} ({}), superseding {old}",
-                    note.id, note.kind
+                    note.id,
+                    note.kind
                 ),
-                None => eprintln!("conclave: recorded {} ({})", note.id, note.kind),
+                None => note!("conclave: recorded {} ({})", note.id, note.kind),
             }
         }
         NoteCommand::List { kind, all, json } => {
@@ -49,7 +50,7 @@ pub async fn run(context: &Context, command: NoteCommand) -> anyhow::Result<()> 
             if json {
                 print_json(&list)?;
             } else if list.notes.is_empty() {
-                eprintln!("no notes");
+                note!("no notes");
             } else {
                 let mut table = Table::new(&["id", "kind", "author", "tags", "title"]);
                 for note in &list.notes {
@@ -69,7 +70,7 @@ pub async fn run(context: &Context, command: NoteCommand) -> anyhow::Result<()> 
                         title,
                     ]);
                 }
-                table.print();
+                table.print()?;
             }
         }
         NoteCommand::Search { query, kind, json } => {
@@ -81,7 +82,7 @@ pub async fn run(context: &Context, command: NoteCommand) -> anyhow::Result<()> 
             if json {
                 print_json(&result)?;
             } else if result.hits.is_empty() {
-                eprintln!("no matches");
+                note!("no matches");
             } else {
                 let mut table = Table::new(&["id", "kind", "title", "snippet"]);
                 for hit in &result.hits {
@@ -92,7 +93,7 @@ pub async fn run(context: &Context, command: NoteCommand) -> anyhow::Result<()> 
                         clip(&hit.snippet, 80),
                     ]);
                 }
-                table.print();
+                table.print()?;
             }
         }
     }
