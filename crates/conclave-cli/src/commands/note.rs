@@ -18,6 +18,7 @@ pub async fn run(context: &Context, command: NoteCommand) -> anyhow::Result<()> 
             supersedes,
             task,
         } => {
+            let kind_given = kind.is_some();
             let request = NewNote {
                 title,
                 kind: kind.unwrap_or_default(),
@@ -29,13 +30,24 @@ pub async fn run(context: &Context, command: NoteCommand) -> anyhow::Result<()> 
             };
             let note: Note = client.post("/api/notes", &request).await?;
             outln!("{}", note.id)?;
-            match &note.supersedes {
-                Some(old) => note!(
-                    "conclave: recorded {} ({}), superseding {old}",
+            let superseding = note
+                .supersedes
+                .as_ref()
+                .map(|old| format!(", superseding {old}"))
+                .unwrap_or_default();
+            if kind_given {
+                note!(
+                    "conclave: recorded {} ({}){superseding}",
                     note.id,
                     note.kind
-                ),
-                None => note!("conclave: recorded {} ({})", note.id, note.kind),
+                );
+            } else {
+                note!(
+                    "conclave: recorded {} as a {} note{superseding} (the default kind; choose \
+                     another with --kind decision|discovery|interface|warning)",
+                    note.id,
+                    note.kind
+                );
             }
         }
         NoteCommand::List { kind, all, json } => {

@@ -49,7 +49,7 @@ pub async fn run(context: &Context, command: TaskCommand) -> anyhow::Result<()> 
         } => {
             let mut query = Vec::new();
             if let Some(status) = status {
-                query.push(("status", status));
+                query.push(("status", status.to_string()));
             }
             if let Some(assignee) = assignee {
                 query.push(("assignee", assignee));
