@@ -103,13 +103,8 @@ pub fn agents_table(agents: &[Agent], tasks: &[Task]) -> Table {
             .filter(|task| !task.status.is_finished())
             .find(|task| task.assignee.as_deref() == Some(agent.name.as_str()))
             .map(|task| task.id.to_string());
-        let context = match (agent.context_tokens, agent.context_window) {
-            (Some(tokens), Some(window)) if window > 0 => {
-                format!("{}k ({}%)", tokens / 1000, tokens * 100 / window)
-            }
-            (Some(tokens), _) => format!("{}k", tokens / 1000),
-            _ => "-".to_string(),
-        };
+        let context = context_figure(agent.context_tokens, agent.context_window)
+            .unwrap_or_else(|| "-".to_string());
         table.row(vec![
             agent.name.clone(),
             or_dash(agent.role.as_ref()),
@@ -131,4 +126,50 @@ fn print_agents(agents: &[Agent]) -> std::io::Result<()> {
         return Ok(());
     }
     agents_table(agents, &[]).print()
+}
+
+/// An agent's context use as `8% (13k / 200k)`, or `13k` when the window is unknown; none when
+/// nothing was reported. The dashboard's agent card prints the same figure, computed the same way
+/// (`contextFigure` in the server's `assets/app.js`): shares and thousands rounded to the
+/// nearest, the share capped at 100%.
+pub fn context_figure(tokens: Option<i64>, window: Option<i64>) -> Option<String> {
+    let tokens = tokens?;
+    let thousands = |n: i64| (n as f64 / 1000.0).round();
+    Some(match window.filter(|window| *window > 0) {
+        Some(window) => {
+            let share = (tokens as f64 / window as f64).min(1.0);
+            format!(
+                "{}% ({}k / {}k)",
+                (share * 100.0).round(),
+                thousands(tokens),
+                thousands(window)
+            )
+        }
+        None => format!("{}k", thousands(tokens)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_context_figure_rounds_like_the_dashboard() {
+        let cases = [
+            (Some(12_600), Some(200_000), Some("6% (13k / 200k)")),
+            (Some(15_000), Some(200_000), Some("8% (15k / 200k)")),
+            (Some(0), Some(200_000), Some("0% (0k / 200k)")),
+            (Some(250_000), Some(200_000), Some("100% (250k / 200k)")),
+            (Some(12_400), None, Some("12k")),
+            (Some(12_400), Some(0), Some("12k")),
+            (None, Some(200_000), None),
+        ];
+        for (tokens, window, expected) in cases {
+            assert_eq!(
+                context_figure(tokens, window).as_deref(),
+                expected,
+                "{tokens:?} / {window:?}"
+            );
+        }
+    }
 }
