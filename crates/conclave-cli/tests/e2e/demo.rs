@@ -37,6 +37,14 @@ async fn the_demo_team_collides_on_one_file_resolves_it_by_message_and_finishes(
         stderr.contains("/?token="),
         "the dashboard link is printed: {stderr}"
     );
+    ensure!(
+        stderr.contains("the scripted team finished in ") && stderr.contains(" s"),
+        "the terminal says when the team has finished: {stderr}"
+    );
+    ensure!(
+        !stderr.contains("warning:"),
+        "the pinned Claude Code draws no version warning: {stderr}"
+    );
 
     // Read the finished project's log straight from its database file.
     let store = conclave_core::Store::open(&dir.join(".conclave/conclave.db"), Default::default())?;
