@@ -19,6 +19,9 @@ use std::time::Duration;
 /// pipe and still runs would keep it open forever).
 const DRAIN_WAIT: Duration = Duration::from_secs(2);
 
+/// How long a panic on the main thread waits for its message to be relayed.
+const PANIC_MESSAGE_WAIT: Duration = Duration::from_millis(200);
+
 /// The relays of stdout and stderr; see the module docs.
 #[derive(Debug)]
 pub struct OutputRelay {
@@ -83,6 +86,15 @@ impl OutputRelay {
                 drained,
             });
         }
+        // A panic on the main thread ends the process right after its message is written into
+        // the pipe: give the relay a moment to copy the message out, or it would be lost.
+        let previous_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            previous_hook(info);
+            if std::thread::current().name() == Some("main") {
+                std::thread::sleep(PANIC_MESSAGE_WAIT);
+            }
+        }));
         Ok(OutputRelay { streams })
     }
 
