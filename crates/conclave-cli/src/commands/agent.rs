@@ -156,6 +156,8 @@ mod tests {
     #[test]
     fn the_context_figure_rounds_like_the_dashboard() {
         let cases = [
+            // The dashboard's browser test expects the same for this agent.
+            (Some(84_000), Some(200_000), Some("42% (84k / 200k)")),
             (Some(12_600), Some(200_000), Some("6% (13k / 200k)")),
             (Some(15_000), Some(200_000), Some("8% (15k / 200k)")),
             (Some(0), Some(200_000), Some("0% (0k / 200k)")),
