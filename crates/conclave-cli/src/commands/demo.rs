@@ -115,17 +115,25 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         tokio::select! {
             _ = interrupt.recv() => break Ok(()),
             _ = terminate.recv() => break Ok(()),
-            status = up.wait() => break match status {
-                Ok(status) if status.success() && watch.finished_at.is_some() => {
-                    note!("conclave demo: stopped (--exit-when-done); {stays_in}");
-                    Ok(())
+            status = up.wait() => {
+                // `up` may have seen the end between two looks of ours.
+                if watch.finished_at.is_none()
+                    && let Ok(Progress::JustFinished(took)) = watch.look(&admin, started).await
+                {
+                    note!("conclave demo: the scripted team finished in {} s", took.as_secs());
                 }
-                Ok(status) if status.success() => Err(anyhow::anyhow!(
-                    "conclave up ended before the scripted team finished; {stays_in}"
-                )),
-                Ok(status) => Err(anyhow::anyhow!("conclave up ended with {status}; {stays_in}")),
-                Err(error) => Err(error.into()),
-            },
+                break match status {
+                    Ok(status) if status.success() && watch.finished_at.is_some() => {
+                        note!("conclave demo: stopped (--exit-when-done); {stays_in}");
+                        Ok(())
+                    }
+                    Ok(status) if status.success() => Err(anyhow::anyhow!(
+                        "conclave up ended before the scripted team finished; {stays_in}"
+                    )),
+                    Ok(status) => Err(anyhow::anyhow!("conclave up ended with {status}; {stays_in}")),
+                    Err(error) => Err(error.into()),
+                };
+            }
             status = serve.wait() => break Err(anyhow::anyhow!("the demo server stopped unexpectedly ({status:?})")),
             _ = ticker.tick() => {
                 match watch.look(&admin, started).await {
