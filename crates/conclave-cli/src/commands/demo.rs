@@ -147,7 +147,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                             took.as_secs()
                         );
                     }
-                    Ok(Progress::Stuck(why)) => break Err(anyhow::anyhow!("the scripted team cannot finish: {why}; {stays_in}")),
+                    Ok(Progress::Stuck(why)) => break Err(anyhow::anyhow!(
+                        "the scripted team cannot finish: {}; {stays_in}",
+                        why.trim_end_matches('.')
+                    )),
                     // A slow answer now and then is no reason to stop the demo.
                     Err(error) => tracing::debug!("demo progress: {error:#}"),
                 }
