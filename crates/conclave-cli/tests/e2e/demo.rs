@@ -116,7 +116,9 @@ async fn a_scripted_agent_meeting_an_unexpected_error_stops_the_demo_at_once() -
     let events = store.read(|r| r.events(&Default::default()))?;
     let questions = events
         .iter()
-        .filter(|e| e.kind == "message.sent" && e.data["kind"] == "question")
+        .filter(|e| {
+            matches!(&e.payload, EventPayload::MessageSent(sent) if sent.kind == MessageKind::Question)
+        })
         .count();
     ensure!(questions == 0, "{questions} questions were asked");
     Ok(())
