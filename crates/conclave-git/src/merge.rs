@@ -98,7 +98,7 @@ pub enum LandStage {
     BeforeRefUpdate,
 }
 
-/// How [`fast_forward`] ended.
+/// How [`MergeEngine::fast_forward`] ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FastForward {
     Moved { from: CommitId, to: CommitId },
@@ -165,6 +165,7 @@ impl MergeEngine {
                     "--no-ff",
                     "--no-edit",
                     "--no-verify",
+                    "--no-gpg-sign",
                     "-m",
                     &request.message,
                     branch_tip.as_str(),
@@ -187,7 +188,13 @@ impl MergeEngine {
                     "--force",
                     branch_tip.as_str(),
                 ])?;
-                let output = git.output(&["rebase", "--quiet", "--no-verify", old.as_str()])?;
+                let output = git.output(&[
+                    "rebase",
+                    "--quiet",
+                    "--no-verify",
+                    "--no-gpg-sign",
+                    old.as_str(),
+                ])?;
                 if !output.status.success() {
                     let report = conflict_report(&git)?;
                     let _ = git.output(&["rebase", "--abort"]);

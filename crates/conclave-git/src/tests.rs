@@ -504,6 +504,22 @@ fn worktrees_are_reused_across_tasks_refuse_to_drop_uncommitted_work_and_go_with
         "{taken:?}"
     );
 
+    // bob's worktree exists: it was made before his branch was refused.
+    assert_eq!(
+        fixture.worktrees.agents().expect("agents"),
+        vec!["alice", "bob"]
+    );
+    assert_eq!(
+        fixture.worktrees.locate(&second.path.join("src/lib.rs")),
+        Some(("alice".to_string(), PathBuf::from("src/lib.rs")))
+    );
+    assert_eq!(
+        fixture
+            .worktrees
+            .locate(&fixture.test_repo.path().join("src/lib.rs")),
+        None
+    );
+
     fixture.worktrees.remove("alice").expect("remove");
     assert!(!first.path.exists());
     let listed = fixture.repo.worktrees().expect("list");
@@ -523,6 +539,24 @@ fn worktrees_are_reused_across_tasks_refuse_to_drop_uncommitted_work_and_go_with
         .worktrees
         .remove("alice")
         .expect("removing twice is fine");
+    assert_eq!(fixture.worktrees.agents().expect("agents"), vec!["bob"]);
+}
+
+#[test]
+fn the_worktrees_folder_is_ignored_even_without_the_state_folders_gitignore() {
+    let test_repo = TestRepo::new();
+    fs::remove_file(test_repo.path().join(".conclave/.gitignore")).expect("rm");
+    let repo = test_repo.repo();
+    let tip = repo
+        .ensure_integration_branch(INTEGRATION, None)
+        .expect("integration");
+    let worktrees = AgentWorktrees::new(repo).expect("worktrees");
+    worktrees.ensure("alice", &tip).expect("ensure");
+    assert_eq!(
+        test_repo.git(&["status", "--porcelain", "--untracked-files=all"]),
+        ""
+    );
+    assert!(worktrees.root().join(".gitignore").exists());
 }
 
 #[test]

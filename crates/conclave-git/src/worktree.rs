@@ -146,6 +146,32 @@ impl AgentWorktrees {
         PathLock::acquire(&self.root.join(format!("{name}.lock")), self.lock_timeout)
     }
 
+    /// The agents that have a registered worktree (to remove those no longer in the team).
+    pub fn agents(&self) -> Result<Vec<String>> {
+        let mut agents: Vec<String> = self
+            .entries_under_root()?
+            .into_iter()
+            .filter_map(|entry| entry.path.file_name()?.to_str().map(str::to_string))
+            .filter(|name| check_agent_name(name).is_ok())
+            .collect();
+        agents.sort();
+        Ok(agents)
+    }
+
+    /// Maps a path inside an agent's worktree to that agent and the project-relative path, so
+    /// leases and `file.touched` name the same file whichever tree it was written in. `None` for
+    /// a path outside every agent's worktree.
+    pub fn locate(&self, path: &Path) -> Option<(String, PathBuf)> {
+        let relative = match path.strip_prefix(&self.root) {
+            Ok(relative) => relative.to_path_buf(),
+            Err(_) => real_path(path).strip_prefix(&self.root).ok()?.to_path_buf(),
+        };
+        let mut components = relative.components();
+        let agent = components.next()?.as_os_str().to_str()?.to_string();
+        check_agent_name(&agent).ok()?;
+        Some((agent, components.as_path().to_path_buf()))
+    }
+
     /// `agent`'s worktree, created (detached at `start`) when missing or broken.
     pub fn ensure(&self, agent: &str, start: &CommitId) -> Result<Worktree> {
         let path = self.path_of(agent)?;
