@@ -9,10 +9,11 @@
 //! twice. A lock file serializes landings across processes.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::error::{GitError, Result};
 use crate::git::{CommitId, Git};
-use crate::lock::PathLock;
+use crate::lock::{DEFAULT_LOCK_TIMEOUT, PathLock};
 use crate::repo::real_path;
 use crate::shell::{ShellCommand, ShellOutcome, run_shell};
 use crate::worktree::AgentWorktrees;
@@ -110,12 +111,24 @@ pub enum FastForward {
 #[derive(Debug, Clone)]
 pub struct MergeEngine {
     worktrees: AgentWorktrees,
+    lock_timeout: Duration,
 }
 
 impl MergeEngine {
     /// Its scratch worktree lives among `worktrees` (and gets their setup command).
     pub fn new(worktrees: AgentWorktrees) -> Self {
-        MergeEngine { worktrees }
+        MergeEngine {
+            worktrees,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+        }
+    }
+
+    /// How long a landing waits for another one (in this or another process) to finish; a
+    /// landing holds the lock through its check, so set this above the check's time limit when
+    /// two processes may land at once.
+    pub fn with_lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout;
+        self
     }
 
     pub fn scratch_path(&self) -> PathBuf {
@@ -137,7 +150,7 @@ impl MergeEngine {
         let repo = self.worktrees.repo();
         let _lock = PathLock::acquire(
             &self.worktrees.root().join(format!("{SCRATCH_NAME}.lock")),
-            crate::lock::DEFAULT_LOCK_TIMEOUT,
+            self.lock_timeout,
         )?;
         let old = repo
             .branch_tip(&request.into)?
