@@ -5,6 +5,7 @@ mod config;
 mod errors;
 mod follow;
 mod hook;
+mod pipes;
 mod retry;
 mod serve;
 mod steering;
