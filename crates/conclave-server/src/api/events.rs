@@ -14,8 +14,10 @@ use conclave_core::model::{Actor, Event, EventFilter, EventList, NewEvent};
 use futures::Stream;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::app::{ApiJson, ApiQuery, App, IdempotencyKey, only_admin};
+use crate::app::App;
 use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiJson, ApiQuery};
+use crate::ops::{IdempotencyKey, require_admin};
 
 const BACKLOG_PAGE: i64 = 500;
 /// The longest `data` accepted for an observation, as JSON text.
@@ -29,7 +31,7 @@ pub async fn record(
     key: IdempotencyKey,
     ApiJson(new): ApiJson<NewEvent>,
 ) -> ApiResult<Response> {
-    only_admin(&actor, "record agent events")?;
+    require_admin(&actor, "record agent events")?;
     let suffix = new.kind.strip_prefix("agent.").unwrap_or_default();
     let well_formed = !suffix.is_empty()
         && suffix
