@@ -1,5 +1,5 @@
-//! The operations behind every way in: the MCP tools ([`crate::mcp`]), the hooks
-//! ([`crate::hooks`]) and the JSON API ([`crate::api`]) call these, so that a rule (who may do
+//! The operations behind every way in: the MCP tools (`mcp`), the hooks
+//! (`hooks`) and the JSON API (`api`) call these, so that a rule (who may do
 //! what, what a lease denial records and says, how an inbox is read, waited on, rendered and
 //! acknowledged) is written once. No HTTP types here: callers turn the results into JSON
 //! responses, tool results or hook answers, and [`OpError`] into their own errors.

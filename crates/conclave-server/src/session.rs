@@ -1,6 +1,6 @@
 //! The dashboard's session cookie: a name and a value derived from the admin token with
 //! HMAC-SHA256, so that it survives server restarts, changes when the admin token is replaced, and
-//! does not reveal the token. [`crate::auth`] and [`crate::dashboard`] both use it, so it lives
+//! does not reveal the token. The auth middleware and the dashboard both use it, so it lives
 //! apart from either.
 
 use axum::http::{HeaderMap, header};

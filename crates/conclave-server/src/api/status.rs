@@ -1,4 +1,4 @@
-//! `/api/status`, `/healthz` and `/metrics` (`/api/openapi.json` is served by [`crate::routes`],
+//! `/api/status`, `/healthz` and `/metrics` (`/api/openapi.json` is served by the route table,
 //! which builds it).
 
 use axum::Json;
