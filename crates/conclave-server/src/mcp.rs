@@ -321,8 +321,7 @@ impl ConclaveTools {
                 status,
                 note: args.note,
             };
-            ops::set_task_status(&self.app, &actor, &IdempotencyKey::default(), id, update)
-                .await?;
+            ops::set_task_status(&self.app, &actor, &IdempotencyKey::default(), id, update).await?;
             Ok::<_, OpError>(format!("{id} is now {status}."))
         }
         .await;
@@ -360,8 +359,14 @@ impl ConclaveTools {
         let result = async {
             let (actor, _) = agent_of(&parts)?;
             let id = args.id.parse::<TaskId>()?;
-            ops::fail_task(&self.app, &actor, &IdempotencyKey::default(), id, args.reason)
-                .await?;
+            ops::fail_task(
+                &self.app,
+                &actor,
+                &IdempotencyKey::default(),
+                id,
+                args.reason,
+            )
+            .await?;
             Ok::<_, OpError>(format!("{id} failed; its leases are released."))
         }
         .await;
@@ -476,10 +481,15 @@ impl ConclaveTools {
                 reason: args.reason,
                 task: None,
             };
-            let list: LeaseList =
-                ops::acquire_leases(&self.app, &actor, &IdempotencyKey::default(), &name, request)
-                    .await?
-                    .parse()?;
+            let list: LeaseList = ops::acquire_leases(
+                &self.app,
+                &actor,
+                &IdempotencyKey::default(),
+                &name,
+                request,
+            )
+            .await?
+            .parse()?;
             let lines: Vec<String> = list
                 .leases
                 .iter()

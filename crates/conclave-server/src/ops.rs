@@ -17,8 +17,8 @@ use conclave_core::model::{
 };
 use serde_json::json;
 
-pub use crate::app::{IdempotencyKey, OpError, OpResult, Written};
 use crate::app::App;
+pub use crate::app::{IdempotencyKey, OpError, OpResult, Written};
 
 /// The longest an inbox read may wait for something to arrive.
 pub const MAX_INBOX_WAIT_SECS: u64 = 600;
@@ -150,10 +150,8 @@ pub async fn set_task_status(
     update: TaskStatusUpdate,
 ) -> OpResult<Written> {
     let by = actor.clone();
-    app.write(actor, key, move |tx| {
-        tx.update_task_status(&by, id, update)
-    })
-    .await
+    app.write(actor, key, move |tx| tx.update_task_status(&by, id, update))
+        .await
 }
 
 pub async fn finish_task(
@@ -402,7 +400,10 @@ mod tests {
         let mut out = String::new();
         let shown = render_messages(&mut out, &messages, 300);
         assert_eq!(shown, vec!["M-1".to_string(), "M-2".to_string()]);
-        assert!(out.contains("M-1 from a [chat, urgent] thread M-1: y"), "{out}");
+        assert!(
+            out.contains("M-1 from a [chat, urgent] thread M-1: y"),
+            "{out}"
+        );
         assert!(out.ends_with("- (3 more: call the inbox tool)\n"), "{out}");
     }
 

@@ -81,13 +81,7 @@ pub fn operations() -> Vec<Operation> {
         op("get", "/healthz", "Liveness check", get(status::health))
             .public()
             .response::<Health>(),
-        op(
-            "get",
-            "/api/openapi.json",
-            "This document",
-            get(openapi),
-        )
-        .public(),
+        op("get", "/api/openapi.json", "This document", get(openapi)).public(),
         op(
             "get",
             "/metrics",
