@@ -271,10 +271,7 @@ impl Tx<'_> {
         // messages take positive rowids, given explicitly so that they never run into the
         // negative range.
         if kind == "task" {
-            let row = id
-                .strip_prefix("T-")
-                .and_then(|n| n.parse::<i64>().ok())
-                .ok_or_else(|| CoreError::invalid(format!("not a task id: {id}")))?;
+            let row = id.parse::<TaskId>()?.0;
             self.conn()
                 .execute("DELETE FROM search_index WHERE rowid = ?1", params![-row])?;
             self.conn().execute(
