@@ -294,7 +294,9 @@ async fn session_start(
             context.push_str(&line);
         }
     }
-    ops::acknowledge(app, actor, agent, shown).await?;
+    if !shown.is_empty() {
+        ops::acknowledge(app, actor, &IdempotencyKey::default(), shown).await?;
+    }
     Ok(
         json!({ "hookSpecificOutput": { "hookEventName": "SessionStart", "additionalContext": context } }),
     )

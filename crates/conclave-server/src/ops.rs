@@ -12,7 +12,7 @@ use std::time::Duration;
 use conclave_core::CoreError;
 use conclave_core::LeaseConflict;
 use conclave_core::model::{
-    Actor, LeaseList, LeaseRelease, LeaseRequest, Message, NewMessage, NewNote, NewTask,
+    AckResult, Actor, LeaseList, LeaseRelease, LeaseRequest, Message, NewMessage, NewNote, NewTask,
     ReleasedLeases, SearchHit, TaskFinish, TaskId, TaskStatusUpdate, format_duration_secs,
 };
 use serde_json::json;
@@ -268,7 +268,7 @@ pub async fn deliver_inbox(
     }
     let mut text = String::new();
     let shown = render_messages(&mut text, &messages, budget);
-    acknowledge(app, actor, agent, shown).await?;
+    acknowledge(app, actor, &IdempotencyKey::default(), shown).await?;
     Ok(Some(text))
 }
 
@@ -308,17 +308,19 @@ pub fn render_messages(out: &mut String, messages: &[Message], budget: usize) ->
     shown
 }
 
-/// Acknowledges the agent's messages `ids` (none: nothing to do).
-pub async fn acknowledge(app: &App, actor: &Actor, agent: &str, ids: Vec<String>) -> OpResult<()> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let name = agent.to_string();
-    app.write(actor, &IdempotencyKey::default(), move |tx| {
-        tx.ack_messages(&name, &ids)
+/// Acknowledges the agent's messages `ids`; answers an [`AckResult`].
+pub async fn acknowledge(
+    app: &App,
+    actor: &Actor,
+    key: &IdempotencyKey,
+    ids: Vec<String>,
+) -> OpResult<Written> {
+    let agent = require_agent(actor, "acknowledge messages")?.to_string();
+    app.write(actor, key, move |tx| {
+        let acked = tx.ack_messages(&agent, &ids)?;
+        Ok(AckResult { acked })
     })
-    .await?;
-    Ok(())
+    .await
 }
 
 /// Per-session count of consecutive Stop blocks (a bound, not state worth persisting).

@@ -5,7 +5,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use axum::response::Response;
-use conclave_core::model::{AckResult, Actor, MessageAck, MessageList, NewMessage};
+use conclave_core::model::{Actor, MessageAck, MessageList, NewMessage};
 use serde::Deserialize;
 
 use crate::app::App;
@@ -73,13 +73,6 @@ pub async fn ack(
     key: IdempotencyKey,
     ApiJson(ack): ApiJson<MessageAck>,
 ) -> ApiResult<Response> {
-    let agent = ops::require_agent(&actor, "acknowledge messages")?.to_string();
     let key = key.with_body(&ack);
-    Ok(app
-        .write(&actor, &key, move |tx| {
-            let acked = tx.ack_messages(&agent, &ack.ids)?;
-            Ok(AckResult { acked })
-        })
-        .await?
-        .ok())
+    Ok(ops::acknowledge(&app, &actor, &key, ack.ids).await?.ok())
 }
