@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use conclave_core::CoreError;
 use conclave_core::LeaseConflict;
+use conclave_core::event::LeaseDenied;
 use conclave_core::model::{
-    AckResult, Actor, LeaseList, LeaseRelease, LeaseRequest, Message, NewMessage, NewNote, NewTask,
-    ReleasedLeases, SearchHit, TaskFinish, TaskId, TaskStatusUpdate, format_duration_secs,
+    AckResult, Actor, EventPayload, LeaseList, LeaseRelease, LeaseRequest, Message, NewMessage,
+    NewNote, NewTask, ReleasedLeases, SearchHit, TaskFinish, TaskId, TaskStatusUpdate,
+    format_duration_secs,
 };
-use serde_json::json;
 
 use crate::app::App;
 pub use crate::app::{IdempotencyKey, OpError, OpResult, Written};
@@ -68,12 +69,18 @@ pub async fn acquire_leases(
 
 async fn record_denial(app: &App, holder: &str, paths: &[String], why: &str) {
     let holder = holder.to_string();
-    let data = json!({ "paths": paths, "why": why });
+    let denied = LeaseDenied {
+        paths: paths.to_vec(),
+        why: why.to_string(),
+    };
     let result = app
         .write(
             &Actor::Agent(holder.clone()),
             &IdempotencyKey::default(),
-            move |tx| tx.emit(&holder, "lease.denied", None, Some(&holder), data),
+            move |tx| {
+                let payload = EventPayload::LeaseDenied(denied.clone());
+                tx.emit(&holder, None, Some(&holder), payload)
+            },
         )
         .await;
     if let Err(error) = result {
@@ -230,7 +237,7 @@ pub async fn wait_for_inbox(app: &App, agent: &str, wait: Duration) -> OpResult<
             _ = tokio::time::sleep_until(deadline) => break,
             _ = app.shutdown_token().cancelled() => break,
             received = events.recv() => match received {
-                Ok(event) if event.kind == "message.sent" && is_recipient(&event.data, agent) => break,
+                Ok(event) if is_recipient(&event.payload, agent) => break,
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
@@ -241,10 +248,9 @@ pub async fn wait_for_inbox(app: &App, agent: &str, wait: Duration) -> OpResult<
     app.read(move |r| r.inbox(&name)).await
 }
 
-fn is_recipient(data: &serde_json::Value, agent: &str) -> bool {
-    data.get("recipients")
-        .and_then(|r| r.as_array())
-        .is_some_and(|names| names.iter().any(|n| n.as_str() == Some(agent)))
+/// Whether the event is a message sent to `agent`.
+fn is_recipient(payload: &EventPayload, agent: &str) -> bool {
+    matches!(payload, EventPayload::MessageSent(sent) if sent.recipients.iter().any(|n| n == agent))
 }
 
 /// Reads the agent's inbox (waiting up to `wait` when it is empty), keeps the messages `keep`
