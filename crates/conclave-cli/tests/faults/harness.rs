@@ -123,6 +123,13 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The process's peak resident set so far, in KiB (`VmHWM`), if the system reports it.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
     /// SIGKILL, then reap: nothing of the process (its lock, its WAL) is cleaned up.
     pub fn sigkill(mut self) {
         signal(self.child.id(), Signal::SIGKILL);

@@ -257,6 +257,7 @@ async fn sigkill_rounds_lose_nothing_acknowledged_and_grant_nothing_twice() {
 
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let mut retried = 0;
+    let mut peak_rss_kib = 0;
     for round in 1..=rounds {
         let stop = Arc::new(AtomicBool::new(false));
         let workers: Vec<_> = agents
@@ -275,6 +276,7 @@ async fn sigkill_rounds_lose_nothing_acknowledged_and_grant_nothing_twice() {
             })
             .collect();
         tokio::time::sleep(WRITE_TIME).await;
+        peak_rss_kib = peak_rss_kib.max(server.peak_rss_kib().unwrap_or(0));
         // Killed in the middle of the writes; the workers stop at their first unanswered request.
         server.sigkill();
         stop.store(true, Ordering::Relaxed);
@@ -315,13 +317,14 @@ async fn sigkill_rounds_lose_nothing_acknowledged_and_grant_nothing_twice() {
     eprintln!(
         "faults: {rounds} SIGKILL rounds, {} agents, {} requests ({} acknowledged, {retried} \
          retried after a kill, refusals by status {:?}), {} stream connections, {} events \
-         streamed, {:.1} s",
+         streamed, server peak RSS {} KiB, {:.1} s",
         AGENTS,
         ledger.requests,
         ledger.acknowledged.len(),
         ledger.refused,
         connections,
         seen.lock().expect("seen").len(),
+        peak_rss_kib,
         started.elapsed().as_secs_f64()
     );
 }
