@@ -304,3 +304,51 @@ pub fn event_ms(event: &Value) -> i64 {
         .expect("rfc3339 ts")
         .timestamp_millis()
 }
+
+/// The invariants above can fail: each kind of violation, written by hand, is caught.
+#[test]
+fn log_checks_catch_each_violation() {
+    let event = |seq: i64, ms: i64, kind: &str, agent: &str, task: Option<&str>, data: Value| {
+        let ts = DateTime::<Utc>::from_timestamp_millis(ms).expect("ts");
+        json!({ "seq": seq, "ts": ts.to_rfc3339(), "kind": kind, "agent": agent, "task": task,
+                "data": data })
+    };
+    let lease =
+        |path: &str, token: i64| json!({ "path": path, "ttl_secs": 10, "fencing_token": token });
+    let sound = vec![
+        event(1, 0, "task.claimed", "a", Some("T-1"), json!({})),
+        event(2, 1, "task.done", "a", Some("T-1"), json!({})),
+        event(3, 2, "task.claimed", "b", Some("T-1"), json!({})),
+        event(4, 3, "lease.granted", "a", None, lease("x.rs", 1)),
+        event(5, 4, "lease.released", "a", None, json!({ "path": "x.rs" })),
+        event(6, 5, "lease.granted", "b", None, lease("x.rs", 2)),
+        // a's lease expired by its TTL before c took it, even without an event
+        event(7, 10_006, "lease.granted", "c", None, lease("x.rs", 3)),
+    ];
+    assert_eq!(log_violations(&sound), Vec::<String>::new());
+
+    let held_twice = vec![
+        event(1, 0, "task.claimed", "a", Some("T-1"), json!({})),
+        event(2, 1, "task.claimed", "b", Some("T-1"), json!({})),
+    ];
+    let leased_twice = vec![
+        event(1, 0, "lease.granted", "a", None, lease("x.rs", 1)),
+        event(2, 9_999, "lease.granted", "b", None, lease("x.rs", 2)),
+    ];
+    let token_went_back = vec![
+        event(1, 0, "lease.granted", "a", None, lease("x.rs", 5)),
+        event(2, 1, "lease.granted", "a", None, lease("y.rs", 5)),
+    ];
+    let seq_went_back = vec![
+        event(2, 0, "task.claimed", "a", Some("T-1"), json!({})),
+        event(2, 1, "task.done", "a", Some("T-1"), json!({})),
+    ];
+    for (name, log) in [
+        ("held twice", held_twice),
+        ("leased twice", leased_twice),
+        ("token went back", token_went_back),
+        ("seq went back", seq_went_back),
+    ] {
+        assert_eq!(log_violations(&log).len(), 1, "{name} not caught");
+    }
+}
