@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 
 use crate::harness::{Project, Server, add_agent, all_events, http, log_violations};
 
-const CLAIM_TTL_SECS: i64 = 2;
-const LEASE_TTL_SECS: i64 = 2;
+const CLAIM_TTL_SECS: i64 = 3;
+const LEASE_TTL_SECS: i64 = 3;
 
 async fn task(http: &reqwest::Client, url: &str, admin: &str, id: &str) -> Value {
     http.get(format!("{url}/api/tasks/{id}"))
