@@ -33,6 +33,8 @@ struct Target {
     base: String,
     http: reqwest::Client,
     agent_token: String,
+    /// One case at a time: a case compares the log before and after itself.
+    one_case: std::sync::Mutex<()>,
     _shutdown: CancellationToken,
     _dir: tempfile::TempDir,
 }
@@ -102,6 +104,7 @@ fn target() -> &'static Target {
             base,
             http,
             agent_token,
+            one_case: std::sync::Mutex::new(()),
             _shutdown: shutdown,
             _dir: dir,
         }
@@ -339,6 +342,7 @@ proptest! {
         body in body(),
     ) {
         let target = target();
+        let _alone = target.one_case.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let endpoints = endpoints();
         let (method, path, valid) = endpoints[endpoint % endpoints.len()].clone();
         let bytes = render(&valid, &body);
@@ -373,6 +377,79 @@ proptest! {
                     "{method} {path} {sent} was refused ({status}: {text}) but wrote {written:#?}"
                 );
             }
+        });
+    }
+}
+
+/// Read endpoints and the query parameters they take (the inbox without `wait`, which blocks by
+/// design; the live stream, which never ends, is left out).
+const QUERIES: &[(&str, &[&str])] = &[
+    (
+        "/api/events",
+        &[
+            "after", "agent", "task", "kind", "since", "until", "before", "limit", "desc",
+        ],
+    ),
+    (
+        "/api/tasks",
+        &["status", "assignee", "role", "all", "limit"],
+    ),
+    ("/api/notes", &["kind", "all", "limit"]),
+    ("/api/search", &["q", "kind", "limit"]),
+    ("/api/messages", &["to", "thread", "limit", "agent"]),
+    ("/api/inbox", &["limit"]),
+    ("/api/leases", &[]),
+    ("/api/agents", &[]),
+    ("/api/status", &[]),
+    ("/api/tasks/T-1", &[]),
+];
+
+fn query_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        nasty_string(),
+        any::<i64>().prop_map(|n| n.to_string()),
+        Just("2.0".to_string()),
+        Just("true".to_string()),
+        Just("2026-11-30T00:00:00Z".to_string()),
+        Just("T-1".to_string()),
+    ]
+}
+
+proptest! {
+    #![proptest_config(Config { cases: cases(), failure_persistence: None, ..Config::default() })]
+
+    #[test]
+    fn no_query_makes_a_read_fail_or_write(
+        endpoint in 0usize..64,
+        as_admin in prop::bool::weighted(0.5),
+        params in prop::collection::vec((0usize..16, query_value()), 0..4),
+        unknown in prop::option::weighted(0.2, ("[a-z]{1,8}", query_value())),
+    ) {
+        let target = target();
+        let _alone = target.one_case.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (path, names) = QUERIES[endpoint % QUERIES.len()];
+        let mut query: Vec<(String, String)> = params
+            .into_iter()
+            .filter(|_| !names.is_empty())
+            .map(|(i, value)| (names[i % names.len()].to_string(), value))
+            .collect();
+        query.extend(unknown);
+        target.runtime.block_on(async {
+            let before = last_seq(target).await;
+            let token = if as_admin { ADMIN } else { target.agent_token.as_str() };
+            let response = target
+                .http
+                .get(format!("{}{path}", target.base))
+                .query(&query)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap_or_else(|error| panic!("GET {path} {query:?} dropped the connection: {error}"));
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap_or_default();
+            assert!(status < 500, "GET {path} {query:?} answered {status}: {text}");
+            let written = written_since(target, before).await;
+            assert!(written.is_empty(), "GET {path} {query:?} wrote {written:#?}");
         });
     }
 }
