@@ -12,6 +12,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::error::CoreError;
+pub use crate::event::{Event, EventPayload};
 
 /// Who did something: a registered agent, the admin (a person or the supervisor), or the server.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -65,19 +66,31 @@ impl FromStr for TaskId {
     type Err = CoreError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let trimmed = text.trim();
-        let digits = trimmed
-            .strip_prefix("T-")
-            .or_else(|| trimmed.strip_prefix("t-"))
-            .unwrap_or(trimmed);
-        match digits.parse::<i64>() {
-            Ok(n) if n > 0 => Ok(TaskId(n)),
-            _ => Err(CoreError::invalid(format!(
-                "{text:?} is not a task id (expected T-<number>)"
-            ))),
-        }
+        parse_short_id(text, 'T', "task").map(TaskId)
     }
 }
+
+/// Parses a short id such as `T-12`, `M-7` or `N-3` (the prefix letter in either case, or no
+/// prefix at all: `12`) into its positive number; `noun` names the kind of id in the error.
+pub fn parse_short_id(text: &str, prefix: char, noun: &str) -> Result<i64, CoreError> {
+    let trimmed = text.trim();
+    let digits = trimmed
+        .strip_prefix(prefix.to_ascii_uppercase())
+        .or_else(|| trimmed.strip_prefix(prefix.to_ascii_lowercase()))
+        .and_then(|rest| rest.strip_prefix('-'))
+        .unwrap_or(trimmed);
+    match digits.parse::<i64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(CoreError::invalid(format!(
+            "{text:?} is not a {noun} id (expected {}-<number>)",
+            prefix.to_ascii_uppercase()
+        ))),
+    }
+}
+
+/// The Claude Code tools whose `tool_input` names a file they write: the hooks lease that file,
+/// and `conclave claude` matches the file-lease hook on them.
+pub const FILE_WRITING_TOOLS: &[&str] = &["Edit", "Write", "MultiEdit", "NotebookEdit"];
 
 impl Serialize for TaskId {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -351,20 +364,6 @@ pub struct Note {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct Event {
-    /// Strictly increasing sequence number.
-    pub seq: i64,
-    pub ts: DateTime<Utc>,
-    pub actor: String,
-    /// Dotted kind such as `task.claimed` or `lease.granted`.
-    pub kind: String,
-    pub task: Option<TaskId>,
-    /// The agent the event is about (may differ from the actor).
-    pub agent: Option<String>,
-    pub data: serde_json::Value,
-}
-
 /// One hit of a full-text search over notes, messages and task results.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SearchHit {
@@ -598,7 +597,7 @@ impl EventFilter {
             return false;
         }
         if let Some(kind) = &self.kind
-            && !kind_matches(kind, &event.kind)
+            && !kind_matches(kind, event.kind())
         {
             return false;
         }
@@ -640,10 +639,22 @@ pub struct ReasonRequest {
 }
 
 /// `POST /api/events` (admin): an observation the supervisor records about an agent it runs
-/// (a tool call, a turn's usage, a restart). The kind must start with `agent.`.
+/// (a tool call, a turn's usage, a restart). On the wire `{kind, agent, task, data}`; the kind
+/// must be a known `agent.` kind and the data must fit it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "NewEventWire", into = "NewEventWire")]
+pub struct NewEvent {
+    /// The agent the event is about.
+    pub agent: String,
+    pub task: Option<TaskId>,
+    pub payload: EventPayload,
+}
+
+/// The wire form of [`NewEvent`].
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct NewEvent {
+#[schemars(rename = "NewEvent")]
+pub struct NewEventWire {
     /// `agent.tool`, `agent.turn`, `agent.crashed`, ...
     pub kind: String,
     /// The agent the event is about.
@@ -652,6 +663,39 @@ pub struct NewEvent {
     pub task: Option<TaskId>,
     #[serde(default)]
     pub data: serde_json::Value,
+}
+
+impl TryFrom<NewEventWire> for NewEvent {
+    type Error = crate::event::PayloadError;
+
+    fn try_from(wire: NewEventWire) -> Result<Self, Self::Error> {
+        Ok(NewEvent {
+            payload: EventPayload::from_parts(&wire.kind, &wire.data)?,
+            agent: wire.agent,
+            task: wire.task,
+        })
+    }
+}
+
+impl JsonSchema for NewEvent {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "NewEvent".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        NewEventWire::json_schema(generator)
+    }
+}
+
+impl From<NewEvent> for NewEventWire {
+    fn from(new: NewEvent) -> Self {
+        NewEventWire {
+            kind: new.payload.kind().to_string(),
+            data: new.payload.data(),
+            agent: new.agent,
+            task: new.task,
+        }
+    }
 }
 
 /// What a person asks the supervisor to do with a running agent.
@@ -670,7 +714,7 @@ named_enum!(AgentAction, "agent action", {
 
 /// `POST /api/agents/{name}/control`: recorded as an `agent.control` event, which the supervisor
 /// running the agent follows and carries out.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentControl {
     pub action: AgentAction,
@@ -769,6 +813,16 @@ mod tests {
             assert!(bad.parse::<TaskId>().is_err(), "{bad} should not parse");
         }
         assert_eq!(TaskId(4).to_string(), "T-4");
+    }
+
+    #[test]
+    fn message_and_note_ids_parse_with_their_own_letter_only() {
+        assert_eq!(parse_short_id("M-7", 'M', "message").ok(), Some(7));
+        assert_eq!(parse_short_id(" n-3 ", 'N', "note").ok(), Some(3));
+        assert_eq!(parse_short_id("5", 'N', "note").ok(), Some(5));
+        let error = parse_short_id("N-3", 'M', "message").expect_err("wrong letter");
+        assert!(error.to_string().contains("message id"), "{error}");
+        assert!(parse_short_id("M-M-3", 'M', "message").is_err());
     }
 
     #[test]

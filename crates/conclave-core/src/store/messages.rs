@@ -3,10 +3,11 @@
 //! recipient acknowledges it: at-least-once delivery across reconnects and restarts.
 
 use rusqlite::{OptionalExtension, Row, params};
-use serde_json::json;
 
 use super::{Reader, Tx, ms_to_time, opt_time, validate_name, validate_text};
 use crate::error::{CoreError, Result};
+use crate::event::{MessageAcked, MessageSent};
+use crate::model::EventPayload;
 use crate::model::{Actor, Delivery, Message, MessageKind, NewMessage};
 
 const MAX_BODY: usize = 32 * 1024;
@@ -14,19 +15,7 @@ const MESSAGE_COLUMNS: &str = "id, sender, recipient, thread, kind, urgent, body
 
 /// Parses `M-12` (or `12`) into the row id.
 pub fn parse_message_id(text: &str) -> Result<i64> {
-    let digits = text
-        .trim()
-        .trim_start_matches("M-")
-        .trim_start_matches("m-");
-    digits
-        .parse::<i64>()
-        .ok()
-        .filter(|n| *n > 0)
-        .ok_or_else(|| {
-            CoreError::invalid(format!(
-                "{text:?} is not a message id (expected M-<number>)"
-            ))
-        })
+    crate::model::parse_short_id(text, 'M', "message")
 }
 
 fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
@@ -194,12 +183,16 @@ impl Tx<'_> {
         )?;
         self.emit(
             actor.name(),
-            "message.sent",
             None,
             actor.agent(),
-            json!({
-                "id": id, "to": to, "recipients": recipients, "thread": thread,
-                "kind": new.kind, "urgent": new.urgent, "body": new.body,
+            EventPayload::MessageSent(MessageSent {
+                id,
+                to,
+                recipients,
+                thread,
+                kind: new.kind,
+                urgent: new.urgent,
+                body: new.body.clone(),
             }),
         )?;
         self.read().message(row_id)
@@ -222,10 +215,9 @@ impl Tx<'_> {
         if !acked.is_empty() {
             self.emit(
                 agent,
-                "message.acked",
                 None,
                 Some(agent),
-                json!({ "ids": acked }),
+                EventPayload::MessageAcked(MessageAcked { ids: acked.clone() }),
             )?;
         }
         Ok(acked)

@@ -2,27 +2,19 @@
 //! over notes, messages and task results.
 
 use rusqlite::{OptionalExtension, Row, params};
-use serde_json::json;
 
 use super::{Reader, Tx, json_list, ms_to_time, to_json_list, validate_name, validate_text};
 use crate::error::{CoreError, Result};
+use crate::event::{NoteAdded, NoteSuperseded};
+use crate::model::EventPayload;
 use crate::model::{Actor, MessageKind, NewMessage, NewNote, Note, NoteKind, SearchHit, TaskId};
 
 const NOTE_COLUMNS: &str =
     "id, author, kind, title, body, tags, files, task_id, supersedes, superseded_by, created_at";
 
+/// Parses `N-12` (or `12`) into the row id.
 pub fn parse_note_id(text: &str) -> Result<i64> {
-    let digits = text
-        .trim()
-        .trim_start_matches("N-")
-        .trim_start_matches("n-");
-    digits
-        .parse::<i64>()
-        .ok()
-        .filter(|n| *n > 0)
-        .ok_or_else(|| {
-            CoreError::invalid(format!("{text:?} is not a note id (expected N-<number>)"))
-        })
+    crate::model::parse_short_id(text, 'N', "note")
 }
 
 fn note_from_row(row: &Row<'_>) -> rusqlite::Result<Note> {
@@ -218,12 +210,17 @@ impl Tx<'_> {
         let id = format!("N-{row_id}");
         let tags_text = new.tags.join(" ");
         self.index_search("note", &id, &title, &format!("{body} {tags_text}"))?;
+        let added = NoteAdded {
+            id: id.clone(),
+            kind: new.kind,
+            title: title.clone(),
+            supersedes: new.supersedes.clone(),
+        };
         self.emit(
             actor.name(),
-            "note.added",
             task,
             actor.agent(),
-            json!({ "id": id, "kind": new.kind, "title": title, "supersedes": new.supersedes }),
+            EventPayload::NoteAdded(added),
         )?;
         if matches!(
             new.kind,
@@ -236,12 +233,15 @@ impl Tx<'_> {
                 "UPDATE notes SET superseded_by = ?2 WHERE id = ?1",
                 params![parse_note_id(&old.id)?, row_id],
             )?;
+            let superseded = NoteSuperseded {
+                id: old.id.clone(),
+                by: id.clone(),
+            };
             self.emit(
                 actor.name(),
-                "note.superseded",
                 old.task,
                 None,
-                json!({ "id": old.id, "by": id }),
+                EventPayload::NoteSuperseded(superseded),
             )?;
             // Whoever may have built on the old note must hear that it changed.
             let others = self
@@ -280,10 +280,7 @@ impl Tx<'_> {
         // messages take positive rowids, given explicitly so that they never run into the
         // negative range.
         if kind == "task" {
-            let row = id
-                .strip_prefix("T-")
-                .and_then(|n| n.parse::<i64>().ok())
-                .ok_or_else(|| CoreError::invalid(format!("not a task id: {id}")))?;
+            let row = id.parse::<TaskId>()?.0;
             self.conn()
                 .execute("DELETE FROM search_index WHERE rowid = ?1", params![-row])?;
             self.conn().execute(
