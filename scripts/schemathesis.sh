@@ -28,11 +28,13 @@ cache="${CONCLAVE_CACHE_DIR:-$HOME/.cache/conclave}"
 venv="$cache/schemathesis-$SCHEMATHESIS_VERSION"
 if [ ! -x "$venv/bin/schemathesis" ]; then
   mkdir -p "$cache"
-  # A bare Debian has python3 without venv (or no python3): install them as CI does git.
-  if ! python3 -m venv --help >/dev/null 2>&1; then
-    apt-get update && apt-get install -y python3 python3-venv
+  # A bare Debian may lack python3, or its venv module's pip: install them as .ci/run does git.
+  command -v python3 >/dev/null || { apt-get update && apt-get install -y python3; }
+  if ! python3 -m venv "$venv"; then
+    rm -rf "$venv"
+    apt-get update && apt-get install -y python3-venv
+    python3 -m venv "$venv"
   fi
-  python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 
