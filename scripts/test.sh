@@ -5,6 +5,10 @@
 # (tests/browser/, headless Chromium). Ends with one line adding up every runner's counts:
 # `summary: N passed, N failed, N skipped`, a skipped test (no CLI, no Chromium) not counted
 # as passed.
+# The fault suite (crates/conclave-cli/tests/faults) and the fuzzers (tests/fuzz, proptest in the
+# crates) run here with bounded counts; for a long run set CONCLAVE_FAULT_ROUNDS (SIGKILL rounds,
+# default 3) and PROPTEST_CASES (cases per property, default 64 for the API fuzzer, 256 elsewhere).
+# .ci/run also runs scripts/schemathesis.sh against a live server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log=$(mktemp)
