@@ -32,7 +32,7 @@ pub use leases::MAX_LEASE_TTL_SECS;
 pub use messages::parse_message_id;
 pub use notes::parse_note_id;
 pub use schema::SCHEMA_VERSION;
-pub use tasks::{ClaimOutcome, task_fits};
+pub use tasks::ClaimOutcome;
 
 /// How hard a commit tries to reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
