@@ -8,7 +8,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::context::Context;
-use crate::supervisor::process::is_alive;
+use conclave_supervisor::process::is_alive;
 
 /// How long `down` waits for a process to end after SIGTERM.
 const WAIT: Duration = Duration::from_secs(40);

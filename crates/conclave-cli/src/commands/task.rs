@@ -8,7 +8,7 @@ use conclave_core::model::{
 use conclave_core::store::ClaimOutcome;
 
 use crate::cli::TaskCommand;
-use crate::client::Client;
+use conclave_client::Client;
 use crate::context::Context;
 use crate::error::{ApiError, NothingReady};
 use crate::output::{Table, clip, or_dash, print_json, until};

@@ -1,0 +1,1061 @@
+//! The team as a state machine: every agent's state, and what the supervisor does in answer to
+//! what happens, with no I/O and no clock of its own.
+//!
+//! [`Team::step`] takes one [`Input`] (a stdout line, a process exit, a server event, the result
+//! of reading the team, a tick of the clock, a shutdown) and the current time, changes the state,
+//! and returns the [`Effect`]s to carry out (start a process, write to its stdin, end it, report
+//! to the server, save state). The driver in [`crate::team`] carries them out and feeds back what
+//! they produce (a started process's pid, the team's tasks and unread messages); the unit tests
+//! below drive it with scripted inputs and made-up instants.
+//!
+//! Per agent, the [`Phase`]s are:
+//!
+//! ```text
+//! Waiting ──start──▶ Live{busy} ◀──wake──▶ Live{idle} ──idle too long──▶ Hibernated
+//!    ▲                 │ exit unasked                                       │ wake
+//!    │                 ▼                                                    ▼
+//!    │           RestartPending{at} ──due──▶ Live       (resumes the session: Live)
+//!    │                 │ too many in the window
+//!    │                 ▼
+//!    └─ resume ─── Crashed / Stopped ◀── stop asked, budget spent
+//! ```
+//!
+//! A process the supervisor ends itself carries a [`StopReason`] until it exits; a person's stop
+//! and the team's shutdown win over the supervisor's own reasons (recycle, budget, hibernate).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use conclave_core::model::{
+    Agent, AgentAction, AgentStatus, AgentUpdate, Event, MessageKind, Task, TaskId, TaskStatus,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::plan::AgentPlan;
+use crate::stream::{Content, MAX_TEXT, StreamUpdate, ToolResult, truncate};
+use crate::wake::{self, Quoted, Start};
+
+/// Time between two agents' starts (many clients starting at once race on their config file).
+pub const STAGGER: Duration = Duration::from_secs(1);
+/// Quiet ticks in a row before a team with nothing to do is declared finished.
+pub const QUIET_TICKS_TO_FINISH: u32 = 4;
+/// Longest wait between crash restarts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Time an idle process gets to exit after its stdin closes before it is signalled.
+pub const IDLE_GRACE: Duration = Duration::from_secs(5);
+/// The same when the whole team stops.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// The same for a process interrupted in the middle of a turn (its budget ran out): signalled
+/// at once, since it would not end its turn by itself.
+pub const INTERRUPT_GRACE: Duration = Duration::ZERO;
+
+/// Why the supervisor ended a process itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    Recycle,
+    Hibernate,
+    Budget,
+    Stop,
+    Restart,
+    Shutdown,
+}
+
+impl StopReason {
+    /// A person's stop and the team's shutdown: nothing the supervisor decides itself replaces
+    /// them.
+    fn is_final(self) -> bool {
+        matches!(self, StopReason::Stop | StopReason::Shutdown)
+    }
+}
+
+/// Where an agent is in its life.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Phase {
+    /// Not started yet (starts are staggered).
+    Waiting,
+    /// A process runs; `busy` while a turn is in progress.
+    Live { busy: bool },
+    /// Its process was ended while idle; a wake resumes its session.
+    Hibernated,
+    /// Crashed; starts again at `at`.
+    RestartPending { at: Instant },
+    /// Stopped (a person asked, or its budget ran out).
+    Stopped,
+    /// Crashed too often.
+    Crashed,
+}
+
+/// Kept in `.conclave/agents/NAME/supervisor.json` so that a restarted supervisor counts cost
+/// right when it resumes a session.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SavedState {
+    pub session_id: Option<String>,
+    pub session_cost: f64,
+}
+
+/// What the team is doing, as read from the server when an agent may be woken.
+#[derive(Debug, Clone, Default)]
+pub struct TeamView {
+    pub tasks: Vec<Task>,
+    /// Unacknowledged message ids per recipient.
+    pub unread: HashMap<String, HashSet<String>>,
+}
+
+/// What the state machine reacts to.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// The clock: staggered starts, restarts due, hibernation, finishing.
+    Tick,
+    /// The process of [`Effect::Spawn`] started.
+    Spawned {
+        agent: usize,
+        generation: u64,
+        pid: u32,
+    },
+    /// The process of [`Effect::Spawn`] could not start.
+    SpawnFailed {
+        agent: usize,
+        generation: u64,
+        error: String,
+    },
+    /// A stdout line of a process.
+    Line {
+        agent: usize,
+        generation: u64,
+        update: StreamUpdate,
+    },
+    /// A process exited; `how` says how ("exit code 1", "signal 9").
+    Exited {
+        agent: usize,
+        generation: u64,
+        how: String,
+    },
+    /// An event of the server's log.
+    Event(Event),
+    /// The answer to [`Effect::ReadTeam`].
+    TeamRead(TeamView),
+    /// [`Effect::ReadTeam`] failed.
+    TeamReadFailed,
+    /// The team stops: end every process.
+    Shutdown,
+    /// The processes had their time to end after [`Input::Shutdown`].
+    ShutdownDeadline,
+}
+
+/// What the driver does for the state machine.
+#[derive(Debug, Clone)]
+pub enum Effect {
+    /// Start agent `agent`'s process (resuming `resume` if given) and write `first_message`
+    /// to it; answer with [`Input::Spawned`] or [`Input::SpawnFailed`].
+    Spawn {
+        agent: usize,
+        generation: u64,
+        resume: Option<String>,
+        first_message: String,
+    },
+    /// Write a user message to the agent's process.
+    Send { agent: usize, text: String },
+    /// End the agent's process: stdin closed, then signals after `grace`.
+    Stop { agent: usize, grace: Duration },
+    /// Kill the agent's process at once.
+    Kill { agent: usize },
+    /// `PATCH /api/agents/NAME`.
+    Patch { agent: usize, update: AgentUpdate },
+    /// `POST /api/events` with this kind and data, for the agent.
+    Record {
+        agent: usize,
+        kind: &'static str,
+        data: Value,
+    },
+    /// The agent's process died unasked: release what it held, and record `agent.crashed` with
+    /// `reason` and what was released.
+    ReleaseAfterCrash { agent: usize, reason: String },
+    /// Save the agent's [`SavedState`].
+    Save { agent: usize, state: SavedState },
+    /// Read the team's tasks (and unread messages when `messages`); answer with
+    /// [`Input::TeamRead`] or [`Input::TeamReadFailed`].
+    ReadTeam { messages: bool },
+    /// Tell the person running the team.
+    Say(String),
+    /// The team has finished: nothing is ready for anyone and every agent is idle.
+    Finished,
+}
+
+/// One agent's state.
+#[derive(Debug, Clone)]
+pub struct AgentState {
+    pub plan: AgentPlan,
+    pub phase: Phase,
+    /// Why its process is being ended, until it exits.
+    pub stopping: Option<StopReason>,
+    /// Whether a process runs (started, not yet exited).
+    pub running: bool,
+    /// Counts starts; reports of an older process are ignored.
+    pub generation: u64,
+    pub paused: bool,
+    pub session_id: Option<String>,
+    pub context_tokens: Option<i64>,
+    pub context_window: Option<i64>,
+    /// Cost of sessions other than the current one.
+    pub cost_base: f64,
+    /// The latest `total_cost_usd` of the current session.
+    pub session_cost: f64,
+    /// `session_cost` when the current process started (to tell whether a resumed process
+    /// carried the session's total on or started from zero).
+    cost_at_start: f64,
+    first_result_seen: bool,
+    pub restarts: i64,
+    restart_times: VecDeque<Instant>,
+    failures_in_a_row: u32,
+    idle_since: Instant,
+    pub turns_done: u64,
+    asked_for_handoff: bool,
+    /// How the next process starts.
+    pub next_start: Start,
+    /// The session the current process resumed.
+    resumed: Option<String>,
+    /// A message to deliver as the first turn of the next process (a wake of a hibernated
+    /// agent).
+    wake_on_start: Option<String>,
+    pending_tools: HashMap<String, (String, String)>,
+    pending_messages: Vec<Quoted>,
+    offered: HashSet<TaskId>,
+}
+
+impl AgentState {
+    /// A new agent, never run.
+    pub fn new(plan: AgentPlan, now: Instant) -> AgentState {
+        AgentState {
+            plan,
+            phase: Phase::Waiting,
+            stopping: None,
+            running: false,
+            generation: 0,
+            paused: false,
+            session_id: None,
+            context_tokens: None,
+            context_window: None,
+            cost_base: 0.0,
+            session_cost: 0.0,
+            cost_at_start: 0.0,
+            first_result_seen: false,
+            restarts: 0,
+            restart_times: VecDeque::new(),
+            failures_in_a_row: 0,
+            idle_since: now,
+            turns_done: 0,
+            asked_for_handoff: false,
+            next_start: Start::Fresh,
+            resumed: None,
+            wake_on_start: None,
+            pending_tools: HashMap::new(),
+            pending_messages: Vec::new(),
+            offered: HashSet::new(),
+        }
+    }
+
+    /// An agent as the server knows it (`record`) and as an earlier supervisor left it
+    /// (`saved`): its session is resumed, and its cost goes on from what the server counted.
+    /// An agent stopped because its budget ran out stays stopped.
+    pub fn restore(plan: AgentPlan, record: &Agent, saved: SavedState, now: Instant) -> AgentState {
+        let session_cost = if saved.session_id.is_some() && saved.session_id == record.session_id {
+            saved.session_cost
+        } else {
+            0.0
+        };
+        let budget_spent = plan
+            .settings
+            .budget_usd
+            .is_some_and(|budget| record.cost_usd >= budget);
+        let mut agent = AgentState::new(plan, now);
+        if budget_spent && record.status == AgentStatus::Stopped {
+            agent.phase = Phase::Stopped;
+        }
+        agent.next_start = if record.session_id.is_some() {
+            Start::Resumed
+        } else {
+            Start::Fresh
+        };
+        agent.session_id = record.session_id.clone();
+        agent.context_tokens = record.context_tokens;
+        agent.context_window = record.context_window;
+        agent.cost_base = (record.cost_usd - session_cost).max(0.0);
+        agent.session_cost = session_cost;
+        agent.cost_at_start = session_cost;
+        agent.restarts = record.restarts;
+        agent
+    }
+
+    /// What the agent has spent in all.
+    pub fn cost(&self) -> f64 {
+        self.cost_base + self.session_cost
+    }
+
+    fn is_live_idle(&self) -> bool {
+        self.phase == Phase::Live { busy: false } && self.stopping.is_none()
+    }
+
+    fn is_busy(&self) -> bool {
+        self.phase == Phase::Live { busy: true }
+    }
+
+    /// Whether a wake may reach it: not paused, and idle after a turn, or hibernated.
+    fn is_wakeable(&self) -> bool {
+        !self.paused
+            && ((self.is_live_idle() && self.turns_done > 0) || self.phase == Phase::Hibernated)
+    }
+
+    /// Takes the session's running total `total` as reported by its process.
+    fn account(&mut self, total: f64) {
+        if !self.first_result_seen && total + 1e-9 < self.cost_at_start {
+            // This process counts from zero: what the session cost before is history.
+            self.cost_base += self.cost_at_start;
+        }
+        self.first_result_seen = true;
+        self.session_cost = total;
+    }
+
+    fn over_budget(&self) -> Option<f64> {
+        self.plan
+            .settings
+            .budget_usd
+            .filter(|budget| self.cost() >= *budget)
+    }
+
+    fn saved(&self) -> SavedState {
+        SavedState {
+            session_id: self.session_id.clone(),
+            session_cost: self.session_cost,
+        }
+    }
+}
+
+/// The whole team's state.
+#[derive(Debug)]
+pub struct Team {
+    pub agents: Vec<AgentState>,
+    /// Keep running when the team has nothing left to do.
+    stay: bool,
+    /// Something happened that may give an idle agent something to do.
+    dirty: bool,
+    quiet_ticks: u32,
+    next_start_at: Option<Instant>,
+    shutting_down: bool,
+    out: Vec<Effect>,
+}
+
+fn status_update(status: AgentStatus) -> AgentUpdate {
+    AgentUpdate {
+        status: Some(status),
+        ..AgentUpdate::default()
+    }
+}
+
+impl Team {
+    pub fn new(agents: Vec<AgentState>, stay: bool) -> Team {
+        Team {
+            agents,
+            stay,
+            dirty: false,
+            quiet_ticks: 0,
+            next_start_at: None,
+            shutting_down: false,
+            out: Vec::new(),
+        }
+    }
+
+    /// Whether any agent's process still runs.
+    pub fn any_running(&self) -> bool {
+        self.agents.iter().any(|agent| agent.running)
+    }
+
+    /// Takes one input at time `now`; returns what to do, in order.
+    pub fn step(&mut self, input: Input, now: Instant) -> Vec<Effect> {
+        // A failed read is retried on the next input or tick, not at once.
+        let read_failed = matches!(input, Input::TeamReadFailed);
+        match input {
+            Input::Tick => self.tick(now),
+            Input::Spawned {
+                agent,
+                generation,
+                pid,
+            } => {
+                if self.current(agent, generation) {
+                    self.on_spawned(agent, pid);
+                }
+            }
+            Input::SpawnFailed {
+                agent,
+                generation,
+                error,
+            } => {
+                if self.current(agent, generation) {
+                    self.agents[agent].running = false;
+                    self.on_crash(agent, format!("could not start ({error})"), now);
+                }
+            }
+            Input::Line {
+                agent,
+                generation,
+                update,
+            } => {
+                if self.current(agent, generation) {
+                    self.on_line(agent, update, now);
+                }
+            }
+            Input::Exited {
+                agent,
+                generation,
+                how,
+            } => {
+                if self.current(agent, generation) {
+                    self.on_exit(agent, &how, now);
+                }
+            }
+            Input::Event(event) => self.on_event(&event),
+            Input::TeamRead(view) => self.wake(&view),
+            Input::TeamReadFailed => self.dirty = true,
+            Input::Shutdown => self.shutdown(),
+            Input::ShutdownDeadline => self.shutdown_deadline(),
+        }
+        self.start_due(now);
+        if !read_failed {
+            self.reconcile();
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    fn current(&self, agent: usize, generation: u64) -> bool {
+        self.agents
+            .get(agent)
+            .is_some_and(|state| state.generation == generation)
+    }
+
+    fn say(&mut self, text: String) {
+        self.out.push(Effect::Say(text));
+    }
+
+    fn patch(&mut self, agent: usize, update: AgentUpdate) {
+        self.out.push(Effect::Patch { agent, update });
+    }
+
+    fn record(&mut self, agent: usize, kind: &'static str, data: Value) {
+        self.out.push(Effect::Record { agent, kind, data });
+    }
+
+    fn save(&mut self, agent: usize) {
+        let state = self.agents[agent].saved();
+        self.out.push(Effect::Save { agent, state });
+    }
+
+    // ---- starting ---------------------------------------------------------------------------
+
+    /// Staggered first starts (none once the team is stopping: `down` during the stagger must
+    /// not start the rest of the team).
+    fn start_due(&mut self, now: Instant) {
+        if self.shutting_down || self.next_start_at.is_some_and(|at| now < at) {
+            return;
+        }
+        if let Some(index) = self.agents.iter().position(|a| a.phase == Phase::Waiting) {
+            self.start(index);
+            self.next_start_at = Some(now + STAGGER);
+        }
+    }
+
+    /// Starts agent `index`'s process: fresh or resuming its session, per `next_start`.
+    fn start(&mut self, index: usize) {
+        if self.shutting_down {
+            return;
+        }
+        let agent = &mut self.agents[index];
+        let resume = match agent.next_start {
+            Start::Fresh | Start::Recycled => None,
+            Start::Resumed | Start::AfterCrash => agent.session_id.clone(),
+        };
+        agent.generation += 1;
+        let first_message = agent.wake_on_start.take().unwrap_or_else(|| {
+            wake::first_message(&agent.plan.name, agent.plan.role.as_deref(), agent.next_start)
+        });
+        agent.phase = Phase::Live { busy: true };
+        agent.stopping = None;
+        agent.asked_for_handoff = false;
+        agent.first_result_seen = false;
+        agent.cost_at_start = agent.session_cost;
+        agent.pending_tools.clear();
+        if resume.is_none() {
+            // A new session: its cost starts from zero.
+            agent.cost_base += agent.session_cost;
+            agent.session_cost = 0.0;
+            agent.cost_at_start = 0.0;
+            agent.context_tokens = None;
+        }
+        agent.resumed = resume.clone();
+        let effect = Effect::Spawn {
+            agent: index,
+            generation: agent.generation,
+            resume,
+            first_message,
+        };
+        self.out.push(effect);
+    }
+
+    fn on_spawned(&mut self, index: usize, pid: u32) {
+        let agent = &mut self.agents[index];
+        agent.running = true;
+        let resume = agent.resumed.clone();
+        let name = agent.plan.name.clone();
+        let update = AgentUpdate {
+            status: Some(AgentStatus::Starting),
+            pid: Some(i64::from(pid)),
+            restarts: Some(agent.restarts),
+            ..AgentUpdate::default()
+        };
+        self.say(format!(
+            "started {name} (pid {pid}{})",
+            resume
+                .as_deref()
+                .map(|s| format!(", resuming session {s}"))
+                .unwrap_or_default()
+        ));
+        self.patch(index, update);
+        self.record(index, "agent.started", json!({"pid": pid, "resume": resume}));
+    }
+
+    // ---- what the processes say -------------------------------------------------------------
+
+    fn on_line(&mut self, index: usize, update: StreamUpdate, now: Instant) {
+        match update {
+            StreamUpdate::Init { session_id, .. } => {
+                let agent = &mut self.agents[index];
+                if session_id.is_some() && session_id != agent.session_id {
+                    agent.session_id = session_id.clone();
+                    self.save(index);
+                }
+                let update = AgentUpdate {
+                    status: Some(AgentStatus::Working),
+                    session_id,
+                    ..AgentUpdate::default()
+                };
+                self.patch(index, update);
+            }
+            StreamUpdate::Assistant {
+                context_tokens,
+                content,
+            } => {
+                if context_tokens.is_some() {
+                    self.agents[index].context_tokens = context_tokens;
+                }
+                for block in content {
+                    match block {
+                        Content::Tool(tool) => {
+                            self.agents[index]
+                                .pending_tools
+                                .insert(tool.id, (tool.name, tool.input));
+                        }
+                        Content::Text(text) => {
+                            let text = truncate(&text, MAX_TEXT);
+                            self.record(index, "agent.text", json!({"text": text}));
+                        }
+                    }
+                }
+                if let Some(tokens) = context_tokens {
+                    let update = AgentUpdate {
+                        context_tokens: Some(tokens),
+                        ..AgentUpdate::default()
+                    };
+                    self.patch(index, update);
+                }
+            }
+            StreamUpdate::ToolResults(results) => {
+                for ToolResult { id, bytes, .. } in results {
+                    let Some((tool, input)) = self.agents[index].pending_tools.remove(&id) else {
+                        continue;
+                    };
+                    let data = json!({"tool": tool, "input": input, "result_bytes": bytes});
+                    self.record(index, "agent.tool", data);
+                }
+            }
+            StreamUpdate::Cost { total_usd } => self.on_cost_in_turn(index, total_usd),
+            StreamUpdate::Result {
+                cost_usd,
+                context_window,
+                is_error,
+                session_id,
+                ..
+            } => self.on_turn_end(index, cost_usd, context_window, is_error, session_id, now),
+            StreamUpdate::Other => {}
+        }
+    }
+
+    /// A cost reported before the turn ended: a spent budget interrupts the turn.
+    fn on_cost_in_turn(&mut self, index: usize, total: f64) {
+        let agent = &mut self.agents[index];
+        agent.account(total);
+        let cost = agent.cost();
+        let update = AgentUpdate {
+            cost_usd: Some(cost),
+            ..AgentUpdate::default()
+        };
+        self.patch(index, update);
+        let agent = &self.agents[index];
+        if agent.is_busy()
+            && agent.stopping.is_none()
+            && let Some(budget) = agent.over_budget()
+        {
+            self.stop_for_budget(index, budget, cost, INTERRUPT_GRACE);
+        }
+    }
+
+    fn stop_for_budget(&mut self, index: usize, budget: f64, cost: f64, grace: Duration) {
+        let name = self.agents[index].plan.name.clone();
+        self.say(format!(
+            "{name} reached its budget of ${budget:.2} (spent ${cost:.4}); stopping it"
+        ));
+        self.stop_process(index, StopReason::Budget, grace);
+        let data = json!({
+            "budget_usd": budget, "cost_usd": cost, "alert": true,
+            "message": format!("{name} spent ${cost:.4} of its ${budget:.2} budget and was stopped"),
+        });
+        self.record(index, "agent.budget_exceeded", data);
+    }
+
+    fn on_turn_end(
+        &mut self,
+        index: usize,
+        cost_usd: Option<f64>,
+        context_window: Option<i64>,
+        is_error: bool,
+        session_id: Option<String>,
+        now: Instant,
+    ) {
+        let agent = &mut self.agents[index];
+        if agent.is_busy() {
+            agent.phase = Phase::Live { busy: false };
+        }
+        agent.idle_since = now;
+        agent.turns_done += 1;
+        if !is_error {
+            agent.failures_in_a_row = 0;
+        }
+        if session_id.is_some() && agent.session_id.is_none() {
+            agent.session_id = session_id;
+        }
+        if let Some(total) = cost_usd {
+            agent.account(total);
+        }
+        if context_window.is_some() {
+            agent.context_window = context_window;
+        }
+        let (tokens, window, cost) = (agent.context_tokens, agent.context_window, agent.cost());
+        let handoff_turn = agent.asked_for_handoff;
+        let status = if agent.paused {
+            AgentStatus::Paused
+        } else {
+            AgentStatus::Idle
+        };
+        self.save(index);
+        let update = AgentUpdate {
+            status: Some(status),
+            context_tokens: tokens,
+            context_window: window,
+            cost_usd: Some(cost),
+            ..AgentUpdate::default()
+        };
+        self.patch(index, update);
+        let data = json!({"context_tokens": tokens, "context_window": window, "cost_usd": cost});
+        self.record(index, "agent.turn", data);
+        self.dirty = true;
+
+        let agent = &self.agents[index];
+        let stopping = agent.stopping;
+        if let Some(budget) = agent.over_budget() {
+            // Already on its way out for its budget (mid-turn) or for good: said once.
+            if !matches!(stopping, Some(StopReason::Budget | StopReason::Stop | StopReason::Shutdown))
+            {
+                self.stop_for_budget(index, budget, cost, IDLE_GRACE);
+            }
+            return;
+        }
+        if stopping.is_some() {
+            return;
+        }
+        if handoff_turn {
+            self.stop_process(index, StopReason::Recycle, IDLE_GRACE);
+            return;
+        }
+        if let (Some(tokens), Some(window)) = (tokens, window)
+            && window > 0
+            && tokens as f64 / window as f64 >= agent.plan.recycle_at
+        {
+            let text = wake::handoff_request(tokens, window);
+            let agent = &mut self.agents[index];
+            agent.asked_for_handoff = true;
+            agent.phase = Phase::Live { busy: true };
+            self.out.push(Effect::Send { agent: index, text });
+            let data = json!({"context_tokens": tokens, "context_window": window});
+            self.record(index, "agent.handoff_requested", data);
+        }
+    }
+
+    fn on_exit(&mut self, index: usize, how: &str, now: Instant) {
+        let agent = &mut self.agents[index];
+        agent.running = false;
+        let reason = agent.stopping.take();
+        let name = agent.plan.name.clone();
+        self.dirty = true;
+        match reason {
+            None => {
+                self.say(format!("{name} exited unexpectedly ({how})"));
+                self.on_crash(index, format!("process exited with {how}"), now);
+            }
+            Some(StopReason::Recycle) => {
+                let agent = &mut self.agents[index];
+                agent.next_start = Start::Recycled;
+                agent.context_tokens = None;
+                let data = json!({"previous_session": agent.session_id});
+                self.record(index, "agent.recycled", data);
+                self.say(format!("recycling {name} into a fresh session"));
+                self.start(index);
+            }
+            Some(StopReason::Hibernate) => {
+                self.agents[index].phase = Phase::Hibernated;
+                // A paused agent stays `paused` on its record while its process is gone.
+                let status = if self.agents[index].paused {
+                    AgentStatus::Paused
+                } else {
+                    AgentStatus::Hibernated
+                };
+                self.patch(index, status_update(status));
+                self.record(index, "agent.hibernated", json!({"exit": how}));
+            }
+            Some(StopReason::Budget | StopReason::Stop) => {
+                self.agents[index].phase = Phase::Stopped;
+                self.patch(index, status_update(AgentStatus::Stopped));
+                self.record(index, "agent.exited", json!({"exit": how, "stopped": true}));
+            }
+            Some(StopReason::Restart) => {
+                self.agents[index].next_start = Start::Resumed;
+                self.record(index, "agent.exited", json!({"exit": how, "restart": true}));
+                self.start(index);
+            }
+            Some(StopReason::Shutdown) => {
+                self.agents[index].phase = Phase::Waiting;
+                self.record(index, "agent.exited", json!({"exit": how}));
+            }
+        }
+    }
+
+    /// A process died unasked: release what it held, then restart with backoff, or give up
+    /// after too many restarts in the window.
+    fn on_crash(&mut self, index: usize, reason: String, now: Instant) {
+        self.out
+            .push(Effect::ReleaseAfterCrash { agent: index, reason });
+        let agent = &mut self.agents[index];
+        let window = agent.plan.restart_window;
+        while agent
+            .restart_times
+            .front()
+            .is_some_and(|at| now.duration_since(*at) > window)
+        {
+            agent.restart_times.pop_front();
+        }
+        if agent.restart_times.len() >= agent.plan.max_restarts as usize {
+            let message = format!(
+                "{} crashed {} times within {:?}; not restarting it",
+                agent.plan.name,
+                agent.restart_times.len() + 1,
+                window
+            );
+            agent.phase = Phase::Crashed;
+            self.say(message.clone());
+            self.patch(index, status_update(AgentStatus::Crashed));
+            let data = json!({"alert": true, "gave_up": true, "message": message});
+            self.record(index, "agent.crashed", data);
+            return;
+        }
+        let delay = Duration::from_secs(1)
+            .saturating_mul(1 << agent.failures_in_a_row.min(5))
+            .min(MAX_BACKOFF);
+        agent.failures_in_a_row += 1;
+        agent.phase = Phase::RestartPending { at: now + delay };
+        agent.next_start = Start::AfterCrash;
+        self.patch(index, status_update(AgentStatus::Starting));
+    }
+
+    // ---- what the server says ---------------------------------------------------------------
+
+    fn on_event(&mut self, event: &Event) {
+        match event.kind.as_str() {
+            "message.sent" => {
+                let data = &event.data;
+                let kind = data["kind"].as_str().unwrap_or_default();
+                if kind == MessageKind::Handoff.as_str() {
+                    return;
+                }
+                let recipients: Vec<&str> = data["recipients"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                let quoted = Quoted {
+                    id: data["id"].as_str().unwrap_or_default().to_string(),
+                    sender: event.actor.clone(),
+                    body: data["body"].as_str().unwrap_or_default().to_string(),
+                };
+                for agent in &mut self.agents {
+                    if recipients.contains(&agent.plan.name.as_str())
+                        && agent.plan.name != event.actor
+                    {
+                        agent.pending_messages.push(quoted.clone());
+                        self.dirty = true;
+                    }
+                }
+            }
+            "agent.control" => {
+                let index = event
+                    .agent
+                    .as_deref()
+                    .and_then(|name| self.agents.iter().position(|a| a.plan.name == name));
+                let action = event.data["action"]
+                    .as_str()
+                    .and_then(|text| text.parse::<AgentAction>().ok());
+                if let (Some(index), Some(action)) = (index, action) {
+                    self.on_control(index, action);
+                }
+            }
+            "task.ready" => {
+                // A task that is ready again (reopened, reclaimed, released) may be offered anew.
+                if let Some(task) = event.task {
+                    for agent in &mut self.agents {
+                        agent.offered.remove(&task);
+                    }
+                }
+                self.dirty = true;
+            }
+            kind if kind.starts_with("task.") => self.dirty = true,
+            _ => {}
+        }
+    }
+
+    fn on_control(&mut self, index: usize, action: AgentAction) {
+        let name = self.agents[index].plan.name.clone();
+        self.say(format!("{action} {name} (asked through the server)"));
+        match action {
+            AgentAction::Pause => {
+                self.agents[index].paused = true;
+                self.patch(index, status_update(AgentStatus::Paused));
+            }
+            AgentAction::Resume => {
+                let agent = &mut self.agents[index];
+                agent.paused = false;
+                let status = match agent.phase {
+                    Phase::Live { busy: true } => AgentStatus::Working,
+                    Phase::Live { busy: false } => AgentStatus::Idle,
+                    Phase::Hibernated => AgentStatus::Hibernated,
+                    _ => AgentStatus::Starting,
+                };
+                if matches!(agent.phase, Phase::Stopped | Phase::Crashed) {
+                    agent.phase = Phase::Waiting;
+                    agent.next_start = Start::Resumed;
+                }
+                self.patch(index, status_update(status));
+                self.dirty = true;
+            }
+            AgentAction::Stop => {
+                if self.agents[index].running {
+                    self.stop_process(index, StopReason::Stop, IDLE_GRACE);
+                } else {
+                    self.agents[index].phase = Phase::Stopped;
+                    self.patch(index, status_update(AgentStatus::Stopped));
+                }
+            }
+            AgentAction::Restart => {
+                let agent = &mut self.agents[index];
+                agent.paused = false;
+                if agent.running {
+                    self.stop_process(index, StopReason::Restart, IDLE_GRACE);
+                } else {
+                    agent.next_start = Start::Resumed;
+                    self.start(index);
+                }
+                self.record(index, "agent.restarted", json!({"asked": true}));
+            }
+        }
+    }
+
+    // ---- waking -----------------------------------------------------------------------------
+
+    /// When something happened that may give an idle agent work, asks for the team's state.
+    fn reconcile(&mut self) {
+        let asked = self.out.iter().any(|e| matches!(e, Effect::ReadTeam { .. }));
+        if !self.dirty || self.shutting_down || asked {
+            return;
+        }
+        self.dirty = false;
+        let wakeable: Vec<&AgentState> =
+            self.agents.iter().filter(|a| a.is_wakeable()).collect();
+        if wakeable.is_empty() {
+            return;
+        }
+        let messages = wakeable.iter().any(|a| !a.pending_messages.is_empty());
+        self.out.push(Effect::ReadTeam { messages });
+    }
+
+    /// Wakes every idle agent that has something waiting for it: unread messages that arrived
+    /// for it, or (when it holds no task) ready tasks that fit it and were not offered to it
+    /// before nor to another agent busy with them.
+    fn wake(&mut self, view: &TeamView) {
+        if self.shutting_down {
+            return;
+        }
+        for index in 0..self.agents.len() {
+            if !self.agents[index].is_wakeable() {
+                continue;
+            }
+            let agent = &self.agents[index];
+            let name = agent.plan.name.clone();
+            let holds = view.tasks.iter().any(|task| {
+                task.assignee.as_deref() == Some(name.as_str()) && task.status.is_held()
+            });
+            let messages: Vec<Quoted> = agent
+                .pending_messages
+                .iter()
+                .filter(|m| view.unread.get(&name).is_some_and(|ids| ids.contains(&m.id)))
+                .cloned()
+                .collect();
+            let tasks: Vec<(TaskId, String)> = if holds {
+                Vec::new()
+            } else {
+                view.tasks
+                    .iter()
+                    .filter(|task| task.status == TaskStatus::Ready)
+                    .filter(|task| {
+                        task.fits(&name, agent.plan.role.as_deref(), &agent.plan.caps)
+                    })
+                    .filter(|task| !agent.offered.contains(&task.id))
+                    .filter(|task| {
+                        !self.agents.iter().enumerate().any(|(other, a)| {
+                            other != index && a.is_busy() && a.offered.contains(&task.id)
+                        })
+                    })
+                    .take(5)
+                    .map(|task| (task.id, task.title.clone()))
+                    .collect()
+            };
+            self.agents[index].pending_messages.clear();
+            let quoted_tasks: Vec<(String, String)> = tasks
+                .iter()
+                .map(|(id, title)| (id.to_string(), title.clone()))
+                .collect();
+            let Some(text) = wake::wake_message(&messages, &quoted_tasks) else {
+                continue;
+            };
+            let agent = &mut self.agents[index];
+            agent.offered.extend(tasks.iter().map(|(id, _)| *id));
+            let data = json!({
+                "messages": messages.iter().map(|m| m.id.clone()).collect::<Vec<_>>(),
+                "tasks": quoted_tasks.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(),
+            });
+            if agent.phase == Phase::Hibernated {
+                agent.wake_on_start = Some(text);
+                agent.next_start = Start::Resumed;
+                self.say(format!("waking {name} from hibernation"));
+                self.record(index, "agent.woken", data);
+                self.start(index);
+            } else {
+                agent.phase = Phase::Live { busy: true };
+                self.out.push(Effect::Send { agent: index, text });
+                self.record(index, "agent.woken", data);
+                self.patch(index, status_update(AgentStatus::Working));
+            }
+        }
+    }
+
+    // ---- the clock --------------------------------------------------------------------------
+
+    /// Restarts that are due, hibernation, and whether the team has finished.
+    fn tick(&mut self, now: Instant) {
+        if self.shutting_down {
+            return;
+        }
+        for index in 0..self.agents.len() {
+            let agent = &mut self.agents[index];
+            match agent.phase {
+                Phase::RestartPending { at } if now >= at => {
+                    agent.restarts += 1;
+                    agent.restart_times.push_back(now);
+                    let data = json!({"restarts": agent.restarts});
+                    self.record(index, "agent.restarted", data);
+                    self.start(index);
+                }
+                Phase::Live { busy: false }
+                    if agent.stopping.is_none()
+                        && agent.turns_done > 0
+                        && now.duration_since(agent.idle_since) >= agent.plan.hibernate_after =>
+                {
+                    let name = agent.plan.name.clone();
+                    self.say(format!("{name} is idle; hibernating it"));
+                    self.stop_process(index, StopReason::Hibernate, IDLE_GRACE);
+                }
+                _ => {}
+            }
+        }
+        self.reconcile();
+        if self.stay {
+            return;
+        }
+        let quiet = !self.dirty
+            && !self.out.iter().any(|e| matches!(e, Effect::ReadTeam { .. }))
+            && self.agents.iter().all(|agent| match agent.phase {
+                Phase::Live { busy: false } => {
+                    agent.stopping.is_none() && (agent.turns_done > 0 || agent.paused)
+                }
+                Phase::Hibernated | Phase::Stopped | Phase::Crashed => true,
+                Phase::Waiting | Phase::Live { busy: true } | Phase::RestartPending { .. } => false,
+            });
+        self.quiet_ticks = if quiet { self.quiet_ticks + 1 } else { 0 };
+        if self.quiet_ticks >= QUIET_TICKS_TO_FINISH {
+            self.out.push(Effect::Finished);
+        }
+    }
+
+    // ---- ending -----------------------------------------------------------------------------
+
+    fn stop_process(&mut self, index: usize, reason: StopReason, grace: Duration) {
+        let agent = &mut self.agents[index];
+        // A person's stop and the team's shutdown win over anything the supervisor decides
+        // itself (recycle, budget, hibernate) while the process is on its way out.
+        if agent.stopping.is_some_and(StopReason::is_final) && !reason.is_final() {
+            return;
+        }
+        if agent.running {
+            agent.stopping = Some(reason);
+            self.out.push(Effect::Stop {
+                agent: index,
+                grace,
+            });
+        }
+    }
+
+    /// Ends every process (stdin closed, then signals).
+    fn shutdown(&mut self) {
+        self.shutting_down = true;
+        for index in 0..self.agents.len() {
+            self.stop_process(index, StopReason::Shutdown, SHUTDOWN_GRACE);
+        }
+    }
+
+    /// Kills what still runs; agents that never started are reported offline.
+    fn shutdown_deadline(&mut self) {
+        for index in 0..self.agents.len() {
+            if self.agents[index].running {
+                self.out.push(Effect::Kill { agent: index });
+            }
+            if self.agents[index].phase == Phase::Waiting {
+                self.patch(index, status_update(AgentStatus::Offline));
+            }
+        }
+    }
+}

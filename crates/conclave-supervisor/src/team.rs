@@ -1,0 +1,466 @@
+//! The supervisor's driver: one task that feeds the team's state machine ([`crate::machine`])
+//! with what happens — a stdout line, a process exit, a server event, the clock, a signal — and
+//! carries out the effects it returns.
+//!
+//! Per agent it reports status, pid, session id, context use, cost and restarts to the server
+//! (`PATCH /api/agents/NAME`), and records what it saw and did as `agent.*` events
+//! (`POST /api/events`). An idle agent is woken only when something arrives for it; nothing
+//! prompts on a timer, so an idle team makes no model calls.
+//!
+//! The driver reaches processes through [`ProcessSide`] and the server through [`ServerSide`],
+//! so that it runs in tests with scripted ones and tokio's paused clock.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use conclave_client::{Client, ENV_AGENT, ENV_TOKEN, ENV_URL, segment};
+use conclave_core::config::Config;
+use conclave_core::model::{AgentUpdate, Event, MessageList, NewAgent, StatusReport};
+use conclave_core::project::Project;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent_files::{AgentFiles, JoinedAgent, prepare_agent};
+use crate::follow::follow_events;
+use crate::machine::{AgentState, Effect, Input, SavedState, Team, TeamView};
+use crate::plan;
+use crate::process::{ClientProcesses, Launch, ProcessReport, ProcessSide};
+use crate::stream::parse_line;
+
+/// The clock of the supervisor: restarts due, hibernation, finishing.
+const TICK: Duration = Duration::from_millis(500);
+/// How long the supervisor waits for its agents to end when stopping.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(15);
+/// Messages read to tell which quoted ones are still unread.
+const MESSAGES_READ: usize = 500;
+
+/// How `conclave up` runs the team.
+#[derive(Debug, Clone, Default)]
+pub struct SupervisorOptions {
+    /// Keep running when the team has nothing left to do.
+    pub stay: bool,
+}
+
+/// What the driver asks of the server.
+pub trait ServerSide {
+    /// Reports the agent's state (`PATCH /api/agents/NAME`); a failure is logged.
+    fn patch_agent(&self, name: &str, update: &AgentUpdate) -> impl Future<Output = ()> + Send;
+    /// Records an event for the agent (`POST /api/events`); a failure is logged.
+    fn record(&self, name: &str, kind: &str, data: Value) -> impl Future<Output = ()> + Send;
+    /// Releases what a crashed agent held; returns the server's report (null on failure).
+    fn release(&self, name: &str, reason: &str) -> impl Future<Output = Value> + Send;
+    /// The team's tasks, and its unread messages when `messages`.
+    fn team(&self, messages: bool) -> impl Future<Output = anyhow::Result<TeamView>> + Send;
+}
+
+/// The real server, through the admin's client.
+#[derive(Debug, Clone)]
+pub struct ApiServer {
+    admin: Client,
+}
+
+impl ServerSide for ApiServer {
+    async fn patch_agent(&self, name: &str, update: &AgentUpdate) {
+        let path = format!("/api/agents/{}", segment(name));
+        if let Err(error) = self.admin.patch::<_, Value>(&path, update).await {
+            tracing::warn!(agent = %name, error = %format!("{error:#}"), "cannot report status");
+        }
+    }
+
+    async fn record(&self, name: &str, kind: &str, data: Value) {
+        let body = json!({"kind": kind, "agent": name, "data": data});
+        if let Err(error) = self.admin.post::<_, Value>("/api/events", &body).await {
+            tracing::warn!(agent = %name, kind, error = %format!("{error:#}"), "cannot record an event");
+        }
+    }
+
+    async fn release(&self, name: &str, reason: &str) -> Value {
+        let path = format!("/api/agents/{}/release", segment(name));
+        match self.admin.post(&path, &json!({"reason": reason})).await {
+            Ok(report) => report,
+            Err(error) => {
+                tracing::warn!(agent = %name, error = %format!("{error:#}"), "cannot release");
+                Value::Null
+            }
+        }
+    }
+
+    async fn team(&self, messages: bool) -> anyhow::Result<TeamView> {
+        let status: StatusReport = self.admin.get("/api/status", &[]).await?;
+        let unread = if messages {
+            self.unread_ids().await
+        } else {
+            HashMap::new()
+        };
+        Ok(TeamView {
+            tasks: status.tasks,
+            unread,
+        })
+    }
+}
+
+impl ApiServer {
+    /// Unacknowledged message ids per recipient, from the latest messages.
+    async fn unread_ids(&self) -> HashMap<String, HashSet<String>> {
+        let query = [("limit", MESSAGES_READ.to_string())];
+        let list: MessageList = match self.admin.get("/api/messages", &query).await {
+            Ok(list) => list,
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), "cannot list messages");
+                return HashMap::new();
+            }
+        };
+        let mut unread: HashMap<String, HashSet<String>> = HashMap::new();
+        for message in list.messages {
+            for delivery in &message.deliveries {
+                if delivery.acked_at.is_none() {
+                    unread
+                        .entry(delivery.agent.clone())
+                        .or_default()
+                        .insert(message.id.clone());
+                }
+            }
+        }
+        unread
+    }
+}
+
+/// What starting an agent's process takes besides its plan.
+#[derive(Debug, Clone)]
+pub struct AgentLaunch {
+    pub token: String,
+    pub files: AgentFiles,
+    /// `.conclave/agents/NAME/`.
+    pub dir: PathBuf,
+}
+
+/// The agents of `conclave.toml` and their clients, checked without starting anything (for
+/// `up --detach`, which reports a bad configuration before it goes to the background).
+pub fn check_team(project: &Project) -> anyhow::Result<Vec<String>> {
+    let config = Config::load(&project.config_file())?;
+    let plans = plan::plan_team(&config, project.root())?;
+    anyhow::ensure!(
+        !plans.is_empty(),
+        "conclave.toml names no agents: add an [[agent]] section (see `conclave init`)"
+    );
+    for plan in &plans {
+        plan::program(plan)?;
+    }
+    Ok(plans.into_iter().map(|plan| plan.name).collect())
+}
+
+/// The supervisor of one team.
+pub struct Supervisor {
+    admin: Client,
+    team: Team,
+    launches: Vec<AgentLaunch>,
+}
+
+impl Supervisor {
+    /// Joins every agent of `conclave.toml` to the server of `admin` (registering new ones) and
+    /// prepares its files; starts nothing yet.
+    pub async fn prepare(
+        project: &Project,
+        admin: Client,
+        options: SupervisorOptions,
+    ) -> anyhow::Result<Supervisor> {
+        check_team(project)?;
+        let config = Config::load(&project.config_file())?;
+        let plans = plan::plan_team(&config, project.root())?;
+        let mut agents = Vec::new();
+        let mut launches = Vec::new();
+        for plan in plans {
+            let registration = NewAgent {
+                name: plan.name.clone(),
+                role: plan.role.clone(),
+                model: plan.settings.model.clone(),
+                caps: plan.caps.clone(),
+            };
+            let JoinedAgent { token, files } =
+                prepare_agent(project, &admin, &registration, config.server.strict).await?;
+            let record: conclave_core::model::Agent = admin
+                .get(&format!("/api/agents/{}", segment(&plan.name)), &[])
+                .await?;
+            let dir = project.agent_dir(&plan.name);
+            let saved = read_saved_state(&dir);
+            agents.push(AgentState::restore(plan, &record, saved, Instant::now()));
+            launches.push(AgentLaunch { token, files, dir });
+        }
+        Ok(Supervisor {
+            admin,
+            team: Team::new(agents, options.stay),
+            launches,
+        })
+    }
+
+    /// The agents' names, in order.
+    pub fn names(&self) -> Vec<String> {
+        self.team
+            .agents
+            .iter()
+            .map(|agent| agent.plan.name.clone())
+            .collect()
+    }
+
+    /// Runs the team until it is finished (unless `stay`) or `shutdown` is cancelled; then
+    /// ends every agent's process.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let status: StatusReport = self.admin.get("/api/status", &[]).await?;
+        let (events_tx, mut events) = mpsc::channel(1024);
+        let follow_stop = shutdown.child_token();
+        tokio::spawn(follow_events(
+            self.admin.clone(),
+            status.last_seq,
+            events_tx,
+            follow_stop.clone(),
+        ));
+        let (reports_tx, mut reports) = mpsc::channel(1024);
+        let mut driver = Driver {
+            url: self.admin.base_url().to_string(),
+            team: self.team,
+            launches: self.launches,
+            processes: ClientProcesses::new(reports_tx),
+            server: ApiServer { admin: self.admin },
+        };
+        let finished = driver.run(&mut reports, &mut events, shutdown).await;
+        follow_stop.cancel();
+        if finished {
+            eprintln!(
+                "conclave: the team has finished: no task is ready for anyone and every agent is idle"
+            );
+        }
+        Ok(())
+    }
+}
+
+fn read_saved_state(dir: &std::path::Path) -> SavedState {
+    std::fs::read_to_string(dir.join("supervisor.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default()
+}
+
+/// The now of the driver: tokio's clock, so that tests may pause it.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// Feeds the team's state machine and carries out its effects.
+pub struct Driver<P, S> {
+    pub team: Team,
+    pub launches: Vec<AgentLaunch>,
+    /// The server's URL, as agents reach it.
+    pub url: String,
+    pub processes: P,
+    pub server: S,
+}
+
+impl<P: ProcessSide, S: ServerSide> Driver<P, S> {
+    /// Runs until the team has finished (returns true) or `shutdown` is cancelled (false);
+    /// then ends every process.
+    pub async fn run(
+        &mut self,
+        reports: &mut mpsc::Receiver<ProcessReport>,
+        events: &mut mpsc::Receiver<Event>,
+        shutdown: CancellationToken,
+    ) -> bool {
+        let mut ticker = tokio::time::interval(TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let finished = loop {
+            let input = tokio::select! {
+                () = shutdown.cancelled() => break false,
+                Some(report) = reports.recv() => self.from_report(report),
+                Some(event) = events.recv() => Input::Event(event),
+                _ = ticker.tick() => Input::Tick,
+            };
+            if self.feed(input).await {
+                break true;
+            }
+        };
+        self.stop_all(reports).await;
+        finished
+    }
+
+    fn from_report(&mut self, report: ProcessReport) -> Input {
+        match report {
+            ProcessReport::Line {
+                agent,
+                generation,
+                value,
+            } => Input::Line {
+                agent,
+                generation,
+                update: parse_line(&value),
+            },
+            ProcessReport::Exited {
+                agent,
+                generation,
+                how,
+            } => {
+                if self
+                    .team
+                    .agents
+                    .get(agent)
+                    .is_some_and(|state| state.generation == generation)
+                {
+                    self.processes.forget(agent);
+                }
+                Input::Exited {
+                    agent,
+                    generation,
+                    how,
+                }
+            }
+        }
+    }
+
+    /// Steps the machine with `input` and with whatever its effects answer; returns whether
+    /// the team has finished.
+    pub async fn feed(&mut self, input: Input) -> bool {
+        let mut queue = VecDeque::from([input]);
+        let mut finished = false;
+        while let Some(input) = queue.pop_front() {
+            for effect in self.team.step(input, now()) {
+                if matches!(effect, Effect::Finished) {
+                    finished = true;
+                } else if let Some(answer) = self.execute(effect).await {
+                    queue.push_back(answer);
+                }
+            }
+        }
+        finished
+    }
+
+    fn name(&self, agent: usize) -> String {
+        self.team.agents[agent].plan.name.clone()
+    }
+
+    /// Carries out one effect; returns what it answers, if anything.
+    async fn execute(&mut self, effect: Effect) -> Option<Input> {
+        match effect {
+            Effect::Spawn {
+                agent,
+                generation,
+                resume,
+                first_message,
+            } => Some(self.spawn(agent, generation, resume, &first_message).await),
+            Effect::Send { agent, text } => {
+                if let Err(error) = self.processes.write(agent, &text).await {
+                    let name = self.name(agent);
+                    tracing::warn!(agent = %name, error = %format!("{error:#}"), "cannot write to the agent");
+                }
+                None
+            }
+            Effect::Stop { agent, grace } => {
+                self.processes.stop(agent, grace);
+                None
+            }
+            Effect::Kill { agent } => {
+                self.processes.kill_now(agent);
+                None
+            }
+            Effect::Patch { agent, update } => {
+                self.server.patch_agent(&self.name(agent), &update).await;
+                None
+            }
+            Effect::Record { agent, kind, data } => {
+                self.server.record(&self.name(agent), kind, data).await;
+                None
+            }
+            Effect::ReleaseAfterCrash { agent, reason } => {
+                let name = self.name(agent);
+                let released = self.server.release(&name, &reason).await;
+                let data = json!({"reason": reason, "released": released, "alert": true});
+                self.server.record(&name, "agent.crashed", data).await;
+                None
+            }
+            Effect::Save { agent, state } => {
+                let path = self.launches[agent].dir.join("supervisor.json");
+                if let Ok(text) = serde_json::to_string(&state)
+                    && let Err(error) = std::fs::write(&path, text)
+                {
+                    tracing::warn!(path = %path.display(), %error, "cannot save the agent's state");
+                }
+                None
+            }
+            Effect::ReadTeam { messages } => match self.server.team(messages).await {
+                Ok(view) => Some(Input::TeamRead(view)),
+                Err(error) => {
+                    tracing::warn!(error = %format!("{error:#}"), "cannot read the team's state");
+                    Some(Input::TeamReadFailed)
+                }
+            },
+            Effect::Say(text) => {
+                eprintln!("conclave: {text}");
+                None
+            }
+            Effect::Finished => None,
+        }
+    }
+
+    async fn spawn(
+        &mut self,
+        agent: usize,
+        generation: u64,
+        resume: Option<String>,
+        first_message: &str,
+    ) -> Input {
+        let plan = &self.team.agents[agent].plan;
+        let launch_info = &self.launches[agent];
+        let launch = plan::command_line(plan, &launch_info.files, resume.as_deref()).map(
+            |(program, args)| {
+                let mut env = plan::extra_env(plan);
+                env.insert(ENV_URL.to_string(), self.url.clone());
+                env.insert(ENV_AGENT.to_string(), plan.name.clone());
+                env.insert(ENV_TOKEN.to_string(), launch_info.token.clone());
+                Launch {
+                    agent,
+                    generation,
+                    program,
+                    args: args.into_iter().map(Into::into).collect(),
+                    cwd: plan.cwd.clone(),
+                    env,
+                    dir: launch_info.dir.clone(),
+                }
+            },
+        );
+        let spawned = launch.and_then(|launch| self.processes.spawn(launch));
+        match spawned {
+            Ok(pid) => {
+                if let Err(error) = self.processes.write(agent, first_message).await {
+                    let name = self.name(agent);
+                    tracing::warn!(agent = %name, error = %format!("{error:#}"), "cannot write the first message");
+                }
+                Input::Spawned {
+                    agent,
+                    generation,
+                    pid,
+                }
+            }
+            Err(error) => Input::SpawnFailed {
+                agent,
+                generation,
+                error: format!("{error:#}"),
+            },
+        }
+    }
+
+    /// Ends every process (stdin closed, then signals) and waits for them, up to a limit.
+    async fn stop_all(&mut self, reports: &mut mpsc::Receiver<ProcessReport>) {
+        self.feed(Input::Shutdown).await;
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_WAIT;
+        while self.team.any_running() {
+            match tokio::time::timeout_at(deadline, reports.recv()).await {
+                Ok(Some(report)) => {
+                    let input = self.from_report(report);
+                    self.feed(input).await;
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        self.feed(Input::ShutdownDeadline).await;
+    }
+}
