@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use anyhow::{Context as _, bail};
 use conclave_core::project::Project;
 
-use conclave_client::Client;
 use crate::error::Unreachable;
+use conclave_client::Client;
 
 pub use conclave_client::{ENV_AGENT, ENV_TOKEN, ENV_URL};
 

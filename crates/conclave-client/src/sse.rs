@@ -79,7 +79,11 @@ impl fmt::Display for BadEvent {
         if clipped.len() < self.data.len() {
             clipped.push('…');
         }
-        write!(f, "unexpected event on the stream ({}): {clipped}", self.reason)
+        write!(
+            f,
+            "unexpected event on the stream ({}): {clipped}",
+            self.reason
+        )
     }
 }
 

@@ -294,9 +294,15 @@ impl Task {
     /// and the task is not reserved for another agent (an assignee set on a ready task). The
     /// one rule the store's `claim` and the supervisor's wake-ups both follow.
     pub fn fits(&self, name: &str, role: Option<&str>, caps: &[String]) -> bool {
-        let role_fits = self.role.as_deref().is_none_or(|wanted| role == Some(wanted));
+        let role_fits = self
+            .role
+            .as_deref()
+            .is_none_or(|wanted| role == Some(wanted));
         let caps_fit = self.caps.iter().all(|cap| caps.contains(cap));
-        let reserved_fits = self.assignee.as_deref().is_none_or(|assignee| assignee == name);
+        let reserved_fits = self
+            .assignee
+            .as_deref()
+            .is_none_or(|assignee| assignee == name);
         role_fits && caps_fit && reserved_fits
     }
 }
@@ -820,7 +826,10 @@ mod tests {
             assignee: Some("bob".into()),
             ..task
         };
-        assert!(!reserved.fits("alice", Some("coder"), &rust), "reserved for bob");
+        assert!(
+            !reserved.fits("alice", Some("coder"), &rust),
+            "reserved for bob"
+        );
         assert!(reserved.fits("bob", Some("coder"), &rust));
     }
 

@@ -475,7 +475,11 @@ impl Team {
         };
         agent.generation += 1;
         let first_message = agent.wake_on_start.take().unwrap_or_else(|| {
-            wake::first_message(&agent.plan.name, agent.plan.role.as_deref(), agent.next_start)
+            wake::first_message(
+                &agent.plan.name,
+                agent.plan.role.as_deref(),
+                agent.next_start,
+            )
         });
         agent.phase = Phase::Live { busy: true };
         agent.stopping = None;
@@ -519,7 +523,11 @@ impl Team {
                 .unwrap_or_default()
         ));
         self.patch(index, update);
-        self.record(index, "agent.started", json!({"pid": pid, "resume": resume}));
+        self.record(
+            index,
+            "agent.started",
+            json!({"pid": pid, "resume": resume}),
+        );
     }
 
     // ---- what the processes say -------------------------------------------------------------
@@ -671,8 +679,10 @@ impl Team {
         let stopping = agent.stopping;
         if let Some(budget) = agent.over_budget() {
             // Already on its way out for its budget (mid-turn) or for good: said once.
-            if !matches!(stopping, Some(StopReason::Budget | StopReason::Stop | StopReason::Shutdown))
-            {
+            if !matches!(
+                stopping,
+                Some(StopReason::Budget | StopReason::Stop | StopReason::Shutdown)
+            ) {
                 self.stop_for_budget(index, budget, cost, IDLE_GRACE);
             }
             return;
@@ -749,8 +759,10 @@ impl Team {
     /// A process died unasked: release what it held, then restart with backoff, or give up
     /// after too many restarts in the window.
     fn on_crash(&mut self, index: usize, reason: String, now: Instant) {
-        self.out
-            .push(Effect::ReleaseAfterCrash { agent: index, reason });
+        self.out.push(Effect::ReleaseAfterCrash {
+            agent: index,
+            reason,
+        });
         let agent = &mut self.agents[index];
         let window = agent.plan.restart_window;
         while agent
@@ -889,13 +901,15 @@ impl Team {
 
     /// When something happened that may give an idle agent work, asks for the team's state.
     fn reconcile(&mut self) {
-        let asked = self.out.iter().any(|e| matches!(e, Effect::ReadTeam { .. }));
+        let asked = self
+            .out
+            .iter()
+            .any(|e| matches!(e, Effect::ReadTeam { .. }));
         if !self.dirty || self.shutting_down || asked {
             return;
         }
         self.dirty = false;
-        let wakeable: Vec<&AgentState> =
-            self.agents.iter().filter(|a| a.is_wakeable()).collect();
+        let wakeable: Vec<&AgentState> = self.agents.iter().filter(|a| a.is_wakeable()).collect();
         if wakeable.is_empty() {
             return;
         }
@@ -922,7 +936,11 @@ impl Team {
             let messages: Vec<Quoted> = agent
                 .pending_messages
                 .iter()
-                .filter(|m| view.unread.get(&name).is_some_and(|ids| ids.contains(&m.id)))
+                .filter(|m| {
+                    view.unread
+                        .get(&name)
+                        .is_some_and(|ids| ids.contains(&m.id))
+                })
                 .cloned()
                 .collect();
             let tasks: Vec<(TaskId, String)> = if holds {
@@ -931,9 +949,7 @@ impl Team {
                 view.tasks
                     .iter()
                     .filter(|task| task.status == TaskStatus::Ready)
-                    .filter(|task| {
-                        task.fits(&name, agent.plan.role.as_deref(), &agent.plan.caps)
-                    })
+                    .filter(|task| task.fits(&name, agent.plan.role.as_deref(), &agent.plan.caps))
                     .filter(|task| !agent.offered.contains(&task.id))
                     .filter(|task| {
                         !self.agents.iter().enumerate().any(|(other, a)| {
@@ -1007,7 +1023,10 @@ impl Team {
             return;
         }
         let quiet = !self.dirty
-            && !self.out.iter().any(|e| matches!(e, Effect::ReadTeam { .. }))
+            && !self
+                .out
+                .iter()
+                .any(|e| matches!(e, Effect::ReadTeam { .. }))
             && self.agents.iter().all(|agent| match agent.phase {
                 Phase::Live { busy: false } => {
                     agent.stopping.is_none() && (agent.turns_done > 0 || agent.paused)
@@ -1057,5 +1076,876 @@ impl Team {
                 self.patch(index, status_update(AgentStatus::Offline));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every transition of the state machine, driven with scripted inputs at made-up instants:
+    //! no process, no server, no sleeping.
+
+    use std::path::PathBuf;
+
+    use conclave_core::config::AgentSettings;
+    use conclave_core::model::TaskStatus;
+
+    use super::*;
+
+    const HIBERNATE_AFTER: Duration = Duration::from_secs(600);
+    const WINDOW: Duration = Duration::from_secs(600);
+
+    fn plan(name: &str) -> AgentPlan {
+        AgentPlan {
+            name: name.to_string(),
+            role: None,
+            caps: Vec::new(),
+            settings: AgentSettings::default(),
+            cwd: PathBuf::from("/p"),
+            recycle_at: 0.7,
+            hibernate_after: HIBERNATE_AFTER,
+            max_restarts: 2,
+            restart_window: WINDOW,
+        }
+    }
+
+    fn with_budget(mut plan: AgentPlan, budget: f64) -> AgentPlan {
+        plan.settings.budget_usd = Some(budget);
+        plan
+    }
+
+    /// A team, its clock, and what it did last.
+    struct Harness {
+        team: Team,
+        t0: Instant,
+        now: Instant,
+    }
+
+    impl Harness {
+        fn new(plans: Vec<AgentPlan>) -> Harness {
+            Harness::of(plans, false)
+        }
+
+        fn of(plans: Vec<AgentPlan>, stay: bool) -> Harness {
+            let t0 = Instant::now();
+            let agents = plans.into_iter().map(|p| AgentState::new(p, t0)).collect();
+            Harness {
+                team: Team::new(agents, stay),
+                t0,
+                now: t0,
+            }
+        }
+
+        fn restored(agent: AgentState) -> Harness {
+            let t0 = Instant::now();
+            Harness {
+                team: Team::new(vec![agent], false),
+                t0,
+                now: t0,
+            }
+        }
+
+        /// Moves the clock to `secs` after the start.
+        fn at(&mut self, secs: u64) -> &mut Harness {
+            self.now = self.t0 + Duration::from_secs(secs);
+            self
+        }
+
+        fn step(&mut self, input: Input) -> Vec<Effect> {
+            self.team.step(input, self.now)
+        }
+
+        fn tick(&mut self) -> Vec<Effect> {
+            self.step(Input::Tick)
+        }
+
+        fn generation(&self, agent: usize) -> u64 {
+            self.team.agents[agent].generation
+        }
+
+        /// Answers the spawns among `effects` as a process side would.
+        fn answer_spawns(&mut self, effects: &[Effect]) -> Vec<Effect> {
+            let mut out = Vec::new();
+            for effect in effects {
+                if let Effect::Spawn {
+                    agent, generation, ..
+                } = effect
+                {
+                    out.extend(self.step(Input::Spawned {
+                        agent: *agent,
+                        generation: *generation,
+                        pid: 100 + *agent as u32,
+                    }));
+                }
+            }
+            out
+        }
+
+        /// Starts every waiting agent (staggered) and answers the spawns.
+        fn start_all(&mut self) {
+            let mut secs = self.now.duration_since(self.t0).as_secs();
+            while self.team.agents.iter().any(|a| a.phase == Phase::Waiting) {
+                self.at(secs);
+                let effects = self.tick();
+                self.answer_spawns(&effects);
+                secs += 1;
+            }
+        }
+
+        fn line(&mut self, agent: usize, update: StreamUpdate) -> Vec<Effect> {
+            let generation = self.generation(agent);
+            self.step(Input::Line {
+                agent,
+                generation,
+                update,
+            })
+        }
+
+        fn init(&mut self, agent: usize, session: &str) -> Vec<Effect> {
+            self.line(
+                agent,
+                StreamUpdate::Init {
+                    session_id: Some(session.to_string()),
+                    model: None,
+                },
+            )
+        }
+
+        fn context(&mut self, agent: usize, tokens: i64) -> Vec<Effect> {
+            self.line(
+                agent,
+                StreamUpdate::Assistant {
+                    context_tokens: Some(tokens),
+                    content: Vec::new(),
+                },
+            )
+        }
+
+        fn turn_end(&mut self, agent: usize, cost: f64) -> Vec<Effect> {
+            self.line(
+                agent,
+                StreamUpdate::Result {
+                    cost_usd: Some(cost),
+                    context_window: Some(1000),
+                    is_error: false,
+                    session_id: Some("s1".to_string()),
+                    num_turns: Some(1),
+                },
+            )
+        }
+
+        fn exit(&mut self, agent: usize, how: &str) -> Vec<Effect> {
+            let generation = self.generation(agent);
+            let effects = self.step(Input::Exited {
+                agent,
+                generation,
+                how: how.to_string(),
+            });
+            let answered = self.answer_spawns(&effects);
+            effects.into_iter().chain(answered).collect()
+        }
+
+        fn event(&mut self, value: Value) -> Vec<Effect> {
+            let event: Event = serde_json::from_value(value).expect("an event");
+            self.step(Input::Event(event))
+        }
+
+        fn control(&mut self, agent: &str, action: &str) -> Vec<Effect> {
+            let effects = self.event(json!({
+                "seq": 1, "ts": "2030-01-01T00:00:00Z", "actor": "admin",
+                "kind": "agent.control", "task": null, "agent": agent,
+                "data": {"action": action},
+            }));
+            let answered = self.answer_spawns(&effects);
+            effects.into_iter().chain(answered).collect()
+        }
+
+        fn message(&mut self, id: &str, from: &str, to: &[&str], body: &str) -> Vec<Effect> {
+            self.event(json!({
+                "seq": 2, "ts": "2030-01-01T00:00:00Z", "actor": from,
+                "kind": "message.sent", "task": null, "agent": null,
+                "data": {"id": id, "kind": "chat", "recipients": to, "body": body},
+            }))
+        }
+
+        fn task_event(&mut self, kind: &str, task: i64) -> Vec<Effect> {
+            self.event(json!({
+                "seq": 3, "ts": "2030-01-01T00:00:00Z", "actor": "admin",
+                "kind": kind, "task": task, "agent": null, "data": {},
+            }))
+        }
+
+        fn read(&mut self, tasks: Vec<Task>, unread: &[(&str, &str)]) -> Vec<Effect> {
+            let mut view = TeamView {
+                tasks,
+                unread: HashMap::new(),
+            };
+            for (agent, id) in unread {
+                view.unread
+                    .entry(agent.to_string())
+                    .or_default()
+                    .insert(id.to_string());
+            }
+            let effects = self.step(Input::TeamRead(view));
+            let answered = self.answer_spawns(&effects);
+            effects.into_iter().chain(answered).collect()
+        }
+
+        /// An agent that has started and finished its first turn (idle, session `s1`).
+        fn idle_after_a_turn(&mut self, agent: usize, cost: f64) {
+            self.init(agent, "s1");
+            self.turn_end(agent, cost);
+            assert_eq!(self.team.agents[agent].phase, Phase::Live { busy: false });
+        }
+    }
+
+    fn task(id: i64, status: TaskStatus, role: Option<&str>, assignee: Option<&str>) -> Task {
+        let now = chrono::Utc::now();
+        Task {
+            id: TaskId(id),
+            title: format!("task {id}"),
+            body: String::new(),
+            status,
+            priority: 0,
+            role: role.map(str::to_string),
+            caps: Vec::new(),
+            depends_on: Vec::new(),
+            assignee: assignee.map(str::to_string),
+            claim_expires_at: None,
+            attempts: 0,
+            result: None,
+            files: Vec::new(),
+            parent: None,
+            created_by: "admin".into(),
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    fn spawns(effects: &[Effect]) -> Vec<(usize, Option<String>, String)> {
+        effects
+            .iter()
+            .filter_map(|effect| match effect {
+                Effect::Spawn {
+                    agent,
+                    resume,
+                    first_message,
+                    ..
+                } => Some((*agent, resume.clone(), first_message.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn stops(effects: &[Effect]) -> Vec<(usize, Duration)> {
+        effects
+            .iter()
+            .filter_map(|effect| match effect {
+                Effect::Stop { agent, grace } => Some((*agent, *grace)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn sends(effects: &[Effect]) -> Vec<(usize, String)> {
+        effects
+            .iter()
+            .filter_map(|effect| match effect {
+                Effect::Send { agent, text } => Some((*agent, text.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn records(effects: &[Effect]) -> Vec<(&'static str, Value)> {
+        effects
+            .iter()
+            .filter_map(|effect| match effect {
+                Effect::Record { kind, data, .. } => Some((*kind, data.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn kinds(effects: &[Effect]) -> Vec<&'static str> {
+        records(effects).into_iter().map(|(kind, _)| kind).collect()
+    }
+
+    fn statuses(effects: &[Effect]) -> Vec<AgentStatus> {
+        effects
+            .iter()
+            .filter_map(|effect| match effect {
+                Effect::Patch { update, .. } => update.status,
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn patched_cost(effects: &[Effect]) -> Option<f64> {
+        effects.iter().rev().find_map(|effect| match effect {
+            Effect::Patch { update, .. } => update.cost_usd,
+            _ => None,
+        })
+    }
+
+    fn reads(effects: &[Effect]) -> Option<bool> {
+        effects.iter().find_map(|effect| match effect {
+            Effect::ReadTeam { messages } => Some(*messages),
+            _ => None,
+        })
+    }
+
+    fn finished(effects: &[Effect]) -> bool {
+        effects
+            .iter()
+            .any(|effect| matches!(effect, Effect::Finished))
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
+    }
+
+    #[test]
+    fn agents_start_one_at_a_time_and_report_their_process() {
+        let mut team = Harness::new(vec![plan("a"), plan("b")]);
+        let first = team.tick();
+        let started = spawns(&first);
+        assert_eq!(started.len(), 1, "{first:?}");
+        assert_eq!(started[0].0, 0);
+        assert_eq!(started[0].1, None, "a new agent starts a fresh session");
+        assert!(started[0].2.contains("You are a"), "{}", started[0].2);
+        let answered = team.answer_spawns(&first);
+        assert_eq!(statuses(&answered), [AgentStatus::Starting]);
+        assert_eq!(kinds(&answered), ["agent.started"]);
+        assert!(spawns(&team.tick()).is_empty(), "the next start waits");
+        let second = team.at(1).tick();
+        assert_eq!(spawns(&second).first().map(|s| s.0), Some(1));
+    }
+
+    #[test]
+    fn a_crash_within_the_window_restarts_with_backoff_resuming_the_session() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        team.idle_after_a_turn(0, 0.1);
+        let crashed = team.at(10).exit(0, "exit code 1");
+        assert!(matches!(
+            crashed.first(),
+            Some(Effect::Say(text)) if text.contains("exited unexpectedly")
+        ));
+        assert!(crashed.iter().any(|e| matches!(
+            e,
+            Effect::ReleaseAfterCrash { reason, .. } if reason.contains("exit code 1")
+        )));
+        assert_eq!(statuses(&crashed), [AgentStatus::Starting]);
+        assert!(spawns(&team.tick()).is_empty(), "backoff: not at once");
+        let restarted = team.at(11).tick();
+        assert_eq!(kinds(&restarted), ["agent.restarted"]);
+        let spawned = spawns(&restarted);
+        assert_eq!(spawned[0].1.as_deref(), Some("s1"), "resumes its session");
+        assert!(
+            spawned[0].2.contains("ended unexpectedly"),
+            "{}",
+            spawned[0].2
+        );
+        team.answer_spawns(&restarted);
+        // The second crash in a row waits twice as long.
+        team.at(20).exit(0, "signal 9");
+        assert!(spawns(&team.at(21).tick()).is_empty());
+        assert_eq!(spawns(&team.at(22).tick()).len(), 1);
+        assert_eq!(team.team.agents[0].restarts, 2);
+    }
+
+    #[test]
+    fn crashing_past_max_restarts_gives_up() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        for (crash, restart) in [(10, 11), (20, 22)] {
+            team.at(crash).exit(0, "exit code 1");
+            let restarted = team.at(restart).tick();
+            team.answer_spawns(&restarted);
+        }
+        let gave_up = team.at(30).exit(0, "exit code 1");
+        assert_eq!(team.team.agents[0].phase, Phase::Crashed);
+        assert_eq!(statuses(&gave_up), [AgentStatus::Crashed]);
+        let crashed = records(&gave_up);
+        assert_eq!(crashed[0].0, "agent.crashed");
+        assert_eq!(crashed[0].1["gave_up"], true);
+        assert!(spawns(&team.at(3000).tick()).is_empty(), "never restarted");
+    }
+
+    #[test]
+    fn crashes_older_than_the_window_are_forgotten() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        for (crash, restart) in [(10, 11), (20, 22)] {
+            team.at(crash).exit(0, "exit code 1");
+            let restarted = team.at(restart).tick();
+            team.answer_spawns(&restarted);
+        }
+        // Both restarts are more than the window ago: this crash restarts again.
+        team.at(22 + WINDOW.as_secs() + 1).exit(0, "exit code 1");
+        assert!(matches!(
+            team.team.agents[0].phase,
+            Phase::RestartPending { .. }
+        ));
+    }
+
+    #[test]
+    fn a_client_that_cannot_start_counts_as_a_crash() {
+        let mut team = Harness::new(vec![plan("a")]);
+        let started = team.tick();
+        let generation = team.generation(0);
+        let failed = team.step(Input::SpawnFailed {
+            agent: 0,
+            generation,
+            error: "no such file".into(),
+        });
+        assert_eq!(spawns(&started).len(), 1);
+        assert!(failed.iter().any(|e| matches!(
+            e,
+            Effect::ReleaseAfterCrash { reason, .. } if reason == "could not start (no such file)"
+        )));
+        assert!(matches!(
+            team.team.agents[0].phase,
+            Phase::RestartPending { .. }
+        ));
+    }
+
+    #[test]
+    fn reports_of_an_earlier_process_are_ignored() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        let old = team.generation(0);
+        team.at(5).exit(0, "exit code 1");
+        let restarted = team.at(6).tick();
+        team.answer_spawns(&restarted);
+        let late = team.step(Input::Exited {
+            agent: 0,
+            generation: old,
+            how: "exit code 1".into(),
+        });
+        assert!(late.is_empty(), "{late:?}");
+        assert!(team.team.agents[0].running);
+    }
+
+    #[test]
+    fn recycling_at_the_threshold_asks_for_a_handoff_then_starts_fresh() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        team.init(0, "s1");
+        team.context(0, 800);
+        let asked = team.turn_end(0, 0.5);
+        let sent = sends(&asked);
+        assert_eq!(sent.len(), 1);
+        assert!(sent[0].1.contains("800 of 1000"), "{}", sent[0].1);
+        assert!(kinds(&asked).contains(&"agent.handoff_requested"));
+        assert!(team.team.agents[0].is_busy(), "the handoff is a turn");
+        let handed_off = team.turn_end(0, 0.6);
+        assert_eq!(stops(&handed_off), [(0, IDLE_GRACE)]);
+        assert_eq!(team.team.agents[0].stopping, Some(StopReason::Recycle));
+        let recycled = team.exit(0, "exit code 0");
+        assert!(kinds(&recycled).contains(&"agent.recycled"));
+        let fresh = spawns(&recycled);
+        assert_eq!(fresh.len(), 1);
+        assert_eq!(fresh[0].1, None, "a fresh session");
+        assert!(fresh[0].2.contains("handoff"), "{}", fresh[0].2);
+        let agent = &team.team.agents[0];
+        assert_eq!(agent.context_tokens, None);
+        assert!(close(agent.cost(), 0.6), "the old session's cost is kept");
+    }
+
+    #[test]
+    fn a_spent_budget_stops_the_agent_at_the_end_of_its_turn() {
+        let mut team = Harness::new(vec![with_budget(plan("a"), 1.0)]);
+        team.start_all();
+        team.init(0, "s1");
+        let over = team.turn_end(0, 1.2);
+        assert_eq!(stops(&over), [(0, IDLE_GRACE)]);
+        let budget = records(&over);
+        let exceeded = budget
+            .iter()
+            .find(|(kind, _)| *kind == "agent.budget_exceeded")
+            .expect("an alert");
+        assert_eq!(exceeded.1["alert"], true);
+        let exited = team.exit(0, "exit code 0");
+        assert_eq!(statuses(&exited), [AgentStatus::Stopped]);
+        assert_eq!(team.team.agents[0].phase, Phase::Stopped);
+        assert!(spawns(&team.at(100).tick()).is_empty());
+    }
+
+    #[test]
+    fn a_budget_spent_in_the_middle_of_a_turn_interrupts_it() {
+        let mut team = Harness::new(vec![with_budget(plan("a"), 1.0)]);
+        team.start_all();
+        team.init(0, "s1");
+        let under = team.line(0, StreamUpdate::Cost { total_usd: 0.5 });
+        assert!(stops(&under).is_empty());
+        assert_eq!(patched_cost(&under), Some(0.5));
+        let over = team.line(0, StreamUpdate::Cost { total_usd: 1.5 });
+        assert_eq!(stops(&over), [(0, INTERRUPT_GRACE)]);
+        assert!(kinds(&over).contains(&"agent.budget_exceeded"));
+        // The interrupted turn's end says nothing more about the budget.
+        let ended = team.turn_end(0, 1.6);
+        assert!(stops(&ended).is_empty());
+        assert!(!kinds(&ended).contains(&"agent.budget_exceeded"));
+        team.exit(0, "signal 2");
+        assert_eq!(team.team.agents[0].phase, Phase::Stopped);
+    }
+
+    #[test]
+    fn a_pause_during_a_turn_holds_every_wake_until_resume() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        team.init(0, "s1");
+        let paused = team.control("a", "pause");
+        assert_eq!(statuses(&paused), [AgentStatus::Paused]);
+        let ended = team.turn_end(0, 0.1);
+        assert_eq!(statuses(&ended), [AgentStatus::Paused]);
+        assert_eq!(reads(&ended), None, "a paused agent is not woken");
+        let message = team.message("M-1", "bob", &["a"], "hello");
+        assert_eq!(reads(&message), None);
+        let resumed = team.control("a", "resume");
+        assert_eq!(statuses(&resumed), [AgentStatus::Idle]);
+        assert_eq!(reads(&resumed), Some(true));
+        let woken = team.read(Vec::new(), &[("a", "M-1")]);
+        let sent = sends(&woken);
+        assert_eq!(sent.len(), 1);
+        assert!(sent[0].1.contains("hello"), "{}", sent[0].1);
+    }
+
+    #[test]
+    fn a_stop_wins_over_a_recycle_still_to_come() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        team.init(0, "s1");
+        team.context(0, 900);
+        team.turn_end(0, 0.1);
+        assert!(team.team.agents[0].asked_for_handoff);
+        let stopped = team.control("a", "stop");
+        assert_eq!(stops(&stopped), [(0, IDLE_GRACE)]);
+        let ended = team.turn_end(0, 0.2);
+        assert!(stops(&ended).is_empty(), "no recycle: {ended:?}");
+        let exited = team.exit(0, "exit code 0");
+        assert!(spawns(&exited).is_empty());
+        assert_eq!(team.team.agents[0].phase, Phase::Stopped);
+    }
+
+    #[test]
+    fn a_stop_wins_over_a_recycle_under_way() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        team.init(0, "s1");
+        team.context(0, 900);
+        team.turn_end(0, 0.1);
+        team.turn_end(0, 0.2);
+        assert_eq!(team.team.agents[0].stopping, Some(StopReason::Recycle));
+        team.control("a", "stop");
+        assert_eq!(team.team.agents[0].stopping, Some(StopReason::Stop));
+        let exited = team.exit(0, "exit code 0");
+        assert!(spawns(&exited).is_empty(), "not recycled");
+        assert_eq!(statuses(&exited), [AgentStatus::Stopped]);
+    }
+
+    #[test]
+    fn a_stop_wins_over_budget_and_hibernation() {
+        let mut team = Harness::new(vec![with_budget(plan("a"), 1.0)]);
+        team.start_all();
+        team.init(0, "s1");
+        team.control("a", "stop");
+        let over = team.turn_end(0, 5.0);
+        assert!(stops(&over).is_empty(), "{over:?}");
+        assert!(!kinds(&over).contains(&"agent.budget_exceeded"));
+        let idle = team.at(HIBERNATE_AFTER.as_secs() + 10).tick();
+        assert!(stops(&idle).is_empty(), "no hibernation: {idle:?}");
+        assert_eq!(team.team.agents[0].stopping, Some(StopReason::Stop));
+    }
+
+    #[test]
+    fn an_idle_agent_hibernates_and_a_message_wakes_its_session() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        team.at(5).idle_after_a_turn(0, 0.1);
+        assert!(stops(&team.at(5 + HIBERNATE_AFTER.as_secs() - 1).tick()).is_empty());
+        let hibernating = team.at(5 + HIBERNATE_AFTER.as_secs()).tick();
+        assert_eq!(stops(&hibernating), [(0, IDLE_GRACE)]);
+        let exited = team.exit(0, "exit code 0");
+        assert_eq!(statuses(&exited), [AgentStatus::Hibernated]);
+        assert_eq!(team.team.agents[0].phase, Phase::Hibernated);
+        let arrived = team.message("M-7", "bob", &["a"], "the parser is done");
+        assert_eq!(reads(&arrived), Some(true));
+        let woken = team.read(Vec::new(), &[("a", "M-7")]);
+        assert!(kinds(&woken).contains(&"agent.woken"));
+        let resumed = spawns(&woken);
+        assert_eq!(resumed.len(), 1);
+        assert_eq!(resumed[0].1.as_deref(), Some("s1"), "resumes its session");
+        assert!(
+            resumed[0].2.contains("the parser is done"),
+            "{}",
+            resumed[0].2
+        );
+    }
+
+    #[test]
+    fn a_fitting_task_wakes_a_hibernated_agent() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        team.idle_after_a_turn(0, 0.1);
+        team.at(HIBERNATE_AFTER.as_secs()).tick();
+        team.exit(0, "exit code 0");
+        let created = team.task_event("task.created", 4);
+        assert_eq!(reads(&created), Some(false), "no messages to check");
+        let woken = team.read(vec![task(4, TaskStatus::Ready, None, None)], &[]);
+        let resumed = spawns(&woken);
+        assert_eq!(resumed[0].1.as_deref(), Some("s1"));
+        assert!(resumed[0].2.contains("T-4"), "{}", resumed[0].2);
+    }
+
+    #[test]
+    fn a_restarted_supervisor_resumes_the_saved_session_and_counts_cost_on() {
+        let record: Agent = serde_json::from_value(json!({
+            "name": "a", "role": null, "model": null, "caps": [], "status": "idle",
+            "session_id": "s1", "pid": null, "host": null, "last_seen": null,
+            "context_tokens": 100, "context_window": 1000, "cost_usd": 3.0, "restarts": 1,
+            "created_at": "2030-01-01T00:00:00Z",
+        }))
+        .expect("an agent record");
+        let saved = SavedState {
+            session_id: Some("s1".into()),
+            session_cost: 1.0,
+        };
+        let agent = AgentState::restore(plan("a"), &record, saved.clone(), Instant::now());
+        assert!(close(agent.cost(), 3.0));
+        let mut team = Harness::restored(agent);
+        let started = team.tick();
+        let resumed = spawns(&started);
+        assert_eq!(resumed[0].1.as_deref(), Some("s1"));
+        assert!(
+            resumed[0].2.contains("supervisor was restarted"),
+            "{}",
+            resumed[0].2
+        );
+        team.answer_spawns(&started);
+        // The resumed process carries the session's total on: 1.0 of it was counted already.
+        let ended = team.turn_end(0, 1.5);
+        assert_eq!(patched_cost(&ended), Some(3.5));
+
+        // A resumed process that counts from zero adds to what the session cost before.
+        let agent = AgentState::restore(plan("a"), &record, saved, Instant::now());
+        let mut team = Harness::restored(agent);
+        team.start_all();
+        let ended = team.turn_end(0, 0.2);
+        assert!(close(patched_cost(&ended).unwrap_or(0.0), 3.2));
+
+        // A saved state of another session is not counted twice.
+        let other = SavedState {
+            session_id: Some("s0".into()),
+            session_cost: 1.0,
+        };
+        let agent = AgentState::restore(plan("a"), &record, other, Instant::now());
+        assert!(close(agent.cost_base, 3.0) && close(agent.session_cost, 0.0));
+    }
+
+    #[test]
+    fn an_agent_stopped_for_its_budget_stays_stopped_after_a_supervisor_restart() {
+        let record: Agent = serde_json::from_value(json!({
+            "name": "a", "role": null, "model": null, "caps": [], "status": "stopped",
+            "session_id": "s1", "pid": null, "host": null, "last_seen": null,
+            "context_tokens": null, "context_window": null, "cost_usd": 2.0, "restarts": 0,
+            "created_at": "2030-01-01T00:00:00Z",
+        }))
+        .expect("an agent record");
+        let agent = AgentState::restore(
+            with_budget(plan("a"), 1.0),
+            &record,
+            SavedState::default(),
+            Instant::now(),
+        );
+        let mut team = Harness::restored(agent);
+        assert!(spawns(&team.tick()).is_empty());
+        assert_eq!(team.team.agents[0].phase, Phase::Stopped);
+    }
+
+    #[test]
+    fn control_requests_pause_resume_stop_and_restart() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        team.idle_after_a_turn(0, 0.1);
+        // Restart of a running agent: its process ends, then its session resumes.
+        let restart = team.control("a", "restart");
+        assert_eq!(stops(&restart), [(0, IDLE_GRACE)]);
+        assert_eq!(records(&restart)[0].1["asked"], true);
+        let back = team.exit(0, "exit code 0");
+        assert_eq!(spawns(&back)[0].1.as_deref(), Some("s1"));
+        // Stop, then resume: it starts again, resuming.
+        team.control("a", "stop");
+        team.exit(0, "exit code 0");
+        assert_eq!(team.team.agents[0].phase, Phase::Stopped);
+        let resumed = team.control("a", "resume");
+        assert_eq!(statuses(&resumed), [AgentStatus::Starting]);
+        let started = team.at(50).tick();
+        assert_eq!(spawns(&started)[0].1.as_deref(), Some("s1"));
+        team.answer_spawns(&started);
+        // Stop of an agent with no process (hibernated) needs no process to end.
+        team.at(60).idle_after_a_turn(0, 0.2);
+        team.at(60 + HIBERNATE_AFTER.as_secs()).tick();
+        team.exit(0, "exit code 0");
+        let stopped = team.control("a", "stop");
+        assert!(stops(&stopped).is_empty());
+        assert_eq!(statuses(&stopped), [AgentStatus::Stopped]);
+        // Restart of a stopped agent starts it at once.
+        let restarted = team.control("a", "restart");
+        assert_eq!(spawns(&restarted).len(), 1);
+    }
+
+    #[test]
+    fn only_unread_messages_wake_and_handoffs_never_do() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        team.idle_after_a_turn(0, 0.1);
+        team.message("M-1", "bob", &["a"], "already read");
+        let woken = team.read(Vec::new(), &[]);
+        assert!(sends(&woken).is_empty(), "read already: {woken:?}");
+        let own = team.message("M-2", "a", &["a"], "to myself");
+        assert_eq!(reads(&own), None, "its own message");
+        let handoff = team.event(json!({
+            "seq": 4, "ts": "2030-01-01T00:00:00Z", "actor": "bob",
+            "kind": "message.sent", "task": null, "agent": null,
+            "data": {"id": "M-3", "kind": "handoff", "recipients": ["a"], "body": "h"},
+        }));
+        assert_eq!(reads(&handoff), None);
+    }
+
+    #[test]
+    fn only_fitting_tasks_not_offered_before_wake() {
+        let mut coder = plan("a");
+        coder.role = Some("coder".into());
+        let mut team = Harness::new(vec![coder]);
+        team.start_all();
+        team.idle_after_a_turn(0, 0.1);
+        let tasks = vec![
+            task(1, TaskStatus::Ready, Some("coder"), None),
+            task(2, TaskStatus::Ready, Some("reviewer"), None),
+            task(3, TaskStatus::Ready, Some("coder"), Some("bob")),
+            task(4, TaskStatus::Pending, None, None),
+        ];
+        team.task_event("task.created", 1);
+        let woken = team.read(tasks.clone(), &[]);
+        let sent = sends(&woken);
+        assert_eq!(sent.len(), 1);
+        assert!(sent[0].1.contains("T-1"), "{}", sent[0].1);
+        for other in ["T-2", "T-3", "T-4"] {
+            assert!(!sent[0].1.contains(other), "{other} offered: {}", sent[0].1);
+        }
+        // Offered once: not again, until it is ready anew.
+        team.turn_end(0, 0.2);
+        assert!(sends(&team.read(tasks.clone(), &[])).is_empty());
+        let again = team.task_event("task.ready", 1);
+        assert_eq!(reads(&again), Some(false));
+        assert_eq!(sends(&team.read(tasks, &[])).len(), 1);
+    }
+
+    #[test]
+    fn an_agent_holding_a_task_is_offered_no_other() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        team.idle_after_a_turn(0, 0.1);
+        team.task_event("task.created", 2);
+        let tasks = vec![
+            task(1, TaskStatus::InProgress, None, Some("a")),
+            task(2, TaskStatus::Ready, None, None),
+        ];
+        assert!(sends(&team.read(tasks, &[])).is_empty());
+    }
+
+    #[test]
+    fn a_task_offered_to_a_busy_agent_is_not_offered_to_another() {
+        let mut team = Harness::new(vec![plan("a"), plan("b")]);
+        team.start_all();
+        team.idle_after_a_turn(0, 0.1);
+        team.task_event("task.created", 1);
+        let tasks = vec![task(1, TaskStatus::Ready, None, None)];
+        let first = team.read(tasks.clone(), &[]);
+        assert_eq!(sends(&first).first().map(|s| s.0), Some(0));
+        team.idle_after_a_turn(1, 0.1);
+        assert!(sends(&team.read(tasks, &[])).is_empty(), "a is on it");
+    }
+
+    #[test]
+    fn a_quiet_team_finishes_unless_it_stays() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        assert!(!finished(&team.at(10).tick()), "busy");
+        team.idle_after_a_turn(0, 0.1);
+        // The turn's end asks about the team; nothing is there.
+        team.read(Vec::new(), &[]);
+        let ticks: Vec<bool> = (0..QUIET_TICKS_TO_FINISH)
+            .map(|n| finished(&team.at(11 + u64::from(n)).tick()))
+            .collect();
+        assert_eq!(ticks, [false, false, false, true]);
+
+        let mut staying = Harness::of(vec![plan("a")], true);
+        staying.start_all();
+        staying.idle_after_a_turn(0, 0.1);
+        staying.read(Vec::new(), &[]);
+        assert!((0..10).all(|n| !finished(&staying.at(11 + n).tick())));
+    }
+
+    #[test]
+    fn a_shutdown_ends_every_process_and_starts_nothing() {
+        let mut team = Harness::new(vec![plan("a"), plan("b")]);
+        let started = team.tick();
+        team.answer_spawns(&started);
+        let stopping = team.step(Input::Shutdown);
+        assert_eq!(stops(&stopping), [(0, SHUTDOWN_GRACE)]);
+        assert!(spawns(&team.at(5).tick()).is_empty(), "b is not started");
+        let exited = team.exit(0, "exit code 0");
+        assert_eq!(kinds(&exited), ["agent.exited"]);
+        let last = team.step(Input::ShutdownDeadline);
+        assert_eq!(
+            statuses(&last),
+            [AgentStatus::Offline, AgentStatus::Offline]
+        );
+        assert!(!last.iter().any(|e| matches!(e, Effect::Kill { .. })));
+    }
+
+    #[test]
+    fn tool_calls_and_text_are_recorded() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        let long = "x".repeat(MAX_TEXT * 2);
+        let said = team.line(
+            0,
+            StreamUpdate::Assistant {
+                context_tokens: Some(10),
+                content: vec![
+                    Content::Text(long),
+                    Content::Tool(crate::stream::ToolCall {
+                        id: "t1".into(),
+                        name: "Write".into(),
+                        input: "a.rs".into(),
+                    }),
+                ],
+            },
+        );
+        let text = &records(&said)[0];
+        assert_eq!(text.0, "agent.text");
+        assert_eq!(
+            text.1["text"].as_str().map(|t| t.chars().count()),
+            Some(MAX_TEXT)
+        );
+        let done = team.line(
+            0,
+            StreamUpdate::ToolResults(vec![ToolResult {
+                id: "t1".into(),
+                bytes: 12,
+                is_error: false,
+            }]),
+        );
+        assert_eq!(
+            records(&done),
+            [(
+                "agent.tool",
+                json!({"tool": "Write", "input": "a.rs", "result_bytes": 12})
+            )]
+        );
     }
 }

@@ -6,8 +6,8 @@
 //! real one (tokio processes), and the unit tests use a scripted one.
 
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
 use std::ffi::OsString;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -61,8 +61,11 @@ pub trait ProcessSide {
     /// Starts the process `launch` describes; returns its pid.
     fn spawn(&mut self, launch: Launch) -> anyhow::Result<u32>;
     /// Writes one user message to agent `agent`'s stdin.
-    fn write(&mut self, agent: usize, text: &str)
-    -> impl Future<Output = anyhow::Result<()>> + Send;
+    fn write(
+        &mut self,
+        agent: usize,
+        text: &str,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
     /// Ends agent `agent`'s process: stdin closed, then signals after `grace` (see
     /// [`Running::stop`]).
     fn stop(&mut self, agent: usize, grace: Duration);

@@ -6,9 +6,9 @@ use conclave_core::model::{
 };
 
 use crate::cli::AgentCommand;
-use conclave_client::segment;
 use crate::context::Context;
 use crate::output::{Table, ago, or_dash, print_json};
+use conclave_client::segment;
 
 pub async fn run(context: &Context, command: AgentCommand) -> anyhow::Result<()> {
     let client = context.client()?;

@@ -19,9 +19,9 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::UpArgs;
-use conclave_client::Client;
 use crate::commands::claude::{admin_client, reachable_url};
 use crate::context::Context;
+use conclave_client::Client;
 use conclave_supervisor::{Supervisor, SupervisorOptions};
 
 /// Set in the environment of the background process `--detach` starts.
