@@ -271,8 +271,11 @@ impl<P: ProcessSide, S: ServerSide> Driver<P, S> {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let finished = loop {
             let input = tokio::select! {
+                // A stop asked for comes first: `down` during the stagger must not start the
+                // rest of the team.
+                biased;
                 () = shutdown.cancelled() => break false,
-                Some(report) = reports.recv() => self.from_report(report),
+                Some(report) = reports.recv() => self.input_of(report),
                 Some(event) = events.recv() => Input::Event(event),
                 _ = ticker.tick() => Input::Tick,
             };
@@ -284,7 +287,7 @@ impl<P: ProcessSide, S: ServerSide> Driver<P, S> {
         finished
     }
 
-    fn from_report(&mut self, report: ProcessReport) -> Input {
+    fn input_of(&mut self, report: ProcessReport) -> Input {
         match report {
             ProcessReport::Line {
                 agent,
@@ -455,12 +458,249 @@ impl<P: ProcessSide, S: ServerSide> Driver<P, S> {
         while self.team.any_running() {
             match tokio::time::timeout_at(deadline, reports.recv()).await {
                 Ok(Some(report)) => {
-                    let input = self.from_report(report);
+                    let input = self.input_of(report);
                     self.feed(input).await;
                 }
                 Ok(None) | Err(_) => break,
             }
         }
         self.feed(Input::ShutdownDeadline).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The driver with a scripted process side, a recording server and tokio's paused clock:
+    //! no CLI, no server, no waiting.
+
+    use std::sync::{Arc, Mutex};
+
+    use conclave_core::config::AgentSettings;
+
+    use super::*;
+    use crate::plan::AgentPlan;
+
+    /// What the fakes saw, in order.
+    #[derive(Debug, Default)]
+    struct Seen {
+        /// (agent, resume, when) per spawn.
+        spawns: Vec<(usize, Option<String>, tokio::time::Instant)>,
+        writes: Vec<(usize, String)>,
+        stops: Vec<usize>,
+        patches: Vec<(String, Option<conclave_core::model::AgentStatus>)>,
+        records: Vec<(String, String)>,
+    }
+
+    /// A process side whose processes print one turn, or crash at once while `crashes` lasts.
+    struct ScriptedProcesses {
+        reports: mpsc::Sender<ProcessReport>,
+        generations: HashMap<usize, u64>,
+        crashes: usize,
+        seen: Arc<Mutex<Seen>>,
+    }
+
+    impl ScriptedProcesses {
+        fn report(&self, report: ProcessReport) {
+            self.reports.try_send(report).expect("room for a report");
+        }
+    }
+
+    impl ProcessSide for ScriptedProcesses {
+        fn spawn(&mut self, launch: Launch) -> anyhow::Result<u32> {
+            let (agent, generation) = (launch.agent, launch.generation);
+            let resume = launch
+                .args
+                .iter()
+                .position(|arg| arg == "--resume")
+                .and_then(|at| launch.args.get(at + 1))
+                .map(|arg| arg.to_string_lossy().into_owned());
+            self.seen.lock().expect("seen").spawns.push((
+                agent,
+                resume,
+                tokio::time::Instant::now(),
+            ));
+            self.generations.insert(agent, generation);
+            let line = |value: Value| ProcessReport::Line {
+                agent,
+                generation,
+                value,
+            };
+            self.report(line(
+                json!({"type": "system", "subtype": "init", "session_id": "s1"}),
+            ));
+            if self.crashes > 0 {
+                self.crashes -= 1;
+                self.report(ProcessReport::Exited {
+                    agent,
+                    generation,
+                    how: "exit code 1".into(),
+                });
+            } else {
+                self.report(line(json!({"type": "result", "total_cost_usd": 0.25,
+                    "session_id": "s1", "modelUsage": {"m": {"contextWindow": 1000}}})));
+            }
+            Ok(4000 + agent as u32)
+        }
+
+        async fn write(&mut self, agent: usize, text: &str) -> anyhow::Result<()> {
+            let mut seen = self.seen.lock().expect("seen");
+            seen.writes.push((agent, text.to_string()));
+            Ok(())
+        }
+
+        fn stop(&mut self, agent: usize, _grace: Duration) {
+            self.seen.lock().expect("seen").stops.push(agent);
+            let generation = self.generations.get(&agent).copied().unwrap_or(0);
+            self.report(ProcessReport::Exited {
+                agent,
+                generation,
+                how: "exit code 0".into(),
+            });
+        }
+
+        fn kill_now(&mut self, _agent: usize) {}
+
+        fn forget(&mut self, agent: usize) {
+            self.generations.remove(&agent);
+        }
+    }
+
+    /// A server that records what it is told and has no tasks and no messages.
+    struct RecordingServer {
+        seen: Arc<Mutex<Seen>>,
+    }
+
+    impl ServerSide for RecordingServer {
+        async fn patch_agent(&self, name: &str, update: &AgentUpdate) {
+            let mut seen = self.seen.lock().expect("seen");
+            seen.patches.push((name.to_string(), update.status));
+        }
+
+        async fn record(&self, name: &str, kind: &str, _data: Value) {
+            let mut seen = self.seen.lock().expect("seen");
+            seen.records.push((name.to_string(), kind.to_string()));
+        }
+
+        async fn release(&self, _name: &str, _reason: &str) -> Value {
+            json!({"tasks": []})
+        }
+
+        async fn team(&self, _messages: bool) -> anyhow::Result<TeamView> {
+            Ok(TeamView::default())
+        }
+    }
+
+    fn driver(
+        dir: &std::path::Path,
+        crashes: usize,
+    ) -> (
+        Driver<ScriptedProcesses, RecordingServer>,
+        mpsc::Receiver<ProcessReport>,
+        Arc<Mutex<Seen>>,
+    ) {
+        let plan = AgentPlan {
+            name: "a".into(),
+            role: None,
+            caps: Vec::new(),
+            settings: AgentSettings {
+                command: Some("/bin/agent-cli".into()),
+                ..AgentSettings::default()
+            },
+            cwd: dir.to_path_buf(),
+            recycle_at: 0.7,
+            hibernate_after: Duration::from_secs(600),
+            max_restarts: 5,
+            restart_window: Duration::from_secs(600),
+        };
+        let (reports_tx, reports) = mpsc::channel(64);
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let launch = AgentLaunch {
+            token: "tok".into(),
+            files: AgentFiles {
+                mcp_config: dir.join("mcp.json"),
+                settings: dir.join("settings.json"),
+            },
+            dir: dir.to_path_buf(),
+        };
+        let driver = Driver {
+            team: Team::new(vec![AgentState::new(plan, now())], false),
+            launches: vec![launch],
+            url: "http://127.0.0.1:1".into(),
+            processes: ScriptedProcesses {
+                reports: reports_tx,
+                generations: HashMap::new(),
+                crashes,
+                seen: seen.clone(),
+            },
+            server: RecordingServer { seen: seen.clone() },
+        };
+        (driver, reports, seen)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_team_runs_its_turn_and_finishes_when_quiet() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut driver, mut reports, seen) = driver(dir.path(), 0);
+        let (_events_tx, mut events) = mpsc::channel(8);
+        let finished = driver
+            .run(&mut reports, &mut events, CancellationToken::new())
+            .await;
+        assert!(finished);
+        let seen = seen.lock().expect("seen");
+        assert_eq!(seen.spawns.len(), 1);
+        assert!(
+            seen.writes[0].1.contains("You are a"),
+            "the first message: {:?}",
+            seen.writes
+        );
+        let kinds: Vec<&str> = seen.records.iter().map(|(_, k)| k.as_str()).collect();
+        assert_eq!(kinds, ["agent.started", "agent.turn", "agent.exited"]);
+        assert!(
+            seen.patches
+                .contains(&("a".into(), Some(conclave_core::model::AgentStatus::Idle)))
+        );
+        assert_eq!(seen.stops, [0], "ended at the finish");
+        let saved: SavedState = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("supervisor.json")).expect("saved"),
+        )
+        .expect("a saved state");
+        assert_eq!(saved.session_id.as_deref(), Some("s1"));
+        assert!((saved.session_cost - 0.25).abs() < 1e-9);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_crashed_process_is_restarted_after_its_backoff_resuming_its_session() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut driver, mut reports, seen) = driver(dir.path(), 1);
+        let (_events_tx, mut events) = mpsc::channel(8);
+        assert!(
+            driver
+                .run(&mut reports, &mut events, CancellationToken::new())
+                .await
+        );
+        let seen = seen.lock().expect("seen");
+        assert_eq!(seen.spawns.len(), 2, "{:?}", seen.spawns);
+        let (first, second) = (&seen.spawns[0], &seen.spawns[1]);
+        assert_eq!(first.1, None);
+        assert_eq!(second.1.as_deref(), Some("s1"), "resumes its session");
+        assert!(second.2 - first.2 >= Duration::from_secs(1), "backoff");
+        let kinds: Vec<&str> = seen.records.iter().map(|(_, k)| k.as_str()).collect();
+        assert!(kinds.contains(&"agent.crashed") && kinds.contains(&"agent.restarted"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_run_ends_its_agents() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut driver, mut reports, seen) = driver(dir.path(), 0);
+        let (_events_tx, mut events) = mpsc::channel(8);
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        assert!(!driver.run(&mut reports, &mut events, shutdown).await);
+        let seen = seen.lock().expect("seen");
+        assert!(seen.spawns.is_empty(), "nothing starts after a stop");
+        assert!(
+            seen.patches
+                .contains(&("a".into(), Some(conclave_core::model::AgentStatus::Offline)))
+        );
     }
 }
