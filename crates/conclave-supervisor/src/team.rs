@@ -225,13 +225,8 @@ impl Supervisor {
             processes: ClientProcesses::new(reports_tx),
             server: ApiServer { admin: self.admin },
         };
-        let finished = driver.run(&mut reports, &mut events, shutdown).await;
+        driver.run(&mut reports, &mut events, shutdown).await;
         follow_stop.cancel();
-        if finished {
-            eprintln!(
-                "conclave: the team has finished: no task is ready for anyone and every agent is idle"
-            );
-        }
         Ok(())
     }
 }
@@ -283,6 +278,11 @@ impl<P: ProcessSide, S: ServerSide> Driver<P, S> {
                 break true;
             }
         };
+        if finished {
+            eprintln!(
+                "conclave: the team has finished: no task is ready for anyone and every agent is idle"
+            );
+        }
         self.stop_all(reports).await;
         finished
     }
