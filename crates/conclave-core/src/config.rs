@@ -39,6 +39,8 @@ pub struct ServerSection {
     pub claim_ttl_secs: Option<i64>,
     /// Default seconds of a file lease (default 600).
     pub lease_ttl_secs: Option<i64>,
+    /// Live file leases one agent may hold at once (default 256).
+    pub max_leases_per_agent: Option<usize>,
     /// `normal` (default) or `full`.
     pub durability: Option<String>,
     /// Hooks fail closed when the server cannot be reached.
@@ -280,6 +282,10 @@ impl Config {
                 .server
                 .lease_ttl_secs
                 .unwrap_or(defaults.lease_ttl_secs),
+            max_leases_per_agent: self
+                .server
+                .max_leases_per_agent
+                .unwrap_or(defaults.max_leases_per_agent),
             durability: match self.server.durability.as_deref() {
                 Some("full") => Durability::Full,
                 _ => Durability::Normal,

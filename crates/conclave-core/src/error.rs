@@ -63,7 +63,11 @@ pub enum CoreError {
 
 fn lease_conflict_message(conflicts: &[LeaseConflict]) -> String {
     let parts: Vec<String> = conflicts.iter().map(ToString::to_string).collect();
-    parts.join("; ")
+    let mut message = parts.join("; ");
+    if conflicts.len() >= crate::store::MAX_REPORTED_CONFLICTS {
+        message.push_str(" (the first conflicts found; there may be more)");
+    }
+    message
 }
 
 impl CoreError {

@@ -245,6 +245,14 @@ named_enum!(NoteKind, "note kind", {
     Warning => "warning",
 });
 
+/// One of an agent's tokens, as listed (the secret itself is never stored or shown again).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AgentToken {
+    /// The first 12 hex digits of the token's SHA-256: enough to name it for `revoke`.
+    pub id: String,
+    pub created_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Agent {
     pub name: String,
@@ -281,6 +289,10 @@ pub struct Task {
     pub claim_expires_at: Option<DateTime<Utc>>,
     pub attempts: i64,
     pub result: Option<String>,
+    /// Why the server blocked the task (a dependency failed or was cancelled); `None` for a
+    /// task its holder marked blocked, and for every other status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked_reason: Option<String>,
     pub files: Vec<String>,
     pub parent: Option<TaskId>,
     pub created_by: String,
@@ -812,6 +824,7 @@ mod tests {
             claim_expires_at: None,
             attempts: 0,
             result: None,
+            blocked_reason: None,
             files: Vec::new(),
             parent: None,
             created_by: "admin".into(),

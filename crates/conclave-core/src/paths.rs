@@ -65,6 +65,14 @@ pub const MAX_LEASE_PATH_LEN: usize = 4096;
 /// intersecting two segment globs).
 pub const MAX_SEGMENT_LEN: usize = 255;
 
+/// The longest glob accepted, in bytes. Intersecting two globs costs up to the product of their
+/// sizes, and grants run it under the store's single writer: a literal path may be long, a glob
+/// may not.
+pub const MAX_GLOB_LEN: usize = 512;
+
+/// The most wildcards (`*`, `?`, `**`, classes) one glob may use, for the same reason.
+pub const MAX_WILDCARDS: usize = 16;
+
 /// Why a lease path was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
@@ -74,6 +82,14 @@ pub enum PathError {
     TooLong { len: usize, max: usize },
     #[error("path {input:?} has a segment longer than {max} bytes")]
     SegmentTooLong { input: String, max: usize },
+    #[error("glob of {len} bytes is longer than the limit of {max} bytes for globs")]
+    GlobTooLong { len: usize, max: usize },
+    #[error("glob {input:?} uses {count} wildcards; the limit is {max}")]
+    TooManyWildcards {
+        input: String,
+        count: usize,
+        max: usize,
+    },
     #[error("path {input:?} contains a nul byte")]
     Nul { input: String },
     #[error("path {input:?} contains a backslash; use `/` to separate directories")]
@@ -137,6 +153,32 @@ impl LeasePattern {
     /// Whether any segment is a glob (uses `*`, `?`, `**` or a class).
     pub fn is_glob(&self) -> bool {
         self.segments.iter().any(Segment::is_glob)
+    }
+
+    /// The leading literal segments, `/`-joined (`src/core` for `src/core/**/*.rs`); empty when
+    /// the first segment is a glob. Everything the pattern covers lies at or beneath it.
+    pub fn literal_prefix(&self) -> &str {
+        let literal = self
+            .segments
+            .iter()
+            .take_while(|segment| !segment.is_glob())
+            .count();
+        if literal == self.segments.len() {
+            return &self.text;
+        }
+        // Segments are separated by exactly one `/` in the normalized text.
+        let end = self
+            .text
+            .match_indices('/')
+            .nth(literal.wrapping_sub(1))
+            .map_or(0, |(at, _)| at);
+        if literal == 0 { "" } else { &self.text[..end] }
+    }
+
+    /// Whether the pattern can cover files anywhere in the tree (its first segment is a glob,
+    /// as in `**`, `*` or `**/*.rs`).
+    pub fn covers_whole_tree(&self) -> bool {
+        self.segments.first().is_some_and(Segment::is_glob)
     }
 
     /// Same as [`matches()`].
@@ -294,6 +336,21 @@ pub fn normalize_lease_path(input: &str) -> Result<LeasePattern, PathError> {
         }
     }
 
+    let wildcards: usize = parts.iter().map(|(_, segment)| segment.wildcards()).sum();
+    if wildcards > 0 && input.len() > MAX_GLOB_LEN {
+        return Err(PathError::GlobTooLong {
+            len: input.len(),
+            max: MAX_GLOB_LEN,
+        });
+    }
+    if wildcards > MAX_WILDCARDS {
+        return Err(PathError::TooManyWildcards {
+            input: owned(),
+            count: wildcards,
+            max: MAX_WILDCARDS,
+        });
+    }
+
     let text = parts
         .iter()
         .map(|(raw, _)| *raw)
@@ -364,6 +421,16 @@ impl Segment {
         match self {
             Segment::AnyDepth => true,
             Segment::Part(tokens) => !is_literal(tokens),
+        }
+    }
+
+    fn wildcards(&self) -> usize {
+        match self {
+            Segment::AnyDepth => 1,
+            Segment::Part(tokens) => tokens
+                .iter()
+                .filter(|token| !matches!(token, Token::Char(_)))
+                .count(),
         }
     }
 }
@@ -1081,6 +1148,46 @@ mod tests {
             relativize(Path::new("proj"), Path::new("/w"), "proj/a").as_deref(),
             Some("a")
         );
+    }
+
+    /// Regression: a 4 KB `*/*/…` glob took ≈ 1.7 ms per overlap test under the writer lock.
+    #[test]
+    fn globs_are_capped_in_length_and_wildcards_but_literal_paths_are_not() {
+        let long_literal = "a/".repeat(1000);
+        assert!(normalize_lease_path(&long_literal).is_ok());
+        let long_glob = format!("{}*", "a/".repeat(300));
+        assert!(matches!(
+            normalize_lease_path(&long_glob),
+            Err(PathError::GlobTooLong { .. })
+        ));
+        let many = "*/".repeat(MAX_WILDCARDS + 1);
+        assert!(matches!(
+            normalize_lease_path(&many),
+            Err(PathError::TooManyWildcards { count, .. }) if count == MAX_WILDCARDS + 1
+        ));
+        assert!(normalize_lease_path(&"*/".repeat(MAX_WILDCARDS)).is_ok());
+        assert!(matches!(
+            normalize_lease_path("a*?[bc]*"),
+            Ok(pattern) if pattern.is_glob()
+        ));
+    }
+
+    #[test]
+    fn literal_prefixes_and_whole_tree_globs() {
+        let table = [
+            ("src/a.rs", "src/a.rs", false),
+            ("src/core/**/*.rs", "src/core", false),
+            ("src/*.rs", "src", false),
+            ("**", "", true),
+            ("*", "", true),
+            ("**/*.rs", "", true),
+            ("a/b/c/d?", "a/b/c", false),
+        ];
+        for (input, prefix, whole_tree) in table {
+            let pattern = pat(input);
+            assert_eq!(pattern.literal_prefix(), prefix, "prefix of {input}");
+            assert_eq!(pattern.covers_whole_tree(), whole_tree, "{input}");
+        }
     }
 
     #[test]

@@ -76,6 +76,13 @@ impl Project {
     pub fn ensure_state_dir(&self) -> io::Result<PathBuf> {
         let dir = self.state_dir();
         fs::create_dir_all(&dir)?;
+        // Tokens, the database and agents' logs live here: only the owner may enter (also for a
+        // folder an older version created with the umask's mode).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+        }
         let ignore = dir.join(".gitignore");
         if !ignore.exists() {
             // The state folder holds secrets and a live database: keep it out of commits.
@@ -177,6 +184,11 @@ mod tests {
                 .permissions()
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
+            let dir_mode = fs::metadata(project.state_dir())
+                .expect("meta")
+                .permissions()
+                .mode();
+            assert_eq!(dir_mode & 0o777, 0o700, "the state folder is private");
         }
     }
 }

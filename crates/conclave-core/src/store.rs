@@ -12,6 +12,7 @@ mod events;
 mod leases;
 mod messages;
 mod notes;
+mod presence;
 mod schema;
 mod tasks;
 
@@ -27,12 +28,14 @@ use crate::error::{CoreError, Result};
 use crate::model::{Actor, Event, TaskId};
 
 pub use agents::{ReleaseReport, hash_token};
-pub use events::SweepReport;
+pub use events::{IDEMPOTENCY_WINDOW_SECS, SweepReport};
 pub use leases::MAX_LEASE_TTL_SECS;
+pub use leases::{MAX_REPORTED_CONFLICTS, MAX_WHOLE_TREE_TTL_SECS};
 pub use messages::parse_message_id;
 pub use notes::parse_note_id;
+pub use presence::ServerPresence;
 pub use schema::SCHEMA_VERSION;
-pub use tasks::ClaimOutcome;
+pub use tasks::{ClaimOutcome, is_held};
 
 /// How hard a commit tries to reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -50,6 +53,8 @@ pub struct StoreConfig {
     pub claim_ttl_secs: i64,
     /// Default lifetime of a file lease.
     pub lease_ttl_secs: i64,
+    /// Live file leases one agent may hold at once.
+    pub max_leases_per_agent: usize,
     pub durability: Durability,
 }
 
@@ -58,6 +63,7 @@ impl Default for StoreConfig {
         StoreConfig {
             claim_ttl_secs: 600,
             lease_ttl_secs: 600,
+            max_leases_per_agent: 256,
             durability: Durability::Normal,
         }
     }
@@ -84,9 +90,17 @@ struct StoreInner {
 impl Store {
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     pub fn open(path: &Path, config: StoreConfig) -> Result<Store> {
+        make_private(path)?;
         let mut writer = Connection::open(path)?;
         configure(&writer, config.durability)?;
         schema::migrate(&mut writer)?;
+        // SQLite gives its `-wal` and `-shm` files the database file's mode; older versions
+        // left them readable by others.
+        for suffix in ["-wal", "-shm"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            make_private(Path::new(&side))?;
+        }
         let mut readers = Vec::with_capacity(READ_POOL_SIZE);
         for _ in 0..READ_POOL_SIZE {
             let reader = Connection::open_with_flags(
@@ -371,9 +385,40 @@ pub(crate) fn validate_name(what: &str, name: &str) -> Result<()> {
 }
 
 /// Free text has a bounded size so that no single request can bloat the store or a context.
+/// Creates `path` if missing and makes it readable and writable by its owner only (0600).
+fn make_private(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let io = |error: std::io::Error| {
+            CoreError::invalid(format!("cannot protect {}: {error}", path.display()))
+        };
+        if !path.exists() {
+            if path.file_name().is_some_and(|name| {
+                let name = name.to_string_lossy();
+                name.ends_with("-wal") || name.ends_with("-shm")
+            }) {
+                return Ok(());
+            }
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(io)?;
+        }
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    }
+    Ok(())
+}
+
 pub(crate) fn validate_text(what: &str, text: &str, max_len: usize, required: bool) -> Result<()> {
     if required && text.trim().is_empty() {
         return Err(CoreError::invalid(format!("{what} must not be empty")));
+    }
+    if text.contains('\0') {
+        return Err(CoreError::invalid(format!("{what} contains a NUL byte")));
     }
     if text.len() > max_len {
         return Err(CoreError::invalid(format!(

@@ -318,7 +318,7 @@ impl Op {
             }
         };
         let ready = |task: &TaskRef| pick(task, &|_, t| t.status == TaskStatus::Ready);
-        let held = |task: &TaskRef| pick(task, &|_, t| t.status.is_held());
+        let held = |task: &TaskRef| pick(task, &|_, t| t.held());
         let unfinished = |task: &TaskRef| pick(task, &|_, t| !t.status.is_finished());
         // Reopening matters most to a task that others (still unfinished) depend on.
         let finished = |task: &TaskRef| {
@@ -332,7 +332,7 @@ impl Op {
         };
         let holder_of = |id: TaskId| {
             let task = model.tasks.get(&id)?;
-            task.assignee.clone().filter(|_| task.status.is_held())
+            task.assignee.clone().filter(|_| task.held())
         };
         let creator_of = |id: TaskId| model.tasks.get(&id).map(|t| t.creator.clone());
         let who = |by: By, entitled: Option<String>| match by {
@@ -480,6 +480,14 @@ struct ModelTask {
     priority: i64,
     role: Option<String>,
     creator: String,
+    /// Blocked by the server because a dependency failed or was cancelled (not held).
+    blocked_by_deps: bool,
+}
+
+impl ModelTask {
+    fn held(&self) -> bool {
+        self.status.is_held() && !self.blocked_by_deps
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -546,7 +554,30 @@ impl Model {
     /// whose dependency is reopened keeps its task (and is told).
     fn refresh_readiness(&mut self, id: TaskId) {
         let done = self.deps_done(id);
+        let dead = self.tasks[&id].deps.iter().any(|dep| {
+            matches!(
+                self.tasks[dep].status,
+                TaskStatus::Failed | TaskStatus::Cancelled
+            )
+        });
         let task = self.tasks.get_mut(&id).expect("task");
+        let waiting =
+            matches!(task.status, TaskStatus::Pending | TaskStatus::Ready) || task.blocked_by_deps;
+        if waiting && dead {
+            // A dependency that failed or was cancelled will never be done.
+            task.status = TaskStatus::Blocked;
+            task.blocked_by_deps = true;
+            return;
+        }
+        if task.blocked_by_deps {
+            task.blocked_by_deps = false;
+            task.status = if done {
+                TaskStatus::Ready
+            } else {
+                TaskStatus::Pending
+            };
+            return;
+        }
         match (task.status, done) {
             (TaskStatus::Pending, true) => task.status = TaskStatus::Ready,
             (TaskStatus::Ready, false) => task.status = TaskStatus::Pending,
@@ -564,7 +595,7 @@ impl Model {
     fn first_held_task(&self, agent: &str) -> Option<TaskId> {
         self.tasks
             .iter()
-            .find(|(_, task)| task.status.is_held() && task.assignee.as_deref() == Some(agent))
+            .find(|(_, task)| task.held() && task.assignee.as_deref() == Some(agent))
             .map(|(id, _)| *id)
     }
 
@@ -575,7 +606,7 @@ impl Model {
     /// The holder (or the admin) may act on a held task; nobody may act on an unheld one.
     fn check_held_by(&self, by: Who, id: TaskId) -> Result<(), &'static str> {
         let task = self.task(id)?;
-        if !task.status.is_held() {
+        if !task.held() {
             return Err("conflict");
         }
         if let Who::Agent(name) = by
@@ -608,6 +639,7 @@ impl Model {
                         priority,
                         role: role.map(str::to_string),
                         creator: creator.name().to_string(),
+                        blocked_by_deps: false,
                     },
                 );
                 self.refresh_readiness(id);
@@ -620,7 +652,7 @@ impl Model {
                         match task.status {
                             TaskStatus::Ready if Self::fits(task, agent) => {}
                             TaskStatus::Ready => return Err("forbidden"),
-                            status if status.is_held() => return Err("conflict"),
+                            _ if task.held() => return Err("conflict"),
                             _ => return Err("not_ready"),
                         }
                         id
@@ -678,6 +710,9 @@ impl Model {
                 self.check_held_by(by, id)?;
                 self.tasks.get_mut(&id).expect("task").status = TaskStatus::Failed;
                 self.release_task_leases(id);
+                for dependent in self.dependents(id) {
+                    self.refresh_readiness(dependent);
+                }
                 Ok(Effect::changed())
             }
             Step::Cancel { by, task: id } => {
@@ -691,9 +726,14 @@ impl Model {
                 {
                     return Err("forbidden");
                 }
-                self.tasks.get_mut(&id).expect("task").status = TaskStatus::Cancelled;
+                let task = self.tasks.get_mut(&id).expect("task");
+                task.status = TaskStatus::Cancelled;
+                task.blocked_by_deps = false;
                 self.release_task_leases(id);
-                // Its dependents were waiting on it and keep waiting: it will never be done.
+                // Its waiting dependents can never become ready: they are blocked.
+                for dependent in self.dependents(id) {
+                    self.refresh_readiness(dependent);
+                }
                 Ok(Effect::changed())
             }
             Step::Reopen { by, task: id } => {
@@ -787,23 +827,17 @@ impl Model {
                 let held: Vec<TaskId> = self
                     .tasks
                     .iter()
-                    .filter(|(_, task)| {
-                        task.status.is_held() && task.assignee.as_deref() == Some(agent)
-                    })
+                    .filter(|(_, task)| task.held() && task.assignee.as_deref() == Some(agent))
                     .map(|(id, _)| *id)
                     .collect();
                 for id in &held {
-                    let deps_done = self.deps_done(*id);
                     let task = self.tasks.get_mut(id).expect("task");
-                    // Back to the team: ready again, or pending if a dependency was reopened
-                    // while it was held (a ready task always has its dependencies done).
-                    task.status = if deps_done {
-                        TaskStatus::Ready
-                    } else {
-                        TaskStatus::Pending
-                    };
+                    // Back to the team: ready again, pending if a dependency was reopened while
+                    // it was held, blocked if one failed meanwhile.
+                    task.status = TaskStatus::Pending;
                     task.assignee = None;
                     task.attempts += 1;
+                    self.refresh_readiness(*id);
                 }
                 let leases_before = self.leases.len();
                 self.leases.retain(|_, lease| lease.holder != agent);
@@ -963,7 +997,7 @@ fn check_invariants(
 ) -> Result<(), TestCaseError> {
     let status_of: BTreeMap<TaskId, TaskStatus> = tasks.iter().map(|t| (t.id, t.status)).collect();
     for task in tasks {
-        let held = task.status.is_held();
+        let held = conclave_core::store::is_held(task);
         ensure!(
             !held || task.assignee.is_some(),
             trace,
@@ -998,6 +1032,25 @@ fn check_invariants(
             "{} is pending although every dependency is done",
             task.id
         );
+        let dead = task
+            .depends_on
+            .iter()
+            .any(|dep| matches!(status_of[dep], TaskStatus::Failed | TaskStatus::Cancelled));
+        ensure!(
+            !matches!(task.status, TaskStatus::Pending | TaskStatus::Ready) || !dead,
+            trace,
+            "{} is {} although a dependency failed or was cancelled",
+            task.id,
+            task.status
+        );
+        ensure!(
+            task.blocked_reason.is_none() || (task.status == TaskStatus::Blocked && dead),
+            trace,
+            "{} carries a blocked reason {:?} while {}",
+            task.id,
+            task.blocked_reason,
+            task.status
+        );
     }
 
     let mut tokens = BTreeSet::new();
@@ -1027,9 +1080,8 @@ fn check_invariants(
         if let Some(tied) = first.task {
             let task = tasks.iter().find(|t| t.id == tied);
             ensure!(
-                task.is_some_and(
-                    |t| t.status.is_held() && t.assignee.as_deref() == Some(&first.holder)
-                ),
+                task.is_some_and(|t| conclave_core::store::is_held(t)
+                    && t.assignee.as_deref() == Some(&first.holder)),
                 trace,
                 "lease {} of {} is tied to {} which {} does not hold",
                 first.path,

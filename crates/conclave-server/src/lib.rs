@@ -222,6 +222,7 @@ pub async fn open_project_server(
     let store = tokio::task::spawn_blocking(move || Store::open(&database, store_config))
         .await?
         .with_context(|| format!("cannot open the store at {}", project.database().display()))?;
+    keep_presence(&store, shutdown.clone()).await?;
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
@@ -244,6 +245,62 @@ pub async fn open_project_server(
         admin_token,
         lock,
     })
+}
+
+/// How often a server renews its presence row, and how old a row may be before another server
+/// may take the database over even though the recorded pid runs (it may be another program now).
+const PRESENCE_PERIOD: Duration = Duration::from_secs(5);
+const PRESENCE_STALE_AFTER: Duration = Duration::from_secs(30);
+
+/// Records this process as the database's one server (refusing when another live server uses
+/// it, even if `server.lock` was deleted), renews that until `shutdown`, then removes it. A server
+/// that finds itself replaced (it was stopped for longer than the stale time) stops serving.
+async fn keep_presence(store: &Store, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .unwrap_or_else(|_| "localhost".to_string());
+    let me = conclave_core::store::ServerPresence {
+        instance: format!(
+            "{}-{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+        ),
+        pid: std::process::id(),
+        host,
+    };
+    let is_alive = |pid: u32| std::path::Path::new("/proc").join(pid.to_string()).exists();
+    {
+        let (store, me) = (store.clone(), me.clone());
+        tokio::task::spawn_blocking(move || {
+            store.claim_presence(&me, PRESENCE_STALE_AFTER, is_alive)
+        })
+        .await?
+        .context("cannot start the server")?;
+    }
+    let store = store.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(PRESENCE_PERIOD) => {}
+            }
+            let (renewing, me) = (store.clone(), me.clone());
+            match tokio::task::spawn_blocking(move || renewing.renew_presence(&me)).await {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => {
+                    tracing::error!(
+                        "another conclave server took this database over while this one was stopped; stopping"
+                    );
+                    shutdown.cancel();
+                    return;
+                }
+                Ok(Err(error)) => tracing::warn!(%error, "cannot renew the server's presence"),
+                Err(error) => tracing::warn!(%error, "presence task failed"),
+            }
+        }
+        let _ = tokio::task::spawn_blocking(move || store.release_presence(&me)).await;
+    });
+    Ok(())
 }
 
 /// Writes `.conclave/server.json` naming `url` and this process, so that commands, hooks and

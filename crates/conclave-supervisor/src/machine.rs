@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use conclave_core::model::{
     Agent, AgentAction, AgentStatus, AgentUpdate, Event, MessageKind, Task, TaskId, TaskStatus,
 };
+use conclave_core::store::is_held;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -930,9 +931,10 @@ impl Team {
             }
             let agent = &self.agents[index];
             let name = agent.plan.name.clone();
-            let holds = view.tasks.iter().any(|task| {
-                task.assignee.as_deref() == Some(name.as_str()) && task.status.is_held()
-            });
+            let holds = view
+                .tasks
+                .iter()
+                .any(|task| task.assignee.as_deref() == Some(name.as_str()) && is_held(task));
             let messages: Vec<Quoted> = agent
                 .pending_messages
                 .iter()
@@ -1313,6 +1315,7 @@ mod tests {
             claim_expires_at: None,
             attempts: 0,
             result: None,
+            blocked_reason: None,
             files: Vec::new(),
             parent: None,
             created_by: "admin".into(),
@@ -1854,6 +1857,20 @@ mod tests {
             task(2, TaskStatus::Ready, None, None),
         ];
         assert!(sends(&team.read(tasks, &[])).is_empty());
+    }
+
+    #[test]
+    fn a_reservation_blocked_by_a_failed_dependency_is_not_held() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        team.idle_after_a_turn(0, 0.1);
+        team.task_event("task.created", 2);
+        let mut blocked = task(1, TaskStatus::Blocked, None, Some("a"));
+        blocked.blocked_reason = Some("T-0 failed".into());
+        let tasks = vec![blocked, task(2, TaskStatus::Ready, None, None)];
+        let sent = sends(&team.read(tasks, &[]));
+        assert_eq!(sent.len(), 1);
+        assert!(sent[0].1.contains("T-2"), "{}", sent[0].1);
     }
 
     #[test]

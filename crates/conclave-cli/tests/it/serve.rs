@@ -119,3 +119,22 @@ fn up_without_agents_serves_the_project_until_stopped() {
     assert_eq!(server.stop_with(Signal::SIGTERM), Some(0));
     assert!(!project.state_dir().join("server.json").exists());
 }
+
+/// Regression: deleting `server.lock` let a second server run on the same database, whose writes
+/// reached neither the first server's live streams nor its inbox waits.
+#[test]
+fn a_second_server_is_refused_even_when_the_lock_file_was_deleted() {
+    let project = TestProject::init();
+    let first = Server::start(&project);
+    std::fs::remove_file(project.state_dir().join("server.lock")).expect("delete the lock");
+    let run = project.run(&["serve", "--listen", "127.0.0.1:0"]);
+    let stderr = run.fails_with(1);
+    assert!(
+        stderr.contains("another conclave server") && stderr.contains(&first.pid().to_string()),
+        "{stderr}"
+    );
+    // Killed, the first server is taken over at once by the next start.
+    assert_eq!(first.stop_with(Signal::SIGKILL), None);
+    let second = Server::start(&project);
+    assert!(!second.url.is_empty());
+}

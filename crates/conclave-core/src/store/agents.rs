@@ -8,7 +8,7 @@ use serde_json::json;
 use super::{Reader, Tx, json_list, ms_to_time, opt_time, sha256_hex, to_json_list, validate_name};
 use crate::error::{CoreError, Result};
 use crate::model::{
-    ADMIN_NAME, Agent, AgentStatus, AgentUpdate, NewAgent, SYSTEM_NAME, TaskStatus,
+    ADMIN_NAME, Agent, AgentStatus, AgentToken, AgentUpdate, NewAgent, SYSTEM_NAME, TaskStatus,
 };
 
 const AGENT_COLUMNS: &str = "name, role, model, caps, status, session_id, pid, host, last_seen, \
@@ -85,6 +85,22 @@ impl Reader<'_> {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// The agent's tokens, oldest first.
+    pub fn agent_tokens(&self, name: &str) -> Result<Vec<AgentToken>> {
+        self.agent(name)?;
+        let mut statement = self.conn().prepare(
+            "SELECT substr(token_hash, 1, 12), created_at FROM agent_tokens
+             WHERE agent = ?1 ORDER BY created_at, token_hash",
+        )?;
+        let rows = statement.query_map(params![name], |row| {
+            Ok(AgentToken {
+                id: row.get(0)?,
+                created_at: ms_to_time(row.get(1)?),
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// The agent a token belongs to, if any.
     pub fn agent_for_token(&self, token: &str) -> Result<Option<String>> {
         Ok(self
@@ -142,6 +158,37 @@ impl Tx<'_> {
         let token = self.insert_token(name)?;
         self.emit(actor, "agent.token_issued", None, Some(name), json!({}))?;
         Ok(token)
+    }
+
+    /// Revokes one of the agent's tokens (by the id [`Reader::agent_tokens`] shows), or all of
+    /// them; returns how many. A request made with a revoked token is refused from then on.
+    pub fn revoke_tokens(&mut self, actor: &str, name: &str, id: Option<&str>) -> Result<usize> {
+        self.read().agent(name)?;
+        if let Some(id) = id
+            && (id.len() < 6 || !id.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(CoreError::invalid(format!(
+                "token id {id:?} is not a token id (at least 6 hex digits, as `agent tokens` shows)"
+            )));
+        }
+        let revoked = self.conn().execute(
+            "DELETE FROM agent_tokens WHERE agent = ?1 AND (?2 IS NULL OR token_hash LIKE ?2 || '%')",
+            params![name, id.map(str::to_ascii_lowercase)],
+        )?;
+        if revoked == 0 {
+            return Err(CoreError::not_found(match id {
+                Some(id) => format!("{name} has no token {id}"),
+                None => format!("{name} has no tokens"),
+            }));
+        }
+        self.emit(
+            actor,
+            "agent.token_revoked",
+            None,
+            Some(name),
+            json!({ "token": id, "count": revoked }),
+        )?;
+        Ok(revoked)
     }
 
     fn insert_token(&mut self, name: &str) -> Result<String> {
@@ -251,7 +298,7 @@ impl Tx<'_> {
     ) -> Result<ReleaseReport> {
         let held: Vec<i64> = {
             let mut statement = self.conn().prepare(
-                "SELECT id FROM tasks WHERE assignee = ?1
+                "SELECT id FROM tasks WHERE assignee = ?1 AND blocked_reason IS NULL
                  AND status IN ('claimed', 'in_progress', 'review', 'blocked') ORDER BY id",
             )?;
             let rows = statement.query_map(params![name], |row| row.get(0))?;

@@ -78,7 +78,14 @@ impl Reader<'_> {
 pub struct SweepReport {
     pub reclaimed_tasks: Vec<TaskId>,
     pub expired_leases: Vec<String>,
+    /// Idempotency keys older than [`IDEMPOTENCY_WINDOW_SECS`] that were forgotten.
+    #[serde(default)]
+    pub expired_idempotency_keys: usize,
 }
+
+/// How long a request's `Idempotency-Key` is remembered: a retry within a day is answered from
+/// the stored response; after that the key is forgotten (and may be used again).
+pub const IDEMPOTENCY_WINDOW_SECS: i64 = 24 * 3600;
 
 impl Tx<'_> {
     pub fn sweep(&mut self) -> Result<SweepReport> {
@@ -88,9 +95,14 @@ impl Tx<'_> {
             .into_iter()
             .map(|lease| lease.path)
             .collect();
+        let expired_idempotency_keys = self.conn().execute(
+            "DELETE FROM idempotency_keys WHERE created_at < ?1",
+            params![self.now_ms() - IDEMPOTENCY_WINDOW_SECS * 1000],
+        )?;
         Ok(SweepReport {
             reclaimed_tasks,
             expired_leases,
+            expired_idempotency_keys,
         })
     }
 }

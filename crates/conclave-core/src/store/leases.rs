@@ -17,7 +17,13 @@ const LEASE_COLUMNS: &str =
 
 /// The longest a lease may be asked for (a day); longer work renews.
 pub const MAX_LEASE_TTL_SECS: i64 = 24 * 3600;
-const MAX_PATHS: usize = 100;
+/// The longest lease on a glob that can cover the whole tree (`**`, `*`, `**/*.rs`): such a lease
+/// stops every other agent's edits, so it must be renewed by work in progress, not parked.
+pub const MAX_WHOLE_TREE_TTL_SECS: i64 = 600;
+/// Paths in one lease request.
+pub const MAX_PATHS: usize = 100;
+/// Conflicts named in a refusal (the first found; the answer says when there may be more).
+pub const MAX_REPORTED_CONFLICTS: usize = 5;
 
 fn lease_from_row(row: &Row<'_>) -> rusqlite::Result<Lease> {
     let mode: String = row.get(1)?;
@@ -64,30 +70,99 @@ impl Reader<'_> {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// The live leases that could overlap `pattern`: for a literal path, those on the path itself,
-    /// above it or beneath it, and every glob; for a glob, all of them. Saves reading every lease
-    /// when many are held.
-    fn leases_near(&self, pattern: &LeasePattern, now_ms: i64) -> Result<Vec<Lease>> {
-        if pattern.is_glob() {
+    /// The live leases that could overlap `pattern`, found through indexes rather than by reading
+    /// every lease: for a literal path (or a glob's literal prefix `P`), the leases on `P`, on its
+    /// ancestors and beneath it, and the globs whose own literal prefix is related to `P`. A glob
+    /// that starts with a wildcard (`**/*.rs`) can cover anything and is compared with every lease.
+    pub(crate) fn leases_near(&self, pattern: &LeasePattern, now_ms: i64) -> Result<Vec<Lease>> {
+        let prefix = pattern.literal_prefix();
+        if prefix.is_empty() {
             return self.leases(now_ms);
         }
-        let sql = format!(
-            "SELECT {LEASE_COLUMNS} FROM leases WHERE expires_at > ?1 AND (
-                pattern = ?2
-                OR instr(pattern, '*') > 0 OR instr(pattern, '?') > 0 OR instr(pattern, '[') > 0
-                OR substr(?2, 1, length(pattern) + 1) = pattern || '/'
-                OR substr(pattern, 1, length(?2) + 1) = ?2 || '/')
-             ORDER BY pattern, holder"
+        let mut near = self.leases_on(&ancestors_and_self(prefix), now_ms)?;
+        let beneath = format!(
+            "SELECT {LEASE_COLUMNS} FROM leases
+             WHERE pattern > ?1 || '/' AND pattern < ?1 || '0' AND expires_at > ?2"
         );
+        let mut statement = self.conn().prepare_cached(&beneath)?;
+        let rows = statement.query_map(params![prefix, now_ms], lease_from_row)?;
+        for lease in rows {
+            let lease = lease?;
+            // Globs are read below, once.
+            if !is_glob_text(&lease.path) {
+                near.push(lease);
+            }
+        }
+        let globs =
+            format!("SELECT {LEASE_COLUMNS} FROM leases WHERE is_glob = 1 AND expires_at > ?1");
+        let mut statement = self.conn().prepare_cached(&globs)?;
+        let rows = statement.query_map(params![now_ms], lease_from_row)?;
+        for lease in rows {
+            let lease = lease?;
+            let related = paths::normalize_lease_path(&lease.path).map_or(true, |held| {
+                let held_prefix = held.literal_prefix();
+                held_prefix.is_empty() || prefixes_related(held_prefix, prefix)
+            });
+            if related {
+                near.push(lease);
+            }
+        }
+        Ok(near)
+    }
+
+    /// The holders of live leases that overlap `pattern`, each once.
+    pub fn lease_holders_overlapping(
+        &self,
+        pattern: &LeasePattern,
+        now_ms: i64,
+    ) -> Result<Vec<String>> {
+        let mut holders: Vec<String> = Vec::new();
+        for lease in self.leases_near(pattern, now_ms)? {
+            if !holders.contains(&lease.holder) && stored_pattern_overlaps(pattern, &lease.path) {
+                holders.push(lease.holder);
+            }
+        }
+        Ok(holders)
+    }
+
+    /// The live leases tied to `task`.
+    fn leases_of_task(&self, task: TaskId, now_ms: i64) -> Result<Vec<Lease>> {
+        let sql =
+            format!("SELECT {LEASE_COLUMNS} FROM leases WHERE task_id = ?1 AND expires_at > ?2");
         let mut statement = self.conn().prepare_cached(&sql)?;
-        let rows = statement.query_map(params![now_ms, pattern.as_str()], lease_from_row)?;
+        let rows = statement.query_map(params![task.0, now_ms], lease_from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// The live leases on exactly these patterns.
+    fn leases_on(&self, patterns: &[&str], now_ms: i64) -> Result<Vec<Lease>> {
+        let sql = format!(
+            "SELECT {LEASE_COLUMNS} FROM leases
+             WHERE pattern IN (SELECT value FROM json_each(?1)) AND expires_at > ?2"
+        );
+        let mut statement = self.conn().prepare_cached(&sql)?;
+        let list = serde_json::to_string(patterns)?;
+        let rows = statement.query_map(params![list, now_ms], lease_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// How many live leases `holder` has.
+    fn lease_count(&self, holder: &str, now_ms: i64) -> Result<usize> {
+        let count: i64 = self.conn().query_row(
+            "SELECT count(*) FROM leases WHERE holder = ?1 AND expires_at > ?2",
+            params![holder, now_ms],
+            |row| row.get(0),
+        )?;
+        Ok(usize::try_from(count).unwrap_or(usize::MAX))
+    }
+
     pub fn leases_of(&self, holder: &str, now_ms: i64) -> Result<Vec<Lease>> {
-        let mut leases = self.leases(now_ms)?;
-        leases.retain(|lease| lease.holder == holder);
-        Ok(leases)
+        let sql = format!(
+            "SELECT {LEASE_COLUMNS} FROM leases WHERE holder = ?1 AND expires_at > ?2 ORDER BY pattern"
+        );
+        let mut statement = self.conn().prepare_cached(&sql)?;
+        let rows = statement.query_map(params![holder, now_ms], lease_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// The live leases held by others that stand against `holder` taking `pattern` in `mode`.
@@ -98,21 +173,61 @@ impl Reader<'_> {
         mode: LeaseMode,
         now_ms: i64,
     ) -> Result<Vec<LeaseConflict>> {
-        Ok(conflicts_with(&self.leases(now_ms)?, holder, pattern, mode))
+        let mut conflicts = Vec::new();
+        conflicts_with(
+            &self.leases_near(pattern, now_ms)?,
+            holder,
+            pattern,
+            mode,
+            &mut conflicts,
+        );
+        Ok(conflicts)
     }
 }
 
-/// Which of `live` stand against `holder` taking `pattern` in `mode`.
+/// `path` and each of its ancestors (`a/b/c`, `a/b`, `a`).
+fn ancestors_and_self(path: &str) -> Vec<&str> {
+    let mut all = vec![path];
+    all.extend(path.match_indices('/').map(|(at, _)| &path[..at]));
+    all
+}
+
+/// Whether one literal path is the other or lies beneath it.
+fn prefixes_related(a: &str, b: &str) -> bool {
+    let beneath = |inner: &str, outer: &str| {
+        inner.len() > outer.len()
+            && inner.starts_with(outer)
+            && inner.as_bytes()[outer.len()] == b'/'
+    };
+    a == b || beneath(a, b) || beneath(b, a)
+}
+
+/// Whether stored (normalized) lease text is a glob: `*`, `?` and `[` are always wildcards in
+/// a normalized pattern.
+fn is_glob_text(pattern: &str) -> bool {
+    pattern.contains(['*', '?', '['])
+}
+
+/// Adds to `found` the leases of `live` that stand against `holder` taking `pattern` in `mode`,
+/// stopping once [`MAX_REPORTED_CONFLICTS`] are known: a refusal names a few, never every pair.
 fn conflicts_with(
     live: &[Lease],
     holder: &str,
     pattern: &LeasePattern,
     mode: LeaseMode,
-) -> Vec<LeaseConflict> {
-    live.iter()
+    found: &mut Vec<LeaseConflict>,
+) {
+    let conflicting = live
+        .iter()
         .filter(|lease| lease.holder != holder)
         .filter(|lease| !(mode == LeaseMode::Shared && lease.mode == LeaseMode::Shared))
+        .filter(|lease| {
+            !found
+                .iter()
+                .any(|known| known.held == lease.path && known.holder == lease.holder)
+        })
         .filter(|lease| stored_pattern_overlaps(pattern, &lease.path))
+        .take(MAX_REPORTED_CONFLICTS.saturating_sub(found.len()))
         .map(|lease| LeaseConflict {
             requested: pattern.as_str().to_string(),
             held: lease.path.clone(),
@@ -120,23 +235,17 @@ fn conflicts_with(
             task: lease.task,
             mode: lease.mode,
             expires_at: lease.expires_at,
-        })
-        .collect()
+        });
+    let conflicting: Vec<LeaseConflict> = conflicting.collect();
+    found.extend(conflicting);
 }
 
 /// Whether `pattern` overlaps a stored (already normalized) lease path. Two literal paths overlap
 /// when one is the other or lies beneath it, which a string comparison decides without parsing;
 /// anything with a glob goes through the exact glob intersection.
 fn stored_pattern_overlaps(pattern: &LeasePattern, stored: &str) -> bool {
-    let stored_is_glob = stored.contains(['*', '?', '[']);
-    if !stored_is_glob && !pattern.is_glob() {
-        let requested = pattern.as_str();
-        let beneath = |inner: &str, outer: &str| {
-            inner.len() > outer.len()
-                && inner.starts_with(outer)
-                && inner.as_bytes()[outer.len()] == b'/'
-        };
-        return requested == stored || beneath(requested, stored) || beneath(stored, requested);
+    if !is_glob_text(stored) && !pattern.is_glob() {
+        return prefixes_related(pattern.as_str(), stored);
     }
     match paths::normalize_lease_path(stored) {
         Ok(held) => paths::overlaps(pattern, &held),
@@ -146,20 +255,49 @@ fn stored_pattern_overlaps(pattern: &LeasePattern, stored: &str) -> bool {
 }
 
 impl Tx<'_> {
-    /// Grants every requested lease to `holder`, or none (with the conflicts named).
+    /// Grants every requested lease to `holder`, or none (with the first conflicts named).
+    ///
+    /// Under the writer lock this reads only the leases that can overlap each requested pattern
+    /// (see `leases_near`), compares each pair at most once, and stops at
+    /// [`MAX_REPORTED_CONFLICTS`].
     pub fn acquire_leases(&mut self, holder: &str, request: LeaseRequest) -> Result<Vec<Lease>> {
         let patterns = normalize_all(&request.paths)?;
         if let Some(reason) = &request.reason {
             validate_text("reason", reason, 1000, false)?;
         }
-        let ttl = request.ttl_secs.unwrap_or(self.config().lease_ttl_secs);
+        let whole_tree = patterns.iter().any(LeasePattern::covers_whole_tree);
+        let ttl = match request.ttl_secs {
+            Some(ttl) if whole_tree && ttl > MAX_WHOLE_TREE_TTL_SECS => {
+                return Err(CoreError::invalid(format!(
+                    "a lease on a glob that covers the whole tree may last at most \
+                     {MAX_WHOLE_TREE_TTL_SECS} seconds, not {ttl}; lease a directory or renew it"
+                )));
+            }
+            Some(ttl) => ttl,
+            None if whole_tree => self.config().lease_ttl_secs.min(MAX_WHOLE_TREE_TTL_SECS),
+            None => self.config().lease_ttl_secs,
+        };
         if !(1..=MAX_LEASE_TTL_SECS).contains(&ttl) {
             return Err(CoreError::invalid(format!(
                 "ttl must be between 1 and {MAX_LEASE_TTL_SECS} seconds, not {ttl}"
             )));
         }
         let task = match request.task {
-            Some(task) => Some(self.read().task(task)?.id),
+            Some(task) => {
+                let task = self.read().task(task)?;
+                // A lease tied to someone else's task would vanish when that task ends.
+                if task.assignee.as_deref() != Some(holder) {
+                    return Err(CoreError::forbidden(format!(
+                        "{} is not your task ({}); a lease can only serve a task you hold",
+                        task.id,
+                        task.assignee.as_deref().map_or_else(
+                            || "nobody holds it".to_string(),
+                            |a| format!("held by {a}")
+                        )
+                    )));
+                }
+                Some(task.id)
+            }
             None => self.read().held_tasks(holder)?.first().map(|task| task.id),
         };
         let now = self.now_ms();
@@ -168,15 +306,30 @@ impl Tx<'_> {
         let mut mine = Vec::new();
         for pattern in &patterns {
             let candidates = self.read().leases_near(pattern, now)?;
-            conflicts.extend(conflicts_with(&candidates, holder, pattern, request.mode));
+            conflicts_with(&candidates, holder, pattern, request.mode, &mut conflicts);
+            if conflicts.len() >= MAX_REPORTED_CONFLICTS {
+                break;
+            }
             mine.extend(
                 candidates
                     .into_iter()
-                    .filter(|lease| lease.holder == holder),
+                    .filter(|lease| lease.holder == holder && lease.path == pattern.as_str()),
             );
         }
         if !conflicts.is_empty() {
             return Err(CoreError::LeaseConflict(conflicts));
+        }
+        let limit = self.config().max_leases_per_agent;
+        let new = patterns
+            .iter()
+            .filter(|pattern| !mine.iter().any(|lease| lease.path == pattern.as_str()))
+            .count();
+        let held = self.read().lease_count(holder, now)?;
+        if held + new > limit {
+            return Err(CoreError::invalid(format!(
+                "{holder} holds {held} leases and asks for {new} more; the limit is {limit} per \
+                 agent: release what you no longer edit, or lease a directory"
+            )));
         }
         let expires = now + ttl * 1000;
         let mut granted = Vec::with_capacity(patterns.len());
@@ -184,7 +337,7 @@ impl Tx<'_> {
             let fencing_token = self.next_fencing_token()?;
             let renewed = self.conn().execute(
                 "UPDATE leases SET mode = ?3, task_id = ?4, reason = COALESCE(?5, reason),
-                    fencing_token = ?6, expires_at = ?7
+                    fencing_token = ?6, expires_at = ?7, ttl_ms = ?8
                  WHERE holder = ?1 AND pattern = ?2",
                 params![
                     holder,
@@ -193,13 +346,15 @@ impl Tx<'_> {
                     task.map(|t| t.0),
                     request.reason,
                     fencing_token,
-                    expires
+                    expires,
+                    ttl * 1000
                 ],
             )? == 1;
             if !renewed {
                 self.conn().execute(
                     "INSERT INTO leases (pattern, mode, holder, task_id, reason, fencing_token,
-                        acquired_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                        acquired_at, expires_at, ttl_ms, is_glob)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                     params![
                         pattern.as_str(),
                         request.mode.as_str(),
@@ -208,7 +363,9 @@ impl Tx<'_> {
                         request.reason,
                         fencing_token,
                         now,
-                        expires
+                        expires,
+                        ttl * 1000,
+                        pattern.is_glob()
                     ],
                 )?;
             }
@@ -245,12 +402,14 @@ impl Tx<'_> {
         Ok(granted)
     }
 
-    /// Extends every live lease the holder has (used when it touches files).
+    /// Extends every live lease the holder has by its own TTL (used when it touches files): a
+    /// 5-second lease stays a 5-second lease.
     pub fn renew_leases(&mut self, holder: &str) -> Result<()> {
-        let expires = self.now_ms() + self.config().lease_ttl_secs * 1000;
+        let now = self.now_ms();
         self.conn().execute(
-            "UPDATE leases SET expires_at = MAX(expires_at, ?2) WHERE holder = ?1 AND expires_at > ?3",
-            params![holder, expires, self.now_ms()],
+            "UPDATE leases SET expires_at = MAX(expires_at, ?2 + COALESCE(ttl_ms, ?3))
+             WHERE holder = ?1 AND expires_at > ?2",
+            params![holder, now, self.config().lease_ttl_secs * 1000],
         )?;
         Ok(())
     }
@@ -264,7 +423,8 @@ impl Tx<'_> {
             ));
         }
         let now = self.now_ms();
-        let live = self.read().leases(now)?;
+        let texts: Vec<&str> = patterns.iter().map(LeasePattern::as_str).collect();
+        let live = self.read().leases_on(&texts, now)?;
         let mut released = Vec::new();
         for pattern in &patterns {
             let matching: Vec<&Lease> =
@@ -302,12 +462,7 @@ impl Tx<'_> {
         task: TaskId,
         why: &str,
     ) -> Result<()> {
-        let leases: Vec<Lease> = self
-            .read()
-            .leases(self.now_ms())?
-            .into_iter()
-            .filter(|lease| lease.task == Some(task))
-            .collect();
+        let leases = self.read().leases_of_task(task, self.now_ms())?;
         for lease in &leases {
             self.delete_lease(actor, lease, why)?;
         }

@@ -114,7 +114,54 @@ impl Reader<'_> {
     }
 }
 
+/// Files one note may name.
+const MAX_NOTE_FILES: usize = 100;
+
 impl Tx<'_> {
+    /// A decision, interface or warning that names a task or files reaches the agents working on
+    /// them: the task's holder and the holders of leases on those files (not the author).
+    fn tell_those_concerned(
+        &mut self,
+        actor: &Actor,
+        id: &str,
+        kind: &NoteKind,
+        title: &str,
+        task: Option<TaskId>,
+        files: &[String],
+    ) -> Result<()> {
+        let mut concerned: Vec<(String, String)> = Vec::new();
+        if let Some(task) = task
+            && let Some(task) = self.read().find_task(task)?
+            && let Some(holder) = task.assignee.clone().filter(|_| super::is_held(&task))
+        {
+            concerned.push((holder, format!("your task {}", task.id)));
+        }
+        let now = self.now_ms();
+        for file in files {
+            // A file a note names may be written loosely (`./src/a.rs`); one that is no valid
+            // lease path concerns no lease.
+            let Ok(pattern) = crate::paths::normalize_lease_path(file) else {
+                continue;
+            };
+            for holder in self.read().lease_holders_overlapping(&pattern, now)? {
+                if !concerned.iter().any(|(who, _)| *who == holder) {
+                    concerned.push((holder, format!("{} (you hold a lease on it)", pattern)));
+                }
+            }
+        }
+        for (agent, what) in concerned {
+            if actor.agent() == Some(agent.as_str()) {
+                continue;
+            }
+            let body = format!(
+                "new {kind} {id} \"{title}\" by {} concerns {what}. Read it (search {id}) and check that your work fits.",
+                actor.name()
+            );
+            self.notify(&agent, &body)?;
+        }
+        Ok(())
+    }
+
     pub fn add_note(&mut self, actor: &Actor, new: NewNote) -> Result<Note> {
         let title = new.title.trim().to_string();
         validate_text("title", &title, 200, true)?;
@@ -122,6 +169,12 @@ impl Tx<'_> {
         validate_text("body", &body, 64 * 1024, false)?;
         for tag in &new.tags {
             validate_name("tag", tag)?;
+        }
+        if new.files.len() > MAX_NOTE_FILES {
+            return Err(CoreError::invalid(format!(
+                "{} files named; a note may name at most {MAX_NOTE_FILES}",
+                new.files.len()
+            )));
         }
         for file in &new.files {
             validate_text("file", file, 1000, true)?;
@@ -172,6 +225,12 @@ impl Tx<'_> {
             actor.agent(),
             json!({ "id": id, "kind": new.kind, "title": title, "supersedes": new.supersedes }),
         )?;
+        if matches!(
+            new.kind,
+            NoteKind::Decision | NoteKind::Interface | NoteKind::Warning
+        ) {
+            self.tell_those_concerned(actor, &id, &new.kind, &title, new.task, &new.files)?;
+        }
         if let Some(old) = supersedes {
             self.conn().execute(
                 "UPDATE notes SET superseded_by = ?2 WHERE id = ?1",
@@ -216,18 +275,29 @@ impl Tx<'_> {
         title: &str,
         body: &str,
     ) -> Result<()> {
-        // Only a task's result can be indexed twice (done again after a reopen). The delete scans
-        // the index (its columns are unindexed), so new notes and messages skip it.
+        // Only a task's result is indexed again (done again after a reopen). Its row is found by
+        // rowid (task T-n is row -n), never by a scan of the index's unindexed columns; notes and
+        // messages take positive rowids, given explicitly so that they never run into the
+        // negative range.
         if kind == "task" {
+            let row = id
+                .strip_prefix("T-")
+                .and_then(|n| n.parse::<i64>().ok())
+                .ok_or_else(|| CoreError::invalid(format!("not a task id: {id}")))?;
+            self.conn()
+                .execute("DELETE FROM search_index WHERE rowid = ?1", params![-row])?;
             self.conn().execute(
-                "DELETE FROM search_index WHERE kind = ?1 AND ref = ?2",
-                params![kind, id],
+                "INSERT INTO search_index (rowid, kind, ref, title, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![-row, kind, id, title, body],
+            )?;
+        } else {
+            self.conn().execute(
+                "INSERT INTO search_index (rowid, kind, ref, title, body) VALUES (
+                    (SELECT coalesce(max(rowid), 0) + 1 FROM search_index WHERE rowid > 0),
+                    ?1, ?2, ?3, ?4)",
+                params![kind, id, title, body],
             )?;
         }
-        self.conn().execute(
-            "INSERT INTO search_index (kind, ref, title, body) VALUES (?1, ?2, ?3, ?4)",
-            params![kind, id, title, body],
-        )?;
         Ok(())
     }
 }

@@ -147,6 +147,42 @@ const MIGRATIONS: &[&str] = &[
         kind UNINDEXED, ref UNINDEXED, title, body, tokenize = 'porter unicode61'
     );
     "#,
+    // 2: bounded work per write as history grows. Leases keep their own TTL (renewals extend by
+    // it) and say whether they are globs, so grants find overlapping leases through indexes;
+    // sweeps find expired leases and old idempotency keys by index; search rows of a task are
+    // found by rowid (task T-n is row -n; notes and messages keep positive rowids) instead of a
+    // scan over the index's unindexed columns. A task the server blocks (a dependency failed or
+    // was cancelled) keeps the reason.
+    r#"
+    ALTER TABLE tasks ADD COLUMN blocked_reason TEXT;
+    ALTER TABLE leases ADD COLUMN ttl_ms INTEGER;
+    ALTER TABLE leases ADD COLUMN is_glob INTEGER NOT NULL DEFAULT 0;
+    UPDATE leases SET is_glob = 1
+        WHERE instr(pattern, '*') > 0 OR instr(pattern, '?') > 0 OR instr(pattern, '[') > 0;
+    CREATE INDEX leases_by_pattern ON leases (pattern);
+    CREATE INDEX leases_by_expiry ON leases (expires_at);
+    CREATE INDEX leases_by_task ON leases (task_id);
+    CREATE INDEX leases_globs ON leases (expires_at) WHERE is_glob = 1;
+    CREATE INDEX idempotency_by_age ON idempotency_keys (created_at);
+
+    -- The server using this database (see store/presence.rs): one row.
+    CREATE TABLE server_presence (
+        id         INTEGER PRIMARY KEY CHECK (id = 1),
+        instance   TEXT NOT NULL,
+        pid        INTEGER NOT NULL,
+        host       TEXT NOT NULL,
+        started_at INTEGER NOT NULL,
+        beat_at    INTEGER NOT NULL
+    );
+
+    CREATE TEMP TABLE task_search AS
+        SELECT rowid AS old, ref, title, body FROM search_index WHERE kind = 'task';
+    DELETE FROM search_index WHERE kind = 'task';
+    INSERT INTO search_index (rowid, kind, ref, title, body)
+        SELECT -CAST(substr(ref, 3) AS INTEGER), 'task', ref, title, body FROM task_search
+        WHERE old IN (SELECT max(old) FROM task_search GROUP BY ref);
+    DROP TABLE task_search;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -188,6 +224,41 @@ mod tests {
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .expect("version");
         assert_eq!(version as usize, SCHEMA_VERSION);
+    }
+
+    /// A database written by version 1 keeps its search rows: a task's latest result moves to
+    /// the task's rowid, notes and messages stay.
+    #[test]
+    fn version_2_moves_task_search_rows_to_their_rowids() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        conn.execute_batch(MIGRATIONS[0]).expect("v1");
+        conn.pragma_update(None, "user_version", 1)
+            .expect("version");
+        conn.execute_batch(
+            "INSERT INTO search_index (kind, ref, title, body) VALUES ('note', 'N-1', 'n', 'alpha');
+             INSERT INTO search_index (kind, ref, title, body) VALUES ('task', 'T-3', 't', 'old');
+             INSERT INTO search_index (kind, ref, title, body) VALUES ('task', 'T-3', 't', 'new');
+             INSERT INTO search_index (kind, ref, title, body) VALUES ('task', 'T-12', 'u', 'x');
+             INSERT INTO agents (name, status, created_at) VALUES ('a', 'idle', 0);
+             INSERT INTO leases (pattern, mode, holder, fencing_token, acquired_at, expires_at)
+                 VALUES ('src/**', 'exclusive', 'a', 1, 0, 1);",
+        )
+        .expect("v1 rows");
+        migrate(&mut conn).expect("migrate");
+        let body: String = conn
+            .query_row("SELECT body FROM search_index WHERE rowid = -3", [], |r| {
+                r.get(0)
+            })
+            .expect("T-3");
+        assert_eq!(body, "new");
+        let count: i64 = conn
+            .query_row("SELECT count(*) FROM search_index", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(count, 3);
+        let is_glob: i64 = conn
+            .query_row("SELECT is_glob FROM leases", [], |r| r.get(0))
+            .expect("lease");
+        assert_eq!(is_glob, 1);
     }
 
     #[test]

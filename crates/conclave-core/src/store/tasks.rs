@@ -23,10 +23,14 @@ use crate::model::{
 };
 
 const TASK_COLUMNS: &str = "id, title, body, status, priority, role, caps, assignee, \
-    claim_expires_at, attempts, result, files, parent, created_by, created_at, updated_at";
+    claim_expires_at, attempts, result, files, parent, created_by, created_at, updated_at, \
+    blocked_reason";
 
 const MAX_TITLE: usize = 200;
 const MAX_BODY: usize = 64 * 1024;
+/// Files one `done` may list (each a path of at most [`MAX_FILE_PATH`] bytes).
+pub const MAX_FILES: usize = 1000;
+const MAX_FILE_PATH: usize = 4096;
 
 /// The answer to a claim: the task taken, or nothing when no ready task fits.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
@@ -49,12 +53,24 @@ fn task_from_row(row: &Row<'_>) -> rusqlite::Result<Task> {
         claim_expires_at: opt_time(row.get(8)?),
         attempts: row.get(9)?,
         result: row.get(10)?,
+        blocked_reason: row.get(16)?,
         files: json_list(&row.get::<_, String>(11)?),
         parent: row.get::<_, Option<i64>>(12)?.map(TaskId),
         created_by: row.get(13)?,
         created_at: ms_to_time(row.get(14)?),
         updated_at: ms_to_time(row.get(15)?),
     })
+}
+
+/// Whether an agent holds `task`: claimed, in progress, in review, or blocked by its holder. A
+/// task the server blocked because a dependency failed is not held (a reservation may name an
+/// agent all the same).
+pub fn is_held(task: &Task) -> bool {
+    task.status.is_held() && !is_blocked_by_dependency(task)
+}
+
+fn is_blocked_by_dependency(task: &Task) -> bool {
+    task.status == TaskStatus::Blocked && task.blocked_reason.is_some()
 }
 
 impl Reader<'_> {
@@ -128,7 +144,7 @@ impl Reader<'_> {
     /// Tasks held by an agent (claimed, in progress, in review or blocked).
     pub fn held_tasks(&self, agent: &str) -> Result<Vec<Task>> {
         let mut tasks = self.tasks(None, Some(agent))?;
-        tasks.retain(|task| task.status.is_held());
+        tasks.retain(is_held);
         Ok(tasks)
     }
 
@@ -231,16 +247,70 @@ impl Tx<'_> {
     }
 
     /// Moves a pending task to ready when all its dependencies are done, and a ready (unheld)
-    /// task back to pending when one is not.
+    /// task back to pending when one is not. A waiting task whose dependency failed or was
+    /// cancelled can never become ready by itself: it becomes `blocked` with the reason, and its
+    /// creator (and the agent it is reserved for) is told; it waits again when that dependency
+    /// is reopened.
     pub(crate) fn refresh_readiness(&mut self, actor: &str, id: TaskId) -> Result<()> {
         let task = self.read().task(id)?;
-        let waiting = !self.read().blocking_dependencies(id)?.is_empty();
+        let blocking = self.read().blocking_dependencies(id)?;
+        let dead: Vec<String> = blocking
+            .iter()
+            .filter(|(_, status)| matches!(status, TaskStatus::Failed | TaskStatus::Cancelled))
+            .map(|(dep, status)| format!("{dep} {status}"))
+            .collect();
+        let unheld_waiting = task.status == TaskStatus::Pending || is_blocked_by_dependency(&task);
+        if (unheld_waiting || task.status == TaskStatus::Ready) && !dead.is_empty() {
+            let reason = format!("dependency {}", dead.join(", "));
+            if task.blocked_reason.as_deref() == Some(reason.as_str()) {
+                return Ok(());
+            }
+            self.conn().execute(
+                "UPDATE tasks SET status = 'blocked', blocked_reason = ?2, updated_at = ?3
+                 WHERE id = ?1",
+                params![id.0, reason, self.now_ms()],
+            )?;
+            self.emit(
+                actor,
+                "task.blocked",
+                Some(id),
+                task.assignee.as_deref(),
+                json!({ "reason": reason }),
+            )?;
+            let body = format!(
+                "{id} \"{}\" is blocked: its {reason}, so it can never become ready by itself. \
+                 Reopen the dependency, edit {id}'s dependencies, or cancel it.",
+                task.title
+            );
+            let mut told = Vec::new();
+            for agent in [Some(task.created_by.as_str()), task.assignee.as_deref()]
+                .into_iter()
+                .flatten()
+            {
+                if !told.contains(&agent) && self.read().find_agent(agent)?.is_some() {
+                    self.notify(agent, &body)?;
+                    told.push(agent);
+                }
+            }
+            return Ok(());
+        }
+        let waiting = !blocking.is_empty();
         let next = match (task.status, waiting) {
             (TaskStatus::Pending, false) => TaskStatus::Ready,
             (TaskStatus::Ready, true) => TaskStatus::Pending,
+            (TaskStatus::Blocked, waiting) if is_blocked_by_dependency(&task) => {
+                if waiting {
+                    TaskStatus::Pending
+                } else {
+                    TaskStatus::Ready
+                }
+            }
             _ => return Ok(()),
         };
-        self.set_status(id, next)?;
+        self.conn().execute(
+            "UPDATE tasks SET status = ?2, blocked_reason = NULL, updated_at = ?3 WHERE id = ?1",
+            params![id.0, next.as_str(), self.now_ms()],
+        )?;
         let kind = if next == TaskStatus::Ready {
             "task.ready"
         } else {
@@ -299,7 +369,7 @@ impl Tx<'_> {
     fn check_claimable(&self, task: &Task, me: &Agent) -> Result<()> {
         match task.status {
             TaskStatus::Ready => {}
-            status if status.is_held() => {
+            status if is_held(task) => {
                 let holder = task.assignee.as_deref().unwrap_or("another agent");
                 let whose = if holder == me.name {
                     "you already hold it"
@@ -357,7 +427,7 @@ impl Tx<'_> {
     /// The task, checked to be held and changeable by `actor` (its holder, or the admin).
     fn held_by(&self, actor: &Actor, id: TaskId, verb: &str) -> Result<Task> {
         let task = self.read().task(id)?;
-        if !task.status.is_held() {
+        if !is_held(&task) {
             return Err(CoreError::conflict(format!(
                 "cannot {verb} {id}: it is {} (claim it first)",
                 task.status
@@ -408,6 +478,15 @@ impl Tx<'_> {
     pub fn finish_task(&mut self, actor: &Actor, id: TaskId, finish: TaskFinish) -> Result<Task> {
         let summary = finish.summary.unwrap_or_default();
         validate_text("summary", &summary, MAX_BODY, false)?;
+        if finish.files.len() > MAX_FILES {
+            return Err(CoreError::invalid(format!(
+                "{} files listed; the limit is {MAX_FILES} (list the directories instead)",
+                finish.files.len()
+            )));
+        }
+        for file in &finish.files {
+            validate_text("file", file, MAX_FILE_PATH, true)?;
+        }
         let task = self.held_by(actor, id, "finish")?;
         self.conn().execute(
             "UPDATE tasks SET status = 'done', result = ?2, files = ?3, claim_expires_at = NULL,
@@ -446,6 +525,9 @@ impl Tx<'_> {
             json!({ "reason": reason }),
         )?;
         self.release_task_leases(actor.name(), id, "task failed")?;
+        for dependent in self.read().dependents(id)? {
+            self.refresh_readiness(actor.name(), dependent)?;
+        }
         self.read().task(id)
     }
 
@@ -473,8 +555,8 @@ impl Tx<'_> {
             )));
         }
         self.conn().execute(
-            "UPDATE tasks SET status = 'cancelled', claim_expires_at = NULL, updated_at = ?2
-             WHERE id = ?1",
+            "UPDATE tasks SET status = 'cancelled', claim_expires_at = NULL, blocked_reason = NULL,
+                updated_at = ?2 WHERE id = ?1",
             params![id.0, self.now_ms()],
         )?;
         self.emit(
@@ -485,9 +567,12 @@ impl Tx<'_> {
             json!({ "reason": reason }),
         )?;
         self.release_task_leases(actor.name(), id, "task cancelled")?;
+        for dependent in self.read().dependents(id)? {
+            self.refresh_readiness(actor.name(), dependent)?;
+        }
         if let Some(holder) = task.assignee.as_deref()
             && holder != actor.name()
-            && task.status.is_held()
+            && is_held(&task)
         {
             let body = format!(
                 "{id} \"{}\", which you hold, was cancelled by {}{}. Stop working on it.",
@@ -511,8 +596,8 @@ impl Tx<'_> {
                 task.status
             )));
         }
-        let previous = task.assignee.clone().filter(|_| task.status.is_held());
-        if task.status == TaskStatus::Pending {
+        let previous = task.assignee.clone().filter(|_| is_held(&task));
+        if matches!(task.status, TaskStatus::Pending) || is_blocked_by_dependency(&task) {
             self.conn().execute(
                 "UPDATE tasks SET assignee = ?2, updated_at = ?3 WHERE id = ?1",
                 params![id.0, agent.name, self.now_ms()],
@@ -702,9 +787,7 @@ impl Tx<'_> {
     fn notify_dependents(&mut self, task: &Task, what: &str) -> Result<()> {
         for dependent_id in self.read().dependents(task.id)? {
             let dependent = self.read().task(dependent_id)?;
-            if let (Some(holder), true) =
-                (dependent.assignee.as_deref(), dependent.status.is_held())
-            {
+            if let (Some(holder), true) = (dependent.assignee.as_deref(), is_held(&dependent)) {
                 let body = format!(
                     "{} \"{}\", which your task {} depends on, {what}. Check that your work still fits.",
                     task.id, task.title, dependent.id

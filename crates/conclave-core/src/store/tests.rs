@@ -641,3 +641,475 @@ fn an_agent_without_a_live_process_has_no_pid() {
         None
     );
 }
+
+// ---- bounded lease work (hardening) -----------------------------------------------------------
+
+fn lease_with(store: &Store, agent: &str, request: LeaseRequest) -> Result<Vec<Lease>> {
+    store.write(|tx| tx.acquire_leases(agent, request))
+}
+
+/// Regression: a refused request listed every requested × held pair (a 12.6 MB answer and a
+/// 4 MB `lease.denied` event); it now names the first few.
+#[test]
+fn a_refusal_names_at_most_a_few_conflicts() {
+    let store = store();
+    agent(&store, "a", None, &[]);
+    agent(&store, "b", None, &[]);
+    let paths: Vec<String> = (0..60).map(|i| format!("src/f{i}.rs")).collect();
+    let held: Vec<&str> = paths.iter().map(String::as_str).collect();
+    lease(&store, "a", &held, LeaseMode::Exclusive).expect("a leases 60 files");
+    let error = lease(&store, "b", &held, LeaseMode::Exclusive).expect_err("conflict");
+    let CoreError::LeaseConflict(conflicts) = &error else {
+        panic!("{error:?}");
+    };
+    assert_eq!(conflicts.len(), leases::MAX_REPORTED_CONFLICTS);
+    let error = lease(&store, "b", &["src"], LeaseMode::Exclusive).expect_err("conflict");
+    let CoreError::LeaseConflict(conflicts) = &error else {
+        panic!("{error:?}");
+    };
+    assert_eq!(conflicts.len(), leases::MAX_REPORTED_CONFLICTS);
+    assert!(
+        store
+            .read(|r| r.leases_of("b", now()))
+            .expect("leases")
+            .is_empty()
+    );
+}
+
+fn now() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+#[test]
+fn an_agent_holds_at_most_the_configured_number_of_leases() {
+    let store = Store::open_in_memory(StoreConfig {
+        max_leases_per_agent: 3,
+        ..StoreConfig::default()
+    })
+    .expect("store");
+    agent(&store, "a", None, &[]);
+    lease(&store, "a", &["a", "b"], LeaseMode::Exclusive).expect("two");
+    let error = lease(&store, "a", &["c", "d"], LeaseMode::Exclusive).expect_err("over the cap");
+    assert!(error.to_string().contains("the limit is 3"), "{error}");
+    // Renewing what one holds is not a new lease.
+    lease(&store, "a", &["a", "b", "c"], LeaseMode::Exclusive).expect("renew two, add one");
+    assert_eq!(
+        store
+            .read(|r| r.leases_of("a", now()))
+            .expect("leases")
+            .len(),
+        3
+    );
+}
+
+/// Regression: a lease could name another agent's task and vanish when that task ended.
+#[test]
+fn a_lease_cannot_serve_another_agents_task() {
+    let store = store();
+    agent(&store, "a", None, &[]);
+    agent(&store, "b", None, &[]);
+    let id = task(&store, "t", &[], None, 0);
+    claim(&store, "a", Some(id)).expect("claim");
+    let request = |task| LeaseRequest {
+        paths: vec!["src/a.rs".into()],
+        task: Some(task),
+        ..Default::default()
+    };
+    let error = lease_with(&store, "b", request(id)).expect_err("not b's task");
+    assert_eq!(error.code(), "forbidden");
+    assert!(error.to_string().contains("held by a"), "{error}");
+    let granted = lease_with(&store, "a", request(id)).expect("a's own task");
+    assert_eq!(granted[0].task, Some(id));
+}
+
+/// Regression: any post-tool-use renewal stretched every lease to the default TTL (a 5-second
+/// lease became 10 minutes).
+#[test]
+fn renewal_extends_each_lease_by_its_own_ttl() {
+    let store = store();
+    agent(&store, "a", None, &[]);
+    let short = LeaseRequest {
+        paths: vec!["short.rs".into()],
+        ttl_secs: Some(5),
+        ..Default::default()
+    };
+    lease_with(&store, "a", short).expect("short");
+    lease(&store, "a", &["long.rs"], LeaseMode::Exclusive).expect("default ttl");
+    store.write(|tx| tx.renew_leases("a")).expect("renew");
+    let leases = store.read(|r| r.leases_of("a", now())).expect("leases");
+    let left = |path: &str| {
+        let lease = leases.iter().find(|l| l.path == path).expect("lease");
+        (lease.expires_at - Utc::now()).num_seconds()
+    };
+    assert!(left("short.rs") <= 5, "{}", left("short.rs"));
+    assert!(left("long.rs") > 500, "{}", left("long.rs"));
+}
+
+#[test]
+fn whole_tree_globs_are_short_lived() {
+    let store = store();
+    agent(&store, "a", None, &[]);
+    let long = LeaseRequest {
+        paths: vec!["**".into()],
+        ttl_secs: Some(24 * 3600),
+        ..Default::default()
+    };
+    let error = lease_with(&store, "a", long).expect_err("a day on everything");
+    assert!(error.to_string().contains("whole tree"), "{error}");
+    let store_long_default = Store::open_in_memory(StoreConfig {
+        lease_ttl_secs: 3600,
+        ..StoreConfig::default()
+    })
+    .expect("store");
+    agent(&store_long_default, "a", None, &[]);
+    let granted =
+        lease(&store_long_default, "a", &["**/*.rs"], LeaseMode::Exclusive).expect("grant");
+    let left = (granted[0].expires_at - Utc::now()).num_seconds();
+    assert!(left <= leases::MAX_WHOLE_TREE_TTL_SECS, "{left}");
+    // A directory's glob is not the whole tree.
+    let dir = LeaseRequest {
+        paths: vec!["src/**".into()],
+        ttl_secs: Some(3600),
+        ..Default::default()
+    };
+    lease_with(&store, "a", dir).expect("a directory for an hour");
+}
+
+/// Grants read only the leases that can overlap what is asked, so an agent holding thousands
+/// of leases elsewhere does not make every grant read them all.
+#[test]
+fn grants_read_only_leases_that_can_overlap() {
+    let store = Store::open_in_memory(StoreConfig {
+        max_leases_per_agent: 10_000,
+        ..StoreConfig::default()
+    })
+    .expect("store");
+    agent(&store, "a", None, &[]);
+    agent(&store, "b", None, &[]);
+    for batch in 0..20 {
+        let paths: Vec<String> = (0..100).map(|i| format!("far/d{batch}/f{i}.rs")).collect();
+        let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+        lease(&store, "a", &paths, LeaseMode::Exclusive).expect("lease");
+    }
+    lease(
+        &store,
+        "a",
+        &["src/lib.rs", "src/x/**/*.rs", "docs/**/*.md"],
+        LeaseMode::Exclusive,
+    )
+    .expect("near ones");
+    let near = |path: &str| {
+        let pattern = crate::paths::normalize_lease_path(path).expect("pattern");
+        store
+            .read(|r| r.leases_near(&pattern, now()))
+            .expect("near")
+            .into_iter()
+            .map(|lease| lease.path)
+            .collect::<Vec<_>>()
+    };
+    let mut found = near("src/x/a.rs");
+    found.sort();
+    assert_eq!(found, vec!["src/x/**/*.rs"]);
+    let mut found = near("src");
+    found.sort();
+    assert_eq!(found, vec!["src/lib.rs", "src/x/**/*.rs"]);
+    assert!(near("src/y/**").is_empty());
+    assert_eq!(near("docs/a/b.md"), vec!["docs/**/*.md"]);
+    assert_eq!(
+        near("**").len(),
+        2003,
+        "a whole-tree glob is compared with everything"
+    );
+    // And the answers agree with the exact test.
+    assert!(lease(&store, "b", &["src/x/deep/a.rs"], LeaseMode::Exclusive).is_err());
+    assert!(lease(&store, "b", &["docs/readme.md"], LeaseMode::Exclusive).is_err());
+    lease(&store, "b", &["src/y/a.rs"], LeaseMode::Exclusive).expect("free");
+}
+
+#[test]
+fn old_idempotency_keys_are_forgotten_by_the_sweep() {
+    let store = store();
+    agent(&store, "a", None, &[]);
+    let actor = Actor::Agent("a".into());
+    store
+        .write_idempotent(&actor, "k-1", "fingerprint", |_| {
+            Ok(serde_json::json!({"n": 1}))
+        })
+        .expect("first");
+    store
+        .write(|tx| {
+            tx.conn().execute(
+                "UPDATE idempotency_keys SET created_at = created_at - ?1",
+                rusqlite::params![(events::IDEMPOTENCY_WINDOW_SECS + 1) * 1000],
+            )?;
+            Ok(())
+        })
+        .expect("age it");
+    store
+        .write_idempotent(&actor, "k-2", "fingerprint", |_| {
+            Ok(serde_json::json!({"n": 2}))
+        })
+        .expect("second");
+    let report = store.sweep().expect("sweep");
+    assert_eq!(report.expired_idempotency_keys, 1);
+    let left: i64 = store
+        .read(|r| {
+            Ok(r.conn()
+                .query_row("SELECT count(*) FROM idempotency_keys", [], |row| {
+                    row.get(0)
+                })?)
+        })
+        .expect("count");
+    assert_eq!(left, 1);
+}
+
+/// Regression: `task done` deleted from the search index by a scan of its unindexed columns
+/// (36 ms at 100,000 rows, under the writer lock); a task's row is now found by rowid.
+#[test]
+fn a_task_done_twice_has_one_search_row_with_its_latest_result() {
+    let store = store();
+    agent(&store, "a", None, &[]);
+    let note_store = |title: &str| {
+        store
+            .write(|tx| {
+                tx.add_note(
+                    &Actor::Agent("a".into()),
+                    NewNote {
+                        title: title.into(),
+                        ..Default::default()
+                    },
+                )
+            })
+            .expect("note");
+    };
+    note_store("zebra notes first");
+    let id = task(&store, "t", &[], None, 0);
+    claim(&store, "a", Some(id)).expect("claim");
+    let finish = |summary: &str| TaskFinish {
+        summary: Some(summary.into()),
+        files: vec![],
+    };
+    store
+        .write(|tx| tx.finish_task(&Actor::Agent("a".into()), id, finish("zebra first try")))
+        .expect("done");
+    store
+        .write(|tx| tx.reopen_task(&Actor::Admin, id, None))
+        .expect("reopen");
+    claim(&store, "a", Some(id)).expect("claim again");
+    store
+        .write(|tx| tx.finish_task(&Actor::Agent("a".into()), id, finish("zebra second try")))
+        .expect("done again");
+    note_store("zebra notes after");
+    let hits = store.read(|r| r.search("zebra", &[], 50)).expect("search");
+    let tasks: Vec<&SearchHit> = hits.iter().filter(|hit| hit.kind == "task").collect();
+    assert_eq!(tasks.len(), 1, "{hits:?}");
+    assert!(tasks[0].snippet.contains("second"), "{hits:?}");
+    assert_eq!(
+        hits.iter().filter(|hit| hit.kind == "note").count(),
+        2,
+        "{hits:?}"
+    );
+}
+
+/// Regression: a task whose dependency was cancelled or failed stayed `pending` forever, with no
+/// event and nobody told.
+#[test]
+fn a_task_whose_dependency_failed_is_blocked_and_its_creator_told() {
+    let store = store();
+    agent(&store, "a", None, &[]);
+    agent(&store, "planner", None, &[]);
+    let base = task(&store, "base", &[], None, 0);
+    let top = store
+        .write(|tx| {
+            tx.create_task(
+                &Actor::Agent("planner".into()),
+                NewTask {
+                    title: "top".into(),
+                    after: vec![base],
+                    ..Default::default()
+                },
+            )
+        })
+        .expect("create")
+        .id;
+    claim(&store, "a", Some(base)).expect("claim");
+    store
+        .write(|tx| tx.fail_task(&Actor::Agent("a".into()), base, "cannot"))
+        .expect("fail");
+    let blocked = store.read(|r| r.task(top)).expect("top");
+    assert_eq!(blocked.status, TaskStatus::Blocked);
+    assert_eq!(
+        blocked.blocked_reason.as_deref(),
+        Some("dependency T-1 failed")
+    );
+    assert!(!is_held(&blocked));
+    let inbox = store.read(|r| r.inbox("planner")).expect("inbox");
+    assert!(
+        inbox
+            .iter()
+            .any(|m| m.body.contains("T-2") && m.body.contains("blocked")),
+        "{inbox:?}"
+    );
+    // Nobody can claim it; it waits again when the dependency is reopened.
+    assert_eq!(claim(&store, "a", None).expect("claim next"), None);
+    store
+        .write(|tx| tx.reopen_task(&Actor::Admin, base, None))
+        .expect("reopen");
+    let waiting = store.read(|r| r.task(top)).expect("top");
+    assert_eq!(waiting.status, TaskStatus::Pending);
+    assert_eq!(waiting.blocked_reason, None);
+    store
+        .write(|tx| tx.cancel_task(&Actor::Admin, base, None))
+        .expect("cancel");
+    assert_eq!(status(&store, top), TaskStatus::Blocked);
+    let kinds: Vec<String> = store
+        .read(|r| {
+            r.events(&EventFilter {
+                task: Some(top),
+                ..Default::default()
+            })
+        })
+        .expect("events")
+        .into_iter()
+        .map(|e| e.kind.to_string())
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "task.blocked").count(),
+        2,
+        "{kinds:?}"
+    );
+}
+
+/// Regression: only a superseding note notified anyone; a new decision naming files others are
+/// editing reached nobody.
+#[test]
+fn a_decision_naming_files_or_a_task_reaches_the_agents_working_on_them() {
+    let store = store();
+    for name in ["author", "editor", "holder", "bystander"] {
+        agent(&store, name, None, &[]);
+    }
+    let id = task(&store, "api", &[], None, 0);
+    claim(&store, "holder", Some(id)).expect("claim");
+    lease(&store, "editor", &["src/api"], LeaseMode::Exclusive).expect("lease");
+    lease(&store, "bystander", &["docs"], LeaseMode::Exclusive).expect("lease");
+    store
+        .write(|tx| {
+            tx.add_note(
+                &Actor::Agent("author".into()),
+                NewNote {
+                    title: "errors are typed".into(),
+                    kind: NoteKind::Decision,
+                    files: vec!["./src/api/error.rs".into()],
+                    task: Some(id),
+                    ..Default::default()
+                },
+            )
+        })
+        .expect("note");
+    let inbox = |name: &str| store.read(|r| r.inbox(name)).expect("inbox");
+    assert!(
+        inbox("editor")[0].body.contains("src/api/error.rs"),
+        "{:?}",
+        inbox("editor")
+    );
+    assert!(
+        inbox("holder")[0].body.contains("T-1"),
+        "{:?}",
+        inbox("holder")
+    );
+    assert!(inbox("bystander").is_empty());
+    assert!(inbox("author").is_empty());
+    // A discovery is for whoever searches; nobody is interrupted.
+    store
+        .write(|tx| {
+            tx.add_note(
+                &Actor::Agent("author".into()),
+                NewNote {
+                    title: "found a thing".into(),
+                    kind: NoteKind::Discovery,
+                    files: vec!["src/api/error.rs".into()],
+                    ..Default::default()
+                },
+            )
+        })
+        .expect("note");
+    assert_eq!(inbox("editor").len(), 1);
+}
+
+#[test]
+fn nul_bytes_and_overlong_file_lists_are_refused() {
+    let store = store();
+    agent(&store, "a", None, &[]);
+    let error = store
+        .write(|tx| {
+            tx.add_note(
+                &Actor::Agent("a".into()),
+                NewNote {
+                    title: "a\0b".into(),
+                    ..Default::default()
+                },
+            )
+        })
+        .expect_err("nul");
+    assert!(error.to_string().contains("NUL"), "{error}");
+    let id = task(&store, "t", &[], None, 0);
+    claim(&store, "a", Some(id)).expect("claim");
+    let files: Vec<String> = (0..=tasks::MAX_FILES).map(|i| format!("f{i}")).collect();
+    let error = store
+        .write(|tx| {
+            tx.finish_task(
+                &Actor::Agent("a".into()),
+                id,
+                TaskFinish {
+                    summary: None,
+                    files,
+                },
+            )
+        })
+        .expect_err("too many files");
+    assert!(error.to_string().contains("the limit is 1000"), "{error}");
+    assert_eq!(status(&store, id), TaskStatus::Claimed);
+}
+
+#[test]
+fn an_agents_tokens_are_listed_and_revoked_one_or_all() {
+    let store = store();
+    let first = agent(&store, "a", None, &[]);
+    let second = store
+        .write(|tx| tx.issue_token("admin", "a"))
+        .expect("second");
+    let tokens = store.read(|r| r.agent_tokens("a")).expect("tokens");
+    assert_eq!(tokens.len(), 2);
+    let id_of = |token: &str| hash_token(token)[..12].to_string();
+    assert!(tokens.iter().any(|t| t.id == id_of(&first)));
+    store
+        .write(|tx| tx.revoke_tokens("admin", "a", Some(&id_of(&first))))
+        .expect("revoke one");
+    assert_eq!(
+        store.read(|r| r.agent_for_token(&first)).expect("read"),
+        None
+    );
+    assert_eq!(
+        store
+            .read(|r| r.agent_for_token(&second))
+            .expect("read")
+            .as_deref(),
+        Some("a")
+    );
+    let error = store
+        .write(|tx| tx.revoke_tokens("admin", "a", Some("zz")))
+        .expect_err("not an id");
+    assert_eq!(error.code(), "invalid_input");
+    assert_eq!(
+        store
+            .write(|tx| tx.revoke_tokens("admin", "a", None))
+            .expect("all"),
+        1
+    );
+    assert!(
+        store
+            .read(|r| r.agent_tokens("a"))
+            .expect("tokens")
+            .is_empty()
+    );
+}
