@@ -244,19 +244,19 @@ fn now() -> Instant {
 }
 
 /// Feeds the team's state machine and carries out its effects.
-pub struct Driver<P, S> {
-    pub team: Team,
-    pub launches: Vec<AgentLaunch>,
+struct Driver<P, S> {
+    team: Team,
+    launches: Vec<AgentLaunch>,
     /// The server's URL, as agents reach it.
-    pub url: String,
-    pub processes: P,
-    pub server: S,
+    url: String,
+    processes: P,
+    server: S,
 }
 
 impl<P: ProcessSide, S: ServerSide> Driver<P, S> {
     /// Runs until the team has finished (returns true) or `shutdown` is cancelled (false);
     /// then ends every process.
-    pub async fn run(
+    async fn run(
         &mut self,
         reports: &mut mpsc::Receiver<ProcessReport>,
         events: &mut mpsc::Receiver<Event>,
@@ -322,7 +322,7 @@ impl<P: ProcessSide, S: ServerSide> Driver<P, S> {
 
     /// Steps the machine with `input` and with whatever its effects answer; returns whether
     /// the team has finished.
-    pub async fn feed(&mut self, input: Input) -> bool {
+    async fn feed(&mut self, input: Input) -> bool {
         let mut queue = VecDeque::from([input]);
         let mut finished = false;
         while let Some(input) = queue.pop_front() {
