@@ -187,7 +187,8 @@ test('the token link logs in with a strict HttpOnly cookie and the page shows ag
   }
   const alice = page.locator('[data-agent="alice"]');
   await assert.doesNotReject(alice.getByText('T-1 Design the storage schema').waitFor());
-  assert.match(await alice.innerText(), /context 42%/);
+  // The same figure as `conclave status` prints (context_figure in the CLI's commands/agent.rs).
+  assert.match(await alice.innerText(), /context 42% \(84k \/ 200k\)/);
   assert.match(await page.locator('[data-agent="bob"]').innerText(), /1 restarts/);
   await page.locator('[data-column="working"] [data-task="T-1"]').waitFor();
   assert.match(await page.locator('[data-column="pending"] [data-task="T-2"]').innerText(), /after T-1/);

@@ -5,7 +5,7 @@
 //! here, so that a malformed one is a usage error (exit 2) before anything is sent.
 
 use clap::{Args, Parser, Subcommand};
-use conclave_core::model::{MessageKind, NoteKind, TaskId};
+use conclave_core::model::{MessageKind, NoteKind, TaskId, TaskStatus};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -91,6 +91,10 @@ pub struct UpArgs {
     /// Keep running when the team has nothing left to do
     #[arg(long)]
     pub stay: bool,
+    /// Address the in-process server listens on (default from [server] listen in conclave.toml,
+    /// else 127.0.0.1:7420; port 0 picks one); ignored when joining a running server
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -159,6 +163,7 @@ pub struct ServeArgs {
 pub enum AgentCommand {
     /// Register an agent; prints its token on stdout
     Add {
+        /// The agent's name on the team (letters, digits, `-` and `_`)
         name: String,
         /// The role it plays (tasks that name a role go to agents with that role)
         #[arg(long, value_name = "R")]
@@ -173,22 +178,40 @@ pub enum AgentCommand {
     /// List the registered agents
     List(JsonFlag),
     /// Issue a fresh token for an agent; prints it on stdout
-    Token { name: String },
+    Token {
+        /// The agent (its old token stops working)
+        name: String,
+    },
     /// Ask the supervisor to end an agent's process (status stopped)
-    Stop { name: String },
+    Stop {
+        /// The agent to stop
+        name: String,
+    },
     /// Ask the supervisor to restart an agent's process (resuming its session)
-    Restart { name: String },
+    Restart {
+        /// The agent to restart
+        name: String,
+    },
     /// Ask the supervisor to stop waking an agent
-    Pause { name: String },
+    Pause {
+        /// The agent to pause
+        name: String,
+    },
     /// Ask the supervisor to wake an agent again (or start a stopped one)
-    Resume { name: String },
+    Resume {
+        /// The agent to resume
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum TaskCommand {
     /// Create a task; prints its id on stdout
     Add {
+        /// What is to be done, in one line (not empty)
+        #[arg(value_parser = parse_title)]
         title: String,
+        /// Details: what done means, where to look
         #[arg(long, value_name = "B")]
         body: Option<String>,
         /// A task that must be done first (repeatable)
@@ -211,29 +234,36 @@ pub enum TaskCommand {
     List {
         /// Only tasks in this status (pending, ready, claimed, in_progress, review, blocked, done,
         /// failed, cancelled)
-        #[arg(long, value_name = "S")]
-        status: Option<String>,
+        #[arg(long, value_name = "S", value_parser = parse_task_status)]
+        status: Option<TaskStatus>,
         /// Only tasks held by this agent
         #[arg(long, value_name = "AGENT")]
         assignee: Option<String>,
+        /// Print JSON instead of a table
         #[arg(long)]
         json: bool,
     },
     /// Show one task
     Show {
+        /// The task (T-3, or 3)
         #[arg(value_parser = parse_task_id)]
         id: TaskId,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// Change a task's title, body, priority, role or dependencies
     Edit {
+        /// The task (T-3, or 3)
         #[arg(value_parser = parse_task_id)]
         id: TaskId,
-        #[arg(long, value_name = "T")]
+        /// A new title (not empty)
+        #[arg(long, value_name = "T", value_parser = parse_title)]
         title: Option<String>,
+        /// A new body
         #[arg(long, value_name = "B")]
         body: Option<String>,
+        /// A new priority (higher runs first)
         #[arg(long, value_name = "N", allow_negative_numbers = true)]
         priority: Option<i64>,
         /// The role an agent needs ("" clears it)
@@ -245,43 +275,55 @@ pub enum TaskCommand {
     },
     /// Cancel a task
     Cancel {
+        /// The task (T-3, or 3)
         #[arg(value_parser = parse_task_id)]
         id: TaskId,
+        /// Why, for the log and its holder
         #[arg(long, value_name = "R")]
         reason: Option<String>,
     },
     /// Give a task to an agent
     Assign {
+        /// The task (T-3, or 3)
         #[arg(value_parser = parse_task_id)]
         id: TaskId,
+        /// The agent who gets it
         agent: String,
     },
     /// Put a finished or failed task back to work
     Reopen {
+        /// The task (T-3, or 3)
         #[arg(value_parser = parse_task_id)]
         id: TaskId,
+        /// Why, for the log and the next holder
         #[arg(long, value_name = "R")]
         reason: Option<String>,
     },
     /// Claim a task as the current agent (the best ready one without ID); prints its id, exits 3
     /// when nothing is ready
     Claim {
+        /// The task to claim (default: the best ready one for you)
         #[arg(value_parser = parse_task_id)]
         id: Option<TaskId>,
     },
     /// Report progress on a task you hold
     Update {
+        /// The task (T-3, or 3)
         #[arg(value_parser = parse_task_id)]
         id: TaskId,
+        /// Its new status: in_progress, blocked or review
         #[arg(long, value_name = "S", value_parser = ["in_progress", "blocked", "review"])]
         status: String,
+        /// A word on the progress (for blocked: what it waits for)
         #[arg(long, value_name = "N")]
         note: Option<String>,
     },
     /// Finish a task you hold
     Done {
+        /// The task (T-3, or 3)
         #[arg(value_parser = parse_task_id)]
         id: TaskId,
+        /// What was done, for the team and the log
         #[arg(long, value_name = "S")]
         summary: Option<String>,
         /// A file the work touched (repeatable)
@@ -290,8 +332,10 @@ pub enum TaskCommand {
     },
     /// Give up on a task you hold
     Fail {
+        /// The task (T-3, or 3)
         #[arg(value_parser = parse_task_id)]
         id: TaskId,
+        /// Why it cannot be done (required)
         #[arg(long, value_name = "R")]
         reason: String,
     },
@@ -308,6 +352,7 @@ pub struct LockArgs {
     /// Seconds the lease lasts (default from the server)
     #[arg(long, value_name = "SECS")]
     pub ttl: Option<i64>,
+    /// Why you hold it, shown to whoever is refused
     #[arg(long, value_name = "R")]
     pub reason: Option<String>,
     /// The task the lease serves (default: your current task)
@@ -317,6 +362,7 @@ pub struct LockArgs {
 
 #[derive(Debug, Args)]
 pub struct UnlockArgs {
+    /// Paths or globs to release, as they were leased
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<String>,
     /// Release leases held by others (admin only)
@@ -328,8 +374,11 @@ pub struct UnlockArgs {
 pub enum MsgCommand {
     /// Send a message to an agent, role:NAME or all; prints its id on stdout
     Send {
+        /// An agent's name, role:NAME (every agent with that role) or all
         to: String,
+        /// The message
         body: String,
+        /// The thread it belongs to (default: a new one)
         #[arg(long, value_name = "T")]
         thread: Option<String>,
         /// chat, question, answer, alert or handoff
@@ -344,22 +393,27 @@ pub enum MsgCommand {
         /// Wait up to this many seconds for a message when none is waiting
         #[arg(long, value_name = "SECS")]
         wait: Option<u64>,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// List recent messages
     List {
+        /// Only messages of this thread
         #[arg(long, value_name = "T")]
         thread: Option<String>,
         /// At most this many (most recent)
         #[arg(long, value_name = "N")]
         limit: Option<i64>,
+        /// Print JSON instead of a table
         #[arg(long)]
         json: bool,
     },
     /// Print one thread in full
     Thread {
+        /// The thread's id
         thread: String,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
@@ -369,37 +423,47 @@ pub enum MsgCommand {
 pub enum NoteCommand {
     /// Record a note; prints its id on stdout
     Add {
+        /// The note in one line
         title: String,
-        /// decision, discovery, interface or warning
+        /// decision, discovery, interface or warning (default discovery)
         #[arg(long, value_name = "K", value_parser = parse_note_kind)]
         kind: Option<NoteKind>,
+        /// The details
         #[arg(long, value_name = "B")]
         body: Option<String>,
+        /// A tag to find it by (repeatable)
         #[arg(long = "tag", value_name = "T")]
         tags: Vec<String>,
+        /// A file it is about (repeatable)
         #[arg(long = "file", value_name = "F")]
         files: Vec<String>,
         /// The note this one replaces (N-<n>)
         #[arg(long, value_name = "N-ID")]
         supersedes: Option<String>,
+        /// The task it came from
         #[arg(long, value_name = "ID", value_parser = parse_task_id)]
         task: Option<TaskId>,
     },
     /// List notes (superseded ones only with --all)
     List {
+        /// Only notes of this kind (decision, discovery, interface or warning)
         #[arg(long, value_name = "K", value_parser = parse_note_kind)]
         kind: Option<NoteKind>,
+        /// Include superseded notes
         #[arg(long)]
         all: bool,
+        /// Print JSON instead of a table
         #[arg(long)]
         json: bool,
     },
     /// Search notes, messages and task results
     Search {
+        /// Words to look for
         query: String,
         /// Only hits of this kind (note, message, task)
         #[arg(long, value_name = "K")]
         kind: Option<String>,
+        /// Print JSON instead of a table
         #[arg(long)]
         json: bool,
     },
@@ -413,17 +477,35 @@ pub struct LogArgs {
     /// Events by or about this agent
     #[arg(long, value_name = "A")]
     pub agent: Option<String>,
+    /// Events about this task
     #[arg(long, value_name = "T", value_parser = parse_task_id)]
     pub task: Option<TaskId>,
     /// An event kind (task.claimed) or a prefix ending in a dot (task.)
     #[arg(long, value_name = "K")]
     pub kind: Option<String>,
-    /// One JSON object per event (with --follow, one per line)
+    /// Print the events as JSON: one object {"events": [...]} holding each event (seq, ts, actor,
+    /// kind, task, agent, data); with --follow, one event object per line (JSON Lines) as they
+    /// happen
     #[arg(long)]
     pub json: bool,
     /// How many of the most recent events to show first (default 100)
     #[arg(long, value_name = "N")]
     pub limit: Option<i64>,
+}
+
+/// A title must say something: an empty one is a usage error (exit 2), like a malformed id.
+fn parse_title(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        return Err("a title must not be empty".to_string());
+    }
+    Ok(text.to_string())
+}
+
+fn parse_task_status(text: &str) -> Result<TaskStatus, String> {
+    text.parse().map_err(|_| {
+        let known: Vec<String> = TaskStatus::ALL.iter().map(ToString::to_string).collect();
+        format!("not a task status; use one of {}", known.join(", "))
+    })
 }
 
 fn parse_task_id(text: &str) -> Result<TaskId, String> {
@@ -480,5 +562,35 @@ mod tests {
     fn malformed_ids_are_usage_errors() {
         let error = Cli::try_parse_from(["conclave", "task", "show", "X-1"]).expect_err("bad id");
         assert!(error.to_string().contains("not a task id"), "{error}");
+    }
+
+    /// Every argument of every command, with the command path that holds it.
+    fn all_arguments(command: &clap::Command, path: &str, out: &mut Vec<(String, clap::Arg)>) {
+        for arg in command.get_arguments() {
+            out.push((path.to_string(), arg.clone()));
+        }
+        for sub in command.get_subcommands() {
+            all_arguments(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_argument_has_a_description() {
+        let mut command = Cli::command();
+        // Builds the generated --help and --version flags too, so they are checked like the rest.
+        command.build();
+        let mut arguments = Vec::new();
+        all_arguments(&command, "conclave", &mut arguments);
+        let missing: Vec<String> = arguments
+            .iter()
+            .filter(|(_, arg)| arg.get_help().is_none() && arg.get_long_help().is_none())
+            .map(|(path, arg)| format!("{path} {}", arg.get_id()))
+            .collect();
+        assert!(
+            arguments.len() > 50,
+            "walked only {} arguments",
+            arguments.len()
+        );
+        assert!(missing.is_empty(), "arguments without help: {missing:#?}");
     }
 }

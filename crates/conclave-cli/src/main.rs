@@ -8,6 +8,7 @@ mod commands;
 mod context;
 mod error;
 mod output;
+mod output_relay;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -28,11 +29,24 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
+            output::note!("error: cannot start the async runtime: {error}");
             return ExitCode::from(error::EXIT_ERROR);
         }
     };
-    match runtime.block_on(commands::run(cli)) {
+    // The commands that run until signalled must not stop when their output's reader goes away.
+    let relay = match &cli.command {
+        cli::Command::Serve(_) | cli::Command::Up(_) | cli::Command::Demo(_) => {
+            output_relay::OutputRelay::install()
+                .map_err(|error| tracing::warn!(%error, "cannot relay stdout and stderr"))
+                .ok()
+        }
+        _ => None,
+    };
+    let result = runtime.block_on(commands::run(cli));
+    if let Some(relay) = relay {
+        relay.finish();
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         // `conclave claude` exits as claude did; claude has said why already.
@@ -43,7 +57,7 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
         Err(error) => {
-            eprintln!("error: {}", error::one_line(&error));
+            output::note!("error: {}", error::one_line(&error));
             ExitCode::from(error::exit_code(&error))
         }
     }

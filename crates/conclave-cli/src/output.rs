@@ -1,6 +1,46 @@
 //! How results reach people and scripts: compact tables and `--json` on stdout, notes on stderr.
+//!
+//! Nothing here panics on a closed stream, unlike `println!`: results on stdout go through
+//! [`outln!`] and friends, which return the write's error (a closed pipe, as in
+//! `conclave status | head -1`, ends the command quietly with exit 0: see `main`), and notes on
+//! stderr go through [`note!`], which drops what cannot be written (a note is never worth
+//! failing or stopping for).
 
 use std::io::Write;
+
+/// `println!` that returns an `io::Result` instead of panicking when stdout is closed.
+macro_rules! outln {
+    () => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout())
+    }};
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)
+    }};
+}
+
+/// `print!` that returns an `io::Result` instead of panicking when stdout is closed.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout(), $($arg)*)
+    }};
+}
+
+/// `eprintln!` that drops the line when stderr is closed instead of panicking.
+macro_rules! note {
+    () => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr());
+    }};
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+pub(crate) use {note, out, outln};
 
 use chrono::{DateTime, Local, Utc};
 use conclave_core::model::format_duration_secs;
@@ -9,7 +49,7 @@ use serde::Serialize;
 /// Prints a value as pretty JSON on stdout.
 pub fn print_json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(value)?;
-    println!("{text}");
+    outln!("{text}")?;
     Ok(())
 }
 
@@ -69,8 +109,8 @@ impl Table {
         out
     }
 
-    pub fn print(&self) {
-        print!("{}", self.render());
+    pub fn print(&self) -> std::io::Result<()> {
+        out!("{}", self.render())
     }
 }
 

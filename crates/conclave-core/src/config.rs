@@ -169,6 +169,35 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     std::time::Duration::try_from_secs_f64(seconds).map_err(|error| error.to_string())
 }
 
+/// Parses a listen address: an IP address and a port (`127.0.0.1:7420`, `[::1]:0`), or
+/// `localhost` with or without a port, which means the IPv4 loopback (`127.0.0.1`, on port 7420
+/// when none is given) rather than whatever the resolver says, so that it never reaches the
+/// network.
+pub fn parse_listen(text: &str) -> Result<std::net::SocketAddr, String> {
+    let text = text.trim();
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let loopback = std::net::Ipv4Addr::LOCALHOST;
+    let port = match text.strip_prefix("localhost") {
+        Some("") => DEFAULT_LISTEN
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse().ok())
+            .unwrap_or(7420),
+        Some(rest) => rest
+            .strip_prefix(':')
+            .and_then(|port| port.parse::<u16>().ok())
+            .ok_or_else(|| format!("{text:?} has no valid port after `localhost:`"))?,
+        None => {
+            return Err(format!(
+                "{text:?} is not an address like 127.0.0.1:7420 (an IP address and a port; \
+                 `localhost` stands for 127.0.0.1)"
+            ));
+        }
+    };
+    Ok(std::net::SocketAddr::from((loopback, port)))
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentSpec {
@@ -421,5 +450,23 @@ env = { A = "b" }
             config.agents[0].settings.allowed_tools.as_deref(),
             Some(&["Read".to_string()][..])
         );
+    }
+
+    #[test]
+    fn listen_addresses_accept_localhost_as_the_loopback() {
+        let cases = [
+            ("127.0.0.1:7420", Some("127.0.0.1:7420")),
+            ("[::1]:0", Some("[::1]:0")),
+            ("localhost", Some("127.0.0.1:7420")),
+            ("localhost:9000", Some("127.0.0.1:9000")),
+            (" localhost:0 ", Some("127.0.0.1:0")),
+            ("localhost:x", None),
+            ("example.com:80", None),
+            ("7420", None),
+        ];
+        for (text, expected) in cases {
+            let parsed = parse_listen(text).ok().map(|addr| addr.to_string());
+            assert_eq!(parsed.as_deref(), expected, "{text}");
+        }
     }
 }

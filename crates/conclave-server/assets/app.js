@@ -261,16 +261,27 @@ function currentTask(name) {
   return state.tasks.find((t) => t.assignee === name && HELD.has(t.status));
 }
 
+// The same figure as the CONTEXT column of `conclave status` (context_figure in the CLI's
+// commands/agent.rs): thousands and the share rounded to the nearest, the share capped at 100%.
+function contextFigure(used, window) {
+  if (used == null) return null;
+  if (!window) return `${Math.round(used / 1000)}k`;
+  const share = Math.min(1, used / window);
+  return `${Math.round(share * 100)}% (${Math.round(used / 1000)}k / ${Math.round(window / 1000)}k)`;
+}
+
 function contextBar(agent) {
   const used = agent.context_tokens;
   const window = agent.context_window;
-  if (!used || !window) return h('div', { class: 'muted', text: 'context: not reported' });
+  const figure = contextFigure(used, window);
+  if (figure == null) return h('div', { class: 'muted', text: 'context: not reported' });
+  if (!window) return h('div', { class: 'line muted', text: `context ${figure}` });
   const share = Math.min(1, used / window);
   const fill = h('span');
   fill.style.width = `${Math.round(share * 100)}%`;
   const cls = share >= 0.9 ? 'bar full' : share >= 0.7 ? 'bar high' : 'bar';
   return h('div', { title: `${used} of ${window} tokens` },
-    h('div', { class: 'line muted', text: `context ${Math.round(share * 100)}% (${Math.round(used / 1000)}k / ${Math.round(window / 1000)}k)` }),
+    h('div', { class: 'line muted', text: `context ${figure}` }),
     h('div', { class: cls }, fill));
 }
 

@@ -203,15 +203,15 @@ pub async fn open_project_server(
     let admin_token = project
         .ensure_admin_token()
         .context("cannot create the admin token")?;
-    let listen = options
-        .listen
-        .clone()
-        .or_else(|| config.server.listen.clone())
-        .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+    // Errors name where the address came from: the flag, or the key in conclave.toml.
+    let (listen, source) = match (&options.listen, &config.server.listen) {
+        (Some(listen), _) => (listen.clone(), "--listen"),
+        (None, Some(listen)) => (listen.clone(), "[server] listen in conclave.toml"),
+        (None, None) => (DEFAULT_LISTEN.to_string(), "the default address"),
+    };
     let allow_remote = options.allow_remote || config.server.allow_remote;
-    let addr: SocketAddr = listen
-        .parse()
-        .with_context(|| format!("--listen {listen:?} is not an address like 127.0.0.1:7420"))?;
+    let addr: SocketAddr = conclave_core::config::parse_listen(&listen)
+        .map_err(|why| anyhow::anyhow!("{source}: {why}"))?;
     if !addr.ip().is_loopback() && !allow_remote {
         anyhow::bail!(
             "refusing to listen on {addr}: it is not a loopback address and would expose the team to the network; pass --allow-remote to do it anyway"
@@ -223,9 +223,18 @@ pub async fn open_project_server(
         .await?
         .with_context(|| format!("cannot open the store at {}", project.database().display()))?;
     keep_presence(&store, shutdown.clone()).await?;
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
+    let listener = TcpListener::bind(addr).await.map_err(|error| {
+        let hint = if error.kind() == std::io::ErrorKind::AddrInUse {
+            format!(
+                "; another program uses port {}: choose another port with --listen 127.0.0.1:PORT \
+                 or [server] listen in conclave.toml (port 0 picks a free one)",
+                addr.port()
+            )
+        } else {
+            String::new()
+        };
+        anyhow::anyhow!("cannot listen on {addr} ({source}): {error}{hint}")
+    })?;
     let local = listener.local_addr()?;
     let url = format!("http://{local}");
     let mut allowed_hosts = config.server.allowed_hosts.clone();

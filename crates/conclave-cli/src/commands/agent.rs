@@ -7,7 +7,7 @@ use conclave_core::model::{
 
 use crate::cli::AgentCommand;
 use crate::context::Context;
-use crate::output::{Table, ago, or_dash, print_json};
+use crate::output::{Table, ago, note, or_dash, outln, print_json};
 use conclave_client::segment;
 
 pub async fn run(context: &Context, command: AgentCommand) -> anyhow::Result<()> {
@@ -26,10 +26,11 @@ pub async fn run(context: &Context, command: AgentCommand) -> anyhow::Result<()>
                 caps,
             };
             let created: AgentCreated = client.post("/api/agents", &request).await?;
-            println!("{}", created.token);
-            eprintln!(
+            outln!("{}", created.token)?;
+            note!(
                 "conclave: registered agent {}; act as it with CONCLAVE_AGENT={} CONCLAVE_TOKEN=<the token above>",
-                created.agent.name, created.agent.name
+                created.agent.name,
+                created.agent.name
             );
         }
         AgentCommand::List(flag) => {
@@ -37,14 +38,14 @@ pub async fn run(context: &Context, command: AgentCommand) -> anyhow::Result<()>
             if flag.json {
                 print_json(&list)?;
             } else {
-                print_agents(&list.agents);
+                print_agents(&list.agents)?;
             }
         }
         AgentCommand::Token { name } => {
             let path = format!("/api/agents/{}/tokens", segment(&name));
             let token: TokenIssued = client.post(&path, &serde_json::json!({})).await?;
-            println!("{}", token.token);
-            eprintln!("conclave: issued a new token for {name}");
+            outln!("{}", token.token)?;
+            note!("conclave: issued a new token for {name}");
         }
         AgentCommand::Stop { name } => control(context, &client, &name, AgentAction::Stop).await?,
         AgentCommand::Restart { name } => {
@@ -68,14 +69,14 @@ async fn control(
 ) -> anyhow::Result<()> {
     let path = format!("/api/agents/{}/control", segment(name));
     let _: Agent = client.post(&path, &AgentControl { action }).await?;
-    eprintln!("conclave: asked the supervisor to {action} {name}");
+    note!("conclave: asked the supervisor to {action} {name}");
     // The request is an event that only a running `conclave up` acts on.
     if let Ok(project) = context.project() {
         let supervised = super::up::read_supervisor_info(project).is_some_and(|info| {
             i32::try_from(info.pid).is_ok_and(conclave_supervisor::process::is_alive)
         });
         if !supervised {
-            eprintln!(
+            note!(
                 "conclave: warning: no supervisor runs for this project (`conclave up`), so nothing acts on the request"
             );
         }
@@ -102,13 +103,8 @@ pub fn agents_table(agents: &[Agent], tasks: &[Task]) -> Table {
             .filter(|task| !task.status.is_finished())
             .find(|task| task.assignee.as_deref() == Some(agent.name.as_str()))
             .map(|task| task.id.to_string());
-        let context = match (agent.context_tokens, agent.context_window) {
-            (Some(tokens), Some(window)) if window > 0 => {
-                format!("{}k ({}%)", tokens / 1000, tokens * 100 / window)
-            }
-            (Some(tokens), _) => format!("{}k", tokens / 1000),
-            _ => "-".to_string(),
-        };
+        let context = context_figure(agent.context_tokens, agent.context_window)
+            .unwrap_or_else(|| "-".to_string());
         table.row(vec![
             agent.name.clone(),
             or_dash(agent.role.as_ref()),
@@ -124,10 +120,58 @@ pub fn agents_table(agents: &[Agent], tasks: &[Task]) -> Table {
     table
 }
 
-fn print_agents(agents: &[Agent]) {
+fn print_agents(agents: &[Agent]) -> std::io::Result<()> {
     if agents.is_empty() {
-        eprintln!("no agents yet (add one with `conclave agent add NAME`)");
-        return;
+        note!("no agents yet (add one with `conclave agent add NAME`)");
+        return Ok(());
     }
-    agents_table(agents, &[]).print();
+    agents_table(agents, &[]).print()
+}
+
+/// An agent's context use as `8% (13k / 200k)`, or `13k` when the window is unknown; none when
+/// nothing was reported. The dashboard's agent card prints the same figure, computed the same way
+/// (`contextFigure` in the server's `assets/app.js`): shares and thousands rounded to the
+/// nearest, the share capped at 100%.
+pub fn context_figure(tokens: Option<i64>, window: Option<i64>) -> Option<String> {
+    let tokens = tokens?;
+    let thousands = |n: i64| (n as f64 / 1000.0).round();
+    Some(match window.filter(|window| *window > 0) {
+        Some(window) => {
+            let share = (tokens as f64 / window as f64).min(1.0);
+            format!(
+                "{}% ({}k / {}k)",
+                (share * 100.0).round(),
+                thousands(tokens),
+                thousands(window)
+            )
+        }
+        None => format!("{}k", thousands(tokens)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_context_figure_rounds_like_the_dashboard() {
+        let cases = [
+            // The dashboard's browser test expects the same for this agent.
+            (Some(84_000), Some(200_000), Some("42% (84k / 200k)")),
+            (Some(12_600), Some(200_000), Some("6% (13k / 200k)")),
+            (Some(15_000), Some(200_000), Some("8% (15k / 200k)")),
+            (Some(0), Some(200_000), Some("0% (0k / 200k)")),
+            (Some(250_000), Some(200_000), Some("100% (250k / 200k)")),
+            (Some(12_400), None, Some("12k")),
+            (Some(12_400), Some(0), Some("12k")),
+            (None, Some(200_000), None),
+        ];
+        for (tokens, window, expected) in cases {
+            assert_eq!(
+                context_figure(tokens, window).as_deref(),
+                expected,
+                "{tokens:?} / {window:?}"
+            );
+        }
+    }
 }

@@ -3,6 +3,7 @@
 use conclave_server::bench::{BenchOptions, run_bench};
 
 use crate::cli::BenchArgs;
+use crate::output::{note, outln};
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.clients == 0 || args.requests == 0 {
@@ -12,17 +13,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         clients: args.clients,
         requests_per_client: args.requests,
     };
-    let stats = run_bench(options, |step| eprintln!("bench: {step}")).await?;
+    let stats = run_bench(options, |step| note!("bench: {step}")).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&stats)?);
+        outln!("{}", serde_json::to_string_pretty(&stats)?)?;
         return Ok(());
     }
-    println!("operation  requests   p50 ms   p99 ms   max ms   req/s");
+    outln!("operation  requests   p50 ms   p99 ms   max ms   req/s")?;
     for s in &stats {
-        println!(
+        outln!(
             "{:<10} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>7.0}",
-            s.operation, s.requests, s.p50_ms, s.p99_ms, s.max_ms, s.throughput_per_sec
-        );
+            s.operation,
+            s.requests,
+            s.p50_ms,
+            s.p99_ms,
+            s.max_ms,
+            s.throughput_per_sec
+        )?;
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! `conclave init`: make the current folder a Conclave project.
 
+use crate::output::note;
 use anyhow::Context as _;
 use conclave_core::config::EXAMPLE_CONFIG;
 use conclave_core::project::{CONFIG_FILE, Project, STATE_DIR};
@@ -18,22 +19,22 @@ pub fn run() -> anyhow::Result<()> {
             .with_context(|| format!("cannot write {}", config.display()))?;
     }
     match (state_existed, config_existed) {
-        (true, true) => eprintln!(
+        (true, true) => note!(
             "conclave: {} is already a conclave project (kept {STATE_DIR}/ and {CONFIG_FILE})",
             cwd.display()
         ),
         (false, true) => {
-            eprintln!("conclave: created {STATE_DIR}/ (kept the existing {CONFIG_FILE})")
+            note!("conclave: created {STATE_DIR}/ (kept the existing {CONFIG_FILE})")
         }
         (true, false) => {
-            eprintln!("conclave: created {CONFIG_FILE} (commented; every setting is optional)")
+            note!("conclave: created {CONFIG_FILE} (commented; every setting is optional)")
         }
-        (false, false) => eprintln!(
+        (false, false) => note!(
             "conclave: created {STATE_DIR}/ and {CONFIG_FILE} (commented; every setting is optional)"
         ),
     }
     if !(state_existed && config_existed) {
-        eprintln!("next: `conclave serve` to start the server, `conclave up` to run the team");
+        note!("next: `conclave serve` to start the server, `conclave up` to run the team");
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use conclave_core::model::{
 
 use crate::cli::{LockArgs, UnlockArgs};
 use crate::context::Context;
-use crate::output::{Table, clock, or_dash, print_json, until};
+use crate::output::{Table, clock, note, or_dash, print_json, until};
 
 pub async fn lock(context: &Context, args: LockArgs) -> anyhow::Result<()> {
     context.require_agent("conclave lock")?;
@@ -24,7 +24,7 @@ pub async fn lock(context: &Context, args: LockArgs) -> anyhow::Result<()> {
     };
     let granted: LeaseList = client.post("/api/leases", &request).await?;
     for lease in &granted.leases {
-        eprintln!(
+        note!(
             "conclave: locked {} ({}, fencing token {}, until {}, {})",
             lease.path,
             lease.mode,
@@ -44,12 +44,13 @@ pub async fn unlock(context: &Context, args: UnlockArgs) -> anyhow::Result<()> {
     };
     let released: ReleasedLeases = client.post("/api/leases/release", &request).await?;
     if released.released.is_empty() {
-        eprintln!("conclave: nothing to release");
+        note!("conclave: nothing to release");
     }
     for lease in &released.released {
-        eprintln!(
+        note!(
             "conclave: released {} (held by {})",
-            lease.path, lease.holder
+            lease.path,
+            lease.holder
         );
     }
     Ok(())
@@ -61,9 +62,9 @@ pub async fn list(context: &Context, json: bool) -> anyhow::Result<()> {
     if json {
         print_json(&list)?;
     } else if list.leases.is_empty() {
-        eprintln!("no leases");
+        note!("no leases");
     } else {
-        leases_table(&list.leases).print();
+        leases_table(&list.leases).print()?;
     }
     Ok(())
 }

@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::cli::LogArgs;
 use crate::context::Context;
 use crate::error::ApiError;
-use crate::output::{clip, clock, print_json, print_json_line};
+use crate::output::{clip, clock, note, print_json, print_json_line};
 
 const DEFAULT_LIMIT: i64 = 100;
 const EXPORT_PAGE: i64 = 1000;
@@ -64,7 +64,7 @@ pub async fn log(context: &Context, args: LogArgs) -> anyhow::Result<()> {
             return print_json(&EventList { events: backlog });
         }
         if backlog.is_empty() {
-            eprintln!("no events");
+            note!("no events");
         }
         for event in &backlog {
             print_event(event, false)?;
@@ -107,7 +107,7 @@ async fn follow(
             Err(error) => return Err(error),
         }
         if !announced_loss {
-            eprintln!("conclave: lost the event stream; reconnecting…");
+            note!("conclave: lost the event stream; reconnecting…");
             announced_loss = true;
         }
         tokio::time::sleep(delay).await;
@@ -134,7 +134,7 @@ async fn stream_once(
     let mut stream = client.events(&query, Some(*last_seq)).await?;
     *connected_once = true;
     if *announced_loss {
-        eprintln!("conclave: reconnected to {}", client.base_url());
+        note!("conclave: reconnected to {}", client.base_url());
         *announced_loss = false;
     }
     while let Some(event) = stream.next_event().await? {

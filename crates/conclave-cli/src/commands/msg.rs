@@ -6,7 +6,7 @@ use conclave_core::model::{AckResult, Message, MessageAck, MessageList, NewMessa
 
 use crate::cli::MsgCommand;
 use crate::context::Context;
-use crate::output::{Table, clip, clock, print_json};
+use crate::output::{Table, clip, clock, note, outln, print_json};
 
 pub async fn run(context: &Context, command: MsgCommand) -> anyhow::Result<()> {
     if let MsgCommand::Inbox { .. } = command {
@@ -29,9 +29,9 @@ pub async fn run(context: &Context, command: MsgCommand) -> anyhow::Result<()> {
                 urgent,
             };
             let message: Message = client.post("/api/messages", &request).await?;
-            println!("{}", message.id);
+            outln!("{}", message.id)?;
             let n_recipients = message.deliveries.len();
-            eprintln!(
+            note!(
                 "conclave: sent {} to {} (thread {}, {n_recipients} recipient{})",
                 message.id,
                 message.to,
@@ -49,10 +49,10 @@ pub async fn run(context: &Context, command: MsgCommand) -> anyhow::Result<()> {
             if json {
                 print_json(&inbox)?;
             } else if inbox.messages.is_empty() {
-                eprintln!("no unread messages");
+                note!("no unread messages");
             } else {
                 for message in &inbox.messages {
-                    print_message(message);
+                    print_message(message)?;
                 }
             }
             // Acknowledge only after printing: a crash in between means a redelivery, not a loss.
@@ -81,9 +81,9 @@ pub async fn run(context: &Context, command: MsgCommand) -> anyhow::Result<()> {
             if json {
                 print_json(&list)?;
             } else if list.messages.is_empty() {
-                eprintln!("no messages");
+                note!("no messages");
             } else {
-                messages_table(&list.messages).print();
+                messages_table(&list.messages).print()?;
             }
         }
         MsgCommand::Thread { thread, json } => {
@@ -96,7 +96,7 @@ pub async fn run(context: &Context, command: MsgCommand) -> anyhow::Result<()> {
                 anyhow::bail!("no messages in thread {thread:?}");
             } else {
                 for message in &list.messages {
-                    print_message(message);
+                    print_message(message)?;
                 }
             }
         }
@@ -105,7 +105,7 @@ pub async fn run(context: &Context, command: MsgCommand) -> anyhow::Result<()> {
 }
 
 /// A message in full: a header line, then the body indented.
-fn print_message(message: &Message) {
+fn print_message(message: &Message) -> std::io::Result<()> {
     let mut flags = Vec::new();
     if message.kind != Default::default() {
         flags.push(message.kind.to_string());
@@ -118,17 +118,18 @@ fn print_message(message: &Message) {
     } else {
         format!(" [{}]", flags.join(", "))
     };
-    println!(
+    outln!(
         "{} {} {} → {} (thread {}){flags}",
         message.id,
         clock(message.created_at),
         message.sender,
         message.to,
         message.thread
-    );
+    )?;
     for line in message.body.lines() {
-        println!("    {line}");
+        outln!("    {line}")?;
     }
+    Ok(())
 }
 
 fn messages_table(messages: &[Message]) -> Table {

@@ -4,7 +4,7 @@ use conclave_core::model::{NewNote, Note, NoteList, SearchResults};
 
 use crate::cli::NoteCommand;
 use crate::context::Context;
-use crate::output::{Table, clip, print_json};
+use crate::output::{Table, clip, note, outln, print_json};
 
 pub async fn run(context: &Context, command: NoteCommand) -> anyhow::Result<()> {
     let client = context.client()?;
@@ -18,6 +18,7 @@ pub async fn run(context: &Context, command: NoteCommand) -> anyhow::Result<()> 
             supersedes,
             task,
         } => {
+            let kind_given = kind.is_some();
             let request = NewNote {
                 title,
                 kind: kind.unwrap_or_default(),
@@ -28,13 +29,25 @@ pub async fn run(context: &Context, command: NoteCommand) -> anyhow::Result<()> 
                 task,
             };
             let note: Note = client.post("/api/notes", &request).await?;
-            println!("{}", note.id);
-            match &note.supersedes {
-                Some(old) => eprintln!(
-                    "conclave: recorded {} ({}), superseding {old}",
-                    note.id, note.kind
-                ),
-                None => eprintln!("conclave: recorded {} ({})", note.id, note.kind),
+            outln!("{}", note.id)?;
+            let superseding = note
+                .supersedes
+                .as_ref()
+                .map(|old| format!(", superseding {old}"))
+                .unwrap_or_default();
+            if kind_given {
+                note!(
+                    "conclave: recorded {} ({}){superseding}",
+                    note.id,
+                    note.kind
+                );
+            } else {
+                note!(
+                    "conclave: recorded {} as a {} note{superseding} (the default kind; choose \
+                     another with --kind decision|discovery|interface|warning)",
+                    note.id,
+                    note.kind
+                );
             }
         }
         NoteCommand::List { kind, all, json } => {
@@ -49,7 +62,7 @@ pub async fn run(context: &Context, command: NoteCommand) -> anyhow::Result<()> 
             if json {
                 print_json(&list)?;
             } else if list.notes.is_empty() {
-                eprintln!("no notes");
+                note!("no notes");
             } else {
                 let mut table = Table::new(&["id", "kind", "author", "tags", "title"]);
                 for note in &list.notes {
@@ -69,7 +82,7 @@ pub async fn run(context: &Context, command: NoteCommand) -> anyhow::Result<()> 
                         title,
                     ]);
                 }
-                table.print();
+                table.print()?;
             }
         }
         NoteCommand::Search { query, kind, json } => {
@@ -81,7 +94,7 @@ pub async fn run(context: &Context, command: NoteCommand) -> anyhow::Result<()> 
             if json {
                 print_json(&result)?;
             } else if result.hits.is_empty() {
-                eprintln!("no matches");
+                note!("no matches");
             } else {
                 let mut table = Table::new(&["id", "kind", "title", "snippet"]);
                 for hit in &result.hits {
@@ -92,7 +105,7 @@ pub async fn run(context: &Context, command: NoteCommand) -> anyhow::Result<()> 
                         clip(&hit.snippet, 80),
                     ]);
                 }
-                table.print();
+                table.print()?;
             }
         }
     }

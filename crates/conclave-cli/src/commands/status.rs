@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use conclave_core::model::{StatusReport, Task, TaskStatus};
 
 use crate::context::Context;
-use crate::output::print_json;
+use crate::output::{out, outln, print_json};
 
 pub async fn run(context: &Context, json: bool) -> anyhow::Result<()> {
     let client = context.client()?;
@@ -13,27 +13,27 @@ pub async fn run(context: &Context, json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(&status);
     }
-    println!(
+    outln!(
         "server {} · last event #{}",
         client.base_url(),
         status.last_seq
-    );
+    )?;
     if let Some(me) = &status.me {
-        println!("you are {me} · {} unread", status.unread.unwrap_or(0));
+        outln!("you are {me} · {} unread", status.unread.unwrap_or(0))?;
     }
 
-    println!();
+    outln!()?;
     if status.agents.is_empty() {
-        println!("agents: none");
+        outln!("agents: none")?;
     } else {
-        println!("agents ({})", status.agents.len());
-        print!(
+        outln!("agents ({})", status.agents.len())?;
+        out!(
             "{}",
             super::agent::agents_table(&status.agents, &status.tasks).render()
-        );
+        )?;
     }
 
-    println!();
+    outln!()?;
     let mut counts: BTreeMap<usize, (TaskStatus, usize)> = BTreeMap::new();
     for task in &status.tasks {
         let order = TaskStatus::ALL
@@ -43,13 +43,13 @@ pub async fn run(context: &Context, json: bool) -> anyhow::Result<()> {
         counts.entry(order).or_insert((task.status, 0)).1 += 1;
     }
     if counts.is_empty() {
-        println!("tasks: none");
+        outln!("tasks: none")?;
     } else {
         let summary: Vec<String> = counts
             .values()
             .map(|(status, n)| format!("{n} {status}"))
             .collect();
-        println!("tasks: {}", summary.join(", "));
+        outln!("tasks: {}", summary.join(", "))?;
         let open: Vec<Task> = status
             .tasks
             .iter()
@@ -57,16 +57,16 @@ pub async fn run(context: &Context, json: bool) -> anyhow::Result<()> {
             .cloned()
             .collect();
         if !open.is_empty() {
-            print!("{}", super::task::tasks_table(&open).render());
+            out!("{}", super::task::tasks_table(&open).render())?;
         }
     }
 
-    println!();
+    outln!()?;
     if status.leases.is_empty() {
-        println!("leases: none");
+        outln!("leases: none")?;
     } else {
-        println!("leases ({})", status.leases.len());
-        print!("{}", super::lock::leases_table(&status.leases).render());
+        outln!("leases ({})", status.leases.len())?;
+        out!("{}", super::lock::leases_table(&status.leases).render())?;
     }
     Ok(())
 }

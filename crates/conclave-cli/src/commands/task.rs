@@ -10,7 +10,7 @@ use conclave_core::store::ClaimOutcome;
 use crate::cli::TaskCommand;
 use crate::context::Context;
 use crate::error::{ApiError, NothingReady};
-use crate::output::{Table, clip, or_dash, print_json, until};
+use crate::output::{Table, clip, note, or_dash, outln, print_json, until};
 use conclave_client::Client;
 
 pub async fn run(context: &Context, command: TaskCommand) -> anyhow::Result<()> {
@@ -39,8 +39,8 @@ pub async fn run(context: &Context, command: TaskCommand) -> anyhow::Result<()> 
                 parent,
             };
             let task: Task = client.post("/api/tasks", &request).await?;
-            println!("{}", task.id);
-            eprintln!("conclave: created {} ({})", task.id, task.status);
+            outln!("{}", task.id)?;
+            note!("conclave: created {} ({})", task.id, task.status);
         }
         TaskCommand::List {
             status,
@@ -49,7 +49,7 @@ pub async fn run(context: &Context, command: TaskCommand) -> anyhow::Result<()> 
         } => {
             let mut query = Vec::new();
             if let Some(status) = status {
-                query.push(("status", status));
+                query.push(("status", status.to_string()));
             }
             if let Some(assignee) = assignee {
                 query.push(("assignee", assignee));
@@ -58,9 +58,9 @@ pub async fn run(context: &Context, command: TaskCommand) -> anyhow::Result<()> 
             if json {
                 print_json(&list)?;
             } else if list.tasks.is_empty() {
-                eprintln!("no tasks");
+                note!("no tasks");
             } else {
-                tasks_table(&list.tasks).print();
+                tasks_table(&list.tasks).print()?;
             }
         }
         TaskCommand::Show { id, json } => {
@@ -68,7 +68,7 @@ pub async fn run(context: &Context, command: TaskCommand) -> anyhow::Result<()> 
             if json {
                 print_json(&task)?;
             } else {
-                print_task(&task);
+                print_task(&task)?;
             }
         }
         TaskCommand::Edit {
@@ -88,19 +88,19 @@ pub async fn run(context: &Context, command: TaskCommand) -> anyhow::Result<()> 
                 after,
             };
             let task: Task = client.patch(&task_path(id, ""), &request).await?;
-            eprintln!("conclave: edited {} ({})", task.id, task.status);
+            note!("conclave: edited {} ({})", task.id, task.status);
         }
         TaskCommand::Cancel { id, reason } => {
             let task: Task = client
                 .post(&task_path(id, "/cancel"), &TaskCancel { reason })
                 .await?;
-            eprintln!("conclave: {} {}", task.id, task.status);
+            note!("conclave: {} {}", task.id, task.status);
         }
         TaskCommand::Assign { id, agent } => {
             let task: Task = client
                 .post(&task_path(id, "/assign"), &TaskAssign { agent })
                 .await?;
-            eprintln!(
+            note!(
                 "conclave: {} assigned to {} ({})",
                 task.id,
                 or_dash(task.assignee.as_ref()),
@@ -111,7 +111,7 @@ pub async fn run(context: &Context, command: TaskCommand) -> anyhow::Result<()> 
             let task: Task = client
                 .post(&task_path(id, "/reopen"), &ReasonRequest { reason })
                 .await?;
-            eprintln!("conclave: reopened {} ({})", task.id, task.status);
+            note!("conclave: reopened {} ({})", task.id, task.status);
         }
         TaskCommand::Claim { id } => claim(&client, id).await?,
         TaskCommand::Update { id, status, note } => {
@@ -122,19 +122,19 @@ pub async fn run(context: &Context, command: TaskCommand) -> anyhow::Result<()> 
                     &TaskStatusUpdate { status, note },
                 )
                 .await?;
-            eprintln!("conclave: {} is {}", task.id, task.status);
+            note!("conclave: {} is {}", task.id, task.status);
         }
         TaskCommand::Done { id, summary, files } => {
             let task: Task = client
                 .post(&task_path(id, "/done"), &TaskFinish { summary, files })
                 .await?;
-            eprintln!("conclave: {} is {}", task.id, task.status);
+            note!("conclave: {} is {}", task.id, task.status);
         }
         TaskCommand::Fail { id, reason } => {
             let task: Task = client
                 .post(&task_path(id, "/fail"), &TaskFailure { reason })
                 .await?;
-            eprintln!("conclave: {} is {}", task.id, task.status);
+            note!("conclave: {} is {}", task.id, task.status);
         }
     }
     Ok(())
@@ -158,8 +158,8 @@ async fn claim(client: &Client, id: Option<TaskId>) -> anyhow::Result<()> {
     };
     match claimed.task {
         Some(task) => {
-            println!("{}", task.id);
-            eprintln!("conclave: claimed {}: {}", task.id, clip(&task.title, 80));
+            outln!("{}", task.id)?;
+            note!("conclave: claimed {}: {}", task.id, clip(&task.title, 80));
             Ok(())
         }
         None => Err(NothingReady {
@@ -194,7 +194,7 @@ pub fn tasks_table(tasks: &[Task]) -> Table {
     table
 }
 
-fn print_task(task: &Task) {
+fn print_task(task: &Task) -> std::io::Result<()> {
     let mut lines = vec![
         format!("{}  {}", task.id, task.title),
         format!("status:    {}", task.status),
@@ -235,10 +235,11 @@ fn print_task(task: &Task) {
         lines.push(format!("files:     {}", task.files.join(", ")));
     }
     for line in lines {
-        println!("{line}");
+        outln!("{line}")?;
     }
     if !task.body.trim().is_empty() {
-        println!();
-        println!("{}", task.body.trim_end());
+        outln!()?;
+        outln!("{}", task.body.trim_end())?;
     }
+    Ok(())
 }

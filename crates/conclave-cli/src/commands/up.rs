@@ -69,12 +69,18 @@ pub async fn run(context: &Context, args: UpArgs) -> anyhow::Result<()> {
     let (admin, server) = match running_server(&project).await {
         Some(admin) => {
             eprintln!("conclave: joining the server at {}", admin.base_url());
+            if let Some(listen) = &args.listen {
+                eprintln!("conclave: --listen {listen} is ignored: that server already listens");
+            }
             (admin, None)
         }
         None => {
             let server = conclave_server::open_project_server(
                 &project,
-                &ServeOptions::default(),
+                &ServeOptions {
+                    listen: args.listen.clone(),
+                    ..ServeOptions::default()
+                },
                 server_shutdown.clone(),
             )
             .await?;
@@ -178,6 +184,9 @@ async fn detach(project: &Project, args: &UpArgs) -> anyhow::Result<()> {
     command.arg("up");
     if args.stay {
         command.arg("--stay");
+    }
+    if let Some(listen) = &args.listen {
+        command.arg("--listen").arg(listen);
     }
     use std::os::unix::process::CommandExt as _;
     let mut child = command

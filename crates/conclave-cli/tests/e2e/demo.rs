@@ -1,6 +1,6 @@
 //! `conclave demo`: the scripted three-agent team runs to the end with the real Claude Code CLI,
 //! and the story it tells (dependent tasks, a collision on one file resolved by message) is in
-//! the event log.
+//! the event log; a step the script does not expect stops it at once.
 
 use std::time::Duration;
 
@@ -37,6 +37,14 @@ async fn the_demo_team_collides_on_one_file_resolves_it_by_message_and_finishes(
         stderr.contains("/?token="),
         "the dashboard link is printed: {stderr}"
     );
+    ensure!(
+        stderr.contains("the scripted team finished in ") && stderr.contains(" s"),
+        "the terminal says when the team has finished: {stderr}"
+    );
+    ensure!(
+        !stderr.contains("warning:"),
+        "the pinned Claude Code draws no version warning: {stderr}"
+    );
 
     // Read the finished project's log straight from its database file.
     let store = conclave_core::Store::open(&dir.join(".conclave/conclave.db"), Default::default())?;
@@ -67,5 +75,46 @@ async fn the_demo_team_collides_on_one_file_resolves_it_by_message_and_finishes(
         lib.contains("mod farewell") && lib.contains("mod greet"),
         "{lib}"
     );
+    Ok(())
+}
+
+/// A step the script does not expect (here `src/lib.rs` is a folder, so reading it fails) makes
+/// the scripted agent stop instead of trying again, and the demo ends at once quoting it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scripted_agent_meeting_an_unexpected_error_stops_the_demo_at_once() -> Result<()> {
+    let Some(claude) = claude_or_skip() else {
+        return Ok(());
+    };
+    let _serial = serial().await;
+    let temp = tempfile::tempdir()?;
+    let dir = temp.path().join("demo");
+    std::fs::create_dir_all(dir.join("src/lib.rs"))?;
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_conclave"));
+    command
+        .args(["demo", "--exit-when-done", "--dir"])
+        .arg(&dir)
+        .env("CONCLAVE_CLAUDE_BIN", &claude)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(120), command.output())
+        .await
+        .context("the demo did not stop within 120 s")??;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(output.status.code() == Some(1), "{stderr}");
+    ensure!(
+        stderr.contains("the scripted team cannot finish: coder-")
+            && stderr.contains("stopped: Read failed")
+            && stderr.contains("EISDIR"),
+        "the demo quotes what the agent met: {stderr}"
+    );
+
+    // A failed read is no lease denial: nobody was asked about it.
+    let store = conclave_core::Store::open(&dir.join(".conclave/conclave.db"), Default::default())?;
+    let events = store.read(|r| r.events(&Default::default()))?;
+    let questions = events
+        .iter()
+        .filter(|e| e.kind == "message.sent" && e.data["kind"] == "question")
+        .count();
+    ensure!(questions == 0, "{questions} questions were asked");
     Ok(())
 }

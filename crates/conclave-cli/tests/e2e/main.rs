@@ -9,6 +9,7 @@
 mod demo;
 mod outages;
 mod readme_team;
+mod signals;
 mod supervisor;
 mod supervisor_control;
 mod support;

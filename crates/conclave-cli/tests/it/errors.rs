@@ -32,14 +32,12 @@ fn bad_input_exits_1_with_one_error_line_and_changes_nothing() {
     add_agent(&project, "alice", &[]);
     project.run(&["task", "add", "exists"]).ok();
     let cases: &[(&[&str], &str)] = &[
-        (&["task", "add", ""], "title"),
         (&["task", "add", "orphan", "--after", "T-42"], "T-42"),
         (&["task", "add", "child", "--parent", "T-42"], "T-42"),
         (&["task", "show", "T-99"], "T-99"),
         (&["task", "edit", "T-99", "--title", "x"], "T-99"),
         (&["task", "edit", "T-1", "--after", "T-1"], "T-1"),
         (&["task", "assign", "T-1", "nobody"], "nobody"),
-        (&["task", "list", "--status", "finished"], "finished"),
         (&["agent", "add", "alice"], "alice"),
         (&["agent", "token", "nobody"], "nobody"),
         (&["msg", "send", "nobody", "hello"], "nobody"),
@@ -101,6 +99,28 @@ fn usage_errors_exit_2() {
         &["no-such-command"],
     ] {
         project.run(args).fails_with(2);
+    }
+    // Values the command line can judge alone are usage errors too, and say what is wrong.
+    let cases: &[(&[&str], &str)] = &[
+        (&["task", "add", ""], "title must not be empty"),
+        (&["task", "add", "  "], "title must not be empty"),
+        (
+            &["task", "edit", "T-1", "--title", ""],
+            "title must not be empty",
+        ),
+        (&["task", "list", "--status", "doing"], "in_progress"),
+        (
+            &["task", "list", "--status", "finished"],
+            "not a task status",
+        ),
+    ];
+    for (args, says) in cases {
+        let run = project.run(args);
+        let stderr = run.fails_with(2);
+        assert!(
+            stderr.contains(says),
+            "{args:?} should say {says:?}: {stderr}"
+        );
     }
 }
 

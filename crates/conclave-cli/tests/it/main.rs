@@ -3,6 +3,7 @@
 
 mod errors;
 mod follow;
+mod pipes;
 mod retry;
 mod serve;
 mod steering;

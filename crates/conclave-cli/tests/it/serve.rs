@@ -120,6 +120,70 @@ fn up_without_agents_serves_the_project_until_stopped() {
     assert!(!project.state_dir().join("server.json").exists());
 }
 
+#[test]
+fn listen_addresses_come_from_up_s_flag_or_the_config_and_localhost_means_loopback() {
+    // `up --listen` chooses the in-process server's address.
+    let project = TestProject::init();
+    let server = Server::start_command(&project, "up.log", &["up", "--listen", "127.0.0.1:0"]);
+    assert!(
+        server.url.starts_with("http://127.0.0.1:"),
+        "{}",
+        server.url
+    );
+    assert_eq!(server.stop_with(Signal::SIGTERM), Some(0));
+
+    // `listen = "localhost:0"` in conclave.toml is the IPv4 loopback.
+    let project = TestProject::init();
+    std::fs::write(
+        project.root().join("conclave.toml"),
+        "[server]\nlisten = \"localhost:0\"\n",
+    )
+    .expect("config");
+    let server = Server::start(&project);
+    drop(server);
+    let server = Server::start_command(&project, "serve.log", &["serve"]);
+    assert!(
+        server.url.starts_with("http://127.0.0.1:"),
+        "{}",
+        server.url
+    );
+    drop(server);
+
+    // A listen value that is no address is refused naming where it came from.
+    std::fs::write(
+        project.root().join("conclave.toml"),
+        "[server]\nlisten = \"nowhere:80\"\n",
+    )
+    .expect("config");
+    let stderr = project.run(&["serve"]).fails_with(1).to_string();
+    assert!(
+        stderr.contains("[server] listen") && !stderr.contains("--listen"),
+        "{stderr}"
+    );
+    let stderr = project
+        .run(&["serve", "--listen", "nowhere:80"])
+        .fails_with(1)
+        .to_string();
+    assert!(stderr.contains("--listen"), "{stderr}");
+}
+
+#[test]
+fn an_address_in_use_says_how_to_choose_another_port() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    for command in ["serve", "up"] {
+        let project = TestProject::init();
+        let stderr = project
+            .run(&[command, "--listen", &addr])
+            .fails_with(1)
+            .to_string();
+        assert!(
+            stderr.contains("--listen") && stderr.contains("[server] listen"),
+            "{command}: {stderr}"
+        );
+    }
+}
+
 /// Regression: deleting `server.lock` let a second server run on the same database, whose writes
 /// reached neither the first server's live streams nor its inbox waits.
 #[test]

@@ -298,7 +298,7 @@ impl Drop for Server {
 }
 
 /// Polls `.conclave/server.json` until it names this process (bounded); returns the URL.
-fn wait_for_server_info(project: &TestProject, child: &mut Child, log: &Path) -> String {
+pub fn wait_for_server_info(project: &TestProject, child: &mut Child, log: &Path) -> String {
     let path = project.state_dir().join("server.json");
     let started = Instant::now();
     loop {

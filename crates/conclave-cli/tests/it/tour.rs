@@ -306,3 +306,21 @@ fn token_of(who: &As) -> String {
         As::Admin => String::new(),
     }
 }
+
+#[test]
+fn note_add_says_which_kind_it_used() {
+    let project = TestProject::init();
+    let _server = Server::start(&project);
+    let defaulted = project.run(&["note", "add", "tabs, not spaces"]);
+    assert_eq!(defaulted.ok(), "N-1");
+    assert!(
+        defaulted.stderr.contains("as a discovery note") && defaulted.stderr.contains("--kind"),
+        "{defaulted:?}"
+    );
+    let chosen = project.run(&["note", "add", "use sqlite", "--kind", "decision"]);
+    assert_eq!(chosen.ok(), "N-2");
+    assert!(
+        chosen.stderr.contains("(decision)") && !chosen.stderr.contains("--kind"),
+        "{chosen:?}"
+    );
+}
