@@ -26,12 +26,17 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
+use conclave_core::event::{
+    AgentBudgetExceeded, AgentCrashed, AgentExit, AgentHandoffRequested, AgentRecycled,
+    AgentRestarted, AgentStarted, AgentText, AgentTool, AgentTurn, AgentWoken, Topic,
+};
 use conclave_core::model::{
-    Agent, AgentAction, AgentStatus, AgentUpdate, Event, MessageKind, Task, TaskId, TaskStatus,
+    Agent, AgentAction, AgentStatus, AgentUpdate, Event, EventPayload, MessageKind, Task, TaskId,
+    TaskStatus,
 };
 use conclave_core::store::is_held;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::plan::AgentPlan;
 use crate::stream::{Content, MAX_TEXT, StreamUpdate, ToolResult, truncate};
@@ -163,12 +168,8 @@ pub enum Effect {
     Kill { agent: usize },
     /// `PATCH /api/agents/NAME`.
     Patch { agent: usize, update: AgentUpdate },
-    /// `POST /api/events` with this kind and data, for the agent.
-    Record {
-        agent: usize,
-        kind: &'static str,
-        data: Value,
-    },
+    /// `POST /api/events`: this event, about the agent.
+    Record { agent: usize, payload: EventPayload },
     /// The agent's process died unasked: release what it held, and record `agent.crashed` with
     /// `reason` and what was released.
     ReleaseAfterCrash { agent: usize, reason: String },
@@ -346,6 +347,15 @@ pub struct Team {
     out: Vec<Effect>,
 }
 
+/// How a process ended, with nothing more to say.
+fn exit(how: &str) -> AgentExit {
+    AgentExit {
+        exit: how.to_string(),
+        stopped: false,
+        restart: false,
+    }
+}
+
 fn status_update(status: AgentStatus) -> AgentUpdate {
     AgentUpdate {
         status: Some(status),
@@ -441,8 +451,8 @@ impl Team {
         self.out.push(Effect::Patch { agent, update });
     }
 
-    fn record(&mut self, agent: usize, kind: &'static str, data: Value) {
-        self.out.push(Effect::Record { agent, kind, data });
+    fn record(&mut self, agent: usize, payload: EventPayload) {
+        self.out.push(Effect::Record { agent, payload });
     }
 
     fn save(&mut self, agent: usize) {
@@ -524,11 +534,11 @@ impl Team {
                 .unwrap_or_default()
         ));
         self.patch(index, update);
-        self.record(
-            index,
-            "agent.started",
-            json!({"pid": pid, "resume": resume}),
-        );
+        let started = AgentStarted {
+            pid: i64::from(pid),
+            resume,
+        };
+        self.record(index, EventPayload::AgentStarted(started));
     }
 
     // ---- what the processes say -------------------------------------------------------------
@@ -564,7 +574,7 @@ impl Team {
                         }
                         Content::Text(text) => {
                             let text = truncate(&text, MAX_TEXT);
-                            self.record(index, "agent.text", json!({"text": text}));
+                            self.record(index, EventPayload::AgentText(AgentText { text }));
                         }
                     }
                 }
@@ -581,8 +591,12 @@ impl Team {
                     let Some((tool, input)) = self.agents[index].pending_tools.remove(&id) else {
                         continue;
                     };
-                    let data = json!({"tool": tool, "input": input, "result_bytes": bytes});
-                    self.record(index, "agent.tool", data);
+                    let used = AgentTool {
+                        tool,
+                        input: Value::String(input),
+                        result_bytes: i64::try_from(bytes).unwrap_or(i64::MAX),
+                    };
+                    self.record(index, EventPayload::AgentTool(used));
                 }
             }
             StreamUpdate::Cost { total_usd } => self.on_cost_in_turn(index, total_usd),
@@ -622,11 +636,13 @@ impl Team {
             "{name} reached its budget of ${budget:.2} (spent ${cost:.4}); stopping it"
         ));
         self.stop_process(index, StopReason::Budget, grace);
-        let data = json!({
-            "budget_usd": budget, "cost_usd": cost, "alert": true,
-            "message": format!("{name} spent ${cost:.4} of its ${budget:.2} budget and was stopped"),
-        });
-        self.record(index, "agent.budget_exceeded", data);
+        let exceeded = AgentBudgetExceeded {
+            budget_usd: budget,
+            cost_usd: cost,
+            alert: true,
+            message: format!("{name} spent ${cost:.4} of its ${budget:.2} budget and was stopped"),
+        };
+        self.record(index, EventPayload::AgentBudgetExceeded(exceeded));
     }
 
     fn on_turn_end(
@@ -672,8 +688,12 @@ impl Team {
             ..AgentUpdate::default()
         };
         self.patch(index, update);
-        let data = json!({"context_tokens": tokens, "context_window": window, "cost_usd": cost});
-        self.record(index, "agent.turn", data);
+        let turn = AgentTurn {
+            context_tokens: tokens,
+            context_window: window,
+            cost_usd: cost,
+        };
+        self.record(index, EventPayload::AgentTurn(turn));
         self.dirty = true;
 
         let agent = &self.agents[index];
@@ -704,8 +724,11 @@ impl Team {
             agent.asked_for_handoff = true;
             agent.phase = Phase::Live { busy: true };
             self.out.push(Effect::Send { agent: index, text });
-            let data = json!({"context_tokens": tokens, "context_window": window});
-            self.record(index, "agent.handoff_requested", data);
+            let requested = AgentHandoffRequested {
+                context_tokens: tokens,
+                context_window: window,
+            };
+            self.record(index, EventPayload::AgentHandoffRequested(requested));
         }
     }
 
@@ -724,8 +747,10 @@ impl Team {
                 let agent = &mut self.agents[index];
                 agent.next_start = Start::Recycled;
                 agent.context_tokens = None;
-                let data = json!({"previous_session": agent.session_id});
-                self.record(index, "agent.recycled", data);
+                let recycled = AgentRecycled {
+                    previous_session: agent.session_id.clone(),
+                };
+                self.record(index, EventPayload::AgentRecycled(recycled));
                 self.say(format!("recycling {name} into a fresh session"));
                 self.start(index);
             }
@@ -738,21 +763,29 @@ impl Team {
                     AgentStatus::Hibernated
                 };
                 self.patch(index, status_update(status));
-                self.record(index, "agent.hibernated", json!({"exit": how}));
+                self.record(index, EventPayload::AgentHibernated(exit(how)));
             }
             Some(StopReason::Budget | StopReason::Stop) => {
                 self.agents[index].phase = Phase::Stopped;
                 self.patch(index, status_update(AgentStatus::Stopped));
-                self.record(index, "agent.exited", json!({"exit": how, "stopped": true}));
+                let stopped = AgentExit {
+                    stopped: true,
+                    ..exit(how)
+                };
+                self.record(index, EventPayload::AgentExited(stopped));
             }
             Some(StopReason::Restart) => {
                 self.agents[index].next_start = Start::Resumed;
-                self.record(index, "agent.exited", json!({"exit": how, "restart": true}));
+                let restart = AgentExit {
+                    restart: true,
+                    ..exit(how)
+                };
+                self.record(index, EventPayload::AgentExited(restart));
                 self.start(index);
             }
             Some(StopReason::Shutdown) => {
                 self.agents[index].phase = Phase::Waiting;
-                self.record(index, "agent.exited", json!({"exit": how}));
+                self.record(index, EventPayload::AgentExited(exit(how)));
             }
         }
     }
@@ -783,8 +816,14 @@ impl Team {
             agent.phase = Phase::Crashed;
             self.say(message.clone());
             self.patch(index, status_update(AgentStatus::Crashed));
-            let data = json!({"alert": true, "gave_up": true, "message": message});
-            self.record(index, "agent.crashed", data);
+            let gave_up = AgentCrashed {
+                reason: None,
+                released: None,
+                alert: true,
+                gave_up: true,
+                message: Some(message),
+            };
+            self.record(index, EventPayload::AgentCrashed(gave_up));
             return;
         }
         let delay = Duration::from_secs(1)
@@ -799,46 +838,34 @@ impl Team {
     // ---- what the server says ---------------------------------------------------------------
 
     fn on_event(&mut self, event: &Event) {
-        match event.kind.as_str() {
-            "message.sent" => {
-                let data = &event.data;
-                let kind = data["kind"].as_str().unwrap_or_default();
-                if kind == MessageKind::Handoff.as_str() {
+        match &event.payload {
+            EventPayload::MessageSent(sent) => {
+                if sent.kind == MessageKind::Handoff {
                     return;
                 }
-                let recipients: Vec<&str> = data["recipients"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .collect();
                 let quoted = Quoted {
-                    id: data["id"].as_str().unwrap_or_default().to_string(),
+                    id: sent.id.clone(),
                     sender: event.actor.clone(),
-                    body: data["body"].as_str().unwrap_or_default().to_string(),
+                    body: sent.body.clone(),
                 };
                 for agent in &mut self.agents {
-                    if recipients.contains(&agent.plan.name.as_str())
-                        && agent.plan.name != event.actor
+                    if sent.recipients.contains(&agent.plan.name) && agent.plan.name != event.actor
                     {
                         agent.pending_messages.push(quoted.clone());
                         self.dirty = true;
                     }
                 }
             }
-            "agent.control" => {
+            EventPayload::AgentControl(control) => {
                 let index = event
                     .agent
                     .as_deref()
                     .and_then(|name| self.agents.iter().position(|a| a.plan.name == name));
-                let action = event.data["action"]
-                    .as_str()
-                    .and_then(|text| text.parse::<AgentAction>().ok());
-                if let (Some(index), Some(action)) = (index, action) {
-                    self.on_control(index, action);
+                if let Some(index) = index {
+                    self.on_control(index, control.action);
                 }
             }
-            "task.ready" => {
+            EventPayload::TaskReady(_) => {
                 // A task that is ready again (reopened, reclaimed, released) may be offered anew.
                 if let Some(task) = event.task {
                     for agent in &mut self.agents {
@@ -847,7 +874,7 @@ impl Team {
                 }
                 self.dirty = true;
             }
-            kind if kind.starts_with("task.") => self.dirty = true,
+            payload if payload.topic() == Some(Topic::Task) => self.dirty = true,
             _ => {}
         }
     }
@@ -893,7 +920,11 @@ impl Team {
                     agent.next_start = Start::Resumed;
                     self.start(index);
                 }
-                self.record(index, "agent.restarted", json!({"asked": true}));
+                let restarted = AgentRestarted {
+                    asked: true,
+                    restarts: None,
+                };
+                self.record(index, EventPayload::AgentRestarted(restarted));
             }
         }
     }
@@ -972,20 +1003,20 @@ impl Team {
             };
             let agent = &mut self.agents[index];
             agent.offered.extend(tasks.iter().map(|(id, _)| *id));
-            let data = json!({
-                "messages": messages.iter().map(|m| m.id.clone()).collect::<Vec<_>>(),
-                "tasks": quoted_tasks.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(),
-            });
+            let woken = AgentWoken {
+                messages: messages.iter().map(|m| m.id.clone()).collect(),
+                tasks: quoted_tasks.iter().map(|(id, _)| id.clone()).collect(),
+            };
             if agent.phase == Phase::Hibernated {
                 agent.wake_on_start = Some(text);
                 agent.next_start = Start::Resumed;
                 self.say(format!("waking {name} from hibernation"));
-                self.record(index, "agent.woken", data);
+                self.record(index, EventPayload::AgentWoken(woken));
                 self.start(index);
             } else {
                 agent.phase = Phase::Live { busy: true };
                 self.out.push(Effect::Send { agent: index, text });
-                self.record(index, "agent.woken", data);
+                self.record(index, EventPayload::AgentWoken(woken));
                 self.patch(index, status_update(AgentStatus::Working));
             }
         }
@@ -1004,8 +1035,11 @@ impl Team {
                 Phase::RestartPending { at } if now >= at => {
                     agent.restarts += 1;
                     agent.restart_times.push_back(now);
-                    let data = json!({"restarts": agent.restarts});
-                    self.record(index, "agent.restarted", data);
+                    let restarted = AgentRestarted {
+                        asked: false,
+                        restarts: Some(agent.restarts),
+                    };
+                    self.record(index, EventPayload::AgentRestarted(restarted));
                     self.start(index);
                 }
                 Phase::Live { busy: false }
@@ -1089,7 +1123,8 @@ mod tests {
     use std::path::PathBuf;
 
     use conclave_core::config::AgentSettings;
-    use conclave_core::model::TaskStatus;
+    use conclave_core::model::{NewEvent, TaskStatus};
+    use serde_json::json;
 
     use super::*;
 
@@ -1248,6 +1283,10 @@ mod tests {
 
         fn event(&mut self, value: Value) -> Vec<Effect> {
             let event: Event = serde_json::from_value(value).expect("an event");
+            assert!(
+                !matches!(event.payload, EventPayload::Unrecognized(_)),
+                "a typed event: {event:?}"
+            );
             self.step(Input::Event(event))
         }
 
@@ -1265,14 +1304,22 @@ mod tests {
             self.event(json!({
                 "seq": 2, "ts": "2030-01-01T00:00:00Z", "actor": from,
                 "kind": "message.sent", "task": null, "agent": null,
-                "data": {"id": id, "kind": "chat", "recipients": to, "body": body},
+                "data": {"id": id, "to": to[0], "recipients": to, "thread": "t",
+                         "kind": "chat", "urgent": false, "body": body},
             }))
         }
 
+        /// `task.created` or `task.ready` for task `task`.
         fn task_event(&mut self, kind: &str, task: i64) -> Vec<Effect> {
+            let data = match kind {
+                "task.created" => {
+                    json!({"title": "t", "after": [], "role": null, "priority": 0})
+                }
+                _ => json!({}),
+            };
             self.event(json!({
                 "seq": 3, "ts": "2030-01-01T00:00:00Z", "actor": "admin",
-                "kind": kind, "task": task, "agent": null, "data": {},
+                "kind": kind, "task": task, "agent": null, "data": data,
             }))
         }
 
@@ -1359,11 +1406,24 @@ mod tests {
             .collect()
     }
 
+    /// The kind and data of each event recorded, as they go on the wire.
     fn records(effects: &[Effect]) -> Vec<(&'static str, Value)> {
         effects
             .iter()
             .filter_map(|effect| match effect {
-                Effect::Record { kind, data, .. } => Some((*kind, data.clone())),
+                Effect::Record { payload, .. } => {
+                    let kind = EventPayload::KINDS
+                        .iter()
+                        .find(|kind| **kind == payload.kind())
+                        .expect("a known kind");
+                    let wire = serde_json::to_value(NewEvent {
+                        agent: "a".into(),
+                        task: None,
+                        payload: payload.clone(),
+                    })
+                    .expect("an event on the wire");
+                    Some((*kind, wire["data"].clone()))
+                }
                 _ => None,
             })
             .collect()
@@ -1812,7 +1872,8 @@ mod tests {
         let handoff = team.event(json!({
             "seq": 4, "ts": "2030-01-01T00:00:00Z", "actor": "bob",
             "kind": "message.sent", "task": null, "agent": null,
-            "data": {"id": "M-3", "kind": "handoff", "recipients": ["a"], "body": "h"},
+            "data": {"id": "M-3", "to": "a", "recipients": ["a"], "thread": "t",
+                     "kind": "handoff", "urgent": false, "body": "h"},
         }));
         assert_eq!(reads(&handoff), None);
     }

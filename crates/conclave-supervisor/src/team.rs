@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 
 use conclave_client::{Client, ENV_AGENT, ENV_TOKEN, ENV_URL, segment};
 use conclave_core::config::Config;
-use conclave_core::model::{AgentUpdate, Event, MessageList, NewAgent, StatusReport};
+use conclave_core::event::AgentCrashed;
+use conclave_core::model::{
+    AgentUpdate, Event, EventPayload, MessageList, NewAgent, NewEvent, StatusReport,
+};
 use conclave_core::project::Project;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -48,10 +51,10 @@ pub struct SupervisorOptions {
 pub trait ServerSide {
     /// Reports the agent's state (`PATCH /api/agents/NAME`); a failure is logged.
     fn patch_agent(&self, name: &str, update: &AgentUpdate) -> impl Future<Output = ()> + Send;
-    /// Records an event for the agent (`POST /api/events`); a failure is logged.
-    fn record(&self, name: &str, kind: &str, data: Value) -> impl Future<Output = ()> + Send;
-    /// Releases what a crashed agent held; returns the server's report (null on failure).
-    fn release(&self, name: &str, reason: &str) -> impl Future<Output = Value> + Send;
+    /// Records an event about the agent (`POST /api/events`); a failure is logged.
+    fn record(&self, name: &str, payload: EventPayload) -> impl Future<Output = ()> + Send;
+    /// Releases what a crashed agent held; returns the server's report (none on failure).
+    fn release(&self, name: &str, reason: &str) -> impl Future<Output = Option<Value>> + Send;
     /// The team's tasks, and its unread messages when `messages`.
     fn team(&self, messages: bool) -> impl Future<Output = anyhow::Result<TeamView>> + Send;
 }
@@ -70,20 +73,25 @@ impl ServerSide for ApiServer {
         }
     }
 
-    async fn record(&self, name: &str, kind: &str, data: Value) {
-        let body = json!({"kind": kind, "agent": name, "data": data});
+    async fn record(&self, name: &str, payload: EventPayload) {
+        let kind = payload.kind().to_string();
+        let body = NewEvent {
+            agent: name.to_string(),
+            task: None,
+            payload,
+        };
         if let Err(error) = self.admin.post::<_, Value>("/api/events", &body).await {
             tracing::warn!(agent = %name, kind, error = %format!("{error:#}"), "cannot record an event");
         }
     }
 
-    async fn release(&self, name: &str, reason: &str) -> Value {
+    async fn release(&self, name: &str, reason: &str) -> Option<Value> {
         let path = format!("/api/agents/{}/release", segment(name));
         match self.admin.post(&path, &json!({"reason": reason})).await {
-            Ok(report) => report,
+            Ok(report) => Some(report),
             Err(error) => {
                 tracing::warn!(agent = %name, error = %format!("{error:#}"), "cannot release");
-                Value::Null
+                None
             }
         }
     }
@@ -369,15 +377,23 @@ impl<P: ProcessSide, S: ServerSide> Driver<P, S> {
                 self.server.patch_agent(&self.name(agent), &update).await;
                 None
             }
-            Effect::Record { agent, kind, data } => {
-                self.server.record(&self.name(agent), kind, data).await;
+            Effect::Record { agent, payload } => {
+                self.server.record(&self.name(agent), payload).await;
                 None
             }
             Effect::ReleaseAfterCrash { agent, reason } => {
                 let name = self.name(agent);
                 let released = self.server.release(&name, &reason).await;
-                let data = json!({"reason": reason, "released": released, "alert": true});
-                self.server.record(&name, "agent.crashed", data).await;
+                let crashed = AgentCrashed {
+                    reason: Some(reason),
+                    released,
+                    alert: true,
+                    gave_up: false,
+                    message: None,
+                };
+                self.server
+                    .record(&name, EventPayload::AgentCrashed(crashed))
+                    .await;
                 None
             }
             Effect::Save { agent, state } => {
@@ -576,13 +592,14 @@ mod tests {
             seen.patches.push((name.to_string(), update.status));
         }
 
-        async fn record(&self, name: &str, kind: &str, _data: Value) {
+        async fn record(&self, name: &str, payload: EventPayload) {
             let mut seen = self.seen.lock().expect("seen");
-            seen.records.push((name.to_string(), kind.to_string()));
+            seen.records
+                .push((name.to_string(), payload.kind().to_string()));
         }
 
-        async fn release(&self, _name: &str, _reason: &str) -> Value {
-            json!({"tasks": []})
+        async fn release(&self, _name: &str, _reason: &str) -> Option<Value> {
+            Some(json!({"tasks": []}))
         }
 
         async fn team(&self, _messages: bool) -> anyhow::Result<TeamView> {
