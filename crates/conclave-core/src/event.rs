@@ -460,6 +460,9 @@ pub struct AgentTool {
     /// The tool's input as the model wrote it.
     pub input: Value,
     pub result_bytes: i64,
+    /// What the tool answered when the call failed (absent when it succeeded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

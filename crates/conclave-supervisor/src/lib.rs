@@ -27,4 +27,5 @@ pub mod stream;
 pub mod team;
 pub mod wake;
 
+pub use machine::Outcome;
 pub use team::{Supervisor, SupervisorOptions, check_team};

@@ -28,6 +28,8 @@ pub struct ToolResult {
     /// The size of the result in bytes.
     pub bytes: usize,
     pub is_error: bool,
+    /// What a failed call answered (cut to [`MAX_TEXT`] characters), when `is_error`.
+    pub error: Option<String>,
 }
 
 /// A tool call seen in an `assistant` line.
@@ -75,8 +77,22 @@ pub enum StreamUpdate {
         session_id: Option<String>,
         /// Model calls in the turn.
         num_turns: Option<i64>,
+        /// The turn's final text (`result`), which says what went wrong in an error result.
+        text: Option<String>,
     },
-    /// Anything else (retries, other system lines).
+    /// `system/api_retry`: a model call failed and the CLI retries it (401: the key or login
+    /// is refused; 429: rate limited; 529: overloaded).
+    ApiRetry {
+        /// The HTTP status of the failed call (`error_status`).
+        status: Option<i64>,
+        /// The CLI's word for it (`authentication_failed`, `rate_limit`, ...).
+        error: Option<String>,
+        attempt: Option<i64>,
+        max_retries: Option<i64>,
+        /// How long the CLI waits before it retries.
+        retry_in_ms: Option<i64>,
+    },
+    /// Anything else (other system lines).
     Other,
 }
 
@@ -137,10 +153,25 @@ pub fn parse_line(line: &Value) -> StreamUpdate {
                             .sum(),
                         _ => 0,
                     };
+                    let is_error = block["is_error"] == true;
+                    let error = is_error.then(|| match &block["content"] {
+                        Value::String(text) => truncate(text.trim(), MAX_TEXT),
+                        Value::Array(parts) => truncate(
+                            parts
+                                .iter()
+                                .filter_map(|part| part["text"].as_str())
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                                .trim(),
+                            MAX_TEXT,
+                        ),
+                        _ => String::new(),
+                    });
                     ToolResult {
                         id,
                         bytes,
-                        is_error: block["is_error"] == true,
+                        is_error,
+                        error,
                     }
                 })
                 .collect::<Vec<_>>();
@@ -161,6 +192,18 @@ pub fn parse_line(line: &Value) -> StreamUpdate {
             is_error: line["is_error"].as_bool().unwrap_or(false),
             session_id,
             num_turns: line["num_turns"].as_i64(),
+            text: line["result"]
+                .as_str()
+                .map(|text| truncate(text.trim(), MAX_TEXT)),
+        },
+        (Some("system"), Some("api_retry")) => StreamUpdate::ApiRetry {
+            status: line["error_status"].as_i64(),
+            error: line["error"].as_str().map(str::to_string),
+            attempt: line["attempt"].as_i64(),
+            max_retries: line["max_retries"].as_i64(),
+            retry_in_ms: line["retry_delay_ms"]
+                .as_i64()
+                .or_else(|| line["retry_delay_ms"].as_f64().map(|ms| ms as i64)),
         },
         _ => match line["total_cost_usd"].as_f64() {
             Some(total_usd) => StreamUpdate::Cost { total_usd },
@@ -313,6 +356,18 @@ mod tests {
                     id: "t1".into(),
                     bytes: 4,
                     is_error: false,
+                    error: None,
+                }]),
+            ),
+            (
+                json!({"type": "user", "message": {"content": [
+                    {"type": "tool_result", "tool_use_id": "t2", "is_error": true,
+                     "content": [{"type": "text", "text": " File has not been read yet. "}]}]}}),
+                StreamUpdate::ToolResults(vec![ToolResult {
+                    id: "t2".into(),
+                    bytes: 29,
+                    is_error: true,
+                    error: Some("File has not been read yet.".into()),
                 }]),
             ),
             (
@@ -326,6 +381,7 @@ mod tests {
                     is_error: false,
                     session_id: Some("s1".into()),
                     num_turns: None,
+                    text: None,
                 },
             ),
             (
@@ -333,7 +389,18 @@ mod tests {
                 StreamUpdate::Cost { total_usd: 0.25 },
             ),
             (
-                json!({"type": "system", "subtype": "api_retry"}),
+                json!({"type": "system", "subtype": "api_retry", "attempt": 1, "max_retries": 10,
+                    "retry_delay_ms": 530, "error_status": 401, "error": "authentication_failed"}),
+                StreamUpdate::ApiRetry {
+                    status: Some(401),
+                    error: Some("authentication_failed".into()),
+                    attempt: Some(1),
+                    max_retries: Some(10),
+                    retry_in_ms: Some(530),
+                },
+            ),
+            (
+                json!({"type": "system", "subtype": "status"}),
                 StreamUpdate::Other,
             ),
             (json!("not an object"), StreamUpdate::Other),

@@ -21,8 +21,9 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::UpArgs;
 use crate::commands::claude::{admin_client, reachable_url};
 use crate::context::Context;
+use crate::error::TeamEnded;
 use conclave_client::Client;
-use conclave_supervisor::{Supervisor, SupervisorOptions};
+use conclave_supervisor::{Outcome, Supervisor, SupervisorOptions};
 
 /// Set in the environment of the background process `--detach` starts.
 const ENV_DETACHED: &str = "CONCLAVE_UP_DETACHED";
@@ -133,7 +134,19 @@ pub async fn run(context: &Context, args: UpArgs) -> anyhow::Result<()> {
             supervisor.names().len(),
             supervisor.names().join(", ")
         );
-        supervisor.run(shutdown.clone()).await
+        match supervisor.run(shutdown.clone()).await? {
+            Outcome::Finished | Outcome::Stopped => Ok(()),
+            Outcome::Stalled { .. } => Err(TeamEnded {
+                outcome: "stalled",
+                code: crate::error::EXIT_STALLED,
+            }
+            .into()),
+            Outcome::Failed { .. } => Err(TeamEnded {
+                outcome: "failed",
+                code: crate::error::EXIT_FAILED,
+            }
+            .into()),
+        }
     }
     .await;
 
