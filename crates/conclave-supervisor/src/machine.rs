@@ -39,7 +39,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::plan::AgentPlan;
-use crate::stream::{Content, MAX_TEXT, StreamUpdate, ToolResult, truncate};
+use crate::pricing;
+use crate::stream::{Content, MAX_TEXT, ModelCall, StreamUpdate, ToolResult, truncate};
 use crate::wake::{self, Quoted, Start};
 
 /// Time between two agents' starts (many clients starting at once race on their config file).
@@ -58,6 +59,8 @@ pub const INTERRUPT_GRACE: Duration = Duration::ZERO;
 
 /// The fix for an authentication failure, said in its alert and in the outcome.
 pub const LOGIN_FIX: &str = "run `claude` once and /login, or set ANTHROPIC_API_KEY";
+/// Shortest time between two reports of an agent's cost during a turn.
+pub const COST_REPORT_EVERY: Duration = Duration::from_secs(2);
 /// Stderr lines quoted in an alert.
 pub const STDERR_QUOTED: usize = 5;
 
@@ -264,6 +267,17 @@ pub struct AgentState {
     lines_seen: bool,
     /// Whether the current turn's failed model calls were alerted already (one alert per turn).
     retry_alerted: bool,
+    /// The model of the current session (`system/init`).
+    model: Option<String>,
+    /// The current turn's model calls, priced as they arrive (replaced by the client's total
+    /// at the turn's end).
+    pub turn_estimate: f64,
+    /// The id and price of the latest call counted in `turn_estimate`.
+    last_call: Option<(String, f64)>,
+    /// Whether "priced at turn end" was said for its model.
+    unpriced_said: bool,
+    /// When the cost was last reported during a turn.
+    cost_reported_at: Option<Instant>,
 }
 
 impl AgentState {
@@ -299,7 +313,17 @@ impl AgentState {
             worked: false,
             lines_seen: false,
             retry_alerted: false,
+            model: None,
+            turn_estimate: 0.0,
+            last_call: None,
+            unpriced_said: false,
+            cost_reported_at: None,
         }
+    }
+
+    /// What it has spent, counting the current turn's calls as priced so far.
+    pub fn live_cost(&self) -> f64 {
+        self.cost() + self.turn_estimate
     }
 
     /// One line saying where the agent is, for the outcome.
@@ -631,6 +655,8 @@ impl Team {
         agent.first_result_seen = false;
         agent.lines_seen = false;
         agent.retry_alerted = false;
+        agent.turn_estimate = 0.0;
+        agent.last_call = None;
         agent.cost_at_start = agent.session_cost;
         agent.pending_tools.clear();
         if resume.is_none() {
@@ -681,8 +707,11 @@ impl Team {
     fn on_line(&mut self, index: usize, update: StreamUpdate, now: Instant) {
         self.agents[index].lines_seen = true;
         match update {
-            StreamUpdate::Init { session_id, .. } => {
+            StreamUpdate::Init { session_id, model } => {
                 let agent = &mut self.agents[index];
+                if model.is_some() {
+                    agent.model = model;
+                }
                 if session_id.is_some() && session_id != agent.session_id {
                     agent.session_id = session_id.clone();
                     self.save(index);
@@ -697,7 +726,11 @@ impl Team {
             StreamUpdate::Assistant {
                 context_tokens,
                 content,
+                call,
             } => {
+                if let Some(call) = call {
+                    self.on_model_call(index, call, now);
+                }
                 if context_tokens.is_some() {
                     self.agents[index].context_tokens = context_tokens;
                 }
@@ -868,6 +901,59 @@ impl Team {
         );
     }
 
+    /// A model call seen during a turn: priced from the rate table, reported (at most every
+    /// [`COST_REPORT_EVERY`]), and a spent budget interrupts the turn.
+    fn on_model_call(&mut self, index: usize, call: ModelCall, now: Instant) {
+        let agent = &mut self.agents[index];
+        let model = call.model.clone().or_else(|| agent.model.clone());
+        let Some(price) = model
+            .as_deref()
+            .and_then(|model| pricing::price(model, &call.usage))
+        else {
+            if !std::mem::replace(&mut agent.unpriced_said, true) {
+                let name = agent.plan.name.clone();
+                let model = model.unwrap_or_else(|| "unknown".to_string());
+                self.say(format!(
+                    "{name}: model {model} is not in the rate table: its cost is priced at turn end"
+                ));
+            }
+            return;
+        };
+        // Lines of the same call repeat its usage: the latest replaces the earlier price.
+        match (&call.id, &agent.last_call) {
+            (Some(id), Some((last, last_price))) if id == last => {
+                agent.turn_estimate += price - last_price;
+            }
+            _ => agent.turn_estimate += price,
+        }
+        agent.last_call = call.id.map(|id| (id, price));
+        let live = agent.live_cost();
+        if agent
+            .cost_reported_at
+            .is_none_or(|at| now.duration_since(at) >= COST_REPORT_EVERY)
+        {
+            agent.cost_reported_at = Some(now);
+            let update = AgentUpdate {
+                cost_usd: Some(live),
+                ..AgentUpdate::default()
+            };
+            self.patch(index, update);
+        }
+        let agent = &self.agents[index];
+        if agent.is_busy()
+            && agent.stopping.is_none()
+            && let Some(budget) = agent.plan.settings.budget_usd
+            && live >= budget
+        {
+            let update = AgentUpdate {
+                cost_usd: Some(live),
+                ..AgentUpdate::default()
+            };
+            self.patch(index, update);
+            self.stop_for_budget(index, budget, live, INTERRUPT_GRACE);
+        }
+    }
+
     /// A cost reported before the turn ended: a spent budget interrupts the turn.
     fn on_cost_in_turn(&mut self, index: usize, total: f64) {
         let agent = &mut self.agents[index];
@@ -927,6 +1013,9 @@ impl Team {
         if let Some(total) = cost_usd {
             agent.account(total);
         }
+        // The client's total replaces the estimate of the turn's calls.
+        agent.turn_estimate = 0.0;
+        agent.last_call = None;
         if context_window.is_some() {
             agent.context_window = context_window;
         }
@@ -1691,6 +1780,7 @@ mod tests {
                 StreamUpdate::Assistant {
                     context_tokens: Some(tokens),
                     content: Vec::new(),
+                    call: None,
                 },
             )
         }
@@ -2670,6 +2760,92 @@ mod tests {
         assert!(said[0].1.contains("one | segfault here"), "{said:?}");
     }
 
+    fn call(id: &str, input: i64) -> StreamUpdate {
+        StreamUpdate::Assistant {
+            context_tokens: Some(input),
+            content: Vec::new(),
+            call: Some(ModelCall {
+                id: Some(id.to_string()),
+                model: Some("claude-sonnet-4-5".to_string()),
+                usage: pricing::Usage {
+                    input,
+                    ..pricing::Usage::default()
+                },
+            }),
+        }
+    }
+
+    #[test]
+    fn cost_grows_during_a_turn_reported_at_most_every_two_seconds_then_reconciled() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        team.init(0, "s1");
+        // 100k input tokens of sonnet: $0.30.
+        let first = team.at(10).line(0, call("m1", 100_000));
+        assert!(
+            patched_cost(&first).is_some_and(|c| close(c, 0.3)),
+            "{first:?}"
+        );
+        // The same call's next line repeats its usage: not counted twice.
+        team.at(10).line(0, call("m1", 100_000));
+        assert!(close(team.team.agents[0].live_cost(), 0.3));
+        let soon = team.at(11).line(0, call("m2", 100_000));
+        assert!(patched_cost(&soon).is_none(), "throttled: {soon:?}");
+        let later = team.at(13).line(0, call("m3", 100_000));
+        assert!(
+            patched_cost(&later).is_some_and(|c| close(c, 0.9)),
+            "{later:?}"
+        );
+        // The client's total at the turn's end is the truth.
+        let end = team.turn_end(0, 0.85);
+        assert!(
+            patched_cost(&end).is_some_and(|c| close(c, 0.85)),
+            "{end:?}"
+        );
+        assert!(close(team.team.agents[0].turn_estimate, 0.0));
+    }
+
+    #[test]
+    fn a_budget_is_enforced_in_the_middle_of_a_turn_from_priced_calls() {
+        let mut team = Harness::new(vec![with_budget(plan("a"), 0.5)]);
+        team.start_all();
+        team.init(0, "s1");
+        assert!(stops(&team.at(10).line(0, call("m1", 100_000))).is_empty());
+        let over = team.at(11).line(0, call("m2", 100_000));
+        assert_eq!(stops(&over), [(0, INTERRUPT_GRACE)], "{over:?}");
+        assert!(patched_cost(&over).is_some_and(|c| close(c, 0.6)));
+        assert!(
+            records(&over)
+                .iter()
+                .any(|(kind, _)| *kind == "agent.budget_exceeded")
+        );
+    }
+
+    #[test]
+    fn a_model_not_in_the_rate_table_is_priced_at_turn_end_and_said_once() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        team.init(0, "s1");
+        let unknown = StreamUpdate::Assistant {
+            context_tokens: Some(10),
+            content: Vec::new(),
+            call: Some(ModelCall {
+                id: Some("m1".into()),
+                model: Some("mystery-1".into()),
+                usage: pricing::Usage::default(),
+            }),
+        };
+        let first = team.line(0, unknown.clone());
+        assert!(
+            first
+                .iter()
+                .any(|e| matches!(e, Effect::Say(text) if text.contains("priced at turn end")))
+        );
+        assert!(patched_cost(&first).is_none());
+        let second = team.line(0, unknown);
+        assert!(!second.iter().any(|e| matches!(e, Effect::Say(_))));
+    }
+
     #[test]
     fn a_failed_tool_call_is_recorded_with_its_error_and_not_alerted() {
         let mut team = Harness::new(vec![plan("a")]);
@@ -2684,6 +2860,7 @@ mod tests {
                     name: "Write".into(),
                     input: "a.rs".into(),
                 })],
+                call: None,
             },
         );
         let failed = team.line(
@@ -2741,6 +2918,7 @@ mod tests {
                         input: "a.rs".into(),
                     }),
                 ],
+                call: None,
             },
         );
         let text = &records(&said)[0];

@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::pricing::Usage;
+
 /// Longest tool input summary recorded in an `agent.tool` event.
 pub const MAX_TOOL_INPUT: usize = 200;
 /// Longest text recorded in an `agent.text` event.
@@ -49,6 +51,15 @@ pub enum Content {
     Tool(ToolCall),
 }
 
+/// One model call as an `assistant` line shows it. The CLI prints a line per content block of
+/// a call, each with the same message id and usage: the id tells them apart from a new call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelCall {
+    pub id: Option<String>,
+    pub model: Option<String>,
+    pub usage: Usage,
+}
+
 /// What one line says.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamUpdate {
@@ -62,6 +73,8 @@ pub enum StreamUpdate {
         context_tokens: Option<i64>,
         /// Its text and tool calls, in the order the model wrote them.
         content: Vec<Content>,
+        /// The call's id, model and usage, to price it while the turn runs.
+        call: Option<ModelCall>,
     },
     /// Tool results.
     ToolResults(Vec<ToolResult>),
@@ -129,9 +142,20 @@ pub fn parse_line(line: &Value) -> StreamUpdate {
                     _ => {}
                 }
             }
+            let call = usage["input_tokens"].as_i64().map(|input| ModelCall {
+                id: message["id"].as_str().map(str::to_string),
+                model: message["model"].as_str().map(str::to_string),
+                usage: Usage {
+                    input,
+                    output: usage["output_tokens"].as_i64().unwrap_or(0),
+                    cache_read: usage["cache_read_input_tokens"].as_i64().unwrap_or(0),
+                    cache_creation: usage["cache_creation_input_tokens"].as_i64().unwrap_or(0),
+                },
+            });
             StreamUpdate::Assistant {
                 context_tokens,
                 content,
+                call,
             }
         }
         (Some("user"), _) => {
@@ -332,7 +356,8 @@ mod tests {
                 },
             ),
             (
-                json!({"type": "assistant", "message": {"usage": {"input_tokens": 10,
+                json!({"type": "assistant", "message": {"id": "msg1", "model": "m",
+                    "usage": {"input_tokens": 10, "output_tokens": 3,
                     "cache_read_input_tokens": 5, "cache_creation_input_tokens": 1},
                     "content": [{"type": "text", "text": "hi"},
                                 {"type": "tool_use", "id": "t1", "name": "Write",
@@ -347,6 +372,16 @@ mod tests {
                             input: "a.rs".into(),
                         }),
                     ],
+                    call: Some(ModelCall {
+                        id: Some("msg1".into()),
+                        model: Some("m".into()),
+                        usage: Usage {
+                            input: 10,
+                            output: 3,
+                            cache_read: 5,
+                            cache_creation: 1,
+                        },
+                    }),
                 },
             ),
             (

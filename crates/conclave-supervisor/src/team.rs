@@ -301,8 +301,10 @@ impl<P: ProcessSide, S: ServerSide> Driver<P, S> {
                 break outcome;
             }
         };
+        // Where each agent was when the run ended, not after the shutdown.
+        let summaries = self.team.summaries();
         self.stop_all(reports).await;
-        for line in outcome_lines(&outcome, &self.team.summaries()) {
+        for line in outcome_lines(&outcome, &summaries) {
             eprintln!("conclave: {line}");
         }
         outcome

@@ -82,7 +82,10 @@ async fn an_agent_whose_client_refuses_its_flag_is_quoted_and_the_team_fails() -
     let toml = std::fs::read_to_string(&toml_path)?;
     std::fs::write(
         &toml_path,
-        toml.replace("permission_mode = \"acceptEdits\"", "permission_mode = \"bogus\""),
+        toml.replace(
+            "permission_mode = \"acceptEdits\"",
+            "permission_mode = \"bogus\"",
+        ),
     )?;
     let (code, stderr, took) = up_to_the_end(&up_team).await?;
     ensure!(code == Some(7), "exit {code:?}: {stderr}");
