@@ -263,6 +263,9 @@ pub struct AgentState {
     pub trouble: Option<String>,
     /// Whether a turn of it ever ended without an error (it could run at all).
     pub worked: bool,
+    /// Whether it failed in a way that no retry mends (a refused login, a client that cannot
+    /// start or refuses its flags).
+    pub could_not_run: bool,
     /// Whether the current process printed a stream line.
     lines_seen: bool,
     /// Whether the current turn's failed model calls were alerted already (one alert per turn).
@@ -311,6 +314,7 @@ impl AgentState {
             offered: HashSet::new(),
             trouble: None,
             worked: false,
+            could_not_run: false,
             lines_seen: false,
             retry_alerted: false,
             model: None,
@@ -858,6 +862,7 @@ impl Team {
     fn on_auth_failure(&mut self, index: usize, detail: &str) {
         let name = self.agents[index].plan.name.clone();
         self.agents[index].trouble = Some(format!("authentication failed: {detail}"));
+        self.agents[index].could_not_run = true;
         let message = format!("{name}: authentication failed: {detail}; {LOGIN_FIX}");
         self.alert(index, "authentication", message.clone());
         self.end(Outcome::Failed { reason: message });
@@ -892,6 +897,7 @@ impl Team {
         agent.phase = Phase::Crashed;
         let name = agent.plan.name.clone();
         agent.trouble = Some(format!("its client could not start: {error}"));
+        agent.could_not_run = true;
         self.dirty = true;
         self.patch(index, status_update(AgentStatus::Crashed));
         self.alert(
@@ -1148,6 +1154,7 @@ impl Team {
         let name = agent.plan.name.clone();
         let quoted = quote(stderr);
         agent.trouble = Some(format!("its client refused to start: {quoted}"));
+        agent.could_not_run = true;
         self.patch(index, status_update(AgentStatus::Crashed));
         self.record(index, EventPayload::AgentExited(exit(how)));
         self.alert(
@@ -1475,8 +1482,11 @@ impl Team {
             .iter()
             .filter(|task| !matches!(task.status, TaskStatus::Done | TaskStatus::Cancelled))
             .collect();
-        let none_ran = self.agents.iter().all(|a| a.is_gone() && !a.worked);
-        if none_ran && self.agents.iter().any(|a| a.trouble.is_some()) {
+        let none_could_run = self
+            .agents
+            .iter()
+            .all(|a| a.is_gone() && a.could_not_run && !a.worked);
+        if none_could_run {
             let why: Vec<String> = self
                 .agents
                 .iter()

@@ -1,14 +1,15 @@
 //! How `conclave up` ends, end to end with the real CLI driven by the stand-in: a refused API
 //! key fails the team at once (exit 7) with an authentication alert, a client that refuses its
-//! flags is quoted and the team fails, and a task no agent fits stalls it (exit 6) by name.
+//! flags is quoted and the team fails, a task no agent fits stalls it (exit 6) by name, and
+//! cost is reported during a long turn, whose budget stops it in the middle.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use conclave_standin::{Reply, Script};
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use crate::supervisor::{Member, UpTeam};
+use crate::supervisor::{Member, UpTeam, finished, kinds};
 use crate::support::{AGENT_TIMEOUT, api_key, events, serial};
 
 /// How long a team that cannot work may take to say so (the CLI would retry a 401 for about
@@ -137,5 +138,65 @@ async fn a_team_with_a_task_nobody_fits_stalls_naming_it_with_exit_6() -> Result
         "names the task ({id}): {stderr}"
     );
     ensure!(stderr.contains("solo: idle"), "a line per agent: {stderr}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cost_grows_during_a_long_turn_and_a_budget_stops_it_in_the_middle() -> Result<()> {
+    let _serial = serial().await;
+    // Each call reports 100k input tokens of sonnet ($0.30); the turn would take six calls,
+    // each slowed so that the cost is seen growing before the turn could end.
+    let mut replies: Vec<Reply> = (0..5)
+        .map(|_| {
+            Reply::tool_use("mcp__conclave__status", json!({}))
+                .with_usage(100_000)
+                .with_delay(Duration::from_millis(1500))
+        })
+        .collect();
+    replies.push(Reply::text("All done."));
+    let script = Script::new().agent(&api_key("solo"), replies);
+    let members = [Member {
+        name: "solo",
+        role: None,
+        extra: "model = \"claude-sonnet-4-5\"\nbudget_usd = 0.5\n",
+    }];
+    let Some(up_team) = UpTeam::start(script, &members).await? else {
+        return Ok(());
+    };
+    let up = up_team.up(&[])?;
+    let during = up_team
+        .wait_agent("solo", "a cost reported during the turn", |agent| {
+            agent["cost_usd"].as_f64().is_some_and(|cost| cost > 0.0)
+        })
+        .await?;
+    let turns_so_far = kinds(&events(&up_team.team).await?, "solo")
+        .iter()
+        .filter(|kind| *kind == "agent.turn")
+        .count();
+    ensure!(
+        turns_so_far == 0,
+        "the cost was reported before any turn ended: {during:#}"
+    );
+    let stderr = finished(up).await?;
+    let agent = up_team.agent("solo").await?;
+    ensure!(agent["status"] == "stopped", "{agent:#}\n{stderr}");
+    ensure!(
+        agent["cost_usd"].as_f64().is_some_and(|cost| cost >= 0.5),
+        "{agent:#}"
+    );
+    let events = events(&up_team.team).await?;
+    let solo = kinds(&events, "solo");
+    let exceeded = solo
+        .iter()
+        .position(|kind| kind == "agent.budget_exceeded")
+        .with_context(|| format!("no budget_exceeded: {solo:?}"))?;
+    ensure!(
+        !solo[..exceeded].iter().any(|kind| kind == "agent.turn"),
+        "stopped in the middle of its first turn: {solo:?}"
+    );
+    ensure!(
+        up_team.requests("solo").len() < 6,
+        "the turn did not run to its end"
+    );
     Ok(())
 }
