@@ -452,6 +452,8 @@ pub struct Team {
     waiting_for: Vec<TaskId>,
     /// The run is over (an outcome was given).
     ended: bool,
+    /// `[defaults] team_budget_usd` was reached: every agent was stopped.
+    team_budget_spent: bool,
     out: Vec<Effect>,
 }
 
@@ -507,6 +509,7 @@ impl Team {
             deciding: false,
             waiting_for: Vec::new(),
             ended: false,
+            team_budget_spent: false,
             out: Vec::new(),
         }
     }
@@ -547,6 +550,7 @@ impl Team {
             } => {
                 if self.current(agent, generation) {
                     self.on_line(agent, update, now);
+                    self.check_team_budget(agent);
                 }
             }
             Input::Exited {
@@ -957,6 +961,45 @@ impl Team {
             };
             self.patch(index, update);
             self.stop_for_budget(index, budget, live, INTERRUPT_GRACE);
+        }
+    }
+
+    /// What the whole team has spent, counting running turns as priced so far.
+    pub fn team_cost(&self) -> f64 {
+        self.agents.iter().map(AgentState::live_cost).sum()
+    }
+
+    /// `[defaults] team_budget_usd` reached (last pushed over by agent `index`): an alert, and
+    /// every agent is stopped (a turn in progress is interrupted). What is left of the work
+    /// makes the outcome `stalled`, naming the stopped agents.
+    fn check_team_budget(&mut self, index: usize) {
+        let Some(budget) = self
+            .agents
+            .first()
+            .and_then(|agent| agent.plan.settings.team_budget_usd)
+        else {
+            return;
+        };
+        let spent = self.team_cost();
+        if self.team_budget_spent || spent < budget {
+            return;
+        }
+        self.team_budget_spent = true;
+        self.alert(
+            index,
+            "team_budget",
+            format!(
+                "the team spent ${spent:.4} of its ${budget:.2} budget (team_budget_usd): stopping every agent"
+            ),
+        );
+        for other in 0..self.agents.len() {
+            self.agents[other].trouble = Some(format!("the team's budget of ${budget:.2} is spent"));
+            if self.agents[other].running {
+                self.stop_process(other, StopReason::Budget, INTERRUPT_GRACE);
+            } else if !self.agents[other].is_gone() {
+                self.agents[other].phase = Phase::Stopped;
+                self.patch(other, status_update(AgentStatus::Stopped));
+            }
         }
     }
 
@@ -2829,6 +2872,28 @@ mod tests {
                 .iter()
                 .any(|(kind, _)| *kind == "agent.budget_exceeded")
         );
+    }
+
+    #[test]
+    fn the_team_budget_stops_every_agent_with_an_alert() {
+        let mut with_team_budget = plan("a");
+        with_team_budget.settings.team_budget_usd = Some(1.0);
+        let mut other = plan("b");
+        other.settings.team_budget_usd = Some(1.0);
+        let mut team = Harness::new(vec![with_team_budget, other]);
+        team.start_all();
+        team.idle_after_a_turn(1, 0.6);
+        team.init(0, "s1");
+        assert!(alerts(&team.at(10).line(0, call("m1", 100_000))).is_empty());
+        // 0.6 + 0.3 + 0.3 passes $1.
+        let over = team.at(11).line(0, call("m2", 100_000));
+        let said = alerts(&over);
+        assert_eq!(said.len(), 1, "{over:?}");
+        assert_eq!(said[0].0, "team_budget");
+        let mut stopped: Vec<usize> = stops(&over).iter().map(|(agent, _)| *agent).collect();
+        stopped.sort_unstable();
+        assert_eq!(stopped, [0, 1]);
+        assert!(alerts(&team.at(12).line(0, call("m3", 100_000))).is_empty(), "once");
     }
 
     #[test]
