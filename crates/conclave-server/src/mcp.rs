@@ -348,6 +348,7 @@ impl ConclaveTools {
             let finish = TaskFinish {
                 summary: args.summary,
                 files: args.files,
+                ..TaskFinish::default()
             };
             self.app
                 .write(&actor, &IdempotencyKey::default(), move |tx| {

@@ -37,6 +37,7 @@ pub async fn run(context: &Context, command: TaskCommand) -> anyhow::Result<()> 
                 caps,
                 priority,
                 parent,
+                ..NewTask::default()
             };
             let task: Task = client.post("/api/tasks", &request).await?;
             outln!("{}", task.id)?;
@@ -126,7 +127,7 @@ pub async fn run(context: &Context, command: TaskCommand) -> anyhow::Result<()> 
         }
         TaskCommand::Done { id, summary, files } => {
             let task: Task = client
-                .post(&task_path(id, "/done"), &TaskFinish { summary, files })
+                .post(&task_path(id, "/done"), &TaskFinish { summary, files, ..TaskFinish::default() })
                 .await?;
             note!("conclave: {} is {}", task.id, task.status);
         }

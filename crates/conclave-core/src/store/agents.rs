@@ -299,7 +299,7 @@ impl Tx<'_> {
         let held: Vec<i64> = {
             let mut statement = self.conn().prepare(
                 "SELECT id FROM tasks WHERE assignee = ?1 AND blocked_reason IS NULL
-                 AND status IN ('claimed', 'in_progress', 'review', 'blocked') ORDER BY id",
+                 AND awaiting_approval = 0 AND status IN ('claimed', 'in_progress', 'review', 'blocked') ORDER BY id",
             )?;
             let rows = statement.query_map(params![name], |row| row.get(0))?;
             rows.collect::<rusqlite::Result<_>>()?

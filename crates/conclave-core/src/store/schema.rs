@@ -183,6 +183,29 @@ const MIGRATIONS: &[&str] = &[
         WHERE old IN (SELECT max(old) FROM task_search GROUP BY ref);
     DROP TABLE task_search;
     "#,
+    // 3: pipelines and a person's checkpoints. A pipeline task carries its pipeline's definition
+    // and where it stands (JSON, see `PipelineState`); a task may require approval, and one that
+    // waits for a person says so. Each stage's verdict and each decision is a row of its history.
+    r#"
+    ALTER TABLE tasks ADD COLUMN pipeline TEXT;
+    ALTER TABLE tasks ADD COLUMN approve INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN awaiting_approval INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX tasks_awaiting_approval ON tasks (id) WHERE awaiting_approval = 1;
+
+    CREATE TABLE task_steps (
+        id       INTEGER PRIMARY KEY AUTOINCREMENT,
+        task_id  INTEGER NOT NULL REFERENCES tasks(id),
+        at       INTEGER NOT NULL,
+        actor    TEXT NOT NULL,
+        stage    INTEGER,
+        role     TEXT,
+        verdict  TEXT NOT NULL,
+        to_stage INTEGER,
+        comments TEXT,
+        summary  TEXT
+    );
+    CREATE INDEX task_steps_by_task ON task_steps (task_id, id);
+    "#,
 ];
 
 /// The schema version this build writes.
