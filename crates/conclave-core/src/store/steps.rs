@@ -509,3 +509,515 @@ struct StepRecord<'a> {
     comments: Option<&'a str>,
     summary: Option<&'a str>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Store, StoreConfig};
+    use crate::model::*;
+
+    fn reviewed(max_rounds: u32, approve_at: &[&str]) -> Pipeline {
+        Pipeline {
+            name: "reviewed".into(),
+            stages: ["coder", "reviewer", "tester"]
+                .iter()
+                .map(|role| PipelineStage {
+                    role: role.to_string(),
+                    approve: approve_at.contains(role),
+                })
+                .collect(),
+            max_rounds,
+        }
+    }
+
+    fn store_with(pipelines: Vec<Pipeline>, approve_roles: &[&str]) -> Store {
+        let store = Store::open_in_memory(StoreConfig {
+            pipelines,
+            approve_roles: approve_roles.iter().map(|r| r.to_string()).collect(),
+            ..StoreConfig::default()
+        })
+        .expect("store");
+        for (name, role) in [
+            ("coder-1", "coder"),
+            ("reviewer-1", "reviewer"),
+            ("tester-1", "tester"),
+        ] {
+            store
+                .write(|tx| {
+                    tx.register_agent(
+                        "admin",
+                        NewAgent {
+                            name: name.into(),
+                            role: Some(role.into()),
+                            ..NewAgent::default()
+                        },
+                    )
+                })
+                .expect("register");
+        }
+        store
+    }
+
+    fn create(store: &Store, new: NewTask) -> crate::error::Result<Task> {
+        store.write(|tx| tx.create_task(&Actor::Admin, new))
+    }
+
+    fn in_pipeline(store: &Store) -> TaskId {
+        create(
+            store,
+            NewTask {
+                title: "parse the config".into(),
+                pipeline: Some("reviewed".into()),
+                ..NewTask::default()
+            },
+        )
+        .expect("create")
+        .id
+    }
+
+    /// `agent` claims the next task that fits it and finishes it with `finish`.
+    fn take_and_finish(store: &Store, agent: &str, id: TaskId, finish: TaskFinish) -> Task {
+        let claimed = store
+            .write(|tx| tx.claim_task(agent, None))
+            .expect("claim")
+            .task
+            .expect("a task for the agent");
+        assert_eq!(claimed.id, id, "{agent} should get {id}");
+        store
+            .write(|tx| tx.finish_task(&Actor::Agent(agent.into()), id, finish))
+            .expect("finish")
+    }
+
+    fn pass(summary: &str) -> TaskFinish {
+        TaskFinish {
+            summary: Some(summary.into()),
+            ..TaskFinish::default()
+        }
+    }
+
+    fn send_back(comments: &str) -> TaskFinish {
+        TaskFinish {
+            summary: Some("reviewed".into()),
+            verdict: Some(Verdict::SendBack),
+            comments: Some(comments.into()),
+            ..TaskFinish::default()
+        }
+    }
+
+    fn kinds(store: &Store, id: TaskId) -> Vec<String> {
+        store
+            .read(|r| {
+                r.events(&EventFilter {
+                    task: Some(id),
+                    ..EventFilter::default()
+                })
+            })
+            .expect("events")
+            .into_iter()
+            .map(|event| event.kind)
+            .collect()
+    }
+
+    fn inbox(store: &Store, agent: &str) -> Vec<String> {
+        store
+            .read(|r| r.inbox(agent))
+            .expect("inbox")
+            .into_iter()
+            .map(|message| message.body)
+            .collect()
+    }
+
+    #[test]
+    fn a_pipeline_task_passes_coder_reviewer_tester_carrying_the_summaries() {
+        let store = store_with(vec![reviewed(3, &[])], &[]);
+        let id = in_pipeline(&store);
+        let task = store.read(|r| r.task(id)).expect("task");
+        assert_eq!(
+            (task.status, task.role.as_deref()),
+            (TaskStatus::Ready, Some("coder"))
+        );
+        // Only the current stage's role may take it.
+        assert!(
+            store
+                .write(|tx| tx.claim_task("reviewer-1", None))
+                .expect("claim")
+                .task
+                .is_none()
+        );
+        let after_coder = take_and_finish(&store, "coder-1", id, pass("wrote it"));
+        assert_eq!(
+            (after_coder.status, after_coder.role.as_deref()),
+            (TaskStatus::Ready, Some("reviewer"))
+        );
+        assert_eq!(after_coder.assignee, None);
+        // The reviewer's claim shows what the coder said.
+        let claim = store
+            .write(|tx| tx.claim_task("reviewer-1", None))
+            .expect("claim");
+        assert_eq!(claim.history.len(), 1);
+        assert_eq!(claim.history[0].actor, "coder-1");
+        assert_eq!(claim.history[0].summary.as_deref(), Some("wrote it"));
+        store
+            .write(|tx| tx.finish_task(&Actor::Agent("reviewer-1".into()), id, pass("looks right")))
+            .expect("review");
+        let done = take_and_finish(&store, "tester-1", id, pass("tests pass"));
+        assert_eq!(done.status, TaskStatus::Done);
+        assert_eq!(done.result.as_deref(), Some("tests pass"));
+        let steps = store.read(|r| r.task_steps(id)).expect("steps");
+        let who: Vec<(&str, Option<usize>, StepVerdict)> = steps
+            .iter()
+            .map(|step| (step.actor.as_str(), step.stage, step.verdict))
+            .collect();
+        assert_eq!(
+            who,
+            [
+                ("coder-1", Some(0), StepVerdict::Pass),
+                ("reviewer-1", Some(1), StepVerdict::Pass),
+                ("tester-1", Some(2), StepVerdict::Pass),
+            ]
+        );
+        let kinds = kinds(&store, id);
+        assert_eq!(
+            kinds.iter().filter(|kind| *kind == "task.passed").count(),
+            2
+        );
+        assert_eq!(kinds.last().map(String::as_str), Some("task.done"));
+    }
+
+    #[test]
+    fn a_send_back_returns_to_the_coder_with_the_comments_then_passes() {
+        let store = store_with(vec![reviewed(3, &[])], &[]);
+        let id = in_pipeline(&store);
+        take_and_finish(&store, "coder-1", id, pass("first try"));
+        let back = take_and_finish(&store, "reviewer-1", id, send_back("handle empty input"));
+        assert_eq!(
+            (back.status, back.role.as_deref(), back.assignee.as_deref()),
+            (TaskStatus::Ready, Some("coder"), Some("coder-1"))
+        );
+        assert_eq!(back.pipeline.as_ref().map(|p| (p.stage, p.send_backs)), Some((0, 1)));
+        let told = inbox(&store, "coder-1");
+        assert!(
+            told.iter()
+                .any(|body| body.contains("handle empty input") && body.contains("reviewer-1")),
+            "{told:?}"
+        );
+        // The coder answers and passes it; it goes to review again, then on.
+        take_and_finish(&store, "coder-1", id, pass("empty input handled"));
+        take_and_finish(&store, "reviewer-1", id, pass("good now"));
+        let done = take_and_finish(&store, "tester-1", id, pass("green"));
+        assert_eq!(done.status, TaskStatus::Done);
+        let steps = store.read(|r| r.task_steps(id)).expect("steps");
+        let sent_back = steps
+            .iter()
+            .find(|step| step.verdict == StepVerdict::SendBack)
+            .expect("the send-back is recorded");
+        assert_eq!(
+            (sent_back.stage, sent_back.to_stage, sent_back.comments.as_deref()),
+            (Some(1), Some(0), Some("handle empty input"))
+        );
+        assert!(kinds(&store, id).contains(&"task.sent_back".to_string()));
+    }
+
+    #[test]
+    fn a_send_back_may_name_an_earlier_stage_but_not_a_later_one_and_needs_comments() {
+        let store = store_with(vec![reviewed(3, &[])], &[]);
+        let id = in_pipeline(&store);
+        take_and_finish(&store, "coder-1", id, pass("code"));
+        take_and_finish(&store, "reviewer-1", id, pass("ok"));
+        store
+            .write(|tx| tx.claim_task("tester-1", Some(id)))
+            .expect("claim");
+        let tester = Actor::Agent("tester-1".into());
+        let mut to_tester = send_back("x");
+        to_tester.to_stage = Some("tester".into());
+        let error = store
+            .write(|tx| tx.finish_task(&tester, id, to_tester))
+            .expect_err("not earlier");
+        assert!(error.to_string().contains("coder, reviewer"), "{error}");
+        let error = store
+            .write(|tx| tx.finish_task(&tester, id, send_back("  ")))
+            .expect_err("no comments");
+        assert!(error.to_string().contains("comments"), "{error}");
+        let mut to_coder = send_back("the parser fails on tabs");
+        to_coder.to_stage = Some("coder".into());
+        let back = store
+            .write(|tx| tx.finish_task(&tester, id, to_coder))
+            .expect("send back to the coder");
+        assert_eq!(
+            (back.role.as_deref(), back.assignee.as_deref()),
+            (Some("coder"), Some("coder-1"))
+        );
+    }
+
+    #[test]
+    fn the_first_stage_and_plain_tasks_cannot_send_back() {
+        let store = store_with(vec![reviewed(3, &[])], &[]);
+        let id = in_pipeline(&store);
+        store
+            .write(|tx| tx.claim_task("coder-1", Some(id)))
+            .expect("claim");
+        let error = store
+            .write(|tx| tx.finish_task(&Actor::Agent("coder-1".into()), id, send_back("x")))
+            .expect_err("first stage");
+        assert!(error.to_string().contains("first stage"), "{error}");
+        let plain = create(
+            &store,
+            NewTask {
+                title: "plain".into(),
+                ..NewTask::default()
+            },
+        )
+        .expect("create")
+        .id;
+        store
+            .write(|tx| tx.claim_task("coder-1", Some(plain)))
+            .expect("claim");
+        let error = store
+            .write(|tx| tx.finish_task(&Actor::Agent("coder-1".into()), plain, send_back("x")))
+            .expect_err("no pipeline");
+        assert!(error.to_string().contains("not in a pipeline"), "{error}");
+    }
+
+    #[test]
+    fn reaching_max_rounds_blocks_the_task_for_a_person_with_the_whole_exchange() {
+        let store = store_with(vec![reviewed(2, &[])], &[]);
+        let id = in_pipeline(&store);
+        take_and_finish(&store, "coder-1", id, pass("v1"));
+        take_and_finish(&store, "reviewer-1", id, send_back("round one: naming"));
+        take_and_finish(&store, "coder-1", id, pass("v2"));
+        let blocked = take_and_finish(&store, "reviewer-1", id, send_back("round two: still wrong"));
+        assert_eq!(blocked.status, TaskStatus::Blocked);
+        assert_eq!(blocked.assignee, None);
+        let reason = blocked.blocked_reason.clone().expect("a reason");
+        assert!(reason.contains("max_rounds 2"), "{reason}");
+        assert!(!crate::store::is_held(&blocked));
+        // Nobody can claim it; the coder is not woken for it.
+        assert!(
+            store
+                .write(|tx| tx.claim_task("coder-1", None))
+                .expect("claim")
+                .task
+                .is_none()
+        );
+        assert!(!inbox(&store, "coder-1").iter().any(|body| body.contains("round two")));
+        let exchange: Vec<(String, StepVerdict, Option<String>)> = store
+            .read(|r| r.task_steps(id))
+            .expect("steps")
+            .into_iter()
+            .map(|step| (step.actor, step.verdict, step.comments))
+            .collect();
+        assert_eq!(exchange.len(), 4);
+        assert_eq!(
+            exchange[3],
+            (
+                "reviewer-1".to_string(),
+                StepVerdict::SendBack,
+                Some("round two: still wrong".to_string())
+            )
+        );
+        assert!(kinds(&store, id).contains(&"task.blocked".to_string()));
+        // A person steps in by giving it to an agent: the rounds start over.
+        let given = store
+            .write(|tx| {
+                tx.assign_task(
+                    &Actor::Admin,
+                    id,
+                    TaskAssign {
+                        agent: "coder-1".into(),
+                    },
+                )
+            })
+            .expect("assign");
+        assert_eq!(given.status, TaskStatus::Claimed);
+        assert!(crate::store::is_held(&given));
+        assert_eq!(given.pipeline.map(|p| p.send_backs), Some(0));
+    }
+
+    #[test]
+    fn an_approval_task_waits_for_a_person_until_approved() {
+        let store = store_with(Vec::new(), &[]);
+        let id = create(
+            &store,
+            NewTask {
+                title: "migrate the database".into(),
+                approve: true,
+                ..NewTask::default()
+            },
+        )
+        .expect("create")
+        .id;
+        let waiting = take_and_finish(&store, "coder-1", id, pass("migrated"));
+        assert_eq!(waiting.status, TaskStatus::Review);
+        assert!(waiting.awaiting_approval);
+        assert_eq!(waiting.claim_expires_at, None, "no lease runs out while a person decides");
+        assert!(!crate::store::is_held(&waiting));
+        assert_eq!(store.read(|r| r.approvals_waiting()).expect("count"), 1);
+        // Releasing the agent (its process died) does not take the decision away.
+        store
+            .write(|tx| tx.release_agent("conclave", "coder-1", "process ended"))
+            .expect("release");
+        assert_eq!(store.read(|r| r.task(id)).expect("task").status, TaskStatus::Review);
+        let approved = store
+            .write(|tx| {
+                tx.approve_task(
+                    &Actor::Admin,
+                    id,
+                    TaskDecision {
+                        comment: Some("fine".into()),
+                    },
+                )
+            })
+            .expect("approve");
+        assert_eq!(approved.status, TaskStatus::Done);
+        assert_eq!(approved.result.as_deref(), Some("migrated"));
+        assert!(!approved.awaiting_approval);
+        assert_eq!(store.read(|r| r.approvals_waiting()).expect("count"), 0);
+        let kinds = kinds(&store, id);
+        for kind in ["task.waiting_approval", "task.approved", "task.done"] {
+            assert!(kinds.contains(&kind.to_string()), "{kind} in {kinds:?}");
+        }
+    }
+
+    #[test]
+    fn a_rejected_task_returns_to_its_agent_with_the_comment() {
+        let store = store_with(Vec::new(), &["coder"]);
+        let id = create(
+            &store,
+            NewTask {
+                title: "rename the module".into(),
+                role: Some("coder".into()),
+                ..NewTask::default()
+            },
+        )
+        .expect("create")
+        .id;
+        let waiting = take_and_finish(&store, "coder-1", id, pass("renamed"));
+        assert!(waiting.awaiting_approval, "the role needs approval");
+        let rejected = store
+            .write(|tx| {
+                tx.reject_task(
+                    &Actor::Admin,
+                    id,
+                    TaskDecision {
+                        comment: Some("keep the old name as an alias".into()),
+                    },
+                )
+            })
+            .expect("reject");
+        assert_eq!(
+            (rejected.status, rejected.assignee.as_deref()),
+            (TaskStatus::InProgress, Some("coder-1"))
+        );
+        assert!(crate::store::is_held(&rejected));
+        assert!(
+            inbox(&store, "coder-1")
+                .iter()
+                .any(|body| body.contains("keep the old name as an alias"))
+        );
+        // Finishing again waits again.
+        let again = store
+            .write(|tx| tx.finish_task(&Actor::Agent("coder-1".into()), id, pass("aliased")))
+            .expect("finish");
+        assert!(again.awaiting_approval);
+        let verdicts: Vec<StepVerdict> = store
+            .read(|r| r.task_steps(id))
+            .expect("steps")
+            .into_iter()
+            .map(|step| step.verdict)
+            .collect();
+        assert_eq!(
+            verdicts,
+            [StepVerdict::Pass, StepVerdict::Rejected, StepVerdict::Pass]
+        );
+    }
+
+    #[test]
+    fn an_agent_cannot_approve_or_reject() {
+        let store = store_with(Vec::new(), &[]);
+        let id = create(
+            &store,
+            NewTask {
+                title: "t".into(),
+                approve: true,
+                ..NewTask::default()
+            },
+        )
+        .expect("create")
+        .id;
+        take_and_finish(&store, "coder-1", id, pass("done"));
+        for agent in ["coder-1", "reviewer-1"] {
+            let actor = Actor::Agent(agent.into());
+            let error = store
+                .write(|tx| tx.approve_task(&actor, id, TaskDecision::default()))
+                .expect_err("approve");
+            assert!(matches!(error, crate::error::CoreError::Forbidden(_)), "{error}");
+            store
+                .write(|tx| tx.reject_task(&actor, id, TaskDecision::default()))
+                .expect_err("reject");
+            // Nor finish it again on its own.
+            store
+                .write(|tx| tx.finish_task(&actor, id, pass("again")))
+                .expect_err("not held");
+        }
+        assert!(store.read(|r| r.task(id)).expect("task").awaiting_approval);
+        // A task that waits for nothing cannot be approved.
+        let plain = create(
+            &store,
+            NewTask {
+                title: "u".into(),
+                ..NewTask::default()
+            },
+        )
+        .expect("create")
+        .id;
+        store
+            .write(|tx| tx.approve_task(&Actor::Admin, plain, TaskDecision::default()))
+            .expect_err("nothing to approve");
+    }
+
+    #[test]
+    fn an_approval_stage_waits_then_moves_to_the_next_stage() {
+        let store = store_with(vec![reviewed(3, &["reviewer"])], &[]);
+        let id = in_pipeline(&store);
+        let after_coder = take_and_finish(&store, "coder-1", id, pass("code"));
+        assert!(!after_coder.awaiting_approval, "the coder stage needs no person");
+        let waiting = take_and_finish(&store, "reviewer-1", id, pass("approve this"));
+        assert!(waiting.awaiting_approval);
+        assert_eq!(waiting.role.as_deref(), Some("reviewer"));
+        let waiting_list = store.read(|r| r.tasks_awaiting_approval()).expect("list");
+        assert_eq!(waiting_list.iter().map(|t| t.id).collect::<Vec<_>>(), [id]);
+        let moved = store
+            .write(|tx| tx.approve_task(&Actor::Admin, id, TaskDecision::default()))
+            .expect("approve");
+        assert_eq!(
+            (moved.status, moved.role.as_deref()),
+            (TaskStatus::Ready, Some("tester"))
+        );
+        let done = take_and_finish(&store, "tester-1", id, pass("ok"));
+        assert_eq!(done.status, TaskStatus::Done);
+    }
+
+    #[test]
+    fn unknown_pipelines_and_contradicting_roles_are_refused() {
+        let store = store_with(vec![reviewed(3, &[])], &[]);
+        let error = create(
+            &store,
+            NewTask {
+                title: "t".into(),
+                pipeline: Some("nope".into()),
+                ..NewTask::default()
+            },
+        )
+        .expect_err("unknown");
+        assert!(error.to_string().contains("reviewed"), "{error}");
+        create(
+            &store,
+            NewTask {
+                title: "t".into(),
+                pipeline: Some("reviewed".into()),
+                role: Some("tester".into()),
+                ..NewTask::default()
+            },
+        )
+        .expect_err("role contradicts the first stage");
+    }
+}

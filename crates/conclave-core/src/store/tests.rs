@@ -505,7 +505,7 @@ fn search_finds_notes_messages_and_task_results_and_survives_odd_queries() {
                 id,
                 TaskFinish {
                     summary: Some("tokenizer handles unicode escapes".into()),
-                    files: vec![],
+                    ..TaskFinish::default()
                 },
             )
         })
@@ -887,7 +887,7 @@ fn a_task_done_twice_has_one_search_row_with_its_latest_result() {
     claim(&store, "a", Some(id)).expect("claim");
     let finish = |summary: &str| TaskFinish {
         summary: Some(summary.into()),
-        files: vec![],
+        ..TaskFinish::default()
     };
     store
         .write(|tx| tx.finish_task(&Actor::Agent("a".into()), id, finish("zebra first try")))
@@ -1061,8 +1061,8 @@ fn nul_bytes_and_overlong_file_lists_are_refused() {
                 &Actor::Agent("a".into()),
                 id,
                 TaskFinish {
-                    summary: None,
                     files,
+                    ..TaskFinish::default()
                 },
             )
         })
