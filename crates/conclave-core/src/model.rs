@@ -12,6 +12,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::error::CoreError;
+pub use crate::event::{Event, EventPayload};
 
 /// Who did something: a registered agent, the admin (a person or the supervisor), or the server.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -451,20 +452,6 @@ pub struct Note {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct Event {
-    /// Strictly increasing sequence number.
-    pub seq: i64,
-    pub ts: DateTime<Utc>,
-    pub actor: String,
-    /// Dotted kind such as `task.claimed` or `lease.granted`.
-    pub kind: String,
-    pub task: Option<TaskId>,
-    /// The agent the event is about (may differ from the actor).
-    pub agent: Option<String>,
-    pub data: serde_json::Value,
-}
-
 /// One hit of a full-text search over notes, messages and task results.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SearchHit {
@@ -722,7 +709,7 @@ impl EventFilter {
             return false;
         }
         if let Some(kind) = &self.kind
-            && !kind_matches(kind, &event.kind)
+            && !kind_matches(kind, event.kind())
         {
             return false;
         }
@@ -764,10 +751,22 @@ pub struct ReasonRequest {
 }
 
 /// `POST /api/events` (admin): an observation the supervisor records about an agent it runs
-/// (a tool call, a turn's usage, a restart). The kind must start with `agent.`.
+/// (a tool call, a turn's usage, a restart). On the wire `{kind, agent, task, data}`; the kind
+/// must be a known `agent.` kind and the data must fit it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "NewEventWire", into = "NewEventWire")]
+pub struct NewEvent {
+    /// The agent the event is about.
+    pub agent: String,
+    pub task: Option<TaskId>,
+    pub payload: EventPayload,
+}
+
+/// The wire form of [`NewEvent`].
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct NewEvent {
+#[schemars(rename = "NewEvent")]
+pub struct NewEventWire {
     /// `agent.tool`, `agent.turn`, `agent.crashed`, ...
     pub kind: String,
     /// The agent the event is about.
@@ -776,6 +775,39 @@ pub struct NewEvent {
     pub task: Option<TaskId>,
     #[serde(default)]
     pub data: serde_json::Value,
+}
+
+impl TryFrom<NewEventWire> for NewEvent {
+    type Error = crate::event::PayloadError;
+
+    fn try_from(wire: NewEventWire) -> Result<Self, Self::Error> {
+        Ok(NewEvent {
+            payload: EventPayload::from_parts(&wire.kind, &wire.data)?,
+            agent: wire.agent,
+            task: wire.task,
+        })
+    }
+}
+
+impl JsonSchema for NewEvent {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "NewEvent".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        NewEventWire::json_schema(generator)
+    }
+}
+
+impl From<NewEvent> for NewEventWire {
+    fn from(new: NewEvent) -> Self {
+        NewEventWire {
+            kind: new.payload.kind().to_string(),
+            data: new.payload.data(),
+            agent: new.agent,
+            task: new.task,
+        }
+    }
 }
 
 /// What a person asks the supervisor to do with a running agent.
@@ -794,7 +826,7 @@ named_enum!(AgentAction, "agent action", {
 
 /// `POST /api/agents/{name}/control`: recorded as an `agent.control` event, which the supervisor
 /// running the agent follows and carries out.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentControl {
     pub action: AgentAction,

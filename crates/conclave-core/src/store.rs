@@ -26,7 +26,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::error::{CoreError, Result};
-use crate::model::{Actor, Event, Pipeline, TaskId};
+use crate::model::{Actor, Event, EventPayload, Pipeline, TaskId};
 
 pub use agents::{ReleaseReport, hash_token};
 pub use events::{IDEMPOTENCY_WINDOW_SECS, SweepReport};
@@ -325,26 +325,24 @@ impl Tx<'_> {
     pub fn emit(
         &mut self,
         actor: &str,
-        kind: &str,
         task: Option<TaskId>,
         agent: Option<&str>,
-        data: Value,
+        payload: EventPayload,
     ) -> Result<()> {
         let ts = self.now_ms();
-        let data_text = serde_json::to_string(&data)?;
+        let data_text = serde_json::to_string(&payload.data())?;
         self.tx.execute(
             "INSERT INTO events (ts, actor, kind, task_id, agent, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![ts, actor, kind, task.map(|t| t.0), agent, data_text],
+            params![ts, actor, payload.kind(), task.map(|t| t.0), agent, data_text],
         )?;
         let seq = self.tx.last_insert_rowid();
         self.events.push(Event {
             seq,
             ts: self.now,
             actor: actor.to_string(),
-            kind: kind.to_string(),
             task,
             agent: agent.map(str::to_string),
-            data,
+            payload,
         });
         Ok(())
     }

@@ -17,6 +17,8 @@ use std::sync::Mutex;
 
 use axum::Json;
 use axum::extract::State;
+use conclave_core::event::{AgentSession, AgentSessionStart, FileTouched};
+use conclave_core::model::EventPayload;
 use conclave_core::model::{
     Actor, AgentStatus, AgentUpdate, LeaseMode, LeaseRequest, Message, MessageKind, NoteKind,
     format_duration_secs,
@@ -75,12 +77,14 @@ pub async fn handle(
         "user-prompt-submit" => urgent_context(&app, &actor, &agent, "UserPromptSubmit").await?,
         "stop" => stop(&app, &agent, &input).await?,
         "pre-compact" => {
+            let compacting = AgentSession {
+                session_id: input.session_id.clone(),
+            };
             record(
                 &app,
                 &actor,
                 &agent,
-                "agent.compacting",
-                json!({ "session_id": input.session_id }),
+                EventPayload::AgentCompacting(compacting),
             )
             .await?;
             json!({})
@@ -220,13 +224,11 @@ async fn post_tool_use(
         tx.renew_leases(&name)?;
         if let Some(path) = &path {
             let task = tx.read().held_tasks(&name)?.first().map(|t| t.id);
-            tx.emit(
-                &name,
-                "file.touched",
-                task,
-                Some(&name),
-                json!({ "path": path, "tool": tool }),
-            )?;
+            let touched = FileTouched {
+                path: path.clone(),
+                tool: tool.clone(),
+            };
+            tx.emit(&name, task, Some(&name), EventPayload::FileTouched(touched))?;
         }
         Ok(())
     })
@@ -314,14 +316,11 @@ async fn session_start(
         tx.update_agent(&name, &name, update)
     })
     .await?;
-    record(
-        app,
-        actor,
-        agent,
-        "agent.session_start",
-        json!({ "source": input.source, "session_id": input.session_id }),
-    )
-    .await?;
+    let started = AgentSessionStart {
+        source: input.source.clone(),
+        session_id: input.session_id.clone(),
+    };
+    record(app, actor, agent, EventPayload::AgentSessionStart(started)).await?;
     let name = agent.to_string();
     let (me, held, inbox, decisions) = app
         .read(move |r| {
@@ -426,27 +425,17 @@ async fn session_end(app: &App, actor: &Actor, agent: &str, input: &HookInput) -
         tx.update_agent(&name, &name, update)
     })
     .await?;
-    record(
-        app,
-        actor,
-        agent,
-        "agent.session_end",
-        json!({ "session_id": input.session_id }),
-    )
-    .await?;
+    let ended = AgentSession {
+        session_id: input.session_id.clone(),
+    };
+    record(app, actor, agent, EventPayload::AgentSessionEnd(ended)).await?;
     Ok(json!({}))
 }
 
-async fn record(
-    app: &App,
-    actor: &Actor,
-    agent: &str,
-    kind: &'static str,
-    data: Value,
-) -> ApiResult<()> {
+async fn record(app: &App, actor: &Actor, agent: &str, payload: EventPayload) -> ApiResult<()> {
     let name = agent.to_string();
     app.write(actor, &IdempotencyKey::default(), move |tx| {
-        tx.emit(&name, kind, None, Some(&name), data)
+        tx.emit(&name, None, Some(&name), payload.clone())
     })
     .await?;
     Ok(())

@@ -18,7 +18,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use conclave_core::model::{EventList, Task, TaskList, TaskStatus};
+use conclave_core::event::Topic;
+use conclave_core::model::{EventList, EventPayload, Task, TaskList, TaskStatus};
 use conclave_core::project::Project;
 use conclave_standin::StandIn;
 use conclave_standin::claude_cli::{
@@ -205,15 +206,18 @@ impl Watch {
             .get(
                 "/api/events",
                 &[
-                    ("kind", "agent.text".to_string()),
+                    // The agents' family: the kind's name is spelled only in the event table.
+                    ("kind", Topic::Agent.prefix().to_string()),
                     ("after", self.last_text_seq.to_string()),
                 ],
             )
             .await?;
         for event in &texts.events {
             self.last_text_seq = self.last_text_seq.max(event.seq);
-            let text = event.data["text"].as_str().unwrap_or_default();
-            if let Some(what) = text.strip_prefix(STOP_MARK) {
+            let EventPayload::AgentText(said) = &event.payload else {
+                continue;
+            };
+            if let Some(what) = said.text.strip_prefix(STOP_MARK) {
                 let who = event.agent.as_deref().unwrap_or(&event.actor);
                 return Ok(Progress::Stuck(format!("{who} stopped: {what}")));
             }

@@ -9,7 +9,8 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use conclave_core::model::{Event, EventList, StatusReport};
+use conclave_core::event::NoData;
+use conclave_core::model::{Event, EventList, EventPayload, StatusReport, format_duration_secs};
 use futures::StreamExt;
 use serde_json::Value;
 
@@ -215,54 +216,245 @@ pub fn event_line(event: &Event) -> String {
         event.seq,
         clock(event.ts),
         event.actor,
-        event.kind
+        event.kind()
     );
     line.trim_end().to_string()
 }
 
-/// A short human summary of an event's payload: its title first, then the other scalar fields.
+/// A short human summary of an event: its title first, then what its kind has to say.
 fn summarize(event: &Event) -> String {
-    let mut parts = Vec::new();
+    let mut summary = Summary::default();
     if let Some(agent) = &event.agent
         && *agent != event.actor
     {
-        parts.push(format!("agent={agent}"));
+        summary.field("agent", agent);
     }
-    if let Value::Object(fields) = &event.data {
-        if let Some(Value::String(title)) = fields.get("title") {
-            parts.insert(0, format!("{:?}", clip(title, 60)));
+    // Every kind is rendered here: a new kind is a compile error until it is.
+    match &event.payload {
+        EventPayload::TaskCreated(d) => {
+            summary.title(&d.title).list("after", &d.after);
+            summary
+                .opt("role", d.role.as_ref())
+                .field("priority", d.priority);
         }
-        for (key, value) in fields {
-            if key == "title" {
-                continue;
-            }
-            let text = match value {
-                Value::Null => continue,
-                Value::String(text) if text.is_empty() => continue,
-                Value::String(text) => {
-                    let text = clip(text, 60);
-                    if text.contains(char::is_whitespace) {
-                        format!("{text:?}")
-                    } else {
-                        text
-                    }
-                }
-                Value::Array(items) if items.is_empty() => continue,
-                Value::Array(items) => items
-                    .iter()
-                    .map(|item| match item {
-                        Value::String(text) => text.clone(),
-                        other => other.to_string(),
-                    })
-                    .collect::<Vec<_>>()
-                    .join(","),
-                Value::Object(map) if map.is_empty() => continue,
+        EventPayload::TaskReady(NoData {})
+        | EventPayload::TaskPending(NoData {})
+        | EventPayload::AgentTokenIssued(NoData {}) => {}
+        EventPayload::TaskClaimed(d) => {
+            summary.title(&d.title).field("attempts", d.attempts);
+        }
+        EventPayload::TaskUpdated(d) => {
+            summary.field("from", d.from).field("to", d.to);
+            summary.opt("note", d.note.as_ref());
+        }
+        EventPayload::TaskDone(d) => {
+            summary.field("summary", &d.summary).list("files", &d.files);
+        }
+        EventPayload::TaskFailed(d)
+        | EventPayload::TaskReclaimed(d)
+        | EventPayload::TaskBlocked(d) => {
+            summary.field("reason", &d.reason);
+        }
+        EventPayload::TaskCancelled(d) => {
+            summary.opt("reason", d.reason.as_ref());
+        }
+        EventPayload::TaskAssigned(d) => {
+            summary.title(&d.title).opt("from", d.from.as_ref());
+        }
+        EventPayload::TaskEdited(d) => {
+            summary.title(&d.title).list("changed", &d.changed);
+            summary.field("priority", d.priority);
+        }
+        EventPayload::TaskReopened(d) => {
+            summary
+                .field("from", d.from)
+                .opt("reason", d.reason.as_ref());
+        }
+        EventPayload::AgentRegistered(d) => {
+            summary.opt("role", d.role.as_ref()).list("caps", &d.caps);
+            summary.opt("model", d.model.as_ref());
+        }
+        EventPayload::AgentTokenRevoked(d) => {
+            summary
+                .opt("token", d.token.as_ref())
+                .field("count", d.count);
+        }
+        EventPayload::AgentStatusChanged(d) => {
+            summary.field("from", d.from).field("to", d.to);
+        }
+        EventPayload::AgentSession(d)
+        | EventPayload::AgentSessionEnd(d)
+        | EventPayload::AgentCompacting(d) => {
+            summary.opt("session_id", d.session_id.as_ref());
+        }
+        EventPayload::AgentControl(d) => {
+            summary.field("action", d.action);
+        }
+        EventPayload::AgentSessionStart(d) => {
+            summary.opt("source", d.source.as_ref());
+            summary.opt("session_id", d.session_id.as_ref());
+        }
+        EventPayload::AgentStarted(d) => {
+            summary.field("pid", d.pid).opt("resume", d.resume.as_ref());
+        }
+        EventPayload::AgentText(d) => {
+            summary.field("text", &d.text);
+        }
+        EventPayload::AgentTool(d) => {
+            let input = match &d.input {
+                Value::String(text) => text.clone(),
                 other => other.to_string(),
             };
-            parts.push(format!("{key}={text}"));
+            summary.field("tool", &d.tool).field("input", input);
+            summary.field("result_bytes", d.result_bytes);
+        }
+        EventPayload::AgentTurn(d) => {
+            summary.opt("context_tokens", d.context_tokens);
+            summary.opt("context_window", d.context_window);
+            summary.field("cost_usd", format!("{:.4}", d.cost_usd));
+        }
+        EventPayload::AgentBudgetExceeded(d) => {
+            summary.field("message", &d.message);
+        }
+        EventPayload::AgentHandoffRequested(d) => {
+            summary.field("context_tokens", d.context_tokens);
+            summary.field("context_window", d.context_window);
+        }
+        EventPayload::AgentRecycled(d) => {
+            summary.opt("previous_session", d.previous_session.as_ref());
+        }
+        EventPayload::AgentHibernated(d) | EventPayload::AgentExited(d) => {
+            summary.field("exit", &d.exit).flag("stopped", d.stopped);
+            summary.flag("restart", d.restart);
+        }
+        EventPayload::AgentCrashed(d) => {
+            summary
+                .opt("reason", d.reason.as_ref())
+                .flag("gave_up", d.gave_up);
+            summary.opt("message", d.message.as_ref());
+        }
+        EventPayload::AgentRestarted(d) => {
+            summary.flag("asked", d.asked).opt("restarts", d.restarts);
+        }
+        EventPayload::AgentWoken(d) => {
+            summary
+                .list("messages", &d.messages)
+                .list("tasks", &d.tasks);
+        }
+        EventPayload::AgentAlert(d) => {
+            summary
+                .field("cause", &d.cause)
+                .field("message", &d.message);
+        }
+        EventPayload::LeaseGranted(d) | EventPayload::LeaseRenewed(d) => {
+            summary.field("path", &d.path).field("mode", d.mode);
+            summary.field("ttl", format_duration_secs(d.ttl_secs));
+            summary.field("fencing_token", d.fencing_token);
+            summary.opt("reason", d.reason.as_ref());
+        }
+        EventPayload::LeaseReleased(d) => {
+            summary.field("path", &d.path).field("why", &d.why);
+        }
+        EventPayload::LeaseExpired(d) => {
+            summary.field("path", &d.path);
+        }
+        EventPayload::LeaseDenied(d) => {
+            summary.list("paths", &d.paths).field("why", &d.why);
+        }
+        EventPayload::MessageSent(d) => {
+            summary
+                .field("id", &d.id)
+                .field("to", &d.to)
+                .field("kind", d.kind);
+            summary.flag("urgent", d.urgent).field("body", &d.body);
+        }
+        EventPayload::MessageAcked(d) => {
+            summary.list("ids", &d.ids);
+        }
+        EventPayload::NoteAdded(d) => {
+            summary
+                .title(&d.title)
+                .field("id", &d.id)
+                .field("kind", d.kind);
+            summary.opt("supersedes", d.supersedes.as_ref());
+        }
+        EventPayload::NoteSuperseded(d) => {
+            summary.field("id", &d.id).field("by", &d.by);
+        }
+        EventPayload::FileTouched(d) => {
+            summary.field("path", &d.path).field("tool", &d.tool);
+        }
+        // A row this version cannot type (an older one's): its data as it was stored.
+        EventPayload::Unrecognized(row) => {
+            if let Value::Object(fields) = row.data() {
+                for (key, value) in fields {
+                    match value {
+                        Value::String(text) => summary.field(key, text),
+                        other => summary.field(key, other),
+                    };
+                }
+            }
         }
     }
-    clip(&parts.join(" "), 160)
+    summary.render()
+}
+
+/// The parts of an event's summary line.
+#[derive(Default)]
+struct Summary {
+    title: Option<String>,
+    parts: Vec<String>,
+}
+
+impl Summary {
+    fn title(&mut self, title: &str) -> &mut Self {
+        self.title = Some(format!("{:?}", clip(title, 60)));
+        self
+    }
+
+    /// `key=value`; quoted when the value has spaces; left out when empty or null.
+    fn field(&mut self, key: &str, value: impl std::fmt::Display) -> &mut Self {
+        let text = value.to_string();
+        if text.is_empty() || text == "null" {
+            return self;
+        }
+        let text = clip(&text, 60);
+        if text.contains(char::is_whitespace) {
+            self.parts.push(format!("{key}={text:?}"));
+        } else {
+            self.parts.push(format!("{key}={text}"));
+        }
+        self
+    }
+
+    fn opt(&mut self, key: &str, value: Option<impl std::fmt::Display>) -> &mut Self {
+        match value {
+            Some(value) => self.field(key, value),
+            None => self,
+        }
+    }
+
+    /// `key=a,b`; left out when empty.
+    fn list(&mut self, key: &str, items: &[impl std::fmt::Display]) -> &mut Self {
+        if !items.is_empty() {
+            let joined: Vec<String> = items.iter().map(ToString::to_string).collect();
+            self.parts.push(format!("{key}={}", joined.join(",")));
+        }
+        self
+    }
+
+    /// The bare key when set.
+    fn flag(&mut self, key: &str, set: bool) -> &mut Self {
+        if set {
+            self.parts.push(key.to_string());
+        }
+        self
+    }
+
+    fn render(self) -> String {
+        let parts: Vec<String> = self.title.into_iter().chain(self.parts).collect();
+        clip(&parts.join(" "), 160)
+    }
 }
 
 /// One message of a server-sent event stream.
@@ -342,16 +534,60 @@ mod tests {
         }
     }
 
+    fn event_from(kind: &str, data: serde_json::Value) -> Event {
+        serde_json::from_value(serde_json::json!({
+            "seq": 1, "ts": "2030-01-01T00:00:00Z", "actor": "admin", "kind": kind,
+            "task": null, "agent": "bob", "data": data,
+        }))
+        .expect("an event")
+    }
+
+    #[test]
+    fn each_kind_says_what_matters_and_old_rows_show_their_data() {
+        let tool = event_from(
+            "agent.tool",
+            serde_json::json!({"tool": "Bash", "input": "cargo test", "result_bytes": 120}),
+        );
+        assert_eq!(
+            summarize(&tool),
+            "agent=bob tool=Bash input=\"cargo test\" result_bytes=120"
+        );
+        let exited = event_from(
+            "agent.exited",
+            serde_json::json!({"exit": "signal: 15", "stopped": true}),
+        );
+        assert_eq!(summarize(&exited), "agent=bob exit=\"signal: 15\" stopped");
+        let denied = event_from(
+            "lease.denied",
+            serde_json::json!({"paths": ["a.rs", "b.rs"], "why": "held"}),
+        );
+        assert_eq!(summarize(&denied), "agent=bob paths=a.rs,b.rs why=held");
+        // A kind this version does not know, as an older or newer server may send it.
+        let old = event_from(
+            "agent.danced",
+            serde_json::json!({"steps": 3, "style": "tango"}),
+        );
+        assert!(matches!(old.payload, EventPayload::Unrecognized(_)));
+        assert_eq!(summarize(&old), "agent=bob steps=3 style=tango");
+        assert!(
+            event_line(&old).contains(" admin agent.danced - "),
+            "{}",
+            event_line(&old)
+        );
+    }
+
     #[test]
     fn event_lines_name_sequence_actor_kind_task_and_title() {
         let event = Event {
             seq: 7,
             ts: chrono::Utc::now(),
             actor: "alice".into(),
-            kind: "task.claimed".into(),
             task: Some(conclave_core::model::TaskId(3)),
             agent: Some("alice".into()),
-            data: serde_json::json!({ "title": "fix the parser", "attempts": 0, "note": null }),
+            payload: EventPayload::TaskClaimed(conclave_core::event::TaskClaimed {
+                title: "fix the parser".into(),
+                attempts: 0,
+            }),
         };
         let line = event_line(&event);
         assert!(line.starts_with("#7 "), "{line}");

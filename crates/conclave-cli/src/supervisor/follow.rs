@@ -80,7 +80,7 @@ mod tests {
         let frame = "id: 7\ndata: {\"seq\":7,\"ts\":\"2030-01-01T00:00:00Z\",\"actor\":\"a\",\
             \"kind\":\"task.ready\",\"task\":3,\"agent\":null,\"data\":{}}\n\n";
         let event = parse_frame(frame).expect("an event");
-        assert_eq!((event.seq, event.kind.as_str()), (7, "task.ready"));
+        assert_eq!((event.seq, event.kind()), (7, "task.ready"));
         assert!(parse_frame(":\n\n").is_none());
     }
 }

@@ -11,9 +11,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use conclave_core::config::Config;
+use conclave_core::event::{
+    AgentBudgetExceeded, AgentCrashed, AgentExit, AgentHandoffRequested, AgentRecycled,
+    AgentRestarted, AgentStarted, AgentText, AgentTool, AgentTurn, AgentWoken, Topic,
+};
 use conclave_core::model::{
-    AgentAction, AgentStatus, AgentUpdate, Event, MessageKind, MessageList, NewAgent, StatusReport,
-    TaskId, TaskStatus,
+    AgentAction, AgentStatus, AgentUpdate, Event, EventPayload, MessageKind, MessageList, NewAgent,
+    NewEvent, StatusReport, TaskId, TaskStatus,
 };
 use conclave_core::project::Project;
 use serde::{Deserialize, Serialize};
@@ -398,9 +402,12 @@ impl Supervisor {
                     restarts: Some(agent.restarts),
                     ..AgentUpdate::default()
                 };
-                let data = json!({"pid": pid, "resume": resume});
+                let started = AgentStarted {
+                    pid: i64::from(pid),
+                    resume,
+                };
                 self.patch(index, update).await;
-                self.event(index, "agent.started", data).await;
+                self.event(index, EventPayload::AgentStarted(started)).await;
             }
             Err(error) => {
                 let message = format!("{error:#}");
@@ -466,7 +473,8 @@ impl Supervisor {
                         .insert(tool.id.clone(), (tool.name, tool.input));
                 }
                 for text in texts {
-                    self.event(index, "agent.text", json!({"text": text})).await;
+                    self.event(index, EventPayload::AgentText(AgentText { text }))
+                        .await;
                 }
                 if let Some(tokens) = context_tokens {
                     let update = AgentUpdate {
@@ -481,8 +489,12 @@ impl Supervisor {
                     let Some((tool, input)) = self.agents[index].pending_tools.remove(&id) else {
                         continue;
                     };
-                    let data = json!({"tool": tool, "input": input, "result_bytes": bytes});
-                    self.event(index, "agent.tool", data).await;
+                    let used = AgentTool {
+                        tool,
+                        input: Value::String(input),
+                        result_bytes: i64::try_from(bytes).unwrap_or(i64::MAX),
+                    };
+                    self.event(index, EventPayload::AgentTool(used)).await;
                 }
             }
             StreamUpdate::Result {
@@ -544,8 +556,12 @@ impl Supervisor {
             ..AgentUpdate::default()
         };
         self.patch(index, update).await;
-        let data = json!({"context_tokens": tokens, "context_window": window, "cost_usd": cost});
-        self.event(index, "agent.turn", data).await;
+        let turn = AgentTurn {
+            context_tokens: tokens,
+            context_window: window,
+            cost_usd: cost,
+        };
+        self.event(index, EventPayload::AgentTurn(turn)).await;
         self.dirty = true;
 
         let agent = &self.agents[index];
@@ -557,11 +573,16 @@ impl Supervisor {
                 "conclave: {name} reached its budget of ${budget:.2} (spent ${cost:.4}); stopping it"
             );
             self.stop_process(index, StopReason::Budget, IDLE_GRACE);
-            let data = json!({
-                "budget_usd": budget, "cost_usd": cost, "alert": true,
-                "message": format!("{name} spent ${cost:.4} of its ${budget:.2} budget and was stopped"),
-            });
-            self.event(index, "agent.budget_exceeded", data).await;
+            let exceeded = AgentBudgetExceeded {
+                budget_usd: budget,
+                cost_usd: cost,
+                alert: true,
+                message: format!(
+                    "{name} spent ${cost:.4} of its ${budget:.2} budget and was stopped"
+                ),
+            };
+            self.event(index, EventPayload::AgentBudgetExceeded(exceeded))
+                .await;
             return;
         }
         if handoff_turn {
@@ -579,8 +600,12 @@ impl Supervisor {
                 && process.send_user_message(&request).await.is_ok()
             {
                 agent.phase = Phase::Live { busy: true };
-                let data = json!({"context_tokens": tokens, "context_window": window});
-                self.event(index, "agent.handoff_requested", data).await;
+                let requested = AgentHandoffRequested {
+                    context_tokens: tokens,
+                    context_window: window,
+                };
+                self.event(index, EventPayload::AgentHandoffRequested(requested))
+                    .await;
             }
         }
     }
@@ -601,8 +626,11 @@ impl Supervisor {
                 let agent = &mut self.agents[index];
                 agent.next_start = Start::Recycled;
                 agent.context_tokens = None;
-                let data = json!({"previous_session": agent.session_id});
-                self.event(index, "agent.recycled", data).await;
+                let recycled = AgentRecycled {
+                    previous_session: agent.session_id.clone(),
+                };
+                self.event(index, EventPayload::AgentRecycled(recycled))
+                    .await;
                 eprintln!("conclave: recycling {name} into a fresh session");
                 self.start(index).await;
             }
@@ -619,7 +647,7 @@ impl Supervisor {
                     ..AgentUpdate::default()
                 };
                 self.patch(index, update).await;
-                self.event(index, "agent.hibernated", json!({"exit": how}))
+                self.event(index, EventPayload::AgentHibernated(exit(how)))
                     .await;
             }
             Some(StopReason::Budget | StopReason::Stop) => {
@@ -629,18 +657,24 @@ impl Supervisor {
                     ..AgentUpdate::default()
                 };
                 self.patch(index, update).await;
-                self.event(index, "agent.exited", json!({"exit": how, "stopped": true}))
-                    .await;
+                let stopped = AgentExit {
+                    stopped: true,
+                    ..exit(how)
+                };
+                self.event(index, EventPayload::AgentExited(stopped)).await;
             }
             Some(StopReason::Restart) => {
                 self.agents[index].next_start = Start::Resumed;
-                self.event(index, "agent.exited", json!({"exit": how, "restart": true}))
-                    .await;
+                let restart = AgentExit {
+                    restart: true,
+                    ..exit(how)
+                };
+                self.event(index, EventPayload::AgentExited(restart)).await;
                 self.start(index).await;
             }
             Some(StopReason::Shutdown) => {
                 self.agents[index].phase = Phase::Waiting;
-                self.event(index, "agent.exited", json!({"exit": how}))
+                self.event(index, EventPayload::AgentExited(exit(how)))
                     .await;
             }
         }
@@ -650,7 +684,7 @@ impl Supervisor {
     /// after too many restarts in the window.
     async fn on_crash(&mut self, index: usize, reason: &str) {
         let name = self.agents[index].plan.name.clone();
-        let released: Value = match self
+        let released: Option<Value> = match self
             .admin
             .post(
                 &format!("/api/agents/{}/release", segment(&name)),
@@ -658,10 +692,10 @@ impl Supervisor {
             )
             .await
         {
-            Ok(report) => report,
+            Ok(report) => Some(report),
             Err(error) => {
                 tracing::warn!(agent = %name, error = %format!("{error:#}"), "cannot release");
-                Value::Null
+                None
             }
         };
         let agent = &mut self.agents[index];
@@ -674,8 +708,14 @@ impl Supervisor {
         {
             agent.restart_times.pop_front();
         }
-        let data = json!({"reason": reason, "released": released, "alert": true});
-        self.event(index, "agent.crashed", data).await;
+        let crashed = AgentCrashed {
+            reason: Some(reason.to_string()),
+            released,
+            alert: true,
+            gave_up: false,
+            message: None,
+        };
+        self.event(index, EventPayload::AgentCrashed(crashed)).await;
         let agent = &mut self.agents[index];
         if agent.restart_times.len() >= agent.plan.max_restarts as usize {
             let message = format!(
@@ -707,56 +747,44 @@ impl Supervisor {
             ..AgentUpdate::default()
         };
         self.patch(index, update).await;
-        self.event(
-            index,
-            "agent.crashed",
-            json!({"alert": true, "gave_up": true, "message": message}),
-        )
-        .await;
+        let gave_up = AgentCrashed {
+            reason: None,
+            released: None,
+            alert: true,
+            gave_up: true,
+            message: Some(message.to_string()),
+        };
+        self.event(index, EventPayload::AgentCrashed(gave_up)).await;
     }
 
     // ---- what the server says ---------------------------------------------------------------
 
     async fn on_event(&mut self, event: Event) {
-        match event.kind.as_str() {
-            "message.sent" => {
-                let data = &event.data;
-                let kind = data["kind"].as_str().unwrap_or_default();
-                if kind == MessageKind::Handoff.as_str() {
+        match &event.payload {
+            EventPayload::MessageSent(sent) => {
+                if sent.kind == MessageKind::Handoff {
                     return;
                 }
-                let recipients: Vec<&str> = data["recipients"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .collect();
                 let quoted = Quoted {
-                    id: data["id"].as_str().unwrap_or_default().to_string(),
+                    id: sent.id.clone(),
                     sender: event.actor.clone(),
-                    body: data["body"].as_str().unwrap_or_default().to_string(),
+                    body: sent.body.clone(),
                 };
                 for agent in &mut self.agents {
-                    if recipients.contains(&agent.plan.name.as_str())
-                        && agent.plan.name != event.actor
+                    if sent.recipients.contains(&agent.plan.name) && agent.plan.name != event.actor
                     {
                         agent.pending_messages.push(quoted.clone());
                         self.dirty = true;
                     }
                 }
             }
-            "agent.control" => {
+            EventPayload::AgentControl(control) => {
                 let Some(index) = self.index_of(event.agent.as_deref()) else {
                     return;
                 };
-                let action = event.data["action"]
-                    .as_str()
-                    .and_then(|text| text.parse::<AgentAction>().ok());
-                if let Some(action) = action {
-                    self.on_control(index, action).await;
-                }
+                self.on_control(index, control.action).await;
             }
-            "task.ready" => {
+            EventPayload::TaskReady(_) => {
                 // A task that is ready again (reopened, reclaimed, released) may be offered anew.
                 if let Some(task) = event.task {
                     for agent in &mut self.agents {
@@ -765,7 +793,7 @@ impl Supervisor {
                 }
                 self.dirty = true;
             }
-            kind if kind.starts_with("task.") => self.dirty = true,
+            payload if payload.topic() == Some(Topic::Task) => self.dirty = true,
             _ => {}
         }
     }
@@ -825,7 +853,11 @@ impl Supervisor {
                         self.start(index).await;
                     }
                 }
-                self.event(index, "agent.restarted", json!({"asked": true}))
+                let restarted = AgentRestarted {
+                    asked: true,
+                    restarts: None,
+                };
+                self.event(index, EventPayload::AgentRestarted(restarted))
                     .await;
             }
         }
@@ -916,21 +948,21 @@ impl Supervisor {
             };
             let agent = &mut self.agents[index];
             agent.offered.extend(tasks.iter().map(|(id, _)| *id));
-            let data = json!({
-                "messages": messages.iter().map(|m| m.id.clone()).collect::<Vec<_>>(),
-                "tasks": quoted_tasks.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(),
-            });
+            let woken = AgentWoken {
+                messages: messages.iter().map(|m| m.id.clone()).collect(),
+                tasks: quoted_tasks.iter().map(|(id, _)| id.clone()).collect(),
+            };
             if agent.phase == Phase::Hibernated {
                 agent.wake_on_start = Some(text);
                 agent.next_start = Start::Resumed;
                 eprintln!("conclave: waking {name} from hibernation");
-                self.event(index, "agent.woken", data).await;
+                self.event(index, EventPayload::AgentWoken(woken)).await;
                 self.start(index).await;
             } else if let Some(process) = agent.process.as_mut() {
                 match process.send_user_message(&text).await {
                     Ok(()) => {
                         agent.phase = Phase::Live { busy: true };
-                        self.event(index, "agent.woken", data).await;
+                        self.event(index, EventPayload::AgentWoken(woken)).await;
                         let update = AgentUpdate {
                             status: Some(AgentStatus::Working),
                             ..AgentUpdate::default()
@@ -983,8 +1015,12 @@ impl Supervisor {
                 Phase::RestartPending { at } if now >= at => {
                     agent.restarts += 1;
                     agent.restart_times.push_back(now);
-                    let data = json!({"restarts": agent.restarts});
-                    self.event(index, "agent.restarted", data).await;
+                    let restarted = AgentRestarted {
+                        asked: false,
+                        restarts: Some(agent.restarts),
+                    };
+                    self.event(index, EventPayload::AgentRestarted(restarted))
+                        .await;
                     self.start(index).await;
                 }
                 Phase::Live { busy: false }
@@ -1080,9 +1116,14 @@ impl Supervisor {
         }
     }
 
-    async fn event(&self, index: usize, kind: &str, data: Value) {
+    async fn event(&self, index: usize, payload: EventPayload) {
         let name = &self.agents[index].plan.name;
-        let body = json!({"kind": kind, "agent": name, "data": data});
+        let kind = payload.kind().to_string();
+        let body = NewEvent {
+            agent: name.clone(),
+            task: None,
+            payload,
+        };
         if let Err(error) = self.admin.post::<_, Value>("/api/events", &body).await {
             tracing::warn!(agent = %name, kind, error = %format!("{error:#}"), "cannot record an event");
         }
@@ -1105,6 +1146,15 @@ impl Supervisor {
     /// The agents' names, in order.
     pub fn names(&self) -> Vec<String> {
         self.agents.iter().map(|a| a.plan.name.clone()).collect()
+    }
+}
+
+/// How a process ended, with nothing more to say.
+fn exit(how: &str) -> AgentExit {
+    AgentExit {
+        exit: how.to_string(),
+        stopped: false,
+        restart: false,
     }
 }
 

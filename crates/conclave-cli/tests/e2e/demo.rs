@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use conclave_core::model::{EventPayload, MessageKind};
 use conclave_standin::claude_cli::claude_or_skip;
 
 use crate::support::serial;
@@ -57,18 +58,20 @@ async fn the_demo_team_collides_on_one_file_resolves_it_by_message_and_finishes(
             "{task:?}"
         );
     }
-    let denied = events
+    let why = events
         .iter()
-        .find(|e| e.kind == "lease.denied")
+        .find_map(|e| match &e.payload {
+            EventPayload::LeaseDenied(denied) => Some(denied.why.as_str()),
+            _ => None,
+        })
         .context("no agent ran into another's lease")?;
-    let why = denied.data["why"].as_str().unwrap_or_default();
     ensure!(
         why.contains("src/lib.rs") && why.contains("leased by coder-"),
         "{why}"
     );
     let asked = events
         .iter()
-        .any(|e| e.kind == "message.sent" && e.data["kind"] == "question");
+        .any(|e| matches!(&e.payload, EventPayload::MessageSent(sent) if sent.kind == MessageKind::Question));
     ensure!(asked, "the refused coder asks the holder by message");
     let lib = std::fs::read_to_string(dir.join("src/lib.rs"))?;
     ensure!(
@@ -113,7 +116,9 @@ async fn a_scripted_agent_meeting_an_unexpected_error_stops_the_demo_at_once() -
     let events = store.read(|r| r.events(&Default::default()))?;
     let questions = events
         .iter()
-        .filter(|e| e.kind == "message.sent" && e.data["kind"] == "question")
+        .filter(|e| {
+            matches!(&e.payload, EventPayload::MessageSent(sent) if sent.kind == MessageKind::Question)
+        })
         .count();
     ensure!(questions == 0, "{questions} questions were asked");
     Ok(())

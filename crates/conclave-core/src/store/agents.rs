@@ -3,10 +3,13 @@
 
 use rand::RngCore;
 use rusqlite::{OptionalExtension, Row, params};
-use serde_json::json;
 
 use super::{Reader, Tx, json_list, ms_to_time, opt_time, sha256_hex, to_json_list, validate_name};
 use crate::error::{CoreError, Result};
+use crate::event::{
+    AgentRegistered, AgentSession, AgentStatusChanged, AgentTokenRevoked, NoData, Reason,
+};
+use crate::model::EventPayload;
 use crate::model::{
     ADMIN_NAME, Agent, AgentStatus, AgentToken, AgentUpdate, NewAgent, SYSTEM_NAME, TaskStatus,
 };
@@ -142,12 +145,16 @@ impl Tx<'_> {
         )?;
         let token = self.insert_token(&new.name)?;
         let agent = self.read().agent(&new.name)?;
+        let registered = AgentRegistered {
+            role: agent.role.clone(),
+            caps: agent.caps.clone(),
+            model: agent.model.clone(),
+        };
         self.emit(
             actor,
-            "agent.registered",
             None,
             Some(&agent.name),
-            json!({ "role": agent.role, "caps": agent.caps, "model": agent.model }),
+            EventPayload::AgentRegistered(registered),
         )?;
         Ok((agent, token))
     }
@@ -156,7 +163,12 @@ impl Tx<'_> {
     pub fn issue_token(&mut self, actor: &str, name: &str) -> Result<String> {
         self.read().agent(name)?;
         let token = self.insert_token(name)?;
-        self.emit(actor, "agent.token_issued", None, Some(name), json!({}))?;
+        self.emit(
+            actor,
+            None,
+            Some(name),
+            EventPayload::AgentTokenIssued(NoData {}),
+        )?;
         Ok(token)
     }
 
@@ -181,12 +193,15 @@ impl Tx<'_> {
                 None => format!("{name} has no tokens"),
             }));
         }
+        let revoked_tokens = AgentTokenRevoked {
+            token: id.map(str::to_string),
+            count: i64::try_from(revoked).unwrap_or(i64::MAX),
+        };
         self.emit(
             actor,
-            "agent.token_revoked",
             None,
             Some(name),
-            json!({ "token": id, "count": revoked }),
+            EventPayload::AgentTokenRevoked(revoked_tokens),
         )?;
         Ok(revoked)
     }
@@ -266,22 +281,22 @@ impl Tx<'_> {
         )?;
         let after = self.read().agent(name)?;
         if after.status != before.status {
+            let changed = AgentStatusChanged {
+                from: before.status,
+                to: after.status,
+            };
             self.emit(
                 actor,
-                "agent.status",
                 None,
                 Some(name),
-                json!({ "from": before.status, "to": after.status }),
+                EventPayload::AgentStatusChanged(changed),
             )?;
         }
         if after.session_id != before.session_id {
-            self.emit(
-                actor,
-                "agent.session",
-                None,
-                Some(name),
-                json!({ "session_id": after.session_id }),
-            )?;
+            let session = AgentSession {
+                session_id: after.session_id.clone(),
+            };
+            self.emit(actor, None, Some(name), EventPayload::AgentSession(session))?;
         }
         Ok(after)
     }
@@ -312,12 +327,14 @@ impl Tx<'_> {
                     attempts = attempts + 1, updated_at = ?3 WHERE id = ?1",
                 params![id, TaskStatus::Pending.as_str(), self.now_ms()],
             )?;
+            let reclaimed = Reason {
+                reason: reason.to_string(),
+            };
             self.emit(
                 actor,
-                "task.reclaimed",
                 Some(task_id),
                 Some(name),
-                json!({ "reason": reason }),
+                EventPayload::TaskReclaimed(reclaimed),
             )?;
             // Back to ready only if its dependencies are still all done (one may have been
             // reopened while it was held).

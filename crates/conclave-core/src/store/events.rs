@@ -5,21 +5,22 @@ use serde::{Deserialize, Serialize};
 
 use super::{Reader, Store, Tx, ms_to_time};
 use crate::error::Result;
-use crate::model::{Event, EventFilter, TaskId};
+use crate::model::{Event, EventFilter, EventPayload, TaskId};
 
 const DEFAULT_LIMIT: i64 = 1000;
 const MAX_LIMIT: i64 = 10_000;
 
 fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Event> {
     let data: String = row.get(6)?;
+    // An old row whose data does not fit its kind reads as an unrecognized payload, verbatim.
+    let data = serde_json::from_str(&data).unwrap_or(serde_json::Value::Null);
     Ok(Event {
         seq: row.get(0)?,
         ts: ms_to_time(row.get(1)?),
         actor: row.get(2)?,
-        kind: row.get(3)?,
         task: row.get::<_, Option<i64>>(4)?.map(TaskId),
         agent: row.get(5)?,
-        data: serde_json::from_str(&data).unwrap_or(serde_json::Value::Null),
+        payload: EventPayload::read(row.get(3)?, data),
     })
 }
 

@@ -5,10 +5,11 @@
 //! it and gives it a new, larger fencing token.
 
 use rusqlite::{Row, params};
-use serde_json::json;
 
 use super::{Reader, Tx, ms_to_time, validate_text};
 use crate::error::{CoreError, LeaseConflict, Result};
+use crate::event::{LeaseExpired, LeaseGranted, LeaseReleased};
+use crate::model::EventPayload;
 use crate::model::{Actor, Lease, LeaseMode, LeaseRelease, LeaseRequest, TaskId};
 use crate::paths::{self, LeasePattern};
 
@@ -370,20 +371,18 @@ impl Tx<'_> {
                 )?;
             }
             let kind = if renewed {
-                "lease.renewed"
+                EventPayload::LeaseRenewed
             } else {
-                "lease.granted"
+                EventPayload::LeaseGranted
             };
-            self.emit(
-                holder,
-                kind,
-                task,
-                Some(holder),
-                json!({
-                    "path": pattern.as_str(), "mode": request.mode, "ttl_secs": ttl,
-                    "fencing_token": fencing_token, "reason": request.reason,
-                }),
-            )?;
+            let granted_data = LeaseGranted {
+                path: pattern.as_str().to_string(),
+                mode: request.mode,
+                ttl_secs: ttl,
+                fencing_token,
+                reason: request.reason.clone(),
+            };
+            self.emit(holder, task, Some(holder), kind(granted_data))?;
             let acquired_at = mine
                 .iter()
                 .find(|lease| renewed && lease.holder == holder && lease.path == pattern.as_str())
@@ -488,12 +487,16 @@ impl Tx<'_> {
             "DELETE FROM leases WHERE holder = ?1 AND pattern = ?2",
             params![lease.holder, lease.path],
         )?;
+        let released = LeaseReleased {
+            path: lease.path.clone(),
+            why: why.to_string(),
+            fencing_token: lease.fencing_token,
+        };
         self.emit(
             actor,
-            "lease.released",
             lease.task,
             Some(&lease.holder),
-            json!({ "path": lease.path, "why": why, "fencing_token": lease.fencing_token }),
+            EventPayload::LeaseReleased(released),
         )
     }
 
@@ -510,12 +513,15 @@ impl Tx<'_> {
                 "DELETE FROM leases WHERE holder = ?1 AND pattern = ?2",
                 params![lease.holder, lease.path],
             )?;
+            let expired = LeaseExpired {
+                path: lease.path.clone(),
+                fencing_token: lease.fencing_token,
+            };
             self.emit(
                 crate::model::SYSTEM_NAME,
-                "lease.expired",
                 lease.task,
                 Some(&lease.holder),
-                json!({ "path": lease.path, "fencing_token": lease.fencing_token }),
+                EventPayload::LeaseExpired(expired),
             )?;
         }
         Ok(expired)

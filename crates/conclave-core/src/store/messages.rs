@@ -3,10 +3,11 @@
 //! recipient acknowledges it: at-least-once delivery across reconnects and restarts.
 
 use rusqlite::{OptionalExtension, Row, params};
-use serde_json::json;
 
 use super::{Reader, Tx, ms_to_time, opt_time, validate_name, validate_text};
 use crate::error::{CoreError, Result};
+use crate::event::{MessageAcked, MessageSent};
+use crate::model::EventPayload;
 use crate::model::{Actor, Delivery, Message, MessageKind, NewMessage};
 
 const MAX_BODY: usize = 32 * 1024;
@@ -194,12 +195,16 @@ impl Tx<'_> {
         )?;
         self.emit(
             actor.name(),
-            "message.sent",
             None,
             actor.agent(),
-            json!({
-                "id": id, "to": to, "recipients": recipients, "thread": thread,
-                "kind": new.kind, "urgent": new.urgent, "body": new.body,
+            EventPayload::MessageSent(MessageSent {
+                id,
+                to,
+                recipients,
+                thread,
+                kind: new.kind,
+                urgent: new.urgent,
+                body: new.body.clone(),
             }),
         )?;
         self.read().message(row_id)
@@ -222,10 +227,9 @@ impl Tx<'_> {
         if !acked.is_empty() {
             self.emit(
                 agent,
-                "message.acked",
                 None,
                 Some(agent),
-                json!({ "ids": acked }),
+                EventPayload::MessageAcked(MessageAcked { ids: acked.clone() }),
             )?;
         }
         Ok(acked)

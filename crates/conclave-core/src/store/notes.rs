@@ -2,10 +2,11 @@
 //! over notes, messages and task results.
 
 use rusqlite::{OptionalExtension, Row, params};
-use serde_json::json;
 
 use super::{Reader, Tx, json_list, ms_to_time, to_json_list, validate_name, validate_text};
 use crate::error::{CoreError, Result};
+use crate::event::{NoteAdded, NoteSuperseded};
+use crate::model::EventPayload;
 use crate::model::{Actor, MessageKind, NewMessage, NewNote, Note, NoteKind, SearchHit, TaskId};
 
 const NOTE_COLUMNS: &str =
@@ -218,12 +219,17 @@ impl Tx<'_> {
         let id = format!("N-{row_id}");
         let tags_text = new.tags.join(" ");
         self.index_search("note", &id, &title, &format!("{body} {tags_text}"))?;
+        let added = NoteAdded {
+            id: id.clone(),
+            kind: new.kind,
+            title: title.clone(),
+            supersedes: new.supersedes.clone(),
+        };
         self.emit(
             actor.name(),
-            "note.added",
             task,
             actor.agent(),
-            json!({ "id": id, "kind": new.kind, "title": title, "supersedes": new.supersedes }),
+            EventPayload::NoteAdded(added),
         )?;
         if matches!(
             new.kind,
@@ -236,12 +242,15 @@ impl Tx<'_> {
                 "UPDATE notes SET superseded_by = ?2 WHERE id = ?1",
                 params![parse_note_id(&old.id)?, row_id],
             )?;
+            let superseded = NoteSuperseded {
+                id: old.id.clone(),
+                by: id.clone(),
+            };
             self.emit(
                 actor.name(),
-                "note.superseded",
                 old.task,
                 None,
-                json!({ "id": old.id, "by": id }),
+                EventPayload::NoteSuperseded(superseded),
             )?;
             // Whoever may have built on the old note must hear that it changed.
             let others = self

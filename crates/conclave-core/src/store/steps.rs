@@ -18,13 +18,13 @@
 //! that listing tasks stays one query.
 
 use rusqlite::{OptionalExtension, Row, params};
-use serde_json::json;
 
 use super::tasks::{MAX_BODY, TASK_COLUMNS, task_from_row};
 use super::{Reader, Tx, ms_to_time, validate_text};
 use crate::error::{CoreError, Result};
+use crate::event::{Decision, NoData, Reason, TaskPassed, TaskSentBack, TaskWaitingApproval};
 use crate::model::{
-    Actor, PipelineState, StepVerdict, Task, TaskDecision, TaskId, TaskStatus, TaskStep,
+    Actor, EventPayload, PipelineState, StepVerdict, Task, TaskDecision, TaskId, TaskStatus, TaskStep,
 };
 
 fn step_from_row(row: &Row<'_>) -> rusqlite::Result<TaskStep> {
@@ -206,15 +206,17 @@ impl Tx<'_> {
                 self.now_ms()
             ],
         )?;
+        let waiting = TaskWaitingApproval {
+            summary,
+            files,
+            stage: task.pipeline.as_ref().map(|state| state.stage),
+            role: task.role.clone(),
+        };
         self.emit(
             actor.name(),
-            "task.waiting_approval",
             Some(task.id),
             task.assignee.as_deref(),
-            json!({
-                "summary": summary, "files": files, "stage": task.pipeline.as_ref().map(|s| s.stage),
-                "role": task.role,
-            }),
+            EventPayload::TaskWaitingApproval(waiting),
         )?;
         self.release_task_leases(actor.name(), task.id, "task waits for approval")?;
         self.read().task(task.id)
@@ -247,19 +249,27 @@ impl Tx<'_> {
                 self.now_ms()
             ],
         )?;
+        let passed = TaskPassed {
+            pipeline: next.pipeline.name.clone(),
+            from_stage: next.stage - 1,
+            stage: next.stage,
+            role,
+            summary: summary.to_string(),
+        };
         self.emit(
             actor,
-            "task.passed",
             Some(task.id),
             task.assignee.as_deref(),
-            json!({
-                "pipeline": next.pipeline.name, "from_stage": next.stage - 1, "stage": next.stage,
-                "role": role, "summary": summary,
-            }),
+            EventPayload::TaskPassed(passed),
         )?;
         self.release_task_leases(actor, task.id, "stage passed")?;
         // `task.ready` is what offers a task to the agents that fit it.
-        self.emit(actor, "task.ready", Some(task.id), None, json!({ "role": role }))
+        self.emit(
+            actor,
+            Some(task.id),
+            None,
+            EventPayload::TaskReady(NoData {}),
+        )
     }
 
     /// A holder's `send_back`: the task returns to an earlier stage with the comments, reserved
@@ -324,15 +334,19 @@ impl Tx<'_> {
         let role = next.current().map(|stage| stage.role.clone());
         self.set_pipeline_state(id, &next)?;
         self.release_task_leases(actor.name(), id, "task sent back")?;
+        let sent_back = TaskSentBack {
+            pipeline: next.pipeline.name.clone(),
+            from_stage: state.stage,
+            stage: target,
+            role: role.clone(),
+            comments: comments.to_string(),
+            send_backs: next.send_backs,
+        };
         self.emit(
             actor.name(),
-            "task.sent_back",
             Some(id),
             task.assignee.as_deref(),
-            json!({
-                "pipeline": next.pipeline.name, "from_stage": state.stage, "stage": target,
-                "role": role, "comments": comments, "send_backs": next.send_backs,
-            }),
+            EventPayload::TaskSentBack(sent_back),
         )?;
         if next.rounds_exhausted() {
             let reason = format!(
@@ -347,10 +361,9 @@ impl Tx<'_> {
             )?;
             self.emit(
                 actor.name(),
-                "task.blocked",
                 Some(id),
                 None,
-                json!({ "reason": reason }),
+                EventPayload::TaskBlocked(Reason { reason }),
             )?;
             return self.read().task(id);
         }
@@ -367,10 +380,9 @@ impl Tx<'_> {
         )?;
         self.emit(
             actor.name(),
-            "task.ready",
             Some(id),
             holder.as_deref(),
-            json!({ "role": role }),
+            EventPayload::TaskReady(NoData {}),
         )?;
         if let Some(holder) = &holder {
             let body = format!(
@@ -430,10 +442,11 @@ impl Tx<'_> {
         )?;
         self.emit(
             actor.name(),
-            "task.approved",
             Some(id),
             task.assignee.as_deref(),
-            json!({ "comment": decision.comment }),
+            EventPayload::TaskApproved(Decision {
+                comment: decision.comment.clone(),
+            }),
         )?;
         let summary = task.result.clone().unwrap_or_default();
         self.move_on(actor.name(), &task, &summary, &task.files)?;
@@ -480,10 +493,11 @@ impl Tx<'_> {
         }
         self.emit(
             actor.name(),
-            "task.rejected",
             Some(id),
             agent.as_deref(),
-            json!({ "comment": decision.comment }),
+            EventPayload::TaskRejected(Decision {
+                comment: decision.comment.clone(),
+            }),
         )?;
         match &agent {
             Some(agent) => {
@@ -496,7 +510,12 @@ impl Tx<'_> {
                 );
                 self.notify(agent, &body)?;
             }
-            None => self.emit(actor.name(), "task.ready", Some(id), None, json!({}))?,
+            None => self.emit(
+                actor.name(),
+                Some(id),
+                None,
+                EventPayload::TaskReady(NoData {}),
+            )?,
         }
         self.read().task(id)
     }
@@ -613,7 +632,7 @@ mod tests {
             })
             .expect("events")
             .into_iter()
-            .map(|event| event.kind)
+            .map(|event| event.kind().to_string())
             .collect()
     }
 

@@ -11,12 +11,16 @@ use std::collections::{BTreeSet, HashSet};
 
 use rusqlite::{OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use super::{
     Reader, Tx, json_list, ms_to_time, opt_time, to_json_list, validate_name, validate_text,
 };
 use crate::error::{CoreError, Result};
+use crate::event::{
+    NoData, OptionalReason, Reason, TaskAssigned, TaskClaimed, TaskCreated, TaskDone, TaskEdited,
+    TaskReopened, TaskUpdated,
+};
+use crate::model::EventPayload;
 use crate::model::{
     Actor, Agent, MessageKind, NewMessage, NewTask, PipelineState, Task, TaskAssign, TaskEdit,
     TaskFinish, TaskId, TaskStatus, TaskStatusUpdate, TaskStep, Verdict,
@@ -280,16 +284,19 @@ impl Tx<'_> {
                 params![id.0, dep.0],
             )?;
         }
+        let created = TaskCreated {
+            title,
+            after: deps.iter().copied().collect(),
+            role: role.clone(),
+            priority: new.priority.unwrap_or(0),
+            pipeline: new.pipeline.clone(),
+            approve: new.approve,
+        };
         self.emit(
             actor.name(),
-            "task.created",
             Some(id),
             None,
-            json!({
-                "title": title, "after": deps, "role": role,
-                "priority": new.priority.unwrap_or(0), "pipeline": new.pipeline,
-                "approve": new.approve,
-            }),
+            EventPayload::TaskCreated(created),
         )?;
         self.refresh_readiness(actor.name(), id)?;
         self.read().task(id)
@@ -319,12 +326,14 @@ impl Tx<'_> {
                  WHERE id = ?1",
                 params![id.0, reason, self.now_ms()],
             )?;
+            let blocked = Reason {
+                reason: reason.clone(),
+            };
             self.emit(
                 actor,
-                "task.blocked",
                 Some(id),
                 task.assignee.as_deref(),
-                json!({ "reason": reason }),
+                EventPayload::TaskBlocked(blocked),
             )?;
             let body = format!(
                 "{id} \"{}\" is blocked: its {reason}, so it can never become ready by itself. \
@@ -361,11 +370,11 @@ impl Tx<'_> {
             params![id.0, next.as_str(), self.now_ms()],
         )?;
         let kind = if next == TaskStatus::Ready {
-            "task.ready"
+            EventPayload::TaskReady(NoData {})
         } else {
-            "task.pending"
+            EventPayload::TaskPending(NoData {})
         };
-        self.emit(actor, kind, Some(id), task.assignee.as_deref(), json!({}))
+        self.emit(actor, Some(id), task.assignee.as_deref(), kind)
     }
 
     fn set_status(&mut self, id: TaskId, status: TaskStatus) -> Result<()> {
@@ -408,12 +417,15 @@ impl Tx<'_> {
                 task.id
             )));
         }
+        let claimed = TaskClaimed {
+            title: task.title.clone(),
+            attempts: task.attempts,
+        };
         self.emit(
             agent,
-            "task.claimed",
             Some(task.id),
             Some(agent),
-            json!({ "title": task.title, "attempts": task.attempts }),
+            EventPayload::TaskClaimed(claimed),
         )?;
         Ok(ClaimOutcome {
             task: Some(self.read().task(task.id)?),
@@ -520,12 +532,16 @@ impl Tx<'_> {
         }
         let task = self.held_by(actor, id, "update")?;
         self.set_status(id, update.status)?;
+        let updated = TaskUpdated {
+            from: task.status,
+            to: update.status,
+            note: update.note,
+        };
         self.emit(
             actor.name(),
-            "task.updated",
             Some(id),
             task.assignee.as_deref(),
-            json!({ "from": task.status, "to": update.status, "note": update.note }),
+            EventPayload::TaskUpdated(updated),
         )?;
         self.read().task(id)
     }
@@ -580,12 +596,15 @@ impl Tx<'_> {
             params![id.0, summary, to_json_list(files)?, self.now_ms()],
         )?;
         self.index_search("task", &id.to_string(), &task.title, summary)?;
+        let done = TaskDone {
+            summary: summary.to_string(),
+            files: files.to_vec(),
+        };
         self.emit(
             actor,
-            "task.done",
             Some(id),
             task.assignee.as_deref(),
-            json!({ "summary": summary, "files": files }),
+            EventPayload::TaskDone(done),
         )?;
         self.release_task_leases(actor, id, "task done")?;
         for dependent in self.read().dependents(id)? {
@@ -603,12 +622,14 @@ impl Tx<'_> {
             params![id.0, reason, self.now_ms()],
         )?;
         self.index_search("task", &id.to_string(), &task.title, reason)?;
+        let failed = Reason {
+            reason: reason.to_string(),
+        };
         self.emit(
             actor.name(),
-            "task.failed",
             Some(id),
             task.assignee.as_deref(),
-            json!({ "reason": reason }),
+            EventPayload::TaskFailed(failed),
         )?;
         self.release_task_leases(actor.name(), id, "task failed")?;
         for dependent in self.read().dependents(id)? {
@@ -647,10 +668,11 @@ impl Tx<'_> {
         )?;
         self.emit(
             actor.name(),
-            "task.cancelled",
             Some(id),
             task.assignee.as_deref(),
-            json!({ "reason": reason }),
+            EventPayload::TaskCancelled(OptionalReason {
+                reason: reason.clone(),
+            }),
         )?;
         self.release_task_leases(actor.name(), id, "task cancelled")?;
         for dependent in self.read().dependents(id)? {
@@ -711,12 +733,15 @@ impl Tx<'_> {
                 ],
             )?;
         }
+        let assigned = TaskAssigned {
+            from: previous.clone(),
+            title: task.title.clone(),
+        };
         self.emit(
             actor.name(),
-            "task.assigned",
             Some(id),
             Some(&agent.name),
-            json!({ "from": previous, "title": task.title }),
+            EventPayload::TaskAssigned(assigned),
         )?;
         if let Some(previous) = previous.filter(|p| *p != agent.name) {
             self.release_task_leases(actor.name(), id, "task reassigned")?;
@@ -816,12 +841,16 @@ impl Tx<'_> {
         if after.depends_on != before.depends_on {
             changed.push("dependencies");
         }
+        let edited = TaskEdited {
+            changed: changed.iter().map(|field| field.to_string()).collect(),
+            title: after.title.clone(),
+            priority: after.priority,
+        };
         self.emit(
             actor.name(),
-            "task.edited",
             Some(id),
             after.assignee.as_deref(),
-            json!({ "changed": changed, "title": after.title, "priority": after.priority }),
+            EventPayload::TaskEdited(edited),
         )?;
         if !edit.after.is_empty() {
             self.refresh_readiness(actor.name(), id)?;
@@ -864,12 +893,15 @@ impl Tx<'_> {
                 updated_at = ?2 WHERE id = ?1",
             params![id.0, self.now_ms()],
         )?;
+        let reopened = TaskReopened {
+            from: task.status,
+            reason: reason.clone(),
+        };
         self.emit(
             actor.name(),
-            "task.reopened",
             Some(id),
             None,
-            json!({ "from": task.status, "reason": reason }),
+            EventPayload::TaskReopened(reopened),
         )?;
         self.refresh_readiness(actor.name(), id)?;
         for dependent in self.read().dependents(id)? {

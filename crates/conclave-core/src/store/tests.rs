@@ -232,7 +232,7 @@ fn expired_claims_return_to_ready_with_attempts_counted_and_leases_released() {
         .read(|r| r.events(&EventFilter::default()))
         .expect("events")
         .into_iter()
-        .map(|e| e.kind)
+        .map(|e| e.kind().to_string())
         .collect();
     assert!(kinds.contains(&"task.reclaimed".to_string()), "{kinds:?}");
     assert!(kinds.contains(&"lease.released".to_string()), "{kinds:?}");
@@ -557,6 +557,53 @@ fn every_change_writes_its_event_and_a_failed_change_writes_none() {
     let before = count();
     let _ = claim(&store, "a", Some(TaskId(99)));
     assert_eq!(count(), before, "a refused request must leave no event");
+}
+
+#[test]
+fn old_rows_that_do_not_fit_their_kind_read_verbatim_and_still_filter() {
+    let store = store();
+    agent(&store, "a", None, &[]);
+    // Rows an older version may have written: a kind since dropped, and a known kind whose
+    // data is not shaped like its payload today.
+    store
+        .write(|tx| {
+            tx.conn().execute(
+                "INSERT INTO events (ts, actor, kind, task_id, agent, data) VALUES
+                 (1, 'admin', 'agent.danced', NULL, 'a', '{\"steps\":3}'),
+                 (2, 'admin', 'agent.tool', NULL, 'a', '{\"tool\":7}'),
+                 (3, 'admin', 'agent.text', NULL, 'a', 'not json')",
+                [],
+            )?;
+            Ok(())
+        })
+        .expect("insert");
+    let agent_events = |kind: &str| {
+        store
+            .read(|r| {
+                r.events(&EventFilter {
+                    kind: Some(kind.to_string()),
+                    ..EventFilter::default()
+                })
+            })
+            .expect("a read never fails on an old row")
+    };
+    let all = agent_events("agent.");
+    let old: Vec<&Event> = all
+        .iter()
+        .filter(|e| matches!(e.payload, EventPayload::Unrecognized(_)))
+        .collect();
+    assert_eq!(old.len(), 3, "{all:?}");
+    assert_eq!(old[0].kind(), "agent.danced");
+    assert_eq!(old[0].payload.data(), serde_json::json!({"steps": 3}));
+    assert_eq!(old[1].payload.data(), serde_json::json!({"tool": 7}));
+    assert_eq!(old[2].payload.data(), serde_json::Value::Null);
+    let tools = agent_events("agent.tool");
+    assert_eq!(tools.len(), 1, "the exact kind filter still finds it");
+    assert!(
+        all.iter()
+            .any(|e| matches!(e.payload, EventPayload::AgentRegistered(_))),
+        "current rows read typed"
+    );
 }
 
 #[test]
@@ -971,7 +1018,7 @@ fn a_task_whose_dependency_failed_is_blocked_and_its_creator_told() {
         })
         .expect("events")
         .into_iter()
-        .map(|e| e.kind.to_string())
+        .map(|e| e.kind().to_string())
         .collect();
     assert_eq!(
         kinds.iter().filter(|k| *k == "task.blocked").count(),

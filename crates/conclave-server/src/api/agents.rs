@@ -2,8 +2,8 @@
 
 use axum::response::Response;
 use conclave_core::model::{
-    Actor, Agent, AgentControl, AgentCreated, AgentList, AgentUpdate, NewAgent, ReasonRequest,
-    TokenIssued,
+    Actor, Agent, AgentControl, AgentCreated, AgentList, AgentUpdate, EventPayload, NewAgent,
+    ReasonRequest, TokenIssued,
 };
 
 use crate::app::{ApiJson, ApiPath, App, IdempotencyKey, only_admin};
@@ -131,10 +131,9 @@ pub async fn control(
             let agent = tx.read().agent(&name)?;
             tx.emit(
                 conclave_core::model::ADMIN_NAME,
-                "agent.control",
                 None,
                 Some(&agent.name),
-                serde_json::json!({ "action": control.action }),
+                EventPayload::AgentControl(control.clone()),
             )?;
             Ok(agent)
         })

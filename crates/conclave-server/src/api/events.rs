@@ -10,7 +10,8 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use conclave_core::model::{Actor, Event, EventFilter, EventList, NewEvent};
+use conclave_core::event::Topic;
+use conclave_core::model::{Actor, Event, EventFilter, EventList, EventPayload, NewEvent};
 use futures::Stream;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -30,23 +31,20 @@ pub async fn record(
     ApiJson(new): ApiJson<NewEvent>,
 ) -> ApiResult<Response> {
     only_admin(&actor, "record agent events")?;
-    let suffix = new.kind.strip_prefix("agent.").unwrap_or_default();
-    let well_formed = !suffix.is_empty()
-        && suffix
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.');
-    if !well_formed {
+    // The body's kind is a known kind whose data fits (checked as it is read); only the
+    // supervisor's own family is recorded here.
+    if new.payload.topic() != Some(Topic::Agent) {
         return Err(ApiError::bad_request(format!(
-            "event kind {:?} must be `agent.` followed by lowercase letters, digits, `_` or `.`",
-            new.kind
+            "event kind {:?} is not an `agent.` kind; only those are recorded here",
+            new.payload.kind()
         )));
     }
-    if new.kind == "agent.control" {
+    if let EventPayload::AgentControl(_) = new.payload {
         return Err(ApiError::bad_request(
             "agent.control is recorded by POST /api/agents/{name}/control",
         ));
     }
-    let size = serde_json::to_string(&new.data).map_or(0, |text| text.len());
+    let size = serde_json::to_string(&new.payload.data()).map_or(0, |text| text.len());
     if size > MAX_EVENT_DATA {
         return Err(ApiError::bad_request(format!(
             "event data is {size} bytes; at most {MAX_EVENT_DATA} are accepted"
@@ -58,12 +56,11 @@ pub async fn record(
             let agent = tx.read().agent(&new.agent)?;
             tx.emit(
                 conclave_core::model::ADMIN_NAME,
-                &new.kind,
                 new.task,
                 Some(&agent.name),
-                new.data.clone(),
+                new.payload.clone(),
             )?;
-            Ok(serde_json::json!({ "kind": new.kind, "agent": agent.name }))
+            Ok(serde_json::json!({ "kind": new.payload.kind(), "agent": agent.name }))
         })
         .await?;
     Ok(written.created())

@@ -3,8 +3,9 @@
 use axum::Json;
 use axum::extract::State;
 use axum::response::Response;
+use conclave_core::event::LeaseDenied;
+use conclave_core::model::EventPayload;
 use conclave_core::model::{Actor, LeaseList, LeaseRelease, LeaseRequest, ReleasedLeases};
-use serde_json::json;
 
 use crate::app::{ApiJson, App, IdempotencyKey, only_agent};
 use crate::error::ApiResult;
@@ -44,12 +45,18 @@ pub(crate) async fn acquire_for(
 /// A refused lease changes no state, but the collision belongs in the record of what happened.
 pub(crate) async fn record_denial(app: &App, holder: &str, paths: &[String], why: &str) {
     let holder = holder.to_string();
-    let data = json!({ "paths": paths, "why": why });
+    let denied = LeaseDenied {
+        paths: paths.to_vec(),
+        why: why.to_string(),
+    };
     let result = app
         .write(
             &Actor::Agent(holder.clone()),
             &IdempotencyKey::default(),
-            move |tx| tx.emit(&holder, "lease.denied", None, Some(&holder), data),
+            move |tx| {
+                let payload = EventPayload::LeaseDenied(denied.clone());
+                tx.emit(&holder, None, Some(&holder), payload)
+            },
         )
         .await;
     if let Err(error) = result {

@@ -5,7 +5,9 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use axum::response::Response;
-use conclave_core::model::{AckResult, Actor, Message, MessageAck, MessageList, NewMessage};
+use conclave_core::model::{
+    AckResult, Actor, EventPayload, Message, MessageAck, MessageList, NewMessage,
+};
 use serde::Deserialize;
 
 use crate::app::{ApiJson, ApiQuery, App, IdempotencyKey, only_agent};
@@ -88,7 +90,7 @@ pub async fn wait_for_inbox(app: &App, agent: &str, wait: Duration) -> ApiResult
             _ = tokio::time::sleep_until(deadline) => break,
             _ = app.shutdown_token().cancelled() => break,
             received = events.recv() => match received {
-                Ok(event) if event.kind == "message.sent" && is_recipient(&event.data, agent) => break,
+                Ok(event) if is_recipient(&event.payload, agent) => break,
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
@@ -99,10 +101,9 @@ pub async fn wait_for_inbox(app: &App, agent: &str, wait: Duration) -> ApiResult
     app.read(move |r| r.inbox(&name)).await
 }
 
-fn is_recipient(data: &serde_json::Value, agent: &str) -> bool {
-    data.get("recipients")
-        .and_then(|r| r.as_array())
-        .is_some_and(|names| names.iter().any(|n| n.as_str() == Some(agent)))
+/// Whether the event is a message sent to `agent`.
+fn is_recipient(payload: &EventPayload, agent: &str) -> bool {
+    matches!(payload, EventPayload::MessageSent(sent) if sent.recipients.iter().any(|n| n == agent))
 }
 
 pub async fn ack(

@@ -117,6 +117,47 @@ async fn events_can_be_queried_by_agent_task_kind_and_sequence() {
 }
 
 #[tokio::test]
+async fn an_unknown_event_kind_or_misshapen_data_is_refused_with_a_clear_message() {
+    let server = TestServer::start().await;
+    server.agent("alice", None).await;
+    let (status, body) = server
+        .as_admin()
+        .post(
+            "/api/events",
+            json!({"kind": "agent.danced", "agent": "alice", "data": {}}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("unknown event kind \"agent.danced\"") && message.contains("agent.tool"),
+        "{message}"
+    );
+    let (status, body) = server
+        .as_admin()
+        .post(
+            "/api/events",
+            json!({"kind": "agent.text", "agent": "alice", "data": {"text": 3}}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("agent.text event does not fit"),
+        "{message}"
+    );
+    let (_, events) = server.as_admin().get("/api/events?kind=agent.").await;
+    assert_eq!(
+        events["events"].as_array().map(|events| events
+            .iter()
+            .filter(|e| e["actor"] == "admin" && e["kind"] != "agent.registered")
+            .count()),
+        Some(0),
+        "{events}"
+    );
+}
+
+#[tokio::test]
 async fn the_supervisor_records_agent_observations_and_nothing_else() {
     let server = TestServer::start().await;
     let alice = server.agent("alice", None).await;
@@ -136,7 +177,8 @@ async fn the_supervisor_records_agent_observations_and_nothing_else() {
         (&json!("alice"), &json!("Write"))
     );
 
-    // Refused, and nothing written: an agent posting, another kind, an unknown agent.
+    // Refused, and nothing written: an agent posting, another family's kind, a control (which
+    // has its own endpoint), an unknown agent.
     let refused = [
         (
             server
@@ -150,7 +192,8 @@ async fn the_supervisor_records_agent_observations_and_nothing_else() {
                 .as_admin()
                 .post(
                     "/api/events",
-                    json!({"kind": "task.done", "agent": "alice"}),
+                    json!({"kind": "task.done", "agent": "alice",
+                           "data": {"summary": "forged", "files": []}}),
                 )
                 .await,
             400,
@@ -160,7 +203,8 @@ async fn the_supervisor_records_agent_observations_and_nothing_else() {
                 .as_admin()
                 .post(
                     "/api/events",
-                    json!({"kind": "agent.control", "agent": "alice"}),
+                    json!({"kind": "agent.control", "agent": "alice",
+                           "data": {"action": "pause"}}),
                 )
                 .await,
             400,
@@ -170,7 +214,8 @@ async fn the_supervisor_records_agent_observations_and_nothing_else() {
                 .as_admin()
                 .post(
                     "/api/events",
-                    json!({"kind": "agent.tool", "agent": "nobody"}),
+                    json!({"kind": "agent.tool", "agent": "nobody",
+                           "data": observation["data"].clone()}),
                 )
                 .await,
             404,
