@@ -244,7 +244,8 @@ impl PipelineSpec {
             return Err(format!("{name:?}: stages must list at least one role"));
         }
         for role in &self.stages {
-            crate::store::validate_name("stage role", role).map_err(|e| format!("{name:?}: {e}"))?;
+            crate::store::validate_name("stage role", role)
+                .map_err(|e| format!("{name:?}: {e}"))?;
         }
         if self.max_rounds == Some(0) {
             return Err(format!("{name:?}: max_rounds must be at least 1"));
@@ -355,7 +356,11 @@ impl Config {
         self.defaults
             .validate()
             .map_err(|error| format!("[defaults] {error}"))?;
-        if self.agents.iter().any(|agent| agent.settings.approve.is_some()) {
+        if self
+            .agents
+            .iter()
+            .any(|agent| agent.settings.approve.is_some())
+        {
             return Err(
                 "[[agent]] approve is not a setting of one agent: list the roles whose tasks need \
                  approval in [defaults] approve = [\"role:NAME\"]"
@@ -363,9 +368,9 @@ impl Config {
             );
         }
         for entry in self.defaults.approve.iter().flatten() {
-            let role = entry.strip_prefix("role:").ok_or_else(|| {
-                format!("[defaults] approve = {entry:?}: expected \"role:NAME\"")
-            })?;
+            let role = entry
+                .strip_prefix("role:")
+                .ok_or_else(|| format!("[defaults] approve = {entry:?}: expected \"role:NAME\""))?;
             crate::store::validate_name("role", role)
                 .map_err(|error| format!("[defaults] approve: {error}"))?;
         }
@@ -403,7 +408,11 @@ impl Config {
                 Some("full") => Durability::Full,
                 _ => Durability::Normal,
             },
-            pipelines: self.pipelines.iter().map(PipelineSpec::to_pipeline).collect(),
+            pipelines: self
+                .pipelines
+                .iter()
+                .map(PipelineSpec::to_pipeline)
+                .collect(),
             approve_roles: self
                 .defaults
                 .approve
@@ -495,22 +504,35 @@ max_rounds = 1
     #[test]
     fn bad_pipelines_and_approvals_are_refused() {
         let cases = [
-            ("[[pipeline]]\nname = \"p\"\nstages = []\n", "at least one role"),
+            (
+                "[[pipeline]]\nname = \"p\"\nstages = []\n",
+                "at least one role",
+            ),
             (
                 "[[pipeline]]\nname = \"p\"\nstages = [\"a\"]\n[[pipeline]]\nname = \"p\"\nstages = [\"b\"]\n",
                 "appears twice",
             ),
-            ("[[pipeline]]\nname = \"p\"\nstages = [\"a\"]\nmax_rounds = 0\n", "max_rounds"),
-            ("[[pipeline]]\nname = \"p\"\nstages = [\"a\"]\napprove = [\"b\"]\n", "not one of its stages"),
+            (
+                "[[pipeline]]\nname = \"p\"\nstages = [\"a\"]\nmax_rounds = 0\n",
+                "max_rounds",
+            ),
+            (
+                "[[pipeline]]\nname = \"p\"\nstages = [\"a\"]\napprove = [\"b\"]\n",
+                "not one of its stages",
+            ),
             ("[defaults]\napprove = [\"reviewer\"]\n", "role:NAME"),
-            ("[[agent]]\nname = \"a\"\napprove = [\"role:x\"]\n", "[defaults]"),
+            (
+                "[[agent]]\nname = \"a\"\napprove = [\"role:x\"]\n",
+                "[defaults]",
+            ),
         ];
         for (text, expected) in cases {
             let error = Config::parse(text).expect_err(text);
             assert!(error.contains(expected), "{text}: {error}");
         }
         // Roles no agent has are fine: agents may join later.
-        Config::parse("[[pipeline]]\nname = \"p\"\nstages = [\"nobody-yet\"]\n").expect("unknown role");
+        Config::parse("[[pipeline]]\nname = \"p\"\nstages = [\"nobody-yet\"]\n")
+            .expect("unknown role");
     }
 
     #[test]

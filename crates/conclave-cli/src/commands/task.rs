@@ -127,7 +127,14 @@ pub async fn run(context: &Context, command: TaskCommand) -> anyhow::Result<()> 
         }
         TaskCommand::Done { id, summary, files } => {
             let task: Task = client
-                .post(&task_path(id, "/done"), &TaskFinish { summary, files, ..TaskFinish::default() })
+                .post(
+                    &task_path(id, "/done"),
+                    &TaskFinish {
+                        summary,
+                        files,
+                        ..TaskFinish::default()
+                    },
+                )
                 .await?;
             note!("conclave: {} is {}", task.id, task.status);
         }

@@ -24,7 +24,8 @@ use super::{Reader, Tx, ms_to_time, validate_text};
 use crate::error::{CoreError, Result};
 use crate::event::{Decision, NoData, Reason, TaskPassed, TaskSentBack, TaskWaitingApproval};
 use crate::model::{
-    Actor, EventPayload, PipelineState, StepVerdict, Task, TaskDecision, TaskId, TaskStatus, TaskStep,
+    Actor, EventPayload, PipelineState, StepVerdict, Task, TaskDecision, TaskId, TaskStatus,
+    TaskStep,
 };
 
 fn step_from_row(row: &Row<'_>) -> rusqlite::Result<TaskStep> {
@@ -455,7 +456,12 @@ impl Tx<'_> {
 
     /// A person rejects a waiting task: it goes back `in_progress` to the agent that finished
     /// it, who gets the comment as a message (or to `ready` when that agent is gone).
-    pub fn reject_task(&mut self, actor: &Actor, id: TaskId, decision: TaskDecision) -> Result<Task> {
+    pub fn reject_task(
+        &mut self,
+        actor: &Actor,
+        id: TaskId,
+        decision: TaskDecision,
+    ) -> Result<Task> {
         if let Some(comment) = &decision.comment {
             validate_text("comment", comment, MAX_BODY, false)?;
         }
@@ -712,7 +718,10 @@ mod tests {
             (back.status, back.role.as_deref(), back.assignee.as_deref()),
             (TaskStatus::Ready, Some("coder"), Some("coder-1"))
         );
-        assert_eq!(back.pipeline.as_ref().map(|p| (p.stage, p.send_backs)), Some((0, 1)));
+        assert_eq!(
+            back.pipeline.as_ref().map(|p| (p.stage, p.send_backs)),
+            Some((0, 1))
+        );
         let told = inbox(&store, "coder-1");
         assert!(
             told.iter()
@@ -730,7 +739,11 @@ mod tests {
             .find(|step| step.verdict == StepVerdict::SendBack)
             .expect("the send-back is recorded");
         assert_eq!(
-            (sent_back.stage, sent_back.to_stage, sent_back.comments.as_deref()),
+            (
+                sent_back.stage,
+                sent_back.to_stage,
+                sent_back.comments.as_deref()
+            ),
             (Some(1), Some(0), Some("handle empty input"))
         );
         assert!(kinds(&store, id).contains(&"task.sent_back".to_string()));
@@ -803,7 +816,12 @@ mod tests {
         take_and_finish(&store, "coder-1", id, pass("v1"));
         take_and_finish(&store, "reviewer-1", id, send_back("round one: naming"));
         take_and_finish(&store, "coder-1", id, pass("v2"));
-        let blocked = take_and_finish(&store, "reviewer-1", id, send_back("round two: still wrong"));
+        let blocked = take_and_finish(
+            &store,
+            "reviewer-1",
+            id,
+            send_back("round two: still wrong"),
+        );
         assert_eq!(blocked.status, TaskStatus::Blocked);
         assert_eq!(blocked.assignee, None);
         let reason = blocked.blocked_reason.clone().expect("a reason");
@@ -817,7 +835,11 @@ mod tests {
                 .task
                 .is_none()
         );
-        assert!(!inbox(&store, "coder-1").iter().any(|body| body.contains("round two")));
+        assert!(
+            !inbox(&store, "coder-1")
+                .iter()
+                .any(|body| body.contains("round two"))
+        );
         let exchange: Vec<(String, StepVerdict, Option<String>)> = store
             .read(|r| r.task_steps(id))
             .expect("steps")
@@ -867,14 +889,20 @@ mod tests {
         let waiting = take_and_finish(&store, "coder-1", id, pass("migrated"));
         assert_eq!(waiting.status, TaskStatus::Review);
         assert!(waiting.awaiting_approval);
-        assert_eq!(waiting.claim_expires_at, None, "no lease runs out while a person decides");
+        assert_eq!(
+            waiting.claim_expires_at, None,
+            "no lease runs out while a person decides"
+        );
         assert!(!crate::store::is_held(&waiting));
         assert_eq!(store.read(|r| r.approvals_waiting()).expect("count"), 1);
         // Releasing the agent (its process died) does not take the decision away.
         store
             .write(|tx| tx.release_agent("conclave", "coder-1", "process ended"))
             .expect("release");
-        assert_eq!(store.read(|r| r.task(id)).expect("task").status, TaskStatus::Review);
+        assert_eq!(
+            store.read(|r| r.task(id)).expect("task").status,
+            TaskStatus::Review
+        );
         let approved = store
             .write(|tx| {
                 tx.approve_task(
@@ -968,7 +996,10 @@ mod tests {
             let error = store
                 .write(|tx| tx.approve_task(&actor, id, TaskDecision::default()))
                 .expect_err("approve");
-            assert!(matches!(error, crate::error::CoreError::Forbidden(_)), "{error}");
+            assert!(
+                matches!(error, crate::error::CoreError::Forbidden(_)),
+                "{error}"
+            );
             store
                 .write(|tx| tx.reject_task(&actor, id, TaskDecision::default()))
                 .expect_err("reject");
@@ -998,7 +1029,10 @@ mod tests {
         let store = store_with(vec![reviewed(3, &["reviewer"])], &[]);
         let id = in_pipeline(&store);
         let after_coder = take_and_finish(&store, "coder-1", id, pass("code"));
-        assert!(!after_coder.awaiting_approval, "the coder stage needs no person");
+        assert!(
+            !after_coder.awaiting_approval,
+            "the coder stage needs no person"
+        );
         let waiting = take_and_finish(&store, "reviewer-1", id, pass("approve this"));
         assert!(waiting.awaiting_approval);
         assert_eq!(waiting.role.as_deref(), Some("reviewer"));
