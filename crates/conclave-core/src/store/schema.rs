@@ -284,6 +284,32 @@ mod tests {
         assert_eq!(is_glob, 1);
     }
 
+    /// Tasks written before pipelines read as plain tasks that need no approval.
+    #[test]
+    fn version_3_leaves_existing_tasks_outside_pipelines_and_approvals() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        for migration in &MIGRATIONS[..2] {
+            conn.execute_batch(migration).expect("v1, v2");
+        }
+        conn.pragma_update(None, "user_version", 2)
+            .expect("version");
+        conn.execute(
+            "INSERT INTO tasks (title, status, created_by, created_at, updated_at)
+             VALUES ('old', 'review', 'admin', 0, 0)",
+            [],
+        )
+        .expect("v2 task");
+        migrate(&mut conn).expect("migrate");
+        let (pipeline, approve, awaiting): (Option<String>, bool, bool) = conn
+            .query_row(
+                "SELECT pipeline, approve, awaiting_approval FROM tasks",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .expect("task");
+        assert_eq!((pipeline, approve, awaiting), (None, false, false));
+    }
+
     #[test]
     fn the_event_log_refuses_updates_and_deletes() {
         let mut conn = Connection::open_in_memory().expect("open");

@@ -1050,6 +1050,23 @@ mod tests {
     }
 
     #[test]
+    fn a_reopened_pipeline_task_starts_again_at_the_first_stage() {
+        let store = store_with(vec![reviewed(3, &[])], &[]);
+        let id = in_pipeline(&store);
+        take_and_finish(&store, "coder-1", id, pass("a"));
+        take_and_finish(&store, "reviewer-1", id, pass("b"));
+        take_and_finish(&store, "tester-1", id, pass("c"));
+        let reopened = store
+            .write(|tx| tx.reopen_task(&Actor::Admin, id, Some("regressed".into())))
+            .expect("reopen");
+        assert_eq!(
+            (reopened.status, reopened.role.as_deref()),
+            (TaskStatus::Ready, Some("coder"))
+        );
+        assert_eq!(reopened.pipeline.map(|p| p.stage), Some(0));
+    }
+
+    #[test]
     fn unknown_pipelines_and_contradicting_roles_are_refused() {
         let store = store_with(vec![reviewed(3, &[])], &[]);
         let error = create(

@@ -890,9 +890,25 @@ impl Tx<'_> {
         }
         self.conn().execute(
             "UPDATE tasks SET status = 'pending', assignee = NULL, claim_expires_at = NULL,
-                updated_at = ?2 WHERE id = ?1",
+                awaiting_approval = 0, updated_at = ?2 WHERE id = ?1",
             params![id.0, self.now_ms()],
         )?;
+        // A pipeline task put back in play goes through its stages again from the first.
+        if let Some(state) = &task.pipeline {
+            let restarted = PipelineState {
+                stage: 0,
+                send_backs: 0,
+                ..state.clone()
+            };
+            self.conn().execute(
+                "UPDATE tasks SET pipeline = ?2, role = ?3 WHERE id = ?1",
+                params![
+                    id.0,
+                    serde_json::to_string(&restarted)?,
+                    restarted.current().map(|stage| stage.role.as_str())
+                ],
+            )?;
+        }
         let reopened = TaskReopened {
             from: task.status,
             reason: reason.clone(),
