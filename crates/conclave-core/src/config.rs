@@ -459,6 +459,7 @@ pub const EXAMPLE_CONFIG: &str = r#"# Conclave configuration. Every setting is o
 # hibernate_after = "10m"     # an idle agent's process ends after this; a message wakes it
 # max_restarts = 5             # crash restarts allowed within restart_window, then "crashed"
 # restart_window = "10m"
+# approve = ["role:reviewer"] # every task of these roles waits for a person's approval
 
 # [[agent]]
 # name = "architect"
@@ -472,6 +473,12 @@ pub const EXAMPLE_CONFIG: &str = r#"# Conclave configuration. Every setting is o
 # count = 2                    # coder-1, coder-2
 # allowed_tools = ["Read", "Edit", "Write", "Bash(cargo *)"]
 # env = { ANTHROPIC_BASE_URL = "http://127.0.0.1:9999" }
+
+# [[pipeline]]                 # tasks created in it pass coder -> reviewer -> tester
+# name = "reviewed"
+# stages = ["coder", "reviewer", "tester"]
+# max_rounds = 3               # send-backs before it is blocked for a person
+# approve = ["reviewer"]       # stages whose pass waits for a person's approval
 "#;
 
 #[cfg(test)]
