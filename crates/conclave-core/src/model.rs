@@ -66,19 +66,31 @@ impl FromStr for TaskId {
     type Err = CoreError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let trimmed = text.trim();
-        let digits = trimmed
-            .strip_prefix("T-")
-            .or_else(|| trimmed.strip_prefix("t-"))
-            .unwrap_or(trimmed);
-        match digits.parse::<i64>() {
-            Ok(n) if n > 0 => Ok(TaskId(n)),
-            _ => Err(CoreError::invalid(format!(
-                "{text:?} is not a task id (expected T-<number>)"
-            ))),
-        }
+        parse_short_id(text, 'T', "task").map(TaskId)
     }
 }
+
+/// Parses a short id such as `T-12`, `M-7` or `N-3` (the prefix letter in either case, or no
+/// prefix at all: `12`) into its positive number; `noun` names the kind of id in the error.
+pub fn parse_short_id(text: &str, prefix: char, noun: &str) -> Result<i64, CoreError> {
+    let trimmed = text.trim();
+    let digits = trimmed
+        .strip_prefix(prefix.to_ascii_uppercase())
+        .or_else(|| trimmed.strip_prefix(prefix.to_ascii_lowercase()))
+        .and_then(|rest| rest.strip_prefix('-'))
+        .unwrap_or(trimmed);
+    match digits.parse::<i64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(CoreError::invalid(format!(
+            "{text:?} is not a {noun} id (expected {}-<number>)",
+            prefix.to_ascii_uppercase()
+        ))),
+    }
+}
+
+/// The Claude Code tools whose `tool_input` names a file they write: the hooks lease that file,
+/// and `conclave claude` matches the file-lease hook on them.
+pub const FILE_WRITING_TOOLS: &[&str] = &["Edit", "Write", "MultiEdit", "NotebookEdit"];
 
 impl Serialize for TaskId {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -925,6 +937,16 @@ mod tests {
             assert!(bad.parse::<TaskId>().is_err(), "{bad} should not parse");
         }
         assert_eq!(TaskId(4).to_string(), "T-4");
+    }
+
+    #[test]
+    fn message_and_note_ids_parse_with_their_own_letter_only() {
+        assert_eq!(parse_short_id("M-7", 'M', "message").ok(), Some(7));
+        assert_eq!(parse_short_id(" n-3 ", 'N', "note").ok(), Some(3));
+        assert_eq!(parse_short_id("5", 'N', "note").ok(), Some(5));
+        let error = parse_short_id("N-3", 'M', "message").expect_err("wrong letter");
+        assert!(error.to_string().contains("message id"), "{error}");
+        assert!(parse_short_id("M-M-3", 'M', "message").is_err());
     }
 
     #[test]

@@ -32,8 +32,6 @@ use crate::error::ApiError;
 /// Names the Claude Code executable to run instead of `claude` from `PATH`.
 pub const ENV_CLAUDE_BIN: &str = "CONCLAVE_CLAUDE_BIN";
 
-/// The tools whose `PreToolUse` the server leases files for.
-const FILE_WRITING_MATCHER: &str = "Edit|Write|MultiEdit|NotebookEdit";
 /// Seconds Claude Code waits for an HTTP hook before going ahead without it.
 const HTTP_HOOK_TIMEOUT_SECS: u64 = 10;
 /// Seconds Claude Code waits for a command hook (the hook gives up on the server sooner).
@@ -253,10 +251,12 @@ pub fn settings(url: &str, exe: &Path, strict: bool) -> Value {
     } else {
         http("pre-tool-use")
     };
+    // The tools whose `PreToolUse` the server leases files for, as a matcher.
+    let file_writing_matcher = conclave_core::model::FILE_WRITING_TOOLS.join("|");
     json!({
         "permissions": {"allow": ["mcp__conclave"]},
         "hooks": {
-            "PreToolUse": [{"matcher": FILE_WRITING_MATCHER, "hooks": [pre_tool_use]}],
+            "PreToolUse": [{"matcher": file_writing_matcher, "hooks": [pre_tool_use]}],
             "PostToolUse": [{"hooks": [http("post-tool-use")]}],
             "UserPromptSubmit": [{"hooks": [http("user-prompt-submit")]}],
             "Stop": [{"hooks": [http("stop")]}],

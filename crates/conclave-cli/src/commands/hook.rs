@@ -19,8 +19,8 @@ use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
+use conclave_core::model::FILE_WRITING_TOOLS;
 use conclave_core::project::Project;
-use conclave_server::hooks::FILE_WRITING_TOOLS;
 use serde_json::{Value, json};
 
 use crate::context::{ENV_AGENT, ENV_TOKEN, ENV_URL};
