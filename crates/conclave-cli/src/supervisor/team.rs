@@ -493,6 +493,8 @@ impl Supervisor {
                         tool,
                         input: Value::String(input),
                         result_bytes: i64::try_from(bytes).unwrap_or(i64::MAX),
+                        is_error: false,
+                        error: None,
                     };
                     self.event(index, EventPayload::AgentTool(used)).await;
                 }
