@@ -14,8 +14,8 @@ use conclave_core::LeaseConflict;
 use conclave_core::Store;
 use conclave_core::event::LeaseDenied;
 use conclave_core::model::{
-    AckResult, Actor, AgentStatus, EventPayload, LeaseList, LeaseRelease, LeaseRequest, Message, NewMessage,
-    NewNote, NewTask, ReleasedLeases, SearchHit, TaskFinish, TaskId, TaskStatusUpdate,
+    AckResult, Actor, AgentStatus, EventPayload, LeaseList, LeaseRelease, LeaseRequest, Message,
+    NewMessage, NewNote, NewTask, ReleasedLeases, SearchHit, TaskFinish, TaskId, TaskStatusUpdate,
     format_duration_secs,
 };
 
@@ -262,8 +262,8 @@ impl WaitMark {
     async fn begin(app: &App, agent: &str) -> OpResult<Self> {
         let store = app.store().clone();
         let name = agent.to_string();
-        let previous = tokio::task::spawn_blocking(move || store.write(|tx| tx.begin_wait(&name)))
-            .await??;
+        let previous =
+            tokio::task::spawn_blocking(move || store.write(|tx| tx.begin_wait(&name))).await??;
         Ok(Self {
             store: app.store().clone(),
             agent: agent.to_string(),

@@ -2,8 +2,8 @@
 //! an agent.
 
 use conclave_core::model::{
-    ClaimRequest, EventList, EventPayload, NewTask, ReasonRequest, Task, TaskAssign, TaskCancel, TaskEdit, TaskFailure,
-    TaskFinish, TaskId, TaskList, TaskStatus, TaskStatusUpdate,
+    ClaimRequest, EventList, EventPayload, NewTask, ReasonRequest, Task, TaskAssign, TaskCancel,
+    TaskEdit, TaskFailure, TaskFinish, TaskId, TaskList, TaskStatus, TaskStatusUpdate,
 };
 use conclave_core::store::ClaimOutcome;
 
@@ -211,12 +211,17 @@ async fn blocked_reason(client: &Client, task: &Task) -> anyhow::Result<Option<S
         ("limit", "1".to_string()),
     ];
     let list: EventList = client.get("/api/events", &query).await?;
-    Ok(list.events.into_iter().find_map(|event| match event.payload {
-        EventPayload::TaskUpdated(updated) if updated.to == TaskStatus::Blocked => {
-            Some(updated.note.unwrap_or_else(|| "no reason given".to_string()))
-        }
-        _ => None,
-    }))
+    Ok(list
+        .events
+        .into_iter()
+        .find_map(|event| match event.payload {
+            EventPayload::TaskUpdated(updated) if updated.to == TaskStatus::Blocked => Some(
+                updated
+                    .note
+                    .unwrap_or_else(|| "no reason given".to_string()),
+            ),
+            _ => None,
+        }))
 }
 
 fn print_task(task: &Task, blocked: Option<&str>) -> std::io::Result<()> {

@@ -225,7 +225,11 @@ impl Tx<'_> {
         let first = self.conn().execute(
             "UPDATE agents SET status = ?2
              WHERE name = ?1 AND last_seen IS NULL AND status = ?3",
-            params![name, AgentStatus::Idle.as_str(), AgentStatus::Offline.as_str()],
+            params![
+                name,
+                AgentStatus::Idle.as_str(),
+                AgentStatus::Offline.as_str()
+            ],
         )?;
         if first == 1 {
             let changed = AgentStatusChanged {

@@ -444,12 +444,29 @@ fn a_reply_in_a_thread_acknowledges_what_it_answers() {
     let other = send("a", "b", None);
     assert_eq!(inbox("b"), vec![question.id.clone(), other.id.clone()]);
     let answer = send("b", "a", Some(&question.thread));
-    assert_eq!(inbox("b"), vec![other.id], "only the answered thread is read");
-    assert_eq!(inbox("a"), vec![answer.id.clone()], "the answer itself is unread");
+    assert_eq!(
+        inbox("b"),
+        vec![other.id],
+        "only the answered thread is read"
+    );
+    assert_eq!(
+        inbox("a"),
+        vec![answer.id.clone()],
+        "the answer itself is unread"
+    );
     let acked = store
-        .read(|r| r.events(&EventFilter { kind: Some("message.acked".into()), ..Default::default() }))
+        .read(|r| {
+            r.events(&EventFilter {
+                kind: Some("message.acked".into()),
+                ..Default::default()
+            })
+        })
         .expect("events");
-    assert_eq!(acked.len(), 1, "the implied acknowledgement is recorded as an event");
+    assert_eq!(
+        acked.len(),
+        1,
+        "the implied acknowledgement is recorded as an event"
+    );
 }
 
 #[test]
@@ -465,12 +482,19 @@ fn a_registered_agent_is_offline_until_it_is_heard_from() {
             tx.update_agent(
                 "admin",
                 "a",
-                AgentUpdate { status: Some(AgentStatus::Working), ..Default::default() },
+                AgentUpdate {
+                    status: Some(AgentStatus::Working),
+                    ..Default::default()
+                },
             )
         })
         .expect("working");
     store.write(|tx| tx.heartbeat("a")).expect("heartbeat");
-    assert_eq!(status(), AgentStatus::Working, "later heartbeats leave the status alone");
+    assert_eq!(
+        status(),
+        AgentStatus::Working,
+        "later heartbeats leave the status alone"
+    );
 }
 
 #[test]
