@@ -47,6 +47,9 @@ pub fn read_supervisor_info(project: &Project) -> Option<SupervisorInfo> {
 
 pub async fn run(context: &Context, args: UpArgs) -> anyhow::Result<()> {
     let project = context.project()?.clone();
+    // A bad conclave.toml (a typo, a key that is not supported yet) is refused before anything
+    // starts or is written.
+    let config = conclave_core::config::Config::load(&project.config_file())?;
     project
         .ensure_state_dir()
         .context("cannot create the .conclave folder")?;
@@ -112,9 +115,7 @@ pub async fn run(context: &Context, args: UpArgs) -> anyhow::Result<()> {
         .context("cannot write .conclave/supervisor.json")?;
 
     let options = SupervisorOptions { stay: args.stay };
-    let no_agents = conclave_core::config::Config::load(&project.config_file())
-        .map(|config| config.agents.is_empty())
-        .unwrap_or(false);
+    let no_agents = config.agents.is_empty();
     let outcome = async {
         if no_agents {
             // Nothing to supervise yet: serve the project (tasks, messages, the dashboard) until
