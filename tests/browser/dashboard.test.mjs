@@ -485,3 +485,20 @@ test('the board fits a 900 px wide window', { skip, timeout: 60000 }, async () =
   assert.deepEqual(page.errors, []);
   await context.close();
 });
+
+test('the header says when the team has stalled, then finished', { skip, timeout: 60000 }, async () => {
+  const page = await loggedInPage();
+  await page.locator('#conn[data-state="live"]').waitFor();
+  const outcome = page.locator('#outcome');
+  assert.equal(await outcome.isHidden(), true, 'agents at work: no outcome yet');
+  for (const name of ['alice', 'bob', 'carol', 'dave']) await ok('PATCH', `/api/agents/${name}`, { status: 'idle' });
+  await page.locator('#outcome[data-state="stalled"]').getByText('stalled:', { exact: false }).waitFor();
+  assert.match(await outcome.innerText(), /1 blocked/);
+  const { tasks } = await ok('GET', '/api/tasks');
+  for (const task of tasks.filter((t) => !['done', 'cancelled', 'failed'].includes(t.status))) {
+    await ok('POST', `/api/tasks/${task.id}/cancel`, { reason: 'the test is over' });
+  }
+  await page.locator('#outcome[data-state="finished"]').getByText('finished', { exact: false }).waitFor();
+  assert.deepEqual(page.errors, []);
+  await page.context().close();
+});
