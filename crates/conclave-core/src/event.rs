@@ -482,6 +482,9 @@ pub struct AgentTokenRevoked {
 pub struct AgentStatusChanged {
     pub from: AgentStatus,
     pub to: AgentStatus,
+    /// For `waiting`: whom or what it waits for (`a reply from coder-1`, `messages`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -514,7 +517,16 @@ pub struct AgentTool {
     /// The tool's input as the model wrote it.
     pub input: Value,
     pub result_bytes: i64,
+    /// The call failed (its result was a `tool_result` with `is_error`); absent in older rows.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub is_error: bool,
+    /// What the failed call answered, cut to [`MAX_TOOL_ERROR_CHARS`] by whoever records it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
+
+/// The most of a failed tool call's answer an `agent.tool` event keeps.
+pub const MAX_TOOL_ERROR_CHARS: usize = 2000;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentTurn {

@@ -922,6 +922,9 @@ pub struct StatusReport {
     /// The calling agent's unacknowledged messages.
     pub unread: Option<i64>,
     pub last_seq: i64,
+    /// `agent.alert` events recorded so far (failures a person should see).
+    #[serde(default)]
+    pub alerts: i64,
 }
 
 /// `task.` matches every `task.*` kind; anything else must match exactly.
