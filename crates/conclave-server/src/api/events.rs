@@ -102,6 +102,8 @@ pub async fn stream(
         Some(after) => (after, true, None),
         None => (newest, false, None),
     };
+    // Live events are admitted by the filter, whose `after` must not stay past the end.
+    filter.after = Some(last_sent);
     filter.desc = false;
     filter.limit = Some(BACKLOG_PAGE);
     let state = StreamState {

@@ -50,6 +50,37 @@ async fn read_to_close(stream: &mut TcpStream, within: Duration) -> Option<Strin
     }
 }
 
+/// Reads until the end of what was read (its last 16 KiB, the stream being long) satisfies
+/// `done`, panicking after `within`; returns that end.
+async fn read_until(
+    stream: &mut TcpStream,
+    within: Duration,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    const TAIL: usize = 16 * 1024;
+    let mut tail = String::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if done(&tail) {
+            return tail;
+        }
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut buffer))
+            .await
+            .expect("the expected answer arrives in time")
+            .expect("read");
+        assert!(n > 0, "the connection closed early: {tail}");
+        tail.push_str(&String::from_utf8_lossy(&buffer[..n]));
+        if tail.len() > 2 * TAIL {
+            let mut cut = tail.len() - TAIL;
+            while !tail.is_char_boundary(cut) {
+                cut += 1;
+            }
+            tail.drain(..cut);
+        }
+    }
+}
+
 fn vm_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -92,18 +123,28 @@ async fn a_stalled_stream_reader_pins_a_bounded_number_of_bytes_and_is_told_it_l
     }
     assert_eq!(server.app.live_stats().subscribers, 1);
 
-    // 200 writes of the largest task body the API accepts, while the reader reads nothing.
+    // 200 of the largest events an agent can cause: a `done` naming 1,000 long file paths (a
+    // body just under the API's limit), while the reader reads nothing.
+    let alice = server.agent("alice", None).await;
+    let files: Vec<String> = (0..1000)
+        .map(|n| format!("src/{}/{n}.rs", "d".repeat(200)))
+        .collect();
     let rss_before = vm_rss_kib();
-    let body = "b".repeat(64 * 1024);
     for n in 0..200 {
+        let id = server.task(&format!("big {n}")).await;
         let (status, answer) = server
-            .as_admin()
+            .with_token(&alice)
+            .post("/api/tasks/claim", json!({ "id": id }))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        let (status, answer) = server
+            .with_token(&alice)
             .post(
-                "/api/tasks",
-                json!({ "title": format!("big {n}"), "body": body }),
+                &format!("/api/tasks/{id}/done"),
+                json!({ "summary": "done", "files": files }),
             )
             .await;
-        assert_eq!(status, StatusCode::CREATED, "{answer}");
+        assert_eq!(status, StatusCode::OK, "{answer}");
     }
     let stats = server.app.live_stats();
     eprintln!(
@@ -121,10 +162,13 @@ async fn a_stalled_stream_reader_pins_a_bounded_number_of_bytes_and_is_told_it_l
     );
     assert_eq!(stats.lagged_readers, 1, "the stalled reader was dropped");
 
-    // When it reads at last, it finds the events it had, then the lagged notice, then the end.
-    let received = read_to_close(&mut stalled, Duration::from_secs(20))
-        .await
-        .expect("the stream ends");
+    // When it reads at last, it finds the events it had, then the lagged notice, then the end
+    // of the response (the last chunk of a chunked body).
+    let received = read_until(&mut stalled, Duration::from_secs(20), |text| {
+        text.find("event: lagged")
+            .is_some_and(|at| text[at..].contains("\r\n0\r\n\r\n"))
+    })
+    .await;
     let lagged = received.find("event: lagged").expect("a lagged event");
     assert!(
         received[lagged..].contains("reconnect with Last-Event-ID"),
