@@ -296,3 +296,35 @@ async fn connections_past_the_cap_wait_until_one_closes() {
     let (status, _) = server.as_admin().get("/api/status").await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_large_message_is_kept_whole_once_and_its_event_carries_an_excerpt() {
+    let server = TestServer::start().await;
+    let bob = server.agent("bob", None).await;
+    let body = "m".repeat(32 * 1024);
+    let (status, sent) = server
+        .as_admin()
+        .post("/api/messages", json!({ "to": "bob", "body": body }))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{sent}");
+
+    let (_, inbox) = server.with_token(&bob).get("/api/messages").await;
+    let whole = inbox["messages"][0]["body"].as_str().expect("a body");
+    assert_eq!(whole.len(), body.len(), "the message itself is whole");
+
+    let (_, events) = server.as_admin().get("/api/events?kind=message.sent").await;
+    let event = &events["events"][0];
+    let excerpt = event["data"]["body"].as_str().expect("an excerpt");
+    assert_eq!(event["data"]["id"], sent["id"]);
+    assert!(
+        excerpt.len() <= 4 * 1024, // the core's bound on a message.sent event's body
+        "{}",
+        excerpt.len()
+    );
+    assert!(excerpt.ends_with("read the message by id)"), "{excerpt}");
+    eprintln!(
+        "a {}-byte message: its message.sent event is {} bytes as JSON",
+        body.len(),
+        event.to_string().len()
+    );
+}
