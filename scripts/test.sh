@@ -3,6 +3,10 @@
 # end-to-end tests with the real Claude Code CLI (installed, pinned, into a cache folder when
 # CONCLAVE_CLAUDE_BIN is unset; npm must be on PATH), then the dashboard's browser tests
 # (tests/browser/, headless Chromium). Ends with one line adding up every runner's counts.
+# The fault suite (crates/conclave-cli/tests/faults) and the fuzzers (tests/fuzz, proptest in the
+# crates) run here with bounded counts; for a long run set CONCLAVE_FAULT_ROUNDS (SIGKILL rounds,
+# default 3) and PROPTEST_CASES (cases per property, default 64 for the API fuzzer, 256 elsewhere).
+# .ci/run also runs scripts/schemathesis.sh against a live server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log=$(mktemp)
