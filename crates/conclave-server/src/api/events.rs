@@ -170,7 +170,7 @@ struct StreamState {
 
 /// What the stream sends next.
 enum Next {
-    Event(Event),
+    Event(Arc<Event>),
     Reset { requested: i64 },
     Lagged,
 }
@@ -186,7 +186,7 @@ impl StreamState {
         loop {
             if let Some(event) = self.pending.pop_front() {
                 self.last_sent = event.seq;
-                return Some(Next::Event(event));
+                return Some(Next::Event(Arc::new(event)));
             }
             if self.backfill {
                 let mut filter = self.filter.clone();
@@ -208,7 +208,7 @@ impl StreamState {
                 Received::Event(event) if event.seq <= self.last_sent => {}
                 Received::Event(event) if self.filter.admits(&event) => {
                     self.last_sent = event.seq;
-                    return Some(Next::Event(Event::clone(&event)));
+                    return Some(Next::Event(event));
                 }
                 Received::Event(_) => {}
                 Received::Lagged => {
