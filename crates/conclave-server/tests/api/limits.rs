@@ -328,3 +328,25 @@ async fn a_large_message_is_kept_whole_once_and_its_event_carries_an_excerpt() {
         event.to_string().len()
     );
 }
+
+#[tokio::test]
+async fn mcp_takes_no_bigger_body_than_the_api() {
+    let server = TestServer::start().await;
+    let token = server.agent("alice", None).await;
+    let padding = "p".repeat(conclave_server::MAX_BODY_BYTES);
+    let call = json!({
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": { "name": "send", "arguments": { "to": "all", "body": padding } },
+    });
+    let response = server
+        .with_token(&token)
+        .request(Method::POST, "/mcp")
+        .header("Accept", "application/json, text/event-stream")
+        .json(&call)
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+}
