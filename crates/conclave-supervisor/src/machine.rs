@@ -765,7 +765,10 @@ impl Team {
             }
             StreamUpdate::ToolResults(results) => {
                 for ToolResult {
-                    id, bytes, error, ..
+                    id,
+                    bytes,
+                    is_error,
+                    error,
                 } in results
                 {
                     let Some((tool, input)) = self.agents[index].pending_tools.remove(&id) else {
@@ -777,6 +780,7 @@ impl Team {
                         tool,
                         input: Value::String(input),
                         result_bytes: i64::try_from(bytes).unwrap_or(i64::MAX),
+                        is_error,
                         error,
                     };
                     self.record(index, EventPayload::AgentTool(used));
@@ -993,7 +997,8 @@ impl Team {
             ),
         );
         for other in 0..self.agents.len() {
-            self.agents[other].trouble = Some(format!("the team's budget of ${budget:.2} is spent"));
+            self.agents[other].trouble =
+                Some(format!("the team's budget of ${budget:.2} is spent"));
             if self.agents[other].running {
                 self.stop_process(other, StopReason::Budget, INTERRUPT_GRACE);
             } else if !self.agents[other].is_gone() {
@@ -1951,6 +1956,9 @@ mod tests {
             created_by: "admin".into(),
             created_at: now,
             updated_at: now,
+            pipeline: None,
+            approve: false,
+            awaiting_approval: false,
         }
     }
 
@@ -2893,7 +2901,10 @@ mod tests {
         let mut stopped: Vec<usize> = stops(&over).iter().map(|(agent, _)| *agent).collect();
         stopped.sort_unstable();
         assert_eq!(stopped, [0, 1]);
-        assert!(alerts(&team.at(12).line(0, call("m3", 100_000))).is_empty(), "once");
+        assert!(
+            alerts(&team.at(12).line(0, call("m3", 100_000))).is_empty(),
+            "once"
+        );
     }
 
     #[test]
@@ -2952,7 +2963,7 @@ mod tests {
             [(
                 "agent.tool",
                 json!({"tool": "Write", "input": "a.rs", "result_bytes": 27,
-                       "error": "File has not been read yet."})
+                       "is_error": true, "error": "File has not been read yet."})
             )]
         );
         assert!(alerts(&failed).is_empty());

@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use conclave_core::event::MAX_TOOL_ERROR_CHARS;
+
 use crate::pricing::Usage;
 
 /// Longest tool input summary recorded in an `agent.tool` event.
@@ -30,7 +32,8 @@ pub struct ToolResult {
     /// The size of the result in bytes.
     pub bytes: usize,
     pub is_error: bool,
-    /// What a failed call answered (cut to [`MAX_TEXT`] characters), when `is_error`.
+    /// What a failed call answered (cut to [`MAX_TOOL_ERROR_CHARS`] characters), when
+    /// `is_error`.
     pub error: Option<String>,
 }
 
@@ -179,7 +182,7 @@ pub fn parse_line(line: &Value) -> StreamUpdate {
                     };
                     let is_error = block["is_error"] == true;
                     let error = is_error.then(|| match &block["content"] {
-                        Value::String(text) => truncate(text.trim(), MAX_TEXT),
+                        Value::String(text) => truncate(text.trim(), MAX_TOOL_ERROR_CHARS),
                         Value::Array(parts) => truncate(
                             parts
                                 .iter()
@@ -187,7 +190,7 @@ pub fn parse_line(line: &Value) -> StreamUpdate {
                                 .collect::<Vec<_>>()
                                 .join(" ")
                                 .trim(),
-                            MAX_TEXT,
+                            MAX_TOOL_ERROR_CHARS,
                         ),
                         _ => String::new(),
                     });
