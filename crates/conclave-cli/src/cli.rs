@@ -102,7 +102,8 @@ loops) are printed as ALERT lines the moment they happen.";
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
-    /// Run in the background (output in .conclave/supervisor.log)
+    /// Run in the background (output in .conclave/supervisor.log), after checking each agent's
+    /// client: binary, version and one probe turn with its env and flags (exit 7 if refused)
     #[arg(long)]
     pub detach: bool,
     /// Keep running when the team has nothing left to do

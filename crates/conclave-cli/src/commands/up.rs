@@ -27,6 +27,8 @@ use conclave_supervisor::{Outcome, Supervisor, SupervisorOptions};
 
 /// Set in the environment of the background process `--detach` starts.
 const ENV_DETACHED: &str = "CONCLAVE_UP_DETACHED";
+/// How long `up --detach` waits for each agent's probe turn.
+const PROBE_LIMIT: Duration = Duration::from_secs(60);
 /// How long `up --detach` waits for the background supervisor to report that it runs.
 const DETACH_WAIT: Duration = Duration::from_secs(30);
 
@@ -183,6 +185,26 @@ async fn detach(project: &Project, args: &UpArgs) -> anyhow::Result<()> {
     let log_path = project.state_dir().join("supervisor.log");
     // A bad conclave.toml is reported here, not only in the log.
     conclave_supervisor::check_team(project)?;
+    // So are a client that is missing, refuses its flags or is not logged in: one probe turn
+    // per agent, with its own env and flags.
+    match conclave_supervisor::probe::probe_team(project, PROBE_LIMIT).await {
+        Ok(probed) => {
+            for agent in probed {
+                eprintln!(
+                    "conclave: {}: client {} answered a probe turn",
+                    agent.name, agent.version
+                );
+            }
+        }
+        Err(error) => {
+            eprintln!("conclave: {}", crate::error::one_line(&error));
+            return Err(TeamEnded {
+                outcome: "failed",
+                code: crate::error::EXIT_FAILED,
+            }
+            .into());
+        }
+    }
     // The log carries the dashboard link, and with it the admin token: owner-only, like
     // admin.token itself.
     let log = std::fs::OpenOptions::new()

@@ -1,7 +1,8 @@
 //! How `conclave up` ends, end to end with the real CLI driven by the stand-in: a refused API
 //! key fails the team at once (exit 7) with an authentication alert, a client that refuses its
 //! flags is quoted and the team fails, a task no agent fits stalls it (exit 6) by name, and
-//! cost is reported during a long turn, whose budget stops it in the middle.
+//! cost is reported during a long turn, whose budget stops it in the middle; `up --detach`
+//! probes the login before it returns.
 
 use std::time::{Duration, Instant};
 
@@ -55,6 +56,11 @@ async fn a_team_whose_model_refuses_the_key_fails_at_once_with_exit_7() -> Resul
     );
     ensure!(stderr.contains("/login"), "the fix is said: {stderr}");
     let events = events(&up_team.team).await?;
+    let status = up_team.team.conclave_json(&["status", "--json"]).await?;
+    ensure!(
+        status["alerts"].as_i64().is_some_and(|n| n >= 1),
+        "counted in status: {status:#}"
+    );
     let alert = alerts(&events)
         .into_iter()
         .find(|e| e["data"]["cause"] == "authentication")
@@ -197,6 +203,41 @@ async fn cost_grows_during_a_long_turn_and_a_budget_stops_it_in_the_middle() -> 
     ensure!(
         up_team.requests("solo").len() < 6,
         "the turn did not run to its end"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_detach_probes_the_login_and_reports_a_refused_key_before_returning() -> Result<()> {
+    let _serial = serial().await;
+    let script = Script::new().agent_fn(&api_key("solo"), |_| {
+        Reply::error(401, "authentication_error", "invalid x-api-key")
+    });
+    let members = [Member {
+        name: "solo",
+        role: None,
+        extra: "",
+    }];
+    let Some(up_team) = UpTeam::start(script, &members).await? else {
+        return Ok(());
+    };
+    let started = Instant::now();
+    let mut up = up_team.up(&["--detach"])?;
+    let output = up.finish(AGENT_TIMEOUT).await?;
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    ensure!(
+        output.status.code() == Some(7),
+        "{:?}: {stderr}",
+        output.status
+    );
+    ensure!(started.elapsed() < QUICK, "{stderr}");
+    ensure!(
+        stderr.contains("authentication failed") && stderr.contains("/login"),
+        "{stderr}"
+    );
+    ensure!(
+        !up_team.team.path(".conclave/supervisor.json").exists(),
+        "nothing went to the background"
     );
     Ok(())
 }
