@@ -1959,6 +1959,7 @@ mod tests {
             pipeline: None,
             approve: false,
             awaiting_approval: false,
+            cost_usd: 0.0,
         }
     }
 

@@ -206,6 +206,11 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX task_steps_by_task ON task_steps (task_id, id);
     "#,
+    // 4: cost per task: what its holders spent while holding it (the supervisor's reports of an
+    // agent's cost are added to the task it holds).
+    r#"
+    ALTER TABLE tasks ADD COLUMN cost_usd REAL NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The schema version this build writes.
