@@ -678,7 +678,6 @@ impl Model {
                         blocked_by_deps: false,
                         approve,
                         awaiting_approval: false,
-                        cost_usd: 0.0,
                     },
                 );
                 self.refresh_readiness(id);
