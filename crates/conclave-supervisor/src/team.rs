@@ -244,7 +244,8 @@ impl Supervisor {
 pub fn outcome_lines(outcome: &Outcome, agents: &[String]) -> Vec<String> {
     let mut lines = vec![match outcome {
         Outcome::Finished => {
-            "outcome: finished — every task is done or cancelled (exit 0)".to_string()
+            "outcome: finished — the team has finished: every task is done or cancelled (exit 0)"
+                .to_string()
         }
         Outcome::Stalled { reason } => format!("outcome: stalled — {reason} (exit 6)"),
         Outcome::Failed { reason } => format!("outcome: failed — {reason} (exit 7)"),

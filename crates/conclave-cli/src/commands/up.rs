@@ -3,9 +3,10 @@
 //! It joins the server already running for the project (named in `.conclave/server.json` and
 //! answering `/healthz`), else serves the project in-process. It writes
 //! `.conclave/supervisor.json` (its pid, for `conclave down`), runs the supervisor until the
-//! team has finished (unless `--stay`) or a signal arrives, ends the agents, then its own
-//! server. `--detach` starts the same command in the background with its output in
-//! `.conclave/supervisor.log`.
+//! team has an outcome — finished (exit 0), stalled (exit 6) or failed (exit 7) — unless
+//! `--stay`, or a signal arrives; ends the agents, then its own server. `--detach` checks each
+//! agent's client (a probe turn), then starts the same command in the background with its
+//! output in `.conclave/supervisor.log`.
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::process::Stdio;
