@@ -631,6 +631,20 @@ pub struct TokenIssued {
     pub token: String,
 }
 
+/// `GET /api/agents/{name}/tokens`: an agent's tokens, by id (never the token itself).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct AgentTokenList {
+    pub agent: String,
+    pub tokens: Vec<AgentToken>,
+}
+
+/// `DELETE /api/agents/{name}/tokens[/{id}]`: how many tokens were revoked.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct TokensRevoked {
+    pub agent: String,
+    pub revoked: u64,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReasonRequest {

@@ -621,9 +621,14 @@ impl ConclaveTools {
     }
 
     #[tool(description = "Search notes, messages and task results.")]
-    async fn search(&self, Parameters(args): Parameters<SearchArgs>) -> ToolResult {
+    async fn search(
+        &self,
+        Extension(parts): Parts,
+        Parameters(args): Parameters<SearchArgs>,
+    ) -> ToolResult {
         let result = async {
-            let hits = ops::search(&self.app, args.query, Vec::new(), 15).await?;
+            let actor = actor_of(&parts)?;
+            let hits = ops::search(&self.app, &actor, args.query, Vec::new(), 15).await?;
             if hits.is_empty() {
                 return Ok("No matches.".to_string());
             }

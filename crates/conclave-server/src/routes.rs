@@ -2,7 +2,7 @@
 //! and the OpenAPI document are both built from [`operations`], so they cannot drift apart.
 
 use axum::Router;
-use axum::routing::{MethodRouter, get, patch, post};
+use axum::routing::{MethodRouter, delete, get, patch, post};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Map, Value, json};
 
@@ -128,6 +128,27 @@ pub fn operations() -> Vec<Operation> {
         )
         .response::<TokenIssued>()
         .created(),
+        op(
+            "get",
+            "/api/agents/{name}/tokens",
+            "List an agent's tokens by id (admin)",
+            get(agents::tokens),
+        )
+        .response::<AgentTokenList>(),
+        op(
+            "delete",
+            "/api/agents/{name}/tokens",
+            "Revoke all of an agent's tokens (admin)",
+            delete(agents::revoke_tokens),
+        )
+        .response::<TokensRevoked>(),
+        op(
+            "delete",
+            "/api/agents/{name}/tokens/{id}",
+            "Revoke one of an agent's tokens by id (admin)",
+            delete(agents::revoke_token),
+        )
+        .response::<TokensRevoked>(),
         op(
             "post",
             "/api/agents/{name}/control",

@@ -11,7 +11,7 @@ use crate::cli::TaskCommand;
 use crate::client::Client;
 use crate::context::Context;
 use crate::error::{ApiError, NothingReady};
-use crate::output::{Table, clip, note, or_dash, outln, print_json, until};
+use crate::output::{Table, clip, note, or_dash, outln, print_json, printable, until};
 
 pub async fn run(context: &Context, command: TaskCommand) -> anyhow::Result<()> {
     // Agent-only commands say so before anything else is looked up.
@@ -235,11 +235,13 @@ fn print_task(task: &Task) -> std::io::Result<()> {
         lines.push(format!("files:     {}", task.files.join(", ")));
     }
     for line in lines {
-        outln!("{line}")?;
+        outln!("{}", printable(&line))?;
     }
     if !task.body.trim().is_empty() {
         outln!()?;
-        outln!("{}", task.body.trim_end())?;
+        for line in task.body.trim_end().lines() {
+            outln!("{}", printable(line))?;
+        }
     }
     Ok(())
 }

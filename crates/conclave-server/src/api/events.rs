@@ -10,6 +10,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use conclave_core::audience::Viewer;
 use conclave_core::event::Topic;
 use conclave_core::model::{Actor, Event, EventFilter, EventList, EventPayload, NewEvent};
 use futures::Stream;
@@ -18,7 +19,7 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::app::App;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery};
-use crate::ops::{IdempotencyKey, require_admin};
+use crate::ops::{self, IdempotencyKey, require_admin};
 
 const BACKLOG_PAGE: i64 = 500;
 /// The longest `data` accepted for an observation, as JSON text.
@@ -68,11 +69,14 @@ pub async fn record(
     Ok(written.created())
 }
 
+/// The log as `filter` asks, without the message events the caller may not read.
 pub async fn list(
     State(app): State<App>,
+    actor: Actor,
     ApiQuery(filter): ApiQuery<EventFilter>,
 ) -> ApiResult<Json<EventList>> {
-    let events = app.read(move |r| r.events(&filter)).await?;
+    let viewer = ops::viewer(&app, &actor).await?;
+    let events = ops::visible_events(&app, filter, &viewer).await?;
     Ok(Json(EventList { events }))
 }
 
@@ -81,6 +85,7 @@ pub async fn list(
 /// behind the live channel is caught up from the store, so nothing is skipped.
 pub async fn stream(
     State(app): State<App>,
+    actor: Actor,
     headers: HeaderMap,
     ApiQuery(mut filter): ApiQuery<EventFilter>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
@@ -91,6 +96,7 @@ pub async fn stream(
         })?;
         filter.after = Some(seq);
     }
+    let viewer = ops::viewer(&app, &actor).await?;
     let receiver = app.subscribe();
     let (last_sent, backfill) = match filter.after {
         Some(after) => (after, true),
@@ -102,6 +108,7 @@ pub async fn stream(
         app: app.clone(),
         receiver,
         filter,
+        viewer,
         last_sent,
         backfill,
         pending: VecDeque::new(),
@@ -120,6 +127,8 @@ struct StreamState {
     app: App,
     receiver: tokio::sync::broadcast::Receiver<Event>,
     filter: EventFilter,
+    /// Who reads: message events it may not read are skipped.
+    viewer: Viewer,
     last_sent: i64,
     backfill: bool,
     pending: VecDeque<Event>,
@@ -137,10 +146,17 @@ impl StreamState {
                 let mut filter = self.filter.clone();
                 filter.after = Some(self.last_sent);
                 let page = self.app.read(move |r| r.events(&filter)).await.ok()?;
-                if page.is_empty() {
-                    self.backfill = false;
-                } else {
-                    self.pending.extend(page);
+                match page.last().map(|event| event.seq) {
+                    None => self.backfill = false,
+                    Some(last) => {
+                        let viewer = &self.viewer;
+                        self.pending
+                            .extend(page.into_iter().filter(|e| viewer.may_read_event(e)));
+                        // A page of nothing readable still moves the stream past it.
+                        if self.pending.is_empty() {
+                            self.last_sent = last;
+                        }
+                    }
                 }
                 continue;
             }
@@ -150,7 +166,7 @@ impl StreamState {
             };
             match received {
                 Ok(event) if event.seq <= self.last_sent => {}
-                Ok(event) if self.filter.admits(&event) => {
+                Ok(event) if self.filter.admits(&event) && self.viewer.may_read_event(&event) => {
                     self.last_sent = event.seq;
                     return Some(event);
                 }

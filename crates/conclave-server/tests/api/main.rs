@@ -7,6 +7,7 @@ mod errors;
 mod events;
 mod flows;
 mod mcp;
+mod privacy;
 
 use std::net::SocketAddr;
 

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::TestServer;
 
-async fn mcp_call(
+pub async fn mcp_call(
     server: &TestServer,
     token: Option<&str>,
     host: &str,
