@@ -365,7 +365,11 @@ async fn openapi() -> axum::Json<Value> {
 }
 
 pub fn openapi_document() -> Value {
-    let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
+    // OpenAPI 3.1's schemas are JSON Schema draft 2020-12 (an optional value is
+    // `type: [X, "null"]`); schemars' `openapi3()` settings would write 3.0's `nullable`.
+    let mut generator = schemars::generate::SchemaSettings::draft2020_12()
+        .with(|settings| settings.definitions_path = "/components/schemas".into())
+        .into_generator();
     let error_schema = generator.subschema_for::<ErrorBody>();
     let mut paths: Map<String, Value> = Map::new();
     for operation in operations() {
