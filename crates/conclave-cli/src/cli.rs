@@ -182,6 +182,21 @@ pub enum AgentCommand {
         /// The agent (its old token stops working)
         name: String,
     },
+    /// List an agent's tokens by id (never the tokens themselves)
+    Tokens {
+        /// The agent whose tokens to list
+        name: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Revoke an agent's tokens: all of them, or the one `--token-id` names
+    Revoke {
+        /// The agent whose tokens to revoke
+        name: String,
+        /// The id `conclave agent tokens` shows (at least 6 hex digits)
+        #[arg(long, value_name = "ID")]
+        token_id: Option<String>,
+    },
     /// Ask the supervisor to end an agent's process (status stopped)
     Stop {
         /// The agent to stop

@@ -120,7 +120,11 @@ impl JsonSchema for TaskId {
     }
 
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({ "type": "string", "description": "task id, e.g. T-3" })
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^T-[1-9][0-9]*$",
+            "description": "task id, e.g. T-3"
+        })
     }
 }
 
@@ -537,6 +541,8 @@ pub struct AgentUpdate {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTask {
+    /// One line; not blank.
+    #[schemars(length(min = 1), regex(pattern = r"\S"))]
     pub title: String,
     #[serde(default)]
     pub body: Option<String>,
@@ -593,6 +599,7 @@ pub struct TaskFinish {
     #[serde(default)]
     pub summary: Option<String>,
     #[serde(default)]
+    #[schemars(length(max = 1000))]
     pub files: Vec<String>,
     /// Pipeline tasks: `pass` (the default) or `send_back`.
     #[serde(default)]
@@ -635,6 +642,8 @@ pub struct TaskAssign {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseRequest {
+    /// At most 100 paths or globs.
+    #[schemars(length(max = 100))]
     pub paths: Vec<String>,
     #[serde(default)]
     pub mode: LeaseMode,
@@ -660,7 +669,10 @@ pub struct LeaseRelease {
 #[serde(deny_unknown_fields)]
 pub struct NewMessage {
     /// An agent name, `role:<name>` or `all`.
+    #[schemars(length(min = 1))]
     pub to: String,
+    /// Not blank.
+    #[schemars(length(min = 1), regex(pattern = r"\S"))]
     pub body: String,
     #[serde(default)]
     pub thread: Option<String>,
@@ -673,12 +685,16 @@ pub struct NewMessage {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MessageAck {
+    /// Message ids (`M-7`).
+    #[schemars(inner(regex(pattern = "^M-[1-9][0-9]*$")))]
     pub ids: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewNote {
+    /// One line; not blank.
+    #[schemars(length(min = 1), regex(pattern = r"\S"))]
     pub title: String,
     #[serde(default)]
     pub kind: NoteKind,
@@ -687,6 +703,7 @@ pub struct NewNote {
     #[serde(default)]
     pub tags: Vec<String>,
     #[serde(default)]
+    #[schemars(length(max = 100))]
     pub files: Vec<String>,
     /// `N-<n>` of the note this one replaces.
     #[serde(default)]
@@ -718,6 +735,7 @@ pub struct EventFilter {
     pub before: Option<i64>,
     /// At most this many (default 1000, at most 10000).
     #[serde(default)]
+    #[schemars(range(min = 1, max = 10_000))]
     pub limit: Option<i64>,
     /// Newest first instead of oldest first.
     #[serde(default)]
@@ -772,6 +790,20 @@ pub struct AgentCreated {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct TokenIssued {
     pub token: String,
+}
+
+/// `GET /api/agents/{name}/tokens`: an agent's tokens, by id (never the token itself).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct AgentTokenList {
+    pub agent: String,
+    pub tokens: Vec<AgentToken>,
+}
+
+/// `DELETE /api/agents/{name}/tokens[/{id}]`: how many tokens were revoked.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct TokensRevoked {
+    pub agent: String,
+    pub revoked: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]

@@ -53,6 +53,7 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 pub fn router(app: App) -> Router {
     let mcp = Router::new()
         .nest_service("/mcp", mcp::service(app.clone()))
+        .layer(axum::middleware::from_fn(mcp::answer_parse_errors))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             auth::require_token,

@@ -2,7 +2,7 @@
 //! and the OpenAPI document are both built from [`operations`], so they cannot drift apart.
 
 use axum::Router;
-use axum::routing::{MethodRouter, get, patch, post};
+use axum::routing::{MethodRouter, delete, get, patch, post};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Map, Value, json};
 
@@ -128,6 +128,27 @@ pub fn operations() -> Vec<Operation> {
         )
         .response::<TokenIssued>()
         .created(),
+        op(
+            "get",
+            "/api/agents/{name}/tokens",
+            "List an agent's tokens by id (admin)",
+            get(agents::tokens),
+        )
+        .response::<AgentTokenList>(),
+        op(
+            "delete",
+            "/api/agents/{name}/tokens",
+            "Revoke all of an agent's tokens (admin)",
+            delete(agents::revoke_tokens),
+        )
+        .response::<TokensRevoked>(),
+        op(
+            "delete",
+            "/api/agents/{name}/tokens/{id}",
+            "Revoke one of an agent's tokens by id (admin)",
+            delete(agents::revoke_token),
+        )
+        .response::<TokensRevoked>(),
         op(
             "post",
             "/api/agents/{name}/control",
@@ -344,7 +365,11 @@ async fn openapi() -> axum::Json<Value> {
 }
 
 pub fn openapi_document() -> Value {
-    let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
+    // OpenAPI 3.1's schemas are JSON Schema draft 2020-12 (an optional value is
+    // `type: [X, "null"]`); schemars' `openapi3()` settings would write 3.0's `nullable`.
+    let mut generator = schemars::generate::SchemaSettings::draft2020_12()
+        .with(|settings| settings.definitions_path = "/components/schemas".into())
+        .into_generator();
     let error_schema = generator.subschema_for::<ErrorBody>();
     let mut paths: Map<String, Value> = Map::new();
     for operation in operations() {

@@ -10,4 +10,6 @@ mod retry;
 mod serve;
 mod steering;
 mod support;
+mod terminal;
+mod tokens;
 mod tour;

@@ -3,6 +3,7 @@
 use chrono::Duration;
 
 use super::*;
+use crate::audience::Viewer;
 use crate::model::*;
 
 fn store() -> Store {
@@ -620,15 +621,30 @@ fn search_finds_notes_messages_and_task_results_and_survives_odd_queries() {
         })
         .expect("message");
     let hits = store
-        .read(|r| r.search("unicode escapes", &[], 10))
+        .read(|r| r.search("unicode escapes", &[], 10, &Viewer::Admin))
         .expect("search");
+    let bystander = Viewer::Agent {
+        name: "c".into(),
+        role: None,
+    };
+    let seen_by_bystander = store
+        .read(|r| r.search("unicode escapes", &[], 10, &bystander))
+        .expect("search");
+    assert!(seen_by_bystander.iter().all(|hit| hit.kind != "message"));
+    assert_eq!(seen_by_bystander.len() + 1, hits.len());
     let mut kinds: Vec<&str> = hits.iter().map(|h| h.kind.as_str()).collect();
     kinds.sort_unstable();
     assert_eq!(kinds, vec!["message", "note", "task"]);
     for odd in ["\"quoted", "AND OR NOT", "a*b(", "NEAR("] {
-        store.read(|r| r.search(odd, &[], 10)).expect(odd);
+        store
+            .read(|r| r.search(odd, &[], 10, &Viewer::Admin))
+            .expect(odd);
     }
-    assert!(store.read(|r| r.search("  ()  ", &[], 10)).is_err());
+    assert!(
+        store
+            .read(|r| r.search("  ()  ", &[], 10, &Viewer::Admin))
+            .is_err()
+    );
 }
 
 #[test]
@@ -1032,7 +1048,9 @@ fn a_task_done_twice_has_one_search_row_with_its_latest_result() {
         .write(|tx| tx.finish_task(&Actor::Agent("a".into()), id, finish("zebra second try")))
         .expect("done again");
     note_store("zebra notes after");
-    let hits = store.read(|r| r.search("zebra", &[], 50)).expect("search");
+    let hits = store
+        .read(|r| r.search("zebra", &[], 50, &Viewer::Admin))
+        .expect("search");
     let tasks: Vec<&SearchHit> = hits.iter().filter(|hit| hit.kind == "task").collect();
     assert_eq!(tasks.len(), 1, "{hits:?}");
     assert!(tasks[0].snippet.contains("second"), "{hits:?}");
