@@ -5,7 +5,7 @@
 //! here, so that a malformed one is a usage error (exit 2) before anything is sent.
 
 use clap::{Args, Parser, Subcommand};
-use conclave_core::model::{MessageKind, NoteKind, TaskId, TaskStatus};
+use conclave_core::model::{Isolation, MessageKind, NoteKind, TaskId, TaskStatus};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -174,6 +174,10 @@ pub enum AgentCommand {
         /// The model it runs on
         #[arg(long, value_name = "M")]
         model: Option<String>,
+        /// `worktree`: it works in its own git worktree and its finished tasks land through
+        /// the merge queue (default `shared`)
+        #[arg(long, value_name = "I", value_parser = parse_isolation)]
+        isolation: Option<Isolation>,
     },
     /// List the registered agents
     List(JsonFlag),
@@ -514,6 +518,11 @@ fn parse_task_id(text: &str) -> Result<TaskId, String> {
 }
 
 fn parse_message_kind(text: &str) -> Result<MessageKind, String> {
+    text.parse()
+        .map_err(|error: conclave_core::CoreError| error.to_string())
+}
+
+fn parse_isolation(text: &str) -> Result<Isolation, String> {
     text.parse()
         .map_err(|error: conclave_core::CoreError| error.to_string())
 }
