@@ -42,6 +42,8 @@ pub enum Command {
     Unlock(UnlockArgs),
     /// List the file leases in force
     Locks(JsonFlag),
+    /// Show the merge queue, or pause, resume, skip, retry or merge an entry by hand
+    Queue(QueueArgs),
     /// Send and read messages
     #[command(subcommand)]
     Msg(MsgCommand),
@@ -140,6 +142,39 @@ pub struct HookArgs {
     /// Fail closed: deny a file edit when the server cannot be reached (also CONCLAVE_STRICT=1)
     #[arg(long)]
     pub strict: bool,
+}
+
+/// `conclave queue [--json]` and its subcommands.
+#[derive(Debug, Args)]
+pub struct QueueArgs {
+    #[command(subcommand)]
+    pub action: Option<QueueCommand>,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Stop landing after the current landing (admin)
+    Pause,
+    /// Start landing again (admin)
+    Resume,
+    /// Take an entry out of the queue; its task goes back to its agent (admin)
+    Skip {
+        #[arg(value_parser = parse_task_id)]
+        task: TaskId,
+    },
+    /// Put a sent-back or skipped entry back at the end of the queue (admin)
+    Retry {
+        #[arg(value_parser = parse_task_id)]
+        task: TaskId,
+    },
+    /// Land a waiting entry now, out of order, even while paused; the check still runs (admin)
+    Merge {
+        #[arg(value_parser = parse_task_id)]
+        task: TaskId,
+    },
 }
 
 #[derive(Debug, Args)]

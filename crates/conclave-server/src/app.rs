@@ -48,6 +48,9 @@ pub struct AppSettings {
     /// Host names (besides loopback) the server answers to.
     pub allowed_hosts: Vec<String>,
     pub keep_working: bool,
+    /// The merge queue, when `conclave.toml` has a `[merge]` table (its runner is started by
+    /// [`crate::run`]).
+    pub merge: Option<std::sync::Arc<crate::merge_queue::MergeQueue>>,
 }
 
 impl App {

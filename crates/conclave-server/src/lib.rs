@@ -13,11 +13,14 @@ mod dashboard;
 mod error;
 mod extract;
 mod hooks;
+mod merge_queue;
 mod mcp;
 mod metrics;
 mod ops;
 mod routes;
 mod session;
+
+pub use merge_queue::MergeQueue;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -104,12 +107,24 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let sweeper = tokio::spawn(sweep_periodically(app.clone(), shutdown.clone()));
+    let merge_runner = app.settings().merge.clone().map(|queue| {
+        tokio::spawn(merge_queue::run_merge_queue(
+            app.clone(),
+            queue,
+            shutdown.clone(),
+        ))
+    });
     let service = router(app);
     let result = axum::serve(listener, service)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await;
     shutdown.cancel();
     let _ = sweeper.await;
+    // Not awaited: a landing may be inside a long check. An entry left `merging` is retried at
+    // the next start (the engine's compare-and-swap makes that safe).
+    if let Some(runner) = merge_runner {
+        runner.abort();
+    }
     result.context("the HTTP server failed")
 }
 
@@ -247,6 +262,10 @@ pub async fn open_project_server(
         project_root: Some(project.root().to_path_buf()),
         allowed_hosts,
         keep_working: config.server.keep_working,
+        merge: config
+            .merge
+            .clone()
+            .map(|merge| merge_queue::MergeQueue::new(merge, project.root().to_path_buf())),
     };
     let app = App::new(store, &admin_token, settings, shutdown);
     Ok(ProjectServer {

@@ -169,8 +169,22 @@ pub async fn finish_task(
     finish: TaskFinish,
 ) -> OpResult<Written> {
     let by = actor.clone();
-    app.write(actor, key, move |tx| tx.finish_task(&by, id, finish))
-        .await
+    let queue = app.settings().merge.clone();
+    let queued = queue.is_some();
+    let written = app
+        .write(actor, key, move |tx| {
+            // An agent in its own worktree: the task waits for its branch to land (merge_queue.rs).
+            if queued && tx.read().finishes_through_merge_queue(id)? {
+                tx.enqueue_merge(&by, id, finish)
+            } else {
+                tx.finish_task(&by, id, finish)
+            }
+        })
+        .await?;
+    if let Some(queue) = queue {
+        queue.wake();
+    }
+    Ok(written)
 }
 
 pub async fn fail_task(
