@@ -150,7 +150,7 @@ pub struct QueueArgs {
     #[command(subcommand)]
     pub action: Option<QueueCommand>,
     /// Print JSON instead of a table
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub json: bool,
 }
 

@@ -70,7 +70,8 @@ fn show(view: &QueueView, json: bool) -> anyhow::Result<()> {
         note!("the merge queue is empty");
         return Ok(());
     }
-    entries_table(&view.entries).print()
+    entries_table(&view.entries).print()?;
+    Ok(())
 }
 
 fn entries_table(entries: &[QueueEntry]) -> Table {

@@ -4,6 +4,7 @@
 mod errors;
 mod follow;
 mod pipes;
+mod queue;
 mod retry;
 mod serve;
 mod steering;
