@@ -44,10 +44,16 @@ pub struct MergeQueue {
 /// How one landing ended, for the store and the log.
 enum Recorded {
     Landed(String),
-    SentBack { reason: &'static str, details: String },
+    SentBack {
+        reason: &'static str,
+        details: String,
+    },
     /// Not the branch's fault: the entry waits again, and the queue pauses when a person must
     /// act (`pause` holds the reason).
-    Retry { outcome: String, pause: Option<String> },
+    Retry {
+        outcome: String,
+        pause: Option<String>,
+    },
 }
 
 impl MergeQueue {
@@ -127,19 +133,17 @@ impl MergeQueue {
             pause: Some(format!("landing {task_id} failed: {error}")),
         });
         let recorded = store_write(app, move |tx| match landing {
-                Recorded::Landed(outcome) => tx.land_merge(task_id, &outcome),
-                Recorded::SentBack { reason, details } => {
-                    tx.send_back_merge(task_id, reason, &details)
+            Recorded::Landed(outcome) => tx.land_merge(task_id, &outcome),
+            Recorded::SentBack { reason, details } => tx.send_back_merge(task_id, reason, &details),
+            Recorded::Retry { outcome, pause } => {
+                let entry = tx.release_merge(task_id, &outcome)?;
+                if let Some(reason) = pause {
+                    tx.pause_merge_queue(&Actor::System, Some(reason))?;
                 }
-                Recorded::Retry { outcome, pause } => {
-                    let entry = tx.release_merge(task_id, &outcome)?;
-                    if let Some(reason) = pause {
-                        tx.pause_merge_queue(&Actor::System, Some(reason))?;
-                    }
-                    Ok(entry)
-                }
-            })
-            .await?;
+                Ok(entry)
+            }
+        })
+        .await?;
         tracing::info!(task = %task_id, state = %recorded.state, "merge queue entry recorded");
         Ok(recorded)
     }
@@ -213,8 +217,7 @@ fn land_blocking(
         .check
         .as_ref()
         .map(|command| ShellCommand::new(command.clone(), settings.check_timeout()));
-    let engine =
-        MergeEngine::new(worktrees).with_lock_timeout(settings.check_timeout() * 2);
+    let engine = MergeEngine::new(worktrees).with_lock_timeout(settings.check_timeout() * 2);
     let request = LandRequest {
         branch: branch.to_string(),
         into: into.to_string(),
@@ -309,7 +312,9 @@ pub async fn run_merge_queue(app: App, queue: Arc<MergeQueue>, shutdown: Cancell
     .await;
     match prepared {
         Ok(Ok(report)) => tracing::info!(?report, "merge queue ready"),
-        Ok(Err(error)) => tracing::warn!(%error, "the merge queue could not prepare the repository"),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "the merge queue could not prepare the repository")
+        }
         Err(error) => tracing::warn!(%error, "the merge queue's preparation failed"),
     }
     loop {

@@ -391,7 +391,9 @@ fn summarize(event: &Event) -> String {
             summary.field("branch", &d.branch);
         }
         EventPayload::QueueLanded(d) => {
-            summary.field("branch", &d.branch).field("outcome", &d.outcome);
+            summary
+                .field("branch", &d.branch)
+                .field("outcome", &d.outcome);
         }
         EventPayload::QueueSentBack(d) => {
             // The details are long (hunks, check output): the first line says enough here.

@@ -82,7 +82,9 @@ fn start(
     let As::Agent { name, .. } = agent else {
         panic!("an agent")
     };
-    let checkout = trees.start_task(name, &id, INTEGRATION).expect("start task");
+    let checkout = trees
+        .start_task(name, &id, INTEGRATION)
+        .expect("start task");
     (id, checkout.path)
 }
 
@@ -91,12 +93,11 @@ fn queue(project: &TestProject) -> Value {
 }
 
 fn entry(project: &TestProject, task: &str) -> Value {
-    let number: i64 = task.trim_start_matches("T-").parse().expect("id");
     queue(project)["entries"]
         .as_array()
         .expect("entries")
         .iter()
-        .find(|entry| entry["task"] == number)
+        .find(|entry| entry["task"] == task)
         .cloned()
         .unwrap_or(Value::Null)
 }
@@ -162,11 +163,20 @@ fn branches_land_after_the_check_and_a_conflict_or_a_failing_check_goes_back_to_
         "the summary given with done is the result"
     );
     let root = project.root();
-    assert_eq!(git(&root, &["show", &format!("{INTEGRATION}:a.txt")]), "a by alice");
-    assert_eq!(git(&root, &["show", &format!("{INTEGRATION}:b.txt")]), "b by bob");
+    assert_eq!(
+        git(&root, &["show", &format!("{INTEGRATION}:a.txt")]),
+        "a by alice"
+    );
+    assert_eq!(
+        git(&root, &["show", &format!("{INTEGRATION}:b.txt")]),
+        "b by bob"
+    );
     assert_eq!(check_runs(&checks), 2, "one check per landing");
     // The user's own branch and files are untouched.
-    assert_eq!(std::fs::read_to_string(root.join("a.txt")).expect("a"), "a\n");
+    assert_eq!(
+        std::fs::read_to_string(root.join("a.txt")).expect("a"),
+        "a\n"
+    );
 
     // The same lines: the first lands, the second goes back with the conflict.
     let (t3, alice_tree) = start(&project, &trees, &alice, "shared by alice");
@@ -186,7 +196,9 @@ fn branches_land_after_the_check_and_a_conflict_or_a_failing_check_goes_back_to_
     assert_eq!(back["status"], "in_progress", "{back}");
     assert_eq!(back["assignee"], "bob");
     assert!(
-        back["result"].as_str().is_some_and(|r| r.contains("shared.txt")),
+        back["result"]
+            .as_str()
+            .is_some_and(|r| r.contains("shared.txt")),
         "{back}"
     );
     let messages = inbox(&project, &bob);
@@ -206,8 +218,11 @@ fn branches_land_after_the_check_and_a_conflict_or_a_failing_check_goes_back_to_
         .output()
         .expect("merge");
     assert!(!merged.status.success(), "the merge should conflict");
-    std::fs::write(bob_tree.join("shared.txt"), "ONE alice and bob\ntwo\nthree\n")
-        .expect("resolve");
+    std::fs::write(
+        bob_tree.join("shared.txt"),
+        "ONE alice and bob\ntwo\nthree\n",
+    )
+    .expect("resolve");
     git(&bob_tree, &["add", "shared.txt"]);
     git(&bob_tree, &["commit", "--quiet", "--no-edit"]);
     project.run_as(&bob, &["task", "done", &t4]).ok();
@@ -244,7 +259,11 @@ fn branches_land_after_the_check_and_a_conflict_or_a_failing_check_goes_back_to_
     std::fs::write(alice_tree.join("a.txt"), "a again\n").expect("write");
     project.run_as(&alice, &["task", "done", &t5]).ok();
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(entry(&project, &t5)["state"], "queued", "paused: nothing lands");
+    assert_eq!(
+        entry(&project, &t5)["state"],
+        "queued",
+        "paused: nothing lands"
+    );
     assert_eq!(queue(&project)["paused"], true);
     let skipped = project.run(&["queue", "skip", &t5, "--json"]).json();
     assert_eq!(skipped["state"], "skipped");
@@ -282,9 +301,26 @@ fn an_entry_left_merging_by_a_crash_is_retried_at_start_up_and_lands_once() {
     let tree_id = git(&root, &["rev-parse", &format!("{branch}^{{tree}}")]);
     let merge = git(
         &root,
-        &["commit-tree", "-p", &old, "-p", &branch, "-m", "landed before the crash", &tree_id],
+        &[
+            "commit-tree",
+            "-p",
+            &old,
+            "-p",
+            &branch,
+            "-m",
+            "landed before the crash",
+            &tree_id,
+        ],
     );
-    git(&root, &["update-ref", &format!("refs/heads/{INTEGRATION}"), &merge, &old]);
+    git(
+        &root,
+        &[
+            "update-ref",
+            &format!("refs/heads/{INTEGRATION}"),
+            &merge,
+            &old,
+        ],
+    );
     let db = rusqlite::Connection::open(project.state_dir().join("conclave.db")).expect("db");
     db.execute_batch(
         "UPDATE merge_queue SET state = 'merging';

@@ -17,8 +17,8 @@ use super::{Reader, Tx, ms_to_time, to_json_list, validate_text};
 use crate::error::{CoreError, Result};
 use crate::event::{NoData, OptionalReason, QueueBranch, QueueLanded, QueueSentBack, TaskUpdated};
 use crate::model::{
-    Actor, EventPayload, Isolation, QueueEntry, QueueState, QueueView, Task, TaskFinish,
-    TaskId, TaskStatus,
+    Actor, EventPayload, Isolation, QueueEntry, QueueState, QueueView, Task, TaskFinish, TaskId,
+    TaskStatus,
 };
 
 /// An entry's recorded outcome is cut to this many bytes (the agent's message carries the same).
@@ -108,10 +108,7 @@ impl Reader<'_> {
             "SELECT {ENTRY_COLUMNS} FROM merge_queue WHERE state IN ('merging', 'queued')
              ORDER BY state = 'merging' DESC, position LIMIT 1"
         );
-        Ok(self
-            .conn()
-            .query_row(&sql, [], entry_from_row)
-            .optional()?)
+        Ok(self.conn().query_row(&sql, [], entry_from_row).optional()?)
     }
 
     pub fn merge_queue_paused(&self) -> Result<bool> {
@@ -194,7 +191,11 @@ impl Tx<'_> {
             Some(&holder),
             EventPayload::TaskUpdated(updated),
         )?;
-        self.release_task_leases(actor.name(), id, "task finished: waiting in the merge queue")?;
+        self.release_task_leases(
+            actor.name(),
+            id,
+            "task finished: waiting in the merge queue",
+        )?;
         let branch = task_branch_name(id);
         self.conn().execute(
             "INSERT INTO merge_queue (task_id, branch, agent, position, state, enqueued_at, updated_at)
@@ -555,14 +556,20 @@ mod tests {
         assert_eq!(waiting.status, TaskStatus::Review);
         assert_eq!(waiting.claim_expires_at, None, "no expiry while it waits");
         assert_eq!(task_status(&store, second), TaskStatus::Pending);
-        let next = store.read(|r| r.next_merge()).expect("next").expect("entry");
+        let next = store
+            .read(|r| r.next_merge())
+            .expect("next")
+            .expect("entry");
         assert_eq!((next.task, next.branch.as_str()), (first, "conclave/T-1"));
         assert_eq!(next.state, QueueState::Queued);
 
         let merging = store.write(|tx| tx.begin_merge(first)).expect("begin");
         assert_eq!((merging.state, merging.attempts), (QueueState::Merging, 1));
         // A restart finds it merging: it is still the next one.
-        let again = store.read(|r| r.next_merge()).expect("next").expect("entry");
+        let again = store
+            .read(|r| r.next_merge())
+            .expect("next")
+            .expect("entry");
         assert_eq!(again.state, QueueState::Merging);
 
         let landed = store
@@ -596,15 +603,20 @@ mod tests {
         assert_eq!(back.status, TaskStatus::InProgress);
         assert_eq!(back.assignee.as_deref(), Some("alice"));
         assert!(back.claim_expires_at.is_some(), "claim renewed");
-        assert!(back.result.as_deref().is_some_and(|r| r.contains("<<<<<<<")));
-        let inbox = store
-            .read(|r| r.inbox("alice"))
-            .expect("inbox");
+        assert!(
+            back.result
+                .as_deref()
+                .is_some_and(|r| r.contains("<<<<<<<"))
+        );
+        let inbox = store.read(|r| r.inbox("alice")).expect("inbox");
         let alert = inbox.last().expect("a message");
         assert_eq!(alert.kind, MessageKind::Alert);
         assert!(alert.body.contains("conflicts") && alert.body.contains("src/a.rs"));
         // The other entry is next; the fixed one goes behind it.
-        let next = store.read(|r| r.next_merge()).expect("next").expect("entry");
+        let next = store
+            .read(|r| r.next_merge())
+            .expect("next")
+            .expect("entry");
         assert_eq!(next.task, second);
         finish(&store, first);
         let view = store.read(|r| r.merge_queue()).expect("view");
@@ -644,7 +656,11 @@ mod tests {
         assert_eq!(skipped.state, QueueState::Skipped);
         assert_eq!(task_status(&store, first), TaskStatus::InProgress);
         assert!(store.read(|r| r.next_merge()).expect("next").is_none());
-        assert!(store.write(|tx| tx.skip_merge(&Actor::Admin, first)).is_err());
+        assert!(
+            store
+                .write(|tx| tx.skip_merge(&Actor::Admin, first))
+                .is_err()
+        );
 
         let retried = store
             .write(|tx| tx.retry_merge(&Actor::Admin, first))
