@@ -374,6 +374,25 @@ pub struct Task {
     pub updated_at: DateTime<Utc>,
 }
 
+impl Task {
+    /// Whether the agent named `name`, with `role` and capabilities `caps`, may take this task:
+    /// its role matches (or the task names none), it has every capability the task asks for,
+    /// and the task is not reserved for another agent (an assignee set on a ready task). The
+    /// one rule the store's `claim` and the supervisor's wake-ups both follow.
+    pub fn fits(&self, name: &str, role: Option<&str>, caps: &[String]) -> bool {
+        let role_fits = self
+            .role
+            .as_deref()
+            .is_none_or(|wanted| role == Some(wanted));
+        let caps_fit = self.caps.iter().all(|cap| caps.contains(cap));
+        let reserved_fits = self
+            .assignee
+            .as_deref()
+            .is_none_or(|assignee| assignee == name);
+        role_fits && caps_fit && reserved_fits
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Lease {
     /// Normalized path or glob relative to the project root.
@@ -906,6 +925,44 @@ mod tests {
             "review".parse::<TaskStatus>().ok(),
             Some(TaskStatus::Review)
         );
+    }
+
+    #[test]
+    fn a_task_fits_by_role_capabilities_and_reservation() {
+        let now = Utc::now();
+        let task = Task {
+            id: TaskId(1),
+            title: "t".into(),
+            body: String::new(),
+            status: TaskStatus::Ready,
+            priority: 0,
+            role: Some("coder".into()),
+            caps: vec!["rust".into()],
+            depends_on: Vec::new(),
+            assignee: None,
+            claim_expires_at: None,
+            attempts: 0,
+            result: None,
+            blocked_reason: None,
+            files: Vec::new(),
+            parent: None,
+            created_by: "admin".into(),
+            created_at: now,
+            updated_at: now,
+        };
+        let rust = vec!["rust".to_string()];
+        assert!(task.fits("alice", Some("coder"), &rust));
+        assert!(!task.fits("alice", Some("reviewer"), &rust));
+        assert!(!task.fits("alice", Some("coder"), &[]));
+        let reserved = Task {
+            assignee: Some("bob".into()),
+            ..task
+        };
+        assert!(
+            !reserved.fits("alice", Some("coder"), &rust),
+            "reserved for bob"
+        );
+        assert!(reserved.fits("bob", Some("coder"), &rust));
     }
 
     #[test]
