@@ -186,7 +186,7 @@ pub enum NotSupported {}
 
 fn refuse_check<'de, D: serde::Deserializer<'de>>(_: D) -> Result<Option<NotSupported>, D::Error> {
     Err(serde::de::Error::custom(
-        "`check` per agent is not supported: the merge queue's check is `check` in the [merge] table",
+        "`check` is not supported yet per agent: the merge queue's check is `check` in the [merge] table",
     ))
 }
 

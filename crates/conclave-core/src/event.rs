@@ -770,6 +770,20 @@ mod tests {
             ),
             ("note.superseded", json!({"id": "N-1", "by": "N-2"})),
             ("file.touched", json!({"path": "src/a.rs", "tool": "Edit"})),
+            ("queue.enqueued", json!({"branch": "conclave/T-1"})),
+            ("queue.merging", json!({"branch": "conclave/T-1"})),
+            (
+                "queue.landed",
+                json!({"branch": "conclave/T-1", "outcome": "landed at 1a2b3c4d"}),
+            ),
+            (
+                "queue.sent_back",
+                json!({"branch": "conclave/T-1", "reason": "conflict", "details": "src/a.rs"}),
+            ),
+            ("queue.skipped", json!({"branch": "conclave/T-1"})),
+            ("queue.retried", json!({"branch": "conclave/T-1"})),
+            ("queue.paused", json!({"reason": null})),
+            ("queue.resumed", json!({})),
         ]
     }
 
