@@ -14,7 +14,7 @@ use conclave_core::LeaseConflict;
 use conclave_core::event::LeaseDenied;
 use conclave_core::model::{
     AckResult, Actor, EventPayload, LeaseList, LeaseRelease, LeaseRequest, Message, NewMessage,
-    NewNote, NewTask, ReleasedLeases, SearchHit, TaskFinish, TaskId, TaskStatusUpdate,
+    NewNote, NewTask, QueueState, ReleasedLeases, SearchHit, TaskFinish, TaskId, TaskStatusUpdate,
     format_duration_secs,
 };
 
@@ -355,7 +355,21 @@ pub async fn keep_working(app: &App, agent: &str, session: &str) -> OpResult<Opt
         return Ok(None);
     }
     let name = agent.to_string();
-    let held = app.read(move |r| r.held_tasks(&name)).await?;
+    let held = app
+        .read(move |r| {
+            // A task waiting for its branch to land is finished as far as its agent is concerned.
+            let mut working = Vec::new();
+            for task in r.held_tasks(&name)? {
+                let queued = r.merge_entry(task.id).is_ok_and(|entry| {
+                    matches!(entry.state, QueueState::Queued | QueueState::Merging)
+                });
+                if !queued {
+                    working.push(task);
+                }
+            }
+            Ok(working)
+        })
+        .await?;
     let mut counts = app
         .stop_blocks()
         .0
