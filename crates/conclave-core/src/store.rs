@@ -15,6 +15,7 @@ mod notes;
 mod presence;
 mod queue;
 mod schema;
+mod steps;
 mod tasks;
 
 use std::path::Path;
@@ -26,7 +27,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::error::{CoreError, Result};
-use crate::model::{Actor, Event, EventPayload, TaskId};
+use crate::model::{Actor, Event, EventPayload, Pipeline, TaskId};
 
 pub use agents::{ReleaseReport, hash_token};
 pub use events::{IDEMPOTENCY_WINDOW_SECS, SweepReport};
@@ -57,6 +58,12 @@ pub struct StoreConfig {
     /// Live file leases one agent may hold at once.
     pub max_leases_per_agent: usize,
     pub durability: Durability,
+    /// The pipelines tasks may be created in (`[[pipeline]]`). A task copies its pipeline's
+    /// definition when it is created, so these matter only for new tasks.
+    pub pipelines: Vec<Pipeline>,
+    /// Roles every task of which waits for a person's approval when its agent finishes it
+    /// (`[defaults] approve = ["role:reviewer"]`).
+    pub approve_roles: Vec<String>,
 }
 
 impl Default for StoreConfig {
@@ -66,6 +73,8 @@ impl Default for StoreConfig {
             lease_ttl_secs: 600,
             max_leases_per_agent: 256,
             durability: Durability::Normal,
+            pipelines: Vec::new(),
+            approve_roles: Vec::new(),
         }
     }
 }

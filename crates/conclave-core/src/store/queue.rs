@@ -120,9 +120,13 @@ impl Reader<'_> {
     }
 
     /// Whether finishing `task` goes through the merge queue: its holder works in its own
-    /// worktree. (Whether a queue runs at all is the server's to say.)
+    /// worktree. (Whether a queue runs at all is the server's to say.) Pipeline tasks and tasks
+    /// that need a person's approval keep their own finish path (store/tasks.rs) for now.
     pub fn finishes_through_merge_queue(&self, task: TaskId) -> Result<bool> {
         let task = self.task(task)?;
+        if task.pipeline.is_some() || task.approve {
+            return Ok(false);
+        }
         let Some(holder) = task.assignee.as_deref() else {
             return Ok(false);
         };
@@ -260,6 +264,7 @@ impl Tx<'_> {
             let finish = TaskFinish {
                 summary: current.result.clone(),
                 files: current.files.clone(),
+                ..TaskFinish::default()
             };
             self.finish_task(&Actor::Agent(entry.agent.clone()), task, finish)?;
         }
