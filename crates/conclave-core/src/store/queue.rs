@@ -537,6 +537,7 @@ mod tests {
                     TaskFinish {
                         summary: Some("did it".into()),
                         files: vec!["src/a.rs".into()],
+                        ..TaskFinish::default()
                     },
                 )
             })
