@@ -162,16 +162,19 @@ pub enum QueueCommand {
     Resume,
     /// Take an entry out of the queue; its task goes back to its agent (admin)
     Skip {
+        /// The task whose entry it is (T-3, or 3)
         #[arg(value_parser = parse_task_id)]
         task: TaskId,
     },
     /// Put a sent-back or skipped entry back at the end of the queue (admin)
     Retry {
+        /// The task whose entry it is (T-3, or 3)
         #[arg(value_parser = parse_task_id)]
         task: TaskId,
     },
     /// Land a waiting entry now, out of order, even while paused; the check still runs (admin)
     Merge {
+        /// The task whose entry it is (T-3, or 3)
         #[arg(value_parser = parse_task_id)]
         task: TaskId,
     },
