@@ -221,6 +221,65 @@ named_enum!(AgentStatus, "agent status", {
     Crashed => "crashed",
 });
 
+/// Where an agent works: the project's one tree (`shared`, the default) or its own git
+/// worktree (`worktree`), whose finished tasks land through the merge queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    #[default]
+    Shared,
+    Worktree,
+}
+
+named_enum!(Isolation, "isolation", { Shared => "shared", Worktree => "worktree" });
+
+/// Where a merge queue entry is (store/queue.rs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueState {
+    /// Waiting its turn.
+    Queued,
+    /// Being landed now (found so at start-up: retried).
+    Merging,
+    /// On the integration branch; its task is done.
+    Landed,
+    /// A conflict or a failing check sent its task back to its agent.
+    SentBack,
+    /// A person took it out of the queue.
+    Skipped,
+}
+
+named_enum!(QueueState, "queue state", {
+    Queued => "queued", Merging => "merging", Landed => "landed", SentBack => "sent_back",
+    Skipped => "skipped",
+});
+
+/// One task branch in the merge queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct QueueEntry {
+    pub task: TaskId,
+    pub branch: String,
+    /// The agent whose worktree holds the branch.
+    pub agent: String,
+    /// The order of completion: lower lands first.
+    pub position: i64,
+    pub state: QueueState,
+    /// Landings tried for this entry.
+    pub attempts: i64,
+    /// What the last landing said (bounded).
+    pub outcome: Option<String>,
+    pub enqueued_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// `GET /api/queue`: the entries in order, and whether the queue is paused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct QueueView {
+    pub paused: bool,
+    pub paused_reason: Option<String>,
+    pub entries: Vec<QueueEntry>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum LeaseMode {
@@ -286,6 +345,8 @@ pub struct Agent {
     pub cost_usd: f64,
     pub restarts: i64,
     pub created_at: DateTime<Utc>,
+    #[serde(default)]
+    pub isolation: Isolation,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -510,6 +571,10 @@ pub struct NewAgent {
     pub model: Option<String>,
     #[serde(default)]
     pub caps: Vec<String>,
+    /// `worktree`: the supervisor runs it in its own git worktree and its finished tasks land
+    /// through the merge queue.
+    #[serde(default)]
+    pub isolation: Isolation,
 }
 
 /// What a supervisor or the agent itself reports about a running agent.

@@ -13,6 +13,7 @@ mod leases;
 mod messages;
 mod notes;
 mod presence;
+mod queue;
 mod schema;
 mod steps;
 mod tasks;

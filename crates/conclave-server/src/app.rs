@@ -46,6 +46,9 @@ pub struct AppSettings {
     /// Host names (besides loopback) the server answers to.
     pub allowed_hosts: Vec<String>,
     pub keep_working: bool,
+    /// The merge queue, when `conclave.toml` has a `[merge]` table (its runner is started by
+    /// [`crate::run`]).
+    pub merge: Option<std::sync::Arc<crate::merge_queue::MergeQueue>>,
     /// Bounds on what clients can hold: live-stream queues and connections.
     pub limits: ServerLimits,
 }

@@ -16,8 +16,8 @@ use conclave_core::audience::Viewer;
 use conclave_core::event::LeaseDenied;
 use conclave_core::model::{
     AckResult, Actor, AgentStatus, Event, EventFilter, EventPayload, LeaseList, LeaseRelease,
-    LeaseRequest, Message, NewMessage, NewNote, NewTask, ReleasedLeases, SearchHit, TaskFinish,
-    TaskId, TaskStatusUpdate, format_duration_secs,
+    LeaseRequest, Message, NewMessage, NewNote, NewTask, QueueState, ReleasedLeases, SearchHit,
+    TaskFinish, TaskId, TaskStatusUpdate, format_duration_secs,
 };
 
 use crate::app::App;
@@ -172,8 +172,22 @@ pub async fn finish_task(
     finish: TaskFinish,
 ) -> OpResult<Written> {
     let by = actor.clone();
-    app.write(actor, key, move |tx| tx.finish_task(&by, id, finish))
-        .await
+    let queue = app.settings().merge.clone();
+    let queued = queue.is_some();
+    let written = app
+        .write(actor, key, move |tx| {
+            // An agent in its own worktree: the task waits for its branch to land (merge_queue.rs).
+            if queued && tx.read().finishes_through_merge_queue(id)? {
+                tx.enqueue_merge(&by, id, finish)
+            } else {
+                tx.finish_task(&by, id, finish)
+            }
+        })
+        .await?;
+    if let Some(queue) = queue {
+        queue.wake();
+    }
+    Ok(written)
 }
 
 pub async fn fail_task(
@@ -501,7 +515,21 @@ pub async fn keep_working(app: &App, agent: &str, session: &str) -> OpResult<Opt
         return Ok(None);
     }
     let name = agent.to_string();
-    let held = app.read(move |r| r.held_tasks(&name)).await?;
+    let held = app
+        .read(move |r| {
+            // A task waiting for its branch to land is finished as far as its agent is concerned.
+            let mut working = Vec::new();
+            for task in r.held_tasks(&name)? {
+                let queued = r.merge_entry(task.id).is_ok_and(|entry| {
+                    matches!(entry.state, QueueState::Queued | QueueState::Merging)
+                });
+                if !queued {
+                    working.push(task);
+                }
+            }
+            Ok(working)
+        })
+        .await?;
     let Some(task) = held.first() else {
         app.stop_blocks().forget(session);
         return Ok(None);

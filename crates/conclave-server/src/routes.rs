@@ -6,7 +6,7 @@ use axum::routing::{MethodRouter, delete, get, patch, post};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Map, Value, json};
 
-use crate::api::{agents, events, leases, messages, notes, status, tasks};
+use crate::api::{agents, events, leases, messages, notes, queue, status, tasks};
 use crate::app::App;
 use crate::error::ErrorBody;
 use conclave_core::model::*;
@@ -205,6 +205,48 @@ pub fn operations() -> Vec<Operation> {
         )
         .request::<TaskFinish>()
         .response::<Task>(),
+        op(
+            "get",
+            "/api/queue",
+            "The merge queue: its entries in order and whether it is paused",
+            get(queue::show),
+        )
+        .response::<QueueView>(),
+        op(
+            "post",
+            "/api/queue/pause",
+            "Pause the merge queue after its current landing (admin)",
+            post(queue::pause),
+        )
+        .response::<QueueView>(),
+        op(
+            "post",
+            "/api/queue/resume",
+            "Resume the merge queue (admin)",
+            post(queue::resume),
+        )
+        .response::<QueueView>(),
+        op(
+            "post",
+            "/api/queue/{task}/skip",
+            "Take an entry out of the merge queue; its task goes back to its agent (admin)",
+            post(queue::skip),
+        )
+        .response::<QueueEntry>(),
+        op(
+            "post",
+            "/api/queue/{task}/retry",
+            "Put a sent-back or skipped entry back at the end of the merge queue (admin)",
+            post(queue::retry),
+        )
+        .response::<QueueEntry>(),
+        op(
+            "post",
+            "/api/queue/{task}/merge",
+            "Land a waiting entry now, out of order, check included (admin)",
+            post(queue::merge),
+        )
+        .response::<QueueEntry>(),
         op(
             "post",
             "/api/tasks/{id}/fail",

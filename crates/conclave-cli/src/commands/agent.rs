@@ -19,12 +19,14 @@ pub async fn run(context: &Context, command: AgentCommand) -> anyhow::Result<()>
             role,
             caps,
             model,
+            isolation,
         } => {
             let request = NewAgent {
                 name,
                 role,
                 model,
                 caps,
+                isolation: isolation.unwrap_or_default(),
             };
             let created: AgentCreated = client.post("/api/agents", &request).await?;
             outln!("{}", created.token)?;

@@ -6,6 +6,7 @@ mod errors;
 mod follow;
 mod hook;
 mod pipes;
+mod queue;
 mod retry;
 mod serve;
 mod steering;

@@ -15,7 +15,7 @@ use crate::model::{
 };
 
 const AGENT_COLUMNS: &str = "name, role, model, caps, status, session_id, pid, host, last_seen, \
-     context_tokens, context_window, cost_usd, restarts, created_at";
+     context_tokens, context_window, cost_usd, restarts, created_at, isolation";
 
 /// Tokens are stored as their SHA-256; a token cannot be read back, only checked.
 pub fn hash_token(token: &str) -> String {
@@ -46,6 +46,10 @@ fn agent_from_row(row: &Row<'_>) -> rusqlite::Result<Agent> {
         cost_usd: row.get(11)?,
         restarts: row.get(12)?,
         created_at: ms_to_time(row.get(13)?),
+        isolation: row
+            .get::<_, String>(14)?
+            .parse()
+            .unwrap_or(crate::model::Isolation::Shared),
     })
 }
 
@@ -132,8 +136,8 @@ impl Tx<'_> {
             )));
         }
         self.conn().execute(
-            "INSERT INTO agents (name, role, model, caps, status, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO agents (name, role, model, caps, status, created_at, isolation)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 new.name,
                 new.role,
@@ -141,7 +145,8 @@ impl Tx<'_> {
                 to_json_list(&new.caps)?,
                 // Nothing runs yet: `offline` until its first request or the supervisor starts it.
                 AgentStatus::Offline.as_str(),
-                self.now_ms()
+                self.now_ms(),
+                new.isolation.as_str()
             ],
         )?;
         let token = self.insert_token(&new.name)?;
