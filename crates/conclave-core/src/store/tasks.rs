@@ -179,10 +179,13 @@ impl Reader<'_> {
             "SELECT {TASK_COLUMNS} FROM tasks
              WHERE status IN ('pending', 'ready', 'claimed', 'in_progress', 'blocked', 'review')"
         );
-        // The WHERE term is the partial index's own (schema migration 3), so SQLite uses it.
+        // Walks the partial index of finished tasks (schema migration 3) backwards and stops after
+        // `finished` rows; without `INDEXED BY`, SQLite (no statistics) picks the status index
+        // and sorts every finished task. The WHERE term is the index's own, as it must be.
         let recent = format!(
-            "SELECT {TASK_COLUMNS} FROM tasks WHERE status IN ('done', 'failed', 'cancelled')
-             ORDER BY updated_at DESC LIMIT ?1"
+            "SELECT {TASK_COLUMNS} FROM tasks INDEXED BY tasks_finished_by_update
+             WHERE status IN ('done', 'failed', 'cancelled')
+             ORDER BY updated_at DESC, id DESC LIMIT ?1"
         );
         let mut tasks: Vec<Task> = {
             let mut statement = self.conn().prepare_cached(&open)?;
