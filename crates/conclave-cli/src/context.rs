@@ -13,12 +13,10 @@ use std::path::PathBuf;
 use anyhow::{Context as _, bail};
 use conclave_core::project::Project;
 
-use crate::client::Client;
 use crate::error::Unreachable;
+use conclave_client::Client;
 
-pub const ENV_URL: &str = "CONCLAVE_URL";
-pub const ENV_AGENT: &str = "CONCLAVE_AGENT";
-pub const ENV_TOKEN: &str = "CONCLAVE_TOKEN";
+pub use conclave_client::{ENV_AGENT, ENV_TOKEN, ENV_URL};
 
 #[derive(Debug, Clone)]
 pub struct Context {

@@ -4,13 +4,11 @@
 //! exit code (see [`error::exit_code`]); everything else lives in the modules below.
 
 mod cli;
-mod client;
 mod commands;
 mod context;
 mod error;
 mod output;
 mod output_relay;
-mod supervisor;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

@@ -21,8 +21,14 @@ pub struct Config {
     pub defaults: AgentSettings,
     #[serde(default, rename = "agent")]
     pub agents: Vec<AgentSpec>,
-    #[serde(default, rename = "pipeline")]
-    pub pipelines: Vec<PipelineSpec>,
+    /// `[[pipeline]]` sections are refused until pipelines are implemented.
+    #[serde(
+        default,
+        rename = "pipeline",
+        deserialize_with = "refuse_pipeline",
+        skip_serializing
+    )]
+    pub pipelines: Vec<NotSupported>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -71,8 +77,57 @@ pub struct AgentSettings {
     /// The window `max_restarts` counts in (default `"10m"`).
     pub restart_window: Option<String>,
     pub cwd: Option<String>,
-    pub isolation: Option<String>,
-    pub check: Option<String>,
+    /// Where the agent works: only `"shared"` (the project's own tree, what every agent gets)
+    /// is accepted until worktrees are implemented.
+    pub isolation: Option<Isolation>,
+    /// Refused: the merge queue's check will live in a `[merge]` table.
+    #[serde(
+        default,
+        deserialize_with = "refuse_check",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub check: Option<NotSupported>,
+}
+
+/// The accepted values of `isolation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// Every agent works in the project's own tree.
+    Shared,
+}
+
+/// Written by hand so that a value a later change will implement (`"worktree"`) is refused as
+/// "not supported yet" rather than as an unknown variant.
+impl<'de> Deserialize<'de> for Isolation {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = String::deserialize(deserializer)?;
+        match value.as_str() {
+            "shared" => Ok(Isolation::Shared),
+            other => Err(serde::de::Error::custom(format!(
+                "isolation = {other:?} is not supported yet (only \"shared\": every agent works \
+                 in the project's own tree)"
+            ))),
+        }
+    }
+}
+
+/// A setting that is reserved for a later change: it has no value, so a configuration holding
+/// one cannot be built. Parsing such a key fails with "not supported yet" rather than doing
+/// nothing without a word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NotSupported {}
+
+fn refuse_check<'de, D: serde::Deserializer<'de>>(_: D) -> Result<Option<NotSupported>, D::Error> {
+    Err(serde::de::Error::custom(
+        "`check` is not supported yet (the merge queue's check will live in a [merge] table)",
+    ))
+}
+
+fn refuse_pipeline<'de, D: serde::Deserializer<'de>>(_: D) -> Result<Vec<NotSupported>, D::Error> {
+    Err(serde::de::Error::custom(
+        "[[pipeline]] is not supported yet",
+    ))
 }
 
 impl AgentSettings {
@@ -116,11 +171,8 @@ impl AgentSettings {
                 .clone()
                 .or_else(|| defaults.restart_window.clone()),
             cwd: self.cwd.clone().or_else(|| defaults.cwd.clone()),
-            isolation: self
-                .isolation
-                .clone()
-                .or_else(|| defaults.isolation.clone()),
-            check: self.check.clone().or_else(|| defaults.check.clone()),
+            isolation: self.isolation.or(defaults.isolation),
+            check: self.check.or(defaults.check),
         }
     }
 
@@ -208,13 +260,6 @@ pub struct AgentSpec {
     pub caps: Vec<String>,
     #[serde(flatten)]
     pub settings: AgentSettings,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PipelineSpec {
-    pub name: String,
-    pub stages: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -328,12 +373,40 @@ fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
     let message = error.message().trim_end_matches('\n');
     match error.span() {
         Some(span) => {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let start = key_line_start(text, span.clone(), message).unwrap_or(span.start);
+            let line = text[..start.min(text.len())].matches('\n').count() + 1;
             let line_text = text.lines().nth(line - 1).unwrap_or("").trim();
             format!("line {line} (`{line_text}`): {message}")
         }
         None => message.to_string(),
     }
+}
+
+/// An error in an `[[agent]]`'s settings (flattened into it) points at the table's header; when
+/// the message is about one key of the table that starts there (it begins `` `key` ``,
+/// `key = ` or ``unknown field `key` ``), the offset of that key's line instead.
+fn key_line_start(text: &str, span: std::ops::Range<usize>, message: &str) -> Option<usize> {
+    let mut offset = span.start;
+    for (index, line) in text.get(span.start..)?.split_inclusive('\n').enumerate() {
+        if index > 0 && line.trim_start().starts_with('[') {
+            return None; // the next table
+        }
+        if let Some((key, _)) = line.split_once('=') {
+            let key = key.trim();
+            let about_key = [
+                format!("`{key}`"),
+                format!("{key} ="),
+                format!("unknown field `{key}`"),
+            ]
+            .iter()
+            .any(|start| message.starts_with(start.as_str()));
+            if !key.is_empty() && about_key {
+                return Some(offset);
+            }
+        }
+        offset += line.len();
+    }
+    None
 }
 
 /// The commented file `conclave init` writes.
@@ -450,6 +523,55 @@ env = { A = "b" }
             config.agents[0].settings.allowed_tools.as_deref(),
             Some(&["Read".to_string()][..])
         );
+    }
+
+    #[test]
+    fn isolation_shared_is_accepted() {
+        let text =
+            "[defaults]\nisolation = \"shared\"\n[[agent]]\nname = \"a\"\nisolation = \"shared\"\n";
+        let config = Config::parse(text).expect("shared is what every agent gets");
+        assert_eq!(config.defaults.isolation, Some(Isolation::Shared));
+        assert_eq!(config.agents[0].settings.isolation, Some(Isolation::Shared));
+    }
+
+    /// Each refused key names itself, says "not supported yet" and points at its line.
+    #[test]
+    fn keys_that_would_do_nothing_are_refused_with_their_line() {
+        let cases = [
+            ("[defaults]\nisolation = \"worktree\"\n", "isolation", 2),
+            (
+                "[server]\n\n[[agent]]\nname = \"coder\"\nisolation = \"worktree\"\n",
+                "isolation",
+                5,
+            ),
+            (
+                "[defaults]\nmodel = \"sonnet\"\ncheck = \"cargo test\"\n",
+                "check",
+                3,
+            ),
+            (
+                "[[agent]]\nname = \"coder\"\ncheck = \"cargo test\"\n",
+                "check",
+                3,
+            ),
+            (
+                "[defaults]\n\n[[pipeline]]\nname = \"review\"\nstages = [\"code\"]\n",
+                "[[pipeline]]",
+                3,
+            ),
+        ];
+        let text = "[[agent]]\nname = \"coder\"\nmodel = \"opus\"\nmodle = \"x\"\n";
+        let error = Config::parse(text).expect_err("typo");
+        assert!(error.starts_with("line 4 "), "{error}");
+        for (text, key, line) in cases {
+            let error = Config::parse(text).expect_err(text);
+            assert!(
+                error.contains(key)
+                    && error.contains("not supported yet")
+                    && error.contains(&format!("line {line} ")),
+                "{text:?} gave {error}"
+            );
+        }
     }
 
     #[test]

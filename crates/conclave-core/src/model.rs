@@ -66,19 +66,31 @@ impl FromStr for TaskId {
     type Err = CoreError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let trimmed = text.trim();
-        let digits = trimmed
-            .strip_prefix("T-")
-            .or_else(|| trimmed.strip_prefix("t-"))
-            .unwrap_or(trimmed);
-        match digits.parse::<i64>() {
-            Ok(n) if n > 0 => Ok(TaskId(n)),
-            _ => Err(CoreError::invalid(format!(
-                "{text:?} is not a task id (expected T-<number>)"
-            ))),
-        }
+        parse_short_id(text, 'T', "task").map(TaskId)
     }
 }
+
+/// Parses a short id such as `T-12`, `M-7` or `N-3` (the prefix letter in either case, or no
+/// prefix at all: `12`) into its positive number; `noun` names the kind of id in the error.
+pub fn parse_short_id(text: &str, prefix: char, noun: &str) -> Result<i64, CoreError> {
+    let trimmed = text.trim();
+    let digits = trimmed
+        .strip_prefix(prefix.to_ascii_uppercase())
+        .or_else(|| trimmed.strip_prefix(prefix.to_ascii_lowercase()))
+        .and_then(|rest| rest.strip_prefix('-'))
+        .unwrap_or(trimmed);
+    match digits.parse::<i64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(CoreError::invalid(format!(
+            "{text:?} is not a {noun} id (expected {}-<number>)",
+            prefix.to_ascii_uppercase()
+        ))),
+    }
+}
+
+/// The Claude Code tools whose `tool_input` names a file they write: the hooks lease that file,
+/// and `conclave claude` matches the file-lease hook on them.
+pub const FILE_WRITING_TOOLS: &[&str] = &["Edit", "Write", "MultiEdit", "NotebookEdit"];
 
 impl Serialize for TaskId {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -299,6 +311,25 @@ pub struct Task {
     pub created_by: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+impl Task {
+    /// Whether the agent named `name`, with `role` and capabilities `caps`, may take this task:
+    /// its role matches (or the task names none), it has every capability the task asks for,
+    /// and the task is not reserved for another agent (an assignee set on a ready task). The
+    /// one rule the store's `claim` and the supervisor's wake-ups both follow.
+    pub fn fits(&self, name: &str, role: Option<&str>, caps: &[String]) -> bool {
+        let role_fits = self
+            .role
+            .as_deref()
+            .is_none_or(|wanted| role == Some(wanted));
+        let caps_fit = self.caps.iter().all(|cap| caps.contains(cap));
+        let reserved_fits = self
+            .assignee
+            .as_deref()
+            .is_none_or(|assignee| assignee == name);
+        role_fits && caps_fit && reserved_fits
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -804,6 +835,16 @@ mod tests {
     }
 
     #[test]
+    fn message_and_note_ids_parse_with_their_own_letter_only() {
+        assert_eq!(parse_short_id("M-7", 'M', "message").ok(), Some(7));
+        assert_eq!(parse_short_id(" n-3 ", 'N', "note").ok(), Some(3));
+        assert_eq!(parse_short_id("5", 'N', "note").ok(), Some(5));
+        let error = parse_short_id("N-3", 'M', "message").expect_err("wrong letter");
+        assert!(error.to_string().contains("message id"), "{error}");
+        assert!(parse_short_id("M-M-3", 'M', "message").is_err());
+    }
+
+    #[test]
     fn task_id_json_round_trips_as_text() {
         let json = serde_json::to_string(&TaskId(9)).expect("serialize");
         assert_eq!(json, "\"T-9\"");
@@ -819,6 +860,44 @@ mod tests {
             "review".parse::<TaskStatus>().ok(),
             Some(TaskStatus::Review)
         );
+    }
+
+    #[test]
+    fn a_task_fits_by_role_capabilities_and_reservation() {
+        let now = Utc::now();
+        let task = Task {
+            id: TaskId(1),
+            title: "t".into(),
+            body: String::new(),
+            status: TaskStatus::Ready,
+            priority: 0,
+            role: Some("coder".into()),
+            caps: vec!["rust".into()],
+            depends_on: Vec::new(),
+            assignee: None,
+            claim_expires_at: None,
+            attempts: 0,
+            result: None,
+            blocked_reason: None,
+            files: Vec::new(),
+            parent: None,
+            created_by: "admin".into(),
+            created_at: now,
+            updated_at: now,
+        };
+        let rust = vec!["rust".to_string()];
+        assert!(task.fits("alice", Some("coder"), &rust));
+        assert!(!task.fits("alice", Some("reviewer"), &rust));
+        assert!(!task.fits("alice", Some("coder"), &[]));
+        let reserved = Task {
+            assignee: Some("bob".into()),
+            ..task
+        };
+        assert!(
+            !reserved.fits("alice", Some("coder"), &rust),
+            "reserved for bob"
+        );
+        assert!(reserved.fits("bob", Some("coder"), &rust));
     }
 
     #[test]

@@ -1374,4 +1374,84 @@ mod tests {
             prop_assert_eq!(segment_satisfiable(&a), a_alone, "{}", a_text);
         }
     }
+
+    /// Pieces of hostile input: parents, current dirs, separators, absolute roots, backslashes,
+    /// NULs, home-relative names and wildcards, glued together at random.
+    const SOUP: &[&str] = &[
+        "a", "b", "..", ".", "/", "//", "\\", "~", "\0", "*", "**", "?", "[a]", "[!", "]", "é",
+        " ", "C:",
+    ];
+
+    fn soup(max: usize) -> impl Strategy<Value = String> {
+        prop::collection::vec(prop::sample::select(SOUP), 0..=max).prop_map(|parts| parts.concat())
+    }
+
+    /// The names `input` resolves to when read lexically from the root, or `None` when it climbs
+    /// above the root: the reference for what normalizing may return.
+    fn resolve_lexically(input: &str) -> Option<Vec<&str>> {
+        let mut names = Vec::new();
+        for name in input.split('/') {
+            match name {
+                "" | "." => {}
+                ".." => {
+                    names.pop()?;
+                }
+                _ => names.push(name),
+            }
+        }
+        Some(names)
+    }
+
+    proptest! {
+        #[test]
+        fn no_accepted_lease_path_leaves_the_root(input in soup(8)) {
+            if let Ok(pattern) = normalize_lease_path(&input) {
+                let text = pattern.as_str();
+                prop_assert!(!text.starts_with('/'), "{:?} -> {:?}", input, text);
+                prop_assert!(!text.contains('\\') && !text.contains('\0'), "{:?}", text);
+                for name in text.split('/') {
+                    prop_assert!(!matches!(name, "" | "." | ".."), "{:?} -> {:?}", input, text);
+                }
+                let resolved = resolve_lexically(&input);
+                prop_assert!(resolved.is_some(), "{:?} climbs above the root yet gave {:?}", input, text);
+                if !pattern.is_glob() {
+                    prop_assert_eq!(resolved.map(|names| names.join("/")), Some(text.to_string()));
+                }
+                prop_assert!(text.len() <= MAX_LEASE_PATH_LEN);
+                if pattern.is_glob() {
+                    prop_assert!(input.len() <= MAX_GLOB_LEN);
+                }
+                prop_assert_eq!(pat(text), pattern.clone());
+            }
+        }
+
+        #[test]
+        fn nothing_is_covered_outside_the_root(g in pattern_from(POOL, 4), rest in concrete_path()) {
+            // Even `**` covers no path that climbs out of the root or starts at `/`.
+            let climb_out = "/..".repeat(rest.split('/').count() + 1);
+            for escaping in [format!("../{rest}"), format!("/{rest}"), format!("{rest}{climb_out}")] {
+                prop_assert!(!matches(&g, &escaping), "{} covers {}", g, escaping);
+            }
+        }
+
+        #[test]
+        fn relativized_hook_paths_stay_under_the_root(
+            root in soup(4).prop_map(|s| format!("/p/{s}")),
+            cwd in soup(6).prop_map(|s| format!("/{s}")),
+            file in soup(8),
+        ) {
+            if let Some(relative) = relativize(Path::new(&root), Path::new(&cwd), &file) {
+                prop_assert!(!relative.is_empty() && !relative.starts_with('/'), "{:?}", relative);
+                for name in relative.split('/') {
+                    prop_assert!(!matches!(name, "" | "." | ".."), "{:?}", relative);
+                }
+                // Joined back to the root, it is beneath the root.
+                let joined_path = Path::new(&root).join(&relative);
+                let joined = lexical_components(&joined_path);
+                let root_parts = lexical_components(Path::new(&root));
+                prop_assert!(joined.starts_with(&root_parts) && joined.len() > root_parts.len(),
+                    "{:?} + {:?} leaves {:?}", root, relative, root);
+            }
+        }
+    }
 }

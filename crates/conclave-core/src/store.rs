@@ -45,7 +45,7 @@ pub use messages::parse_message_id;
 pub use notes::parse_note_id;
 pub use presence::ServerPresence;
 pub use schema::SCHEMA_VERSION;
-pub use tasks::{ClaimOutcome, TaskPage, is_held, task_fits};
+pub use tasks::{ClaimOutcome, TaskPage, is_held};
 
 /// How hard a commit tries to reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -1,27 +1,24 @@
-//! The server's shared state and the two ways handlers reach the store: [`App::read`] and
+//! The server's shared state and the two ways operations reach the store: [`App::read`] and
 //! [`App::write`] (which notes the agent alive and adds `Idempotency-Key` handling to the same
-//! transaction as the change).
+//! transaction as the change). No HTTP types here: the MCP tools, the hooks and the JSON API all
+//! stand on this (through [`crate::ops`]); their HTTP plumbing is in [`crate::extract`].
 
 use std::sync::Arc;
 
-use axum::Json;
-use axum::extract::{FromRequest, FromRequestParts};
-use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
 use conclave_core::model::{Actor, Event};
 use conclave_core::store::{Reader, Tx};
-use conclave_core::{Result as CoreResult, Store};
+use conclave_core::{CoreError, Result as CoreResult, Store};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{ApiError, ApiResult};
 use crate::metrics::Metrics;
+use crate::ops::StopBlocks;
+use crate::session::DashboardSession;
 
 const EVENT_CHANNEL_CAPACITY: usize = 4096;
-const MAX_IDEMPOTENCY_KEY: usize = 200;
 
 /// A cheap-to-clone handle on everything a request needs.
 #[derive(Clone)]
@@ -33,11 +30,11 @@ struct AppInner {
     store: Store,
     events: broadcast::Sender<Event>,
     admin_token_hash: String,
-    session: crate::auth::DashboardSession,
+    session: DashboardSession,
     metrics: Metrics,
     shutdown: CancellationToken,
     settings: AppSettings,
-    stop_blocks: crate::hooks::StopBlocks,
+    stop_blocks: StopBlocks,
 }
 
 /// Server-wide settings that handlers and integrations read.
@@ -73,11 +70,11 @@ impl App {
                 store,
                 events,
                 admin_token_hash: conclave_core::store::hash_token(admin_token),
-                session: crate::auth::DashboardSession::from_admin_token(admin_token),
+                session: DashboardSession::from_admin_token(admin_token),
                 metrics,
                 shutdown,
                 settings,
-                stop_blocks: crate::hooks::StopBlocks::default(),
+                stop_blocks: StopBlocks::default(),
             }),
         }
     }
@@ -94,7 +91,7 @@ impl App {
         &self.inner.settings
     }
 
-    pub(crate) fn stop_blocks(&self) -> &crate::hooks::StopBlocks {
+    pub(crate) fn stop_blocks(&self) -> &StopBlocks {
         &self.inner.stop_blocks
     }
 
@@ -108,7 +105,7 @@ impl App {
     }
 
     /// The dashboard's session cookie, derived from the admin token.
-    pub(crate) fn session(&self) -> &crate::auth::DashboardSession {
+    pub(crate) fn session(&self) -> &DashboardSession {
         &self.inner.session
     }
 
@@ -117,7 +114,7 @@ impl App {
     }
 
     /// Runs a read on a blocking thread.
-    pub async fn read<T, F>(&self, query: F) -> ApiResult<T>
+    pub async fn read<T, F>(&self, query: F) -> OpResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Reader<'_>) -> CoreResult<T> + Send + 'static,
@@ -133,7 +130,7 @@ impl App {
         actor: &Actor,
         key: &IdempotencyKey,
         change: F,
-    ) -> ApiResult<Written>
+    ) -> OpResult<Written>
     where
         T: Serialize + 'static,
         F: FnOnce(&mut Tx<'_>) -> CoreResult<T> + Send + 'static,
@@ -158,7 +155,7 @@ impl App {
 
     /// Notes that an agent was heard from (reads are heartbeats too): in memory, persisted by
     /// the store in batches.
-    pub(crate) async fn heartbeat(&self, agent: &str) -> ApiResult<()> {
+    pub(crate) async fn heartbeat(&self, agent: &str) -> OpResult<()> {
         self.inner.store.note_alive(agent);
         Ok(())
     }
@@ -171,22 +168,9 @@ pub struct Written {
 }
 
 impl Written {
-    pub fn created(self) -> Response {
-        self.respond(StatusCode::CREATED)
-    }
-
-    pub fn ok(self) -> Response {
-        self.respond(StatusCode::OK)
-    }
-
-    fn respond(self, status: StatusCode) -> Response {
-        let mut response = (status, Json(self.value)).into_response();
-        if self.replayed {
-            response
-                .headers_mut()
-                .insert("idempotent-replayed", HeaderValue::from_static("true"));
-        }
-        response
+    /// The written value as the type the change returned (for callers that render it as text).
+    pub fn parse<T: DeserializeOwned>(self) -> OpResult<T> {
+        serde_json::from_value(self.value).map_err(|error| OpError::Core(error.into()))
     }
 }
 
@@ -208,72 +192,44 @@ impl IdempotencyKey {
     }
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
-    type Rejection = ApiError;
+/// Why an operation failed: the store refused or failed, or the worker thread running it died.
+#[derive(Debug)]
+pub enum OpError {
+    Core(CoreError),
+    Worker(String),
+}
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let key = match parts.headers.get("idempotency-key") {
-            None => None,
-            Some(value) => {
-                let text = value
-                    .to_str()
-                    .map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?
-                    .trim();
-                if text.is_empty() || text.len() > MAX_IDEMPOTENCY_KEY {
-                    return Err(ApiError::bad_request(format!(
-                        "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters"
-                    )));
-                }
-                Some(text.to_string())
-            }
-        };
-        Ok(IdempotencyKey {
-            key,
-            fingerprint: format!("{} {}", parts.method, parts.uri.path()),
-        })
+impl OpError {
+    /// The stable code of this error, as it appears in API error bodies.
+    pub fn code(&self) -> &'static str {
+        match self {
+            OpError::Core(error) => error.code(),
+            OpError::Worker(_) => "internal",
+        }
     }
 }
 
-/// The authenticated actor, put into the request by the auth middleware.
-impl FromRequestParts<App> for Actor {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &App) -> Result<Self, Self::Rejection> {
-        parts
-            .extensions
-            .get::<Actor>()
-            .cloned()
-            .ok_or_else(|| ApiError::unauthorized("missing bearer token"))
+impl std::fmt::Display for OpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpError::Core(error) => error.fmt(f),
+            OpError::Worker(why) => write!(f, "request worker failed: {why}"),
+        }
     }
 }
 
-/// `Json` whose rejections are API errors with a JSON body.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
-pub struct ApiJson<T>(pub T);
+impl std::error::Error for OpError {}
 
-/// `Query` whose rejections are API errors with a JSON body.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(ApiError))]
-pub struct ApiQuery<T>(pub T);
-
-/// `Path` whose rejections are API errors with a JSON body.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Path), rejection(ApiError))]
-pub struct ApiPath<T>(pub T);
-
-pub(crate) fn only_admin(actor: &Actor, what: &str) -> ApiResult<()> {
-    if actor.is_admin() {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden(format!("only an admin may {what}")))
+impl From<CoreError> for OpError {
+    fn from(error: CoreError) -> Self {
+        OpError::Core(error)
     }
 }
 
-pub(crate) fn only_agent<'a>(actor: &'a Actor, what: &str) -> ApiResult<&'a str> {
-    actor.agent().ok_or_else(|| {
-        ApiError::forbidden(format!(
-            "only an agent may {what}: use an agent's token (CONCLAVE_AGENT and CONCLAVE_TOKEN)"
-        ))
-    })
+impl From<tokio::task::JoinError> for OpError {
+    fn from(error: tokio::task::JoinError) -> Self {
+        OpError::Worker(error.to_string())
+    }
 }
+
+pub type OpResult<T> = Result<T, OpError>;

@@ -3,10 +3,9 @@
 //!
 //! An agent acts only as itself; `X-Conclave-Agent`, when sent, must name the token's agent.
 //!
-//! The dashboard cookie ([`DashboardSession`]) stands for the admin on `/api/*` only. Its value is
-//! an HMAC-SHA256 of a fixed label keyed with the admin token: it survives server restarts (the
-//! page keeps working across `conclave down`/`up`), changes when the admin token is replaced, and
-//! does not reveal the token. Because a browser sends cookies on its own, a state-changing request
+//! The dashboard cookie ([`crate::session::DashboardSession`]) stands for the admin
+//! on `/api/*` only: it survives server restarts (the page keeps working across
+//! `conclave down`/`up`), changes when the admin token is replaced, and does not reveal the token. Because a browser sends cookies on its own, a state-changing request
 //! authenticated by the cookie must also prove it comes from the page itself: it must carry
 //! `X-Conclave-Csrf: 1` (a header a cross-site form cannot send, and that a cross-site `fetch`
 //! cannot send without a CORS preflight this server never grants) and an `Origin` (or, without one,
@@ -17,7 +16,6 @@ use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use conclave_core::model::Actor;
-use sha2::{Digest, Sha256};
 
 use crate::app::App;
 use crate::error::ApiError;
@@ -85,52 +83,6 @@ pub async fn require_token(State(app): State<App>, mut request: Request, next: N
     }
 }
 
-/// The dashboard's session cookie: a name and a value derived from the admin token.
-#[derive(Clone)]
-pub struct DashboardSession {
-    name: String,
-    value: String,
-}
-
-impl DashboardSession {
-    pub fn from_admin_token(admin_token: &str) -> DashboardSession {
-        let key = admin_token.as_bytes();
-        // The name differs between projects so that two servers on one host (cookies are not
-        // scoped by port) do not overwrite each other's session.
-        let name_id = hex(&hmac_sha256(key, b"conclave dashboard cookie name"));
-        DashboardSession {
-            name: format!("conclave_session_{}", &name_id[..12]),
-            value: hex(&hmac_sha256(key, b"conclave dashboard session v1")),
-        }
-    }
-
-    #[cfg(test)]
-    fn cookie_name(&self) -> &str {
-        &self.name
-    }
-
-    /// The `Set-Cookie` value that logs the browser in.
-    pub fn set_cookie(&self) -> String {
-        format!(
-            "{}={}; HttpOnly; SameSite=Strict; Path=/",
-            self.name, self.value
-        )
-    }
-
-    /// Whether the request carries this server's session cookie.
-    pub fn is_presented(&self, headers: &HeaderMap) -> bool {
-        headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|line| line.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .any(|(name, value)| {
-                name == self.name && constant_time_eq(value.as_bytes(), self.value.as_bytes())
-            })
-    }
-}
-
 /// Refuses a state-changing request that does not come from the dashboard page itself.
 pub fn check_same_origin(method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
     if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
@@ -173,61 +125,15 @@ fn url_authority(url: &str) -> Option<&str> {
     Some(&rest[..end]).filter(|authority| !authority.is_empty())
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// HMAC-SHA256 (RFC 2104).
-fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
-    const BLOCK: usize = 64;
-    let mut block = [0u8; BLOCK];
-    if key.len() > BLOCK {
-        block[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block[..key.len()].copy_from_slice(key);
-    }
-    let pad = |byte: u8| block.map(|k| k ^ byte);
-    let inner = Sha256::new()
-        .chain_update(pad(0x36))
-        .chain_update(message)
-        .finalize();
-    Sha256::new()
-        .chain_update(pad(0x5c))
-        .chain_update(inner)
-        .finalize()
-        .into()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
 
     #[test]
-    fn hmac_matches_rfc_4231() {
-        // Test case 2 of RFC 4231.
-        assert_eq!(
-            hex(&hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
-            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
-        );
-        // Test case 6: a key longer than the block.
-        assert_eq!(
-            hex(&hmac_sha256(
-                &[0xaa; 131],
-                b"Test Using Larger Than Block-Size Key - Hash Key First"
-            )),
-            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
-        );
-    }
-
-    #[test]
     fn the_cookie_is_found_among_others_and_only_with_its_value() {
-        let session = DashboardSession::from_admin_token("cva_secret");
-        let other = DashboardSession::from_admin_token("cva_other");
+        let session = crate::session::DashboardSession::from_admin_token("cva_secret");
+        let other = crate::session::DashboardSession::from_admin_token("cva_other");
         assert_ne!(session.cookie_name(), other.cookie_name());
         let mut headers = HeaderMap::new();
         let good = session.set_cookie();

@@ -3,7 +3,7 @@
 //! follows `/api/events/stream`; every action it offers is a call to the same API the CLI uses.
 //!
 //! Logging in: `conclave serve` prints `http://HOST:PORT/?token=ADMIN_TOKEN`. Opening it sets the
-//! session cookie (see [`crate::auth::DashboardSession`]) and redirects to `/`, so the token does
+//! session cookie (see [`crate::session::DashboardSession`]) and redirects to `/`, so the token does
 //! not stay in the address bar or the history. Without a valid cookie or token the page is a short
 //! 401 saying which link to open. Every HTML answer carries a Content-Security-Policy that allows
 //! only this server's own script and style: no inline script, no other origin, no framing.

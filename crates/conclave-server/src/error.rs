@@ -7,6 +7,8 @@ use axum::response::{IntoResponse, Response};
 use conclave_core::{CoreError, LeaseConflict};
 use serde::{Deserialize, Serialize};
 
+use crate::app::OpError;
+
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
@@ -128,9 +130,12 @@ impl From<axum::extract::rejection::PathRejection> for ApiError {
     }
 }
 
-impl From<tokio::task::JoinError> for ApiError {
-    fn from(error: tokio::task::JoinError) -> Self {
-        ApiError::internal(format!("request worker failed: {error}"))
+impl From<OpError> for ApiError {
+    fn from(error: OpError) -> Self {
+        match error {
+            OpError::Core(error) => error.into(),
+            worker @ OpError::Worker(_) => ApiError::internal(worker.to_string()),
+        }
     }
 }
 

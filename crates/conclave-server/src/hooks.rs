@@ -1,6 +1,8 @@
 //! Claude Code hooks, served at `POST /hooks/<event>` (Claude Code's HTTP hooks post the hook's
 //! JSON here with the agent's token). `conclave hook <event>` command hooks forward to the same
-//! endpoints, so there is one behaviour behind both ways in.
+//! endpoints, so there is one behaviour behind both ways in. What the hooks do to the team's state
+//! (leases, inbox delivery, the keep-working policy) is in [`crate::ops`], shared with the MCP
+//! tools and the JSON API; this module reads the hook input and shapes the hook answers.
 //!
 //! - `pre-tool-use`: a file-writing tool's path is leased to the agent on the spot (tied to its
 //!   current task); a path held by another agent is denied with a reason naming the holder.
@@ -10,55 +12,45 @@
 //! - `user-prompt-submit`: delivers urgent mail. `stop`: keeps the agent working while it holds
 //!   a task, when the team's policy says so. `pre-compact`, `session-end`: recorded.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
+use conclave_core::CoreError;
 use conclave_core::event::{AgentSession, AgentSessionStart, FileTouched};
 use conclave_core::model::EventPayload;
 use conclave_core::model::{
-    Actor, AgentStatus, AgentUpdate, LeaseMode, LeaseRequest, Message, MessageKind, NoteKind,
-    format_duration_secs,
+    Actor, AgentStatus, AgentUpdate, FILE_WRITING_TOOLS, LeaseMode, LeaseRequest, Message,
+    MessageKind, NoteKind,
 };
 use conclave_core::paths;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::app::{ApiPath, App, IdempotencyKey, only_agent};
+use crate::app::App;
 use crate::error::{ApiError, ApiResult};
+use crate::extract::ApiPath;
+use crate::ops::{self, IdempotencyKey, OpError};
 
-/// Tools whose `tool_input` names a file they write.
-pub const FILE_WRITING_TOOLS: &[&str] = &["Edit", "Write", "MultiEdit", "NotebookEdit"];
 /// About 1,500 tokens.
 const MAX_CONTEXT_CHARS: usize = 6000;
-/// How many times in a row the Stop hook may keep an agent working.
-const MAX_STOP_BLOCKS: u32 = 3;
 
 /// The hook input fields Conclave reads; the rest is ignored.
 #[derive(Debug, Default, Deserialize)]
-pub struct HookInput {
+struct HookInput {
     #[serde(default)]
     pub session_id: Option<String>,
     #[serde(default)]
     pub cwd: Option<String>,
-    #[serde(default)]
-    pub hook_event_name: Option<String>,
     #[serde(default)]
     pub tool_name: Option<String>,
     #[serde(default)]
     pub tool_input: Option<Value>,
     #[serde(default)]
     pub source: Option<String>,
-    #[serde(default)]
-    pub stop_hook_active: Option<bool>,
 }
-
-/// Per-session count of consecutive Stop blocks (a bound, not state worth persisting).
-#[derive(Default)]
-pub struct StopBlocks(Mutex<HashMap<String, u32>>);
 
 pub async fn handle(
     State(app): State<App>,
@@ -66,7 +58,7 @@ pub async fn handle(
     ApiPath(event): ApiPath<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
-    let agent = only_agent(&actor, "report hook events")?.to_string();
+    let agent = ops::require_agent(&actor, "report hook events")?.to_string();
     // Claude Code's payload evolves: read leniently, never refuse it for an unknown field.
     let input: HookInput = serde_json::from_slice(&body)
         .map_err(|error| ApiError::bad_request(format!("hook input is not JSON: {error}")))?;
@@ -103,7 +95,7 @@ pub async fn handle(
 
 /// The project-relative path a file-writing tool call touches, or none (other tools, or a path
 /// outside the project).
-pub fn touched_path(root: Option<&Path>, input: &HookInput) -> Option<String> {
+fn touched_path(root: Option<&Path>, input: &HookInput) -> Option<String> {
     let tool = input.tool_name.as_deref()?;
     if !FILE_WRITING_TOOLS.contains(&tool) {
         return None;
@@ -154,60 +146,18 @@ async fn pre_tool_use(
         )),
         task: None,
     };
-    match crate::api::leases::acquire_for(
-        app,
-        actor,
-        &IdempotencyKey::default(),
-        agent.to_string(),
-        request,
-    )
-    .await
-    {
+    match ops::acquire_leases(app, actor, &IdempotencyKey::default(), agent, request).await {
         Ok(_) => Ok(json!({})),
-        Err(error) if error.code == "lease_conflict" => {
-            crate::api::leases::record_denial(
-                app,
-                agent,
-                std::slice::from_ref(&path),
-                &error.message,
-            )
-            .await;
-            let reason = deny_reason(&path, &error);
-            Ok(json!({
-                "hookSpecificOutput": {
-                    "hookEventName": "PreToolUse",
-                    "permissionDecision": "deny",
-                    "permissionDecisionReason": reason,
-                }
-            }))
-        }
-        Err(error) if error.code == "invalid_input" => Ok(json!({})),
-        Err(error) => Err(error),
-    }
-}
-
-fn deny_reason(path: &str, error: &ApiError) -> String {
-    match error.conflicts.first() {
-        Some(conflict) => {
-            let left = (conflict.expires_at - chrono::Utc::now()).num_seconds();
-            format!(
-                "Conclave: {path} is leased by {}{} for {} more ({} lease on {}). Do not edit it now: \
-                 message {} (send) to coordinate, or pick other work (claim).",
-                conflict.holder,
-                conflict
-                    .task
-                    .map(|t| format!(" for {t}"))
-                    .unwrap_or_default(),
-                format_duration_secs(left),
-                conflict.mode,
-                conflict.held,
-                conflict.holder
-            )
-        }
-        None => format!(
-            "Conclave: {path} is leased by another agent: {}",
-            error.message
-        ),
+        Err(OpError::Core(CoreError::LeaseConflict(conflicts))) => Ok(json!({
+            "hookSpecificOutput": {
+                "hookEventName": "PreToolUse",
+                "permissionDecision": "deny",
+                "permissionDecisionReason": ops::lease_denial_reason(&path, &conflicts),
+            }
+        })),
+        // A path the lease rules refuse (too broad, say) is not ours to block.
+        Err(error) if error.code() == "invalid_input" => Ok(json!({})),
+        Err(error) => Err(error.into()),
     }
 }
 
@@ -243,61 +193,23 @@ async fn urgent_context(
     agent: &str,
     event_name: &str,
 ) -> ApiResult<Value> {
-    let name = agent.to_string();
-    let urgent: Vec<Message> = app
-        .read(move |r| Ok(r.inbox(&name)?.into_iter().filter(|m| m.urgent).collect()))
-        .await?;
-    if urgent.is_empty() {
-        return Ok(json!({}));
-    }
-    let mut context = String::from("Urgent Conclave messages:\n");
-    let ids = append_messages(&mut context, &urgent, MAX_CONTEXT_CHARS);
-    acknowledge(app, actor, agent, ids).await?;
-    Ok(
-        json!({ "hookSpecificOutput": { "hookEventName": event_name, "additionalContext": context } }),
+    const HEADER: &str = "Urgent Conclave messages:\n";
+    let urgent = ops::deliver_inbox(
+        app,
+        actor,
+        agent,
+        Duration::ZERO,
+        |message| message.urgent,
+        MAX_CONTEXT_CHARS - HEADER.len(),
     )
-}
-
-/// Appends messages to `out` within `budget` characters; returns the ids shown.
-fn append_messages(out: &mut String, messages: &[Message], budget: usize) -> Vec<String> {
-    let mut shown = Vec::new();
-    for message in messages {
-        let line = format!(
-            "- {} from {} ({}): {}\n",
-            message.id, message.sender, message.kind, message.body
-        );
-        if out.len() + line.len() > budget {
-            if shown.is_empty() {
-                // A message longer than the whole budget still gets through, cut, rather than
-                // blocking every message behind it.
-                out.push_str(&cut_to(&line, budget.saturating_sub(out.len()).max(200)));
-                out.push_str("… (cut; the full text is in `conclave msg list`)\n");
-                shown.push(message.id.clone());
-                continue;
-            }
-            let _ = writeln!(
-                out,
-                "- ({} more: use the inbox tool)",
-                messages.len() - shown.len()
-            );
-            break;
-        }
-        out.push_str(&line);
-        shown.push(message.id.clone());
-    }
-    shown
-}
-
-async fn acknowledge(app: &App, actor: &Actor, agent: &str, ids: Vec<String>) -> ApiResult<()> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let name = agent.to_string();
-    app.write(actor, &IdempotencyKey::default(), move |tx| {
-        tx.ack_messages(&name, &ids)
-    })
     .await?;
-    Ok(())
+    Ok(match urgent {
+        Some(messages) => json!({ "hookSpecificOutput": {
+            "hookEventName": event_name,
+            "additionalContext": format!("{HEADER}{messages}"),
+        } }),
+        None => json!({}),
+    })
 }
 
 async fn session_start(
@@ -357,7 +269,7 @@ async fn session_start(
     let mut shown = Vec::new();
     if !handoffs.is_empty() {
         context.push_str("Handoff from your previous session:\n");
-        shown.extend(append_messages(
+        shown.extend(ops::render_messages(
             &mut context,
             &handoffs,
             MAX_CONTEXT_CHARS / 2,
@@ -365,7 +277,7 @@ async fn session_start(
     }
     if !others.is_empty() {
         context.push_str("Unread messages:\n");
-        shown.extend(append_messages(
+        shown.extend(ops::render_messages(
             &mut context,
             &others,
             MAX_CONTEXT_CHARS - 1200,
@@ -381,37 +293,20 @@ async fn session_start(
             context.push_str(&line);
         }
     }
-    acknowledge(app, actor, agent, shown).await?;
+    if !shown.is_empty() {
+        ops::acknowledge(app, actor, &IdempotencyKey::default(), shown).await?;
+    }
     Ok(
         json!({ "hookSpecificOutput": { "hookEventName": "SessionStart", "additionalContext": context } }),
     )
 }
 
 async fn stop(app: &App, agent: &str, input: &HookInput) -> ApiResult<Value> {
-    if !app.settings().keep_working {
-        return Ok(json!({}));
-    }
-    let name = agent.to_string();
-    let held = app.read(move |r| r.held_tasks(&name)).await?;
-    let session = input
-        .session_id
-        .clone()
-        .unwrap_or_else(|| agent.to_string());
-    let blocks = app.stop_blocks();
-    let mut counts = blocks.0.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(task) = held.first() else {
-        counts.remove(&session);
-        return Ok(json!({}));
-    };
-    let count = counts.entry(session).or_insert(0);
-    if *count >= MAX_STOP_BLOCKS {
-        return Ok(json!({}));
-    }
-    *count += 1;
-    Ok(json!({
-        "decision": "block",
-        "reason": format!("You still hold {} \"{}\". Finish it (done), hand it back (fail with a reason), or mark it blocked.", task.id, task.title),
-    }))
+    let session = input.session_id.as_deref().unwrap_or(agent);
+    Ok(match ops::keep_working(app, agent, session).await? {
+        Some(reason) => json!({ "decision": "block", "reason": reason }),
+        None => json!({}),
+    })
 }
 
 async fn session_end(app: &App, actor: &Actor, agent: &str, input: &HookInput) -> ApiResult<Value> {
@@ -441,15 +336,6 @@ async fn record(app: &App, actor: &Actor, agent: &str, payload: EventPayload) ->
     Ok(())
 }
 
-/// The longest prefix of `text` within `max` bytes, on a character boundary.
-pub(crate) fn cut_to(text: &str, max: usize) -> String {
-    let mut end = max.min(text.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -467,24 +353,5 @@ mod tests {
         let pattern = paths::normalize_lease_path(&path).expect("valid pattern");
         assert!(pattern.matches("app/[id]/page.tsx"));
         assert!(!pattern.matches("app/i/page.tsx"));
-    }
-
-    #[test]
-    fn a_message_longer_than_the_budget_is_cut_not_stuck() {
-        let long = Message {
-            id: "M-1".into(),
-            sender: "a".into(),
-            to: "b".into(),
-            thread: "M-1".into(),
-            kind: MessageKind::Chat,
-            urgent: true,
-            body: "x".repeat(10_000),
-            created_at: chrono::Utc::now(),
-            deliveries: Vec::new(),
-        };
-        let mut out = String::new();
-        let shown = append_messages(&mut out, &[long.clone(), long], 1000);
-        assert_eq!(shown, vec!["M-1".to_string()]);
-        assert!(out.len() < 1200 && out.contains("cut"), "{}", out.len());
     }
 }

@@ -9,13 +9,15 @@
 mod api;
 mod app;
 mod auth;
-pub mod bench;
 mod dashboard;
 mod error;
-pub mod hooks;
+mod extract;
+mod hooks;
 mod mcp;
 mod metrics;
+mod ops;
 mod routes;
+mod session;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

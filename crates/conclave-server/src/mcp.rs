@@ -4,17 +4,21 @@
 //! Served statelessly: no MCP session is kept in memory, so a client keeps working across a
 //! server restart. The agent is the owner of the bearer token (checked by the auth middleware in
 //! front); no tool takes an identity argument. Results are short text a model reads easily,
-//! bounded in size; errors say what to do next.
+//! bounded in size; errors say what to do next. What a tool does is an operation of
+//! [`crate::ops`], shared with the hooks and the JSON API; this module parses arguments and words
+//! the results.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use conclave_core::CoreError;
 use conclave_core::model::{
-    Actor, LeaseMode, LeaseRelease, LeaseRequest, MessageAck, MessageKind, NewMessage, NewNote,
-    NewTask, NoteKind, Task, TaskFinish, TaskId, TaskStatus, TaskStatusUpdate,
+    Actor, LeaseList, LeaseMode, LeaseRelease, LeaseRequest, MessageKind, NewMessage, NewNote,
+    NewTask, NoteKind, ReleasedLeases, Task, TaskFinish, TaskId, TaskStatus, TaskStatusUpdate,
     format_duration_secs,
 };
+use conclave_core::store::ClaimOutcome;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::Extension;
 use rmcp::handler::server::wrapper::Parameters;
@@ -24,9 +28,8 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use rmcp::{ServerHandler, tool, tool_handler, tool_router};
 use serde::Deserialize;
 
-use crate::api::messages::wait_for_inbox;
-use crate::app::{App, IdempotencyKey};
-use crate::error::ApiError;
+use crate::app::App;
+use crate::ops::{self, IdempotencyKey, OpError};
 
 /// The most text one tool result carries.
 const MAX_RESULT_CHARS: usize = 6000;
@@ -72,14 +75,14 @@ type ToolResult = Result<CallToolResult, rmcp::ErrorData>;
 fn text(body: impl Into<String>) -> ToolResult {
     let mut body = body.into();
     if body.len() > MAX_RESULT_CHARS {
-        body = crate::hooks::cut_to(&body, MAX_RESULT_CHARS);
+        body = ops::cut_to(&body, MAX_RESULT_CHARS);
         body.push_str("\n… (cut; narrow the request)");
     }
     Ok(CallToolResult::success(vec![ContentBlock::text(body)]))
 }
 
-fn failure(error: ApiError, hint: &str) -> ToolResult {
-    let mut message = format!("Error ({}): {}", error.code, error.message);
+fn failure(error: OpError, hint: &str) -> ToolResult {
+    let mut message = format!("Error ({}): {error}", error.code());
     if !hint.is_empty() {
         message.push('\n');
         message.push_str(hint);
@@ -88,34 +91,33 @@ fn failure(error: ApiError, hint: &str) -> ToolResult {
 }
 
 /// A tool's outcome as the model reads it: the text, or the error with a hint of what to do next.
-fn answer(result: Result<String, ApiError>, hint: &str) -> ToolResult {
+fn answer(result: Result<String, OpError>, hint: &str) -> ToolResult {
     match result {
         Ok(body) => text(body),
         Err(error) => failure(error, hint),
     }
 }
 
-fn actor_of(parts: &http::request::Parts) -> Result<Actor, ApiError> {
+fn actor_of(parts: &http::request::Parts) -> Result<Actor, CoreError> {
+    // The token middleware in front of `/mcp` puts the actor there; without it, nobody may act.
     parts
         .extensions
         .get::<Actor>()
         .cloned()
-        .ok_or_else(|| ApiError::unauthorized("no agent token"))
+        .ok_or_else(|| CoreError::Forbidden("no agent token".to_string()))
 }
 
-fn agent_of(parts: &http::request::Parts) -> Result<(Actor, String), ApiError> {
+fn agent_of(parts: &http::request::Parts) -> Result<(Actor, String), CoreError> {
     let actor = actor_of(parts)?;
     let name = actor
         .agent()
         .ok_or_else(|| {
-            ApiError::forbidden("the Conclave tools need an agent's token, not the admin's")
+            CoreError::Forbidden(
+                "the Conclave tools need an agent's token, not the admin's".to_string(),
+            )
         })?
         .to_string();
     Ok((actor, name))
-}
-
-fn parse_task_id(text: &str) -> Result<TaskId, ApiError> {
-    Ok(text.parse::<TaskId>()?)
 }
 
 fn task_line(task: &Task) -> String {
@@ -282,17 +284,13 @@ impl ConclaveTools {
         Parameters(args): Parameters<ClaimArgs>,
     ) -> ToolResult {
         let result = async {
-            let (actor, name) = agent_of(&parts)?;
-            let id = args.id.as_deref().map(parse_task_id).transpose()?;
-            let outcome = self
-                .app
-                .write(&actor, &IdempotencyKey::default(), move |tx| {
-                    tx.claim_task(&name, id)
-                })
-                .await?;
-            let outcome: conclave_core::store::ClaimOutcome = serde_json::from_value(outcome.value)
-                .map_err(|e| ApiError::internal(e.to_string()))?;
-            Ok::<_, ApiError>(match outcome.task {
+            let (actor, _) = agent_of(&parts)?;
+            let id = args.id.as_deref().map(str::parse::<TaskId>).transpose()?;
+            let outcome: ClaimOutcome =
+                ops::claim_task(&self.app, &actor, &IdempotencyKey::default(), id)
+                    .await?
+                    .parse()?;
+            Ok::<_, OpError>(match outcome.task {
                 Some(task) => {
                     let mut body = format!("Claimed {}\n", task_line(&task));
                     if !task.body.is_empty() {
@@ -317,19 +315,14 @@ impl ConclaveTools {
     ) -> ToolResult {
         let result = async {
             let (actor, _) = agent_of(&parts)?;
-            let id = parse_task_id(&args.id)?;
+            let id = args.id.parse::<TaskId>()?;
             let status: TaskStatus = args.status.parse()?;
-            let by = actor.clone();
             let update = TaskStatusUpdate {
                 status,
                 note: args.note,
             };
-            self.app
-                .write(&actor, &IdempotencyKey::default(), move |tx| {
-                    tx.update_task_status(&by, id, update)
-                })
-                .await?;
-            Ok::<_, ApiError>(format!("{id} is now {status}."))
+            ops::set_task_status(&self.app, &actor, &IdempotencyKey::default(), id, update).await?;
+            Ok::<_, OpError>(format!("{id} is now {status}."))
         }
         .await;
         answer(result, "")
@@ -343,18 +336,13 @@ impl ConclaveTools {
     ) -> ToolResult {
         let result = async {
             let (actor, _) = agent_of(&parts)?;
-            let id = parse_task_id(&args.id)?;
-            let by = actor.clone();
+            let id = args.id.parse::<TaskId>()?;
             let finish = TaskFinish {
                 summary: args.summary,
                 files: args.files,
             };
-            self.app
-                .write(&actor, &IdempotencyKey::default(), move |tx| {
-                    tx.finish_task(&by, id, finish)
-                })
-                .await?;
-            Ok::<_, ApiError>(format!(
+            ops::finish_task(&self.app, &actor, &IdempotencyKey::default(), id, finish).await?;
+            Ok::<_, OpError>(format!(
                 "{id} done; its leases are released. claim for more work."
             ))
         }
@@ -370,14 +358,16 @@ impl ConclaveTools {
     ) -> ToolResult {
         let result = async {
             let (actor, _) = agent_of(&parts)?;
-            let id = parse_task_id(&args.id)?;
-            let by = actor.clone();
-            self.app
-                .write(&actor, &IdempotencyKey::default(), move |tx| {
-                    tx.fail_task(&by, id, &args.reason)
-                })
-                .await?;
-            Ok::<_, ApiError>(format!("{id} failed; its leases are released."))
+            let id = args.id.parse::<TaskId>()?;
+            ops::fail_task(
+                &self.app,
+                &actor,
+                &IdempotencyKey::default(),
+                id,
+                args.reason,
+            )
+            .await?;
+            Ok::<_, OpError>(format!("{id} failed; its leases are released."))
         }
         .await;
         answer(result, "")
@@ -392,7 +382,7 @@ impl ConclaveTools {
         let result = async {
             let actor = actor_of(&parts)?;
             if args.tasks.is_empty() || args.tasks.len() > 50 {
-                return Err(ApiError::bad_request("give 1 to 50 tasks"));
+                return Err(CoreError::invalid("give 1 to 50 tasks").into());
             }
             let by = actor.clone();
             let created = self
@@ -409,7 +399,7 @@ impl ConclaveTools {
                                     .and_then(|n| n.checked_sub(1))
                                     .and_then(|i| ids.get(i).copied())
                                     .ok_or_else(|| {
-                                        conclave_core::CoreError::invalid(format!(
+                                        CoreError::invalid(format!(
                                             "{reference} does not name an earlier task of this call"
                                         ))
                                     })?,
@@ -462,7 +452,7 @@ impl ConclaveTools {
                 .filter(|t| !open_only || !t.status.is_finished())
                 .map(task_line)
                 .collect();
-            Ok::<_, ApiError>(if lines.is_empty() {
+            Ok::<_, OpError>(if lines.is_empty() {
                 "No tasks.".to_string()
             } else {
                 lines.join("\n")
@@ -491,22 +481,15 @@ impl ConclaveTools {
                 reason: args.reason,
                 task: None,
             };
-            let written = crate::api::leases::acquire_for(
+            let list: LeaseList = ops::acquire_leases(
                 &self.app,
                 &actor,
                 &IdempotencyKey::default(),
-                name.clone(),
+                &name,
                 request,
             )
-            .await;
-            if let Err(error) = &written
-                && error.code == "lease_conflict"
-            {
-                crate::api::leases::record_denial(&self.app, &name, &args.paths, &error.message)
-                    .await;
-            }
-            let list: conclave_core::model::LeaseList = serde_json::from_value(written?.value)
-                .map_err(|e| ApiError::internal(e.to_string()))?;
+            .await?
+            .parse()?;
             let lines: Vec<String> = list
                 .leases
                 .iter()
@@ -521,7 +504,7 @@ impl ConclaveTools {
                     )
                 })
                 .collect();
-            Ok::<_, ApiError>(format!("Leased: {}", lines.join("; ")))
+            Ok::<_, OpError>(format!("Leased: {}", lines.join("; ")))
         }
         .await;
         answer(result, "Message the holder (send) or pick other work.")
@@ -535,19 +518,16 @@ impl ConclaveTools {
     ) -> ToolResult {
         let result = async {
             let (actor, _) = agent_of(&parts)?;
-            let by = actor.clone();
             let release = LeaseRelease {
                 paths: args.paths,
                 force: false,
             };
-            let written = self
-                .app
-                .write(&actor, &IdempotencyKey::default(), move |tx| {
-                    tx.release_leases(&by, release)
-                })
-                .await?;
-            let n = written.value.as_array().map_or(0, Vec::len);
-            Ok::<_, ApiError>(format!("Released {n} lease(s)."))
+            let released: ReleasedLeases =
+                ops::release_leases(&self.app, &actor, &IdempotencyKey::default(), release)
+                    .await?
+                    .parse()?;
+            let n = released.released.len();
+            Ok::<_, OpError>(format!("Released {n} lease(s)."))
         }
         .await;
         answer(result, "")
@@ -567,7 +547,6 @@ impl ConclaveTools {
                 .map(str::parse::<MessageKind>)
                 .transpose()?
                 .unwrap_or_default();
-            let by = actor.clone();
             let new = NewMessage {
                 to: args.to,
                 body: args.body,
@@ -575,15 +554,11 @@ impl ConclaveTools {
                 kind,
                 urgent: args.urgent,
             };
-            let written = self
-                .app
-                .write(&actor, &IdempotencyKey::default(), move |tx| {
-                    tx.send_message(&by, new)
-                })
-                .await?;
+            let written =
+                ops::send_message(&self.app, &actor, &IdempotencyKey::default(), new).await?;
             let id = written.value["id"].as_str().unwrap_or("?").to_string();
             let n = written.value["deliveries"].as_array().map_or(0, Vec::len);
-            Ok::<_, ApiError>(format!("Sent {id} to {n} agent(s)."))
+            Ok::<_, OpError>(format!("Sent {id} to {n} agent(s)."))
         }
         .await;
         answer(result, "status lists the team's names.")
@@ -598,47 +573,16 @@ impl ConclaveTools {
         let result = async {
             let (actor, name) = agent_of(&parts)?;
             let wait = Duration::from_secs(args.wait_secs.clamp(0, MAX_INBOX_WAIT_SECS) as u64);
-            let messages = wait_for_inbox(&self.app, &name, wait).await?;
-            if messages.is_empty() {
-                return Ok("No messages.".to_string());
-            }
-            let mut body = String::new();
-            let mut shown = Vec::new();
-            for message in &messages {
-                let line = format!(
-                    "{} from {} [{}{}] thread {}: {}\n",
-                    message.id,
-                    message.sender,
-                    message.kind,
-                    if message.urgent { ", urgent" } else { "" },
-                    message.thread,
-                    message.body
-                );
-                if body.len() + line.len() > MAX_RESULT_CHARS - 200 {
-                    if shown.is_empty() {
-                        // One message longer than a result must not block those behind it.
-                        body.push_str(&crate::hooks::cut_to(&line, MAX_RESULT_CHARS - 300));
-                        body.push_str("… (cut; ask the sender for the rest)\n");
-                        shown.push(message.id.clone());
-                        continue;
-                    }
-                    let _ = writeln!(
-                        body,
-                        "({} more; call inbox again)",
-                        messages.len() - shown.len()
-                    );
-                    break;
-                }
-                body.push_str(&line);
-                shown.push(message.id.clone());
-            }
-            let ack = MessageAck { ids: shown };
-            self.app
-                .write(&actor, &IdempotencyKey::default(), move |tx| {
-                    tx.ack_messages(&name, &ack.ids)
-                })
-                .await?;
-            Ok::<_, ApiError>(body)
+            let shown = ops::deliver_inbox(
+                &self.app,
+                &actor,
+                &name,
+                wait,
+                |_| true,
+                MAX_RESULT_CHARS - 200,
+            )
+            .await?;
+            Ok::<_, OpError>(shown.unwrap_or_else(|| "No messages.".to_string()))
         }
         .await;
         answer(result, "")
@@ -658,7 +602,6 @@ impl ConclaveTools {
                 .map(str::parse::<NoteKind>)
                 .transpose()?
                 .unwrap_or_default();
-            let by = actor.clone();
             let new = NewNote {
                 title: args.title,
                 kind,
@@ -667,13 +610,8 @@ impl ConclaveTools {
                 supersedes: args.supersedes,
                 ..NewNote::default()
             };
-            let written = self
-                .app
-                .write(&actor, &IdempotencyKey::default(), move |tx| {
-                    tx.add_note(&by, new)
-                })
-                .await?;
-            Ok::<_, ApiError>(format!(
+            let written = ops::add_note(&self.app, &actor, &IdempotencyKey::default(), new).await?;
+            Ok::<_, OpError>(format!(
                 "Noted {}.",
                 written.value["id"].as_str().unwrap_or("?")
             ))
@@ -685,10 +623,7 @@ impl ConclaveTools {
     #[tool(description = "Search notes, messages and task results.")]
     async fn search(&self, Parameters(args): Parameters<SearchArgs>) -> ToolResult {
         let result = async {
-            let hits = self
-                .app
-                .read(move |r| r.search(&args.query, &[], 15))
-                .await?;
+            let hits = ops::search(&self.app, args.query, Vec::new(), 15).await?;
             if hits.is_empty() {
                 return Ok("No matches.".to_string());
             }
@@ -696,7 +631,7 @@ impl ConclaveTools {
                 .iter()
                 .map(|h| format!("{} {}: {}", h.id, h.title, h.snippet))
                 .collect();
-            Ok::<_, ApiError>(lines.join("\n"))
+            Ok::<_, OpError>(lines.join("\n"))
         }
         .await;
         answer(result, "")
@@ -710,7 +645,6 @@ impl ConclaveTools {
     ) -> ToolResult {
         let result = async {
             let (actor, name) = agent_of(&parts)?;
-            let by = actor.clone();
             let new = NewMessage {
                 to: name,
                 body: args.summary,
@@ -718,12 +652,8 @@ impl ConclaveTools {
                 kind: MessageKind::Handoff,
                 urgent: false,
             };
-            self.app
-                .write(&actor, &IdempotencyKey::default(), move |tx| {
-                    tx.send_message(&by, new)
-                })
-                .await?;
-            Ok::<_, ApiError>("Handoff saved; your next session gets it at start.".to_string())
+            ops::send_message(&self.app, &actor, &IdempotencyKey::default(), new).await?;
+            Ok::<_, OpError>("Handoff saved; your next session gets it at start.".to_string())
         }
         .await;
         answer(result, "")
@@ -731,7 +661,7 @@ impl ConclaveTools {
 }
 
 impl ConclaveTools {
-    async fn status_text(&self, parts: &http::request::Parts) -> Result<String, ApiError> {
+    async fn status_text(&self, parts: &http::request::Parts) -> Result<String, OpError> {
         let (_, name) = agent_of(parts)?;
         let now = chrono::Utc::now().timestamp_millis();
         let me = name.clone();

@@ -10,7 +10,8 @@
 //!    records that the binary answered `--version` with the pinned version.
 //!
 //! [`claude_or_skip`] wraps it with the tests' policy: under `CI=true` a missing CLI fails
-//! the test, elsewhere the test prints `skipped: <reason>` and returns.
+//! the test, elsewhere the test prints `skipped: <reason>`, records the skip (see
+//! [`record_skip`]) and returns.
 //!
 //! [`CliEnv`] is the environment a test runs the CLI in: a fresh temporary `HOME`, the
 //! stand-in's URL and an API key, nonessential traffic off, and nothing inherited but a short
@@ -36,6 +37,10 @@ pub const CLAUDE_BIN_ENV: &str = "CONCLAVE_CLAUDE_BIN";
 
 /// The folder under which pinned versions are installed (default `~/.cache/conclave`).
 pub const CACHE_DIR_ENV: &str = "CONCLAVE_CACHE_DIR";
+
+/// Names a file to which every skipped test appends one line; `scripts/test.sh` sets it and
+/// counts the lines, since cargo hides what a passing test prints and counts it as passed.
+pub const SKIP_LOG_ENV: &str = "CONCLAVE_SKIP_LOG";
 
 /// The npm package of the CLI.
 pub const NPM_PACKAGE: &str = "@anthropic-ai/claude-code";
@@ -205,10 +210,44 @@ pub fn claude_or_skip() -> Option<PathBuf> {
             panic!("the real Claude Code CLI is required under CI=true: {reason}")
         }
         Err(reason) => {
-            println!("skipped: {reason}");
+            record_skip(reason);
             None
         }
     }
+}
+
+/// Reports the running test as skipped for `reason`: a `skipped: <reason>` line on stdout and,
+/// when [`SKIP_LOG_ENV`] names a file, a line `<test name>: <reason>` appended to it (one short
+/// write with `O_APPEND`, so test binaries running in parallel do not mix their lines).
+///
+/// # Panics
+///
+/// When the skip cannot be recorded: a skip that goes uncounted would pass for a success.
+pub fn record_skip(reason: &str) {
+    println!("skipped: {reason}");
+    let Some(path) = env::var_os(SKIP_LOG_ENV) else {
+        return;
+    };
+    // libtest names each test's thread after the test.
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("(unnamed test)");
+    if let Err(error) = append_skip(Path::new(&path), test, reason) {
+        panic!(
+            "cannot record the skip in {} ({SKIP_LOG_ENV}): {error}",
+            Path::new(&path).display()
+        );
+    }
+}
+
+/// Appends `<test>: <reason>` to `path` as one line (the reason's line breaks become spaces).
+fn append_skip(path: &Path, test: &str, reason: &str) -> io::Result<()> {
+    let reason = reason.split_whitespace().collect::<Vec<_>>().join(" ");
+    let line = format!("{test}: {reason}\n");
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    io::Write::write_all(&mut file, line.as_bytes())
 }
 
 /// Parses the CLI's `--output-format stream-json` output: one JSON object a line (blank lines
@@ -448,6 +487,16 @@ fn io_error(path: &Path, source: io::Error) -> ClaudeCliError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_skip_is_one_line_of_the_skip_log() {
+        let dir = TempDir::new().expect("temp dir");
+        let log = dir.path().join("skips");
+        append_skip(&log, "e2e::one", "no npm:\n  not found").expect("first");
+        append_skip(&log, "e2e::two", "no npm").expect("second");
+        let text = fs::read_to_string(&log).expect("log");
+        assert_eq!(text, "e2e::one: no npm: not found\ne2e::two: no npm\n");
+    }
 
     #[test]
     fn binary_path_follows_the_npm_layout() {

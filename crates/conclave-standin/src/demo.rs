@@ -37,9 +37,9 @@ pub const DEMO_TASKS: &[(&str, &str, Option<usize>)] = &[
     ("Implement farewell()", "coder", Some(0)),
 ];
 
-/// How long coder-1 "works" on the shared file before finishing: long enough for coder-2 to run
-/// into its lease.
-const HOLD_SHARED_FILE: Duration = Duration::from_secs(12);
+/// The longest coder-1 holds the shared file waiting for coder-2 to run into its lease and ask
+/// (it finishes as soon as the question arrives).
+const HOLD_SHARED_FILE: Duration = Duration::from_secs(90);
 
 /// The start of the text with which a scripted agent stops when it meets something the story
 /// did not expect.
@@ -337,18 +337,21 @@ fn coder(root: &Path, request: &RecordedRequest, me: &Coder) -> Reply {
                 )
             }
         }
-        "Write" if call.touches(SHARED_FILE) => {
-            if me.holds_shared_file {
-                finish().with_delay(HOLD_SHARED_FILE)
-            } else {
-                finish()
-            }
+        // The holder keeps the shared file until the other coder has run into it and asked
+        // (bounded), whatever the machine's speed: the collision is the story's point.
+        "Write" if call.touches(SHARED_FILE) && me.holds_shared_file && !asked_before(request) => {
+            tool(
+                "mcp__conclave__inbox",
+                json!({ "wait_secs": HOLD_SHARED_FILE.as_secs() }),
+            )
         }
+        "Write" if call.touches(SHARED_FILE) => finish(),
         "Write" if call.touches(me.own_file) => read_or_write_shared(),
         "Read" if call.touches(SHARED_FILE) => write_shared(),
         "mcp__conclave__send" if call.input["kind"] == "question" => {
             tool("mcp__conclave__inbox", json!({ "wait_secs": 120 }))
         }
+        "mcp__conclave__inbox" if me.holds_shared_file && !asked_before(request) => finish(),
         "mcp__conclave__inbox" => read_or_write_shared(),
         "mcp__conclave__done" => tool(
             "mcp__conclave__send",

@@ -6,9 +6,9 @@ use conclave_core::model::{
 };
 
 use crate::cli::AgentCommand;
-use crate::client::segment;
 use crate::context::Context;
 use crate::output::{Table, ago, note, or_dash, outln, print_json};
+use conclave_client::segment;
 
 pub async fn run(context: &Context, command: AgentCommand) -> anyhow::Result<()> {
     let client = context.client()?;
@@ -63,7 +63,7 @@ pub async fn run(context: &Context, command: AgentCommand) -> anyhow::Result<()>
 
 async fn control(
     context: &Context,
-    client: &crate::client::Client,
+    client: &conclave_client::Client,
     name: &str,
     action: AgentAction,
 ) -> anyhow::Result<()> {
@@ -73,7 +73,7 @@ async fn control(
     // The request is an event that only a running `conclave up` acts on.
     if let Ok(project) = context.project() {
         let supervised = super::up::read_supervisor_info(project).is_some_and(|info| {
-            i32::try_from(info.pid).is_ok_and(crate::supervisor::process::is_alive)
+            i32::try_from(info.pid).is_ok_and(conclave_supervisor::process::is_alive)
         });
         if !supervised {
             note!(

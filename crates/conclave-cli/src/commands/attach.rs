@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::cli::AttachArgs;
 use crate::context::Context;
-use crate::supervisor::stream::{summarize_input, truncate};
+use conclave_supervisor::stream::{Content, StreamUpdate, parse_line, truncate};
 
 /// Lines of history printed before following.
 const HISTORY_LINES: usize = 40;
@@ -80,62 +80,44 @@ fn print_line(line: &str) {
 /// One stream-json line as people read it; `None` for lines of no interest.
 pub fn render(line: &str) -> Option<String> {
     let value: Value = serde_json::from_str(line).ok()?;
-    match value["type"].as_str()? {
-        "system" if value["subtype"] == "init" => Some(format!(
+    match parse_line(&value) {
+        StreamUpdate::Init { session_id, model } => Some(format!(
             "── turn in session {} ({})",
-            value["session_id"].as_str().unwrap_or("?"),
-            value["model"].as_str().unwrap_or("?")
+            session_id.as_deref().unwrap_or("?"),
+            model.as_deref().unwrap_or("?")
         )),
-        "assistant" => {
-            let mut out = Vec::new();
-            for block in value["message"]["content"].as_array()? {
-                match block["type"].as_str() {
-                    Some("text") => out.push(truncate(block["text"].as_str()?.trim(), 2000)),
-                    Some("tool_use") => out.push(format!(
-                        "→ {} {}",
-                        block["name"].as_str().unwrap_or("?"),
-                        summarize_input(&block["input"])
-                    )),
-                    _ => {}
-                }
-            }
-            (!out.is_empty()).then(|| out.join("\n"))
-        }
-        "user" => {
-            let results: Vec<String> = value["message"]["content"]
-                .as_array()?
-                .iter()
-                .filter(|block| block["type"] == "tool_result")
-                .map(|block| {
-                    let bytes = match &block["content"] {
-                        Value::String(text) => text.len(),
-                        Value::Array(parts) => parts
-                            .iter()
-                            .map(|p| p["text"].as_str().map_or(0, str::len))
-                            .sum(),
-                        _ => 0,
-                    };
-                    let error = if block["is_error"] == true {
-                        " (error)"
-                    } else {
-                        ""
-                    };
-                    format!("  ← {bytes} bytes{error}")
+        StreamUpdate::Assistant { content, .. } => {
+            let out: Vec<String> = content
+                .into_iter()
+                .map(|block| match block {
+                    Content::Text(text) => truncate(&text, 2000),
+                    Content::Tool(tool) => format!("→ {} {}", tool.name, tool.input),
                 })
                 .collect();
-            (!results.is_empty()).then(|| results.join("\n"))
+            (!out.is_empty()).then(|| out.join("\n"))
         }
-        "result" => Some(format!(
+        StreamUpdate::ToolResults(results) => Some(
+            results
+                .iter()
+                .map(|result| {
+                    let error = if result.is_error { " (error)" } else { "" };
+                    format!("  ← {} bytes{error}", result.bytes)
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+        ),
+        StreamUpdate::Result {
+            cost_usd,
+            is_error,
+            num_turns,
+            ..
+        } => Some(format!(
             "── turn ended{}: {} model call(s), total cost ${:.4}",
-            if value["is_error"] == true {
-                " with an error"
-            } else {
-                ""
-            },
-            value["num_turns"].as_i64().unwrap_or(0),
-            value["total_cost_usd"].as_f64().unwrap_or(0.0)
+            if is_error { " with an error" } else { "" },
+            num_turns.unwrap_or(0),
+            cost_usd.unwrap_or(0.0)
         )),
-        _ => None,
+        StreamUpdate::Cost { .. } | StreamUpdate::Other => None,
     }
 }
 

@@ -1,6 +1,6 @@
-//! `conclave bench`: runs the server's loopback benchmark and prints its figures.
+//! `conclave bench`: runs the loopback benchmark (`conclave-bench`) and prints its figures.
 
-use conclave_server::bench::{BenchOptions, run_bench};
+use conclave_bench::{BenchOptions, run_bench};
 
 use crate::cli::BenchArgs;
 use crate::output::{note, outln};

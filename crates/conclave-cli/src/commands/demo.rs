@@ -31,8 +31,8 @@ use tokio::process::{Child, Command};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::DemoArgs;
-use crate::client::Client;
 use crate::output::note;
+use conclave_client::Client;
 
 const BANNER: &str = "SCRIPTED DEMO: the agents are real Claude Code processes, but their model turns are played \
 by Conclave's built-in stand-in for the Anthropic API (no API key, no network).";

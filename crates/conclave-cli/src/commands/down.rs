@@ -15,7 +15,7 @@ use nix::unistd::Pid;
 
 use crate::context::Context;
 use crate::output::note;
-use crate::supervisor::process::is_alive;
+use conclave_supervisor::process::is_alive;
 
 /// How long `down` waits for a process to end after SIGTERM.
 const WAIT: Duration = Duration::from_secs(40);

@@ -19,8 +19,8 @@ use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
+use conclave_core::model::FILE_WRITING_TOOLS;
 use conclave_core::project::Project;
-use conclave_server::hooks::FILE_WRITING_TOOLS;
 use serde_json::{Value, json};
 
 use crate::context::{ENV_AGENT, ENV_TOKEN, ENV_URL};
@@ -241,6 +241,13 @@ fn env_flag(name: &str) -> bool {
     env_value(name).is_some_and(|value| matches!(value.as_str(), "1" | "true" | "yes"))
 }
 
+// The HTTP/1.1 exchange below is written by hand on purpose: the hook runs once per tool call,
+// and a process that starts no async runtime and links no HTTP client stack (reqwest, hyper)
+// finishes a loopback round trip in well under 10 ms. It only has to speak to our own server:
+// one POST, `Connection: close`, an answer framed by Content-Length or chunked encoding. The
+// tests at the end of this file run it against a real HTTP server (axum) and against peers
+// that close early, stall or are not there.
+
 /// Where an `http://host:port/base` URL points.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Endpoint {
@@ -357,61 +364,51 @@ impl Endpoint {
     }
 }
 
-/// Reads a whole HTTP/1.1 response (the server closes the connection after it).
+/// Reads the whole answer: the request said `Connection: close`, so the answer ends where the
+/// connection does; `Content-Length` (or the chunked framing) tells a whole answer from one cut
+/// short.
 fn read_response(stream: &mut TcpStream, deadline: Instant) -> Result<Response, String> {
     let mut buffer = Vec::with_capacity(4096);
     let mut chunk = [0u8; 8192];
-    let mut head_end = None;
-    let mut content_length = None;
     loop {
-        if let (Some(end), Some(length)) = (head_end, content_length)
-            && buffer.len() >= end + length
-        {
-            buffer.truncate(end + length);
-            break;
-        }
         stream
             .set_read_timeout(Some(remaining(deadline)?))
             .map_err(|error| error.to_string())?;
-        let n = match stream.read(&mut chunk) {
-            Ok(n) => n,
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
             Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
             Err(error) => return Err(describe_io("reading the answer", &error)),
-        };
-        if n == 0 {
-            break;
         }
-        buffer.extend_from_slice(&chunk[..n]);
         if buffer.len() > MAX_RESPONSE_BYTES {
             return Err(format!("its answer is over {MAX_RESPONSE_BYTES} bytes"));
         }
-        if head_end.is_none()
-            && let Some(position) = find(&buffer, b"\r\n\r\n")
-        {
-            head_end = Some(position + 4);
-            content_length = header_value(&buffer[..position], "content-length")
-                .and_then(|value| value.trim().parse::<usize>().ok());
-        }
     }
-    let end = head_end.ok_or_else(|| "the connection closed before an answer".to_string())?;
-    let head = String::from_utf8_lossy(&buffer[..end]);
-    let status = head
+    let end = find(&buffer, b"\r\n\r\n")
+        .map(|position| position + 4)
+        .ok_or_else(|| "the connection closed before an answer".to_string())?;
+    let (head, raw_body) = buffer.split_at(end);
+    let status = String::from_utf8_lossy(head)
         .split_whitespace()
         .nth(1)
         .and_then(|code| code.parse::<u16>().ok())
-        .ok_or_else(|| format!("not an HTTP answer: {}", excerpt(&head)))?;
-    let raw_body = &buffer[end..];
-    let chunked = header_value(&buffer[..end], "transfer-encoding")
+        .ok_or_else(|| {
+            format!(
+                "not an HTTP answer: {}",
+                excerpt(&String::from_utf8_lossy(head))
+            )
+        })?;
+    let chunked = header_value(head, "transfer-encoding")
         .is_some_and(|value| value.to_ascii_lowercase().contains("chunked"));
-    let body = if chunked {
-        dechunk(raw_body)?
-    } else {
-        match content_length {
-            Some(length) if raw_body.len() < length => {
-                return Err("the connection closed in the middle of the answer".to_string());
-            }
-            _ => raw_body.to_vec(),
-        }
+    let content_length =
+        header_value(head, "content-length").and_then(|value| value.parse::<usize>().ok());
+    let body = match (chunked, content_length) {
+        (true, _) => dechunk(raw_body)?,
+        (false, Some(length)) => raw_body
+            .get(..length)
+            .ok_or("the connection closed in the middle of the answer")?
+            .to_vec(),
+        (false, None) => raw_body.to_vec(),
     };
     Ok(Response { status, body })
 }
@@ -565,6 +562,190 @@ mod tests {
                 stdout: "{\"decision\":\"block\"}".into(),
                 warning: None
             }
+        );
+    }
+
+    /// A real HTTP server (axum on 127.0.0.1:0, on a runtime in a thread of its own, as the
+    /// hook itself has none); returns its URL.
+    fn serve(router: axum::Router) -> String {
+        let (address_sender, address) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
+                address_sender
+                    .send(listener.local_addr().expect("address"))
+                    .expect("send the address");
+                axum::serve(listener, router).await.expect("serve");
+            });
+        });
+        format!("http://{}", address.recv().expect("the server's address"))
+    }
+
+    /// A peer on 127.0.0.1:0 that reads the whole request, writes `replies` one by one (a pause
+    /// between them, so that they arrive as separate reads), waits `linger`, then closes.
+    fn raw_peer(replies: Vec<&'static [u8]>, linger: Duration) -> Endpoint {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        std::thread::spawn(move || {
+            let Ok((mut stream, _)) = listener.accept() else {
+                return;
+            };
+            // Read the request to its end: closing with unread bytes would reset the connection
+            // and lose what was written.
+            let mut request = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = stream.read(&mut chunk) {
+                request.extend_from_slice(&chunk[..n]);
+                if let Some(end) = find(&request, b"\r\n\r\n") {
+                    let length = header_value(&request[..end], "content-length")
+                        .and_then(|value| value.parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+            }
+            for reply in replies {
+                let _ = stream.write_all(reply);
+                let _ = stream.flush();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            std::thread::sleep(linger);
+        });
+        Endpoint::parse(&format!("http://127.0.0.1:{port}")).expect("url")
+    }
+
+    fn post_stop(endpoint: &Endpoint, deadline: Duration) -> Result<Response, String> {
+        endpoint.post_json(
+            &format!("{}/hooks/stop", endpoint.base_path),
+            &[("Authorization", "Bearer secret".to_string())],
+            b"{\"session_id\":\"s\"}",
+            Instant::now() + deadline,
+        )
+    }
+
+    #[test]
+    fn a_real_server_answers_with_content_length_and_chunks() {
+        use axum::Router;
+        use axum::body::{Body, Bytes};
+        use axum::http::{HeaderMap, StatusCode};
+        use axum::routing::post;
+        let echo = |headers: HeaderMap, body: String| async move {
+            let auth = headers
+                .get("authorization")
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            axum::Json(json!({"auth": auth, "got": body}))
+        };
+        let streamed = || async {
+            let parts = ["{\"decision\":", "\"block\"}"]
+                .map(|part| Ok::<_, std::io::Error>(Bytes::from(part)));
+            Body::from_stream(futures::stream::iter(parts))
+        };
+        let refused = || async {
+            (
+                StatusCode::UNAUTHORIZED,
+                axum::Json(json!({"error": {"message": "unknown token"}})),
+            )
+        };
+        let url = serve(
+            Router::new()
+                .route("/base/hooks/stop", post(echo))
+                .route("/streamed/hooks/stop", post(streamed))
+                .route("/refused/hooks/stop", post(refused)),
+        );
+
+        let started = Instant::now();
+        let endpoint = Endpoint::parse(&format!("{url}/base/")).expect("url");
+        let response = post_stop(&endpoint, DEADLINE).expect("an answer");
+        assert_eq!(response.status, 200);
+        let value: Value = serde_json::from_slice(&response.body).expect("json");
+        assert_eq!(
+            value,
+            json!({"auth": "Bearer secret", "got": "{\"session_id\":\"s\"}"})
+        );
+        // The server closes after its answer, as asked: no wait for a deadline.
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+
+        let endpoint = Endpoint::parse(&format!("{url}/streamed")).expect("url");
+        let response = post_stop(&endpoint, DEADLINE).expect("a chunked answer");
+        assert_eq!(response.body, b"{\"decision\":\"block\"}");
+
+        let endpoint = Endpoint::parse(&format!("{url}/refused")).expect("url");
+        let response = post_stop(&endpoint, DEADLINE).expect("an error answer");
+        assert_eq!(response.status, 401);
+        assert_eq!(
+            error_message(&String::from_utf8_lossy(&response.body)),
+            "unknown token"
+        );
+    }
+
+    #[test]
+    fn a_chunked_answer_split_across_reads_is_put_together() {
+        let endpoint = raw_peer(
+            vec![
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"",
+                b"\r\n3\r\n:1}\r\n0\r\n\r\n",
+            ],
+            Duration::ZERO,
+        );
+        let response = post_stop(&endpoint, DEADLINE).expect("an answer");
+        assert_eq!(
+            (response.status, &response.body[..]),
+            (200, &b"{\"a\":1}"[..])
+        );
+    }
+
+    #[test]
+    fn a_server_that_closes_early_is_an_error_not_an_answer() {
+        let cases: [(Vec<&'static [u8]>, &str); 4] = [
+            (vec![], "the connection closed before an answer"),
+            (
+                vec![b"HTTP/1.1 200 OK\r\nContent-Le"],
+                "the connection closed before an answer",
+            ),
+            (
+                vec![b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n{\"a\":"],
+                "the connection closed in the middle of the answer",
+            ),
+            (
+                vec![b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\n{\"a\""],
+                "a chunked answer was cut short",
+            ),
+        ];
+        for (replies, expected) in cases {
+            let endpoint = raw_peer(replies, Duration::ZERO);
+            assert_eq!(
+                post_stop(&endpoint, DEADLINE).expect_err(expected),
+                expected
+            );
+        }
+    }
+
+    #[test]
+    fn a_silent_server_times_out_at_the_deadline() {
+        let endpoint = raw_peer(vec![], Duration::from_secs(5));
+        let started = Instant::now();
+        let error = post_stop(&endpoint, Duration::from_millis(300)).expect_err("no answer");
+        assert!(
+            error == "timed out reading the answer" || error == "no answer in time",
+            "{error}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
         );
     }
 

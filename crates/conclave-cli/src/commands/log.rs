@@ -8,10 +8,8 @@
 use std::io::Write;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use conclave_core::event::NoData;
 use conclave_core::model::{Event, EventList, EventPayload, StatusReport, format_duration_secs};
-use futures::StreamExt;
 use serde_json::Value;
 
 use crate::cli::LogArgs;
@@ -134,28 +132,18 @@ async fn stream_once(
     let client = context.client()?;
     let mut query = filters.to_vec();
     query.push(("after", last_seq.to_string()));
-    let response = client
-        .open_stream("/api/events/stream", &query, Some(*last_seq))
-        .await?;
+    let mut stream = client.events(&query, Some(*last_seq)).await?;
     *connected_once = true;
     if *announced_loss {
         note!("conclave: reconnected to {}", client.base_url());
         *announced_loss = false;
     }
-    let mut parser = SseParser::default();
-    let mut body = response.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.context("the event stream broke off")?;
-        for message in parser.push(&chunk) {
-            let Some(data) = message.data else { continue };
-            let event: Event = serde_json::from_str(&data)
-                .with_context(|| format!("unexpected event on the stream: {}", clip(&data, 200)))?;
-            if event.seq <= *last_seq {
-                continue;
-            }
-            *last_seq = event.seq;
-            print_event(&event, json)?;
+    while let Some(event) = stream.next_event().await? {
+        if event.seq <= *last_seq {
+            continue;
         }
+        *last_seq = event.seq;
+        print_event(&event, json)?;
     }
     Ok(())
 }
@@ -457,82 +445,9 @@ impl Summary {
     }
 }
 
-/// One message of a server-sent event stream.
-#[derive(Debug, Default, PartialEq)]
-struct SseMessage {
-    id: Option<String>,
-    data: Option<String>,
-}
-
-/// Splits a byte stream into SSE messages (blank-line separated; comments ignored).
-#[derive(Debug, Default)]
-struct SseParser {
-    buffer: Vec<u8>,
-}
-
-impl SseParser {
-    fn push(&mut self, chunk: &[u8]) -> Vec<SseMessage> {
-        self.buffer
-            .extend(chunk.iter().copied().filter(|byte| *byte != b'\r'));
-        let mut messages = Vec::new();
-        while let Some(end) = self.buffer.windows(2).position(|pair| pair == b"\n\n") {
-            let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
-            let text = String::from_utf8_lossy(&block);
-            let mut message = SseMessage::default();
-            for line in text.lines() {
-                if line.is_empty() || line.starts_with(':') {
-                    continue;
-                }
-                let (field, value) = line.split_once(':').unwrap_or((line, ""));
-                let value = value.strip_prefix(' ').unwrap_or(value);
-                match field {
-                    "id" => message.id = Some(value.to_string()),
-                    "data" => match &mut message.data {
-                        Some(data) => {
-                            data.push('\n');
-                            data.push_str(value);
-                        }
-                        None => message.data = Some(value.to_string()),
-                    },
-                    _ => {}
-                }
-            }
-            if message != SseMessage::default() {
-                messages.push(message);
-            }
-        }
-        messages
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sse_messages_survive_any_chunking() {
-        let stream =
-            b": keep-alive\n\nid: 1\ndata: {\"a\":1}\n\nid: 2\r\ndata: x\r\ndata: y\r\n\r\n";
-        for split in 0..stream.len() {
-            let mut parser = SseParser::default();
-            let mut messages = parser.push(&stream[..split]);
-            messages.extend(parser.push(&stream[split..]));
-            assert_eq!(
-                messages,
-                vec![
-                    SseMessage {
-                        id: Some("1".into()),
-                        data: Some("{\"a\":1}".into())
-                    },
-                    SseMessage {
-                        id: Some("2".into()),
-                        data: Some("x\ny".into())
-                    },
-                ],
-                "split at {split}"
-            );
-        }
-    }
 
     fn event_from(kind: &str, data: serde_json::Value) -> Event {
         serde_json::from_value(serde_json::json!({

@@ -8,10 +8,10 @@ use conclave_core::model::{
 use conclave_core::store::ClaimOutcome;
 
 use crate::cli::TaskCommand;
-use crate::client::Client;
 use crate::context::Context;
 use crate::error::{ApiError, NothingReady};
 use crate::output::{Table, clip, note, or_dash, outln, print_json, until};
+use conclave_client::Client;
 
 pub async fn run(context: &Context, command: TaskCommand) -> anyhow::Result<()> {
     // Agent-only commands say so before anything else is looked up.

@@ -19,10 +19,10 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::UpArgs;
-use crate::client::Client;
 use crate::commands::claude::{admin_client, reachable_url};
 use crate::context::Context;
-use crate::supervisor::{Supervisor, SupervisorOptions};
+use conclave_client::Client;
+use conclave_supervisor::{Supervisor, SupervisorOptions};
 
 /// Set in the environment of the background process `--detach` starts.
 const ENV_DETACHED: &str = "CONCLAVE_UP_DETACHED";
@@ -47,12 +47,15 @@ pub fn read_supervisor_info(project: &Project) -> Option<SupervisorInfo> {
 
 pub async fn run(context: &Context, args: UpArgs) -> anyhow::Result<()> {
     let project = context.project()?.clone();
+    // A bad conclave.toml (a typo, a key that is not supported yet) is refused before anything
+    // starts or is written.
+    let config = conclave_core::config::Config::load(&project.config_file())?;
     project
         .ensure_state_dir()
         .context("cannot create the .conclave folder")?;
     if let Some(info) = read_supervisor_info(&project)
         && info.pid != std::process::id()
-        && crate::supervisor::process::is_alive(i32::try_from(info.pid).unwrap_or(0))
+        && conclave_supervisor::process::is_alive(i32::try_from(info.pid).unwrap_or(0))
     {
         bail!(
             "a supervisor already runs this team (pid {}); stop it with `conclave down`",
@@ -112,9 +115,7 @@ pub async fn run(context: &Context, args: UpArgs) -> anyhow::Result<()> {
         .context("cannot write .conclave/supervisor.json")?;
 
     let options = SupervisorOptions { stay: args.stay };
-    let no_agents = conclave_core::config::Config::load(&project.config_file())
-        .map(|config| config.agents.is_empty())
-        .unwrap_or(false);
+    let no_agents = config.agents.is_empty();
     let outcome = async {
         if no_agents {
             // Nothing to supervise yet: serve the project (tasks, messages, the dashboard) until
@@ -126,13 +127,13 @@ pub async fn run(context: &Context, args: UpArgs) -> anyhow::Result<()> {
             shutdown.cancelled().await;
             return Ok(());
         }
-        let (supervisor, reports) = Supervisor::prepare(&project, admin, options).await?;
+        let supervisor = Supervisor::prepare(&project, admin, options).await?;
         eprintln!(
             "conclave: running {} agent(s): {}",
             supervisor.names().len(),
             supervisor.names().join(", ")
         );
-        supervisor.run(reports, shutdown.clone()).await
+        supervisor.run(shutdown.clone()).await
     }
     .await;
 
@@ -168,7 +169,7 @@ async fn detach(project: &Project, args: &UpArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the path of this conclave binary")?;
     let log_path = project.state_dir().join("supervisor.log");
     // A bad conclave.toml is reported here, not only in the log.
-    crate::supervisor::check_team(project)?;
+    conclave_supervisor::check_team(project)?;
     // The log carries the dashboard link, and with it the admin token: owner-only, like
     // admin.token itself.
     let log = std::fs::OpenOptions::new()

@@ -3,8 +3,9 @@
 //! Anthropic API on loopback. Each test has its own throwaway git repo and `HOME`s, and the
 //! tests run one at a time ([`support::serial`]).
 //!
-//! Without the CLI (and without npm to install it) a test prints `skipped: <reason>`; under
-//! `CI=true` it fails instead.
+//! Without the CLI (and without npm to install it) a test prints `skipped: <reason>` and
+//! records the skip in the file `CONCLAVE_SKIP_LOG` names, which `scripts/test.sh` counts;
+//! under `CI=true` it fails instead.
 
 mod demo;
 mod outages;

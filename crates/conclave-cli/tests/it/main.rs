@@ -1,8 +1,10 @@
 //! Integration tests of the `conclave` binary: real processes, a real server on loopback, a real
 //! database in a temporary project. One test binary, one module per area.
 
+mod config;
 mod errors;
 mod follow;
+mod hook;
 mod pipes;
 mod retry;
 mod serve;

@@ -15,19 +15,7 @@ const MESSAGE_COLUMNS: &str = "id, sender, recipient, thread, kind, urgent, body
 
 /// Parses `M-12` (or `12`) into the row id.
 pub fn parse_message_id(text: &str) -> Result<i64> {
-    let digits = text
-        .trim()
-        .trim_start_matches("M-")
-        .trim_start_matches("m-");
-    digits
-        .parse::<i64>()
-        .ok()
-        .filter(|n| *n > 0)
-        .ok_or_else(|| {
-            CoreError::invalid(format!(
-                "{text:?} is not a message id (expected M-<number>)"
-            ))
-        })
+    crate::model::parse_short_id(text, 'M', "message")
 }
 
 fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {

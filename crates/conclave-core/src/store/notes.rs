@@ -12,18 +12,9 @@ use crate::model::{Actor, MessageKind, NewMessage, NewNote, Note, NoteKind, Sear
 const NOTE_COLUMNS: &str =
     "id, author, kind, title, body, tags, files, task_id, supersedes, superseded_by, created_at";
 
+/// Parses `N-12` (or `12`) into the row id.
 pub fn parse_note_id(text: &str) -> Result<i64> {
-    let digits = text
-        .trim()
-        .trim_start_matches("N-")
-        .trim_start_matches("n-");
-    digits
-        .parse::<i64>()
-        .ok()
-        .filter(|n| *n > 0)
-        .ok_or_else(|| {
-            CoreError::invalid(format!("{text:?} is not a note id (expected N-<number>)"))
-        })
+    crate::model::parse_short_id(text, 'N', "note")
 }
 
 fn note_from_row(row: &Row<'_>) -> rusqlite::Result<Note> {
@@ -289,10 +280,7 @@ impl Tx<'_> {
         // messages take positive rowids, given explicitly so that they never run into the
         // negative range.
         if kind == "task" {
-            let row = id
-                .strip_prefix("T-")
-                .and_then(|n| n.parse::<i64>().ok())
-                .ok_or_else(|| CoreError::invalid(format!("not a task id: {id}")))?;
+            let row = id.parse::<TaskId>()?.0;
             self.conn()
                 .execute("DELETE FROM search_index WHERE rowid = ?1", params![-row])?;
             self.conn().execute(

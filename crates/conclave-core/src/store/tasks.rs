@@ -94,21 +94,6 @@ fn is_blocked_by_dependency(task: &Task) -> bool {
     task.status == TaskStatus::Blocked && task.blocked_reason.is_some()
 }
 
-/// Whether `agent` may take `task`: its role matches (or the task names none) and it has every
-/// capability the task asks for. A task reserved for an assignee fits only that agent.
-pub fn task_fits(task: &Task, agent: &Agent) -> bool {
-    let role_fits = match &task.role {
-        None => true,
-        Some(role) => agent.role.as_deref() == Some(role.as_str()),
-    };
-    let caps_fit = task.caps.iter().all(|cap| agent.caps.contains(cap));
-    let reserved_fits = task
-        .assignee
-        .as_deref()
-        .is_none_or(|assignee| assignee == agent.name);
-    role_fits && caps_fit && reserved_fits
-}
-
 impl Reader<'_> {
     pub fn task(&self, id: TaskId) -> Result<Task> {
         self.find_task(id)?
@@ -286,7 +271,7 @@ impl Reader<'_> {
         let mut rows = statement.query([])?;
         while let Some(row) = rows.next()? {
             let task = task_from_row(row)?;
-            if task_fits(&task, agent) {
+            if task.fits(&agent.name, agent.role.as_deref(), &agent.caps) {
                 return Ok(Some(task));
             }
         }
@@ -539,7 +524,7 @@ impl Tx<'_> {
                 )));
             }
         }
-        if !task_fits(task, me) {
+        if !task.fits(&me.name, me.role.as_deref(), &me.caps) {
             let mut needs = Vec::new();
             if let Some(role) = &task.role {
                 needs.push(format!("role {role}"));

@@ -1,15 +1,17 @@
 //! `/api/agents`: register agents, issue tokens, report status, release what an agent holds.
 
+use axum::Json;
+use axum::extract::State;
 use axum::response::Response;
 use conclave_core::model::{
     Actor, Agent, AgentControl, AgentCreated, AgentList, AgentUpdate, EventPayload, NewAgent,
     ReasonRequest, TokenIssued,
 };
 
-use crate::app::{ApiJson, ApiPath, App, IdempotencyKey, only_admin};
+use crate::app::App;
 use crate::error::{ApiError, ApiResult};
-use axum::Json;
-use axum::extract::State;
+use crate::extract::{ApiJson, ApiPath};
+use crate::ops::{IdempotencyKey, require_admin};
 
 pub async fn register(
     State(app): State<App>,
@@ -17,7 +19,7 @@ pub async fn register(
     key: IdempotencyKey,
     ApiJson(new): ApiJson<NewAgent>,
 ) -> ApiResult<Response> {
-    only_admin(&actor, "register agents")?;
+    require_admin(&actor, "register agents")?;
     let key = key.with_body(&new);
     let written = app
         .write(&actor, &key, move |tx| {
@@ -83,7 +85,7 @@ pub async fn issue_token(
     key: IdempotencyKey,
     ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Response> {
-    only_admin(&actor, "issue tokens")?;
+    require_admin(&actor, "issue tokens")?;
     let written = app
         .write(&actor, &key, move |tx| {
             let token = tx.issue_token(conclave_core::model::ADMIN_NAME, &name)?;
@@ -101,7 +103,7 @@ pub async fn release(
     ApiPath(name): ApiPath<String>,
     ApiJson(request): ApiJson<ReasonRequest>,
 ) -> ApiResult<Response> {
-    only_admin(&actor, "release an agent's claims")?;
+    require_admin(&actor, "release an agent's claims")?;
     let key = key.with_body(&request);
     let reason = request
         .reason
@@ -124,7 +126,7 @@ pub async fn control(
     ApiPath(name): ApiPath<String>,
     ApiJson(control): ApiJson<AgentControl>,
 ) -> ApiResult<Response> {
-    only_admin(&actor, "control agents")?;
+    require_admin(&actor, "control agents")?;
     let key = key.with_body(&control);
     let written = app
         .write(&actor, &key, move |tx| {

@@ -15,8 +15,10 @@ use conclave_core::model::{Actor, Event, EventFilter, EventList, EventPayload, N
 use futures::Stream;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::app::{ApiJson, ApiQuery, App, IdempotencyKey, only_admin};
+use crate::app::App;
 use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiJson, ApiQuery};
+use crate::ops::{IdempotencyKey, require_admin};
 
 const BACKLOG_PAGE: i64 = 500;
 /// The longest `data` accepted for an observation, as JSON text.
@@ -30,7 +32,7 @@ pub async fn record(
     key: IdempotencyKey,
     ApiJson(new): ApiJson<NewEvent>,
 ) -> ApiResult<Response> {
-    only_admin(&actor, "record agent events")?;
+    require_admin(&actor, "record agent events")?;
     // The body's kind is a known kind whose data fits (checked as it is read); only the
     // supervisor's own family is recorded here.
     if new.payload.topic() != Some(Topic::Agent) {

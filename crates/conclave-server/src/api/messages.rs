@@ -5,16 +5,13 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use axum::response::Response;
-use conclave_core::model::{
-    AckResult, Actor, EventPayload, Message, MessageAck, MessageList, NewMessage,
-};
+use conclave_core::model::{Actor, MessageAck, MessageList, NewMessage};
 use serde::Deserialize;
 
-use crate::app::{ApiJson, ApiQuery, App, IdempotencyKey, only_agent};
+use crate::app::App;
 use crate::error::ApiResult;
-
-/// The longest an inbox request may wait for something to arrive.
-pub const MAX_WAIT_SECS: u64 = 600;
+use crate::extract::{ApiJson, ApiQuery};
+use crate::ops::{self, IdempotencyKey};
 
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -37,11 +34,7 @@ pub async fn send(
     ApiJson(new): ApiJson<NewMessage>,
 ) -> ApiResult<Response> {
     let key = key.with_body(&new);
-    let by = actor.clone();
-    Ok(app
-        .write(&actor, &key, move |tx| tx.send_message(&by, new))
-        .await?
-        .created())
+    Ok(ops::send_message(&app, &actor, &key, new).await?.created())
 }
 
 /// An agent sees the messages it sent or received; the admin sees all.
@@ -68,42 +61,10 @@ pub async fn inbox(
     actor: Actor,
     ApiQuery(query): ApiQuery<InboxQuery>,
 ) -> ApiResult<Json<MessageList>> {
-    let agent = only_agent(&actor, "read an inbox")?.to_string();
-    let wait = Duration::from_secs(query.wait.unwrap_or(0).min(MAX_WAIT_SECS));
-    let messages = wait_for_inbox(&app, &agent, wait).await?;
+    let agent = ops::require_agent(&actor, "read an inbox")?.to_string();
+    let wait = Duration::from_secs(query.wait.unwrap_or(0));
+    let messages = ops::wait_for_inbox(&app, &agent, wait).await?;
     Ok(Json(MessageList { messages }))
-}
-
-/// The agent's unacknowledged messages; when there are none, waits up to `wait` for one to
-/// arrive and returns as soon as it does.
-pub async fn wait_for_inbox(app: &App, agent: &str, wait: Duration) -> ApiResult<Vec<Message>> {
-    // Subscribe before reading so that nothing sent in between is missed.
-    let mut events = app.subscribe();
-    let name = agent.to_string();
-    let messages = app.read(move |r| r.inbox(&name)).await?;
-    if !messages.is_empty() || wait.is_zero() {
-        return Ok(messages);
-    }
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => break,
-            _ = app.shutdown_token().cancelled() => break,
-            received = events.recv() => match received {
-                Ok(event) if is_recipient(&event.payload, agent) => break,
-                Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-            },
-        }
-    }
-    let name = agent.to_string();
-    app.read(move |r| r.inbox(&name)).await
-}
-
-/// Whether the event is a message sent to `agent`.
-fn is_recipient(payload: &EventPayload, agent: &str) -> bool {
-    matches!(payload, EventPayload::MessageSent(sent) if sent.recipients.iter().any(|n| n == agent))
 }
 
 pub async fn ack(
@@ -112,13 +73,6 @@ pub async fn ack(
     key: IdempotencyKey,
     ApiJson(ack): ApiJson<MessageAck>,
 ) -> ApiResult<Response> {
-    let agent = only_agent(&actor, "acknowledge messages")?.to_string();
     let key = key.with_body(&ack);
-    Ok(app
-        .write(&actor, &key, move |tx| {
-            let acked = tx.ack_messages(&agent, &ack.ids)?;
-            Ok(AckResult { acked })
-        })
-        .await?
-        .ok())
+    Ok(ops::acknowledge(&app, &actor, &key, ack.ids).await?.ok())
 }

@@ -6,8 +6,10 @@ use axum::response::Response;
 use conclave_core::model::{Actor, NewNote, NoteKind, NoteList, SearchResults};
 use serde::Deserialize;
 
-use crate::app::{ApiJson, ApiQuery, App, IdempotencyKey};
+use crate::app::App;
 use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiJson, ApiQuery};
+use crate::ops::{self, IdempotencyKey};
 
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -35,11 +37,7 @@ pub async fn add(
     ApiJson(new): ApiJson<NewNote>,
 ) -> ApiResult<Response> {
     let key = key.with_body(&new);
-    let by = actor.clone();
-    Ok(app
-        .write(&actor, &key, move |tx| tx.add_note(&by, new))
-        .await?
-        .created())
+    Ok(ops::add_note(&app, &actor, &key, new).await?.created())
 }
 
 pub async fn list(
@@ -79,11 +77,6 @@ pub async fn search(
             "unknown search kind {bad:?} (expected note, message or task)"
         )));
     }
-    let hits = app
-        .read(move |r| {
-            let kinds: Vec<&str> = kinds.iter().map(String::as_str).collect();
-            r.search(&query.q, &kinds, query.limit.unwrap_or(20))
-        })
-        .await?;
+    let hits = ops::search(&app, query.q, kinds, query.limit.unwrap_or(20)).await?;
     Ok(Json(SearchResults { hits }))
 }

@@ -1,4 +1,5 @@
-//! `/api/status`, `/healthz`, `/metrics` and `/api/openapi.json`.
+//! `/api/status`, `/healthz` and `/metrics` (`/api/openapi.json` is served by the route table,
+//! which builds it).
 
 use axum::Json;
 use axum::extract::State;
@@ -55,8 +56,4 @@ pub async fn metrics(State(app): State<App>) -> ApiResult<impl IntoResponse> {
         )],
         app.metrics().render(&gauges),
     ))
-}
-
-pub async fn openapi() -> impl IntoResponse {
-    Json(crate::routes::openapi_document())
 }

@@ -9,8 +9,10 @@ use conclave_core::model::{
 };
 use serde::Deserialize;
 
-use crate::app::{ApiJson, ApiPath, ApiQuery, App, IdempotencyKey, only_admin, only_agent};
+use crate::app::App;
 use crate::error::ApiResult;
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::ops::{self, IdempotencyKey};
 
 fn parse_id(text: &str) -> ApiResult<TaskId> {
     Ok(text.parse::<TaskId>()?)
@@ -30,11 +32,7 @@ pub async fn create(
     ApiJson(new): ApiJson<NewTask>,
 ) -> ApiResult<Response> {
     let key = key.with_body(&new);
-    let by = actor.clone();
-    let written = app
-        .write(&actor, &key, move |tx| tx.create_task(&by, new))
-        .await?;
-    Ok(written.created())
+    Ok(ops::create_task(&app, &actor, &key, new).await?.created())
 }
 
 pub async fn list(
@@ -79,12 +77,8 @@ pub async fn claim(
     key: IdempotencyKey,
     ApiJson(request): ApiJson<ClaimRequest>,
 ) -> ApiResult<Response> {
-    let agent = only_agent(&actor, "claim tasks")?.to_string();
     let key = key.with_body(&request);
-    Ok(app
-        .write(&actor, &key, move |tx| tx.claim_task(&agent, request.id))
-        .await?
-        .ok())
+    Ok(ops::claim_task(&app, &actor, &key, request.id).await?.ok())
 }
 
 pub async fn set_status(
@@ -96,11 +90,7 @@ pub async fn set_status(
 ) -> ApiResult<Response> {
     let id = parse_id(&id)?;
     let key = key.with_body(&update);
-    let by = actor.clone();
-    Ok(app
-        .write(&actor, &key, move |tx| {
-            tx.update_task_status(&by, id, update)
-        })
+    Ok(ops::set_task_status(&app, &actor, &key, id, update)
         .await?
         .ok())
 }
@@ -114,11 +104,7 @@ pub async fn done(
 ) -> ApiResult<Response> {
     let id = parse_id(&id)?;
     let key = key.with_body(&finish);
-    let by = actor.clone();
-    Ok(app
-        .write(&actor, &key, move |tx| tx.finish_task(&by, id, finish))
-        .await?
-        .ok())
+    Ok(ops::finish_task(&app, &actor, &key, id, finish).await?.ok())
 }
 
 pub async fn fail(
@@ -130,11 +116,7 @@ pub async fn fail(
 ) -> ApiResult<Response> {
     let id = parse_id(&id)?;
     let key = key.with_body(&failure);
-    let by = actor.clone();
-    Ok(app
-        .write(&actor, &key, move |tx| {
-            tx.fail_task(&by, id, &failure.reason)
-        })
+    Ok(ops::fail_task(&app, &actor, &key, id, failure.reason)
         .await?
         .ok())
 }
@@ -164,7 +146,7 @@ pub async fn assign(
     ApiPath(id): ApiPath<String>,
     ApiJson(assign): ApiJson<TaskAssign>,
 ) -> ApiResult<Response> {
-    only_admin(&actor, "assign tasks")?;
+    ops::require_admin(&actor, "assign tasks")?;
     let id = parse_id(&id)?;
     let key = key.with_body(&assign);
     let by = actor.clone();

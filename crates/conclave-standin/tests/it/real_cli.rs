@@ -1,7 +1,7 @@
 //! The real Claude Code CLI driven by the stand-in: a `-p` run that writes a file through the
 //! `Write` tool, a two-turn `--input-format stream-json` session, and two agents on one
-//! stand-in. Without the CLI these print `skipped: <reason>`, except under `CI=true` where
-//! they fail.
+//! stand-in. Without the CLI these print `skipped: <reason>` and record the skip for
+//! `scripts/test.sh` (`claude_or_skip`), except under `CI=true` where they fail.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};

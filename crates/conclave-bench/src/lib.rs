@@ -1,4 +1,6 @@
-//! `conclave bench`: latency of the coordination primitives over loopback HTTP.
+//! The benchmark harness behind `conclave bench`: latency of the coordination primitives over
+//! loopback HTTP. A crate of its own so that the HTTP client and temporary folders it needs stay
+//! out of the server's dependencies.
 //!
 //! Starts a private server on a temporary database, registers `clients` agents, and has them all
 //! hammer one operation at a time concurrently (claim, lock, message send), recording each
@@ -11,7 +13,7 @@ use conclave_core::{Store, StoreConfig};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::{App, AppSettings};
+use conclave_server::{App, AppSettings};
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -49,7 +51,7 @@ pub async fn run_bench(
     let app = App::new(store, admin, AppSettings::default(), shutdown.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
-    let server = tokio::spawn(crate::run(listener, app, shutdown.clone()));
+    let server = tokio::spawn(conclave_server::run(listener, app, shutdown.clone()));
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(options.clients * 2)
         .build()?;

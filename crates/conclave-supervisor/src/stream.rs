@@ -1,5 +1,6 @@
-//! What an agent's `--output-format stream-json` lines mean to the supervisor, and the raw copy
-//! of the stream kept per agent.
+//! What an agent's `--output-format stream-json` lines mean, and the raw copy of the stream kept
+//! per agent. The one reader of Claude Code's stream-json: the supervisor acts on
+//! [`parse_line`]'s answer and `conclave attach` prints it.
 //!
 //! Facts this relies on (Claude Code 2.1.328, SPEC section 6): `system/init` carries the session
 //! id and is printed again before every turn; each model call prints an `assistant` line whose
@@ -19,6 +20,16 @@ pub const MAX_TOOL_INPUT: usize = 200;
 /// Longest text recorded in an `agent.text` event.
 pub const MAX_TEXT: usize = 500;
 
+/// The result of a tool call, seen in a `user` line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolResult {
+    /// The id of the tool call it answers.
+    pub id: String,
+    /// The size of the result in bytes.
+    pub bytes: usize,
+    pub is_error: bool,
+}
+
 /// A tool call seen in an `assistant` line.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ToolCall {
@@ -28,25 +39,42 @@ pub struct ToolCall {
     pub input: String,
 }
 
+/// One block of a model call's output.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Content {
+    /// Text (trimmed, never blank, not cut).
+    Text(String),
+    Tool(ToolCall),
+}
+
 /// What one line says.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamUpdate {
     /// `system/init`: a turn starts in this session.
-    Init { session_id: Option<String> },
-    /// A model call: the context it used, its tool calls and its text.
+    Init {
+        session_id: Option<String>,
+        model: Option<String>,
+    },
+    /// A model call: the context it used, its tool calls and its text (trimmed, not cut).
     Assistant {
         context_tokens: Option<i64>,
-        tools: Vec<ToolCall>,
-        texts: Vec<String>,
+        /// Its text and tool calls, in the order the model wrote them.
+        content: Vec<Content>,
     },
-    /// Tool results (tool-use id, size of the result in bytes).
-    ToolResults(Vec<(String, usize)>),
+    /// Tool results.
+    ToolResults(Vec<ToolResult>),
+    /// A running total of the session's cost reported before its turn ended (Claude Code
+    /// 2.1.328 reports cost only in `result`; a client that reports it sooner lets a budget stop
+    /// a turn in the middle).
+    Cost { total_usd: f64 },
     /// The turn ended.
     Result {
         cost_usd: Option<f64>,
         context_window: Option<i64>,
         is_error: bool,
         session_id: Option<String>,
+        /// Model calls in the turn.
+        num_turns: Option<i64>,
     },
     /// Anything else (retries, other system lines).
     Other,
@@ -56,7 +84,10 @@ pub enum StreamUpdate {
 pub fn parse_line(line: &Value) -> StreamUpdate {
     let session_id = line["session_id"].as_str().map(str::to_string);
     match (line["type"].as_str(), line["subtype"].as_str()) {
-        (Some("system"), Some("init")) => StreamUpdate::Init { session_id },
+        (Some("system"), Some("init")) => StreamUpdate::Init {
+            session_id,
+            model: line["model"].as_str().map(str::to_string),
+        },
         (Some("assistant"), _) => {
             let message = &line["message"];
             let usage = &message["usage"];
@@ -65,19 +96,18 @@ pub fn parse_line(line: &Value) -> StreamUpdate {
                     + usage["cache_read_input_tokens"].as_i64().unwrap_or(0)
                     + usage["cache_creation_input_tokens"].as_i64().unwrap_or(0)
             });
-            let mut tools = Vec::new();
-            let mut texts = Vec::new();
+            let mut content = Vec::new();
             for block in message["content"].as_array().into_iter().flatten() {
                 match block["type"].as_str() {
-                    Some("tool_use") => tools.push(ToolCall {
+                    Some("tool_use") => content.push(Content::Tool(ToolCall {
                         id: block["id"].as_str().unwrap_or_default().to_string(),
                         name: block["name"].as_str().unwrap_or("?").to_string(),
                         input: summarize_input(&block["input"]),
-                    }),
+                    })),
                     Some("text") => {
                         if let Some(text) = block["text"].as_str().filter(|t| !t.trim().is_empty())
                         {
-                            texts.push(truncate(text.trim(), MAX_TEXT));
+                            content.push(Content::Text(text.trim().to_string()));
                         }
                     }
                     _ => {}
@@ -85,8 +115,7 @@ pub fn parse_line(line: &Value) -> StreamUpdate {
             }
             StreamUpdate::Assistant {
                 context_tokens,
-                tools,
-                texts,
+                content,
             }
         }
         (Some("user"), _) => {
@@ -108,7 +137,11 @@ pub fn parse_line(line: &Value) -> StreamUpdate {
                             .sum(),
                         _ => 0,
                     };
-                    (id, bytes)
+                    ToolResult {
+                        id,
+                        bytes,
+                        is_error: block["is_error"] == true,
+                    }
                 })
                 .collect::<Vec<_>>();
             if results.is_empty() {
@@ -127,8 +160,12 @@ pub fn parse_line(line: &Value) -> StreamUpdate {
                 .max(),
             is_error: line["is_error"].as_bool().unwrap_or(false),
             session_id,
+            num_turns: line["num_turns"].as_i64(),
         },
-        _ => StreamUpdate::Other,
+        _ => match line["total_cost_usd"].as_f64() {
+            Some(total_usd) => StreamUpdate::Cost { total_usd },
+            None => StreamUpdate::Other,
+        },
     }
 }
 
@@ -248,6 +285,7 @@ mod tests {
                 json!({"type": "system", "subtype": "init", "session_id": "s1"}),
                 StreamUpdate::Init {
                     session_id: Some("s1".into()),
+                    model: None,
                 },
             ),
             (
@@ -258,18 +296,24 @@ mod tests {
                                  "input": {"file_path": "a.rs", "content": "x"}}]}}),
                 StreamUpdate::Assistant {
                     context_tokens: Some(16),
-                    tools: vec![ToolCall {
-                        id: "t1".into(),
-                        name: "Write".into(),
-                        input: "a.rs".into(),
-                    }],
-                    texts: vec!["hi".into()],
+                    content: vec![
+                        Content::Text("hi".into()),
+                        Content::Tool(ToolCall {
+                            id: "t1".into(),
+                            name: "Write".into(),
+                            input: "a.rs".into(),
+                        }),
+                    ],
                 },
             ),
             (
                 json!({"type": "user", "message": {"content": [
                     {"type": "tool_result", "tool_use_id": "t1", "content": "done"}]}}),
-                StreamUpdate::ToolResults(vec![("t1".into(), 4)]),
+                StreamUpdate::ToolResults(vec![ToolResult {
+                    id: "t1".into(),
+                    bytes: 4,
+                    is_error: false,
+                }]),
             ),
             (
                 json!({"type": "result", "subtype": "success", "is_error": false,
@@ -281,7 +325,12 @@ mod tests {
                     context_window: Some(1_000_000),
                     is_error: false,
                     session_id: Some("s1".into()),
+                    num_turns: None,
                 },
+            ),
+            (
+                json!({"type": "system", "subtype": "cost", "total_cost_usd": 0.25}),
+                StreamUpdate::Cost { total_usd: 0.25 },
             ),
             (
                 json!({"type": "system", "subtype": "api_retry"}),

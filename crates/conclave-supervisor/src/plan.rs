@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use conclave_core::config::{AgentSettings, Config, parse_duration};
 
-use crate::commands::claude::{AgentFiles, ENV_CLAUDE_BIN, claude_bin, find_on_path};
+use crate::agent_files::{AgentFiles, ENV_CLAUDE_BIN, claude_bin, find_on_path};
 
 /// Default share of the context window at which an agent is recycled.
 pub const DEFAULT_RECYCLE_AT: f64 = 0.7;

@@ -1,9 +1,13 @@
 //! One agent's client process: started in its own process group with its stdin and stdout piped
 //! (stderr appended to `.conclave/agents/NAME/stderr.log`), its stdout lines passed to the
 //! supervisor and copied to the rotated stream log, its exit reported; and ended with escalation.
+//!
+//! The team's driver reaches processes only through [`ProcessSide`]; [`ClientProcesses`] is the
+//! real one (tokio processes), and the unit tests use a scripted one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -18,7 +22,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::ChildStdin;
 use tokio::sync::mpsc;
 
-use super::stream::StreamLog;
+use crate::stream::StreamLog;
 
 /// What a process reports to the supervisor.
 #[derive(Debug)]
@@ -51,6 +55,86 @@ pub struct Launch {
     pub dir: PathBuf,
 }
 
+/// What the team's driver does to agent processes. Lines and exits come back as
+/// [`ProcessReport`]s on a channel the side was made with.
+pub trait ProcessSide {
+    /// Starts the process `launch` describes; returns its pid.
+    fn spawn(&mut self, launch: Launch) -> anyhow::Result<u32>;
+    /// Writes one user message to agent `agent`'s stdin.
+    fn write(
+        &mut self,
+        agent: usize,
+        text: &str,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// Ends agent `agent`'s process: stdin closed, then signals after `grace` (see
+    /// [`Running::stop`]).
+    fn stop(&mut self, agent: usize, grace: Duration);
+    /// Kills agent `agent`'s process at once.
+    fn kill_now(&mut self, agent: usize);
+    /// Agent `agent`'s process has exited: nothing more is done to it.
+    fn forget(&mut self, agent: usize);
+}
+
+/// The real processes: clients started with tokio, one per agent at a time.
+#[derive(Debug)]
+pub struct ClientProcesses {
+    reports: mpsc::Sender<ProcessReport>,
+    running: HashMap<usize, Running>,
+}
+
+impl ClientProcesses {
+    /// Processes whose lines and exits are sent to `reports`.
+    pub fn new(reports: mpsc::Sender<ProcessReport>) -> ClientProcesses {
+        ClientProcesses {
+            reports,
+            running: HashMap::new(),
+        }
+    }
+}
+
+impl ProcessSide for ClientProcesses {
+    fn spawn(&mut self, launch: Launch) -> anyhow::Result<u32> {
+        let agent = launch.agent;
+        let running = spawn(launch, self.reports.clone())?;
+        let pid = running.pid.as_raw().unsigned_abs();
+        self.running.insert(agent, running);
+        Ok(pid)
+    }
+
+    async fn write(&mut self, agent: usize, text: &str) -> anyhow::Result<()> {
+        self.running
+            .get_mut(&agent)
+            .context("the agent has no process")?
+            .send_user_message(text)
+            .await
+    }
+
+    fn stop(&mut self, agent: usize, grace: Duration) {
+        if let Some(running) = self.running.get_mut(&agent) {
+            running.stop(grace);
+        }
+    }
+
+    fn kill_now(&mut self, agent: usize) {
+        if let Some(running) = self.running.get(&agent) {
+            running.kill_now();
+        }
+    }
+
+    fn forget(&mut self, agent: usize) {
+        self.running.remove(&agent);
+    }
+}
+
+/// One user message as the stream-json line written to a client's stdin.
+pub fn user_message_line(text: &str) -> String {
+    serde_json::json!({
+        "type": "user",
+        "message": {"role": "user", "content": text},
+    })
+    .to_string()
+}
+
 /// A running process.
 #[derive(Debug)]
 pub struct Running {
@@ -62,11 +146,7 @@ pub struct Running {
 impl Running {
     /// Writes one user message (one stream-json line) to its stdin.
     pub async fn send_user_message(&mut self, text: &str) -> anyhow::Result<()> {
-        let line = serde_json::json!({
-            "type": "user",
-            "message": {"role": "user", "content": text},
-        })
-        .to_string();
+        let line = user_message_line(text);
         let stdin = self
             .stdin
             .as_mut()

@@ -78,7 +78,7 @@ pub fn wake_message(messages: &[Quoted], tasks: &[(String, String)]) -> Option<S
             "\nMessage {} from {}: {}",
             message.id,
             message.sender,
-            super::stream::truncate(message.body.trim(), MAX_BODY)
+            crate::stream::truncate(message.body.trim(), MAX_BODY)
         );
         if text.len() + line.len() > MAX_WAKE_BYTES - 200 {
             left_out += 1;
@@ -89,7 +89,7 @@ pub fn wake_message(messages: &[Quoted], tasks: &[(String, String)]) -> Option<S
     for (id, title) in tasks {
         let line = format!(
             "\nTask {id} is ready for you: {}",
-            super::stream::truncate(title, 150)
+            crate::stream::truncate(title, 150)
         );
         if text.len() + line.len() > MAX_WAKE_BYTES - 200 {
             left_out += 1;

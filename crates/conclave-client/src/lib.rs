@@ -5,6 +5,12 @@
 //! every mutating request and retries such a request once, with the same key, when the connection
 //! fails, so that a retried request is applied at most once. A server that cannot be reached at
 //! all is an [`Unreachable`] error (exit 5).
+//!
+//! [`sse`] reads the server's event stream. The CLI's commands and the supervisor share this
+//! crate, so that there is one client and one SSE reader.
+
+pub mod error;
+pub mod sse;
 
 use std::time::Duration;
 
@@ -13,7 +19,15 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{ApiError, Unreachable};
+pub use error::{ApiError, Unreachable};
+pub use sse::EventStream;
+
+/// The server's URL, in an agent's environment.
+pub const ENV_URL: &str = "CONCLAVE_URL";
+/// The agent's name, in its environment.
+pub const ENV_AGENT: &str = "CONCLAVE_AGENT";
+/// The agent's token, in its environment.
+pub const ENV_TOKEN: &str = "CONCLAVE_TOKEN";
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time allowed for an ordinary request (a waiting one gets its wait on top).

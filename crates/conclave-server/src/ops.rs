@@ -1,0 +1,432 @@
+//! The operations behind every way in: the MCP tools (`mcp`), the hooks
+//! (`hooks`) and the JSON API (`api`) call these, so that a rule (who may do
+//! what, what a lease denial records and says, how an inbox is read, waited on, rendered and
+//! acknowledged) is written once. No HTTP types here: callers turn the results into JSON
+//! responses, tool results or hook answers, and [`OpError`] into their own errors.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use conclave_core::CoreError;
+use conclave_core::LeaseConflict;
+use conclave_core::event::LeaseDenied;
+use conclave_core::model::{
+    AckResult, Actor, EventPayload, LeaseList, LeaseRelease, LeaseRequest, Message, NewMessage,
+    NewNote, NewTask, ReleasedLeases, SearchHit, TaskFinish, TaskId, TaskStatusUpdate,
+    format_duration_secs,
+};
+
+use crate::app::App;
+pub use crate::app::{IdempotencyKey, OpError, OpResult, Written};
+
+/// The longest an inbox read may wait for something to arrive.
+pub const MAX_INBOX_WAIT_SECS: u64 = 600;
+/// How many times in a row the Stop hook may keep an agent working.
+const MAX_STOP_BLOCKS: u32 = 3;
+
+/// Refuses anyone but the admin.
+pub fn require_admin(actor: &Actor, what: &str) -> Result<(), CoreError> {
+    if actor.is_admin() {
+        Ok(())
+    } else {
+        Err(CoreError::Forbidden(format!("only an admin may {what}")))
+    }
+}
+
+/// Refuses anyone but an agent; answers the agent's name.
+pub fn require_agent<'a>(actor: &'a Actor, what: &str) -> Result<&'a str, CoreError> {
+    actor.agent().ok_or_else(|| {
+        CoreError::Forbidden(format!(
+            "only an agent may {what}: use an agent's token (CONCLAVE_AGENT and CONCLAVE_TOKEN)"
+        ))
+    })
+}
+
+/// Leases paths to `holder`. A refusal changes no state, but the collision belongs in the record
+/// of what happened: it is logged as `lease.denied` before the conflict is returned.
+pub async fn acquire_leases(
+    app: &App,
+    actor: &Actor,
+    key: &IdempotencyKey,
+    holder: &str,
+    request: LeaseRequest,
+) -> OpResult<Written> {
+    let paths = request.paths.clone();
+    let name = holder.to_string();
+    let result = app
+        .write(actor, key, move |tx| {
+            let leases = tx.acquire_leases(&name, request)?;
+            Ok(LeaseList { leases })
+        })
+        .await;
+    if let Err(error @ OpError::Core(CoreError::LeaseConflict(_))) = &result {
+        record_denial(app, holder, &paths, &error.to_string()).await;
+    }
+    result
+}
+
+async fn record_denial(app: &App, holder: &str, paths: &[String], why: &str) {
+    let holder = holder.to_string();
+    let denied = LeaseDenied {
+        paths: paths.to_vec(),
+        why: why.to_string(),
+    };
+    let result = app
+        .write(
+            &Actor::Agent(holder.clone()),
+            &IdempotencyKey::default(),
+            move |tx| {
+                let payload = EventPayload::LeaseDenied(denied.clone());
+                tx.emit(&holder, None, Some(&holder), payload)
+            },
+        )
+        .await;
+    if let Err(error) = result {
+        tracing::warn!(%error, "could not record a lease denial");
+    }
+}
+
+/// What an agent is told when an edit of `path` is refused: who holds it, for how long, and what
+/// to do instead.
+pub fn lease_denial_reason(path: &str, conflicts: &[LeaseConflict]) -> String {
+    match conflicts.first() {
+        Some(conflict) => {
+            let left = (conflict.expires_at - chrono::Utc::now()).num_seconds();
+            format!(
+                "Conclave: {path} is leased by {}{} for {} more ({} lease on {}). Do not edit it now: \
+                 message {} (send) to coordinate, or pick other work (claim).",
+                conflict.holder,
+                conflict
+                    .task
+                    .map(|t| format!(" for {t}"))
+                    .unwrap_or_default(),
+                format_duration_secs(left),
+                conflict.mode,
+                conflict.held,
+                conflict.holder
+            )
+        }
+        None => format!("Conclave: {path} is leased by another agent."),
+    }
+}
+
+pub async fn release_leases(
+    app: &App,
+    actor: &Actor,
+    key: &IdempotencyKey,
+    release: LeaseRelease,
+) -> OpResult<Written> {
+    let by = actor.clone();
+    app.write(actor, key, move |tx| {
+        let released = tx.release_leases(&by, release)?;
+        Ok(ReleasedLeases { released })
+    })
+    .await
+}
+
+/// Claims the given task, or the best ready one for the agent.
+pub async fn claim_task(
+    app: &App,
+    actor: &Actor,
+    key: &IdempotencyKey,
+    id: Option<TaskId>,
+) -> OpResult<Written> {
+    let agent = require_agent(actor, "claim tasks")?.to_string();
+    app.write(actor, key, move |tx| tx.claim_task(&agent, id))
+        .await
+}
+
+pub async fn create_task(
+    app: &App,
+    actor: &Actor,
+    key: &IdempotencyKey,
+    new: NewTask,
+) -> OpResult<Written> {
+    let by = actor.clone();
+    app.write(actor, key, move |tx| tx.create_task(&by, new))
+        .await
+}
+
+pub async fn set_task_status(
+    app: &App,
+    actor: &Actor,
+    key: &IdempotencyKey,
+    id: TaskId,
+    update: TaskStatusUpdate,
+) -> OpResult<Written> {
+    let by = actor.clone();
+    app.write(actor, key, move |tx| tx.update_task_status(&by, id, update))
+        .await
+}
+
+pub async fn finish_task(
+    app: &App,
+    actor: &Actor,
+    key: &IdempotencyKey,
+    id: TaskId,
+    finish: TaskFinish,
+) -> OpResult<Written> {
+    let by = actor.clone();
+    app.write(actor, key, move |tx| tx.finish_task(&by, id, finish))
+        .await
+}
+
+pub async fn fail_task(
+    app: &App,
+    actor: &Actor,
+    key: &IdempotencyKey,
+    id: TaskId,
+    reason: String,
+) -> OpResult<Written> {
+    let by = actor.clone();
+    app.write(actor, key, move |tx| tx.fail_task(&by, id, &reason))
+        .await
+}
+
+pub async fn send_message(
+    app: &App,
+    actor: &Actor,
+    key: &IdempotencyKey,
+    new: NewMessage,
+) -> OpResult<Written> {
+    let by = actor.clone();
+    app.write(actor, key, move |tx| tx.send_message(&by, new))
+        .await
+}
+
+pub async fn add_note(
+    app: &App,
+    actor: &Actor,
+    key: &IdempotencyKey,
+    new: NewNote,
+) -> OpResult<Written> {
+    let by = actor.clone();
+    app.write(actor, key, move |tx| tx.add_note(&by, new)).await
+}
+
+/// Full-text search over notes, messages and task results (`kinds` empty: all of them).
+pub async fn search(
+    app: &App,
+    query: String,
+    kinds: Vec<String>,
+    limit: i64,
+) -> OpResult<Vec<SearchHit>> {
+    app.read(move |r| {
+        let kinds: Vec<&str> = kinds.iter().map(String::as_str).collect();
+        r.search(&query, &kinds, limit)
+    })
+    .await
+}
+
+/// The agent's unacknowledged messages; when there are none, waits up to `wait` (at most
+/// [`MAX_INBOX_WAIT_SECS`]) for one to arrive and returns as soon as it does.
+pub async fn wait_for_inbox(app: &App, agent: &str, wait: Duration) -> OpResult<Vec<Message>> {
+    let wait = wait.min(Duration::from_secs(MAX_INBOX_WAIT_SECS));
+    // Subscribe before reading so that nothing sent in between is missed.
+    let mut events = app.subscribe();
+    let name = agent.to_string();
+    let messages = app.read(move |r| r.inbox(&name)).await?;
+    if !messages.is_empty() || wait.is_zero() {
+        return Ok(messages);
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => break,
+            _ = app.shutdown_token().cancelled() => break,
+            received = events.recv() => match received {
+                Ok(event) if is_recipient(&event.payload, agent) => break,
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            },
+        }
+    }
+    let name = agent.to_string();
+    app.read(move |r| r.inbox(&name)).await
+}
+
+/// Whether the event is a message sent to `agent`.
+fn is_recipient(payload: &EventPayload, agent: &str) -> bool {
+    matches!(payload, EventPayload::MessageSent(sent) if sent.recipients.iter().any(|n| n == agent))
+}
+
+/// Reads the agent's inbox (waiting up to `wait` when it is empty), keeps the messages `keep`
+/// selects, renders them within `budget` characters and acknowledges those shown. None when
+/// there was nothing to show.
+pub async fn deliver_inbox(
+    app: &App,
+    actor: &Actor,
+    agent: &str,
+    wait: Duration,
+    keep: impl Fn(&Message) -> bool,
+    budget: usize,
+) -> OpResult<Option<String>> {
+    let messages: Vec<Message> = wait_for_inbox(app, agent, wait)
+        .await?
+        .into_iter()
+        .filter(|message| keep(message))
+        .collect();
+    if messages.is_empty() {
+        return Ok(None);
+    }
+    let mut text = String::new();
+    let shown = render_messages(&mut text, &messages, budget);
+    acknowledge(app, actor, &IdempotencyKey::default(), shown).await?;
+    Ok(Some(text))
+}
+
+/// Appends messages to `out`, one line each, while `out` stays within `budget` bytes; answers
+/// the ids shown (the ones to acknowledge).
+pub fn render_messages(out: &mut String, messages: &[Message], budget: usize) -> Vec<String> {
+    let mut shown = Vec::new();
+    for message in messages {
+        let line = format!(
+            "- {} from {} [{}{}] thread {}: {}\n",
+            message.id,
+            message.sender,
+            message.kind,
+            if message.urgent { ", urgent" } else { "" },
+            message.thread,
+            message.body
+        );
+        if out.len() + line.len() > budget {
+            if shown.is_empty() {
+                // A message longer than the whole budget still gets through, cut, rather than
+                // blocking every message behind it.
+                out.push_str(&cut_to(&line, budget.saturating_sub(out.len()).max(200)));
+                out.push_str("… (cut; the full text is in `conclave msg list`)\n");
+                shown.push(message.id.clone());
+                continue;
+            }
+            let _ = writeln!(
+                out,
+                "- ({} more: call the inbox tool)",
+                messages.len() - shown.len()
+            );
+            break;
+        }
+        out.push_str(&line);
+        shown.push(message.id.clone());
+    }
+    shown
+}
+
+/// Acknowledges the agent's messages `ids`; answers an [`AckResult`].
+pub async fn acknowledge(
+    app: &App,
+    actor: &Actor,
+    key: &IdempotencyKey,
+    ids: Vec<String>,
+) -> OpResult<Written> {
+    let agent = require_agent(actor, "acknowledge messages")?.to_string();
+    app.write(actor, key, move |tx| {
+        let acked = tx.ack_messages(&agent, &ids)?;
+        Ok(AckResult { acked })
+    })
+    .await
+}
+
+/// Per-session count of consecutive Stop blocks (a bound, not state worth persisting).
+#[derive(Default)]
+pub struct StopBlocks(Mutex<HashMap<String, u32>>);
+
+/// Whether an agent about to stop should keep working (the team's `keep_working` policy): the
+/// reason to give it when it still holds a task, at most [`MAX_STOP_BLOCKS`] times in a row per
+/// session.
+pub async fn keep_working(app: &App, agent: &str, session: &str) -> OpResult<Option<String>> {
+    if !app.settings().keep_working {
+        return Ok(None);
+    }
+    let name = agent.to_string();
+    let held = app.read(move |r| r.held_tasks(&name)).await?;
+    let mut counts = app
+        .stop_blocks()
+        .0
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let Some(task) = held.first() else {
+        counts.remove(session);
+        return Ok(None);
+    };
+    let count = counts.entry(session.to_string()).or_insert(0);
+    if *count >= MAX_STOP_BLOCKS {
+        return Ok(None);
+    }
+    *count += 1;
+    Ok(Some(format!(
+        "You still hold {} \"{}\". Finish it (done), hand it back (fail with a reason), or mark it blocked.",
+        task.id, task.title
+    )))
+}
+
+/// The longest prefix of `text` within `max` bytes, on a character boundary.
+pub fn cut_to(text: &str, max: usize) -> String {
+    let mut end = max.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use conclave_core::model::MessageKind;
+
+    use super::*;
+
+    fn message(id: &str, body: &str) -> Message {
+        Message {
+            id: id.into(),
+            sender: "a".into(),
+            to: "b".into(),
+            thread: id.into(),
+            kind: MessageKind::Chat,
+            urgent: true,
+            body: body.into(),
+            created_at: chrono::Utc::now(),
+            deliveries: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_message_longer_than_the_budget_is_cut_not_stuck() {
+        let long = message("M-1", &"x".repeat(10_000));
+        let mut out = String::new();
+        let shown = render_messages(&mut out, &[long.clone(), long], 1000);
+        assert_eq!(shown, vec!["M-1".to_string()]);
+        assert!(out.len() < 1200 && out.contains("cut"), "{}", out.len());
+    }
+
+    #[test]
+    fn messages_past_the_budget_are_counted_and_left_unacknowledged() {
+        let messages: Vec<Message> = (1..=5)
+            .map(|n| message(&format!("M-{n}"), &"y".repeat(100)))
+            .collect();
+        let mut out = String::new();
+        let shown = render_messages(&mut out, &messages, 300);
+        assert_eq!(shown, vec!["M-1".to_string(), "M-2".to_string()]);
+        assert!(
+            out.contains("M-1 from a [chat, urgent] thread M-1: y"),
+            "{out}"
+        );
+        assert!(out.ends_with("- (3 more: call the inbox tool)\n"), "{out}");
+    }
+
+    #[test]
+    fn cutting_keeps_characters_whole() {
+        assert_eq!(cut_to("héllo", 2), "h");
+        assert_eq!(cut_to("héllo", 3), "hé");
+        assert_eq!(cut_to("abc", 10), "abc");
+    }
+
+    #[test]
+    fn a_denial_names_the_holder_and_what_to_do() {
+        assert_eq!(
+            lease_denial_reason("src/a.rs", &[]),
+            "Conclave: src/a.rs is leased by another agent."
+        );
+    }
+}

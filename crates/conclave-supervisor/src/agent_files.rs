@@ -1,0 +1,288 @@
+//! What an agent's client needs before it starts, shared by `conclave claude` (a person's own
+//! Claude Code) and the supervisor of `conclave up`: as the admin, register the agent (or issue
+//! it a fresh token), then write its `mcp.json` and `settings.json` under
+//! `.conclave/agents/NAME/`, never in the user's own settings files; and find the Claude Code
+//! executable.
+//!
+//! `settings.json` pre-approves the Conclave tools and sets the hooks: HTTP hooks posting to the
+//! server for tool and prompt events, `conclave hook` command hooks for `SessionStart` and
+//! `SessionEnd` (which the client only runs as commands); in strict mode `PreToolUse` is a
+//! command hook too, so that it fails closed.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use conclave_client::{ApiError, Client, ENV_TOKEN, segment};
+use conclave_core::model::{AgentCreated, AgentUpdate, NewAgent, TokenIssued};
+use conclave_core::project::{Project, write_private};
+use serde_json::{Value, json};
+
+/// Names the Claude Code executable to run instead of `claude` from `PATH`.
+pub const ENV_CLAUDE_BIN: &str = "CONCLAVE_CLAUDE_BIN";
+
+/// Seconds Claude Code waits for an HTTP hook before going ahead without it.
+const HTTP_HOOK_TIMEOUT_SECS: u64 = 10;
+/// Seconds Claude Code waits for a command hook (the hook gives up on the server sooner).
+const COMMAND_HOOK_TIMEOUT_SECS: u64 = 15;
+
+/// The files generated for one agent.
+#[derive(Debug, Clone)]
+pub struct AgentFiles {
+    pub mcp_config: PathBuf,
+    pub settings: PathBuf,
+}
+
+/// An agent joined to the team: the token it acts with and the files generated for it.
+#[derive(Debug, Clone)]
+pub struct JoinedAgent {
+    pub token: String,
+    pub files: AgentFiles,
+}
+
+/// What `conclave claude` and the supervisor both do before starting an agent's client: as the
+/// admin, register the agent (or issue a fresh token for it), then write its `mcp.json` and
+/// `settings.json` under `.conclave/agents/NAME/`. The hooks run `exe` (the `conclave` binary).
+pub async fn prepare_agent(
+    project: &Project,
+    admin: &Client,
+    registration: &NewAgent,
+    strict: bool,
+) -> anyhow::Result<JoinedAgent> {
+    let token = join(admin, registration).await?;
+    let exe = std::env::current_exe().context("cannot find the path of this conclave binary")?;
+    let files = write_agent_files(
+        project,
+        &registration.name,
+        admin.base_url(),
+        &token,
+        &exe,
+        strict,
+    )?;
+    Ok(JoinedAgent { token, files })
+}
+
+/// Registers the agent, or issues a fresh token for the existing one (updating its role and
+/// model when given); returns the token.
+async fn join(admin: &Client, new: &NewAgent) -> anyhow::Result<String> {
+    let name = &new.name;
+    match admin.post::<_, AgentCreated>("/api/agents", new).await {
+        Ok(created) => return Ok(created.token),
+        Err(error) if is_conflict(&error) => {}
+        Err(error) => return Err(error.context(format!("cannot register agent {name}"))),
+    }
+    let path = format!("/api/agents/{}", segment(name));
+    if new.role.is_some() || new.model.is_some() {
+        let update = AgentUpdate {
+            role: new.role.clone(),
+            model: new.model.clone(),
+            ..AgentUpdate::default()
+        };
+        admin
+            .patch::<_, Value>(&path, &update)
+            .await
+            .with_context(|| format!("cannot set the role and model of agent {name}"))?;
+    }
+    let issued: TokenIssued = admin
+        .post(&format!("{path}/tokens"), &json!({}))
+        .await
+        .with_context(|| format!("cannot issue a token for agent {name}"))?;
+    Ok(issued.token)
+}
+
+fn is_conflict(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<ApiError>()
+        .is_some_and(|api| api.status == 409)
+}
+
+/// Writes `mcp.json` and `settings.json` under `.conclave/agents/NAME/`.
+fn write_agent_files(
+    project: &Project,
+    name: &str,
+    url: &str,
+    token: &str,
+    exe: &Path,
+    strict: bool,
+) -> anyhow::Result<AgentFiles> {
+    let dir = project.agent_dir(name);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let files = AgentFiles {
+        mcp_config: dir.join("mcp.json"),
+        settings: dir.join("settings.json"),
+    };
+    for (path, value) in [
+        (&files.mcp_config, mcp_config(url, token)),
+        (&files.settings, settings(url, exe, strict)),
+    ] {
+        let text = serde_json::to_string_pretty(&value)?;
+        write_private(path, &format!("{text}\n"))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(files)
+}
+
+/// The `--mcp-config` document: the Conclave MCP server over streamable HTTP.
+pub fn mcp_config(url: &str, token: &str) -> Value {
+    json!({
+        "mcpServers": {
+            "conclave": {
+                "type": "http",
+                "url": format!("{url}/mcp"),
+                "headers": {"Authorization": format!("Bearer {token}")},
+            }
+        }
+    })
+}
+
+/// The `--settings` document: the Conclave tools pre-approved, and the hooks.
+pub fn settings(url: &str, exe: &Path, strict: bool) -> Value {
+    let http = |event: &str| {
+        json!({
+            "type": "http",
+            "url": format!("{url}/hooks/{event}"),
+            "headers": {"Authorization": format!("Bearer ${ENV_TOKEN}")},
+            "allowedEnvVars": [ENV_TOKEN],
+            "timeout": HTTP_HOOK_TIMEOUT_SECS,
+        })
+    };
+    let command = |event: &str, extra: &str| {
+        json!({
+            "type": "command",
+            "command": format!("{} hook {event}{extra}", shell_quote(&exe.to_string_lossy())),
+            "timeout": COMMAND_HOOK_TIMEOUT_SECS,
+        })
+    };
+    let pre_tool_use = if strict {
+        command("pre-tool-use", " --strict")
+    } else {
+        http("pre-tool-use")
+    };
+    // The tools whose `PreToolUse` the server leases files for, as a matcher.
+    let file_writing_matcher = conclave_core::model::FILE_WRITING_TOOLS.join("|");
+    json!({
+        "permissions": {"allow": ["mcp__conclave"]},
+        "hooks": {
+            "PreToolUse": [{"matcher": file_writing_matcher, "hooks": [pre_tool_use]}],
+            "PostToolUse": [{"hooks": [http("post-tool-use")]}],
+            "UserPromptSubmit": [{"hooks": [http("user-prompt-submit")]}],
+            "Stop": [{"hooks": [http("stop")]}],
+            "PreCompact": [{"hooks": [http("pre-compact")]}],
+            "SessionStart": [{"hooks": [command("session-start", "")]}],
+            "SessionEnd": [{"hooks": [command("session-end", "")]}],
+        }
+    })
+}
+
+/// Quotes `text` for `sh` when it holds anything but plain path characters.
+fn shell_quote(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@%".contains(c));
+    if plain {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
+}
+
+/// The Claude Code executable: `CONCLAVE_CLAUDE_BIN`, else `claude` found on `PATH`. Looked up
+/// before anything is registered, so that a missing CLI changes nothing.
+pub fn claude_bin() -> anyhow::Result<PathBuf> {
+    if let Some(bin) = std::env::var_os(ENV_CLAUDE_BIN).filter(|bin| !bin.is_empty()) {
+        let path = PathBuf::from(bin);
+        if path.is_file() {
+            return Ok(path);
+        }
+        bail!(
+            "{ENV_CLAUDE_BIN} is set to {}, which is not a file",
+            path.display()
+        );
+    }
+    find_on_path("claude").with_context(|| {
+            format!(
+                "cannot find `claude` on PATH: install Claude Code \
+                 (`npm install -g @anthropic-ai/claude-code`) or name its binary with {ENV_CLAUDE_BIN}"
+            )
+        })
+}
+
+/// The first executable named `name` in a folder of `PATH`.
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_use_http_hooks_and_command_hooks_where_the_client_needs_them() {
+        let value = settings(
+            "http://127.0.0.1:7420",
+            Path::new("/opt/my tools/conclave"),
+            false,
+        );
+        assert_eq!(value["permissions"]["allow"], json!(["mcp__conclave"]));
+        let hooks = &value["hooks"];
+        let pre = &hooks["PreToolUse"][0];
+        assert_eq!(pre["matcher"], "Edit|Write|MultiEdit|NotebookEdit");
+        assert_eq!(
+            pre["hooks"][0],
+            json!({
+                "type": "http",
+                "url": "http://127.0.0.1:7420/hooks/pre-tool-use",
+                "headers": {"Authorization": "Bearer $CONCLAVE_TOKEN"},
+                "allowedEnvVars": ["CONCLAVE_TOKEN"],
+                "timeout": HTTP_HOOK_TIMEOUT_SECS,
+            })
+        );
+        for event in ["PostToolUse", "UserPromptSubmit", "Stop", "PreCompact"] {
+            assert_eq!(hooks[event][0]["hooks"][0]["type"], "http", "{event}");
+        }
+        assert_eq!(
+            hooks["SessionStart"][0]["hooks"][0]["command"],
+            "'/opt/my tools/conclave' hook session-start"
+        );
+        assert_eq!(
+            hooks["SessionEnd"][0]["hooks"][0]["command"],
+            "'/opt/my tools/conclave' hook session-end"
+        );
+    }
+
+    #[test]
+    fn strict_settings_make_pre_tool_use_a_command_hook() {
+        let value = settings("http://127.0.0.1:1", Path::new("/bin/conclave"), true);
+        let hook = &value["hooks"]["PreToolUse"][0]["hooks"][0];
+        assert_eq!(hook["type"], "command");
+        assert_eq!(hook["command"], "/bin/conclave hook pre-tool-use --strict");
+    }
+
+    #[test]
+    fn the_mcp_config_carries_the_token() {
+        assert_eq!(
+            mcp_config("http://h:1", "tok"),
+            json!({"mcpServers": {"conclave": {
+                "type": "http",
+                "url": "http://h:1/mcp",
+                "headers": {"Authorization": "Bearer tok"},
+            }}})
+        );
+    }
+
+    #[test]
+    fn shell_quoting_leaves_plain_paths_alone() {
+        assert_eq!(shell_quote("/usr/bin/conclave"), "/usr/bin/conclave");
+        assert_eq!(shell_quote("/a b/it's"), r"'/a b/it'\''s'");
+    }
+}

@@ -1,0 +1,30 @@
+//! The supervisor behind `conclave up`: it runs the team described by `conclave.toml` and keeps
+//! it healthy without a person. The `conclave` binary is a thin layer of commands over it.
+//!
+//! - [`plan`]: who the agents are (`count` replicas, settings merged with `[defaults]`) and the
+//!   exact command line each one's client gets.
+//! - [`agent_files`]: what an agent's client needs before it starts (its registration, token,
+//!   `mcp.json` and `settings.json`), shared with `conclave claude`.
+//! - [`machine`]: the team as a state machine, per agent: restarts with backoff, recycling,
+//!   budgets, hibernation, wake-ups, control requests, and finishing when the team is done. No
+//!   I/O: it answers each input with effects.
+//! - [`team`]: the driver that feeds the machine (lines, exits, events, the clock) and carries
+//!   out its effects through [`process::ProcessSide`] and [`team::ServerSide`].
+//! - [`process`]: starting a client in its own process group, reading its stdout, and ending
+//!   it with escalation (stdin closed, then SIGINT, SIGTERM, SIGKILL).
+//! - [`stream`]: what a `stream-json` line means (session id, context in use, tool calls, cost),
+//!   the one reader of it (`conclave attach` uses it too), and the rotated raw copy kept at
+//!   `.conclave/agents/NAME/stream.jsonl`.
+//! - [`wake`]: the user message that wakes an idle agent, quoting what arrived (bounded).
+//! - [`follow`]: the server's event stream, resumed after the last event seen.
+
+pub mod agent_files;
+pub mod follow;
+pub mod machine;
+pub mod plan;
+pub mod process;
+pub mod stream;
+pub mod team;
+pub mod wake;
+
+pub use team::{Supervisor, SupervisorOptions, check_team};

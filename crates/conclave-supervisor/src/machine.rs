@@ -1,0 +1,2029 @@
+//! The team as a state machine: every agent's state, and what the supervisor does in answer to
+//! what happens, with no I/O and no clock of its own.
+//!
+//! [`Team::step`] takes one [`Input`] (a stdout line, a process exit, a server event, the result
+//! of reading the team, a tick of the clock, a shutdown) and the current time, changes the state,
+//! and returns the [`Effect`]s to carry out (start a process, write to its stdin, end it, report
+//! to the server, save state). The driver in [`crate::team`] carries them out and feeds back what
+//! they produce (a started process's pid, the team's tasks and unread messages); the unit tests
+//! below drive it with scripted inputs and made-up instants.
+//!
+//! Per agent, the [`Phase`]s are:
+//!
+//! ```text
+//! Waiting ──start──▶ Live{busy} ◀──wake──▶ Live{idle} ──idle too long──▶ Hibernated
+//!    ▲                 │ exit unasked                                       │ wake
+//!    │                 ▼                                                    ▼
+//!    │           RestartPending{at} ──due──▶ Live       (resumes the session: Live)
+//!    │                 │ too many in the window
+//!    │                 ▼
+//!    └─ resume ─── Crashed / Stopped ◀── stop asked, budget spent
+//! ```
+//!
+//! A process the supervisor ends itself carries a [`StopReason`] until it exits; a person's stop
+//! and the team's shutdown win over the supervisor's own reasons (recycle, budget, hibernate).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use conclave_core::event::{
+    AgentBudgetExceeded, AgentCrashed, AgentExit, AgentHandoffRequested, AgentRecycled,
+    AgentRestarted, AgentStarted, AgentText, AgentTool, AgentTurn, AgentWoken, Topic,
+};
+use conclave_core::model::{
+    Agent, AgentAction, AgentStatus, AgentUpdate, Event, EventPayload, MessageKind, Task, TaskId,
+    TaskStatus,
+};
+use conclave_core::store::is_held;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::plan::AgentPlan;
+use crate::stream::{Content, MAX_TEXT, StreamUpdate, ToolResult, truncate};
+use crate::wake::{self, Quoted, Start};
+
+/// Time between two agents' starts (many clients starting at once race on their config file).
+pub const STAGGER: Duration = Duration::from_secs(1);
+/// Quiet ticks in a row before a team with nothing to do is declared finished.
+pub const QUIET_TICKS_TO_FINISH: u32 = 4;
+/// Longest wait between crash restarts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Time an idle process gets to exit after its stdin closes before it is signalled.
+pub const IDLE_GRACE: Duration = Duration::from_secs(5);
+/// The same when the whole team stops.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// The same for a process interrupted in the middle of a turn (its budget ran out): signalled
+/// at once, since it would not end its turn by itself.
+pub const INTERRUPT_GRACE: Duration = Duration::ZERO;
+
+/// Why the supervisor ended a process itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    Recycle,
+    Hibernate,
+    Budget,
+    Stop,
+    Restart,
+    Shutdown,
+}
+
+impl StopReason {
+    /// A person's stop and the team's shutdown: nothing the supervisor decides itself replaces
+    /// them.
+    fn is_final(self) -> bool {
+        matches!(self, StopReason::Stop | StopReason::Shutdown)
+    }
+}
+
+/// Where an agent is in its life.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Phase {
+    /// Not started yet (starts are staggered).
+    Waiting,
+    /// A process runs; `busy` while a turn is in progress.
+    Live { busy: bool },
+    /// Its process was ended while idle; a wake resumes its session.
+    Hibernated,
+    /// Crashed; starts again at `at`.
+    RestartPending { at: Instant },
+    /// Stopped (a person asked, or its budget ran out).
+    Stopped,
+    /// Crashed too often.
+    Crashed,
+}
+
+/// Kept in `.conclave/agents/NAME/supervisor.json` so that a restarted supervisor counts cost
+/// right when it resumes a session.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SavedState {
+    pub session_id: Option<String>,
+    pub session_cost: f64,
+}
+
+/// What the team is doing, as read from the server when an agent may be woken.
+#[derive(Debug, Clone, Default)]
+pub struct TeamView {
+    pub tasks: Vec<Task>,
+    /// Unacknowledged message ids per recipient.
+    pub unread: HashMap<String, HashSet<String>>,
+}
+
+/// What the state machine reacts to.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// The clock: staggered starts, restarts due, hibernation, finishing.
+    Tick,
+    /// The process of [`Effect::Spawn`] started.
+    Spawned {
+        agent: usize,
+        generation: u64,
+        pid: u32,
+    },
+    /// The process of [`Effect::Spawn`] could not start.
+    SpawnFailed {
+        agent: usize,
+        generation: u64,
+        error: String,
+    },
+    /// A stdout line of a process.
+    Line {
+        agent: usize,
+        generation: u64,
+        update: StreamUpdate,
+    },
+    /// A process exited; `how` says how ("exit code 1", "signal 9").
+    Exited {
+        agent: usize,
+        generation: u64,
+        how: String,
+    },
+    /// An event of the server's log.
+    Event(Event),
+    /// The answer to [`Effect::ReadTeam`].
+    TeamRead(TeamView),
+    /// [`Effect::ReadTeam`] failed.
+    TeamReadFailed,
+    /// The team stops: end every process.
+    Shutdown,
+    /// The processes had their time to end after [`Input::Shutdown`].
+    ShutdownDeadline,
+}
+
+/// What the driver does for the state machine.
+#[derive(Debug, Clone)]
+pub enum Effect {
+    /// Start agent `agent`'s process (resuming `resume` if given) and write `first_message`
+    /// to it; answer with [`Input::Spawned`] or [`Input::SpawnFailed`].
+    Spawn {
+        agent: usize,
+        generation: u64,
+        resume: Option<String>,
+        first_message: String,
+    },
+    /// Write a user message to the agent's process.
+    Send { agent: usize, text: String },
+    /// End the agent's process: stdin closed, then signals after `grace`.
+    Stop { agent: usize, grace: Duration },
+    /// Kill the agent's process at once.
+    Kill { agent: usize },
+    /// `PATCH /api/agents/NAME`.
+    Patch { agent: usize, update: AgentUpdate },
+    /// `POST /api/events`: this event, about the agent.
+    Record { agent: usize, payload: EventPayload },
+    /// The agent's process died unasked: release what it held, and record `agent.crashed` with
+    /// `reason` and what was released.
+    ReleaseAfterCrash { agent: usize, reason: String },
+    /// Save the agent's [`SavedState`].
+    Save { agent: usize, state: SavedState },
+    /// Read the team's tasks (and unread messages when `messages`); answer with
+    /// [`Input::TeamRead`] or [`Input::TeamReadFailed`].
+    ReadTeam { messages: bool },
+    /// Tell the person running the team.
+    Say(String),
+    /// The team has finished: nothing is ready for anyone and every agent is idle.
+    Finished,
+}
+
+/// One agent's state.
+#[derive(Debug, Clone)]
+pub struct AgentState {
+    pub plan: AgentPlan,
+    pub phase: Phase,
+    /// Why its process is being ended, until it exits.
+    pub stopping: Option<StopReason>,
+    /// Whether a process runs (started, not yet exited).
+    pub running: bool,
+    /// Counts starts; reports of an older process are ignored.
+    pub generation: u64,
+    pub paused: bool,
+    pub session_id: Option<String>,
+    pub context_tokens: Option<i64>,
+    pub context_window: Option<i64>,
+    /// Cost of sessions other than the current one.
+    pub cost_base: f64,
+    /// The latest `total_cost_usd` of the current session.
+    pub session_cost: f64,
+    /// `session_cost` when the current process started (to tell whether a resumed process
+    /// carried the session's total on or started from zero).
+    cost_at_start: f64,
+    first_result_seen: bool,
+    pub restarts: i64,
+    restart_times: VecDeque<Instant>,
+    failures_in_a_row: u32,
+    idle_since: Instant,
+    pub turns_done: u64,
+    asked_for_handoff: bool,
+    /// How the next process starts.
+    pub next_start: Start,
+    /// The session the current process resumed.
+    resumed: Option<String>,
+    /// A message to deliver as the first turn of the next process (a wake of a hibernated
+    /// agent).
+    wake_on_start: Option<String>,
+    pending_tools: HashMap<String, (String, String)>,
+    pending_messages: Vec<Quoted>,
+    offered: HashSet<TaskId>,
+}
+
+impl AgentState {
+    /// A new agent, never run.
+    pub fn new(plan: AgentPlan, now: Instant) -> AgentState {
+        AgentState {
+            plan,
+            phase: Phase::Waiting,
+            stopping: None,
+            running: false,
+            generation: 0,
+            paused: false,
+            session_id: None,
+            context_tokens: None,
+            context_window: None,
+            cost_base: 0.0,
+            session_cost: 0.0,
+            cost_at_start: 0.0,
+            first_result_seen: false,
+            restarts: 0,
+            restart_times: VecDeque::new(),
+            failures_in_a_row: 0,
+            idle_since: now,
+            turns_done: 0,
+            asked_for_handoff: false,
+            next_start: Start::Fresh,
+            resumed: None,
+            wake_on_start: None,
+            pending_tools: HashMap::new(),
+            pending_messages: Vec::new(),
+            offered: HashSet::new(),
+        }
+    }
+
+    /// An agent as the server knows it (`record`) and as an earlier supervisor left it
+    /// (`saved`): its session is resumed, and its cost goes on from what the server counted.
+    /// An agent stopped because its budget ran out stays stopped.
+    pub fn restore(plan: AgentPlan, record: &Agent, saved: SavedState, now: Instant) -> AgentState {
+        let session_cost = if saved.session_id.is_some() && saved.session_id == record.session_id {
+            saved.session_cost
+        } else {
+            0.0
+        };
+        let budget_spent = plan
+            .settings
+            .budget_usd
+            .is_some_and(|budget| record.cost_usd >= budget);
+        let mut agent = AgentState::new(plan, now);
+        if budget_spent && record.status == AgentStatus::Stopped {
+            agent.phase = Phase::Stopped;
+        }
+        agent.next_start = if record.session_id.is_some() {
+            Start::Resumed
+        } else {
+            Start::Fresh
+        };
+        agent.session_id = record.session_id.clone();
+        agent.context_tokens = record.context_tokens;
+        agent.context_window = record.context_window;
+        agent.cost_base = (record.cost_usd - session_cost).max(0.0);
+        agent.session_cost = session_cost;
+        agent.cost_at_start = session_cost;
+        agent.restarts = record.restarts;
+        agent
+    }
+
+    /// What the agent has spent in all.
+    pub fn cost(&self) -> f64 {
+        self.cost_base + self.session_cost
+    }
+
+    fn is_live_idle(&self) -> bool {
+        self.phase == Phase::Live { busy: false } && self.stopping.is_none()
+    }
+
+    fn is_busy(&self) -> bool {
+        self.phase == Phase::Live { busy: true }
+    }
+
+    /// Whether a wake may reach it: not paused, and idle after a turn, or hibernated.
+    fn is_wakeable(&self) -> bool {
+        !self.paused
+            && ((self.is_live_idle() && self.turns_done > 0) || self.phase == Phase::Hibernated)
+    }
+
+    /// Takes the session's running total `total` as reported by its process.
+    fn account(&mut self, total: f64) {
+        if !self.first_result_seen && total + 1e-9 < self.cost_at_start {
+            // This process counts from zero: what the session cost before is history.
+            self.cost_base += self.cost_at_start;
+        }
+        self.first_result_seen = true;
+        self.session_cost = total;
+    }
+
+    fn over_budget(&self) -> Option<f64> {
+        self.plan
+            .settings
+            .budget_usd
+            .filter(|budget| self.cost() >= *budget)
+    }
+
+    fn saved(&self) -> SavedState {
+        SavedState {
+            session_id: self.session_id.clone(),
+            session_cost: self.session_cost,
+        }
+    }
+}
+
+/// The whole team's state.
+#[derive(Debug)]
+pub struct Team {
+    pub agents: Vec<AgentState>,
+    /// Keep running when the team has nothing left to do.
+    stay: bool,
+    /// Something happened that may give an idle agent something to do.
+    dirty: bool,
+    quiet_ticks: u32,
+    next_start_at: Option<Instant>,
+    shutting_down: bool,
+    out: Vec<Effect>,
+}
+
+/// How a process ended, with nothing more to say.
+fn exit(how: &str) -> AgentExit {
+    AgentExit {
+        exit: how.to_string(),
+        stopped: false,
+        restart: false,
+    }
+}
+
+fn status_update(status: AgentStatus) -> AgentUpdate {
+    AgentUpdate {
+        status: Some(status),
+        ..AgentUpdate::default()
+    }
+}
+
+impl Team {
+    pub fn new(agents: Vec<AgentState>, stay: bool) -> Team {
+        Team {
+            agents,
+            stay,
+            dirty: false,
+            quiet_ticks: 0,
+            next_start_at: None,
+            shutting_down: false,
+            out: Vec::new(),
+        }
+    }
+
+    /// Whether any agent's process still runs.
+    pub fn any_running(&self) -> bool {
+        self.agents.iter().any(|agent| agent.running)
+    }
+
+    /// Takes one input at time `now`; returns what to do, in order.
+    pub fn step(&mut self, input: Input, now: Instant) -> Vec<Effect> {
+        // A failed read is retried on the next input or tick, not at once.
+        let read_failed = matches!(input, Input::TeamReadFailed);
+        match input {
+            Input::Tick => self.tick(now),
+            Input::Spawned {
+                agent,
+                generation,
+                pid,
+            } => {
+                if self.current(agent, generation) {
+                    self.on_spawned(agent, pid);
+                }
+            }
+            Input::SpawnFailed {
+                agent,
+                generation,
+                error,
+            } => {
+                if self.current(agent, generation) {
+                    self.agents[agent].running = false;
+                    self.on_crash(agent, format!("could not start ({error})"), now);
+                }
+            }
+            Input::Line {
+                agent,
+                generation,
+                update,
+            } => {
+                if self.current(agent, generation) {
+                    self.on_line(agent, update, now);
+                }
+            }
+            Input::Exited {
+                agent,
+                generation,
+                how,
+            } => {
+                if self.current(agent, generation) {
+                    self.on_exit(agent, &how, now);
+                }
+            }
+            Input::Event(event) => self.on_event(&event),
+            Input::TeamRead(view) => self.wake(&view),
+            Input::TeamReadFailed => self.dirty = true,
+            Input::Shutdown => self.shutdown(),
+            Input::ShutdownDeadline => self.shutdown_deadline(),
+        }
+        self.start_due(now);
+        if !read_failed {
+            self.reconcile();
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    fn current(&self, agent: usize, generation: u64) -> bool {
+        self.agents
+            .get(agent)
+            .is_some_and(|state| state.generation == generation)
+    }
+
+    fn say(&mut self, text: String) {
+        self.out.push(Effect::Say(text));
+    }
+
+    fn patch(&mut self, agent: usize, update: AgentUpdate) {
+        self.out.push(Effect::Patch { agent, update });
+    }
+
+    fn record(&mut self, agent: usize, payload: EventPayload) {
+        self.out.push(Effect::Record { agent, payload });
+    }
+
+    fn save(&mut self, agent: usize) {
+        let state = self.agents[agent].saved();
+        self.out.push(Effect::Save { agent, state });
+    }
+
+    // ---- starting ---------------------------------------------------------------------------
+
+    /// Staggered first starts (none once the team is stopping: `down` during the stagger must
+    /// not start the rest of the team).
+    fn start_due(&mut self, now: Instant) {
+        if self.shutting_down || self.next_start_at.is_some_and(|at| now < at) {
+            return;
+        }
+        if let Some(index) = self.agents.iter().position(|a| a.phase == Phase::Waiting) {
+            self.start(index);
+            self.next_start_at = Some(now + STAGGER);
+        }
+    }
+
+    /// Starts agent `index`'s process: fresh or resuming its session, per `next_start`.
+    fn start(&mut self, index: usize) {
+        if self.shutting_down {
+            return;
+        }
+        let agent = &mut self.agents[index];
+        let resume = match agent.next_start {
+            Start::Fresh | Start::Recycled => None,
+            Start::Resumed | Start::AfterCrash => agent.session_id.clone(),
+        };
+        agent.generation += 1;
+        let first_message = agent.wake_on_start.take().unwrap_or_else(|| {
+            wake::first_message(
+                &agent.plan.name,
+                agent.plan.role.as_deref(),
+                agent.next_start,
+            )
+        });
+        agent.phase = Phase::Live { busy: true };
+        agent.stopping = None;
+        agent.asked_for_handoff = false;
+        agent.first_result_seen = false;
+        agent.cost_at_start = agent.session_cost;
+        agent.pending_tools.clear();
+        if resume.is_none() {
+            // A new session: its cost starts from zero.
+            agent.cost_base += agent.session_cost;
+            agent.session_cost = 0.0;
+            agent.cost_at_start = 0.0;
+            agent.context_tokens = None;
+        }
+        agent.resumed = resume.clone();
+        let effect = Effect::Spawn {
+            agent: index,
+            generation: agent.generation,
+            resume,
+            first_message,
+        };
+        self.out.push(effect);
+    }
+
+    fn on_spawned(&mut self, index: usize, pid: u32) {
+        let agent = &mut self.agents[index];
+        agent.running = true;
+        let resume = agent.resumed.clone();
+        let name = agent.plan.name.clone();
+        let update = AgentUpdate {
+            status: Some(AgentStatus::Starting),
+            pid: Some(i64::from(pid)),
+            restarts: Some(agent.restarts),
+            ..AgentUpdate::default()
+        };
+        self.say(format!(
+            "started {name} (pid {pid}{})",
+            resume
+                .as_deref()
+                .map(|s| format!(", resuming session {s}"))
+                .unwrap_or_default()
+        ));
+        self.patch(index, update);
+        let started = AgentStarted {
+            pid: i64::from(pid),
+            resume,
+        };
+        self.record(index, EventPayload::AgentStarted(started));
+    }
+
+    // ---- what the processes say -------------------------------------------------------------
+
+    fn on_line(&mut self, index: usize, update: StreamUpdate, now: Instant) {
+        match update {
+            StreamUpdate::Init { session_id, .. } => {
+                let agent = &mut self.agents[index];
+                if session_id.is_some() && session_id != agent.session_id {
+                    agent.session_id = session_id.clone();
+                    self.save(index);
+                }
+                let update = AgentUpdate {
+                    status: Some(AgentStatus::Working),
+                    session_id,
+                    ..AgentUpdate::default()
+                };
+                self.patch(index, update);
+            }
+            StreamUpdate::Assistant {
+                context_tokens,
+                content,
+            } => {
+                if context_tokens.is_some() {
+                    self.agents[index].context_tokens = context_tokens;
+                }
+                for block in content {
+                    match block {
+                        Content::Tool(tool) => {
+                            self.agents[index]
+                                .pending_tools
+                                .insert(tool.id, (tool.name, tool.input));
+                        }
+                        Content::Text(text) => {
+                            let text = truncate(&text, MAX_TEXT);
+                            self.record(index, EventPayload::AgentText(AgentText { text }));
+                        }
+                    }
+                }
+                if let Some(tokens) = context_tokens {
+                    let update = AgentUpdate {
+                        context_tokens: Some(tokens),
+                        ..AgentUpdate::default()
+                    };
+                    self.patch(index, update);
+                }
+            }
+            StreamUpdate::ToolResults(results) => {
+                for ToolResult { id, bytes, .. } in results {
+                    let Some((tool, input)) = self.agents[index].pending_tools.remove(&id) else {
+                        continue;
+                    };
+                    let used = AgentTool {
+                        tool,
+                        input: Value::String(input),
+                        result_bytes: i64::try_from(bytes).unwrap_or(i64::MAX),
+                    };
+                    self.record(index, EventPayload::AgentTool(used));
+                }
+            }
+            StreamUpdate::Cost { total_usd } => self.on_cost_in_turn(index, total_usd),
+            StreamUpdate::Result {
+                cost_usd,
+                context_window,
+                is_error,
+                session_id,
+                ..
+            } => self.on_turn_end(index, cost_usd, context_window, is_error, session_id, now),
+            StreamUpdate::Other => {}
+        }
+    }
+
+    /// A cost reported before the turn ended: a spent budget interrupts the turn.
+    fn on_cost_in_turn(&mut self, index: usize, total: f64) {
+        let agent = &mut self.agents[index];
+        agent.account(total);
+        let cost = agent.cost();
+        let update = AgentUpdate {
+            cost_usd: Some(cost),
+            ..AgentUpdate::default()
+        };
+        self.patch(index, update);
+        let agent = &self.agents[index];
+        if agent.is_busy()
+            && agent.stopping.is_none()
+            && let Some(budget) = agent.over_budget()
+        {
+            self.stop_for_budget(index, budget, cost, INTERRUPT_GRACE);
+        }
+    }
+
+    fn stop_for_budget(&mut self, index: usize, budget: f64, cost: f64, grace: Duration) {
+        let name = self.agents[index].plan.name.clone();
+        self.say(format!(
+            "{name} reached its budget of ${budget:.2} (spent ${cost:.4}); stopping it"
+        ));
+        self.stop_process(index, StopReason::Budget, grace);
+        let exceeded = AgentBudgetExceeded {
+            budget_usd: budget,
+            cost_usd: cost,
+            alert: true,
+            message: format!("{name} spent ${cost:.4} of its ${budget:.2} budget and was stopped"),
+        };
+        self.record(index, EventPayload::AgentBudgetExceeded(exceeded));
+    }
+
+    fn on_turn_end(
+        &mut self,
+        index: usize,
+        cost_usd: Option<f64>,
+        context_window: Option<i64>,
+        is_error: bool,
+        session_id: Option<String>,
+        now: Instant,
+    ) {
+        let agent = &mut self.agents[index];
+        if agent.is_busy() {
+            agent.phase = Phase::Live { busy: false };
+        }
+        agent.idle_since = now;
+        agent.turns_done += 1;
+        if !is_error {
+            agent.failures_in_a_row = 0;
+        }
+        if session_id.is_some() && agent.session_id.is_none() {
+            agent.session_id = session_id;
+        }
+        if let Some(total) = cost_usd {
+            agent.account(total);
+        }
+        if context_window.is_some() {
+            agent.context_window = context_window;
+        }
+        let (tokens, window, cost) = (agent.context_tokens, agent.context_window, agent.cost());
+        let handoff_turn = agent.asked_for_handoff;
+        let status = if agent.paused {
+            AgentStatus::Paused
+        } else {
+            AgentStatus::Idle
+        };
+        self.save(index);
+        let update = AgentUpdate {
+            status: Some(status),
+            context_tokens: tokens,
+            context_window: window,
+            cost_usd: Some(cost),
+            ..AgentUpdate::default()
+        };
+        self.patch(index, update);
+        let turn = AgentTurn {
+            context_tokens: tokens,
+            context_window: window,
+            cost_usd: cost,
+        };
+        self.record(index, EventPayload::AgentTurn(turn));
+        self.dirty = true;
+
+        let agent = &self.agents[index];
+        let stopping = agent.stopping;
+        if let Some(budget) = agent.over_budget() {
+            // Already on its way out for its budget (mid-turn) or for good: said once.
+            if !matches!(
+                stopping,
+                Some(StopReason::Budget | StopReason::Stop | StopReason::Shutdown)
+            ) {
+                self.stop_for_budget(index, budget, cost, IDLE_GRACE);
+            }
+            return;
+        }
+        if stopping.is_some() {
+            return;
+        }
+        if handoff_turn {
+            self.stop_process(index, StopReason::Recycle, IDLE_GRACE);
+            return;
+        }
+        if let (Some(tokens), Some(window)) = (tokens, window)
+            && window > 0
+            && tokens as f64 / window as f64 >= agent.plan.recycle_at
+        {
+            let text = wake::handoff_request(tokens, window);
+            let agent = &mut self.agents[index];
+            agent.asked_for_handoff = true;
+            agent.phase = Phase::Live { busy: true };
+            self.out.push(Effect::Send { agent: index, text });
+            let requested = AgentHandoffRequested {
+                context_tokens: tokens,
+                context_window: window,
+            };
+            self.record(index, EventPayload::AgentHandoffRequested(requested));
+        }
+    }
+
+    fn on_exit(&mut self, index: usize, how: &str, now: Instant) {
+        let agent = &mut self.agents[index];
+        agent.running = false;
+        let reason = agent.stopping.take();
+        let name = agent.plan.name.clone();
+        self.dirty = true;
+        match reason {
+            None => {
+                self.say(format!("{name} exited unexpectedly ({how})"));
+                self.on_crash(index, format!("process exited with {how}"), now);
+            }
+            Some(StopReason::Recycle) => {
+                let agent = &mut self.agents[index];
+                agent.next_start = Start::Recycled;
+                agent.context_tokens = None;
+                let recycled = AgentRecycled {
+                    previous_session: agent.session_id.clone(),
+                };
+                self.record(index, EventPayload::AgentRecycled(recycled));
+                self.say(format!("recycling {name} into a fresh session"));
+                self.start(index);
+            }
+            Some(StopReason::Hibernate) => {
+                self.agents[index].phase = Phase::Hibernated;
+                // A paused agent stays `paused` on its record while its process is gone.
+                let status = if self.agents[index].paused {
+                    AgentStatus::Paused
+                } else {
+                    AgentStatus::Hibernated
+                };
+                self.patch(index, status_update(status));
+                self.record(index, EventPayload::AgentHibernated(exit(how)));
+            }
+            Some(StopReason::Budget | StopReason::Stop) => {
+                self.agents[index].phase = Phase::Stopped;
+                self.patch(index, status_update(AgentStatus::Stopped));
+                let stopped = AgentExit {
+                    stopped: true,
+                    ..exit(how)
+                };
+                self.record(index, EventPayload::AgentExited(stopped));
+            }
+            Some(StopReason::Restart) => {
+                self.agents[index].next_start = Start::Resumed;
+                let restart = AgentExit {
+                    restart: true,
+                    ..exit(how)
+                };
+                self.record(index, EventPayload::AgentExited(restart));
+                self.start(index);
+            }
+            Some(StopReason::Shutdown) => {
+                self.agents[index].phase = Phase::Waiting;
+                self.record(index, EventPayload::AgentExited(exit(how)));
+            }
+        }
+    }
+
+    /// A process died unasked: release what it held, then restart with backoff, or give up
+    /// after too many restarts in the window.
+    fn on_crash(&mut self, index: usize, reason: String, now: Instant) {
+        self.out.push(Effect::ReleaseAfterCrash {
+            agent: index,
+            reason,
+        });
+        let agent = &mut self.agents[index];
+        let window = agent.plan.restart_window;
+        while agent
+            .restart_times
+            .front()
+            .is_some_and(|at| now.duration_since(*at) > window)
+        {
+            agent.restart_times.pop_front();
+        }
+        if agent.restart_times.len() >= agent.plan.max_restarts as usize {
+            let message = format!(
+                "{} crashed {} times within {:?}; not restarting it",
+                agent.plan.name,
+                agent.restart_times.len() + 1,
+                window
+            );
+            agent.phase = Phase::Crashed;
+            self.say(message.clone());
+            self.patch(index, status_update(AgentStatus::Crashed));
+            let gave_up = AgentCrashed {
+                reason: None,
+                released: None,
+                alert: true,
+                gave_up: true,
+                message: Some(message),
+            };
+            self.record(index, EventPayload::AgentCrashed(gave_up));
+            return;
+        }
+        let delay = Duration::from_secs(1)
+            .saturating_mul(1 << agent.failures_in_a_row.min(5))
+            .min(MAX_BACKOFF);
+        agent.failures_in_a_row += 1;
+        agent.phase = Phase::RestartPending { at: now + delay };
+        agent.next_start = Start::AfterCrash;
+        self.patch(index, status_update(AgentStatus::Starting));
+    }
+
+    // ---- what the server says ---------------------------------------------------------------
+
+    fn on_event(&mut self, event: &Event) {
+        match &event.payload {
+            EventPayload::MessageSent(sent) => {
+                if sent.kind == MessageKind::Handoff {
+                    return;
+                }
+                let quoted = Quoted {
+                    id: sent.id.clone(),
+                    sender: event.actor.clone(),
+                    body: sent.body.clone(),
+                };
+                for agent in &mut self.agents {
+                    if sent.recipients.contains(&agent.plan.name) && agent.plan.name != event.actor
+                    {
+                        agent.pending_messages.push(quoted.clone());
+                        self.dirty = true;
+                    }
+                }
+            }
+            EventPayload::AgentControl(control) => {
+                let index = event
+                    .agent
+                    .as_deref()
+                    .and_then(|name| self.agents.iter().position(|a| a.plan.name == name));
+                if let Some(index) = index {
+                    self.on_control(index, control.action);
+                }
+            }
+            EventPayload::TaskReady(_) => {
+                // A task that is ready again (reopened, reclaimed, released) may be offered anew.
+                if let Some(task) = event.task {
+                    for agent in &mut self.agents {
+                        agent.offered.remove(&task);
+                    }
+                }
+                self.dirty = true;
+            }
+            payload if payload.topic() == Some(Topic::Task) => self.dirty = true,
+            _ => {}
+        }
+    }
+
+    fn on_control(&mut self, index: usize, action: AgentAction) {
+        let name = self.agents[index].plan.name.clone();
+        self.say(format!("{action} {name} (asked through the server)"));
+        match action {
+            AgentAction::Pause => {
+                self.agents[index].paused = true;
+                self.patch(index, status_update(AgentStatus::Paused));
+            }
+            AgentAction::Resume => {
+                let agent = &mut self.agents[index];
+                agent.paused = false;
+                let status = match agent.phase {
+                    Phase::Live { busy: true } => AgentStatus::Working,
+                    Phase::Live { busy: false } => AgentStatus::Idle,
+                    Phase::Hibernated => AgentStatus::Hibernated,
+                    _ => AgentStatus::Starting,
+                };
+                if matches!(agent.phase, Phase::Stopped | Phase::Crashed) {
+                    agent.phase = Phase::Waiting;
+                    agent.next_start = Start::Resumed;
+                }
+                self.patch(index, status_update(status));
+                self.dirty = true;
+            }
+            AgentAction::Stop => {
+                if self.agents[index].running {
+                    self.stop_process(index, StopReason::Stop, IDLE_GRACE);
+                } else {
+                    self.agents[index].phase = Phase::Stopped;
+                    self.patch(index, status_update(AgentStatus::Stopped));
+                }
+            }
+            AgentAction::Restart => {
+                let agent = &mut self.agents[index];
+                agent.paused = false;
+                if agent.running {
+                    self.stop_process(index, StopReason::Restart, IDLE_GRACE);
+                } else {
+                    agent.next_start = Start::Resumed;
+                    self.start(index);
+                }
+                let restarted = AgentRestarted {
+                    asked: true,
+                    restarts: None,
+                };
+                self.record(index, EventPayload::AgentRestarted(restarted));
+            }
+        }
+    }
+
+    // ---- waking -----------------------------------------------------------------------------
+
+    /// When something happened that may give an idle agent work, asks for the team's state.
+    fn reconcile(&mut self) {
+        let asked = self
+            .out
+            .iter()
+            .any(|e| matches!(e, Effect::ReadTeam { .. }));
+        if !self.dirty || self.shutting_down || asked {
+            return;
+        }
+        self.dirty = false;
+        let wakeable: Vec<&AgentState> = self.agents.iter().filter(|a| a.is_wakeable()).collect();
+        if wakeable.is_empty() {
+            return;
+        }
+        let messages = wakeable.iter().any(|a| !a.pending_messages.is_empty());
+        self.out.push(Effect::ReadTeam { messages });
+    }
+
+    /// Wakes every idle agent that has something waiting for it: unread messages that arrived
+    /// for it, or (when it holds no task) ready tasks that fit it and were not offered to it
+    /// before nor to another agent busy with them.
+    fn wake(&mut self, view: &TeamView) {
+        if self.shutting_down {
+            return;
+        }
+        for index in 0..self.agents.len() {
+            if !self.agents[index].is_wakeable() {
+                continue;
+            }
+            let agent = &self.agents[index];
+            let name = agent.plan.name.clone();
+            let holds = view
+                .tasks
+                .iter()
+                .any(|task| task.assignee.as_deref() == Some(name.as_str()) && is_held(task));
+            let messages: Vec<Quoted> = agent
+                .pending_messages
+                .iter()
+                .filter(|m| {
+                    view.unread
+                        .get(&name)
+                        .is_some_and(|ids| ids.contains(&m.id))
+                })
+                .cloned()
+                .collect();
+            let tasks: Vec<(TaskId, String)> = if holds {
+                Vec::new()
+            } else {
+                view.tasks
+                    .iter()
+                    .filter(|task| task.status == TaskStatus::Ready)
+                    .filter(|task| task.fits(&name, agent.plan.role.as_deref(), &agent.plan.caps))
+                    .filter(|task| !agent.offered.contains(&task.id))
+                    .filter(|task| {
+                        !self.agents.iter().enumerate().any(|(other, a)| {
+                            other != index && a.is_busy() && a.offered.contains(&task.id)
+                        })
+                    })
+                    .take(5)
+                    .map(|task| (task.id, task.title.clone()))
+                    .collect()
+            };
+            self.agents[index].pending_messages.clear();
+            let quoted_tasks: Vec<(String, String)> = tasks
+                .iter()
+                .map(|(id, title)| (id.to_string(), title.clone()))
+                .collect();
+            let Some(text) = wake::wake_message(&messages, &quoted_tasks) else {
+                continue;
+            };
+            let agent = &mut self.agents[index];
+            agent.offered.extend(tasks.iter().map(|(id, _)| *id));
+            let woken = AgentWoken {
+                messages: messages.iter().map(|m| m.id.clone()).collect(),
+                tasks: quoted_tasks.iter().map(|(id, _)| id.clone()).collect(),
+            };
+            if agent.phase == Phase::Hibernated {
+                agent.wake_on_start = Some(text);
+                agent.next_start = Start::Resumed;
+                self.say(format!("waking {name} from hibernation"));
+                self.record(index, EventPayload::AgentWoken(woken));
+                self.start(index);
+            } else {
+                agent.phase = Phase::Live { busy: true };
+                self.out.push(Effect::Send { agent: index, text });
+                self.record(index, EventPayload::AgentWoken(woken));
+                self.patch(index, status_update(AgentStatus::Working));
+            }
+        }
+    }
+
+    // ---- the clock --------------------------------------------------------------------------
+
+    /// Restarts that are due, hibernation, and whether the team has finished.
+    fn tick(&mut self, now: Instant) {
+        if self.shutting_down {
+            return;
+        }
+        for index in 0..self.agents.len() {
+            let agent = &mut self.agents[index];
+            match agent.phase {
+                Phase::RestartPending { at } if now >= at => {
+                    agent.restarts += 1;
+                    agent.restart_times.push_back(now);
+                    let restarted = AgentRestarted {
+                        asked: false,
+                        restarts: Some(agent.restarts),
+                    };
+                    self.record(index, EventPayload::AgentRestarted(restarted));
+                    self.start(index);
+                }
+                Phase::Live { busy: false }
+                    if agent.stopping.is_none()
+                        && agent.turns_done > 0
+                        && now.duration_since(agent.idle_since) >= agent.plan.hibernate_after =>
+                {
+                    let name = agent.plan.name.clone();
+                    self.say(format!("{name} is idle; hibernating it"));
+                    self.stop_process(index, StopReason::Hibernate, IDLE_GRACE);
+                }
+                _ => {}
+            }
+        }
+        self.reconcile();
+        if self.stay {
+            return;
+        }
+        let quiet = !self.dirty
+            && !self
+                .out
+                .iter()
+                .any(|e| matches!(e, Effect::ReadTeam { .. }))
+            && self.agents.iter().all(|agent| match agent.phase {
+                Phase::Live { busy: false } => {
+                    agent.stopping.is_none() && (agent.turns_done > 0 || agent.paused)
+                }
+                Phase::Hibernated | Phase::Stopped | Phase::Crashed => true,
+                Phase::Waiting | Phase::Live { busy: true } | Phase::RestartPending { .. } => false,
+            });
+        self.quiet_ticks = if quiet { self.quiet_ticks + 1 } else { 0 };
+        if self.quiet_ticks >= QUIET_TICKS_TO_FINISH {
+            self.out.push(Effect::Finished);
+        }
+    }
+
+    // ---- ending -----------------------------------------------------------------------------
+
+    fn stop_process(&mut self, index: usize, reason: StopReason, grace: Duration) {
+        let agent = &mut self.agents[index];
+        // A person's stop and the team's shutdown win over anything the supervisor decides
+        // itself (recycle, budget, hibernate) while the process is on its way out.
+        if agent.stopping.is_some_and(StopReason::is_final) && !reason.is_final() {
+            return;
+        }
+        if agent.running {
+            agent.stopping = Some(reason);
+            self.out.push(Effect::Stop {
+                agent: index,
+                grace,
+            });
+        }
+    }
+
+    /// Ends every process (stdin closed, then signals).
+    fn shutdown(&mut self) {
+        self.shutting_down = true;
+        for index in 0..self.agents.len() {
+            self.stop_process(index, StopReason::Shutdown, SHUTDOWN_GRACE);
+        }
+    }
+
+    /// Kills what still runs; agents that never started are reported offline.
+    fn shutdown_deadline(&mut self) {
+        for index in 0..self.agents.len() {
+            if self.agents[index].running {
+                self.out.push(Effect::Kill { agent: index });
+            }
+            if self.agents[index].phase == Phase::Waiting {
+                self.patch(index, status_update(AgentStatus::Offline));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every transition of the state machine, driven with scripted inputs at made-up instants:
+    //! no process, no server, no sleeping.
+
+    use std::path::PathBuf;
+
+    use conclave_core::config::AgentSettings;
+    use conclave_core::model::{NewEvent, TaskStatus};
+    use serde_json::json;
+
+    use super::*;
+
+    const HIBERNATE_AFTER: Duration = Duration::from_secs(600);
+    const WINDOW: Duration = Duration::from_secs(600);
+
+    fn plan(name: &str) -> AgentPlan {
+        AgentPlan {
+            name: name.to_string(),
+            role: None,
+            caps: Vec::new(),
+            settings: AgentSettings::default(),
+            cwd: PathBuf::from("/p"),
+            recycle_at: 0.7,
+            hibernate_after: HIBERNATE_AFTER,
+            max_restarts: 2,
+            restart_window: WINDOW,
+        }
+    }
+
+    fn with_budget(mut plan: AgentPlan, budget: f64) -> AgentPlan {
+        plan.settings.budget_usd = Some(budget);
+        plan
+    }
+
+    /// A team, its clock, and what it did last.
+    struct Harness {
+        team: Team,
+        t0: Instant,
+        now: Instant,
+    }
+
+    impl Harness {
+        fn new(plans: Vec<AgentPlan>) -> Harness {
+            Harness::of(plans, false)
+        }
+
+        fn of(plans: Vec<AgentPlan>, stay: bool) -> Harness {
+            let t0 = Instant::now();
+            let agents = plans.into_iter().map(|p| AgentState::new(p, t0)).collect();
+            Harness {
+                team: Team::new(agents, stay),
+                t0,
+                now: t0,
+            }
+        }
+
+        fn restored(agent: AgentState) -> Harness {
+            let t0 = Instant::now();
+            Harness {
+                team: Team::new(vec![agent], false),
+                t0,
+                now: t0,
+            }
+        }
+
+        /// Moves the clock to `secs` after the start.
+        fn at(&mut self, secs: u64) -> &mut Harness {
+            self.now = self.t0 + Duration::from_secs(secs);
+            self
+        }
+
+        fn step(&mut self, input: Input) -> Vec<Effect> {
+            self.team.step(input, self.now)
+        }
+
+        fn tick(&mut self) -> Vec<Effect> {
+            self.step(Input::Tick)
+        }
+
+        fn generation(&self, agent: usize) -> u64 {
+            self.team.agents[agent].generation
+        }
+
+        /// Answers the spawns among `effects` as a process side would.
+        fn answer_spawns(&mut self, effects: &[Effect]) -> Vec<Effect> {
+            let mut out = Vec::new();
+            for effect in effects {
+                if let Effect::Spawn {
+                    agent, generation, ..
+                } = effect
+                {
+                    out.extend(self.step(Input::Spawned {
+                        agent: *agent,
+                        generation: *generation,
+                        pid: 100 + *agent as u32,
+                    }));
+                }
+            }
+            out
+        }
+
+        /// Starts every waiting agent (staggered) and answers the spawns.
+        fn start_all(&mut self) {
+            let mut secs = self.now.duration_since(self.t0).as_secs();
+            while self.team.agents.iter().any(|a| a.phase == Phase::Waiting) {
+                self.at(secs);
+                let effects = self.tick();
+                self.answer_spawns(&effects);
+                secs += 1;
+            }
+        }
+
+        fn line(&mut self, agent: usize, update: StreamUpdate) -> Vec<Effect> {
+            let generation = self.generation(agent);
+            self.step(Input::Line {
+                agent,
+                generation,
+                update,
+            })
+        }
+
+        fn init(&mut self, agent: usize, session: &str) -> Vec<Effect> {
+            self.line(
+                agent,
+                StreamUpdate::Init {
+                    session_id: Some(session.to_string()),
+                    model: None,
+                },
+            )
+        }
+
+        fn context(&mut self, agent: usize, tokens: i64) -> Vec<Effect> {
+            self.line(
+                agent,
+                StreamUpdate::Assistant {
+                    context_tokens: Some(tokens),
+                    content: Vec::new(),
+                },
+            )
+        }
+
+        fn turn_end(&mut self, agent: usize, cost: f64) -> Vec<Effect> {
+            self.line(
+                agent,
+                StreamUpdate::Result {
+                    cost_usd: Some(cost),
+                    context_window: Some(1000),
+                    is_error: false,
+                    session_id: Some("s1".to_string()),
+                    num_turns: Some(1),
+                },
+            )
+        }
+
+        fn exit(&mut self, agent: usize, how: &str) -> Vec<Effect> {
+            let generation = self.generation(agent);
+            let effects = self.step(Input::Exited {
+                agent,
+                generation,
+                how: how.to_string(),
+            });
+            let answered = self.answer_spawns(&effects);
+            effects.into_iter().chain(answered).collect()
+        }
+
+        fn event(&mut self, value: Value) -> Vec<Effect> {
+            let event: Event = serde_json::from_value(value).expect("an event");
+            assert!(
+                !matches!(event.payload, EventPayload::Unrecognized(_)),
+                "a typed event: {event:?}"
+            );
+            self.step(Input::Event(event))
+        }
+
+        fn control(&mut self, agent: &str, action: &str) -> Vec<Effect> {
+            let effects = self.event(json!({
+                "seq": 1, "ts": "2030-01-01T00:00:00Z", "actor": "admin",
+                "kind": "agent.control", "task": null, "agent": agent,
+                "data": {"action": action},
+            }));
+            let answered = self.answer_spawns(&effects);
+            effects.into_iter().chain(answered).collect()
+        }
+
+        fn message(&mut self, id: &str, from: &str, to: &[&str], body: &str) -> Vec<Effect> {
+            self.event(json!({
+                "seq": 2, "ts": "2030-01-01T00:00:00Z", "actor": from,
+                "kind": "message.sent", "task": null, "agent": null,
+                "data": {"id": id, "to": to[0], "recipients": to, "thread": "t",
+                         "kind": "chat", "urgent": false, "body": body},
+            }))
+        }
+
+        /// `task.created` or `task.ready` for task `task`.
+        fn task_event(&mut self, kind: &str, task: i64) -> Vec<Effect> {
+            let data = match kind {
+                "task.created" => {
+                    json!({"title": "t", "after": [], "role": null, "priority": 0})
+                }
+                _ => json!({}),
+            };
+            self.event(json!({
+                "seq": 3, "ts": "2030-01-01T00:00:00Z", "actor": "admin",
+                "kind": kind, "task": task, "agent": null, "data": data,
+            }))
+        }
+
+        fn read(&mut self, tasks: Vec<Task>, unread: &[(&str, &str)]) -> Vec<Effect> {
+            let mut view = TeamView {
+                tasks,
+                unread: HashMap::new(),
+            };
+            for (agent, id) in unread {
+                view.unread
+                    .entry(agent.to_string())
+                    .or_default()
+                    .insert(id.to_string());
+            }
+            let effects = self.step(Input::TeamRead(view));
+            let answered = self.answer_spawns(&effects);
+            effects.into_iter().chain(answered).collect()
+        }
+
+        /// An agent that has started and finished its first turn (idle, session `s1`).
+        fn idle_after_a_turn(&mut self, agent: usize, cost: f64) {
+            self.init(agent, "s1");
+            self.turn_end(agent, cost);
+            assert_eq!(self.team.agents[agent].phase, Phase::Live { busy: false });
+        }
+    }
+
+    fn task(id: i64, status: TaskStatus, role: Option<&str>, assignee: Option<&str>) -> Task {
+        let now = chrono::Utc::now();
+        Task {
+            id: TaskId(id),
+            title: format!("task {id}"),
+            body: String::new(),
+            status,
+            priority: 0,
+            role: role.map(str::to_string),
+            caps: Vec::new(),
+            depends_on: Vec::new(),
+            assignee: assignee.map(str::to_string),
+            claim_expires_at: None,
+            attempts: 0,
+            result: None,
+            blocked_reason: None,
+            files: Vec::new(),
+            parent: None,
+            created_by: "admin".into(),
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    fn spawns(effects: &[Effect]) -> Vec<(usize, Option<String>, String)> {
+        effects
+            .iter()
+            .filter_map(|effect| match effect {
+                Effect::Spawn {
+                    agent,
+                    resume,
+                    first_message,
+                    ..
+                } => Some((*agent, resume.clone(), first_message.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn stops(effects: &[Effect]) -> Vec<(usize, Duration)> {
+        effects
+            .iter()
+            .filter_map(|effect| match effect {
+                Effect::Stop { agent, grace } => Some((*agent, *grace)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn sends(effects: &[Effect]) -> Vec<(usize, String)> {
+        effects
+            .iter()
+            .filter_map(|effect| match effect {
+                Effect::Send { agent, text } => Some((*agent, text.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The kind and data of each event recorded, as they go on the wire.
+    fn records(effects: &[Effect]) -> Vec<(&'static str, Value)> {
+        effects
+            .iter()
+            .filter_map(|effect| match effect {
+                Effect::Record { payload, .. } => {
+                    let kind = EventPayload::KINDS
+                        .iter()
+                        .find(|kind| **kind == payload.kind())
+                        .expect("a known kind");
+                    let wire = serde_json::to_value(NewEvent {
+                        agent: "a".into(),
+                        task: None,
+                        payload: payload.clone(),
+                    })
+                    .expect("an event on the wire");
+                    Some((*kind, wire["data"].clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn kinds(effects: &[Effect]) -> Vec<&'static str> {
+        records(effects).into_iter().map(|(kind, _)| kind).collect()
+    }
+
+    fn statuses(effects: &[Effect]) -> Vec<AgentStatus> {
+        effects
+            .iter()
+            .filter_map(|effect| match effect {
+                Effect::Patch { update, .. } => update.status,
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn patched_cost(effects: &[Effect]) -> Option<f64> {
+        effects.iter().rev().find_map(|effect| match effect {
+            Effect::Patch { update, .. } => update.cost_usd,
+            _ => None,
+        })
+    }
+
+    fn reads(effects: &[Effect]) -> Option<bool> {
+        effects.iter().find_map(|effect| match effect {
+            Effect::ReadTeam { messages } => Some(*messages),
+            _ => None,
+        })
+    }
+
+    fn finished(effects: &[Effect]) -> bool {
+        effects
+            .iter()
+            .any(|effect| matches!(effect, Effect::Finished))
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
+    }
+
+    #[test]
+    fn agents_start_one_at_a_time_and_report_their_process() {
+        let mut team = Harness::new(vec![plan("a"), plan("b")]);
+        let first = team.tick();
+        let started = spawns(&first);
+        assert_eq!(started.len(), 1, "{first:?}");
+        assert_eq!(started[0].0, 0);
+        assert_eq!(started[0].1, None, "a new agent starts a fresh session");
+        assert!(started[0].2.contains("You are a"), "{}", started[0].2);
+        let answered = team.answer_spawns(&first);
+        assert_eq!(statuses(&answered), [AgentStatus::Starting]);
+        assert_eq!(kinds(&answered), ["agent.started"]);
+        assert!(spawns(&team.tick()).is_empty(), "the next start waits");
+        let second = team.at(1).tick();
+        assert_eq!(spawns(&second).first().map(|s| s.0), Some(1));
+    }
+
+    #[test]
+    fn a_crash_within_the_window_restarts_with_backoff_resuming_the_session() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        team.idle_after_a_turn(0, 0.1);
+        let crashed = team.at(10).exit(0, "exit code 1");
+        assert!(matches!(
+            crashed.first(),
+            Some(Effect::Say(text)) if text.contains("exited unexpectedly")
+        ));
+        assert!(crashed.iter().any(|e| matches!(
+            e,
+            Effect::ReleaseAfterCrash { reason, .. } if reason.contains("exit code 1")
+        )));
+        assert_eq!(statuses(&crashed), [AgentStatus::Starting]);
+        assert!(spawns(&team.tick()).is_empty(), "backoff: not at once");
+        let restarted = team.at(11).tick();
+        assert_eq!(kinds(&restarted), ["agent.restarted"]);
+        let spawned = spawns(&restarted);
+        assert_eq!(spawned[0].1.as_deref(), Some("s1"), "resumes its session");
+        assert!(
+            spawned[0].2.contains("ended unexpectedly"),
+            "{}",
+            spawned[0].2
+        );
+        team.answer_spawns(&restarted);
+        // The second crash in a row waits twice as long.
+        team.at(20).exit(0, "signal 9");
+        assert!(spawns(&team.at(21).tick()).is_empty());
+        assert_eq!(spawns(&team.at(22).tick()).len(), 1);
+        assert_eq!(team.team.agents[0].restarts, 2);
+    }
+
+    #[test]
+    fn crashing_past_max_restarts_gives_up() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        for (crash, restart) in [(10, 11), (20, 22)] {
+            team.at(crash).exit(0, "exit code 1");
+            let restarted = team.at(restart).tick();
+            team.answer_spawns(&restarted);
+        }
+        let gave_up = team.at(30).exit(0, "exit code 1");
+        assert_eq!(team.team.agents[0].phase, Phase::Crashed);
+        assert_eq!(statuses(&gave_up), [AgentStatus::Crashed]);
+        let crashed = records(&gave_up);
+        assert_eq!(crashed[0].0, "agent.crashed");
+        assert_eq!(crashed[0].1["gave_up"], true);
+        assert!(spawns(&team.at(3000).tick()).is_empty(), "never restarted");
+    }
+
+    #[test]
+    fn crashes_older_than_the_window_are_forgotten() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        for (crash, restart) in [(10, 11), (20, 22)] {
+            team.at(crash).exit(0, "exit code 1");
+            let restarted = team.at(restart).tick();
+            team.answer_spawns(&restarted);
+        }
+        // Both restarts are more than the window ago: this crash restarts again.
+        team.at(22 + WINDOW.as_secs() + 1).exit(0, "exit code 1");
+        assert!(matches!(
+            team.team.agents[0].phase,
+            Phase::RestartPending { .. }
+        ));
+    }
+
+    #[test]
+    fn a_client_that_cannot_start_counts_as_a_crash() {
+        let mut team = Harness::new(vec![plan("a")]);
+        let started = team.tick();
+        let generation = team.generation(0);
+        let failed = team.step(Input::SpawnFailed {
+            agent: 0,
+            generation,
+            error: "no such file".into(),
+        });
+        assert_eq!(spawns(&started).len(), 1);
+        assert!(failed.iter().any(|e| matches!(
+            e,
+            Effect::ReleaseAfterCrash { reason, .. } if reason == "could not start (no such file)"
+        )));
+        assert!(matches!(
+            team.team.agents[0].phase,
+            Phase::RestartPending { .. }
+        ));
+    }
+
+    #[test]
+    fn reports_of_an_earlier_process_are_ignored() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        let old = team.generation(0);
+        team.at(5).exit(0, "exit code 1");
+        let restarted = team.at(6).tick();
+        team.answer_spawns(&restarted);
+        let late = team.step(Input::Exited {
+            agent: 0,
+            generation: old,
+            how: "exit code 1".into(),
+        });
+        assert!(late.is_empty(), "{late:?}");
+        assert!(team.team.agents[0].running);
+    }
+
+    #[test]
+    fn recycling_at_the_threshold_asks_for_a_handoff_then_starts_fresh() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        team.init(0, "s1");
+        team.context(0, 800);
+        let asked = team.turn_end(0, 0.5);
+        let sent = sends(&asked);
+        assert_eq!(sent.len(), 1);
+        assert!(sent[0].1.contains("800 of 1000"), "{}", sent[0].1);
+        assert!(kinds(&asked).contains(&"agent.handoff_requested"));
+        assert!(team.team.agents[0].is_busy(), "the handoff is a turn");
+        let handed_off = team.turn_end(0, 0.6);
+        assert_eq!(stops(&handed_off), [(0, IDLE_GRACE)]);
+        assert_eq!(team.team.agents[0].stopping, Some(StopReason::Recycle));
+        let recycled = team.exit(0, "exit code 0");
+        assert!(kinds(&recycled).contains(&"agent.recycled"));
+        let fresh = spawns(&recycled);
+        assert_eq!(fresh.len(), 1);
+        assert_eq!(fresh[0].1, None, "a fresh session");
+        assert!(fresh[0].2.contains("handoff"), "{}", fresh[0].2);
+        let agent = &team.team.agents[0];
+        assert_eq!(agent.context_tokens, None);
+        assert!(close(agent.cost(), 0.6), "the old session's cost is kept");
+    }
+
+    #[test]
+    fn a_spent_budget_stops_the_agent_at_the_end_of_its_turn() {
+        let mut team = Harness::new(vec![with_budget(plan("a"), 1.0)]);
+        team.start_all();
+        team.init(0, "s1");
+        let over = team.turn_end(0, 1.2);
+        assert_eq!(stops(&over), [(0, IDLE_GRACE)]);
+        let budget = records(&over);
+        let exceeded = budget
+            .iter()
+            .find(|(kind, _)| *kind == "agent.budget_exceeded")
+            .expect("an alert");
+        assert_eq!(exceeded.1["alert"], true);
+        let exited = team.exit(0, "exit code 0");
+        assert_eq!(statuses(&exited), [AgentStatus::Stopped]);
+        assert_eq!(team.team.agents[0].phase, Phase::Stopped);
+        assert!(spawns(&team.at(100).tick()).is_empty());
+    }
+
+    #[test]
+    fn a_budget_spent_in_the_middle_of_a_turn_interrupts_it() {
+        let mut team = Harness::new(vec![with_budget(plan("a"), 1.0)]);
+        team.start_all();
+        team.init(0, "s1");
+        let under = team.line(0, StreamUpdate::Cost { total_usd: 0.5 });
+        assert!(stops(&under).is_empty());
+        assert_eq!(patched_cost(&under), Some(0.5));
+        let over = team.line(0, StreamUpdate::Cost { total_usd: 1.5 });
+        assert_eq!(stops(&over), [(0, INTERRUPT_GRACE)]);
+        assert!(kinds(&over).contains(&"agent.budget_exceeded"));
+        // The interrupted turn's end says nothing more about the budget.
+        let ended = team.turn_end(0, 1.6);
+        assert!(stops(&ended).is_empty());
+        assert!(!kinds(&ended).contains(&"agent.budget_exceeded"));
+        team.exit(0, "signal 2");
+        assert_eq!(team.team.agents[0].phase, Phase::Stopped);
+    }
+
+    #[test]
+    fn a_pause_during_a_turn_holds_every_wake_until_resume() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        team.init(0, "s1");
+        let paused = team.control("a", "pause");
+        assert_eq!(statuses(&paused), [AgentStatus::Paused]);
+        let ended = team.turn_end(0, 0.1);
+        assert_eq!(statuses(&ended), [AgentStatus::Paused]);
+        assert_eq!(reads(&ended), None, "a paused agent is not woken");
+        let message = team.message("M-1", "bob", &["a"], "hello");
+        assert_eq!(reads(&message), None);
+        let resumed = team.control("a", "resume");
+        assert_eq!(statuses(&resumed), [AgentStatus::Idle]);
+        assert_eq!(reads(&resumed), Some(true));
+        let woken = team.read(Vec::new(), &[("a", "M-1")]);
+        let sent = sends(&woken);
+        assert_eq!(sent.len(), 1);
+        assert!(sent[0].1.contains("hello"), "{}", sent[0].1);
+    }
+
+    #[test]
+    fn a_stop_wins_over_a_recycle_still_to_come() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        team.init(0, "s1");
+        team.context(0, 900);
+        team.turn_end(0, 0.1);
+        assert!(team.team.agents[0].asked_for_handoff);
+        let stopped = team.control("a", "stop");
+        assert_eq!(stops(&stopped), [(0, IDLE_GRACE)]);
+        let ended = team.turn_end(0, 0.2);
+        assert!(stops(&ended).is_empty(), "no recycle: {ended:?}");
+        let exited = team.exit(0, "exit code 0");
+        assert!(spawns(&exited).is_empty());
+        assert_eq!(team.team.agents[0].phase, Phase::Stopped);
+    }
+
+    #[test]
+    fn a_stop_wins_over_a_recycle_under_way() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        team.init(0, "s1");
+        team.context(0, 900);
+        team.turn_end(0, 0.1);
+        team.turn_end(0, 0.2);
+        assert_eq!(team.team.agents[0].stopping, Some(StopReason::Recycle));
+        team.control("a", "stop");
+        assert_eq!(team.team.agents[0].stopping, Some(StopReason::Stop));
+        let exited = team.exit(0, "exit code 0");
+        assert!(spawns(&exited).is_empty(), "not recycled");
+        assert_eq!(statuses(&exited), [AgentStatus::Stopped]);
+    }
+
+    #[test]
+    fn a_stop_wins_over_budget_and_hibernation() {
+        let mut team = Harness::new(vec![with_budget(plan("a"), 1.0)]);
+        team.start_all();
+        team.init(0, "s1");
+        team.control("a", "stop");
+        let over = team.turn_end(0, 5.0);
+        assert!(stops(&over).is_empty(), "{over:?}");
+        assert!(!kinds(&over).contains(&"agent.budget_exceeded"));
+        let idle = team.at(HIBERNATE_AFTER.as_secs() + 10).tick();
+        assert!(stops(&idle).is_empty(), "no hibernation: {idle:?}");
+        assert_eq!(team.team.agents[0].stopping, Some(StopReason::Stop));
+    }
+
+    #[test]
+    fn an_idle_agent_hibernates_and_a_message_wakes_its_session() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        team.at(5).idle_after_a_turn(0, 0.1);
+        assert!(stops(&team.at(5 + HIBERNATE_AFTER.as_secs() - 1).tick()).is_empty());
+        let hibernating = team.at(5 + HIBERNATE_AFTER.as_secs()).tick();
+        assert_eq!(stops(&hibernating), [(0, IDLE_GRACE)]);
+        let exited = team.exit(0, "exit code 0");
+        assert_eq!(statuses(&exited), [AgentStatus::Hibernated]);
+        assert_eq!(team.team.agents[0].phase, Phase::Hibernated);
+        let arrived = team.message("M-7", "bob", &["a"], "the parser is done");
+        assert_eq!(reads(&arrived), Some(true));
+        let woken = team.read(Vec::new(), &[("a", "M-7")]);
+        assert!(kinds(&woken).contains(&"agent.woken"));
+        let resumed = spawns(&woken);
+        assert_eq!(resumed.len(), 1);
+        assert_eq!(resumed[0].1.as_deref(), Some("s1"), "resumes its session");
+        assert!(
+            resumed[0].2.contains("the parser is done"),
+            "{}",
+            resumed[0].2
+        );
+    }
+
+    #[test]
+    fn a_fitting_task_wakes_a_hibernated_agent() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        team.idle_after_a_turn(0, 0.1);
+        team.at(HIBERNATE_AFTER.as_secs()).tick();
+        team.exit(0, "exit code 0");
+        let created = team.task_event("task.created", 4);
+        assert_eq!(reads(&created), Some(false), "no messages to check");
+        let woken = team.read(vec![task(4, TaskStatus::Ready, None, None)], &[]);
+        let resumed = spawns(&woken);
+        assert_eq!(resumed[0].1.as_deref(), Some("s1"));
+        assert!(resumed[0].2.contains("T-4"), "{}", resumed[0].2);
+    }
+
+    #[test]
+    fn a_restarted_supervisor_resumes_the_saved_session_and_counts_cost_on() {
+        let record: Agent = serde_json::from_value(json!({
+            "name": "a", "role": null, "model": null, "caps": [], "status": "idle",
+            "session_id": "s1", "pid": null, "host": null, "last_seen": null,
+            "context_tokens": 100, "context_window": 1000, "cost_usd": 3.0, "restarts": 1,
+            "created_at": "2030-01-01T00:00:00Z",
+        }))
+        .expect("an agent record");
+        let saved = SavedState {
+            session_id: Some("s1".into()),
+            session_cost: 1.0,
+        };
+        let agent = AgentState::restore(plan("a"), &record, saved.clone(), Instant::now());
+        assert!(close(agent.cost(), 3.0));
+        let mut team = Harness::restored(agent);
+        let started = team.tick();
+        let resumed = spawns(&started);
+        assert_eq!(resumed[0].1.as_deref(), Some("s1"));
+        assert!(
+            resumed[0].2.contains("supervisor was restarted"),
+            "{}",
+            resumed[0].2
+        );
+        team.answer_spawns(&started);
+        // The resumed process carries the session's total on: 1.0 of it was counted already.
+        let ended = team.turn_end(0, 1.5);
+        assert_eq!(patched_cost(&ended), Some(3.5));
+
+        // A resumed process that counts from zero adds to what the session cost before.
+        let agent = AgentState::restore(plan("a"), &record, saved, Instant::now());
+        let mut team = Harness::restored(agent);
+        team.start_all();
+        let ended = team.turn_end(0, 0.2);
+        assert!(close(patched_cost(&ended).unwrap_or(0.0), 3.2));
+
+        // A saved state of another session is not counted twice.
+        let other = SavedState {
+            session_id: Some("s0".into()),
+            session_cost: 1.0,
+        };
+        let agent = AgentState::restore(plan("a"), &record, other, Instant::now());
+        assert!(close(agent.cost_base, 3.0) && close(agent.session_cost, 0.0));
+    }
+
+    #[test]
+    fn an_agent_stopped_for_its_budget_stays_stopped_after_a_supervisor_restart() {
+        let record: Agent = serde_json::from_value(json!({
+            "name": "a", "role": null, "model": null, "caps": [], "status": "stopped",
+            "session_id": "s1", "pid": null, "host": null, "last_seen": null,
+            "context_tokens": null, "context_window": null, "cost_usd": 2.0, "restarts": 0,
+            "created_at": "2030-01-01T00:00:00Z",
+        }))
+        .expect("an agent record");
+        let agent = AgentState::restore(
+            with_budget(plan("a"), 1.0),
+            &record,
+            SavedState::default(),
+            Instant::now(),
+        );
+        let mut team = Harness::restored(agent);
+        assert!(spawns(&team.tick()).is_empty());
+        assert_eq!(team.team.agents[0].phase, Phase::Stopped);
+    }
+
+    #[test]
+    fn control_requests_pause_resume_stop_and_restart() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        team.idle_after_a_turn(0, 0.1);
+        // Restart of a running agent: its process ends, then its session resumes.
+        let restart = team.control("a", "restart");
+        assert_eq!(stops(&restart), [(0, IDLE_GRACE)]);
+        assert_eq!(records(&restart)[0].1["asked"], true);
+        let back = team.exit(0, "exit code 0");
+        assert_eq!(spawns(&back)[0].1.as_deref(), Some("s1"));
+        // Stop, then resume: it starts again, resuming.
+        team.control("a", "stop");
+        team.exit(0, "exit code 0");
+        assert_eq!(team.team.agents[0].phase, Phase::Stopped);
+        let resumed = team.control("a", "resume");
+        assert_eq!(statuses(&resumed), [AgentStatus::Starting]);
+        let started = team.at(50).tick();
+        assert_eq!(spawns(&started)[0].1.as_deref(), Some("s1"));
+        team.answer_spawns(&started);
+        // Stop of an agent with no process (hibernated) needs no process to end.
+        team.at(60).idle_after_a_turn(0, 0.2);
+        team.at(60 + HIBERNATE_AFTER.as_secs()).tick();
+        team.exit(0, "exit code 0");
+        let stopped = team.control("a", "stop");
+        assert!(stops(&stopped).is_empty());
+        assert_eq!(statuses(&stopped), [AgentStatus::Stopped]);
+        // Restart of a stopped agent starts it at once.
+        let restarted = team.control("a", "restart");
+        assert_eq!(spawns(&restarted).len(), 1);
+    }
+
+    #[test]
+    fn only_unread_messages_wake_and_handoffs_never_do() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        team.idle_after_a_turn(0, 0.1);
+        team.message("M-1", "bob", &["a"], "already read");
+        let woken = team.read(Vec::new(), &[]);
+        assert!(sends(&woken).is_empty(), "read already: {woken:?}");
+        let own = team.message("M-2", "a", &["a"], "to myself");
+        assert_eq!(reads(&own), None, "its own message");
+        let handoff = team.event(json!({
+            "seq": 4, "ts": "2030-01-01T00:00:00Z", "actor": "bob",
+            "kind": "message.sent", "task": null, "agent": null,
+            "data": {"id": "M-3", "to": "a", "recipients": ["a"], "thread": "t",
+                     "kind": "handoff", "urgent": false, "body": "h"},
+        }));
+        assert_eq!(reads(&handoff), None);
+    }
+
+    #[test]
+    fn only_fitting_tasks_not_offered_before_wake() {
+        let mut coder = plan("a");
+        coder.role = Some("coder".into());
+        let mut team = Harness::new(vec![coder]);
+        team.start_all();
+        team.idle_after_a_turn(0, 0.1);
+        let tasks = vec![
+            task(1, TaskStatus::Ready, Some("coder"), None),
+            task(2, TaskStatus::Ready, Some("reviewer"), None),
+            task(3, TaskStatus::Ready, Some("coder"), Some("bob")),
+            task(4, TaskStatus::Pending, None, None),
+        ];
+        team.task_event("task.created", 1);
+        let woken = team.read(tasks.clone(), &[]);
+        let sent = sends(&woken);
+        assert_eq!(sent.len(), 1);
+        assert!(sent[0].1.contains("T-1"), "{}", sent[0].1);
+        for other in ["T-2", "T-3", "T-4"] {
+            assert!(!sent[0].1.contains(other), "{other} offered: {}", sent[0].1);
+        }
+        // Offered once: not again, until it is ready anew.
+        team.turn_end(0, 0.2);
+        assert!(sends(&team.read(tasks.clone(), &[])).is_empty());
+        let again = team.task_event("task.ready", 1);
+        assert_eq!(reads(&again), Some(false));
+        assert_eq!(sends(&team.read(tasks, &[])).len(), 1);
+    }
+
+    #[test]
+    fn an_agent_holding_a_task_is_offered_no_other() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        team.idle_after_a_turn(0, 0.1);
+        team.task_event("task.created", 2);
+        let tasks = vec![
+            task(1, TaskStatus::InProgress, None, Some("a")),
+            task(2, TaskStatus::Ready, None, None),
+        ];
+        assert!(sends(&team.read(tasks, &[])).is_empty());
+    }
+
+    #[test]
+    fn a_reservation_blocked_by_a_failed_dependency_is_not_held() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        team.idle_after_a_turn(0, 0.1);
+        team.task_event("task.created", 2);
+        let mut blocked = task(1, TaskStatus::Blocked, None, Some("a"));
+        blocked.blocked_reason = Some("T-0 failed".into());
+        let tasks = vec![blocked, task(2, TaskStatus::Ready, None, None)];
+        let sent = sends(&team.read(tasks, &[]));
+        assert_eq!(sent.len(), 1);
+        assert!(sent[0].1.contains("T-2"), "{}", sent[0].1);
+    }
+
+    #[test]
+    fn a_task_offered_to_a_busy_agent_is_not_offered_to_another() {
+        let mut team = Harness::new(vec![plan("a"), plan("b")]);
+        team.start_all();
+        team.idle_after_a_turn(0, 0.1);
+        team.task_event("task.created", 1);
+        let tasks = vec![task(1, TaskStatus::Ready, None, None)];
+        let first = team.read(tasks.clone(), &[]);
+        assert_eq!(sends(&first).first().map(|s| s.0), Some(0));
+        team.idle_after_a_turn(1, 0.1);
+        assert!(sends(&team.read(tasks, &[])).is_empty(), "a is on it");
+    }
+
+    #[test]
+    fn a_quiet_team_finishes_unless_it_stays() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        assert!(!finished(&team.at(10).tick()), "busy");
+        team.idle_after_a_turn(0, 0.1);
+        // The turn's end asks about the team; nothing is there.
+        team.read(Vec::new(), &[]);
+        let ticks: Vec<bool> = (0..QUIET_TICKS_TO_FINISH)
+            .map(|n| finished(&team.at(11 + u64::from(n)).tick()))
+            .collect();
+        assert_eq!(ticks, [false, false, false, true]);
+
+        let mut staying = Harness::of(vec![plan("a")], true);
+        staying.start_all();
+        staying.idle_after_a_turn(0, 0.1);
+        staying.read(Vec::new(), &[]);
+        assert!((0..10).all(|n| !finished(&staying.at(11 + n).tick())));
+    }
+
+    #[test]
+    fn a_shutdown_ends_every_process_and_starts_nothing() {
+        let mut team = Harness::new(vec![plan("a"), plan("b")]);
+        let started = team.tick();
+        team.answer_spawns(&started);
+        let stopping = team.step(Input::Shutdown);
+        assert_eq!(stops(&stopping), [(0, SHUTDOWN_GRACE)]);
+        assert!(spawns(&team.at(5).tick()).is_empty(), "b is not started");
+        let exited = team.exit(0, "exit code 0");
+        assert_eq!(kinds(&exited), ["agent.exited"]);
+        let last = team.step(Input::ShutdownDeadline);
+        assert_eq!(
+            statuses(&last),
+            [AgentStatus::Offline, AgentStatus::Offline]
+        );
+        assert!(!last.iter().any(|e| matches!(e, Effect::Kill { .. })));
+    }
+
+    #[test]
+    fn tool_calls_and_text_are_recorded() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        let long = "x".repeat(MAX_TEXT * 2);
+        let said = team.line(
+            0,
+            StreamUpdate::Assistant {
+                context_tokens: Some(10),
+                content: vec![
+                    Content::Text(long),
+                    Content::Tool(crate::stream::ToolCall {
+                        id: "t1".into(),
+                        name: "Write".into(),
+                        input: "a.rs".into(),
+                    }),
+                ],
+            },
+        );
+        let text = &records(&said)[0];
+        assert_eq!(text.0, "agent.text");
+        assert_eq!(
+            text.1["text"].as_str().map(|t| t.chars().count()),
+            Some(MAX_TEXT)
+        );
+        let done = team.line(
+            0,
+            StreamUpdate::ToolResults(vec![ToolResult {
+                id: "t1".into(),
+                bytes: 12,
+                is_error: false,
+            }]),
+        );
+        assert_eq!(
+            records(&done),
+            [(
+                "agent.tool",
+                json!({"tool": "Write", "input": "a.rs", "result_bytes": 12})
+            )]
+        );
+    }
+}
