@@ -392,3 +392,113 @@ test('the timeline filters by agent, task and kind and scrolls back through the 
   assert.deepEqual(page.errors, []);
   await page.context().close();
 });
+
+test('what went wrong shows at once: a failed tool call, an alert, a blocked task\'s reason', { skip, timeout: 60000 }, async () => {
+  const page = await loggedInPage();
+  await page.locator('#conn[data-state="live"]').waitFor();
+  // A failed tool call, as the supervisor records it from a tool_result with is_error.
+  await ok('POST', '/api/events', {
+    kind: 'agent.tool', agent: 'bob',
+    data: { tool: 'Write', input: { file_path: 'web/status/index.html' }, result_bytes: 58, is_error: true, error: 'File has not been read yet. Read it first before writing to it.' },
+  });
+  const row = page.locator('#timeline li.failed[data-kind="agent.tool"]').first();
+  await row.getByText('FAILED: File has not been read yet', { exact: false }).waitFor();
+  assert.equal(await row.locator('.actor').innerText(), 'bob', 'the row names the agent, not the admin who recorded it');
+  await page.locator('[data-agent="bob"] .last-action.failed').waitFor();
+  await page.locator('[data-agent="bob"]').click();
+  const failed = page.locator('#drawer .stream li[data-kind="agent.tool"] .tool.failed').first();
+  await failed.locator('.tool-error').getByText('File has not been read yet', { exact: false }).waitFor();
+  assert.match(await failed.innerText(), /FAILED/);
+  await page.locator('#drawer-close').click();
+
+  // An alert: a red banner on the agent's card and a line in the strip, dismissable.
+  await ok('POST', '/api/events', { kind: 'agent.alert', agent: 'carol', data: { cause: 'authentication', message: 'Not logged in · Please run /login' } });
+  const banner = page.locator('[data-agent="carol"] .banner');
+  await banner.getByText('Not logged in', { exact: false }).waitFor();
+  assert.match(await banner.innerText(), /authentication/);
+  const strip = page.locator('#alerts');
+  await strip.locator('.alert').getByText('Not logged in · Please run /login').waitFor();
+  assert.equal(await strip.locator('.alert b').first().innerText(), 'carol');
+  const status = await ok('GET', '/api/status');
+  assert.equal(status.alerts, 1, 'conclave status counts the alert');
+
+  // A task its holder marked blocked says why on its card and in the task panel.
+  await ok('POST', '/api/tasks/T-4/status', { status: 'blocked', note: 'needs the HTTP API from alice first' }, tokens.bob);
+  const card = page.locator('[data-column="blocked"] [data-task="T-4"]');
+  await card.locator('.blocked-reason').getByText('needs the HTTP API from alice first', { exact: false }).waitFor();
+  assert.match(await card.innerText(), /role frontend/, 'the card shows the role the task needs');
+  await card.click();
+  await page.locator('#task-info dd.blocked-reason').getByText('needs the HTTP API from alice first').waitFor();
+  await page.locator('#drawer-close').click();
+  await shoot(page, 'alerts');
+
+  await strip.locator('.alert button.dismiss').first().click();
+  await banner.waitFor({ state: 'detached' });
+  assert.equal(await strip.isHidden(), true, 'no alert left to show');
+  assert.deepEqual(page.errors, []);
+  await page.context().close();
+});
+
+test('what is waiting says so: an inbox wait, and an agent never started', { skip, timeout: 60000 }, async () => {
+  const page = await loggedInPage();
+  await page.locator('#conn[data-state="live"]').waitFor();
+  const dave = await ok('POST', '/api/agents', { name: 'dave', role: 'tester' });
+  const badge = page.locator('[data-agent="dave"] .badge').first();
+  await badge.getByText('not started').waitFor();
+  assert.equal((await ok('GET', '/api/agents/dave')).status, 'offline', 'registered is not idle');
+
+  // Carol reads everything, then waits in her inbox: the card says so, and for whom.
+  const inbox = await ok('GET', '/api/inbox', undefined, tokens.carol);
+  await ok('POST', '/api/inbox/ack', { ids: inbox.messages.map((m) => m.id) }, tokens.carol);
+  await ok('POST', '/api/messages', { to: 'alice', body: 'Is the API ready for review?', thread: 'review' }, tokens.carol);
+  const waiting = call('GET', '/api/inbox?wait=30', undefined, tokens.carol);
+  const line = page.locator('[data-agent="carol"] .waiting');
+  await line.getByText('waiting for a reply from alice since', { exact: false }).waitFor();
+  await shoot(page, 'waiting');
+  await ok('POST', '/api/messages', { to: 'carol', body: 'Yes, go ahead.', thread: 'review' }, tokens.alice);
+  assert.equal((await waiting).status, 200);
+  await line.waitFor({ state: 'detached' });
+  assert.notEqual((await ok('GET', '/api/agents/carol')).status, 'waiting');
+  // Alice answered in the thread: carol's question counts as read for her.
+  const question = (await ok('GET', '/api/messages?thread=review')).messages.find((m) => m.sender === 'carol');
+  assert.ok(question.deliveries.every((d) => d.acked_at), JSON.stringify(question));
+  // Dave's first request makes it idle.
+  await ok('GET', '/api/status', undefined, dave.token);
+  await badge.getByText('idle').waitFor();
+  assert.deepEqual(page.errors, []);
+  await page.context().close();
+});
+
+test('the board fits a 900 px wide window', { skip, timeout: 60000 }, async () => {
+  const context = await browser.newContext({ viewport: { width: 900, height: 900 } });
+  const page = await newPage(context);
+  await page.goto(`${server.url}/?token=${server.token}`);
+  await page.waitForSelector('body[data-ready="true"]');
+  await page.locator('[data-task="T-1"]').waitFor();
+  const widths = await page.evaluate(() => ({
+    page: document.documentElement.scrollWidth,
+    board: [document.getElementById('board').scrollWidth, document.getElementById('board').clientWidth],
+  }));
+  assert.ok(widths.page <= 900, `the page scrolls sideways: ${JSON.stringify(widths)}`);
+  assert.ok(widths.board[0] <= widths.board[1], `the board scrolls sideways: ${JSON.stringify(widths)}`);
+  await shoot(page, 'narrow', { fullPage: true });
+  assert.deepEqual(page.errors, []);
+  await context.close();
+});
+
+test('the header says when the team has stalled, then finished', { skip, timeout: 60000 }, async () => {
+  const page = await loggedInPage();
+  await page.locator('#conn[data-state="live"]').waitFor();
+  const outcome = page.locator('#outcome');
+  assert.equal(await outcome.isHidden(), true, 'agents at work: no outcome yet');
+  for (const name of ['alice', 'bob', 'carol', 'dave']) await ok('PATCH', `/api/agents/${name}`, { status: 'idle' });
+  await page.locator('#outcome[data-state="stalled"]').getByText('stalled:', { exact: false }).waitFor();
+  assert.match(await outcome.innerText(), /1 blocked/);
+  const { tasks } = await ok('GET', '/api/tasks');
+  for (const task of tasks.filter((t) => !['done', 'cancelled', 'failed'].includes(t.status))) {
+    await ok('POST', `/api/tasks/${task.id}/cancel`, { reason: 'the test is over' });
+  }
+  await page.locator('#outcome[data-state="finished"]').getByText('finished', { exact: false }).waitFor();
+  assert.deepEqual(page.errors, []);
+  await page.context().close();
+});

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::{DEFAULT_MAX_ROUNDS, Pipeline, PipelineStage};
 use crate::store::{Durability, StoreConfig};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7420";
@@ -21,14 +22,8 @@ pub struct Config {
     pub defaults: AgentSettings,
     #[serde(default, rename = "agent")]
     pub agents: Vec<AgentSpec>,
-    /// `[[pipeline]]` sections are refused until pipelines are implemented.
-    #[serde(
-        default,
-        rename = "pipeline",
-        deserialize_with = "refuse_pipeline",
-        skip_serializing
-    )]
-    pub pipelines: Vec<NotSupported>,
+    #[serde(default, rename = "pipeline")]
+    pub pipelines: Vec<PipelineSpec>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -87,6 +82,9 @@ pub struct AgentSettings {
         skip_serializing_if = "Option::is_none"
     )]
     pub check: Option<NotSupported>,
+    /// `[defaults]` only: `role:NAME` entries; every task of those roles waits for a person's
+    /// approval when its agent finishes it (`approve = ["role:reviewer"]`).
+    pub approve: Option<Vec<String>>,
 }
 
 /// The accepted values of `isolation`.
@@ -121,12 +119,6 @@ pub enum NotSupported {}
 fn refuse_check<'de, D: serde::Deserializer<'de>>(_: D) -> Result<Option<NotSupported>, D::Error> {
     Err(serde::de::Error::custom(
         "`check` is not supported yet (the merge queue's check will live in a [merge] table)",
-    ))
-}
-
-fn refuse_pipeline<'de, D: serde::Deserializer<'de>>(_: D) -> Result<Vec<NotSupported>, D::Error> {
-    Err(serde::de::Error::custom(
-        "[[pipeline]] is not supported yet",
     ))
 }
 
@@ -173,6 +165,7 @@ impl AgentSettings {
             cwd: self.cwd.clone().or_else(|| defaults.cwd.clone()),
             isolation: self.isolation.or(defaults.isolation),
             check: self.check.or(defaults.check),
+            approve: self.approve.clone().or_else(|| defaults.approve.clone()),
         }
     }
 
@@ -262,6 +255,67 @@ pub struct AgentSpec {
     pub settings: AgentSettings,
 }
 
+/// A `[[pipeline]]` section: the stages (roles) a task created in it passes through in order.
+///
+/// ```toml
+/// [[pipeline]]
+/// name = "reviewed"
+/// stages = ["coder", "reviewer", "tester"]  # roles, in order
+/// max_rounds = 3                            # send-backs before a person must step in (default 3)
+/// approve = ["reviewer"]                    # stages whose pass waits for a person (default none)
+/// ```
+///
+/// `approve` names stages by their role; a role listed twice in `stages` needs approval at each.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSpec {
+    pub name: String,
+    pub stages: Vec<String>,
+    pub max_rounds: Option<u32>,
+    #[serde(default)]
+    pub approve: Vec<String>,
+}
+
+impl PipelineSpec {
+    fn validate(&self) -> Result<(), String> {
+        let name = &self.name;
+        crate::store::validate_name("name", name).map_err(|error| error.to_string())?;
+        if self.stages.is_empty() {
+            return Err(format!("{name:?}: stages must list at least one role"));
+        }
+        for role in &self.stages {
+            crate::store::validate_name("stage role", role)
+                .map_err(|e| format!("{name:?}: {e}"))?;
+        }
+        if self.max_rounds == Some(0) {
+            return Err(format!("{name:?}: max_rounds must be at least 1"));
+        }
+        if let Some(unknown) = self.approve.iter().find(|role| !self.stages.contains(role)) {
+            return Err(format!(
+                "{name:?}: approve names {unknown:?}, which is not one of its stages ({})",
+                self.stages.join(", ")
+            ));
+        }
+        Ok(())
+    }
+
+    /// The pipeline as the store uses it.
+    pub fn to_pipeline(&self) -> Pipeline {
+        Pipeline {
+            name: self.name.clone(),
+            stages: self
+                .stages
+                .iter()
+                .map(|role| PipelineStage {
+                    role: role.clone(),
+                    approve: self.approve.contains(role),
+                })
+                .collect(),
+            max_rounds: self.max_rounds.unwrap_or(DEFAULT_MAX_ROUNDS),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
@@ -342,6 +396,36 @@ impl Config {
         self.defaults
             .validate()
             .map_err(|error| format!("[defaults] {error}"))?;
+        if self
+            .agents
+            .iter()
+            .any(|agent| agent.settings.approve.is_some())
+        {
+            return Err(
+                "[[agent]] approve is not a setting of one agent: list the roles whose tasks need \
+                 approval in [defaults] approve = [\"role:NAME\"]"
+                    .to_string(),
+            );
+        }
+        for entry in self.defaults.approve.iter().flatten() {
+            let role = entry
+                .strip_prefix("role:")
+                .ok_or_else(|| format!("[defaults] approve = {entry:?}: expected \"role:NAME\""))?;
+            crate::store::validate_name("role", role)
+                .map_err(|error| format!("[defaults] approve: {error}"))?;
+        }
+        let mut pipeline_names = std::collections::BTreeSet::new();
+        for pipeline in &self.pipelines {
+            pipeline
+                .validate()
+                .map_err(|error| format!("[[pipeline]] {error}"))?;
+            if !pipeline_names.insert(pipeline.name.as_str()) {
+                return Err(format!(
+                    "[[pipeline]] name {:?} appears twice",
+                    pipeline.name
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -364,6 +448,19 @@ impl Config {
                 Some("full") => Durability::Full,
                 _ => Durability::Normal,
             },
+            pipelines: self
+                .pipelines
+                .iter()
+                .map(PipelineSpec::to_pipeline)
+                .collect(),
+            approve_roles: self
+                .defaults
+                .approve
+                .iter()
+                .flatten()
+                .filter_map(|entry| entry.strip_prefix("role:"))
+                .map(str::to_string)
+                .collect(),
         }
     }
 }
@@ -430,6 +527,7 @@ pub const EXAMPLE_CONFIG: &str = r#"# Conclave configuration. Every setting is o
 # hibernate_after = "10m"     # an idle agent's process ends after this; a message wakes it
 # max_restarts = 5             # crash restarts allowed within restart_window, then "crashed"
 # restart_window = "10m"
+# approve = ["role:reviewer"] # every task of these roles waits for a person's approval
 
 # [[agent]]
 # name = "architect"
@@ -443,11 +541,74 @@ pub const EXAMPLE_CONFIG: &str = r#"# Conclave configuration. Every setting is o
 # count = 2                    # coder-1, coder-2
 # allowed_tools = ["Read", "Edit", "Write", "Bash(cargo *)"]
 # env = { ANTHROPIC_BASE_URL = "http://127.0.0.1:9999" }
+
+# [[pipeline]]                 # tasks created in it pass coder -> reviewer -> tester
+# name = "reviewed"
+# stages = ["coder", "reviewer", "tester"]
+# max_rounds = 3               # send-backs before it is blocked for a person
+# approve = ["reviewer"]       # stages whose pass waits for a person's approval
 "#;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pipelines_and_approvals_parse_into_the_store_config() {
+        let text = r#"
+[defaults]
+approve = ["role:architect"]
+[[pipeline]]
+name = "reviewed"
+stages = ["coder", "reviewer", "tester"]
+approve = ["reviewer"]
+[[pipeline]]
+name = "quick"
+stages = ["coder"]
+max_rounds = 1
+"#;
+        let store = Config::parse(text).expect("parse").store_config();
+        assert_eq!(store.approve_roles, ["architect"]);
+        let reviewed = &store.pipelines[0];
+        assert_eq!(reviewed.max_rounds, DEFAULT_MAX_ROUNDS);
+        let approvals: Vec<bool> = reviewed.stages.iter().map(|s| s.approve).collect();
+        assert_eq!(approvals, [false, true, false]);
+        assert_eq!(store.pipelines[1].max_rounds, 1);
+    }
+
+    #[test]
+    fn bad_pipelines_and_approvals_are_refused() {
+        let cases = [
+            (
+                "[[pipeline]]\nname = \"p\"\nstages = []\n",
+                "at least one role",
+            ),
+            (
+                "[[pipeline]]\nname = \"p\"\nstages = [\"a\"]\n[[pipeline]]\nname = \"p\"\nstages = [\"b\"]\n",
+                "appears twice",
+            ),
+            (
+                "[[pipeline]]\nname = \"p\"\nstages = [\"a\"]\nmax_rounds = 0\n",
+                "max_rounds",
+            ),
+            (
+                "[[pipeline]]\nname = \"p\"\nstages = [\"a\"]\napprove = [\"b\"]\n",
+                "not one of its stages",
+            ),
+            ("[defaults]\napprove = [\"reviewer\"]\n", "role:NAME"),
+            (
+                "[[agent]]\nname = \"a\"\napprove = [\"role:x\"]\n",
+                "[defaults]",
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = Config::parse(text).expect_err(text);
+            assert!(error.contains(expected), "{text}: {error}");
+        }
+        // Roles no agent has are fine: agents may join later.
+        Config::parse("[[pipeline]]\nname = \"p\"\nstages = [\"nobody-yet\"]\n")
+            .expect("unknown role");
+    }
 
     #[test]
     fn the_example_parses() {
@@ -552,11 +713,6 @@ env = { A = "b" }
             (
                 "[[agent]]\nname = \"coder\"\ncheck = \"cargo test\"\n",
                 "check",
-                3,
-            ),
-            (
-                "[defaults]\n\n[[pipeline]]\nname = \"review\"\nstages = [\"code\"]\n",
-                "[[pipeline]]",
                 3,
             ),
         ];

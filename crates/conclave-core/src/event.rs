@@ -164,8 +164,19 @@ event_kinds! {
     TaskReopened(TaskReopened) => "task.reopened" in Task,
     /// Its holder's claim expired or its process died: back to the team.
     TaskReclaimed(Reason) => "task.reclaimed" in Task,
-    /// A dependency failed or was cancelled: the task cannot become ready by itself.
+    /// A dependency failed or was cancelled, or its pipeline's send-backs ran out: the task
+    /// cannot become ready by itself.
     TaskBlocked(Reason) => "task.blocked" in Task,
+    /// A pipeline stage passed the task on to the next stage.
+    TaskPassed(TaskPassed) => "task.passed" in Task,
+    /// A pipeline stage sent the task back to an earlier one with comments.
+    TaskSentBack(TaskSentBack) => "task.sent_back" in Task,
+    /// Its agent finished it and it waits for a person's approval.
+    TaskWaitingApproval(TaskWaitingApproval) => "task.waiting_approval" in Task,
+    /// A person approved it: it moves on.
+    TaskApproved(Decision) => "task.approved" in Task,
+    /// A person rejected it: back to the agent that finished it.
+    TaskRejected(Decision) => "task.rejected" in Task,
 
     AgentRegistered(AgentRegistered) => "agent.registered" in Agent,
     AgentTokenIssued(NoData) => "agent.token_issued" in Agent,
@@ -356,6 +367,49 @@ pub struct TaskCreated {
     pub after: Vec<TaskId>,
     pub role: Option<String>,
     pub priority: i64,
+    /// The pipeline it passes through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<String>,
+    /// Every finish waits for a person's approval.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub approve: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskPassed {
+    pub pipeline: String,
+    pub from_stage: usize,
+    /// The stage it is at now, and that stage's role.
+    pub stage: usize,
+    pub role: Option<String>,
+    pub summary: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSentBack {
+    pub pipeline: String,
+    pub from_stage: usize,
+    /// The stage it went back to, and that stage's role.
+    pub stage: usize,
+    pub role: Option<String>,
+    pub comments: String,
+    /// Send-backs so far, this one included.
+    pub send_backs: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskWaitingApproval {
+    pub summary: String,
+    pub files: Vec<String>,
+    /// The pipeline stage it waits at, if any, and the task's role.
+    pub stage: Option<usize>,
+    pub role: Option<String>,
+}
+
+/// A person's approval or rejection, with what they said.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub comment: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -428,6 +482,9 @@ pub struct AgentTokenRevoked {
 pub struct AgentStatusChanged {
     pub from: AgentStatus,
     pub to: AgentStatus,
+    /// For `waiting`: whom or what it waits for (`a reply from coder-1`, `messages`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -460,7 +517,16 @@ pub struct AgentTool {
     /// The tool's input as the model wrote it.
     pub input: Value,
     pub result_bytes: i64,
+    /// The call failed (its result was a `tool_result` with `is_error`); absent in older rows.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub is_error: bool,
+    /// What the failed call answered, cut to [`MAX_TOOL_ERROR_CHARS`] by whoever records it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
+
+/// The most of a failed tool call's answer an `agent.tool` event keeps.
+pub const MAX_TOOL_ERROR_CHARS: usize = 2000;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentTurn {
@@ -641,6 +707,22 @@ mod tests {
             ),
             ("task.reclaimed", json!({"reason": "claim expired"})),
             ("task.blocked", json!({"reason": "dependency T-1 failed"})),
+            (
+                "task.passed",
+                json!({"pipeline": "reviewed", "from_stage": 0, "stage": 1, "role": "reviewer",
+                       "summary": "wrote it"}),
+            ),
+            (
+                "task.sent_back",
+                json!({"pipeline": "reviewed", "from_stage": 1, "stage": 0, "role": "coder",
+                       "comments": "handle empty input", "send_backs": 1}),
+            ),
+            (
+                "task.waiting_approval",
+                json!({"summary": "migrated", "files": [], "stage": null, "role": null}),
+            ),
+            ("task.approved", json!({"comment": "fine"})),
+            ("task.rejected", json!({"comment": null})),
             (
                 "agent.registered",
                 json!({"role": "coder", "caps": ["rust"], "model": null}),

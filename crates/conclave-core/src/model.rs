@@ -311,6 +311,106 @@ pub struct Task {
     pub created_by: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The pipeline the task passes through and the stage that holds it; `None` outside one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<PipelineState>,
+    /// Every finish of this task by an agent waits for a person's approval.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub approve: bool,
+    /// Its agent finished it and it waits (in `review`, held by nobody) for a person to approve
+    /// or reject it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub awaiting_approval: bool,
+}
+
+/// A pipeline: the stages (roles) a task passes through in order, each stage's agent passing it
+/// on or sending it back. Built from a `[[pipeline]]` section of `conclave.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Pipeline {
+    pub name: String,
+    pub stages: Vec<PipelineStage>,
+    /// Send-backs after which a task is blocked for a person instead of going back again.
+    pub max_rounds: u32,
+}
+
+/// The send-backs a pipeline allows when its section does not say.
+pub const DEFAULT_MAX_ROUNDS: u32 = 3;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PipelineStage {
+    /// The role whose agents take the task at this stage.
+    pub role: String,
+    /// A pass at this stage waits for a person's approval before the task moves on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub approve: bool,
+}
+
+/// Where a pipeline task stands. The definition is copied onto the task when it is created, so
+/// that a task in flight keeps its stages when `conclave.toml` changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PipelineState {
+    #[serde(flatten)]
+    pub pipeline: Pipeline,
+    /// Index in `stages` of the stage that holds the task.
+    pub stage: usize,
+    /// Send-backs so far.
+    pub send_backs: u32,
+}
+
+impl PipelineState {
+    pub fn current(&self) -> Option<&PipelineStage> {
+        self.pipeline.stages.get(self.stage)
+    }
+
+    /// Whether the task has used up its send-backs (it is then blocked for a person).
+    pub fn rounds_exhausted(&self) -> bool {
+        self.send_backs >= self.pipeline.max_rounds
+    }
+}
+
+/// What an agent says of a pipeline task it finishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// The work is good: on to the next stage (or done after the last).
+    #[default]
+    Pass,
+    /// Back to an earlier stage with comments.
+    SendBack,
+}
+
+/// One entry of a task's history: a stage's verdict or a person's decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StepVerdict {
+    Pass,
+    SendBack,
+    Approved,
+    Rejected,
+}
+
+named_enum!(StepVerdict, "verdict", {
+    Pass => "pass", SendBack => "send_back", Approved => "approved", Rejected => "rejected",
+});
+
+/// A recorded step of a task's way through its pipeline or its approval: who, when, at which
+/// stage, what they decided and what they said.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TaskStep {
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    /// The stage index the task was at (`None` outside a pipeline).
+    pub stage: Option<usize>,
+    /// The task's role at that step.
+    pub role: Option<String>,
+    pub verdict: StepVerdict,
+    /// Where a send-back sent the task (a stage index).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_stage: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comments: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
 }
 
 impl Task {
@@ -451,6 +551,13 @@ pub struct NewTask {
     pub priority: Option<i64>,
     #[serde(default)]
     pub parent: Option<TaskId>,
+    /// The pipeline (by name) the task passes through; it starts at the first stage, whose role
+    /// it takes.
+    #[serde(default)]
+    pub pipeline: Option<String>,
+    /// Every finish by an agent waits for a person's approval.
+    #[serde(default)]
+    pub approve: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
@@ -487,6 +594,23 @@ pub struct TaskFinish {
     pub summary: Option<String>,
     #[serde(default)]
     pub files: Vec<String>,
+    /// Pipeline tasks: `pass` (the default) or `send_back`.
+    #[serde(default)]
+    pub verdict: Option<Verdict>,
+    /// What must change (required with `send_back`).
+    #[serde(default)]
+    pub comments: Option<String>,
+    /// The role of the stage to send back to; the previous stage when absent.
+    #[serde(default)]
+    pub to_stage: Option<String>,
+}
+
+/// A person's approval or rejection of a task waiting for one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskDecision {
+    #[serde(default)]
+    pub comment: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -798,6 +922,9 @@ pub struct StatusReport {
     /// The calling agent's unacknowledged messages.
     pub unread: Option<i64>,
     pub last_seq: i64,
+    /// `agent.alert` events recorded so far (failures a person should see).
+    #[serde(default)]
+    pub alerts: i64,
 }
 
 /// `task.` matches every `task.*` kind; anything else must match exactly.
@@ -884,6 +1011,9 @@ mod tests {
             created_by: "admin".into(),
             created_at: now,
             updated_at: now,
+            pipeline: None,
+            approve: false,
+            awaiting_approval: false,
         };
         let rust = vec!["rust".to_string()];
         assert!(task.fits("alice", Some("coder"), &rust));

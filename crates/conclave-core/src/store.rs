@@ -21,6 +21,7 @@ mod messages;
 mod notes;
 mod presence;
 mod schema;
+mod steps;
 mod tasks;
 
 use std::path::Path;
@@ -34,7 +35,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::error::{CoreError, Result};
-use crate::model::{Actor, Event, EventPayload, TaskId};
+use crate::model::{Actor, Event, EventPayload, Pipeline, TaskId};
 
 pub use agents::{ReleaseReport, hash_token};
 pub use events::{IDEMPOTENCY_WINDOW_SECS, SweepReport};
@@ -66,6 +67,12 @@ pub struct StoreConfig {
     /// Live file leases one agent may hold at once.
     pub max_leases_per_agent: usize,
     pub durability: Durability,
+    /// The pipelines tasks may be created in (`[[pipeline]]`). A task copies its pipeline's
+    /// definition when it is created, so these matter only for new tasks.
+    pub pipelines: Vec<Pipeline>,
+    /// Roles every task of which waits for a person's approval when its agent finishes it
+    /// (`[defaults] approve = ["role:reviewer"]`).
+    pub approve_roles: Vec<String>,
 }
 
 impl Default for StoreConfig {
@@ -75,6 +82,8 @@ impl Default for StoreConfig {
             lease_ttl_secs: 600,
             max_leases_per_agent: 256,
             durability: Durability::Normal,
+            pipelines: Vec::new(),
+            approve_roles: Vec::new(),
         }
     }
 }

@@ -27,8 +27,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use conclave_core::model::{
-    Actor, Lease, LeaseMode, LeaseRelease, LeaseRequest, NewAgent, NewTask, Task, TaskFinish,
-    TaskId, TaskStatus, TaskStatusUpdate,
+    Actor, Lease, LeaseMode, LeaseRelease, LeaseRequest, NewAgent, NewTask, Task, TaskDecision,
+    TaskFinish, TaskId, TaskStatus, TaskStatusUpdate,
 };
 use conclave_core::paths::{normalize_lease_path, overlaps};
 use conclave_core::{CoreError, Store, StoreConfig};
@@ -104,6 +104,8 @@ enum Step {
         after: Vec<TaskId>,
         role: Option<&'static str>,
         priority: i64,
+        /// Each finish waits for a person's approval.
+        approve: bool,
     },
     /// With no task: claim the best ready task that fits.
     Claim {
@@ -145,6 +147,12 @@ enum Step {
     Release {
         agent: &'static str,
     },
+    /// A person's decision on a task waiting for approval: approve it or reject it.
+    Decide {
+        by: Who,
+        task: TaskId,
+        approve: bool,
+    },
 }
 
 /// Who, as generated. `Entitled` is whoever the rules let do the step: the holder of the task or
@@ -183,6 +191,7 @@ enum Op {
         ghost: bool,
         role: Option<&'static str>,
         priority: i64,
+        approve: bool,
     },
     Claim {
         agent: usize,
@@ -223,6 +232,11 @@ enum Op {
     Release {
         agent: usize,
         busy: bool,
+    },
+    Decide {
+        by: By,
+        task: TaskRef,
+        approve: bool,
     },
 }
 
@@ -274,14 +288,16 @@ fn op() -> impl Strategy<Value = Op> {
             ],
             proptest::bool::weighted(0.05),
             role,
-            0..3i64
+            0..3i64,
+            proptest::bool::weighted(0.25),
         )
-            .prop_map(|(creator, after, ghost, role, priority)| Op::AddTask {
+            .prop_map(|(creator, after, ghost, role, priority, approve)| Op::AddTask {
                 creator,
                 after,
                 ghost,
                 role,
-                priority
+                priority,
+                approve,
             }),
         8 => (agent(), proptest::option::weighted(0.5, task_ref()))
             .prop_map(|(agent, task)| Op::Claim { agent, task }),
@@ -295,6 +311,8 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (by(), path_ref(), proptest::bool::weighted(0.2))
             .prop_map(|(by, path, force)| Op::Unlock { by, path, force }),
         4 => (agent(), proptest::bool::weighted(0.75)).prop_map(|(agent, busy)| Op::Release { agent, busy }),
+        3 => (by(), task_ref(), any::<bool>())
+            .prop_map(|(by, task, approve)| Op::Decide { by, task, approve }),
     ]
 }
 
@@ -320,6 +338,7 @@ impl Op {
         let ready = |task: &TaskRef| pick(task, &|_, t| t.status == TaskStatus::Ready);
         let held = |task: &TaskRef| pick(task, &|_, t| t.held());
         let unfinished = |task: &TaskRef| pick(task, &|_, t| !t.status.is_finished());
+        let awaiting = |task: &TaskRef| pick(task, &|_, t| t.awaiting_approval);
         // Reopening matters most to a task that others (still unfinished) depend on.
         let finished = |task: &TaskRef| {
             pick(task, &|id, t| {
@@ -350,6 +369,7 @@ impl Op {
                 ghost,
                 role,
                 priority,
+                approve,
             } => {
                 let mut deps: BTreeSet<TaskId> = BTreeSet::new();
                 if count > 0 {
@@ -367,6 +387,7 @@ impl Op {
                     after: deps.into_iter().collect(),
                     role: *role,
                     priority: *priority,
+                    approve: *approve,
                 }
             }
             Op::Claim { agent, task: id } => Step::Claim {
@@ -447,6 +468,16 @@ impl Op {
                 };
                 Step::Release { agent }
             }
+            Op::Decide {
+                by,
+                task: id,
+                approve,
+            } => Step::Decide {
+                // Only a person decides: the entitled one is the admin.
+                by: who(*by, None),
+                task: awaiting(id),
+                approve: *approve,
+            },
         }
     }
 }
@@ -482,11 +513,15 @@ struct ModelTask {
     creator: String,
     /// Blocked by the server because a dependency failed or was cancelled (not held).
     blocked_by_deps: bool,
+    /// Each finish waits for a person's approval.
+    approve: bool,
+    /// Finished by its agent (still named as assignee), waiting in review for a person; not held.
+    awaiting_approval: bool,
 }
 
 impl ModelTask {
     fn held(&self) -> bool {
-        self.status.is_held() && !self.blocked_by_deps
+        self.status.is_held() && !self.blocked_by_deps && !self.awaiting_approval
     }
 }
 
@@ -624,6 +659,7 @@ impl Model {
                 ref after,
                 role,
                 priority,
+                approve,
             } => {
                 if after.iter().any(|dep| !self.tasks.contains_key(dep)) {
                     return Err("not_found");
@@ -640,6 +676,8 @@ impl Model {
                         role: role.map(str::to_string),
                         creator: creator.name().to_string(),
                         blocked_by_deps: false,
+                        approve,
+                        awaiting_approval: false,
                     },
                 );
                 self.refresh_readiness(id);
@@ -699,8 +737,15 @@ impl Model {
             }
             Step::Done { by, task: id } => {
                 self.check_held_by(by, id)?;
-                self.tasks.get_mut(&id).expect("task").status = TaskStatus::Done;
                 self.release_task_leases(id);
+                let task = self.tasks.get_mut(&id).expect("task");
+                if task.approve {
+                    // It waits for a person; nothing depending on it moves yet.
+                    task.status = TaskStatus::Review;
+                    task.awaiting_approval = true;
+                    return Ok(Effect::changed());
+                }
+                task.status = TaskStatus::Done;
                 for dependent in self.dependents(id) {
                     self.refresh_readiness(dependent);
                 }
@@ -729,6 +774,7 @@ impl Model {
                 let task = self.tasks.get_mut(&id).expect("task");
                 task.status = TaskStatus::Cancelled;
                 task.blocked_by_deps = false;
+                task.awaiting_approval = false;
                 self.release_task_leases(id);
                 // Its waiting dependents can never become ready: they are blocked.
                 for dependent in self.dependents(id) {
@@ -847,6 +893,30 @@ impl Model {
                     claimed: None,
                 })
             }
+            Step::Decide {
+                by,
+                task: id,
+                approve,
+            } => {
+                if by != Who::Admin {
+                    return Err("forbidden");
+                }
+                if !self.task(id)?.awaiting_approval {
+                    return Err("conflict");
+                }
+                let task = self.tasks.get_mut(&id).expect("task");
+                task.awaiting_approval = false;
+                if approve {
+                    task.status = TaskStatus::Done;
+                    for dependent in self.dependents(id) {
+                        self.refresh_readiness(dependent);
+                    }
+                } else {
+                    // Back to the agent that finished it (every agent of the model exists).
+                    task.status = TaskStatus::InProgress;
+                }
+                Ok(Effect::changed())
+            }
         }
     }
 }
@@ -886,6 +956,7 @@ fn run_on_store(store: &Store, step: &Step) -> Result<Answer, CoreError> {
             ref after,
             role,
             priority,
+            approve,
         } => tx
             .create_task(
                 &creator.actor(),
@@ -894,6 +965,7 @@ fn run_on_store(store: &Store, step: &Step) -> Result<Answer, CoreError> {
                     after: after.clone(),
                     role: role.map(str::to_string),
                     priority: Some(priority),
+                    approve,
                     ..Default::default()
                 },
             )
@@ -944,6 +1016,16 @@ fn run_on_store(store: &Store, step: &Step) -> Result<Answer, CoreError> {
         Step::Release { agent } => tx
             .release_agent("admin", agent, "process died")
             .map(no_answer),
+        Step::Decide { by, task, approve } => {
+            let decision = TaskDecision {
+                comment: Some("looked at it".into()),
+            };
+            if approve {
+                tx.approve_task(&by.actor(), task, decision).map(no_answer)
+            } else {
+                tx.reject_task(&by.actor(), task, decision).map(no_answer)
+            }
+        }
     })
 }
 
@@ -1006,7 +1088,19 @@ fn check_invariants(
             task.status
         );
         ensure!(
-            held || task.status.is_finished() || task.assignee.is_none(),
+            !task.awaiting_approval
+                || (task.status == TaskStatus::Review
+                    && task.assignee.is_some()
+                    && task.claim_expires_at.is_none()),
+            trace,
+            "{} waits for approval while {} (assignee {:?}, claim until {:?})",
+            task.id,
+            task.status,
+            task.assignee,
+            task.claim_expires_at
+        );
+        ensure!(
+            held || task.status.is_finished() || task.assignee.is_none() || task.awaiting_approval,
             trace,
             "{} is {} yet assigned to {:?}",
             task.id,
@@ -1210,6 +1304,22 @@ fn run_case(mut next_step: impl FnMut(&Model) -> Option<Step>) -> Result<(), Tes
             trace,
             "tasks (status, assignee, attempts, deps) differ\n store: {store_tasks:?}\n model: {model_tasks:?}"
         );
+        let store_awaiting: BTreeSet<TaskId> = tasks
+            .iter()
+            .filter(|t| t.awaiting_approval)
+            .map(|t| t.id)
+            .collect();
+        let model_awaiting: BTreeSet<TaskId> = model
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.awaiting_approval)
+            .map(|(id, _)| *id)
+            .collect();
+        ensure!(
+            store_awaiting == model_awaiting,
+            trace,
+            "tasks waiting for approval differ\n store: {store_awaiting:?}\n model: {model_awaiting:?}"
+        );
         let mut store_leases: Vec<ModelLease> = leases
             .iter()
             .map(|l| ModelLease {
@@ -1277,7 +1387,76 @@ fn add(after: &[i64]) -> Step {
         after: after.iter().copied().map(TaskId).collect(),
         role: None,
         priority: 0,
+        approve: false,
     }
+}
+
+/// A task that waits for approval holds back its dependents until a person approves it; a
+/// rejection gives it back to its agent, and only the admin decides.
+#[test]
+fn an_approval_task_holds_its_dependents_until_a_person_approves() {
+    let coder = AGENTS[0].0;
+    let first = TaskId(1);
+    let model = run_steps(vec![
+        Step::AddTask {
+            creator: Who::Admin,
+            after: vec![],
+            role: None,
+            priority: 0,
+            approve: true,
+        },
+        add(&[1]),
+        Step::Claim {
+            agent: coder,
+            task: Some(first),
+        },
+        Step::Done {
+            by: Who::Agent(coder),
+            task: first,
+        },
+        Step::Decide {
+            by: Who::Agent(coder),
+            task: first,
+            approve: true,
+        },
+        Step::Decide {
+            by: Who::Admin,
+            task: first,
+            approve: false,
+        },
+        Step::Done {
+            by: Who::Agent(coder),
+            task: first,
+        },
+        Step::Release { agent: coder },
+    ]);
+    assert_eq!(status(&model, 1), TaskStatus::Review);
+    assert_eq!(status(&model, 2), TaskStatus::Pending);
+    let model = run_steps(vec![
+        Step::AddTask {
+            creator: Who::Admin,
+            after: vec![],
+            role: None,
+            priority: 0,
+            approve: true,
+        },
+        add(&[1]),
+        Step::Claim {
+            agent: coder,
+            task: Some(first),
+        },
+        Step::Done {
+            by: Who::Agent(coder),
+            task: first,
+        },
+        Step::Decide {
+            by: Who::Admin,
+            task: first,
+            approve: true,
+        },
+    ]);
+    assert_eq!(status(&model, 1), TaskStatus::Done);
+    assert_eq!(status(&model, 2), TaskStatus::Ready);
 }
 
 /// Runs fixed steps through the same checks as the property; returns the model's final state.
@@ -1309,6 +1488,7 @@ fn claim_next_prefers_priority_then_age_among_fitting_tasks() {
         after: vec![],
         role,
         priority,
+        approve: false,
     };
     let model = run_steps(vec![
         task(None, 1),

@@ -22,7 +22,15 @@ const state = {
   filter: { agent: '', task: '', kind: '' },
   drawer: null, // {type: 'agent', name} or {type: 'task', id}
   lastSeq: 0,
+  alerts: [], // agent.alert events, newest first
+  dismissed: new Set(loadDismissed()), // alert seqs a person dismissed (kept in this browser)
+  blockNotes: new Map(), // task id -> the note its holder gave when it marked it blocked
+  waits: new Map(), // agent name -> {for, since}: what a waiting agent waits for
 };
+
+function loadDismissed() {
+  try { return JSON.parse(localStorage.getItem('conclave.dismissed') || '[]'); } catch { return []; }
+}
 
 // ---- small helpers ----------------------------------------------------------------------------
 
@@ -123,12 +131,39 @@ async function act(what, run) {
 
 const enc = encodeURIComponent;
 const agentOf = (ev) => ev.agent || (ev.actor !== 'admin' && ev.actor !== 'conclave' ? ev.actor : null);
+/** Who acted: the supervisor records an agent's own doings as admin, naming the agent. */
+const actedBy = (ev) => ((ev.actor === 'admin' || ev.actor === 'conclave') && ev.agent ? ev.agent : ev.actor);
+const toolFailed = (ev) => ev.kind === 'agent.tool' && Boolean(ev.data && (ev.data.is_error || ev.data.error));
+const toolInput = (d, n) => clip(typeof d.input === 'string' ? d.input : JSON.stringify(d.input ?? ''), n);
+
+/** Why a blocked task is blocked: the server's reason, else its holder's note. */
+function blockedReason(task) {
+  if (task.status !== 'blocked') return null;
+  return task.blocked_reason || state.blockNotes.get(task.id) || null;
+}
+
+/** "waiting for a reply from coder-1 since 20s", for an agent whose status is `waiting`. */
+function waitText(agent) {
+  const wait = state.waits.get(agent.name);
+  if (!wait) return 'waiting';
+  return `waiting for ${wait.for || 'messages'} since ${ago(wait.since).replace(' ago', '')}`;
+}
 
 /** A one-line description of an event. */
 function describe(ev) {
   const d = ev.data || {};
   switch (ev.kind) {
-    case 'agent.tool': return `${d.tool || 'tool'} ${clip(typeof d.input === 'string' ? d.input : JSON.stringify(d.input ?? ''), 160)}`;
+    case 'agent.tool': return toolFailed(ev)
+      ? `${d.tool || 'tool'} FAILED: ${clip(d.error || 'error', 160)} · ${toolInput(d, 80)}`
+      : `${d.tool || 'tool'} ${toolInput(d, 160)}`;
+    case 'agent.alert': return `${d.cause || 'alert'}: ${clip(d.message, 200)}`;
+    case 'agent.status': return `${d.from} → ${d.to}${d.waiting_for ? ` (for ${d.waiting_for})` : ''}`;
+    case 'agent.session': return d.session_id ? `session ${d.session_id}` : 'session cleared';
+    case 'agent.session_start': return `session started${d.source ? ` (${d.source})` : ''}${d.session_id ? ` ${d.session_id}` : ''}`;
+    case 'agent.session_end': return `session ended${d.session_id ? ` ${d.session_id}` : ''}`;
+    case 'agent.exit': return `exited: ${d.exit || 'unknown status'}${d.stopped ? ' · stopped for good' : ''}${d.restart ? ' · restarting' : ''}`;
+    case 'agent.started': return `started, pid ${d.pid}${d.resume ? `, resuming ${d.resume}` : ''}`;
+    case 'task.updated': return `${d.from} → ${d.to}${d.note ? `: ${clip(d.note, 160)}` : ''}`;
     case 'agent.text': return clip(d.text, 200);
     case 'agent.turn': return `context ${d.context_tokens ?? '?'} / ${d.context_window ?? '?'}, $${Number(d.cost_usd || 0).toFixed(2)}`;
     case 'agent.control': return `${d.action || ''} requested`;
@@ -149,6 +184,8 @@ function describe(ev) {
 
 async function loadAgents() {
   state.agents = (await api('GET', '/api/agents')).agents;
+  renderSummary();
+  loadWaits().catch((error) => toast(`waits: ${error.message}`, true));
   renderTeam();
   renderRecipients();
   if (state.drawer && state.drawer.type === 'agent') renderAgentHeader();
@@ -156,10 +193,50 @@ async function loadAgents() {
 
 async function loadTasks() {
   state.tasks = (await api('GET', '/api/tasks')).tasks;
+  renderTasks();
+  await loadBlockNotes();
+}
+
+function renderTasks() {
   renderBoard();
   renderTeam();
-  $('summary').textContent = summaryText();
+  renderSummary();
   if (state.drawer && state.drawer.type === 'task') renderTaskDrawer();
+}
+
+/** The holders' notes of tasks they marked blocked (the server's own reasons come with the task). */
+async function loadBlockNotes() {
+  const missing = state.tasks.filter((t) => t.status === 'blocked' && !t.blocked_reason && !state.blockNotes.has(t.id));
+  if (!missing.length) return;
+  await Promise.all(missing.map(async (task) => {
+    const { events } = await api('GET', `/api/events?desc=true&limit=1&kind=task.updated&task=${enc(task.id)}`);
+    const ev = events[0];
+    if (ev && ev.data && ev.data.to === 'blocked') state.blockNotes.set(task.id, ev.data.note || 'no reason given');
+  }));
+  renderTasks();
+}
+
+/** What waiting agents wait for, from the `agent.status` event that made them wait. */
+async function loadWaits() {
+  const missing = state.agents.filter((a) => a.status === 'waiting' && !state.waits.has(a.name));
+  if (!missing.length) return;
+  await Promise.all(missing.map(async (agent) => {
+    const { events } = await api('GET', `/api/events?desc=true&limit=1&kind=agent.status&agent=${enc(agent.name)}`);
+    if (events[0]) noteWait(events[0]);
+  }));
+  renderTeam();
+}
+
+function noteWait(ev) {
+  if (ev.kind !== 'agent.status' || !ev.agent) return;
+  if (ev.data && ev.data.to === 'waiting') state.waits.set(ev.agent, { for: ev.data.waiting_for, since: ev.ts });
+  else state.waits.delete(ev.agent);
+}
+
+async function loadAlerts() {
+  state.alerts = (await api('GET', '/api/events?desc=true&limit=100&kind=agent.alert')).events;
+  renderAlerts();
+  renderTeam();
 }
 
 async function loadLeases() {
@@ -189,6 +266,34 @@ async function loadLastActions() {
 function summaryText() {
   const count = (pred) => state.tasks.filter(pred).length;
   return `${state.agents.length} agents · ${count((t) => HELD.has(t.status))} tasks held · ${count((t) => t.status === 'ready')} ready · ${count((t) => t.status === 'done')} done`;
+}
+
+const BUSY = new Set(['working', 'starting', 'waiting']);
+
+/**
+ * The team's outcome as the page sees it: `finished` when every task is done or cancelled and
+ * no agent is busy; `stalled` when work is left and no agent is busy (idle, offline, stopped
+ * or crashed agents, or none); otherwise nothing (the team is at work).
+ */
+function outcome() {
+  if (!state.tasks.length) return null;
+  const busy = state.agents.some((a) => BUSY.has(a.status));
+  if (busy) return null;
+  const left = state.tasks.filter((t) => t.status !== 'done' && t.status !== 'cancelled');
+  if (!left.length) return { state: 'finished', text: `finished: all ${state.tasks.length} tasks done or cancelled` };
+  const blocked = left.filter((t) => t.status === 'blocked').length;
+  const failed = left.filter((t) => t.status === 'failed').length;
+  const why = [blocked ? `${blocked} blocked` : null, failed ? `${failed} failed` : null].filter(Boolean).join(', ');
+  return { state: 'stalled', text: `stalled: ${left.length} tasks left${why ? ` (${why})` : ''}, no agent at work` };
+}
+
+function renderSummary() {
+  $('summary').textContent = summaryText();
+  const node = $('outcome');
+  const result = outcome();
+  node.hidden = !result;
+  node.dataset.state = result ? result.state : '';
+  node.textContent = result ? result.text : '';
 }
 
 // Refetches a section soon, once, however many events ask for it.
@@ -233,6 +338,14 @@ function noteLastAction(ev) {
 function onEvent(ev) {
   state.lastSeq = Math.max(state.lastSeq, ev.seq);
   noteLastAction(ev);
+  noteWait(ev);
+  if (ev.kind === 'agent.alert' && !state.alerts.some((a) => a.seq === ev.seq)) {
+    state.alerts.unshift(ev);
+    renderAlerts();
+  }
+  if (ev.kind === 'task.updated' && ev.task && ev.data && ev.data.to === 'blocked') {
+    state.blockNotes.set(ev.task, ev.data.note || 'no reason given');
+  }
   if (admits(state.filter, ev)) addTimeline(ev, true);
   if (state.drawer && state.drawer.type === 'agent' && agentOf(ev) === state.drawer.name) addStream(ev, true);
   if (state.drawer && state.drawer.type === 'task' && ev.task === state.drawer.id) addStream(ev, true);
@@ -253,6 +366,32 @@ function admits(filter, ev) {
     if (filter.kind.endsWith('.') ? !ev.kind.startsWith(filter.kind) : ev.kind !== filter.kind) return false;
   }
   return true;
+}
+
+// ---- alerts -----------------------------------------------------------------------------------
+
+function dismiss(seqs) {
+  for (const seq of seqs) state.dismissed.add(seq);
+  try { localStorage.setItem('conclave.dismissed', JSON.stringify([...state.dismissed].slice(-500))); } catch { /* private mode */ }
+  renderAlerts();
+  renderTeam();
+}
+
+const openAlerts = () => state.alerts.filter((a) => !state.dismissed.has(a.seq));
+
+/** The strip under the header: every alert not dismissed, newest first. */
+function renderAlerts() {
+  const root = $('alerts');
+  const open = openAlerts();
+  root.hidden = !open.length;
+  put(root, open.length > 1 ? h('div', { class: 'alerts-head' }, `${open.length} alerts `,
+    h('button', { type: 'button', text: 'dismiss all', onclick: () => dismiss(open.map((a) => a.seq)) })) : null,
+  open.slice(0, 20).map((alert) => h('div', { class: 'alert', 'data-seq': alert.seq, role: 'alert' },
+    h('b', { text: alert.agent || actedBy(alert) }), ' ',
+    h('span', { class: 'alert-cause', text: (alert.data && alert.data.cause) || 'alert' }), ' ',
+    h('span', { class: 'alert-message', text: clip(alert.data && alert.data.message, 400) }), ' ',
+    h('span', { class: 'muted' }, agoNode(alert.ts)), ' ',
+    h('button', { type: 'button', class: 'dismiss', 'aria-label': 'dismiss', text: 'dismiss', onclick: () => dismiss([alert.seq]) }))));
 }
 
 // ---- team -------------------------------------------------------------------------------------
@@ -306,19 +445,25 @@ function renderTeam() {
     const task = currentTask(agent.name);
     const last = state.lastAction.get(agent.name);
     const scripted = agent.model && /scripted|stand-in/i.test(agent.model);
+    const alert = openAlerts().find((a) => a.agent === agent.name);
+    const neverStarted = agent.status === 'offline' && !agent.last_seen && !agent.pid;
     return h('div', {
-      class: 'agent', 'data-agent': agent.name, 'data-status': agent.status,
+      class: `agent${alert ? ' alerted' : ''}`, 'data-agent': agent.name, 'data-status': agent.status,
       onclick: () => openAgent(agent.name),
     },
     h('div', { class: 'agent-head' },
       h('span', { class: 'agent-name', text: agent.name }),
-      h('span', { class: 'badge', 'data-status': agent.status, text: agent.status }),
+      h('span', { class: 'badge', 'data-status': agent.status, text: neverStarted ? 'not started' : agent.status }),
       scripted ? h('span', { class: 'badge scripted', text: 'scripted' }) : null),
+    alert ? h('div', { class: 'banner', role: 'alert', title: alert.data && alert.data.message },
+      h('b', { text: (alert.data && alert.data.cause) || 'alert' }), ' ', clip(alert.data && alert.data.message, 140), ' ',
+      h('button', { type: 'button', class: 'dismiss', text: 'dismiss', onclick: (e) => { e.stopPropagation(); dismiss([alert.seq]); } })) : null,
+    agent.status === 'waiting' ? h('div', { class: 'line waiting', 'data-wait': '', text: waitText(agent) }) : null,
     h('div', { class: 'line muted', text: [agent.role ? `role ${agent.role}` : 'no role', agent.model || 'model not reported'].join(' · ') }),
     h('div', { class: 'line', title: task ? task.title : '' }, task ? `${task.id} ${task.title}` : h('span', { class: 'muted', text: 'no task' })),
     contextBar(agent),
     h('div', { class: 'line muted', text: `$${Number(agent.cost_usd || 0).toFixed(2)} · ${agent.restarts} restarts` }),
-    h('div', { class: 'line last-action', title: last ? describe(last) : '' },
+    h('div', { class: `line last-action${last && toolFailed(last) ? ' failed' : ''}`, title: last ? describe(last) : '' },
       last ? [h('span', { class: 'mono', text: last.kind }), ' ', clip(describe(last), 80), ' · ', agoNode(last.ts)]
         : h('span', { class: 'muted', text: `no action yet · seen ${ago(agent.last_seen)}` })),
     controlButtons(agent.name));
@@ -354,7 +499,9 @@ function renderBoard() {
     h('span', { class: 'task-id', text: `${task.id} · p${task.priority}` }), ' ',
     task.status !== 'pending' && task.status !== 'ready' ? h('span', { class: 'badge', 'data-status': task.status, text: task.status }) : null),
   h('div', { class: 'task-title', text: task.title }),
+  task.role ? h('div', { class: 'task-role', text: `role ${task.role}` }) : null,
   task.assignee ? h('div', { class: 'holder', text: `@${task.assignee}` }) : null,
+  blockedReason(task) ? h('div', { class: 'blocked-reason', title: blockedReason(task), text: `blocked: ${clip(blockedReason(task), 140)}` }) : null,
   task.depends_on.length ? h('div', { class: 'deps' }, 'after ', task.depends_on.map((dep, i) => {
     const done = byId.get(dep)?.status === 'done';
     return [i ? ', ' : '', h('span', { class: done ? 'dep-done' : 'dep-open', title: byId.get(dep)?.status || '', text: `${dep}${done ? ' ✓' : ''}` })];
@@ -451,6 +598,7 @@ function renderTaskDrawer() {
     h('h2', {}, h('span', { class: 'task-id', text: id }), ' ', task.title),
     h('dl', {},
       h('dt', { text: 'status' }), h('dd', {}, h('span', { class: 'badge', 'data-status': task.status, text: task.status })),
+      blockedReason(task) ? [h('dt', { text: 'blocked' }), h('dd', { class: 'blocked-reason pre', text: blockedReason(task) })] : null,
       h('dt', { text: 'holder' }), h('dd', { text: task.assignee || '—' }),
       h('dt', { text: 'claim expires' }), h('dd', {}, task.claim_expires_at ? leftNode(task.claim_expires_at) : '—'),
       h('dt', { text: 'priority' }), h('dd', { text: task.priority }),
@@ -503,6 +651,7 @@ function renderAgentHeader() {
       h('dt', { text: 'role' }), h('dd', { text: agent.role || '—' }),
       h('dt', { text: 'model' }), h('dd', { text: agent.model || '—' }),
       h('dt', { text: 'task' }), h('dd', { text: task ? `${task.id} ${task.title}` : '—' }),
+      agent.status === 'waiting' ? [h('dt', { text: 'waiting' }), h('dd', { text: waitText(agent).replace(/^waiting /, '') })] : null,
       h('dt', { text: 'cost' }), h('dd', { text: `$${Number(agent.cost_usd || 0).toFixed(2)}` }),
       h('dt', { text: 'restarts' }), h('dd', { text: agent.restarts }),
       h('dt', { text: 'pid / host' }), h('dd', { text: `${agent.pid ?? '—'} / ${agent.host ?? '—'}` }),
@@ -530,16 +679,19 @@ function addStream(ev, live) {
   const d = ev.data || {};
   let what;
   if (ev.kind === 'agent.tool') {
-    what = h('div', { class: 'tool' }, h('b', { text: d.tool || 'tool' }), ' ',
-      clip(typeof d.input === 'string' ? d.input : JSON.stringify(d.input ?? ''), 600),
-      d.result_bytes !== undefined ? h('span', { class: 'muted', text: ` → ${d.result_bytes} bytes` }) : null);
+    const failed = toolFailed(ev);
+    what = h('div', { class: `tool${failed ? ' failed' : ''}` }, h('b', { text: d.tool || 'tool' }), ' ',
+      failed ? h('span', { class: 'failed-mark', text: 'FAILED ' }) : null,
+      toolInput(d, 600),
+      failed ? h('div', { class: 'tool-error pre', text: clip(d.error || 'the tool reported an error', 2000) }) : null,
+      !failed && d.result_bytes !== undefined ? h('span', { class: 'muted', text: ` → ${d.result_bytes} bytes` }) : null);
   } else if (ev.kind === 'agent.text') {
     what = h('div', { class: 'text', text: d.text ?? '' });
   } else {
     what = h('div', {}, h('span', { class: 'mono', text: ev.kind }), ' ', describe(ev));
   }
   const item = h('li', { 'data-seq': ev.seq, 'data-kind': ev.kind },
-    h('div', { class: 'muted' }, `#${ev.seq} ${clock(ev.ts)} · ${ev.actor}`), what);
+    h('div', { class: 'muted' }, `#${ev.seq} ${clock(ev.ts)} · ${actedBy(ev)}`), what);
   if (live) list.prepend(item); else list.append(item);
   while (list.children.length > 500) list.lastElementChild.remove();
 }
@@ -590,7 +742,7 @@ function renderThreads() {
       h('div', { class: 'message-head' }, h('b', { text: m.sender }), ` → ${m.to} · ${m.kind} · `, agoNode(m.created_at)),
       h('div', { class: 'message-body pre', text: m.body }),
       m.deliveries.length ? h('div', { class: 'reads' }, m.deliveries.map((d, i) => [i ? ' ' : '',
-        h('span', { class: d.acked_at ? 'read' : 'unread', title: d.acked_at ? `read ${d.acked_at}` : 'not read yet', text: `${d.acked_at ? '✓' : '•'} ${d.agent}` })])) : null)))));
+        h('span', { class: d.acked_at ? 'read' : 'unread', title: d.acked_at ? `read (acknowledged) ${d.acked_at}` : 'not acknowledged yet: still in the inbox', text: `${d.acked_at ? '✓' : '•'} ${d.agent}` })])) : null)))));
 }
 
 // ---- notes ------------------------------------------------------------------------------------
@@ -619,14 +771,15 @@ function renderNotes() {
 // ---- timeline ---------------------------------------------------------------------------------
 
 function timelineItem(ev) {
-  return h('li', { 'data-seq': ev.seq, 'data-kind': ev.kind },
+  const by = actedBy(ev);
+  return h('li', { 'data-seq': ev.seq, 'data-kind': ev.kind, class: toolFailed(ev) ? 'failed' : ev.kind === 'agent.alert' ? 'alerted' : null },
     h('span', { class: 'muted', title: ev.ts, text: clock(ev.ts) }),
     h('span', { class: 'muted', text: `#${ev.seq}` }),
-    h('span', { class: 'line', text: ev.actor }),
+    h('span', { class: 'line actor', title: by !== ev.actor ? `${by}, recorded by ${ev.actor}` : ev.actor, text: by }),
     h('span', { class: 'kind line', text: ev.kind }),
     h('span', { class: 'what', title: describe(ev) },
       ev.task ? h('span', { class: 'task-id', text: `${ev.task} ` }) : null,
-      ev.agent && ev.agent !== ev.actor ? `@${ev.agent} ` : '', describe(ev)));
+      ev.agent && ev.agent !== by ? `@${ev.agent} ` : '', describe(ev)));
 }
 
 function addTimeline(ev, live) {
@@ -693,6 +846,7 @@ function resetTimeline(filter) {
 function tick() {
   for (const node of document.querySelectorAll('[data-ago]')) node.textContent = ago(node.dataset.ago);
   for (const node of document.querySelectorAll('[data-left]')) node.textContent = left(node.dataset.left);
+  if (state.agents.some((a) => a.status === 'waiting')) renderTeam();
 }
 
 // ---- forms ------------------------------------------------------------------------------------
@@ -754,8 +908,8 @@ async function start() {
     renderRecipients();
     renderBoard();
     renderLeases();
-    $('summary').textContent = summaryText();
-    await Promise.all([loadMessages(), loadNotes(), loadLastActions(), loadTasks()]);
+    renderSummary();
+    await Promise.all([loadMessages(), loadNotes(), loadLastActions(), loadTasks(), loadAlerts(), loadWaits()]);
   } catch (error) {
     toast(error.message, true);
   }

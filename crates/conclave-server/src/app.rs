@@ -138,10 +138,11 @@ impl App {
         let store = self.inner.store.clone();
         let actor = actor.clone();
         let key = key.clone();
-        if let Actor::Agent(name) = &actor {
-            store.note_alive(name);
-        }
+        let first_heard = matches!(&actor, Actor::Agent(name) if store.note_alive(name));
         let run = move || -> CoreResult<(Value, bool)> {
+            if first_heard {
+                store.flush_liveness()?;
+            }
             let with_heartbeat =
                 |tx: &mut Tx<'_>| -> CoreResult<Value> { Ok(serde_json::to_value(change(tx)?)?) };
             match &key.key {
@@ -156,7 +157,10 @@ impl App {
     /// Notes that an agent was heard from (reads are heartbeats too): in memory, persisted by
     /// the store in batches.
     pub(crate) async fn heartbeat(&self, agent: &str) -> OpResult<()> {
-        self.inner.store.note_alive(agent);
+        if self.inner.store.note_alive(agent) {
+            let store = self.inner.store.clone();
+            tokio::task::spawn_blocking(move || store.flush_liveness()).await??;
+        }
         Ok(())
     }
 }

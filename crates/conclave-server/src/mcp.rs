@@ -340,6 +340,7 @@ impl ConclaveTools {
             let finish = TaskFinish {
                 summary: args.summary,
                 files: args.files,
+                ..TaskFinish::default()
             };
             ops::finish_task(&self.app, &actor, &IdempotencyKey::default(), id, finish).await?;
             Ok::<_, OpError>(format!(

@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use conclave_core::CoreError;
 use conclave_core::LeaseConflict;
+use conclave_core::Store;
 use conclave_core::event::LeaseDenied;
 use conclave_core::model::{
-    AckResult, Actor, EventPayload, LeaseList, LeaseRelease, LeaseRequest, Message, NewMessage,
-    NewNote, NewTask, ReleasedLeases, SearchHit, TaskFinish, TaskId, TaskStatusUpdate,
+    AckResult, Actor, AgentStatus, EventPayload, LeaseList, LeaseRelease, LeaseRequest, Message,
+    NewMessage, NewNote, NewTask, ReleasedLeases, SearchHit, TaskFinish, TaskId, TaskStatusUpdate,
     format_duration_secs,
 };
 
@@ -231,6 +232,7 @@ pub async fn wait_for_inbox(app: &App, agent: &str, wait: Duration) -> OpResult<
     if !messages.is_empty() || wait.is_zero() {
         return Ok(messages);
     }
+    let _waiting = WaitMark::begin(app, agent).await?;
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         tokio::select! {
@@ -246,6 +248,48 @@ pub async fn wait_for_inbox(app: &App, agent: &str, wait: Duration) -> OpResult<
     }
     let name = agent.to_string();
     app.read(move |r| r.inbox(&name)).await
+}
+
+/// Shows an agent as `waiting` (and for what) while its inbox wait blocks, however the wait
+/// ends (a message, the deadline, the client going away): dropping the mark restores the status.
+struct WaitMark {
+    store: Store,
+    agent: String,
+    previous: Option<AgentStatus>,
+}
+
+impl WaitMark {
+    async fn begin(app: &App, agent: &str) -> OpResult<Self> {
+        let store = app.store().clone();
+        let name = agent.to_string();
+        let previous =
+            tokio::task::spawn_blocking(move || store.write(|tx| tx.begin_wait(&name))).await??;
+        Ok(Self {
+            store: app.store().clone(),
+            agent: agent.to_string(),
+            previous,
+        })
+    }
+}
+
+impl Drop for WaitMark {
+    fn drop(&mut self) {
+        let Some(previous) = self.previous.take() else {
+            return;
+        };
+        // Dropped on an async thread (and maybe as the server stops): the write goes to a
+        // blocking thread when a runtime is there to take it.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let store = self.store.clone();
+        let agent = std::mem::take(&mut self.agent);
+        runtime.spawn_blocking(move || {
+            if let Err(error) = store.write(|tx| tx.end_wait(&agent, previous)) {
+                tracing::warn!(%agent, %error, "could not end an inbox wait's waiting status");
+            }
+        });
+    }
 }
 
 /// Whether the event is a message sent to `agent`.

@@ -587,14 +587,22 @@ impl Team {
                 }
             }
             StreamUpdate::ToolResults(results) => {
-                for ToolResult { id, bytes, .. } in results {
+                for ToolResult {
+                    id,
+                    bytes,
+                    is_error,
+                } in results
+                {
                     let Some((tool, input)) = self.agents[index].pending_tools.remove(&id) else {
                         continue;
                     };
+                    // The error's text is not parsed yet (the alerts work fills `error`).
                     let used = AgentTool {
                         tool,
                         input: Value::String(input),
                         result_bytes: i64::try_from(bytes).unwrap_or(i64::MAX),
+                        is_error,
+                        error: None,
                     };
                     self.record(index, EventPayload::AgentTool(used));
                 }
@@ -1368,6 +1376,9 @@ mod tests {
             created_by: "admin".into(),
             created_at: now,
             updated_at: now,
+            pipeline: None,
+            approve: false,
+            awaiting_approval: false,
         }
     }
 

@@ -258,6 +258,22 @@ fn summarize(event: &Event) -> String {
                 .field("from", d.from)
                 .opt("reason", d.reason.as_ref());
         }
+        EventPayload::TaskPassed(d) => {
+            summary.field("stage", d.stage).opt("role", d.role.as_ref());
+            summary.field("summary", &d.summary);
+        }
+        EventPayload::TaskSentBack(d) => {
+            summary.field("stage", d.stage).opt("role", d.role.as_ref());
+            summary.field("comments", &d.comments);
+        }
+        EventPayload::TaskWaitingApproval(d) => {
+            summary
+                .opt("role", d.role.as_ref())
+                .field("summary", &d.summary);
+        }
+        EventPayload::TaskApproved(d) | EventPayload::TaskRejected(d) => {
+            summary.opt("comment", d.comment.as_ref());
+        }
         EventPayload::AgentRegistered(d) => {
             summary.opt("role", d.role.as_ref()).list("caps", &d.caps);
             summary.opt("model", d.model.as_ref());

@@ -21,6 +21,8 @@ pub async fn run(context: &Context, json: bool) -> anyhow::Result<()> {
     if let Some(me) = &status.me {
         outln!("you are {me} · {} unread", status.unread.unwrap_or(0))?;
     }
+    // Failures a person should see (`conclave log --kind agent.alert` lists them).
+    outln!("alerts: {}", status.alerts)?;
 
     outln!()?;
     if status.agents.is_empty() {

@@ -2,8 +2,8 @@
 //! an agent.
 
 use conclave_core::model::{
-    ClaimRequest, NewTask, ReasonRequest, Task, TaskAssign, TaskCancel, TaskEdit, TaskFailure,
-    TaskFinish, TaskId, TaskList, TaskStatusUpdate,
+    ClaimRequest, EventList, EventPayload, NewTask, ReasonRequest, Task, TaskAssign, TaskCancel,
+    TaskEdit, TaskFailure, TaskFinish, TaskId, TaskList, TaskStatus, TaskStatusUpdate,
 };
 use conclave_core::store::ClaimOutcome;
 
@@ -37,6 +37,7 @@ pub async fn run(context: &Context, command: TaskCommand) -> anyhow::Result<()> 
                 caps,
                 priority,
                 parent,
+                ..NewTask::default()
             };
             let task: Task = client.post("/api/tasks", &request).await?;
             outln!("{}", task.id)?;
@@ -68,7 +69,8 @@ pub async fn run(context: &Context, command: TaskCommand) -> anyhow::Result<()> 
             if json {
                 print_json(&task)?;
             } else {
-                print_task(&task)?;
+                let blocked = blocked_reason(&client, &task).await?;
+                print_task(&task, blocked.as_deref())?;
             }
         }
         TaskCommand::Edit {
@@ -126,7 +128,14 @@ pub async fn run(context: &Context, command: TaskCommand) -> anyhow::Result<()> 
         }
         TaskCommand::Done { id, summary, files } => {
             let task: Task = client
-                .post(&task_path(id, "/done"), &TaskFinish { summary, files })
+                .post(
+                    &task_path(id, "/done"),
+                    &TaskFinish {
+                        summary,
+                        files,
+                        ..TaskFinish::default()
+                    },
+                )
                 .await?;
             note!("conclave: {} is {}", task.id, task.status);
         }
@@ -194,12 +203,44 @@ pub fn tasks_table(tasks: &[Task]) -> Table {
     table
 }
 
-fn print_task(task: &Task) -> std::io::Result<()> {
+/// Why a blocked task is blocked: the server's reason (a dependency failed or was cancelled),
+/// else the note its holder gave when it marked it blocked.
+async fn blocked_reason(client: &Client, task: &Task) -> anyhow::Result<Option<String>> {
+    if task.status != TaskStatus::Blocked {
+        return Ok(None);
+    }
+    if let Some(reason) = &task.blocked_reason {
+        return Ok(Some(reason.clone()));
+    }
+    let query = [
+        ("task", task.id.to_string()),
+        ("kind", "task.updated".to_string()),
+        ("desc", "true".to_string()),
+        ("limit", "1".to_string()),
+    ];
+    let list: EventList = client.get("/api/events", &query).await?;
+    Ok(list
+        .events
+        .into_iter()
+        .find_map(|event| match event.payload {
+            EventPayload::TaskUpdated(updated) if updated.to == TaskStatus::Blocked => Some(
+                updated
+                    .note
+                    .unwrap_or_else(|| "no reason given".to_string()),
+            ),
+            _ => None,
+        }))
+}
+
+fn print_task(task: &Task, blocked: Option<&str>) -> std::io::Result<()> {
     let mut lines = vec![
         format!("{}  {}", task.id, task.title),
         format!("status:    {}", task.status),
-        format!("priority:  {}", task.priority),
     ];
+    if let Some(reason) = blocked {
+        lines.push(format!("blocked:   {reason}"));
+    }
+    lines.push(format!("priority:  {}", task.priority));
     if let Some(assignee) = &task.assignee {
         let claim = task
             .claim_expires_at

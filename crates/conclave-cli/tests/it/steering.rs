@@ -49,6 +49,25 @@ fn a_person_steers_tasks_leases_messages_and_notes() {
     project.run(&["task", "assign", "T-1", "alice"]).ok();
     let assigned = project.run(&["task", "show", "T-1", "--json"]).json();
     assert_eq!(assigned["assignee"], "alice");
+    // Blocked by its holder: `task show` says why, and `status` counts no alert.
+    project
+        .run_as(
+            &alice,
+            &[
+                "task",
+                "update",
+                "T-1",
+                "--status",
+                "blocked",
+                "--note",
+                "needs the schema",
+            ],
+        )
+        .ok();
+    let shown = project.run(&["task", "show", "T-1"]).ok();
+    assert!(shown.contains("blocked:   needs the schema"), "{shown}");
+    let status = project.run(&["status"]).ok();
+    assert!(status.contains("alerts: 0"), "{status}");
     project
         .run_as(&alice, &["task", "update", "T-1", "--status", "review"])
         .ok();

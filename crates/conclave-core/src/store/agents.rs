@@ -158,7 +158,8 @@ impl Tx<'_> {
                 new.role,
                 new.model,
                 to_json_list(&new.caps)?,
-                AgentStatus::Idle.as_str(),
+                // Nothing runs yet: `offline` until its first request or the supervisor starts it.
+                AgentStatus::Offline.as_str(),
                 self.now_ms()
             ],
         )?;
@@ -235,7 +236,7 @@ impl Tx<'_> {
     }
 
     /// Records that the agent is alive and renews the claim leases of the tasks it holds, in this
-    /// transaction. Not an event. The server notes liveness in memory instead
+    /// transaction (see [`Tx::record_liveness`]). The server notes liveness in memory instead
     /// ([`crate::Store::note_alive`]) and persists it in batches.
     pub fn heartbeat(&mut self, name: &str) -> Result<()> {
         let heard = std::collections::HashMap::from([(name.to_string(), self.now_ms())]);
@@ -294,6 +295,7 @@ impl Tx<'_> {
             let changed = AgentStatusChanged {
                 from: before.status,
                 to: after.status,
+                waiting_for: None,
             };
             self.emit(
                 actor,
@@ -311,6 +313,71 @@ impl Tx<'_> {
         Ok(after)
     }
 
+    /// Marks an agent that starts a blocking inbox wait as `waiting`, saying for what: a reply
+    /// from the agent it last wrote to, when that thread has had no answer, else any message.
+    /// Answers the status to go back to when the wait ends; `None` when the agent is in a state
+    /// a wait does not override (paused, stopped, ...) or already waiting.
+    pub fn begin_wait(&mut self, name: &str) -> Result<Option<AgentStatus>> {
+        let before = self.read().agent(name)?;
+        if !matches!(
+            before.status,
+            AgentStatus::Idle | AgentStatus::Working | AgentStatus::Starting | AgentStatus::Offline
+        ) {
+            return Ok(None);
+        }
+        // The newest message it sent, if nobody has written in that thread since.
+        let unanswered: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT m.recipient FROM messages m
+                 WHERE m.sender = ?1 AND NOT EXISTS (
+                     SELECT 1 FROM messages later WHERE later.thread = m.thread AND later.id > m.id)
+                 ORDER BY m.id DESC LIMIT 1",
+                params![name],
+                |row| row.get(0),
+            )
+            .optional()?;
+        let waiting_for = match unanswered {
+            Some(to) => format!("a reply from {to}"),
+            None => "messages".to_string(),
+        };
+        self.set_wait_status(name, before.status, AgentStatus::Waiting, Some(waiting_for))?;
+        Ok(Some(before.status))
+    }
+
+    /// Ends a wait [`Tx::begin_wait`] began: back to `previous`, unless something else changed
+    /// the status meanwhile (the supervisor saw the turn end, a person paused it).
+    pub fn end_wait(&mut self, name: &str, previous: AgentStatus) -> Result<()> {
+        if self.read().agent(name)?.status == AgentStatus::Waiting {
+            self.set_wait_status(name, AgentStatus::Waiting, previous, None)?;
+        }
+        Ok(())
+    }
+
+    fn set_wait_status(
+        &mut self,
+        name: &str,
+        from: AgentStatus,
+        to: AgentStatus,
+        waiting_for: Option<String>,
+    ) -> Result<()> {
+        self.conn().execute(
+            "UPDATE agents SET status = ?2 WHERE name = ?1",
+            params![name, to.as_str()],
+        )?;
+        let changed = AgentStatusChanged {
+            from,
+            to,
+            waiting_for,
+        };
+        self.emit(
+            name,
+            None,
+            Some(name),
+            EventPayload::AgentStatusChanged(changed),
+        )
+    }
+
     /// Returns everything an agent holds to the team: its claimed tasks go back to `ready` (or
     /// `pending` when a dependency was reopened meanwhile)
     /// (attempts + 1) and its file leases are released, each with an event naming `reason`.
@@ -324,7 +391,7 @@ impl Tx<'_> {
         let held: Vec<i64> = {
             let mut statement = self.conn().prepare(
                 "SELECT id FROM tasks WHERE assignee = ?1 AND blocked_reason IS NULL
-                 AND status IN ('claimed', 'in_progress', 'review', 'blocked') ORDER BY id",
+                 AND awaiting_approval = 0 AND status IN ('claimed', 'in_progress', 'review', 'blocked') ORDER BY id",
             )?;
             let rows = statement.query_map(params![name], |row| row.get(0))?;
             rows.collect::<rusqlite::Result<_>>()?

@@ -25,6 +25,15 @@ fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Event> {
 }
 
 impl Reader<'_> {
+    /// How many events of exactly this kind the log holds (`agent.alert` for `conclave status`).
+    pub fn count_events(&self, kind: &str) -> Result<i64> {
+        Ok(self.conn().query_row(
+            "SELECT count(*) FROM events WHERE kind = ?1",
+            params![kind],
+            |row| row.get(0),
+        )?)
+    }
+
     /// Events matching `filter`, oldest first (or newest first with `desc`).
     pub fn events(&self, filter: &EventFilter) -> Result<Vec<Event>> {
         let (kind_exact, kind_prefix) = match filter.kind.as_deref() {

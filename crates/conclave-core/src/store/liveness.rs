@@ -8,7 +8,7 @@
 //! server never expires a claim whose holder it has heard from. Other servers on the same
 //! database see the persisted times, at most one flush interval late: far inside the TTL.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,18 +18,26 @@ use rusqlite::params;
 
 use super::{Store, Tx, lock};
 use crate::error::Result;
+use crate::event::AgentStatusChanged;
+use crate::model::{AgentStatus, EventPayload};
 
 /// Agents heard from since the last flush, with when (Unix ms).
 #[derive(Default)]
 pub(super) struct Liveness {
     heard: Mutex<HashMap<String, i64>>,
+    /// Agents whose liveness this store has persisted at least once.
+    persisted: Mutex<HashSet<String>>,
     flusher_started: AtomicBool,
 }
 
 impl Store {
     /// Notes that `agent` was heard from just now. Costs a map insert; the time reaches the
-    /// database (the agent's `last_seen`, its claims' expiry) with the next flush.
-    pub fn note_alive(&self, agent: &str) {
+    /// database (the agent's `last_seen`, its claims' expiry) with the next flush. Returns true
+    /// when this store has never persisted the agent's liveness: the caller should then flush at
+    /// once ([`Store::flush_liveness`]), since an agent's first request turns it from `offline`
+    /// to `idle`, which must not wait.
+    #[must_use = "a first-heard agent needs a flush"]
+    pub fn note_alive(&self, agent: &str) -> bool {
         let now = Utc::now().timestamp_millis();
         {
             let mut heard = lock(&self.inner.liveness.heard);
@@ -41,6 +49,7 @@ impl Store {
             }
         }
         self.start_liveness_flusher();
+        !lock(&self.inner.liveness.persisted).contains(agent)
     }
 
     /// Persists every liveness noted since the last flush, in one operation; returns how many
@@ -67,7 +76,9 @@ impl Store {
     ) -> Result<T> {
         let heard = std::mem::take(&mut *lock(&self.inner.liveness.heard));
         let result = self.write(|tx| change(tx, &heard));
-        if result.is_err() && !heard.is_empty() {
+        if result.is_ok() {
+            lock(&self.inner.liveness.persisted).extend(heard.into_keys());
+        } else if !heard.is_empty() {
             let mut pending = lock(&self.inner.liveness.heard);
             for (agent, at) in heard {
                 let slot = pending.entry(agent).or_insert(at);
@@ -112,7 +123,8 @@ impl Store {
 
 impl Tx<'_> {
     /// Records that each agent was heard from at its time: its `last_seen`, and the claim expiry
-    /// of the tasks it holds, move forward (never back).
+    /// of the tasks it holds, move forward (never back). An agent heard from for the first time
+    /// turns from `offline` (as registered) to `idle`, with an event.
     pub(crate) fn record_liveness(&mut self, heard: &HashMap<String, i64>) -> Result<()> {
         if heard.is_empty() {
             return Ok(());
@@ -125,9 +137,36 @@ impl Tx<'_> {
             "UPDATE tasks SET claim_expires_at = max(COALESCE(claim_expires_at, 0), ?2)
              WHERE assignee = ?1 AND status IN ('claimed', 'in_progress', 'review', 'blocked')",
         )?;
+        let mut first = self.conn().prepare_cached(
+            "UPDATE agents SET status = ?2 WHERE name = ?1 AND last_seen IS NULL AND status = ?3",
+        )?;
+        let mut woke = Vec::new();
         for (agent, at) in heard {
+            let changed = first.execute(params![
+                agent,
+                AgentStatus::Idle.as_str(),
+                AgentStatus::Offline.as_str()
+            ])?;
+            if changed == 1 {
+                woke.push(agent.as_str());
+            }
             seen.execute(params![agent, at])?;
             claims.execute(params![agent, at.saturating_add(ttl_ms)])?;
+        }
+        drop((seen, claims, first));
+        woke.sort_unstable();
+        for agent in woke {
+            let changed = AgentStatusChanged {
+                from: AgentStatus::Offline,
+                to: AgentStatus::Idle,
+                waiting_for: None,
+            };
+            self.emit(
+                agent,
+                None,
+                Some(agent),
+                EventPayload::AgentStatusChanged(changed),
+            )?;
         }
         Ok(())
     }

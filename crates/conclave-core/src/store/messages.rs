@@ -195,7 +195,29 @@ impl Tx<'_> {
                 body: new.body.clone(),
             }),
         )?;
+        // A reply answers what came before it in the thread: the messages the replying agent
+        // was sent there count as read (docs/dashboard.md, "What read means").
+        if let (Some(agent), Some(thread)) = (actor.agent(), new.thread.as_deref()) {
+            self.ack_thread_before(agent, thread, row_id)?;
+        }
         self.read().message(row_id)
+    }
+
+    /// Acknowledges, for `agent`, every message it was sent in `thread` before `before`.
+    fn ack_thread_before(&mut self, agent: &str, thread: &str, before: i64) -> Result<()> {
+        let answered: Vec<String> = {
+            let mut statement = self.conn().prepare(
+                "SELECT 'M-' || m.id FROM messages m JOIN deliveries d ON d.message_id = m.id
+                 WHERE m.thread = ?1 AND m.id < ?2 AND d.agent = ?3 AND d.acked_at IS NULL
+                 ORDER BY m.id",
+            )?;
+            let rows = statement.query_map(params![thread, before, agent], |row| row.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        if !answered.is_empty() {
+            self.ack_messages(agent, &answered)?;
+        }
+        Ok(())
     }
 
     /// Acknowledges messages for `agent`; unknown or already acknowledged ids are ignored, so a

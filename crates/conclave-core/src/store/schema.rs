@@ -183,7 +183,30 @@ const MIGRATIONS: &[&str] = &[
         WHERE old IN (SELECT max(old) FROM task_search GROUP BY ref);
     DROP TABLE task_search;
     "#,
-    // 3: listings that do not grow with history. The dashboard reads the open tasks (through
+    // 3: pipelines and a person's checkpoints. A pipeline task carries its pipeline's definition
+    // and where it stands (JSON, see `PipelineState`); a task may require approval, and one that
+    // waits for a person says so. Each stage's verdict and each decision is a row of its history.
+    r#"
+    ALTER TABLE tasks ADD COLUMN pipeline TEXT;
+    ALTER TABLE tasks ADD COLUMN approve INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN awaiting_approval INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX tasks_awaiting_approval ON tasks (id) WHERE awaiting_approval = 1;
+
+    CREATE TABLE task_steps (
+        id       INTEGER PRIMARY KEY AUTOINCREMENT,
+        task_id  INTEGER NOT NULL REFERENCES tasks(id),
+        at       INTEGER NOT NULL,
+        actor    TEXT NOT NULL,
+        stage    INTEGER,
+        role     TEXT,
+        verdict  TEXT NOT NULL,
+        to_stage INTEGER,
+        comments TEXT,
+        summary  TEXT
+    );
+    CREATE INDEX task_steps_by_task ON task_steps (task_id, id);
+    "#,
+    // 4: listings that do not grow with history. The dashboard reads the open tasks (through
     // `tasks_by_status`) and the most recently finished ones through this partial index, whose
     // WHERE term the query repeats verbatim.
     r#"
@@ -266,6 +289,32 @@ mod tests {
             .query_row("SELECT is_glob FROM leases", [], |r| r.get(0))
             .expect("lease");
         assert_eq!(is_glob, 1);
+    }
+
+    /// Tasks written before pipelines read as plain tasks that need no approval.
+    #[test]
+    fn version_3_leaves_existing_tasks_outside_pipelines_and_approvals() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        for migration in &MIGRATIONS[..2] {
+            conn.execute_batch(migration).expect("v1, v2");
+        }
+        conn.pragma_update(None, "user_version", 2)
+            .expect("version");
+        conn.execute(
+            "INSERT INTO tasks (title, status, created_by, created_at, updated_at)
+             VALUES ('old', 'review', 'admin', 0, 0)",
+            [],
+        )
+        .expect("v2 task");
+        migrate(&mut conn).expect("migrate");
+        let (pipeline, approve, awaiting): (Option<String>, bool, bool) = conn
+            .query_row(
+                "SELECT pipeline, approve, awaiting_approval FROM tasks",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .expect("task");
+        assert_eq!((pipeline, approve, awaiting), (None, false, false));
     }
 
     #[test]

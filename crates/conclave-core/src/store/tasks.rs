@@ -22,16 +22,16 @@ use crate::event::{
 };
 use crate::model::EventPayload;
 use crate::model::{
-    Actor, Agent, MessageKind, NewMessage, NewTask, Task, TaskAssign, TaskEdit, TaskFinish, TaskId,
-    TaskStatus, TaskStatusUpdate,
+    Actor, Agent, MessageKind, NewMessage, NewTask, PipelineState, Task, TaskAssign, TaskEdit,
+    TaskFinish, TaskId, TaskStatus, TaskStatusUpdate, TaskStep, Verdict,
 };
 
-const TASK_COLUMNS: &str = "id, title, body, status, priority, role, caps, assignee, \
+pub(crate) const TASK_COLUMNS: &str = "id, title, body, status, priority, role, caps, assignee, \
     claim_expires_at, attempts, result, files, parent, created_by, created_at, updated_at, \
-    blocked_reason";
+    blocked_reason, pipeline, approve, awaiting_approval";
 
 const MAX_TITLE: usize = 200;
-const MAX_BODY: usize = 64 * 1024;
+pub(crate) const MAX_BODY: usize = 64 * 1024;
 /// Files one `done` may list (each a path of at most [`MAX_FILE_PATH`] bytes).
 pub const MAX_FILES: usize = 1000;
 const MAX_FILE_PATH: usize = 4096;
@@ -57,9 +57,13 @@ pub struct TaskPage {
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ClaimOutcome {
     pub task: Option<Task>,
+    /// The task's history so far: the earlier stages' verdicts and summaries, send-backs with
+    /// their comments, a person's decisions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<TaskStep>,
 }
 
-fn task_from_row(row: &Row<'_>) -> rusqlite::Result<Task> {
+pub(crate) fn task_from_row(row: &Row<'_>) -> rusqlite::Result<Task> {
     let status: String = row.get(3)?;
     Ok(Task {
         id: TaskId(row.get(0)?),
@@ -80,18 +84,34 @@ fn task_from_row(row: &Row<'_>) -> rusqlite::Result<Task> {
         created_by: row.get(13)?,
         created_at: ms_to_time(row.get(14)?),
         updated_at: ms_to_time(row.get(15)?),
+        pipeline: row
+            .get::<_, Option<String>>(17)?
+            .and_then(|text| serde_json::from_str(&text).ok()),
+        approve: row.get(18)?,
+        awaiting_approval: row.get(19)?,
     })
 }
 
 /// Whether an agent holds `task`: claimed, in progress, in review, or blocked by its holder. A
-/// task the server blocked because a dependency failed is not held (a reservation may name an
-/// agent all the same).
+/// task the server blocked (a dependency failed, or its pipeline's send-backs ran out) is not
+/// held, nor is one waiting for a person's approval (a reservation or the agent that finished it
+/// may be named all the same).
 pub fn is_held(task: &Task) -> bool {
-    task.status.is_held() && !is_blocked_by_dependency(task)
+    task.status.is_held() && !is_blocked_by_server(task) && !task.awaiting_approval
 }
 
-fn is_blocked_by_dependency(task: &Task) -> bool {
+fn is_blocked_by_server(task: &Task) -> bool {
     task.status == TaskStatus::Blocked && task.blocked_reason.is_some()
+}
+
+/// Blocked because a dependency failed or was cancelled: it waits again by itself when the
+/// dependency is reopened. A pipeline task whose send-backs ran out waits for a person instead.
+pub(crate) fn is_blocked_by_dependency(task: &Task) -> bool {
+    is_blocked_by_server(task)
+        && !task
+            .pipeline
+            .as_ref()
+            .is_some_and(PipelineState::rounds_exhausted)
 }
 
 impl Reader<'_> {
@@ -325,20 +345,30 @@ impl Tx<'_> {
         if let Some(parent) = new.parent {
             self.read().task(parent)?;
         }
+        let pipeline = match &new.pipeline {
+            Some(name) => Some(self.start_pipeline(name, new.role.as_deref())?),
+            None => None,
+        };
+        let role = match &pipeline {
+            Some(state) => state.current().map(|stage| stage.role.clone()),
+            None => new.role.clone(),
+        };
         let now = self.now_ms();
         self.conn().execute(
             "INSERT INTO tasks (title, body, status, priority, role, caps, parent, created_by,
-                created_at, updated_at)
-             VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+                created_at, updated_at, pipeline, approve)
+             VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10)",
             params![
                 title,
                 body,
                 new.priority.unwrap_or(0),
-                new.role,
+                role,
                 to_json_list(&new.caps)?,
                 new.parent.map(|p| p.0),
                 actor.name(),
-                now
+                now,
+                pipeline.as_ref().map(serde_json::to_string).transpose()?,
+                new.approve
             ],
         )?;
         let id = TaskId(self.conn().last_insert_rowid());
@@ -351,8 +381,10 @@ impl Tx<'_> {
         let created = TaskCreated {
             title,
             after: deps.iter().copied().collect(),
-            role: new.role.clone(),
+            role: role.clone(),
             priority: new.priority.unwrap_or(0),
+            pipeline: new.pipeline.clone(),
+            approve: new.approve,
         };
         self.emit(
             actor.name(),
@@ -458,7 +490,12 @@ impl Tx<'_> {
             }
             None => match self.read().best_ready_task(&me)? {
                 Some(task) => task,
-                None => return Ok(ClaimOutcome { task: None }),
+                None => {
+                    return Ok(ClaimOutcome {
+                        task: None,
+                        history: Vec::new(),
+                    });
+                }
             },
         };
         let expires = self.now_ms() + self.config().claim_ttl_secs * 1000;
@@ -486,6 +523,7 @@ impl Tx<'_> {
         )?;
         Ok(ClaimOutcome {
             task: Some(self.read().task(task.id)?),
+            history: self.read().task_steps(task.id)?,
         })
     }
 
@@ -614,28 +652,59 @@ impl Tx<'_> {
         for file in &finish.files {
             validate_text("file", file, MAX_FILE_PATH, true)?;
         }
+        if let Some(comments) = &finish.comments {
+            validate_text("comments", comments, MAX_BODY, false)?;
+        }
+        if let Some(stage) = &finish.to_stage {
+            validate_name("to_stage", stage)?;
+        }
         let task = self.held_by(actor, id, "finish")?;
+        match finish.verdict.unwrap_or_default() {
+            Verdict::Pass => {
+                if finish.to_stage.is_some() {
+                    return Err(CoreError::invalid(
+                        "to_stage goes with verdict send_back; a pass moves to the next stage",
+                    ));
+                }
+                self.pass_stage(actor, &task, summary, finish.files, finish.comments)
+            }
+            Verdict::SendBack => {
+                let comments = finish.comments.unwrap_or_default();
+                self.send_back(actor, &task, summary, &comments, finish.to_stage.as_deref())
+            }
+        }
+    }
+
+    /// Marks a task done with its result, releases its leases and lets its dependents move.
+    pub(crate) fn complete_task(
+        &mut self,
+        actor: &str,
+        task: &Task,
+        summary: &str,
+        files: &[String],
+    ) -> Result<()> {
+        let id = task.id;
         self.conn().execute(
             "UPDATE tasks SET status = 'done', result = ?2, files = ?3, claim_expires_at = NULL,
-                updated_at = ?4 WHERE id = ?1",
-            params![id.0, summary, to_json_list(&finish.files)?, self.now_ms()],
+                awaiting_approval = 0, updated_at = ?4 WHERE id = ?1",
+            params![id.0, summary, to_json_list(files)?, self.now_ms()],
         )?;
-        self.index_search("task", &id.to_string(), &task.title, &summary)?;
+        self.index_search("task", &id.to_string(), &task.title, summary)?;
         let done = TaskDone {
-            summary,
-            files: finish.files,
+            summary: summary.to_string(),
+            files: files.to_vec(),
         };
         self.emit(
-            actor.name(),
+            actor,
             Some(id),
             task.assignee.as_deref(),
             EventPayload::TaskDone(done),
         )?;
-        self.release_task_leases(actor.name(), id, "task done")?;
+        self.release_task_leases(actor, id, "task done")?;
         for dependent in self.read().dependents(id)? {
-            self.refresh_readiness(actor.name(), dependent)?;
+            self.refresh_readiness(actor, dependent)?;
         }
-        self.read().task(id)
+        Ok(())
     }
 
     pub fn fail_task(&mut self, actor: &Actor, id: TaskId, reason: &str) -> Result<Task> {
@@ -688,7 +757,7 @@ impl Tx<'_> {
         }
         self.conn().execute(
             "UPDATE tasks SET status = 'cancelled', claim_expires_at = NULL, blocked_reason = NULL,
-                updated_at = ?2 WHERE id = ?1",
+                awaiting_approval = 0, updated_at = ?2 WHERE id = ?1",
             params![id.0, self.now_ms()],
         )?;
         self.emit(
@@ -737,10 +806,25 @@ impl Tx<'_> {
             )?;
         } else {
             let expires = self.now_ms() + self.config().claim_ttl_secs * 1000;
+            // A task waiting for a person, or blocked because its send-backs ran out, is the
+            // person's to give: the decision is this assignment, and the rounds start over.
+            let pipeline = task.pipeline.clone().map(|mut state| {
+                if state.rounds_exhausted() {
+                    state.send_backs = 0;
+                }
+                state
+            });
             self.conn().execute(
                 "UPDATE tasks SET status = 'claimed', assignee = ?2, claim_expires_at = ?3,
-                    updated_at = ?4 WHERE id = ?1",
-                params![id.0, agent.name, expires, self.now_ms()],
+                    blocked_reason = NULL, awaiting_approval = 0, pipeline = ?5, updated_at = ?4
+                 WHERE id = ?1",
+                params![
+                    id.0,
+                    agent.name,
+                    expires,
+                    self.now_ms(),
+                    pipeline.as_ref().map(serde_json::to_string).transpose()?
+                ],
             )?;
         }
         let assigned = TaskAssigned {
@@ -900,9 +984,25 @@ impl Tx<'_> {
         }
         self.conn().execute(
             "UPDATE tasks SET status = 'pending', assignee = NULL, claim_expires_at = NULL,
-                updated_at = ?2 WHERE id = ?1",
+                awaiting_approval = 0, updated_at = ?2 WHERE id = ?1",
             params![id.0, self.now_ms()],
         )?;
+        // A pipeline task put back in play goes through its stages again from the first.
+        if let Some(state) = &task.pipeline {
+            let restarted = PipelineState {
+                stage: 0,
+                send_backs: 0,
+                ..state.clone()
+            };
+            self.conn().execute(
+                "UPDATE tasks SET pipeline = ?2, role = ?3 WHERE id = ?1",
+                params![
+                    id.0,
+                    serde_json::to_string(&restarted)?,
+                    restarted.current().map(|stage| stage.role.as_str())
+                ],
+            )?;
+        }
         let reopened = TaskReopened {
             from: task.status,
             reason: reason.clone(),

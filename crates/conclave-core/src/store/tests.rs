@@ -413,6 +413,91 @@ fn messages_come_back_until_acknowledged() {
 }
 
 #[test]
+fn a_reply_in_a_thread_acknowledges_what_it_answers() {
+    let store = store();
+    agent(&store, "a", None, &[]);
+    agent(&store, "b", None, &[]);
+    let send = |actor: &str, to: &str, thread: Option<&str>| {
+        store
+            .write(|tx| {
+                tx.send_message(
+                    &Actor::Agent(actor.into()),
+                    NewMessage {
+                        to: to.into(),
+                        body: format!("{actor} to {to}"),
+                        thread: thread.map(Into::into),
+                        ..Default::default()
+                    },
+                )
+            })
+            .expect("send")
+    };
+    let inbox = |name: &str| {
+        store
+            .read(|r| r.inbox(name))
+            .expect("inbox")
+            .into_iter()
+            .map(|m| m.id)
+            .collect::<Vec<_>>()
+    };
+    let question = send("a", "b", None);
+    let other = send("a", "b", None);
+    assert_eq!(inbox("b"), vec![question.id.clone(), other.id.clone()]);
+    let answer = send("b", "a", Some(&question.thread));
+    assert_eq!(
+        inbox("b"),
+        vec![other.id],
+        "only the answered thread is read"
+    );
+    assert_eq!(
+        inbox("a"),
+        vec![answer.id.clone()],
+        "the answer itself is unread"
+    );
+    let acked = store
+        .read(|r| {
+            r.events(&EventFilter {
+                kind: Some("message.acked".into()),
+                ..Default::default()
+            })
+        })
+        .expect("events");
+    assert_eq!(
+        acked.len(),
+        1,
+        "the implied acknowledgement is recorded as an event"
+    );
+}
+
+#[test]
+fn a_registered_agent_is_offline_until_it_is_heard_from() {
+    let store = store();
+    agent(&store, "a", None, &[]);
+    let status = || store.read(|r| r.agent("a")).expect("agent").status;
+    assert_eq!(status(), AgentStatus::Offline);
+    store.write(|tx| tx.heartbeat("a")).expect("heartbeat");
+    assert_eq!(status(), AgentStatus::Idle);
+    store
+        .write(|tx| {
+            tx.update_agent(
+                "admin",
+                "a",
+                AgentUpdate {
+                    status: Some(AgentStatus::Working),
+                    ..Default::default()
+                },
+            )
+        })
+        .expect("working");
+    store.write(|tx| tx.heartbeat("a")).expect("heartbeat");
+    assert_eq!(
+        status(),
+        AgentStatus::Working,
+        "later heartbeats leave the status alone"
+    );
+}
+
+#[test]
 fn reopening_or_changing_a_task_tells_the_holders_of_its_dependents() {
     let store = store();
     agent(&store, "a", None, &[]);
@@ -505,7 +590,7 @@ fn search_finds_notes_messages_and_task_results_and_survives_odd_queries() {
                 id,
                 TaskFinish {
                     summary: Some("tokenizer handles unicode escapes".into()),
-                    files: vec![],
+                    ..TaskFinish::default()
                 },
             )
         })
@@ -934,7 +1019,7 @@ fn a_task_done_twice_has_one_search_row_with_its_latest_result() {
     claim(&store, "a", Some(id)).expect("claim");
     let finish = |summary: &str| TaskFinish {
         summary: Some(summary.into()),
-        files: vec![],
+        ..TaskFinish::default()
     };
     store
         .write(|tx| tx.finish_task(&Actor::Agent("a".into()), id, finish("zebra first try")))
@@ -1108,8 +1193,8 @@ fn nul_bytes_and_overlong_file_lists_are_refused() {
                 &Actor::Agent("a".into()),
                 id,
                 TaskFinish {
-                    summary: None,
                     files,
+                    ..TaskFinish::default()
                 },
             )
         })
@@ -1219,7 +1304,10 @@ fn noted_liveness_is_flushed_and_protects_claims_from_the_sweep() {
     claim(&store, "a", Some(kept)).expect("a claims");
     claim(&store, "b", Some(lost)).expect("b claims");
 
-    store.note_alive("a");
+    assert!(
+        store.note_alive("a"),
+        "never persisted: the caller must flush"
+    );
     let seen = store.read(|r| r.agent("a")).expect("a").last_seen;
     assert!(seen.is_none(), "noting is not writing");
     assert_eq!(store.flush_liveness().expect("flush"), 1);
@@ -1234,7 +1322,7 @@ fn noted_liveness_is_flushed_and_protects_claims_from_the_sweep() {
                 .map_err(CoreError::from)
         })
         .expect("age the claims");
-    store.note_alive("a");
+    assert!(!store.note_alive("a"), "persisted before: no flush needed");
     let report = store.sweep().expect("sweep");
     assert_eq!(report.reclaimed_tasks, vec![lost]);
     assert_eq!(status(&store, kept), TaskStatus::Claimed);

@@ -24,6 +24,7 @@ pub async fn status(State(app): State<App>, actor: Actor) -> ApiResult<Json<Stat
                 me,
                 unread,
                 last_seq: r.last_seq()?,
+                alerts: r.count_events("agent.alert")?,
             })
         })
         .await?;

@@ -14,6 +14,10 @@ async fn event_count(server: &TestServer) -> i64 {
 async fn bad_input_is_refused_with_a_json_error_and_changes_nothing() {
     let server = TestServer::start().await;
     let token = server.agent("alice", None).await;
+    // An agent's first request records that it is alive (`offline` to `idle`): make it before
+    // counting, so that only what the refused requests would leave is counted.
+    let (status, _) = server.with_token(&token).get("/api/status").await;
+    assert_eq!(status, StatusCode::OK);
     let before = event_count(&server).await;
     let cases: Vec<(Method, &str, Value, StatusCode, &str)> = vec![
         (
