@@ -11,14 +11,12 @@ use conclave_core::{CoreError, Result as CoreResult, Store};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use crate::live::{LiveHub, LiveQueueLimits, LiveStats, Subscriber};
 use crate::metrics::Metrics;
 use crate::ops::StopBlocks;
 use crate::session::DashboardSession;
-
-const EVENT_CHANNEL_CAPACITY: usize = 4096;
 
 /// A cheap-to-clone handle on everything a request needs.
 #[derive(Clone)]
@@ -28,7 +26,7 @@ pub struct App {
 
 struct AppInner {
     store: Store,
-    events: broadcast::Sender<Event>,
+    events: Arc<LiveHub>,
     admin_token_hash: String,
     session: DashboardSession,
     metrics: Metrics,
@@ -45,6 +43,31 @@ pub struct AppSettings {
     /// Host names (besides loopback) the server answers to.
     pub allowed_hosts: Vec<String>,
     pub keep_working: bool,
+    /// Bounds on what clients can hold: live-stream queues and connections.
+    pub limits: ServerLimits,
+}
+
+/// Bounds on what one client (or many) can make the server hold.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    /// What one live event stream reader may have queued before it is dropped as lagged.
+    pub live_queue: LiveQueueLimits,
+    /// How long a connection may take to send a request's headers, and how long it may sit idle
+    /// between requests (HTTP/1 starts this timer whenever it waits for a request head, so it
+    /// never runs while a response, such as an event stream or an inbox wait, is being sent).
+    pub header_read_timeout: Duration,
+    /// Connections served at once; more wait to be accepted until one closes.
+    pub max_connections: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            live_queue: LiveQueueLimits::default(),
+            header_read_timeout: Duration::from_secs(30),
+            max_connections: 512,
+        }
+    }
 }
 
 impl App {
@@ -54,16 +77,15 @@ impl App {
         settings: AppSettings,
         shutdown: CancellationToken,
     ) -> App {
-        let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
+        let events = Arc::new(LiveHub::new(settings.limits.live_queue));
         let metrics = Metrics::default();
-        let sender = events.clone();
+        let hub = events.clone();
         let sink_metrics = metrics.clone();
         store.set_event_sink(Arc::new(move |batch: &[Event]| {
-            for event in batch {
+            for _ in batch {
                 sink_metrics.count_event();
-                // No receivers is fine: nobody is streaming right now.
-                let _ = sender.send(event.clone());
             }
+            hub.publish(batch);
         }));
         App {
             inner: Arc::new(AppInner {
@@ -99,9 +121,14 @@ impl App {
         &self.inner.shutdown
     }
 
-    /// Live events committed from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+    /// Live events committed from now on, in a queue bounded by [`ServerLimits::live_queue`].
+    pub(crate) fn subscribe(&self) -> Arc<Subscriber> {
         self.inner.events.subscribe()
+    }
+
+    /// Figures about the live event streams (readers, the most any reader had queued).
+    pub fn live_stats(&self) -> LiveStats {
+        self.inner.events.stats()
     }
 
     /// The dashboard's session cookie, derived from the admin token.

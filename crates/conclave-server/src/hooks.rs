@@ -36,6 +36,13 @@ use crate::ops::{self, IdempotencyKey, OpError};
 
 /// About 1,500 tokens.
 const MAX_CONTEXT_CHARS: usize = 6000;
+/// Bounds on what a hook's input can put in an event or the agents table (Claude Code's session
+/// ids are UUIDs and its tool names short; anything longer is cut, with a marker).
+const MAX_SESSION_ID: usize = 128;
+const MAX_TOOL_NAME: usize = 128;
+/// The longest path recorded in a `file.touched` event (the OS's own path limit).
+const MAX_TOUCHED_PATH: usize = paths::MAX_LEASE_PATH_LEN;
+const CUT_MARKER: &str = "…(cut)";
 
 /// The hook input fields Conclave reads; the rest is ignored.
 #[derive(Debug, Default, Deserialize)]
@@ -60,8 +67,10 @@ pub async fn handle(
 ) -> ApiResult<Json<Value>> {
     let agent = ops::require_agent(&actor, "report hook events")?.to_string();
     // Claude Code's payload evolves: read leniently, never refuse it for an unknown field.
-    let input: HookInput = serde_json::from_slice(&body)
+    let mut input: HookInput = serde_json::from_slice(&body)
         .map_err(|error| ApiError::bad_request(format!("hook input is not JSON: {error}")))?;
+    input.session_id = input.session_id.map(|id| bounded(id, MAX_SESSION_ID));
+    input.tool_name = input.tool_name.map(|name| bounded(name, MAX_TOOL_NAME));
     let answer = match event.as_str() {
         "pre-tool-use" => pre_tool_use(&app, &actor, &agent, &input).await?,
         "post-tool-use" => post_tool_use(&app, &actor, &agent, &input).await?,
@@ -108,6 +117,16 @@ fn touched_path(root: Option<&Path>, input: &HookInput) -> Option<String> {
     let cwd = PathBuf::from(input.cwd.as_deref().unwrap_or("/"));
     let root = root.map(Path::to_path_buf).unwrap_or_else(|| cwd.clone());
     paths::relativize(&root, &cwd, file).map(|path| escape_glob(&path))
+}
+
+/// `text` within `max` bytes: cut, with a marker saying so, when longer.
+fn bounded(text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut cut = ops::cut_to(&text, max.saturating_sub(CUT_MARKER.len()));
+    cut.push_str(CUT_MARKER);
+    cut
 }
 
 /// A concrete file name as a lease pattern that matches exactly it: `[`, `*` and `?` (legal in
@@ -175,7 +194,7 @@ async fn post_tool_use(
         if let Some(path) = &path {
             let task = tx.read().held_tasks(&name)?.first().map(|t| t.id);
             let touched = FileTouched {
-                path: path.clone(),
+                path: bounded(path.clone(), MAX_TOUCHED_PATH),
                 tool: tool.clone(),
             };
             tx.emit(&name, task, Some(&name), EventPayload::FileTouched(touched))?;
@@ -339,6 +358,15 @@ async fn record(app: &App, actor: &Actor, agent: &str, payload: EventPayload) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_hook_fields_are_cut_with_a_marker() {
+        let long = "é".repeat(1000);
+        let cut = bounded(long, MAX_SESSION_ID);
+        assert!(cut.len() <= MAX_SESSION_ID, "{}", cut.len());
+        assert!(cut.ends_with(CUT_MARKER));
+        assert_eq!(bounded("short".into(), MAX_SESSION_ID), "short");
+    }
 
     #[test]
     fn file_names_with_glob_characters_lease_exactly_that_file() {

@@ -13,6 +13,7 @@ mod dashboard;
 mod error;
 mod extract;
 mod hooks;
+mod live;
 mod mcp;
 mod metrics;
 mod ops;
@@ -20,6 +21,7 @@ mod routes;
 mod session;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -31,11 +33,16 @@ use axum::response::{IntoResponse, Response};
 use conclave_core::Store;
 use conclave_core::config::{Config, DEFAULT_LISTEN};
 use conclave_core::project::{Project, ServerInfo};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-pub use app::{App, AppSettings};
+pub use app::{App, AppSettings, ServerLimits};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
+pub use live::{LiveQueueLimits, LiveStats};
 pub use mcp::tool_definitions_json;
 pub use routes::openapi_document;
 
@@ -104,13 +111,82 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let sweeper = tokio::spawn(sweep_periodically(app.clone(), shutdown.clone()));
+    let limits = app.settings().limits;
     let service = router(app);
-    let result = axum::serve(listener, service)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
+    serve_connections(listener, service, limits, shutdown.clone()).await;
     shutdown.cancel();
     let _ = sweeper.await;
-    result.context("the HTTP server failed")
+    Ok(())
+}
+
+/// How long a graceful shutdown waits for responses in flight (a reader that stopped reading
+/// would otherwise hold it forever).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The accept loop: at most `limits.max_connections` connections at once (more wait in the
+/// listen queue, with a log line when the cap is reached), each closed when it does not send a
+/// request head within `limits.header_read_timeout` (half-sent requests and idle keep-alive
+/// connections alike). Responses already being sent (event streams, inbox waits) are not timed.
+async fn serve_connections(
+    listener: TcpListener,
+    service: Router,
+    limits: ServerLimits,
+    shutdown: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    loop {
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    "connection cap reached: new connections wait until one closes"
+                );
+                tokio::select! {
+                    permit = permits.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                    () = shutdown.cancelled() => break,
+                }
+            }
+        };
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors, say: wait for connections to close.
+                    tracing::warn!(%error, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = http.serve_connection(
+            TokioIo::new(stream),
+            TowerToHyperService::new(service.clone()),
+        );
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection closed with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections were still open at shutdown; closing them");
+    }
 }
 
 async fn sweep_periodically(app: App, shutdown: CancellationToken) {
@@ -247,6 +323,7 @@ pub async fn open_project_server(
         project_root: Some(project.root().to_path_buf()),
         allowed_hosts,
         keep_working: config.server.keep_working,
+        limits: ServerLimits::default(),
     };
     let app = App::new(store, &admin_token, settings, shutdown);
     Ok(ProjectServer {

@@ -49,6 +49,8 @@ pub fn service(app: App) -> McpService {
         .with_legacy_session_mode(false)
         .with_json_response(true)
         .with_sse_keep_alive(None)
+        // The API's limit, not rmcp's 4 MiB default: one bound on what a request can make us hold.
+        .with_max_request_body_bytes(crate::MAX_BODY_BYTES)
         .with_allowed_hosts(hosts)
         .with_cancellation_token(app.shutdown_token().child_token());
     let router = Arc::new(slim_schemas(ConclaveTools::tool_router()));

@@ -21,6 +21,7 @@ use conclave_core::model::{
 
 use crate::app::App;
 pub use crate::app::{IdempotencyKey, OpError, OpResult, Written};
+use crate::live::Received;
 
 /// The longest an inbox read may wait for something to arrive.
 pub const MAX_INBOX_WAIT_SECS: u64 = 600;
@@ -226,7 +227,7 @@ pub async fn search(
 pub async fn wait_for_inbox(app: &App, agent: &str, wait: Duration) -> OpResult<Vec<Message>> {
     let wait = wait.min(Duration::from_secs(MAX_INBOX_WAIT_SECS));
     // Subscribe before reading so that nothing sent in between is missed.
-    let mut events = app.subscribe();
+    let events = app.subscribe();
     let name = agent.to_string();
     let messages = app.read(move |r| r.inbox(&name)).await?;
     if !messages.is_empty() || wait.is_zero() {
@@ -239,10 +240,10 @@ pub async fn wait_for_inbox(app: &App, agent: &str, wait: Duration) -> OpResult<
             _ = tokio::time::sleep_until(deadline) => break,
             _ = app.shutdown_token().cancelled() => break,
             received = events.recv() => match received {
-                Ok(event) if is_recipient(&event.payload, agent) => break,
-                Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                Received::Event(event) if is_recipient(&event.payload, agent) => break,
+                Received::Event(_) => {}
+                // Fell behind: whatever arrived is in the store, read below.
+                Received::Lagged => break,
             },
         }
     }
@@ -373,9 +374,73 @@ pub async fn acknowledge(
     .await
 }
 
-/// Per-session count of consecutive Stop blocks (a bound, not state worth persisting).
+/// How many sessions' Stop-block counts are remembered: one entry per `session_id` a hook ever
+/// sent would grow without end. The least recently seen session is forgotten first (it then gets
+/// its few blocks again, which is harmless).
+const MAX_TRACKED_SESSIONS: usize = 256;
+
+/// Per-session count of consecutive Stop blocks (a bound, not state worth persisting), for at
+/// most [`MAX_TRACKED_SESSIONS`] sessions.
 #[derive(Default)]
-pub struct StopBlocks(Mutex<HashMap<String, u32>>);
+pub struct StopBlocks(Mutex<StopBlockCounts>);
+
+#[derive(Default)]
+struct StopBlockCounts {
+    /// Per session: blocks so far, and when it was last seen (a tick of `clock`).
+    sessions: HashMap<String, (u32, u64)>,
+    clock: u64,
+}
+
+impl StopBlocks {
+    /// Counts one more block for `session`; false when it already had [`MAX_STOP_BLOCKS`].
+    fn try_block(&self, session: &str) -> bool {
+        let mut counts = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        counts.clock += 1;
+        let now = counts.clock;
+        if !counts.sessions.contains_key(session) && counts.sessions.len() >= MAX_TRACKED_SESSIONS {
+            let oldest = counts
+                .sessions
+                .iter()
+                .min_by_key(|(_, (_, seen))| *seen)
+                .map(|(name, _)| name.clone());
+            if let Some(oldest) = oldest {
+                counts.sessions.remove(&oldest);
+            }
+        }
+        let (blocks, seen) = counts
+            .sessions
+            .entry(session.to_string())
+            .or_insert((0, now));
+        *seen = now;
+        if *blocks >= MAX_STOP_BLOCKS {
+            return false;
+        }
+        *blocks += 1;
+        true
+    }
+
+    /// Forgets `session` (its agent holds no task any more).
+    fn forget(&self, session: &str) {
+        let mut counts = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        counts.sessions.remove(session);
+    }
+
+    /// Sessions remembered now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        let counts = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        counts.sessions.len()
+    }
+}
 
 /// Whether an agent about to stop should keep working (the team's `keep_working` policy): the
 /// reason to give it when it still holds a task, at most [`MAX_STOP_BLOCKS`] times in a row per
@@ -386,20 +451,13 @@ pub async fn keep_working(app: &App, agent: &str, session: &str) -> OpResult<Opt
     }
     let name = agent.to_string();
     let held = app.read(move |r| r.held_tasks(&name)).await?;
-    let mut counts = app
-        .stop_blocks()
-        .0
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let Some(task) = held.first() else {
-        counts.remove(session);
+        app.stop_blocks().forget(session);
         return Ok(None);
     };
-    let count = counts.entry(session.to_string()).or_insert(0);
-    if *count >= MAX_STOP_BLOCKS {
+    if !app.stop_blocks().try_block(session) {
         return Ok(None);
     }
-    *count += 1;
     Ok(Some(format!(
         "You still hold {} \"{}\". Finish it (done), hand it back (fail with a reason), or mark it blocked.",
         task.id, task.title
@@ -457,6 +515,23 @@ mod tests {
             "{out}"
         );
         assert!(out.ends_with("- (3 more: call the inbox tool)\n"), "{out}");
+    }
+
+    #[test]
+    fn stop_block_counts_are_kept_for_a_bounded_number_of_sessions() {
+        let blocks = StopBlocks::default();
+        for n in 0..1000 {
+            assert!(blocks.try_block(&format!("session-{n}")));
+        }
+        assert_eq!(blocks.len(), MAX_TRACKED_SESSIONS);
+        // A session seen recently keeps its count; its blocks still run out.
+        let recent = "session-999";
+        for _ in 1..MAX_STOP_BLOCKS {
+            assert!(blocks.try_block(recent));
+        }
+        assert!(!blocks.try_block(recent));
+        blocks.forget(recent);
+        assert_eq!(blocks.len(), MAX_TRACKED_SESSIONS - 1);
     }
 
     #[test]

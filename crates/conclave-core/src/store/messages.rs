@@ -11,7 +11,25 @@ use crate::model::EventPayload;
 use crate::model::{Actor, Delivery, Message, MessageKind, NewMessage};
 
 const MAX_BODY: usize = 32 * 1024;
+/// The most of a message's body its `message.sent` event carries: the event is kept forever and
+/// goes to every live reader, while the message itself (read by id) keeps the whole body. The
+/// dashboard and the supervisor's wake-ups quote far less than this.
+const MAX_EVENT_BODY: usize = 4 * 1024;
+const CUT_MARKER: &str = "… (cut; read the message by id)";
 const MESSAGE_COLUMNS: &str = "id, sender, recipient, thread, kind, urgent, body, created_at";
+
+/// The body as a `message.sent` event carries it: whole when short, else its first
+/// [`MAX_EVENT_BODY`] bytes (on a character boundary) with a marker.
+fn event_excerpt(body: &str) -> String {
+    if body.len() <= MAX_EVENT_BODY {
+        return body.to_string();
+    }
+    let mut end = MAX_EVENT_BODY - CUT_MARKER.len();
+    while !body.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{CUT_MARKER}", &body[..end])
+}
 
 /// Parses `M-12` (or `12`) into the row id.
 pub fn parse_message_id(text: &str) -> Result<i64> {
@@ -192,7 +210,7 @@ impl Tx<'_> {
                 thread,
                 kind: new.kind,
                 urgent: new.urgent,
-                body: new.body.clone(),
+                body: event_excerpt(&new.body),
             }),
         )?;
         // A reply answers what came before it in the thread: the messages the replying agent

@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -13,11 +14,11 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use conclave_core::event::Topic;
 use conclave_core::model::{Actor, Event, EventFilter, EventList, EventPayload, NewEvent};
 use futures::Stream;
-use tokio::sync::broadcast::error::RecvError;
 
 use crate::app::App;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery};
+use crate::live::{Received, Subscriber, json_size};
 use crate::ops::{IdempotencyKey, require_admin};
 
 const BACKLOG_PAGE: i64 = 500;
@@ -77,8 +78,10 @@ pub async fn list(
 }
 
 /// Streams events: first those after `Last-Event-ID` (or `?after=`) from the store, then live
-/// ones as they are committed. Without either, it starts at the newest event. A client that falls
-/// behind the live channel is caught up from the store, so nothing is skipped.
+/// ones as they are committed. Without either, it starts at the newest event; after the newest
+/// event (a client that remembers another log), it says so with a `reset` event whose id is the
+/// newest event's and follows from there. A client that falls behind its live queue's budget
+/// (bytes or events) gets a `lagged` event and the stream ends: it resumes with `Last-Event-ID`.
 pub async fn stream(
     State(app): State<App>,
     headers: HeaderMap,
@@ -91,11 +94,16 @@ pub async fn stream(
         })?;
         filter.after = Some(seq);
     }
+    // Subscribe before reading the log's end so that nothing committed in between is missed.
     let receiver = app.subscribe();
-    let (last_sent, backfill) = match filter.after {
-        Some(after) => (after, true),
-        None => (app.read(|r| r.last_seq()).await?, false),
+    let newest = app.read(|r| r.last_seq()).await?;
+    let (last_sent, backfill, reset) = match filter.after {
+        Some(after) if after > newest => (newest, false, Some(after)),
+        Some(after) => (after, true, None),
+        None => (newest, false, None),
     };
+    // Live events are admitted by the filter, whose `after` must not stay past the end.
+    filter.after = Some(last_sent);
     filter.desc = false;
     filter.limit = Some(BACKLOG_PAGE);
     let state = StreamState {
@@ -104,13 +112,43 @@ pub async fn stream(
         filter,
         last_sent,
         backfill,
+        reset,
+        ended: false,
         pending: VecDeque::new(),
         _guard: app.metrics().sse_client(),
     };
     let stream = futures::stream::unfold(state, |mut state| async move {
-        let event = state.next().await?;
-        let data = serde_json::to_string(&event).unwrap_or_default();
-        let sse = SseEvent::default().id(event.seq.to_string()).data(data);
+        let sse = match state.next().await? {
+            Next::Event(event) => {
+                let data = serde_json::to_string(&event).unwrap_or_default();
+                SseEvent::default().id(event.seq.to_string()).data(data)
+            }
+            Next::Reset { requested } => {
+                let data = serde_json::json!({
+                    "error": "reset",
+                    "message": format!(
+                        "Last-Event-ID {requested} is past the end of the event log (its newest event is {}); following from the end",
+                        state.last_sent
+                    ),
+                    "last_event_id": state.last_sent,
+                });
+                SseEvent::default()
+                    .event("reset")
+                    .id(state.last_sent.to_string())
+                    .data(data.to_string())
+            }
+            Next::Lagged => {
+                let data = serde_json::json!({
+                    "error": "lagged",
+                    "message": "this reader fell behind the live stream; reconnect with Last-Event-ID to resume",
+                    "last_event_id": state.last_sent,
+                });
+                SseEvent::default()
+                    .event("lagged")
+                    .id(state.last_sent.to_string())
+                    .data(data.to_string())
+            }
+        };
         Some((Ok(sse), state))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
@@ -118,20 +156,37 @@ pub async fn stream(
 
 struct StreamState {
     app: App,
-    receiver: tokio::sync::broadcast::Receiver<Event>,
+    receiver: Arc<Subscriber>,
     filter: EventFilter,
     last_sent: i64,
     backfill: bool,
+    /// The `Last-Event-ID` past the log's end that a `reset` event answers first.
+    reset: Option<i64>,
+    /// Set once a `lagged` event was sent: the stream ends.
+    ended: bool,
     pending: VecDeque<Event>,
     _guard: crate::metrics::SseGuard,
 }
 
+/// What the stream sends next.
+enum Next {
+    Event(Arc<Event>),
+    Reset { requested: i64 },
+    Lagged,
+}
+
 impl StreamState {
-    async fn next(&mut self) -> Option<Event> {
+    async fn next(&mut self) -> Option<Next> {
+        if self.ended {
+            return None;
+        }
+        if let Some(requested) = self.reset.take() {
+            return Some(Next::Reset { requested });
+        }
         loop {
             if let Some(event) = self.pending.pop_front() {
                 self.last_sent = event.seq;
-                return Some(event);
+                return Some(Next::Event(Arc::new(event)));
             }
             if self.backfill {
                 let mut filter = self.filter.clone();
@@ -140,7 +195,8 @@ impl StreamState {
                 if page.is_empty() {
                     self.backfill = false;
                 } else {
-                    self.pending.extend(page);
+                    self.pending =
+                        within_budget(page, self.app.settings().limits.live_queue.max_bytes);
                 }
                 continue;
             }
@@ -149,15 +205,32 @@ impl StreamState {
                 _ = self.app.shutdown_token().cancelled() => return None,
             };
             match received {
-                Ok(event) if event.seq <= self.last_sent => {}
-                Ok(event) if self.filter.admits(&event) => {
+                Received::Event(event) if event.seq <= self.last_sent => {}
+                Received::Event(event) if self.filter.admits(&event) => {
                     self.last_sent = event.seq;
-                    return Some(event);
+                    return Some(Next::Event(event));
                 }
-                Ok(_) => {}
-                Err(RecvError::Lagged(_)) => self.backfill = true,
-                Err(RecvError::Closed) => return None,
+                Received::Event(_) => {}
+                Received::Lagged => {
+                    self.ended = true;
+                    return Some(Next::Lagged);
+                }
             }
         }
     }
+}
+
+/// The first events of a backlog page that fit in `max_bytes` (at least one), so that a reader
+/// catching up pins no more than a live one may; the rest is read again after them.
+fn within_budget(page: Vec<Event>, max_bytes: usize) -> VecDeque<Event> {
+    let mut total = 0;
+    let mut kept = VecDeque::new();
+    for event in page {
+        total += json_size(&event);
+        if total > max_bytes && !kept.is_empty() {
+            break;
+        }
+        kept.push_back(event);
+    }
+    kept
 }

@@ -6,6 +6,7 @@ mod dashboard;
 mod errors;
 mod events;
 mod flows;
+mod limits;
 mod mcp;
 
 use std::net::SocketAddr;
@@ -22,6 +23,8 @@ pub const ADMIN: &str = "cva_test_admin_token";
 pub struct TestServer {
     pub base: String,
     pub http: reqwest::Client,
+    /// The server's state, for figures a test asserts on (such as what live readers hold).
+    pub app: App,
     shutdown: CancellationToken,
     _dir: tempfile::TempDir,
 }
@@ -44,10 +47,15 @@ impl TestServer {
             .await
             .expect("bind");
         let addr: SocketAddr = listener.local_addr().expect("addr");
-        tokio::spawn(conclave_server::run(listener, app, shutdown.clone()));
+        tokio::spawn(conclave_server::run(
+            listener,
+            app.clone(),
+            shutdown.clone(),
+        ));
         TestServer {
             base: format!("http://{addr}"),
             http: reqwest::Client::new(),
+            app,
             shutdown,
             _dir: dir,
         }
