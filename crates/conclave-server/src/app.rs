@@ -4,6 +4,7 @@
 //! stand on this (through [`crate::ops`]); their HTTP plumbing is in [`crate::extract`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use conclave_core::model::{Actor, Event};
 use conclave_core::store::{Reader, Tx};
