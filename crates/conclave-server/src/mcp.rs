@@ -720,7 +720,7 @@ impl ConclaveTools {
                 ))
             })
             .await?;
-        let held_by_all = self.app.read(|r| r.tasks(None, None)).await?;
+        let held_by_all = self.app.read(|r| r.open_and_recent_tasks(0)).await?;
         let mut body = format!(
             "You are {} (role {}).\n",
             agent.name,
