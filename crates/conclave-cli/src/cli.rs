@@ -5,7 +5,7 @@
 //! here, so that a malformed one is a usage error (exit 2) before anything is sent.
 
 use clap::{Args, Parser, Subcommand};
-use conclave_core::model::{MessageKind, NoteKind, TaskId, TaskStatus};
+use conclave_core::model::{Isolation, MessageKind, NoteKind, TaskId, TaskStatus};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,6 +42,8 @@ pub enum Command {
     Unlock(UnlockArgs),
     /// List the file leases in force
     Locks(JsonFlag),
+    /// Show the merge queue, or pause, resume, skip, retry or merge an entry by hand
+    Queue(QueueArgs),
     /// Send and read messages
     #[command(subcommand)]
     Msg(MsgCommand),
@@ -163,6 +165,42 @@ pub struct HookArgs {
     pub strict: bool,
 }
 
+/// `conclave queue [--json]` and its subcommands.
+#[derive(Debug, Args)]
+pub struct QueueArgs {
+    #[command(subcommand)]
+    pub action: Option<QueueCommand>,
+    /// Print JSON instead of a table
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Stop landing after the current landing (admin)
+    Pause,
+    /// Start landing again (admin)
+    Resume,
+    /// Take an entry out of the queue; its task goes back to its agent (admin)
+    Skip {
+        /// The task whose entry it is (T-3, or 3)
+        #[arg(value_parser = parse_task_id)]
+        task: TaskId,
+    },
+    /// Put a sent-back or skipped entry back at the end of the queue (admin)
+    Retry {
+        /// The task whose entry it is (T-3, or 3)
+        #[arg(value_parser = parse_task_id)]
+        task: TaskId,
+    },
+    /// Land a waiting entry now, out of order, even while paused; the check still runs (admin)
+    Merge {
+        /// The task whose entry it is (T-3, or 3)
+        #[arg(value_parser = parse_task_id)]
+        task: TaskId,
+    },
+}
+
 #[derive(Debug, Args)]
 pub struct JsonFlag {
     /// Print JSON instead of a table
@@ -195,6 +233,10 @@ pub enum AgentCommand {
         /// The model it runs on
         #[arg(long, value_name = "M")]
         model: Option<String>,
+        /// `worktree`: it works in its own git worktree and its finished tasks land through
+        /// the merge queue (default `shared`)
+        #[arg(long, value_name = "I", value_parser = parse_isolation)]
+        isolation: Option<Isolation>,
     },
     /// List the registered agents
     List(JsonFlag),
@@ -202,6 +244,21 @@ pub enum AgentCommand {
     Token {
         /// The agent (its old token stops working)
         name: String,
+    },
+    /// List an agent's tokens by id (never the tokens themselves)
+    Tokens {
+        /// The agent whose tokens to list
+        name: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Revoke an agent's tokens: all of them, or the one `--token-id` names
+    Revoke {
+        /// The agent whose tokens to revoke
+        name: String,
+        /// The id `conclave agent tokens` shows (at least 6 hex digits)
+        #[arg(long, value_name = "ID")]
+        token_id: Option<String>,
     },
     /// Ask the supervisor to end an agent's process (status stopped)
     Stop {
@@ -535,6 +592,11 @@ fn parse_task_id(text: &str) -> Result<TaskId, String> {
 }
 
 fn parse_message_kind(text: &str) -> Result<MessageKind, String> {
+    text.parse()
+        .map_err(|error: conclave_core::CoreError| error.to_string())
+}
+
+fn parse_isolation(text: &str) -> Result<Isolation, String> {
     text.parse()
         .map_err(|error: conclave_core::CoreError| error.to_string())
 }

@@ -12,6 +12,7 @@ mod lock;
 mod log;
 mod msg;
 mod note;
+mod queue;
 mod serve;
 mod status;
 mod task;
@@ -48,6 +49,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Lock(args) => lock::lock(&context, args).await,
                 Command::Unlock(args) => lock::unlock(&context, args).await,
                 Command::Locks(flag) => lock::list(&context, flag.json).await,
+                Command::Queue(args) => queue::run(&context, args).await,
                 Command::Msg(command) => msg::run(&context, command).await,
                 Command::Note(command) => note::run(&context, command).await,
                 Command::Log(args) => log::log(&context, args).await,

@@ -77,8 +77,10 @@ impl Table {
         }
     }
 
+    /// Adds a row; cells are made [`printable`], as they often hold text an agent wrote.
     pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.rows
+            .push(cells.into_iter().map(|cell| printable(&cell)).collect());
     }
 
     pub fn render(&self) -> String {
@@ -121,9 +123,26 @@ pub fn or_dash(value: Option<impl ToString>) -> String {
         .unwrap_or_else(|| "-".to_string())
 }
 
-/// Shortens text to `max` characters on one line.
+/// Text an agent wrote, safe to print on a terminal: control characters (escape sequences that
+/// could move the cursor, rewrite the screen or set the window title; carriage returns that hide
+/// a line) and the bidirectional overrides that reorder what is shown are written as Rust-style
+/// escapes (`\u{1b}`). Every command that prints such text goes through this, so there is one
+/// rule.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Shortens text to `max` characters on one line, [`printable`].
 pub fn clip(text: &str, max: usize) -> String {
-    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let one_line = printable(&text.split_whitespace().collect::<Vec<_>>().join(" "));
     if one_line.chars().count() <= max {
         return one_line;
     }
@@ -170,5 +189,26 @@ mod tests {
     fn clip_keeps_one_line() {
         assert_eq!(clip("a\nb", 10), "a b");
         assert_eq!(clip("abcdef", 4), "abc…");
+    }
+}
+
+#[cfg(test)]
+mod printable_tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_and_bidi_overrides_are_escaped_and_the_rest_kept() {
+        assert_eq!(printable("plain – ünïcode"), "plain – ünïcode");
+        assert_eq!(printable("a\u{1b}[2Jb"), "a\\u{1b}[2Jb");
+        assert_eq!(printable("x\ry\u{7}"), "x\\ry\\u{7}");
+        assert_eq!(printable("\u{202e}txt"), "\\u{202e}txt");
+        assert_eq!(printable(&printable("\u{1b}")), printable("\u{1b}"));
+        assert_eq!(
+            clip("a\u{1b}]0;title\u{7} b", 80),
+            "a\\u{1b}]0;title\\u{7} b"
+        );
+        let mut table = Table::new(&["title"]);
+        table.row(vec!["\u{1b}[31mred".to_string()]);
+        assert!(!table.render().contains('\u{1b}'));
     }
 }

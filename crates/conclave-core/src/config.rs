@@ -24,6 +24,72 @@ pub struct Config {
     pub agents: Vec<AgentSpec>,
     #[serde(default, rename = "pipeline")]
     pub pipelines: Vec<PipelineSpec>,
+    /// `[merge]`: present, the server runs the merge queue (issue 11, docs/worktrees.md).
+    #[serde(default)]
+    pub merge: Option<MergeSection>,
+}
+
+/// The integration branch [`MergeSection::into`] defaults to.
+pub const DEFAULT_INTEGRATION_BRANCH: &str = "conclave/integration";
+/// The check's time limit when `[merge] check_timeout` is left out.
+pub const DEFAULT_CHECK_TIMEOUT: &str = "10m";
+
+/// `[merge]`: how finished tasks' branches land (docs/worktrees.md).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MergeSection {
+    /// The integration branch (default [`DEFAULT_INTEGRATION_BRANCH`]).
+    pub into: Option<String>,
+    /// The command that must pass before a branch lands (`sh -c`, in the scratch worktree).
+    pub check: Option<String>,
+    /// The check's time limit (default [`DEFAULT_CHECK_TIMEOUT`]).
+    pub check_timeout: Option<String>,
+    /// `merge` (default) or `rebase`.
+    pub strategy: Option<String>,
+    /// A command run in each new worktree (files git ignores that a build needs).
+    pub setup: Option<String>,
+    /// The user's own branch, moved by fast-forward after each landing when set.
+    pub land_on: Option<String>,
+}
+
+impl MergeSection {
+    pub fn into_branch(&self) -> &str {
+        self.into.as_deref().unwrap_or(DEFAULT_INTEGRATION_BRANCH)
+    }
+
+    /// The check's time limit.
+    pub fn check_timeout(&self) -> std::time::Duration {
+        let text = self
+            .check_timeout
+            .as_deref()
+            .unwrap_or(DEFAULT_CHECK_TIMEOUT);
+        // validate() refused a bad value at load; the default is the fallback for a value
+        // built by hand.
+        parse_duration(text).unwrap_or(std::time::Duration::from_secs(600))
+    }
+
+    /// Whether the strategy is `rebase` (else `merge`).
+    pub fn rebases(&self) -> bool {
+        self.strategy.as_deref() == Some("rebase")
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if let Some(strategy) = &self.strategy
+            && !matches!(strategy.as_str(), "merge" | "rebase")
+        {
+            return Err(format!(
+                "[merge] strategy = {strategy:?}: expected \"merge\" or \"rebase\""
+            ));
+        }
+        if let Some(timeout) = &self.check_timeout {
+            parse_duration(timeout)
+                .map_err(|error| format!("[merge] check_timeout = {timeout:?}: {error}"))?;
+        }
+        if self.into.as_deref().is_some_and(str::is_empty) {
+            return Err("[merge] into must not be empty".to_string());
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -78,7 +144,7 @@ pub struct AgentSettings {
     /// Where the agent works: only `"shared"` (the project's own tree, what every agent gets)
     /// is accepted until worktrees are implemented.
     pub isolation: Option<Isolation>,
-    /// Refused: the merge queue's check will live in a `[merge]` table.
+    /// Refused: the merge queue's check is `[merge] check`, one for the project.
     #[serde(
         default,
         deserialize_with = "refuse_check",
@@ -121,7 +187,7 @@ pub enum NotSupported {}
 
 fn refuse_check<'de, D: serde::Deserializer<'de>>(_: D) -> Result<Option<NotSupported>, D::Error> {
     Err(serde::de::Error::custom(
-        "`check` is not supported yet (the merge queue's check will live in a [merge] table)",
+        "`check` is not supported yet per agent: the merge queue's check is `check` in the [merge] table",
     ))
 }
 
@@ -443,6 +509,9 @@ impl Config {
                     pipeline.name
                 ));
             }
+        }
+        if let Some(merge) = &self.merge {
+            merge.validate()?;
         }
         Ok(())
     }

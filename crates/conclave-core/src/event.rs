@@ -31,6 +31,7 @@ pub enum Topic {
     Message,
     Note,
     File,
+    Queue,
 }
 
 impl Topic {
@@ -43,6 +44,7 @@ impl Topic {
             Topic::Message => "message.",
             Topic::Note => "note.",
             Topic::File => "file.",
+            Topic::Queue => "queue.",
         }
     }
 }
@@ -223,6 +225,22 @@ event_kinds! {
 
     /// Hook: a file-writing tool call touched a file.
     FileTouched(FileTouched) => "file.touched" in File,
+
+    // The merge queue (store/queue.rs): one entry per task branch waiting to land.
+    /// A finished task's branch joined the merge queue; the task waits in `review`.
+    QueueEnqueued(QueueBranch) => "queue.enqueued" in Queue,
+    /// The queue started landing the entry (a restart retries it).
+    QueueMerging(QueueBranch) => "queue.merging" in Queue,
+    /// The branch is on the integration branch; the task is done.
+    QueueLanded(QueueLanded) => "queue.landed" in Queue,
+    /// A conflict or a failing check: the task went back to its agent.
+    QueueSentBack(QueueSentBack) => "queue.sent_back" in Queue,
+    /// A person took the entry out of the queue.
+    QueueSkipped(QueueBranch) => "queue.skipped" in Queue,
+    /// A person put a sent-back or skipped entry back in the queue.
+    QueueRetried(QueueBranch) => "queue.retried" in Queue,
+    QueuePaused(OptionalReason) => "queue.paused" in Queue,
+    QueueResumed(NoData) => "queue.resumed" in Queue,
 }
 
 impl Serialize for EventPayload {
@@ -429,6 +447,28 @@ pub struct TaskUpdated {
 pub struct TaskDone {
     pub summary: String,
     pub files: Vec<String>,
+}
+
+/// A merge queue entry's branch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueBranch {
+    pub branch: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueLanded {
+    pub branch: String,
+    /// What happened, one line ("landed at 1a2b3c4d", "already landed", "no change").
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueSentBack {
+    pub branch: String,
+    /// `conflict` or `check_failed`.
+    pub reason: String,
+    /// The conflicting files and hunks, or the check's last output lines (bounded).
+    pub details: String,
 }
 
 /// Why a task failed or was reclaimed.
@@ -812,6 +852,20 @@ mod tests {
             ),
             ("note.superseded", json!({"id": "N-1", "by": "N-2"})),
             ("file.touched", json!({"path": "src/a.rs", "tool": "Edit"})),
+            ("queue.enqueued", json!({"branch": "conclave/T-1"})),
+            ("queue.merging", json!({"branch": "conclave/T-1"})),
+            (
+                "queue.landed",
+                json!({"branch": "conclave/T-1", "outcome": "landed at 1a2b3c4d"}),
+            ),
+            (
+                "queue.sent_back",
+                json!({"branch": "conclave/T-1", "reason": "conflict", "details": "src/a.rs"}),
+            ),
+            ("queue.skipped", json!({"branch": "conclave/T-1"})),
+            ("queue.retried", json!({"branch": "conclave/T-1"})),
+            ("queue.paused", json!({"reason": null})),
+            ("queue.resumed", json!({})),
         ]
     }
 

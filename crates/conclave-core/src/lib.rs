@@ -4,6 +4,7 @@
 //! Every change of state happens in one [`store::Tx`] and writes its [`model::Event`] to the
 //! append-only log in the same transaction.
 
+pub mod audience;
 pub mod config;
 pub mod error;
 pub mod event;

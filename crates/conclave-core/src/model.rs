@@ -120,7 +120,11 @@ impl JsonSchema for TaskId {
     }
 
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({ "type": "string", "description": "task id, e.g. T-3" })
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^T-[1-9][0-9]*$",
+            "description": "task id, e.g. T-3"
+        })
     }
 }
 
@@ -217,6 +221,65 @@ named_enum!(AgentStatus, "agent status", {
     Crashed => "crashed",
 });
 
+/// Where an agent works: the project's one tree (`shared`, the default) or its own git
+/// worktree (`worktree`), whose finished tasks land through the merge queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    #[default]
+    Shared,
+    Worktree,
+}
+
+named_enum!(Isolation, "isolation", { Shared => "shared", Worktree => "worktree" });
+
+/// Where a merge queue entry is (store/queue.rs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueState {
+    /// Waiting its turn.
+    Queued,
+    /// Being landed now (found so at start-up: retried).
+    Merging,
+    /// On the integration branch; its task is done.
+    Landed,
+    /// A conflict or a failing check sent its task back to its agent.
+    SentBack,
+    /// A person took it out of the queue.
+    Skipped,
+}
+
+named_enum!(QueueState, "queue state", {
+    Queued => "queued", Merging => "merging", Landed => "landed", SentBack => "sent_back",
+    Skipped => "skipped",
+});
+
+/// One task branch in the merge queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct QueueEntry {
+    pub task: TaskId,
+    pub branch: String,
+    /// The agent whose worktree holds the branch.
+    pub agent: String,
+    /// The order of completion: lower lands first.
+    pub position: i64,
+    pub state: QueueState,
+    /// Landings tried for this entry.
+    pub attempts: i64,
+    /// What the last landing said (bounded).
+    pub outcome: Option<String>,
+    pub enqueued_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// `GET /api/queue`: the entries in order, and whether the queue is paused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct QueueView {
+    pub paused: bool,
+    pub paused_reason: Option<String>,
+    pub entries: Vec<QueueEntry>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum LeaseMode {
@@ -282,6 +345,8 @@ pub struct Agent {
     pub cost_usd: f64,
     pub restarts: i64,
     pub created_at: DateTime<Utc>,
+    #[serde(default)]
+    pub isolation: Isolation,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -510,6 +575,10 @@ pub struct NewAgent {
     pub model: Option<String>,
     #[serde(default)]
     pub caps: Vec<String>,
+    /// `worktree`: the supervisor runs it in its own git worktree and its finished tasks land
+    /// through the merge queue.
+    #[serde(default)]
+    pub isolation: Isolation,
 }
 
 /// What a supervisor or the agent itself reports about a running agent.
@@ -541,6 +610,8 @@ pub struct AgentUpdate {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTask {
+    /// One line; not blank.
+    #[schemars(length(min = 1), regex(pattern = r"\S"))]
     pub title: String,
     #[serde(default)]
     pub body: Option<String>,
@@ -597,6 +668,7 @@ pub struct TaskFinish {
     #[serde(default)]
     pub summary: Option<String>,
     #[serde(default)]
+    #[schemars(length(max = 1000))]
     pub files: Vec<String>,
     /// Pipeline tasks: `pass` (the default) or `send_back`.
     #[serde(default)]
@@ -639,6 +711,8 @@ pub struct TaskAssign {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseRequest {
+    /// At most 100 paths or globs.
+    #[schemars(length(max = 100))]
     pub paths: Vec<String>,
     #[serde(default)]
     pub mode: LeaseMode,
@@ -664,7 +738,10 @@ pub struct LeaseRelease {
 #[serde(deny_unknown_fields)]
 pub struct NewMessage {
     /// An agent name, `role:<name>` or `all`.
+    #[schemars(length(min = 1))]
     pub to: String,
+    /// Not blank.
+    #[schemars(length(min = 1), regex(pattern = r"\S"))]
     pub body: String,
     #[serde(default)]
     pub thread: Option<String>,
@@ -677,12 +754,16 @@ pub struct NewMessage {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MessageAck {
+    /// Message ids (`M-7`).
+    #[schemars(inner(regex(pattern = "^M-[1-9][0-9]*$")))]
     pub ids: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewNote {
+    /// One line; not blank.
+    #[schemars(length(min = 1), regex(pattern = r"\S"))]
     pub title: String,
     #[serde(default)]
     pub kind: NoteKind,
@@ -691,6 +772,7 @@ pub struct NewNote {
     #[serde(default)]
     pub tags: Vec<String>,
     #[serde(default)]
+    #[schemars(length(max = 100))]
     pub files: Vec<String>,
     /// `N-<n>` of the note this one replaces.
     #[serde(default)]
@@ -722,6 +804,7 @@ pub struct EventFilter {
     pub before: Option<i64>,
     /// At most this many (default 1000, at most 10000).
     #[serde(default)]
+    #[schemars(range(min = 1, max = 10_000))]
     pub limit: Option<i64>,
     /// Newest first instead of oldest first.
     #[serde(default)]
@@ -776,6 +859,20 @@ pub struct AgentCreated {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct TokenIssued {
     pub token: String,
+}
+
+/// `GET /api/agents/{name}/tokens`: an agent's tokens, by id (never the token itself).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct AgentTokenList {
+    pub agent: String,
+    pub tokens: Vec<AgentToken>,
+}
+
+/// `DELETE /api/agents/{name}/tokens[/{id}]`: how many tokens were revoked.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct TokensRevoked {
+    pub agent: String,
+    pub revoked: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]

@@ -1,24 +1,34 @@
 //! The durable store: one SQLite database (WAL) holding all coordination state and the event log.
 //!
-//! Every change goes through [`Store::write`], which runs a closure inside one transaction on the
-//! single writer connection; the closure's events are inserted into the `events` table in that same
-//! transaction and handed to the event sink only after the commit. Reads go through
-//! [`Store::read`] on a pool of read-only connections, so readers never wait for the writer (WAL).
+//! Every change goes through [`Store::write`], which runs a closure on the single writer
+//! connection; the closure's events are inserted into the `events` table in the same transaction
+//! and handed to the event sink only after the commit. Concurrent writes share one transaction
+//! and one commit, each in its own savepoint (group commit, see `store/group_commit.rs`). Reads go
+//! through [`Store::read`] on a pool of read-only connections, so readers never wait for the
+//! writer (WAL).
+//!
+//! Liveness (an agent was heard from) is kept in memory by [`Store::note_alive`] and persisted in
+//! batches, not written on every request (see `store/liveness.rs`).
 //!
 //! The API is synchronous (rusqlite); async callers run it on a blocking thread.
 
 mod agents;
 mod events;
+mod group_commit;
 mod leases;
+mod liveness;
 mod messages;
 mod notes;
 mod presence;
+mod queue;
 mod schema;
 mod steps;
 mod tasks;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use group_commit::WriteLane;
 
 use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -30,13 +40,14 @@ use crate::model::{Actor, Event, EventPayload, Pipeline, TaskId};
 
 pub use agents::{ReleaseReport, hash_token};
 pub use events::{IDEMPOTENCY_WINDOW_SECS, SweepReport};
+pub use group_commit::CommitStats;
 pub use leases::MAX_LEASE_TTL_SECS;
 pub use leases::{MAX_REPORTED_CONFLICTS, MAX_WHOLE_TREE_TTL_SECS};
 pub use messages::parse_message_id;
 pub use notes::parse_note_id;
 pub use presence::ServerPresence;
 pub use schema::SCHEMA_VERSION;
-pub use tasks::{ClaimOutcome, is_held};
+pub use tasks::{ClaimOutcome, TaskPage, is_held};
 
 /// How hard a commit tries to reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -90,10 +101,11 @@ pub struct Store {
 }
 
 struct StoreInner {
-    writer: Mutex<Connection>,
+    writer: WriteLane,
     readers: Vec<Mutex<Connection>>,
     config: StoreConfig,
     sink: Mutex<Option<EventSink>>,
+    liveness: liveness::Liveness,
 }
 
 impl Store {
@@ -137,10 +149,11 @@ impl Store {
     ) -> Self {
         Store {
             inner: Arc::new(StoreInner {
-                writer: Mutex::new(writer),
+                writer: WriteLane::new(writer),
                 readers,
                 config,
                 sink: Mutex::new(None),
+                liveness: liveness::Liveness::default(),
             }),
         }
     }
@@ -154,24 +167,23 @@ impl Store {
         *lock(&self.inner.sink) = Some(sink);
     }
 
-    /// Runs `change` in one write transaction; commits if it returns `Ok`, else rolls back.
+    /// Runs `change` atomically: if it returns `Ok`, its changes and events are committed before
+    /// this returns; if it returns `Err` (or panics), nothing it did is kept. Concurrent calls
+    /// share one transaction, each `change` in its own savepoint; a call that finds no other
+    /// waiting runs and commits at once.
     pub fn write<T>(&self, change: impl FnOnce(&mut Tx<'_>) -> Result<T>) -> Result<T> {
-        let mut conn = lock(&self.inner.writer);
-        let transaction = conn.transaction()?;
-        let mut tx = Tx {
-            tx: transaction,
-            now: Utc::now(),
-            config: &self.inner.config,
-            events: Vec::new(),
-        };
-        let value = change(&mut tx)?;
-        let Tx { tx, events, .. } = tx;
-        tx.commit()?;
-        // Published while the writer is still held, so that subscribers see events in sequence
-        // order (a stream that has sent seq 11 never gets seq 10 afterwards). The sink must not
-        // block: the server's is a broadcast send.
-        self.publish(&events);
-        Ok(value)
+        // Events reach the sink while the writer is still held, so that subscribers see them in
+        // sequence order (a stream that has sent seq 11 never gets seq 10 afterwards). The sink
+        // must not block: the server's is a broadcast send.
+        self.inner
+            .writer
+            .write(&self.inner.config, &|events| self.publish(events), change)
+    }
+
+    /// Transactions committed so far and the operations they held (operations per commit tells
+    /// how much group commit batches).
+    pub fn commit_stats(&self) -> CommitStats {
+        self.inner.writer.stats()
     }
 
     /// Like [`Store::write`] for a request that carries an `Idempotency-Key`: the first request with
@@ -220,8 +232,9 @@ impl Store {
     /// Runs `query` against a consistent snapshot of the database.
     pub fn read<T>(&self, query: impl FnOnce(&Reader<'_>) -> Result<T>) -> Result<T> {
         if self.inner.readers.is_empty() {
-            let conn = lock(&self.inner.writer);
-            return query(&Reader { conn: &conn });
+            // An in-memory database has only the writer's connection: the read takes its turn
+            // there (in a savepoint of its own, writing nothing).
+            return self.write(|tx| query(&tx.read()));
         }
         // Take the first free reader; if all are busy, wait on one chosen by thread.
         for reader in &self.inner.readers {
@@ -293,7 +306,8 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
 
 /// One write transaction. Domain operations are methods on it (see the `store/*.rs` modules).
 pub struct Tx<'c> {
-    tx: rusqlite::Transaction<'c>,
+    /// The writer connection, inside this operation's savepoint of the open transaction.
+    conn: &'c Connection,
     now: DateTime<Utc>,
     config: &'c StoreConfig,
     events: Vec<Event>,
@@ -301,7 +315,7 @@ pub struct Tx<'c> {
 
 impl Tx<'_> {
     pub(crate) fn conn(&self) -> &Connection {
-        &self.tx
+        self.conn
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -318,7 +332,7 @@ impl Tx<'_> {
 
     /// Reads inside this transaction (they see its uncommitted changes).
     pub fn read(&self) -> Reader<'_> {
-        Reader { conn: &self.tx }
+        Reader { conn: self.conn }
     }
 
     /// Appends an event to the log in this transaction.
@@ -331,11 +345,11 @@ impl Tx<'_> {
     ) -> Result<()> {
         let ts = self.now_ms();
         let data_text = serde_json::to_string(&payload.data())?;
-        self.tx.execute(
+        self.conn.execute(
             "INSERT INTO events (ts, actor, kind, task_id, agent, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![ts, actor, payload.kind(), task.map(|t| t.0), agent, data_text],
         )?;
-        let seq = self.tx.last_insert_rowid();
+        let seq = self.conn.last_insert_rowid();
         self.events.push(Event {
             seq,
             ts: self.now,

@@ -5,5 +5,6 @@ pub mod events;
 pub mod leases;
 pub mod messages;
 pub mod notes;
+pub mod queue;
 pub mod status;
 pub mod tasks;

@@ -1,11 +1,10 @@
 //! The server's shared state and the two ways operations reach the store: [`App::read`] and
-//! [`App::write`] (which adds the agent's heartbeat and `Idempotency-Key` handling to the same
+//! [`App::write`] (which notes the agent alive and adds `Idempotency-Key` handling to the same
 //! transaction as the change). No HTTP types here: the MCP tools, the hooks and the JSON API all
 //! stand on this (through [`crate::ops`]); their HTTP plumbing is in [`crate::extract`].
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use conclave_core::model::{Actor, Event};
 use conclave_core::store::{Reader, Tx};
@@ -32,7 +31,6 @@ struct AppInner {
     admin_token_hash: String,
     session: DashboardSession,
     metrics: Metrics,
-    last_heartbeat: Mutex<HashMap<String, Instant>>,
     shutdown: CancellationToken,
     settings: AppSettings,
     stop_blocks: StopBlocks,
@@ -46,6 +44,9 @@ pub struct AppSettings {
     /// Host names (besides loopback) the server answers to.
     pub allowed_hosts: Vec<String>,
     pub keep_working: bool,
+    /// The merge queue, when `conclave.toml` has a `[merge]` table (its runner is started by
+    /// [`crate::run`]).
+    pub merge: Option<std::sync::Arc<crate::merge_queue::MergeQueue>>,
     /// Bounds on what clients can hold: live-stream queues and connections.
     pub limits: ServerLimits,
 }
@@ -97,7 +98,6 @@ impl App {
                 admin_token_hash: conclave_core::store::hash_token(admin_token),
                 session: DashboardSession::from_admin_token(admin_token),
                 metrics,
-                last_heartbeat: Mutex::new(HashMap::new()),
                 shutdown,
                 settings,
                 stop_blocks: StopBlocks::default(),
@@ -154,8 +154,8 @@ impl App {
         Ok(tokio::task::spawn_blocking(move || store.read(query)).await??)
     }
 
-    /// Runs a change on a blocking thread, in one transaction with the acting agent's heartbeat
-    /// and, when the request carries one, its idempotency key. Answers with the change's JSON.
+    /// Runs a change on a blocking thread (noting the acting agent alive), in one transaction
+    /// with, when the request carries one, its idempotency key. Answers with the change's JSON.
     pub async fn write<T, F>(
         &self,
         actor: &Actor,
@@ -169,16 +169,13 @@ impl App {
         let store = self.inner.store.clone();
         let actor = actor.clone();
         let key = key.clone();
-        if let Actor::Agent(name) = &actor {
-            self.note_heartbeat(name);
-        }
+        let first_heard = matches!(&actor, Actor::Agent(name) if store.note_alive(name));
         let run = move || -> CoreResult<(Value, bool)> {
-            let with_heartbeat = |tx: &mut Tx<'_>| -> CoreResult<Value> {
-                if let Actor::Agent(name) = &actor {
-                    tx.heartbeat(name)?;
-                }
-                Ok(serde_json::to_value(change(tx)?)?)
-            };
+            if first_heard {
+                store.flush_liveness()?;
+            }
+            let with_heartbeat =
+                |tx: &mut Tx<'_>| -> CoreResult<Value> { Ok(serde_json::to_value(change(tx)?)?) };
             match &key.key {
                 Some(k) => store.write_idempotent(&actor, k, &key.fingerprint, with_heartbeat),
                 None => store.write(with_heartbeat).map(|value| (value, false)),
@@ -188,36 +185,14 @@ impl App {
         Ok(Written { value, replayed })
     }
 
-    /// Records a heartbeat for an agent at most once a second (reads are heartbeats too).
+    /// Notes that an agent was heard from (reads are heartbeats too): in memory, persisted by
+    /// the store in batches.
     pub(crate) async fn heartbeat(&self, agent: &str) -> OpResult<()> {
-        if !self.note_heartbeat(agent) {
-            return Ok(());
+        if self.inner.store.note_alive(agent) {
+            let store = self.inner.store.clone();
+            tokio::task::spawn_blocking(move || store.flush_liveness()).await??;
         }
-        let store = self.inner.store.clone();
-        let agent = agent.to_string();
-        tokio::task::spawn_blocking(move || store.write(|tx| tx.heartbeat(&agent))).await??;
         Ok(())
-    }
-
-    /// Remembers that `agent` was heard from; true when the last heartbeat was long enough ago to
-    /// be worth writing.
-    fn note_heartbeat(&self, agent: &str) -> bool {
-        let interval = Duration::from_millis(
-            (self.inner.store.config().claim_ttl_secs * 1000 / 10).clamp(50, 1000) as u64,
-        );
-        let now = Instant::now();
-        let mut seen = self
-            .inner
-            .last_heartbeat
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        match seen.get(agent) {
-            Some(last) if now.duration_since(*last) < interval => false,
-            _ => {
-                seen.insert(agent.to_string(), now);
-                true
-            }
-        }
     }
 }
 

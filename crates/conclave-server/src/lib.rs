@@ -15,10 +15,13 @@ mod extract;
 mod hooks;
 mod live;
 mod mcp;
+mod merge_queue;
 mod metrics;
 mod ops;
 mod routes;
 mod session;
+
+pub use merge_queue::MergeQueue;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,6 +56,7 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 pub fn router(app: App) -> Router {
     let mcp = Router::new()
         .nest_service("/mcp", mcp::service(app.clone()))
+        .layer(axum::middleware::from_fn(mcp::answer_parse_errors))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             auth::require_token,
@@ -111,11 +115,23 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let sweeper = tokio::spawn(sweep_periodically(app.clone(), shutdown.clone()));
+    let merge_runner = app.settings().merge.clone().map(|queue| {
+        tokio::spawn(merge_queue::run_merge_queue(
+            app.clone(),
+            queue,
+            shutdown.clone(),
+        ))
+    });
     let limits = app.settings().limits;
     let service = router(app);
     serve_connections(listener, service, limits, shutdown.clone()).await;
     shutdown.cancel();
     let _ = sweeper.await;
+    // Not awaited: a landing may be inside a long check. An entry left `merging` is retried at
+    // the next start (the engine's compare-and-swap makes that safe).
+    if let Some(runner) = merge_runner {
+        runner.abort();
+    }
     Ok(())
 }
 
@@ -323,6 +339,10 @@ pub async fn open_project_server(
         project_root: Some(project.root().to_path_buf()),
         allowed_hosts,
         keep_working: config.server.keep_working,
+        merge: config
+            .merge
+            .clone()
+            .map(|merge| merge_queue::MergeQueue::new(merge, project.root().to_path_buf())),
         limits: ServerLimits::default(),
     };
     let app = App::new(store, &admin_token, settings, shutdown);

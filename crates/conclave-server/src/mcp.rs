@@ -66,6 +66,41 @@ pub fn service(app: App) -> McpService {
     )
 }
 
+/// Answers a POST whose body is not JSON with a JSON-RPC parse error (code -32700, HTTP 400),
+/// as JSON-RPC and MCP's HTTP transport say, where the SDK would answer 415 with plain text. A
+/// body over [`crate::MAX_BODY_BYTES`] is refused with 413.
+pub async fn answer_parse_errors(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if request.method() != http::Method::POST {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, crate::MAX_BODY_BYTES).await else {
+        return crate::ApiError::new(
+            http::StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is over {} bytes", crate::MAX_BODY_BYTES),
+        )
+        .into_response();
+    };
+    if let Err(error) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+        let answer = serde_json::json!({
+            "jsonrpc": "2.0",
+            "id": null,
+            "error": { "code": -32700, "message": format!("Parse error: {error}") }
+        });
+        return (http::StatusCode::BAD_REQUEST, axum::Json(answer)).into_response();
+    }
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    ))
+    .await
+}
+
 #[derive(Clone)]
 pub struct ConclaveTools {
     app: App,
@@ -624,9 +659,14 @@ impl ConclaveTools {
     }
 
     #[tool(description = "Search notes, messages and task results.")]
-    async fn search(&self, Parameters(args): Parameters<SearchArgs>) -> ToolResult {
+    async fn search(
+        &self,
+        Extension(parts): Parts,
+        Parameters(args): Parameters<SearchArgs>,
+    ) -> ToolResult {
         let result = async {
-            let hits = ops::search(&self.app, args.query, Vec::new(), 15).await?;
+            let actor = actor_of(&parts)?;
+            let hits = ops::search(&self.app, &actor, args.query, Vec::new(), 15).await?;
             if hits.is_empty() {
                 return Ok("No matches.".to_string());
             }
@@ -680,7 +720,7 @@ impl ConclaveTools {
                 ))
             })
             .await?;
-        let held_by_all = self.app.read(|r| r.tasks(None, None)).await?;
+        let held_by_all = self.app.read(|r| r.open_and_recent_tasks(0)).await?;
         let mut body = format!(
             "You are {} (role {}).\n",
             agent.name,

@@ -12,11 +12,12 @@ use std::time::Duration;
 use conclave_core::CoreError;
 use conclave_core::LeaseConflict;
 use conclave_core::Store;
+use conclave_core::audience::Viewer;
 use conclave_core::event::LeaseDenied;
 use conclave_core::model::{
-    AckResult, Actor, AgentStatus, EventPayload, LeaseList, LeaseRelease, LeaseRequest, Message,
-    NewMessage, NewNote, NewTask, ReleasedLeases, SearchHit, TaskFinish, TaskId, TaskStatusUpdate,
-    format_duration_secs,
+    AckResult, Actor, AgentStatus, Event, EventFilter, EventPayload, LeaseList, LeaseRelease,
+    LeaseRequest, Message, NewMessage, NewNote, NewTask, QueueState, ReleasedLeases, SearchHit,
+    TaskFinish, TaskId, TaskStatusUpdate, format_duration_secs,
 };
 
 use crate::app::App;
@@ -171,8 +172,22 @@ pub async fn finish_task(
     finish: TaskFinish,
 ) -> OpResult<Written> {
     let by = actor.clone();
-    app.write(actor, key, move |tx| tx.finish_task(&by, id, finish))
-        .await
+    let queue = app.settings().merge.clone();
+    let queued = queue.is_some();
+    let written = app
+        .write(actor, key, move |tx| {
+            // An agent in its own worktree: the task waits for its branch to land (merge_queue.rs).
+            if queued && tx.read().finishes_through_merge_queue(id)? {
+                tx.enqueue_merge(&by, id, finish)
+            } else {
+                tx.finish_task(&by, id, finish)
+            }
+        })
+        .await?;
+    if let Some(queue) = queue {
+        queue.wake();
+    }
+    Ok(written)
 }
 
 pub async fn fail_task(
@@ -208,18 +223,68 @@ pub async fn add_note(
     app.write(actor, key, move |tx| tx.add_note(&by, new)).await
 }
 
-/// Full-text search over notes, messages and task results (`kinds` empty: all of them).
+/// Full-text search over notes, messages and task results (`kinds` empty: all of them), without
+/// the messages `actor` may not read.
 pub async fn search(
     app: &App,
+    actor: &Actor,
     query: String,
     kinds: Vec<String>,
     limit: i64,
 ) -> OpResult<Vec<SearchHit>> {
+    let viewer = viewer(app, actor).await?;
     app.read(move |r| {
         let kinds: Vec<&str> = kinds.iter().map(String::as_str).collect();
-        r.search(&query, &kinds, limit)
+        r.search(&query, &kinds, limit, &viewer)
     })
     .await
+}
+
+/// The reader `actor` is for the audience rule ([`Viewer`]): an agent with its current role.
+pub async fn viewer(app: &App, actor: &Actor) -> OpResult<Viewer> {
+    let Some(name) = actor.agent().map(str::to_string) else {
+        return Ok(Viewer::of(actor, None));
+    };
+    let role = app
+        .read(move |r| Ok(r.find_agent(&name)?.and_then(|agent| agent.role)))
+        .await?;
+    Ok(Viewer::of(actor, role))
+}
+
+/// Events of the log that pass `filter` and that `viewer` may read, in pages as the filter asks:
+/// unreadable events are left out (the sequence numbers keep gaps) and the page is filled from
+/// further in the log, so that a short page still means the end of what matches.
+pub async fn visible_events(
+    app: &App,
+    filter: EventFilter,
+    viewer: &Viewer,
+) -> OpResult<Vec<Event>> {
+    let wanted = usize::try_from(filter.limit.unwrap_or(1000).clamp(1, 10_000)).unwrap_or(1000);
+    let mut filter = filter;
+    let mut visible = Vec::new();
+    loop {
+        let page_filter = filter.clone();
+        let page = app.read(move |r| r.events(&page_filter)).await?;
+        let exhausted = page.len() < wanted;
+        let Some(last) = page.last().map(|event| event.seq) else {
+            break;
+        };
+        visible.extend(
+            page.into_iter()
+                .filter(|event| viewer.may_read_event(event)),
+        );
+        if exhausted || visible.len() >= wanted {
+            break;
+        }
+        // Next page, past the last event seen in the direction of travel.
+        if filter.desc {
+            filter.before = Some(last);
+        } else {
+            filter.after = Some(last);
+        }
+    }
+    visible.truncate(wanted);
+    Ok(visible)
 }
 
 /// The agent's unacknowledged messages; when there are none, waits up to `wait` (at most
@@ -450,7 +515,21 @@ pub async fn keep_working(app: &App, agent: &str, session: &str) -> OpResult<Opt
         return Ok(None);
     }
     let name = agent.to_string();
-    let held = app.read(move |r| r.held_tasks(&name)).await?;
+    let held = app
+        .read(move |r| {
+            // A task waiting for its branch to land is finished as far as its agent is concerned.
+            let mut working = Vec::new();
+            for task in r.held_tasks(&name)? {
+                let queued = r.merge_entry(task.id).is_ok_and(|entry| {
+                    matches!(entry.state, QueueState::Queued | QueueState::Merging)
+                });
+                if !queued {
+                    working.push(task);
+                }
+            }
+            Ok(working)
+        })
+        .await?;
     let Some(task) = held.first() else {
         app.stop_blocks().forget(session);
         return Ok(None);

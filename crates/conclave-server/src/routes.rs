@@ -2,11 +2,11 @@
 //! and the OpenAPI document are both built from [`operations`], so they cannot drift apart.
 
 use axum::Router;
-use axum::routing::{MethodRouter, get, patch, post};
+use axum::routing::{MethodRouter, delete, get, patch, post};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Map, Value, json};
 
-use crate::api::{agents, events, leases, messages, notes, status, tasks};
+use crate::api::{agents, events, leases, messages, notes, queue, status, tasks};
 use crate::app::App;
 use crate::error::ErrorBody;
 use conclave_core::model::*;
@@ -129,6 +129,27 @@ pub fn operations() -> Vec<Operation> {
         .response::<TokenIssued>()
         .created(),
         op(
+            "get",
+            "/api/agents/{name}/tokens",
+            "List an agent's tokens by id (admin)",
+            get(agents::tokens),
+        )
+        .response::<AgentTokenList>(),
+        op(
+            "delete",
+            "/api/agents/{name}/tokens",
+            "Revoke all of an agent's tokens (admin)",
+            delete(agents::revoke_tokens),
+        )
+        .response::<TokensRevoked>(),
+        op(
+            "delete",
+            "/api/agents/{name}/tokens/{id}",
+            "Revoke one of an agent's tokens by id (admin)",
+            delete(agents::revoke_token),
+        )
+        .response::<TokensRevoked>(),
+        op(
             "post",
             "/api/agents/{name}/control",
             "Ask the supervisor to pause, resume, stop or restart an agent (admin)",
@@ -184,6 +205,48 @@ pub fn operations() -> Vec<Operation> {
         )
         .request::<TaskFinish>()
         .response::<Task>(),
+        op(
+            "get",
+            "/api/queue",
+            "The merge queue: its entries in order and whether it is paused",
+            get(queue::show),
+        )
+        .response::<QueueView>(),
+        op(
+            "post",
+            "/api/queue/pause",
+            "Pause the merge queue after its current landing (admin)",
+            post(queue::pause),
+        )
+        .response::<QueueView>(),
+        op(
+            "post",
+            "/api/queue/resume",
+            "Resume the merge queue (admin)",
+            post(queue::resume),
+        )
+        .response::<QueueView>(),
+        op(
+            "post",
+            "/api/queue/{task}/skip",
+            "Take an entry out of the merge queue; its task goes back to its agent (admin)",
+            post(queue::skip),
+        )
+        .response::<QueueEntry>(),
+        op(
+            "post",
+            "/api/queue/{task}/retry",
+            "Put a sent-back or skipped entry back at the end of the merge queue (admin)",
+            post(queue::retry),
+        )
+        .response::<QueueEntry>(),
+        op(
+            "post",
+            "/api/queue/{task}/merge",
+            "Land a waiting entry now, out of order, check included (admin)",
+            post(queue::merge),
+        )
+        .response::<QueueEntry>(),
         op(
             "post",
             "/api/tasks/{id}/fail",
@@ -344,7 +407,11 @@ async fn openapi() -> axum::Json<Value> {
 }
 
 pub fn openapi_document() -> Value {
-    let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
+    // OpenAPI 3.1's schemas are JSON Schema draft 2020-12 (an optional value is
+    // `type: [X, "null"]`); schemars' `openapi3()` settings would write 3.0's `nullable`.
+    let mut generator = schemars::generate::SchemaSettings::draft2020_12()
+        .with(|settings| settings.definitions_path = "/components/schemas".into())
+        .into_generator();
     let error_schema = generator.subschema_for::<ErrorBody>();
     let mut paths: Map<String, Value> = Map::new();
     for operation in operations() {

@@ -186,6 +186,7 @@ impl Supervisor {
                 role: plan.role.clone(),
                 model: plan.settings.model.clone(),
                 caps: plan.caps.clone(),
+                ..Default::default()
             };
             let JoinedAgent { token, files } =
                 prepare_agent(project, &admin, &registration, config.server.strict).await?;

@@ -1,8 +1,9 @@
-//! `conclave agent add|list|token|stop|restart|pause|resume` (the last four ask the supervisor
-//! through `POST /api/agents/NAME/control`).
+//! `conclave agent add|list|token|tokens|revoke|stop|restart|pause|resume` (the last four ask
+//! the supervisor through `POST /api/agents/NAME/control`).
 
 use conclave_core::model::{
-    Agent, AgentAction, AgentControl, AgentCreated, AgentList, NewAgent, Task, TokenIssued,
+    Agent, AgentAction, AgentControl, AgentCreated, AgentList, AgentTokenList, NewAgent, Task,
+    TokenIssued, TokensRevoked,
 };
 
 use crate::cli::AgentCommand;
@@ -18,12 +19,14 @@ pub async fn run(context: &Context, command: AgentCommand) -> anyhow::Result<()>
             role,
             caps,
             model,
+            isolation,
         } => {
             let request = NewAgent {
                 name,
                 role,
                 model,
                 caps,
+                isolation: isolation.unwrap_or_default(),
             };
             let created: AgentCreated = client.post("/api/agents", &request).await?;
             outln!("{}", created.token)?;
@@ -46,6 +49,33 @@ pub async fn run(context: &Context, command: AgentCommand) -> anyhow::Result<()>
             let token: TokenIssued = client.post(&path, &serde_json::json!({})).await?;
             outln!("{}", token.token)?;
             note!("conclave: issued a new token for {name}");
+        }
+        AgentCommand::Tokens { name, json } => {
+            let path = format!("/api/agents/{}/tokens", segment(&name));
+            let list: AgentTokenList = client.get(&path, &[]).await?;
+            if json.json {
+                print_json(&list)?;
+            } else if list.tokens.is_empty() {
+                note!("{name} has no tokens (issue one with `conclave agent token {name}`)");
+            } else {
+                let mut table = Table::new(&["id", "created"]);
+                for token in &list.tokens {
+                    table.row(vec![token.id.clone(), ago(token.created_at)]);
+                }
+                table.print()?;
+            }
+        }
+        AgentCommand::Revoke { name, token_id } => {
+            let mut path = format!("/api/agents/{}/tokens", segment(&name));
+            if let Some(id) = &token_id {
+                path.push('/');
+                path.push_str(&segment(id));
+            }
+            let revoked: TokensRevoked = client.delete(&path).await?;
+            note!(
+                "conclave: revoked {} token(s) of {name}; requests made with them are refused",
+                revoked.revoked
+            );
         }
         AgentCommand::Stop { name } => control(context, &client, &name, AgentAction::Stop).await?,
         AgentCommand::Restart { name } => {

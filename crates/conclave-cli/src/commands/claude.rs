@@ -56,6 +56,7 @@ pub async fn run(context: &Context, options: ClaudeArgs) -> anyhow::Result<()> {
         role: options.role.clone(),
         model: None,
         caps: Vec::new(),
+        ..Default::default()
     };
     let JoinedAgent { token, files } =
         prepare_agent(project, &admin, &registration, strict).await?;

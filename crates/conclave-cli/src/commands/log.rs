@@ -388,6 +388,29 @@ fn summarize(event: &Event) -> String {
         EventPayload::FileTouched(d) => {
             summary.field("path", &d.path).field("tool", &d.tool);
         }
+        EventPayload::QueueEnqueued(d)
+        | EventPayload::QueueMerging(d)
+        | EventPayload::QueueSkipped(d)
+        | EventPayload::QueueRetried(d) => {
+            summary.field("branch", &d.branch);
+        }
+        EventPayload::QueueLanded(d) => {
+            summary
+                .field("branch", &d.branch)
+                .field("outcome", &d.outcome);
+        }
+        EventPayload::QueueSentBack(d) => {
+            // The details are long (hunks, check output): the first line says enough here.
+            let first = d.details.lines().next().unwrap_or("");
+            summary
+                .field("branch", &d.branch)
+                .field("reason", &d.reason)
+                .field("details", first);
+        }
+        EventPayload::QueuePaused(d) => {
+            summary.opt("reason", d.reason.as_ref());
+        }
+        EventPayload::QueueResumed(NoData {}) => {}
         // A row this version cannot type (an older one's): its data as it was stored.
         EventPayload::Unrecognized(row) => {
             if let Value::Object(fields) = row.data() {

@@ -6,7 +6,7 @@ use conclave_core::model::{AckResult, Message, MessageAck, MessageList, NewMessa
 
 use crate::cli::MsgCommand;
 use crate::context::Context;
-use crate::output::{Table, clip, clock, note, outln, print_json};
+use crate::output::{Table, clip, clock, note, outln, print_json, printable};
 
 pub async fn run(context: &Context, command: MsgCommand) -> anyhow::Result<()> {
     if let MsgCommand::Inbox { .. } = command {
@@ -123,11 +123,11 @@ fn print_message(message: &Message) -> std::io::Result<()> {
         message.id,
         clock(message.created_at),
         message.sender,
-        message.to,
-        message.thread
+        printable(&message.to),
+        printable(&message.thread)
     )?;
     for line in message.body.lines() {
-        outln!("    {line}")?;
+        outln!("    {}", printable(line))?;
     }
     Ok(())
 }

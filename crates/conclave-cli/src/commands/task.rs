@@ -10,7 +10,7 @@ use conclave_core::store::ClaimOutcome;
 use crate::cli::TaskCommand;
 use crate::context::Context;
 use crate::error::{ApiError, NothingReady};
-use crate::output::{Table, clip, note, or_dash, outln, print_json, until};
+use crate::output::{Table, clip, note, or_dash, outln, print_json, printable, until};
 use conclave_client::Client;
 
 pub async fn run(context: &Context, command: TaskCommand) -> anyhow::Result<()> {
@@ -282,11 +282,13 @@ fn print_task(task: &Task, blocked: Option<&str>) -> std::io::Result<()> {
         lines.push(format!("files:     {}", task.files.join(", ")));
     }
     for line in lines {
-        outln!("{line}")?;
+        outln!("{}", printable(&line))?;
     }
     if !task.body.trim().is_empty() {
         outln!()?;
-        outln!("{}", task.body.trim_end())?;
+        for line in task.body.trim_end().lines() {
+            outln!("{}", printable(line))?;
+        }
     }
     Ok(())
 }

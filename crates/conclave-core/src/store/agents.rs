@@ -15,7 +15,7 @@ use crate::model::{
 };
 
 const AGENT_COLUMNS: &str = "name, role, model, caps, status, session_id, pid, host, last_seen, \
-     context_tokens, context_window, cost_usd, restarts, created_at";
+     context_tokens, context_window, cost_usd, restarts, created_at, isolation";
 
 /// Tokens are stored as their SHA-256; a token cannot be read back, only checked.
 pub fn hash_token(token: &str) -> String {
@@ -46,6 +46,10 @@ fn agent_from_row(row: &Row<'_>) -> rusqlite::Result<Agent> {
         cost_usd: row.get(11)?,
         restarts: row.get(12)?,
         created_at: ms_to_time(row.get(13)?),
+        isolation: row
+            .get::<_, String>(14)?
+            .parse()
+            .unwrap_or(crate::model::Isolation::Shared),
     })
 }
 
@@ -86,6 +90,25 @@ impl Reader<'_> {
         let mut statement = self.conn().prepare(&sql)?;
         let rows = statement.query_map([], agent_from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// How many agents are in each status (every status listed, zeros included).
+    pub fn agent_status_counts(&self) -> Result<Vec<(AgentStatus, usize)>> {
+        let mut statement = self
+            .conn()
+            .prepare_cached("SELECT status, count(*) FROM agents GROUP BY status")?;
+        let rows = statement.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+        })?;
+        let mut counts: Vec<(AgentStatus, usize)> =
+            AgentStatus::ALL.iter().map(|status| (*status, 0)).collect();
+        for row in rows {
+            let (status, count) = row?;
+            if let Some(slot) = counts.iter_mut().find(|(s, _)| s.as_str() == status) {
+                slot.1 = usize::try_from(count).unwrap_or(0);
+            }
+        }
+        Ok(counts)
     }
 
     /// The agent's tokens, oldest first.
@@ -132,8 +155,8 @@ impl Tx<'_> {
             )));
         }
         self.conn().execute(
-            "INSERT INTO agents (name, role, model, caps, status, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO agents (name, role, model, caps, status, created_at, isolation)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 new.name,
                 new.role,
@@ -141,7 +164,8 @@ impl Tx<'_> {
                 to_json_list(&new.caps)?,
                 // Nothing runs yet: `offline` until its first request or the supervisor starts it.
                 AgentStatus::Offline.as_str(),
-                self.now_ms()
+                self.now_ms(),
+                new.isolation.as_str()
             ],
         )?;
         let token = self.insert_token(&new.name)?;
@@ -216,44 +240,12 @@ impl Tx<'_> {
         Ok(token)
     }
 
-    /// Records that the agent is alive and renews the claim leases of the tasks it holds.
-    /// Not an event, as it happens on every request, except the first one of an agent never
-    /// heard from, which turns it from `offline` (as registered) to `idle`.
+    /// Records that the agent is alive and renews the claim leases of the tasks it holds, in this
+    /// transaction (see [`Tx::record_liveness`]). The server notes liveness in memory instead
+    /// ([`crate::Store::note_alive`]) and persists it in batches.
     pub fn heartbeat(&mut self, name: &str) -> Result<()> {
-        let now = self.now_ms();
-        let claim_expires = now + self.config().claim_ttl_secs * 1000;
-        let first = self.conn().execute(
-            "UPDATE agents SET status = ?2
-             WHERE name = ?1 AND last_seen IS NULL AND status = ?3",
-            params![
-                name,
-                AgentStatus::Idle.as_str(),
-                AgentStatus::Offline.as_str()
-            ],
-        )?;
-        if first == 1 {
-            let changed = AgentStatusChanged {
-                from: AgentStatus::Offline,
-                to: AgentStatus::Idle,
-                waiting_for: None,
-            };
-            self.emit(
-                name,
-                None,
-                Some(name),
-                EventPayload::AgentStatusChanged(changed),
-            )?;
-        }
-        self.conn().execute(
-            "UPDATE agents SET last_seen = ?2 WHERE name = ?1",
-            params![name, now],
-        )?;
-        self.conn().execute(
-            "UPDATE tasks SET claim_expires_at = ?2
-             WHERE assignee = ?1 AND status IN ('claimed', 'in_progress', 'review', 'blocked')",
-            params![name, claim_expires],
-        )?;
-        Ok(())
+        let heard = std::collections::HashMap::from([(name.to_string(), self.now_ms())]);
+        self.record_liveness(&heard)
     }
 
     /// Applies a status report (from the supervisor, a hook, or the agent itself). An agent that

@@ -118,8 +118,13 @@ impl Tx<'_> {
 }
 
 impl Store {
-    /// Expires claims and leases whose time is up. The server runs this periodically.
+    /// Expires claims and leases whose time is up. The server runs this periodically. The
+    /// liveness noted in memory is persisted first, in the same transaction, so that no claim
+    /// of an agent this server has heard from expires.
     pub fn sweep(&self) -> Result<SweepReport> {
-        self.write(|tx| tx.sweep())
+        self.with_heard(|tx, heard| {
+            tx.record_liveness(heard)?;
+            tx.sweep()
+        })
     }
 }

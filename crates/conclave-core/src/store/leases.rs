@@ -71,6 +71,16 @@ impl Reader<'_> {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// How many leases are in force at `now_ms`, counted on the expiry index.
+    pub fn live_lease_count(&self, now_ms: i64) -> Result<usize> {
+        let count: i64 = self.conn().query_row(
+            "SELECT count(*) FROM leases WHERE expires_at > ?1",
+            params![now_ms],
+            |row| row.get(0),
+        )?;
+        Ok(usize::try_from(count).unwrap_or(0))
+    }
+
     /// The live leases that could overlap `pattern`, found through indexes rather than by reading
     /// every lease: for a literal path (or a glob's literal prefix `P`), the leases on `P`, on its
     /// ancestors and beneath it, and the globs whose own literal prefix is related to `P`. A glob

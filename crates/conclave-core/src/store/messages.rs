@@ -5,6 +5,7 @@
 use rusqlite::{OptionalExtension, Row, params};
 
 use super::{Reader, Tx, ms_to_time, opt_time, validate_name, validate_text};
+use crate::audience::Viewer;
 use crate::error::{CoreError, Result};
 use crate::event::{MessageAcked, MessageSent};
 use crate::model::EventPayload;
@@ -91,6 +92,23 @@ impl Reader<'_> {
         messages
             .pop()
             .ok_or_else(|| CoreError::not_found(format!("no message M-{row_id}")))
+    }
+
+    /// Whether `viewer` may read the message `id` (`M-<n>`); an unknown message is unreadable.
+    pub fn may_read_message(&self, id: &str, viewer: &Viewer) -> Result<bool> {
+        let Ok(row_id) = parse_message_id(id) else {
+            return Ok(false);
+        };
+        let message = match self.message(row_id) {
+            Ok(message) => message,
+            Err(CoreError::NotFound(_)) => return Ok(false),
+            Err(error) => return Err(error),
+        };
+        Ok(viewer.may_read_message(
+            &message.sender,
+            &message.to,
+            message.deliveries.iter().map(|d| d.agent.as_str()),
+        ))
     }
 
     /// The agent's unacknowledged messages, oldest first.

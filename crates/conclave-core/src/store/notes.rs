@@ -4,6 +4,7 @@
 use rusqlite::{OptionalExtension, Row, params};
 
 use super::{Reader, Tx, json_list, ms_to_time, to_json_list, validate_name, validate_text};
+use crate::audience::Viewer;
 use crate::error::{CoreError, Result};
 use crate::event::{NoteAdded, NoteSuperseded};
 use crate::model::EventPayload;
@@ -81,7 +82,14 @@ impl Reader<'_> {
     }
 
     /// Full-text search; `kinds` narrows to `note`, `message` and/or `task`. Best matches first.
-    pub fn search(&self, text: &str, kinds: &[&str], limit: i64) -> Result<Vec<SearchHit>> {
+    /// Messages the viewer may not read ([`Viewer::may_read_message`]) are left out.
+    pub fn search(
+        &self,
+        text: &str,
+        kinds: &[&str],
+        limit: i64,
+        viewer: &Viewer,
+    ) -> Result<Vec<SearchHit>> {
         let Some(query) = fts_query(text) else {
             return Err(CoreError::invalid("the search query has no words"));
         };
@@ -100,6 +108,15 @@ impl Reader<'_> {
         let mut hits: Vec<SearchHit> = rows.collect::<rusqlite::Result<_>>()?;
         if !kinds.is_empty() {
             hits.retain(|hit| kinds.contains(&hit.kind.as_str()));
+        }
+        if *viewer != Viewer::Admin {
+            let mut readable = Vec::with_capacity(hits.len());
+            for hit in hits {
+                if hit.kind != "message" || self.may_read_message(&hit.id, viewer)? {
+                    readable.push(hit);
+                }
+            }
+            hits = readable;
         }
         hits.truncate(usize::try_from(limit.clamp(1, 1000)).unwrap_or(20));
         Ok(hits)

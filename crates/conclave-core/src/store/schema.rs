@@ -206,7 +206,40 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX task_steps_by_task ON task_steps (task_id, id);
     "#,
-    // 4: cost per task: what its holders spent while holding it (the supervisor's reports of an
+    // 4: the merge queue (store/queue.rs, issue 11). An agent says whether it works in its own
+    // git worktree; one entry per task branch waiting to land (re-finishing a task sent back
+    // re-queues its entry); one row says whether a person paused the queue.
+    r#"
+    ALTER TABLE agents ADD COLUMN isolation TEXT NOT NULL DEFAULT 'shared';
+
+    CREATE TABLE merge_queue (
+        task_id     INTEGER PRIMARY KEY REFERENCES tasks(id),
+        branch      TEXT NOT NULL,
+        agent       TEXT NOT NULL,
+        position    INTEGER NOT NULL,
+        state       TEXT NOT NULL,
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        outcome     TEXT,
+        enqueued_at INTEGER NOT NULL,
+        updated_at  INTEGER NOT NULL
+    );
+    CREATE INDEX merge_queue_by_state ON merge_queue (state, position);
+
+    CREATE TABLE merge_queue_control (
+        id     INTEGER PRIMARY KEY CHECK (id = 1),
+        paused INTEGER NOT NULL DEFAULT 0,
+        reason TEXT
+    );
+    INSERT INTO merge_queue_control (id, paused) VALUES (1, 0);
+    "#,
+    // 5: listings that do not grow with history. The dashboard reads the open tasks (through
+    // `tasks_by_status`) and the most recently finished ones through this partial index, whose
+    // WHERE term the query repeats verbatim.
+    r#"
+    CREATE INDEX tasks_finished_by_update ON tasks (updated_at)
+        WHERE status IN ('done', 'failed', 'cancelled');
+    "#,
+    // 6: cost per task: what its holders spent while holding it (the supervisor's reports of an
     // agent's cost are added to the task it holds).
     r#"
     ALTER TABLE tasks ADD COLUMN cost_usd REAL NOT NULL DEFAULT 0;

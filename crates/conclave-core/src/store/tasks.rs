@@ -36,6 +36,23 @@ pub(crate) const MAX_BODY: usize = 64 * 1024;
 pub const MAX_FILES: usize = 1000;
 const MAX_FILE_PATH: usize = 4096;
 
+/// The most tasks one page (or the finished part of [`Reader::open_and_recent_tasks`]) holds.
+const MAX_TASK_PAGE: i64 = 1000;
+/// Up to this many tasks, dependencies are looked up task by task rather than by reading every
+/// dependency edge.
+const DEPENDENCY_LOOKUPS_MAX: usize = 2000;
+
+/// Which page of tasks [`Reader::task_page`] reads.
+#[derive(Debug, Clone, Default)]
+pub struct TaskPage {
+    pub status: Option<TaskStatus>,
+    pub assignee: Option<String>,
+    /// Tasks with an id above this one (the last id of the previous page); none for the first.
+    pub after: Option<TaskId>,
+    /// At most this many (1 to 1,000).
+    pub limit: i64,
+}
+
 /// The answer to a claim: the task taken, or nothing when no ready task fits.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ClaimOutcome {
@@ -119,31 +136,123 @@ impl Reader<'_> {
         }
     }
 
-    /// Tasks, optionally of one status or held by one agent, in id order.
+    /// Tasks, optionally of one status or held by one agent, in id order. Unbounded: listings
+    /// that grow with history use [`Reader::task_page`] or [`Reader::open_and_recent_tasks`].
     pub fn tasks(&self, status: Option<TaskStatus>, assignee: Option<&str>) -> Result<Vec<Task>> {
         let sql = format!(
             "SELECT {TASK_COLUMNS} FROM tasks
              WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR assignee = ?2) ORDER BY id"
         );
-        let mut statement = self.conn().prepare(&sql)?;
+        let mut statement = self.conn().prepare_cached(&sql)?;
         let rows = statement.query_map(
             params![status.map(TaskStatus::as_str), assignee],
             task_from_row,
         )?;
         let mut tasks: Vec<Task> = rows.collect::<rusqlite::Result<_>>()?;
+        self.attach_dependencies(&mut tasks)?;
+        Ok(tasks)
+    }
+
+    /// One page of tasks in id order: at most `page.limit` (1 to 1,000) with an id above
+    /// `page.after`, optionally of one status or assignee. Costs what the page holds, found
+    /// through the primary key (and the status or assignee index), however long the history.
+    pub fn task_page(&self, page: &TaskPage) -> Result<Vec<Task>> {
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks
+             WHERE id > ?1 AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR assignee = ?3)
+             ORDER BY id LIMIT ?4"
+        );
+        let mut statement = self.conn().prepare_cached(&sql)?;
+        let rows = statement.query_map(
+            params![
+                page.after.map_or(0, |id| id.0),
+                page.status.map(TaskStatus::as_str),
+                page.assignee,
+                page.limit.clamp(1, MAX_TASK_PAGE)
+            ],
+            task_from_row,
+        )?;
+        let mut tasks: Vec<Task> = rows.collect::<rusqlite::Result<_>>()?;
+        self.attach_dependencies(&mut tasks)?;
+        Ok(tasks)
+    }
+
+    /// What a dashboard shows: every unfinished task, and the `finished` (at most 1,000) most
+    /// recently finished ones (done, failed or cancelled), all in id order. Its cost follows the
+    /// open work, not the history: both halves are read through indexes.
+    pub fn open_and_recent_tasks(&self, finished: i64) -> Result<Vec<Task>> {
+        let open = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks
+             WHERE status IN ('pending', 'ready', 'claimed', 'in_progress', 'blocked', 'review')"
+        );
+        // Walks the partial index of finished tasks (schema migration 3) backwards and stops after
+        // `finished` rows; without `INDEXED BY`, SQLite (no statistics) picks the status index
+        // and sorts every finished task. The WHERE term is the index's own, as it must be.
+        let recent = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks INDEXED BY tasks_finished_by_update
+             WHERE status IN ('done', 'failed', 'cancelled')
+             ORDER BY updated_at DESC, id DESC LIMIT ?1"
+        );
+        let mut tasks: Vec<Task> = {
+            let mut statement = self.conn().prepare_cached(&open)?;
+            let rows = statement.query_map([], task_from_row)?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        {
+            let mut statement = self.conn().prepare_cached(&recent)?;
+            let rows =
+                statement.query_map(params![finished.clamp(0, MAX_TASK_PAGE)], task_from_row)?;
+            for task in rows {
+                tasks.push(task?);
+            }
+        }
+        tasks.sort_by_key(|task| task.id);
+        self.attach_dependencies(&mut tasks)?;
+        Ok(tasks)
+    }
+
+    /// How many tasks are in each status (every status listed, zeros included), counted by the
+    /// status index without reading the tasks.
+    pub fn task_status_counts(&self) -> Result<Vec<(TaskStatus, usize)>> {
+        let mut statement = self
+            .conn()
+            .prepare_cached("SELECT status, count(*) FROM tasks GROUP BY status")?;
+        let rows = statement.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+        })?;
+        let mut counts: Vec<(TaskStatus, usize)> =
+            TaskStatus::ALL.iter().map(|status| (*status, 0)).collect();
+        for row in rows {
+            let (status, count) = row?;
+            if let Some(slot) = counts.iter_mut().find(|(s, _)| s.as_str() == status) {
+                slot.1 = usize::try_from(count).unwrap_or(0);
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Fills in `depends_on` for `tasks`: through the edges' primary key, task by task, for a few;
+    /// in one pass over the edges for many.
+    fn attach_dependencies(&self, tasks: &mut [Task]) -> Result<()> {
+        if tasks.len() <= DEPENDENCY_LOOKUPS_MAX {
+            for task in tasks.iter_mut() {
+                task.depends_on = self.dependencies(task.id)?;
+            }
+            return Ok(());
+        }
         let mut deps = self
             .conn()
-            .prepare("SELECT task_id, depends_on FROM task_deps ORDER BY depends_on")?;
+            .prepare_cached("SELECT task_id, depends_on FROM task_deps ORDER BY depends_on")?;
         let edges = deps.query_map([], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)))?;
         let mut by_task: std::collections::HashMap<i64, Vec<TaskId>> = Default::default();
         for edge in edges {
             let (task, dep) = edge?;
             by_task.entry(task).or_default().push(TaskId(dep));
         }
-        for task in &mut tasks {
+        for task in tasks.iter_mut() {
             task.depends_on = by_task.remove(&task.id.0).unwrap_or_default();
         }
-        Ok(tasks)
+        Ok(())
     }
 
     pub fn dependencies(&self, id: TaskId) -> Result<Vec<TaskId>> {

@@ -3,6 +3,7 @@
 use chrono::Duration;
 
 use super::*;
+use crate::audience::Viewer;
 use crate::model::*;
 
 fn store() -> Store {
@@ -620,15 +621,30 @@ fn search_finds_notes_messages_and_task_results_and_survives_odd_queries() {
         })
         .expect("message");
     let hits = store
-        .read(|r| r.search("unicode escapes", &[], 10))
+        .read(|r| r.search("unicode escapes", &[], 10, &Viewer::Admin))
         .expect("search");
+    let bystander = Viewer::Agent {
+        name: "c".into(),
+        role: None,
+    };
+    let seen_by_bystander = store
+        .read(|r| r.search("unicode escapes", &[], 10, &bystander))
+        .expect("search");
+    assert!(seen_by_bystander.iter().all(|hit| hit.kind != "message"));
+    assert_eq!(seen_by_bystander.len() + 1, hits.len());
     let mut kinds: Vec<&str> = hits.iter().map(|h| h.kind.as_str()).collect();
     kinds.sort_unstable();
     assert_eq!(kinds, vec!["message", "note", "task"]);
     for odd in ["\"quoted", "AND OR NOT", "a*b(", "NEAR("] {
-        store.read(|r| r.search(odd, &[], 10)).expect(odd);
+        store
+            .read(|r| r.search(odd, &[], 10, &Viewer::Admin))
+            .expect(odd);
     }
-    assert!(store.read(|r| r.search("  ()  ", &[], 10)).is_err());
+    assert!(
+        store
+            .read(|r| r.search("  ()  ", &[], 10, &Viewer::Admin))
+            .is_err()
+    );
 }
 
 #[test]
@@ -1032,7 +1048,9 @@ fn a_task_done_twice_has_one_search_row_with_its_latest_result() {
         .write(|tx| tx.finish_task(&Actor::Agent("a".into()), id, finish("zebra second try")))
         .expect("done again");
     note_store("zebra notes after");
-    let hits = store.read(|r| r.search("zebra", &[], 50)).expect("search");
+    let hits = store
+        .read(|r| r.search("zebra", &[], 50, &Viewer::Admin))
+        .expect("search");
     let tasks: Vec<&SearchHit> = hits.iter().filter(|hit| hit.kind == "task").collect();
     assert_eq!(tasks.len(), 1, "{hits:?}");
     assert!(tasks[0].snippet.contains("second"), "{hits:?}");
@@ -1244,6 +1262,177 @@ fn an_agents_tokens_are_listed_and_revoked_one_or_all() {
             .expect("tokens")
             .is_empty()
     );
+}
+
+/// Start-up stays flat as the event log grows: opening a store whose log holds a million events
+/// (and reading its head, and the latest page of events) takes what an empty one does. A
+/// measurement, run on demand: `cargo test -p conclave-core --lib -- --ignored --nocapture
+/// start_up`.
+#[test]
+#[ignore = "a measurement: writes a million events to a temporary database"]
+fn start_up_with_a_million_events() {
+    const EVENTS: i64 = 1_000_000;
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("db.sqlite");
+    drop(Store::open(&path, StoreConfig::default()).expect("create"));
+    {
+        let conn = rusqlite::Connection::open(&path).expect("raw");
+        conn.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
+             INSERT INTO events (ts, actor, kind, task_id, agent, data)
+             SELECT i, 'admin', 'message.sent', i % 1000, 'a' || (i % 100), '{\"body\":\"hello\"}'
+             FROM n",
+            [EVENTS],
+        )
+        .expect("insert events");
+    }
+    let started = std::time::Instant::now();
+    let store = Store::open(&path, StoreConfig::default()).expect("open");
+    let opened = started.elapsed();
+    let last = store.read(|r| r.last_seq()).expect("last seq");
+    let page = store
+        .read(|r| {
+            r.events(&EventFilter {
+                desc: true,
+                limit: Some(100),
+                ..Default::default()
+            })
+        })
+        .expect("latest page");
+    let total = started.elapsed();
+    eprintln!(
+        "start-up with {EVENTS} events: Store::open {:.1} ms, with last_seq and the latest 100 events {:.1} ms",
+        opened.as_secs_f64() * 1000.0,
+        total.as_secs_f64() * 1000.0
+    );
+    assert_eq!(last, EVENTS);
+    assert_eq!(page.len(), 100);
+}
+
+/// Liveness noted in memory reaches the agents table with a flush, and a sweep persists it
+/// before it expires claims: an agent heard from keeps its claim even though the database had
+/// not been told yet; one not heard from loses it.
+#[test]
+fn noted_liveness_is_flushed_and_protects_claims_from_the_sweep() {
+    let store = store();
+    agent(&store, "a", None, &[]);
+    agent(&store, "b", None, &[]);
+    let kept = task(&store, "kept", &[], None, 0);
+    let lost = task(&store, "lost", &[], None, 0);
+    claim(&store, "a", Some(kept)).expect("a claims");
+    claim(&store, "b", Some(lost)).expect("b claims");
+
+    assert!(
+        store.note_alive("a"),
+        "never persisted: the caller must flush"
+    );
+    let seen = store.read(|r| r.agent("a")).expect("a").last_seen;
+    assert!(seen.is_none(), "noting is not writing");
+    assert_eq!(store.flush_liveness().expect("flush"), 1);
+    assert!(store.read(|r| r.agent("a")).expect("a").last_seen.is_some());
+    assert_eq!(store.flush_liveness().expect("nothing left"), 0);
+
+    // Both claims are past their expiry in the database; only a has been heard from since.
+    store
+        .write(|tx| {
+            tx.conn()
+                .execute("UPDATE tasks SET claim_expires_at = 1", [])
+                .map_err(CoreError::from)
+        })
+        .expect("age the claims");
+    assert!(!store.note_alive("a"), "persisted before: no flush needed");
+    let report = store.sweep().expect("sweep");
+    assert_eq!(report.reclaimed_tasks, vec![lost]);
+    assert_eq!(status(&store, kept), TaskStatus::Claimed);
+    let expires = store
+        .read(|r| r.task(kept))
+        .expect("kept")
+        .claim_expires_at
+        .expect("claim expiry");
+    assert!(expires > Utc::now(), "renewed to a time ahead: {expires}");
+}
+
+#[test]
+fn task_pages_follow_the_id_and_carry_their_dependencies() {
+    let store = store();
+    let one = task(&store, "one", &[], None, 0);
+    let two = task(&store, "two", &[one], None, 0);
+    let three = task(&store, "three", &[one, two], None, 0);
+    task(&store, "four", &[], None, 0);
+    let first = store
+        .read(|r| {
+            r.task_page(&TaskPage {
+                limit: 2,
+                ..Default::default()
+            })
+        })
+        .expect("first page");
+    assert_eq!(first.iter().map(|t| t.id).collect::<Vec<_>>(), [one, two]);
+    assert_eq!(first[1].depends_on, [one]);
+    let second = store
+        .read(|r| {
+            r.task_page(&TaskPage {
+                after: Some(two),
+                limit: 2,
+                ..Default::default()
+            })
+        })
+        .expect("second page");
+    assert_eq!(second[0].id, three);
+    assert_eq!(second[0].depends_on, [one, two]);
+    assert_eq!(second.len(), 2);
+    let pending = store
+        .read(|r| {
+            r.task_page(&TaskPage {
+                status: Some(TaskStatus::Pending),
+                limit: 10,
+                ..Default::default()
+            })
+        })
+        .expect("pending");
+    assert_eq!(
+        pending.iter().map(|t| t.id).collect::<Vec<_>>(),
+        [two, three]
+    );
+}
+
+#[test]
+fn the_dashboard_listing_keeps_open_tasks_and_the_latest_finished_and_counts_by_status() {
+    let store = store();
+    agent(&store, "a", None, &[]);
+    let mut finished = Vec::new();
+    for n in 0..3 {
+        let id = task(&store, &format!("done {n}"), &[], None, 0);
+        claim(&store, "a", Some(id)).expect("claim");
+        store
+            .write(|tx| tx.finish_task(&Actor::Agent("a".into()), id, TaskFinish::default()))
+            .expect("done");
+        finished.push(id);
+    }
+    let open = task(&store, "open", &[], None, 0);
+    let shown = store.read(|r| r.open_and_recent_tasks(1)).expect("listing");
+    assert_eq!(
+        shown.iter().map(|t| t.id).collect::<Vec<_>>(),
+        [finished[2], open],
+        "the open task and the one most recently finished, in id order"
+    );
+    let counts = store.read(|r| r.task_status_counts()).expect("counts");
+    let count_of = |status| {
+        counts
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map(|(_, n)| *n)
+            .expect("listed")
+    };
+    assert_eq!(count_of(TaskStatus::Done), 3);
+    assert_eq!(count_of(TaskStatus::Ready), 1);
+    assert_eq!(count_of(TaskStatus::Failed), 0);
+    assert_eq!(counts.len(), TaskStatus::ALL.len());
+    let agents = store.read(|r| r.agent_status_counts()).expect("agents");
+    assert_eq!(agents.iter().map(|(_, n)| n).sum::<usize>(), 1);
+    lease(&store, "a", &["src/lib.rs"], LeaseMode::Exclusive).expect("lease");
+    let now = Utc::now().timestamp_millis();
+    assert_eq!(store.read(|r| r.live_lease_count(now)).expect("leases"), 1);
 }
 
 #[test]

@@ -4,8 +4,8 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::Response;
 use conclave_core::model::{
-    Actor, Agent, AgentControl, AgentCreated, AgentList, AgentUpdate, EventPayload, NewAgent,
-    ReasonRequest, TokenIssued,
+    Actor, Agent, AgentControl, AgentCreated, AgentList, AgentTokenList, AgentUpdate, EventPayload,
+    NewAgent, ReasonRequest, TokenIssued, TokensRevoked,
 };
 
 use crate::app::App;
@@ -93,6 +93,66 @@ pub async fn issue_token(
         })
         .await?;
     Ok(written.created())
+}
+
+/// Lists an agent's tokens by id (admin): enough to revoke one, never the token itself.
+pub async fn tokens(
+    State(app): State<App>,
+    actor: Actor,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Json<AgentTokenList>> {
+    require_admin(&actor, "list tokens")?;
+    let tokens = app
+        .read({
+            let name = name.clone();
+            move |r| r.agent_tokens(&name)
+        })
+        .await?;
+    Ok(Json(AgentTokenList {
+        agent: name,
+        tokens,
+    }))
+}
+
+/// Revokes all of an agent's tokens (admin).
+pub async fn revoke_tokens(
+    State(app): State<App>,
+    actor: Actor,
+    key: IdempotencyKey,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Response> {
+    revoke(app, actor, key, name, None).await
+}
+
+/// Revokes one of an agent's tokens by its id (admin).
+pub async fn revoke_token(
+    State(app): State<App>,
+    actor: Actor,
+    key: IdempotencyKey,
+    ApiPath((name, id)): ApiPath<(String, String)>,
+) -> ApiResult<Response> {
+    revoke(app, actor, key, name, Some(id)).await
+}
+
+async fn revoke(
+    app: App,
+    actor: Actor,
+    key: IdempotencyKey,
+    name: String,
+    id: Option<String>,
+) -> ApiResult<Response> {
+    require_admin(&actor, "revoke tokens")?;
+    let written = app
+        .write(&actor, &key, move |tx| {
+            let revoked =
+                tx.revoke_tokens(conclave_core::model::ADMIN_NAME, &name, id.as_deref())?;
+            Ok(TokensRevoked {
+                agent: name,
+                revoked: u64::try_from(revoked).unwrap_or(u64::MAX),
+            })
+        })
+        .await?;
+    Ok(written.ok())
 }
 
 /// Gives back everything an agent holds (its process is known to be dead).

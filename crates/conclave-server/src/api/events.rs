@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use conclave_core::audience::Viewer;
 use conclave_core::event::Topic;
 use conclave_core::model::{Actor, Event, EventFilter, EventList, EventPayload, NewEvent};
 use futures::Stream;
@@ -19,7 +20,7 @@ use crate::app::App;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery};
 use crate::live::{Received, Subscriber, json_size};
-use crate::ops::{IdempotencyKey, require_admin};
+use crate::ops::{self, IdempotencyKey, require_admin};
 
 const BACKLOG_PAGE: i64 = 500;
 /// The longest `data` accepted for an observation, as JSON text.
@@ -69,11 +70,14 @@ pub async fn record(
     Ok(written.created())
 }
 
+/// The log as `filter` asks, without the message events the caller may not read.
 pub async fn list(
     State(app): State<App>,
+    actor: Actor,
     ApiQuery(filter): ApiQuery<EventFilter>,
 ) -> ApiResult<Json<EventList>> {
-    let events = app.read(move |r| r.events(&filter)).await?;
+    let viewer = ops::viewer(&app, &actor).await?;
+    let events = ops::visible_events(&app, filter, &viewer).await?;
     Ok(Json(EventList { events }))
 }
 
@@ -84,6 +88,7 @@ pub async fn list(
 /// (bytes or events) gets a `lagged` event and the stream ends: it resumes with `Last-Event-ID`.
 pub async fn stream(
     State(app): State<App>,
+    actor: Actor,
     headers: HeaderMap,
     ApiQuery(mut filter): ApiQuery<EventFilter>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
@@ -94,6 +99,7 @@ pub async fn stream(
         })?;
         filter.after = Some(seq);
     }
+    let viewer = ops::viewer(&app, &actor).await?;
     // Subscribe before reading the log's end so that nothing committed in between is missed.
     let receiver = app.subscribe();
     let newest = app.read(|r| r.last_seq()).await?;
@@ -110,6 +116,7 @@ pub async fn stream(
         app: app.clone(),
         receiver,
         filter,
+        viewer,
         last_sent,
         backfill,
         reset,
@@ -158,6 +165,8 @@ struct StreamState {
     app: App,
     receiver: Arc<Subscriber>,
     filter: EventFilter,
+    /// Who reads: message events it may not read are skipped.
+    viewer: Viewer,
     last_sent: i64,
     backfill: bool,
     /// The `Last-Event-ID` past the log's end that a `reset` event answers first.
@@ -192,11 +201,24 @@ impl StreamState {
                 let mut filter = self.filter.clone();
                 filter.after = Some(self.last_sent);
                 let page = self.app.read(move |r| r.events(&filter)).await.ok()?;
-                if page.is_empty() {
-                    self.backfill = false;
-                } else {
-                    self.pending =
-                        within_budget(page, self.app.settings().limits.live_queue.max_bytes);
+                match page.last().map(|event| event.seq) {
+                    None => self.backfill = false,
+                    Some(last) => {
+                        let viewer = &self.viewer;
+                        let readable: Vec<Event> = page
+                            .into_iter()
+                            .filter(|e| viewer.may_read_event(e))
+                            .collect();
+                        if readable.is_empty() {
+                            // A page of nothing readable still moves the stream past it.
+                            self.last_sent = last;
+                        } else {
+                            self.pending = within_budget(
+                                readable,
+                                self.app.settings().limits.live_queue.max_bytes,
+                            );
+                        }
+                    }
                 }
                 continue;
             }
@@ -206,7 +228,9 @@ impl StreamState {
             };
             match received {
                 Received::Event(event) if event.seq <= self.last_sent => {}
-                Received::Event(event) if self.filter.admits(&event) => {
+                Received::Event(event)
+                    if self.filter.admits(&event) && self.viewer.may_read_event(&event) =>
+                {
                     self.last_sent = event.seq;
                     return Some(Next::Event(event));
                 }

@@ -57,6 +57,7 @@ pub async fn list(
 
 pub async fn search(
     State(app): State<App>,
+    actor: Actor,
     ApiQuery(query): ApiQuery<SearchQuery>,
 ) -> ApiResult<Json<SearchResults>> {
     let kinds: Vec<String> = query
@@ -77,6 +78,6 @@ pub async fn search(
             "unknown search kind {bad:?} (expected note, message or task)"
         )));
     }
-    let hits = ops::search(&app, query.q, kinds, query.limit.unwrap_or(20)).await?;
+    let hits = ops::search(&app, &actor, query.q, kinds, query.limit.unwrap_or(20)).await?;
     Ok(Json(SearchResults { hits }))
 }

@@ -5,7 +5,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use conclave_core::model::{Actor, AgentStatus, Health, StatusReport, TaskStatus};
+use conclave_core::model::{Actor, Health, StatusReport};
 
 use crate::app::App;
 use crate::error::ApiResult;
@@ -42,18 +42,10 @@ pub async fn metrics(State(app): State<App>) -> ApiResult<impl IntoResponse> {
     let now = chrono::Utc::now().timestamp_millis();
     let gauges = app
         .read(move |r| {
-            let tasks = r.tasks(None, None)?;
-            let agents = r.agents()?;
             Ok(StateGauges {
-                tasks: TaskStatus::ALL
-                    .iter()
-                    .map(|s| (*s, tasks.iter().filter(|t| t.status == *s).count()))
-                    .collect(),
-                agents: AgentStatus::ALL
-                    .iter()
-                    .map(|s| (*s, agents.iter().filter(|a| a.status == *s).count()))
-                    .collect(),
-                leases: r.leases(now)?.len(),
+                tasks: r.task_status_counts()?,
+                agents: r.agent_status_counts()?,
+                leases: r.live_lease_count(now)?,
                 last_seq: r.last_seq()?,
             })
         })

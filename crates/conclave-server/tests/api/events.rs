@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::TestServer;
 
 /// Reads SSE `data:` payloads from a streaming response until `n` events arrived.
-async fn read_events(response: reqwest::Response, n: usize) -> Vec<Value> {
+pub async fn read_events(response: reqwest::Response, n: usize) -> Vec<Value> {
     let mut stream = response.bytes_stream();
     let mut buffer = String::new();
     let mut events = Vec::new();

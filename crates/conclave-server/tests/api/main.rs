@@ -2,12 +2,14 @@
 
 mod auth;
 mod concurrency;
+mod contract;
 mod dashboard;
 mod errors;
 mod events;
 mod flows;
 mod limits;
 mod mcp;
+mod privacy;
 
 use std::net::SocketAddr;
 
@@ -135,14 +137,22 @@ impl Caller<'_> {
         path: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let mut request = self.request(method, path);
+        let mut request = self.request(method.clone(), path);
         if let Some(body) = body {
             request = request.json(&body);
         }
         let response = request.send().await.expect("send");
         let status = response.status();
+        let is_json = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| value.starts_with("application/json"));
         let text = response.text().await.expect("body");
         let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if is_json {
+            contract::check_response(&method, path, status, &value);
+        }
         (status, value)
     }
 

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::TestServer;
 
-async fn mcp_call(
+pub async fn mcp_call(
     server: &TestServer,
     token: Option<&str>,
     host: &str,
@@ -92,4 +92,34 @@ async fn mcp_tools_work_statelessly_for_an_agent_and_only_for_allowed_hosts() {
         .as_str()
         .unwrap_or_default();
     assert!(text.contains("nobody") && text.contains("status"), "{text}");
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_json_gets_a_json_rpc_parse_error() {
+    let server = TestServer::start().await;
+    let token = server.agent("alice", None).await;
+    let response = server
+        .http
+        .request(Method::POST, format!("{}/mcp", server.base))
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .bearer_auth(&token)
+        .body("{\"jsonrpc\": \"2.0\", \"id\": 1,")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let answer: Value = response.json().await.expect("a JSON-RPC answer");
+    assert_eq!(answer["jsonrpc"], "2.0");
+    assert_eq!(answer["id"], Value::Null);
+    assert_eq!(answer["error"]["code"], -32700, "{answer}");
+    // Without a token, the token is what is refused.
+    let response = server
+        .http
+        .request(Method::POST, format!("{}/mcp", server.base))
+        .body("not json")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 }

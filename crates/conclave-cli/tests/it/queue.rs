@@ -1,0 +1,346 @@
+//! The merge queue (issue 11) with real git: agents registered with worktree isolation, their
+//! worktrees made with conclave-git as the supervisor will, a real `conclave serve` with a
+//! `[merge]` table landing their branches on `conclave/integration`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use conclave_git::{AgentWorktrees, Identity, Repo};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+use crate::support::{As, Server, TestProject, add_agent};
+
+const INTEGRATION: &str = "conclave/integration";
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let output = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.com")
+        .env("GIT_COMMITTER_NAME", "test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.com")
+        .output()
+        .expect("run git");
+    assert!(
+        output.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// A project in a git repository with `a.txt`, `b.txt`, `shared.txt` and `ok` committed, and
+/// a `[merge]` table whose check needs `ok` and records each run in `checks.log` (outside the
+/// repository).
+fn git_project() -> (TestProject, PathBuf) {
+    let project = TestProject::init();
+    let root = project.root();
+    git(&root, &["init", "--quiet", "--initial-branch=main"]);
+    let checks = root.parent().expect("parent").join("checks.log");
+    std::fs::write(
+        root.join("conclave.toml"),
+        format!(
+            "[merge]\ncheck = \"echo run >> {}; test -f ok || {{ echo 'ok is missing'; exit 1; }}\"\ncheck_timeout = \"1m\"\n",
+            checks.display()
+        ),
+    )
+    .expect("config");
+    std::fs::write(root.join(".gitignore"), ".conclave/\n").expect("ignore");
+    for (name, text) in [
+        ("a.txt", "a\n"),
+        ("b.txt", "b\n"),
+        ("shared.txt", "one\ntwo\nthree\n"),
+        ("ok", ""),
+    ] {
+        std::fs::write(root.join(name), text).expect("file");
+    }
+    git(&root, &["add", "--all"]);
+    git(&root, &["commit", "--quiet", "-m", "start"]);
+    (project, checks)
+}
+
+fn worktrees(project: &TestProject) -> AgentWorktrees {
+    let repo = Repo::open(&project.root(), Identity::default()).expect("repo");
+    repo.ensure_integration_branch(INTEGRATION, None)
+        .expect("integration branch");
+    AgentWorktrees::new(repo).expect("worktrees")
+}
+
+/// Registers a worktree agent, and has it claim a new task and switch its worktree to the
+/// task's branch. Answers the agent, the task id and the worktree.
+fn start(
+    project: &TestProject,
+    trees: &AgentWorktrees,
+    agent: &As,
+    title: &str,
+) -> (String, PathBuf) {
+    let id = project.run(&["task", "add", title]).ok();
+    project.run_as(agent, &["task", "claim", &id]).ok();
+    let As::Agent { name, .. } = agent else {
+        panic!("an agent")
+    };
+    let checkout = trees
+        .start_task(name, &id, INTEGRATION)
+        .expect("start task");
+    (id, checkout.path)
+}
+
+fn queue(project: &TestProject) -> Value {
+    project.run(&["queue", "--json"]).json()
+}
+
+fn entry(project: &TestProject, task: &str) -> Value {
+    queue(project)["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .find(|entry| entry["task"] == task)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+fn wait_for_state(project: &TestProject, task: &str, state: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let entry = entry(project, task);
+        if entry["state"] == state {
+            return entry;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{task} never became {state}: {entry}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn task_status(project: &TestProject, task: &str) -> Value {
+    project.run(&["task", "show", task, "--json"]).json()
+}
+
+fn inbox(project: &TestProject, agent: &As) -> String {
+    project.run_as(agent, &["msg", "inbox", "--json"]).ok()
+}
+
+fn check_runs(checks: &Path) -> usize {
+    std::fs::read_to_string(checks)
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
+#[test]
+fn branches_land_after_the_check_and_a_conflict_or_a_failing_check_goes_back_to_the_agent() {
+    let (project, checks) = git_project();
+    let server = Server::start(&project);
+    let alice = add_agent(&project, "alice", &["--isolation", "worktree"]);
+    let bob = add_agent(&project, "bob", &["--isolation", "worktree"]);
+    let trees = worktrees(&project);
+
+    // Different files: both land, the check runs for each, the tasks are done.
+    let (t1, alice_tree) = start(&project, &trees, &alice, "change a");
+    let (t2, bob_tree) = start(&project, &trees, &bob, "change b");
+    // Alice leaves her work uncommitted (the queue commits it); Bob commits his own.
+    std::fs::write(alice_tree.join("a.txt"), "a by alice\n").expect("write");
+    std::fs::write(bob_tree.join("b.txt"), "b by bob\n").expect("write");
+    git(&bob_tree, &["commit", "--quiet", "-am", "bob's change"]);
+    project
+        .run_as(&alice, &["task", "done", &t1, "--summary", "a changed"])
+        .ok();
+    project.run_as(&bob, &["task", "done", &t2]).ok();
+    wait_for_state(&project, &t1, "landed");
+    wait_for_state(&project, &t2, "landed");
+    for task in [&t1, &t2] {
+        let shown = task_status(&project, task);
+        assert_eq!(shown["status"], "done", "{shown}");
+    }
+    assert_eq!(
+        task_status(&project, &t1)["result"],
+        "a changed",
+        "the summary given with done is the result"
+    );
+    let root = project.root();
+    assert_eq!(
+        git(&root, &["show", &format!("{INTEGRATION}:a.txt")]),
+        "a by alice"
+    );
+    assert_eq!(
+        git(&root, &["show", &format!("{INTEGRATION}:b.txt")]),
+        "b by bob"
+    );
+    assert_eq!(check_runs(&checks), 2, "one check per landing");
+    // The user's own branch and files are untouched.
+    assert_eq!(
+        std::fs::read_to_string(root.join("a.txt")).expect("a"),
+        "a\n"
+    );
+
+    // The same lines: the first lands, the second goes back with the conflict.
+    let (t3, alice_tree) = start(&project, &trees, &alice, "shared by alice");
+    let (t4, bob_tree) = start(&project, &trees, &bob, "shared by bob");
+    std::fs::write(alice_tree.join("shared.txt"), "ONE alice\ntwo\nthree\n").expect("write");
+    std::fs::write(bob_tree.join("shared.txt"), "ONE bob\ntwo\nthree\n").expect("write");
+    project.run_as(&alice, &["task", "done", &t3]).ok();
+    wait_for_state(&project, &t3, "landed");
+    project.run_as(&bob, &["task", "done", &t4]).ok();
+    let sent_back = wait_for_state(&project, &t4, "sent_back");
+    let outcome = sent_back["outcome"].as_str().expect("outcome");
+    assert!(
+        outcome.contains("shared.txt") && outcome.contains("ONE bob"),
+        "{outcome}"
+    );
+    let back = task_status(&project, &t4);
+    assert_eq!(back["status"], "in_progress", "{back}");
+    assert_eq!(back["assignee"], "bob");
+    assert!(
+        back["result"]
+            .as_str()
+            .is_some_and(|r| r.contains("shared.txt")),
+        "{back}"
+    );
+    let messages = inbox(&project, &bob);
+    assert!(
+        messages.contains("conflicts") && messages.contains("shared.txt"),
+        "{messages}"
+    );
+    assert_eq!(check_runs(&checks), 3, "no check runs for a conflict");
+    // Bob merges the integration branch in, resolves, and finishes again: it lands.
+    let merged = Command::new("git")
+        .args(["merge", "--quiet", "--no-edit", INTEGRATION])
+        .current_dir(&bob_tree)
+        .env("GIT_AUTHOR_NAME", "bob")
+        .env("GIT_AUTHOR_EMAIL", "bob@example.com")
+        .env("GIT_COMMITTER_NAME", "bob")
+        .env("GIT_COMMITTER_EMAIL", "bob@example.com")
+        .output()
+        .expect("merge");
+    assert!(!merged.status.success(), "the merge should conflict");
+    std::fs::write(
+        bob_tree.join("shared.txt"),
+        "ONE alice and bob\ntwo\nthree\n",
+    )
+    .expect("resolve");
+    git(&bob_tree, &["add", "shared.txt"]);
+    git(&bob_tree, &["commit", "--quiet", "--no-edit"]);
+    project.run_as(&bob, &["task", "done", &t4]).ok();
+    wait_for_state(&project, &t4, "landed");
+    assert_eq!(task_status(&project, &t4)["status"], "done");
+    assert_eq!(
+        git(&root, &["show", &format!("{INTEGRATION}:shared.txt")]),
+        "ONE alice and bob\ntwo\nthree"
+    );
+
+    // A failing check blocks the landing and reaches the agent with its output.
+    let before = git(&root, &["rev-parse", INTEGRATION]);
+    let (t5, alice_tree) = start(&project, &trees, &alice, "remove ok");
+    std::fs::remove_file(alice_tree.join("ok")).expect("remove");
+    project.run_as(&alice, &["task", "done", &t5]).ok();
+    let failed = wait_for_state(&project, &t5, "sent_back");
+    assert!(
+        failed["outcome"]
+            .as_str()
+            .is_some_and(|o| o.contains("ok is missing")),
+        "{failed}"
+    );
+    assert_eq!(
+        git(&root, &["rev-parse", INTEGRATION]),
+        before,
+        "nothing that failed the check reaches the integration branch"
+    );
+    assert_eq!(task_status(&project, &t5)["status"], "in_progress");
+    assert!(inbox(&project, &alice).contains("ok is missing"));
+
+    // Pause, skip, retry, merge by hand and resume, from the CLI.
+    project.run(&["queue", "pause"]).ok();
+    std::fs::write(alice_tree.join("ok"), "").expect("restore");
+    std::fs::write(alice_tree.join("a.txt"), "a again\n").expect("write");
+    project.run_as(&alice, &["task", "done", &t5]).ok();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        entry(&project, &t5)["state"],
+        "queued",
+        "paused: nothing lands"
+    );
+    assert_eq!(queue(&project)["paused"], true);
+    let skipped = project.run(&["queue", "skip", &t5, "--json"]).json();
+    assert_eq!(skipped["state"], "skipped");
+    assert_eq!(task_status(&project, &t5)["status"], "in_progress");
+    let retried = project.run(&["queue", "retry", &t5, "--json"]).json();
+    assert_eq!(retried["state"], "queued");
+    assert_eq!(task_status(&project, &t5)["status"], "review");
+    let merged = project.run(&["queue", "merge", &t5, "--json"]).json();
+    assert_eq!(merged["state"], "landed", "{merged}");
+    assert_eq!(task_status(&project, &t5)["status"], "done");
+    project.run(&["queue", "resume"]).ok();
+    assert_eq!(queue(&project)["paused"], false);
+    drop(server);
+}
+
+#[test]
+fn an_entry_left_merging_by_a_crash_is_retried_at_start_up_and_lands_once() {
+    let (project, _checks) = git_project();
+    let server = Server::start(&project);
+    let alice = add_agent(&project, "alice", &["--isolation", "worktree"]);
+    let trees = worktrees(&project);
+    project.run(&["queue", "pause"]).ok();
+    let (t1, tree) = start(&project, &trees, &alice, "change a");
+    std::fs::write(tree.join("a.txt"), "a by alice\n").expect("write");
+    git(&tree, &["commit", "--quiet", "-am", "alice's change"]);
+    project.run_as(&alice, &["task", "done", &t1]).ok();
+    assert_eq!(entry(&project, &t1)["state"], "queued");
+    assert_eq!(server.stop_with(Signal::SIGKILL), None);
+
+    // As if the server died after the integration branch moved but before it recorded that:
+    // the entry says merging and the branch is already in.
+    let root = project.root();
+    let branch = format!("conclave/{t1}");
+    let old = git(&root, &["rev-parse", INTEGRATION]);
+    let tree_id = git(&root, &["rev-parse", &format!("{branch}^{{tree}}")]);
+    let merge = git(
+        &root,
+        &[
+            "commit-tree",
+            "-p",
+            &old,
+            "-p",
+            &branch,
+            "-m",
+            "landed before the crash",
+            &tree_id,
+        ],
+    );
+    git(
+        &root,
+        &[
+            "update-ref",
+            &format!("refs/heads/{INTEGRATION}"),
+            &merge,
+            &old,
+        ],
+    );
+    let db = rusqlite::Connection::open(project.state_dir().join("conclave.db")).expect("db");
+    db.execute_batch(
+        "UPDATE merge_queue SET state = 'merging';
+         UPDATE merge_queue_control SET paused = 0;",
+    )
+    .expect("leave it merging");
+    drop(db);
+
+    let _server = Server::start_logging(&project, "server2.log");
+    let landed = wait_for_state(&project, &t1, "landed");
+    assert!(
+        landed["outcome"]
+            .as_str()
+            .is_some_and(|o| o.contains("already on")),
+        "{landed}"
+    );
+    assert_eq!(task_status(&project, &t1)["status"], "done");
+    assert_eq!(
+        git(&root, &["rev-parse", INTEGRATION]),
+        merge,
+        "the branch is not merged a second time"
+    );
+}

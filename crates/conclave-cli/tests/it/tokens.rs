@@ -1,0 +1,70 @@
+//! `conclave agent tokens` and `agent revoke`: an agent's tokens listed by id, and revoked one at a
+//! time or all at once; a revoked token is refused from then on.
+
+use crate::support::{As, Server, TestProject, add_agent};
+
+fn token_ids(project: &TestProject, name: &str) -> Vec<String> {
+    let list = project.run(&["agent", "tokens", name, "--json"]).json();
+    assert_eq!(list["agent"], name);
+    list["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .map(|token| token["id"].as_str().expect("id").to_string())
+        .collect()
+}
+
+#[test]
+fn tokens_are_listed_by_id_and_revoked_one_or_all() {
+    let project = TestProject::init();
+    let _server = Server::start(&project);
+    let first = add_agent(&project, "alice", &[]);
+    let second_token = project.run(&["agent", "token", "alice"]).ok();
+    let second = As::agent("alice", &second_token);
+
+    let ids = token_ids(&project, "alice");
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    // The listing names tokens; it never shows one.
+    let table = project.run(&["agent", "tokens", "alice"]).ok();
+    assert!(
+        table.contains(&ids[0]) && table.contains(&ids[1]),
+        "{table}"
+    );
+    assert!(!table.contains(&second_token), "{table}");
+
+    // Both work; revoking one by id leaves exactly the other working.
+    project.run_as(&first, &["task", "list"]).ok();
+    project.run_as(&second, &["task", "list"]).ok();
+    project
+        .run(&["agent", "revoke", "alice", "--token-id", &ids[0]])
+        .ok();
+    let working: Vec<&As> = [&first, &second]
+        .into_iter()
+        .filter(|who| project.run_as(who, &["task", "list"]).code == 0)
+        .collect();
+    assert_eq!(working.len(), 1);
+    let remaining = working[0].clone();
+    assert_eq!(token_ids(&project, "alice").len(), 1);
+
+    // An unknown id is an error, and so is revoking for an agent that does not exist.
+    let stderr = project
+        .run(&["agent", "revoke", "alice", "--token-id", "abcdef123456"])
+        .fails_with(1)
+        .to_string();
+    assert!(stderr.contains("abcdef123456"), "{stderr}");
+    project.run(&["agent", "revoke", "nobody"]).fails_with(1);
+
+    // Without an id: all of them.
+    project.run(&["agent", "revoke", "alice"]).ok();
+    project.run_as(&remaining, &["task", "list"]).fails_with(1);
+    assert!(token_ids(&project, "alice").is_empty());
+
+    // Only the admin lists or revokes tokens.
+    let bob = add_agent(&project, "bob", &[]);
+    project
+        .run_as(&bob, &["agent", "tokens", "bob"])
+        .fails_with(1);
+    project
+        .run_as(&bob, &["agent", "revoke", "bob"])
+        .fails_with(1);
+}

@@ -1,0 +1,592 @@
+//! Group commit: concurrent writes share one transaction and one commit.
+//!
+//! Callers queue for the single write connection in arrival order. The caller that finds no
+//! transaction open begins one (a "batch"); every caller runs its own operation inside a
+//! savepoint of the open batch, so an operation that fails rolls back alone and leaves no row and
+//! no event. A caller that finishes while others are queued hands them the connection and waits;
+//! the caller that finishes with nobody queued (or the batch full) commits the batch once, hands
+//! its events to the sink in sequence order while it still holds the connection, and only then
+//! wakes every member with the outcome: no answer leaves before its commit.
+//!
+//! Nobody waits for company. A caller that finds the queue empty runs and commits at once; there
+//! is no timer anywhere in this module, and batches form only from callers who were already
+//! waiting for the connection.
+//!
+//! Each caller runs its operation on its own thread rather than handing it to a writer thread:
+//! operations borrow from their callers (`Store::write` takes any `FnOnce`), and moving a
+//! borrowing closure to another thread would take `unsafe` (forbidden in this workspace) or
+//! `'static` closures at every call site. Running in place also spares a lone caller two thread
+//! hand-offs. One thread at a time owns the connection all the same: the one whose turn it is.
+
+use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::sync::{Arc, Condvar, Mutex};
+
+use chrono::Utc;
+use rusqlite::Connection;
+
+use super::{StoreConfig, Tx, lock};
+use crate::error::{CoreError, Result};
+use crate::model::Event;
+
+/// Operations one transaction may hold: bounds how long the first member of a busy batch waits.
+const MAX_BATCH_OPERATIONS: usize = 64;
+
+/// How many transactions committed and how many operations they held.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Transactions that committed.
+    pub commits: u64,
+    /// Operations that committed (their answer was `Ok`), across all those transactions.
+    pub operations: u64,
+    /// Operations refused (rolled back to their savepoint), which wrote nothing.
+    pub refused: u64,
+}
+
+/// The single write connection and the queue of callers waiting for it.
+pub(super) struct WriteLane {
+    state: Mutex<LaneState>,
+}
+
+struct LaneState {
+    /// The connection while nobody runs an operation on it (`None` while someone does).
+    conn: Option<Connection>,
+    /// The transaction in progress, if any.
+    batch: Option<OpenBatch>,
+    /// Callers waiting for the connection, in arrival order, each woken through its own condvar.
+    queue: VecDeque<Arc<Condvar>>,
+    stats: CommitStats,
+}
+
+struct OpenBatch {
+    outcome: Arc<BatchOutcome>,
+    /// Events of the operations that succeeded so far, in sequence order.
+    events: Vec<Event>,
+    operations: usize,
+    refused: usize,
+    /// Set when the transaction cannot go on (a savepoint could not be undone, or SQLite rolled
+    /// the whole transaction back): the batch then ends at once and rolls back.
+    broken: Option<String>,
+}
+
+/// How a batch ended, for every member to read once it is set.
+struct BatchOutcome {
+    result: Mutex<Option<std::result::Result<(), CommitFailure>>>,
+    done: Condvar,
+}
+
+/// Why a batch did not commit. `rusqlite::Error` cannot be cloned, so each member gets its own
+/// error rebuilt from this.
+#[derive(Debug, Clone)]
+struct CommitFailure {
+    code: Option<rusqlite::ffi::Error>,
+    message: String,
+}
+
+impl CommitFailure {
+    fn from_error(error: &rusqlite::Error) -> Self {
+        let code = match error {
+            rusqlite::Error::SqliteFailure(code, _) => Some(*code),
+            _ => None,
+        };
+        CommitFailure {
+            code,
+            message: error.to_string(),
+        }
+    }
+
+    fn to_error(&self) -> CoreError {
+        let code = self
+            .code
+            .unwrap_or_else(|| rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR));
+        CoreError::Storage(rusqlite::Error::SqliteFailure(
+            code,
+            Some(format!(
+                "the transaction holding this change did not commit: {}",
+                self.message
+            )),
+        ))
+    }
+}
+
+/// What one operation came to, before its batch ends.
+enum Ran<T> {
+    Done(T),
+    Refused(CoreError),
+    Panicked(Box<dyn std::any::Any + Send>),
+}
+
+impl WriteLane {
+    pub(super) fn new(conn: Connection) -> Self {
+        WriteLane {
+            state: Mutex::new(LaneState {
+                conn: Some(conn),
+                batch: None,
+                queue: VecDeque::new(),
+                stats: CommitStats::default(),
+            }),
+        }
+    }
+
+    pub(super) fn stats(&self) -> CommitStats {
+        lock(&self.state).stats
+    }
+
+    /// Callers waiting for the connection right now (tests use it to line callers up).
+    #[cfg(test)]
+    pub(super) fn queued(&self) -> usize {
+        lock(&self.state).queue.len()
+    }
+
+    /// Runs `change` in a savepoint of the open batch (opening one if none is), and answers once
+    /// the batch has committed. `publish` receives the batch's events after the commit, in
+    /// sequence order, before any member is answered.
+    pub(super) fn write<T>(
+        &self,
+        config: &StoreConfig,
+        publish: &dyn Fn(&[Event]),
+        change: impl FnOnce(&mut Tx<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let (conn, outcome, opens) = self.take_turn();
+        let (conn, ran, events, broken) = run_operation(conn, opens, config, change);
+        let ends_batch = {
+            let mut state = lock(&self.state);
+            let LaneState {
+                conn: slot,
+                batch,
+                queue,
+                ..
+            } = &mut *state;
+            let Some(open) = batch.as_mut() else {
+                // Unreachable: the batch stays open while its member holds the connection.
+                *slot = Some(conn);
+                return Err(CoreError::invalid("the write batch vanished"));
+            };
+            match &ran {
+                Ran::Done(_) => open.events.extend(events),
+                Ran::Refused(_) | Ran::Panicked(_) => open.refused += 1,
+            }
+            open.operations += 1;
+            if let Some(reason) = broken {
+                open.broken.get_or_insert(reason);
+            }
+            let hand_over = open.broken.is_none()
+                && !queue.is_empty()
+                && open.operations < MAX_BATCH_OPERATIONS;
+            if hand_over {
+                *slot = Some(conn);
+                if let Some(next) = queue.front() {
+                    next.notify_one();
+                }
+                None
+            } else {
+                batch.take().map(|batch| (conn, batch))
+            }
+        };
+        if let Some((conn, batch)) = ends_batch {
+            self.end_batch(conn, batch, publish);
+        }
+        let result = outcome.wait();
+        match ran {
+            Ran::Panicked(payload) => resume_unwind(payload),
+            Ran::Done(value) => match result {
+                Ok(()) => Ok(value),
+                Err(failure) => Err(failure.to_error()),
+            },
+            // A refusal may rest on a batch-mate's uncommitted change: if that change did not
+            // commit either, the refusal is not trustworthy and the storage error is the answer.
+            Ran::Refused(error) => match result {
+                Ok(()) => Err(error),
+                Err(failure) => Err(failure.to_error()),
+            },
+        }
+    }
+
+    /// Waits until the connection is free and this caller is first in line; returns it with the
+    /// outcome of the batch this caller joins and whether this caller opens that batch.
+    fn take_turn(&self) -> (Connection, Arc<BatchOutcome>, bool) {
+        let mut state = lock(&self.state);
+        if !(state.queue.is_empty() && state.conn.is_some()) {
+            let turn = Arc::new(Condvar::new());
+            state.queue.push_back(Arc::clone(&turn));
+            while !(state.conn.is_some()
+                && state
+                    .queue
+                    .front()
+                    .is_some_and(|first| Arc::ptr_eq(first, &turn)))
+            {
+                state = turn
+                    .wait(state)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+            state.queue.pop_front();
+        }
+        let opens = state.batch.is_none();
+        let outcome = match &state.batch {
+            Some(open) => Arc::clone(&open.outcome),
+            None => {
+                let outcome = Arc::new(BatchOutcome {
+                    result: Mutex::new(None),
+                    done: Condvar::new(),
+                });
+                state.batch = Some(OpenBatch {
+                    outcome: Arc::clone(&outcome),
+                    events: Vec::new(),
+                    operations: 0,
+                    refused: 0,
+                    broken: None,
+                });
+                outcome
+            }
+        };
+        match state.conn.take() {
+            Some(conn) => (conn, outcome, opens),
+            // The loop above waits until the connection is there; the fast path checked it.
+            None => unreachable!("the write connection is free when a turn is taken"),
+        }
+    }
+
+    /// Commits (or, when broken, rolls back) `batch`, publishes its events, answers its members,
+    /// and gives the connection to the next caller in line.
+    fn end_batch(&self, conn: Connection, batch: OpenBatch, publish: &dyn Fn(&[Event])) {
+        let OpenBatch {
+            outcome,
+            events,
+            operations,
+            refused,
+            broken,
+        } = batch;
+        let result = match broken {
+            Some(reason) => {
+                rollback(&conn);
+                Err(CommitFailure {
+                    code: None,
+                    message: reason,
+                })
+            }
+            None => match conn.execute_batch("COMMIT") {
+                Ok(()) => Ok(()),
+                Err(error) => {
+                    rollback(&conn);
+                    Err(CommitFailure::from_error(&error))
+                }
+            },
+        };
+        // Published while this thread still holds the connection, so that subscribers see events
+        // in sequence order across batches too. The sink must not block (the server's is a
+        // broadcast send); a panic in it must not take the connection down with it.
+        let sink_panic = if result.is_ok() && !events.is_empty() {
+            catch_unwind(AssertUnwindSafe(|| publish(&events))).err()
+        } else {
+            None
+        };
+        outcome.finish(result.clone());
+        let mut state = lock(&self.state);
+        if result.is_ok() {
+            state.stats.commits += 1;
+            state.stats.operations += (operations - refused) as u64;
+        }
+        state.stats.refused += refused as u64;
+        state.conn = Some(conn);
+        if let Some(next) = state.queue.front() {
+            next.notify_one();
+        }
+        drop(state);
+        if let Some(payload) = sink_panic {
+            resume_unwind(payload);
+        }
+    }
+}
+
+impl BatchOutcome {
+    fn finish(&self, result: std::result::Result<(), CommitFailure>) {
+        *lock(&self.result) = Some(result);
+        self.done.notify_all();
+    }
+
+    fn wait(&self) -> std::result::Result<(), CommitFailure> {
+        let mut result = lock(&self.result);
+        loop {
+            if let Some(result) = result.as_ref() {
+                return result.clone();
+            }
+            result = self
+                .done
+                .wait(result)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+}
+
+/// What [`run_operation`] gives back: the connection, what the operation came to, its events
+/// (when it succeeded), and why the batch cannot go on, if so.
+type Outcome<T> = (Connection, Ran<T>, Vec<Event>, Option<String>);
+
+/// Runs one operation in a savepoint, opening the batch's transaction first when `opens`.
+fn run_operation<T>(
+    conn: Connection,
+    opens: bool,
+    config: &StoreConfig,
+    change: impl FnOnce(&mut Tx<'_>) -> Result<T>,
+) -> Outcome<T> {
+    if opens {
+        // IMMEDIATE: take the database's write lock now, so that another process writing the
+        // same database makes this wait (busy timeout) instead of failing half-way.
+        if let Err(error) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let reason = error.to_string();
+            return (conn, Ran::Refused(error.into()), Vec::new(), Some(reason));
+        }
+    }
+    if let Err(error) = conn.execute_batch("SAVEPOINT operation") {
+        let reason = error.to_string();
+        return (conn, Ran::Refused(error.into()), Vec::new(), Some(reason));
+    }
+    let mut tx = Tx {
+        conn: &conn,
+        now: Utc::now(),
+        config,
+        events: Vec::new(),
+    };
+    let result = catch_unwind(AssertUnwindSafe(|| change(&mut tx)));
+    let events = std::mem::take(&mut tx.events);
+    let ran = match result {
+        Ok(Ok(value)) => match conn.execute_batch("RELEASE operation") {
+            Ok(()) => return (conn, Ran::Done(value), events, None),
+            Err(error) => Ran::Refused(error.into()),
+        },
+        Ok(Err(error)) => Ran::Refused(error),
+        Err(payload) => Ran::Panicked(payload),
+    };
+    let broken = undo_operation(&conn);
+    (conn, ran, Vec::new(), broken)
+}
+
+/// Rolls the current operation back to its savepoint; returns why the batch cannot go on when
+/// that fails or when SQLite has already rolled the whole transaction back (after an I/O or
+/// out-of-memory error, for instance).
+fn undo_operation(conn: &Connection) -> Option<String> {
+    if conn.is_autocommit() {
+        return Some("SQLite rolled the transaction back".to_string());
+    }
+    match conn.execute_batch("ROLLBACK TO operation; RELEASE operation") {
+        Ok(()) => None,
+        Err(error) => Some(format!("could not undo a refused change: {error}")),
+    }
+}
+
+/// Ends the transaction without committing, if one is still open.
+fn rollback(conn: &Connection) {
+    if !conn.is_autocommit()
+        && let Err(error) = conn.execute_batch("ROLLBACK")
+    {
+        tracing::error!(%error, "could not roll a failed write batch back");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::model::{Actor, EventPayload, NewTask, TaskId};
+    use crate::store::{Store, StoreConfig};
+
+    /// A store on a file (so reads go through the read-only pool and see only what committed),
+    /// with a sink that records what it is given.
+    fn store_with_sink() -> (tempfile::TempDir, Store, Arc<Mutex<Vec<Event>>>) {
+        let dir = tempfile::tempdir().expect("dir");
+        let store =
+            Store::open(&dir.path().join("db.sqlite"), StoreConfig::default()).expect("open");
+        let published = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&published);
+        store.set_event_sink(Arc::new(move |events: &[Event]| {
+            lock(&sink).extend(events.iter().cloned());
+        }));
+        (dir, store, published)
+    }
+
+    fn new_task(title: &str) -> NewTask {
+        NewTask {
+            title: title.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Creates a task; the caller then checks, through a read-only connection, that the task is
+    /// there as soon as the answer is: the answer came after the commit.
+    fn create_and_check(store: &Store, title: &str) -> Result<TaskId> {
+        let id = store
+            .write(|tx| tx.create_task(&Actor::Admin, new_task(title)))?
+            .id;
+        let seen = store.read(|r| r.find_task(id))?;
+        assert!(seen.is_some(), "{title} answered before its commit");
+        Ok(id)
+    }
+
+    fn wait_until_queued(store: &Store, count: usize) {
+        while store.inner.writer.queued() < count {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Four writes that meet at the connection share one transaction: the refused one leaves no
+    /// row and no event, the others commit together, and the sink gets their events in sequence
+    /// order.
+    #[test]
+    fn a_batch_commits_once_and_a_refused_operation_in_it_writes_nothing() {
+        let (_dir, store, published) = store_with_sink();
+        let before = store.commit_stats();
+        let (entered_tx, entered) = mpsc::channel();
+        let (go_tx, go) = mpsc::channel::<()>();
+        std::thread::scope(|scope| {
+            let writer = &store;
+            let first = scope.spawn(move || {
+                writer.write(|tx| {
+                    let task = tx.create_task(&Actor::Admin, new_task("first"))?;
+                    entered_tx.send(()).expect("signal");
+                    // Holds the connection until the others have queued behind it.
+                    go.recv().expect("go");
+                    Ok(task.id)
+                })
+            });
+            entered.recv().expect("first is running");
+            let second = scope.spawn(|| create_and_check(&store, "second"));
+            wait_until_queued(&store, 1);
+            let refused = scope.spawn(|| {
+                store.write(|tx| {
+                    tx.create_task(&Actor::Admin, new_task("refused"))?;
+                    Err::<(), _>(CoreError::conflict("refused on purpose"))
+                })
+            });
+            wait_until_queued(&store, 2);
+            let third = scope.spawn(|| create_and_check(&store, "third"));
+            wait_until_queued(&store, 3);
+            go_tx.send(()).expect("go");
+
+            first.join().expect("first").expect("first commits");
+            second.join().expect("second").expect("second commits");
+            let error = refused.join().expect("refused").expect_err("refused");
+            assert_eq!(error.code(), "conflict");
+            third.join().expect("third").expect("third commits");
+        });
+        let after = store.commit_stats();
+        assert_eq!(
+            after.commits - before.commits,
+            1,
+            "one commit for the batch"
+        );
+        assert_eq!(after.operations - before.operations, 3);
+        assert_eq!(after.refused - before.refused, 1);
+
+        let titles: Vec<String> = store
+            .read(|r| r.tasks(None, None))
+            .expect("tasks")
+            .into_iter()
+            .map(|task| task.title)
+            .collect();
+        assert_eq!(titles, ["first", "second", "third"]);
+        let logged = store
+            .read(|r| r.events(&Default::default()))
+            .expect("events");
+        let published = lock(&published).clone();
+        // Each creation logs `task.created` and `task.ready`; the refused one logged nothing.
+        assert_eq!(published.len(), 6, "{published:?}");
+        assert_eq!(
+            published.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            logged.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            "the sink got exactly the logged events, in sequence order"
+        );
+        assert!(published.windows(2).all(|pair| pair[0].seq < pair[1].seq));
+        let created: Vec<&str> = published
+            .iter()
+            .filter_map(|event| match &event.payload {
+                EventPayload::TaskCreated(created) => Some(created.title.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(created, ["first", "second", "third"]);
+    }
+
+    /// A caller that finds nobody waiting commits alone, at once: every sequential write is its
+    /// own commit (no batching window could have gathered anything, and nothing waited for one).
+    #[test]
+    fn a_lone_caller_commits_alone() {
+        let (_dir, store, published) = store_with_sink();
+        let before = store.commit_stats();
+        for n in 0..20 {
+            create_and_check(&store, &format!("task {n}")).expect("create");
+            assert_eq!(store.inner.writer.queued(), 0);
+        }
+        let after = store.commit_stats();
+        assert_eq!(after.commits - before.commits, 20);
+        assert_eq!(after.operations - before.operations, 20);
+        assert_eq!(lock(&published).len(), 40, "two events per task");
+    }
+
+    /// An operation that panics rolls back alone; the connection comes back to the store and the
+    /// batch it was in still commits the others.
+    #[test]
+    fn a_panicking_operation_rolls_back_and_the_store_goes_on() {
+        let (_dir, store, _published) = store_with_sink();
+        let (entered_tx, entered) = mpsc::channel();
+        let (go_tx, go) = mpsc::channel::<()>();
+        std::thread::scope(|scope| {
+            let writer = &store;
+            let first = scope.spawn(move || {
+                writer.write(|tx| {
+                    let task = tx.create_task(&Actor::Admin, new_task("kept"))?;
+                    entered_tx.send(()).expect("signal");
+                    go.recv().expect("go");
+                    Ok(task.id)
+                })
+            });
+            entered.recv().expect("first is running");
+            let panicking = scope.spawn(|| {
+                store.write(|tx| -> Result<()> {
+                    tx.create_task(&Actor::Admin, new_task("lost"))?;
+                    panic!("an operation panics");
+                })
+            });
+            wait_until_queued(&store, 1);
+            go_tx.send(()).expect("go");
+            first.join().expect("first").expect("first commits");
+            assert!(panicking.join().is_err(), "the panic reaches its caller");
+        });
+        create_and_check(&store, "after").expect("the store still writes");
+        let titles: Vec<String> = store
+            .read(|r| r.tasks(None, None))
+            .expect("tasks")
+            .into_iter()
+            .map(|task| task.title)
+            .collect();
+        assert_eq!(titles, ["kept", "after"]);
+    }
+
+    /// Many concurrent writers: every answer is a commit, sequence numbers are gap-free and the
+    /// sink sees them in order, and at least some writes shared a commit.
+    #[test]
+    fn concurrent_writes_keep_every_guarantee() {
+        let (_dir, store, published) = store_with_sink();
+        let before = store.commit_stats();
+        std::thread::scope(|scope| {
+            for thread in 0..8 {
+                let store = &store;
+                scope.spawn(move || {
+                    for n in 0..25 {
+                        create_and_check(store, &format!("t{thread}-{n}")).expect("create");
+                    }
+                });
+            }
+        });
+        let after = store.commit_stats();
+        assert_eq!(after.operations - before.operations, 200);
+        assert!(after.commits - before.commits <= 200);
+        let seqs: Vec<i64> = lock(&published).iter().map(|e| e.seq).collect();
+        assert_eq!(seqs.len(), 400, "two events per task");
+        assert!(
+            seqs.windows(2).all(|pair| pair[1] == pair[0] + 1),
+            "{seqs:?}"
+        );
+    }
+}
