@@ -16,10 +16,12 @@
 //!   the one reader of it (`conclave attach` uses it too), and the rotated raw copy kept at
 //!   `.conclave/agents/NAME/stream.jsonl`.
 //! - [`wake`]: the user message that wakes an idle agent, quoting what arrived (bounded).
+//! - [`loop_run`]: `conclave loop`, a fresh client per iteration until a check passes.
 //! - [`follow`]: the server's event stream, resumed after the last event seen.
 
 pub mod agent_files;
 pub mod follow;
+pub mod loop_run;
 pub mod machine;
 pub mod plan;
 pub mod process;
