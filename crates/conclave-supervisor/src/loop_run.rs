@@ -45,6 +45,8 @@ const CHECK_TAIL_LINES: usize = 20;
 const MAX_RESULT_CHARS: usize = 2000;
 /// Tasks listed in the summary, per status.
 const MAX_TASKS_LISTED: usize = 20;
+/// Iterations in a row whose client gave no result before the loop gives up (exit 7).
+const MAX_FAILED_IN_A_ROW: usize = 3;
 /// How long an interrupted client gets to end after SIGINT before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -192,10 +194,12 @@ pub async fn run_loop(
         )
         .await;
         seen_seq = last_seq;
-        if report.ran && !report.interrupted {
-            if let Some(check) = &options.until {
-                report.check = Some(run_check(check, project.root(), options.check_timeout).await);
-            }
+        if let Some(check) = options
+            .until
+            .as_deref()
+            .filter(|_| report.ran && !report.interrupted)
+        {
+            report.check = Some(run_check(check, project.root(), options.check_timeout).await);
         }
         record_iteration(admin, &options.agent, &report).await;
         on_iteration(&report);
@@ -207,14 +211,16 @@ pub async fn run_loop(
         if interrupted {
             break LoopEnd::Interrupted;
         }
-        if !ran {
-            // A client that cannot start or answer now will not do better next time
-            // (missing binary, not logged in): stop rather than spin.
-            if iterations.iter().all(|it| !it.ran) {
-                break LoopEnd::CouldNotRun(
-                    failure.unwrap_or_else(|| "the client gave no result".into()),
-                );
-            }
+        // A client that cannot start or answer (missing binary, not logged in) will not do
+        // better next time: stop rather than spin, at once when nothing ever ran, else after a
+        // few failures in a row (one may be a passing hiccup).
+        let recent = iterations.iter().rev().take(MAX_FAILED_IN_A_ROW);
+        let never_ran = iterations.iter().all(|it| !it.ran);
+        let failing = iterations.len() >= MAX_FAILED_IN_A_ROW && recent.clone().all(|it| !it.ran);
+        if !ran && (never_ran || failing) {
+            break LoopEnd::CouldNotRun(
+                failure.unwrap_or_else(|| "the client gave no result".into()),
+            );
         }
         if passed {
             break LoopEnd::CheckPassed;
