@@ -179,3 +179,67 @@ async fn loop_exits_7_when_no_iteration_can_run() -> Result<()> {
     ensure!(stderr.contains("no iteration could run"), "{stderr}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_the_running_iteration_records_it_and_exits_130() -> Result<()> {
+    let _serial = serial().await;
+    let Some(claude) = claude_or_skip() else {
+        return Ok(());
+    };
+    let team = Team::start().await?;
+    // The model takes far longer than the test waits: only the interrupt can end it.
+    let script = Script::new().agent_fn(&api_key("loop"), |_: &RecordedRequest| {
+        Reply::text("Thinking...").with_delay(std::time::Duration::from_secs(60))
+    });
+    let stand_in = StandIn::start(script).await?;
+    let env = CliEnv::new(&stand_in.url(), &api_key("loop"))?;
+    std::fs::write(team.path("prompt.md"), "Think.\n")?;
+    let mut command = env.command(Path::new(BIN));
+    command
+        .args([
+            "loop",
+            "--prompt",
+            "prompt.md",
+            "--until",
+            "false",
+            "--max",
+            "3",
+        ])
+        .current_dir(team.root())
+        .env("CONCLAVE_CLAUDE_BIN", &claude)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let child = command.spawn()?;
+    let pid = child.id().context("no pid")?;
+    stand_in
+        .stand_in()
+        .wait_for("the first model call", AGENT_TIMEOUT, |requests| {
+            requests
+                .iter()
+                .any(|r| r.api_key() == Some(&api_key("loop")))
+        })
+        .await?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid)?),
+        nix::sys::signal::Signal::SIGINT,
+    )?;
+    let output = tokio::time::timeout(AGENT_TIMEOUT, child.wait_with_output())
+        .await
+        .context("conclave loop did not stop after Ctrl-C")??;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        output.status.code() == Some(130),
+        "{:?}: {stderr}",
+        output.status
+    );
+    ensure!(stderr.contains("interrupted: 1 iteration"), "{stderr}");
+    let events = events(&team).await?;
+    let iterations = iterations(&events);
+    ensure!(iterations.len() == 1, "iterations: {iterations:?}");
+    ensure!(
+        iterations[0]["data"]["outcome"] == "interrupted",
+        "{:?}",
+        iterations[0]
+    );
+    Ok(())
+}
