@@ -10,6 +10,7 @@
 mod demo;
 mod loop_cmd;
 mod outages;
+mod outcomes;
 mod readme_team;
 mod signals;
 mod supervisor;
