@@ -243,3 +243,29 @@ async fn ctrl_c_stops_the_running_iteration_records_it_and_exits_130() -> Result
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loop_stops_with_exit_6_once_the_budget_is_spent() -> Result<()> {
+    let _serial = serial().await;
+    let Some(claude) = claude_or_skip() else {
+        return Ok(());
+    };
+    let team = Team::start().await?;
+    let (script, _) = counting_model(team.root());
+    let stand_in = StandIn::start(script).await?;
+    let env = CliEnv::new(&stand_in.url(), &api_key("loop"))?;
+    // Any real iteration costs more than this, so the first one spends the budget.
+    let (code, stderr) = run_loop(
+        &team,
+        &env,
+        &claude,
+        &["--until", "false", "--budget", "0.000001"],
+    )
+    .await?;
+    ensure!(code == 6, "exit {code}: {stderr}");
+    ensure!(
+        stderr.contains("the budget is spent: 1 iteration"),
+        "{stderr}"
+    );
+    Ok(())
+}
