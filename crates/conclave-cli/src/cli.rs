@@ -150,7 +150,7 @@ pub struct LoopArgs {
     #[arg(long, value_name = "MODE")]
     pub permission_mode: Option<String>,
     /// Seconds the check may run before it counts as failed
-    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    #[arg(long, value_name = "SECS", default_value_t = conclave_supervisor::loop_run::DEFAULT_CHECK_TIMEOUT.as_secs())]
     pub check_timeout: u64,
 }
 
