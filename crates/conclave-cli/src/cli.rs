@@ -68,6 +68,11 @@ pub enum Command {
     /// Claude Code, and keep them healthy until the team has an outcome
     #[command(after_help = UP_OUTCOMES)]
     Up(UpArgs),
+    /// The `claude -p` loop: a fresh Claude Code per iteration, given the prompt and a summary of
+    /// the team's state, until the check passes. Exit codes: 0 the check passed; 6 --max
+    /// iterations or the --budget ran out; 7 no iteration could run (client missing, not logged
+    /// in); 130 interrupted (Ctrl-C stops the running iteration and records it)
+    Loop(LoopArgs),
     /// Stop the team started by `conclave up` (agents first, then its server)
     Down,
     /// Follow one agent's live stream: tool calls, text and cost
@@ -118,6 +123,35 @@ pub struct UpArgs {
     /// else 127.0.0.1:7420; port 0 picks one); ignored when joining a running server
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LoopArgs {
+    /// The file holding the prompt every iteration is given
+    #[arg(long, value_name = "FILE")]
+    pub prompt: std::path::PathBuf,
+    /// The check run after each iteration (with sh -c in the project root); the loop stops when
+    /// it exits 0
+    #[arg(long, value_name = "CMD")]
+    pub until: Option<String>,
+    /// Stop after N iterations (exit 6 unless the check passed)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max: Option<u32>,
+    /// Stop once the iterations have cost this many US dollars in all (exit 6)
+    #[arg(long, value_name = "USD")]
+    pub budget: Option<f64>,
+    /// The model each iteration uses (default: the client's own)
+    #[arg(long, value_name = "M")]
+    pub model: Option<String>,
+    /// The agent the iterations run as (registered if new)
+    #[arg(long, value_name = "NAME", default_value = "loop")]
+    pub agent: String,
+    /// Claude Code's --permission-mode for each iteration (for example acceptEdits)
+    #[arg(long, value_name = "MODE")]
+    pub permission_mode: Option<String>,
+    /// Seconds the check may run before it counts as failed
+    #[arg(long, value_name = "SECS", default_value_t = conclave_supervisor::loop_run::DEFAULT_CHECK_TIMEOUT.as_secs())]
+    pub check_timeout: u64,
 }
 
 #[derive(Debug, Args)]

@@ -19,10 +19,12 @@
 //!   makes before it returns.
 //! - [`pricing`]: a dated per-model rate table that prices each model call as it arrives.
 //! - [`wake`]: the user message that wakes an idle agent, quoting what arrived (bounded).
+//! - [`loop_run`]: `conclave loop`, a fresh client per iteration until a check passes.
 //! - [`follow`]: the server's event stream, resumed after the last event seen.
 
 pub mod agent_files;
 pub mod follow;
+pub mod loop_run;
 pub mod machine;
 pub mod plan;
 pub mod pricing;
