@@ -392,6 +392,13 @@ pub enum TaskCommand {
         /// A file the work touched (repeatable)
         #[arg(long = "file", value_name = "F")]
         files: Vec<String>,
+        /// Pipeline tasks: send it back to an earlier stage with these comments instead of
+        /// passing it on
+        #[arg(long, value_name = "COMMENTS")]
+        send_back: Option<String>,
+        /// With --send-back: the role of the stage to send it to (default: the previous one)
+        #[arg(long, value_name = "ROLE", requires = "send_back")]
+        to_stage: Option<String>,
     },
     /// Give up on a task you hold
     Fail {

@@ -4,7 +4,7 @@
 use conclave_core::model::{
     ClaimRequest, EventList, EventPayload, NewTask, ReasonRequest, Task, TaskAssign, TaskCancel,
     TaskDecision, TaskEdit, TaskFailure, TaskFinish, TaskId, TaskList, TaskStatus,
-    TaskStatusUpdate, TaskStep, TaskStepList,
+    TaskStatusUpdate, TaskStep, TaskStepList, Verdict,
 };
 use conclave_core::store::ClaimOutcome;
 
@@ -132,14 +132,23 @@ pub async fn run(context: &Context, command: TaskCommand) -> anyhow::Result<()> 
                 .await?;
             note!("conclave: {} is {}", task.id, task.status);
         }
-        TaskCommand::Done { id, summary, files } => {
+        TaskCommand::Done {
+            id,
+            summary,
+            files,
+            send_back,
+            to_stage,
+        } => {
+            let verdict = send_back.as_ref().map(|_| Verdict::SendBack);
             let task: Task = client
                 .post(
                     &task_path(id, "/done"),
                     &TaskFinish {
                         summary,
                         files,
-                        ..TaskFinish::default()
+                        verdict,
+                        comments: send_back,
+                        to_stage,
                     },
                 )
                 .await?;
