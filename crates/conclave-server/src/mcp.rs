@@ -16,7 +16,7 @@ use conclave_core::CoreError;
 use conclave_core::model::{
     Actor, LeaseList, LeaseMode, LeaseRelease, LeaseRequest, MessageKind, NewMessage, NewNote,
     NewTask, NoteKind, ReleasedLeases, Task, TaskFinish, TaskId, TaskStatus, TaskStatusUpdate,
-    format_duration_secs,
+    Verdict, format_duration_secs,
 };
 use conclave_core::store::ClaimOutcome;
 use rmcp::handler::server::router::tool::ToolRouter;
@@ -205,6 +205,14 @@ pub struct DoneArgs {
     /// Files changed
     #[serde(default)]
     pub files: Vec<String>,
+    /// pass (default) or send_back
+    #[serde(default)]
+    pub verdict: Option<String>,
+    #[serde(default)]
+    pub comments: Option<String>,
+    /// Role to send back to
+    #[serde(default)]
+    pub to_stage: Option<String>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -226,6 +234,8 @@ pub struct NewTaskArgs {
     /// Higher runs first (default 0)
     #[serde(default)]
     pub priority: Option<i64>,
+    #[serde(default)]
+    pub pipeline: Option<String>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -374,15 +384,35 @@ impl ConclaveTools {
         let result = async {
             let (actor, _) = agent_of(&parts)?;
             let id = args.id.parse::<TaskId>()?;
+            let verdict = match args.verdict.as_deref() {
+                None | Some("pass") => None,
+                Some("send_back") => Some(Verdict::SendBack),
+                Some(other) => {
+                    return Err(CoreError::invalid(format!(
+                        "verdict {other:?}: expected pass or send_back"
+                    ))
+                    .into());
+                }
+            };
             let finish = TaskFinish {
                 summary: args.summary,
                 files: args.files,
-                ..TaskFinish::default()
+                verdict,
+                comments: args.comments,
+                to_stage: args.to_stage,
             };
-            ops::finish_task(&self.app, &actor, &IdempotencyKey::default(), id, finish).await?;
-            Ok::<_, OpError>(format!(
-                "{id} done; its leases are released. claim for more work."
-            ))
+            let written =
+                ops::finish_task(&self.app, &actor, &IdempotencyKey::default(), id, finish).await?;
+            // A pipeline or approval task moves on rather than ending: say where it went.
+            // (A merge-queue entry is no task: it reads as done, as before.)
+            let task = &written.value;
+            Ok::<_, OpError>(if task["awaiting_approval"] == true {
+                format!("{id} waits for a person's approval. claim for more work.")
+            } else if task["title"].is_string() && task["status"] == "ready" {
+                format!("{id} handed to its next stage. claim for more work.")
+            } else {
+                format!("{id} done; its leases are released. claim for more work.")
+            })
         }
         .await;
         answer(result, "")
@@ -453,6 +483,7 @@ impl ConclaveTools {
                                 after,
                                 role: new.role,
                                 priority: new.priority,
+                                pipeline: new.pipeline,
                                 ..NewTask::default()
                             },
                         )?;
