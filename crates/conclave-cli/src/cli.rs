@@ -65,7 +65,8 @@ pub enum Command {
     /// Measure claim, lock and message latency over loopback HTTP (a private server, temporary store)
     Bench(BenchArgs),
     /// Run the team of conclave.toml: start (or join) the server, then every agent as a headless
-    /// Claude Code, and keep them healthy; exits 0 when the team has finished
+    /// Claude Code, and keep them healthy until the team has an outcome
+    #[command(after_help = UP_OUTCOMES)]
     Up(UpArgs),
     /// Stop the team started by `conclave up` (agents first, then its server)
     Down,
@@ -85,9 +86,29 @@ pub struct DemoArgs {
     pub exit_when_done: bool,
 }
 
+/// The outcomes of `conclave up`, in its `--help` (docs/supervisor.md says the same).
+const UP_OUTCOMES: &str = "\
+Outcomes (the last lines printed name it, with a line per agent):
+  finished  every task is done or cancelled                          exit 0
+  stalled   agents idle or gone and tasks left; each task left is
+            named with why none can proceed (nobody fits it, its
+            agents crashed or were stopped by a budget, blocked,
+            held by a crashed agent)                                 exit 6
+  failed    no agent could run at all: a refused login or API key
+            (at the first 401; fix: run `claude` once and /login,
+            or set ANTHROPIC_API_KEY), a missing client binary,
+            flags the client refuses (its error quoted)              exit 7
+  stopped   by a person: `conclave down`, SIGTERM or Ctrl-C          exit 0
+            a second Ctrl-C ends at once                             exit 130
+A task in review waits for a person: `up` keeps running and says so.
+Failures (authentication, rate limits, refused flags, error results,
+crash loops, a spent team budget) are printed as ALERT lines the moment
+they happen and counted in `conclave status`.";
+
 #[derive(Debug, Args)]
 pub struct UpArgs {
-    /// Run in the background (output in .conclave/supervisor.log)
+    /// Run in the background (output in .conclave/supervisor.log), after checking each agent's
+    /// client: binary, version and one probe turn with its env and flags (exit 7 if refused)
     #[arg(long)]
     pub detach: bool,
     /// Keep running when the team has nothing left to do

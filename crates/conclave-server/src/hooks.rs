@@ -174,8 +174,18 @@ async fn pre_tool_use(
                 "permissionDecisionReason": ops::lease_denial_reason(&path, &conflicts),
             }
         })),
-        // A path the lease rules refuse (too broad, say) is not ours to block.
-        Err(error) if error.code() == "invalid_input" => Ok(json!({})),
+        // A file in the project that cannot be leased (a backslash in its name, a path past the
+        // length limit, an agent at its lease cap) would be edited with no lease at all, which
+        // is exactly what leases exist to stop: refuse it, saying why.
+        Err(error) if error.code() == "invalid_input" => Ok(json!({
+            "hookSpecificOutput": {
+                "hookEventName": "PreToolUse",
+                "permissionDecision": "deny",
+                "permissionDecisionReason": format!(
+                    "Conclave cannot lease {path} for this edit: {error}. Edit another file, or ask a person."
+                ),
+            }
+        })),
         Err(error) => Err(error.into()),
     }
 }

@@ -9,6 +9,7 @@
 
 mod demo;
 mod outages;
+mod outcomes;
 mod readme_team;
 mod signals;
 mod supervisor;

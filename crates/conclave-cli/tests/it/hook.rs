@@ -77,3 +77,29 @@ fn the_command_hook_takes_a_lease_and_relays_a_denial_from_the_real_server() {
     assert_eq!(run.stdout.trim(), "{}");
     assert!(run.stderr.contains("cannot be reached"), "{run:#?}");
 }
+
+/// Regression: an edit of a file whose name the lease rules cannot express (a backslash) went
+/// ahead with no lease at all; it is refused, saying why.
+#[test]
+fn an_edit_of_a_file_that_cannot_be_leased_is_denied_with_the_reason() {
+    let project = TestProject::init();
+    let server = Server::start(&project);
+    let alice = add_agent(&project, "alice", &[]);
+    let edit = json!({
+        "session_id": "s-1",
+        "hook_event_name": "PreToolUse",
+        "tool_name": "Edit",
+        "tool_input": {"file_path": project.root().join("src/odd\\name.rs"), "old_string": "a", "new_string": "b"},
+    });
+    let run = hook(&project, &alice, &server.url, &["pre-tool-use"], &edit);
+    assert_eq!(run.code, 0, "{run:#?}");
+    let answer: Value = serde_json::from_str(run.stdout.trim()).expect("JSON on stdout");
+    let output = &answer["hookSpecificOutput"];
+    assert_eq!(output["permissionDecision"], "deny", "{answer}");
+    assert!(
+        output["permissionDecisionReason"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("backslash")),
+        "{answer}"
+    );
+}
