@@ -838,6 +838,11 @@ mod tests {
                 json!({"cause": "check", "message": "cargo test failed"}),
             ),
             (
+                "agent.iteration",
+                json!({"number": 2, "cost_usd": 0.25, "turns": 3, "check_exit": 1,
+                       "outcome": "ok", "duration_ms": 5400}),
+            ),
+            (
                 "lease.granted",
                 json!({"path": "src/a.rs", "mode": "exclusive", "ttl_secs": 600,
                        "fencing_token": 3, "reason": null}),

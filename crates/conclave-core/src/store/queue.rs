@@ -12,7 +12,6 @@
 
 use rusqlite::{OptionalExtension, Row, params};
 
-use super::tasks::MAX_FILES;
 use super::{Reader, Tx, ms_to_time, to_json_list, validate_text};
 use crate::error::{CoreError, Result};
 use crate::event::{NoData, OptionalReason, QueueBranch, QueueLanded, QueueSentBack, TaskUpdated};
@@ -26,7 +25,6 @@ pub const MAX_QUEUE_OUTCOME: usize = 16 * 1024;
 /// Landed and skipped entries `GET /api/queue` still shows (the newest ones).
 pub const QUEUE_HISTORY: usize = 50;
 const MAX_SUMMARY: usize = 64 * 1024;
-const MAX_FILE_PATH: usize = 4096;
 
 const ENTRY_COLUMNS: &str =
     "task_id, branch, agent, position, state, attempts, outcome, enqueued_at, updated_at";
@@ -141,17 +139,7 @@ impl Tx<'_> {
     /// (no claim expiry, leases released, the summary and files kept as its result) and its
     /// branch joins the end of the queue. It becomes `done` in [`Tx::land_merge`].
     pub fn enqueue_merge(&mut self, actor: &Actor, id: TaskId, finish: TaskFinish) -> Result<Task> {
-        let summary = finish.summary.unwrap_or_default();
-        validate_text("summary", &summary, MAX_SUMMARY, false)?;
-        if finish.files.len() > MAX_FILES {
-            return Err(CoreError::invalid(format!(
-                "{} files listed; the limit is {MAX_FILES} (list the directories instead)",
-                finish.files.len()
-            )));
-        }
-        for file in &finish.files {
-            validate_text("file", file, MAX_FILE_PATH, true)?;
-        }
+        let summary = super::tasks::validated_summary(&finish, MAX_SUMMARY)?;
         let task = self.read().task(id)?;
         let holder = match (&task.assignee, crate::store::is_held(&task)) {
             (Some(holder), true) => holder.clone(),

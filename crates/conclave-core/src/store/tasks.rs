@@ -93,6 +93,22 @@ pub(crate) fn task_from_row(row: &Row<'_>) -> rusqlite::Result<Task> {
     })
 }
 
+/// A finish's summary (empty when none), after checking it and its file list against the limits.
+pub(crate) fn validated_summary(finish: &TaskFinish, max_summary: usize) -> Result<String> {
+    let summary = finish.summary.clone().unwrap_or_default();
+    validate_text("summary", &summary, max_summary, false)?;
+    if finish.files.len() > MAX_FILES {
+        return Err(CoreError::invalid(format!(
+            "{} files listed; the limit is {MAX_FILES} (list the directories instead)",
+            finish.files.len()
+        )));
+    }
+    for file in &finish.files {
+        validate_text("file", file, MAX_FILE_PATH, true)?;
+    }
+    Ok(summary)
+}
+
 /// Whether an agent holds `task`: claimed, in progress, in review, or blocked by its holder. A
 /// task the server blocked (a dependency failed, or its pipeline's send-backs ran out) is not
 /// held, nor is one waiting for a person's approval (a reservation or the agent that finished it
@@ -642,17 +658,7 @@ impl Tx<'_> {
     }
 
     pub fn finish_task(&mut self, actor: &Actor, id: TaskId, finish: TaskFinish) -> Result<Task> {
-        let summary = finish.summary.unwrap_or_default();
-        validate_text("summary", &summary, MAX_BODY, false)?;
-        if finish.files.len() > MAX_FILES {
-            return Err(CoreError::invalid(format!(
-                "{} files listed; the limit is {MAX_FILES} (list the directories instead)",
-                finish.files.len()
-            )));
-        }
-        for file in &finish.files {
-            validate_text("file", file, MAX_FILE_PATH, true)?;
-        }
+        let summary = validated_summary(&finish, MAX_BODY)?;
         if let Some(comments) = &finish.comments {
             validate_text("comments", comments, MAX_BODY, false)?;
         }
