@@ -561,15 +561,24 @@ pub struct SearchHit {
 
 // ---- requests -------------------------------------------------------------------------------
 
+/// What the store accepts as a name (agents, roles, capabilities, tags): 1 to 64 ASCII letters,
+/// digits, `-`, `_` or `.`. Declared in the OpenAPI document so that clients know before asking.
+pub const NAME_PATTERN: &str = "^[A-Za-z0-9._-]{1,64}$";
+/// [`NAME_PATTERN`] or the empty string (which clears a task's role).
+pub const NAME_OR_EMPTY_PATTERN: &str = "^[A-Za-z0-9._-]{0,64}$";
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewAgent {
+    #[schemars(regex(pattern = NAME_PATTERN))]
     pub name: String,
     #[serde(default)]
+    #[schemars(regex(pattern = NAME_PATTERN))]
     pub role: Option<String>,
     #[serde(default)]
     pub model: Option<String>,
     #[serde(default)]
+    #[schemars(inner(regex(pattern = NAME_PATTERN)))]
     pub caps: Vec<String>,
     /// `worktree`: the supervisor runs it in its own git worktree and its finished tasks land
     /// through the merge queue.
@@ -584,6 +593,7 @@ pub struct AgentUpdate {
     #[serde(default)]
     pub status: Option<AgentStatus>,
     #[serde(default)]
+    #[schemars(regex(pattern = NAME_PATTERN))]
     pub role: Option<String>,
     #[serde(default)]
     pub model: Option<String>,
@@ -615,8 +625,10 @@ pub struct NewTask {
     #[serde(default)]
     pub after: Vec<TaskId>,
     #[serde(default)]
+    #[schemars(regex(pattern = NAME_PATTERN))]
     pub role: Option<String>,
     #[serde(default)]
+    #[schemars(inner(regex(pattern = NAME_PATTERN)))]
     pub caps: Vec<String>,
     #[serde(default)]
     pub priority: Option<i64>,
@@ -642,8 +654,10 @@ pub struct TaskEdit {
     pub priority: Option<i64>,
     /// Set the required role; an empty string clears it.
     #[serde(default)]
+    #[schemars(regex(pattern = NAME_OR_EMPTY_PATTERN))]
     pub role: Option<String>,
     #[serde(default)]
+    #[schemars(inner(regex(pattern = NAME_PATTERN)))]
     pub caps: Option<Vec<String>>,
     /// Dependencies to add.
     #[serde(default)]
@@ -653,9 +667,19 @@ pub struct TaskEdit {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskStatusUpdate {
+    /// `in_progress`, `blocked` or `review`: done, fail and cancel have their own operations.
+    #[schemars(schema_with = "settable_task_status_schema")]
     pub status: TaskStatus,
     #[serde(default)]
     pub note: Option<String>,
+}
+
+/// The statuses a [`TaskStatusUpdate`] may set (the store refuses the others).
+fn settable_task_status_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "enum": ["in_progress", "blocked", "review"]
+    })
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
@@ -674,6 +698,7 @@ pub struct TaskFinish {
     pub comments: Option<String>,
     /// The role of the stage to send back to; the previous stage when absent.
     #[serde(default)]
+    #[schemars(regex(pattern = NAME_PATTERN))]
     pub to_stage: Option<String>,
 }
 
@@ -688,6 +713,8 @@ pub struct TaskDecision {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskFailure {
+    /// Not blank.
+    #[schemars(regex(pattern = r"\S"))]
     pub reason: String,
 }
 
@@ -724,6 +751,8 @@ pub struct LeaseRequest {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseRelease {
+    /// Each names something below the project root (not `""`, `.` or `./`).
+    #[schemars(inner(regex(pattern = r"[^./]")))]
     pub paths: Vec<String>,
     /// Admin only: release leases held by others.
     #[serde(default)]
@@ -766,6 +795,7 @@ pub struct NewNote {
     #[serde(default)]
     pub body: Option<String>,
     #[serde(default)]
+    #[schemars(inner(regex(pattern = NAME_PATTERN)))]
     pub tags: Vec<String>,
     #[serde(default)]
     #[schemars(length(max = 100))]

@@ -124,7 +124,9 @@ fn normalize_integral_floats(value: &mut Value) {
         Value::Number(number) if !number.is_i64() && !number.is_u64() => {
             if let Some(float) = number.as_f64()
                 && float.fract() == 0.0
-                && float >= i64::MIN as f64
+                // Strictly above: `-9223372036854775809` rounds to `i64::MIN as f64` and must not
+                // be read as `i64::MIN`.
+                && float > i64::MIN as f64
                 && float < i64::MAX as f64
             {
                 // In range and integral: the conversion is exact.

@@ -440,7 +440,9 @@ pub fn openapi_document() -> Value {
             });
         }
         let mut parameters: Vec<Value> = path_parameters(operation.path)
-            .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
+            .map(|name| {
+                json!({ "name": name, "in": "path", "required": true, "schema": path_parameter_schema(operation.path, name) })
+            })
             .collect();
         if let Some(query) = operation.query {
             let query_schema = query(&mut generator);
@@ -472,6 +474,19 @@ pub fn openapi_document() -> Value {
         },
         "security": [{ "bearer": [] }]
     })
+}
+
+/// The schema of a path parameter: what the handler's parser accepts, so that a client (and
+/// schemathesis) knows a malformed id is refused before it asks.
+fn path_parameter_schema(path: &str, name: &str) -> Value {
+    let task_id = name == "task" || (name == "id" && path.starts_with("/api/tasks/"));
+    if task_id {
+        json!({ "type": "string", "pattern": "^T-[1-9][0-9]*$", "description": "task id, e.g. T-3" })
+    } else if name == "name" {
+        json!({ "type": "string", "pattern": NAME_PATTERN })
+    } else {
+        json!({ "type": "string" })
+    }
 }
 
 fn path_parameters(path: &str) -> impl Iterator<Item = &str> {
