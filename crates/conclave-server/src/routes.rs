@@ -481,7 +481,7 @@ pub fn openapi_document() -> Value {
 fn path_parameter_schema(path: &str, name: &str) -> Value {
     let task_id = name == "task" || (name == "id" && path.starts_with("/api/tasks/"));
     if task_id {
-        json!({ "type": "string", "pattern": "^T-[1-9][0-9]*$", "description": "task id, e.g. T-3" })
+        json!({ "type": "string", "pattern": "^T-[1-9][0-9]{0,17}$", "description": "task id, e.g. T-3" })
     } else if name == "name" {
         json!({ "type": "string", "pattern": NAME_PATTERN })
     } else {

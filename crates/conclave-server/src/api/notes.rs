@@ -29,6 +29,9 @@ pub struct SearchQuery {
     #[schemars(regex(pattern = r"\w"))]
     pub q: String,
     /// `note`, `message` or `task` (comma-separated); all when absent.
+    #[schemars(regex(
+        pattern = "^[ \t]*(note|message|task)?[ \t]*(,[ \t]*(note|message|task)?[ \t]*)*$"
+    ))]
     pub kind: Option<String>,
     pub limit: Option<i64>,
 }
