@@ -567,6 +567,12 @@ pub struct SearchHit {
 pub const NAME_PATTERN: &str = "^[A-Za-z0-9._-]{1,64}$";
 /// [`NAME_PATTERN`] or the empty string (which clears a task's role).
 pub const NAME_OR_EMPTY_PATTERN: &str = "^[A-Za-z0-9._-]{0,64}$";
+/// A lease path or glob as [`crate::paths::normalize_lease_path`] accepts it, as near as a
+/// regular expression says it: relative, no NUL, backslash or `..` segment, segments of at most
+/// 255 bytes, `**` only as a whole segment, at most 16 wildcards and 512 bytes in a glob, not
+/// only `.` and `/`. Character classes (`[a-z]`) are accepted too but left out here: whether one
+/// is well-formed is more than a pattern should say.
+pub const LEASE_PATH_PATTERN: &str = r"^(?!/)(?![\s\S]*[\x00\\\[])(?![\s\S]*[^/]{256})(?!([\s\S]*/)?\.\.(/|$))(?![\s\S]*[^/]\*\*)(?![\s\S]*\*\*[^/])(?!([^*?]*[*?]){17})(?!(?=[\s\S]*[*?])[\s\S]{513})(?=[\s\S]*[^./])";
 /// Free text: anything but a NUL byte (the store refuses those).
 pub const TEXT_PATTERN: &str = "^[^\\x00]*$";
 /// Free text that must not be blank: [`TEXT_PATTERN`] with a character other than whitespace.
@@ -756,7 +762,7 @@ pub struct TaskAssign {
 #[serde(deny_unknown_fields)]
 pub struct LeaseRequest {
     /// At most 100 paths or globs.
-    #[schemars(length(max = 100))]
+    #[schemars(length(max = 100), inner(regex(pattern = LEASE_PATH_PATTERN), length(max = 4096)))]
     pub paths: Vec<String>,
     #[serde(default)]
     pub mode: LeaseMode,
@@ -772,8 +778,8 @@ pub struct LeaseRequest {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseRelease {
-    /// At least one; each names something below the project root (not `""`, `.` or `./`).
-    #[schemars(length(min = 1), inner(regex(pattern = r"[^./]")))]
+    /// At least one.
+    #[schemars(length(min = 1), inner(regex(pattern = LEASE_PATH_PATTERN), length(max = 4096)))]
     pub paths: Vec<String>,
     /// Admin only: release leases held by others.
     #[serde(default)]
@@ -821,7 +827,7 @@ pub struct NewNote {
     #[schemars(inner(regex(pattern = NAME_PATTERN)))]
     pub tags: Vec<String>,
     #[serde(default)]
-    #[schemars(length(max = 100))]
+    #[schemars(length(max = 100), inner(regex(pattern = REQUIRED_TEXT_PATTERN)))]
     pub files: Vec<String>,
     /// `N-<n>` of the note this one replaces.
     #[serde(default)]

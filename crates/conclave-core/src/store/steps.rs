@@ -288,7 +288,8 @@ impl Tx<'_> {
     ) -> Result<Task> {
         let id = task.id;
         let Some(state) = &task.pipeline else {
-            return Err(CoreError::invalid(format!(
+            // The task's state, not the request, is what stands in the way.
+            return Err(CoreError::conflict(format!(
                 "{id} is not in a pipeline: send_back needs stages to go back to (finish it or \
                  fail it)"
             )));
