@@ -371,25 +371,52 @@ pub fn recordable_kind_schemas(
     generator: &mut schemars::SchemaGenerator,
 ) -> Vec<(&'static str, schemars::Schema)> {
     vec![
-        ("agent.registered", generator.subschema_for::<AgentRegistered>()),
+        (
+            "agent.registered",
+            generator.subschema_for::<AgentRegistered>(),
+        ),
         ("agent.token_issued", generator.subschema_for::<NoData>()),
-        ("agent.token_revoked", generator.subschema_for::<AgentTokenRevoked>()),
-        ("agent.status", generator.subschema_for::<AgentStatusChanged>()),
+        (
+            "agent.token_revoked",
+            generator.subschema_for::<AgentTokenRevoked>(),
+        ),
+        (
+            "agent.status",
+            generator.subschema_for::<AgentStatusChanged>(),
+        ),
         ("agent.session", generator.subschema_for::<AgentSession>()),
-        ("agent.session_start", generator.subschema_for::<AgentSessionStart>()),
-        ("agent.session_end", generator.subschema_for::<AgentSession>()),
-        ("agent.compacting", generator.subschema_for::<AgentSession>()),
+        (
+            "agent.session_start",
+            generator.subschema_for::<AgentSessionStart>(),
+        ),
+        (
+            "agent.session_end",
+            generator.subschema_for::<AgentSession>(),
+        ),
+        (
+            "agent.compacting",
+            generator.subschema_for::<AgentSession>(),
+        ),
         ("agent.started", generator.subschema_for::<AgentStarted>()),
         ("agent.text", generator.subschema_for::<AgentText>()),
         ("agent.tool", generator.subschema_for::<AgentTool>()),
         ("agent.turn", generator.subschema_for::<AgentTurn>()),
-        ("agent.budget_exceeded", generator.subschema_for::<AgentBudgetExceeded>()),
-        ("agent.handoff_requested", generator.subschema_for::<AgentHandoffRequested>()),
+        (
+            "agent.budget_exceeded",
+            generator.subschema_for::<AgentBudgetExceeded>(),
+        ),
+        (
+            "agent.handoff_requested",
+            generator.subschema_for::<AgentHandoffRequested>(),
+        ),
         ("agent.recycled", generator.subschema_for::<AgentRecycled>()),
         ("agent.hibernated", generator.subschema_for::<AgentExit>()),
         ("agent.exited", generator.subschema_for::<AgentExit>()),
         ("agent.crashed", generator.subschema_for::<AgentCrashed>()),
-        ("agent.restarted", generator.subschema_for::<AgentRestarted>()),
+        (
+            "agent.restarted",
+            generator.subschema_for::<AgentRestarted>(),
+        ),
         ("agent.woken", generator.subschema_for::<AgentWoken>()),
         ("agent.alert", generator.subschema_for::<AgentAlert>()),
     ]
@@ -1029,5 +1056,20 @@ mod tests {
             json!({"kind": "agent.text", "agent": "bob", "data": {"text": "hi"}, "x": 1}),
         );
         assert!(extra.is_err(), "unknown fields are refused");
+    }
+
+    #[test]
+    fn recordable_kinds_are_the_agent_kinds_but_control() {
+        let mut generator = schemars::SchemaGenerator::default();
+        let recordable: Vec<&str> = recordable_kind_schemas(&mut generator)
+            .into_iter()
+            .map(|(kind, _)| kind)
+            .collect();
+        let expected: Vec<&str> = EventPayload::KINDS
+            .iter()
+            .copied()
+            .filter(|kind| kind.starts_with("agent.") && *kind != "agent.control")
+            .collect();
+        assert_eq!(recordable, expected);
     }
 }

@@ -164,4 +164,13 @@ mod tests {
         assert_eq!(value["c"]["d"], json!(7));
         assert!(value["e"].is_f64());
     }
+
+    #[test]
+    fn a_float_below_the_smallest_integer_is_not_read_as_it() {
+        // `-9223372036854775809` parses as a float that rounds to exactly `i64::MIN`.
+        let mut value: Value = serde_json::from_str("[-9223372036854775809, -4e18]").expect("json");
+        normalize_integral_floats(&mut value);
+        assert!(value[0].is_f64(), "{value}");
+        assert_eq!(value[1], json!(-4_000_000_000_000_000_000_i64));
+    }
 }
