@@ -65,8 +65,14 @@ pub enum Command {
     /// Measure claim, lock and message latency over loopback HTTP (a private server, temporary store)
     Bench(BenchArgs),
     /// Run the team of conclave.toml: start (or join) the server, then every agent as a headless
-    /// Claude Code, and keep them healthy; exits 0 when the team has finished
+    /// Claude Code, and keep them healthy until the team has an outcome
+    #[command(after_help = UP_OUTCOMES)]
     Up(UpArgs),
+    /// The `claude -p` loop: a fresh Claude Code per iteration, given the prompt and a summary of
+    /// the team's state, until the check passes. Exit codes: 0 the check passed; 6 --max
+    /// iterations or the --budget ran out; 7 no iteration could run (client missing, not logged
+    /// in); 130 interrupted (Ctrl-C stops the running iteration and records it)
+    Loop(LoopArgs),
     /// Stop the team started by `conclave up` (agents first, then its server)
     Down,
     /// Follow one agent's live stream: tool calls, text and cost
@@ -85,9 +91,29 @@ pub struct DemoArgs {
     pub exit_when_done: bool,
 }
 
+/// The outcomes of `conclave up`, in its `--help` (docs/supervisor.md says the same).
+const UP_OUTCOMES: &str = "\
+Outcomes (the last lines printed name it, with a line per agent):
+  finished  every task is done or cancelled                          exit 0
+  stalled   agents idle or gone and tasks left; each task left is
+            named with why none can proceed (nobody fits it, its
+            agents crashed or were stopped by a budget, blocked,
+            held by a crashed agent)                                 exit 6
+  failed    no agent could run at all: a refused login or API key
+            (at the first 401; fix: run `claude` once and /login,
+            or set ANTHROPIC_API_KEY), a missing client binary,
+            flags the client refuses (its error quoted)              exit 7
+  stopped   by a person: `conclave down`, SIGTERM or Ctrl-C          exit 0
+            a second Ctrl-C ends at once                             exit 130
+A task in review waits for a person: `up` keeps running and says so.
+Failures (authentication, rate limits, refused flags, error results,
+crash loops, a spent team budget) are printed as ALERT lines the moment
+they happen and counted in `conclave status`.";
+
 #[derive(Debug, Args)]
 pub struct UpArgs {
-    /// Run in the background (output in .conclave/supervisor.log)
+    /// Run in the background (output in .conclave/supervisor.log), after checking each agent's
+    /// client: binary, version and one probe turn with its env and flags (exit 7 if refused)
     #[arg(long)]
     pub detach: bool,
     /// Keep running when the team has nothing left to do
@@ -97,6 +123,35 @@ pub struct UpArgs {
     /// else 127.0.0.1:7420; port 0 picks one); ignored when joining a running server
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LoopArgs {
+    /// The file holding the prompt every iteration is given
+    #[arg(long, value_name = "FILE")]
+    pub prompt: std::path::PathBuf,
+    /// The check run after each iteration (with sh -c in the project root); the loop stops when
+    /// it exits 0
+    #[arg(long, value_name = "CMD")]
+    pub until: Option<String>,
+    /// Stop after N iterations (exit 6 unless the check passed)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max: Option<u32>,
+    /// Stop once the iterations have cost this many US dollars in all (exit 6)
+    #[arg(long, value_name = "USD")]
+    pub budget: Option<f64>,
+    /// The model each iteration uses (default: the client's own)
+    #[arg(long, value_name = "M")]
+    pub model: Option<String>,
+    /// The agent the iterations run as (registered if new)
+    #[arg(long, value_name = "NAME", default_value = "loop")]
+    pub agent: String,
+    /// Claude Code's --permission-mode for each iteration (for example acceptEdits)
+    #[arg(long, value_name = "MODE")]
+    pub permission_mode: Option<String>,
+    /// Seconds the check may run before it counts as failed
+    #[arg(long, value_name = "SECS", default_value_t = conclave_supervisor::loop_run::DEFAULT_CHECK_TIMEOUT.as_secs())]
+    pub check_timeout: u64,
 }
 
 #[derive(Debug, Args)]

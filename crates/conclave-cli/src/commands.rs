@@ -10,6 +10,7 @@ pub mod hook;
 mod init;
 mod lock;
 mod log;
+pub mod loop_cmd;
 mod msg;
 mod note;
 mod queue;
@@ -19,6 +20,7 @@ mod task;
 mod up;
 
 pub use claude::ClaudeExited;
+pub use loop_cmd::LoopEnded;
 
 use crate::cli::{Cli, Command};
 use crate::context::Context;
@@ -57,6 +59,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Status(flag) => status::run(&context, flag.json).await,
                 Command::Claude(args) => claude::run(&context, args).await,
                 Command::Up(args) => up::run(&context, args).await,
+                Command::Loop(args) => loop_cmd::run(&context, args).await,
                 Command::Down => down::run(&context).await,
                 Command::Attach(args) => attach::run(&context, args).await,
             }

@@ -9,6 +9,10 @@ pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_NOTHING_READY: u8 = 3;
 pub const EXIT_LEASE_CONFLICT: u8 = 4;
 pub const EXIT_UNREACHABLE: u8 = 5;
+/// `conclave up`: the team stalled (agents idle or gone, work left).
+pub const EXIT_STALLED: u8 = 6;
+/// `conclave up`: no agent could run at all (authentication, a missing binary, bad flags).
+pub const EXIT_FAILED: u8 = 7;
 
 pub use conclave_client::{ApiError, Unreachable};
 
@@ -26,6 +30,26 @@ impl fmt::Display for NothingReady {
 
 impl std::error::Error for NothingReady {}
 
+/// `conclave up` ended with an outcome that is not a success; it printed why already.
+#[derive(Debug, Clone)]
+pub struct TeamEnded {
+    /// `stalled` or `failed`.
+    pub outcome: &'static str,
+    pub code: u8,
+}
+
+impl fmt::Display for TeamEnded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the team {} (exit {}); the lines above say why",
+            self.outcome, self.code
+        )
+    }
+}
+
+impl std::error::Error for TeamEnded {}
+
 /// The exit code for an error that ended a command.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
     for cause in error.chain() {
@@ -34,6 +58,9 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
         }
         if cause.is::<NothingReady>() {
             return EXIT_NOTHING_READY;
+        }
+        if let Some(ended) = cause.downcast_ref::<TeamEnded>() {
+            return ended.code;
         }
         if let Some(api) = cause.downcast_ref::<ApiError>()
             && api.code == "lease_conflict"

@@ -56,6 +56,13 @@ fn main() -> ExitCode {
                 .map_or(error::EXIT_ERROR, |exited| exited.code);
             ExitCode::from(code)
         }
+        // `conclave loop` has printed why it ended; the code says it to scripts.
+        Err(error) if error.is::<commands::LoopEnded>() => {
+            let code = error
+                .downcast_ref::<commands::LoopEnded>()
+                .map_or(error::EXIT_ERROR, |ended| ended.code);
+            ExitCode::from(code)
+        }
         Err(error) => {
             output::note!("error: {}", error::one_line(&error));
             ExitCode::from(error::exit_code(&error))

@@ -130,6 +130,9 @@ pub struct AgentSettings {
     pub prompt: Option<String>,
     pub env: Option<BTreeMap<String, String>>,
     pub budget_usd: Option<f64>,
+    /// What the whole team may spend (`[defaults]` only): reaching it stops every agent with an
+    /// alert.
+    pub team_budget_usd: Option<f64>,
     pub recycle_at: Option<f64>,
     /// Idle time after which the supervisor ends an agent's process (`"10m"`, `"30s"`, `"1h"`).
     pub hibernate_after: Option<String>,
@@ -218,6 +221,8 @@ impl AgentSettings {
             prompt: self.prompt.clone().or_else(|| defaults.prompt.clone()),
             env,
             budget_usd: self.budget_usd.or(defaults.budget_usd),
+            // The team's, whatever an agent says (an agent's own is refused when loading).
+            team_budget_usd: defaults.team_budget_usd,
             recycle_at: self.recycle_at.or(defaults.recycle_at),
             hibernate_after: self
                 .hibernate_after
@@ -247,6 +252,13 @@ impl AgentSettings {
             && !(budget.is_finite() && budget > 0.0)
         {
             return Err(format!("budget_usd = {budget}: expected a positive amount"));
+        }
+        if let Some(budget) = self.team_budget_usd
+            && !(budget.is_finite() && budget > 0.0)
+        {
+            return Err(format!(
+                "team_budget_usd = {budget}: expected a positive amount"
+            ));
         }
         for (what, value) in [
             ("hibernate_after", &self.hibernate_after),
@@ -458,6 +470,12 @@ impl Config {
                 .settings
                 .validate()
                 .map_err(|error| format!("[[agent]] {:?}: {error}", agent.name))?;
+            if agent.settings.team_budget_usd.is_some() {
+                return Err(format!(
+                    "[[agent]] {:?}: team_budget_usd is the whole team's: set it in [defaults]",
+                    agent.name
+                ));
+            }
         }
         self.defaults
             .validate()
@@ -593,6 +611,7 @@ pub const EXAMPLE_CONFIG: &str = r#"# Conclave configuration. Every setting is o
 # permission_mode = "acceptEdits"
 # recycle_at = 0.7             # share of the context window at which an agent is recycled
 # budget_usd = 5.0
+# team_budget_usd = 20.0       # [defaults] only: the whole team stops when it has spent this
 # hibernate_after = "10m"     # an idle agent's process ends after this; a message wakes it
 # max_restarts = 5             # crash restarts allowed within restart_window, then "crashed"
 # restart_window = "10m"

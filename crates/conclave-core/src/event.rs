@@ -209,6 +209,8 @@ event_kinds! {
     AgentWoken(AgentWoken) => "agent.woken" in Agent,
     /// Something a person should look at (a check failed, a merge conflicts, ...).
     AgentAlert(AgentAlert) => "agent.alert" in Agent,
+    /// One iteration of `conclave loop` ended (a fresh client run, then the check).
+    AgentIteration(AgentIteration) => "agent.iteration" in Agent,
 
     LeaseGranted(LeaseGranted) => "lease.granted" in Lease,
     LeaseRenewed(LeaseGranted) => "lease.renewed" in Lease,
@@ -419,6 +421,10 @@ pub fn recordable_kind_schemas(
         ),
         ("agent.woken", generator.subschema_for::<AgentWoken>()),
         ("agent.alert", generator.subschema_for::<AgentAlert>()),
+        (
+            "agent.iteration",
+            generator.subschema_for::<AgentIteration>(),
+        ),
     ]
 }
 
@@ -631,6 +637,23 @@ pub struct AgentTurn {
     pub context_window: Option<i64>,
     /// The agent's total cost so far.
     pub cost_usd: f64,
+}
+
+/// One iteration of `conclave loop`: what the client run cost and what the check answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AgentIteration {
+    /// 1 for the first iteration.
+    pub number: u32,
+    /// What this iteration's client run cost.
+    pub cost_usd: f64,
+    /// Model calls in the run, as the client reported them.
+    pub turns: Option<i64>,
+    /// The check's exit code; absent when there is no check or it could not run (or timed out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_exit: Option<i32>,
+    /// How the iteration ended: `ok`, `error` (the client reported an error), `interrupted`.
+    pub outcome: String,
+    pub duration_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -387,6 +387,10 @@ pub struct Task {
     /// or reject it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub awaiting_approval: bool,
+    /// What its holders spent while they held it (claimed or in progress), in dollars, from the
+    /// cost their supervisor reports.
+    #[serde(default)]
+    pub cost_usd: f64,
 }
 
 /// A pipeline: the stages (roles) a task passes through in order, each stage's agent passing it
@@ -1192,6 +1196,7 @@ mod tests {
             pipeline: None,
             approve: false,
             awaiting_approval: false,
+            cost_usd: 0.0,
         };
         let rust = vec!["rust".to_string()];
         assert!(task.fits("alice", Some("coder"), &rust));

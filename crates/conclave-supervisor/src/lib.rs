@@ -15,16 +15,24 @@
 //! - [`stream`]: what a `stream-json` line means (session id, context in use, tool calls, cost),
 //!   the one reader of it (`conclave attach` uses it too), and the rotated raw copy kept at
 //!   `.conclave/agents/NAME/stream.jsonl`.
+//! - [`probe`]: the check of each agent's client (binary, version, one turn) `up --detach`
+//!   makes before it returns.
+//! - [`pricing`]: a dated per-model rate table that prices each model call as it arrives.
 //! - [`wake`]: the user message that wakes an idle agent, quoting what arrived (bounded).
+//! - [`loop_run`]: `conclave loop`, a fresh client per iteration until a check passes.
 //! - [`follow`]: the server's event stream, resumed after the last event seen.
 
 pub mod agent_files;
 pub mod follow;
+pub mod loop_run;
 pub mod machine;
 pub mod plan;
+pub mod pricing;
+pub mod probe;
 pub mod process;
 pub mod stream;
 pub mod team;
 pub mod wake;
 
+pub use machine::Outcome;
 pub use team::{Supervisor, SupervisorOptions, check_team};

@@ -27,7 +27,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use conclave_core::event::{
-    AgentBudgetExceeded, AgentCrashed, AgentExit, AgentHandoffRequested, AgentRecycled,
+    AgentAlert, AgentBudgetExceeded, AgentCrashed, AgentExit, AgentHandoffRequested, AgentRecycled,
     AgentRestarted, AgentStarted, AgentText, AgentTool, AgentTurn, AgentWoken, Topic,
 };
 use conclave_core::model::{
@@ -39,12 +39,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::plan::AgentPlan;
-use crate::stream::{Content, MAX_TEXT, StreamUpdate, ToolResult, truncate};
+use crate::pricing;
+use crate::stream::{Content, MAX_TEXT, ModelCall, StreamUpdate, ToolResult, truncate};
 use crate::wake::{self, Quoted, Start};
 
 /// Time between two agents' starts (many clients starting at once race on their config file).
 pub const STAGGER: Duration = Duration::from_secs(1);
-/// Quiet ticks in a row before a team with nothing to do is declared finished.
+/// Quiet ticks in a row before a team with nothing to do is declared finished (or stalled).
 pub const QUIET_TICKS_TO_FINISH: u32 = 4;
 /// Longest wait between crash restarts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -55,6 +56,39 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// The same for a process interrupted in the middle of a turn (its budget ran out): signalled
 /// at once, since it would not end its turn by itself.
 pub const INTERRUPT_GRACE: Duration = Duration::ZERO;
+
+/// The fix for an authentication failure, said in its alert and in the outcome.
+pub const LOGIN_FIX: &str = "run `claude` once and /login, or set ANTHROPIC_API_KEY";
+/// Shortest time between two reports of an agent's cost during a turn.
+pub const COST_REPORT_EVERY: Duration = Duration::from_secs(2);
+/// Stderr lines quoted in an alert.
+pub const STDERR_QUOTED: usize = 5;
+
+/// How a run of the team ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Every task is done or cancelled.
+    Finished,
+    /// The agents are idle or gone and work is left: `reason` names the tasks left and why
+    /// none can proceed.
+    Stalled { reason: String },
+    /// No agent could run at all (authentication, a missing binary, refused flags).
+    Failed { reason: String },
+    /// A person stopped the team (`conclave down`, a signal).
+    Stopped,
+}
+
+impl Outcome {
+    /// The word `conclave up` prints and documents.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Outcome::Finished => "finished",
+            Outcome::Stalled { .. } => "stalled",
+            Outcome::Failed { .. } => "failed",
+            Outcome::Stopped => "stopped",
+        }
+    }
+}
 
 /// Why the supervisor ended a process itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,11 +165,13 @@ pub enum Input {
         generation: u64,
         update: StreamUpdate,
     },
-    /// A process exited; `how` says how ("exit code 1", "signal 9").
+    /// A process exited; `how` says how ("exit code 1", "signal 9"); `stderr` is the end of
+    /// what it wrote on stderr (its last lines, maybe none).
     Exited {
         agent: usize,
         generation: u64,
         how: String,
+        stderr: Vec<String>,
     },
     /// An event of the server's log.
     Event(Event),
@@ -180,8 +216,8 @@ pub enum Effect {
     ReadTeam { messages: bool },
     /// Tell the person running the team.
     Say(String),
-    /// The team has finished: nothing is ready for anyone and every agent is idle.
-    Finished,
+    /// The run is over: the team finished, stalled or failed. The driver ends every process.
+    Ended(Outcome),
 }
 
 /// One agent's state.
@@ -223,6 +259,28 @@ pub struct AgentState {
     pending_tools: HashMap<String, (String, String)>,
     pending_messages: Vec<Quoted>,
     offered: HashSet<TaskId>,
+    /// What last went wrong with it, in words (its line in the outcome).
+    pub trouble: Option<String>,
+    /// Whether a turn of it ever ended without an error (it could run at all).
+    pub worked: bool,
+    /// Whether it failed in a way that no retry mends (a refused login, a client that cannot
+    /// start or refuses its flags).
+    pub could_not_run: bool,
+    /// Whether the current process printed a stream line.
+    lines_seen: bool,
+    /// Whether the current turn's failed model calls were alerted already (one alert per turn).
+    retry_alerted: bool,
+    /// The model of the current session (`system/init`).
+    model: Option<String>,
+    /// The current turn's model calls, priced as they arrive (replaced by the client's total
+    /// at the turn's end).
+    pub turn_estimate: f64,
+    /// The id and price of the latest call counted in `turn_estimate`.
+    last_call: Option<(String, f64)>,
+    /// Whether "priced at turn end" was said for its model.
+    unpriced_said: bool,
+    /// When the cost was last reported during a turn.
+    cost_reported_at: Option<Instant>,
 }
 
 impl AgentState {
@@ -254,7 +312,51 @@ impl AgentState {
             pending_tools: HashMap::new(),
             pending_messages: Vec::new(),
             offered: HashSet::new(),
+            trouble: None,
+            worked: false,
+            could_not_run: false,
+            lines_seen: false,
+            retry_alerted: false,
+            model: None,
+            turn_estimate: 0.0,
+            last_call: None,
+            unpriced_said: false,
+            cost_reported_at: None,
         }
+    }
+
+    /// What it has spent, counting the current turn's calls as priced so far.
+    pub fn live_cost(&self) -> f64 {
+        self.cost() + self.turn_estimate
+    }
+
+    /// One line saying where the agent is, for the outcome.
+    pub fn summary(&self) -> String {
+        let state = match self.phase {
+            Phase::Waiting => "never started".to_string(),
+            Phase::Live { busy: true } => "working".to_string(),
+            Phase::Live { busy: false } if self.paused => "paused".to_string(),
+            Phase::Live { busy: false } => format!("idle after {} turn(s)", self.turns_done),
+            Phase::Hibernated => "hibernated (idle)".to_string(),
+            Phase::RestartPending { .. } => "restarting".to_string(),
+            Phase::Stopped => "stopped".to_string(),
+            Phase::Crashed => "crashed".to_string(),
+        };
+        let trouble = self
+            .trouble
+            .as_deref()
+            .map(|t| format!(": {t}"))
+            .unwrap_or_default();
+        format!(
+            "{}: {state}{trouble} (spent ${:.4})",
+            self.plan.name,
+            self.cost()
+        )
+    }
+
+    /// Whether it can no longer work without a person (crashed, stopped).
+    fn is_gone(&self) -> bool {
+        matches!(self.phase, Phase::Stopped | Phase::Crashed)
     }
 
     /// An agent as the server knows it (`record`) and as an earlier supervisor left it
@@ -344,7 +446,39 @@ pub struct Team {
     quiet_ticks: u32,
     next_start_at: Option<Instant>,
     shutting_down: bool,
+    /// A read of the team was asked to decide the outcome of a quiet team.
+    deciding: bool,
+    /// The review tasks last said to be waiting for a person (said again only when they change).
+    waiting_for: Vec<TaskId>,
+    /// The run is over (an outcome was given).
+    ended: bool,
+    /// `[defaults] team_budget_usd` was reached: every agent was stopped.
+    team_budget_spent: bool,
     out: Vec<Effect>,
+}
+
+/// The phase of an agent in a word.
+fn phase_word(agent: &AgentState) -> &'static str {
+    match agent.phase {
+        Phase::Waiting => "never started",
+        Phase::Live { busy: true } => "working",
+        Phase::Live { busy: false } => "idle",
+        Phase::Hibernated => "hibernated",
+        Phase::RestartPending { .. } => "restarting",
+        Phase::Stopped => "stopped",
+        Phase::Crashed => "crashed",
+    }
+}
+
+/// Stderr lines quoted on one line, the last [`STDERR_QUOTED`] of them.
+fn quote(stderr: &[String]) -> String {
+    let lines: Vec<&str> = stderr
+        .iter()
+        .map(|line| line.trim())
+        .filter(|line| !line.is_empty())
+        .collect();
+    let from = lines.len().saturating_sub(STDERR_QUOTED);
+    format!("\"{}\"", truncate(&lines[from..].join(" | "), MAX_TEXT))
 }
 
 /// How a process ended, with nothing more to say.
@@ -372,6 +506,10 @@ impl Team {
             quiet_ticks: 0,
             next_start_at: None,
             shutting_down: false,
+            deciding: false,
+            waiting_for: Vec::new(),
+            ended: false,
+            team_budget_spent: false,
             out: Vec::new(),
         }
     }
@@ -402,8 +540,7 @@ impl Team {
                 error,
             } => {
                 if self.current(agent, generation) {
-                    self.agents[agent].running = false;
-                    self.on_crash(agent, format!("could not start ({error})"), now);
+                    self.on_spawn_failed(agent, &error);
                 }
             }
             Input::Line {
@@ -413,20 +550,30 @@ impl Team {
             } => {
                 if self.current(agent, generation) {
                     self.on_line(agent, update, now);
+                    self.check_team_budget(agent);
                 }
             }
             Input::Exited {
                 agent,
                 generation,
                 how,
+                stderr,
             } => {
                 if self.current(agent, generation) {
-                    self.on_exit(agent, &how, now);
+                    self.on_exit(agent, &how, &stderr, now);
                 }
             }
             Input::Event(event) => self.on_event(&event),
-            Input::TeamRead(view) => self.wake(&view),
-            Input::TeamReadFailed => self.dirty = true,
+            Input::TeamRead(view) => {
+                self.wake(&view);
+                if std::mem::take(&mut self.deciding) {
+                    self.decide(&view);
+                }
+            }
+            Input::TeamReadFailed => {
+                self.deciding = false;
+                self.dirty = true;
+            }
             Input::Shutdown => self.shutdown(),
             Input::ShutdownDeadline => self.shutdown_deadline(),
         }
@@ -453,6 +600,24 @@ impl Team {
 
     fn record(&mut self, agent: usize, payload: EventPayload) {
         self.out.push(Effect::Record { agent, payload });
+    }
+
+    /// Records an `agent.alert` and says it in the terminal at once.
+    fn alert(&mut self, agent: usize, cause: &str, message: String) {
+        self.say(format!("ALERT ({cause}) {message}"));
+        let alert = AgentAlert {
+            cause: cause.to_string(),
+            message,
+        };
+        self.record(agent, EventPayload::AgentAlert(alert));
+    }
+
+    /// Ends the run with `outcome` (once).
+    fn end(&mut self, outcome: Outcome) {
+        if !self.ended {
+            self.ended = true;
+            self.out.push(Effect::Ended(outcome));
+        }
     }
 
     fn save(&mut self, agent: usize) {
@@ -496,6 +661,10 @@ impl Team {
         agent.stopping = None;
         agent.asked_for_handoff = false;
         agent.first_result_seen = false;
+        agent.lines_seen = false;
+        agent.retry_alerted = false;
+        agent.turn_estimate = 0.0;
+        agent.last_call = None;
         agent.cost_at_start = agent.session_cost;
         agent.pending_tools.clear();
         if resume.is_none() {
@@ -544,9 +713,13 @@ impl Team {
     // ---- what the processes say -------------------------------------------------------------
 
     fn on_line(&mut self, index: usize, update: StreamUpdate, now: Instant) {
+        self.agents[index].lines_seen = true;
         match update {
-            StreamUpdate::Init { session_id, .. } => {
+            StreamUpdate::Init { session_id, model } => {
                 let agent = &mut self.agents[index];
+                if model.is_some() {
+                    agent.model = model;
+                }
                 if session_id.is_some() && session_id != agent.session_id {
                     agent.session_id = session_id.clone();
                     self.save(index);
@@ -561,7 +734,11 @@ impl Team {
             StreamUpdate::Assistant {
                 context_tokens,
                 content,
+                call,
             } => {
+                if let Some(call) = call {
+                    self.on_model_call(index, call, now);
+                }
                 if context_tokens.is_some() {
                     self.agents[index].context_tokens = context_tokens;
                 }
@@ -591,18 +768,20 @@ impl Team {
                     id,
                     bytes,
                     is_error,
+                    error,
                 } in results
                 {
                     let Some((tool, input)) = self.agents[index].pending_tools.remove(&id) else {
                         continue;
                     };
-                    // The error's text is not parsed yet (the alerts work fills `error`).
+                    // A failed tool call is part of the work (the model reads the error and
+                    // goes on): marked failed with its error, not alerted.
                     let used = AgentTool {
                         tool,
                         input: Value::String(input),
                         result_bytes: i64::try_from(bytes).unwrap_or(i64::MAX),
                         is_error,
-                        error: None,
+                        error,
                     };
                     self.record(index, EventPayload::AgentTool(used));
                 }
@@ -613,9 +792,219 @@ impl Team {
                 context_window,
                 is_error,
                 session_id,
+                text,
                 ..
-            } => self.on_turn_end(index, cost_usd, context_window, is_error, session_id, now),
+            } => {
+                if is_error {
+                    self.on_error_result(index, text.as_deref());
+                } else {
+                    self.agents[index].worked = true;
+                }
+                self.on_turn_end(index, cost_usd, context_window, is_error, session_id, now);
+            }
+            StreamUpdate::ApiRetry {
+                status,
+                error,
+                attempt,
+                max_retries,
+                retry_in_ms,
+            } => self.on_api_retry(index, status, error, attempt, max_retries, retry_in_ms),
             StreamUpdate::Other => {}
+        }
+    }
+
+    /// A model call failed and the client retries it. A refused login is final (the client
+    /// would retry for minutes for nothing): the team fails at once. Rate limits and overload
+    /// usually pass: alerted once per turn, with the retry the client takes.
+    fn on_api_retry(
+        &mut self,
+        index: usize,
+        status: Option<i64>,
+        error: Option<String>,
+        attempt: Option<i64>,
+        max_retries: Option<i64>,
+        retry_in_ms: Option<i64>,
+    ) {
+        let word = error.clone().unwrap_or_default();
+        if status == Some(401) || word == "authentication_failed" {
+            let detail = format!(
+                "the model API refused its credentials (HTTP {}{})",
+                status.map_or_else(|| "?".to_string(), |s| s.to_string()),
+                error.map(|e| format!(" {e}")).unwrap_or_default()
+            );
+            self.on_auth_failure(index, &detail);
+            return;
+        }
+        if std::mem::replace(&mut self.agents[index].retry_alerted, true) {
+            return;
+        }
+        let (cause, what) = match status {
+            Some(429) => ("rate_limit", "rate limited".to_string()),
+            Some(529) => ("overloaded", "overloaded".to_string()),
+            Some(other) => ("api_error", format!("failing (HTTP {other})")),
+            None => ("api_error", "failing".to_string()),
+        };
+        let name = self.agents[index].plan.name.clone();
+        let retry = format!(
+            "retry {}{}{}",
+            attempt.unwrap_or(1),
+            max_retries.map(|m| format!(" of {m}")).unwrap_or_default(),
+            retry_in_ms
+                .map(|ms| format!(" in {:.1} s", ms as f64 / 1000.0))
+                .unwrap_or_default()
+        );
+        let message = format!(
+            "{name}: the model API is {what}{}; the client retries ({retry})",
+            if word.is_empty() {
+                String::new()
+            } else {
+                format!(" ({word})")
+            }
+        );
+        self.agents[index].trouble = Some(format!("the model API is {what}"));
+        self.alert(index, cause, message);
+    }
+
+    /// The client is not logged in or its key is refused: nothing to retry, so the whole team
+    /// stops with the fix.
+    fn on_auth_failure(&mut self, index: usize, detail: &str) {
+        let name = self.agents[index].plan.name.clone();
+        self.agents[index].trouble = Some(format!("authentication failed: {detail}"));
+        self.agents[index].could_not_run = true;
+        let message = format!("{name}: authentication failed: {detail}; {LOGIN_FIX}");
+        self.alert(index, "authentication", message.clone());
+        self.end(Outcome::Failed { reason: message });
+    }
+
+    /// A turn ended with an error result: a refused login ends the team, anything else is
+    /// alerted (the agent stays, a wake may try again).
+    fn on_error_result(&mut self, index: usize, text: Option<&str>) {
+        let text = text.unwrap_or("no text").to_string();
+        let lower = text.to_lowercase();
+        if lower.contains("not logged in")
+            || lower.contains("invalid api key")
+            || lower.contains("/login")
+        {
+            self.on_auth_failure(index, &format!("the client said {text:?}"));
+            return;
+        }
+        let name = self.agents[index].plan.name.clone();
+        self.agents[index].trouble = Some(format!("its last turn failed: {text}"));
+        self.alert(
+            index,
+            "turn_error",
+            format!("{name}: its turn ended with an error: {text}"),
+        );
+    }
+
+    /// The client could not be started at all (a missing binary, a bad command): starting it
+    /// again would fail the same way, so the agent is given up on at once.
+    fn on_spawn_failed(&mut self, index: usize, error: &str) {
+        let agent = &mut self.agents[index];
+        agent.running = false;
+        agent.phase = Phase::Crashed;
+        let name = agent.plan.name.clone();
+        agent.trouble = Some(format!("its client could not start: {error}"));
+        agent.could_not_run = true;
+        self.dirty = true;
+        self.patch(index, status_update(AgentStatus::Crashed));
+        self.alert(
+            index,
+            "spawn",
+            format!("{name}: its client could not start: {error}"),
+        );
+    }
+
+    /// A model call seen during a turn: priced from the rate table, reported (at most every
+    /// [`COST_REPORT_EVERY`]), and a spent budget interrupts the turn.
+    fn on_model_call(&mut self, index: usize, call: ModelCall, now: Instant) {
+        let agent = &mut self.agents[index];
+        let model = call.model.clone().or_else(|| agent.model.clone());
+        let Some(price) = model
+            .as_deref()
+            .and_then(|model| pricing::price(model, &call.usage))
+        else {
+            if !std::mem::replace(&mut agent.unpriced_said, true) {
+                let name = agent.plan.name.clone();
+                let model = model.unwrap_or_else(|| "unknown".to_string());
+                self.say(format!(
+                    "{name}: model {model} is not in the rate table: its cost is priced at turn end"
+                ));
+            }
+            return;
+        };
+        // Lines of the same call repeat its usage: the latest replaces the earlier price.
+        match (&call.id, &agent.last_call) {
+            (Some(id), Some((last, last_price))) if id == last => {
+                agent.turn_estimate += price - last_price;
+            }
+            _ => agent.turn_estimate += price,
+        }
+        agent.last_call = call.id.map(|id| (id, price));
+        let live = agent.live_cost();
+        if agent
+            .cost_reported_at
+            .is_none_or(|at| now.duration_since(at) >= COST_REPORT_EVERY)
+        {
+            agent.cost_reported_at = Some(now);
+            let update = AgentUpdate {
+                cost_usd: Some(live),
+                ..AgentUpdate::default()
+            };
+            self.patch(index, update);
+        }
+        let agent = &self.agents[index];
+        if agent.is_busy()
+            && agent.stopping.is_none()
+            && let Some(budget) = agent.plan.settings.budget_usd
+            && live >= budget
+        {
+            let update = AgentUpdate {
+                cost_usd: Some(live),
+                ..AgentUpdate::default()
+            };
+            self.patch(index, update);
+            self.stop_for_budget(index, budget, live, INTERRUPT_GRACE);
+        }
+    }
+
+    /// What the whole team has spent, counting running turns as priced so far.
+    pub fn team_cost(&self) -> f64 {
+        self.agents.iter().map(AgentState::live_cost).sum()
+    }
+
+    /// `[defaults] team_budget_usd` reached (last pushed over by agent `index`): an alert, and
+    /// every agent is stopped (a turn in progress is interrupted). What is left of the work
+    /// makes the outcome `stalled`, naming the stopped agents.
+    fn check_team_budget(&mut self, index: usize) {
+        let Some(budget) = self
+            .agents
+            .first()
+            .and_then(|agent| agent.plan.settings.team_budget_usd)
+        else {
+            return;
+        };
+        let spent = self.team_cost();
+        if self.team_budget_spent || spent < budget {
+            return;
+        }
+        self.team_budget_spent = true;
+        self.alert(
+            index,
+            "team_budget",
+            format!(
+                "the team spent ${spent:.4} of its ${budget:.2} budget (team_budget_usd): stopping every agent"
+            ),
+        );
+        for other in 0..self.agents.len() {
+            self.agents[other].trouble =
+                Some(format!("the team's budget of ${budget:.2} is spent"));
+            if self.agents[other].running {
+                self.stop_process(other, StopReason::Budget, INTERRUPT_GRACE);
+            } else if !self.agents[other].is_gone() {
+                self.agents[other].phase = Phase::Stopped;
+                self.patch(other, status_update(AgentStatus::Stopped));
+            }
         }
     }
 
@@ -640,6 +1029,7 @@ impl Team {
 
     fn stop_for_budget(&mut self, index: usize, budget: f64, cost: f64, grace: Duration) {
         let name = self.agents[index].plan.name.clone();
+        self.agents[index].trouble = Some(format!("its budget of ${budget:.2} is spent"));
         self.say(format!(
             "{name} reached its budget of ${budget:.2} (spent ${cost:.4}); stopping it"
         ));
@@ -677,6 +1067,9 @@ impl Team {
         if let Some(total) = cost_usd {
             agent.account(total);
         }
+        // The client's total replaces the estimate of the turn's calls.
+        agent.turn_estimate = 0.0;
+        agent.last_call = None;
         if context_window.is_some() {
             agent.context_window = context_window;
         }
@@ -740,16 +1133,18 @@ impl Team {
         }
     }
 
-    fn on_exit(&mut self, index: usize, how: &str, now: Instant) {
+    fn on_exit(&mut self, index: usize, how: &str, stderr: &[String], now: Instant) {
         let agent = &mut self.agents[index];
         agent.running = false;
         let reason = agent.stopping.take();
         let name = agent.plan.name.clone();
+        let refused = !agent.lines_seen && how != "exit code 0" && !stderr.is_empty();
         self.dirty = true;
         match reason {
+            None if refused => self.on_refused(index, how, stderr),
             None => {
                 self.say(format!("{name} exited unexpectedly ({how})"));
-                self.on_crash(index, format!("process exited with {how}"), now);
+                self.on_crash(index, format!("process exited with {how}"), stderr, now);
             }
             Some(StopReason::Recycle) => {
                 let agent = &mut self.agents[index];
@@ -798,9 +1193,28 @@ impl Team {
         }
     }
 
+    /// The client exited with an error before it printed anything, saying why on stderr: it
+    /// refused its command line (a model or flag value it does not accept). Starting it again
+    /// would be refused the same way, so the agent is given up on at once, its error quoted.
+    fn on_refused(&mut self, index: usize, how: &str, stderr: &[String]) {
+        let agent = &mut self.agents[index];
+        agent.phase = Phase::Crashed;
+        let name = agent.plan.name.clone();
+        let quoted = quote(stderr);
+        agent.trouble = Some(format!("its client refused to start: {quoted}"));
+        agent.could_not_run = true;
+        self.patch(index, status_update(AgentStatus::Crashed));
+        self.record(index, EventPayload::AgentExited(exit(how)));
+        self.alert(
+            index,
+            "refused",
+            format!("{name}: its client refused to start ({how}): {quoted}"),
+        );
+    }
+
     /// A process died unasked: release what it held, then restart with backoff, or give up
-    /// after too many restarts in the window.
-    fn on_crash(&mut self, index: usize, reason: String, now: Instant) {
+    /// after too many restarts in the window (an alert quoting its last stderr lines).
+    fn on_crash(&mut self, index: usize, reason: String, stderr: &[String], now: Instant) {
         self.out.push(Effect::ReleaseAfterCrash {
             agent: index,
             reason,
@@ -822,16 +1236,27 @@ impl Team {
                 window
             );
             agent.phase = Phase::Crashed;
+            agent.trouble = Some(if stderr.is_empty() {
+                "crashed too often".to_string()
+            } else {
+                format!("crashed too often: {}", quote(stderr))
+            });
             self.say(message.clone());
             self.patch(index, status_update(AgentStatus::Crashed));
+            let stderr_said = if stderr.is_empty() {
+                "nothing on stderr".to_string()
+            } else {
+                format!("its last stderr lines: {}", quote(stderr))
+            };
             let gave_up = AgentCrashed {
                 reason: None,
                 released: None,
                 alert: true,
                 gave_up: true,
-                message: Some(message),
+                message: Some(message.clone()),
             };
             self.record(index, EventPayload::AgentCrashed(gave_up));
+            self.alert(index, "crash_loop", format!("{message}; {stderr_said}"));
             return;
         }
         let delay = Duration::from_secs(1)
@@ -1079,9 +1504,161 @@ impl Team {
                 Phase::Waiting | Phase::Live { busy: true } | Phase::RestartPending { .. } => false,
             });
         self.quiet_ticks = if quiet { self.quiet_ticks + 1 } else { 0 };
-        if self.quiet_ticks >= QUIET_TICKS_TO_FINISH {
-            self.out.push(Effect::Finished);
+        if self.quiet_ticks >= QUIET_TICKS_TO_FINISH && !self.deciding && !self.ended {
+            // Quiet long enough: the team's tasks say whether it finished, stalled or waits
+            // for a person (answered by `Input::TeamRead`, which also wakes anyone the read
+            // shows work for).
+            self.deciding = true;
+            self.out.push(Effect::ReadTeam { messages: false });
         }
+    }
+
+    /// The outcome of a quiet team, from its tasks: finished when every task is done or
+    /// cancelled; still running (saying so) while a task waits for a person in review; failed
+    /// when no agent could ever run; else stalled, naming each task left and why.
+    fn decide(&mut self, view: &TeamView) {
+        if self.ended || self.shutting_down {
+            return;
+        }
+        // Someone was just woken: the team is not quiet any more.
+        if self.agents.iter().any(AgentState::is_busy) {
+            self.quiet_ticks = 0;
+            return;
+        }
+        let left: Vec<&Task> = view
+            .tasks
+            .iter()
+            .filter(|task| !matches!(task.status, TaskStatus::Done | TaskStatus::Cancelled))
+            .collect();
+        let none_could_run = self
+            .agents
+            .iter()
+            .all(|a| a.is_gone() && a.could_not_run && !a.worked);
+        if none_could_run {
+            let why: Vec<String> = self
+                .agents
+                .iter()
+                .map(|a| {
+                    format!(
+                        "{}: {}",
+                        a.plan.name,
+                        a.trouble.as_deref().unwrap_or("stopped")
+                    )
+                })
+                .collect();
+            self.end(Outcome::Failed {
+                reason: format!("no agent could run ({})", why.join("; ")),
+            });
+            return;
+        }
+        if left.is_empty() {
+            self.end(Outcome::Finished);
+            return;
+        }
+        let in_review: Vec<&Task> = left
+            .iter()
+            .copied()
+            .filter(|task| task.status == TaskStatus::Review)
+            .collect();
+        if !in_review.is_empty() {
+            let ids: Vec<TaskId> = in_review.iter().map(|task| task.id).collect();
+            if ids != self.waiting_for {
+                let named: Vec<String> = in_review
+                    .iter()
+                    .map(|task| format!("{} {:?}", task.id, task.title))
+                    .collect();
+                self.say(format!(
+                    "waiting for a person: {} in review (approve or reopen it; Ctrl-C or \
+                     `conclave down` stops the team)",
+                    named.join(", ")
+                ));
+                self.waiting_for = ids;
+            }
+            self.quiet_ticks = 0;
+            return;
+        }
+        let reasons: Vec<String> = left.iter().map(|task| self.why_stuck(task)).collect();
+        self.end(Outcome::Stalled {
+            reason: format!(
+                "{} task(s) left that no agent can proceed with: {}",
+                left.len(),
+                reasons.join("; ")
+            ),
+        });
+    }
+
+    /// Why a task left over is not moving, in words.
+    fn why_stuck(&self, task: &Task) -> String {
+        let head = format!("{} {:?} ({})", task.id, task.title, task.status);
+        let state = |name: &str| -> String {
+            self.agents
+                .iter()
+                .find(|a| a.plan.name == name)
+                .map_or_else(
+                    || format!("{name}, not in this team"),
+                    |a| {
+                        let mut line = format!("{name}, {}", phase_word(a));
+                        if let Some(trouble) = &a.trouble {
+                            line.push_str(&format!(" ({trouble})"));
+                        }
+                        line
+                    },
+                )
+        };
+        match task.status {
+            TaskStatus::Ready => {
+                let fitting: Vec<&AgentState> = self
+                    .agents
+                    .iter()
+                    .filter(|a| task.fits(&a.plan.name, a.plan.role.as_deref(), &a.plan.caps))
+                    .collect();
+                if fitting.is_empty() {
+                    let mut wants = Vec::new();
+                    if let Some(role) = &task.role {
+                        wants.push(format!("role {role:?}"));
+                    }
+                    if !task.caps.is_empty() {
+                        wants.push(format!("caps {}", task.caps.join(", ")));
+                    }
+                    if let Some(assignee) = &task.assignee {
+                        wants.push(format!("reserved for {assignee}"));
+                    }
+                    format!(
+                        "{head}: nobody fits it ({})",
+                        if wants.is_empty() {
+                            "no agent".to_string()
+                        } else {
+                            wants.join(", ")
+                        }
+                    )
+                } else if fitting.iter().all(|a| a.is_gone()) {
+                    let who: Vec<String> = fitting.iter().map(|a| state(&a.plan.name)).collect();
+                    format!(
+                        "{head}: the agents that fit it are gone: {}",
+                        who.join("; ")
+                    )
+                } else {
+                    let who: Vec<&str> = fitting.iter().map(|a| a.plan.name.as_str()).collect();
+                    format!("{head}: offered to {} but not taken", who.join(", "))
+                }
+            }
+            TaskStatus::Claimed | TaskStatus::InProgress => match &task.assignee {
+                Some(holder) => format!("{head}: held by {}", state(holder)),
+                None => format!("{head}: held by nobody"),
+            },
+            TaskStatus::Pending => format!("{head}: waits for tasks it depends on"),
+            TaskStatus::Blocked => match &task.blocked_reason {
+                Some(reason) => format!("{head}: blocked: {reason}"),
+                None => format!("{head}: blocked"),
+            },
+            TaskStatus::Failed => format!("{head}: failed"),
+            _ => head,
+        }
+    }
+
+    /// One line per agent, for the outcome.
+    pub fn summaries(&self) -> Vec<String> {
+        self.agents.iter().map(AgentState::summary).collect()
     }
 
     // ---- ending -----------------------------------------------------------------------------
@@ -1261,6 +1838,7 @@ mod tests {
                 StreamUpdate::Assistant {
                     context_tokens: Some(tokens),
                     content: Vec::new(),
+                    call: None,
                 },
             )
         }
@@ -1274,6 +1852,7 @@ mod tests {
                     is_error: false,
                     session_id: Some("s1".to_string()),
                     num_turns: Some(1),
+                    text: None,
                 },
             )
         }
@@ -1284,6 +1863,7 @@ mod tests {
                 agent,
                 generation,
                 how: how.to_string(),
+                stderr: Vec::new(),
             });
             let answered = self.answer_spawns(&effects);
             effects.into_iter().chain(answered).collect()
@@ -1379,6 +1959,7 @@ mod tests {
             pipeline: None,
             approve: false,
             awaiting_approval: false,
+            cost_usd: 0.0,
         }
     }
 
@@ -1468,10 +2049,24 @@ mod tests {
         })
     }
 
-    fn finished(effects: &[Effect]) -> bool {
+    fn ended(effects: &[Effect]) -> Option<Outcome> {
+        effects.iter().find_map(|effect| match effect {
+            Effect::Ended(outcome) => Some(outcome.clone()),
+            _ => None,
+        })
+    }
+
+    fn alerts(effects: &[Effect]) -> Vec<(String, String)> {
         effects
             .iter()
-            .any(|effect| matches!(effect, Effect::Finished))
+            .filter_map(|effect| match effect {
+                Effect::Record {
+                    payload: EventPayload::AgentAlert(alert),
+                    ..
+                } => Some((alert.cause.clone(), alert.message.clone())),
+                _ => None,
+            })
+            .collect()
     }
 
     fn close(a: f64, b: f64) -> bool {
@@ -1564,7 +2159,7 @@ mod tests {
     }
 
     #[test]
-    fn a_client_that_cannot_start_counts_as_a_crash() {
+    fn a_client_that_cannot_start_is_given_up_on_with_an_alert() {
         let mut team = Harness::new(vec![plan("a")]);
         let started = team.tick();
         let generation = team.generation(0);
@@ -1574,14 +2169,12 @@ mod tests {
             error: "no such file".into(),
         });
         assert_eq!(spawns(&started).len(), 1);
-        assert!(failed.iter().any(|e| matches!(
-            e,
-            Effect::ReleaseAfterCrash { reason, .. } if reason == "could not start (no such file)"
-        )));
-        assert!(matches!(
-            team.team.agents[0].phase,
-            Phase::RestartPending { .. }
-        ));
+        let said = alerts(&failed);
+        assert_eq!(said.len(), 1, "{failed:?}");
+        assert_eq!(said[0].0, "spawn");
+        assert!(said[0].1.contains("no such file"), "{said:?}");
+        assert_eq!(team.team.agents[0].phase, Phase::Crashed);
+        assert_eq!(statuses(&failed), [AgentStatus::Crashed]);
     }
 
     #[test]
@@ -1596,6 +2189,7 @@ mod tests {
             agent: 0,
             generation: old,
             how: "exit code 1".into(),
+            stderr: Vec::new(),
         });
         assert!(late.is_empty(), "{late:?}");
         assert!(team.team.agents[0].running);
@@ -1958,24 +2552,422 @@ mod tests {
         assert!(sends(&team.read(tasks, &[])).is_empty(), "a is on it");
     }
 
+    impl Harness {
+        /// Ticks until the quiet team asks for its tasks (from `secs` on), answers with
+        /// `tasks`, and returns the outcome given, if any.
+        fn quiet_outcome(&mut self, secs: u64, tasks: Vec<Task>) -> Option<Outcome> {
+            let mut asked = false;
+            for n in 0..QUIET_TICKS_TO_FINISH {
+                let effects = self.at(secs + u64::from(n)).tick();
+                assert!(ended(&effects).is_none(), "no outcome before the read");
+                asked = reads(&effects) == Some(false);
+            }
+            assert!(asked, "the last quiet tick reads the team");
+            ended(&self.read(tasks, &[]))
+        }
+    }
+
     #[test]
     fn a_quiet_team_finishes_unless_it_stays() {
         let mut team = Harness::new(vec![plan("a")]);
         team.start_all();
-        assert!(!finished(&team.at(10).tick()), "busy");
+        assert!(ended(&team.at(10).tick()).is_none(), "busy");
         team.idle_after_a_turn(0, 0.1);
         // The turn's end asks about the team; nothing is there.
         team.read(Vec::new(), &[]);
-        let ticks: Vec<bool> = (0..QUIET_TICKS_TO_FINISH)
-            .map(|n| finished(&team.at(11 + u64::from(n)).tick()))
-            .collect();
-        assert_eq!(ticks, [false, false, false, true]);
+        let done = vec![
+            task(1, TaskStatus::Done, None, None),
+            task(2, TaskStatus::Cancelled, None, None),
+        ];
+        assert_eq!(team.quiet_outcome(11, done), Some(Outcome::Finished));
 
         let mut staying = Harness::of(vec![plan("a")], true);
         staying.start_all();
         staying.idle_after_a_turn(0, 0.1);
         staying.read(Vec::new(), &[]);
-        assert!((0..10).all(|n| !finished(&staying.at(11 + n).tick())));
+        assert!((0..10).all(|n| {
+            let effects = staying.at(11 + n).tick();
+            ended(&effects).is_none() && reads(&effects).is_none()
+        }));
+    }
+
+    #[test]
+    fn a_quiet_team_with_a_task_nobody_fits_has_stalled_naming_it() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        team.idle_after_a_turn(0, 0.1);
+        team.read(Vec::new(), &[]);
+        let left = vec![
+            task(1, TaskStatus::Done, None, None),
+            task(7, TaskStatus::Ready, Some("reviewer"), None),
+        ];
+        let Some(Outcome::Stalled { reason }) = team.quiet_outcome(11, left) else {
+            panic!("stalled");
+        };
+        assert!(
+            reason.contains("T-7") && reason.contains("nobody fits") && reason.contains("reviewer"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn a_task_held_by_a_crashed_agent_stalls_the_team_saying_so() {
+        let mut team = Harness::new(vec![plan("a"), plan("b")]);
+        team.start_all();
+        team.idle_after_a_turn(0, 0.1);
+        // b crashes until it is given up on.
+        for n in 0..=2 {
+            team.at(10 + n * 40).exit(1, "exit code 1");
+            let restarted = team.at(10 + n * 40 + 35).tick();
+            team.answer_spawns(&restarted);
+        }
+        assert_eq!(team.team.agents[1].phase, Phase::Crashed);
+        let held = vec![task(3, TaskStatus::InProgress, None, Some("b"))];
+        // Every read of the team (a wake's, the outcome's) answered with the held task.
+        let mut outcome = None;
+        for secs in 190..200 {
+            let effects = team.at(secs).tick();
+            if reads(&effects).is_some() {
+                outcome = ended(&team.read(held.clone(), &[]));
+            }
+            if outcome.is_some() {
+                break;
+            }
+        }
+        let Some(Outcome::Stalled { reason }) = outcome else {
+            panic!("stalled");
+        };
+        assert!(
+            reason.contains("T-3") && reason.contains("held by b, crashed"),
+            "{reason}"
+        );
+        assert!(team.team.summaries()[1].starts_with("b: crashed"));
+    }
+
+    #[test]
+    fn a_team_waiting_for_a_review_is_not_stalled_and_says_what_it_waits_for() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        team.idle_after_a_turn(0, 0.1);
+        team.read(Vec::new(), &[]);
+        let waiting = vec![task(4, TaskStatus::Review, None, Some("a"))];
+        assert_eq!(team.quiet_outcome(11, waiting.clone()), None);
+        // Said once, not on every decision.
+        let again = team.at(30).tick();
+        assert!(ended(&again).is_none());
+        for n in 0..QUIET_TICKS_TO_FINISH {
+            team.at(40 + u64::from(n)).tick();
+        }
+        let second = team.read(waiting, &[]);
+        assert!(ended(&second).is_none());
+        assert!(
+            !second.iter().any(|e| matches!(e, Effect::Say(_))),
+            "{second:?}"
+        );
+    }
+
+    #[test]
+    fn a_refused_login_alerts_at_once_and_fails_the_team() {
+        let mut team = Harness::new(vec![plan("a"), plan("b")]);
+        team.start_all();
+        team.init(0, "s1");
+        let refused = team.line(
+            0,
+            StreamUpdate::ApiRetry {
+                status: Some(401),
+                error: Some("authentication_failed".into()),
+                attempt: Some(1),
+                max_retries: Some(10),
+                retry_in_ms: Some(500),
+            },
+        );
+        let said = alerts(&refused);
+        assert_eq!(said.len(), 1);
+        assert_eq!(said[0].0, "authentication");
+        assert!(said[0].1.contains(LOGIN_FIX), "{said:?}");
+        let Some(Outcome::Failed { reason }) = ended(&refused) else {
+            panic!("failed: {refused:?}");
+        };
+        assert!(reason.contains("authentication failed"), "{reason}");
+        // The outcome is given once.
+        let second = team.line(
+            1,
+            StreamUpdate::ApiRetry {
+                status: Some(401),
+                error: None,
+                attempt: Some(1),
+                max_retries: None,
+                retry_in_ms: None,
+            },
+        );
+        assert!(ended(&second).is_none());
+    }
+
+    #[test]
+    fn not_logged_in_as_an_error_result_fails_the_team() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        team.init(0, "s1");
+        let effects = team.line(
+            0,
+            StreamUpdate::Result {
+                cost_usd: Some(0.0),
+                context_window: None,
+                is_error: true,
+                session_id: Some("s1".into()),
+                num_turns: Some(1),
+                text: Some("Not logged in · Please run /login".into()),
+            },
+        );
+        assert_eq!(alerts(&effects)[0].0, "authentication");
+        assert!(matches!(ended(&effects), Some(Outcome::Failed { .. })));
+    }
+
+    #[test]
+    fn any_other_error_result_is_alerted_and_the_team_goes_on() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        team.init(0, "s1");
+        let effects = team.line(
+            0,
+            StreamUpdate::Result {
+                cost_usd: Some(0.1),
+                context_window: None,
+                is_error: true,
+                session_id: Some("s1".into()),
+                num_turns: Some(1),
+                text: Some("API Error: 500 internal".into()),
+            },
+        );
+        let said = alerts(&effects);
+        assert_eq!(said[0].0, "turn_error");
+        assert!(said[0].1.contains("API Error: 500"), "{said:?}");
+        assert!(ended(&effects).is_none());
+        assert_eq!(team.team.agents[0].phase, Phase::Live { busy: false });
+    }
+
+    #[test]
+    fn rate_limits_are_alerted_once_per_turn_with_the_retry_and_do_not_stop() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        team.init(0, "s1");
+        let retry = |attempt| StreamUpdate::ApiRetry {
+            status: Some(429),
+            error: Some("rate_limit".into()),
+            attempt: Some(attempt),
+            max_retries: Some(10),
+            retry_in_ms: Some(1500),
+        };
+        let first = team.line(0, retry(1));
+        let said = alerts(&first);
+        assert_eq!(said.len(), 1);
+        assert_eq!(said[0].0, "rate_limit");
+        assert!(said[0].1.contains("retry 1 of 10 in 1.5 s"), "{said:?}");
+        assert!(
+            first
+                .iter()
+                .any(|e| matches!(e, Effect::Say(t) if t.contains("ALERT")))
+        );
+        assert!(alerts(&team.line(0, retry(2))).is_empty(), "once per turn");
+        assert!(ended(&first).is_none() && stops(&first).is_empty());
+    }
+
+    #[test]
+    fn a_client_that_refuses_its_flags_is_quoted_and_the_team_fails() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        let generation = team.generation(0);
+        let refused = team.step(Input::Exited {
+            agent: 0,
+            generation,
+            how: "exit code 1".into(),
+            stderr: vec![
+                "error: option '--permission-mode <mode>' argument 'bogus' is invalid.".into(),
+            ],
+        });
+        let said = alerts(&refused);
+        assert_eq!(said[0].0, "refused");
+        assert!(
+            said[0].1.contains("argument 'bogus' is invalid"),
+            "{said:?}"
+        );
+        assert!(spawns(&refused).is_empty(), "not restarted");
+        assert_eq!(team.team.agents[0].phase, Phase::Crashed);
+        let Some(Outcome::Failed { reason }) = team.quiet_outcome(10, Vec::new()) else {
+            panic!("failed");
+        };
+        assert!(reason.contains("'bogus' is invalid"), "{reason}");
+    }
+
+    #[test]
+    fn a_crash_loop_is_alerted_quoting_the_last_stderr_lines() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        let mut last = Vec::new();
+        for n in 0..=2 {
+            team.init(0, "s1");
+            let generation = team.generation(0);
+            last = team.at(10 + n * 40).step(Input::Exited {
+                agent: 0,
+                generation,
+                how: "signal 11".into(),
+                stderr: vec!["one".into(), "segfault here".into()],
+            });
+            let restarted = team.at(10 + n * 40 + 35).tick();
+            team.answer_spawns(&restarted);
+        }
+        let said = alerts(&last);
+        assert_eq!(said.len(), 1, "{last:?}");
+        assert_eq!(said[0].0, "crash_loop");
+        assert!(said[0].1.contains("one | segfault here"), "{said:?}");
+    }
+
+    fn call(id: &str, input: i64) -> StreamUpdate {
+        StreamUpdate::Assistant {
+            context_tokens: Some(input),
+            content: Vec::new(),
+            call: Some(ModelCall {
+                id: Some(id.to_string()),
+                model: Some("claude-sonnet-4-5".to_string()),
+                usage: pricing::Usage {
+                    input,
+                    ..pricing::Usage::default()
+                },
+            }),
+        }
+    }
+
+    #[test]
+    fn cost_grows_during_a_turn_reported_at_most_every_two_seconds_then_reconciled() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        team.init(0, "s1");
+        // 100k input tokens of sonnet: $0.30.
+        let first = team.at(10).line(0, call("m1", 100_000));
+        assert!(
+            patched_cost(&first).is_some_and(|c| close(c, 0.3)),
+            "{first:?}"
+        );
+        // The same call's next line repeats its usage: not counted twice.
+        team.at(10).line(0, call("m1", 100_000));
+        assert!(close(team.team.agents[0].live_cost(), 0.3));
+        let soon = team.at(11).line(0, call("m2", 100_000));
+        assert!(patched_cost(&soon).is_none(), "throttled: {soon:?}");
+        let later = team.at(13).line(0, call("m3", 100_000));
+        assert!(
+            patched_cost(&later).is_some_and(|c| close(c, 0.9)),
+            "{later:?}"
+        );
+        // The client's total at the turn's end is the truth.
+        let end = team.turn_end(0, 0.85);
+        assert!(
+            patched_cost(&end).is_some_and(|c| close(c, 0.85)),
+            "{end:?}"
+        );
+        assert!(close(team.team.agents[0].turn_estimate, 0.0));
+    }
+
+    #[test]
+    fn a_budget_is_enforced_in_the_middle_of_a_turn_from_priced_calls() {
+        let mut team = Harness::new(vec![with_budget(plan("a"), 0.5)]);
+        team.start_all();
+        team.init(0, "s1");
+        assert!(stops(&team.at(10).line(0, call("m1", 100_000))).is_empty());
+        let over = team.at(11).line(0, call("m2", 100_000));
+        assert_eq!(stops(&over), [(0, INTERRUPT_GRACE)], "{over:?}");
+        assert!(patched_cost(&over).is_some_and(|c| close(c, 0.6)));
+        assert!(
+            records(&over)
+                .iter()
+                .any(|(kind, _)| *kind == "agent.budget_exceeded")
+        );
+    }
+
+    #[test]
+    fn the_team_budget_stops_every_agent_with_an_alert() {
+        let mut with_team_budget = plan("a");
+        with_team_budget.settings.team_budget_usd = Some(1.0);
+        let mut other = plan("b");
+        other.settings.team_budget_usd = Some(1.0);
+        let mut team = Harness::new(vec![with_team_budget, other]);
+        team.start_all();
+        team.idle_after_a_turn(1, 0.6);
+        team.init(0, "s1");
+        assert!(alerts(&team.at(10).line(0, call("m1", 100_000))).is_empty());
+        // 0.6 + 0.3 + 0.3 passes $1.
+        let over = team.at(11).line(0, call("m2", 100_000));
+        let said = alerts(&over);
+        assert_eq!(said.len(), 1, "{over:?}");
+        assert_eq!(said[0].0, "team_budget");
+        let mut stopped: Vec<usize> = stops(&over).iter().map(|(agent, _)| *agent).collect();
+        stopped.sort_unstable();
+        assert_eq!(stopped, [0, 1]);
+        assert!(
+            alerts(&team.at(12).line(0, call("m3", 100_000))).is_empty(),
+            "once"
+        );
+    }
+
+    #[test]
+    fn a_model_not_in_the_rate_table_is_priced_at_turn_end_and_said_once() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        team.init(0, "s1");
+        let unknown = StreamUpdate::Assistant {
+            context_tokens: Some(10),
+            content: Vec::new(),
+            call: Some(ModelCall {
+                id: Some("m1".into()),
+                model: Some("mystery-1".into()),
+                usage: pricing::Usage::default(),
+            }),
+        };
+        let first = team.line(0, unknown.clone());
+        assert!(
+            first
+                .iter()
+                .any(|e| matches!(e, Effect::Say(text) if text.contains("priced at turn end")))
+        );
+        assert!(patched_cost(&first).is_none());
+        let second = team.line(0, unknown);
+        assert!(!second.iter().any(|e| matches!(e, Effect::Say(_))));
+    }
+
+    #[test]
+    fn a_failed_tool_call_is_recorded_with_its_error_and_not_alerted() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        team.init(0, "s1");
+        team.line(
+            0,
+            StreamUpdate::Assistant {
+                context_tokens: Some(10),
+                content: vec![Content::Tool(crate::stream::ToolCall {
+                    id: "t1".into(),
+                    name: "Write".into(),
+                    input: "a.rs".into(),
+                })],
+                call: None,
+            },
+        );
+        let failed = team.line(
+            0,
+            StreamUpdate::ToolResults(vec![ToolResult {
+                id: "t1".into(),
+                bytes: 27,
+                is_error: true,
+                error: Some("File has not been read yet.".into()),
+            }]),
+        );
+        assert_eq!(
+            records(&failed),
+            [(
+                "agent.tool",
+                json!({"tool": "Write", "input": "a.rs", "result_bytes": 27,
+                       "is_error": true, "error": "File has not been read yet."})
+            )]
+        );
+        assert!(alerts(&failed).is_empty());
     }
 
     #[test]
@@ -2013,6 +3005,7 @@ mod tests {
                         input: "a.rs".into(),
                     }),
                 ],
+                call: None,
             },
         );
         let text = &records(&said)[0];
@@ -2027,6 +3020,7 @@ mod tests {
                 id: "t1".into(),
                 bytes: 12,
                 is_error: false,
+                error: None,
             }]),
         );
         assert_eq!(

@@ -33,11 +33,13 @@ pub enum ProcessReport {
         generation: u64,
         value: Value,
     },
-    /// The process exited; `how` says how ("exit code 1", "signal 9").
+    /// The process exited; `how` says how ("exit code 1", "signal 9"); `stderr` holds the last
+    /// lines it wrote on stderr.
     Exited {
         agent: usize,
         generation: u64,
         how: String,
+        stderr: Vec<String>,
     },
 }
 
@@ -199,6 +201,8 @@ pub fn spawn(launch: Launch, reports: mpsc::Sender<ProcessReport>) -> anyhow::Re
         .append(true)
         .open(&stderr_path)
         .with_context(|| format!("cannot open {}", stderr_path.display()))?;
+    // The log keeps every process's stderr: this one's starts here.
+    let stderr_start = stderr.metadata().map(|meta| meta.len()).unwrap_or(0);
     let mut command = tokio::process::Command::new(&launch.program);
     command
         .args(&launch.args)
@@ -241,16 +245,38 @@ pub fn spawn(launch: Launch, reports: mpsc::Sender<ProcessReport>) -> anyhow::Re
             exited.store(true, Ordering::SeqCst);
             // Every line it printed is handed over before its exit.
             let _ = reader.await;
+            let stderr = stderr_tail(&stderr_path, stderr_start);
             let _ = reports
                 .send(ProcessReport::Exited {
                     agent,
                     generation,
                     how,
+                    stderr,
                 })
                 .await;
         }
     });
     Ok(Running { pid, stdin, exited })
+}
+
+/// Lines of stderr kept for an exit's report.
+const STDERR_LINES: usize = 10;
+
+/// The last lines written to the stderr log since offset `start` (what one process wrote).
+fn stderr_tail(path: &Path, start: u64) -> Vec<String> {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let from = usize::try_from(start)
+        .unwrap_or(0)
+        .max(bytes.len().saturating_sub(4096))
+        .min(bytes.len());
+    let text = String::from_utf8_lossy(&bytes[from..]);
+    let lines: Vec<String> = text
+        .lines()
+        .map(str::trim_end)
+        .filter(|line| !line.trim().is_empty())
+        .map(str::to_string)
+        .collect();
+    lines[lines.len().saturating_sub(STDERR_LINES)..].to_vec()
 }
 
 async fn read_stdout(

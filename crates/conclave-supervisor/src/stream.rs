@@ -15,6 +15,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use conclave_core::event::MAX_TOOL_ERROR_CHARS;
+
+use crate::pricing::Usage;
+
 /// Longest tool input summary recorded in an `agent.tool` event.
 pub const MAX_TOOL_INPUT: usize = 200;
 /// Longest text recorded in an `agent.text` event.
@@ -28,6 +32,9 @@ pub struct ToolResult {
     /// The size of the result in bytes.
     pub bytes: usize,
     pub is_error: bool,
+    /// What a failed call answered (cut to [`MAX_TOOL_ERROR_CHARS`] characters), when
+    /// `is_error`.
+    pub error: Option<String>,
 }
 
 /// A tool call seen in an `assistant` line.
@@ -47,6 +54,15 @@ pub enum Content {
     Tool(ToolCall),
 }
 
+/// One model call as an `assistant` line shows it. The CLI prints a line per content block of
+/// a call, each with the same message id and usage: the id tells them apart from a new call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelCall {
+    pub id: Option<String>,
+    pub model: Option<String>,
+    pub usage: Usage,
+}
+
 /// What one line says.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamUpdate {
@@ -60,6 +76,8 @@ pub enum StreamUpdate {
         context_tokens: Option<i64>,
         /// Its text and tool calls, in the order the model wrote them.
         content: Vec<Content>,
+        /// The call's id, model and usage, to price it while the turn runs.
+        call: Option<ModelCall>,
     },
     /// Tool results.
     ToolResults(Vec<ToolResult>),
@@ -75,8 +93,22 @@ pub enum StreamUpdate {
         session_id: Option<String>,
         /// Model calls in the turn.
         num_turns: Option<i64>,
+        /// The turn's final text (`result`), which says what went wrong in an error result.
+        text: Option<String>,
     },
-    /// Anything else (retries, other system lines).
+    /// `system/api_retry`: a model call failed and the CLI retries it (401: the key or login
+    /// is refused; 429: rate limited; 529: overloaded).
+    ApiRetry {
+        /// The HTTP status of the failed call (`error_status`).
+        status: Option<i64>,
+        /// The CLI's word for it (`authentication_failed`, `rate_limit`, ...).
+        error: Option<String>,
+        attempt: Option<i64>,
+        max_retries: Option<i64>,
+        /// How long the CLI waits before it retries.
+        retry_in_ms: Option<i64>,
+    },
+    /// Anything else (other system lines).
     Other,
 }
 
@@ -113,9 +145,20 @@ pub fn parse_line(line: &Value) -> StreamUpdate {
                     _ => {}
                 }
             }
+            let call = usage["input_tokens"].as_i64().map(|input| ModelCall {
+                id: message["id"].as_str().map(str::to_string),
+                model: message["model"].as_str().map(str::to_string),
+                usage: Usage {
+                    input,
+                    output: usage["output_tokens"].as_i64().unwrap_or(0),
+                    cache_read: usage["cache_read_input_tokens"].as_i64().unwrap_or(0),
+                    cache_creation: usage["cache_creation_input_tokens"].as_i64().unwrap_or(0),
+                },
+            });
             StreamUpdate::Assistant {
                 context_tokens,
                 content,
+                call,
             }
         }
         (Some("user"), _) => {
@@ -137,10 +180,25 @@ pub fn parse_line(line: &Value) -> StreamUpdate {
                             .sum(),
                         _ => 0,
                     };
+                    let is_error = block["is_error"] == true;
+                    let error = is_error.then(|| match &block["content"] {
+                        Value::String(text) => truncate(text.trim(), MAX_TOOL_ERROR_CHARS),
+                        Value::Array(parts) => truncate(
+                            parts
+                                .iter()
+                                .filter_map(|part| part["text"].as_str())
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                                .trim(),
+                            MAX_TOOL_ERROR_CHARS,
+                        ),
+                        _ => String::new(),
+                    });
                     ToolResult {
                         id,
                         bytes,
-                        is_error: block["is_error"] == true,
+                        is_error,
+                        error,
                     }
                 })
                 .collect::<Vec<_>>();
@@ -161,6 +219,18 @@ pub fn parse_line(line: &Value) -> StreamUpdate {
             is_error: line["is_error"].as_bool().unwrap_or(false),
             session_id,
             num_turns: line["num_turns"].as_i64(),
+            text: line["result"]
+                .as_str()
+                .map(|text| truncate(text.trim(), MAX_TEXT)),
+        },
+        (Some("system"), Some("api_retry")) => StreamUpdate::ApiRetry {
+            status: line["error_status"].as_i64(),
+            error: line["error"].as_str().map(str::to_string),
+            attempt: line["attempt"].as_i64(),
+            max_retries: line["max_retries"].as_i64(),
+            retry_in_ms: line["retry_delay_ms"]
+                .as_i64()
+                .or_else(|| line["retry_delay_ms"].as_f64().map(|ms| ms as i64)),
         },
         _ => match line["total_cost_usd"].as_f64() {
             Some(total_usd) => StreamUpdate::Cost { total_usd },
@@ -289,7 +359,8 @@ mod tests {
                 },
             ),
             (
-                json!({"type": "assistant", "message": {"usage": {"input_tokens": 10,
+                json!({"type": "assistant", "message": {"id": "msg1", "model": "m",
+                    "usage": {"input_tokens": 10, "output_tokens": 3,
                     "cache_read_input_tokens": 5, "cache_creation_input_tokens": 1},
                     "content": [{"type": "text", "text": "hi"},
                                 {"type": "tool_use", "id": "t1", "name": "Write",
@@ -304,6 +375,16 @@ mod tests {
                             input: "a.rs".into(),
                         }),
                     ],
+                    call: Some(ModelCall {
+                        id: Some("msg1".into()),
+                        model: Some("m".into()),
+                        usage: Usage {
+                            input: 10,
+                            output: 3,
+                            cache_read: 5,
+                            cache_creation: 1,
+                        },
+                    }),
                 },
             ),
             (
@@ -313,6 +394,18 @@ mod tests {
                     id: "t1".into(),
                     bytes: 4,
                     is_error: false,
+                    error: None,
+                }]),
+            ),
+            (
+                json!({"type": "user", "message": {"content": [
+                    {"type": "tool_result", "tool_use_id": "t2", "is_error": true,
+                     "content": [{"type": "text", "text": " File has not been read yet. "}]}]}}),
+                StreamUpdate::ToolResults(vec![ToolResult {
+                    id: "t2".into(),
+                    bytes: 29,
+                    is_error: true,
+                    error: Some("File has not been read yet.".into()),
                 }]),
             ),
             (
@@ -326,6 +419,7 @@ mod tests {
                     is_error: false,
                     session_id: Some("s1".into()),
                     num_turns: None,
+                    text: None,
                 },
             ),
             (
@@ -333,7 +427,18 @@ mod tests {
                 StreamUpdate::Cost { total_usd: 0.25 },
             ),
             (
-                json!({"type": "system", "subtype": "api_retry"}),
+                json!({"type": "system", "subtype": "api_retry", "attempt": 1, "max_retries": 10,
+                    "retry_delay_ms": 530, "error_status": 401, "error": "authentication_failed"}),
+                StreamUpdate::ApiRetry {
+                    status: Some(401),
+                    error: Some("authentication_failed".into()),
+                    attempt: Some(1),
+                    max_retries: Some(10),
+                    retry_in_ms: Some(530),
+                },
+            ),
+            (
+                json!({"type": "system", "subtype": "status"}),
                 StreamUpdate::Other,
             ),
             (json!("not an object"), StreamUpdate::Other),

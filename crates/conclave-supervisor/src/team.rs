@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent_files::{AgentFiles, JoinedAgent, prepare_agent};
 use crate::follow::follow_events;
-use crate::machine::{AgentState, Effect, Input, SavedState, Team, TeamView};
+use crate::machine::{AgentState, Effect, Input, Outcome, SavedState, Team, TeamView};
 use crate::plan;
 use crate::process::{ClientProcesses, Launch, ProcessReport, ProcessSide};
 use crate::stream::parse_line;
@@ -214,9 +214,10 @@ impl Supervisor {
             .collect()
     }
 
-    /// Runs the team until it is finished (unless `stay`) or `shutdown` is cancelled; then
-    /// ends every agent's process.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    /// Runs the team until it finishes, stalls or fails (unless `stay`) or `shutdown` is
+    /// cancelled ([`Outcome::Stopped`]); then ends every agent's process. The last lines
+    /// printed say the outcome, with a line per agent.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<Outcome> {
         let status: StatusReport = self.admin.get("/api/status", &[]).await?;
         let (events_tx, mut events) = mpsc::channel(1024);
         let follow_stop = shutdown.child_token();
@@ -234,10 +235,25 @@ impl Supervisor {
             processes: ClientProcesses::new(reports_tx),
             server: ApiServer { admin: self.admin },
         };
-        driver.run(&mut reports, &mut events, shutdown).await;
+        let outcome = driver.run(&mut reports, &mut events, shutdown).await;
         follow_stop.cancel();
-        Ok(())
+        Ok(outcome)
     }
+}
+
+/// The last lines `conclave up` prints: the outcome, why, and a line per agent.
+pub fn outcome_lines(outcome: &Outcome, agents: &[String]) -> Vec<String> {
+    let mut lines = vec![match outcome {
+        Outcome::Finished => {
+            "outcome: finished — the team has finished: every task is done or cancelled (exit 0)"
+                .to_string()
+        }
+        Outcome::Stalled { reason } => format!("outcome: stalled — {reason} (exit 6)"),
+        Outcome::Failed { reason } => format!("outcome: failed — {reason} (exit 7)"),
+        Outcome::Stopped => "outcome: stopped by a person".to_string(),
+    }];
+    lines.extend(agents.iter().map(|agent| format!("  {agent}")));
+    lines
 }
 
 fn read_saved_state(dir: &std::path::Path) -> SavedState {
@@ -263,37 +279,37 @@ struct Driver<P, S> {
 }
 
 impl<P: ProcessSide, S: ServerSide> Driver<P, S> {
-    /// Runs until the team has finished (returns true) or `shutdown` is cancelled (false);
-    /// then ends every process.
+    /// Runs until the team has an outcome or `shutdown` is cancelled ([`Outcome::Stopped`]);
+    /// then ends every process and prints the outcome.
     async fn run(
         &mut self,
         reports: &mut mpsc::Receiver<ProcessReport>,
         events: &mut mpsc::Receiver<Event>,
         shutdown: CancellationToken,
-    ) -> bool {
+    ) -> Outcome {
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let finished = loop {
+        let outcome = loop {
             let input = tokio::select! {
                 // A stop asked for comes first: `down` during the stagger must not start the
                 // rest of the team.
                 biased;
-                () = shutdown.cancelled() => break false,
+                () = shutdown.cancelled() => break Outcome::Stopped,
                 Some(report) = reports.recv() => self.input_of(report),
                 Some(event) = events.recv() => Input::Event(event),
                 _ = ticker.tick() => Input::Tick,
             };
-            if self.feed(input).await {
-                break true;
+            if let Some(outcome) = self.feed(input).await {
+                break outcome;
             }
         };
-        if finished {
-            eprintln!(
-                "conclave: the team has finished: no task is ready for anyone and every agent is idle"
-            );
-        }
+        // Where each agent was when the run ended, not after the shutdown.
+        let summaries = self.team.summaries();
         self.stop_all(reports).await;
-        finished
+        for line in outcome_lines(&outcome, &summaries) {
+            eprintln!("conclave: {line}");
+        }
+        outcome
     }
 
     fn input_of(&mut self, report: ProcessReport) -> Input {
@@ -311,6 +327,7 @@ impl<P: ProcessSide, S: ServerSide> Driver<P, S> {
                 agent,
                 generation,
                 how,
+                stderr,
             } => {
                 if self
                     .team
@@ -324,26 +341,27 @@ impl<P: ProcessSide, S: ServerSide> Driver<P, S> {
                     agent,
                     generation,
                     how,
+                    stderr,
                 }
             }
         }
     }
 
-    /// Steps the machine with `input` and with whatever its effects answer; returns whether
-    /// the team has finished.
-    async fn feed(&mut self, input: Input) -> bool {
+    /// Steps the machine with `input` and with whatever its effects answer; returns the
+    /// outcome when the run is over.
+    async fn feed(&mut self, input: Input) -> Option<Outcome> {
         let mut queue = VecDeque::from([input]);
-        let mut finished = false;
+        let mut ended = None;
         while let Some(input) = queue.pop_front() {
             for effect in self.team.step(input, now()) {
-                if matches!(effect, Effect::Finished) {
-                    finished = true;
+                if let Effect::Ended(outcome) = effect {
+                    ended = Some(outcome);
                 } else if let Some(answer) = self.execute(effect).await {
                     queue.push_back(answer);
                 }
             }
         }
-        finished
+        ended
     }
 
     fn name(&self, agent: usize) -> String {
@@ -417,7 +435,7 @@ impl<P: ProcessSide, S: ServerSide> Driver<P, S> {
                 eprintln!("conclave: {text}");
                 None
             }
-            Effect::Finished => None,
+            Effect::Ended(_) => None,
         }
     }
 
@@ -551,6 +569,7 @@ mod tests {
                     agent,
                     generation,
                     how: "exit code 1".into(),
+                    stderr: Vec::new(),
                 });
             } else {
                 self.report(line(json!({"type": "result", "total_cost_usd": 0.25,
@@ -572,6 +591,7 @@ mod tests {
                 agent,
                 generation,
                 how: "exit code 0".into(),
+                stderr: Vec::new(),
             });
         }
 
@@ -660,10 +680,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut driver, mut reports, seen) = driver(dir.path(), 0);
         let (_events_tx, mut events) = mpsc::channel(8);
-        let finished = driver
+        let outcome = driver
             .run(&mut reports, &mut events, CancellationToken::new())
             .await;
-        assert!(finished);
+        assert_eq!(outcome, Outcome::Finished);
         let seen = seen.lock().expect("seen");
         assert_eq!(seen.spawns.len(), 1);
         assert!(
@@ -691,10 +711,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut driver, mut reports, seen) = driver(dir.path(), 1);
         let (_events_tx, mut events) = mpsc::channel(8);
-        assert!(
+        assert_eq!(
             driver
                 .run(&mut reports, &mut events, CancellationToken::new())
-                .await
+                .await,
+            Outcome::Finished
         );
         let seen = seen.lock().expect("seen");
         assert_eq!(seen.spawns.len(), 2, "{:?}", seen.spawns);
@@ -713,7 +734,10 @@ mod tests {
         let (_events_tx, mut events) = mpsc::channel(8);
         let shutdown = CancellationToken::new();
         shutdown.cancel();
-        assert!(!driver.run(&mut reports, &mut events, shutdown).await);
+        assert_eq!(
+            driver.run(&mut reports, &mut events, shutdown).await,
+            Outcome::Stopped
+        );
         let seen = seen.lock().expect("seen");
         assert!(seen.spawns.is_empty(), "nothing starts after a stop");
         assert!(

@@ -19,7 +19,16 @@ const POLL: Duration = Duration::from_millis(200);
 
 pub async fn run(context: &Context, args: AttachArgs) -> anyhow::Result<()> {
     let project = context.project()?;
-    let path = project.agent_dir(&args.name).join("stream.jsonl");
+    let agent_dir = project.agent_dir(&args.name);
+    // An agent the team does not name and that never ran would be waited for forever.
+    if !agent_dir.exists() && !team_names(project).contains(&args.name) {
+        anyhow::bail!(
+            "no agent named {:?} in this team (conclave.toml names: {})",
+            args.name,
+            team_names(project).join(", ")
+        );
+    }
+    let path = agent_dir.join("stream.jsonl");
     eprintln!("conclave: following {} (Ctrl-C to stop)", path.display());
     let mut printed_history = false;
     loop {
@@ -44,11 +53,13 @@ pub async fn run(context: &Context, args: AttachArgs) -> anyhow::Result<()> {
         if !printed_history {
             let lines: Vec<&str> = text.lines().collect();
             for line in &lines[lines.len().saturating_sub(HISTORY_LINES)..] {
-                print_line(line);
+                print_line(line)?;
             }
             printed_history = true;
         } else {
-            text.lines().for_each(print_line);
+            for line in text.lines() {
+                print_line(line)?;
+            }
         }
         loop {
             tokio::time::sleep(POLL).await;
@@ -62,7 +73,7 @@ pub async fn run(context: &Context, args: AttachArgs) -> anyhow::Result<()> {
             pending.extend_from_slice(&chunk);
             while let Some(end) = pending.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=end).collect();
-                print_line(String::from_utf8_lossy(&line).trim_end());
+                print_line(String::from_utf8_lossy(&line).trim_end())?;
             }
             if replaced {
                 break;
@@ -71,10 +82,25 @@ pub async fn run(context: &Context, args: AttachArgs) -> anyhow::Result<()> {
     }
 }
 
-fn print_line(line: &str) {
+/// Prints one line; a closed stdout ends the command with the write's error (which `main`
+/// takes for an ordinary end), not a panic.
+fn print_line(line: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
     if let Some(text) = render(line) {
-        println!("{text}");
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{text}")?;
+        out.flush()?;
     }
+    Ok(())
+}
+
+/// The agents `conclave.toml` names (replicas counted); none when it cannot be read.
+fn team_names(project: &conclave_core::project::Project) -> Vec<String> {
+    conclave_core::config::Config::load(&project.config_file())
+        .ok()
+        .and_then(|config| conclave_supervisor::plan::plan_team(&config, project.root()).ok())
+        .map(|plans| plans.into_iter().map(|plan| plan.name).collect())
+        .unwrap_or_default()
 }
 
 /// One stream-json line as people read it; `None` for lines of no interest.
@@ -116,6 +142,17 @@ pub fn render(line: &str) -> Option<String> {
             if is_error { " with an error" } else { "" },
             num_turns.unwrap_or(0),
             cost_usd.unwrap_or(0.0)
+        )),
+        StreamUpdate::ApiRetry {
+            status,
+            error,
+            attempt,
+            ..
+        } => Some(format!(
+            "── model call failed ({}{}), retry {}",
+            status.map_or_else(|| "no status".to_string(), |s| format!("HTTP {s}")),
+            error.map(|e| format!(": {e}")).unwrap_or_default(),
+            attempt.unwrap_or(0)
         )),
         StreamUpdate::Cost { .. } | StreamUpdate::Other => None,
     }

@@ -219,6 +219,22 @@ impl Watch {
             };
             if let Some(what) = said.text.strip_prefix(STOP_MARK) {
                 let who = event.agent.as_deref().unwrap_or(&event.actor);
+                // An alert like any other failure: on the agent's card, the page's strip and in
+                // `conclave status`, not only in this terminal.
+                let alert = conclave_core::model::NewEvent {
+                    agent: who.to_string(),
+                    task: None,
+                    payload: EventPayload::AgentAlert(conclave_core::event::AgentAlert {
+                        cause: "unexpected".to_string(),
+                        message: format!("the scripted agent stopped: {what}"),
+                    }),
+                };
+                if let Err(error) = admin
+                    .post::<_, serde_json::Value>("/api/events", &alert)
+                    .await
+                {
+                    tracing::warn!(error = %format!("{error:#}"), "cannot record the alert");
+                }
                 return Ok(Progress::Stuck(format!("{who} stopped: {what}")));
             }
         }

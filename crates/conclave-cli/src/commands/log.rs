@@ -317,6 +317,14 @@ fn summarize(event: &Event) -> String {
             summary.opt("context_window", d.context_window);
             summary.field("cost_usd", format!("{:.4}", d.cost_usd));
         }
+        EventPayload::AgentIteration(d) => {
+            summary
+                .field("number", d.number)
+                .field("cost_usd", format!("{:.4}", d.cost_usd))
+                .opt("turns", d.turns)
+                .opt("check_exit", d.check_exit)
+                .field("outcome", &d.outcome);
+        }
         EventPayload::AgentBudgetExceeded(d) => {
             summary.field("message", &d.message);
         }

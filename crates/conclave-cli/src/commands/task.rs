@@ -264,6 +264,12 @@ fn print_task(task: &Task, blocked: Option<&str>) -> std::io::Result<()> {
         lines.push(format!("parent:    {parent}"));
     }
     lines.push(format!("attempts:  {}", task.attempts));
+    if task.cost_usd > 0.0 {
+        lines.push(format!(
+            "cost:      ${:.4} (spent by its holders while holding it)",
+            task.cost_usd
+        ));
+    }
     lines.push(format!(
         "created:   {} by {}",
         task.created_at.format("%Y-%m-%d %H:%M:%S UTC"),

@@ -3,9 +3,10 @@
 //! It joins the server already running for the project (named in `.conclave/server.json` and
 //! answering `/healthz`), else serves the project in-process. It writes
 //! `.conclave/supervisor.json` (its pid, for `conclave down`), runs the supervisor until the
-//! team has finished (unless `--stay`) or a signal arrives, ends the agents, then its own
-//! server. `--detach` starts the same command in the background with its output in
-//! `.conclave/supervisor.log`.
+//! team has an outcome — finished (exit 0), stalled (exit 6) or failed (exit 7) — unless
+//! `--stay`, or a signal arrives; ends the agents, then its own server. `--detach` checks each
+//! agent's client (a probe turn), then starts the same command in the background with its
+//! output in `.conclave/supervisor.log`.
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::process::Stdio;
@@ -21,11 +22,14 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::UpArgs;
 use crate::commands::claude::{admin_client, reachable_url};
 use crate::context::Context;
+use crate::error::TeamEnded;
 use conclave_client::Client;
-use conclave_supervisor::{Supervisor, SupervisorOptions};
+use conclave_supervisor::{Outcome, Supervisor, SupervisorOptions};
 
 /// Set in the environment of the background process `--detach` starts.
 const ENV_DETACHED: &str = "CONCLAVE_UP_DETACHED";
+/// How long `up --detach` waits for each agent's probe turn.
+const PROBE_LIMIT: Duration = Duration::from_secs(60);
 /// How long `up --detach` waits for the background supervisor to report that it runs.
 const DETACH_WAIT: Duration = Duration::from_secs(30);
 
@@ -133,7 +137,19 @@ pub async fn run(context: &Context, args: UpArgs) -> anyhow::Result<()> {
             supervisor.names().len(),
             supervisor.names().join(", ")
         );
-        supervisor.run(shutdown.clone()).await
+        match supervisor.run(shutdown.clone()).await? {
+            Outcome::Finished | Outcome::Stopped => Ok(()),
+            Outcome::Stalled { .. } => Err(TeamEnded {
+                outcome: "stalled",
+                code: crate::error::EXIT_STALLED,
+            }
+            .into()),
+            Outcome::Failed { .. } => Err(TeamEnded {
+                outcome: "failed",
+                code: crate::error::EXIT_FAILED,
+            }
+            .into()),
+        }
     }
     .await;
 
@@ -170,6 +186,26 @@ async fn detach(project: &Project, args: &UpArgs) -> anyhow::Result<()> {
     let log_path = project.state_dir().join("supervisor.log");
     // A bad conclave.toml is reported here, not only in the log.
     conclave_supervisor::check_team(project)?;
+    // So are a client that is missing, refuses its flags or is not logged in: one probe turn
+    // per agent, with its own env and flags.
+    match conclave_supervisor::probe::probe_team(project, PROBE_LIMIT).await {
+        Ok(probed) => {
+            for agent in probed {
+                eprintln!(
+                    "conclave: {}: client {} answered a probe turn",
+                    agent.name, agent.version
+                );
+            }
+        }
+        Err(error) => {
+            eprintln!("conclave: {}", crate::error::one_line(&error));
+            return Err(TeamEnded {
+                outcome: "failed",
+                code: crate::error::EXIT_FAILED,
+            }
+            .into());
+        }
+    }
     // The log carries the dashboard link, and with it the admin token: owner-only, like
     // admin.token itself.
     let log = std::fs::OpenOptions::new()

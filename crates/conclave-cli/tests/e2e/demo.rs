@@ -121,5 +121,13 @@ async fn a_scripted_agent_meeting_an_unexpected_error_stops_the_demo_at_once() -
         })
         .count();
     ensure!(questions == 0, "{questions} questions were asked");
+    let alert = events.iter().find_map(|e| match &e.payload {
+        EventPayload::AgentAlert(alert) => Some(alert.message.as_str()),
+        _ => None,
+    });
+    ensure!(
+        alert.is_some_and(|message| message.contains("EISDIR")),
+        "the stop is an alert saying what the agent met: {alert:?}"
+    );
     Ok(())
 }

@@ -8,7 +8,9 @@
 //! under `CI=true` it fails instead.
 
 mod demo;
+mod loop_cmd;
 mod outages;
+mod outcomes;
 mod readme_team;
 mod signals;
 mod supervisor;

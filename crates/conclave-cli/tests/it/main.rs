@@ -1,6 +1,7 @@
 //! Integration tests of the `conclave` binary: real processes, a real server on loopback, a real
 //! database in a temporary project. One test binary, one module per area.
 
+mod attach;
 mod config;
 mod errors;
 mod follow;

@@ -270,6 +270,18 @@ impl Tx<'_> {
         {
             return Err(CoreError::invalid("cost_usd must be a non-negative number"));
         }
+        // What the agent spent since its last report goes to the task it holds (a lower report,
+        // the client's total replacing an estimate, takes back what was counted, never below 0).
+        if let Some(cost) = update.cost_usd {
+            let spent = cost - before.cost_usd;
+            if spent.abs() > f64::EPSILON {
+                self.conn().execute(
+                    "UPDATE tasks SET cost_usd = MAX(0, cost_usd + ?2)
+                     WHERE assignee = ?1 AND status IN ('claimed', 'in_progress')",
+                    params![name, spent],
+                )?;
+            }
+        }
         self.conn().execute(
             "UPDATE agents SET
                 status = COALESCE(?2, status), role = COALESCE(?3, role),

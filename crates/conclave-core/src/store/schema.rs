@@ -239,6 +239,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX tasks_finished_by_update ON tasks (updated_at)
         WHERE status IN ('done', 'failed', 'cancelled');
     "#,
+    // 6: cost per task: what its holders spent while holding it (the supervisor's reports of an
+    // agent's cost are added to the task it holds).
+    r#"
+    ALTER TABLE tasks ADD COLUMN cost_usd REAL NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -28,7 +28,7 @@ use crate::model::{
 
 pub(crate) const TASK_COLUMNS: &str = "id, title, body, status, priority, role, caps, assignee, \
     claim_expires_at, attempts, result, files, parent, created_by, created_at, updated_at, \
-    blocked_reason, pipeline, approve, awaiting_approval";
+    blocked_reason, pipeline, approve, awaiting_approval, cost_usd";
 
 const MAX_TITLE: usize = 200;
 pub(crate) const MAX_BODY: usize = 64 * 1024;
@@ -89,6 +89,7 @@ pub(crate) fn task_from_row(row: &Row<'_>) -> rusqlite::Result<Task> {
             .and_then(|text| serde_json::from_str(&text).ok()),
         approve: row.get(18)?,
         awaiting_approval: row.get(19)?,
+        cost_usd: row.get(20)?,
     })
 }
 

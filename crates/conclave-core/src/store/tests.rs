@@ -1434,3 +1434,36 @@ fn the_dashboard_listing_keeps_open_tasks_and_the_latest_finished_and_counts_by_
     let now = Utc::now().timestamp_millis();
     assert_eq!(store.read(|r| r.live_lease_count(now)).expect("leases"), 1);
 }
+
+#[test]
+fn an_agents_reported_cost_goes_to_the_task_it_holds() {
+    let store = store();
+    agent(&store, "a", None, &[]);
+    let report = |cost: f64| {
+        store
+            .write(|tx| {
+                tx.update_agent(
+                    "admin",
+                    "a",
+                    AgentUpdate {
+                        cost_usd: Some(cost),
+                        ..Default::default()
+                    },
+                )
+            })
+            .expect("cost reported");
+    };
+    let cost_of = |id| store.read(|r| r.task(id)).expect("task").cost_usd;
+    // Spent before holding anything: no task's.
+    report(0.25);
+    let held = task(&store, "held", &[], None, 0);
+    let other = task(&store, "other", &[], None, 0);
+    assert_eq!(claim(&store, "a", Some(held)).expect("claim"), Some(held));
+    report(0.75);
+    report(1.0);
+    assert!((cost_of(held) - 0.75).abs() < 1e-9, "{}", cost_of(held));
+    // A lower report (an estimate replaced by the client's total) takes back the difference.
+    report(0.9);
+    assert!((cost_of(held) - 0.65).abs() < 1e-9, "{}", cost_of(held));
+    assert!(cost_of(other).abs() < 1e-9);
+}

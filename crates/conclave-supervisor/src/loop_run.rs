@@ -1,0 +1,597 @@
+//! `conclave loop`: the `claude -p` loop. Each iteration is a fresh client process, run as one
+//! registered agent (default `loop`) with the Conclave MCP config and hooks, given the prompt
+//! and a bounded summary of the server's state; then the check command runs. The loop ends when
+//! the check passes, the iterations or the budget run out, no iteration could run at all, or a
+//! person interrupts it.
+//!
+//! Every iteration starts from nothing on purpose (no `--resume`): what carries over is what the
+//! agent left in the project and on the server (tasks, notes), plus the last result and check
+//! output quoted in the summary, so a long loop never fills a context window.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use conclave_client::{Client, ENV_AGENT, ENV_TOKEN, ENV_URL};
+use conclave_core::config::AgentSettings;
+use conclave_core::event::{AgentIteration, EventPayload};
+use conclave_core::model::{EventList, NewAgent, NewEvent, StatusReport, TaskStatus};
+use conclave_core::project::Project;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent_files::prepare_agent;
+use crate::plan::{
+    AgentPlan, DEFAULT_HIBERNATE_AFTER, DEFAULT_MAX_RESTARTS, DEFAULT_RECYCLE_AT,
+    DEFAULT_RESTART_WINDOW, command_line, extra_env,
+};
+use crate::process::user_message_line;
+use crate::stream::{StreamLog, StreamUpdate, parse_line, truncate};
+
+/// The agent name a loop runs as unless told otherwise.
+pub const DEFAULT_LOOP_AGENT: &str = "loop";
+/// The most of the server's state quoted to an iteration.
+pub const MAX_SUMMARY_CHARS: usize = 8000;
+/// How long the check may run before it counts as failed.
+pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(600);
+/// Lines of the check's output quoted to the next iteration.
+const CHECK_TAIL_LINES: usize = 20;
+/// The most of the last iteration's result text quoted to the next.
+const MAX_RESULT_CHARS: usize = 2000;
+/// Tasks listed in the summary, per status.
+const MAX_TASKS_LISTED: usize = 20;
+/// Iterations in a row whose client gave no result before the loop gives up (exit 7).
+const MAX_FAILED_IN_A_ROW: usize = 3;
+/// How long an interrupted client gets to end after SIGINT before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// What a loop is asked to do.
+#[derive(Debug, Clone)]
+pub struct LoopOptions {
+    /// The prompt given to every iteration.
+    pub prompt: String,
+    /// The check command (`sh -c`, in the project root); none runs until `max` or the budget.
+    pub until: Option<String>,
+    pub max: Option<u32>,
+    /// Total USD the loop may spend; checked after each iteration.
+    pub budget_usd: Option<f64>,
+    pub model: Option<String>,
+    pub agent: String,
+    /// Claude Code's `--permission-mode` for every iteration (none passes nothing).
+    pub permission_mode: Option<String>,
+    pub check_timeout: Duration,
+    /// Extra environment for the client (on top of the inherited one).
+    pub env: std::collections::BTreeMap<String, String>,
+}
+
+/// Why the loop ended; each has its exit code.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LoopEnd {
+    /// The check exited 0: exit 0.
+    CheckPassed,
+    /// `--max` iterations ran and the check still fails: exit 6.
+    MaxIterations,
+    /// The budget is spent: exit 6.
+    BudgetSpent,
+    /// Not one iteration could run (no client, not logged in, ...): exit 7.
+    CouldNotRun(String),
+    /// Ctrl-C: the running iteration was stopped and recorded: exit 130.
+    Interrupted,
+}
+
+impl LoopEnd {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            LoopEnd::CheckPassed => 0,
+            LoopEnd::MaxIterations | LoopEnd::BudgetSpent => 6,
+            LoopEnd::CouldNotRun(_) => 7,
+            LoopEnd::Interrupted => 130,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            LoopEnd::CheckPassed => "the check passed".into(),
+            LoopEnd::MaxIterations => "the iterations ran out".into(),
+            LoopEnd::BudgetSpent => "the budget is spent".into(),
+            LoopEnd::CouldNotRun(why) => format!("no iteration could run: {why}"),
+            LoopEnd::Interrupted => "interrupted".into(),
+        }
+    }
+}
+
+/// What one iteration did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IterationReport {
+    pub number: u32,
+    pub cost_usd: f64,
+    pub turns: Option<i64>,
+    /// The client's final result text (`result` line), if it got that far.
+    pub result: Option<String>,
+    /// The client reported a result, error or not: it ran.
+    pub ran: bool,
+    pub is_error: bool,
+    pub check: Option<CheckOutcome>,
+    pub duration: Duration,
+    pub interrupted: bool,
+    /// Why the client did not run, or its last stderr lines when it failed.
+    pub failure: Option<String>,
+}
+
+/// What the check answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckOutcome {
+    /// None when it timed out or was killed by a signal.
+    pub exit_code: Option<i32>,
+    /// Its last output lines (stdout and stderr together).
+    pub tail: String,
+}
+
+impl CheckOutcome {
+    pub fn passed(&self) -> bool {
+        self.exit_code == Some(0)
+    }
+}
+
+/// The whole loop's account.
+#[derive(Debug, Clone)]
+pub struct LoopReport {
+    pub end: LoopEnd,
+    pub iterations: Vec<IterationReport>,
+    pub elapsed: Duration,
+}
+
+impl LoopReport {
+    pub fn cost_usd(&self) -> f64 {
+        self.iterations.iter().map(|it| it.cost_usd).sum()
+    }
+}
+
+/// Runs the loop. `url` is the server as agents reach it; `on_iteration` is called after each
+/// iteration (the terminal's one line); `interrupt` stops the running iteration cleanly.
+pub async fn run_loop(
+    project: &Project,
+    admin: &Client,
+    url: &str,
+    options: &LoopOptions,
+    interrupt: CancellationToken,
+    mut on_iteration: impl FnMut(&IterationReport),
+) -> anyhow::Result<LoopReport> {
+    let started = Instant::now();
+    let registration = NewAgent {
+        name: options.agent.clone(),
+        role: None,
+        model: options.model.clone(),
+        caps: Vec::new(),
+        ..Default::default()
+    };
+    let strict = false;
+    let joined = prepare_agent(project, admin, &registration, strict).await?;
+    let plan = loop_plan(options, project.root());
+    let dir = project.agent_dir(&options.agent);
+    let mut stream_log = StreamLog::in_dir(&dir);
+
+    let mut iterations: Vec<IterationReport> = Vec::new();
+    let mut seen_seq = current_seq(admin).await.unwrap_or(0);
+    let end = loop {
+        let number = iterations.len() as u32 + 1;
+        let (summary, last_seq) = state_summary(admin, seen_seq, iterations.last()).await;
+        let message = format!("{}\n\n{summary}", options.prompt.trim_end());
+        let mut report = run_client(
+            &plan,
+            &joined.files,
+            &joined.token,
+            url,
+            &message,
+            &interrupt,
+            &mut stream_log,
+            number,
+        )
+        .await;
+        seen_seq = last_seq;
+        if let Some(check) = options
+            .until
+            .as_deref()
+            .filter(|_| report.ran && !report.interrupted)
+        {
+            report.check = Some(run_check(check, project.root(), options.check_timeout).await);
+        }
+        record_iteration(admin, &options.agent, &report).await;
+        on_iteration(&report);
+        let interrupted = report.interrupted || interrupt.is_cancelled();
+        let ran = report.ran;
+        let failure = report.failure.clone();
+        let passed = report.check.as_ref().is_some_and(CheckOutcome::passed);
+        iterations.push(report);
+        if interrupted {
+            break LoopEnd::Interrupted;
+        }
+        // A client that cannot start or answer (missing binary, not logged in) will not do
+        // better next time: stop rather than spin, at once when nothing ever ran, else after a
+        // few failures in a row (one may be a passing hiccup).
+        let recent = iterations.iter().rev().take(MAX_FAILED_IN_A_ROW);
+        let never_ran = iterations.iter().all(|it| !it.ran);
+        let failing = iterations.len() >= MAX_FAILED_IN_A_ROW && recent.clone().all(|it| !it.ran);
+        if !ran && (never_ran || failing) {
+            break LoopEnd::CouldNotRun(
+                failure.unwrap_or_else(|| "the client gave no result".into()),
+            );
+        }
+        if passed {
+            break LoopEnd::CheckPassed;
+        }
+        let spent: f64 = iterations.iter().map(|it| it.cost_usd).sum();
+        if options.budget_usd.is_some_and(|budget| spent >= budget) {
+            break LoopEnd::BudgetSpent;
+        }
+        if options.max.is_some_and(|max| number >= max) {
+            break LoopEnd::MaxIterations;
+        }
+    };
+    Ok(LoopReport {
+        end,
+        iterations,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// The loop's agent as the command line builder sees it.
+fn loop_plan(options: &LoopOptions, root: &Path) -> AgentPlan {
+    let settings = AgentSettings {
+        model: options.model.clone(),
+        permission_mode: options.permission_mode.clone(),
+        prompt: Some(LOOP_PROMPT.to_string()),
+        env: (!options.env.is_empty()).then(|| options.env.clone()),
+        ..AgentSettings::default()
+    };
+    AgentPlan {
+        name: options.agent.clone(),
+        role: None,
+        caps: Vec::new(),
+        settings,
+        cwd: root.to_path_buf(),
+        recycle_at: DEFAULT_RECYCLE_AT,
+        hibernate_after: DEFAULT_HIBERNATE_AFTER,
+        max_restarts: DEFAULT_MAX_RESTARTS,
+        restart_window: DEFAULT_RESTART_WINDOW,
+    }
+}
+
+/// Appended to the protocol text: the loop's agent is alone and short-lived.
+const LOOP_PROMPT: &str = "You are one iteration of `conclave loop`: a fresh session that runs \
+once, then ends. Make progress on the prompt, leave what the next iteration needs in the project \
+and on the server (tasks, notes), and end with a short account of what you did.";
+
+async fn current_seq(admin: &Client) -> anyhow::Result<i64> {
+    let status: StatusReport = admin.get("/api/status", &[]).await?;
+    Ok(status.last_seq)
+}
+
+/// The server's state for the next iteration (≤ [`MAX_SUMMARY_CHARS`]) and the last event
+/// sequence number it covers. A server that does not answer is said so, not fatal.
+async fn state_summary(
+    admin: &Client,
+    after: i64,
+    last: Option<&IterationReport>,
+) -> (String, i64) {
+    let mut text = String::from("## State of the team (from Conclave)\n");
+    let mut last_seq = after;
+    match admin.get::<StatusReport>("/api/status", &[]).await {
+        Ok(status) => {
+            last_seq = status.last_seq;
+            for (label, wanted) in [
+                ("Ready tasks", &[TaskStatus::Ready][..]),
+                (
+                    "Open tasks",
+                    &[
+                        TaskStatus::Pending,
+                        TaskStatus::Claimed,
+                        TaskStatus::InProgress,
+                        TaskStatus::Review,
+                        TaskStatus::Blocked,
+                    ][..],
+                ),
+            ] {
+                let tasks: Vec<_> = status
+                    .tasks
+                    .iter()
+                    .filter(|task| wanted.contains(&task.status))
+                    .collect();
+                text.push_str(&format!("\n{label}: {}\n", tasks.len()));
+                for task in tasks.iter().take(MAX_TASKS_LISTED) {
+                    text.push_str(&format!(
+                        "- {} [{}] {}\n",
+                        task.id,
+                        task.status,
+                        truncate(&task.title, 120)
+                    ));
+                }
+            }
+        }
+        Err(error) => text.push_str(&format!("\n(the server did not answer: {error:#})\n")),
+    }
+    let query = [
+        ("after", after.to_string()),
+        ("kind", "note.added".to_string()),
+        ("limit", "50".to_string()),
+    ];
+    if let Ok(list) = admin.get::<EventList>("/api/events", &query).await {
+        text.push_str(&format!(
+            "\nNotes added since the last iteration: {}\n",
+            list.events.len()
+        ));
+        for event in &list.events {
+            if let EventPayload::NoteAdded(note) = &event.payload {
+                text.push_str(&format!(
+                    "- {} ({}, by {}): {}\n",
+                    note.id,
+                    note.kind,
+                    event.actor,
+                    truncate(&note.title, 120)
+                ));
+            }
+        }
+    }
+    if let Some(last) = last {
+        text.push_str(&format!("\n## Iteration {}\n", last.number));
+        if let Some(result) = &last.result {
+            text.push_str(&format!(
+                "Its result:\n{}\n",
+                truncate(result, MAX_RESULT_CHARS)
+            ));
+        }
+        if let Some(failure) = &last.failure {
+            text.push_str(&format!("It failed: {}\n", truncate(failure, 500)));
+        }
+        if let Some(check) = &last.check {
+            let code = check
+                .exit_code
+                .map_or_else(|| "none (timed out or killed)".into(), |c| c.to_string());
+            text.push_str(&format!(
+                "The check exited {code}; its last output:\n{}\n",
+                check.tail
+            ));
+        }
+    }
+    (truncate(&text, MAX_SUMMARY_CHARS), last_seq)
+}
+
+/// Runs one client process to its end; never fails (what went wrong is in the report).
+#[allow(clippy::too_many_arguments)]
+async fn run_client(
+    plan: &AgentPlan,
+    files: &crate::agent_files::AgentFiles,
+    token: &str,
+    url: &str,
+    message: &str,
+    interrupt: &CancellationToken,
+    stream_log: &mut StreamLog,
+    number: u32,
+) -> IterationReport {
+    let started = Instant::now();
+    let mut report = IterationReport {
+        number,
+        cost_usd: 0.0,
+        turns: None,
+        result: None,
+        ran: false,
+        is_error: false,
+        check: None,
+        duration: Duration::ZERO,
+        interrupted: false,
+        failure: None,
+    };
+    if let Err(error) = drive_client(
+        plan,
+        files,
+        token,
+        url,
+        message,
+        interrupt,
+        stream_log,
+        &mut report,
+    )
+    .await
+    {
+        report.failure = Some(format!("{error:#}"));
+    }
+    report.duration = started.elapsed();
+    report
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn drive_client(
+    plan: &AgentPlan,
+    files: &crate::agent_files::AgentFiles,
+    token: &str,
+    url: &str,
+    message: &str,
+    interrupt: &CancellationToken,
+    stream_log: &mut StreamLog,
+    report: &mut IterationReport,
+) -> anyhow::Result<()> {
+    let (program, args) = command_line(plan, files, None)?;
+    let mut command = Command::new(&program);
+    command
+        .args(&args)
+        .current_dir(&plan.cwd)
+        .envs(extra_env(plan))
+        .env(ENV_URL, url)
+        .env(ENV_AGENT, &plan.name)
+        .env(ENV_TOKEN, token)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group: the terminal's Ctrl-C reaches the loop, which then stops the
+        // client on purpose (and records it) instead of the client dying half-way on its own.
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("cannot start {}", program.display()))?;
+    let pid = child.id().map(|id| Pid::from_raw(id as i32));
+    if let Some(mut stdin) = child.stdin.take() {
+        let line = format!("{}\n", user_message_line(message));
+        stdin.write_all(line.as_bytes()).await?;
+        stdin.flush().await?;
+        // Closed: a `-p` client ends once its turn is over.
+        drop(stdin);
+    }
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut stderr = child.stderr.take().context("no stderr")?;
+    let stderr_task = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    });
+    let mut lines = BufReader::new(stdout).lines();
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            line = lines.next_line() => {
+                let Ok(Some(line)) = line else { break };
+                let _ = stream_log.append(&line);
+                let Ok(value) = serde_json::from_str::<Value>(&line) else { continue };
+                if let StreamUpdate::Result { cost_usd, is_error, num_turns, .. } = parse_line(&value) {
+                    report.ran = true;
+                    report.is_error = is_error;
+                    report.cost_usd = cost_usd.unwrap_or(report.cost_usd);
+                    report.turns = num_turns;
+                    report.result = value["result"].as_str().map(str::to_string);
+                }
+            }
+            _ = interrupt.cancelled(), if !stopping => {
+                stopping = true;
+                report.interrupted = true;
+                if let Some(pid) = pid {
+                    let _ = killpg(pid, Signal::SIGINT);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(STOP_GRACE).await;
+                        let _ = killpg(pid, Signal::SIGKILL);
+                    });
+                }
+            }
+        }
+    }
+    let status = child.wait().await?;
+    let stderr = stderr_task.await.unwrap_or_default();
+    if !report.ran && !report.interrupted {
+        let tail = last_lines(&stderr, 5);
+        report.failure = Some(if tail.is_empty() {
+            format!("{} ended ({status}) without a result", program.display())
+        } else {
+            format!("{} ended ({status}): {tail}", program.display())
+        });
+    }
+    Ok(())
+}
+
+/// Runs the check with `sh -c` in `root`, at most `timeout`.
+pub async fn run_check(check: &str, root: &Path, timeout: Duration) -> CheckOutcome {
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(check)
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .process_group(0)
+        .kill_on_drop(true);
+    let output = match tokio::time::timeout(timeout, command.output()).await {
+        Ok(Ok(output)) => output,
+        Ok(Err(error)) => {
+            return CheckOutcome {
+                exit_code: None,
+                tail: format!("cannot run sh: {error}"),
+            };
+        }
+        Err(_) => {
+            return CheckOutcome {
+                exit_code: None,
+                tail: format!("the check timed out after {}s", timeout.as_secs()),
+            };
+        }
+    };
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    CheckOutcome {
+        exit_code: output.status.code(),
+        tail: last_lines(&text, CHECK_TAIL_LINES),
+    }
+}
+
+fn last_lines(text: &str, count: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(count);
+    truncate(&lines[start..].join("\n"), 2000)
+}
+
+async fn record_iteration(admin: &Client, agent: &str, report: &IterationReport) {
+    let outcome = if report.interrupted {
+        "interrupted"
+    } else if !report.ran {
+        "not_run"
+    } else if report.is_error {
+        "error"
+    } else {
+        "ok"
+    };
+    let body = NewEvent {
+        agent: agent.to_string(),
+        task: None,
+        payload: EventPayload::AgentIteration(AgentIteration {
+            number: report.number,
+            cost_usd: report.cost_usd,
+            turns: report.turns,
+            check_exit: report.check.as_ref().and_then(|check| check.exit_code),
+            outcome: outcome.to_string(),
+            duration_ms: i64::try_from(report.duration.as_millis()).unwrap_or(i64::MAX),
+        }),
+    };
+    if let Err(error) = admin.post::<_, Value>("/api/events", &body).await {
+        tracing::warn!(error = %format!("{error:#}"), "cannot record the iteration");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_check_reports_its_exit_code_and_last_lines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let check = run_check(
+            "for i in $(seq 1 30); do echo line$i; done; exit 3",
+            dir.path(),
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_eq!(check.exit_code, Some(3));
+        assert!(!check.passed());
+        assert!(check.tail.ends_with("line30"), "{}", check.tail);
+        assert!(!check.tail.contains("line10\n"), "{}", check.tail);
+        let passing = run_check("test -d .", dir.path(), Duration::from_secs(10)).await;
+        assert!(passing.passed());
+    }
+
+    #[tokio::test]
+    async fn a_check_that_runs_too_long_fails() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let check = run_check("sleep 5", dir.path(), Duration::from_millis(200)).await;
+        assert_eq!(check.exit_code, None);
+        assert!(check.tail.contains("timed out"), "{}", check.tail);
+    }
+
+    #[test]
+    fn exit_codes_follow_the_documented_table() {
+        assert_eq!(LoopEnd::CheckPassed.exit_code(), 0);
+        assert_eq!(LoopEnd::MaxIterations.exit_code(), 6);
+        assert_eq!(LoopEnd::BudgetSpent.exit_code(), 6);
+        assert_eq!(LoopEnd::CouldNotRun("x".into()).exit_code(), 7);
+        assert_eq!(LoopEnd::Interrupted.exit_code(), 130);
+    }
+}
