@@ -482,6 +482,8 @@ fn path_parameter_schema(path: &str, name: &str) -> Value {
     let task_id = name == "task" || (name == "id" && path.starts_with("/api/tasks/"));
     if task_id {
         json!({ "type": "string", "pattern": "^T-[1-9][0-9]{0,17}$", "description": "task id, e.g. T-3" })
+    } else if name == "id" && path.contains("/tokens/") {
+        json!({ "type": "string", "pattern": "^[0-9A-Fa-f]{6,}$", "description": "a token id (at least 6 hex digits)" })
     } else if name == "name" {
         json!({ "type": "string", "pattern": NAME_PATTERN })
     } else {
