@@ -21,7 +21,7 @@ cargo build --workspace --all-targets
 # A failing runner does not stop the next one: the summary counts them all, then the exit
 # status says whether any failed.
 status=0
-cargo test --workspace --all-targets "$@" 2>&1 | tee -a "$log" || status=1
+cargo test --workspace --all-targets --no-fail-fast "$@" 2>&1 | tee -a "$log" || status=1
 # The dashboard in a real headless Chromium (/usr/bin/chromium) against target/debug/conclave;
 # skipped without Chromium, except under CI=true. Screenshots land in tests/browser/artifacts/.
 (cd tests/browser && { [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund; } && npm test) 2>&1 | tee -a "$log" || status=1

@@ -341,6 +341,12 @@ pub enum TaskCommand {
         /// The task this one is part of
         #[arg(long, value_name = "ID", value_parser = parse_task_id)]
         parent: Option<TaskId>,
+        /// Pass it through this pipeline's stages (a `[[pipeline]]` of conclave.toml)
+        #[arg(long, value_name = "NAME")]
+        pipeline: Option<String>,
+        /// Wait for a person's approval when its agent finishes it
+        #[arg(long)]
+        approve: bool,
     },
     /// List tasks
     List {
@@ -441,6 +447,13 @@ pub enum TaskCommand {
         /// A file the work touched (repeatable)
         #[arg(long = "file", value_name = "F")]
         files: Vec<String>,
+        /// Pipeline tasks: send it back to an earlier stage with these comments instead of
+        /// passing it on
+        #[arg(long, value_name = "COMMENTS")]
+        send_back: Option<String>,
+        /// With --send-back: the role of the stage to send it to (default: the previous one)
+        #[arg(long, value_name = "ROLE", requires = "send_back")]
+        to_stage: Option<String>,
     },
     /// Give up on a task you hold
     Fail {
@@ -450,6 +463,24 @@ pub enum TaskCommand {
         /// Why it cannot be done (required)
         #[arg(long, value_name = "R")]
         reason: String,
+    },
+    /// Approve a task waiting for a decision: it moves on (admin)
+    Approve {
+        /// The task (T-3, or 3)
+        #[arg(value_parser = parse_task_id)]
+        id: TaskId,
+        /// A word for the record
+        #[arg(long, value_name = "C")]
+        comment: Option<String>,
+    },
+    /// Reject a task waiting for a decision: back to its agent with the comment (admin)
+    Reject {
+        /// The task (T-3, or 3)
+        #[arg(value_parser = parse_task_id)]
+        id: TaskId,
+        /// What to change, for the agent (required)
+        #[arg(long, value_name = "C")]
+        comment: String,
     },
 }
 

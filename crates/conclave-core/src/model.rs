@@ -1058,6 +1058,12 @@ pub struct TaskList {
     pub tasks: Vec<Task>,
 }
 
+/// A task's history, oldest first: each stage's verdict and each person's decision.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct TaskStepList {
+    pub steps: Vec<TaskStep>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct LeaseList {
     pub leases: Vec<Lease>,
@@ -1107,6 +1113,9 @@ pub struct StatusReport {
     /// `agent.alert` events recorded so far (failures a person should see).
     #[serde(default)]
     pub alerts: i64,
+    /// Tasks waiting for a person's decision (approve or reject).
+    #[serde(default)]
+    pub approvals_waiting: i64,
 }
 
 /// `task.` matches every `task.*` kind; anything else must match exactly.

@@ -17,7 +17,7 @@ use conclave_core::event::LeaseDenied;
 use conclave_core::model::{
     AckResult, Actor, AgentStatus, Event, EventFilter, EventPayload, LeaseList, LeaseRelease,
     LeaseRequest, Message, NewMessage, NewNote, NewTask, QueueState, ReleasedLeases, SearchHit,
-    TaskFinish, TaskId, TaskStatusUpdate, format_duration_secs,
+    TaskDecision, TaskFinish, TaskId, TaskStatusUpdate, format_duration_secs,
 };
 
 use crate::app::App;
@@ -188,6 +188,34 @@ pub async fn finish_task(
         queue.wake();
     }
     Ok(written)
+}
+
+/// A person approves a task waiting for a decision: it moves on as its agent's pass said.
+pub async fn approve_task(
+    app: &App,
+    actor: &Actor,
+    key: &IdempotencyKey,
+    id: TaskId,
+    decision: TaskDecision,
+) -> OpResult<Written> {
+    require_admin(actor, "approve tasks")?;
+    let by = actor.clone();
+    app.write(actor, key, move |tx| tx.approve_task(&by, id, decision))
+        .await
+}
+
+/// A person rejects a task waiting for a decision: back to its agent with the comment.
+pub async fn reject_task(
+    app: &App,
+    actor: &Actor,
+    key: &IdempotencyKey,
+    id: TaskId,
+    decision: TaskDecision,
+) -> OpResult<Written> {
+    require_admin(actor, "reject tasks")?;
+    let by = actor.clone();
+    app.write(actor, key, move |tx| tx.reject_task(&by, id, decision))
+        .await
 }
 
 pub async fn fail_task(

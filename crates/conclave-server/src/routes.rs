@@ -248,6 +248,29 @@ pub fn operations() -> Vec<Operation> {
         )
         .response::<QueueEntry>(),
         op(
+            "get",
+            "/api/tasks/{id}/steps",
+            "A task's history: each stage's verdict and each person's decision",
+            get(tasks::steps),
+        )
+        .response::<TaskStepList>(),
+        op(
+            "post",
+            "/api/tasks/{id}/approve",
+            "Approve a task waiting for a decision (admin)",
+            post(tasks::approve),
+        )
+        .request::<TaskDecision>()
+        .response::<Task>(),
+        op(
+            "post",
+            "/api/tasks/{id}/reject",
+            "Reject a task waiting for a decision: back to its agent with the comment (admin)",
+            post(tasks::reject),
+        )
+        .request::<TaskDecision>()
+        .response::<Task>(),
+        op(
             "post",
             "/api/tasks/{id}/fail",
             "Fail a task (holder)",

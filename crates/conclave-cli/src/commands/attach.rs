@@ -173,7 +173,12 @@ mod tests {
                 r#"{"type":"result","num_turns":2,"total_cost_usd":0.5}"#,
                 Some("── turn ended: 2 model call(s), total cost $0.5000"),
             ),
-            (r#"{"type":"system","subtype":"api_retry"}"#, None),
+            // A failed model call is shown, not skipped: it is often why nothing happens.
+            (
+                r#"{"type":"system","subtype":"api_retry","attempt":1,"error_status":401,"error":"authentication_failed"}"#,
+                Some("── model call failed (HTTP 401: authentication_failed), retry 1"),
+            ),
+            (r#"{"type":"system","subtype":"status"}"#, None),
             ("not json", None),
         ];
         for (line, expected) in cases {

@@ -23,6 +23,8 @@ pub async fn run(context: &Context, json: bool) -> anyhow::Result<()> {
     }
     // Failures a person should see (`conclave log --kind agent.alert` lists them).
     outln!("alerts: {}", status.alerts)?;
+    // Tasks held for a person (`conclave task approve|reject` decides).
+    outln!("decisions waiting: {}", status.approvals_waiting)?;
 
     outln!()?;
     if status.agents.is_empty() {

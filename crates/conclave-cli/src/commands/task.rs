@@ -3,7 +3,8 @@
 
 use conclave_core::model::{
     ClaimRequest, EventList, EventPayload, NewTask, ReasonRequest, Task, TaskAssign, TaskCancel,
-    TaskEdit, TaskFailure, TaskFinish, TaskId, TaskList, TaskStatus, TaskStatusUpdate,
+    TaskDecision, TaskEdit, TaskFailure, TaskFinish, TaskId, TaskList, TaskStatus,
+    TaskStatusUpdate, TaskStep, TaskStepList, Verdict,
 };
 use conclave_core::store::ClaimOutcome;
 
@@ -28,6 +29,8 @@ pub async fn run(context: &Context, command: TaskCommand) -> anyhow::Result<()> 
             caps,
             priority,
             parent,
+            pipeline,
+            approve,
         } => {
             let request = NewTask {
                 title,
@@ -37,7 +40,8 @@ pub async fn run(context: &Context, command: TaskCommand) -> anyhow::Result<()> 
                 caps,
                 priority,
                 parent,
-                ..NewTask::default()
+                pipeline,
+                approve,
             };
             let task: Task = client.post("/api/tasks", &request).await?;
             outln!("{}", task.id)?;
@@ -70,7 +74,9 @@ pub async fn run(context: &Context, command: TaskCommand) -> anyhow::Result<()> 
                 print_json(&task)?;
             } else {
                 let blocked = blocked_reason(&client, &task).await?;
+                let history: TaskStepList = client.get(&task_path(id, "/steps"), &[]).await?;
                 print_task(&task, blocked.as_deref())?;
+                print_steps(&history.steps)?;
             }
         }
         TaskCommand::Edit {
@@ -126,14 +132,23 @@ pub async fn run(context: &Context, command: TaskCommand) -> anyhow::Result<()> 
                 .await?;
             note!("conclave: {} is {}", task.id, task.status);
         }
-        TaskCommand::Done { id, summary, files } => {
+        TaskCommand::Done {
+            id,
+            summary,
+            files,
+            send_back,
+            to_stage,
+        } => {
+            let verdict = send_back.as_ref().map(|_| Verdict::SendBack);
             let task: Task = client
                 .post(
                     &task_path(id, "/done"),
                     &TaskFinish {
                         summary,
                         files,
-                        ..TaskFinish::default()
+                        verdict,
+                        comments: send_back,
+                        to_stage,
                     },
                 )
                 .await?;
@@ -144,6 +159,28 @@ pub async fn run(context: &Context, command: TaskCommand) -> anyhow::Result<()> 
                 .post(&task_path(id, "/fail"), &TaskFailure { reason })
                 .await?;
             note!("conclave: {} is {}", task.id, task.status);
+        }
+        TaskCommand::Approve { id, comment } => {
+            let task: Task = client
+                .post(&task_path(id, "/approve"), &TaskDecision { comment })
+                .await?;
+            note!("conclave: approved {} ({})", task.id, task.status);
+        }
+        TaskCommand::Reject { id, comment } => {
+            let task: Task = client
+                .post(
+                    &task_path(id, "/reject"),
+                    &TaskDecision {
+                        comment: Some(comment),
+                    },
+                )
+                .await?;
+            note!(
+                "conclave: rejected {}: back to {} ({})",
+                task.id,
+                or_dash(task.assignee.as_ref()),
+                task.status
+            );
         }
     }
     Ok(())
@@ -232,6 +269,36 @@ async fn blocked_reason(client: &Client, task: &Task) -> anyhow::Result<Option<S
         }))
 }
 
+/// The task's history, one line a step: when, who, at which stage, what they decided and said.
+fn print_steps(steps: &[TaskStep]) -> std::io::Result<()> {
+    if steps.is_empty() {
+        return Ok(());
+    }
+    outln!()?;
+    outln!("history:")?;
+    for step in steps {
+        let mut line = format!(
+            "  {}  {}  {}",
+            step.at.format("%Y-%m-%d %H:%M:%S"),
+            step.actor,
+            step.verdict
+        );
+        if let Some(role) = &step.role {
+            line.push_str(&format!(" as {role}"));
+        }
+        if let Some(stage) = step.to_stage {
+            line.push_str(&format!(" to stage {}", stage + 1));
+        }
+        if let Some(comments) = &step.comments {
+            line.push_str(&format!(": {comments}"));
+        } else if let Some(summary) = &step.summary {
+            line.push_str(&format!(": {summary}"));
+        }
+        outln!("{}", printable(&line))?;
+    }
+    Ok(())
+}
+
 fn print_task(task: &Task, blocked: Option<&str>) -> std::io::Result<()> {
     let mut lines = vec![
         format!("{}  {}", task.id, task.title),
@@ -252,6 +319,27 @@ fn print_task(task: &Task, blocked: Option<&str>) -> std::io::Result<()> {
     }
     if let Some(role) = &task.role {
         lines.push(format!("role:      {role}"));
+    }
+    if let Some(pipeline) = &task.pipeline {
+        let stages: Vec<&str> = pipeline
+            .pipeline
+            .stages
+            .iter()
+            .map(|stage| stage.role.as_str())
+            .collect();
+        lines.push(format!(
+            "pipeline:  {} ({}), stage {} of {}, {} sent back",
+            pipeline.pipeline.name,
+            stages.join(" → "),
+            pipeline.stage + 1,
+            stages.len(),
+            pipeline.send_backs
+        ));
+    }
+    if task.awaiting_approval {
+        lines.push("waiting:   a person's decision (conclave task approve|reject)".to_string());
+    } else if task.approve {
+        lines.push("approval:  a person decides when it is finished".to_string());
     }
     if !task.caps.is_empty() {
         lines.push(format!("caps:      {}", task.caps.join(", ")));

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use crate::support::{Team, api_key, serial};
 
 /// SPEC 5.1: the whole Conclave tool list stays under 8,000 characters.
-const MAX_TOOL_LIST_CHARS: usize = 8_000;
+const MAX_TOOL_LIST_CHARS: usize = 4_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_conclave_tool_list_as_the_model_sees_it_is_small() -> Result<()> {

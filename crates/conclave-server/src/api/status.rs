@@ -25,6 +25,7 @@ pub async fn status(State(app): State<App>, actor: Actor) -> ApiResult<Json<Stat
                 unread,
                 last_seq: r.last_seq()?,
                 alerts: r.count_events("agent.alert")?,
+                approvals_waiting: r.approvals_waiting()?,
             })
         })
         .await?;

@@ -1,11 +1,13 @@
-//! `/api/tasks`: create, list, edit, claim, update, finish, fail, cancel, assign, reopen.
+//! `/api/tasks`: create, list, edit, claim, update, finish, fail, cancel, assign, reopen,
+//! approve, reject, and a task's history of steps.
 
 use axum::Json;
 use axum::extract::State;
 use axum::response::Response;
 use conclave_core::model::{
-    Actor, ClaimRequest, NewTask, ReasonRequest, Task, TaskAssign, TaskCancel, TaskEdit,
-    TaskFailure, TaskFinish, TaskId, TaskList, TaskStatus, TaskStatusUpdate,
+    Actor, ClaimRequest, NewTask, ReasonRequest, Task, TaskAssign, TaskCancel, TaskDecision,
+    TaskEdit, TaskFailure, TaskFinish, TaskId, TaskList, TaskStatus, TaskStatusUpdate,
+    TaskStepList,
 };
 use serde::Deserialize;
 
@@ -54,6 +56,49 @@ pub async fn list(
 pub async fn show(State(app): State<App>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Task>> {
     let id = parse_id(&id)?;
     Ok(Json(app.read(move |r| r.task(id)).await?))
+}
+
+pub async fn steps(
+    State(app): State<App>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<TaskStepList>> {
+    let id = parse_id(&id)?;
+    let steps = app
+        .read(move |r| {
+            // Asking for the history of a task that does not exist is a 404, not an empty list.
+            r.task(id)?;
+            r.task_steps(id)
+        })
+        .await?;
+    Ok(Json(TaskStepList { steps }))
+}
+
+pub async fn approve(
+    State(app): State<App>,
+    actor: Actor,
+    key: IdempotencyKey,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(decision): ApiJson<TaskDecision>,
+) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    let key = key.with_body(&decision);
+    Ok(ops::approve_task(&app, &actor, &key, id, decision)
+        .await?
+        .ok())
+}
+
+pub async fn reject(
+    State(app): State<App>,
+    actor: Actor,
+    key: IdempotencyKey,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(decision): ApiJson<TaskDecision>,
+) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    let key = key.with_body(&decision);
+    Ok(ops::reject_task(&app, &actor, &key, id, decision)
+        .await?
+        .ok())
 }
 
 pub async fn edit(
