@@ -367,6 +367,67 @@ impl JsonSchema for Event {
     }
 }
 
+/// The kinds `POST /api/events` records (every `agent.` kind but `agent.control`, which has its
+/// own operation), each with the schema of its data, for the OpenAPI document.
+pub fn recordable_kind_schemas(
+    generator: &mut schemars::SchemaGenerator,
+) -> Vec<(&'static str, schemars::Schema)> {
+    vec![
+        (
+            "agent.registered",
+            generator.subschema_for::<AgentRegistered>(),
+        ),
+        ("agent.token_issued", generator.subschema_for::<NoData>()),
+        (
+            "agent.token_revoked",
+            generator.subschema_for::<AgentTokenRevoked>(),
+        ),
+        (
+            "agent.status",
+            generator.subschema_for::<AgentStatusChanged>(),
+        ),
+        ("agent.session", generator.subschema_for::<AgentSession>()),
+        (
+            "agent.session_start",
+            generator.subschema_for::<AgentSessionStart>(),
+        ),
+        (
+            "agent.session_end",
+            generator.subschema_for::<AgentSession>(),
+        ),
+        (
+            "agent.compacting",
+            generator.subschema_for::<AgentSession>(),
+        ),
+        ("agent.started", generator.subschema_for::<AgentStarted>()),
+        ("agent.text", generator.subschema_for::<AgentText>()),
+        ("agent.tool", generator.subschema_for::<AgentTool>()),
+        ("agent.turn", generator.subschema_for::<AgentTurn>()),
+        (
+            "agent.budget_exceeded",
+            generator.subschema_for::<AgentBudgetExceeded>(),
+        ),
+        (
+            "agent.handoff_requested",
+            generator.subschema_for::<AgentHandoffRequested>(),
+        ),
+        ("agent.recycled", generator.subschema_for::<AgentRecycled>()),
+        ("agent.hibernated", generator.subschema_for::<AgentExit>()),
+        ("agent.exited", generator.subschema_for::<AgentExit>()),
+        ("agent.crashed", generator.subschema_for::<AgentCrashed>()),
+        (
+            "agent.restarted",
+            generator.subschema_for::<AgentRestarted>(),
+        ),
+        ("agent.woken", generator.subschema_for::<AgentWoken>()),
+        ("agent.alert", generator.subschema_for::<AgentAlert>()),
+        (
+            "agent.iteration",
+            generator.subschema_for::<AgentIteration>(),
+        ),
+    ]
+}
+
 // ---- the data of each kind ------------------------------------------------------------------
 //
 // Field names and types are those stored since the first version; an optional field that some
@@ -377,7 +438,7 @@ fn is_false(value: &bool) -> bool {
 }
 
 /// No data: `{}`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct NoData {}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -506,7 +567,7 @@ pub struct TaskReopened {
     pub reason: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AgentRegistered {
     pub role: Option<String>,
     pub caps: Vec<String>,
@@ -514,13 +575,13 @@ pub struct AgentRegistered {
 }
 
 /// Tokens revoked: the one whose id starts with `token`, or all of them (`token` null).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AgentTokenRevoked {
     pub token: Option<String>,
     pub count: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AgentStatusChanged {
     pub from: AgentStatus,
     pub to: AgentStatus,
@@ -529,31 +590,31 @@ pub struct AgentStatusChanged {
     pub waiting_for: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AgentSession {
     pub session_id: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AgentSessionStart {
     /// `startup`, `resume`, `clear` or `compact`, as Claude Code says.
     pub source: Option<String>,
     pub session_id: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AgentStarted {
     pub pid: i64,
     /// The session it resumes, if any.
     pub resume: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AgentText {
     pub text: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AgentTool {
     pub tool: String,
     /// The tool's input as the model wrote it.
@@ -570,7 +631,7 @@ pub struct AgentTool {
 /// The most of a failed tool call's answer an `agent.tool` event keeps.
 pub const MAX_TOOL_ERROR_CHARS: usize = 2000;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AgentTurn {
     pub context_tokens: Option<i64>,
     pub context_window: Option<i64>,
@@ -579,7 +640,7 @@ pub struct AgentTurn {
 }
 
 /// One iteration of `conclave loop`: what the client run cost and what the check answered.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AgentIteration {
     /// 1 for the first iteration.
     pub number: u32,
@@ -595,7 +656,7 @@ pub struct AgentIteration {
     pub duration_ms: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AgentBudgetExceeded {
     pub budget_usd: f64,
     pub cost_usd: f64,
@@ -603,19 +664,19 @@ pub struct AgentBudgetExceeded {
     pub message: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AgentHandoffRequested {
     pub context_tokens: i64,
     pub context_window: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AgentRecycled {
     pub previous_session: Option<String>,
 }
 
 /// How a process ended (`exit status: 0`, `signal: 15`, ...), and what the supervisor does next.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AgentExit {
     pub exit: String,
     /// It was stopped for good (asked, or over budget).
@@ -628,7 +689,7 @@ pub struct AgentExit {
 
 /// A process died unasked (`reason`, what was `released`), or the supervisor gave up on it
 /// (`gave_up` with a `message`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AgentCrashed {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -643,7 +704,7 @@ pub struct AgentCrashed {
 }
 
 /// A restart: asked for by a person (`asked`), or after a crash (`restarts` so far).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AgentRestarted {
     #[serde(default, skip_serializing_if = "is_false")]
     pub asked: bool,
@@ -652,13 +713,13 @@ pub struct AgentRestarted {
 }
 
 /// Woken with these messages (ids) and offered these tasks (ids).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AgentWoken {
     pub messages: Vec<String>,
     pub tasks: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AgentAlert {
     /// What raised it, in a word (`check`, `merge`, ...).
     pub cause: String,
@@ -1023,5 +1084,20 @@ mod tests {
             json!({"kind": "agent.text", "agent": "bob", "data": {"text": "hi"}, "x": 1}),
         );
         assert!(extra.is_err(), "unknown fields are refused");
+    }
+
+    #[test]
+    fn recordable_kinds_are_the_agent_kinds_but_control() {
+        let mut generator = schemars::SchemaGenerator::default();
+        let recordable: Vec<&str> = recordable_kind_schemas(&mut generator)
+            .into_iter()
+            .map(|(kind, _)| kind)
+            .collect();
+        let expected: Vec<&str> = EventPayload::KINDS
+            .iter()
+            .copied()
+            .filter(|kind| kind.starts_with("agent.") && *kind != "agent.control")
+            .collect();
+        assert_eq!(recordable, expected);
     }
 }

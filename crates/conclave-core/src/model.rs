@@ -122,7 +122,8 @@ impl JsonSchema for TaskId {
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
             "type": "string",
-            "pattern": "^T-[1-9][0-9]*$",
+            // At most 18 digits: every such number fits an i64, which the id is.
+            "pattern": "^T-[1-9][0-9]{0,17}$",
             "description": "task id, e.g. T-3"
         })
     }
@@ -565,15 +566,34 @@ pub struct SearchHit {
 
 // ---- requests -------------------------------------------------------------------------------
 
+/// What the store accepts as a name (agents, roles, capabilities, tags): 1 to 64 ASCII letters,
+/// digits, `-`, `_` or `.`. Declared in the OpenAPI document so that clients know before asking.
+pub const NAME_PATTERN: &str = "^[A-Za-z0-9._-]{1,64}$";
+/// [`NAME_PATTERN`] or the empty string (which clears a task's role).
+pub const NAME_OR_EMPTY_PATTERN: &str = "^[A-Za-z0-9._-]{0,64}$";
+/// A lease path or glob as [`crate::paths::normalize_lease_path`] accepts it, as near as a
+/// regular expression says it: relative, no NUL, backslash or `..` segment, segments of at most
+/// 255 bytes, `**` only as a whole segment, at most 16 wildcards and 512 bytes in a glob, not
+/// only `.` and `/`. Character classes (`[a-z]`) are accepted too but left out here: whether one
+/// is well-formed is more than a pattern should say.
+pub const LEASE_PATH_PATTERN: &str = r"^(?!/)(?![\s\S]*[\x00\\\[])(?![\s\S]*[^/]{256})(?!([\s\S]*/)?\.\.(/|$))(?![\s\S]*[^/]\*\*)(?![\s\S]*\*\*[^/])(?!([^*?]*[*?]){17})(?!(?=[\s\S]*[*?])[\s\S]{513})(?=[\s\S]*[^./])";
+/// Free text: anything but a NUL byte (the store refuses those).
+pub const TEXT_PATTERN: &str = "^[^\\x00]*$";
+/// Free text that must not be blank: [`TEXT_PATTERN`] with a character other than whitespace.
+pub const REQUIRED_TEXT_PATTERN: &str = "^[^\\x00]*[^\\s\\x00][^\\x00]*$";
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewAgent {
+    #[schemars(regex(pattern = NAME_PATTERN))]
     pub name: String,
     #[serde(default)]
+    #[schemars(regex(pattern = NAME_PATTERN))]
     pub role: Option<String>,
     #[serde(default)]
     pub model: Option<String>,
     #[serde(default)]
+    #[schemars(inner(regex(pattern = NAME_PATTERN)))]
     pub caps: Vec<String>,
     /// `worktree`: the supervisor runs it in its own git worktree and its finished tasks land
     /// through the merge queue.
@@ -588,6 +608,7 @@ pub struct AgentUpdate {
     #[serde(default)]
     pub status: Option<AgentStatus>,
     #[serde(default)]
+    #[schemars(regex(pattern = NAME_PATTERN))]
     pub role: Option<String>,
     #[serde(default)]
     pub model: Option<String>,
@@ -597,13 +618,21 @@ pub struct AgentUpdate {
     pub pid: Option<i64>,
     #[serde(default)]
     pub host: Option<String>,
+    /// Not negative.
     #[serde(default)]
+    #[schemars(range(min = 0))]
     pub context_tokens: Option<i64>,
+    /// Not negative.
     #[serde(default)]
+    #[schemars(range(min = 0))]
     pub context_window: Option<i64>,
+    /// Not negative.
     #[serde(default)]
+    #[schemars(range(min = 0))]
     pub cost_usd: Option<f64>,
+    /// Not negative.
     #[serde(default)]
+    #[schemars(range(min = 0))]
     pub restarts: Option<i64>,
 }
 
@@ -611,16 +640,19 @@ pub struct AgentUpdate {
 #[serde(deny_unknown_fields)]
 pub struct NewTask {
     /// One line; not blank.
-    #[schemars(length(min = 1), regex(pattern = r"\S"))]
+    #[schemars(length(min = 1), regex(pattern = REQUIRED_TEXT_PATTERN))]
     pub title: String,
     #[serde(default)]
+    #[schemars(regex(pattern = TEXT_PATTERN))]
     pub body: Option<String>,
     /// Tasks that must be done first.
     #[serde(default)]
     pub after: Vec<TaskId>,
     #[serde(default)]
+    #[schemars(regex(pattern = NAME_PATTERN))]
     pub role: Option<String>,
     #[serde(default)]
+    #[schemars(inner(regex(pattern = NAME_PATTERN)))]
     pub caps: Vec<String>,
     #[serde(default)]
     pub priority: Option<i64>,
@@ -638,16 +670,21 @@ pub struct NewTask {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskEdit {
+    /// Not blank.
     #[serde(default)]
+    #[schemars(regex(pattern = REQUIRED_TEXT_PATTERN))]
     pub title: Option<String>,
     #[serde(default)]
+    #[schemars(regex(pattern = TEXT_PATTERN))]
     pub body: Option<String>,
     #[serde(default)]
     pub priority: Option<i64>,
     /// Set the required role; an empty string clears it.
     #[serde(default)]
+    #[schemars(regex(pattern = NAME_OR_EMPTY_PATTERN))]
     pub role: Option<String>,
     #[serde(default)]
+    #[schemars(inner(regex(pattern = NAME_PATTERN)))]
     pub caps: Option<Vec<String>>,
     /// Dependencies to add.
     #[serde(default)]
@@ -657,27 +694,42 @@ pub struct TaskEdit {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskStatusUpdate {
+    /// `in_progress`, `blocked` or `review`: done, fail and cancel have their own operations.
+    #[schemars(schema_with = "settable_task_status_schema")]
     pub status: TaskStatus,
     #[serde(default)]
+    #[schemars(regex(pattern = TEXT_PATTERN))]
     pub note: Option<String>,
+}
+
+/// The statuses a [`TaskStatusUpdate`] may set (the store refuses the others).
+fn settable_task_status_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "enum": ["in_progress", "blocked", "review"]
+    })
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskFinish {
     #[serde(default)]
+    #[schemars(regex(pattern = TEXT_PATTERN))]
     pub summary: Option<String>,
+    /// At most 1000; none blank.
     #[serde(default)]
-    #[schemars(length(max = 1000))]
+    #[schemars(length(max = 1000), inner(regex(pattern = REQUIRED_TEXT_PATTERN)))]
     pub files: Vec<String>,
     /// Pipeline tasks: `pass` (the default) or `send_back`.
     #[serde(default)]
     pub verdict: Option<Verdict>,
     /// What must change (required with `send_back`).
     #[serde(default)]
+    #[schemars(regex(pattern = TEXT_PATTERN))]
     pub comments: Option<String>,
     /// The role of the stage to send back to; the previous stage when absent.
     #[serde(default)]
+    #[schemars(regex(pattern = NAME_PATTERN))]
     pub to_stage: Option<String>,
 }
 
@@ -692,6 +744,8 @@ pub struct TaskDecision {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskFailure {
+    /// Not blank.
+    #[schemars(regex(pattern = REQUIRED_TEXT_PATTERN))]
     pub reason: String,
 }
 
@@ -712,7 +766,7 @@ pub struct TaskAssign {
 #[serde(deny_unknown_fields)]
 pub struct LeaseRequest {
     /// At most 100 paths or globs.
-    #[schemars(length(max = 100))]
+    #[schemars(length(max = 100), inner(regex(pattern = LEASE_PATH_PATTERN), length(max = 4096)))]
     pub paths: Vec<String>,
     #[serde(default)]
     pub mode: LeaseMode,
@@ -728,6 +782,8 @@ pub struct LeaseRequest {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseRelease {
+    /// At least one.
+    #[schemars(length(min = 1), inner(regex(pattern = LEASE_PATH_PATTERN), length(max = 4096)))]
     pub paths: Vec<String>,
     /// Admin only: release leases held by others.
     #[serde(default)]
@@ -741,9 +797,11 @@ pub struct NewMessage {
     #[schemars(length(min = 1))]
     pub to: String,
     /// Not blank.
-    #[schemars(length(min = 1), regex(pattern = r"\S"))]
+    #[schemars(length(min = 1), regex(pattern = REQUIRED_TEXT_PATTERN))]
     pub body: String,
+    /// Not blank; at most 200 bytes.
     #[serde(default)]
+    #[schemars(regex(pattern = REQUIRED_TEXT_PATTERN), length(max = 200))]
     pub thread: Option<String>,
     #[serde(default)]
     pub kind: MessageKind,
@@ -770,12 +828,14 @@ pub struct NewNote {
     #[serde(default)]
     pub body: Option<String>,
     #[serde(default)]
+    #[schemars(inner(regex(pattern = NAME_PATTERN)))]
     pub tags: Vec<String>,
     #[serde(default)]
-    #[schemars(length(max = 100))]
+    #[schemars(length(max = 100), inner(regex(pattern = REQUIRED_TEXT_PATTERN)))]
     pub files: Vec<String>,
     /// `N-<n>` of the note this one replaces.
     #[serde(default)]
+    #[schemars(regex(pattern = "^N-[1-9][0-9]{0,17}$"))]
     pub supersedes: Option<String>,
     #[serde(default)]
     pub task: Option<TaskId>,
@@ -802,9 +862,8 @@ pub struct EventFilter {
     /// Only events with a sequence number below this (paging back through history).
     #[serde(default)]
     pub before: Option<i64>,
-    /// At most this many (default 1000, at most 10000).
+    /// At most this many (default 1000); a limit below 1 or above 10000 is read as 1 or 10000.
     #[serde(default)]
-    #[schemars(range(min = 1, max = 10_000))]
     pub limit: Option<i64>,
     /// Newest first instead of oldest first.
     #[serde(default)]
@@ -926,8 +985,30 @@ impl JsonSchema for NewEvent {
         "NewEvent".into()
     }
 
+    /// One alternative per recordable kind, with that kind's data: a kind that is unknown, not
+    /// an `agent.` kind, or whose data does not fit is refused.
     fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        NewEventWire::json_schema(generator)
+        let task = generator.subschema_for::<Option<TaskId>>();
+        let alternatives: Vec<serde_json::Value> = crate::event::recordable_kind_schemas(generator)
+            .into_iter()
+            .map(|(kind, data)| {
+                serde_json::json!({
+                    "type": "object",
+                    "properties": {
+                        "kind": { "const": kind },
+                        "agent": { "type": "string", "description": "The agent the event is about." },
+                        "task": task,
+                        "data": data,
+                    },
+                    "required": ["kind", "agent", "data"],
+                    "additionalProperties": false,
+                })
+            })
+            .collect();
+        schemars::json_schema!({
+            "description": "An observation about an agent: `{kind, agent, task, data}`.",
+            "oneOf": alternatives,
+        })
     }
 }
 

@@ -124,7 +124,9 @@ fn normalize_integral_floats(value: &mut Value) {
         Value::Number(number) if !number.is_i64() && !number.is_u64() => {
             if let Some(float) = number.as_f64()
                 && float.fract() == 0.0
-                && float >= i64::MIN as f64
+                // Strictly above: `-9223372036854775809` rounds to `i64::MIN as f64` and must not
+                // be read as `i64::MIN`.
+                && float > i64::MIN as f64
                 && float < i64::MAX as f64
             {
                 // In range and integral: the conversion is exact.
@@ -161,5 +163,14 @@ mod tests {
         assert_eq!(value["b"], json!([-300, 1.5]));
         assert_eq!(value["c"]["d"], json!(7));
         assert!(value["e"].is_f64());
+    }
+
+    #[test]
+    fn a_float_below_the_smallest_integer_is_not_read_as_it() {
+        // `-9223372036854775809` parses as a float that rounds to exactly `i64::MIN`.
+        let mut value: Value = serde_json::from_str("[-9223372036854775809, -4e18]").expect("json");
+        normalize_integral_floats(&mut value);
+        assert!(value[0].is_f64(), "{value}");
+        assert_eq!(value[1], json!(-4_000_000_000_000_000_000_i64));
     }
 }

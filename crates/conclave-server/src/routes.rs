@@ -463,7 +463,9 @@ pub fn openapi_document() -> Value {
             });
         }
         let mut parameters: Vec<Value> = path_parameters(operation.path)
-            .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
+            .map(|name| {
+                json!({ "name": name, "in": "path", "required": true, "schema": path_parameter_schema(operation.path, name) })
+            })
             .collect();
         if let Some(query) = operation.query {
             let query_schema = query(&mut generator);
@@ -495,6 +497,21 @@ pub fn openapi_document() -> Value {
         },
         "security": [{ "bearer": [] }]
     })
+}
+
+/// The schema of a path parameter: what the handler's parser accepts, so that a client (and
+/// schemathesis) knows a malformed id is refused before it asks.
+fn path_parameter_schema(path: &str, name: &str) -> Value {
+    let task_id = name == "task" || (name == "id" && path.starts_with("/api/tasks/"));
+    if task_id {
+        json!({ "type": "string", "pattern": "^T-[1-9][0-9]{0,17}$", "description": "task id, e.g. T-3" })
+    } else if name == "id" && path.contains("/tokens/") {
+        json!({ "type": "string", "pattern": "^[0-9A-Fa-f]{6,}$", "description": "a token id (at least 6 hex digits)" })
+    } else if name == "name" {
+        json!({ "type": "string", "pattern": NAME_PATTERN })
+    } else {
+        json!({ "type": "string" })
+    }
 }
 
 fn path_parameters(path: &str) -> impl Iterator<Item = &str> {

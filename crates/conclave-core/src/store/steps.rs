@@ -102,7 +102,9 @@ impl Tx<'_> {
         let pipelines = &self.config().pipelines;
         let Some(pipeline) = pipelines.iter().find(|pipeline| pipeline.name == name) else {
             let known: Vec<&str> = pipelines.iter().map(|p| p.name.as_str()).collect();
-            return Err(CoreError::invalid(format!(
+            // Not found, like any other named thing that does not exist: the name itself is
+            // well-formed, the configuration just has no such pipeline.
+            return Err(CoreError::not_found(format!(
                 "unknown pipeline {name:?} (configured: {})",
                 if known.is_empty() {
                     "none; add a [[pipeline]] to conclave.toml".to_string()
@@ -286,7 +288,8 @@ impl Tx<'_> {
     ) -> Result<Task> {
         let id = task.id;
         let Some(state) = &task.pipeline else {
-            return Err(CoreError::invalid(format!(
+            // The task's state, not the request, is what stands in the way.
+            return Err(CoreError::conflict(format!(
                 "{id} is not in a pipeline: send_back needs stages to go back to (finish it or \
                  fail it)"
             )));

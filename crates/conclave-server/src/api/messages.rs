@@ -24,6 +24,8 @@ pub struct MessageQuery {
 #[serde(deny_unknown_fields)]
 pub struct InboxQuery {
     /// Seconds to wait for a message when the inbox is empty (at most 600).
+    // The bound declared is the type's: a longer wait is read as 600, a larger number refused.
+    #[schemars(range(max = u64::MAX))]
     pub wait: Option<u64>,
 }
 

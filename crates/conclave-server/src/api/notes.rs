@@ -14,6 +14,7 @@ use crate::ops::{self, IdempotencyKey};
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NoteQuery {
+    #[schemars(with = "Option<NoteKind>")]
     pub kind: Option<String>,
     /// Include superseded notes.
     #[serde(default)]
@@ -24,8 +25,13 @@ pub struct NoteQuery {
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SearchQuery {
+    /// Searched for its words (letters, digits and `_`); at least one is required.
+    #[schemars(regex(pattern = r"\w"))]
     pub q: String,
     /// `note`, `message` or `task` (comma-separated); all when absent.
+    #[schemars(regex(
+        pattern = "^[ \t]*(note|message|task)?[ \t]*(,[ \t]*(note|message|task)?[ \t]*)*$"
+    ))]
     pub kind: Option<String>,
     pub limit: Option<i64>,
 }

@@ -23,6 +23,7 @@ fn parse_id(text: &str) -> ApiResult<TaskId> {
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskQuery {
+    #[schemars(with = "Option<TaskStatus>")]
     pub status: Option<String>,
     pub assignee: Option<String>,
 }
