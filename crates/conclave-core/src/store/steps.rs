@@ -418,6 +418,33 @@ impl Tx<'_> {
         Ok(task)
     }
 
+    /// Checks a person's decision on a waiting task and records it in the task's history; the
+    /// task as it was before the decision.
+    fn record_decision(
+        &mut self,
+        actor: &Actor,
+        id: TaskId,
+        decision: &TaskDecision,
+        verdict: StepVerdict,
+        verb: &str,
+    ) -> Result<Task> {
+        if let Some(comment) = &decision.comment {
+            validate_text("comment", comment, MAX_BODY, false)?;
+        }
+        let task = self.awaiting_decision(actor, id, verb)?;
+        self.record_step(
+            &task,
+            actor.name(),
+            StepRecord {
+                verdict,
+                to_stage: None,
+                comments: decision.comment.as_deref(),
+                summary: None,
+            },
+        )?;
+        Ok(task)
+    }
+
     /// A person approves a waiting task: it moves on as its agent's pass said (next stage, or
     /// done).
     pub fn approve_task(
@@ -426,20 +453,7 @@ impl Tx<'_> {
         id: TaskId,
         decision: TaskDecision,
     ) -> Result<Task> {
-        if let Some(comment) = &decision.comment {
-            validate_text("comment", comment, MAX_BODY, false)?;
-        }
-        let task = self.awaiting_decision(actor, id, "approve")?;
-        self.record_step(
-            &task,
-            actor.name(),
-            StepRecord {
-                verdict: StepVerdict::Approved,
-                to_stage: None,
-                comments: decision.comment.as_deref(),
-                summary: None,
-            },
-        )?;
+        let task = self.record_decision(actor, id, &decision, StepVerdict::Approved, "approve")?;
         self.conn().execute(
             "UPDATE tasks SET awaiting_approval = 0 WHERE id = ?1",
             params![id.0],
@@ -465,20 +479,7 @@ impl Tx<'_> {
         id: TaskId,
         decision: TaskDecision,
     ) -> Result<Task> {
-        if let Some(comment) = &decision.comment {
-            validate_text("comment", comment, MAX_BODY, false)?;
-        }
-        let task = self.awaiting_decision(actor, id, "reject")?;
-        self.record_step(
-            &task,
-            actor.name(),
-            StepRecord {
-                verdict: StepVerdict::Rejected,
-                to_stage: None,
-                comments: decision.comment.as_deref(),
-                summary: None,
-            },
-        )?;
+        let task = self.record_decision(actor, id, &decision, StepVerdict::Rejected, "reject")?;
         let agent = match task.assignee.as_deref() {
             Some(name) if self.read().find_agent(name)?.is_some() => Some(name.to_string()),
             _ => None,
