@@ -8,6 +8,7 @@ mod errors;
 mod events;
 mod flows;
 mod limits;
+mod listings;
 mod mcp;
 mod privacy;
 
