@@ -749,7 +749,6 @@ async fn scale_run(options: &BenchOptions, http: &reqwest::Client) -> anyhow::Re
     let mut reads = Vec::new();
     for request in [
         Request::Status,
-        Request::Board,
         Request::Page {
             after: None,
             limit: 100,

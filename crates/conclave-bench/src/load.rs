@@ -51,7 +51,6 @@ pub enum Request {
         arguments: Value,
     },
     Status,
-    Board,
     Page {
         after: Option<String>,
         limit: usize,
@@ -75,7 +74,6 @@ impl Request {
             Request::Hook { event, .. } => format!("hook {event}"),
             Request::Mcp { tool, .. } => format!("mcp {tool}"),
             Request::Status => "GET /api/status".into(),
-            Request::Board => "GET /api/tasks?finished=200".into(),
             Request::Page { after: None, .. } => "GET /api/tasks (first page)".into(),
             Request::Page { .. } => "GET /api/tasks (a middle page)".into(),
             Request::CreateTask(_) => "create task".into(),
@@ -133,7 +131,6 @@ impl Target {
                     "params": { "name": tool, "arguments": arguments }
                 })),
             Request::Status => self.http.get(format!("{base}/api/status")),
-            Request::Board => self.http.get(format!("{base}/api/tasks?finished=200")),
             Request::Page { after, limit } => {
                 let mut query = vec![("limit", limit.to_string())];
                 if let Some(after) = after {

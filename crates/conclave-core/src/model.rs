@@ -1053,17 +1053,14 @@ pub struct ClaimRequest {
     pub id: Option<TaskId>,
 }
 
-/// `GET /api/tasks`: one page of tasks in id order, or (with `finished`) the board: every
-/// unfinished task and the most recently finished ones.
+/// `GET /api/tasks`: one page of tasks in id order (`GET /api/status` has the board: open work,
+/// the latest finished tasks and the counts).
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct TaskList {
     pub tasks: Vec<Task>,
     /// More tasks follow this page: ask again with `after` set to this id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_after: Option<TaskId>,
-    /// How many tasks are in each status, over all history (with `finished` only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub counts: Option<TaskCounts>,
 }
 
 /// How many tasks are in each status, over all history.

@@ -193,9 +193,9 @@ async function loadAgents() {
 
 async function loadTasks() {
   // The board: every open task and the latest finished ones, with the counts over all history.
-  const board = await api('GET', '/api/tasks?finished=200');
-  state.tasks = board.tasks;
-  state.taskCounts = board.counts;
+  const status = await api('GET', '/api/status');
+  state.tasks = status.tasks;
+  state.taskCounts = status.task_counts;
   renderTasks();
   await loadBlockNotes();
 }

@@ -4,11 +4,10 @@
 use axum::Json;
 use axum::extract::State;
 use axum::response::Response;
-use conclave_core::CoreError;
 use conclave_core::model::{
-    Actor, ClaimRequest, NewTask, ReasonRequest, Task, TaskAssign, TaskCancel, TaskCounts,
-    TaskDecision, TaskEdit, TaskFailure, TaskFinish, TaskId, TaskList, TaskStatus,
-    TaskStatusUpdate, TaskStepList,
+    Actor, ClaimRequest, NewTask, ReasonRequest, Task, TaskAssign, TaskCancel, TaskDecision,
+    TaskEdit, TaskFailure, TaskFinish, TaskId, TaskList, TaskStatus, TaskStatusUpdate,
+    TaskStepList,
 };
 use conclave_core::store::TaskPage;
 use serde::Deserialize;
@@ -33,9 +32,6 @@ pub struct TaskQuery {
     pub after: Option<String>,
     /// Tasks per page, 1 to 1,000 (default 1,000; a larger number is read as 1,000).
     pub limit: Option<i64>,
-    /// The board instead of a page: every unfinished task plus this many (at most 1,000) most
-    /// recently finished ones, and the counts per status. Not combined with the other filters.
-    pub finished: Option<i64>,
 }
 
 /// The most tasks one page of `GET /api/tasks` holds.
@@ -60,24 +56,6 @@ pub async fn list(
         .as_deref()
         .map(str::parse::<TaskStatus>)
         .transpose()?;
-    if let Some(finished) = query.finished {
-        if status.is_some() || query.assignee.is_some() || query.after.is_some() {
-            return Err(CoreError::invalid(
-                "`finished` asks for the board: it does not combine with status, assignee or after",
-            )
-            .into());
-        }
-        return Ok(Json(
-            app.read(move |r| {
-                Ok(TaskList {
-                    tasks: r.open_and_recent_tasks(finished.clamp(0, TASK_PAGE_MAX))?,
-                    next_after: None,
-                    counts: Some(TaskCounts::from_pairs(&r.task_status_counts()?)),
-                })
-            })
-            .await?,
-        ));
-    }
     let after = query.after.as_deref().map(parse_id).transpose()?;
     let limit = query.limit.unwrap_or(TASK_PAGE_MAX).clamp(1, TASK_PAGE_MAX);
     // One more than asked tells whether another page follows without counting the rest.
@@ -94,11 +72,7 @@ pub async fn list(
     } else {
         None
     };
-    Ok(Json(TaskList {
-        tasks,
-        next_after,
-        counts: None,
-    }))
+    Ok(Json(TaskList { tasks, next_after }))
 }
 
 pub async fn show(State(app): State<App>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Task>> {
