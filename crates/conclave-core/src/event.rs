@@ -788,6 +788,10 @@ pub struct NoteSuperseded {
 pub struct FileTouched {
     pub path: String,
     pub tool: String,
+    /// The fencing token of the toucher's lease covering the path at that moment (none when it
+    /// held none): `done` compares it with the lease held then (ops.rs, stale edits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fencing_token: Option<i64>,
 }
 
 #[cfg(test)]
@@ -936,7 +940,10 @@ mod tests {
                 json!({"id": "N-1", "kind": "decision", "title": "use sqlite", "supersedes": null}),
             ),
             ("note.superseded", json!({"id": "N-1", "by": "N-2"})),
-            ("file.touched", json!({"path": "src/a.rs", "tool": "Edit"})),
+            (
+                "file.touched",
+                json!({"path": "src/a.rs", "tool": "Edit", "fencing_token": 7}),
+            ),
             ("queue.enqueued", json!({"branch": "conclave/T-1"})),
             ("queue.merging", json!({"branch": "conclave/T-1"})),
             (

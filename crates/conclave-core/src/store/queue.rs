@@ -207,6 +207,52 @@ impl Tx<'_> {
         self.read().task(id)
     }
 
+    /// Before landing: an entry whose agent no longer holds its task (the task was reassigned,
+    /// released, reopened or cancelled while it waited, or the agent was removed) is a stale
+    /// holder's work and must not land. Such an entry is taken out of the queue (`skipped`, its
+    /// outcome saying why) and returned; a current one is left alone (`None`).
+    pub fn drop_stale_merge(&mut self, task: TaskId) -> Result<Option<QueueEntry>> {
+        let entry = self.read().merge_entry(task)?;
+        if !matches!(entry.state, QueueState::Queued | QueueState::Merging) {
+            return Ok(None);
+        }
+        let current = self.read().task(task)?;
+        let agent_exists = self.read().find_agent(&entry.agent)?.is_some();
+        let why = if !agent_exists {
+            format!("{} was removed", entry.agent)
+        } else if current.assignee.as_deref() != Some(entry.agent.as_str()) {
+            format!(
+                "{task} is now {}",
+                current
+                    .assignee
+                    .as_deref()
+                    .map_or("held by no one".to_string(), |a| format!("{a}'s"))
+            )
+        } else if current.status != TaskStatus::Review {
+            format!("{task} is {} now, not waiting to land", current.status)
+        } else {
+            return Ok(None);
+        };
+        let outcome = bounded(&format!("not landed: stale holder ({why})"));
+        self.set_entry(task, QueueState::Skipped, Some(&outcome), 0)?;
+        self.emit(
+            crate::model::SYSTEM_NAME,
+            Some(task),
+            Some(&entry.agent),
+            EventPayload::QueueSkipped(QueueBranch {
+                branch: entry.branch.clone(),
+            }),
+        )?;
+        if agent_exists {
+            let body = format!(
+                "{task}: your branch {} was taken out of the merge queue without landing: {why}.",
+                entry.branch
+            );
+            self.notify(&entry.agent, &body)?;
+        }
+        Ok(Some(self.read().merge_entry(task)?))
+    }
+
     /// The runner starts landing `task`'s entry (queued or left merging by a crash).
     pub fn begin_merge(&mut self, task: TaskId) -> Result<QueueEntry> {
         let entry = self.read().merge_entry(task)?;
@@ -534,6 +580,59 @@ mod tests {
 
     fn task_status(store: &Store, id: TaskId) -> TaskStatus {
         store.read(|r| r.task(id)).expect("task").status
+    }
+
+    #[test]
+    fn an_entry_whose_task_changed_hands_is_dropped_not_landed() {
+        let store = store_with_worktree_agent();
+        store
+            .write(|tx| {
+                tx.register_agent(
+                    "admin",
+                    NewAgent {
+                        name: "bob".into(),
+                        ..Default::default()
+                    },
+                )
+            })
+            .expect("register bob");
+        let kept = claimed_task(&store, "kept", &[]);
+        let moved = claimed_task(&store, "moved", &[]);
+        finish(&store, kept);
+        finish(&store, moved);
+        store
+            .write(|tx| {
+                tx.assign_task(
+                    &Actor::Admin,
+                    moved,
+                    crate::model::TaskAssign {
+                        agent: "bob".into(),
+                    },
+                )
+            })
+            .expect("reassign");
+
+        let current = store
+            .write(|tx| tx.drop_stale_merge(kept))
+            .expect("check kept");
+        assert!(current.is_none(), "alice still holds {kept}");
+        let dropped = store
+            .write(|tx| tx.drop_stale_merge(moved))
+            .expect("check moved")
+            .expect("dropped");
+        assert_eq!(dropped.state, QueueState::Skipped);
+        assert!(
+            dropped
+                .outcome
+                .as_deref()
+                .unwrap_or_default()
+                .contains("bob"),
+            "{dropped:?}"
+        );
+        // The task stays with its new holder.
+        let task = store.read(|r| r.task(moved)).expect("task");
+        assert_eq!(task.assignee.as_deref(), Some("bob"));
+        assert_eq!(task.status, TaskStatus::Claimed);
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod contract;
 mod dashboard;
 mod errors;
 mod events;
+mod fencing;
 mod flows;
 mod limits;
 mod listings;
