@@ -694,7 +694,8 @@ pub struct TaskEdit {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskStatusUpdate {
-    /// `in_progress`, `blocked` or `review`: done, fail and cancel have their own operations.
+    /// `claimed`, `in_progress`, `blocked` or `review` (among the held states, as the holder
+    /// sees fit): done, fail and cancel have their own operations.
     #[schemars(schema_with = "settable_task_status_schema")]
     pub status: TaskStatus,
     #[serde(default)]
@@ -706,7 +707,7 @@ pub struct TaskStatusUpdate {
 fn settable_task_status_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "string",
-        "enum": ["in_progress", "blocked", "review"]
+        "enum": ["claimed", "in_progress", "blocked", "review"]
     })
 }
 
