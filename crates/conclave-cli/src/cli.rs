@@ -308,6 +308,15 @@ pub enum AgentCommand {
         #[arg(long, value_name = "ID")]
         token_id: Option<String>,
     },
+    /// Remove an agent from the team: give back its tasks and leases, drop its waiting merge
+    /// queue entries, revoke its tokens (it stays in the history, stopped)
+    Remove {
+        /// The agent to remove
+        name: String,
+        /// Why (recorded with the tasks given back)
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
     /// Ask the supervisor to end an agent's process (status stopped)
     Stop {
         /// The agent to stop

@@ -131,3 +131,45 @@ fn starting_an_agent_again_rotates_its_tokens_and_never_hands_it_the_admin_token
         );
     }
 }
+
+#[test]
+fn removing_an_agent_gives_back_what_it_held_and_shuts_it_out() {
+    let project = TestProject::init();
+    let _server = Server::start(&project);
+    let alice = add_agent(&project, "alice", &[]);
+    project.run(&["task", "add", "write the parser"]).ok();
+    project.run_as(&alice, &["task", "claim"]).ok();
+    project.run_as(&alice, &["lock", "src/parser.rs"]).ok();
+
+    let bob = add_agent(&project, "bob", &[]);
+    project
+        .run_as(&bob, &["agent", "remove", "alice"])
+        .fails_with(1);
+    project
+        .run(&["agent", "remove", "alice", "--reason", "left the team"])
+        .ok();
+    // Its task is ready for another, its lease gone, its tokens revoked.
+    let tasks = project.run(&["task", "list", "--json"]).json();
+    assert_eq!(tasks["tasks"][0]["status"], "ready", "{tasks}");
+    assert!(tasks["tasks"][0]["assignee"].is_null(), "{tasks}");
+    let locks = project.run(&["locks", "--json"]).json();
+    assert!(
+        locks["leases"].as_array().expect("leases").is_empty(),
+        "{locks}"
+    );
+    assert!(token_ids(&project, "alice").is_empty());
+    project.run_as(&alice, &["task", "list"]).fails_with(1);
+
+    // The log says so.
+    let kinds: Vec<String> = project
+        .export()
+        .iter()
+        .filter(|event| event["agent"] == "alice")
+        .filter_map(|event| event["kind"].as_str().map(str::to_string))
+        .collect();
+    for kind in ["task.reclaimed", "agent.token_revoked"] {
+        assert!(kinds.iter().any(|k| k == kind), "{kind} missing: {kinds:?}");
+    }
+    // An unknown agent is an error.
+    project.run(&["agent", "remove", "nobody"]).fails_with(1);
+}

@@ -253,6 +253,38 @@ impl Tx<'_> {
         Ok(Some(self.read().merge_entry(task)?))
     }
 
+    /// Takes every waiting entry of `agent` out of the queue (`skipped`, with `reason` as the
+    /// outcome), as when the agent is removed; returns their tasks.
+    pub fn drop_merges_of(
+        &mut self,
+        actor: &str,
+        agent: &str,
+        reason: &str,
+    ) -> Result<Vec<TaskId>> {
+        let waiting: Vec<QueueEntry> = {
+            let sql = format!(
+                "SELECT {ENTRY_COLUMNS} FROM merge_queue
+                 WHERE agent = ?1 AND state IN ('queued', 'merging') ORDER BY position"
+            );
+            let mut statement = self.conn().prepare(&sql)?;
+            let rows = statement.query_map(params![agent], entry_from_row)?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let outcome = bounded(&format!("not landed: {reason}"));
+        for entry in &waiting {
+            self.set_entry(entry.task, QueueState::Skipped, Some(&outcome), 0)?;
+            self.emit(
+                actor,
+                Some(entry.task),
+                Some(agent),
+                EventPayload::QueueSkipped(QueueBranch {
+                    branch: entry.branch.clone(),
+                }),
+            )?;
+        }
+        Ok(waiting.into_iter().map(|entry| entry.task).collect())
+    }
+
     /// The runner starts landing `task`'s entry (queued or left merging by a crash).
     pub fn begin_merge(&mut self, task: TaskId) -> Result<QueueEntry> {
         let entry = self.read().merge_entry(task)?;
@@ -580,6 +612,33 @@ mod tests {
 
     fn task_status(store: &Store, id: TaskId) -> TaskStatus {
         store.read(|r| r.task(id)).expect("task").status
+    }
+
+    #[test]
+    fn removing_an_agent_drops_its_waiting_entries_and_revokes_its_tokens() {
+        let store = store_with_worktree_agent();
+        let waiting = claimed_task(&store, "waiting", &[]);
+        let held = claimed_task(&store, "held", &[]);
+        finish(&store, waiting);
+        let report = store
+            .write(|tx| tx.remove_agent("admin", "alice", "alice left the team"))
+            .expect("remove");
+        assert_eq!(report.merges_dropped, vec![waiting]);
+        assert_eq!(report.tokens_revoked, 1);
+        assert!(report.released.tasks.contains(&held), "{report:?}");
+        let entry = store.read(|r| r.merge_entry(waiting)).expect("entry");
+        assert_eq!(entry.state, QueueState::Skipped);
+        assert!(store.read(|r| r.next_merge()).expect("next").is_none());
+        // Nothing is held by the removed agent, and nothing lets it act.
+        assert_eq!(task_status(&store, held), TaskStatus::Ready);
+        assert!(
+            store
+                .read(|r| r.agent_tokens("alice"))
+                .expect("tokens")
+                .is_empty()
+        );
+        let agent = store.read(|r| r.agent("alice")).expect("agent");
+        assert_eq!(agent.status, crate::model::AgentStatus::Stopped);
     }
 
     #[test]
