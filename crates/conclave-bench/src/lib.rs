@@ -213,19 +213,17 @@ pub async fn run_bench(
 }
 
 /// The requests `make(i)` for i in 0..n, one after another, as `token` (admin when none).
-fn sequence<'a>(
-    target: &'a Target,
-    token: Option<&'a str>,
+async fn sequence(
+    target: &Target,
+    token: Option<&str>,
     n: usize,
-    make: impl Fn(usize) -> Request + 'a,
-) -> impl std::future::Future<Output = anyhow::Result<Vec<std::time::Duration>>> + 'a {
-    async move {
-        let mut latencies = Vec::with_capacity(n);
-        for i in 0..n {
-            latencies.push(target.timed(token, &make(i)).await?.0);
-        }
-        Ok(latencies)
+    make: impl Fn(usize) -> Request,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut latencies = Vec::with_capacity(n);
+    for i in 0..n {
+        latencies.push(target.timed(token, &make(i)).await?.0);
     }
+    Ok(latencies)
 }
 
 /// Runs `work` (one operation kind) and reports it with the server CPU it cost per request.
