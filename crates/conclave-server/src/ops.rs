@@ -208,11 +208,16 @@ pub fn covering_lease(
     path: &str,
     now_ms: i64,
 ) -> Result<Option<Lease>, CoreError> {
-    Ok(reader.leases_of(holder, now_ms)?.into_iter().find(|lease| {
+    Ok(covering(&reader.leases_of(holder, now_ms)?, path).cloned())
+}
+
+/// The lease of `leases` that covers `path` (the path itself or a glob over it), if any.
+fn covering<'l>(leases: &'l [Lease], path: &str) -> Option<&'l Lease> {
+    leases.iter().find(|lease| {
         lease.path == path
             || conclave_core::paths::normalize_lease_path(&lease.path)
                 .is_ok_and(|pattern| pattern.matches(path))
-    }))
+    })
 }
 
 /// The files of `files` that `agent` edited under a lease (a fencing token was recorded when it
@@ -244,15 +249,18 @@ pub fn stale_edits(
             }
         }
     }
+    if edits.is_empty() {
+        return Ok(Vec::new());
+    }
+    let held = reader.leases_of(agent, now_ms)?;
     let mut stale = Vec::new();
     for file in files {
         let Some((token, edited_at)) = edits.get(file.as_str()) else {
             continue;
         };
-        let held_since_the_edit =
-            covering_lease(reader, agent, file, now_ms)?.is_some_and(|lease| {
-                lease.fencing_token >= *token && lease.acquired_at.timestamp_millis() <= *edited_at
-            });
+        let held_since_the_edit = covering(&held, file).is_some_and(|lease| {
+            lease.fencing_token >= *token && lease.acquired_at.timestamp_millis() <= *edited_at
+        });
         if !held_since_the_edit {
             stale.push(file.clone());
         }
