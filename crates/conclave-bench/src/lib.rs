@@ -109,6 +109,9 @@ pub struct TeamRun {
     pub operations: Vec<OperationStats>,
     /// Server CPU over the run, in percent of one core.
     pub server_cpu_percent: f64,
+    /// The load generator's own CPU over the run (it shares the machine), in percent of one
+    /// core.
+    pub generator_cpu_percent: f64,
     pub server: ProcessSample,
 }
 
@@ -572,6 +575,7 @@ async fn team_run(
     let cycles = (total_ops / (agents * CYCLE)).max(1);
     target.create_tasks(agents * cycles, CLIENTS).await?;
     let before = server.sample();
+    let generator_before = server::sample_generator();
     let started = Instant::now();
     let team = &team;
     let workers = (0..agents).map(|index| async move {
@@ -610,14 +614,15 @@ async fn team_run(
     }
     let elapsed = started.elapsed();
     let after = server.sample();
+    let generator_cpu_ms = server::sample_generator().cpu_ms - generator_before.cpu_ms;
     Ok(summarize(
         agents,
         streams.unwrap_or(0),
         None,
         samples,
         elapsed,
-        before,
-        after,
+        (before, after),
+        generator_cpu_ms,
     ))
 }
 
@@ -628,8 +633,8 @@ fn summarize(
     rate: Option<usize>,
     samples: Samples,
     elapsed: Duration,
-    before: ProcessSample,
-    after: ProcessSample,
+    (before, after): (ProcessSample, ProcessSample),
+    generator_cpu_ms: f64,
 ) -> TeamRun {
     let all = OperationStats::from_latencies(
         "all",
@@ -657,6 +662,7 @@ fn summarize(
         all,
         operations,
         server_cpu_percent: (after.cpu_ms - before.cpu_ms) / (elapsed.as_secs_f64() * 10.0),
+        generator_cpu_percent: generator_cpu_ms / (elapsed.as_secs_f64() * 10.0),
         server: after,
     }
 }
@@ -682,6 +688,7 @@ async fn streams_run(
     let total = options.rate * options.rate_secs as usize;
     let interval = Duration::from_secs_f64(1.0 / options.rate as f64);
     let before = server.sample();
+    let generator_before = server::sample_generator();
     let started = Instant::now();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -713,6 +720,7 @@ async fn streams_run(
     }
     let elapsed = started.elapsed();
     let after = server.sample();
+    let generator_cpu_ms = server::sample_generator().cpu_ms - generator_before.cpu_ms;
     stop.cancel();
     Ok(summarize(
         agents,
@@ -720,8 +728,8 @@ async fn streams_run(
         Some(options.rate),
         samples,
         elapsed,
-        before,
-        after,
+        (before, after),
+        generator_cpu_ms,
     ))
 }
 

@@ -137,6 +137,11 @@ impl BenchServer {
     }
 }
 
+/// The benchmark's own process (the load generator), to tell its CPU from the server's.
+pub fn sample_generator() -> ProcessSample {
+    sample_process(std::process::id())
+}
+
 /// Reads `pid`'s CPU time and memory from `/proc`.
 fn sample_process(pid: u32) -> ProcessSample {
     let mut sample = ProcessSample::default();

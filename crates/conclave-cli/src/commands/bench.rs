@@ -67,12 +67,13 @@ fn print_team(team: &TeamRun) -> anyhow::Result<()> {
         .rate
         .map_or("full speed".to_string(), |rate| format!("{rate} ops/s"));
     outln!(
-        "{} agents, {} live streams, {pace}: {:.0} ops/s, p99 {:.2} ms; server CPU {:.0}%, RSS {:.0} MiB (peak {:.0})",
+        "{} agents, {} live streams, {pace}: {:.0} ops/s, p99 {:.2} ms; server CPU {:.0}% (load generator {:.0}%), RSS {:.0} MiB (peak {:.0})",
         team.agents,
         team.streams,
         team.all.per_sec,
         team.all.p99_ms,
         team.server_cpu_percent,
+        team.generator_cpu_percent,
         team.server.rss_mib,
         team.server.peak_rss_mib
     )?;
