@@ -176,7 +176,10 @@ pub async fn run_bench(
     let mut teams = Vec::new();
     for &agents in &options.teams {
         progress(&format!("a team of {agents} agents at full speed"));
-        teams.push(team_run(&server, &target, agents, options.team_ops, None).await?);
+        // A client of its own per run: the connections an earlier run left idle in a pool
+        // would count against the server's connection cap.
+        let own = target.with_fresh_client(agents)?;
+        teams.push(team_run(&server, &own, agents, options.team_ops, None).await?);
     }
 
     let streams = if largest_team > 0 && options.rate > 0 {
@@ -184,7 +187,8 @@ pub async fn run_bench(
             "{largest_team} agents with live streams open, {} ops/s for {} s",
             options.rate, options.rate_secs
         ));
-        Some(streams_run(&server, &target, largest_team, &options).await?)
+        let own = target.with_fresh_client(largest_team * 2)?;
+        Some(streams_run(&server, &own, largest_team, &options).await?)
     } else {
         None
     };

@@ -82,6 +82,18 @@ impl Request {
 }
 
 impl Target {
+    /// The same server with a new HTTP client (its own connection pool, up to `idle`
+    /// connections kept).
+    pub fn with_fresh_client(&self, idle: usize) -> anyhow::Result<Target> {
+        Ok(Target {
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(idle)
+                .build()?,
+            base: self.base.clone(),
+            admin: self.admin.clone(),
+        })
+    }
+
     /// Sends `request` with `token` (the admin's when none) and returns the answer's JSON (Null
     /// for an empty or non-JSON body). Any status but success fails the run: a benchmark of
     /// refusals would measure nothing.
