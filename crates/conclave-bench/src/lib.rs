@@ -138,12 +138,15 @@ pub async fn run_bench(
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(largest_team.max(LEASE_AGENTS) * 2)
         .build()?;
-    // Room for every agent's stream and request connection; leases of a whole team run held.
+    // Room for every agent's stream, its requests in flight (an open-loop run may have one per
+    // agent waiting) and the connections an earlier phase's pool has not closed yet: at twice
+    // the agents, a 1,000-agent run with streams reached the cap and new connections waited for
+    // idle ones to time out (30 s).
     let project = BenchProject::create(
         &options.exe,
         &format!(
             "max_connections = {}\nmax_leases_per_agent = 256",
-            largest_team * 2 + 256
+            largest_team * 4 + 256
         ),
     )
     .await?;
