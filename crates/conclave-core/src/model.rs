@@ -391,6 +391,30 @@ pub struct Task {
     /// cost their supervisor reports.
     #[serde(default)]
     pub cost_usd: f64,
+    /// Dependency manifests and lockfiles its holders changed (from the task's
+    /// `file.dependency_changed` events), oldest first. Filled by `GET /api/tasks/{id}`; left
+    /// out of lists.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dependency_changes: Vec<DependencyChange>,
+}
+
+/// One change of a dependency manifest or lockfile by an agent working on a task (write
+/// attribution, issue 11): `cargo add` by one agent changes what the whole team builds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DependencyChange {
+    /// Project-relative.
+    pub path: String,
+    /// `cargo`, `npm`, `pnpm`, `python`, `uv` or `go`.
+    pub ecosystem: String,
+    /// `manifest` (declares dependencies) or `lockfile` (pins versions).
+    pub file: String,
+    pub agent: Option<String>,
+    /// The tool that changed it (`Edit`, `Write`, `Bash`, ...).
+    pub tool: String,
+    /// The shell command, when a `Bash` call changed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    pub at: DateTime<Utc>,
 }
 
 /// A pipeline: the stages (roles) a task passes through in order, each stage's agent passing it
@@ -1206,6 +1230,7 @@ mod tests {
             approve: false,
             awaiting_approval: false,
             cost_usd: 0.0,
+            dependency_changes: Vec::new(),
         };
         let rust = vec!["rust".to_string()];
         assert!(task.fits("alice", Some("coder"), &rust));

@@ -6,7 +6,10 @@
 //!
 //! - `pre-tool-use`: a file-writing tool's path is leased to the agent on the spot (tied to its
 //!   current task); a path held by another agent is denied with a reason naming the holder.
-//! - `post-tool-use`: records the file touched, renews the agent's leases, delivers urgent mail.
+//! - `post-tool-use`: records the file touched (and a dependency manifest or lockfile changed),
+//!   renews the agent's leases, delivers urgent mail.
+//! - For a `Bash` call, `pre-tool-use` and `post-tool-use` also snapshot the agent's tree before
+//!   and after it, to attribute what the command wrote ([`crate::attribution`]).
 //! - `session-start`: records the session id and injects role, task, messages, decisions and the
 //!   predecessor's handoff (bounded); again after a compaction or a resume.
 //! - `user-prompt-submit`: delivers urgent mail. `stop`: keeps the agent working while it holds
@@ -30,6 +33,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::app::App;
+use crate::attribution;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiPath;
 use crate::ops::{self, IdempotencyKey, OpError};
@@ -57,6 +61,9 @@ struct HookInput {
     pub tool_input: Option<Value>,
     #[serde(default)]
     pub source: Option<String>,
+    /// Ties a tool call's `PreToolUse` to its `PostToolUse` (write attribution).
+    #[serde(default)]
+    pub tool_use_id: Option<String>,
 }
 
 pub async fn handle(
@@ -71,9 +78,27 @@ pub async fn handle(
         .map_err(|error| ApiError::bad_request(format!("hook input is not JSON: {error}")))?;
     input.session_id = input.session_id.map(|id| bounded(id, MAX_SESSION_ID));
     input.tool_name = input.tool_name.map(|name| bounded(name, MAX_TOOL_NAME));
+    // A `Bash` call's writes are attributed by comparing the tree before and after it.
+    let shell_call = attribution::ShellCall::from_hook(
+        input.tool_name.as_deref(),
+        input.session_id.as_deref(),
+        input.tool_use_id.as_deref(),
+        input.cwd.as_deref(),
+        input.tool_input.as_ref(),
+    );
     let answer = match event.as_str() {
-        "pre-tool-use" => pre_tool_use(&app, &actor, &agent, &input).await?,
-        "post-tool-use" => post_tool_use(&app, &actor, &agent, &input).await?,
+        "pre-tool-use" => {
+            if let Some(call) = &shell_call {
+                attribution::before_shell(&app, &agent, call).await;
+            }
+            pre_tool_use(&app, &actor, &agent, &input).await?
+        }
+        "post-tool-use" => {
+            if let Some(call) = &shell_call {
+                attribution::after_shell(&app, &actor, &agent, call).await;
+            }
+            post_tool_use(&app, &actor, &agent, &input).await?
+        }
         "session-start" => session_start(&app, &actor, &agent, &input).await?,
         "user-prompt-submit" => urgent_context(&app, &actor, &agent, "UserPromptSubmit").await?,
         "stop" => stop(&app, &agent, &input).await?,
@@ -131,7 +156,7 @@ fn bounded(text: String, max: usize) -> String {
 
 /// A concrete file name as a lease pattern that matches exactly it: `[`, `*` and `?` (legal in
 /// file names, such as `app/[id]/page.tsx`) become one-character classes.
-fn escape_glob(path: &str) -> String {
+pub(crate) fn escape_glob(path: &str) -> String {
     let mut escaped = String::with_capacity(path.len());
     for c in path.chars() {
         match c {
@@ -206,8 +231,12 @@ async fn post_tool_use(
             let touched = FileTouched {
                 path: bounded(path.clone(), MAX_TOUCHED_PATH),
                 tool: tool.clone(),
+                ..FileTouched::default()
             };
             tx.emit(&name, task, Some(&name), EventPayload::FileTouched(touched))?;
+            if let Some(changed) = attribution::dependency_event(path, &tool, None) {
+                tx.emit(&name, task, Some(&name), changed)?;
+            }
         }
         Ok(())
     })
