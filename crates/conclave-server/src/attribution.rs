@@ -447,7 +447,8 @@ pub fn dependency_event(path: &str, tool: &str, command: Option<&str>) -> Option
 /// What points at other agents for one changed file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Evidence {
-    /// Agents whose `Edit`/`Write` of the file happened during the command.
+    /// Agents whose `Edit`/`Write` of the file happened during the command (the caller's own
+    /// included: its edit is recorded already).
     pub editors: Vec<String>,
     /// Agents holding a live lease that covers the file.
     pub lease_holders: Vec<String>,
@@ -468,15 +469,19 @@ pub(crate) enum Verdict {
     },
 }
 
-/// Who changed a file during `caller`'s shell command, from the evidence.
+/// Who changed a file during `caller`'s shell command, from the evidence: an edit recorded
+/// during the command explains it; else the lease of another agent whose shell ran meanwhile;
+/// else it is the caller's (ambiguous when other agents' commands ran in the tree meanwhile).
 pub(crate) fn judge(caller: &str, shared_tree: bool, evidence: &Evidence) -> Verdict {
     let others = |names: &[String]| -> Vec<String> {
         let set: BTreeSet<&String> = names.iter().filter(|name| *name != caller).collect();
         set.into_iter().cloned().collect()
     };
-    let editors = others(&evidence.editors);
-    if !editors.is_empty() {
-        return Verdict::Accounted { by: editors };
+    if !evidence.editors.is_empty() {
+        let editors: BTreeSet<&String> = evidence.editors.iter().collect();
+        return Verdict::Accounted {
+            by: editors.into_iter().cloned().collect(),
+        };
     }
     let holders = others(&evidence.lease_holders);
     let concurrent = others(&evidence.concurrent);
@@ -496,8 +501,9 @@ pub(crate) fn judge(caller: &str, shared_tree: bool, evidence: &Evidence) -> Ver
     }
 }
 
-/// Per project path, the other agents that edited it (or leased it to edit it) since `since`:
-/// their `file.touched` by a file-writing tool, or the lease their `PreToolUse` took.
+/// Per project path, the agents that edited it since `since`: a `file.touched` by a
+/// file-writing tool (the caller's own included: that edit is recorded already), or, for other
+/// agents, the lease their `PreToolUse` took just before writing.
 fn recent_edits(
     reader: &conclave_core::store::Reader<'_>,
     caller: &str,
@@ -516,16 +522,16 @@ fn recent_edits(
             let Some(agent) = event.agent.clone() else {
                 continue;
             };
-            if agent == caller {
-                continue;
-            }
             let path = match &event.payload {
+                // The caller's own Edit recorded its write already.
                 EventPayload::FileTouched(touched)
                     if FILE_WRITING_TOOLS.contains(&touched.tool.as_str()) =>
                 {
                     touched.path.clone()
                 }
-                EventPayload::LeaseGranted(lease) | EventPayload::LeaseRenewed(lease) => {
+                EventPayload::LeaseGranted(lease) | EventPayload::LeaseRenewed(lease)
+                    if agent != caller =>
+                {
                     lease.path.clone()
                 }
                 _ => continue,
@@ -726,15 +732,26 @@ mod tests {
         );
         // The caller's own lease and its own concurrent calls point at nobody else.
         let own = Evidence {
-            editors: names(&["alice"]),
             lease_holders: names(&["alice"]),
             concurrent: names(&["alice"]),
+            ..Evidence::default()
         };
         assert_eq!(
             judge("alice", true, &own),
             Verdict::Caller {
                 ambiguous_with: Vec::new(),
                 alert_holders: Vec::new(),
+            }
+        );
+        // Its own Edit during the command recorded the write already.
+        let edited = Evidence {
+            editors: names(&["alice"]),
+            ..own
+        };
+        assert_eq!(
+            judge("alice", true, &edited),
+            Verdict::Accounted {
+                by: names(&["alice"])
             }
         );
     }
