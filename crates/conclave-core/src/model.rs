@@ -281,6 +281,38 @@ pub struct QueueView {
     pub entries: Vec<QueueEntry>,
 }
 
+/// An open task's branch (`conclave/T-12`) in `GET /api/overlaps`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OpenBranch {
+    pub task: TaskId,
+    pub branch: String,
+    /// The task's holder.
+    pub agent: Option<String>,
+}
+
+/// Two open branches that changed the same files (committed, or uncommitted in the worktree
+/// that has the branch checked out).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct BranchOverlap {
+    pub first: OpenBranch,
+    pub second: OpenBranch,
+    /// Project-relative as git names them, sorted; never empty.
+    pub files: Vec<String>,
+}
+
+/// `GET /api/overlaps`: per pair of open task branches, the files both have changed, so that
+/// two agents in separate worktrees learn of a coming conflict before the merge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OverlapReport {
+    /// The project is a git repository (else there are no branches to compare).
+    pub git: bool,
+    /// The open tasks' branches compared (the most recently updated ones, up to a bound).
+    pub branches: Vec<OpenBranch>,
+    /// Open tasks whose branches were left out by the bound.
+    pub left_out: usize,
+    pub overlaps: Vec<BranchOverlap>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum LeaseMode {

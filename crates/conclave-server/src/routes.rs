@@ -6,7 +6,7 @@ use axum::routing::{MethodRouter, delete, get, patch, post};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Map, Value, json};
 
-use crate::api::{agents, events, leases, messages, notes, queue, status, tasks};
+use crate::api::{agents, events, leases, messages, notes, overlaps, queue, status, tasks};
 use crate::app::App;
 use crate::error::ErrorBody;
 use conclave_core::model::*;
@@ -180,7 +180,13 @@ pub fn operations() -> Vec<Operation> {
         )
         .request::<ClaimRequest>()
         .response::<conclave_core::store::ClaimOutcome>(),
-        op("get", "/api/tasks/{id}", "Show a task", get(tasks::show)).response::<Task>(),
+        op(
+            "get",
+            "/api/tasks/{id}",
+            "Show a task, with the dependency manifests and lockfiles its holders changed",
+            get(tasks::show),
+        )
+        .response::<Task>(),
         op(
             "patch",
             "/api/tasks/{id}",
@@ -247,6 +253,13 @@ pub fn operations() -> Vec<Operation> {
             post(queue::merge),
         )
         .response::<QueueEntry>(),
+        op(
+            "get",
+            "/api/overlaps",
+            "Per pair of open task branches, the files both changed (commits and uncommitted work in their worktrees)",
+            get(overlaps::show),
+        )
+        .response::<OverlapReport>(),
         op(
             "get",
             "/api/tasks/{id}/steps",
