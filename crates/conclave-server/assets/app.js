@@ -1032,8 +1032,6 @@ function mergeViewOnEvent(ev) {
 
 async function startMergeView() {
   await Promise.all([loadQueue(), loadOverlaps(), loadDependencyChanges()]);
-  // Uncommitted work changes without an event when an agent writes past the hooks.
-  setInterval(refreshOverlaps, 30000);
 }
 
 // ---- start ------------------------------------------------------------------------------------
