@@ -363,3 +363,60 @@ fn concurrent_commands_make_a_change_ambiguous_and_another_agents_edit_is_not_th
     );
     assert!(events(&project, "agent.alert").is_empty());
 }
+
+/// `GET /api/overlaps` as the admin.
+fn overlaps(project: &TestProject, server: &Server) -> Value {
+    let token = std::fs::read_to_string(project.state_dir().join("admin.token")).expect("token");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let response = reqwest::Client::new()
+            .get(format!("{}/api/overlaps", server.url))
+            .bearer_auth(token.trim())
+            .send()
+            .await
+            .expect("GET /api/overlaps");
+        assert!(response.status().is_success(), "{response:?}");
+        response.json().await.expect("JSON")
+    })
+}
+
+#[test]
+fn overlaps_name_the_files_two_open_worktree_branches_both_changed_committed_or_not() {
+    use conclave_git::{AgentWorktrees, Identity, Repo};
+    const INTEGRATION: &str = "conclave/integration";
+    let project = git_project();
+    let server = Server::start(&project);
+    let repo = Repo::open(&project.root(), Identity::default()).expect("repo");
+    repo.ensure_integration_branch(INTEGRATION, None)
+        .expect("integration branch");
+    let trees = AgentWorktrees::new(repo).expect("worktrees");
+    let mut started = Vec::new();
+    for name in ["alice", "bob", "carol"] {
+        let agent = add_agent(&project, name, &["--isolation", "worktree"]);
+        let task = project.run(&["task", "add", &format!("{name}'s work")]).ok();
+        project.run_as(&agent, &["task", "claim", &task]).ok();
+        let checkout = trees.start_task(name, &task, INTEGRATION).expect("start");
+        started.push((task, checkout.path));
+    }
+    let [(t1, alice), (t2, bob), (_, carol)] = &started[..] else {
+        panic!("three agents")
+    };
+    // Alice commits her change; Bob has not committed his yet; Carol works elsewhere.
+    std::fs::write(alice.join("src/parser.rs"), "fn alice() {}\n").expect("write");
+    git(alice, &["commit", "--quiet", "-am", "alice"]);
+    std::fs::write(bob.join("src/parser.rs"), "fn bob() {}\n").expect("write");
+    std::fs::write(bob.join("b.txt"), "bob\n").expect("write");
+    std::fs::write(carol.join("c.txt"), "carol\n").expect("write");
+
+    let report = overlaps(&project, &server);
+    assert_eq!(report["git"], true);
+    assert_eq!(report["branches"].as_array().map(Vec::len), Some(3), "{report}");
+    assert_eq!(
+        report["overlaps"],
+        json!([{
+            "first": {"task": t1, "branch": format!("conclave/{t1}"), "agent": "alice"},
+            "second": {"task": t2, "branch": format!("conclave/{t2}"), "agent": "bob"},
+            "files": ["src/parser.rs"],
+        }])
+    );
+}
