@@ -837,7 +837,10 @@ fn overlaps_with_work_count_what_agents_have_not_committed_yet() {
     write_in(&bob.path, "shared.rs", "b\n");
     write_in(&bob.path, "new_b.rs", "b\n");
     let branches = vec![alice.branch.clone(), bob.branch.clone()];
-    assert_eq!(overlaps(fixture.repo.git(), &branches).expect("overlaps"), vec![]);
+    assert_eq!(
+        overlaps(fixture.repo.git(), &branches).expect("overlaps"),
+        vec![]
+    );
     assert_eq!(
         overlaps_with_work(&fixture.repo, &branches).expect("overlaps"),
         vec![Overlap {

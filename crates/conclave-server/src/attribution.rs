@@ -303,12 +303,7 @@ pub async fn after_shell(app: &App, actor: &Actor, agent: &str, call: &ShellCall
     }
 }
 
-async fn attribute(
-    app: &App,
-    actor: &Actor,
-    agent: &str,
-    call: &ShellCall,
-) -> Result<(), OpError> {
+async fn attribute(app: &App, actor: &Actor, agent: &str, call: &ShellCall) -> Result<(), OpError> {
     let runs = app.shell_runs();
     let Some(run) = runs.take(&call.key(agent)) else {
         return Ok(());
@@ -336,8 +331,13 @@ async fn attribute(
     let mut files: Vec<(String, ChangeKind)> = changes
         .into_iter()
         .filter_map(|change| {
-            project_path(project_root.as_deref(), project_repo.as_ref(), &tree, &change.path)
-                .map(|path| (path, change.kind))
+            project_path(
+                project_root.as_deref(),
+                project_repo.as_ref(),
+                &tree,
+                &change.path,
+            )
+            .map(|path| (path, change.kind))
         })
         .collect();
     if files.is_empty() {
@@ -393,7 +393,12 @@ async fn attribute(
                 ambiguous: !ambiguous_with.is_empty(),
                 candidates: ambiguous_with,
             };
-            tx.emit(&caller, task, Some(&caller), EventPayload::FileTouched(touched))?;
+            tx.emit(
+                &caller,
+                task,
+                Some(&caller),
+                EventPayload::FileTouched(touched),
+            )?;
             for holder in alert_holders {
                 alerts.entry(holder).or_default().push(path.clone());
             }
@@ -406,7 +411,12 @@ async fn attribute(
                     "{caller}'s shell command `{command}` wrote {named}, leased by {holder}"
                 ),
             };
-            tx.emit(&caller, task, Some(&caller), EventPayload::AgentAlert(alert))?;
+            tx.emit(
+                &caller,
+                task,
+                Some(&caller),
+                EventPayload::AgentAlert(alert),
+            )?;
             let body = format!(
                 "{caller}'s shell command `{command}` wrote {named}, which you hold a lease on. \
                  Look at the file before you go on, and settle it with {caller}."
@@ -551,9 +561,9 @@ fn unescape_glob(pattern: &str) -> String {
     let mut out = String::with_capacity(pattern.len());
     let mut rest = pattern;
     while let Some(c) = rest.chars().next() {
-        let escaped = ['[', '*', '?'].iter().find(|special| {
-            rest.starts_with(&format!("[{special}]"))
-        });
+        let escaped = ['[', '*', '?']
+            .iter()
+            .find(|special| rest.starts_with(&format!("[{special}]")));
         match escaped {
             Some(special) => {
                 out.push(*special);
@@ -677,7 +687,9 @@ mod tests {
         };
         assert_eq!(
             judge("alice", true, &evidence),
-            Verdict::Accounted { by: names(&["bob"]) }
+            Verdict::Accounted {
+                by: names(&["bob"])
+            }
         );
     }
 
@@ -713,7 +725,9 @@ mod tests {
         };
         assert_eq!(
             judge("alice", true, &evidence),
-            Verdict::Accounted { by: names(&["bob"]) }
+            Verdict::Accounted {
+                by: names(&["bob"])
+            }
         );
     }
 
@@ -920,6 +934,9 @@ mod tests {
             runs.concurrent("alice", Path::new("/t"), start),
             names(&["bob", "carol"])
         );
-        assert_eq!(runs.concurrent("bob", Path::new("/t"), Instant::now()), Vec::<String>::new());
+        assert_eq!(
+            runs.concurrent("bob", Path::new("/t"), Instant::now()),
+            Vec::<String>::new()
+        );
     }
 }

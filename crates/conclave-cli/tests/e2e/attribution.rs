@@ -11,7 +11,9 @@ use conclave_standin::{Reply, Script, StandIn};
 use serde_json::{Value, json};
 use tokio::process::Command;
 
-use crate::support::{AGENT_TIMEOUT, AgentProcess, AgentRun, BIN, HEADLESS_ARGS, Team, api_key, events, serial};
+use crate::support::{
+    AGENT_TIMEOUT, AgentProcess, AgentRun, BIN, HEADLESS_ARGS, Team, api_key, events, serial,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sed_through_bash_on_a_file_leased_by_another_agent_alerts_naming_both() -> Result<()> {

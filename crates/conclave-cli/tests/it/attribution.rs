@@ -298,9 +298,24 @@ fn a_cargo_add_style_lockfile_change_is_flagged_on_the_task() {
     assert_eq!(
         summary,
         vec![
-            ("Cargo.lock".into(), "lockfile".into(), "Bash".into(), "alice".into()),
-            ("Cargo.toml".into(), "manifest".into(), "Bash".into(), "alice".into()),
-            ("web/package.json".into(), "manifest".into(), "Write".into(), "alice".into()),
+            (
+                "Cargo.lock".into(),
+                "lockfile".into(),
+                "Bash".into(),
+                "alice".into()
+            ),
+            (
+                "Cargo.toml".into(),
+                "manifest".into(),
+                "Bash".into(),
+                "alice".into()
+            ),
+            (
+                "web/package.json".into(),
+                "manifest".into(),
+                "Write".into(),
+                "alice".into()
+            ),
         ]
     );
     assert_eq!(changes[0]["ecosystem"], "cargo");
@@ -393,7 +408,9 @@ fn overlaps_name_the_files_two_open_worktree_branches_both_changed_committed_or_
     let mut started = Vec::new();
     for name in ["alice", "bob", "carol"] {
         let agent = add_agent(&project, name, &["--isolation", "worktree"]);
-        let task = project.run(&["task", "add", &format!("{name}'s work")]).ok();
+        let task = project
+            .run(&["task", "add", &format!("{name}'s work")])
+            .ok();
         project.run_as(&agent, &["task", "claim", &task]).ok();
         let checkout = trees.start_task(name, &task, INTEGRATION).expect("start");
         started.push((task, checkout.path));
@@ -410,7 +427,11 @@ fn overlaps_name_the_files_two_open_worktree_branches_both_changed_committed_or_
 
     let report = overlaps(&project, &server);
     assert_eq!(report["git"], true);
-    assert_eq!(report["branches"].as_array().map(Vec::len), Some(3), "{report}");
+    assert_eq!(
+        report["branches"].as_array().map(Vec::len),
+        Some(3),
+        "{report}"
+    );
     assert_eq!(
         report["overlaps"],
         json!([{

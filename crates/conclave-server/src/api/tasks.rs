@@ -5,9 +5,9 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::Response;
 use conclave_core::model::{
-    Actor, ClaimRequest, DependencyChange, EventFilter, EventPayload, NewTask, ReasonRequest, Task, TaskAssign, TaskCancel, TaskDecision,
-    TaskEdit, TaskFailure, TaskFinish, TaskId, TaskList, TaskStatus, TaskStatusUpdate,
-    TaskStepList,
+    Actor, ClaimRequest, DependencyChange, EventFilter, EventPayload, NewTask, ReasonRequest, Task,
+    TaskAssign, TaskCancel, TaskDecision, TaskEdit, TaskFailure, TaskFinish, TaskId, TaskList,
+    TaskStatus, TaskStatusUpdate, TaskStepList,
 };
 use serde::Deserialize;
 
