@@ -355,24 +355,27 @@ async fn attribute(app: &App, actor: &Actor, agent: &str, call: &ShellCall) -> R
     let command = bounded_command(&call.command);
     let since = run.started_at;
     app.write(actor, &IdempotencyKey::default(), move |tx| {
-        let reader = tx.read();
-        let edits = recent_edits(&reader, &caller, since)?;
-        let now_ms = Utc::now().timestamp_millis();
-        let mut judged = Vec::with_capacity(files.len());
-        for (path, kind) in files {
-            let holders = match paths::normalize_lease_path(&crate::hooks::escape_glob(&path)) {
-                Ok(pattern) => reader.lease_holders_overlapping(&pattern, now_ms)?,
-                Err(_) => Vec::new(),
-            };
-            let evidence = Evidence {
-                editors: edits.get(&path).cloned().unwrap_or_default(),
-                lease_holders: holders,
-                concurrent: concurrent.clone(),
-            };
-            judged.push((path, kind, judge(&caller, shared_tree, &evidence)));
-        }
-        let task = reader.held_tasks(&caller)?.first().map(|task| task.id);
-        drop(reader);
+        // Read first (the reader borrows the transaction), then write.
+        let (judged, task) = {
+            let reader = tx.read();
+            let edits = recent_edits(&reader, &caller, since)?;
+            let now_ms = Utc::now().timestamp_millis();
+            let mut judged = Vec::with_capacity(files.len());
+            for (path, kind) in files {
+                let holders = match paths::normalize_lease_path(&crate::hooks::escape_glob(&path)) {
+                    Ok(pattern) => reader.lease_holders_overlapping(&pattern, now_ms)?,
+                    Err(_) => Vec::new(),
+                };
+                let evidence = Evidence {
+                    editors: edits.get(&path).cloned().unwrap_or_default(),
+                    lease_holders: holders,
+                    concurrent: concurrent.clone(),
+                };
+                judged.push((path, kind, judge(&caller, shared_tree, &evidence)));
+            }
+            let task = reader.held_tasks(&caller)?.first().map(|task| task.id);
+            (judged, task)
+        };
         let mut alerts: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (path, kind, verdict) in judged {
             let Verdict::Caller {

@@ -321,6 +321,11 @@ fn a_cargo_add_style_lockfile_change_is_flagged_on_the_task() {
     assert_eq!(changes[0]["ecosystem"], "cargo");
     assert_eq!(changes[0]["command"], command);
     assert_eq!(changes[2]["ecosystem"], "npm");
+    let text = project.run(&["task", "show", &task]).ok();
+    assert!(
+        text.contains("deps:      Cargo.lock (cargo lockfile) by alice via Bash: printf"),
+        "{text}"
+    );
     // The list of tasks stays lean.
     let list = project.run(&["task", "list", "--json"]).json();
     assert!(!list.to_string().contains("dependency_changes"), "{list}");

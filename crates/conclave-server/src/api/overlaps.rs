@@ -22,7 +22,7 @@ pub async fn show(State(app): State<App>) -> ApiResult<Json<OverlapReport>> {
         .into_iter()
         .filter(|task| task.status.is_held())
         .collect();
-    open.sort_by(|a, b| b.updated_at.cmp(&a.updated_at));
+    open.sort_by_key(|task| std::cmp::Reverse(task.updated_at));
     let Some(root) = app.settings().project_root.clone() else {
         return Ok(Json(empty(false)));
     };
