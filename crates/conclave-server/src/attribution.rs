@@ -309,20 +309,23 @@ async fn attribute(app: &App, actor: &Actor, agent: &str, call: &ShellCall) -> R
         return Ok(());
     };
     let project_root = app.settings().project_root.clone();
-    let project_repo = runs
-        .project_repo
-        .get_or_init(|| project_root.as_deref().and_then(project_repo))
-        .clone();
     let before = run.snapshot;
-    let (after, changes) = tokio::task::spawn_blocking(move || {
+    let on_thread = app.clone();
+    let root = project_root.clone();
+    // Git runs on a blocking thread: the snapshot, and once per server the project's own repo.
+    let (tree, changes, project_repo) = tokio::task::spawn_blocking(move || {
+        let project_repo = on_thread
+            .shell_runs()
+            .project_repo
+            .get_or_init(|| root.as_deref().and_then(project_repo))
+            .clone();
         let after = TreeSnapshot::capture_after(&before)?;
         let changes = before.changes(&after);
-        Ok::<_, conclave_git::GitError>((after.root, changes))
+        Ok::<_, conclave_git::GitError>((after.root, changes, project_repo))
     })
     .await
     .map_err(|error| OpError::Worker(format!("snapshot thread: {error}")))?
     .map_err(|error| OpError::Worker(error.to_string()))?;
-    let tree = after;
     runs.finished(FinishedRun {
         agent: agent.to_string(),
         tree: tree.clone(),
