@@ -976,7 +976,7 @@ function renderOverlaps() {
   }
   if (!report.overlaps.length) {
     put(root, h('p', { class: 'empty', text: report.branches.length < 2
-      ? `${report.branches.length} open branch: nothing to compare.`
+      ? `${report.branches.length ? 'One open task branch' : 'No open task branch'}: nothing to compare.`
       : `No file changed on two of the ${report.branches.length} open branches.` }));
     return;
   }
