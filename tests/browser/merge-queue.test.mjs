@@ -4,7 +4,8 @@
 // and resumes the queue from the page until the branch lands.
 //
 // Run: cargo build -p conclave-cli && (cd tests/browser && npm ci && npm test)
-// Env and skipping as in dashboard.test.mjs.
+// Env, skipping and DOCS_SCREENSHOTS=1 (docs/img/dashboard-merge-queue.png) as in
+// dashboard.test.mjs.
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -19,6 +20,7 @@ const ROOT = path.resolve(HERE, '../..');
 const BIN = process.env.CONCLAVE_BIN || path.join(ROOT, 'target/debug/conclave');
 const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 const ARTIFACTS = path.join(HERE, 'artifacts');
+const DOCS_IMG = path.join(ROOT, 'docs/img');
 const IN_CI = process.env.CI === 'true';
 const CHROMIUM_ARGS = [
   '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
@@ -123,6 +125,11 @@ before(async () => {
   assert.deepEqual([first.id, second.id], ['T-1', 'T-2']);
   await ok('POST', '/api/tasks/claim', { id: 'T-1' }, tokens.alice);
   await ok('POST', '/api/tasks/claim', { id: 'T-2' }, tokens.bob);
+  // Alice's edit of a lockfile on T-1, as her PostToolUse hook reports it.
+  await ok('POST', '/hooks/post-tool-use', {
+    session_id: 's-alice', cwd: server.dir, tool_name: 'Write',
+    tool_input: { file_path: path.join(server.dir, 'Cargo.lock'), content: 'version = 4\n' },
+  }, tokens.alice);
   await ok('POST', '/api/tasks/T-1/done', { summary: 'line two reworded' }, tokens.alice);
   browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
 });
@@ -153,6 +160,11 @@ test('the queue view shows entries and pauses, skips, retries and resumes throug
   assert.match(await entry.innerText(), /alice/);
   await page.locator('#queue-state [data-queue-paused="true"]').waitFor();
 
+  // T-1 changed a lockfile: flagged on its entry and in the dependency list.
+  await entry.locator('[data-dependency-flag]').waitFor();
+  assert.match(await entry.locator('[data-dependency-flag]').getAttribute('title'), /Cargo\.lock/);
+  assert.match(await page.locator('#dependency-changes [data-dependency="Cargo.lock"]').innerText(), /T-1 @alice Cargo\.lock \(lockfile, cargo\) by Write/);
+
   // Both open branches changed shared.txt.
   const overlap = page.locator('#overlaps [data-overlap="T-1 T-2"]');
   await overlap.waitFor();
@@ -160,6 +172,10 @@ test('the queue view shows entries and pauses, skips, retries and resumes throug
   assert.match(await overlap.innerText(), /T-1 @alice ∩ T-2 @bob/);
   fs.mkdirSync(ARTIFACTS, { recursive: true });
   await page.locator('#merge-section').screenshot({ path: path.join(ARTIFACTS, 'merge-queue.png') });
+  if (process.env.DOCS_SCREENSHOTS === '1') {
+    fs.mkdirSync(DOCS_IMG, { recursive: true });
+    await page.locator('#merge-section').screenshot({ path: path.join(DOCS_IMG, 'dashboard-merge-queue.png') });
+  }
 
   // Skip: the entry leaves the queue and its task goes back to alice.
   await entry.locator('[data-queue-action="skip"]').click();

@@ -902,7 +902,7 @@ function wireForms() {
 const mergeView = {
   queue: null, // GET /api/queue
   overlaps: null, // GET /api/overlaps
-  dependencies: [], // file.dependency_changed events, newest first
+  dependencies: [], // file.dependency_changed events (the latest 200), newest first
   overlapTimer: null,
 };
 const QUEUE_STATES_LIVE = new Set(['queued', 'merging']);
@@ -935,8 +935,11 @@ function renderQueue() {
     if (entry.state === 'queued') buttons.push(h('button', { type: 'button', 'data-queue-action': 'merge', text: 'Merge now', onclick: () => queueAction(`merge ${entry.task}`, `/api/queue/${task}/merge`) }));
     if (['queued', 'merging', 'sent_back'].includes(entry.state)) buttons.push(h('button', { type: 'button', 'data-queue-action': 'skip', text: 'Skip', onclick: () => queueAction(`skip ${entry.task}`, `/api/queue/${task}/skip`) }));
     if (['sent_back', 'skipped'].includes(entry.state)) buttons.push(h('button', { type: 'button', 'data-queue-action': 'retry', text: 'Retry', onclick: () => queueAction(`retry ${entry.task}`, `/api/queue/${task}/retry`) }));
+    // A branch that changes manifests or lockfiles changes what everyone builds: say so.
+    const deps = [...new Set(mergeView.dependencies.filter((d) => d.task === entry.task).map((d) => d.data.path))];
     return h('tr', { 'data-queue-entry': entry.task, 'data-state': entry.state },
-      h('td', { class: 'task-id', text: entry.task, title: entry.branch }),
+      h('td', { class: 'task-id', title: entry.branch }, entry.task,
+        deps.length ? [' ', h('span', { class: 'badge', 'data-dependency-flag': 'true', title: `dependency changes: ${deps.join(', ')}`, text: 'deps' })] : null),
       h('td', { text: entry.agent }),
       h('td', {}, h('span', { class: 'badge', 'data-queue-state': entry.state, text: entry.state.replace('_', ' ') })),
       h('td', { text: entry.attempts }),
@@ -990,8 +993,9 @@ function renderOverlaps() {
 }
 
 async function loadDependencyChanges() {
-  mergeView.dependencies = (await api('GET', '/api/events?desc=true&limit=50&kind=file.dependency_changed')).events;
+  mergeView.dependencies = (await api('GET', '/api/events?desc=true&limit=200&kind=file.dependency_changed')).events;
   renderDependencyChanges();
+  renderQueue();
 }
 
 const dependencyLine = (d) => `${d.path} (${d.file}, ${d.ecosystem}) by ${d.tool}${d.command ? `: ${clip(d.command, 120)}` : ''}`;
@@ -1025,6 +1029,7 @@ function mergeViewOnEvent(ev) {
   if (kind === 'file.dependency_changed' && !mergeView.dependencies.some((d) => d.seq === ev.seq)) {
     mergeView.dependencies.unshift(ev);
     renderDependencyChanges();
+    renderQueue();
   }
   // What changes the overlaps: edits and shell writes, claims and finishes, landings.
   if (kind === 'file.touched' || kind.startsWith('queue.') || kind === 'task.claimed' || kind === 'task.done') refreshOverlaps();
