@@ -152,6 +152,8 @@ function waitText(agent) {
 /** A one-line description of an event. */
 function describe(ev) {
   const d = ev.data || {};
+  const written = describeWrite(ev);
+  if (written) return written;
   switch (ev.kind) {
     case 'agent.tool': return toolFailed(ev)
       ? `${d.tool || 'tool'} FAILED: ${clip(d.error || 'error', 160)} · ${toolInput(d, 80)}`
@@ -167,8 +169,7 @@ function describe(ev) {
     case 'agent.text': return clip(d.text, 200);
     case 'agent.turn': return `context ${d.context_tokens ?? '?'} / ${d.context_window ?? '?'}, $${Number(d.cost_usd || 0).toFixed(2)}`;
     case 'agent.control': return `${d.action || ''} requested`;
-    case 'file.touched': return `${d.tool || ''} ${d.path || ''}${d.change ? ` ${d.change}` : ''}${d.ambiguous ? ` (ambiguous: ${(d.candidates || []).join(', ')})` : ''}${d.command ? ` · ${clip(d.command, 100)}` : ''}`;
-    case 'file.dependency_changed': return `dependency ${dependencyLine(d)}`;
+    case 'file.touched': return `${d.tool || ''} ${d.path || ''}`;
     case 'message.sent': return `${d.to ? `to ${d.to}: ` : ''}${clip(d.body ?? '', 160)}`;
     default: {
       const parts = [];
@@ -1009,6 +1010,15 @@ function renderDependencyChanges() {
     : h('li', { class: 'empty', text: 'No manifest or lockfile changed.' }));
 }
 
+/** A file event of write attribution in a line (the timeline's and the panels' `describe`). */
+function describeWrite(ev) {
+  const d = ev.data || {};
+  if (ev.kind === 'file.dependency_changed') return `dependency ${dependencyLine(d)}`;
+  if (ev.kind !== 'file.touched' || d.tool !== 'Bash') return null;
+  const ambiguous = d.ambiguous ? ` (ambiguous: ${(d.candidates || []).join(', ')})` : '';
+  return `Bash ${d.path || ''} ${d.change || 'changed'}${ambiguous}${d.command ? ` · ${clip(d.command, 100)}` : ''}`;
+}
+
 /** The task panel's dependency changes, read with the task itself (GET /api/tasks/{id}). */
 function renderTaskDependencies(info, id) {
   const block = h('div', { class: 'task-dependencies', hidden: true });
@@ -1056,8 +1066,7 @@ async function start() {
     renderBoard();
     renderLeases();
     renderSummary();
-    await Promise.all([loadMessages(), loadNotes(), loadLastActions(), loadTasks(), loadAlerts(), loadWaits(),
-      startMergeView()]);
+    await Promise.all([loadMessages(), loadNotes(), loadLastActions(), loadTasks(), loadAlerts(), loadWaits()]);
   } catch (error) {
     toast(error.message, true);
   }
@@ -1065,6 +1074,7 @@ async function start() {
     if (entries.some((entry) => entry.isIntersecting)) loadOlder();
   }, { root: $('timeline-scroll') }).observe($('timeline-end'));
   resetTimeline(state.filter);
+  await startMergeView().catch((error) => toast(`merge queue: ${error.message}`, true));
   setInterval(tick, 5000);
   document.body.dataset.ready = 'true';
 }

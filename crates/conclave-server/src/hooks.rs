@@ -6,14 +6,15 @@
 //!
 //! - `pre-tool-use`: a file-writing tool's path is leased to the agent on the spot (tied to its
 //!   current task); a path held by another agent is denied with a reason naming the holder.
-//! - `post-tool-use`: records the file touched (and a dependency manifest or lockfile changed),
-//!   renews the agent's leases, delivers urgent mail.
-//! - For a `Bash` call, `pre-tool-use` and `post-tool-use` also snapshot the agent's tree before
-//!   and after it, to attribute what the command wrote ([`crate::attribution`]).
+//! - `post-tool-use`: records the file touched, renews the agent's leases, delivers urgent mail.
 //! - `session-start`: records the session id and injects role, task, messages, decisions and the
 //!   predecessor's handoff (bounded); again after a compaction or a resume.
 //! - `user-prompt-submit`: delivers urgent mail. `stop`: keeps the agent working while it holds
 //!   a task, when the team's policy says so. `pre-compact`, `session-end`: recorded.
+//!
+//! Write attribution ([`crate::attribution`]): for a `Bash` call, `pre-tool-use` and
+//! `post-tool-use` also snapshot the agent's tree before and after it, to record what the
+//! command wrote; a file tool's change of a dependency manifest or lockfile is flagged.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -53,6 +54,9 @@ const CUT_MARKER: &str = "…(cut)";
 struct HookInput {
     #[serde(default)]
     pub session_id: Option<String>,
+    /// Ties a tool call's `PreToolUse` to its `PostToolUse` (write attribution).
+    #[serde(default)]
+    pub tool_use_id: Option<String>,
     #[serde(default)]
     pub cwd: Option<String>,
     #[serde(default)]
@@ -61,9 +65,6 @@ struct HookInput {
     pub tool_input: Option<Value>,
     #[serde(default)]
     pub source: Option<String>,
-    /// Ties a tool call's `PreToolUse` to its `PostToolUse` (write attribution).
-    #[serde(default)]
-    pub tool_use_id: Option<String>,
 }
 
 pub async fn handle(
@@ -78,24 +79,16 @@ pub async fn handle(
         .map_err(|error| ApiError::bad_request(format!("hook input is not JSON: {error}")))?;
     input.session_id = input.session_id.map(|id| bounded(id, MAX_SESSION_ID));
     input.tool_name = input.tool_name.map(|name| bounded(name, MAX_TOOL_NAME));
-    // A `Bash` call's writes are attributed by comparing the tree before and after it.
-    let shell_call = attribution::ShellCall::from_hook(
-        input.tool_name.as_deref(),
-        input.session_id.as_deref(),
-        input.tool_use_id.as_deref(),
-        input.cwd.as_deref(),
-        input.tool_input.as_ref(),
-    );
     let answer = match event.as_str() {
         "pre-tool-use" => {
-            if let Some(call) = &shell_call {
-                attribution::before_shell(&app, &agent, call).await;
+            if let Some(call) = shell_call(&input) {
+                attribution::before_shell(&app, &agent, &call).await;
             }
             pre_tool_use(&app, &actor, &agent, &input).await?
         }
         "post-tool-use" => {
-            if let Some(call) = &shell_call {
-                attribution::after_shell(&app, &actor, &agent, call).await;
+            if let Some(call) = shell_call(&input) {
+                attribution::after_shell(&app, &actor, &agent, &call).await;
             }
             post_tool_use(&app, &actor, &agent, &input).await?
         }
@@ -169,6 +162,17 @@ pub(crate) fn escape_glob(path: &str) -> String {
         }
     }
     escaped
+}
+
+/// A `Bash` call, whose writes are attributed by comparing its tree before and after it.
+fn shell_call(input: &HookInput) -> Option<attribution::ShellCall> {
+    attribution::ShellCall::from_hook(
+        input.tool_name.as_deref(),
+        input.session_id.as_deref(),
+        input.tool_use_id.as_deref(),
+        input.cwd.as_deref(),
+        input.tool_input.as_ref(),
+    )
 }
 
 async fn pre_tool_use(

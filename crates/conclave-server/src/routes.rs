@@ -6,7 +6,7 @@ use axum::routing::{MethodRouter, delete, get, patch, post};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Map, Value, json};
 
-use crate::api::{agents, events, leases, messages, notes, overlaps, queue, status, tasks};
+use crate::api::{agents, events, leases, messages, notes, queue, status, tasks};
 use crate::app::App;
 use crate::error::ErrorBody;
 use conclave_core::model::*;
@@ -257,7 +257,7 @@ pub fn operations() -> Vec<Operation> {
             "get",
             "/api/overlaps",
             "Per pair of open task branches, the files both changed (commits and uncommitted work in their worktrees)",
-            get(overlaps::show),
+            get(crate::api::overlaps::show),
         )
         .response::<OverlapReport>(),
         op(
