@@ -42,22 +42,17 @@ pub struct JoinedAgent {
 /// What `conclave claude` and the supervisor both do before starting an agent's client: as the
 /// admin, register the agent (or issue a fresh token for it), then write its `mcp.json` and
 /// `settings.json` under `.conclave/agents/NAME/`. The hooks run `exe` (the `conclave` binary).
+/// The files point the client at `agent_url` (the admin's server, or a local relay to it).
 pub async fn prepare_agent(
     project: &Project,
     admin: &Client,
     registration: &NewAgent,
     strict: bool,
+    agent_url: &str,
 ) -> anyhow::Result<JoinedAgent> {
     let token = join(admin, registration).await?;
     let exe = std::env::current_exe().context("cannot find the path of this conclave binary")?;
-    let files = write_agent_files(
-        project,
-        &registration.name,
-        admin.base_url(),
-        &token,
-        &exe,
-        strict,
-    )?;
+    let files = write_agent_files(project, &registration.name, agent_url, &token, &exe, strict)?;
     Ok(JoinedAgent { token, files })
 }
 

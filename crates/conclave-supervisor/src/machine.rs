@@ -1720,6 +1720,7 @@ mod tests {
         AgentPlan {
             name: name.to_string(),
             role: None,
+            host: None,
             caps: Vec::new(),
             settings: AgentSettings::default(),
             cwd: PathBuf::from("/p"),

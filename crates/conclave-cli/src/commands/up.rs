@@ -73,40 +73,76 @@ pub async fn run(context: &Context, args: UpArgs) -> anyhow::Result<()> {
     super::serve::spawn_signal_handler(shutdown.clone(), "stopping the team")?;
 
     let server_shutdown = CancellationToken::new();
-    let (admin, server) = match running_server(&project).await {
+    let host = args
+        .host
+        .clone()
+        .unwrap_or_else(conclave_supervisor::plan::this_host);
+    conclave_core::config::validate_host_name(&host)
+        .map_err(|error| anyhow::anyhow!("--host {host:?}: {error}"))?;
+    let remote = match &args.server {
+        Some(urls) => Some(remote_admin(&project, urls).await?),
+        None => None,
+    };
+    let (admin, server) = match remote {
         Some(admin) => {
-            eprintln!("conclave: joining the server at {}", admin.base_url());
-            if let Some(listen) = &args.listen {
-                eprintln!("conclave: --listen {listen} is ignored: that server already listens");
-            }
+            eprintln!(
+                "conclave: host {host}: joining the server at {}",
+                admin.urls().join(", ")
+            );
             (admin, None)
         }
-        None => {
-            let server = conclave_server::open_project_server(
-                &project,
-                &ServeOptions {
-                    listen: args.listen.clone(),
-                    ..ServeOptions::default()
-                },
-                server_shutdown.clone(),
-            )
-            .await?;
-            conclave_server::announce(&project, &server.url)?;
-            let url = reachable_url(&server.url);
-            eprintln!(
-                "conclave: serving {} on {}",
-                project.root().display(),
-                server.url
-            );
-            let admin = Client::new(url, server.admin_token.clone(), None)?;
-            let lock = server.lock;
-            let task = tokio::spawn(conclave_server::run(
-                server.listener,
-                server.app,
-                server_shutdown.clone(),
-            ));
-            (admin, Some((task, lock)))
-        }
+        None => match running_server(&project).await {
+            Some(admin) => {
+                eprintln!("conclave: joining the server at {}", admin.base_url());
+                if let Some(listen) = &args.listen {
+                    eprintln!(
+                        "conclave: --listen {listen} is ignored: that server already listens"
+                    );
+                }
+                (admin, None)
+            }
+            None => {
+                let server = conclave_server::open_project_server(
+                    &project,
+                    &ServeOptions {
+                        listen: args.listen.clone(),
+                        ..ServeOptions::default()
+                    },
+                    server_shutdown.clone(),
+                )
+                .await?;
+                conclave_server::announce(&project, &server.url)?;
+                let url = reachable_url(&server.url);
+                eprintln!(
+                    "conclave: serving {} on {}",
+                    project.root().display(),
+                    server.url
+                );
+                let admin = Client::new(url, server.admin_token.clone(), None)?;
+                let lock = server.lock;
+                let task = tokio::spawn(conclave_server::run(
+                    server.listener,
+                    server.app,
+                    server_shutdown.clone(),
+                ));
+                (admin, Some((task, lock)))
+            }
+        },
+    };
+    // Agents reach the server through a relay in this process when it has several URLs or
+    // speaks TLS: Claude Code's MCP config and HTTP hooks take one URL each, and the command
+    // hook speaks plain HTTP on loopback fastest.
+    let relay = if needs_relay(&admin) {
+        let relay = conclave_supervisor::relay::Relay::start(admin.clone())
+            .await
+            .context("cannot start the local relay to the server")?;
+        eprintln!(
+            "conclave: agents reach the server through the relay at {}",
+            relay.url()
+        );
+        Some(relay)
+    } else {
+        None
     };
     if let Ok(Some(admin_token)) = project.read_admin_token() {
         conclave_server::print_dashboard_link(admin.base_url(), &admin_token);
@@ -118,8 +154,15 @@ pub async fn run(context: &Context, args: UpArgs) -> anyhow::Result<()> {
     std::fs::write(supervisor_file(&project), serde_json::to_string(&info)?)
         .context("cannot write .conclave/supervisor.json")?;
 
-    let options = SupervisorOptions { stay: args.stay };
-    let no_agents = config.agents.is_empty();
+    let options = SupervisorOptions {
+        stay: args.stay,
+        host: Some(conclave_supervisor::plan::HostScope {
+            name: host.clone(),
+            main: args.server.is_none(),
+        }),
+        agent_url: relay.as_ref().map(|relay| relay.url().to_string()),
+    };
+    let no_agents = config.agents.is_empty() && args.server.is_none();
     let outcome = async {
         if no_agents {
             // Nothing to supervise yet: serve the project (tasks, messages, the dashboard) until
@@ -168,6 +211,23 @@ pub async fn run(context: &Context, args: UpArgs) -> anyhow::Result<()> {
         eprintln!("conclave: server stopped");
     }
     outcome
+}
+
+/// Whether agents should reach `admin`'s server through a local relay: it has several URLs, or
+/// speaks HTTPS.
+pub fn needs_relay(admin: &Client) -> bool {
+    admin.urls().len() > 1 || admin.urls().iter().any(|url| url.starts_with("https://"))
+}
+
+/// An admin client for the remote server(s) of `--server`, with the admin token of this clone;
+/// one of its URLs must answer.
+async fn remote_admin(project: &Project, urls: &str) -> anyhow::Result<Client> {
+    let admin = admin_client(project, urls)?;
+    admin
+        .get::<Value>("/healthz", &[])
+        .await
+        .with_context(|| format!("the server at {urls} does not answer"))?;
+    Ok(admin)
 }
 
 /// An admin client for the server named in `server.json`, if it answers.
@@ -224,6 +284,12 @@ async fn detach(project: &Project, args: &UpArgs) -> anyhow::Result<()> {
     }
     if let Some(listen) = &args.listen {
         command.arg("--listen").arg(listen);
+    }
+    if let Some(server) = &args.server {
+        command.arg("--server").arg(server);
+    }
+    if let Some(host) = &args.host {
+        command.arg("--host").arg(host);
     }
     use std::os::unix::process::CommandExt as _;
     let mut child = command
