@@ -119,11 +119,13 @@ pub async fn run(context: &Context, options: ClaudeArgs) -> anyhow::Result<()> {
 /// address (`0.0.0.0`, `[::]`) writes that address in `server.json`, but the MCP endpoint only
 /// answers requests whose `Host` it knows, loopback included.
 pub fn reachable_url(url: &str) -> String {
-    for (any, loopback) in [("://0.0.0.0", "://127.0.0.1"), ("://[::]", "://[::1]")] {
-        if let Some(rest) = url.strip_prefix("http").and_then(|u| u.strip_prefix(any))
-            && (rest.is_empty() || rest.starts_with(':') || rest.starts_with('/'))
-        {
-            return format!("http{loopback}{rest}");
+    for scheme in ["https", "http"] {
+        for (any, loopback) in [("://0.0.0.0", "://127.0.0.1"), ("://[::]", "://[::1]")] {
+            if let Some(rest) = url.strip_prefix(scheme).and_then(|u| u.strip_prefix(any))
+                && (rest.is_empty() || rest.starts_with(':') || rest.starts_with('/'))
+            {
+                return format!("{scheme}{loopback}{rest}");
+            }
         }
     }
     url.to_string()
@@ -227,6 +229,7 @@ mod tests {
             ("http://127.0.0.1:7420", "http://127.0.0.1:7420"),
             ("http://0.0.0.01:7420", "http://0.0.0.01:7420"),
             ("http://10.0.0.5:7420", "http://10.0.0.5:7420"),
+            ("https://0.0.0.0:7420", "https://127.0.0.1:7420"),
         ];
         for (url, expected) in cases {
             assert_eq!(reachable_url(url), expected, "{url}");

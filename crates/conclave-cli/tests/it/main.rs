@@ -6,6 +6,7 @@ mod config;
 mod errors;
 mod follow;
 mod hook;
+mod hosts;
 mod pipeline;
 mod pipes;
 mod queue;
