@@ -185,6 +185,15 @@ fn forward(event: &str, input: &[u8]) -> Result<String, Failure> {
     if let Some(agent) = agent {
         headers.push(("X-Conclave-Agent", agent));
     }
+    // This clone's root: on another host than the server's, paths are relative to it.
+    if let Some(root) = std::env::current_dir()
+        .ok()
+        .and_then(|cwd| Project::find(&cwd))
+        .and_then(|project| project.root().to_str().map(str::to_string))
+        .filter(|root| root.chars().all(|c| c.is_ascii_graphic() || c == ' '))
+    {
+        headers.push(("X-Conclave-Root", root));
+    }
     let (endpoint, connection) = connect_first(&endpoints, deadline).map_err(&fail)?;
     let path = format!("{}/hooks/{event}", endpoint.base_path);
     let response = endpoint
