@@ -186,6 +186,7 @@ impl Supervisor {
         check_team(project)?;
         let config = Config::load(&project.config_file())?;
         let mut plans = plan::plan_team(&config, project.root())?;
+        let whole_team = plans.len();
         if let Some(scope) = &options.host {
             plans = scope.select(plans);
             anyhow::ensure!(
@@ -201,6 +202,8 @@ impl Supervisor {
                 }
             );
         }
+        // Other hosts run the rest of the team: their tasks keep this share waiting.
+        let shares_the_team = plans.len() < whole_team;
         let agent_url = options
             .agent_url
             .clone()
@@ -245,7 +248,11 @@ impl Supervisor {
         }
         Ok(Supervisor {
             admin,
-            team: Team::new(agents, options.stay),
+            team: if shares_the_team {
+                Team::new(agents, options.stay).sharing()
+            } else {
+                Team::new(agents, options.stay)
+            },
             launches,
             agent_url,
         })
