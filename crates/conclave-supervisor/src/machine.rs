@@ -1588,9 +1588,14 @@ impl Team {
             return;
         }
         if self.shares_the_team {
+            let held_elsewhere = |task: &&&Task| {
+                task.assignee
+                    .as_deref()
+                    .is_some_and(|holder| !self.agents.iter().any(|a| a.plan.name == holder))
+            };
             let elsewhere: Vec<String> = left
                 .iter()
-                .filter(|task| task.status == TaskStatus::InProgress)
+                .filter(held_elsewhere)
                 .filter_map(|task| {
                     let holder = task.assignee.as_deref()?;
                     let ours = self.agents.iter().any(|a| a.plan.name == holder);
@@ -1600,7 +1605,7 @@ impl Team {
             if !elsewhere.is_empty() {
                 let ids: Vec<TaskId> = left
                     .iter()
-                    .filter(|task| task.status == TaskStatus::InProgress)
+                    .filter(held_elsewhere)
                     .map(|task| task.id)
                     .collect();
                 if ids != self.waiting_for {
@@ -2631,7 +2636,10 @@ mod tests {
 
     #[test]
     fn one_hosts_share_waits_while_an_agent_on_another_host_holds_a_task() {
-        let held = vec![task(3, TaskStatus::InProgress, None, Some("far-away"))];
+        let held = vec![
+            task(3, TaskStatus::InProgress, None, Some("far-away")),
+            task(4, TaskStatus::Claimed, None, Some("far-away")),
+        ];
         let mut share = Harness::new(vec![plan("a")]);
         share.team = std::mem::replace(&mut share.team, Team::new(Vec::new(), false)).sharing();
         share.start_all();

@@ -197,7 +197,7 @@ fn forward(event: &str, input: &[u8]) -> Result<String, Failure> {
     let (endpoint, connection) = connect_first(&endpoints, deadline).map_err(&fail)?;
     let path = format!("{}/hooks/{event}", endpoint.base_path);
     let response = endpoint
-        .post_json(connection, &path, &headers, input, deadline)
+        .post_json_over(connection, &path, &headers, input, deadline)
         .map_err(&fail)?;
     let body = String::from_utf8_lossy(&response.body).trim().to_string();
     if !(200..300).contains(&response.status) {
@@ -336,9 +336,22 @@ impl Endpoint {
         })
     }
 
-    /// One `POST` with a JSON body over `stream` (a fresh connection), finished before
-    /// `deadline`.
+    /// One `POST` with a JSON body over a fresh connection, finished before `deadline`.
+    #[cfg(test)]
     fn post_json(
+        &self,
+        path: &str,
+        headers: &[(&str, String)],
+        body: &[u8],
+        deadline: Instant,
+    ) -> Result<Response, String> {
+        let stream = self.connect(deadline)?;
+        self.post_json_over(stream, path, headers, body, deadline)
+    }
+
+    /// One `POST` with a JSON body over `stream` (a fresh connection to this endpoint),
+    /// finished before `deadline`.
+    fn post_json_over(
         &self,
         stream: TcpStream,
         path: &str,

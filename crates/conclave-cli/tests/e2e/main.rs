@@ -8,6 +8,7 @@
 //! under `CI=true` it fails instead.
 
 mod demo;
+mod hosts;
 mod loop_cmd;
 mod outages;
 mod outcomes;
