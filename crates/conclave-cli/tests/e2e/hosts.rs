@@ -281,10 +281,10 @@ async fn a_supervisor_on_a_second_host_races_the_first_for_tasks_and_files() -> 
 
     // One stand-in per host, on that host's loopback; each agent has its own lane.
     let mut stand_ins: Vec<StandInHandle> = Vec::new();
-    for host in 0..2 {
+    for (host, clone) in clones.iter().enumerate() {
         let mut script = Script::new();
         for racer in RACERS.iter().filter(|r| r.host == host) {
-            script = script.agent_fn(&api_key(racer.name), racer_script(&clones[host]));
+            script = script.agent_fn(&api_key(racer.name), racer_script(clone));
         }
         stand_ins.push(StandIn::start_on(netns.loopback_listener(host)?, script)?);
     }
