@@ -497,3 +497,126 @@ async fn finished((mut up, log): (AgentProcess, PathBuf)) -> Result<String> {
         Err(error) => bail!("{error}: {stderr}"),
     }
 }
+
+/// An agent that claims and finishes tasks until nothing is ready; woken, it claims again.
+fn finisher(request: &RecordedRequest) -> Reply {
+    let claim = || Reply::tool_use("mcp__conclave__claim", json!({}));
+    if request.tool_results().is_empty() {
+        return claim();
+    }
+    let last = request.all_tool_results().last().cloned();
+    match last.as_ref().and_then(|result| claimed_id(&result.content)) {
+        Some(id) => Reply::tool_use("mcp__conclave__done", json!({"id": id, "summary": "ok"})),
+        None if last.is_some_and(|result| result.content.contains(" done;")) => claim(),
+        None => Reply::text("Nothing more for me now."),
+    }
+}
+
+/// `conclave up --server A,B`: the agent's live Claude Code session reaches server A through the
+/// supervisor's relay; A is SIGKILLed and B started on the same project (the same database) on
+/// the second URL; the same session, woken for a new task, claims and finishes it through B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_session_fails_over_to_the_next_server_through_the_relay() -> Result<()> {
+    let _serial = serial().await;
+    let Some(claude) = claude_or_skip() else {
+        return Ok(());
+    };
+    let free_port = || -> Result<u16> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
+    };
+    let (port_a, port_b) = (free_port()?, free_port()?);
+    let mut team = Team::create().await?;
+    team.restart_server(&format!("127.0.0.1:{port_a}")).await?;
+    let stand_in = StandIn::start(Script::new().agent_fn(&api_key("solo"), finisher)).await?;
+    let home = CliEnv::new(&stand_in.url(), &api_key("solo"))?;
+    let env: Vec<String> = home
+        .vars()
+        .iter()
+        .map(|(key, value)| format!("{key} = {}", json!(value)))
+        .collect();
+    std::fs::write(
+        team.path("conclave.toml"),
+        format!(
+            "[[agent]]\nname = \"solo\"\nhost = \"here\"\npermission_mode = \"acceptEdits\"\nenv = {{ {} }}\n",
+            env.join(", ")
+        ),
+    )?;
+    let first = team
+        .conclave(&["task", "add", "Before the failover"])
+        .await?;
+
+    let urls = format!("http://127.0.0.1:{port_a},http://127.0.0.1:{port_b}");
+    let supervisor_env = CliEnv::new(&stand_in.url(), "key-supervisor")?;
+    let logs = tempfile::tempdir()?;
+    let log = logs.path().join("up.log");
+    let mut command = supervisor_env.command(Path::new(BIN));
+    command
+        .args(["up", "--stay", "--host", "here", "--server", &urls])
+        .current_dir(team.root())
+        .env("CONCLAVE_CLAUDE_BIN", &claude)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?);
+    let mut up = AgentProcess::spawn(command)?;
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    wait_done(&team, &first)
+        .await
+        .with_context(|| format!("before the failover: {}", log_text()))?;
+    ensure!(
+        log_text().contains("through the relay at http://127.0.0.1:"),
+        "{}",
+        log_text()
+    );
+    let before: Value = team.conclave_json(&["agent", "list", "--json"]).await?;
+    let solo_before = before["agents"][0].clone();
+
+    // Server A dies; B takes the project over on the second URL.
+    team.restart_server(&format!("127.0.0.1:{port_b}")).await?;
+    let second = team
+        .conclave(&["task", "add", "After the failover"])
+        .await?;
+    let task = wait_done(&team, &second)
+        .await
+        .with_context(|| format!("after the failover: {}", log_text()))?;
+    ensure!(task["assignee"] == "solo", "{task}");
+
+    let after: Value = team.conclave_json(&["agent", "list", "--json"]).await?;
+    let solo_after = &after["agents"][0];
+    // The same process and session did both tasks: nothing was restarted.
+    ensure!(
+        solo_after["pid"] == solo_before["pid"],
+        "{solo_before} / {solo_after}"
+    );
+    ensure!(
+        solo_after["session_id"] == solo_before["session_id"],
+        "{solo_before} / {solo_after}"
+    );
+    ensure!(solo_after["restarts"] == 0, "{solo_after}");
+    ensure!(solo_after["host"] == "here", "{solo_after}");
+
+    if let Some(pid) = up.id().and_then(|pid| i32::try_from(pid).ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let status = up.wait(COMMAND_TIMEOUT).await?;
+    ensure!(status.success(), "conclave up: {status}: {}", log_text());
+    Ok(())
+}
+
+/// Polls until task `id` is done (bounded); returns it.
+async fn wait_done(team: &Team, id: &str) -> Result<Value> {
+    let deadline = tokio::time::Instant::now() + AGENT_TIMEOUT;
+    loop {
+        if let Ok(task) = team.conclave_json(&["task", "show", id, "--json"]).await
+            && task["status"] == "done"
+        {
+            return Ok(task);
+        }
+        ensure!(tokio::time::Instant::now() < deadline, "{id} is not done");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
