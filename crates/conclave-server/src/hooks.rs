@@ -69,6 +69,9 @@ struct HookInput {
     /// on another host it is not the server's, and paths are made relative to it.
     #[serde(skip)]
     pub clone_root: Option<PathBuf>,
+    /// `clone_root` is the server's own project root.
+    #[serde(skip)]
+    pub in_the_servers_clone: bool,
 }
 
 /// The header naming the agent's project root (its clone, on its host): `conclave up` and
@@ -93,6 +96,13 @@ pub async fn handle(
         .and_then(|value| value.to_str().ok())
         .map(PathBuf::from)
         .filter(|root| root.is_absolute());
+    input.in_the_servers_clone = match (&input.clone_root, &app.settings().project_root) {
+        (Some(clone), Some(root)) => {
+            clone == root
+                || std::fs::canonicalize(clone).ok() == std::fs::canonicalize(root).ok()
+        }
+        _ => false,
+    };
     let answer = match event.as_str() {
         "pre-tool-use" => {
             if let Some(call) = shell_call(&input) {
@@ -179,8 +189,13 @@ pub(crate) fn escape_glob(path: &str) -> String {
     escaped
 }
 
-/// A `Bash` call, whose writes are attributed by comparing its tree before and after it.
+/// A `Bash` call, whose writes are attributed by comparing its tree before and after it. Not
+/// for an agent editing another clone than the server's (on another host): the server cannot
+/// see that tree, and a folder at the same path here would be another clone.
 fn shell_call(input: &HookInput) -> Option<attribution::ShellCall> {
+    if input.clone_root.is_some() && !input.in_the_servers_clone {
+        return None;
+    }
     attribution::ShellCall::from_hook(
         input.tool_name.as_deref(),
         input.session_id.as_deref(),
