@@ -98,8 +98,7 @@ pub async fn handle(
         .filter(|root| root.is_absolute());
     input.in_the_servers_clone = match (&input.clone_root, &app.settings().project_root) {
         (Some(clone), Some(root)) => {
-            clone == root
-                || std::fs::canonicalize(clone).ok() == std::fs::canonicalize(root).ok()
+            clone == root || std::fs::canonicalize(clone).ok() == std::fs::canonicalize(root).ok()
         }
         _ => false,
     };

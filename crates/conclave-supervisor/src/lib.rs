@@ -37,4 +37,4 @@ pub mod team;
 pub mod wake;
 
 pub use machine::Outcome;
-pub use team::{Supervisor, SupervisorOptions, check_team};
+pub use team::{Supervisor, SupervisorOptions, check_share, check_team};

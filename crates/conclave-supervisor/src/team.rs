@@ -154,12 +154,33 @@ pub struct AgentLaunch {
 /// The agents of `conclave.toml` and their clients, checked without starting anything (for
 /// `up --detach`, which reports a bad configuration before it goes to the background).
 pub fn check_team(project: &Project) -> anyhow::Result<Vec<String>> {
+    check_share(project, None)
+}
+
+/// [`check_team`] for the agents `scope` runs (all with none): another host's agents' clients
+/// are that host's to check.
+pub fn check_share(project: &Project, scope: Option<&HostScope>) -> anyhow::Result<Vec<String>> {
     let config = Config::load(&project.config_file())?;
-    let plans = plan::plan_team(&config, project.root())?;
+    let mut plans = plan::plan_team(&config, project.root())?;
     anyhow::ensure!(
         !plans.is_empty(),
         "conclave.toml names no agents: add an [[agent]] section (see `conclave init`)"
     );
+    if let Some(scope) = scope {
+        plans = scope.select(plans);
+        anyhow::ensure!(
+            !plans.is_empty(),
+            "no agent of conclave.toml runs on host {:?}: name it with `host = {:?}` on an \
+             [[agent]] ({})",
+            scope.name,
+            scope.name,
+            if scope.main {
+                "agents without `host` run here too"
+            } else {
+                "agents without `host` run next to the server"
+            }
+        );
+    }
     for plan in &plans {
         plan::program(plan)?;
     }
@@ -183,24 +204,12 @@ impl Supervisor {
         admin: Client,
         options: SupervisorOptions,
     ) -> anyhow::Result<Supervisor> {
-        check_team(project)?;
+        check_share(project, options.host.as_ref())?;
         let config = Config::load(&project.config_file())?;
         let mut plans = plan::plan_team(&config, project.root())?;
         let whole_team = plans.len();
         if let Some(scope) = &options.host {
             plans = scope.select(plans);
-            anyhow::ensure!(
-                !plans.is_empty(),
-                "no agent of conclave.toml runs on host {:?}: name it with `host = {:?}` on an \
-                 [[agent]] ({})",
-                scope.name,
-                scope.name,
-                if scope.main {
-                    "agents without `host` run here too"
-                } else {
-                    "agents without `host` run next to the server"
-                }
-            );
         }
         // Other hosts run the rest of the team: their tasks keep this share waiting.
         let shares_the_team = plans.len() < whole_team;

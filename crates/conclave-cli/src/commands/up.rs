@@ -156,14 +156,24 @@ pub async fn run(context: &Context, args: UpArgs) -> anyhow::Result<()> {
 
     let options = SupervisorOptions {
         stay: args.stay,
-        host: Some(conclave_supervisor::plan::HostScope {
-            name: host.clone(),
-            main: args.server.is_none(),
-        }),
+        host: Some(host_scope(&args)),
         agent_url: relay.as_ref().map(|relay| relay.url().to_string()),
     };
     let no_agents = config.agents.is_empty() && args.server.is_none();
+    // Every agent runs on other hosts: this one serves them.
+    let none_here = !no_agents
+        && args.server.is_none()
+        && conclave_supervisor::plan::plan_team(&config, project.root())
+            .is_ok_and(|plans| host_scope(&args).select(plans).is_empty());
     let outcome = async {
+        if none_here {
+            eprintln!(
+                "conclave: every agent of conclave.toml runs on another host (`host =`): serving \
+                 only, for their `conclave up --server URL` (Ctrl-C or `conclave down` stops)"
+            );
+            shutdown.cancelled().await;
+            return Ok(());
+        }
         if no_agents {
             // Nothing to supervise yet: serve the project (tasks, messages, the dashboard) until
             // stopped, so that `conclave init && conclave up` is a working start.
@@ -213,6 +223,18 @@ pub async fn run(context: &Context, args: UpArgs) -> anyhow::Result<()> {
     outcome
 }
 
+/// The agents this `up` runs: those named for this host (`--host`, default the hostname), and
+/// those with no host when it runs next to the server (no `--server`).
+fn host_scope(args: &UpArgs) -> conclave_supervisor::plan::HostScope {
+    conclave_supervisor::plan::HostScope {
+        name: args
+            .host
+            .clone()
+            .unwrap_or_else(conclave_supervisor::plan::this_host),
+        main: args.server.is_none(),
+    }
+}
+
 /// Whether agents should reach `admin`'s server through a local relay: it has several URLs, or
 /// speaks HTTPS.
 pub fn needs_relay(admin: &Client) -> bool {
@@ -245,10 +267,11 @@ async fn detach(project: &Project, args: &UpArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the path of this conclave binary")?;
     let log_path = project.state_dir().join("supervisor.log");
     // A bad conclave.toml is reported here, not only in the log.
-    conclave_supervisor::check_team(project)?;
+    let scope = host_scope(args);
+    conclave_supervisor::check_share(project, Some(&scope))?;
     // So are a client that is missing, refuses its flags or is not logged in: one probe turn
     // per agent, with its own env and flags.
-    match conclave_supervisor::probe::probe_team(project, PROBE_LIMIT).await {
+    match conclave_supervisor::probe::probe_share(project, PROBE_LIMIT, Some(&scope)).await {
         Ok(probed) => {
             for agent in probed {
                 eprintln!(

@@ -291,3 +291,29 @@ async fn the_relay_carries_a_session_from_a_dead_server_to_the_next() {
     assert_eq!(answer.status().as_u16(), 502);
     assert!(started.elapsed() >= conclave_supervisor::relay::PATIENCE);
 }
+
+/// `up --server` starts only the agents named for this host: none is an error that says how to
+/// name one, before anything starts.
+#[test]
+fn up_on_a_host_with_no_agents_of_its_own_says_so() {
+    let project = TestProject::init();
+    let server = Server::start(&project);
+    std::fs::write(
+        project.root().join("conclave.toml"),
+        "[[agent]]\nname = \"coder\"\nhost = \"build-2\"\n",
+    )
+    .expect("conclave.toml");
+    let run = project.run(&["up", "--server", &server.url, "--host", "laptop"]);
+    assert_ne!(run.code, 0, "{run:#?}");
+    assert!(
+        run.stderr
+            .contains("no agent of conclave.toml runs on host \"laptop\"")
+            && run.stderr.contains("host = \"laptop\""),
+        "{run:#?}"
+    );
+    let run = project.run(&["up", "--server", &server.url, "--host", "two words"]);
+    assert_ne!(run.code, 0, "{run:#?}");
+    assert!(run.stderr.contains("--host"), "{run:#?}");
+    let agents = project.run(&["agent", "list", "--json"]).json();
+    assert_eq!(agents["agents"], json!([]), "nothing was registered");
+}
