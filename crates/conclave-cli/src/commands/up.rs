@@ -118,7 +118,8 @@ pub async fn run(context: &Context, args: UpArgs) -> anyhow::Result<()> {
                     project.root().display(),
                     server.url
                 );
-                let admin = Client::new(url, server.admin_token.clone(), None)?;
+                let ca = crate::commands::claude::ca_file(&project);
+                let admin = Client::with_ca(url, server.admin_token.clone(), None, ca.as_deref())?;
                 let lock = server.lock;
                 let task = tokio::spawn(conclave_server::run(
                     server.listener,

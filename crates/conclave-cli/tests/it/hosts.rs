@@ -125,6 +125,42 @@ fn a_server_with_a_certificate_serves_https_to_the_cli_and_the_hook() {
         status["leases"].to_string().contains("src/a.rs"),
         "the hook's lease went through TLS: {status}"
     );
+    // Agents that `up`/`claude` start reach an HTTPS server through the local relay, in plain
+    // HTTP on loopback: the relay's client holds the CA.
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let admin_token = std::fs::read_to_string(project.state_dir().join("admin.token"))
+        .expect("admin token")
+        .trim()
+        .to_string();
+    let upstream = conclave_client::Client::with_ca(
+        server.url.clone(),
+        admin_token,
+        None,
+        Some(&project.root().join("tls/ca.pem")),
+    )
+    .expect("client");
+    let relay = runtime
+        .block_on(conclave_supervisor::relay::Relay::start(upstream))
+        .expect("relay");
+    let env = [("CONCLAVE_URL", relay.url())];
+    let run = hook(
+        &project,
+        &alice,
+        &env,
+        "pre-tool-use",
+        &edit_of(&project, "src/c.rs"),
+    );
+    assert_eq!(
+        (run.code, run.stdout.trim(), run.stderr.as_str()),
+        (0, "{}", "")
+    );
+    let status = project.run(&["status", "--json"]).json();
+    assert!(
+        status["leases"].to_string().contains("src/c.rs"),
+        "{status}"
+    );
+    drop(relay);
+
     // Without the CA, the hook fails open with a warning that names the certificate.
     let env = [("CONCLAVE_URL", server.url.as_str())];
     let run = hook(
