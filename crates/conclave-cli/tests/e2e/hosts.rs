@@ -45,13 +45,15 @@ impl Netns {
         if !version.is_ok_and(|output| output.status.success()) {
             return Ok(skip("`ip` (iproute2) is not installed"));
         }
-        // Unique per process and call: interface names have at most 15 characters.
+        remove_stale_namespaces();
+        // Unique per process and call, naming the process (for the stale check above); interface
+        // names have at most 15 characters: `cnv` + pid (at most 7 digits) + `x` + n + `v1`.
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tag = format!("{}{n}", std::process::id() % 100_000);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10;
+        let tag = format!("{NAME_PREFIX}{}x{n}", std::process::id());
         let netns = Netns {
-            hosts: [format!("cnv{tag}h1"), format!("cnv{tag}h2")],
-            veth: [format!("cnv{tag}v1"), format!("cnv{tag}v2")],
+            hosts: [format!("{tag}h1"), format!("{tag}h2")],
+            veth: [format!("{tag}v1"), format!("{tag}v2")],
         };
         // A refusal at the first step (no CAP_SYS_ADMIN in a container, say) is a skip; later
         // failures are errors, cleaned up by the drop.
@@ -122,6 +124,32 @@ impl Drop for Netns {
         let _ = ip(&["link", "del", &self.veth[0]]);
         for host in &self.hosts {
             let _ = ip(&["netns", "del", host]);
+        }
+    }
+}
+
+/// What every namespace and interface of these tests is named with.
+const NAME_PREFIX: &str = "cnv";
+
+/// Removes the namespaces of a test process that no longer runs (one killed before its drop
+/// could run): `cnv<pid>x...` with no `/proc/<pid>`.
+fn remove_stale_namespaces() {
+    let Ok(output) = std::process::Command::new(IP)
+        .args(["netns", "list"])
+        .output()
+    else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        let pid = name
+            .strip_prefix(NAME_PREFIX)
+            .and_then(|rest| rest.split_once('x'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = ip(&["netns", "del", name]);
         }
     }
 }
