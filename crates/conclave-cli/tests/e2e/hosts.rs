@@ -648,3 +648,61 @@ async fn wait_done(team: &Team, id: &str) -> Result<Value> {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+/// `conclave claude --server DEAD,LIVE --host laptop`: a person's session joins through the
+/// relay (its MCP server connects though the first URL is dead), its tool calls and hooks reach
+/// the live server, and the agent is listed on its host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conclave_claude_joins_a_list_of_servers_through_the_relay() -> Result<()> {
+    let _serial = serial().await;
+    let Some(claude) = claude_or_skip() else {
+        return Ok(());
+    };
+    let team = Team::start().await?;
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        format!("http://{}", listener.local_addr()?)
+    };
+    let live = team.server()?.url.clone();
+    let script = Script::new().agent_fn(&api_key("me"), |request| {
+        if request.tool_results().is_empty() {
+            Reply::tool_use("mcp__conclave__status", json!({}))
+        } else {
+            Reply::text("Seen the team.")
+        }
+    });
+    let stand_in = StandIn::start(script).await?;
+    let env = team.agent_env(&claude, &stand_in.url(), "me")?;
+    let servers = format!("{dead},{live}");
+    let run = team
+        .run_agent(
+            &env,
+            "me",
+            &["--server", &servers, "--host", "laptop"],
+            "who is on the team?",
+        )
+        .await?;
+    run.ensure_ok()?;
+    ensure!(run.mcp_status() == Some("connected"), "{:#?}", run.lines);
+    ensure!(
+        run.stderr.contains("on host laptop"),
+        "conclave claude: {}",
+        run.stderr
+    );
+    let status = stand_in
+        .main_requests_for(&api_key("me"))
+        .iter()
+        .flat_map(|request| request.tool_results())
+        .find(|result| result.content.contains("me"))
+        .context("the status tool answered nothing")?;
+    ensure!(!status.is_error, "{}", status.content);
+    let agents = team.conclave_json(&["agent", "list", "--json"]).await?;
+    let me = agents["agents"]
+        .as_array()
+        .and_then(|list| list.iter().find(|a| a["name"] == "me"))
+        .with_context(|| format!("me is not listed: {agents}"))?;
+    ensure!(me["host"] == "laptop", "{me}");
+    // The session's hooks went through the relay too: its session started on the server.
+    ensure!(me["session_id"].is_string(), "{me}");
+    Ok(())
+}
