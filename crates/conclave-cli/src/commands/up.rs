@@ -121,8 +121,9 @@ pub async fn run(context: &Context, args: UpArgs) -> anyhow::Result<()> {
                 let ca = crate::commands::claude::ca_file(&project);
                 let admin = Client::with_ca(url, server.admin_token.clone(), None, ca.as_deref())?;
                 let lock = server.lock;
-                let task = tokio::spawn(conclave_server::run(
+                let task = tokio::spawn(conclave_server::run_with_tls(
                     server.listener,
+                    server.tls,
                     server.app,
                     server_shutdown.clone(),
                 ));

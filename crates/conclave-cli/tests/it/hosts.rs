@@ -177,6 +177,25 @@ fn a_server_with_a_certificate_serves_https_to_the_cli_and_the_hook() {
     );
 }
 
+/// `conclave up` serving the project in-process speaks HTTPS too.
+#[test]
+fn up_serving_in_process_speaks_https() {
+    let project = TestProject::init();
+    write_certificates(&project.root().join("tls"));
+    std::fs::write(
+        project.root().join("conclave.toml"),
+        "[server]\ntls_cert = \"tls/cert.pem\"\ntls_key = \"tls/key.pem\"\ntls_ca = \"tls/ca.pem\"\n",
+    )
+    .expect("conclave.toml");
+    let server = Server::start_command(&project, "up.log", &["up", "--listen", "127.0.0.1:0"]);
+    assert!(server.url.starts_with("https://"), "{}", server.url);
+    let status = project.run(&["status", "--json"]).json();
+    assert!(status["last_seq"].is_i64(), "{status}");
+    let plain = server.url.replacen("https://", "http://", 1);
+    let refused = project.run_with_env(&[("CONCLAVE_URL", &plain)], &["status", "--json"]);
+    assert_ne!(refused.code, 0, "plain HTTP is not served: {refused:#?}");
+}
+
 #[test]
 fn print_env_hands_an_agent_to_another_shell() {
     let project = TestProject::init();
