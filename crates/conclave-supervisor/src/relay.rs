@@ -218,3 +218,76 @@ fn error_answer(status: StatusCode, message: &str) -> Response<RelayBody> {
     );
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server that answers every request with `body`, in two chunks, and hands over the
+    /// request head it read.
+    async fn upstream(body: &'static str) -> (String, tokio::sync::mpsc::Receiver<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (heads, received) = tokio::sync::mpsc::channel(8);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buffer = vec![0u8; 8192];
+                let n = stream.read(&mut buffer).await.unwrap_or(0);
+                let _ = heads
+                    .send(String::from_utf8_lossy(&buffer[..n]).into_owned())
+                    .await;
+                let (first, second) = body.split_at(body.len() / 2);
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\
+                     connection: close\r\n\r\n{:x}\r\n{first}\r\n{:x}\r\n{second}\r\n0\r\n\r\n",
+                    first.len(),
+                    second.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            }
+        });
+        (url, received)
+    }
+
+    #[tokio::test]
+    async fn requests_go_to_the_next_server_when_one_refuses_and_answers_stream_back() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let dead = format!("http://{}", closed.local_addr().expect("addr"));
+        drop(closed);
+        let (live, mut heads) = upstream(r#"{"relayed":true}"#).await;
+        let client =
+            Client::with_ca(format!("{dead},{live}"), "admin".into(), None, None).expect("client");
+        let relay = Relay::start(client.clone()).await.expect("relay");
+
+        let answer = reqwest::Client::new()
+            .post(format!("{}/hooks/stop?x=1", relay.url()))
+            .header("Authorization", "Bearer agent-token")
+            .header("X-Conclave-Root", "/clone")
+            .body("{}")
+            .send()
+            .await
+            .expect("the relay answers");
+        assert_eq!(answer.status(), 200);
+        assert_eq!(answer.text().await.expect("body"), r#"{"relayed":true}"#);
+        let head = heads
+            .recv()
+            .await
+            .expect("a request reached the live server");
+        let lower = head.to_ascii_lowercase();
+        assert!(head.starts_with("POST /hooks/stop?x=1 HTTP/1.1"), "{head}");
+        // The request's own credentials, not the relay's client's; Host names the server.
+        assert!(
+            lower.contains("authorization: bearer agent-token"),
+            "{head}"
+        );
+        assert!(lower.contains("x-conclave-root: /clone"), "{head}");
+        let host = live.trim_start_matches("http://");
+        assert!(lower.contains(&format!("host: {host}")), "{head}");
+        assert_eq!(
+            client.base_url(),
+            live,
+            "it stays with the server that answered"
+        );
+    }
+}
