@@ -1,7 +1,7 @@
 //! Agents on several hosts, over a real network interface (docs/scale-out.md): the test makes
 //! two network namespaces joined by a veth pair — "host 1" (10.200.0.1) runs `conclave serve`
-//! and a supervisor for its own agents, "host 2" (10.200.0.2) runs `conclave up --server
-//! http://10.200.0.1:PORT --host build-2` in a clone of its own — and the real Claude Code CLI,
+//! over TLS and a supervisor for its own agents, "host 2" (10.200.0.2) runs `conclave up --server
+//! https://10.200.0.1:PORT --host build-2` in a clone of its own — and the real Claude Code CLI,
 //! driven by a stand-in listening on each namespace's own loopback, races for the same tasks and
 //! the same file from both hosts.
 //!
@@ -173,6 +173,22 @@ fn ip(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// A private CA (`ca.pem`) and a certificate it signed for `names` (`cert.pem`, `key.pem`) in
+/// `dir`.
+fn write_certificates(dir: &Path, names: &[&str]) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate()?)?;
+    let key = rcgen::KeyPair::generate()?;
+    let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
+    let cert = rcgen::CertificateParams::new(names)?.signed_by(&key, &ca)?;
+    std::fs::write(dir.join("ca.pem"), ca.pem())?;
+    std::fs::write(dir.join("cert.pem"), cert.pem())?;
+    std::fs::write(dir.join("key.pem"), key.serialize_pem())?;
+    Ok(())
+}
+
 /// The task id a `claim` result names (`Claimed T-3 ...`).
 fn claimed_id(content: &str) -> Option<String> {
     let rest = content.split("Claimed ").nth(1)?;
@@ -317,7 +333,16 @@ async fn a_supervisor_on_a_second_host_races_the_first_for_tasks_and_files() -> 
         stand_ins.push(StandIn::start_on(netns.loopback_listener(host)?, script)?);
     }
     let mut homes = Vec::new();
-    let mut toml = String::from("[server]\nallow_remote = true\n\n");
+    // Over TLS: host 1's certificate names its address; both clones trust the private CA, and
+    // each supervisor's agents reach the server through its relay.
+    for clone in &clones {
+        write_certificates(&clone.join("tls"), &[HOST_1])?;
+    }
+    std::fs::copy(clones[0].join("tls/ca.pem"), clones[1].join("tls/ca.pem"))?;
+    let mut toml = String::from(
+        "[server]\nallow_remote = true\ntls_cert = \"tls/cert.pem\"\ntls_key = \"tls/key.pem\"\n\
+         tls_ca = \"tls/ca.pem\"\n\n",
+    );
     for racer in &RACERS {
         let home = CliEnv::new(&stand_ins[racer.host].url(), &api_key(racer.name))?;
         let env: Vec<String> = home
@@ -353,7 +378,7 @@ async fn a_supervisor_on_a_second_host_races_the_first_for_tasks_and_files() -> 
     let url = wait_for_url(&clones[0])
         .await
         .with_context(|| std::fs::read_to_string(&server_log).unwrap_or_default())?;
-    ensure!(url.starts_with(&format!("http://{HOST_1}:")), "{url}");
+    ensure!(url.starts_with(&format!("https://{HOST_1}:")), "{url}");
     std::fs::create_dir_all(clones[1].join(".conclave"))?;
     std::fs::copy(
         clones[0].join(".conclave/admin.token"),
@@ -405,7 +430,8 @@ async fn a_supervisor_on_a_second_host_races_the_first_for_tasks_and_files() -> 
         ),
     };
     ensure!(
-        second.contains("joining the server at http://10.200.0.1"),
+        second.contains("joining the server at https://10.200.0.1")
+            && second.contains("through the relay at http://127.0.0.1:"),
         "host 2's supervisor: {second}"
     );
     ensure!(
