@@ -1,4 +1,9 @@
-//! The durable store: one SQLite database (WAL) holding all coordination state and the event log.
+//! The durable store: one database holding all coordination state and the event log, on one of
+//! two engines: an embedded SQLite file (WAL; the default) or a PostgreSQL server (`store/pg.rs`),
+//! which several servers may share. The domain rules in `store/*.rs` are written once, against
+//! the small SQL interface of `store/db.rs`; the engines differ only in SQL dialect and in how
+//! connections and transactions are handled. What follows describes SQLite; `store/pg.rs` says
+//! how PostgreSQL keeps the same guarantees.
 //!
 //! Every change goes through [`Store::write`], which runs a closure on the single writer
 //! connection; the closure's events are inserted into the `events` table in the same transaction
@@ -13,12 +18,14 @@
 //! The API is synchronous (rusqlite); async callers run it on a blocking thread.
 
 mod agents;
+pub(crate) mod db;
 mod events;
 mod group_commit;
 mod leases;
 mod liveness;
 mod messages;
 mod notes;
+mod pg;
 mod presence;
 mod queue;
 mod schema;
@@ -31,7 +38,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use group_commit::WriteLane;
 
 use chrono::{DateTime, TimeZone, Utc};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use db::{Db, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -46,7 +54,7 @@ pub use leases::{MAX_REPORTED_CONFLICTS, MAX_WHOLE_TREE_TTL_SECS};
 pub use messages::parse_message_id;
 pub use notes::parse_note_id;
 pub use presence::ServerPresence;
-pub use schema::SCHEMA_VERSION;
+pub use schema::{PG_SCHEMA_VERSION, SCHEMA_VERSION};
 pub use tasks::{ClaimOutcome, TaskPage, is_held};
 
 /// How hard a commit tries to reach the disk.
@@ -101,8 +109,7 @@ pub struct Store {
 }
 
 struct StoreInner {
-    writer: WriteLane,
-    readers: Vec<Mutex<Connection>>,
+    engine: Engine,
     config: StoreConfig,
     sink: Mutex<Option<EventSink>>,
     liveness: liveness::Liveness,
@@ -147,10 +154,53 @@ impl Store {
         readers: Vec<Mutex<Connection>>,
         config: StoreConfig,
     ) -> Self {
-        Store {
-            inner: Arc::new(StoreInner {
+        Store::with_engine(
+            Engine::Sqlite {
                 writer: WriteLane::new(writer),
                 readers,
+            },
+            config,
+        )
+    }
+
+    /// Opens the store a URL names: `postgres://` or `postgresql://` for PostgreSQL (see
+    /// `store/pg.rs`), anything else (a path, or `sqlite://path`) for a SQLite file.
+    pub fn open_url(url: &str, config: StoreConfig) -> Result<Store> {
+        if is_postgres_url(url) {
+            Store::open_postgres(url, config)
+        } else {
+            let path = url.strip_prefix("sqlite://").unwrap_or(url);
+            Store::open(Path::new(path), config)
+        }
+    }
+
+    /// Connects to a PostgreSQL database and brings its schema up to date. Call it, and every
+    /// method of the store it answers, from a blocking thread (the driver is synchronous).
+    pub fn open_postgres(url: &str, config: StoreConfig) -> Result<Store> {
+        Ok(Store::with_engine(
+            Engine::Pg(pg::PgEngine::open(url)?),
+            config,
+        ))
+    }
+
+    /// Whether this store is on PostgreSQL (shared by several servers) rather than SQLite.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.inner.engine, Engine::Pg(_))
+    }
+
+    /// The SQLite write lane (its tests line callers up on it).
+    #[cfg(test)]
+    fn sqlite_lane(&self) -> &WriteLane {
+        match &self.inner.engine {
+            Engine::Sqlite { writer, .. } => writer,
+            Engine::Pg(_) => panic!("a PostgreSQL store has no SQLite write lane"),
+        }
+    }
+
+    fn with_engine(engine: Engine, config: StoreConfig) -> Self {
+        Store {
+            inner: Arc::new(StoreInner {
+                engine,
                 config,
                 sink: Mutex::new(None),
                 liveness: liveness::Liveness::default(),
@@ -175,15 +225,20 @@ impl Store {
         // Events reach the sink while the writer is still held, so that subscribers see them in
         // sequence order (a stream that has sent seq 11 never gets seq 10 afterwards). The sink
         // must not block: the server's is a broadcast send.
-        self.inner
-            .writer
-            .write(&self.inner.config, &|events| self.publish(events), change)
+        let publish = |events: &[Event]| self.publish(events);
+        match &self.inner.engine {
+            Engine::Sqlite { writer, .. } => writer.write(&self.inner.config, &publish, change),
+            Engine::Pg(engine) => engine.write(&self.inner.config, &publish, change),
+        }
     }
 
     /// Transactions committed so far and the operations they held (operations per commit tells
     /// how much group commit batches).
     pub fn commit_stats(&self) -> CommitStats {
-        self.inner.writer.stats()
+        match &self.inner.engine {
+            Engine::Sqlite { writer, .. } => writer.stats(),
+            Engine::Pg(engine) => engine.stats(),
+        }
     }
 
     /// Like [`Store::write`] for a request that carries an `Idempotency-Key`: the first request with
@@ -231,19 +286,23 @@ impl Store {
 
     /// Runs `query` against a consistent snapshot of the database.
     pub fn read<T>(&self, query: impl FnOnce(&Reader<'_>) -> Result<T>) -> Result<T> {
-        if self.inner.readers.is_empty() {
+        let readers = match &self.inner.engine {
+            Engine::Sqlite { readers, .. } => readers,
+            Engine::Pg(engine) => return engine.read(query),
+        };
+        if readers.is_empty() {
             // An in-memory database has only the writer's connection: the read takes its turn
             // there (in a savepoint of its own, writing nothing).
             return self.write(|tx| query(&tx.read()));
         }
         // Take the first free reader; if all are busy, wait on one chosen by thread.
-        for reader in &self.inner.readers {
+        for reader in readers {
             if let Ok(conn) = reader.try_lock() {
                 return read_snapshot(&conn, query);
             }
         }
-        let index = thread_index() % self.inner.readers.len();
-        let conn = lock(&self.inner.readers[index]);
+        let index = thread_index() % readers.len();
+        let conn = lock(&readers[index]);
         read_snapshot(&conn, query)
     }
 
@@ -270,7 +329,9 @@ fn read_snapshot<T>(conn: &Connection, query: impl FnOnce(&Reader<'_>) -> Result
     // One deferred transaction so that a multi-query read sees a single snapshot.
     conn.execute_batch("BEGIN")?;
     let _end = EndRead(conn);
-    query(&Reader { conn })
+    query(&Reader {
+        db: Db::Sqlite(conn),
+    })
 }
 
 fn thread_index() -> usize {
@@ -306,16 +367,17 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
 
 /// One write transaction. Domain operations are methods on it (see the `store/*.rs` modules).
 pub struct Tx<'c> {
-    /// The writer connection, inside this operation's savepoint of the open transaction.
-    conn: &'c Connection,
+    /// The write connection: SQLite's, inside this operation's savepoint of the open batch, or a
+    /// PostgreSQL one inside this operation's transaction.
+    db: Db<'c>,
     now: DateTime<Utc>,
     config: &'c StoreConfig,
     events: Vec<Event>,
 }
 
-impl Tx<'_> {
-    pub(crate) fn conn(&self) -> &Connection {
-        self.conn
+impl<'c> Tx<'c> {
+    pub(crate) fn conn(&self) -> Db<'c> {
+        self.db
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -332,7 +394,7 @@ impl Tx<'_> {
 
     /// Reads inside this transaction (they see its uncommitted changes).
     pub fn read(&self) -> Reader<'_> {
-        Reader { conn: self.conn }
+        Reader { db: self.db }
     }
 
     /// Appends an event to the log in this transaction.
@@ -345,11 +407,30 @@ impl Tx<'_> {
     ) -> Result<()> {
         let ts = self.now_ms();
         let data_text = serde_json::to_string(&payload.data())?;
-        self.conn.execute(
-            "INSERT INTO events (ts, actor, kind, task_id, agent, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![ts, actor, payload.kind(), task.map(|t| t.0), agent, data_text],
-        )?;
-        let seq = self.conn.last_insert_rowid();
+        let params = params![
+            ts,
+            actor,
+            payload.kind(),
+            task.map(|t| t.0),
+            agent,
+            data_text
+        ];
+        let seq = if self.db.is_postgres() {
+            // The next number, taken under the store's write lock: commit order is sequence
+            // order and nothing is skipped (see `store/pg.rs`).
+            self.db.insert(
+                "INSERT INTO events (seq, ts, actor, kind, task_id, agent, data)
+                 VALUES ((SELECT COALESCE(MAX(seq), 0) + 1 FROM events), ?1, ?2, ?3, ?4, ?5, ?6)",
+                params,
+                "seq",
+            )?
+        } else {
+            self.db.insert(
+                "INSERT INTO events (ts, actor, kind, task_id, agent, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params,
+                "seq",
+            )?
+        };
         self.events.push(Event {
             seq,
             ts: self.now,
@@ -364,13 +445,27 @@ impl Tx<'_> {
 
 /// Read access to a snapshot (or to a write transaction's view).
 pub struct Reader<'c> {
-    conn: &'c Connection,
+    db: Db<'c>,
 }
 
-impl Reader<'_> {
-    pub(crate) fn conn(&self) -> &Connection {
-        self.conn
+impl<'c> Reader<'c> {
+    pub(crate) fn conn(&self) -> Db<'c> {
+        self.db
     }
+}
+
+/// Whether a store URL names a PostgreSQL database.
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// The engine under a store.
+enum Engine {
+    Sqlite {
+        writer: WriteLane,
+        readers: Vec<Mutex<Connection>>,
+    },
+    Pg(pg::PgEngine),
 }
 
 pub(crate) fn ms_to_time(ms: i64) -> DateTime<Utc> {

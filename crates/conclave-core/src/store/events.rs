@@ -1,6 +1,6 @@
 //! The append-only event log: queries, and the sweeper that expires claims and leases.
 
-use rusqlite::{Row, params};
+use super::db::{Row, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Reader, Store, Tx, ms_to_time};
@@ -10,7 +10,7 @@ use crate::model::{Event, EventFilter, EventPayload, TaskId};
 const DEFAULT_LIMIT: i64 = 1000;
 const MAX_LIMIT: i64 = 10_000;
 
-fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Event> {
+fn event_from_row(row: &Row<'_>) -> Result<Event> {
     let data: String = row.get(6)?;
     // An old row whose data does not fit its kind reads as an unrecognized payload, verbatim.
     let data = serde_json::from_str(&data).unwrap_or(serde_json::Value::Null);
@@ -18,7 +18,7 @@ fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Event> {
         seq: row.get(0)?,
         ts: ms_to_time(row.get(1)?),
         actor: row.get(2)?,
-        task: row.get::<_, Option<i64>>(4)?.map(TaskId),
+        task: row.get::<Option<i64>>(4)?.map(TaskId),
         agent: row.get(5)?,
         payload: EventPayload::read(row.get(3)?, data),
     })
@@ -54,9 +54,9 @@ impl Reader<'_> {
                AND (?8 IS NULL OR seq < ?8)
              ORDER BY seq {order} LIMIT ?9"
         );
-        let mut statement = self.conn().prepare_cached(&sql)?;
         let limit = filter.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
-        let rows = statement.query_map(
+        let rows = self.conn().query_map(
+            &sql,
             params![
                 filter.after,
                 filter.agent,
@@ -70,16 +70,16 @@ impl Reader<'_> {
             ],
             event_from_row,
         )?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        Ok(rows)
     }
 
     /// The highest sequence number written so far (0 for an empty log).
     pub fn last_seq(&self) -> Result<i64> {
-        Ok(self
-            .conn()
-            .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |row| {
-                row.get(0)
-            })?)
+        Ok(self.conn().query_row(
+            "SELECT COALESCE(MAX(seq), 0) FROM events",
+            params![],
+            |row| row.get(0),
+        )?)
     }
 }
 

@@ -673,7 +673,7 @@ fn old_rows_that_do_not_fit_their_kind_read_verbatim_and_still_filter() {
                  (1, 'admin', 'agent.danced', NULL, 'a', '{\"steps\":3}'),
                  (2, 'admin', 'agent.tool', NULL, 'a', '{\"tool\":7}'),
                  (3, 'admin', 'agent.text', NULL, 'a', 'not json')",
-                [],
+                db::params![],
             )?;
             Ok(())
         })
@@ -988,7 +988,7 @@ fn old_idempotency_keys_are_forgotten_by_the_sweep() {
         .write(|tx| {
             tx.conn().execute(
                 "UPDATE idempotency_keys SET created_at = created_at - ?1",
-                rusqlite::params![(events::IDEMPOTENCY_WINDOW_SECS + 1) * 1000],
+                db::params![(events::IDEMPOTENCY_WINDOW_SECS + 1) * 1000],
             )?;
             Ok(())
         })
@@ -1002,10 +1002,11 @@ fn old_idempotency_keys_are_forgotten_by_the_sweep() {
     assert_eq!(report.expired_idempotency_keys, 1);
     let left: i64 = store
         .read(|r| {
-            Ok(r.conn()
-                .query_row("SELECT count(*) FROM idempotency_keys", [], |row| {
-                    row.get(0)
-                })?)
+            Ok(r.conn().query_row(
+                "SELECT count(*) FROM idempotency_keys",
+                db::params![],
+                |row| row.get(0),
+            )?)
         })
         .expect("count");
     assert_eq!(left, 1);
@@ -1336,7 +1337,7 @@ fn noted_liveness_is_flushed_and_protects_claims_from_the_sweep() {
     store
         .write(|tx| {
             tx.conn()
-                .execute("UPDATE tasks SET claim_expires_at = 1", [])
+                .execute("UPDATE tasks SET claim_expires_at = 1", db::params![])
                 .map_err(CoreError::from)
         })
         .expect("age the claims");
