@@ -31,6 +31,8 @@ mod queue;
 mod schema;
 mod steps;
 mod tasks;
+#[doc(hidden)]
+pub mod testing;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -415,22 +417,13 @@ impl<'c> Tx<'c> {
             agent,
             data_text
         ];
-        let seq = if self.db.is_postgres() {
-            // The next number, taken under the store's write lock: commit order is sequence
-            // order and nothing is skipped (see `store/pg.rs`).
-            self.db.insert(
-                "INSERT INTO events (seq, ts, actor, kind, task_id, agent, data)
-                 VALUES ((SELECT COALESCE(MAX(seq), 0) + 1 FROM events), ?1, ?2, ?3, ?4, ?5, ?6)",
-                params,
-                "seq",
-            )?
-        } else {
-            self.db.insert(
-                "INSERT INTO events (ts, actor, kind, task_id, agent, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params,
-                "seq",
-            )?
-        };
+        // On PostgreSQL a trigger numbers the event under the store's write lock, so that commit
+        // order is sequence order with nothing skipped (see `store/pg.rs`).
+        let seq = self.db.insert(
+            "INSERT INTO events (ts, actor, kind, task_id, agent, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![ts, actor, payload.kind(), task.map(|t| t.0), agent, data_text],
+            "seq",
+        )?;
         self.events.push(Event {
             seq,
             ts: self.now,

@@ -320,7 +320,25 @@ impl PgConn {
         if let Some(statement) = self.statements.get(sql) {
             return Ok(statement.clone());
         }
-        let statement = self.client.prepare(&translate(sql))?;
+        let translated = translate(sql);
+        // `?1 IS NULL OR x = ?1`: PostgreSQL types a parameter where it first meets it, and
+        // `IS NULL` says nothing, so it refuses the statement (and a refused statement would
+        // abort the transaction). Such a statement is first shown without its null tests, to
+        // learn the types its other uses imply, then prepared with those types.
+        let probe = null_tests_hidden(&translated);
+        let prepared = if probe == translated {
+            self.client.prepare(&translated)
+        } else {
+            self.client
+                .prepare(&probe)
+                .and_then(|probe| self.client.prepare_typed(&translated, probe.params()))
+        };
+        let statement = prepared.map_err(|error| {
+            let CoreError::Database(message) = CoreError::from(error) else {
+                return CoreError::Database(format!("cannot prepare {translated}"));
+            };
+            CoreError::Database(format!("{message} in: {translated}"))
+        })?;
         if self.statements.len() >= PG_STATEMENT_CACHE {
             self.statements.clear();
         }
@@ -583,6 +601,40 @@ pub fn translate(sql: &str) -> String {
     out
 }
 
+/// `sql` (already translated) with each `$N IS NULL` / `$N IS NOT NULL` replaced by `TRUE` when
+/// `$N` is used elsewhere too (so that PostgreSQL infers its type from those uses), or by a
+/// text-typed test when it is not. Only for asking PostgreSQL for parameter types: the result
+/// means something else.
+fn null_tests_hidden(sql: &str) -> String {
+    let mut out = sql.to_string();
+    let highest = sql
+        .split('$')
+        .skip(1)
+        .filter_map(|rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse::<usize>().ok()
+        })
+        .max()
+        .unwrap_or(0);
+    for n in 1..=highest {
+        let placeholder = format!("${n}");
+        for test in [" IS NULL", " IS NOT NULL"] {
+            let null_test = format!("{placeholder}{test}");
+            let elsewhere = out.replace(&null_test, "");
+            let used_elsewhere = elsewhere.match_indices(&placeholder).any(|(at, _)| {
+                !elsewhere[at + placeholder.len()..].starts_with(|c: char| c.is_ascii_digit())
+            });
+            let replacement = if used_elsewhere {
+                "TRUE".to_string()
+            } else {
+                format!("{placeholder}::text{test}")
+            };
+            out = out.replace(&null_test, &replacement);
+        }
+    }
+    out
+}
+
 /// Whether the parenthesized list that `chars` starts with holds a top-level comma.
 fn has_several_arguments(chars: &[char]) -> bool {
     let mut depth = 0;
@@ -613,6 +665,14 @@ fn has_several_arguments(chars: &[char]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::translate;
+
+    #[test]
+    fn null_tests_are_hidden_only_where_other_uses_type_the_parameter() {
+        assert_eq!(
+            super::null_tests_hidden("($1 IS NULL OR seq > $1) AND ($12 IS NOT NULL)"),
+            "(TRUE OR seq > $1) AND ($12::text IS NOT NULL)"
+        );
+    }
 
     #[test]
     fn placeholders_and_sqlite_only_constructs_are_rewritten() {

@@ -388,6 +388,16 @@ const PG_MIGRATIONS: &[&str] = &[
     CREATE INDEX events_by_agent ON events (agent, seq);
     CREATE INDEX events_by_actor ON events (actor, seq);
     CREATE INDEX events_by_kind ON events (kind, seq);
+    -- The next number, read while the inserting transaction holds the store's write lock.
+    CREATE FUNCTION events_next_seq() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.seq IS NULL THEN
+                NEW.seq := (SELECT COALESCE(MAX(seq), 0) + 1 FROM events);
+            END IF;
+            RETURN NEW;
+        END $$;
+    CREATE TRIGGER events_numbered BEFORE INSERT ON events
+        FOR EACH ROW EXECUTE FUNCTION events_next_seq();
     -- The log is append-only: the database itself refuses to change or drop an event.
     CREATE FUNCTION events_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN RAISE EXCEPTION 'the event log is append-only'; END $$;

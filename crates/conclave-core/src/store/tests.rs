@@ -5,9 +5,10 @@ use chrono::Duration;
 use super::*;
 use crate::audience::Viewer;
 use crate::model::*;
+use crate::store::testing::{Engine, test_store, with_engine};
 
 fn store() -> Store {
-    Store::open_in_memory(StoreConfig::default()).expect("store")
+    test_store(StoreConfig::default()).expect("store")
 }
 
 fn agent(store: &Store, name: &str, role: Option<&str>, caps: &[&str]) -> String {
@@ -68,7 +69,6 @@ fn lease(store: &Store, agent: &str, paths: &[&str], mode: LeaseMode) -> Result<
     })
 }
 
-#[test]
 fn a_task_is_ready_only_when_all_its_dependencies_are_done() {
     let store = store();
     agent(&store, "a", None, &[]);
@@ -90,7 +90,6 @@ fn a_task_is_ready_only_when_all_its_dependencies_are_done() {
     assert_eq!(status(&store, build), TaskStatus::Ready);
 }
 
-#[test]
 fn claim_next_takes_the_highest_priority_task_that_fits_the_role() {
     let store = store();
     agent(&store, "coder", Some("coder"), &[]);
@@ -109,7 +108,6 @@ fn claim_next_takes_the_highest_priority_task_that_fits_the_role() {
     assert!(error.to_string().contains("by coder"), "{error}");
 }
 
-#[test]
 fn tasks_that_need_capabilities_go_only_to_agents_that_have_them() {
     let store = store();
     agent(&store, "plain", None, &[]);
@@ -135,7 +133,6 @@ fn tasks_that_need_capabilities_go_only_to_agents_that_have_them() {
     assert_eq!(claim(&store, "browser", None).expect("claim"), Some(id));
 }
 
-#[test]
 fn dependency_cycles_are_refused_and_change_nothing() {
     let store = store();
     let a = task(&store, "a", &[], None, 0);
@@ -163,7 +160,6 @@ fn dependency_cycles_are_refused_and_change_nothing() {
     assert_eq!(status(&store, a), TaskStatus::Ready);
 }
 
-#[test]
 fn unknown_dependencies_are_refused() {
     let store = store();
     let error = store
@@ -187,7 +183,6 @@ fn unknown_dependencies_are_refused() {
     );
 }
 
-#[test]
 fn only_the_holder_may_update_or_finish_a_task() {
     let store = store();
     agent(&store, "a", None, &[]);
@@ -209,9 +204,8 @@ fn only_the_holder_may_update_or_finish_a_task() {
     assert_eq!(error.code(), "invalid_input");
 }
 
-#[test]
 fn expired_claims_return_to_ready_with_attempts_counted_and_leases_released() {
-    let store = Store::open_in_memory(StoreConfig {
+    let store = test_store(StoreConfig {
         claim_ttl_secs: 0,
         ..StoreConfig::default()
     })
@@ -239,7 +233,6 @@ fn expired_claims_return_to_ready_with_attempts_counted_and_leases_released() {
     assert!(kinds.contains(&"lease.released".to_string()), "{kinds:?}");
 }
 
-#[test]
 fn a_heartbeat_renews_the_claim_lease() {
     let store = store();
     agent(&store, "a", None, &[]);
@@ -252,7 +245,6 @@ fn a_heartbeat_renews_the_claim_lease() {
     assert!(after > before, "{after:?} should be later than {before:?}");
 }
 
-#[test]
 fn conflicting_leases_are_refused_naming_the_holder_and_its_task() {
     let store = store();
     agent(&store, "a", None, &[]);
@@ -288,7 +280,6 @@ fn conflicting_leases_are_refused_naming_the_holder_and_its_task() {
     );
 }
 
-#[test]
 fn shared_leases_coexist_and_exclusive_ones_do_not() {
     let store = store();
     agent(&store, "a", None, &[]);
@@ -298,7 +289,6 @@ fn shared_leases_coexist_and_exclusive_ones_do_not() {
     assert!(lease(&store, "b", &["Cargo.toml"], LeaseMode::Exclusive).is_err());
 }
 
-#[test]
 fn fencing_tokens_grow_with_every_grant_and_renewal_extends() {
     let store = store();
     agent(&store, "a", None, &[]);
@@ -316,7 +306,6 @@ fn fencing_tokens_grow_with_every_grant_and_renewal_extends() {
     );
 }
 
-#[test]
 fn only_the_holder_or_a_forcing_admin_releases_a_lease() {
     let store = store();
     agent(&store, "a", None, &[]);
@@ -356,7 +345,6 @@ fn only_the_holder_or_a_forcing_admin_releases_a_lease() {
     );
 }
 
-#[test]
 fn paths_that_escape_the_root_are_refused() {
     let store = store();
     agent(&store, "a", None, &[]);
@@ -366,7 +354,6 @@ fn paths_that_escape_the_root_are_refused() {
     }
 }
 
-#[test]
 fn messages_come_back_until_acknowledged() {
     let store = store();
     agent(&store, "a", Some("coder"), &[]);
@@ -413,7 +400,6 @@ fn messages_come_back_until_acknowledged() {
     assert_eq!(ids(inbox("a")), vec![to_role.id, everyone.id]);
 }
 
-#[test]
 fn a_reply_in_a_thread_acknowledges_what_it_answers() {
     let store = store();
     agent(&store, "a", None, &[]);
@@ -470,7 +456,6 @@ fn a_reply_in_a_thread_acknowledges_what_it_answers() {
     );
 }
 
-#[test]
 fn a_registered_agent_is_offline_until_it_is_heard_from() {
     let store = store();
     agent(&store, "a", None, &[]);
@@ -498,7 +483,6 @@ fn a_registered_agent_is_offline_until_it_is_heard_from() {
     );
 }
 
-#[test]
 fn reopening_or_changing_a_task_tells_the_holders_of_its_dependents() {
     let store = store();
     agent(&store, "a", None, &[]);
@@ -540,7 +524,6 @@ fn reopening_or_changing_a_task_tells_the_holders_of_its_dependents() {
     assert!(store.read(|r| r.inbox("a")).expect("inbox").is_empty());
 }
 
-#[test]
 fn superseding_a_note_alerts_the_other_agents_and_hides_the_old_note() {
     let store = store();
     agent(&store, "a", None, &[]);
@@ -577,7 +560,6 @@ fn superseding_a_note_alerts_the_other_agents_and_hides_the_old_note() {
     assert!(inbox[0].body.contains(&old.id) && inbox[0].body.contains(&new.id));
 }
 
-#[test]
 fn search_finds_notes_messages_and_task_results_and_survives_odd_queries() {
     let store = store();
     agent(&store, "a", None, &[]);
@@ -647,7 +629,6 @@ fn search_finds_notes_messages_and_task_results_and_survives_odd_queries() {
     );
 }
 
-#[test]
 fn every_change_writes_its_event_and_a_failed_change_writes_none() {
     let store = store();
     agent(&store, "a", None, &[]);
@@ -660,7 +641,6 @@ fn every_change_writes_its_event_and_a_failed_change_writes_none() {
     assert_eq!(count(), before, "a refused request must leave no event");
 }
 
-#[test]
 fn old_rows_that_do_not_fit_their_kind_read_verbatim_and_still_filter() {
     let store = store();
     agent(&store, "a", None, &[]);
@@ -707,7 +687,6 @@ fn old_rows_that_do_not_fit_their_kind_read_verbatim_and_still_filter() {
     );
 }
 
-#[test]
 fn an_idempotent_retry_is_applied_once_and_answered_the_same() {
     let store = store();
     let actor = Actor::Admin;
@@ -734,7 +713,6 @@ fn an_idempotent_retry_is_applied_once_and_answered_the_same() {
     assert_eq!(reused.expect_err("mismatch").code(), "idempotency_mismatch");
 }
 
-#[test]
 fn lease_expiry_is_swept_with_an_event() {
     let store = store();
     agent(&store, "a", None, &[]);
@@ -762,7 +740,6 @@ fn lease_expiry_is_swept_with_an_event() {
     );
 }
 
-#[test]
 fn an_agent_without_a_live_process_has_no_pid() {
     let store = store();
     agent(&store, "a", None, &[]);
@@ -798,7 +775,6 @@ fn lease_with(store: &Store, agent: &str, request: LeaseRequest) -> Result<Vec<L
 
 /// Regression: a refused request listed every requested × held pair (a 12.6 MB answer and a
 /// 4 MB `lease.denied` event); it now names the first few.
-#[test]
 fn a_refusal_names_at_most_a_few_conflicts() {
     let store = store();
     agent(&store, "a", None, &[]);
@@ -828,9 +804,8 @@ fn now() -> i64 {
     Utc::now().timestamp_millis()
 }
 
-#[test]
 fn an_agent_holds_at_most_the_configured_number_of_leases() {
-    let store = Store::open_in_memory(StoreConfig {
+    let store = test_store(StoreConfig {
         max_leases_per_agent: 3,
         ..StoreConfig::default()
     })
@@ -851,7 +826,6 @@ fn an_agent_holds_at_most_the_configured_number_of_leases() {
 }
 
 /// Regression: a lease could name another agent's task and vanish when that task ended.
-#[test]
 fn a_lease_cannot_serve_another_agents_task() {
     let store = store();
     agent(&store, "a", None, &[]);
@@ -872,7 +846,6 @@ fn a_lease_cannot_serve_another_agents_task() {
 
 /// Regression: any post-tool-use renewal stretched every lease to the default TTL (a 5-second
 /// lease became 10 minutes).
-#[test]
 fn renewal_extends_each_lease_by_its_own_ttl() {
     let store = store();
     agent(&store, "a", None, &[]);
@@ -893,7 +866,6 @@ fn renewal_extends_each_lease_by_its_own_ttl() {
     assert!(left("long.rs") > 500, "{}", left("long.rs"));
 }
 
-#[test]
 fn whole_tree_globs_are_short_lived() {
     let store = store();
     agent(&store, "a", None, &[]);
@@ -904,7 +876,7 @@ fn whole_tree_globs_are_short_lived() {
     };
     let error = lease_with(&store, "a", long).expect_err("a day on everything");
     assert!(error.to_string().contains("whole tree"), "{error}");
-    let store_long_default = Store::open_in_memory(StoreConfig {
+    let store_long_default = test_store(StoreConfig {
         lease_ttl_secs: 3600,
         ..StoreConfig::default()
     })
@@ -925,9 +897,8 @@ fn whole_tree_globs_are_short_lived() {
 
 /// Grants read only the leases that can overlap what is asked, so an agent holding thousands
 /// of leases elsewhere does not make every grant read them all.
-#[test]
 fn grants_read_only_leases_that_can_overlap() {
-    let store = Store::open_in_memory(StoreConfig {
+    let store = test_store(StoreConfig {
         max_leases_per_agent: 10_000,
         ..StoreConfig::default()
     })
@@ -974,7 +945,6 @@ fn grants_read_only_leases_that_can_overlap() {
     lease(&store, "b", &["src/y/a.rs"], LeaseMode::Exclusive).expect("free");
 }
 
-#[test]
 fn old_idempotency_keys_are_forgotten_by_the_sweep() {
     let store = store();
     agent(&store, "a", None, &[]);
@@ -1014,7 +984,6 @@ fn old_idempotency_keys_are_forgotten_by_the_sweep() {
 
 /// Regression: `task done` deleted from the search index by a scan of its unindexed columns
 /// (36 ms at 100,000 rows, under the writer lock); a task's row is now found by rowid.
-#[test]
 fn a_task_done_twice_has_one_search_row_with_its_latest_result() {
     let store = store();
     agent(&store, "a", None, &[]);
@@ -1064,7 +1033,6 @@ fn a_task_done_twice_has_one_search_row_with_its_latest_result() {
 
 /// Regression: a task whose dependency was cancelled or failed stayed `pending` forever, with no
 /// event and nobody told.
-#[test]
 fn a_task_whose_dependency_failed_is_blocked_and_its_creator_told() {
     let store = store();
     agent(&store, "a", None, &[]);
@@ -1133,7 +1101,6 @@ fn a_task_whose_dependency_failed_is_blocked_and_its_creator_told() {
 
 /// Regression: only a superseding note notified anyone; a new decision naming files others are
 /// editing reached nobody.
-#[test]
 fn a_decision_naming_files_or_a_task_reaches_the_agents_working_on_them() {
     let store = store();
     for name in ["author", "editor", "holder", "bystander"] {
@@ -1187,7 +1154,6 @@ fn a_decision_naming_files_or_a_task_reaches_the_agents_working_on_them() {
     assert_eq!(inbox("editor").len(), 1);
 }
 
-#[test]
 fn nul_bytes_and_overlong_file_lists_are_refused() {
     let store = store();
     agent(&store, "a", None, &[]);
@@ -1222,7 +1188,6 @@ fn nul_bytes_and_overlong_file_lists_are_refused() {
     assert_eq!(status(&store, id), TaskStatus::Claimed);
 }
 
-#[test]
 fn an_agents_tokens_are_listed_and_revoked_one_or_all() {
     let store = store();
     let first = agent(&store, "a", None, &[]);
@@ -1313,7 +1278,6 @@ fn start_up_with_a_million_events() {
 /// Liveness noted in memory reaches the agents table with a flush, and a sweep persists it
 /// before it expires claims: an agent heard from keeps its claim even though the database had
 /// not been told yet; one not heard from loses it.
-#[test]
 fn noted_liveness_is_flushed_and_protects_claims_from_the_sweep() {
     let store = store();
     agent(&store, "a", None, &[]);
@@ -1353,7 +1317,6 @@ fn noted_liveness_is_flushed_and_protects_claims_from_the_sweep() {
     assert!(expires > Utc::now(), "renewed to a time ahead: {expires}");
 }
 
-#[test]
 fn task_pages_follow_the_id_and_carry_their_dependencies() {
     let store = store();
     let one = task(&store, "one", &[], None, 0);
@@ -1397,7 +1360,6 @@ fn task_pages_follow_the_id_and_carry_their_dependencies() {
     );
 }
 
-#[test]
 fn the_dashboard_listing_keeps_open_tasks_and_the_latest_finished_and_counts_by_status() {
     let store = store();
     agent(&store, "a", None, &[]);
@@ -1436,7 +1398,6 @@ fn the_dashboard_listing_keeps_open_tasks_and_the_latest_finished_and_counts_by_
     assert_eq!(store.read(|r| r.live_lease_count(now)).expect("leases"), 1);
 }
 
-#[test]
 fn an_agents_reported_cost_goes_to_the_task_it_holds() {
     let store = store();
     agent(&store, "a", None, &[]);
@@ -1468,3 +1429,60 @@ fn an_agents_reported_cost_goes_to_the_task_it_holds() {
     assert!((cost_of(held) - 0.65).abs() < 1e-9, "{}", cost_of(held));
     assert!(cost_of(other).abs() < 1e-9);
 }
+
+/// Each test above runs once per engine: `on_sqlite::name` and `on_postgres::name`.
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            use super::*;
+            $(#[test] fn $name() { with_engine(Engine::Sqlite, super::$name) })*
+        }
+        mod on_postgres {
+            use super::*;
+            $(#[test] fn $name() { with_engine(Engine::Postgres, super::$name) })*
+        }
+    };
+}
+
+on_both_engines!(
+    a_task_is_ready_only_when_all_its_dependencies_are_done,
+    claim_next_takes_the_highest_priority_task_that_fits_the_role,
+    tasks_that_need_capabilities_go_only_to_agents_that_have_them,
+    dependency_cycles_are_refused_and_change_nothing,
+    unknown_dependencies_are_refused,
+    only_the_holder_may_update_or_finish_a_task,
+    expired_claims_return_to_ready_with_attempts_counted_and_leases_released,
+    a_heartbeat_renews_the_claim_lease,
+    conflicting_leases_are_refused_naming_the_holder_and_its_task,
+    shared_leases_coexist_and_exclusive_ones_do_not,
+    fencing_tokens_grow_with_every_grant_and_renewal_extends,
+    only_the_holder_or_a_forcing_admin_releases_a_lease,
+    paths_that_escape_the_root_are_refused,
+    messages_come_back_until_acknowledged,
+    a_reply_in_a_thread_acknowledges_what_it_answers,
+    a_registered_agent_is_offline_until_it_is_heard_from,
+    reopening_or_changing_a_task_tells_the_holders_of_its_dependents,
+    superseding_a_note_alerts_the_other_agents_and_hides_the_old_note,
+    search_finds_notes_messages_and_task_results_and_survives_odd_queries,
+    every_change_writes_its_event_and_a_failed_change_writes_none,
+    old_rows_that_do_not_fit_their_kind_read_verbatim_and_still_filter,
+    an_idempotent_retry_is_applied_once_and_answered_the_same,
+    lease_expiry_is_swept_with_an_event,
+    an_agent_without_a_live_process_has_no_pid,
+    a_refusal_names_at_most_a_few_conflicts,
+    an_agent_holds_at_most_the_configured_number_of_leases,
+    a_lease_cannot_serve_another_agents_task,
+    renewal_extends_each_lease_by_its_own_ttl,
+    whole_tree_globs_are_short_lived,
+    grants_read_only_leases_that_can_overlap,
+    old_idempotency_keys_are_forgotten_by_the_sweep,
+    a_task_done_twice_has_one_search_row_with_its_latest_result,
+    a_task_whose_dependency_failed_is_blocked_and_its_creator_told,
+    a_decision_naming_files_or_a_task_reaches_the_agents_working_on_them,
+    nul_bytes_and_overlong_file_lists_are_refused,
+    an_agents_tokens_are_listed_and_revoked_one_or_all,
+    noted_liveness_is_flushed_and_protects_claims_from_the_sweep,
+    task_pages_follow_the_id_and_carry_their_dependencies,
+    the_dashboard_listing_keeps_open_tasks_and_the_latest_finished_and_counts_by_status,
+    an_agents_reported_cost_goes_to_the_task_it_holds,
+);
