@@ -5,7 +5,7 @@ use chrono::Duration;
 use super::*;
 use crate::audience::Viewer;
 use crate::model::*;
-use crate::store::testing::{Engine, test_store, with_engine};
+use crate::store::testing::{self, Engine, test_store, with_engine};
 
 fn store() -> Store {
     test_store(StoreConfig::default()).expect("store")
@@ -1430,6 +1430,110 @@ fn an_agents_reported_cost_goes_to_the_task_it_holds() {
     assert!(cost_of(other).abs() < 1e-9);
 }
 
+/// Two servers on one database (two stores opened on one file, or one PostgreSQL schema): eight
+/// agents claim, lease one shared file and finish through both at once. Every task has exactly
+/// one winner, no two agents ever hold the file together, fencing tokens only grow in log order,
+/// and the log numbers its events without gaps.
+fn two_servers_racing_keep_every_guarantee() {
+    const TASKS: usize = 24;
+    const AGENTS: usize = 8;
+    let (_dir, url) = testing::shared_store_url();
+    let first = Store::open_url(&url, StoreConfig::default()).expect("first server");
+    let second = Store::open_url(&url, StoreConfig::default()).expect("second server");
+    for n in 0..AGENTS {
+        agent(&first, &format!("racer{n}"), None, &[]);
+    }
+    for n in 0..TASKS {
+        task(&second, &format!("job {n}"), &[], None, 0);
+    }
+    let holding = std::sync::atomic::AtomicUsize::new(0);
+    let claimed: Vec<Vec<TaskId>> = std::thread::scope(|scope| {
+        let racers: Vec<_> = (0..AGENTS)
+            .map(|n| {
+                let store = if n % 2 == 0 { &first } else { &second };
+                let holding = &holding;
+                scope.spawn(move || {
+                    let me = format!("racer{n}");
+                    let mut mine = Vec::new();
+                    while let Some(id) = claim(store, &me, None).expect("claim") {
+                        mine.push(id);
+                        // The shared file: wait for it, hold it alone, give it back.
+                        loop {
+                            match lease(store, &me, &["src/shared.rs"], LeaseMode::Exclusive) {
+                                Ok(_) => break,
+                                Err(error) => {
+                                    assert_eq!(error.code(), "lease_conflict", "{error}");
+                                    std::thread::sleep(std::time::Duration::from_millis(2));
+                                }
+                            }
+                        }
+                        let others = holding.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        assert_eq!(others, 0, "two agents held src/shared.rs at once");
+                        holding.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                        store
+                            .write(|tx| {
+                                tx.release_leases(
+                                    &Actor::Agent(me.clone()),
+                                    LeaseRelease {
+                                        paths: vec!["src/shared.rs".into()],
+                                        force: false,
+                                    },
+                                )
+                            })
+                            .expect("release");
+                        store
+                            .write(|tx| {
+                                tx.finish_task(&Actor::Agent(me.clone()), id, TaskFinish::default())
+                            })
+                            .expect("finish");
+                    }
+                    mine
+                })
+            })
+            .collect();
+        racers
+            .into_iter()
+            .map(|racer| racer.join().expect("racer"))
+            .collect()
+    });
+    let mut all: Vec<TaskId> = claimed.into_iter().flatten().collect();
+    all.sort();
+    let expected: Vec<TaskId> = first
+        .read(|r| r.tasks(None, None))
+        .expect("tasks")
+        .into_iter()
+        .map(|task| task.id)
+        .collect();
+    assert_eq!(all, expected, "every task claimed exactly once");
+
+    let events = second
+        .read(|r| {
+            r.events(&EventFilter {
+                limit: Some(10_000),
+                ..Default::default()
+            })
+        })
+        .expect("events");
+    let seqs: Vec<i64> = events.iter().map(|event| event.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as i64).collect::<Vec<_>>(),
+        "a gap-free log"
+    );
+    let tokens: Vec<i64> = events
+        .iter()
+        .filter_map(|event| match &event.payload {
+            EventPayload::LeaseGranted(granted) => Some(granted.fencing_token),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(tokens.len(), TASKS, "one grant per task");
+    assert!(
+        tokens.windows(2).all(|pair| pair[0] < pair[1]),
+        "fencing tokens grow in log order: {tokens:?}"
+    );
+}
+
 /// Each test above runs once per engine: `on_sqlite::name` and `on_postgres::name`.
 macro_rules! on_both_engines {
     ($($name:ident),* $(,)?) => {
@@ -1445,6 +1549,7 @@ macro_rules! on_both_engines {
 }
 
 on_both_engines!(
+    two_servers_racing_keep_every_guarantee,
     a_task_is_ready_only_when_all_its_dependencies_are_done,
     claim_next_takes_the_highest_priority_task_that_fits_the_role,
     tasks_that_need_capabilities_go_only_to_agents_that_have_them,
