@@ -250,6 +250,10 @@ pub struct ServeArgs {
     /// Allow listening on a non-loopback address
     #[arg(long)]
     pub allow_remote: bool,
+    /// The store: postgres://... (shared by several servers) or sqlite://PATH; overrides
+    /// `[store] url` in conclave.toml (default .conclave/conclave.db)
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

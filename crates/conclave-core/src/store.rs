@@ -18,6 +18,7 @@
 //! The API is synchronous (rusqlite); async callers run it on a blocking thread.
 
 mod agents;
+mod copy;
 pub(crate) mod db;
 mod events;
 mod group_commit;
@@ -49,6 +50,7 @@ use crate::error::{CoreError, Result};
 use crate::model::{Actor, Event, EventPayload, Pipeline, TaskId};
 
 pub use agents::{ReleaseReport, hash_token};
+pub use copy::CopyReport;
 pub use events::{IDEMPOTENCY_WINDOW_SECS, SweepReport};
 pub use group_commit::CommitStats;
 pub use leases::MAX_LEASE_TTL_SECS;
@@ -409,14 +411,6 @@ impl<'c> Tx<'c> {
     ) -> Result<()> {
         let ts = self.now_ms();
         let data_text = serde_json::to_string(&payload.data())?;
-        let params = params![
-            ts,
-            actor,
-            payload.kind(),
-            task.map(|t| t.0),
-            agent,
-            data_text
-        ];
         // On PostgreSQL a trigger numbers the event under the store's write lock, so that commit
         // order is sequence order with nothing skipped (see `store/pg.rs`).
         let seq = self.db.insert(

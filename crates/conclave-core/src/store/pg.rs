@@ -9,7 +9,7 @@
 //! writers before it (under REPEATABLE READ the snapshot would date from before the lock wait).
 //!
 //! The event log is ordered by the same lock: an event's sequence number is the log's largest
-//! plus one, taken while the lock is held, and the lock is released only after the commit is
+//! plus one (the `events_next_seq` trigger of the schema), taken while the lock is held, and the lock is released only after the commit is
 //! visible. So events commit in sequence order with no gaps, and a follower that resumes "after
 //! seq N" can never miss an event that commits later with a smaller number.
 //!
