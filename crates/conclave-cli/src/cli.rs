@@ -36,6 +36,10 @@ pub enum Command {
     /// Create, list, claim and finish tasks
     #[command(subcommand)]
     Task(TaskCommand),
+    /// Move a project's store: `conclave store migrate --from .conclave/conclave.db --to
+    /// postgres://...`
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Lease files or globs to the current agent (exits 4 when someone else holds one)
     Lock(LockArgs),
     /// Release file leases
@@ -254,6 +258,24 @@ pub struct ServeArgs {
     /// `[store] url` in conclave.toml (default .conclave/conclave.db)
     #[arg(long, value_name = "URL")]
     pub store: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy a project's whole history into a new, empty store, and check the copy (row counts
+    /// of every table, the event log's digest). Stop the project's server first
+    Migrate(StoreMigrateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StoreMigrateArgs {
+    /// The store to copy: a SQLite file (`.conclave/conclave.db`, or sqlite://PATH) or
+    /// postgres://...
+    #[arg(long, value_name = "URL")]
+    pub from: String,
+    /// The new store: postgres://user@host/db (or a SQLite file); must be empty
+    #[arg(long, value_name = "URL")]
+    pub to: String,
 }
 
 #[derive(Debug, Subcommand)]

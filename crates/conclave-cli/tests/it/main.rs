@@ -12,6 +12,7 @@ mod queue;
 mod retry;
 mod serve;
 mod steering;
+mod store;
 mod support;
 mod terminal;
 mod tokens;

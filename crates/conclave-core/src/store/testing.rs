@@ -195,6 +195,13 @@ fn drop_stale_schemas(client: &mut postgres::Client) {
     }
 }
 
+/// A URL naming a new, empty PostgreSQL schema for one test, or `None` after reporting the skip
+/// (see [`postgres_url`]).
+pub fn postgres_test_url() -> Option<String> {
+    postgres_url()?;
+    Some(fresh_postgres_schema().expect("a PostgreSQL schema for the test"))
+}
+
 /// Creates an empty schema and answers a URL whose connections use it.
 fn fresh_postgres_schema() -> Result<String, String> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
