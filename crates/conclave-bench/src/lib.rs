@@ -19,6 +19,9 @@ use conclave_server::{App, AppSettings};
 pub struct BenchOptions {
     pub clients: usize,
     pub requests_per_client: usize,
+    /// A PostgreSQL database to run on (in a throwaway schema, dropped afterwards) instead of a
+    /// temporary SQLite file.
+    pub postgres: Option<String>,
 }
 
 impl Default for BenchOptions {
@@ -26,6 +29,7 @@ impl Default for BenchOptions {
         BenchOptions {
             clients: 16,
             requests_per_client: 200,
+            postgres: None,
         }
     }
 }
@@ -45,7 +49,28 @@ pub async fn run_bench(
     progress: impl Fn(&str),
 ) -> anyhow::Result<Vec<OperationStats>> {
     let dir = tempfile::tempdir().context("cannot make a temporary folder")?;
-    let store = Store::open(&dir.path().join("bench.db"), StoreConfig::default())?;
+    let scratch = options.postgres.clone().map(|url| {
+        let schema = format!(
+            "conclave_bench_{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_nanos())
+        );
+        (url, schema)
+    });
+    let store = match &scratch {
+        Some((url, schema)) => {
+            let (url, schema) = (url.clone(), schema.clone());
+            // The PostgreSQL driver is synchronous: it runs on a blocking thread.
+            tokio::task::spawn_blocking(move || {
+                let scratch_url = Store::create_postgres_schema(&url, &schema)?;
+                Store::open_postgres(&scratch_url, StoreConfig::default())
+            })
+            .await??
+        }
+        None => Store::open(&dir.path().join("bench.db"), StoreConfig::default())?,
+    };
     let shutdown = CancellationToken::new();
     let admin = "cva_bench_admin";
     let app = App::new(store, admin, AppSettings::default(), shutdown.clone());
@@ -140,5 +165,8 @@ pub async fn run_bench(
     }
     shutdown.cancel();
     let _ = server.await;
+    if let Some((url, schema)) = scratch {
+        tokio::task::spawn_blocking(move || Store::drop_postgres_schema(&url, &schema)).await??;
+    }
     Ok(results)
 }

@@ -172,6 +172,10 @@ pub struct BenchArgs {
     /// Requests per client and operation
     #[arg(long, default_value_t = 200)]
     pub requests: usize,
+    /// Also run on this PostgreSQL database (postgres://..., in a throwaway schema), and print
+    /// its figures next to SQLite's
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,

@@ -187,6 +187,27 @@ impl Store {
         ))
     }
 
+    /// Creates the schema `schema` in the PostgreSQL database `url` names, and answers a URL
+    /// whose connections work in it: a store opened there is apart from every other schema's
+    /// (throwaway stores for tests and benchmarks). `schema` is a plain lower-case name.
+    pub fn create_postgres_schema(url: &str, schema: &str) -> Result<String> {
+        validate_schema_name(schema)?;
+        let mut client = postgres::Client::connect(url, postgres::NoTls)?;
+        client.batch_execute(&format!("CREATE SCHEMA {schema}"))?;
+        let separator = if url.contains('?') { '&' } else { '?' };
+        Ok(format!(
+            "{url}{separator}options=-c%20search_path%3D{schema}"
+        ))
+    }
+
+    /// Drops a schema [`Store::create_postgres_schema`] made, with everything in it.
+    pub fn drop_postgres_schema(url: &str, schema: &str) -> Result<()> {
+        validate_schema_name(schema)?;
+        let mut client = postgres::Client::connect(url, postgres::NoTls)?;
+        client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))?;
+        Ok(())
+    }
+
     /// Whether this store is on PostgreSQL (shared by several servers) rather than SQLite.
     pub fn is_postgres(&self) -> bool {
         matches!(self.inner.engine, Engine::Pg(_))
@@ -438,6 +459,22 @@ pub struct Reader<'c> {
 impl<'c> Reader<'c> {
     pub(crate) fn conn(&self) -> Db<'c> {
         self.db
+    }
+}
+
+fn validate_schema_name(schema: &str) -> Result<()> {
+    let plain = !schema.is_empty()
+        && schema.len() <= 63
+        && schema.starts_with(|c: char| c.is_ascii_lowercase())
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain {
+        Ok(())
+    } else {
+        Err(CoreError::invalid(format!(
+            "schema name {schema:?}: use lower-case letters, digits and '_'"
+        )))
     }
 }
 

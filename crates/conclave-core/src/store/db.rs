@@ -299,6 +299,10 @@ impl<'a> FromSql<'a> for Value {
     }
 }
 
+/// The first page [`Db::query_first`] reads on PostgreSQL, and the largest.
+const FIRST_PAGE: usize = 8;
+const MAX_PAGE: usize = 512;
+
 /// Statements one PostgreSQL connection keeps prepared; past this the cache starts afresh.
 const PG_STATEMENT_CACHE: usize = 512;
 
@@ -456,7 +460,8 @@ impl Db<'_> {
         }
     }
 
-    /// Walks the rows in order and stops at the first for which `pick` answers something.
+    /// Walks the rows in order and stops at the first for which `pick` answers something. The
+    /// statement must not end in `LIMIT` (PostgreSQL reads it page by page).
     pub fn query_first<T>(
         &self,
         sql: &str,
@@ -475,13 +480,24 @@ impl Db<'_> {
                 Ok(None)
             }
             Db::Pg(conn) => {
-                let rows = conn.borrow_mut().query(sql, params)?;
-                for row in &rows {
-                    if let Some(found) = pick(&Row::Pg(row))? {
-                        return Ok(Some(found));
+                // PostgreSQL sends every row of a result at once: walk it in growing pages
+                // instead, so that a fit found early costs a few rows, not the whole queue.
+                let mut offset = 0;
+                let mut page = FIRST_PAGE;
+                loop {
+                    let paged = format!("{sql} LIMIT {page} OFFSET {offset}");
+                    let rows = conn.borrow_mut().query(&paged, params)?;
+                    for row in &rows {
+                        if let Some(found) = pick(&Row::Pg(row))? {
+                            return Ok(Some(found));
+                        }
                     }
+                    if rows.len() < page {
+                        return Ok(None);
+                    }
+                    offset += page;
+                    page = (page * 4).min(MAX_PAGE);
                 }
-                Ok(None)
             }
         }
     }

@@ -216,6 +216,24 @@ impl PgEngine {
     }
 }
 
+impl Drop for PgEngine {
+    /// Closing a `postgres` connection blocks on the driver's runtime, which panics on an async
+    /// executor's thread; the last handle on a store may well be dropped there (a server's
+    /// shutdown). So the connections are closed on a thread of their own.
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut lock(&self.pool).idle);
+        if idle.is_empty() {
+            return;
+        }
+        let closing = std::thread::Builder::new()
+            .name("conclave-pg-close".into())
+            .spawn(move || drop(idle));
+        if let Ok(closing) = closing {
+            let _ = closing.join();
+        }
+    }
+}
+
 fn connect_with(config: &postgres::Config) -> Result<postgres::Client> {
     // `sslmode` in the URL asks for TLS; this build speaks plain connections (a local socket, a
     // private network or a tunnel), and says so instead of failing obscurely.

@@ -212,15 +212,7 @@ fn fresh_postgres_schema() -> Result<String, String> {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     );
-    let mut client = postgres::Client::connect(&url, postgres::NoTls)
-        .map_err(|error| format!("cannot connect to {url}: {error}"))?;
-    client
-        .batch_execute(&format!("CREATE SCHEMA {schema}"))
-        .map_err(|error| format!("cannot create schema {schema}: {error}"))?;
-    let separator = if url.contains('?') { '&' } else { '?' };
-    Ok(format!(
-        "{url}{separator}options=-c%20search_path%3D{schema}"
-    ))
+    Store::create_postgres_schema(&url, &schema).map_err(|error| error.to_string())
 }
 
 /// Reports the running test as skipped for `reason`: `skipped: <reason>` on stdout and, when
