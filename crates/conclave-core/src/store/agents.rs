@@ -79,10 +79,9 @@ impl Reader<'_> {
 
     pub fn find_agent(&self, name: &str) -> Result<Option<Agent>> {
         let sql = format!("SELECT {AGENT_COLUMNS} FROM agents WHERE name = ?1");
-        Ok(self
-            .conn()
+        self.conn()
             .query_row(&sql, params![name], agent_from_row)
-            .optional()?)
+            .optional()
     }
 
     pub fn agents(&self) -> Result<Vec<Agent>> {
@@ -128,14 +127,13 @@ impl Reader<'_> {
 
     /// The agent a token belongs to, if any.
     pub fn agent_for_token(&self, token: &str) -> Result<Option<String>> {
-        Ok(self
-            .conn()
+        self.conn()
             .query_row(
                 "SELECT agent FROM agent_tokens WHERE token_hash = ?1",
                 params![hash_token(token)],
                 |row| row.get(0),
             )
-            .optional()?)
+            .optional()
     }
 }
 
@@ -404,13 +402,13 @@ impl Tx<'_> {
         name: &str,
         reason: &str,
     ) -> Result<ReleaseReport> {
-        let held: Vec<i64> = {
-            let rows = self.conn().query_map(
-"SELECT id FROM tasks WHERE assignee = ?1 AND blocked_reason IS NULL
-                 AND awaiting_approval = 0 AND status IN ('claimed', 'in_progress', 'review', 'blocked') ORDER BY id",
-params![name], |row| row.get(0))?;
-            rows
-        };
+        let held: Vec<i64> = self.conn().query_map(
+            "SELECT id FROM tasks WHERE assignee = ?1 AND blocked_reason IS NULL
+                 AND awaiting_approval = 0
+                 AND status IN ('claimed', 'in_progress', 'review', 'blocked') ORDER BY id",
+            params![name],
+            |row| row.get(0),
+        )?;
         let mut report = ReleaseReport::default();
         for id in held {
             let task_id = crate::model::TaskId(id);

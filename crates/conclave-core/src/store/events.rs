@@ -27,11 +27,11 @@ fn event_from_row(row: &Row<'_>) -> Result<Event> {
 impl Reader<'_> {
     /// How many events of exactly this kind the log holds (`agent.alert` for `conclave status`).
     pub fn count_events(&self, kind: &str) -> Result<i64> {
-        Ok(self.conn().query_row(
+        self.conn().query_row(
             "SELECT count(*) FROM events WHERE kind = ?1",
             params![kind],
             |row| row.get(0),
-        )?)
+        )
     }
 
     /// Events matching `filter`, oldest first (or newest first with `desc`).
@@ -75,11 +75,11 @@ impl Reader<'_> {
 
     /// The highest sequence number written so far (0 for an empty log).
     pub fn last_seq(&self) -> Result<i64> {
-        Ok(self.conn().query_row(
+        self.conn().query_row(
             "SELECT COALESCE(MAX(seq), 0) FROM events",
             params![],
             |row| row.get(0),
-        )?)
+        )
     }
 }
 

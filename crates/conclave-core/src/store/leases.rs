@@ -100,7 +100,6 @@ impl Reader<'_> {
             .conn()
             .query_map(&beneath, params![prefix, now_ms], lease_from_row)?;
         for lease in rows {
-            let lease = lease;
             // Globs are read below, once.
             if !is_glob_text(&lease.path) {
                 near.push(lease);
@@ -112,7 +111,6 @@ impl Reader<'_> {
             .conn()
             .query_map(&globs, params![now_ms], lease_from_row)?;
         for lease in rows {
-            let lease = lease;
             let related = paths::normalize_lease_path(&lease.path).map_or(true, |held| {
                 let held_prefix = held.literal_prefix();
                 held_prefix.is_empty() || prefixes_related(held_prefix, prefix)
@@ -526,10 +524,8 @@ impl Tx<'_> {
     pub(crate) fn purge_expired_leases(&mut self) -> Result<Vec<Lease>> {
         let sql = format!("SELECT {LEASE_COLUMNS} FROM leases WHERE expires_at <= ?1");
         let expired: Vec<Lease> = {
-            let rows = self
-                .conn()
-                .query_map(&sql, params![self.now_ms()], lease_from_row)?;
-            rows
+            self.conn()
+                .query_map(&sql, params![self.now_ms()], lease_from_row)?
         };
         for lease in &expired {
             self.conn().execute(
@@ -551,11 +547,11 @@ impl Tx<'_> {
     }
 
     fn next_fencing_token(&mut self) -> Result<i64> {
-        Ok(self.conn().query_row(
+        self.conn().query_row(
             "UPDATE counters SET value = value + 1 WHERE name = 'fencing_token' RETURNING value",
             params![],
             |row| row.get(0),
-        )?)
+        )
     }
 }
 

@@ -126,11 +126,11 @@ impl Reader<'_> {
     }
 
     pub fn unread_count(&self, agent: &str) -> Result<i64> {
-        Ok(self.conn().query_row(
+        self.conn().query_row(
             "SELECT COUNT(*) FROM deliveries WHERE agent = ?1 AND acked_at IS NULL",
             params![agent],
             |row| row.get(0),
-        )?)
+        )
     }
 
     fn attach_deliveries(&self, messages: &mut [Message]) -> Result<()> {
@@ -244,14 +244,13 @@ impl Tx<'_> {
     /// Acknowledges, for `agent`, every message it was sent in `thread` before `before`.
     fn ack_thread_before(&mut self, agent: &str, thread: &str, before: i64) -> Result<()> {
         let answered: Vec<String> = {
-            let rows = self.conn().query_map(
+            self.conn().query_map(
                 "SELECT 'M-' || m.id FROM messages m JOIN deliveries d ON d.message_id = m.id
                  WHERE m.thread = ?1 AND m.id < ?2 AND d.agent = ?3 AND d.acked_at IS NULL
                  ORDER BY m.id",
                 params![thread, before, agent],
                 |row| row.get(0),
-            )?;
-            rows
+            )?
         };
         if !answered.is_empty() {
             self.ack_messages(agent, &answered)?;

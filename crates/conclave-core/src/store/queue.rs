@@ -107,10 +107,9 @@ impl Reader<'_> {
             "SELECT {ENTRY_COLUMNS} FROM merge_queue WHERE state IN ('merging', 'queued')
              ORDER BY state = 'merging' DESC, position LIMIT 1"
         );
-        Ok(self
-            .conn()
+        self.conn()
             .query_row(&sql, params![], entry_from_row)
-            .optional()?)
+            .optional()
     }
 
     pub fn merge_queue_paused(&self) -> Result<bool> {

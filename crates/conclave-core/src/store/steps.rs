@@ -60,11 +60,11 @@ impl Reader<'_> {
 
     /// How many tasks wait for a person's decision.
     pub fn approvals_waiting(&self) -> Result<i64> {
-        Ok(self.conn().query_row(
+        self.conn().query_row(
             "SELECT count(*) FROM tasks WHERE awaiting_approval = 1 AND status = 'review'",
             params![],
             |row| row.get(0),
-        )?)
+        )
     }
 
     /// The tasks waiting for a person's decision, oldest first.
@@ -83,7 +83,7 @@ impl Reader<'_> {
 
     /// The agent that last passed `id` at pipeline stage `stage`: the one a send-back returns to.
     fn stage_holder(&self, id: TaskId, stage: usize) -> Result<Option<String>> {
-        Ok(self
+        self
             .conn()
             .query_row(
                 "SELECT actor FROM task_steps WHERE task_id = ?1 AND stage = ?2 AND verdict = 'pass'
@@ -91,7 +91,7 @@ impl Reader<'_> {
                 params![id.0, i64::try_from(stage).unwrap_or(i64::MAX)],
                 |row| row.get(0),
             )
-            .optional()?)
+            .optional()
     }
 }
 

@@ -209,10 +209,7 @@ impl Reader<'_> {
              WHERE status IN ('done', 'failed', 'cancelled')
              ORDER BY updated_at DESC, id DESC LIMIT ?1"
         );
-        let mut tasks: Vec<Task> = {
-            let rows = self.conn().query_map(&open, params![], task_from_row)?;
-            rows
-        };
+        let mut tasks: Vec<Task> = { self.conn().query_map(&open, params![], task_from_row)? };
         {
             let rows = self.conn().query_map(
                 &recent,
@@ -1065,14 +1062,13 @@ impl Tx<'_> {
     /// Returns tasks whose claim lease ran out to `ready` (via releasing their holders).
     pub(crate) fn expire_claims(&mut self) -> Result<Vec<TaskId>> {
         let holders: Vec<String> = {
-            let rows = self.conn().query_map(
+            self.conn().query_map(
                 "SELECT DISTINCT assignee FROM tasks
                  WHERE claim_expires_at IS NOT NULL AND claim_expires_at <= ?1
                  AND status IN ('claimed', 'in_progress', 'review', 'blocked')",
                 params![self.now_ms()],
                 |row| row.get(0),
-            )?;
-            rows
+            )?
         };
         let mut reclaimed = Vec::new();
         for holder in holders {

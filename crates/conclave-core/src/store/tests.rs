@@ -972,11 +972,11 @@ fn old_idempotency_keys_are_forgotten_by_the_sweep() {
     assert_eq!(report.expired_idempotency_keys, 1);
     let left: i64 = store
         .read(|r| {
-            Ok(r.conn().query_row(
+            r.conn().query_row(
                 "SELECT count(*) FROM idempotency_keys",
                 db::params![],
                 |row| row.get(0),
-            )?)
+            )
         })
         .expect("count");
     assert_eq!(left, 1);
@@ -1302,7 +1302,6 @@ fn noted_liveness_is_flushed_and_protects_claims_from_the_sweep() {
         .write(|tx| {
             tx.conn()
                 .execute("UPDATE tasks SET claim_expires_at = 1", db::params![])
-                .map_err(CoreError::from)
         })
         .expect("age the claims");
     assert!(!store.note_alive("a"), "persisted before: no flush needed");
