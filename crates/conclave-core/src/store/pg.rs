@@ -18,6 +18,10 @@
 //! before they ask PostgreSQL for the lock: the events of each commit then reach the sink in
 //! sequence order, and only one connection per server waits on the lock.
 //!
+//! Live events cross servers by following the log: a server hands its sink its own events as
+//! it commits them and, every [`FOLLOW_INTERVAL`], the events other servers committed, always in
+//! sequence order and each once (see [`PgEngine::follow`]).
+//!
 //! The `postgres` client is synchronous (it drives its own small runtime): call it from blocking
 //! threads, never from an async task, as the server already does for the store.
 
@@ -31,7 +35,12 @@ use super::db::{Db, PgConn};
 use super::group_commit::CommitStats;
 use super::{Reader, StoreConfig, Tx, lock};
 use crate::error::{CoreError, Result};
-use crate::model::Event;
+use crate::model::{Event, EventFilter};
+
+/// How often a server looks for events other servers wrote.
+pub(super) const FOLLOW_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+/// Events read per query while following.
+const FOLLOW_PAGE: i64 = 1000;
 
 /// Connections one server keeps open at most (writes take one at a time; reads the rest).
 const POOL_SIZE: usize = 8;
@@ -45,6 +54,9 @@ pub(super) struct PgEngine {
     /// The advisory lock's key: the store's schema, hashed, so that stores in different schemas
     /// of one database do not wait for each other.
     lock_key: i64,
+    /// The last sequence number handed to the sink (see [`PgEngine::follow`]).
+    published: Mutex<i64>,
+    follower_started: std::sync::atomic::AtomicBool,
 }
 
 struct PoolState {
@@ -100,6 +112,9 @@ impl PgEngine {
             .get(0);
         let lock_key = lock_key_of(&schema);
         super::schema::migrate_postgres(&mut client, lock_key)?;
+        let last_seq: i64 = client
+            .query_one("SELECT COALESCE(MAX(seq), 0) FROM events", &[])?
+            .get(0);
         Ok(PgEngine {
             connect,
             pool: Mutex::new(PoolState {
@@ -109,6 +124,8 @@ impl PgEngine {
             freed: Condvar::new(),
             write_gate: Mutex::new(CommitStats::default()),
             lock_key,
+            published: Mutex::new(last_seq),
+            follower_started: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -176,8 +193,11 @@ impl PgEngine {
                 }
                 stats.commits += 1;
                 stats.operations += 1;
-                if !events.is_empty() {
-                    publish(&events);
+                if !events.is_empty()
+                    && let Err(error) = self.deliver(&events, publish)
+                {
+                    // The change is committed; the follower delivers the events later.
+                    tracing::warn!(%error, "could not read the events before this write's");
                 }
                 Ok(value)
             }
@@ -192,6 +212,93 @@ impl PgEngine {
                 drop(stats);
                 resume_unwind(payload)
             }
+        }
+    }
+
+    /// Hands a committed write's events to the sink, after any that other servers committed
+    /// before it (their numbers are lower, and the sink must see the log in order). Events the
+    /// follower has already delivered are not delivered again.
+    fn deliver(&self, own: &[Event], publish: &dyn Fn(&[Event])) -> Result<()> {
+        let mut published = lock(&self.published);
+        let first = own.first().map_or(0, |event| event.seq);
+        while first > *published + 1 {
+            let missed = self.read(|r| {
+                r.events(&EventFilter {
+                    after: Some(*published),
+                    before: Some(first),
+                    limit: Some(FOLLOW_PAGE),
+                    ..Default::default()
+                })
+            })?;
+            let Some(last) = missed.last().map(|event| event.seq) else {
+                break;
+            };
+            publish(&missed);
+            *published = last;
+        }
+        let fresh: Vec<Event> = own
+            .iter()
+            .filter(|event| event.seq > *published)
+            .cloned()
+            .collect();
+        if let Some(last) = fresh.last().map(|event| event.seq) {
+            publish(&fresh);
+            *published = last;
+        }
+        Ok(())
+    }
+
+    /// Hands the sink every event committed since the last one it got, whichever server wrote
+    /// it: the server's follower thread calls this every [`FOLLOW_INTERVAL`], so that SSE
+    /// streams, inbox waits and supervisors on this server see other servers' events (in
+    /// sequence order and without gaps: numbers follow commit order, see the module docs).
+    pub(super) fn follow(&self, publish: &dyn Fn(&[Event])) -> Result<()> {
+        let mut published = lock(&self.published);
+        loop {
+            let events = self.read(|r| {
+                r.events(&EventFilter {
+                    after: Some(*published),
+                    limit: Some(FOLLOW_PAGE),
+                    ..Default::default()
+                })
+            })?;
+            let Some(last) = events.last().map(|event| event.seq) else {
+                return Ok(());
+            };
+            publish(&events);
+            *published = last;
+            if events.len() < usize::try_from(FOLLOW_PAGE).unwrap_or(usize::MAX) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Starts the thread that calls [`PgEngine::follow`] (once per store; it ends with the store).
+    pub(super) fn start_follower(&self, store: std::sync::Weak<super::StoreInner>) {
+        if self
+            .follower_started
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("conclave-pg-follow".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(FOLLOW_INTERVAL);
+                    let Some(inner) = store.upgrade() else {
+                        return;
+                    };
+                    let store = super::Store { inner };
+                    if let super::Engine::Pg(engine) = &store.inner.engine
+                        && let Err(error) = engine.follow(&|events| store.publish(events))
+                    {
+                        tracing::warn!(%error, "could not follow the event log");
+                    }
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "could not start following the event log");
         }
     }
 

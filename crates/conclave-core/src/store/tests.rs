@@ -1687,6 +1687,45 @@ fn migrate_a_project_with_100k_events() {
     });
 }
 
+/// Two servers on one PostgreSQL database: each one's sink gets the other's events too (the
+/// follower), every event once, in sequence order and without gaps, however the writes
+/// interleave.
+#[test]
+fn on_postgres_every_server_hears_every_event_in_order() {
+    with_engine(Engine::Postgres, || {
+        let (_dir, url) = testing::shared_store_url();
+        let first = Store::open_url(&url, StoreConfig::default()).expect("first server");
+        let second = Store::open_url(&url, StoreConfig::default()).expect("second server");
+        let heard: Vec<std::sync::Arc<std::sync::Mutex<Vec<i64>>>> = (0..2)
+            .map(|_| std::sync::Arc::new(std::sync::Mutex::new(Vec::new())))
+            .collect();
+        for (store, heard) in [(&first, &heard[0]), (&second, &heard[1])] {
+            let heard = std::sync::Arc::clone(heard);
+            store.set_event_sink(std::sync::Arc::new(move |events: &[Event]| {
+                lock(&heard).extend(events.iter().map(|event| event.seq));
+            }));
+        }
+        std::thread::scope(|scope| {
+            for (n, store) in [&first, &second, &first, &second].into_iter().enumerate() {
+                scope.spawn(move || {
+                    for round in 0..10 {
+                        task(store, &format!("writer {n} task {round}"), &[], None, 0);
+                    }
+                });
+            }
+        });
+        let last = first.read(|r| r.last_seq()).expect("last seq");
+        assert_eq!(last, 80, "two events per task");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        for heard in &heard {
+            while lock(heard).len() < 80 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            assert_eq!(*lock(heard), (1..=80).collect::<Vec<i64>>());
+        }
+    });
+}
+
 /// Each test above runs once per engine: `on_sqlite::name` and `on_postgres::name`.
 macro_rules! on_both_engines {
     ($($name:ident),* $(,)?) => {
