@@ -118,10 +118,24 @@ impl Tx<'_> {
 }
 
 impl Store {
+    /// Whether this server sweeps: always on SQLite (one server); on PostgreSQL, the one server
+    /// of those sharing the database that holds the sweeper's lock (see `store/pg.rs`).
+    pub fn is_sweeper(&self) -> Result<bool> {
+        match &self.inner.engine {
+            super::Engine::Sqlite { .. } => Ok(true),
+            super::Engine::Pg(engine) => engine.holds_sweeper_lock(),
+        }
+    }
+
     /// Expires claims and leases whose time is up. The server runs this periodically. The
     /// liveness noted in memory is persisted first, in the same transaction, so that no claim
-    /// of an agent this server has heard from expires.
+    /// of an agent this server has heard from expires. On PostgreSQL only the sweeping server
+    /// (see [`Store::is_sweeper`]) expires anything; the others only persist liveness.
     pub fn sweep(&self) -> Result<SweepReport> {
+        if !self.is_sweeper()? {
+            self.flush_liveness()?;
+            return Ok(SweepReport::default());
+        }
         self.with_heard(|tx, heard| {
             tx.record_liveness(heard)?;
             tx.sweep()

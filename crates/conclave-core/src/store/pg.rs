@@ -37,6 +37,9 @@ use super::{Reader, StoreConfig, Tx, lock};
 use crate::error::{CoreError, Result};
 use crate::model::{Event, EventFilter};
 
+/// Mixed into the store's lock key for the sweeper's lock.
+const SWEEPER_LOCK: i64 = 0x5357_4545_5045;
+
 /// How often a server looks for events other servers wrote.
 pub(super) const FOLLOW_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 /// Events read per query while following.
@@ -57,6 +60,8 @@ pub(super) struct PgEngine {
     /// The last sequence number handed to the sink (see [`PgEngine::follow`]).
     published: Mutex<i64>,
     follower_started: std::sync::atomic::AtomicBool,
+    /// The connection holding the sweeper's session lock, while this server is the sweeper.
+    sweeper: Mutex<Option<postgres::Client>>,
 }
 
 struct PoolState {
@@ -126,6 +131,7 @@ impl PgEngine {
             lock_key,
             published: Mutex::new(last_seq),
             follower_started: std::sync::atomic::AtomicBool::new(false),
+            sweeper: Mutex::new(None),
         })
     }
 
@@ -273,6 +279,31 @@ impl PgEngine {
         }
     }
 
+    /// Whether this server is the one that sweeps: the one holding a session-level advisory lock
+    /// on a connection of its own. When that server dies its connection closes, PostgreSQL
+    /// releases the lock, and the next server to try (every sweep interval) takes over.
+    pub(super) fn holds_sweeper_lock(&self) -> Result<bool> {
+        let mut sweeper = lock(&self.sweeper);
+        if let Some(client) = sweeper.as_mut() {
+            // A connection that broke has lost the lock with it.
+            if !client.is_closed() && client.simple_query("SELECT 1").is_ok() {
+                return Ok(true);
+            }
+            *sweeper = None;
+        }
+        let mut client = connect_with(&self.connect)?;
+        let held: bool = client
+            .query_one(
+                "SELECT pg_try_advisory_lock($1)",
+                &[&(self.lock_key ^ SWEEPER_LOCK)],
+            )?
+            .get(0);
+        if held {
+            *sweeper = Some(client);
+        }
+        Ok(held)
+    }
+
     /// Starts the thread that calls [`PgEngine::follow`] (once per store; it ends with the store).
     pub(super) fn start_follower(&self, store: std::sync::Weak<super::StoreInner>) {
         if self
@@ -329,12 +360,13 @@ impl Drop for PgEngine {
     /// shutdown). So the connections are closed on a thread of their own.
     fn drop(&mut self) {
         let idle = std::mem::take(&mut lock(&self.pool).idle);
-        if idle.is_empty() {
+        let sweeper = lock(&self.sweeper).take();
+        if idle.is_empty() && sweeper.is_none() {
             return;
         }
         let closing = std::thread::Builder::new()
             .name("conclave-pg-close".into())
-            .spawn(move || drop(idle));
+            .spawn(move || drop((idle, sweeper)));
         if let Ok(closing) = closing {
             let _ = closing.join();
         }

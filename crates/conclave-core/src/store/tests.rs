@@ -1726,6 +1726,25 @@ fn on_postgres_every_server_hears_every_event_in_order() {
     });
 }
 
+/// One server of those sharing a PostgreSQL database sweeps; when it goes away (its connection
+/// closes), the next to try takes over.
+#[test]
+fn on_postgres_one_server_sweeps_and_another_takes_over() {
+    with_engine(Engine::Postgres, || {
+        let (_dir, url) = testing::shared_store_url();
+        let first = Store::open_url(&url, StoreConfig::default()).expect("first server");
+        let second = Store::open_url(&url, StoreConfig::default()).expect("second server");
+        assert!(first.is_sweeper().expect("first"));
+        assert!(first.is_sweeper().expect("still the first"));
+        assert!(!second.is_sweeper().expect("second"));
+        second
+            .sweep()
+            .expect("a non-sweeper's sweep only records liveness");
+        drop(first);
+        assert!(second.is_sweeper().expect("taken over"));
+    });
+}
+
 /// Each test above runs once per engine: `on_sqlite::name` and `on_postgres::name`.
 macro_rules! on_both_engines {
     ($($name:ident),* $(,)?) => {
