@@ -490,6 +490,8 @@ pub fn is_postgres_url(url: &str) -> bool {
 }
 
 /// The engine under a store.
+// One per store, behind an `Arc`: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 enum Engine {
     Sqlite {
         writer: WriteLane,
