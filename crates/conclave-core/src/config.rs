@@ -637,6 +637,9 @@ pub const EXAMPLE_CONFIG: &str = r#"# Conclave configuration. Every setting is o
 # strict = false               # hooks deny edits when the server cannot be reached
 # keep_working = false         # the Stop hook keeps an agent going while it holds a task
 
+# [store]                      # default: .conclave/conclave.db (SQLite); see docs/store.md
+# url = "postgres://conclave@db.internal/team"   # PostgreSQL, shared by several servers
+
 [defaults]
 # command = "claude"
 # model = "sonnet"
