@@ -140,6 +140,7 @@ impl Store {
                 OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )?;
             reader.busy_timeout(std::time::Duration::from_secs(10))?;
+            reader.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
             readers.push(Mutex::new(reader));
         }
         Ok(Store::from_parts(writer, readers, config))
@@ -372,8 +373,13 @@ fn thread_index() -> usize {
     hasher.finish() as usize
 }
 
+/// Statements each SQLite connection keeps prepared: every statement of the store goes through
+/// the cache (`store/db.rs`), and there are about a hundred of them.
+const STATEMENT_CACHE: usize = 256;
+
 fn configure(conn: &Connection, durability: Durability) -> Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     conn.pragma_update(None, "journal_mode", "WAL")?;
     let synchronous = match durability {
         Durability::Normal => "NORMAL",
