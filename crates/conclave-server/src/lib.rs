@@ -491,3 +491,24 @@ pub async fn serve_project(
     eprintln!("conclave: server stopped");
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::redact_password;
+
+    #[test]
+    fn store_urls_are_shown_without_their_password() {
+        assert_eq!(
+            redact_password("postgres://conclave:s3cret@db.internal:5432/team"),
+            "postgres://conclave:***@db.internal:5432/team"
+        );
+        assert_eq!(
+            redact_password("postgres://conclave@db.internal/team"),
+            "postgres://conclave@db.internal/team"
+        );
+        assert_eq!(
+            redact_password("sqlite:///var/lib/conclave.db"),
+            "sqlite:///var/lib/conclave.db"
+        );
+    }
+}
