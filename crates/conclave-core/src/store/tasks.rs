@@ -249,6 +249,10 @@ impl Reader<'_> {
     /// Fills in `depends_on` for `tasks`: through the edges' primary key, task by task, for a few;
     /// in one pass over the edges for many.
     fn attach_dependencies(&self, tasks: &mut [Task]) -> Result<()> {
+        if self.conn().is_postgres() && tasks.len() > 1 {
+            // A lookup per task would be a network round trip per task: one query instead.
+            return self.attach_dependencies_at_once(tasks);
+        }
         if tasks.len() <= DEPENDENCY_LOOKUPS_MAX {
             for task in tasks.iter_mut() {
                 task.depends_on = self.dependencies(task.id)?;
@@ -263,6 +267,26 @@ impl Reader<'_> {
         let mut by_task: std::collections::HashMap<i64, Vec<TaskId>> = Default::default();
         for edge in edges {
             let (task, dep) = edge;
+            by_task.entry(task).or_default().push(TaskId(dep));
+        }
+        for task in tasks.iter_mut() {
+            task.depends_on = by_task.remove(&task.id.0).unwrap_or_default();
+        }
+        Ok(())
+    }
+
+    /// [`Reader::attach_dependencies`] in one query over the tasks' ids (PostgreSQL).
+    fn attach_dependencies_at_once(&self, tasks: &mut [Task]) -> Result<()> {
+        let ids: Vec<i64> = tasks.iter().map(|task| task.id.0).collect();
+        let edges = self.conn().query_map(
+            "SELECT task_id, depends_on FROM task_deps
+             WHERE task_id = ANY (ARRAY(SELECT jsonb_array_elements_text(?1::jsonb)::bigint))
+             ORDER BY depends_on",
+            params![serde_json::to_string(&ids)?],
+            |row| Ok((row.get::<i64>(0)?, row.get::<i64>(1)?)),
+        )?;
+        let mut by_task: std::collections::HashMap<i64, Vec<TaskId>> = Default::default();
+        for (task, dep) in edges {
             by_task.entry(task).or_default().push(TaskId(dep));
         }
         for task in tasks.iter_mut() {
