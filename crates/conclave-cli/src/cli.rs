@@ -36,6 +36,10 @@ pub enum Command {
     /// Create, list, claim and finish tasks
     #[command(subcommand)]
     Task(TaskCommand),
+    /// Move a project's store: `conclave store migrate --from .conclave/conclave.db --to
+    /// postgres://...`
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Lease files or globs to the current agent (exits 4 when someone else holds one)
     Lock(LockArgs),
     /// Release file leases
@@ -190,6 +194,10 @@ pub struct BenchArgs {
     /// Tasks of history the scale run's server starts on (0 skips it)
     #[arg(long, default_value_t = 100_000)]
     pub scale_tasks: usize,
+    /// Also run every phase on this PostgreSQL database (postgres://..., in a throwaway schema
+    /// dropped afterwards), and print its figures after SQLite's
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
     /// Print JSON instead of tables
     #[arg(long)]
     pub json: bool,
@@ -279,6 +287,28 @@ pub struct ServeArgs {
     /// Allow listening on a non-loopback address
     #[arg(long)]
     pub allow_remote: bool,
+    /// The store: postgres://... (shared by several servers) or sqlite://PATH; overrides
+    /// `[store] url` in conclave.toml (default .conclave/conclave.db)
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy a project's whole history into a new, empty store, and check the copy (row counts
+    /// of every table, the event log's digest). Stop the project's server first
+    Migrate(StoreMigrateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StoreMigrateArgs {
+    /// The store to copy: a SQLite file (`.conclave/conclave.db`, or sqlite://PATH) or
+    /// postgres://...
+    #[arg(long, value_name = "URL")]
+    pub from: String,
+    /// The new store: postgres://user@host/db (or a SQLite file); must be empty
+    #[arg(long, value_name = "URL")]
+    pub to: String,
 }
 
 #[derive(Debug, Subcommand)]

@@ -16,6 +16,7 @@ mod note;
 mod queue;
 mod serve;
 mod status;
+mod store;
 mod task;
 mod up;
 
@@ -35,6 +36,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => bench::run(args).await,
+        Command::Store(command) => store::run(command).await,
         Command::Demo(args) => demo::run(args).await,
         command => {
             let context = Context::from_env()?;
@@ -43,6 +45,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 | Command::Serve(_)
                 | Command::Bench(_)
                 | Command::Hook(_)
+                | Command::Store(_)
                 | Command::Demo(_) => {
                     unreachable!("handled above")
                 }

@@ -27,6 +27,35 @@ pub struct Config {
     /// `[merge]`: present, the server runs the merge queue (issue 11, docs/worktrees.md).
     #[serde(default)]
     pub merge: Option<MergeSection>,
+    /// `[store]`: where the server keeps its state (default: `.conclave/conclave.db`).
+    #[serde(default)]
+    pub store: StoreSection,
+}
+
+/// `[store]`: the database the server uses.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// `postgres://user@host/db` (a PostgreSQL database several servers may share), or
+    /// `sqlite://PATH` (a SQLite file); left out, the project's `.conclave/conclave.db`.
+    pub url: Option<String>,
+}
+
+/// Checks a store URL as `[store] url` and `--store` take it: `postgres://` or `postgresql://`
+/// (parsed as PostgreSQL's own URL syntax), or `sqlite://` followed by a path.
+pub fn validate_store_url(url: &str) -> Result<(), String> {
+    if crate::store::is_postgres_url(url) {
+        return url
+            .parse::<postgres::Config>()
+            .map(|_| ())
+            .map_err(|error| format!("{url:?} is not a PostgreSQL URL: {error}"));
+    }
+    match url.strip_prefix("sqlite://") {
+        Some(path) if !path.is_empty() => Ok(()),
+        _ => Err(format!(
+            "{url:?}: expected postgres://..., postgresql://... or sqlite://PATH"
+        )),
+    }
 }
 
 /// The integration branch [`MergeSection::into`] defaults to.
@@ -538,6 +567,9 @@ impl Config {
         if let Some(merge) = &self.merge {
             merge.validate()?;
         }
+        if let Some(url) = &self.store.url {
+            validate_store_url(url).map_err(|error| format!("[store] url = {error}"))?;
+        }
         Ok(())
     }
 
@@ -649,6 +681,9 @@ pub const EXAMPLE_CONFIG: &str = r#"# Conclave configuration. Every setting is o
 # tls_cert = "tls/cert.pem"    # with tls_key: serve HTTPS (a server other hosts reach)
 # tls_key = "tls/key.pem"
 # tls_ca = "tls/ca.pem"        # clients of this clone trust this CA too (or CONCLAVE_CA_CERT)
+
+# [store]                      # default: .conclave/conclave.db (SQLite); see docs/store.md
+# url = "postgres://conclave@db.internal/team"   # PostgreSQL, shared by several servers
 
 [defaults]
 # command = "claude"
@@ -896,5 +931,23 @@ env = { A = "b" }
             let parsed = parse_listen(text).ok().map(|addr| addr.to_string());
             assert_eq!(parsed.as_deref(), expected, "{text}");
         }
+    }
+
+    #[test]
+    fn a_store_url_is_postgres_or_sqlite_and_checked_at_load() {
+        let config = Config::parse("[store]\nurl = \"postgres://conclave@db.internal/team\"\n")
+            .expect("postgres");
+        assert_eq!(
+            config.store.url.as_deref(),
+            Some("postgres://conclave@db.internal/team")
+        );
+        Config::parse("[store]\nurl = \"sqlite:///var/lib/conclave.db\"\n").expect("sqlite");
+        let error = Config::parse("[store]\nurl = \"mysql://x\"\n").expect_err("mysql");
+        assert!(error.contains("[store] url"), "{error}");
+        let error =
+            Config::parse("[store]\nurl = \"postgres://x:notaport/db\"\n").expect_err("bad port");
+        assert!(error.contains("not a PostgreSQL URL"), "{error}");
+        let error = Config::parse("[store]\npath = \"x\"\n").expect_err("unknown key");
+        assert!(error.contains("path"), "{error}");
     }
 }

@@ -14,6 +14,7 @@ mod queue;
 mod retry;
 mod serve;
 mod steering;
+mod store;
 mod support;
 mod terminal;
 mod tokens;
