@@ -152,6 +152,11 @@ pub struct LoopArgs {
     /// Seconds the check may run before it counts as failed
     #[arg(long, value_name = "SECS", default_value_t = conclave_supervisor::loop_run::DEFAULT_CHECK_TIMEOUT.as_secs())]
     pub check_timeout: u64,
+    /// Wait for a person before each iteration after the first: Enter continues, s stops
+    /// (exit 6), e edits the prompt in $EDITOR; or answer on the dashboard's "waiting for you"
+    /// list (POST /api/agents/NAME/confirm)
+    #[arg(long)]
+    pub confirm: bool,
 }
 
 #[derive(Debug, Args)]
