@@ -188,6 +188,9 @@ pub struct LoopExtras {
     /// Appended to the loop's own protocol prompt (a loop inside `up` is told to claim one task
     /// per iteration).
     pub extra_prompt: Option<String>,
+    /// The client's settings (command, tools, env, the agent's own prompt) of a `[[agent]]`
+    /// with `mode = "loop"`; none builds them from the [`LoopOptions`] alone.
+    pub settings: Option<AgentSettings>,
     /// Wait for a person before each iteration after the first.
     pub confirm: Option<ConfirmEach>,
     /// A loop inside `conclave up`: an iteration runs only when a ready task fits the loop
@@ -240,8 +243,18 @@ pub async fn run_loop_with(
     let strict = false;
     let joined = prepare_agent(project, admin, &registration, strict).await?;
     let mut plan = loop_plan(options, project.root());
+    if let Some(settings) = extras.settings.take() {
+        // The loop's protocol first, then the agent's own prompt, as for team agents.
+        let own = settings.prompt.clone();
+        plan.settings = settings;
+        plan.settings.prompt = Some(match own {
+            Some(own) => format!("{LOOP_PROMPT}\n\n{own}"),
+            None => LOOP_PROMPT.to_string(),
+        });
+    }
     if let Some(extra) = &extras.extra_prompt {
-        plan.settings.prompt = Some(format!("{LOOP_PROMPT}\n\n{extra}"));
+        let base = plan.settings.prompt.clone().unwrap_or_default();
+        plan.settings.prompt = Some(format!("{base}\n\n{extra}"));
     }
     plan.role = extras.role.clone();
     plan.caps = extras.caps.clone();

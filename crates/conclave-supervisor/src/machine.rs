@@ -454,7 +454,28 @@ pub struct Team {
     ended: bool,
     /// `[defaults] team_budget_usd` was reached: every agent was stopped.
     team_budget_spent: bool,
+    /// The team's loops (`mode = "loop"`), which the driver runs beside the machine.
+    pub loops: Loops,
     out: Vec<Effect>,
+}
+
+/// What the machine knows of the team's loops (`mode = "loop"` agents): the driver runs them
+/// (each a `conclave loop` of its own); the team is not quiet while one runs, and a loop that
+/// could not run at all counts like an agent that could not.
+#[derive(Debug, Clone, Default)]
+pub struct Loops {
+    pub running: usize,
+    pub ended: Vec<LoopEnded>,
+}
+
+/// How one of the team's loops ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoopEnded {
+    pub name: String,
+    /// Why no iteration could run, when none could.
+    pub could_not_run: Option<String>,
+    /// Its line in the outcome.
+    pub summary: String,
 }
 
 /// The phase of an agent in a word.
@@ -510,6 +531,7 @@ impl Team {
             waiting_for: Vec::new(),
             ended: false,
             team_budget_spent: false,
+            loops: Loops::default(),
             out: Vec::new(),
         }
     }
@@ -1492,6 +1514,7 @@ impl Team {
             return;
         }
         let quiet = !self.dirty
+            && self.loops.running == 0
             && !self
                 .out
                 .iter()
@@ -1530,22 +1553,26 @@ impl Team {
             .iter()
             .filter(|task| !matches!(task.status, TaskStatus::Done | TaskStatus::Cancelled))
             .collect();
-        let none_could_run = self
-            .agents
-            .iter()
-            .all(|a| a.is_gone() && a.could_not_run && !a.worked);
-        if none_could_run {
-            let why: Vec<String> = self
+        let none_could_run = (self.agents.len() + self.loops.ended.len()) > 0
+            && self
                 .agents
                 .iter()
-                .map(|a| {
-                    format!(
-                        "{}: {}",
-                        a.plan.name,
-                        a.trouble.as_deref().unwrap_or("stopped")
-                    )
-                })
-                .collect();
+                .all(|a| a.is_gone() && a.could_not_run && !a.worked)
+            && self.loops.ended.iter().all(|l| l.could_not_run.is_some());
+        if none_could_run {
+            let agents = self.agents.iter().map(|a| {
+                format!(
+                    "{}: {}",
+                    a.plan.name,
+                    a.trouble.as_deref().unwrap_or("stopped")
+                )
+            });
+            let loops = self
+                .loops
+                .ended
+                .iter()
+                .map(|l| format!("{}: {}", l.name, l.could_not_run.as_deref().unwrap_or("?")));
+            let why: Vec<String> = agents.chain(loops).collect();
             self.end(Outcome::Failed {
                 reason: format!("no agent could run ({})", why.join("; ")),
             });
@@ -1658,7 +1685,12 @@ impl Team {
 
     /// One line per agent, for the outcome.
     pub fn summaries(&self) -> Vec<String> {
-        self.agents.iter().map(AgentState::summary).collect()
+        let loops = self.loops.ended.iter().map(|l| l.summary.clone());
+        self.agents
+            .iter()
+            .map(AgentState::summary)
+            .chain(loops)
+            .collect()
     }
 
     // ---- ending -----------------------------------------------------------------------------
@@ -2565,6 +2597,46 @@ mod tests {
             assert!(asked, "the last quiet tick reads the team");
             ended(&self.read(tasks, &[]))
         }
+    }
+
+    #[test]
+    fn a_running_loop_keeps_the_team_from_deciding_and_a_loop_that_never_ran_fails_it() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        team.idle_after_a_turn(0, 0.1);
+        team.read(Vec::new(), &[]);
+        team.team.loops.running = 1;
+        assert!(
+            (0..10).all(|n| reads(&team.at(11 + n).tick()).is_none()),
+            "no outcome while a loop runs"
+        );
+        team.team.loops.running = 0;
+        team.team.loops.ended.push(LoopEnded {
+            name: "fixer".into(),
+            could_not_run: None,
+            summary: "fixer: no task is left for it".into(),
+        });
+        let done = vec![task(1, TaskStatus::Done, None, None)];
+        assert_eq!(team.quiet_outcome(30, done), Some(Outcome::Finished));
+        assert!(
+            team.team
+                .summaries()
+                .contains(&"fixer: no task is left for it".to_string())
+        );
+
+        // A team of one loop that could not start: failed, naming why.
+        let mut lonely = Harness::new(Vec::new());
+        lonely.team.loops.ended.push(LoopEnded {
+            name: "fixer".into(),
+            could_not_run: Some("cannot start claude".into()),
+            summary: String::new(),
+        });
+        let Some(Outcome::Failed { reason }) =
+            lonely.quiet_outcome(1, vec![task(1, TaskStatus::Ready, None, None)])
+        else {
+            panic!("a team whose only loop never ran has failed");
+        };
+        assert!(reason.contains("fixer: cannot start claude"), "{reason}");
     }
 
     #[test]

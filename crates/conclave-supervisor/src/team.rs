@@ -24,11 +24,13 @@ use conclave_core::model::{
 use conclave_core::project::Project;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent_files::{AgentFiles, JoinedAgent, prepare_agent};
 use crate::follow::follow_events;
-use crate::machine::{AgentState, Effect, Input, Outcome, SavedState, Team, TeamView};
+use crate::loop_agent::{LoopAgent, spawn_loop, split_loops};
+use crate::machine::{AgentState, Effect, Input, LoopEnded, Outcome, SavedState, Team, TeamView};
 use crate::plan;
 use crate::process::{ClientProcesses, Launch, ProcessReport, ProcessSide};
 use crate::stream::parse_line;
@@ -165,6 +167,9 @@ pub struct Supervisor {
     admin: Client,
     team: Team,
     launches: Vec<AgentLaunch>,
+    project: Project,
+    /// `mode = "loop"` agents, run beside the team (see [`crate::loop_agent`]).
+    loops: Vec<LoopAgent>,
 }
 
 impl Supervisor {
@@ -178,6 +183,7 @@ impl Supervisor {
         check_team(project)?;
         let config = Config::load(&project.config_file())?;
         let plans = plan::plan_team(&config, project.root())?;
+        let (plans, loops) = split_loops(&config, plans);
         let mut agents = Vec::new();
         let mut launches = Vec::new();
         for plan in plans {
@@ -202,15 +208,19 @@ impl Supervisor {
             admin,
             team: Team::new(agents, options.stay),
             launches,
+            project: project.clone(),
+            loops,
         })
     }
 
     /// The agents' names, in order.
     pub fn names(&self) -> Vec<String> {
+        let loops = self.loops.iter().map(|agent| agent.plan.name.clone());
         self.team
             .agents
             .iter()
             .map(|agent| agent.plan.name.clone())
+            .chain(loops)
             .collect()
     }
 
@@ -228,12 +238,22 @@ impl Supervisor {
             follow_stop.clone(),
         ));
         let (reports_tx, mut reports) = mpsc::channel(1024);
+        let loops_stop = shutdown.child_token();
+        let mut loops = JoinSet::new();
+        let mut team = self.team;
+        for agent in self.loops {
+            team.loops.running += 1;
+            let (project, admin) = (self.project.clone(), self.admin.clone());
+            spawn_loop(&mut loops, project, admin, agent, loops_stop.clone());
+        }
         let mut driver = Driver {
             url: self.admin.base_url().to_string(),
-            team: self.team,
+            team,
             launches: self.launches,
             processes: ClientProcesses::new(reports_tx),
             server: ApiServer { admin: self.admin },
+            loops,
+            loops_stop,
         };
         let outcome = driver.run(&mut reports, &mut events, shutdown).await;
         follow_stop.cancel();
@@ -276,6 +296,10 @@ struct Driver<P, S> {
     url: String,
     processes: P,
     server: S,
+    /// The team's loops (`mode = "loop"`), each ending with its line for the outcome.
+    loops: JoinSet<LoopEnded>,
+    /// Ends the loops when the run ends.
+    loops_stop: CancellationToken,
 }
 
 impl<P: ProcessSide, S: ServerSide> Driver<P, S> {
@@ -297,12 +321,31 @@ impl<P: ProcessSide, S: ServerSide> Driver<P, S> {
                 () = shutdown.cancelled() => break Outcome::Stopped,
                 Some(report) = reports.recv() => self.input_of(report),
                 Some(event) = events.recv() => Input::Event(event),
+                Some(ended) = self.loops.join_next(), if !self.loops.is_empty() => {
+                    self.team.loops.running = self.team.loops.running.saturating_sub(1);
+                    match ended {
+                        Ok(ended) => self.team.loops.ended.push(ended),
+                        Err(error) => tracing::warn!(%error, "a loop's task ended abnormally"),
+                    }
+                    // Its iterations may have left work for the others, or nothing at all.
+                    Input::Tick
+                }
                 _ = ticker.tick() => Input::Tick,
             };
             if let Some(outcome) = self.feed(input).await {
                 break outcome;
             }
         };
+        // Loops still running when the run ends (a stop, a failed login) are interrupted and
+        // awaited like the agents' processes.
+        self.loops_stop.cancel();
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_WAIT;
+        while let Ok(Some(ended)) = tokio::time::timeout_at(deadline, self.loops.join_next()).await
+        {
+            if let Ok(ended) = ended {
+                self.team.loops.ended.push(ended);
+            }
+        }
         // Where each agent was when the run ended, not after the shutdown.
         let summaries = self.team.summaries();
         self.stop_all(reports).await;
@@ -671,6 +714,8 @@ mod tests {
                 seen: seen.clone(),
             },
             server: RecordingServer { seen: seen.clone() },
+            loops: JoinSet::new(),
+            loops_stop: CancellationToken::new(),
         };
         (driver, reports, seen)
     }
