@@ -31,8 +31,8 @@ use conclave_core::event::{
     AgentRestarted, AgentStarted, AgentText, AgentTool, AgentTurn, AgentWoken, Topic,
 };
 use conclave_core::model::{
-    Agent, AgentAction, AgentStatus, AgentUpdate, Event, EventPayload, MessageKind, Task, TaskId,
-    TaskStatus,
+    Agent, AgentAction, AgentStatus, AgentUpdate, Event, EventPayload, MessageKind, QueueState,
+    QueueView, Task, TaskId, TaskStatus,
 };
 use conclave_core::store::is_held;
 use serde::{Deserialize, Serialize};
@@ -140,6 +140,9 @@ pub struct TeamView {
     pub tasks: Vec<Task>,
     /// Unacknowledged message ids per recipient.
     pub unread: HashMap<String, HashSet<String>>,
+    /// The merge queue, read when a task is in review (to tell a paused queue, which waits for
+    /// a person, from one that is landing).
+    pub queue: Option<QueueView>,
 }
 
 /// What the state machine reacts to.
@@ -476,6 +479,66 @@ pub struct LoopEnded {
     pub could_not_run: Option<String>,
     /// Its line in the outcome.
     pub summary: String,
+}
+
+/// What a quiet team with tasks in review waits for, in words: a person's approval, a person to
+/// resume the paused merge queue, or the merge queue landing them. Neither is a stall.
+fn waiting_text(in_review: &[&Task], queue: Option<&QueueView>) -> String {
+    let queued = |task: &Task| {
+        queue.is_some_and(|queue| {
+            queue.entries.iter().any(|entry| {
+                entry.task == task.id
+                    && matches!(entry.state, QueueState::Queued | QueueState::Merging)
+            })
+        })
+    };
+    let paused = queue.is_some_and(|queue| queue.paused);
+    let named = |tasks: Vec<&&Task>| -> String {
+        let names: Vec<String> = tasks
+            .iter()
+            .map(|task| format!("{} {:?}", task.id, task.title))
+            .collect();
+        names.join(", ")
+    };
+    let (in_queue, outside): (Vec<&&Task>, Vec<&&Task>) =
+        in_review.iter().partition(|task| queued(task));
+    let (approvals, reviews): (Vec<&&Task>, Vec<&&Task>) =
+        outside.into_iter().partition(|task| task.awaiting_approval);
+    let mut person = Vec::new();
+    if !approvals.is_empty() {
+        person.push(format!(
+            "{} waiting for approval (`conclave task approve|reject ID`, or the dashboard)",
+            named(approvals)
+        ));
+    }
+    if !reviews.is_empty() {
+        person.push(format!(
+            "{} in review (approve or reopen it)",
+            named(reviews)
+        ));
+    }
+    if paused && !in_queue.is_empty() {
+        person.push(format!(
+            "{} in the paused merge queue (`conclave queue resume`)",
+            named(in_queue.clone())
+        ));
+    }
+    let mut text = if person.is_empty() {
+        String::new()
+    } else {
+        format!("waiting for a person: {}", person.join("; "))
+    };
+    if !paused && !in_queue.is_empty() {
+        if !text.is_empty() {
+            text.push_str("; ");
+        }
+        text.push_str(&format!(
+            "waiting for the merge queue to land {}",
+            named(in_queue)
+        ));
+    }
+    text.push_str(" (Ctrl-C or `conclave down` stops the team)");
+    text
 }
 
 /// The phase of an agent in a word.
@@ -908,6 +971,11 @@ impl Team {
             || lower.contains("/login")
         {
             self.on_auth_failure(index, &format!("the client said {text:?}"));
+            return;
+        }
+        // A turn the supervisor itself interrupted (a budget spent, a stop asked for) ends with
+        // an error result: that is the stop's doing, already said, not a failure to report.
+        if self.agents[index].stopping.is_some() {
             return;
         }
         let name = self.agents[index].plan.name.clone();
@@ -1590,15 +1658,7 @@ impl Team {
         if !in_review.is_empty() {
             let ids: Vec<TaskId> = in_review.iter().map(|task| task.id).collect();
             if ids != self.waiting_for {
-                let named: Vec<String> = in_review
-                    .iter()
-                    .map(|task| format!("{} {:?}", task.id, task.title))
-                    .collect();
-                self.say(format!(
-                    "waiting for a person: {} in review (approve or reopen it; Ctrl-C or \
-                     `conclave down` stops the team)",
-                    named.join(", ")
-                ));
+                self.say(waiting_text(&in_review, view.queue.as_ref()));
                 self.waiting_for = ids;
             }
             self.quiet_ticks = 0;
@@ -1678,7 +1738,12 @@ impl Team {
                 Some(reason) => format!("{head}: blocked: {reason}"),
                 None => format!("{head}: blocked"),
             },
-            TaskStatus::Failed => format!("{head}: failed"),
+            // A failed task is work left, not work done: `finished` is every task done or
+            // cancelled (cancel it, or reopen it for another try).
+            TaskStatus::Failed => match &task.result {
+                Some(reason) => format!("{head}: failed: {}", truncate(reason, 200)),
+                None => format!("{head}: failed"),
+            },
             _ => head,
         }
     }
@@ -1946,7 +2011,7 @@ mod tests {
         fn read(&mut self, tasks: Vec<Task>, unread: &[(&str, &str)]) -> Vec<Effect> {
             let mut view = TeamView {
                 tasks,
-                unread: HashMap::new(),
+                ..TeamView::default()
             };
             for (agent, id) in unread {
                 view.unread
@@ -2289,6 +2354,34 @@ mod tests {
         assert!(!kinds(&ended).contains(&"agent.budget_exceeded"));
         team.exit(0, "signal 2");
         assert_eq!(team.team.agents[0].phase, Phase::Stopped);
+    }
+
+    #[test]
+    fn a_turn_interrupted_for_the_budget_ending_in_an_error_is_not_a_turn_error() {
+        let mut team = Harness::new(vec![with_budget(plan("a"), 1.0)]);
+        team.start_all();
+        team.init(0, "s1");
+        team.line(0, StreamUpdate::Cost { total_usd: 1.5 });
+        let interrupted = team.line(
+            0,
+            StreamUpdate::Result {
+                cost_usd: Some(1.6),
+                context_window: None,
+                is_error: true,
+                session_id: Some("s1".into()),
+                num_turns: Some(1),
+                text: None,
+            },
+        );
+        assert!(alerts(&interrupted).is_empty(), "{interrupted:?}");
+        assert!(
+            team.team.agents[0]
+                .trouble
+                .as_deref()
+                .is_some_and(|why| !why.contains("last turn failed")),
+            "{:?}",
+            team.team.agents[0].trouble
+        );
     }
 
     #[test]
@@ -2735,6 +2828,72 @@ mod tests {
         assert!(
             !second.iter().any(|e| matches!(e, Effect::Say(_))),
             "{second:?}"
+        );
+    }
+
+    #[test]
+    fn a_paused_merge_queue_with_entries_waits_for_a_person_and_a_failed_task_stalls() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        team.idle_after_a_turn(0, 0.1);
+        team.read(Vec::new(), &[]);
+        let queued = task(5, TaskStatus::Review, None, Some("a"));
+        let entry = |state| conclave_core::model::QueueEntry {
+            task: TaskId(5),
+            branch: "conclave/a/T-5".into(),
+            agent: "a".into(),
+            position: 1,
+            state,
+            attempts: 0,
+            outcome: None,
+            enqueued_at: chrono::Utc::now(),
+            updated_at: chrono::Utc::now(),
+        };
+        let view = |paused| TeamView {
+            tasks: vec![queued.clone()],
+            queue: Some(QueueView {
+                paused,
+                paused_reason: None,
+                entries: vec![entry(QueueState::Queued)],
+            }),
+            ..TeamView::default()
+        };
+        for n in 0..QUIET_TICKS_TO_FINISH {
+            team.at(11 + u64::from(n)).tick();
+        }
+        let effects = team.step(Input::TeamRead(view(true)));
+        assert!(ended(&effects).is_none(), "not stalled: {effects:?}");
+        let said: Vec<&String> = effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Say(text) => Some(text),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            said.iter().any(|text| text.contains("waiting for a person")
+                && text.contains("paused merge queue")
+                && text.contains("T-5")),
+            "{said:?}"
+        );
+        assert_eq!(
+            waiting_text(&[&queued], Some(&view(false).queue.expect("queue")))
+                .contains("waiting for the merge queue to land T-5"),
+            true
+        );
+
+        let mut failing = Harness::new(vec![plan("a")]);
+        failing.start_all();
+        failing.idle_after_a_turn(0, 0.1);
+        failing.read(Vec::new(), &[]);
+        let mut failed = task(6, TaskStatus::Failed, None, None);
+        failed.result = Some("the tests do not build".into());
+        let Some(Outcome::Stalled { reason }) = failing.quiet_outcome(11, vec![failed]) else {
+            panic!("a failed task is work left: stalled");
+        };
+        assert!(
+            reason.contains("T-6") && reason.contains("failed: the tests do not build"),
+            "{reason}"
         );
     }
 

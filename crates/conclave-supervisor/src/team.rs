@@ -19,7 +19,7 @@ use conclave_client::{Client, ENV_AGENT, ENV_TOKEN, ENV_URL, segment};
 use conclave_core::config::Config;
 use conclave_core::event::AgentCrashed;
 use conclave_core::model::{
-    AgentUpdate, Event, EventPayload, MessageList, NewAgent, NewEvent, StatusReport,
+    AgentUpdate, Event, EventPayload, MessageList, NewAgent, NewEvent, QueueView, StatusReport,
 };
 use conclave_core::project::Project;
 use serde_json::{Value, json};
@@ -105,9 +105,26 @@ impl ServerSide for ApiServer {
         } else {
             HashMap::new()
         };
+        // Only a task in review can wait in the merge queue: no read otherwise.
+        let queue = if status
+            .tasks
+            .iter()
+            .any(|task| task.status == conclave_core::model::TaskStatus::Review)
+        {
+            match self.admin.get::<QueueView>("/api/queue", &[]).await {
+                Ok(queue) => Some(queue),
+                Err(error) => {
+                    tracing::warn!(error = %format!("{error:#}"), "cannot read the merge queue");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         Ok(TeamView {
             tasks: status.tasks,
             unread,
+            queue,
         })
     }
 }

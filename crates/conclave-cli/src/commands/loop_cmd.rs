@@ -51,8 +51,8 @@ pub async fn run(context: &Context, args: LoopArgs) -> anyhow::Result<()> {
         args.prompt.display()
     );
     anyhow::ensure!(
-        args.until.is_some() || args.max.is_some() || args.budget.is_some(),
-        "give --until, --max or --budget: otherwise the loop never ends"
+        args.until.is_some() || args.max.is_some() || args.budget.is_some() || args.confirm,
+        "give --until, --max, --budget or --confirm: otherwise the loop never ends"
     );
     let url = reachable_url(&context.server_url()?);
     let admin = admin_client(project, &url)?;
