@@ -320,12 +320,8 @@ pub async fn run_loop_with(
         if extras.one_task_each {
             // A task the iteration claimed and did not finish would otherwise stay held by a
             // session that is gone: it returns to the board for the next iteration (or anyone).
-            let path = format!("/api/agents/{}/release", segment(&options.agent));
-            let reason =
-                serde_json::json!({"reason": format!("iteration {number} of the loop ended")});
-            if let Err(error) = admin.post::<_, Value>(&path, &reason).await {
-                tracing::warn!(error = %format!("{error:#}"), "cannot release the loop's tasks");
-            }
+            let reason = format!("iteration {number} of the loop ended without finishing it");
+            release_unfinished(admin, &options.agent, &reason).await;
         }
         on_iteration(&report);
         let interrupted = report.interrupted || interrupt.is_cancelled();
@@ -379,6 +375,32 @@ enum TaskWait {
     Interrupted,
 }
 
+/// Returns the tasks `agent` holds unfinished (claimed or in progress) to the board, when it
+/// holds any; answers whether it did. Tasks it put in review or marked blocked stay as they are.
+async fn release_unfinished(admin: &Client, agent: &str, reason: &str) -> bool {
+    let Ok(status) = admin.get::<StatusReport>("/api/status", &[]).await else {
+        return false;
+    };
+    let holds = status.tasks.iter().any(|task| {
+        task.assignee.as_deref() == Some(agent)
+            && matches!(task.status, TaskStatus::Claimed | TaskStatus::InProgress)
+    });
+    if !holds {
+        return false;
+    }
+    let path = format!("/api/agents/{}/release", segment(agent));
+    match admin
+        .post::<_, Value>(&path, &serde_json::json!({ "reason": reason }))
+        .await
+    {
+        Ok(_) => true,
+        Err(error) => {
+            tracing::warn!(error = %format!("{error:#}"), "cannot release the loop's tasks");
+            false
+        }
+    }
+}
+
 /// How often a loop with nothing to do looks at the board again.
 const TASK_POLL: Duration = Duration::from_secs(2);
 
@@ -390,6 +412,9 @@ async fn wait_for_a_task(
     fits: &TaskFit<'_>,
     interrupt: &CancellationToken,
 ) -> TaskWait {
+    // Looked at again at once after the first release only: a task that stays held after that
+    // is waited on like the others, at the poll's pace.
+    let mut released = false;
     loop {
         if let Ok(status) = admin.get::<StatusReport>("/api/status", &[]).await {
             let fitting =
@@ -401,6 +426,14 @@ async fn wait_for_a_task(
                 .any(|task| task.status == TaskStatus::Ready);
             if ready {
                 return TaskWait::Ready;
+            }
+            // A task handed back to the loop while no iteration ran (a person rejected what it
+            // finished) is held by no live session: back to the board, for the next iteration.
+            if release_unfinished(admin, fits.name, "handed back while no iteration ran").await
+                && !released
+            {
+                released = true;
+                continue;
             }
             let may_come = status.tasks.iter().filter(fitting).any(|task| {
                 matches!(

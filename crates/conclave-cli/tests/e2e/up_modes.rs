@@ -153,3 +153,75 @@ async fn the_team_budget_stops_every_agent_with_an_alert_and_the_team_stalls() -
     );
     Ok(())
 }
+
+/// Polls `conclave task show ID --json` until `check` holds.
+async fn wait_task(
+    team: &crate::support::Team,
+    id: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Result<Value> {
+    let deadline = tokio::time::Instant::now() + AGENT_TIMEOUT;
+    loop {
+        let task = team.conclave_json(&["task", "show", id, "--json"]).await?;
+        if check(&task) {
+            return Ok(task);
+        }
+        ensure!(tokio::time::Instant::now() < deadline, "{what}: {task:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loop_agents_rejected_task_is_taken_up_again_by_its_next_iteration() -> Result<()> {
+    let _serial = serial().await;
+    let script = Script::new().agent_fn(&api_key("fixer"), worker);
+    let members = [Member {
+        name: "fixer",
+        role: Some("fixer"),
+        extra: "mode = \"loop\"\nmax_iterations = 4\n",
+    }];
+    let Some(up_team) = UpTeam::start(script, &members).await? else {
+        return Ok(());
+    };
+    let team = &up_team.team;
+    let id = team
+        .conclave(&[
+            "task",
+            "add",
+            "Fix the parser",
+            "--role",
+            "fixer",
+            "--approve",
+        ])
+        .await?;
+    let up = up_team.up(&[])?;
+    wait_task(team, &id, "the first finish waits for approval", |task| {
+        task["awaiting_approval"] == true
+    })
+    .await?;
+    team.conclave(&[
+        "task",
+        "reject",
+        &id,
+        "--comment",
+        "Handle empty input too.",
+    ])
+    .await?;
+    wait_task(team, &id, "the second finish waits for approval", |task| {
+        task["awaiting_approval"] == true && task["attempts"].as_i64() >= Some(1)
+    })
+    .await?;
+    team.conclave(&["task", "approve", &id]).await?;
+    let stderr = crate::supervisor::finished(up).await?;
+    ensure!(stderr.contains("outcome: finished"), "{stderr}");
+    let task = team.conclave_json(&["task", "show", &id, "--json"]).await?;
+    ensure!(task["status"] == "done", "{task:#}");
+    let events = events(team).await?;
+    let iterations = events
+        .iter()
+        .filter(|e| e["kind"] == "agent.iteration" && e["agent"] == "fixer")
+        .count();
+    ensure!(iterations == 2, "one iteration per attempt: {iterations}");
+    Ok(())
+}
