@@ -92,6 +92,10 @@ pub fn spawn_loop(
             caps: agent.plan.caps.clone(),
             settings: Some(settings),
             one_task_each: true,
+            on_waiting: Some(Box::new({
+                let name = name.clone();
+                move |why: &str| eprintln!("conclave: {name} waits: {why}")
+            })),
             ..LoopExtras::default()
         };
         eprintln!("conclave: {name} runs as a loop (one task per iteration)");

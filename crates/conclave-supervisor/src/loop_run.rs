@@ -197,6 +197,9 @@ pub struct LoopExtras {
     /// (it claims one per iteration); while none does but other work may still make one ready,
     /// it waits; when no work is left that could, it ends ([`LoopEnd::NoTaskLeft`]).
     pub one_task_each: bool,
+    /// With `one_task_each`: told what the loop waits for when no ready task fits it (the
+    /// tasks that may still become ready, and why they are not), again when that changes.
+    pub on_waiting: Option<Box<dyn FnMut(&str) + Send>>,
 }
 
 /// Runs the loop. `url` is the server as agents reach it; `on_iteration` is called after each
@@ -289,7 +292,7 @@ pub async fn run_loop_with(
                 role: extras.role.as_deref(),
                 caps: &extras.caps,
             };
-            match wait_for_a_task(admin, &fits, &interrupt).await {
+            match wait_for_a_task(admin, &fits, &mut extras.on_waiting, &interrupt).await {
                 TaskWait::Ready => {}
                 TaskWait::NoneLeft => break LoopEnd::NoTaskLeft,
                 TaskWait::Interrupted => break LoopEnd::Interrupted,
@@ -410,8 +413,10 @@ const TASK_POLL: Duration = Duration::from_secs(2);
 async fn wait_for_a_task(
     admin: &Client,
     fits: &TaskFit<'_>,
+    on_waiting: &mut Option<Box<dyn FnMut(&str) + Send>>,
     interrupt: &CancellationToken,
 ) -> TaskWait {
+    let mut said = String::new();
     // Looked at again at once after the first release only: a task that stays held after that
     // is waited on like the others, at the poll's pace.
     let mut released = false;
@@ -435,17 +440,34 @@ async fn wait_for_a_task(
                 released = true;
                 continue;
             }
-            let may_come = status.tasks.iter().filter(fitting).any(|task| {
-                matches!(
-                    task.status,
-                    TaskStatus::Pending
-                        | TaskStatus::Claimed
-                        | TaskStatus::InProgress
-                        | TaskStatus::Review
-                )
-            });
-            if !may_come {
+            let may_come: Vec<String> = status
+                .tasks
+                .iter()
+                .filter(fitting)
+                .filter_map(|task| {
+                    let why = match task.status {
+                        TaskStatus::Pending => "waits for the tasks it depends on".to_string(),
+                        TaskStatus::Claimed | TaskStatus::InProgress => {
+                            format!("held by {}", task.assignee.as_deref().unwrap_or("nobody"))
+                        }
+                        TaskStatus::Review if task.awaiting_approval => {
+                            "waits for a person's approval".to_string()
+                        }
+                        TaskStatus::Review => "in review".to_string(),
+                        _ => return None,
+                    };
+                    Some(format!("{} {why}", task.id))
+                })
+                .collect();
+            if may_come.is_empty() {
                 return TaskWait::NoneLeft;
+            }
+            let why = format!("no ready task fits it; {}", may_come.join("; "));
+            if why != said {
+                if let Some(tell) = on_waiting.as_mut() {
+                    tell(&why);
+                }
+                said = why;
             }
         }
         tokio::select! {

@@ -215,6 +215,12 @@ async fn a_loop_agents_rejected_task_is_taken_up_again_by_its_next_iteration() -
     team.conclave(&["task", "approve", &id]).await?;
     let stderr = crate::supervisor::finished(up).await?;
     ensure!(stderr.contains("outcome: finished"), "{stderr}");
+    ensure!(
+        stderr.contains(&format!(
+            "fixer waits: no ready task fits it; {id} waits for a person's approval"
+        )),
+        "says what the loop waits for: {stderr}"
+    );
     let task = team.conclave_json(&["task", "show", &id, "--json"]).await?;
     ensure!(task["status"] == "done", "{task:#}");
     let events = events(team).await?;
