@@ -1182,6 +1182,10 @@ pub struct StatusReport {
     /// Tasks waiting for a person's decision (approve or reject).
     #[serde(default)]
     pub approvals_waiting: i64,
+    /// Loops waiting for a person's confirmation of their next iteration (`conclave loop
+    /// --confirm`).
+    #[serde(default)]
+    pub confirmations_waiting: i64,
 }
 
 /// `task.` matches every `task.*` kind; anything else must match exactly.

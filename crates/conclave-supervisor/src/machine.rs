@@ -975,7 +975,12 @@ impl Team {
         }
         // A turn the supervisor itself interrupted (a budget spent, a stop asked for) ends with
         // an error result: that is the stop's doing, already said, not a failure to report.
-        if self.agents[index].stopping.is_some() {
+        if matches!(
+            self.agents[index].stopping,
+            Some(
+                StopReason::Budget | StopReason::Stop | StopReason::Shutdown | StopReason::Restart
+            )
+        ) {
             return;
         }
         let name = self.agents[index].plan.name.clone();

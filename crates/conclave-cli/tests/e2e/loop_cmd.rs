@@ -332,6 +332,11 @@ async fn confirm_waits_for_a_person_through_the_api_who_edits_the_prompt_then_st
             .is_some_and(|s| s.starts_with("iteration 1:") && s.contains("check exit 1")),
         "summary: {asked}"
     );
+    let status = team.conclave(&["status"]).await?;
+    ensure!(
+        status.contains("decisions waiting: 1 (1 loop confirmation(s))"),
+        "counted in status: {status}"
+    );
     // Nothing runs while it waits.
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     ensure!(

@@ -82,6 +82,15 @@ fn latest_per_agent(
     Ok(latest)
 }
 
+/// How many loops wait for a person now (for `/api/status`).
+pub fn waiting_count(reader: &Reader<'_>) -> Result<i64, CoreError> {
+    let waiting = latest_per_agent(reader, None)?
+        .iter()
+        .filter(|confirmation| confirmation.decision.is_none())
+        .count();
+    Ok(i64::try_from(waiting).unwrap_or(i64::MAX))
+}
+
 pub async fn list(
     State(app): State<App>,
     ApiQuery(query): ApiQuery<ConfirmationQuery>,

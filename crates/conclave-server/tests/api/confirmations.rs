@@ -27,6 +27,8 @@ async fn a_loop_waits_until_a_person_answers_once() {
     assert_eq!(asked["next_iteration"], 2);
     assert!(asked["decision"].is_null());
 
+    let (_, status) = admin.get("/api/status").await;
+    assert_eq!(status["confirmations_waiting"], 1, "counted in status");
     let (_, waiting) = admin.get("/api/confirmations?waiting=true").await;
     let waiting = waiting["confirmations"].as_array().expect("list").clone();
     assert_eq!(waiting.len(), 1, "{waiting:?}");
@@ -69,6 +71,8 @@ async fn a_loop_waits_until_a_person_answers_once() {
     assert_eq!(status, StatusCode::CONFLICT, "answered once only");
     let (_, waiting) = admin.get("/api/confirmations?waiting=true").await;
     assert_eq!(waiting["confirmations"], json!([]));
+    let (_, status) = admin.get("/api/status").await;
+    assert_eq!(status["confirmations_waiting"], 0);
     let (_, all) = admin.get("/api/confirmations?agent=loop").await;
     assert_eq!(all["confirmations"][0]["decision"], "continue");
 
