@@ -130,6 +130,9 @@ test('approvals and a loop confirmation are decided from the waiting-for-you lis
     const { confirmations } = await call('GET', '/api/confirmations?agent=fixer');
     return confirmations[0] && confirmations[0].decision === 'stop' && confirmations[0].decided_by === 'admin';
   });
+  // The loop's history in the timeline says what happened.
+  await page.locator('#timeline [data-kind="agent.confirmed"]').getByText('stop (answered by admin)').waitFor();
+  await page.locator('#timeline [data-kind="agent.confirm_requested"]').getByText('before iteration 2').waitFor();
   // Nothing waits any more: the list goes away as the events arrive.
   await page.waitForSelector('#waiting', { state: 'hidden' });
 

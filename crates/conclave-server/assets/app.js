@@ -167,6 +167,9 @@ function describe(ev) {
     case 'agent.text': return clip(d.text, 200);
     case 'agent.turn': return `context ${d.context_tokens ?? '?'} / ${d.context_window ?? '?'}, $${Number(d.cost_usd || 0).toFixed(2)}`;
     case 'agent.control': return `${d.action || ''} requested`;
+    case 'agent.iteration': return `iteration ${d.number}: ${d.outcome}, $${Number(d.cost_usd || 0).toFixed(4)}, ${d.turns ?? '?'} turns${d.check_exit !== undefined ? `, check exit ${d.check_exit}` : ''}`;
+    case 'agent.confirm_requested': return `waits for a person before iteration ${d.next_iteration}`;
+    case 'agent.confirmed': return `${d.decision}${d.prompt ? ' with an edited prompt' : ''} (answered by ${ev.actor})`;
     case 'file.touched': return `${d.tool || ''} ${d.path || ''}`;
     case 'message.sent': return `${d.to ? `to ${d.to}: ` : ''}${clip(d.body ?? '', 160)}`;
     default: {
