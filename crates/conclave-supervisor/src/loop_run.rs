@@ -178,6 +178,9 @@ pub struct ConfirmEach {
     pub on_wait: Box<dyn FnMut(&Confirmation) + Send>,
 }
 
+/// Told a line to show a person (the loop is a library; its caller prints).
+pub type SayLine = Box<dyn FnMut(&str) + Send>;
+
 /// What the loop is besides its [`LoopOptions`]: who it runs as, and its checkpoints.
 #[derive(Default)]
 pub struct LoopExtras {
@@ -199,7 +202,7 @@ pub struct LoopExtras {
     pub one_task_each: bool,
     /// With `one_task_each`: told what the loop waits for when no ready task fits it (the
     /// tasks that may still become ready, and why they are not), again when that changes.
-    pub on_waiting: Option<Box<dyn FnMut(&str) + Send>>,
+    pub on_waiting: Option<SayLine>,
 }
 
 /// Runs the loop. `url` is the server as agents reach it; `on_iteration` is called after each
@@ -413,7 +416,7 @@ const TASK_POLL: Duration = Duration::from_secs(2);
 async fn wait_for_a_task(
     admin: &Client,
     fits: &TaskFit<'_>,
-    on_waiting: &mut Option<Box<dyn FnMut(&str) + Send>>,
+    on_waiting: &mut Option<SayLine>,
     interrupt: &CancellationToken,
 ) -> TaskWait {
     let mut said = String::new();
