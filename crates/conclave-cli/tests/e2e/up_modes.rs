@@ -212,6 +212,8 @@ async fn a_loop_agents_rejected_task_is_taken_up_again_by_its_next_iteration() -
         task["awaiting_approval"] == true && task["attempts"].as_i64() >= Some(1)
     })
     .await?;
+    // Long enough for the loop to look at the board (every 2 s) and say what it waits for.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     team.conclave(&["task", "approve", &id]).await?;
     let stderr = crate::supervisor::finished(up).await?;
     ensure!(stderr.contains("outcome: finished"), "{stderr}");
