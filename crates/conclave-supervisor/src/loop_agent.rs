@@ -13,9 +13,7 @@ use conclave_core::project::Project;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::loop_run::{
-    DEFAULT_CHECK_TIMEOUT, LoopEnd, LoopExtras, LoopOptions, iteration_line, run_loop_with,
-};
+use crate::loop_run::{LoopEnd, LoopExtras, LoopOptions, iteration_line, run_loop_with};
 use crate::machine::LoopEnded;
 use crate::plan::AgentPlan;
 
@@ -84,8 +82,9 @@ pub fn spawn_loop(
             model: settings.model.clone(),
             agent: name.clone(),
             permission_mode: settings.permission_mode.clone(),
-            check_timeout: DEFAULT_CHECK_TIMEOUT,
             env: settings.env.clone().unwrap_or_default(),
+            // The check's time limit is the loop's default.
+            ..LoopOptions::default()
         };
         let extras = LoopExtras {
             role: agent.plan.role.clone(),

@@ -75,6 +75,24 @@ pub struct LoopOptions {
     pub env: std::collections::BTreeMap<String, String>,
 }
 
+/// No prompt yet (a caller sets it), no check, no bound, the default agent name and check
+/// time limit: for `..LoopOptions::default()` beside the fields a caller sets.
+impl Default for LoopOptions {
+    fn default() -> Self {
+        LoopOptions {
+            prompt: String::new(),
+            until: None,
+            max: None,
+            budget_usd: None,
+            model: None,
+            agent: DEFAULT_LOOP_AGENT.to_string(),
+            permission_mode: None,
+            check_timeout: DEFAULT_CHECK_TIMEOUT,
+            env: Default::default(),
+        }
+    }
+}
+
 /// Why the loop ended; each has its exit code.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LoopEnd {
