@@ -61,18 +61,18 @@ pub fn split_loops(config: &Config, plans: Vec<AgentPlan>) -> (Vec<AgentPlan>, V
     (team, loops)
 }
 
-/// Starts `agent`'s loop in `set`; it ends by itself or when `stop` is cancelled. Each iteration
-/// and the end are printed in `up`'s terminal.
+/// Starts `agent`'s loop in `set`, its sessions reaching the server at `url`; it ends by itself
+/// or when `stop` is cancelled. Each iteration and the end are printed in `up`'s terminal.
 pub fn spawn_loop(
     set: &mut JoinSet<LoopEnded>,
     project: Project,
     admin: Client,
+    url: String,
     agent: LoopAgent,
     stop: CancellationToken,
 ) {
     set.spawn(async move {
         let name = agent.plan.name.clone();
-        let url = admin.base_url().to_string();
         let settings = agent.plan.settings.clone();
         let options = LoopOptions {
             prompt: ITERATION_PROMPT.to_string(),

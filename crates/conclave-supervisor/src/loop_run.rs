@@ -265,7 +265,7 @@ pub async fn run_loop_with(
         ..Default::default()
     };
     let strict = false;
-    let joined = prepare_agent(project, admin, &registration, strict).await?;
+    let joined = prepare_agent(project, admin, &registration, strict, url).await?;
     let mut plan = loop_plan(options, project.root());
     if let Some(settings) = extras.settings.take() {
         // The loop's protocol first, then the agent's own prompt, as for team agents.
@@ -607,6 +607,7 @@ fn loop_plan(options: &LoopOptions, root: &Path) -> AgentPlan {
     AgentPlan {
         name: options.agent.clone(),
         role: None,
+        host: None,
         caps: Vec::new(),
         settings,
         cwd: root.to_path_buf(),
