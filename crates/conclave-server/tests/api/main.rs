@@ -7,8 +7,10 @@ mod contract;
 mod dashboard;
 mod errors;
 mod events;
+mod fencing;
 mod flows;
 mod limits;
+mod listings;
 mod mcp;
 mod privacy;
 
