@@ -103,14 +103,16 @@ Outcomes (the last lines printed name it, with a line per agent):
   stalled   agents idle or gone and tasks left; each task left is
             named with why none can proceed (nobody fits it, its
             agents crashed or were stopped by a budget, blocked,
-            held by a crashed agent)                                 exit 6
+            failed, held by a crashed agent)                         exit 6
   failed    no agent could run at all: a refused login or API key
             (at the first 401; fix: run `claude` once and /login,
             or set ANTHROPIC_API_KEY), a missing client binary,
             flags the client refuses (its error quoted)              exit 7
   stopped   by a person: `conclave down`, SIGTERM or Ctrl-C          exit 0
             a second Ctrl-C ends at once                             exit 130
-A task in review waits for a person: `up` keeps running and says so.
+A task waiting for approval, or in a paused merge queue, waits for a
+person (a task the merge queue is landing, for the queue): `up` keeps
+running and says so. A `mode = \"loop\"` agent's loop runs to its end first.
 Failures (authentication, rate limits, refused flags, error results,
 crash loops, a spent team budget) are printed as ALERT lines the moment
 they happen and counted in `conclave status`.";
@@ -165,6 +167,11 @@ pub struct LoopArgs {
     /// Seconds the check may run before it counts as failed
     #[arg(long, value_name = "SECS", default_value_t = conclave_supervisor::loop_run::DEFAULT_CHECK_TIMEOUT.as_secs())]
     pub check_timeout: u64,
+    /// Wait for a person before each iteration after the first: Enter continues, s stops
+    /// (exit 6), e edits the prompt in $EDITOR; or answer on the dashboard's "waiting for you"
+    /// list (POST /api/agents/NAME/confirm)
+    #[arg(long)]
+    pub confirm: bool,
 }
 
 #[derive(Debug, Args)]

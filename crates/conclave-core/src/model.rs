@@ -1102,6 +1102,72 @@ pub struct AgentControl {
     pub action: AgentAction,
 }
 
+/// What a person answers a loop (`conclave loop --confirm`) that waits between iterations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ConfirmDecision {
+    /// Run the next iteration (with the prompt of the answer, when it gives one).
+    Continue,
+    /// End the loop now.
+    Stop,
+}
+
+named_enum!(ConfirmDecision, "confirmation decision", {
+    Continue => "continue", Stop => "stop",
+});
+
+/// The longest summary a loop's confirmation request carries.
+pub const MAX_CONFIRMATION_SUMMARY: usize = 2000;
+/// The longest prompt a person's answer may put in place of the loop's prompt.
+pub const MAX_CONFIRMATION_PROMPT: usize = 32_000;
+
+/// `POST /api/agents/{name}/confirmation` (admin): a loop asks a person before its next
+/// iteration; recorded as an `agent.confirm_requested` event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmationRequest {
+    /// The iteration that runs once a person says continue.
+    pub next_iteration: u32,
+    /// How the loop stands (the last iteration, the check), for the person deciding.
+    #[serde(default)]
+    pub summary: String,
+}
+
+/// `POST /api/agents/{name}/confirm` (admin): a person's answer to a waiting loop, from the
+/// terminal or the dashboard alike; recorded as an `agent.confirmed` event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmationAnswer {
+    pub decision: ConfirmDecision,
+    /// With `continue`: the prompt for this iteration and the next ones (an edit); none keeps
+    /// the prompt as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+}
+
+/// A loop's latest request for a person's confirmation, and the answer once there is one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Confirmation {
+    pub agent: String,
+    /// The sequence number of the request's event.
+    pub seq: i64,
+    pub next_iteration: u32,
+    pub summary: String,
+    pub requested_at: DateTime<Utc>,
+    /// None while it waits for a person.
+    pub decision: Option<ConfirmDecision>,
+    /// The prompt the answer put in place, if it edited it.
+    pub prompt: Option<String>,
+    /// Who answered.
+    pub decided_by: Option<String>,
+}
+
+/// `GET /api/confirmations`: per agent that ever asked, its latest request (waiting or answered).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ConfirmationList {
+    pub confirmations: Vec<Confirmation>,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimRequest {
@@ -1245,6 +1311,10 @@ pub struct StatusReport {
     /// Tasks waiting for a person's decision (approve or reject).
     #[serde(default)]
     pub approvals_waiting: i64,
+    /// Loops waiting for a person's confirmation of their next iteration (`conclave loop
+    /// --confirm`).
+    #[serde(default)]
+    pub confirmations_waiting: i64,
 }
 
 /// `task.` matches every `task.*` kind; anything else must match exactly.

@@ -6,7 +6,7 @@ use axum::routing::{MethodRouter, delete, get, patch, post};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Map, Value, json};
 
-use crate::api::{agents, events, leases, messages, notes, queue, status, tasks};
+use crate::api::{agents, confirmations, events, leases, messages, notes, queue, status, tasks};
 use crate::app::App;
 use crate::error::ErrorBody;
 use conclave_core::model::*;
@@ -157,6 +157,31 @@ pub fn operations() -> Vec<Operation> {
         )
         .request::<AgentControl>()
         .response::<Agent>(),
+        op(
+            "post",
+            "/api/agents/{name}/confirmation",
+            "A loop asks a person to confirm its next iteration (admin)",
+            post(confirmations::request),
+        )
+        .request::<ConfirmationRequest>()
+        .response::<Confirmation>()
+        .created(),
+        op(
+            "post",
+            "/api/agents/{name}/confirm",
+            "Answer a loop waiting for confirmation: continue (perhaps with a new prompt) or stop (admin)",
+            post(confirmations::answer),
+        )
+        .request::<ConfirmationAnswer>()
+        .response::<Confirmation>(),
+        op(
+            "get",
+            "/api/confirmations",
+            "Each loop's latest request for confirmation, waiting or answered",
+            get(confirmations::list),
+        )
+        .query::<confirmations::ConfirmationQuery>()
+        .response::<ConfirmationList>(),
         op(
             "post",
             "/api/agents/{name}/release",

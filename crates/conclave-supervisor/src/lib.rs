@@ -20,11 +20,13 @@
 //! - [`pricing`]: a dated per-model rate table that prices each model call as it arrives.
 //! - [`wake`]: the user message that wakes an idle agent, quoting what arrived (bounded).
 //! - [`loop_run`]: `conclave loop`, a fresh client per iteration until a check passes.
+//! - [`loop_agent`]: `mode = "loop"` agents, loops run by `conclave up` beside the team.
 //! - [`follow`]: the server's event stream, resumed after the last event seen.
 //! - [`relay`]: the loopback relay through which agents reach remote servers (failover, TLS).
 
 pub mod agent_files;
 pub mod follow;
+pub mod loop_agent;
 pub mod loop_run;
 pub mod machine;
 pub mod plan;

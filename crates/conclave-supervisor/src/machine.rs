@@ -31,8 +31,8 @@ use conclave_core::event::{
     AgentRestarted, AgentStarted, AgentText, AgentTool, AgentTurn, AgentWoken, Topic,
 };
 use conclave_core::model::{
-    Agent, AgentAction, AgentStatus, AgentUpdate, Event, EventPayload, MessageKind, Task, TaskId,
-    TaskStatus,
+    Agent, AgentAction, AgentStatus, AgentUpdate, Event, EventPayload, MessageKind, QueueState,
+    QueueView, Task, TaskId, TaskStatus,
 };
 use conclave_core::store::is_held;
 use serde::{Deserialize, Serialize};
@@ -140,6 +140,9 @@ pub struct TeamView {
     pub tasks: Vec<Task>,
     /// Unacknowledged message ids per recipient.
     pub unread: HashMap<String, HashSet<String>>,
+    /// The merge queue, read when a task is in review (to tell a paused queue, which waits for
+    /// a person, from one that is landing).
+    pub queue: Option<QueueView>,
 }
 
 /// What the state machine reacts to.
@@ -457,7 +460,88 @@ pub struct Team {
     ended: bool,
     /// `[defaults] team_budget_usd` was reached: every agent was stopped.
     team_budget_spent: bool,
+    /// The team's loops (`mode = "loop"`), which the driver runs beside the machine.
+    pub loops: Loops,
     out: Vec<Effect>,
+}
+
+/// What the machine knows of the team's loops (`mode = "loop"` agents): the driver runs them
+/// (each a `conclave loop` of its own); the team is not quiet while one runs, and a loop that
+/// could not run at all counts like an agent that could not.
+#[derive(Debug, Clone, Default)]
+pub struct Loops {
+    pub running: usize,
+    pub ended: Vec<LoopEnded>,
+}
+
+/// How one of the team's loops ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoopEnded {
+    pub name: String,
+    /// Why no iteration could run, when none could.
+    pub could_not_run: Option<String>,
+    /// Its line in the outcome.
+    pub summary: String,
+}
+
+/// What a quiet team with tasks in review waits for, in words: a person's approval, a person to
+/// resume the paused merge queue, or the merge queue landing them. Neither is a stall.
+fn waiting_text(in_review: &[&Task], queue: Option<&QueueView>) -> String {
+    let queued = |task: &Task| {
+        queue.is_some_and(|queue| {
+            queue.entries.iter().any(|entry| {
+                entry.task == task.id
+                    && matches!(entry.state, QueueState::Queued | QueueState::Merging)
+            })
+        })
+    };
+    let paused = queue.is_some_and(|queue| queue.paused);
+    let named = |tasks: Vec<&&Task>| -> String {
+        let names: Vec<String> = tasks
+            .iter()
+            .map(|task| format!("{} {:?}", task.id, task.title))
+            .collect();
+        names.join(", ")
+    };
+    let (in_queue, outside): (Vec<&&Task>, Vec<&&Task>) =
+        in_review.iter().partition(|task| queued(task));
+    let (approvals, reviews): (Vec<&&Task>, Vec<&&Task>) =
+        outside.into_iter().partition(|task| task.awaiting_approval);
+    let mut person = Vec::new();
+    if !approvals.is_empty() {
+        person.push(format!(
+            "{} waiting for approval (`conclave task approve|reject ID`, or the dashboard)",
+            named(approvals)
+        ));
+    }
+    if !reviews.is_empty() {
+        person.push(format!(
+            "{} in review (approve or reopen it)",
+            named(reviews)
+        ));
+    }
+    if paused && !in_queue.is_empty() {
+        person.push(format!(
+            "{} in the paused merge queue (`conclave queue resume`)",
+            named(in_queue.clone())
+        ));
+    }
+    let mut text = if person.is_empty() {
+        String::new()
+    } else {
+        format!("waiting for a person: {}", person.join("; "))
+    };
+    if !paused && !in_queue.is_empty() {
+        if !text.is_empty() {
+            text.push_str("; ");
+        }
+        text.push_str(&format!(
+            "waiting for the merge queue to land {}",
+            named(in_queue)
+        ));
+    }
+    text.push_str(" (Ctrl-C or `conclave down` stops the team)");
+    text
 }
 
 /// The phase of an agent in a word.
@@ -514,6 +598,7 @@ impl Team {
             waiting_for: Vec::new(),
             ended: false,
             team_budget_spent: false,
+            loops: Loops::default(),
             out: Vec::new(),
         }
     }
@@ -896,6 +981,16 @@ impl Team {
             || lower.contains("/login")
         {
             self.on_auth_failure(index, &format!("the client said {text:?}"));
+            return;
+        }
+        // A turn the supervisor itself interrupted (a budget spent, a stop asked for) ends with
+        // an error result: that is the stop's doing, already said, not a failure to report.
+        if matches!(
+            self.agents[index].stopping,
+            Some(
+                StopReason::Budget | StopReason::Stop | StopReason::Shutdown | StopReason::Restart
+            )
+        ) {
             return;
         }
         let name = self.agents[index].plan.name.clone();
@@ -1502,6 +1597,7 @@ impl Team {
             return;
         }
         let quiet = !self.dirty
+            && self.loops.running == 0
             && !self
                 .out
                 .iter()
@@ -1540,22 +1636,26 @@ impl Team {
             .iter()
             .filter(|task| !matches!(task.status, TaskStatus::Done | TaskStatus::Cancelled))
             .collect();
-        let none_could_run = self
-            .agents
-            .iter()
-            .all(|a| a.is_gone() && a.could_not_run && !a.worked);
-        if none_could_run {
-            let why: Vec<String> = self
+        let none_could_run = (self.agents.len() + self.loops.ended.len()) > 0
+            && self
                 .agents
                 .iter()
-                .map(|a| {
-                    format!(
-                        "{}: {}",
-                        a.plan.name,
-                        a.trouble.as_deref().unwrap_or("stopped")
-                    )
-                })
-                .collect();
+                .all(|a| a.is_gone() && a.could_not_run && !a.worked)
+            && self.loops.ended.iter().all(|l| l.could_not_run.is_some());
+        if none_could_run {
+            let agents = self.agents.iter().map(|a| {
+                format!(
+                    "{}: {}",
+                    a.plan.name,
+                    a.trouble.as_deref().unwrap_or("stopped")
+                )
+            });
+            let loops = self
+                .loops
+                .ended
+                .iter()
+                .map(|l| format!("{}: {}", l.name, l.could_not_run.as_deref().unwrap_or("?")));
+            let why: Vec<String> = agents.chain(loops).collect();
             self.end(Outcome::Failed {
                 reason: format!("no agent could run ({})", why.join("; ")),
             });
@@ -1573,15 +1673,7 @@ impl Team {
         if !in_review.is_empty() {
             let ids: Vec<TaskId> = in_review.iter().map(|task| task.id).collect();
             if ids != self.waiting_for {
-                let named: Vec<String> = in_review
-                    .iter()
-                    .map(|task| format!("{} {:?}", task.id, task.title))
-                    .collect();
-                self.say(format!(
-                    "waiting for a person: {} in review (approve or reopen it; Ctrl-C or \
-                     `conclave down` stops the team)",
-                    named.join(", ")
-                ));
+                self.say(waiting_text(&in_review, view.queue.as_ref()));
                 self.waiting_for = ids;
             }
             self.quiet_ticks = 0;
@@ -1693,14 +1785,24 @@ impl Team {
                 Some(reason) => format!("{head}: blocked: {reason}"),
                 None => format!("{head}: blocked"),
             },
-            TaskStatus::Failed => format!("{head}: failed"),
+            // A failed task is work left, not work done: `finished` is every task done or
+            // cancelled (cancel it, or reopen it for another try).
+            TaskStatus::Failed => match &task.result {
+                Some(reason) => format!("{head}: failed: {}", truncate(reason, 200)),
+                None => format!("{head}: failed"),
+            },
             _ => head,
         }
     }
 
     /// One line per agent, for the outcome.
     pub fn summaries(&self) -> Vec<String> {
-        self.agents.iter().map(AgentState::summary).collect()
+        let loops = self.loops.ended.iter().map(|l| l.summary.clone());
+        self.agents
+            .iter()
+            .map(AgentState::summary)
+            .chain(loops)
+            .collect()
     }
 
     // ---- ending -----------------------------------------------------------------------------
@@ -1957,7 +2059,7 @@ mod tests {
         fn read(&mut self, tasks: Vec<Task>, unread: &[(&str, &str)]) -> Vec<Effect> {
             let mut view = TeamView {
                 tasks,
-                unread: HashMap::new(),
+                ..TeamView::default()
             };
             for (agent, id) in unread {
                 view.unread
@@ -2304,6 +2406,34 @@ mod tests {
     }
 
     #[test]
+    fn a_turn_interrupted_for_the_budget_ending_in_an_error_is_not_a_turn_error() {
+        let mut team = Harness::new(vec![with_budget(plan("a"), 1.0)]);
+        team.start_all();
+        team.init(0, "s1");
+        team.line(0, StreamUpdate::Cost { total_usd: 1.5 });
+        let interrupted = team.line(
+            0,
+            StreamUpdate::Result {
+                cost_usd: Some(1.6),
+                context_window: None,
+                is_error: true,
+                session_id: Some("s1".into()),
+                num_turns: Some(1),
+                text: None,
+            },
+        );
+        assert!(alerts(&interrupted).is_empty(), "{interrupted:?}");
+        assert!(
+            team.team.agents[0]
+                .trouble
+                .as_deref()
+                .is_some_and(|why| !why.contains("last turn failed")),
+            "{:?}",
+            team.team.agents[0].trouble
+        );
+    }
+
+    #[test]
     fn a_pause_during_a_turn_holds_every_wake_until_resume() {
         let mut team = Harness::new(vec![plan("a")]);
         team.start_all();
@@ -2612,6 +2742,46 @@ mod tests {
     }
 
     #[test]
+    fn a_running_loop_keeps_the_team_from_deciding_and_a_loop_that_never_ran_fails_it() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        team.idle_after_a_turn(0, 0.1);
+        team.read(Vec::new(), &[]);
+        team.team.loops.running = 1;
+        assert!(
+            (0..10).all(|n| reads(&team.at(11 + n).tick()).is_none()),
+            "no outcome while a loop runs"
+        );
+        team.team.loops.running = 0;
+        team.team.loops.ended.push(LoopEnded {
+            name: "fixer".into(),
+            could_not_run: None,
+            summary: "fixer: no task is left for it".into(),
+        });
+        let done = vec![task(1, TaskStatus::Done, None, None)];
+        assert_eq!(team.quiet_outcome(30, done), Some(Outcome::Finished));
+        assert!(
+            team.team
+                .summaries()
+                .contains(&"fixer: no task is left for it".to_string())
+        );
+
+        // A team of one loop that could not start: failed, naming why.
+        let mut lonely = Harness::new(Vec::new());
+        lonely.team.loops.ended.push(LoopEnded {
+            name: "fixer".into(),
+            could_not_run: Some("cannot start claude".into()),
+            summary: String::new(),
+        });
+        let Some(Outcome::Failed { reason }) =
+            lonely.quiet_outcome(1, vec![task(1, TaskStatus::Ready, None, None)])
+        else {
+            panic!("a team whose only loop never ran has failed");
+        };
+        assert!(reason.contains("fixer: cannot start claude"), "{reason}");
+    }
+
+    #[test]
     fn a_quiet_team_finishes_unless_it_stays() {
         let mut team = Harness::new(vec![plan("a")]);
         team.start_all();
@@ -2730,6 +2900,73 @@ mod tests {
         assert!(
             !second.iter().any(|e| matches!(e, Effect::Say(_))),
             "{second:?}"
+        );
+    }
+
+    #[test]
+    fn a_paused_merge_queue_with_entries_waits_for_a_person_and_a_failed_task_stalls() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        team.idle_after_a_turn(0, 0.1);
+        team.read(Vec::new(), &[]);
+        let queued = task(5, TaskStatus::Review, None, Some("a"));
+        let entry = |state| conclave_core::model::QueueEntry {
+            task: TaskId(5),
+            branch: "conclave/a/T-5".into(),
+            agent: "a".into(),
+            position: 1,
+            state,
+            attempts: 0,
+            outcome: None,
+            enqueued_at: chrono::Utc::now(),
+            updated_at: chrono::Utc::now(),
+        };
+        let view = |paused| TeamView {
+            tasks: vec![queued.clone()],
+            queue: Some(QueueView {
+                paused,
+                paused_reason: None,
+                entries: vec![entry(QueueState::Queued)],
+            }),
+            ..TeamView::default()
+        };
+        for n in 0..QUIET_TICKS_TO_FINISH {
+            team.at(11 + u64::from(n)).tick();
+        }
+        let effects = team.step(Input::TeamRead(view(true)));
+        assert!(ended(&effects).is_none(), "not stalled: {effects:?}");
+        let said: Vec<&String> = effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Say(text) => Some(text),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            said.iter().any(|text| text.contains("waiting for a person")
+                && text.contains("paused merge queue")
+                && text.contains("T-5")),
+            "{said:?}"
+        );
+        let landing = waiting_text(&[&queued], Some(&view(false).queue.expect("queue")));
+        assert!(
+            landing.contains("waiting for the merge queue to land T-5")
+                && !landing.contains("waiting for a person"),
+            "{landing}"
+        );
+
+        let mut failing = Harness::new(vec![plan("a")]);
+        failing.start_all();
+        failing.idle_after_a_turn(0, 0.1);
+        failing.read(Vec::new(), &[]);
+        let mut failed = task(6, TaskStatus::Failed, None, None);
+        failed.result = Some("the tests do not build".into());
+        let Some(Outcome::Stalled { reason }) = failing.quiet_outcome(11, vec![failed]) else {
+            panic!("a failed task is work left: stalled");
+        };
+        assert!(
+            reason.contains("T-6") && reason.contains("failed: the tests do not build"),
+            "{reason}"
         );
     }
 

@@ -21,8 +21,13 @@ pub async fn run(context: &Context, json: bool) -> anyhow::Result<()> {
     }
     // Failures a person should see (`conclave log --kind agent.alert` lists them).
     outln!("alerts: {}", status.alerts)?;
-    // Tasks held for a person (`conclave task approve|reject` decides).
-    outln!("decisions waiting: {}", status.approvals_waiting)?;
+    // Tasks held for a person (`conclave task approve|reject` decides), and loops waiting for a
+    // person's go-ahead (their terminal or the dashboard answers).
+    let decisions = status.approvals_waiting + status.confirmations_waiting;
+    match status.confirmations_waiting {
+        0 => outln!("decisions waiting: {decisions}")?,
+        loops => outln!("decisions waiting: {decisions} ({loops} loop confirmation(s))")?,
+    }
 
     outln!()?;
     if status.agents.is_empty() {

@@ -280,6 +280,9 @@ async fn detach(project: &Project, args: &UpArgs) -> anyhow::Result<()> {
                     "conclave: {}: client {} answered a probe turn",
                     agent.name, agent.version
                 );
+                if let Some(warning) = &agent.warning {
+                    eprintln!("conclave: warning: {}: {warning}", agent.name);
+                }
             }
         }
         Err(error) => {

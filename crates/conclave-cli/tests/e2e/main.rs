@@ -20,3 +20,4 @@ mod supervisor_control;
 mod support;
 mod team;
 mod tool_list;
+mod up_modes;
