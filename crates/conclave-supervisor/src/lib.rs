@@ -21,8 +21,11 @@
 //! - [`wake`]: the user message that wakes an idle agent, quoting what arrived (bounded).
 //! - [`loop_run`]: `conclave loop`, a fresh client per iteration until a check passes.
 //! - [`follow`]: the server's event stream, resumed after the last event seen.
+//! - [`coordination`]: what coordination costs each agent in context (tool definitions, Conclave
+//!   tool traffic, injected text, handoffs), against all its input.
 
 pub mod agent_files;
+pub mod coordination;
 pub mod follow;
 pub mod loop_run;
 pub mod machine;

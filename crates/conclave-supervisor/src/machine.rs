@@ -38,7 +38,8 @@ use conclave_core::store::is_held;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::plan::AgentPlan;
+use crate::coordination::{CoordinationMeter, FixedCosts, is_conclave_tool};
+use crate::plan::{AgentPlan, PROTOCOL};
 use crate::pricing;
 use crate::stream::{Content, MAX_TEXT, ModelCall, StreamUpdate, ToolResult, truncate};
 use crate::wake::{self, Quoted, Start};
@@ -281,6 +282,8 @@ pub struct AgentState {
     unpriced_said: bool,
     /// When the cost was last reported during a turn.
     cost_reported_at: Option<Instant>,
+    /// What coordination costs it in context (issue 16).
+    pub meter: CoordinationMeter,
 }
 
 impl AgentState {
@@ -322,6 +325,10 @@ impl AgentState {
             last_call: None,
             unpriced_said: false,
             cost_reported_at: None,
+            meter: CoordinationMeter::new(FixedCosts {
+                tool_definition_chars: 0,
+                protocol_chars: PROTOCOL.chars().count(),
+            }),
         }
     }
 
@@ -388,7 +395,20 @@ impl AgentState {
         agent.session_cost = session_cost;
         agent.cost_at_start = session_cost;
         agent.restarts = record.restarts;
+        agent.meter = CoordinationMeter::resume(
+            FixedCosts {
+                tool_definition_chars: 0,
+                protocol_chars: PROTOCOL.chars().count(),
+            },
+            record.coordination.clone(),
+        );
         agent
+    }
+
+    /// Sets the size of the Conclave tool definitions its model calls carry (known to the
+    /// caller, which has the server's tool list).
+    pub fn set_tool_definition_chars(&mut self, chars: usize) {
+        self.meter.set_tool_definition_chars(chars);
     }
 
     /// What the agent has spent in all.
@@ -668,12 +688,15 @@ impl Team {
         agent.cost_at_start = agent.session_cost;
         agent.pending_tools.clear();
         if resume.is_none() {
+            agent.meter.new_session();
             // A new session: its cost starts from zero.
             agent.cost_base += agent.session_cost;
             agent.session_cost = 0.0;
             agent.cost_at_start = 0.0;
             agent.context_tokens = None;
         }
+        // After a fresh session's reset: the first message is in its context.
+        agent.meter.injected(first_message.chars().count());
         agent.resumed = resume.clone();
         let effect = Effect::Spawn {
             agent: index,
@@ -737,6 +760,9 @@ impl Team {
                 call,
             } => {
                 if let Some(call) = call {
+                    self.agents[index]
+                        .meter
+                        .model_call(call.id.as_deref(), &call.usage);
                     self.on_model_call(index, call, now);
                 }
                 if context_tokens.is_some() {
@@ -745,6 +771,9 @@ impl Team {
                 for block in content {
                     match block {
                         Content::Tool(tool) => {
+                            if is_conclave_tool(&tool.name) {
+                                self.agents[index].meter.conclave_tool(tool.chars);
+                            }
                             self.agents[index]
                                 .pending_tools
                                 .insert(tool.id, (tool.name, tool.input));
@@ -774,6 +803,9 @@ impl Team {
                     let Some((tool, input)) = self.agents[index].pending_tools.remove(&id) else {
                         continue;
                     };
+                    if is_conclave_tool(&tool) {
+                        self.agents[index].meter.conclave_tool(bytes);
+                    }
                     // A failed tool call is part of the work (the model reads the error and
                     // goes on): marked failed with its error, not alerted.
                     let used = AgentTool {
@@ -949,6 +981,7 @@ impl Team {
             agent.cost_reported_at = Some(now);
             let update = AgentUpdate {
                 cost_usd: Some(live),
+                coordination: Some(agent.meter.account().clone()),
                 ..AgentUpdate::default()
             };
             self.patch(index, update);
@@ -1086,6 +1119,7 @@ impl Team {
             context_tokens: tokens,
             context_window: window,
             cost_usd: Some(cost),
+            coordination: Some(self.agents[index].meter.account().clone()),
             ..AgentUpdate::default()
         };
         self.patch(index, update);
@@ -1122,6 +1156,7 @@ impl Team {
         {
             let text = wake::handoff_request(tokens, window);
             let agent = &mut self.agents[index];
+            agent.meter.handoff(text.chars().count());
             agent.asked_for_handoff = true;
             agent.phase = Phase::Live { busy: true };
             self.out.push(Effect::Send { agent: index, text });
@@ -1307,6 +1342,19 @@ impl Team {
                 }
                 self.dirty = true;
             }
+            EventPayload::AgentSessionStart(started) => {
+                // What the SessionStart hook injected is coordination the session carries.
+                if let Some(chars) = started.context_chars
+                    && let Some(agent) = self
+                        .agents
+                        .iter_mut()
+                        .find(|a| event.agent.as_deref() == Some(a.plan.name.as_str()))
+                {
+                    agent
+                        .meter
+                        .session_context(usize::try_from(chars).unwrap_or(0));
+                }
+            }
             payload if payload.topic() == Some(Topic::Task) => self.dirty = true,
             _ => {}
         }
@@ -1448,6 +1496,7 @@ impl Team {
                 self.start(index);
             } else {
                 agent.phase = Phase::Live { busy: true };
+                agent.meter.injected(text.chars().count());
                 self.out.push(Effect::Send { agent: index, text });
                 self.record(index, EventPayload::AgentWoken(woken));
                 self.patch(index, status_update(AgentStatus::Working));
@@ -2946,6 +2995,7 @@ mod tests {
                     id: "t1".into(),
                     name: "Write".into(),
                     input: "a.rs".into(),
+                    chars: 20,
                 })],
                 call: None,
             },
@@ -3003,6 +3053,7 @@ mod tests {
                         id: "t1".into(),
                         name: "Write".into(),
                         input: "a.rs".into(),
+                        chars: 20,
                     }),
                 ],
                 call: None,

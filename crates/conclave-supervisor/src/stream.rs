@@ -44,6 +44,9 @@ pub struct ToolCall {
     pub name: String,
     /// A short summary of its input (≤ [`MAX_TOOL_INPUT`] characters).
     pub input: String,
+    /// The characters of its name and whole input as the model wrote them (compact JSON): what
+    /// the call adds to the context.
+    pub chars: usize,
 }
 
 /// One block of a model call's output.
@@ -135,6 +138,10 @@ pub fn parse_line(line: &Value) -> StreamUpdate {
                         id: block["id"].as_str().unwrap_or_default().to_string(),
                         name: block["name"].as_str().unwrap_or("?").to_string(),
                         input: summarize_input(&block["input"]),
+                        chars: block["name"]
+                            .as_str()
+                            .map_or(0, |name| name.chars().count())
+                            + block["input"].to_string().chars().count(),
                     })),
                     Some("text") => {
                         if let Some(text) = block["text"].as_str().filter(|t| !t.trim().is_empty())
@@ -373,6 +380,7 @@ mod tests {
                             id: "t1".into(),
                             name: "Write".into(),
                             input: "a.rs".into(),
+                            chars: "Write".len() + r#"{"content":"x","file_path":"a.rs"}"#.len(),
                         }),
                     ],
                     call: Some(ModelCall {

@@ -45,6 +45,9 @@ const MESSAGES_READ: usize = 500;
 pub struct SupervisorOptions {
     /// Keep running when the team has nothing left to do.
     pub stay: bool,
+    /// The characters of the Conclave tool definitions as the model receives them (see
+    /// [`crate::coordination::tool_definition_chars`]); 0 leaves them out of the accounting.
+    pub tool_definition_chars: usize,
 }
 
 /// What the driver asks of the server.
@@ -195,7 +198,9 @@ impl Supervisor {
                 .await?;
             let dir = project.agent_dir(&plan.name);
             let saved = read_saved_state(&dir);
-            agents.push(AgentState::restore(plan, &record, saved, Instant::now()));
+            let mut agent = AgentState::restore(plan, &record, saved, Instant::now());
+            agent.set_tool_definition_chars(options.tool_definition_chars);
+            agents.push(agent);
             launches.push(AgentLaunch { token, files, dir });
         }
         Ok(Supervisor {

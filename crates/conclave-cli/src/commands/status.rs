@@ -35,6 +35,12 @@ pub async fn run(context: &Context, json: bool) -> anyhow::Result<()> {
             "{}",
             super::agent::agents_table(&status.agents, &status.tasks).render()
         )?;
+        // What coordination costs each agent in context (docs/compare.md).
+        for agent in &status.agents {
+            if let Some(account) = &agent.coordination {
+                outln!("  {}: {}", agent.name, account.describe())?;
+            }
+        }
     }
 
     outln!()?;

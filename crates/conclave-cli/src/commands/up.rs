@@ -118,7 +118,10 @@ pub async fn run(context: &Context, args: UpArgs) -> anyhow::Result<()> {
     std::fs::write(supervisor_file(&project), serde_json::to_string(&info)?)
         .context("cannot write .conclave/supervisor.json")?;
 
-    let options = SupervisorOptions { stay: args.stay };
+    let options = SupervisorOptions {
+        stay: args.stay,
+        tool_definition_chars: super::claude::conclave_tool_definition_chars(),
+    };
     let no_agents = config.agents.is_empty();
     let outcome = async {
         if no_agents {

@@ -244,6 +244,11 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE tasks ADD COLUMN cost_usd REAL NOT NULL DEFAULT 0;
     "#,
+    // 7: what coordination costs each agent in context (issue 16): the supervisor's latest
+    // account, as JSON (`model::Coordination`).
+    r#"
+    ALTER TABLE agents ADD COLUMN coordination TEXT;
+    "#,
 ];
 
 /// The schema version this build writes.
