@@ -4,6 +4,7 @@ mod agent;
 mod attach;
 mod bench;
 pub mod claude;
+mod compare;
 mod demo;
 mod down;
 pub mod hook;
@@ -36,6 +37,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(args) => bench::run(args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Compare(args) => compare::run(args).await,
         command => {
             let context = Context::from_env()?;
             match command {
@@ -43,7 +45,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 | Command::Serve(_)
                 | Command::Bench(_)
                 | Command::Hook(_)
-                | Command::Demo(_) => {
+                | Command::Demo(_)
+                | Command::Compare(_) => {
                     unreachable!("handled above")
                 }
                 Command::Agent(command) => agent::run(&context, command).await,

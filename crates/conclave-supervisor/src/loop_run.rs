@@ -210,7 +210,8 @@ pub async fn run_loop(
         .await;
         seen_seq = last_seq;
         add_session_context(admin, &options.agent, seen_seq, &mut meter).await;
-        report_coordination(admin, &options.agent, meter.account()).await;
+        let spent = iterations.iter().map(|it| it.cost_usd).sum::<f64>() + report.cost_usd;
+        report_account(admin, &options.agent, spent, meter.account()).await;
         if let Some(check) = options
             .until
             .as_deref()
@@ -571,9 +572,11 @@ async fn add_session_context(
     }
 }
 
-/// Stores the account with the agent (`PATCH /api/agents/NAME`); a failure is logged.
-async fn report_coordination(admin: &Client, agent: &str, account: &Coordination) {
+/// Stores what the loop's agent has spent and its context account with the agent (`PATCH
+/// /api/agents/NAME`), as a supervisor does for a team's agents; a failure is logged.
+async fn report_account(admin: &Client, agent: &str, spent: f64, account: &Coordination) {
     let update = AgentUpdate {
+        cost_usd: Some(spent),
         coordination: Some(account.clone()),
         ..AgentUpdate::default()
     };
