@@ -1188,6 +1188,31 @@ pub struct EventList {
     pub events: Vec<Event>,
 }
 
+/// One past `conclave compare` run, as `GET /api/comparisons` lists it (docs/compare.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ComparisonSummary {
+    /// The comparison's folder under `.conclave/compare/` (`compare-20261201-021500`).
+    pub name: String,
+    pub started_at: String,
+    /// The model was the scripted stand-in.
+    pub scripted: bool,
+    pub ways: Vec<String>,
+    pub runs: i64,
+    /// Runs whose check passed.
+    pub passed: i64,
+    /// Where the Markdown report is served; its charts are next to it
+    /// (`/api/comparisons/{name}/{metric}.svg`).
+    pub report: String,
+    /// The chart files, one per metric.
+    pub charts: Vec<String>,
+}
+
+/// `GET /api/comparisons`: past comparisons, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ComparisonList {
+    pub comparisons: Vec<ComparisonSummary>,
+}
+
 /// `GET /api/status`: the whole team at a glance.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct StatusReport {

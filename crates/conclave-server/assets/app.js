@@ -908,6 +908,29 @@ function wireForms() {
   document.addEventListener('keydown', (e) => { if (e.key === 'Escape') closeDrawer(); });
 }
 
+// ---- comparisons (conclave compare) -----------------------------------------------------------
+
+// Past comparisons with their reports; a report opens below its line, with its charts.
+async function loadComparisons() {
+  const list = await api('GET', '/api/comparisons');
+  if (!list.comparisons.length) return;
+  put($('comparisons'), ...list.comparisons.map((c) => {
+    const shown = h('div', { class: 'comparison-report', hidden: true });
+    const open = async () => {
+      if (!shown.hidden) { shown.hidden = true; return; }
+      const report = await fetch(c.report, { credentials: 'same-origin' }).then((r) => r.text());
+      put(shown, h('pre', { class: 'mono', text: report }),
+        ...c.charts.map((file) => h('img', { src: `/api/comparisons/${c.name}/${file}`, alt: file, loading: 'lazy' })));
+      shown.hidden = false;
+    };
+    return h('div', { class: 'comparison', 'data-comparison': c.name },
+      h('button', { type: 'button', class: 'link', text: c.name, onclick: () => open().catch((e) => toast(e.message, true)) }),
+      ' ', c.scripted ? h('span', { class: 'badge scripted', text: 'scripted' }) : null,
+      h('span', { class: 'muted', text: ` ${c.ways.join(', ')} · ${c.passed} of ${c.runs} passed the check` }),
+      shown);
+  }));
+}
+
 // ---- start ------------------------------------------------------------------------------------
 
 async function start() {
@@ -925,7 +948,8 @@ async function start() {
     renderBoard();
     renderLeases();
     renderSummary();
-    await Promise.all([loadMessages(), loadNotes(), loadLastActions(), loadTasks(), loadAlerts(), loadWaits()]);
+    await Promise.all([loadMessages(), loadNotes(), loadLastActions(), loadTasks(), loadAlerts(), loadWaits(),
+      loadComparisons().catch(() => {})]);
   } catch (error) {
     toast(error.message, true);
   }

@@ -1,6 +1,7 @@
 //! HTTP handlers of the JSON API, one module per area.
 
 pub mod agents;
+pub mod comparisons;
 pub mod events;
 pub mod leases;
 pub mod messages;

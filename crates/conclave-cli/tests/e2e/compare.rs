@@ -236,6 +236,10 @@ async fn compare_runs_all_five_ways_and_its_figures_match_the_event_log() -> Res
     )?)?;
     ensure!(comparison["scripted"] == true, "{comparison}");
     let report = std::fs::read_to_string(folder.join("report.md"))?;
+    // How docs/compare.md's example was made: the report of this scripted run, kept.
+    if let Some(keep) = std::env::var_os("CONCLAVE_COMPARE_EXAMPLE") {
+        std::fs::write(keep, &report)?;
+    }
     ensure!(report.contains("SCRIPTED"), "{report}");
     for chart in [
         "cost_usd",
@@ -263,7 +267,10 @@ async fn compare_runs_all_five_ways_and_its_figures_match_the_event_log() -> Res
         ensure!(run["ended"] == "finished", "{way}: {run}");
         ensure!(run["check_passed"] == true, "{way} failed its check: {run}");
         ensure!(run["files_changed"] == 1, "{way}: {run}");
-        ensure!(run["cost_usd"].as_f64() > Some(0.0), "{way} cost nothing: {run}");
+        ensure!(
+            run["cost_usd"].as_f64() > Some(0.0),
+            "{way} cost nothing: {run}"
+        );
         let dir = PathBuf::from(run["dir"].as_str().context("dir")?);
         let log = EventLog::read(&dir)?;
         // Every figure is what the run's own records say.
@@ -327,6 +334,36 @@ async fn compare_runs_all_five_ways_and_its_figures_match_the_event_log() -> Res
         "{report}"
     );
     ensure!(report.contains("no spread was measured"), "{report}");
+
+    // The project's server lists the comparison for the dashboard and serves its report.
+    let server = crate::support::Server::start(&root, "127.0.0.1:0").await?;
+    let token = std::fs::read_to_string(root.join(".conclave/admin.token"))?;
+    let http = reqwest::Client::new();
+    let list: Value = http
+        .get(format!("{}/api/comparisons", server.url))
+        .bearer_auth(token.trim())
+        .send()
+        .await?
+        .json()
+        .await?;
+    let listed = &list["comparisons"][0];
+    ensure!(
+        listed["name"] == name.as_str() && listed["scripted"] == true,
+        "{list}"
+    );
+    ensure!(listed["passed"] == 5 && listed["runs"] == 5, "{list}");
+    let served = http
+        .get(format!(
+            "{}{}",
+            server.url,
+            listed["report"].as_str().unwrap_or_default()
+        ))
+        .bearer_auth(token.trim())
+        .send()
+        .await?
+        .text()
+        .await?;
+    ensure!(served == report, "the served report differs");
     Ok(())
 }
 
