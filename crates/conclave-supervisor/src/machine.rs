@@ -2957,6 +2957,110 @@ mod tests {
         );
     }
 
+    /// A scripted session whose sizes are known, through the machine: the account reported at
+    /// the turn's end holds each part once per call that carried it.
+    #[test]
+    fn the_turn_end_reports_the_coordination_account_of_a_known_session() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.team.agents[0].set_tool_definition_chars(4000);
+        let first_message_chars = {
+            let effects = team.at(0).tick();
+            let spawned = team.answer_spawns(&effects);
+            assert!(spawned.iter().all(|e| !matches!(e, Effect::Spawn { .. })));
+            spawns(&effects)
+                .first()
+                .map(|(_, _, message)| message.chars().count())
+                .expect("a spawn")
+        };
+        team.init(0, "s1");
+        // Call 1 asks for a Conclave tool (28 + 12 characters) and a Write (not coordination).
+        team.line(
+            0,
+            StreamUpdate::Assistant {
+                context_tokens: Some(10_000),
+                content: vec![
+                    Content::Tool(crate::stream::ToolCall {
+                        id: "t1".into(),
+                        name: "mcp__conclave__claim".into(),
+                        input: "{}".into(),
+                        chars: 40,
+                    }),
+                    Content::Tool(crate::stream::ToolCall {
+                        id: "t2".into(),
+                        name: "Write".into(),
+                        input: "a.rs".into(),
+                        chars: 4000,
+                    }),
+                ],
+                call: call_usage("m1", 10_000),
+            },
+        );
+        // Its result: 360 bytes; the Write's result is not coordination.
+        team.line(
+            0,
+            StreamUpdate::ToolResults(vec![
+                ToolResult {
+                    id: "t1".into(),
+                    bytes: 360,
+                    is_error: false,
+                    error: None,
+                },
+                ToolResult {
+                    id: "t2".into(),
+                    bytes: 8000,
+                    is_error: false,
+                    error: None,
+                },
+            ]),
+        );
+        team.line(0, call("m2", 12_000));
+        // The SessionStart hook injected 800 characters, learnt after both calls.
+        let started = Event {
+            seq: 1,
+            ts: chrono::Utc::now(),
+            actor: "a".into(),
+            task: None,
+            agent: Some("a".into()),
+            payload: EventPayload::AgentSessionStart(conclave_core::event::AgentSessionStart {
+                source: Some("startup".into()),
+                session_id: Some("s1".into()),
+                context_chars: Some(800),
+            }),
+        };
+        team.step(Input::Event(started));
+        let effects = team.turn_end(0, 0.1);
+        let account = effects
+            .iter()
+            .find_map(|effect| match effect {
+                Effect::Patch { update, .. } => update.coordination.clone(),
+                _ => None,
+            })
+            .expect("the turn end reports the account");
+        let per_call = crate::coordination::estimate_tokens(4000 + PROTOCOL.chars().count());
+        let first_message = crate::coordination::estimate_tokens(first_message_chars);
+        assert_eq!(account.model_calls, 2);
+        assert_eq!(account.input_tokens, 22_000);
+        assert_eq!(account.definitions_tokens, 2 * per_call);
+        assert_eq!(
+            account.tool_tokens, 100,
+            "400 characters, in the second call only"
+        );
+        assert_eq!(account.injected_tokens, 2 * first_message + 2 * 200);
+        assert_eq!(account.handoff_tokens, 0);
+        assert_eq!(account.chars_per_token, 4.0);
+    }
+
+    fn call_usage(id: &str, input: i64) -> Option<ModelCall> {
+        Some(ModelCall {
+            id: Some(id.to_string()),
+            model: Some("claude-sonnet-4-5".to_string()),
+            usage: pricing::Usage {
+                input,
+                ..pricing::Usage::default()
+            },
+        })
+    }
+
     #[test]
     fn a_model_not_in_the_rate_table_is_priced_at_turn_end_and_said_once() {
         let mut team = Harness::new(vec![plan("a")]);

@@ -74,10 +74,7 @@ fn model(runs: Runs) -> Script {
                 json!({"file_path": target.to_string_lossy(), "content": GREETING}),
             )
         };
-        let team_agent = request
-            .tool_names()
-            .iter()
-            .any(|name| *name == "mcp__conclave__claim")
+        let team_agent = request.tool_names().contains(&"mcp__conclave__claim")
             && !request
                 .system_text()
                 .contains("iteration of `conclave loop`");
