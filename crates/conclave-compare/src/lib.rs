@@ -204,4 +204,4 @@ pub struct Comparison {
     pub summary: BTreeMap<String, BTreeMap<String, report::Spread>>,
 }
 
-pub use ways::compare;
+pub use ways::{Progress, compare};

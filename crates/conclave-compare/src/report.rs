@@ -407,7 +407,7 @@ pub fn plain_words(comparison: &Comparison, ways: &[String]) -> Vec<String> {
             .map(|way| (way, spread_of(comparison, way, metric.key)))
             .filter(|(_, spread)| spread.runs > 0)
             .collect();
-        let Some((best, best_spread)) = spreads
+        let Some((_, best_spread)) = spreads
             .iter()
             .min_by(|a, b| a.1.median.total_cmp(&b.1.median))
             .copied()
@@ -417,10 +417,26 @@ pub fn plain_words(comparison: &Comparison, ways: &[String]) -> Vec<String> {
         if spreads.len() < 2 {
             continue;
         }
+        if spreads
+            .iter()
+            .all(|(_, spread)| spread.median == best_spread.median && spread.min == spread.max)
+        {
+            lines.push(format!(
+                "{}: the same for every way ({}).",
+                capitalize(metric.label),
+                number(best_spread.median)
+            ));
+            continue;
+        }
+        let tied: Vec<&str> = spreads
+            .iter()
+            .filter(|(_, spread)| spread.median == best_spread.median)
+            .map(|(way, _)| way.as_str())
+            .collect();
         let mut within = Vec::new();
         let mut beyond = Vec::new();
         for (way, spread) in &spreads {
-            if *way == best {
+            if tied.contains(&way.as_str()) {
                 continue;
             }
             if comparison.repeat > 1 && spread.overlaps(&best_spread) {
@@ -430,8 +446,9 @@ pub fn plain_words(comparison: &Comparison, ways: &[String]) -> Vec<String> {
             }
         }
         let mut line = format!(
-            "{}: lowest median for {best} ({}).",
+            "{}: lowest median for {} ({}).",
             capitalize(metric.label),
+            tied.join(" and "),
             number(best_spread.median)
         );
         if !within.is_empty() {
@@ -531,6 +548,12 @@ mod tests {
         };
         let words = plain_words(&comparison, &ways_in_order(&comparison.runs));
         assert!(words.iter().any(|l| l.contains("no spread was measured")));
+        assert!(
+            words
+                .iter()
+                .any(|l| l == "Lease denials: the same for every way (0)."),
+            "{words:?}"
+        );
         assert!(!words.iter().any(|l| l.contains("within the spread")));
         let report = markdown(&comparison);
         assert!(report.contains("SCRIPTED"), "the scripted banner");

@@ -50,12 +50,25 @@ const SERVER_START: Duration = Duration::from_secs(30);
 /// How long a process gets to end after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(20);
 
-/// Runs the comparison: every way, every repeat; `on_run` is told of each run as it ends.
-/// Answers the comparison, the folder it was written to, and whether every run ran (a run the
-/// comparison itself could not carry out is recorded with `ended = "error"`).
+/// What the comparison tells its caller as it goes.
+#[derive(Debug)]
+pub enum Progress<'a> {
+    /// A run starts in this tree.
+    Started {
+        way: Way,
+        repeat: u32,
+        dir: &'a Path,
+    },
+    /// A run ended (or could not be carried out).
+    Ended(&'a RunRecord),
+}
+
+/// Runs the comparison: every way, every repeat; `on_progress` is told when each run starts and
+/// ends. Answers the comparison, the folder it was written to, and whether every run ran (a run
+/// the comparison itself could not carry out is recorded with `ended = "error"`).
 pub async fn compare(
     options: &CompareOptions,
-    mut on_run: impl FnMut(&RunRecord),
+    mut on_progress: impl FnMut(Progress<'_>),
 ) -> anyhow::Result<(Comparison, PathBuf, bool)> {
     let commit = head_commit(&options.project_root).await?;
     let started = chrono::Utc::now();
@@ -95,6 +108,11 @@ pub async fn compare(
                 team_config: &team_config,
                 team_size,
             };
+            on_progress(Progress::Started {
+                way: *way,
+                repeat,
+                dir: &dir,
+            });
             let record = match run_one(options, &plan).await {
                 Ok(record) => record,
                 Err(error) => {
@@ -109,7 +127,7 @@ pub async fn compare(
                     }
                 }
             };
-            on_run(&record);
+            on_progress(Progress::Ended(&record));
             comparison.runs.push(record);
             // Written after every run: an interrupted comparison keeps what it measured.
             comparison.summary = summarize(&comparison.runs);

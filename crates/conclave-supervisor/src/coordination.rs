@@ -46,6 +46,8 @@ pub struct CoordinationMeter {
     last_call: Option<String>,
     /// Model calls of the current session so far.
     calls_in_session: i64,
+    /// Output tokens counted from the current turn's calls (the turn's result corrects them).
+    turn_output: i64,
     /// Coordination characters in the current session's context, by part.
     tool_chars: usize,
     injected_chars: usize,
@@ -88,6 +90,7 @@ impl CoordinationMeter {
     /// A fresh session starts: nothing of the last one is in its context.
     pub fn new_session(&mut self) {
         self.calls_in_session = 0;
+        self.turn_output = 0;
         self.tool_chars = 0;
         self.injected_chars = 0;
         self.handoff_chars = 0;
@@ -106,6 +109,7 @@ impl CoordinationMeter {
         account.model_calls += 1;
         account.input_tokens += usage.input + usage.cache_read + usage.cache_creation;
         account.output_tokens += usage.output;
+        self.turn_output += usage.output;
         account.cache_read_tokens += usage.cache_read;
         account.cache_creation_tokens += usage.cache_creation;
         account.definitions_tokens +=
@@ -114,6 +118,17 @@ impl CoordinationMeter {
         account.injected_tokens += estimate_tokens(self.injected_chars);
         account.handoff_tokens += estimate_tokens(self.handoff_chars);
         true
+    }
+
+    /// A turn ended; `output` is its calls' output tokens added up by the client, which is the
+    /// truth when a call's line was printed before its output was complete.
+    pub fn turn_result(&mut self, output: Option<i64>) {
+        if let Some(output) = output
+            && output > self.turn_output
+        {
+            self.account.output_tokens += output - self.turn_output;
+        }
+        self.turn_output = 0;
     }
 
     /// A Conclave tool call the model wrote (its name and input) or its result: in the context
@@ -179,6 +194,12 @@ mod tests {
         assert_eq!(account.model_calls, 2);
         assert_eq!(account.input_tokens, 2200);
         assert_eq!(account.output_tokens, 20);
+        // The turn's result says its calls wrote 50 tokens in all: 30 more than the lines said.
+        meter.turn_result(Some(50));
+        assert_eq!(meter.account().output_tokens, 50);
+        meter.turn_result(None);
+        assert_eq!(meter.account().output_tokens, 50);
+        let account = meter.account();
         assert_eq!(account.cache_read_tokens, 1000);
         assert_eq!(account.definitions_tokens, 400);
         assert_eq!(account.tool_tokens, 50);
@@ -196,6 +217,9 @@ mod tests {
         assert_eq!(account.tool_tokens, 50);
         assert_eq!(account.injected_tokens, 90);
         assert_eq!(account.handoff_tokens, 100);
+        // A result saying less than the calls' lines takes nothing back.
+        meter.turn_result(Some(5));
+        assert_eq!(meter.account().output_tokens, 60, "never less than the calls said");
     }
 
     #[test]

@@ -479,16 +479,15 @@ async fn drive_client(
                 let Ok(Some(line)) = line else { break };
                 let _ = stream_log.append(&line);
                 let Ok(value) = serde_json::from_str::<Value>(&line) else { continue };
-                match parse_line(&value) {
-                    StreamUpdate::Result { cost_usd, is_error, num_turns, .. } => {
-                        report.ran = true;
-                        report.is_error = is_error;
-                        report.cost_usd = cost_usd.unwrap_or(report.cost_usd);
-                        report.turns = num_turns;
-                        report.result = value["result"].as_str().map(str::to_string);
-                    }
-                    update => meter_line(meter, &mut conclave_calls, update),
+                let update = parse_line(&value);
+                if let StreamUpdate::Result { cost_usd, is_error, num_turns, .. } = &update {
+                    report.ran = true;
+                    report.is_error = *is_error;
+                    report.cost_usd = cost_usd.unwrap_or(report.cost_usd);
+                    report.turns = *num_turns;
+                    report.result = value["result"].as_str().map(str::to_string);
                 }
+                meter_line(meter, &mut conclave_calls, update);
             }
             _ = interrupt.cancelled(), if !stopping => {
                 stopping = true;
@@ -544,6 +543,7 @@ pub fn meter_line(
                 }
             }
         }
+        StreamUpdate::Result { output_tokens, .. } => meter.turn_result(output_tokens),
         _ => {}
     }
 }

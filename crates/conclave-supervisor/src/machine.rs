@@ -825,8 +825,10 @@ impl Team {
                 is_error,
                 session_id,
                 text,
+                output_tokens,
                 ..
             } => {
+                self.agents[index].meter.turn_result(output_tokens);
                 if is_error {
                     self.on_error_result(index, text.as_deref());
                 } else {
@@ -1902,6 +1904,7 @@ mod tests {
                     session_id: Some("s1".to_string()),
                     num_turns: Some(1),
                     text: None,
+                    output_tokens: None,
                 },
             )
         }
@@ -2766,6 +2769,7 @@ mod tests {
                 session_id: Some("s1".into()),
                 num_turns: Some(1),
                 text: Some("Not logged in · Please run /login".into()),
+                output_tokens: None,
             },
         );
         assert_eq!(alerts(&effects)[0].0, "authentication");
@@ -2786,6 +2790,7 @@ mod tests {
                 session_id: Some("s1".into()),
                 num_turns: Some(1),
                 text: Some("API Error: 500 internal".into()),
+                output_tokens: None,
             },
         );
         let said = alerts(&effects);

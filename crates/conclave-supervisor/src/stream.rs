@@ -98,6 +98,9 @@ pub enum StreamUpdate {
         num_turns: Option<i64>,
         /// The turn's final text (`result`), which says what went wrong in an error result.
         text: Option<String>,
+        /// Output tokens of the turn's calls added up (`usage.output_tokens`): an `assistant`
+        /// line may carry a call's usage before its output was complete.
+        output_tokens: Option<i64>,
     },
     /// `system/api_retry`: a model call failed and the CLI retries it (401: the key or login
     /// is refused; 429: rate limited; 529: overloaded).
@@ -229,6 +232,7 @@ pub fn parse_line(line: &Value) -> StreamUpdate {
             text: line["result"]
                 .as_str()
                 .map(|text| truncate(text.trim(), MAX_TEXT)),
+            output_tokens: line["usage"]["output_tokens"].as_i64(),
         },
         (Some("system"), Some("api_retry")) => StreamUpdate::ApiRetry {
             status: line["error_status"].as_i64(),
@@ -428,6 +432,7 @@ mod tests {
                     session_id: Some("s1".into()),
                     num_turns: None,
                     text: None,
+                    output_tokens: None,
                 },
             ),
             (

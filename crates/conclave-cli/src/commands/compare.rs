@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use conclave_compare::report::SCRIPTED_BANNER;
-use conclave_compare::{CompareOptions, RunRecord, compare, parse_ways};
+use conclave_compare::{CompareOptions, Progress, RunRecord, compare, parse_ways};
 use conclave_core::project::Project;
 
 use crate::cli::CompareArgs;
@@ -60,7 +60,13 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
             .unwrap_or_default()
     );
     note!("{}", header());
-    let (comparison, folder, all_ran) = compare(&options, |run| note!("{}", row(run))).await?;
+    let (comparison, folder, all_ran) = compare(&options, |progress| match progress {
+        Progress::Started { way, repeat, dir } => {
+            note!("  … {way} run {repeat} started in {}", dir.display());
+        }
+        Progress::Ended(run) => note!("{}", row(run)),
+    })
+    .await?;
     let passed = comparison.runs.iter().filter(|r| r.check_passed).count();
     note!(
         "conclave compare: {} run{}, {passed} passed the check{}",

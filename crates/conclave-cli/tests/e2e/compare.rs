@@ -233,9 +233,19 @@ async fn compare_runs_all_five_ways_and_its_figures_match_the_event_log() -> Res
     )?)?;
     ensure!(comparison["scripted"] == true, "{comparison}");
     let report = std::fs::read_to_string(folder.join("report.md"))?;
-    // How docs/compare.md's example was made: the report of this scripted run, kept.
+    // How docs/compare.md's example was made: this scripted run's report and charts, kept.
     if let Some(keep) = std::env::var_os("CONCLAVE_COMPARE_EXAMPLE") {
-        std::fs::write(keep, &report)?;
+        let keep = PathBuf::from(keep);
+        std::fs::create_dir_all(&keep)?;
+        for entry in std::fs::read_dir(&folder)? {
+            let path = entry?.path();
+            if path
+                .extension()
+                .is_some_and(|ext| ext == "svg" || ext == "md")
+            {
+                std::fs::copy(&path, keep.join(path.file_name().context("file name")?))?;
+            }
+        }
     }
     ensure!(report.contains("SCRIPTED"), "{report}");
     for chart in [

@@ -1467,3 +1467,63 @@ fn an_agents_reported_cost_goes_to_the_task_it_holds() {
     assert!((cost_of(held) - 0.65).abs() < 1e-9, "{}", cost_of(held));
     assert!(cost_of(other).abs() < 1e-9);
 }
+
+#[test]
+fn an_agents_coordination_account_is_stored_replaced_and_checked() {
+    let store = store();
+    agent(&store, "a", None, &[]);
+    let report = |account: crate::model::Coordination| {
+        store.write(|tx| {
+            tx.update_agent(
+                "admin",
+                "a",
+                AgentUpdate {
+                    coordination: Some(account),
+                    ..Default::default()
+                },
+            )
+        })
+    };
+    assert_eq!(
+        store.read(|r| r.agent("a")).expect("agent").coordination,
+        None
+    );
+    let first = crate::model::Coordination {
+        model_calls: 2,
+        input_tokens: 1000,
+        definitions_tokens: 40,
+        chars_per_token: 4.0,
+        ..Default::default()
+    };
+    report(first.clone()).expect("stored");
+    assert_eq!(
+        store.read(|r| r.agent("a")).expect("agent").coordination,
+        Some(first.clone())
+    );
+    // A report without an account keeps the one stored.
+    store
+        .write(|tx| {
+            tx.update_agent(
+                "admin",
+                "a",
+                AgentUpdate {
+                    cost_usd: Some(0.5),
+                    ..Default::default()
+                },
+            )
+        })
+        .expect("cost");
+    assert_eq!(
+        store.read(|r| r.agent("a")).expect("agent").coordination,
+        Some(first.clone())
+    );
+    let negative = crate::model::Coordination {
+        tool_tokens: -1,
+        ..first.clone()
+    };
+    assert!(report(negative).is_err(), "negative counts are refused");
+    assert_eq!(
+        store.read(|r| r.agent("a")).expect("agent").coordination,
+        Some(first)
+    );
+}
