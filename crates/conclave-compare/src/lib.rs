@@ -142,6 +142,9 @@ pub struct CompareOptions {
     pub tool_definition_chars: usize,
     /// How long the check may run.
     pub check_timeout: Duration,
+    /// Cancelled by a person (Ctrl-C): the running way is stopped like at its timeout, recorded
+    /// as `interrupted`, and no further run starts.
+    pub interrupt: tokio_util::sync::CancellationToken,
 }
 
 /// The figures of one run.
@@ -152,8 +155,8 @@ pub struct RunRecord {
     pub repeat: u32,
     /// The run's worktree (with its `.conclave/` and event log).
     pub dir: PathBuf,
-    /// How the way ended: `finished`, `timeout`, `budget`, `stalled`, `failed`, or `error` (the
-    /// comparison could not run it; see `error`).
+    /// How the way ended: `finished`, `timeout`, `budget`, `stalled`, `failed`, `interrupted`,
+    /// or `error` (the comparison could not run it; see `error`).
     pub ended: String,
     pub error: Option<String>,
     pub wall_secs: f64,

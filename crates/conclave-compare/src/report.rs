@@ -349,7 +349,7 @@ fn check_word(run: &RunRecord) -> String {
     match (run.check_passed, run.check_exit) {
         (true, _) => "passed".into(),
         (false, Some(code)) => format!("failed ({code})"),
-        (false, None) if run.ended == "error" => "not run".into(),
+        (false, None) if run.ended == "error" || run.ended == "interrupted" => "not run".into(),
         (false, None) => "failed (timeout)".into(),
     }
 }

@@ -132,6 +132,9 @@ pub async fn compare(
             // Written after every run: an interrupted comparison keeps what it measured.
             comparison.summary = summarize(&comparison.runs);
             write_report(&folder, &comparison)?;
+            if options.interrupt.is_cancelled() {
+                return Ok((comparison, folder, false));
+            }
         }
     }
     Ok((comparison, folder, all_ran))
@@ -244,6 +247,7 @@ enum WayEnd {
     Failed(String),
     Budget,
     Timeout,
+    Interrupted,
 }
 
 impl WayEnd {
@@ -254,6 +258,7 @@ impl WayEnd {
             WayEnd::Failed(_) => "failed",
             WayEnd::Budget => "budget",
             WayEnd::Timeout => "timeout",
+            WayEnd::Interrupted => "interrupted",
         }
     }
 }
@@ -291,6 +296,11 @@ async fn run_one(options: &CompareOptions, plan: &RunPlan<'_>) -> anyhow::Result
     record.repeat = plan.repeat;
     record.dir = plan.dir.clone();
     record.files_changed = files_changed(&plan.dir).await?;
+    if options.interrupt.is_cancelled() {
+        // A person wants it over: no check (it may take long), said so in its row.
+        record.check_tail = "not run: interrupted".into();
+        return Ok(record);
+    }
     let check = run_check(&options.check, &plan.dir, options.check_timeout).await;
     record.check_passed = check.passed();
     record.check_exit = check.exit_code;
@@ -368,13 +378,16 @@ async fn run_way(
             }
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let child = spawn_conclave(options, plan, &args, false)?;
-            Ok(match wait_child(child, options.timeout).await? {
-                None => WayEnd::Timeout,
-                Some(0) => WayEnd::Finished,
-                // 6: the iterations or the budget ran out before the check passed.
-                Some(6) if options.budget_usd.is_some() => WayEnd::Budget,
-                Some(6) => WayEnd::Stalled,
-                Some(code) => WayEnd::Failed(format!("conclave loop exited {code}")),
+            Ok(match wait_child(child, options).await? {
+                Waited::Timeout => WayEnd::Timeout,
+                Waited::Interrupted => WayEnd::Interrupted,
+                Waited::Exited(code) => match code {
+                    0 => WayEnd::Finished,
+                    // 6: the iterations or the budget ran out before the check passed.
+                    6 if options.budget_usd.is_some() => WayEnd::Budget,
+                    6 => WayEnd::Stalled,
+                    code => WayEnd::Failed(format!("conclave loop exited {code}")),
+                },
             })
         }
         Way::Team | Way::Pipeline => {
@@ -387,14 +400,15 @@ async fn run_way(
             };
             let _: Value = admin.post("/api/tasks", &task).await?;
             let child = spawn_conclave(options, plan, &["up"], false)?;
-            Ok(match wait_child(child, options.timeout).await? {
-                None => WayEnd::Timeout,
-                Some(0) => WayEnd::Finished,
-                Some(6) if options.budget_usd.is_some() && budget_spent(admin).await => {
+            Ok(match wait_child(child, options).await? {
+                Waited::Timeout => WayEnd::Timeout,
+                Waited::Interrupted => WayEnd::Interrupted,
+                Waited::Exited(0) => WayEnd::Finished,
+                Waited::Exited(6) if options.budget_usd.is_some() && budget_spent(admin).await => {
                     WayEnd::Budget
                 }
-                Some(6) => WayEnd::Stalled,
-                Some(code) => WayEnd::Failed(format!("conclave up exited {code}")),
+                Waited::Exited(6) => WayEnd::Stalled,
+                Waited::Exited(code) => WayEnd::Failed(format!("conclave up exited {code}")),
             })
         }
     }
@@ -467,6 +481,10 @@ async fn run_plain(
             stop.cancel();
             ((&mut all).await, true)
         }
+        () = options.interrupt.cancelled() => {
+            stop.cancel();
+            ((&mut all).await, false)
+        }
     };
     let mut failure = None;
     for outcome in outcomes {
@@ -484,7 +502,9 @@ async fn run_plain(
             failure.get_or_insert(format!("{}: {why}", outcome.name));
         }
     }
-    Ok(if timed_out {
+    Ok(if options.interrupt.is_cancelled() {
+        WayEnd::Interrupted
+    } else if timed_out {
         WayEnd::Timeout
     } else if over_budget.is_cancelled() {
         WayEnd::Budget
@@ -743,15 +763,22 @@ async fn wait_for_server(project: &Project, serve: &mut Child) -> anyhow::Result
     }
 }
 
-/// Waits for a way's process; at the timeout it is stopped and `None` answered.
-async fn wait_child(mut child: Child, timeout: Duration) -> anyhow::Result<Option<i32>> {
-    match tokio::time::timeout(timeout, child.wait()).await {
-        Ok(status) => Ok(Some(status?.code().unwrap_or(-1))),
-        Err(_) => {
-            stop(&mut child).await;
-            Ok(None)
-        }
-    }
+/// How waiting for a way's process ended.
+enum Waited {
+    Exited(i32),
+    Timeout,
+    Interrupted,
+}
+
+/// Waits for a way's process; at the timeout or an interrupt it is stopped.
+async fn wait_child(mut child: Child, options: &CompareOptions) -> anyhow::Result<Waited> {
+    let waited = tokio::select! {
+        status = child.wait() => return Ok(Waited::Exited(status?.code().unwrap_or(-1))),
+        () = tokio::time::sleep(options.timeout) => Waited::Timeout,
+        () = options.interrupt.cancelled() => Waited::Interrupted,
+    };
+    stop(&mut child).await;
+    Ok(waited)
 }
 
 /// SIGTERM to the process group, SIGKILL after [`STOP_GRACE`].
@@ -808,6 +835,7 @@ mod tests {
             scripted: false,
             tool_definition_chars: 0,
             check_timeout: Duration::from_secs(1),
+            interrupt: CancellationToken::new(),
         };
         let table = team_config(&options, &base).expect("team");
         let defaults = table["defaults"].as_table().expect("defaults");

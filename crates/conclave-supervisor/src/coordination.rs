@@ -219,7 +219,11 @@ mod tests {
         assert_eq!(account.handoff_tokens, 100);
         // A result saying less than the calls' lines takes nothing back.
         meter.turn_result(Some(5));
-        assert_eq!(meter.account().output_tokens, 60, "never less than the calls said");
+        assert_eq!(
+            meter.account().output_tokens,
+            60,
+            "never less than the calls said"
+        );
     }
 
     #[test]

@@ -11,6 +11,8 @@ use conclave_compare::report::SCRIPTED_BANNER;
 use conclave_compare::{CompareOptions, Progress, RunRecord, compare, parse_ways};
 use conclave_core::project::Project;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::cli::CompareArgs;
 use crate::output::note;
 
@@ -43,7 +45,17 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
         scripted: args.scripted,
         tool_definition_chars: super::claude::conclave_tool_definition_chars(),
         check_timeout: Duration::from_secs(args.check_timeout),
+        interrupt: CancellationToken::new(),
     };
+    // The ways run in process groups of their own, out of the terminal's reach: Ctrl-C stops
+    // the running one here, so that nothing is left running.
+    let on_signal = options.interrupt.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            note!("conclave compare: interrupted; stopping the running way");
+            on_signal.cancel();
+        }
+    });
     if options.scripted {
         note!("{SCRIPTED_BANNER}");
     }
@@ -84,6 +96,11 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
         folder.join(format!("{}.json", comparison.name)).display()
     );
     anyhow::ensure!(
+        !options.interrupt.is_cancelled(),
+        "interrupted: the report holds the runs so far ({})",
+        folder.join("report.md").display()
+    );
+    anyhow::ensure!(
         all_ran,
         "not every run could be carried out; the report says why ({})",
         folder.join("report.md").display()
@@ -102,7 +119,9 @@ fn row(run: &RunRecord) -> String {
     let check = match (run.check_passed, run.check_exit) {
         (true, _) => "passed".to_string(),
         (false, Some(code)) => format!("failed ({code})"),
-        (false, None) if run.ended == "error" => "not run".to_string(),
+        (false, None) if run.ended == "error" || run.ended == "interrupted" => {
+            "not run".to_string()
+        }
         (false, None) => "timed out".to_string(),
     };
     let mut line = format!(
