@@ -3,6 +3,7 @@
 
 mod attach;
 mod config;
+mod coordination;
 mod errors;
 mod follow;
 mod hook;
