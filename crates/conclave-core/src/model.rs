@@ -367,23 +367,33 @@ pub const CHARS_PER_TOKEN: f64 = 4.0;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Coordination {
     /// Model calls counted.
+    #[schemars(range(min = 0))]
     pub model_calls: i64,
     /// Input tokens read by all calls, cache reads and writes included (reported by the API).
+    #[schemars(range(min = 0))]
     pub input_tokens: i64,
+    #[schemars(range(min = 0))]
     pub output_tokens: i64,
     /// The part of `input_tokens` read from the prompt cache.
+    #[schemars(range(min = 0))]
     pub cache_read_tokens: i64,
     /// The part of `input_tokens` written to the prompt cache.
+    #[schemars(range(min = 0))]
     pub cache_creation_tokens: i64,
     /// Estimated: the Conclave tool definitions and the Conclave protocol text, every call.
+    #[schemars(range(min = 0))]
     pub definitions_tokens: i64,
     /// Estimated: Conclave tool calls and their results, for as long as they stay in context.
+    #[schemars(range(min = 0))]
     pub tool_tokens: i64,
     /// Estimated: text the SessionStart hook and the supervisor's wake-ups injected.
+    #[schemars(range(min = 0))]
     pub injected_tokens: i64,
     /// Estimated: handoff requests and handoffs at recycling.
+    #[schemars(range(min = 0))]
     pub handoff_tokens: i64,
     /// The characters per token the estimates used ([`CHARS_PER_TOKEN`]).
+    #[schemars(range(min = 0))]
     pub chars_per_token: f64,
 }
 
