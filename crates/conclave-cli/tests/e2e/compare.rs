@@ -342,6 +342,34 @@ async fn compare_runs_all_five_ways_and_its_figures_match_the_event_log() -> Res
     );
     ensure!(report.contains("no spread was measured"), "{report}");
 
+    // A team run's agents carry their coordination account: `status` and `agent list --json`
+    // show it from the run's own server.
+    let team_dir = runs
+        .iter()
+        .find(|run| run["way"] == "team")
+        .and_then(|run| run["dir"].as_str())
+        .map(PathBuf::from)
+        .context("the team run")?;
+    let team_server = crate::support::Server::start(&team_dir, "127.0.0.1:0").await?;
+    let status = conclave_in(&team_dir, &["status"]).await?;
+    ensure!(
+        status.contains("architect: coordination: ")
+            && status.contains("% of input, ≈ ")
+            && status.contains("(estimated at 4 characters a token)"),
+        "{status}"
+    );
+    let agents: Value =
+        serde_json::from_str(&conclave_in(&team_dir, &["agent", "list", "--json"]).await?)?;
+    let architect = agents["agents"]
+        .as_array()
+        .and_then(|list| list.iter().find(|agent| agent["name"] == "architect"))
+        .context("the architect")?;
+    ensure!(
+        architect["coordination"]["definitions_tokens"].as_i64() > Some(0),
+        "{architect}"
+    );
+    drop(team_server);
+
     // The project's server lists the comparison for the dashboard and serves its report.
     let server = crate::support::Server::start(&root, "127.0.0.1:0").await?;
     let token = std::fs::read_to_string(root.join(".conclave/admin.token"))?;
@@ -372,6 +400,24 @@ async fn compare_runs_all_five_ways_and_its_figures_match_the_event_log() -> Res
         .await?;
     ensure!(served == report, "the served report differs");
     Ok(())
+}
+
+/// `conclave ARGS` in `dir` (its own server): its stdout.
+async fn conclave_in(dir: &Path, args: &[&str]) -> Result<String> {
+    let output = tokio::process::Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("CONCLAVE_URL")
+        .env_remove("CONCLAVE_AGENT")
+        .env_remove("CONCLAVE_TOKEN")
+        .output()
+        .await?;
+    ensure!(
+        output.status.success(),
+        "conclave {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// The Conclave tool definitions as the model received them (the stand-in's record), and the
