@@ -85,7 +85,7 @@ pub fn figures(agents: &AgentList, events: &[Event]) -> RunRecord {
 }
 
 /// Files the run changed in its tree (added, modified, deleted, untracked), its own
-/// `.conclave/` and `conclave.toml` not counted.
+/// `.conclave/`, `conclave.toml` and tool permissions not counted.
 pub async fn files_changed(dir: &Path) -> anyhow::Result<i64> {
     let output = Command::new("git")
         .arg("-C")
@@ -109,7 +109,11 @@ fn count_changed(porcelain: &str) -> i64 {
         .lines()
         .filter_map(|line| line.get(3..))
         .map(|path| path.trim_matches('"'))
-        .filter(|path| !path.starts_with(".conclave/") && *path != "conclave.toml")
+        .filter(|path| {
+            !path.starts_with(".conclave/")
+                && *path != "conclave.toml"
+                && *path != crate::ways::LOCAL_SETTINGS
+        })
         .count() as i64
 }
 
@@ -119,7 +123,8 @@ mod tests {
 
     #[test]
     fn the_runs_own_files_are_not_changes() {
-        let porcelain = "?? .conclave/conclave.db\n?? conclave.toml\n M src/lib.rs\n?? greet.sh\n";
+        let porcelain = "?? .conclave/conclave.db\n?? conclave.toml\n M src/lib.rs\n?? greet.sh\n\
+                         ?? .claude/settings.local.json\n";
         assert_eq!(count_changed(porcelain), 2);
     }
 }

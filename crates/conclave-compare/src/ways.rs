@@ -45,6 +45,8 @@ const PIPELINE_STAGES: &[&str] = &["coder", "reviewer"];
 /// Where a run's tree keeps the task file the loop reads (inside `.conclave/`, so it is no
 /// changed file of the run).
 const TASK_FILE: &str = ".conclave/compare-task.md";
+/// Claude Code's local settings file, where a run's tool permissions go.
+pub const LOCAL_SETTINGS: &str = ".claude/settings.local.json";
 /// How long a private server may take to start.
 const SERVER_START: Duration = Duration::from_secs(30);
 /// How long a process gets to end after SIGTERM before SIGKILL.
@@ -270,6 +272,7 @@ async fn run_one(options: &CompareOptions, plan: &RunPlan<'_>) -> anyhow::Result
     let project = Project::at(&plan.dir);
     project.ensure_state_dir()?;
     std::fs::write(plan.dir.join(TASK_FILE), &options.task)?;
+    write_tool_permissions(&plan.dir, &plan.base.defaults)?;
 
     let mut server = spawn_conclave(options, plan, &["serve", "--listen", "127.0.0.1:0"], true)?;
     let result = async {
@@ -668,6 +671,31 @@ impl PlainSession {
     }
 }
 
+/// `[defaults] allowed_tools` and `disallowed_tools` as the run tree's local Claude Code
+/// settings, so that every client in it has the same permissions whichever way starts it (the
+/// loop has no flags for them; the team's agents and the plain sessions get them as flags too).
+/// A tree whose commit holds such a file keeps it.
+fn write_tool_permissions(dir: &Path, defaults: &AgentSettings) -> anyhow::Result<()> {
+    if defaults.allowed_tools.is_none() && defaults.disallowed_tools.is_none() {
+        return Ok(());
+    }
+    let path = dir.join(LOCAL_SETTINGS);
+    if path.exists() {
+        return Ok(());
+    }
+    let settings = serde_json::json!({
+        "permissions": {
+            "allow": defaults.allowed_tools.clone().unwrap_or_default(),
+            "deny": defaults.disallowed_tools.clone().unwrap_or_default(),
+        }
+    });
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(&settings)?)?;
+    Ok(())
+}
+
 /// `git worktree add --detach DIR COMMIT` in the project.
 async fn add_worktree(root: &Path, dir: &Path, commit: &str) -> anyhow::Result<()> {
     let output = Command::new("git")
@@ -797,6 +825,28 @@ async fn stop(child: &mut Child) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tool_permissions_go_to_the_trees_local_settings_unless_it_has_its_own() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut defaults = AgentSettings::default();
+        write_tool_permissions(dir.path(), &defaults).expect("nothing to write");
+        assert!(!dir.path().join(LOCAL_SETTINGS).exists());
+        defaults.allowed_tools = Some(vec!["Bash(cargo test:*)".into()]);
+        write_tool_permissions(dir.path(), &defaults).expect("written");
+        let settings: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join(LOCAL_SETTINGS)).expect("read"),
+        )
+        .expect("json");
+        assert_eq!(settings["permissions"]["allow"][0], "Bash(cargo test:*)");
+        defaults.allowed_tools = Some(vec!["Read".into()]);
+        write_tool_permissions(dir.path(), &defaults).expect("kept");
+        let kept = std::fs::read_to_string(dir.path().join(LOCAL_SETTINGS)).expect("read");
+        assert!(
+            kept.contains("cargo test"),
+            "the tree's own file is kept: {kept}"
+        );
+    }
 
     #[test]
     fn the_title_is_the_first_line_without_its_heading_mark() {
