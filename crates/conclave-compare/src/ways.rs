@@ -623,7 +623,8 @@ impl PlainSession {
                         StreamUpdate::Result { cost_usd, .. } => {
                             got_result = true;
                             if let Some(cost) = cost_usd {
-                                self.add_spent(cost - outcome.cost_usd);
+                                // The client's total replaces what its calls were priced at.
+                                self.add_spent(cost - outcome.cost_usd - estimate);
                                 outcome.cost_usd = *cost;
                                 estimate = 0.0;
                             }
