@@ -6,6 +6,7 @@ pub mod events;
 pub mod leases;
 pub mod messages;
 pub mod notes;
+pub mod overlaps;
 pub mod queue;
 pub mod status;
 pub mod tasks;
