@@ -3,6 +3,7 @@
 
 mod attach;
 mod attribution;
+mod compare;
 mod config;
 mod coordination;
 mod errors;
