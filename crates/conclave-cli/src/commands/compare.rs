@@ -90,6 +90,7 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
             ""
         }
     );
+    note!("folder: {}", folder.display());
     note!("report: {}", folder.join("report.md").display());
     note!(
         "data:   {}",

@@ -37,8 +37,10 @@ pub async fn run(context: &Context, json: bool) -> anyhow::Result<()> {
         )?;
         // What coordination costs each agent in context (docs/compare.md).
         for agent in &status.agents {
-            if let Some(account) = &agent.coordination {
-                outln!("  {}: {}", agent.name, account.describe())?;
+            match &agent.coordination {
+                Some(account) => outln!("  {}: {}", agent.name, account.describe())?,
+                // Only `conclave up` and `conclave loop` count it.
+                None => outln!("  {}: coordination: not measured yet", agent.name)?,
             }
         }
     }

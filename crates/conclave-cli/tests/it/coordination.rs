@@ -45,6 +45,13 @@ fn the_session_start_hook_records_the_size_of_the_context_it_injects() {
         .expect("the hook injects context");
     assert!(context.contains("You are alice"), "{context}");
 
+    // Nothing reported an account for alice yet: `status` says so rather than leave her out.
+    let status = project.run(&["status"]).ok();
+    assert!(
+        status.contains("alice: coordination: not measured yet"),
+        "{status}"
+    );
+
     let events = project.export();
     let started = events
         .iter()
