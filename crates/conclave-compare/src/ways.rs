@@ -24,7 +24,7 @@ use conclave_supervisor::stream::{StreamUpdate, parse_line};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
@@ -570,13 +570,9 @@ impl PlainSession {
         outcome: &mut PlainOutcome,
     ) -> anyhow::Result<()> {
         let mut command = Command::new(&self.claude);
-        command.args([
-            "-p",
-            &self.task,
-            "--output-format",
-            "stream-json",
-            "--verbose",
-        ]);
+        // The task goes on stdin: as an argument, a task starting with `-` would read as a flag
+        // (and `--allowedTools` takes every word after it).
+        command.args(["-p", "--output-format", "stream-json", "--verbose"]);
         if let Some(model) = &self.defaults.model {
             command.args(["--model", model]);
         }
@@ -595,7 +591,7 @@ impl PlainSession {
             .env_remove(ENV_URL)
             .env_remove(ENV_AGENT)
             .env_remove(ENV_TOKEN)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .process_group(0)
@@ -607,6 +603,12 @@ impl PlainSession {
             .id()
             .and_then(|id| i32::try_from(id).ok())
             .map(Pid::from_raw);
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(self.task.as_bytes()).await?;
+            stdin.flush().await?;
+            // Closed: the client reads the prompt to its end.
+            drop(stdin);
+        }
         let stdout = child.stdout.take().context("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let mut conclave_calls = std::collections::HashSet::new();
