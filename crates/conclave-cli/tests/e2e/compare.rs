@@ -405,6 +405,93 @@ async fn compare_runs_all_five_ways_and_its_figures_match_the_event_log() -> Res
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_repeats_a_way_in_fresh_trees_and_reports_its_median_and_spread() -> Result<()> {
+    let _serial = serial().await;
+    let Some(claude) = claude_or_skip() else {
+        return Ok(());
+    };
+    let repo = tempfile::Builder::new()
+        .prefix("conclave-compare-")
+        .tempdir()?;
+    let root = repo.path().canonicalize()?;
+    seeded_repo(&root)?;
+    let out = root.join("reports");
+    let task_file = root.join("task.md");
+    std::fs::write(
+        &task_file,
+        "- add greet.sh: `sh greet.sh NAME` prints `Hello, NAME!`\n",
+    )?;
+    let runs_seen = Runs {
+        out: out.clone(),
+        ..Runs::default()
+    };
+    let stand_in = StandIn::start(model(runs_seen.clone())).await?;
+    let env = CliEnv::new(&stand_in.url(), "key-compare")?;
+    let mut command = env.command(Path::new(BIN));
+    command
+        .args(["compare", "--task"])
+        .arg(&task_file)
+        .args(["--check", "sh check.sh", "--scripted", "--ways", "single"])
+        .args(["--repeat", "2", "--timeout", "120s", "--out"])
+        .arg(&out)
+        .current_dir(&root)
+        .env("CONCLAVE_CLAUDE_BIN", &claude)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let output = tokio::time::timeout(std::time::Duration::from_secs(600), command.output())
+        .await
+        .context("conclave compare did not finish in time")??;
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    ensure!(
+        output.status.success(),
+        "exit {:?}: {stderr}",
+        output.status.code()
+    );
+    let folder = std::fs::read_dir(&out)?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .find(|path| path.is_dir())
+        .context("no comparison folder")?;
+    let name = folder
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("name")?;
+    let comparison: Value = serde_json::from_str(&std::fs::read_to_string(
+        folder.join(format!("{name}.json")),
+    )?)?;
+    let runs = comparison["runs"].as_array().context("runs")?;
+    ensure!(runs.len() == 2, "{runs:?}");
+    // Each repeat had a tree of its own, from the same commit: both had to write the file.
+    for (index, run) in runs.iter().enumerate() {
+        ensure!(run["repeat"] == index as i64 + 1, "{run}");
+        ensure!(
+            run["check_passed"] == true && run["files_changed"] == 1,
+            "{run}"
+        );
+        ensure!(
+            run["dir"]
+                .as_str()
+                .is_some_and(|d| d.ends_with(&format!("runs/single-{}", index + 1))),
+            "{run}"
+        );
+    }
+    let costs: Vec<f64> = runs.iter().filter_map(|r| r["cost_usd"].as_f64()).collect();
+    let spread = &comparison["summary"]["single"]["cost_usd"];
+    ensure!(spread["runs"] == 2, "{spread}");
+    ensure!(
+        spread["min"].as_f64() == costs.iter().copied().reduce(f64::min)
+            && spread["max"].as_f64() == costs.iter().copied().reduce(f64::max),
+        "{spread} vs {costs:?}"
+    );
+    let report = std::fs::read_to_string(folder.join("report.md"))?;
+    ensure!(
+        report.contains("The check passed: single 2 of 2"),
+        "{report}"
+    );
+    ensure!(!report.contains("no spread was measured"), "{report}");
+    Ok(())
+}
+
 /// `conclave ARGS` in `dir` (its own server): its stdout.
 async fn conclave_in(dir: &Path, args: &[&str]) -> Result<String> {
     let output = tokio::process::Command::new(BIN)
