@@ -27,6 +27,12 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
     let timeout = conclave_core::config::parse_duration(&args.timeout)
         .map_err(|error| anyhow::anyhow!("--timeout {}: {error}", args.timeout))?;
     let ways = parse_ways(&args.ways)?;
+    if let Some(budget) = args.budget {
+        anyhow::ensure!(
+            budget.is_finite() && budget > 0.0,
+            "--budget {budget}: give a positive number of US dollars"
+        );
+    }
     let claude_bin = super::claude::claude_bin()?;
     let options = CompareOptions {
         out_dir: args

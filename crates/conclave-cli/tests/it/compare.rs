@@ -7,7 +7,7 @@ use crate::support::TestProject;
 const NO_CLIENT: (&str, &str) = ("CONCLAVE_CLAUDE_BIN", "/bin/true");
 
 #[test]
-fn an_unknown_way_an_empty_task_and_a_folder_without_a_commit_are_refused() {
+fn an_unknown_way_a_bad_budget_an_empty_task_and_a_folder_without_a_commit_are_refused() {
     let project = TestProject::init();
     std::fs::write(project.root().join("task.md"), "Add greet.sh\n").expect("task");
     std::fs::write(project.root().join("empty.md"), "  \n").expect("empty task");
@@ -20,6 +20,19 @@ fn an_unknown_way_an_empty_task_and_a_folder_without_a_commit_are_refused() {
 
     let stderr = compare("task.md", "single,solo").fails_with(1).to_string();
     assert!(stderr.contains("unknown way \"solo\""), "{stderr}");
+    let stderr = project
+        .run_with_env(
+            &[NO_CLIENT],
+            &[
+                "compare", "--task", "task.md", "--check", "true", "--budget", "0",
+            ],
+        )
+        .fails_with(1)
+        .to_string();
+    assert!(
+        stderr.contains("--budget 0: give a positive number"),
+        "{stderr}"
+    );
     let stderr = compare("empty.md", "single").fails_with(1).to_string();
     assert!(stderr.contains("is empty"), "{stderr}");
     // No git repository here: every way runs in a worktree of one.
