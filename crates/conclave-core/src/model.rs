@@ -478,6 +478,31 @@ impl Coordination {
     }
 }
 
+/// One past `conclave compare` run, as `GET /api/comparisons` lists it (docs/compare.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ComparisonSummary {
+    /// The comparison's folder under `.conclave/compare/` (`compare-20261201-021500`).
+    pub name: String,
+    pub started_at: String,
+    /// The model was the scripted stand-in.
+    pub scripted: bool,
+    pub ways: Vec<String>,
+    pub runs: i64,
+    /// Runs whose check passed.
+    pub passed: i64,
+    /// Where the Markdown report is served; its charts are next to it
+    /// (`/api/comparisons/{name}/{metric}.svg`).
+    pub report: String,
+    /// The chart files, one per metric.
+    pub charts: Vec<String>,
+}
+
+/// `GET /api/comparisons`: past comparisons, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ComparisonList {
+    pub comparisons: Vec<ComparisonSummary>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Task {
     pub id: TaskId,
@@ -782,13 +807,13 @@ pub struct AgentUpdate {
     #[serde(default)]
     #[schemars(range(min = 0))]
     pub cost_usd: Option<f64>,
+    /// The agent's whole context account so far (replaces the one stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordination: Option<Coordination>,
     /// Not negative.
     #[serde(default)]
     #[schemars(range(min = 0))]
     pub restarts: Option<i64>,
-    /// The agent's whole context account so far (replaces the one stored).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub coordination: Option<Coordination>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
@@ -1252,31 +1277,6 @@ pub struct SearchResults {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct EventList {
     pub events: Vec<Event>,
-}
-
-/// One past `conclave compare` run, as `GET /api/comparisons` lists it (docs/compare.md).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct ComparisonSummary {
-    /// The comparison's folder under `.conclave/compare/` (`compare-20261201-021500`).
-    pub name: String,
-    pub started_at: String,
-    /// The model was the scripted stand-in.
-    pub scripted: bool,
-    pub ways: Vec<String>,
-    pub runs: i64,
-    /// Runs whose check passed.
-    pub passed: i64,
-    /// Where the Markdown report is served; its charts are next to it
-    /// (`/api/comparisons/{name}/{metric}.svg`).
-    pub report: String,
-    /// The chart files, one per metric.
-    pub charts: Vec<String>,
-}
-
-/// `GET /api/comparisons`: past comparisons, newest first.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub struct ComparisonList {
-    pub comparisons: Vec<ComparisonSummary>,
 }
 
 /// `GET /api/status`: the whole team at a glance.
