@@ -18,11 +18,11 @@
 //! - [`probe`]: the check of each agent's client (binary, version, one turn) `up --detach`
 //!   makes before it returns.
 //! - [`pricing`]: a dated per-model rate table that prices each model call as it arrives.
+//! - [`coordination`]: what coordination costs each agent in context (tool definitions, Conclave
+//!   tool traffic, injected text, handoffs), against all its input.
 //! - [`wake`]: the user message that wakes an idle agent, quoting what arrived (bounded).
 //! - [`loop_run`]: `conclave loop`, a fresh client per iteration until a check passes.
 //! - [`follow`]: the server's event stream, resumed after the last event seen.
-//! - [`coordination`]: what coordination costs each agent in context (tool definitions, Conclave
-//!   tool traffic, injected text, handoffs), against all its input.
 
 pub mod agent_files;
 pub mod coordination;

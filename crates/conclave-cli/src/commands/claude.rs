@@ -82,14 +82,6 @@ pub async fn run(context: &Context, options: ClaudeArgs) -> anyhow::Result<()> {
     }
 }
 
-/// The characters the Conclave tool definitions take in each model request (names prefixed as
-/// Claude Code prefixes them): the part of the coordination account every call carries.
-pub fn conclave_tool_definition_chars() -> usize {
-    let json = conclave_server::tool_definitions_json();
-    let tools = serde_json::from_str::<Vec<serde_json::Value>>(&json).map_or(0, |list| list.len());
-    conclave_supervisor::coordination::tool_definition_chars(&json, tools)
-}
-
 /// The server's URL as an agent on this machine reaches it: a server listening on every
 /// address (`0.0.0.0`, `[::]`) writes that address in `server.json`, but the MCP endpoint only
 /// answers requests whose `Host` it knows, loopback included.
@@ -177,6 +169,14 @@ fn exit_code_of(status: std::process::ExitStatus) -> u8 {
         (None, Some(signal)) => u8::try_from(128 + signal).unwrap_or(1),
         (None, None) => 1,
     }
+}
+
+/// The characters the Conclave tool definitions take in each model request (names prefixed as
+/// Claude Code prefixes them): the part of the coordination account every call carries.
+pub fn conclave_tool_definition_chars() -> usize {
+    let json = conclave_server::tool_definitions_json();
+    let tools = serde_json::from_str::<Vec<serde_json::Value>>(&json).map_or(0, |list| list.len());
+    conclave_supervisor::coordination::tool_definition_chars(&json, tools)
 }
 
 #[cfg(test)]
