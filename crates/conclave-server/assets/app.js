@@ -1087,6 +1087,8 @@ async function loadComparisons() {
       shown);
   }));
 }
+// Loaded once at start, on its own: a project without comparisons shows the empty line.
+loadComparisons().catch(() => {});
 
 // ---- start ------------------------------------------------------------------------------------
 
@@ -1105,8 +1107,7 @@ async function start() {
     renderBoard();
     renderLeases();
     renderSummary();
-    await Promise.all([loadMessages(), loadNotes(), loadLastActions(), loadTasks(), loadAlerts(), loadWaits(),
-      loadComparisons().catch(() => {})]);
+    await Promise.all([loadMessages(), loadNotes(), loadLastActions(), loadTasks(), loadAlerts(), loadWaits()]);
   } catch (error) {
     toast(error.message, true);
   }

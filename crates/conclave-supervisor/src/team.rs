@@ -45,9 +45,6 @@ const MESSAGES_READ: usize = 500;
 pub struct SupervisorOptions {
     /// Keep running when the team has nothing left to do.
     pub stay: bool,
-    /// The characters of the Conclave tool definitions as the model receives them (see
-    /// [`crate::coordination::tool_definition_chars`]); 0 leaves them out of the accounting.
-    pub tool_definition_chars: usize,
 }
 
 /// What the driver asks of the server.
@@ -198,9 +195,7 @@ impl Supervisor {
                 .await?;
             let dir = project.agent_dir(&plan.name);
             let saved = read_saved_state(&dir);
-            let mut agent = AgentState::restore(plan, &record, saved, Instant::now());
-            agent.set_tool_definition_chars(options.tool_definition_chars);
-            agents.push(agent);
+            agents.push(AgentState::restore(plan, &record, saved, Instant::now()));
             launches.push(AgentLaunch { token, files, dir });
         }
         Ok(Supervisor {
@@ -259,6 +254,18 @@ pub fn outcome_lines(outcome: &Outcome, agents: &[String]) -> Vec<String> {
     }];
     lines.extend(agents.iter().map(|agent| format!("  {agent}")));
     lines
+}
+
+impl Supervisor {
+    /// Sets the characters of the Conclave tool definitions as the model receives them (see
+    /// [`crate::coordination::tool_definition_chars`]), for every agent's coordination account;
+    /// left unset, they are not counted.
+    pub fn with_tool_definition_chars(mut self, chars: usize) -> Supervisor {
+        for agent in &mut self.team.agents {
+            agent.set_tool_definition_chars(chars);
+        }
+        self
+    }
 }
 
 fn read_saved_state(dir: &std::path::Path) -> SavedState {

@@ -118,10 +118,7 @@ pub async fn run(context: &Context, args: UpArgs) -> anyhow::Result<()> {
     std::fs::write(supervisor_file(&project), serde_json::to_string(&info)?)
         .context("cannot write .conclave/supervisor.json")?;
 
-    let options = SupervisorOptions {
-        stay: args.stay,
-        tool_definition_chars: super::claude::conclave_tool_definition_chars(),
-    };
+    let options = SupervisorOptions { stay: args.stay };
     let no_agents = config.agents.is_empty();
     let outcome = async {
         if no_agents {
@@ -134,7 +131,9 @@ pub async fn run(context: &Context, args: UpArgs) -> anyhow::Result<()> {
             shutdown.cancelled().await;
             return Ok(());
         }
-        let supervisor = Supervisor::prepare(&project, admin, options).await?;
+        let supervisor = Supervisor::prepare(&project, admin, options)
+            .await?
+            .with_tool_definition_chars(super::claude::conclave_tool_definition_chars());
         eprintln!(
             "conclave: running {} agent(s): {}",
             supervisor.names().len(),
