@@ -6,7 +6,7 @@ use axum::routing::{MethodRouter, delete, get, patch, post};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Map, Value, json};
 
-use crate::api::{agents, comparisons, events, leases, messages, notes, queue, status, tasks};
+use crate::api::{agents, events, leases, messages, notes, queue, status, tasks};
 use crate::app::App;
 use crate::error::ErrorBody;
 use conclave_core::model::*;
@@ -215,14 +215,14 @@ pub fn operations() -> Vec<Operation> {
             "get",
             "/api/comparisons",
             "Past `conclave compare` runs of this project, newest first, with their reports",
-            get(comparisons::list),
+            get(crate::api::comparisons::list),
         )
         .response::<ComparisonList>(),
         op(
             "get",
             "/api/comparisons/{name}/{file}",
             "A comparison's Markdown report (report.md) or one of its SVG charts (<metric>.svg)",
-            get(comparisons::file),
+            get(crate::api::comparisons::file),
         ),
         op(
             "get",

@@ -16,9 +16,7 @@ use anyhow::Context as _;
 use conclave_client::{Client, ENV_AGENT, ENV_TOKEN, ENV_URL};
 use conclave_core::config::AgentSettings;
 use conclave_core::event::{AgentIteration, EventPayload};
-use conclave_core::model::{
-    AgentUpdate, Coordination, EventList, NewAgent, NewEvent, StatusReport, TaskStatus,
-};
+use conclave_core::model::{EventList, NewAgent, NewEvent, StatusReport, TaskStatus};
 use conclave_core::project::Project;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -193,9 +191,6 @@ pub async fn run_loop(
         let number = iterations.len() as u32 + 1;
         let (summary, last_seq) = state_summary(admin, seen_seq, iterations.last()).await;
         let message = format!("{}\n\n{summary}", options.prompt.trim_end());
-        meter.new_session();
-        // The prompt is the work; the state summary is what coordination adds to it.
-        meter.injected(summary.chars().count());
         let mut report = run_client(
             &plan,
             &joined.files,
@@ -209,9 +204,14 @@ pub async fn run_loop(
         )
         .await;
         seen_seq = last_seq;
+        // The prompt is the work; the state summary is what coordination added to it, in every
+        // call of the session, as is what the SessionStart hook injected.
+        meter.session_context(summary.chars().count());
         add_session_context(admin, &options.agent, seen_seq, &mut meter).await;
         let spent = iterations.iter().map(|it| it.cost_usd).sum::<f64>() + report.cost_usd;
         report_account(admin, &options.agent, spent, meter.account()).await;
+        // The next iteration is a fresh session.
+        meter.new_session();
         if let Some(check) = options
             .until
             .as_deref()
@@ -574,11 +574,16 @@ async fn add_session_context(
 
 /// Stores what the loop's agent has spent and its context account with the agent (`PATCH
 /// /api/agents/NAME`), as a supervisor does for a team's agents; a failure is logged.
-async fn report_account(admin: &Client, agent: &str, spent: f64, account: &Coordination) {
-    let update = AgentUpdate {
+async fn report_account(
+    admin: &Client,
+    agent: &str,
+    spent: f64,
+    account: &conclave_core::model::Coordination,
+) {
+    let update = conclave_core::model::AgentUpdate {
         cost_usd: Some(spent),
         coordination: Some(account.clone()),
-        ..AgentUpdate::default()
+        ..conclave_core::model::AgentUpdate::default()
     };
     let path = format!("/api/agents/{agent}");
     if let Err(error) = admin.patch::<_, Value>(&path, &update).await {
