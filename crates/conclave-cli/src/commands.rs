@@ -42,11 +42,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let context = Context::from_env()?;
             match command {
                 Command::Init
+                | Command::Compare(_)
                 | Command::Serve(_)
                 | Command::Bench(_)
                 | Command::Hook(_)
-                | Command::Demo(_)
-                | Command::Compare(_) => {
+                | Command::Demo(_) => {
                     unreachable!("handled above")
                 }
                 Command::Agent(command) => agent::run(&context, command).await,
