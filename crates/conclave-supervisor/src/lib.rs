@@ -23,6 +23,7 @@
 //! - [`wake`]: the user message that wakes an idle agent, quoting what arrived (bounded).
 //! - [`loop_run`]: `conclave loop`, a fresh client per iteration until a check passes.
 //! - [`follow`]: the server's event stream, resumed after the last event seen.
+//! - [`relay`]: the loopback relay through which agents reach remote servers (failover, TLS).
 
 pub mod agent_files;
 pub mod coordination;
@@ -33,9 +34,10 @@ pub mod plan;
 pub mod pricing;
 pub mod probe;
 pub mod process;
+pub mod relay;
 pub mod stream;
 pub mod team;
 pub mod wake;
 
 pub use machine::Outcome;
-pub use team::{Supervisor, SupervisorOptions, check_team};
+pub use team::{Supervisor, SupervisorOptions, check_share, check_team};

@@ -10,6 +10,7 @@
 mod attribution;
 mod compare;
 mod demo;
+mod hosts;
 mod loop_cmd;
 mod outages;
 mod outcomes;

@@ -9,6 +9,7 @@ mod coordination;
 mod errors;
 mod follow;
 mod hook;
+mod hosts;
 mod pipeline;
 mod pipes;
 mod queue;
