@@ -78,6 +78,11 @@ pub enum Command {
     /// iterations or the --budget ran out; 7 no iteration could run (client missing, not logged
     /// in); 130 interrupted (Ctrl-C stops the running iteration and records it)
     Loop(LoopArgs),
+    /// Run one task in several ways of working (single session, loop, team, uncoordinated
+    /// instances, pipeline), each in a fresh worktree at the same commit, then the check; prints
+    /// a table as it goes and writes the JSON, a Markdown report and charts into one folder.
+    /// Exit 0 when every way ran (the report says which passed the check), 1 on its own errors
+    Compare(CompareArgs),
     /// Stop the team started by `conclave up` (agents first, then its server)
     Down,
     /// Follow one agent's live stream: tool calls, text and cost
@@ -172,6 +177,45 @@ pub struct LoopArgs {
     /// list (POST /api/agents/NAME/confirm)
     #[arg(long)]
     pub confirm: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// The file holding the task every way is given
+    #[arg(long, value_name = "FILE")]
+    pub task: std::path::PathBuf,
+    /// The check run in each way's tree when it has ended (sh -c); exit 0 means the task is done
+    #[arg(long, value_name = "CMD")]
+    pub check: String,
+    /// The ways to run, comma-separated
+    #[arg(
+        long,
+        value_name = "WAYS",
+        default_value = "single,loop,team,uncoordinated,pipeline"
+    )]
+    pub ways: String,
+    /// The team file for the team way (default: an architect and two coders with the project's
+    /// [defaults]); its agent count is the uncoordinated way's
+    #[arg(long, value_name = "FILE")]
+    pub team: Option<std::path::PathBuf>,
+    /// Runs per way (medians and spread are reported)
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
+    /// What one run may spend, in US dollars
+    #[arg(long, value_name = "USD")]
+    pub budget: Option<f64>,
+    /// How long one run may take, the check not counted (30s, 10m, 1h)
+    #[arg(long, value_name = "DUR", default_value = "30m")]
+    pub timeout: String,
+    /// The folder the comparison's own folder is made in (default .conclave/compare)
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<std::path::PathBuf>,
+    /// The model is Conclave's scripted stand-in (CI, docs): says so in the output and the report
+    #[arg(long)]
+    pub scripted: bool,
+    /// Seconds the check may run before it counts as failed
+    #[arg(long, value_name = "SECS", default_value_t = conclave_supervisor::loop_run::DEFAULT_CHECK_TIMEOUT.as_secs())]
+    pub check_timeout: u64,
 }
 
 #[derive(Debug, Args)]

@@ -4,6 +4,7 @@ mod agent;
 mod attach;
 mod bench;
 pub mod claude;
+mod compare;
 mod demo;
 mod down;
 pub mod hook;
@@ -38,10 +39,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args).await,
         Command::Store(command) => store::run(command).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Compare(args) => compare::run(args).await,
         command => {
             let context = Context::from_env()?;
             match command {
                 Command::Init
+                | Command::Compare(_)
                 | Command::Serve(_)
                 | Command::Bench(_)
                 | Command::Hook(_)

@@ -617,6 +617,10 @@ pub struct AgentSessionStart {
     /// `startup`, `resume`, `clear` or `compact`, as Claude Code says.
     pub source: Option<String>,
     pub session_id: Option<String>,
+    /// The characters of context the hook injected into the session (its coordination cost,
+    /// counted by the supervisor); absent in older rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_chars: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

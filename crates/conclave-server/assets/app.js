@@ -530,11 +530,27 @@ function renderTeam() {
     h('div', { class: 'line', title: task ? task.title : '' }, task ? `${task.id} ${task.title}` : h('span', { class: 'muted', text: 'no task' })),
     contextBar(agent),
     h('div', { class: 'line muted', text: `$${Number(agent.cost_usd || 0).toFixed(2)} · ${agent.restarts} restarts` }),
+    coordinationLine(agent),
     h('div', { class: `line last-action${last && toolFailed(last) ? ' failed' : ''}`, title: last ? describe(last) : '' },
       last ? [h('span', { class: 'mono', text: last.kind }), ' ', clip(describe(last), 80), ' · ', agoNode(last.ts)]
         : h('span', { class: 'muted', text: `no action yet · seen ${ago(agent.last_seen)}` })),
     controlButtons(agent.name));
   }));
+}
+
+// The agent's coordination overhead (issue 16): the share of its input that was Conclave's
+// tool definitions, tool traffic, injected text and handoffs; estimated from characters.
+function coordinationLine(agent) {
+  const c = agent.coordination;
+  if (!c) return h('div', { class: 'line muted', 'data-coordination': '', text: 'coordination: not measured yet' });
+  const tokens = c.definitions_tokens + c.tool_tokens + c.injected_tokens + c.handoff_tokens;
+  const share = c.input_tokens > 0 ? (100 * tokens / c.input_tokens).toFixed(1) : '0.0';
+  const amount = tokens >= 10000 ? `${Math.round(tokens / 1000)} k` : tokens >= 1000 ? `${(tokens / 1000).toFixed(1)} k` : `${tokens}`;
+  return h('div', {
+    class: 'line muted', 'data-coordination': '',
+    title: `estimated at ${c.chars_per_token} characters a token: definitions ${c.definitions_tokens}, Conclave tools ${c.tool_tokens}, injected ${c.injected_tokens}, handoffs ${c.handoff_tokens} of ${c.input_tokens} input tokens in ${c.model_calls} model calls`,
+    text: `coordination: ${share} % of input, ≈ ${amount} tokens`,
+  });
 }
 
 function renderRecipients() {
@@ -1113,6 +1129,31 @@ function wireForms() {
   $('drawer-close').addEventListener('click', closeDrawer);
   document.addEventListener('keydown', (e) => { if (e.key === 'Escape') closeDrawer(); });
 }
+
+// ---- comparisons (conclave compare) -----------------------------------------------------------
+
+// Past comparisons with their reports; a report opens below its line, with its charts.
+async function loadComparisons() {
+  const list = await api('GET', '/api/comparisons');
+  if (!list.comparisons.length) return;
+  put($('comparisons'), ...list.comparisons.map((c) => {
+    const shown = h('div', { class: 'comparison-report', hidden: true });
+    const open = async () => {
+      if (!shown.hidden) { shown.hidden = true; return; }
+      const report = await fetch(c.report, { credentials: 'same-origin' }).then((r) => r.text());
+      put(shown, h('pre', { class: 'mono', text: report }),
+        ...c.charts.map((file) => h('img', { src: `/api/comparisons/${c.name}/${file}`, alt: file, loading: 'lazy' })));
+      shown.hidden = false;
+    };
+    return h('div', { class: 'comparison', 'data-comparison': c.name },
+      h('button', { type: 'button', class: 'link', text: c.name, onclick: () => open().catch((e) => toast(e.message, true)) }),
+      ' ', c.scripted ? h('span', { class: 'badge scripted', text: 'scripted' }) : null,
+      h('span', { class: 'muted', text: ` ${c.ways.join(', ')} · ${c.passed} of ${c.runs} passed the check` }),
+      shown);
+  }));
+}
+// Loaded once at start, on its own: a project without comparisons shows the empty line.
+loadComparisons().catch(() => {});
 
 // ---- start ------------------------------------------------------------------------------------
 

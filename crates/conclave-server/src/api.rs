@@ -10,3 +10,6 @@ pub mod overlaps;
 pub mod queue;
 pub mod status;
 pub mod tasks;
+
+// `conclave compare`'s reports (issue 16), apart from the list others add to.
+pub mod comparisons;

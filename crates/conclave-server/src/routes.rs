@@ -246,6 +246,19 @@ pub fn operations() -> Vec<Operation> {
         .response::<Task>(),
         op(
             "get",
+            "/api/comparisons",
+            "Past `conclave compare` runs of this project, newest first, with their reports",
+            get(crate::api::comparisons::list),
+        )
+        .response::<ComparisonList>(),
+        op(
+            "get",
+            "/api/comparisons/{name}/{file}",
+            "A comparison's Markdown report (report.md) or one of its SVG charts (<metric>.svg)",
+            get(crate::api::comparisons::file),
+        ),
+        op(
+            "get",
             "/api/queue",
             "The merge queue: its entries in order and whether it is paused",
             get(queue::show),

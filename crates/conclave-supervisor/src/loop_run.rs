@@ -30,12 +30,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent_files::prepare_agent;
+use crate::coordination::{CoordinationMeter, FixedCosts, is_conclave_tool};
 use crate::plan::{
     AgentPlan, DEFAULT_HIBERNATE_AFTER, DEFAULT_MAX_RESTARTS, DEFAULT_RECYCLE_AT,
     DEFAULT_RESTART_WINDOW, command_line, extra_env,
 };
 use crate::process::user_message_line;
-use crate::stream::{StreamLog, StreamUpdate, parse_line, truncate};
+use crate::stream::{Content, StreamLog, StreamUpdate, parse_line, truncate};
 
 /// The agent name a loop runs as unless told otherwise.
 pub const DEFAULT_LOOP_AGENT: &str = "loop";
@@ -73,6 +74,9 @@ pub struct LoopOptions {
     pub check_timeout: Duration,
     /// Extra environment for the client (on top of the inherited one).
     pub env: std::collections::BTreeMap<String, String>,
+    /// The characters of the Conclave tool definitions as the model receives them, for the
+    /// coordination account (0 leaves them out).
+    pub tool_definition_chars: usize,
 }
 
 /// No prompt yet (a caller sets it), no check, no bound, the default agent name and check
@@ -89,6 +93,7 @@ impl Default for LoopOptions {
             permission_mode: None,
             check_timeout: DEFAULT_CHECK_TIMEOUT,
             env: Default::default(),
+            tool_definition_chars: 0,
         }
     }
 }
@@ -284,6 +289,11 @@ pub async fn run_loop_with(
     plan.caps = extras.caps.clone();
     let dir = project.agent_dir(&options.agent);
     let mut stream_log = StreamLog::in_dir(&dir);
+    // The protocol and the loop's own instructions ride in every call's system prompt.
+    let mut meter = CoordinationMeter::new(FixedCosts {
+        tool_definition_chars: options.tool_definition_chars,
+        protocol_chars: crate::plan::system_prompt(&plan).chars().count(),
+    });
 
     let mut iterations: Vec<IterationReport> = Vec::new();
     let mut seen_seq = current_seq(admin).await.unwrap_or(0);
@@ -330,9 +340,18 @@ pub async fn run_loop_with(
             &interrupt,
             &mut stream_log,
             number,
+            &mut meter,
         )
         .await;
         seen_seq = last_seq;
+        // The prompt is the work; the state summary is what coordination added to it, in every
+        // call of the session, as is what the SessionStart hook injected.
+        meter.session_context(summary.chars().count());
+        add_session_context(admin, &options.agent, seen_seq, &mut meter).await;
+        let spent = iterations.iter().map(|it| it.cost_usd).sum::<f64>() + report.cost_usd;
+        report_account(admin, &options.agent, spent, meter.account()).await;
+        // The next iteration is a fresh session.
+        meter.new_session();
         if let Some(check) = options
             .until
             .as_deref()
@@ -728,6 +747,7 @@ async fn run_client(
     interrupt: &CancellationToken,
     stream_log: &mut StreamLog,
     number: u32,
+    meter: &mut CoordinationMeter,
 ) -> IterationReport {
     let started = Instant::now();
     let mut report = IterationReport {
@@ -751,6 +771,7 @@ async fn run_client(
         interrupt,
         stream_log,
         &mut report,
+        meter,
     )
     .await
     {
@@ -770,6 +791,7 @@ async fn drive_client(
     interrupt: &CancellationToken,
     stream_log: &mut StreamLog,
     report: &mut IterationReport,
+    meter: &mut CoordinationMeter,
 ) -> anyhow::Result<()> {
     let (program, args) = command_line(plan, files, None)?;
     let mut command = Command::new(&program);
@@ -807,19 +829,22 @@ async fn drive_client(
     });
     let mut lines = BufReader::new(stdout).lines();
     let mut stopping = false;
+    let mut conclave_calls = std::collections::HashSet::new();
     loop {
         tokio::select! {
             line = lines.next_line() => {
                 let Ok(Some(line)) = line else { break };
                 let _ = stream_log.append(&line);
                 let Ok(value) = serde_json::from_str::<Value>(&line) else { continue };
-                if let StreamUpdate::Result { cost_usd, is_error, num_turns, .. } = parse_line(&value) {
+                let update = parse_line(&value);
+                if let StreamUpdate::Result { cost_usd, is_error, num_turns, .. } = &update {
                     report.ran = true;
-                    report.is_error = is_error;
+                    report.is_error = *is_error;
                     report.cost_usd = cost_usd.unwrap_or(report.cost_usd);
-                    report.turns = num_turns;
+                    report.turns = *num_turns;
                     report.result = value["result"].as_str().map(str::to_string);
                 }
+                meter_line(meter, &mut conclave_calls, update);
             }
             _ = interrupt.cancelled(), if !stopping => {
                 stopping = true;
@@ -845,6 +870,82 @@ async fn drive_client(
         });
     }
     Ok(())
+}
+
+/// Counts one stream line in the coordination account: model calls, and Conclave tool calls
+/// and their results (`conclave_calls` holds the ids of the Conclave calls awaiting results).
+pub fn meter_line(
+    meter: &mut CoordinationMeter,
+    conclave_calls: &mut std::collections::HashSet<String>,
+    update: StreamUpdate,
+) {
+    match update {
+        StreamUpdate::Assistant { content, call, .. } => {
+            if let Some(call) = call {
+                meter.model_call(call.id.as_deref(), &call.usage);
+            }
+            for block in content {
+                if let Content::Tool(tool) = block
+                    && is_conclave_tool(&tool.name)
+                {
+                    meter.conclave_tool(tool.chars);
+                    conclave_calls.insert(tool.id);
+                }
+            }
+        }
+        StreamUpdate::ToolResults(results) => {
+            for result in results {
+                if conclave_calls.remove(&result.id) {
+                    meter.conclave_tool(result.bytes);
+                }
+            }
+        }
+        StreamUpdate::Result { output_tokens, .. } => meter.turn_result(output_tokens),
+        _ => {}
+    }
+}
+
+/// Adds the SessionStart context the server recorded for `agent` after event `after`.
+async fn add_session_context(
+    admin: &Client,
+    agent: &str,
+    after: i64,
+    meter: &mut CoordinationMeter,
+) {
+    let query = [
+        ("after", after.to_string()),
+        ("kind", "agent.session_start".to_string()),
+        ("limit", "50".to_string()),
+    ];
+    if let Ok(list) = admin.get::<EventList>("/api/events", &query).await {
+        for event in &list.events {
+            if event.agent.as_deref() == Some(agent)
+                && let EventPayload::AgentSessionStart(started) = &event.payload
+                && let Some(chars) = started.context_chars
+            {
+                meter.session_context(usize::try_from(chars).unwrap_or(0));
+            }
+        }
+    }
+}
+
+/// Stores what the loop's agent has spent and its context account with the agent (`PATCH
+/// /api/agents/NAME`), as a supervisor does for a team's agents; a failure is logged.
+async fn report_account(
+    admin: &Client,
+    agent: &str,
+    spent: f64,
+    account: &conclave_core::model::Coordination,
+) {
+    let update = conclave_core::model::AgentUpdate {
+        cost_usd: Some(spent),
+        coordination: Some(account.clone()),
+        ..conclave_core::model::AgentUpdate::default()
+    };
+    let path = format!("/api/agents/{agent}");
+    if let Err(error) = admin.patch::<_, Value>(&path, &update).await {
+        tracing::warn!(error = %format!("{error:#}"), "cannot report the coordination account");
+    }
 }
 
 /// Runs the check with `sh -c` in `root`, at most `timeout`.

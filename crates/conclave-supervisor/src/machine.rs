@@ -38,7 +38,8 @@ use conclave_core::store::is_held;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::plan::AgentPlan;
+use crate::coordination::{CoordinationMeter, FixedCosts, is_conclave_tool};
+use crate::plan::{AgentPlan, PROTOCOL};
 use crate::pricing;
 use crate::stream::{Content, MAX_TEXT, ModelCall, StreamUpdate, ToolResult, truncate};
 use crate::wake::{self, Quoted, Start};
@@ -284,6 +285,8 @@ pub struct AgentState {
     unpriced_said: bool,
     /// When the cost was last reported during a turn.
     cost_reported_at: Option<Instant>,
+    /// What coordination costs it in context (issue 16).
+    pub meter: CoordinationMeter,
 }
 
 impl AgentState {
@@ -325,6 +328,10 @@ impl AgentState {
             last_call: None,
             unpriced_said: false,
             cost_reported_at: None,
+            meter: CoordinationMeter::new(FixedCosts {
+                tool_definition_chars: 0,
+                protocol_chars: PROTOCOL.chars().count(),
+            }),
         }
     }
 
@@ -391,7 +398,20 @@ impl AgentState {
         agent.session_cost = session_cost;
         agent.cost_at_start = session_cost;
         agent.restarts = record.restarts;
+        agent.meter = CoordinationMeter::resume(
+            FixedCosts {
+                tool_definition_chars: 0,
+                protocol_chars: PROTOCOL.chars().count(),
+            },
+            record.coordination.clone(),
+        );
         agent
+    }
+
+    /// Sets the size of the Conclave tool definitions its model calls carry (known to the
+    /// caller, which has the server's tool list).
+    pub fn set_tool_definition_chars(&mut self, chars: usize) {
+        self.meter.set_tool_definition_chars(chars);
     }
 
     /// What the agent has spent in all.
@@ -763,12 +783,15 @@ impl Team {
         agent.cost_at_start = agent.session_cost;
         agent.pending_tools.clear();
         if resume.is_none() {
+            agent.meter.new_session();
             // A new session: its cost starts from zero.
             agent.cost_base += agent.session_cost;
             agent.session_cost = 0.0;
             agent.cost_at_start = 0.0;
             agent.context_tokens = None;
         }
+        // After a fresh session's reset: the first message is in its context.
+        agent.meter.injected(first_message.chars().count());
         agent.resumed = resume.clone();
         let effect = Effect::Spawn {
             agent: index,
@@ -832,6 +855,9 @@ impl Team {
                 call,
             } => {
                 if let Some(call) = call {
+                    self.agents[index]
+                        .meter
+                        .model_call(call.id.as_deref(), &call.usage);
                     self.on_model_call(index, call, now);
                 }
                 if context_tokens.is_some() {
@@ -840,6 +866,9 @@ impl Team {
                 for block in content {
                     match block {
                         Content::Tool(tool) => {
+                            if is_conclave_tool(&tool.name) {
+                                self.agents[index].meter.conclave_tool(tool.chars);
+                            }
                             self.agents[index]
                                 .pending_tools
                                 .insert(tool.id, (tool.name, tool.input));
@@ -869,6 +898,9 @@ impl Team {
                     let Some((tool, input)) = self.agents[index].pending_tools.remove(&id) else {
                         continue;
                     };
+                    if is_conclave_tool(&tool) {
+                        self.agents[index].meter.conclave_tool(bytes);
+                    }
                     // A failed tool call is part of the work (the model reads the error and
                     // goes on): marked failed with its error, not alerted.
                     let used = AgentTool {
@@ -888,8 +920,10 @@ impl Team {
                 is_error,
                 session_id,
                 text,
+                output_tokens,
                 ..
             } => {
+                self.agents[index].meter.turn_result(output_tokens);
                 if is_error {
                     self.on_error_result(index, text.as_deref());
                 } else {
@@ -1054,6 +1088,7 @@ impl Team {
             agent.cost_reported_at = Some(now);
             let update = AgentUpdate {
                 cost_usd: Some(live),
+                coordination: Some(agent.meter.account().clone()),
                 ..AgentUpdate::default()
             };
             self.patch(index, update);
@@ -1191,6 +1226,7 @@ impl Team {
             context_tokens: tokens,
             context_window: window,
             cost_usd: Some(cost),
+            coordination: Some(self.agents[index].meter.account().clone()),
             ..AgentUpdate::default()
         };
         self.patch(index, update);
@@ -1227,6 +1263,7 @@ impl Team {
         {
             let text = wake::handoff_request(tokens, window);
             let agent = &mut self.agents[index];
+            agent.meter.handoff(text.chars().count());
             agent.asked_for_handoff = true;
             agent.phase = Phase::Live { busy: true };
             self.out.push(Effect::Send { agent: index, text });
@@ -1412,6 +1449,19 @@ impl Team {
                 }
                 self.dirty = true;
             }
+            EventPayload::AgentSessionStart(started) => {
+                // What the SessionStart hook injected is coordination the session carries.
+                if let Some(chars) = started.context_chars
+                    && let Some(agent) = self
+                        .agents
+                        .iter_mut()
+                        .find(|a| event.agent.as_deref() == Some(a.plan.name.as_str()))
+                {
+                    agent
+                        .meter
+                        .session_context(usize::try_from(chars).unwrap_or(0));
+                }
+            }
             payload if payload.topic() == Some(Topic::Task) => self.dirty = true,
             _ => {}
         }
@@ -1553,6 +1603,7 @@ impl Team {
                 self.start(index);
             } else {
                 agent.phase = Phase::Live { busy: true };
+                agent.meter.injected(text.chars().count());
                 self.out.push(Effect::Send { agent: index, text });
                 self.record(index, EventPayload::AgentWoken(woken));
                 self.patch(index, status_update(AgentStatus::Working));
@@ -1998,6 +2049,7 @@ mod tests {
                     session_id: Some("s1".to_string()),
                     num_turns: Some(1),
                     text: None,
+                    output_tokens: None,
                 },
             )
         }
@@ -2420,6 +2472,7 @@ mod tests {
                 session_id: Some("s1".into()),
                 num_turns: Some(1),
                 text: None,
+                output_tokens: None,
             },
         );
         assert!(alerts(&interrupted).is_empty(), "{interrupted:?}");
@@ -3021,6 +3074,7 @@ mod tests {
                 session_id: Some("s1".into()),
                 num_turns: Some(1),
                 text: Some("Not logged in · Please run /login".into()),
+                output_tokens: None,
             },
         );
         assert_eq!(alerts(&effects)[0].0, "authentication");
@@ -3041,6 +3095,7 @@ mod tests {
                 session_id: Some("s1".into()),
                 num_turns: Some(1),
                 text: Some("API Error: 500 internal".into()),
+                output_tokens: None,
             },
         );
         let said = alerts(&effects);
@@ -3212,6 +3267,110 @@ mod tests {
         );
     }
 
+    /// A scripted session whose sizes are known, through the machine: the account reported at
+    /// the turn's end holds each part once per call that carried it.
+    #[test]
+    fn the_turn_end_reports_the_coordination_account_of_a_known_session() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.team.agents[0].set_tool_definition_chars(4000);
+        let first_message_chars = {
+            let effects = team.at(0).tick();
+            let spawned = team.answer_spawns(&effects);
+            assert!(spawned.iter().all(|e| !matches!(e, Effect::Spawn { .. })));
+            spawns(&effects)
+                .first()
+                .map(|(_, _, message)| message.chars().count())
+                .expect("a spawn")
+        };
+        team.init(0, "s1");
+        // Call 1 asks for a Conclave tool (28 + 12 characters) and a Write (not coordination).
+        team.line(
+            0,
+            StreamUpdate::Assistant {
+                context_tokens: Some(10_000),
+                content: vec![
+                    Content::Tool(crate::stream::ToolCall {
+                        id: "t1".into(),
+                        name: "mcp__conclave__claim".into(),
+                        input: "{}".into(),
+                        chars: 40,
+                    }),
+                    Content::Tool(crate::stream::ToolCall {
+                        id: "t2".into(),
+                        name: "Write".into(),
+                        input: "a.rs".into(),
+                        chars: 4000,
+                    }),
+                ],
+                call: call_usage("m1", 10_000),
+            },
+        );
+        // Its result: 360 bytes; the Write's result is not coordination.
+        team.line(
+            0,
+            StreamUpdate::ToolResults(vec![
+                ToolResult {
+                    id: "t1".into(),
+                    bytes: 360,
+                    is_error: false,
+                    error: None,
+                },
+                ToolResult {
+                    id: "t2".into(),
+                    bytes: 8000,
+                    is_error: false,
+                    error: None,
+                },
+            ]),
+        );
+        team.line(0, call("m2", 12_000));
+        // The SessionStart hook injected 800 characters, learnt after both calls.
+        let started = Event {
+            seq: 1,
+            ts: chrono::Utc::now(),
+            actor: "a".into(),
+            task: None,
+            agent: Some("a".into()),
+            payload: EventPayload::AgentSessionStart(conclave_core::event::AgentSessionStart {
+                source: Some("startup".into()),
+                session_id: Some("s1".into()),
+                context_chars: Some(800),
+            }),
+        };
+        team.step(Input::Event(started));
+        let effects = team.turn_end(0, 0.1);
+        let account = effects
+            .iter()
+            .find_map(|effect| match effect {
+                Effect::Patch { update, .. } => update.coordination.clone(),
+                _ => None,
+            })
+            .expect("the turn end reports the account");
+        let per_call = crate::coordination::estimate_tokens(4000 + PROTOCOL.chars().count());
+        let first_message = crate::coordination::estimate_tokens(first_message_chars);
+        assert_eq!(account.model_calls, 2);
+        assert_eq!(account.input_tokens, 22_000);
+        assert_eq!(account.definitions_tokens, 2 * per_call);
+        assert_eq!(
+            account.tool_tokens, 100,
+            "400 characters, in the second call only"
+        );
+        assert_eq!(account.injected_tokens, 2 * first_message + 2 * 200);
+        assert_eq!(account.handoff_tokens, 0);
+        assert_eq!(account.chars_per_token, 4.0);
+    }
+
+    fn call_usage(id: &str, input: i64) -> Option<ModelCall> {
+        Some(ModelCall {
+            id: Some(id.to_string()),
+            model: Some("claude-sonnet-4-5".to_string()),
+            usage: pricing::Usage {
+                input,
+                ..pricing::Usage::default()
+            },
+        })
+    }
+
     #[test]
     fn a_model_not_in_the_rate_table_is_priced_at_turn_end_and_said_once() {
         let mut team = Harness::new(vec![plan("a")]);
@@ -3250,6 +3409,7 @@ mod tests {
                     id: "t1".into(),
                     name: "Write".into(),
                     input: "a.rs".into(),
+                    chars: 20,
                 })],
                 call: None,
             },
@@ -3307,6 +3467,7 @@ mod tests {
                         id: "t1".into(),
                         name: "Write".into(),
                         input: "a.rs".into(),
+                        chars: 20,
                     }),
                 ],
                 call: None,

@@ -356,6 +356,18 @@ pub fn outcome_lines(outcome: &Outcome, agents: &[String]) -> Vec<String> {
     lines
 }
 
+impl Supervisor {
+    /// Sets the characters of the Conclave tool definitions as the model receives them (see
+    /// [`crate::coordination::tool_definition_chars`]), for every agent's coordination account;
+    /// left unset, they are not counted.
+    pub fn with_tool_definition_chars(mut self, chars: usize) -> Supervisor {
+        for agent in &mut self.team.agents {
+            agent.set_tool_definition_chars(chars);
+        }
+        self
+    }
+}
+
 fn read_saved_state(dir: &std::path::Path) -> SavedState {
     std::fs::read_to_string(dir.join("supervisor.json"))
         .ok()

@@ -67,6 +67,7 @@ pub async fn run(context: &Context, args: LoopArgs) -> anyhow::Result<()> {
         permission_mode: args.permission_mode,
         check_timeout: Duration::from_secs(args.check_timeout),
         env: Default::default(),
+        tool_definition_chars: crate::commands::claude::conclave_tool_definition_chars(),
     };
     let interrupt = CancellationToken::new();
     let on_signal = interrupt.clone();

@@ -38,6 +38,14 @@ pub async fn run(context: &Context, json: bool) -> anyhow::Result<()> {
             "{}",
             super::agent::agents_table(&status.agents, &status.tasks).render()
         )?;
+        // What coordination costs each agent in context (docs/compare.md).
+        for agent in &status.agents {
+            match &agent.coordination {
+                Some(account) => outln!("  {}: {}", agent.name, account.describe())?,
+                // Only `conclave up` and `conclave loop` count it.
+                None => outln!("  {}: coordination: not measured yet", agent.name)?,
+            }
+        }
     }
 
     outln!()?;

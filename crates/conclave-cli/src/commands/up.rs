@@ -186,7 +186,9 @@ pub async fn run(context: &Context, args: UpArgs) -> anyhow::Result<()> {
             shutdown.cancelled().await;
             return Ok(());
         }
-        let supervisor = Supervisor::prepare(&project, admin, options).await?;
+        let supervisor = Supervisor::prepare(&project, admin, options)
+            .await?
+            .with_tool_definition_chars(super::claude::conclave_tool_definition_chars());
         eprintln!(
             "conclave: running {} agent(s): {}",
             supervisor.names().len(),

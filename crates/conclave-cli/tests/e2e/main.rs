@@ -8,6 +8,7 @@
 //! under `CI=true` it fails instead.
 
 mod attribution;
+mod compare;
 mod demo;
 mod hosts;
 mod loop_cmd;

@@ -3,7 +3,9 @@
 
 mod attach;
 mod attribution;
+mod compare;
 mod config;
+mod coordination;
 mod errors;
 mod follow;
 mod hook;

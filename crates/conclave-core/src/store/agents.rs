@@ -15,7 +15,7 @@ use crate::model::{
 };
 
 const AGENT_COLUMNS: &str = "name, role, model, caps, status, session_id, pid, host, last_seen, \
-     context_tokens, context_window, cost_usd, restarts, created_at, isolation";
+     context_tokens, context_window, cost_usd, restarts, created_at, isolation, coordination";
 
 /// Tokens are stored as their SHA-256; a token cannot be read back, only checked.
 pub fn hash_token(token: &str) -> String {
@@ -50,6 +50,11 @@ fn agent_from_row(row: &Row<'_>) -> Result<Agent> {
             .get::<String>(14)?
             .parse()
             .unwrap_or(crate::model::Isolation::Shared),
+        // An account that no longer parses is dropped, not fatal: it is replaced at the next
+        // report.
+        coordination: row
+            .get::<Option<String>>(15)?
+            .and_then(|text| serde_json::from_str(&text).ok()),
     })
 }
 
@@ -267,6 +272,35 @@ impl Tx<'_> {
         {
             return Err(CoreError::invalid("cost_usd must be a non-negative number"));
         }
+        let coordination = match &update.coordination {
+            Some(account) => {
+                if [
+                    account.model_calls,
+                    account.input_tokens,
+                    account.output_tokens,
+                    account.cache_read_tokens,
+                    account.cache_creation_tokens,
+                    account.definitions_tokens,
+                    account.tool_tokens,
+                    account.injected_tokens,
+                    account.handoff_tokens,
+                ]
+                .iter()
+                .any(|count| *count < 0)
+                    || !account.chars_per_token.is_finite()
+                    || account.chars_per_token < 0.0
+                {
+                    return Err(CoreError::invalid(
+                        "coordination counts must not be negative",
+                    ));
+                }
+                Some(
+                    serde_json::to_string(account)
+                        .map_err(|error| CoreError::invalid(format!("coordination: {error}")))?,
+                )
+            }
+            None => None,
+        };
         // What the agent spent since its last report goes to the task it holds (a lower report,
         // the client's total replacing an estimate, takes back what was counted, never below 0).
         if let Some(cost) = update.cost_usd {
@@ -288,7 +322,8 @@ impl Tx<'_> {
                 host = COALESCE(?7, host),
                 context_tokens = COALESCE(?8, context_tokens),
                 context_window = COALESCE(?9, context_window),
-                cost_usd = COALESCE(?10, cost_usd), restarts = COALESCE(?11, restarts)
+                cost_usd = COALESCE(?10, cost_usd), restarts = COALESCE(?11, restarts),
+                coordination = COALESCE(?12, coordination)
              WHERE name = ?1",
             params![
                 name,
@@ -301,7 +336,8 @@ impl Tx<'_> {
                 update.context_tokens,
                 update.context_window,
                 update.cost_usd,
-                update.restarts
+                update.restarts,
+                coordination
             ],
         )?;
         let after = self.read().agent(name)?;

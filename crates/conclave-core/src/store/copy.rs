@@ -37,6 +37,7 @@ const TABLES: &[(&str, &[&str])] = &[
             "restarts",
             "created_at",
             "isolation",
+            "coordination",
         ],
     ),
     ("agent_tokens", &["token_hash", "agent", "created_at"]),
@@ -320,4 +321,41 @@ fn summarize(reader: &Reader<'_>) -> Result<Summary> {
         .map(|byte| format!("{byte:02x}"))
         .collect();
     Ok((tables, events_digest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StoreConfig;
+
+    /// A column added by a migration but missing here would be lost by `store migrate` without
+    /// any count differing: every column of every table the SQLite schema holds must be copied.
+    #[test]
+    fn every_column_of_the_schema_is_copied() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("c.db"), StoreConfig::default()).expect("store");
+        let schema: Vec<(String, String)> = store
+            .read(|r| {
+                r.conn().query_map(
+                    "SELECT m.name, p.name FROM sqlite_master m, pragma_table_info(m.name) p
+                     WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%'
+                       AND m.name NOT LIKE 'search_index_%' AND m.name != 'search_index'
+                       AND m.name != 'schema_version'",
+                    params![],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+            })
+            .expect("schema");
+        assert!(schema.len() > 20, "read the schema: {schema:?}");
+        let missing: Vec<String> = schema
+            .iter()
+            .filter(|(table, column)| {
+                !TABLES
+                    .iter()
+                    .any(|(t, columns)| t == table && columns.contains(&column.as_str()))
+            })
+            .map(|(table, column)| format!("{table}.{column}"))
+            .collect();
+        assert!(missing.is_empty(), "not copied: {missing:?}");
+    }
 }

@@ -246,6 +246,11 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE tasks ADD COLUMN cost_usd REAL NOT NULL DEFAULT 0;
     "#,
+    // 7: what coordination costs each agent in context (issue 16): the supervisor's latest
+    // account, as JSON (`model::Coordination`).
+    r#"
+    ALTER TABLE agents ADD COLUMN coordination TEXT;
+    "#,
 ];
 
 /// The PostgreSQL schema, in the same tables and columns as SQLite's (integers are `BIGINT`,
@@ -476,6 +481,10 @@ const PG_MIGRATIONS: &[&str] = &[
         reason TEXT COLLATE "C"
     );
     INSERT INTO merge_queue_control (id, paused) VALUES (1, 0);
+    "#,
+    // 2: SQLite's 7, what coordination costs each agent in context.
+    r#"
+    ALTER TABLE agents ADD COLUMN coordination TEXT COLLATE "C";
     "#,
 ];
 

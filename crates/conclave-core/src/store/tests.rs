@@ -1429,6 +1429,65 @@ fn an_agents_reported_cost_goes_to_the_task_it_holds() {
     assert!(cost_of(other).abs() < 1e-9);
 }
 
+fn an_agents_coordination_account_is_stored_replaced_and_checked() {
+    let store = store();
+    agent(&store, "a", None, &[]);
+    let report = |account: crate::model::Coordination| {
+        store.write(|tx| {
+            tx.update_agent(
+                "admin",
+                "a",
+                AgentUpdate {
+                    coordination: Some(account),
+                    ..Default::default()
+                },
+            )
+        })
+    };
+    assert_eq!(
+        store.read(|r| r.agent("a")).expect("agent").coordination,
+        None
+    );
+    let first = crate::model::Coordination {
+        model_calls: 2,
+        input_tokens: 1000,
+        definitions_tokens: 40,
+        chars_per_token: 4.0,
+        ..Default::default()
+    };
+    report(first.clone()).expect("stored");
+    assert_eq!(
+        store.read(|r| r.agent("a")).expect("agent").coordination,
+        Some(first.clone())
+    );
+    // A report without an account keeps the one stored.
+    store
+        .write(|tx| {
+            tx.update_agent(
+                "admin",
+                "a",
+                AgentUpdate {
+                    cost_usd: Some(0.5),
+                    ..Default::default()
+                },
+            )
+        })
+        .expect("cost");
+    assert_eq!(
+        store.read(|r| r.agent("a")).expect("agent").coordination,
+        Some(first.clone())
+    );
+    let negative = crate::model::Coordination {
+        tool_tokens: -1,
+        ..first.clone()
+    };
+    assert!(report(negative).is_err(), "negative counts are refused");
+    assert_eq!(
+        store.read(|r| r.agent("a")).expect("agent").coordination,
+        Some(first)
+    );
+}
+
 /// Two servers on one database (two stores opened on one file, or one PostgreSQL schema): eight
 /// agents claim, lease one shared file and finish through both at once. Every task has exactly
 /// one winner, no two agents ever hold the file together, fencing tokens only grow in log order,
@@ -1801,4 +1860,5 @@ on_both_engines!(
     task_pages_follow_the_id_and_carry_their_dependencies,
     the_dashboard_listing_keeps_open_tasks_and_the_latest_finished_and_counts_by_status,
     an_agents_reported_cost_goes_to_the_task_it_holds,
+    an_agents_coordination_account_is_stored_replaced_and_checked,
 );
