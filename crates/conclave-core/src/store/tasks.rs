@@ -195,13 +195,15 @@ impl Reader<'_> {
         Ok(tasks)
     }
 
-    /// What a dashboard shows: every unfinished task, and the `finished` (at most 1,000) most
-    /// recently finished ones (done, failed or cancelled), all in id order. Its cost follows the
+    /// What a dashboard shows: every unfinished task, every failed one (work left until reopened
+    /// or cancelled), and the `finished` (at most 1,000) most recently done or cancelled ones, all
+    /// in id order. Its cost follows the
     /// open work, not the history: both halves are read through indexes.
     pub fn open_and_recent_tasks(&self, finished: i64) -> Result<Vec<Task>> {
         let open = format!(
             "SELECT {TASK_COLUMNS} FROM tasks
-             WHERE status IN ('pending', 'ready', 'claimed', 'in_progress', 'blocked', 'review')"
+             WHERE status IN ('pending', 'ready', 'claimed', 'in_progress', 'blocked', 'review',
+                              'failed')"
         );
         // Walks the partial index of finished tasks (schema migration 3) backwards and stops after
         // `finished` rows; without `INDEXED BY`, SQLite (no statistics) picks the status index
@@ -218,8 +220,12 @@ impl Reader<'_> {
                 params![finished.clamp(0, MAX_TASK_PAGE)],
                 task_from_row,
             )?;
+            // Failed tasks are work left until someone reopens or cancels them (the supervisor's
+            // outcome names them), so all of them are in the open list already.
             for task in rows {
-                tasks.push(task);
+                if task.status != TaskStatus::Failed {
+                    tasks.push(task);
+                }
             }
         }
         tasks.sort_by_key(|task| task.id);

@@ -1362,6 +1362,12 @@ fn task_pages_follow_the_id_and_carry_their_dependencies() {
 fn the_dashboard_listing_keeps_open_tasks_and_the_latest_finished_and_counts_by_status() {
     let store = store();
     agent(&store, "a", None, &[]);
+    // Failed long ago, before every other task finished: still work left, so still listed.
+    let failed = task(&store, "failed early", &[], None, 0);
+    claim(&store, "a", Some(failed)).expect("claim");
+    store
+        .write(|tx| tx.fail_task(&Actor::Agent("a".into()), failed, "cannot"))
+        .expect("fail");
     let mut finished = Vec::new();
     for n in 0..3 {
         let id = task(&store, &format!("done {n}"), &[], None, 0);
@@ -1375,8 +1381,8 @@ fn the_dashboard_listing_keeps_open_tasks_and_the_latest_finished_and_counts_by_
     let shown = store.read(|r| r.open_and_recent_tasks(1)).expect("listing");
     assert_eq!(
         shown.iter().map(|t| t.id).collect::<Vec<_>>(),
-        [finished[2], open],
-        "the open task and the one most recently finished, in id order"
+        [failed, finished[2], open],
+        "the failed task, the open one and the one most recently finished, in id order"
     );
     let counts = store.read(|r| r.task_status_counts()).expect("counts");
     let count_of = |status| {
@@ -1388,7 +1394,7 @@ fn the_dashboard_listing_keeps_open_tasks_and_the_latest_finished_and_counts_by_
     };
     assert_eq!(count_of(TaskStatus::Done), 3);
     assert_eq!(count_of(TaskStatus::Ready), 1);
-    assert_eq!(count_of(TaskStatus::Failed), 0);
+    assert_eq!(count_of(TaskStatus::Failed), 1);
     assert_eq!(counts.len(), TaskStatus::ALL.len());
     let agents = store.read(|r| r.agent_status_counts()).expect("agents");
     assert_eq!(agents.iter().map(|(_, n)| n).sum::<usize>(), 1);
