@@ -307,6 +307,12 @@ impl Tx<'_> {
                 update.restarts
             ],
         )?;
+        if let Some(isolation) = update.isolation {
+            self.conn().execute(
+                "UPDATE agents SET isolation = ?2 WHERE name = ?1",
+                params![name, isolation.as_str()],
+            )?;
+        }
         let after = self.read().agent(name)?;
         if after.status != before.status {
             let changed = AgentStatusChanged {
