@@ -21,6 +21,8 @@
 //! - [`wake`]: the user message that wakes an idle agent, quoting what arrived (bounded).
 //! - [`loop_run`]: `conclave loop`, a fresh client per iteration until a check passes.
 //! - [`follow`]: the server's event stream, resumed after the last event seen.
+//! - [`worktrees`]: `isolation = "worktree"` agents' own git worktrees, repaired and made before
+//!   the team starts.
 
 pub mod agent_files;
 pub mod follow;
@@ -33,6 +35,7 @@ pub mod process;
 pub mod stream;
 pub mod team;
 pub mod wake;
+pub mod worktrees;
 
 pub use machine::Outcome;
 pub use team::{Supervisor, SupervisorOptions, check_team};

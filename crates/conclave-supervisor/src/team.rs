@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use conclave_client::{Client, ENV_AGENT, ENV_TOKEN, ENV_URL, segment};
-use conclave_core::config::Config;
+use conclave_core::config::{Config, Isolation};
 use conclave_core::event::AgentCrashed;
 use conclave_core::model::{
     AgentUpdate, Event, EventPayload, MessageList, NewAgent, NewEvent, StatusReport,
@@ -178,6 +178,21 @@ impl Supervisor {
         check_team(project)?;
         let config = Config::load(&project.config_file())?;
         let plans = plan::plan_team(&config, project.root())?;
+        let worktree_agents: Vec<String> = plans
+            .iter()
+            .filter(|plan| plan.isolation() == Isolation::Worktree)
+            .map(|plan| plan.name.clone())
+            .collect();
+        if !worktree_agents.is_empty() {
+            // Config::validate refuses worktree agents without a [merge] table.
+            let merge = config.merge.clone().unwrap_or_default();
+            let root = project.root().to_path_buf();
+            let agents = worktree_agents.clone();
+            tokio::task::spawn_blocking(move || {
+                crate::worktrees::prepare_worktrees(&root, &merge, &agents)
+            })
+            .await??;
+        }
         let mut agents = Vec::new();
         let mut launches = Vec::new();
         for plan in plans {
@@ -186,7 +201,7 @@ impl Supervisor {
                 role: plan.role.clone(),
                 model: plan.settings.model.clone(),
                 caps: plan.caps.clone(),
-                ..Default::default()
+                isolation: plan.isolation(),
             };
             let JoinedAgent { token, files } =
                 prepare_agent(project, &admin, &registration, config.server.strict).await?;

@@ -11,7 +11,9 @@
 //!    server for tool and prompt events, `conclave hook` command hooks for `SessionStart` and
 //!    `SessionEnd`, which the client only runs as commands; in strict mode `PreToolUse` is a
 //!    command hook too, so that it fails closed).
-//! 4. Runs `claude` (or `CONCLAVE_CLAUDE_BIN`) with `--mcp-config` and `--settings` pointing at
+//! 4. An agent with `isolation = "worktree"` (in `conclave.toml`, or as registered) gets its
+//!    worktree `.conclave/worktrees/NAME` made (or repaired) and its session runs there.
+//! 5. Runs `claude` (or `CONCLAVE_CLAUDE_BIN`) with `--mcp-config` and `--settings` pointing at
 //!    them, then every argument after `--` unchanged, with `CONCLAVE_URL`, `CONCLAVE_AGENT` and
 //!    `CONCLAVE_TOKEN` in its environment and the terminal inherited; exits with its exit code.
 
@@ -21,10 +23,11 @@ use std::path::Path;
 use anyhow::Context as _;
 use conclave_client::Client;
 use conclave_core::config::Config;
-use conclave_core::model::NewAgent;
+use conclave_core::model::{Agent, Isolation, NewAgent};
 use conclave_core::project::Project;
 pub use conclave_supervisor::agent_files::claude_bin;
 use conclave_supervisor::agent_files::{AgentFiles, JoinedAgent, prepare_agent};
+use conclave_supervisor::worktrees::prepare_worktrees;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::ClaudeArgs;
@@ -51,15 +54,35 @@ pub async fn run(context: &Context, options: ClaudeArgs) -> anyhow::Result<()> {
     let bin = claude_bin()?;
     let url = reachable_url(&context.server_url()?);
     let admin = admin_client(project, &url)?;
+    let isolation = isolation_of(project, &config, &admin, &options.name).await?;
     let registration = NewAgent {
         name: options.name.clone(),
         role: options.role.clone(),
         model: None,
         caps: Vec::new(),
-        ..Default::default()
+        isolation,
     };
     let JoinedAgent { token, files } =
         prepare_agent(project, &admin, &registration, strict).await?;
+    // A worktree agent's session runs in its own worktree, as `conclave up` runs it.
+    let cwd = if isolation == Isolation::Worktree {
+        let merge = config.merge.clone().unwrap_or_default();
+        let root = project.root().to_path_buf();
+        let name = options.name.clone();
+        let mut trees = tokio::task::spawn_blocking(move || {
+            prepare_worktrees(&root, &merge, std::slice::from_ref(&name))
+        })
+        .await??;
+        let tree = trees.pop().context("no worktree was made")?;
+        eprintln!(
+            "conclave: {} works in its worktree {}",
+            options.name,
+            tree.display()
+        );
+        Some(tree)
+    } else {
+        None
+    };
     eprintln!(
         "conclave: starting Claude Code as agent {}{} on the team at {url}{} (config in {})",
         options.name,
@@ -74,12 +97,32 @@ pub async fn run(context: &Context, options: ClaudeArgs) -> anyhow::Result<()> {
             .parent()
             .map_or_else(String::new, |dir| dir.display().to_string()),
     );
-    let code = run_claude(&bin, &files, &options, &url, &token).await?;
+    let code = run_claude(&bin, &files, &options, &url, &token, cwd.as_deref()).await?;
     if code == 0 {
         Ok(())
     } else {
         Err(ClaudeExited { code }.into())
     }
+}
+
+/// Where agent `name` works: what `conclave.toml` says when it names the agent, else what its
+/// registration says (`conclave agent add --isolation`), else `shared`.
+async fn isolation_of(
+    project: &Project,
+    config: &Config,
+    admin: &Client,
+    name: &str,
+) -> anyhow::Result<Isolation> {
+    let plans = conclave_supervisor::plan::plan_team(config, project.root())?;
+    if let Some(plan) = plans.iter().find(|plan| plan.name == name) {
+        return Ok(plan.isolation());
+    }
+    let path = format!("/api/agents/{}", conclave_client::segment(name));
+    Ok(admin
+        .get::<Agent>(&path, &[])
+        .await
+        .map(|agent| agent.isolation)
+        .unwrap_or_default())
 }
 
 /// The server's URL as an agent on this machine reaches it: a server listening on every
@@ -121,8 +164,12 @@ async fn run_claude(
     options: &ClaudeArgs,
     url: &str,
     token: &str,
+    cwd: Option<&Path>,
 ) -> anyhow::Result<u8> {
     let mut command = tokio::process::Command::new(bin);
+    if let Some(cwd) = cwd {
+        command.current_dir(cwd);
+    }
     command
         .arg("--mcp-config")
         .arg(&files.mcp_config)
