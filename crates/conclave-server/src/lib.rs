@@ -20,6 +20,7 @@ mod metrics;
 mod ops;
 mod routes;
 mod session;
+mod worktree_tasks;
 
 pub use merge_queue::MergeQueue;
 

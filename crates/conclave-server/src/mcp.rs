@@ -144,6 +144,18 @@ fn actor_of(parts: &http::request::Parts) -> Result<Actor, CoreError> {
         .ok_or_else(|| CoreError::Forbidden("no agent token".to_string()))
 }
 
+/// Paths an agent passed to a tool, absolute ones (in its worktree, or the project's) made
+/// project-relative as the hooks make them (conclave_core::paths::project_path).
+fn project_paths(app: &App, given: &[String]) -> Vec<String> {
+    match app.settings().project_root.as_deref() {
+        Some(root) => given
+            .iter()
+            .map(|path| conclave_core::paths::agent_path_to_project(root, path))
+            .collect(),
+        None => given.to_vec(),
+    }
+}
+
 fn agent_of(parts: &http::request::Parts) -> Result<(Actor, String), CoreError> {
     let actor = actor_of(parts)?;
     let name = actor
@@ -396,16 +408,30 @@ impl ConclaveTools {
             };
             let finish = TaskFinish {
                 summary: args.summary,
-                files: args.files,
+                files: project_paths(&self.app, &args.files),
                 verdict,
                 comments: args.comments,
                 to_stage: args.to_stage,
             };
-            let written =
-                ops::finish_task(&self.app, &actor, &IdempotencyKey::default(), id, finish).await?;
+            let (written, branch) = ops::finish_task_on_branch(
+                &self.app,
+                &actor,
+                &IdempotencyKey::default(),
+                id,
+                finish,
+            )
+            .await?;
             // A pipeline or approval task moves on rather than ending: say where it went.
-            // (A merge-queue entry is no task: it reads as done, as before.)
             let task = &written.value;
+            if let Some(branch) = branch
+                && task["status"] == "review"
+            {
+                return Ok(format!(
+                    "{id} finished; its leases are released. {} It is done once its branch \
+                     lands (you are told if it is sent back). claim for more work.",
+                    branch.describe()
+                ));
+            }
             Ok::<_, OpError>(if task["awaiting_approval"] == true {
                 format!("{id} waits for a person's approval. claim for more work.")
             } else if task["title"].is_string() && task["status"] == "ready" {
@@ -540,7 +566,7 @@ impl ConclaveTools {
         let result = async {
             let (actor, name) = agent_of(&parts)?;
             let request = LeaseRequest {
-                paths: args.paths.clone(),
+                paths: project_paths(&self.app, &args.paths),
                 mode: if args.shared {
                     LeaseMode::Shared
                 } else {
@@ -588,7 +614,7 @@ impl ConclaveTools {
         let result = async {
             let (actor, _) = agent_of(&parts)?;
             let release = LeaseRelease {
-                paths: args.paths,
+                paths: project_paths(&self.app, &args.paths),
                 force: false,
             };
             let released: ReleasedLeases =

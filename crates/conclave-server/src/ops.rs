@@ -137,8 +137,21 @@ pub async fn claim_task(
     id: Option<TaskId>,
 ) -> OpResult<Written> {
     let agent = require_agent(actor, "claim tasks")?.to_string();
-    app.write(actor, key, move |tx| tx.claim_task(&agent, id))
-        .await
+    // A worktree agent's claim switches its worktree to the task's branch before it answers
+    // (worktree_tasks.rs).
+    crate::worktree_tasks::before_claim(app, &agent).await?;
+    let name = agent.clone();
+    let written = app
+        .write(actor, key, move |tx| tx.claim_task(&name, id))
+        .await?;
+    if !written.replayed
+        && let Some(task) = written.value["task"]["id"]
+            .as_str()
+            .and_then(|id| id.parse::<TaskId>().ok())
+    {
+        crate::worktree_tasks::after_claim(app, &agent, task).await?;
+    }
+    Ok(written)
 }
 
 pub async fn create_task(
@@ -171,9 +184,43 @@ pub async fn finish_task(
     id: TaskId,
     finish: TaskFinish,
 ) -> OpResult<Written> {
+    Ok(finish_task_on_branch(app, actor, key, id, finish).await?.0)
+}
+
+/// [`finish_task`], answering too what a worktree agent's `done` found on the task's branch (its
+/// uncommitted work is committed before the task joins the merge queue: worktree_tasks.rs).
+pub async fn finish_task_on_branch(
+    app: &App,
+    actor: &Actor,
+    key: &IdempotencyKey,
+    id: TaskId,
+    finish: TaskFinish,
+) -> OpResult<(Written, Option<crate::worktree_tasks::BranchDone>)> {
     let by = actor.clone();
     let queue = app.settings().merge.clone();
     let queued = queue.is_some();
+    let mut branch = None;
+    if queued && let Actor::Agent(agent) = actor {
+        let name = agent.clone();
+        let (through_queue, task) = app
+            .read(move |r| {
+                let task = r.task(id)?;
+                let holds = task.assignee.as_deref() == Some(name.as_str())
+                    && conclave_core::store::is_held(&task);
+                Ok((holds && r.finishes_through_merge_queue(id)?, task))
+            })
+            .await?;
+        if through_queue {
+            branch = crate::worktree_tasks::before_done(
+                app,
+                agent,
+                id,
+                task.title.clone(),
+                finish.summary.clone(),
+            )
+            .await?;
+        }
+    }
     let written = app
         .write(actor, key, move |tx| {
             // An agent in its own worktree: the task waits for its branch to land (merge_queue.rs).
@@ -187,7 +234,7 @@ pub async fn finish_task(
     if let Some(queue) = queue {
         queue.wake();
     }
-    Ok(written)
+    Ok((written, branch))
 }
 
 /// A person approves a task waiting for a decision: it moves on as its agent's pass said.

@@ -260,11 +260,25 @@ pub fn command_line(
     Ok((program, args))
 }
 
-/// The protocol text, then the agent's own `prompt`.
+/// What a worktree agent is told besides [`PROTOCOL`].
+pub const WORKTREE_PROTOCOL: &str = "You work in your own git worktree (your working directory), \
+not in the project's tree. Each task you claim gets its own branch, conclave/<task id>, started \
+from the integration branch; `done` commits what you left uncommitted and the merge queue merges \
+the branch after the project's check passes. If the branch conflicts or fails the check, the task \
+comes back to you with the details: fix it on the same branch (you may merge the integration \
+branch into it) and call done again. Do not switch branches yourself.";
+
+/// The protocol text (with the worktree part for a worktree agent), then the agent's own
+/// `prompt`.
 pub fn system_prompt(plan: &AgentPlan) -> String {
+    let protocol = if plan.isolation() == Isolation::Worktree {
+        format!("{PROTOCOL}\n\n{WORKTREE_PROTOCOL}")
+    } else {
+        PROTOCOL.to_string()
+    };
     match plan.settings.prompt.as_deref().map(str::trim) {
-        Some(prompt) if !prompt.is_empty() => format!("{PROTOCOL}\n\n{prompt}"),
-        _ => PROTOCOL.to_string(),
+        Some(prompt) if !prompt.is_empty() => format!("{protocol}\n\n{prompt}"),
+        _ => protocol,
     }
 }
 
