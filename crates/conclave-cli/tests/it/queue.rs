@@ -10,7 +10,7 @@ use conclave_git::{AgentWorktrees, Identity, Repo};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
-use crate::support::{As, Server, TestProject, add_agent};
+use crate::support::{As, COMMAND_DEADLINE, Server, TestProject, add_agent, finish};
 
 const INTEGRATION: &str = "conclave/integration";
 
@@ -343,4 +343,172 @@ fn an_entry_left_merging_by_a_crash_is_retried_at_start_up_and_lands_once() {
         merge,
         "the branch is not merged a second time"
     );
+}
+
+/// Runs `conclave hook <event>` as `who` with `input` on stdin; answers its JSON.
+fn hook(project: &TestProject, who: &As, url: &str, event: &str, input: &Value) -> Value {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let mut command = project.command(who, &["hook", event]);
+    command
+        .env("CONCLAVE_URL", url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("spawn conclave hook");
+    child
+        .stdin
+        .take()
+        .expect("stdin piped")
+        .write_all(input.to_string().as_bytes())
+        .expect("write the hook input");
+    let run = finish(child, COMMAND_DEADLINE);
+    serde_json::from_str(run.stdout.trim()).unwrap_or_else(|_| panic!("not JSON: {run:#?}"))
+}
+
+/// A `Write` tool call of `file` by an agent working in `cwd`.
+fn edit(cwd: &Path, file: &Path) -> Value {
+    serde_json::json!({
+        "session_id": "s-1",
+        "cwd": cwd,
+        "tool_name": "Write",
+        "tool_input": {"file_path": file, "content": "x"},
+    })
+}
+
+/// The supervisor's side of worktree isolation as the server runs it: a claim switches the
+/// agent's worktree (made on the spot) to the task's branch before it answers, paths in a
+/// worktree are the project's, an edit of a file leased in another worktree is allowed with a
+/// warning, `done` commits the agent's work before the entry joins the queue, a done with no
+/// change lands as nothing to merge, and a claim over uncommitted work is refused.
+#[test]
+fn a_claim_switches_the_worktree_and_done_commits_it_before_the_queue_sees_it() {
+    let (project, checks) = git_project();
+    let server = Server::start(&project);
+    let alice = add_agent(&project, "alice", &["--isolation", "worktree"]);
+    let bob = add_agent(&project, "bob", &["--isolation", "worktree"]);
+    project.run(&["queue", "pause"]).ok();
+    let root = project.root();
+    let start_tip = git(&root, &["rev-parse", "HEAD"]);
+
+    let t1 = project.run(&["task", "add", "change a"]).ok();
+    project.run_as(&alice, &["task", "claim", &t1]).ok();
+    let alice_tree = root.join(".conclave/worktrees/alice");
+    assert_eq!(
+        git(&alice_tree, &["rev-parse", "--abbrev-ref", "HEAD"]),
+        format!("conclave/{t1}"),
+        "the claim switched alice's worktree to the task's branch"
+    );
+    assert_eq!(git(&alice_tree, &["rev-parse", "HEAD"]), start_tip);
+
+    // Alice's edit in her worktree leases the project's a.txt.
+    let answer = hook(
+        &project,
+        &alice,
+        &server.url,
+        "pre-tool-use",
+        &edit(&alice_tree, &alice_tree.join("a.txt")),
+    );
+    assert_eq!(answer, serde_json::json!({}));
+    hook(
+        &project,
+        &alice,
+        &server.url,
+        "post-tool-use",
+        &edit(&alice_tree, &alice_tree.join("a.txt")),
+    );
+    let status = project.run(&["status", "--json"]).json();
+    let leases = status["leases"].to_string();
+    assert!(
+        leases.contains("\"a.txt\"") && !leases.contains("worktrees"),
+        "{status}"
+    );
+    let touched: Vec<Value> = project
+        .export()
+        .into_iter()
+        .filter(|event| event["kind"] == "file.touched")
+        .collect();
+    assert!(
+        touched
+            .iter()
+            .any(|event| event.to_string().contains("\"a.txt\"")),
+        "{touched:?}"
+    );
+    assert!(!format!("{touched:?}").contains("worktrees"), "{touched:?}");
+
+    // Bob, in his own worktree, edits the same file: allowed, with a warning naming alice and
+    // her task; alice is told.
+    let t2 = project.run(&["task", "add", "look at a"]).ok();
+    project.run_as(&bob, &["task", "claim", &t2]).ok();
+    let bob_tree = root.join(".conclave/worktrees/bob");
+    let answer = hook(
+        &project,
+        &bob,
+        &server.url,
+        "pre-tool-use",
+        &edit(&bob_tree, &bob_tree.join("a.txt")),
+    );
+    let output = &answer["hookSpecificOutput"];
+    assert!(output.get("permissionDecision").is_none(), "{answer}");
+    let warning = output["additionalContext"].as_str().unwrap_or_default();
+    assert!(
+        warning.contains("alice") && warning.contains(&t1) && warning.contains("a.txt"),
+        "{answer}"
+    );
+    assert_eq!(answer["systemMessage"].as_str(), Some(warning));
+    assert!(inbox(&project, &alice).contains("bob is editing a.txt"));
+
+    // Done commits alice's uncommitted work on her branch while the queue is paused.
+    std::fs::write(alice_tree.join("a.txt"), "a by alice\n").expect("write");
+    project
+        .run_as(&alice, &["task", "done", &t1, "--summary", "a changed"])
+        .ok();
+    assert_eq!(entry(&project, &t1)["state"], "queued");
+    assert_eq!(git(&alice_tree, &["status", "--porcelain"]), "");
+    let branch = format!("conclave/{t1}");
+    let message = git(&root, &["log", "-1", "--format=%B", &branch]);
+    assert!(
+        message.starts_with(&format!("{t1}: change a"))
+            && message.contains("a changed")
+            && message.contains(&format!("Conclave-Task: {t1}")),
+        "{message}"
+    );
+    assert_eq!(git(&root, &["log", "-1", "--format=%an", &branch]), "alice");
+
+    // Bob finishes with no change at all.
+    project.run_as(&bob, &["task", "done", &t2]).ok();
+
+    // A claim over uncommitted work is refused, saying why.
+    let t3 = project.run(&["task", "add", "another"]).ok();
+    std::fs::write(alice_tree.join("stray.txt"), "x\n").expect("write");
+    let refused = project.run_as(&alice, &["task", "claim", &t3]);
+    assert_ne!(refused.code, 0, "{refused:#?}");
+    assert!(
+        refused.stderr.contains("uncommitted") && refused.stderr.contains("stray.txt"),
+        "{refused:#?}"
+    );
+    std::fs::remove_file(alice_tree.join("stray.txt")).expect("remove");
+
+    project.run(&["queue", "resume"]).ok();
+    wait_for_state(&project, &t1, "landed");
+    let nothing = wait_for_state(&project, &t2, "landed");
+    assert!(
+        nothing["outcome"]
+            .as_str()
+            .is_some_and(|o| o.contains("nothing to merge")),
+        "{nothing}"
+    );
+    assert_eq!(task_status(&project, &t2)["status"], "done");
+    assert_eq!(
+        git(&root, &["show", &format!("{INTEGRATION}:a.txt")]),
+        "a by alice"
+    );
+    assert_eq!(check_runs(&checks), 1, "the check ran for the one change");
+    // The next claim starts from the new tip.
+    project.run_as(&alice, &["task", "claim", &t3]).ok();
+    assert_eq!(
+        git(&alice_tree, &["rev-parse", "HEAD"]),
+        git(&root, &["rev-parse", INTEGRATION])
+    );
+    drop(server);
 }
