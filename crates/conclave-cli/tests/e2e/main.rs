@@ -18,3 +18,4 @@ mod supervisor_control;
 mod support;
 mod team;
 mod tool_list;
+mod worktrees;
