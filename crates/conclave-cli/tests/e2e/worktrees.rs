@@ -78,7 +78,14 @@ async fn run_agent(
     stand_in: &StandInHandle,
     name: &str,
 ) -> Result<AgentRun> {
-    let env = team.agent_env(claude, &stand_in.url(), name)?;
+    let mut env = team.agent_env(claude, &stand_in.url(), name)?;
+    // The agent's own git commands (a merge) need an identity; its HOME is a fresh one.
+    for variable in ["GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"] {
+        env.set(variable, name);
+    }
+    for variable in ["GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"] {
+        env.set(variable, format!("{name}@example.com"));
+    }
     let mut command = team.agent_command(&env, name, &[]);
     command
         .args(["-p", "work on your task"])
@@ -290,6 +297,12 @@ async fn the_second_of_two_changes_to_the_same_lines_is_sent_back_fixed_and_land
     assert!(
         told.contains("conflicts with the integration branch") && told.contains("shared.txt"),
         "{told}"
+    );
+    // git merge exits 1 on a conflict, so the CLI flags the result as an error.
+    let merged = turns.get(6).context("bob's merge")?.tool_results();
+    assert!(
+        merged.len() == 1 && merged[0].content.contains("CONFLICT"),
+        "the merge shows the conflict: {merged:?}"
     );
     wait_for_state(&team, t2, "landed").await?;
     let done = team.conclave_json(&["task", "show", t2, "--json"]).await?;
