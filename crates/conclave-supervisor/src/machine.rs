@@ -1563,15 +1563,32 @@ impl Team {
         if !in_review.is_empty() {
             let ids: Vec<TaskId> = in_review.iter().map(|task| task.id).collect();
             if ids != self.waiting_for {
-                let named: Vec<String> = in_review
-                    .iter()
-                    .map(|task| format!("{} {:?}", task.id, task.title))
-                    .collect();
-                self.say(format!(
-                    "waiting for a person: {} in review (approve or reopen it; Ctrl-C or \
-                     `conclave down` stops the team)",
-                    named.join(", ")
-                ));
+                // A finished task of a worktree agent waits in `review` for its branch to land
+                // (the merge queue), not for a person; the team view cannot tell it from a task
+                // an agent put in review, so the words cover both.
+                let (for_person, for_queue): (Vec<&Task>, Vec<&Task>) =
+                    in_review.iter().partition(|task| task.awaiting_approval);
+                let named = |tasks: &[&Task]| -> String {
+                    tasks
+                        .iter()
+                        .map(|task| format!("{} {:?}", task.id, task.title))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                if !for_person.is_empty() {
+                    self.say(format!(
+                        "waiting for a person: {} in review (approve or reopen it; Ctrl-C or \
+                         `conclave down` stops the team)",
+                        named(&for_person)
+                    ));
+                }
+                if !for_queue.is_empty() {
+                    self.say(format!(
+                        "waiting: {} in review (a worktree agent's finished task waits for the \
+                         merge queue to land its branch, `conclave queue`; any other for a person)",
+                        named(&for_queue)
+                    ));
+                }
                 self.waiting_for = ids;
             }
             self.quiet_ticks = 0;
