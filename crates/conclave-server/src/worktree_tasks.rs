@@ -130,11 +130,22 @@ pub async fn after_claim(app: &App, agent: &str, task: TaskId) -> OpResult<Optio
     };
     let checkout = tokio::task::spawn_blocking(move || {
         let trees = open(&worktree.root, &worktree.settings, &worktree.agent)?;
-        trees.start_task(
-            &worktree.agent,
-            &task.to_string(),
-            worktree.settings.into_branch(),
-        )
+        let (id, into) = (task.to_string(), worktree.settings.into_branch());
+        match trees.start_task(&worktree.agent, &id, into) {
+            // The task changed hands (its agent crashed or was released after a send-back):
+            // the branch is still checked out in the previous holder's worktree.
+            Err(GitError::CheckedOutElsewhere { path, .. }) => {
+                let Some((previous, _)) = trees.locate(&path) else {
+                    return Err(GitError::CheckedOutElsewhere {
+                        branch: task_branch(&id)?,
+                        path,
+                    });
+                };
+                hand_over(&trees, &path, &previous, &id, into)?;
+                trees.start_task(&worktree.agent, &id, into)
+            }
+            other => other,
+        }
     })
     .await?
     .map_err(|error| {
@@ -148,6 +159,34 @@ pub async fn after_claim(app: &App, agent: &str, task: TaskId) -> OpResult<Optio
     })?;
     tracing::info!(%agent, %task, branch = %checkout.branch, resumed = checkout.resumed, "worktree switched to the task's branch");
     Ok(Some(checkout))
+}
+
+/// Frees a task's branch from the worktree of its previous holder: what that agent left
+/// uncommitted is committed on the branch (it is the task's work), and the worktree is detached.
+fn hand_over(
+    trees: &AgentWorktrees,
+    path: &Path,
+    previous: &str,
+    task: &str,
+    integration: &str,
+) -> Result<(), GitError> {
+    let summary = TaskSummary {
+        id: task.to_string(),
+        title: format!("work {previous} left uncommitted"),
+        summary: String::new(),
+    };
+    let previous_git = trees
+        .repo()
+        .git()
+        .clone()
+        .with_identity(identity_of(previous));
+    commit_on_done(&previous_git, path, &summary, integration)?;
+    trees
+        .repo()
+        .git_at(path)
+        .run(&["switch", "--quiet", "--detach"])?;
+    tracing::info!(%previous, %task, "the task's branch handed over from its previous holder's worktree");
+    Ok(())
 }
 
 /// What [`before_done`] found on the task's branch.

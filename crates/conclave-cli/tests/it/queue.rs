@@ -512,3 +512,81 @@ fn a_claim_switches_the_worktree_and_done_commits_it_before_the_queue_sees_it() 
     );
     drop(server);
 }
+
+/// The admin's `POST /api/agents/NAME/release` (what the supervisor does when an agent's
+/// process dies).
+fn release(project: &TestProject, url: &str, agent: &str) {
+    let token = conclave_core::project::Project::at(&project.root())
+        .read_admin_token()
+        .expect("read the admin token")
+        .expect("an admin token");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let status = runtime.block_on(async {
+        reqwest::Client::new()
+            .post(format!("{url}/api/agents/{agent}/release"))
+            .bearer_auth(token)
+            .json(&serde_json::json!({"reason": "its process died"}))
+            .send()
+            .await
+            .expect("release")
+            .status()
+    });
+    assert!(status.is_success(), "{status}");
+}
+
+/// An agent going away: a task whose branch waits in the queue stays there and lands; a task it
+/// was working on goes back to the team, and the next claimer gets the branch with the work the
+/// first agent left uncommitted (its worktree detached).
+#[test]
+fn a_released_agents_queued_branch_still_lands_and_its_unfinished_task_changes_hands() {
+    let (project, _checks) = git_project();
+    let server = Server::start(&project);
+    let alice = add_agent(&project, "alice", &["--isolation", "worktree"]);
+    let bob = add_agent(&project, "bob", &["--isolation", "worktree"]);
+    project.run(&["queue", "pause"]).ok();
+    let root = project.root();
+    let alice_tree = root.join(".conclave/worktrees/alice");
+
+    let t1 = project.run(&["task", "add", "change a"]).ok();
+    project.run_as(&alice, &["task", "claim", &t1]).ok();
+    std::fs::write(alice_tree.join("a.txt"), "a by alice\n").expect("write");
+    project.run_as(&alice, &["task", "done", &t1]).ok();
+    let t2 = project.run(&["task", "add", "change b"]).ok();
+    project.run_as(&alice, &["task", "claim", &t2]).ok();
+    std::fs::write(alice_tree.join("b.txt"), "b half done by alice\n").expect("write");
+
+    release(&project, &server.url, "alice");
+    assert_eq!(task_status(&project, &t1)["status"], "review");
+    assert_eq!(task_status(&project, &t2)["status"], "ready");
+
+    project.run_as(&bob, &["task", "claim", &t2]).ok();
+    let bob_tree = root.join(".conclave/worktrees/bob");
+    assert_eq!(
+        git(&bob_tree, &["rev-parse", "--abbrev-ref", "HEAD"]),
+        format!("conclave/{t2}")
+    );
+    assert_eq!(
+        std::fs::read_to_string(bob_tree.join("b.txt")).expect("b"),
+        "b half done by alice\n",
+        "alice's uncommitted work came with the branch"
+    );
+    assert_eq!(
+        git(&alice_tree, &["rev-parse", "--abbrev-ref", "HEAD"]),
+        "HEAD",
+        "alice's worktree let go of the branch"
+    );
+
+    project.run(&["queue", "resume"]).ok();
+    wait_for_state(&project, &t1, "landed");
+    assert_eq!(task_status(&project, &t1)["status"], "done");
+    project.run_as(&bob, &["task", "done", &t2]).ok();
+    wait_for_state(&project, &t2, "landed");
+    assert_eq!(
+        git(&root, &["show", &format!("{INTEGRATION}:b.txt")]),
+        "b half done by alice"
+    );
+    drop(server);
+}
