@@ -621,6 +621,7 @@ pub const EXAMPLE_CONFIG: &str = r#"# Conclave configuration. Every setting is o
 # max_restarts = 5             # crash restarts allowed within restart_window, then "crashed"
 # restart_window = "10m"
 # approve = ["role:reviewer"] # every task of these roles waits for a person's approval
+# isolation = "shared"         # "worktree": each agent in its own git worktree (needs [merge])
 
 # [[agent]]
 # name = "architect"
@@ -640,6 +641,11 @@ pub const EXAMPLE_CONFIG: &str = r#"# Conclave configuration. Every setting is o
 # stages = ["coder", "reviewer", "tester"]
 # max_rounds = 3               # send-backs before it is blocked for a person
 # approve = ["reviewer"]       # stages whose pass waits for a person's approval
+
+# [merge]                      # worktree agents' branches land here after a check (docs/worktrees.md)
+# check = "cargo test"
+# setup = "cp ../.env ."       # run in each new worktree
+# strict_leases = false        # true: an edit of a file leased in another worktree is denied
 "#;
 
 #[cfg(test)]
