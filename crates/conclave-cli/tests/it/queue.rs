@@ -516,7 +516,7 @@ fn a_claim_switches_the_worktree_and_done_commits_it_before_the_queue_sees_it() 
 /// The admin's `POST /api/agents/NAME/release` (what the supervisor does when an agent's
 /// process dies).
 fn release(project: &TestProject, url: &str, agent: &str) {
-    let token = conclave_core::project::Project::at(&project.root())
+    let token = conclave_core::project::Project::at(project.root())
         .read_admin_token()
         .expect("read the admin token")
         .expect("an admin token");
