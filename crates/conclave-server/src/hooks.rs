@@ -482,6 +482,30 @@ mod tests {
     }
 
     #[test]
+    fn an_edit_in_an_agents_worktree_names_the_projects_file() {
+        let input = HookInput {
+            cwd: Some("/repo/.conclave/worktrees/alice".into()),
+            tool_name: Some("Edit".into()),
+            tool_input: Some(
+                serde_json::json!({ "file_path": "/repo/.conclave/worktrees/alice/src/a.rs" }),
+            ),
+            ..HookInput::default()
+        };
+        assert_eq!(
+            touched_path(Some(Path::new("/repo")), &input).as_deref(),
+            Some("src/a.rs")
+        );
+        let relative = HookInput {
+            tool_input: Some(serde_json::json!({ "file_path": "lib/b.rs" })),
+            ..input
+        };
+        assert_eq!(
+            touched_path(Some(Path::new("/repo")), &relative).as_deref(),
+            Some("lib/b.rs")
+        );
+    }
+
+    #[test]
     fn file_names_with_glob_characters_lease_exactly_that_file() {
         let input = HookInput {
             cwd: Some("/repo".into()),

@@ -65,3 +65,95 @@ pub fn prepare_worktrees(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    //! With real git in a temporary repository.
+
+    use std::process::Command;
+
+    use super::*;
+
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let output = Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("git");
+        assert!(
+            output.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+
+    fn project() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().canonicalize().expect("canonical");
+        git(&root, &["init", "--quiet", "--initial-branch=main"]);
+        std::fs::create_dir_all(root.join(".conclave")).expect("mkdir");
+        std::fs::write(root.join(".conclave/.gitignore"), "*\n").expect("ignore");
+        std::fs::write(root.join("README.md"), "hi\n").expect("write");
+        git(&root, &["add", "README.md"]);
+        git(&root, &["commit", "--quiet", "-m", "start"]);
+        (dir, root)
+    }
+
+    #[test]
+    fn each_agent_gets_a_worktree_at_the_integration_tip_with_setup_run_once() {
+        let (_dir, root) = project();
+        let merge = MergeSection {
+            setup: Some("echo made >> setup.log".into()),
+            ..MergeSection::default()
+        };
+        let agents = vec!["alice".to_string(), "bob".to_string()];
+        let trees = prepare_worktrees(&root, &merge, &agents).expect("prepare");
+        assert_eq!(
+            trees,
+            vec![
+                root.join(".conclave/worktrees/alice"),
+                root.join(".conclave/worktrees/bob")
+            ]
+        );
+        let tip = git(&root, &["rev-parse", "conclave/integration"]);
+        assert_eq!(tip, git(&root, &["rev-parse", "main"]));
+        for tree in &trees {
+            assert_eq!(git(tree, &["rev-parse", "HEAD"]), tip);
+            assert!(tree.join("README.md").is_file());
+        }
+        // Again (a restart): the worktrees are reused, the setup does not run twice.
+        prepare_worktrees(&root, &merge, &agents).expect("prepare again");
+        let log = std::fs::read_to_string(trees[0].join("setup.log")).expect("setup ran");
+        assert_eq!(log, "made\n");
+        // The main worktree sees none of it.
+        assert_eq!(git(&root, &["status", "--porcelain"]), "");
+    }
+
+    #[test]
+    fn a_worktree_left_broken_by_a_crash_does_not_block_the_start() {
+        let (_dir, root) = project();
+        let merge = MergeSection::default();
+        let agents = vec!["alice".to_string()];
+        let tree = prepare_worktrees(&root, &merge, &agents)
+            .expect("prepare")
+            .remove(0);
+        // The folder vanished behind git's back, and a half-made folder sits next to it.
+        std::fs::remove_dir_all(&tree).expect("remove");
+        std::fs::create_dir_all(root.join(".conclave/worktrees/bob/src")).expect("mkdir");
+        let trees = prepare_worktrees(&root, &merge, &["alice".into(), "bob".into()])
+            .expect("prepare after a crash");
+        for tree in &trees {
+            assert!(tree.join("README.md").is_file(), "{}", tree.display());
+        }
+    }
+
+    #[test]
+    fn a_project_that_is_no_git_repository_is_refused_saying_so() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let error = prepare_worktrees(dir.path(), &MergeSection::default(), &["a".into()])
+            .expect_err("no repository");
+        assert!(format!("{error:#}").contains("git repository"), "{error:#}");
+    }
+}
