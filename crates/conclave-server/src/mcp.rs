@@ -144,18 +144,6 @@ fn actor_of(parts: &http::request::Parts) -> Result<Actor, CoreError> {
         .ok_or_else(|| CoreError::Forbidden("no agent token".to_string()))
 }
 
-/// Paths an agent passed to a tool, absolute ones (in its worktree, or the project's) made
-/// project-relative as the hooks make them (conclave_core::paths::project_path).
-fn project_paths(app: &App, given: &[String]) -> Vec<String> {
-    match app.settings().project_root.as_deref() {
-        Some(root) => given
-            .iter()
-            .map(|path| conclave_core::paths::agent_path_to_project(root, path))
-            .collect(),
-        None => given.to_vec(),
-    }
-}
-
 fn agent_of(parts: &http::request::Parts) -> Result<(Actor, String), CoreError> {
     let actor = actor_of(parts)?;
     let name = actor
@@ -345,15 +333,27 @@ impl ConclaveTools {
         let result = async {
             let (actor, _) = agent_of(&parts)?;
             let id = args.id.as_deref().map(str::parse::<TaskId>).transpose()?;
-            let outcome: ClaimOutcome =
-                ops::claim_task(&self.app, &actor, &IdempotencyKey::default(), id)
-                    .await?
-                    .parse()?;
+            let (written, checkout) =
+                ops::claim_task_on_branch(&self.app, &actor, &IdempotencyKey::default(), id)
+                    .await?;
+            let outcome: ClaimOutcome = written.parse()?;
             Ok::<_, OpError>(match outcome.task {
                 Some(task) => {
                     let mut body = format!("Claimed {}\n", task_line(&task));
                     if !task.body.is_empty() {
                         let _ = writeln!(body, "{}", task.body);
+                    }
+                    if let Some(checkout) = checkout {
+                        let _ = writeln!(
+                            body,
+                            "Your worktree is on its branch {} ({}).",
+                            checkout.branch,
+                            if checkout.resumed {
+                                "with the work already on it"
+                            } else {
+                                "new, from the integration branch's tip"
+                            }
+                        );
                     }
                     body.push_str("Edits lease files for you. Finish with done (or fail).");
                     body
@@ -408,7 +408,7 @@ impl ConclaveTools {
             };
             let finish = TaskFinish {
                 summary: args.summary,
-                files: project_paths(&self.app, &args.files),
+                files: args.files,
                 verdict,
                 comments: args.comments,
                 to_stage: args.to_stage,
@@ -566,7 +566,7 @@ impl ConclaveTools {
         let result = async {
             let (actor, name) = agent_of(&parts)?;
             let request = LeaseRequest {
-                paths: project_paths(&self.app, &args.paths),
+                paths: args.paths.clone(),
                 mode: if args.shared {
                     LeaseMode::Shared
                 } else {
@@ -614,7 +614,7 @@ impl ConclaveTools {
         let result = async {
             let (actor, _) = agent_of(&parts)?;
             let release = LeaseRelease {
-                paths: project_paths(&self.app, &args.paths),
+                paths: args.paths,
                 force: false,
             };
             let released: ReleasedLeases =

@@ -47,6 +47,19 @@ pub fn require_agent<'a>(actor: &'a Actor, what: &str) -> Result<&'a str, CoreEr
     })
 }
 
+/// Paths an agent names (to lease, release, or as a finished task's files), absolute ones (in
+/// its worktree, or the project's) made project-relative by the one mapping the hooks use too
+/// (`conclave_core::paths::project_path`); relative ones are the project's already.
+fn project_paths(app: &App, given: &[String]) -> Vec<String> {
+    match app.settings().project_root.as_deref() {
+        Some(root) => given
+            .iter()
+            .map(|path| conclave_core::paths::agent_path_to_project(root, path))
+            .collect(),
+        None => given.to_vec(),
+    }
+}
+
 /// Leases paths to `holder`. A refusal changes no state, but the collision belongs in the record
 /// of what happened: it is logged as `lease.denied` before the conflict is returned.
 pub async fn acquire_leases(
@@ -54,8 +67,9 @@ pub async fn acquire_leases(
     actor: &Actor,
     key: &IdempotencyKey,
     holder: &str,
-    request: LeaseRequest,
+    mut request: LeaseRequest,
 ) -> OpResult<Written> {
+    request.paths = project_paths(app, &request.paths);
     let paths = request.paths.clone();
     let name = holder.to_string();
     let result = app
@@ -119,8 +133,9 @@ pub async fn release_leases(
     app: &App,
     actor: &Actor,
     key: &IdempotencyKey,
-    release: LeaseRelease,
+    mut release: LeaseRelease,
 ) -> OpResult<Written> {
+    release.paths = project_paths(app, &release.paths);
     let by = actor.clone();
     app.write(actor, key, move |tx| {
         let released = tx.release_leases(&by, release)?;
@@ -136,22 +151,32 @@ pub async fn claim_task(
     key: &IdempotencyKey,
     id: Option<TaskId>,
 ) -> OpResult<Written> {
+    Ok(claim_task_on_branch(app, actor, key, id).await?.0)
+}
+
+/// [`claim_task`], answering too the task's branch a worktree agent's worktree was switched to
+/// (before the claim answers: worktree_tasks.rs).
+pub async fn claim_task_on_branch(
+    app: &App,
+    actor: &Actor,
+    key: &IdempotencyKey,
+    id: Option<TaskId>,
+) -> OpResult<(Written, Option<conclave_git::TaskCheckout>)> {
     let agent = require_agent(actor, "claim tasks")?.to_string();
-    // A worktree agent's claim switches its worktree to the task's branch before it answers
-    // (worktree_tasks.rs).
     crate::worktree_tasks::before_claim(app, &agent).await?;
     let name = agent.clone();
     let written = app
         .write(actor, key, move |tx| tx.claim_task(&name, id))
         .await?;
+    let mut checkout = None;
     if !written.replayed
         && let Some(task) = written.value["task"]["id"]
             .as_str()
             .and_then(|id| id.parse::<TaskId>().ok())
     {
-        crate::worktree_tasks::after_claim(app, &agent, task).await?;
+        checkout = crate::worktree_tasks::after_claim(app, &agent, task).await?;
     }
-    Ok(written)
+    Ok((written, checkout))
 }
 
 pub async fn create_task(
@@ -194,8 +219,9 @@ pub async fn finish_task_on_branch(
     actor: &Actor,
     key: &IdempotencyKey,
     id: TaskId,
-    finish: TaskFinish,
+    mut finish: TaskFinish,
 ) -> OpResult<(Written, Option<crate::worktree_tasks::BranchDone>)> {
+    finish.files = project_paths(app, &finish.files);
     let by = actor.clone();
     let queue = app.settings().merge.clone();
     let queued = queue.is_some();

@@ -178,7 +178,10 @@ async fn two_agents_in_worktrees_change_different_files_and_both_land_after_the_
     let (_alice, _bob) = (alice?, bob?);
 
     let claimed = tool_result(&stand_in, "alice", 1)?;
-    assert!(claimed.contains(t1.as_str()), "{claimed}");
+    assert!(
+        claimed.contains(&format!("Your worktree is on its branch conclave/{t1}")),
+        "{claimed}"
+    );
     let done = tool_result(&stand_in, "alice", 4)?;
     assert!(
         done.contains(&format!("conclave/{t1}")) && done.contains("merge queue"),

@@ -436,6 +436,17 @@ fn a_claim_switches_the_worktree_and_done_commits_it_before_the_queue_sees_it() 
     );
     assert!(!format!("{touched:?}").contains("worktrees"), "{touched:?}");
 
+    // An absolute path in her worktree, through the API (`conclave lock`), is the project's too.
+    let worktree_path = alice_tree.join("b.txt").display().to_string();
+    project.run_as(&alice, &["lock", &worktree_path]).ok();
+    let status = project.run(&["status", "--json"]).json();
+    let leases = status["leases"].to_string();
+    assert!(
+        leases.contains("\"b.txt\"") && !leases.contains("worktrees"),
+        "{status}"
+    );
+    project.run_as(&alice, &["unlock", &worktree_path]).ok();
+
     // Bob, in his own worktree, edits the same file: allowed, with a warning naming alice and
     // her task; alice is told.
     let t2 = project.run(&["task", "add", "look at a"]).ok();
