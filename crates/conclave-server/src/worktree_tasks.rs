@@ -105,11 +105,11 @@ pub async fn before_claim(app: &App, agent: &str) -> OpResult<()> {
         None => Ok(()),
         Some((path, head, files)) => {
             let on = match head.strip_prefix("conclave/") {
-                Some(task) => {
-                    format!(" on {head}: finish {task} first (done commits it), or fail it")
-                }
-                None => ": it belongs to no task; commit it on a task's branch or discard it \
-                           (git stash)"
+                Some(task) => format!(
+                    " on {head}: if {task} is a task you hold, finish it first (done commits \
+                     them); else discard them (git stash -u) and claim again"
+                ),
+                None => ": they belong to no task; discard them (git stash -u) and claim again"
                     .to_string(),
             };
             let shown: Vec<&str> = files.iter().take(10).map(String::as_str).collect();
