@@ -55,6 +55,17 @@ pub async fn run(context: &Context, options: ClaudeArgs) -> anyhow::Result<()> {
     let url = reachable_url(&context.server_url()?);
     let admin = admin_client(project, &url)?;
     let isolation = isolation_of(project, &config, &admin, &options.name).await?;
+    // Without a merge queue nothing would land a worktree agent's branches.
+    let merge = match isolation {
+        Isolation::Worktree => Some(config.merge.clone().with_context(|| {
+            format!(
+                "{} works in its own worktree, but conclave.toml has no [merge] table to land \
+                 its branches: add one (docs/worktrees.md)",
+                options.name
+            )
+        })?),
+        Isolation::Shared => None,
+    };
     let registration = NewAgent {
         name: options.name.clone(),
         role: options.role.clone(),
@@ -65,8 +76,7 @@ pub async fn run(context: &Context, options: ClaudeArgs) -> anyhow::Result<()> {
     let JoinedAgent { token, files } =
         prepare_agent(project, &admin, &registration, strict).await?;
     // A worktree agent's session runs in its own worktree, as `conclave up` runs it.
-    let cwd = if isolation == Isolation::Worktree {
-        let merge = config.merge.clone().unwrap_or_default();
+    let cwd = if let Some(merge) = merge {
         let root = project.root().to_path_buf();
         let name = options.name.clone();
         let mut trees = tokio::task::spawn_blocking(move || {

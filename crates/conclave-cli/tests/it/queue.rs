@@ -601,3 +601,42 @@ fn a_released_agents_queued_branch_still_lands_and_its_unfinished_task_changes_h
     );
     drop(server);
 }
+
+/// `conclave claude --name X` for a worktree agent makes X's worktree and runs the client there
+/// (a stand-in client here that records where it ran).
+#[test]
+fn conclave_claude_for_a_worktree_agent_starts_in_its_worktree() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let (project, _checks) = git_project();
+    let _server = Server::start(&project);
+    add_agent(&project, "alice", &["--isolation", "worktree"]);
+    let root = project.root();
+    let outside = root.parent().expect("parent").to_path_buf();
+    let client = outside.join("fake-claude.sh");
+    let ran_in = outside.join("ran-in.txt");
+    std::fs::write(
+        &client,
+        format!("#!/bin/sh\npwd > '{}'\n", ran_in.display()),
+    )
+    .expect("write");
+    std::fs::set_permissions(&client, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let client = client.display().to_string();
+    project
+        .run_with_env(
+            &[("CONCLAVE_CLAUDE_BIN", client.as_str())],
+            &["claude", "--name", "alice"],
+        )
+        .ok();
+    let tree = root.join(".conclave/worktrees/alice");
+    assert_eq!(
+        std::fs::read_to_string(&ran_in)
+            .expect("the client ran")
+            .trim(),
+        tree.display().to_string()
+    );
+    assert_eq!(
+        git(&tree, &["rev-parse", "HEAD"]),
+        git(&root, &["rev-parse", INTEGRATION]),
+        "made at the integration branch's tip"
+    );
+}
