@@ -225,28 +225,21 @@ pub async fn finish_task_on_branch(
     let by = actor.clone();
     let queue = app.settings().merge.clone();
     let queued = queue.is_some();
-    let mut branch = None;
-    if queued && let Actor::Agent(agent) = actor {
-        let name = agent.clone();
-        let (through_queue, task) = app
-            .read(move |r| {
-                let task = r.task(id)?;
-                let holds = task.assignee.as_deref() == Some(name.as_str())
-                    && conclave_core::store::is_held(&task);
-                Ok((holds && r.finishes_through_merge_queue(id)?, task))
-            })
-            .await?;
-        if through_queue {
-            branch = crate::worktree_tasks::before_done(
+    // A worktree agent's work is committed on the task's branch whichever way the task goes on
+    // (the queue, or a pipeline's next stage, which claims the same branch).
+    let branch = match holder_of(app, actor, id).await? {
+        Some((agent, task)) => {
+            crate::worktree_tasks::before_done(
                 app,
-                agent,
+                &agent,
                 id,
                 task.title.clone(),
                 finish.summary.clone(),
             )
-            .await?;
+            .await?
         }
-    }
+        None => None,
+    };
     let written = app
         .write(actor, key, move |tx| {
             // An agent in its own worktree: the task waits for its branch to land (merge_queue.rs).
@@ -298,9 +291,37 @@ pub async fn fail_task(
     id: TaskId,
     reason: String,
 ) -> OpResult<Written> {
+    // What a worktree agent leaves when it gives up stays on the task's branch (the next holder
+    // claims that branch), and its worktree is clean for its next claim.
+    if let Some((agent, task)) = holder_of(app, actor, id).await? {
+        crate::worktree_tasks::before_done(
+            app,
+            &agent,
+            id,
+            task.title.clone(),
+            Some(format!("Given up by {agent}: {reason}")),
+        )
+        .await?;
+    }
     let by = actor.clone();
     app.write(actor, key, move |tx| tx.fail_task(&by, id, &reason))
         .await
+}
+
+/// The acting agent and the task, when that agent holds the task (a worktree step applies).
+async fn holder_of(
+    app: &App,
+    actor: &Actor,
+    id: TaskId,
+) -> OpResult<Option<(String, conclave_core::model::Task)>> {
+    let Actor::Agent(agent) = actor else {
+        return Ok(None);
+    };
+    let name = agent.clone();
+    let task = app.read(move |r| r.task(id)).await?;
+    let holds =
+        task.assignee.as_deref() == Some(name.as_str()) && conclave_core::store::is_held(&task);
+    Ok(holds.then(|| (agent.clone(), task)))
 }
 
 pub async fn send_message(

@@ -13,6 +13,9 @@
 //!   task's id, title and summary as its message) *before* the entry joins the merge queue, so
 //!   the queue never lands a branch without the agent's last changes. A `done` with no change on
 //!   the branch is allowed and says so.
+//!   The commit happens for any `done` of a task the worktree agent holds (a pipeline stage's
+//!   next agent claims the same branch), and for `fail` too (the work given up stays on the
+//!   branch for the next holder, and the worktree is clean for the agent's next claim).
 //! - **sent back**: the merge queue's runner switches an idle, clean worktree back to the
 //!   returned task's branch ([`return_to_branch`]).
 //!

@@ -640,3 +640,40 @@ fn conclave_claude_for_a_worktree_agent_starts_in_its_worktree() {
         "made at the integration branch's tip"
     );
 }
+
+/// A worktree agent that gives its task up leaves its work committed on the task's branch (its
+/// worktree clean for its next claim), and the next holder continues from it.
+#[test]
+fn a_task_given_up_keeps_its_work_on_its_branch_for_the_next_holder() {
+    let (project, _checks) = git_project();
+    let _server = Server::start(&project);
+    let alice = add_agent(&project, "alice", &["--isolation", "worktree"]);
+    let bob = add_agent(&project, "bob", &["--isolation", "worktree"]);
+    let root = project.root();
+    let alice_tree = root.join(".conclave/worktrees/alice");
+    let t1 = project.run(&["task", "add", "change a"]).ok();
+    project.run_as(&alice, &["task", "claim", &t1]).ok();
+    std::fs::write(alice_tree.join("a.txt"), "a, half done\n").expect("write");
+    project
+        .run_as(
+            &alice,
+            &["task", "fail", &t1, "--reason", "out of my depth"],
+        )
+        .ok();
+    assert_eq!(git(&alice_tree, &["status", "--porcelain"]), "");
+    let message = git(
+        &root,
+        &["log", "-1", "--format=%B", &format!("conclave/{t1}")],
+    );
+    assert!(
+        message.contains("Given up by alice: out of my depth"),
+        "{message}"
+    );
+
+    project.run(&["task", "reopen", &t1]).ok();
+    project.run_as(&bob, &["task", "claim", &t1]).ok();
+    assert_eq!(
+        std::fs::read_to_string(root.join(".conclave/worktrees/bob/a.txt")).expect("a"),
+        "a, half done\n"
+    );
+}
