@@ -42,7 +42,7 @@ struct WorktreeAgent {
     agent: String,
 }
 
-/// The commits on agent's work are by the agent (the merge commits are Conclave's).
+/// Commits of an agent's work carry its name (the merge queue's merge commits are Conclave's).
 fn identity_of(agent: &str) -> Identity {
     Identity {
         name: agent.to_string(),
