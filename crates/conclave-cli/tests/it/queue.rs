@@ -677,3 +677,48 @@ fn a_task_given_up_keeps_its_work_on_its_branch_for_the_next_holder() {
         "a, half done\n"
     );
 }
+
+/// With `[merge] strict_leases = true`, an edit of a file leased in another worktree is denied as
+/// in one shared tree.
+#[test]
+fn strict_leases_deny_an_edit_across_worktrees() {
+    let (project, _checks) = git_project();
+    let config = project.root().join("conclave.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, format!("{text}strict_leases = true\n")).expect("write");
+    let server = Server::start(&project);
+    let alice = add_agent(&project, "alice", &["--isolation", "worktree"]);
+    let bob = add_agent(&project, "bob", &["--isolation", "worktree"]);
+    let root = project.root();
+    for (agent, title) in [(&alice, "a by alice"), (&bob, "a by bob")] {
+        let task = project.run(&["task", "add", title]).ok();
+        project.run_as(agent, &["task", "claim", &task]).ok();
+    }
+    let (alice_tree, bob_tree) = (
+        root.join(".conclave/worktrees/alice"),
+        root.join(".conclave/worktrees/bob"),
+    );
+    let allowed = hook(
+        &project,
+        &alice,
+        &server.url,
+        "pre-tool-use",
+        &edit(&alice_tree, &alice_tree.join("a.txt")),
+    );
+    assert_eq!(allowed, serde_json::json!({}));
+    let denied = hook(
+        &project,
+        &bob,
+        &server.url,
+        "pre-tool-use",
+        &edit(&bob_tree, &bob_tree.join("a.txt")),
+    );
+    let output = &denied["hookSpecificOutput"];
+    assert_eq!(output["permissionDecision"], "deny", "{denied}");
+    assert!(
+        output["permissionDecisionReason"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("leased by alice")),
+        "{denied}"
+    );
+}
