@@ -318,3 +318,66 @@ async fn the_second_of_two_changes_to_the_same_lines_is_sent_back_fixed_and_land
     assert!(stand_in.exhausted_requests().is_empty());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_of_a_file_leased_in_another_worktree_goes_ahead_with_a_warning() -> Result<()> {
+    let Some(claude) = claude_or_skip() else {
+        return Ok(());
+    };
+    let _serial = serial().await;
+    let (team, _checks, tasks) = worktree_team(&["shared by alice", "shared by bob"]).await?;
+    let (t1, t2) = (&tasks[0], &tasks[1]);
+    let (alice_tree, bob_tree) = (worktree(&team, "alice"), worktree(&team, "bob"));
+    let edit = |task: &str, tree: &Path, text: &str| {
+        vec![
+            Reply::tool_use("mcp__conclave__claim", json!({"id": task})),
+            Reply::tool_use("Read", json!({"file_path": tree.join("shared.txt")})),
+            Reply::tool_use(
+                "Write",
+                json!({"file_path": tree.join("shared.txt"), "content": text}),
+            ),
+            Reply::text("Editing."),
+        ]
+    };
+    let script = Script::new()
+        .agent(
+            &api_key("alice"),
+            edit(t1, &alice_tree, "ONE alice\ntwo\nthree\n"),
+        )
+        .agent(
+            &api_key("bob"),
+            edit(t2, &bob_tree, "ONE bob\ntwo\nthree\n"),
+        );
+    let stand_in = StandIn::start(script).await?;
+    // Alice keeps her task (and the lease her edit took); then bob edits the same file.
+    run_agent(&team, &claude, &stand_in, "alice").await?;
+    run_agent(&team, &claude, &stand_in, "bob").await?;
+
+    assert_eq!(
+        std::fs::read_to_string(bob_tree.join("shared.txt"))?,
+        "ONE bob\ntwo\nthree\n",
+        "the edit went ahead in bob's worktree"
+    );
+    let turns = stand_in.main_requests_for(&api_key("bob"));
+    let after_write = turns.get(3).context("bob's turn after the write")?;
+    // The hook's context follows the tool result in its own message, so the result is not the
+    // last message of the request.
+    let results = after_write.all_tool_results();
+    let write = results.last().context("the write's result")?;
+    ensure!(!write.is_error, "{results:?}");
+    let told = serde_json::to_string(after_write.messages())?;
+    assert!(
+        told.contains("shared.txt is leased by alice") && told.contains(t1.as_str()),
+        "bob is told who else changes the file: {told}"
+    );
+    let events = crate::support::events(&team).await?;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "message.sent"
+                && e.to_string().contains("bob is editing shared.txt")),
+        "alice is told: {events:#?}"
+    );
+    assert!(stand_in.exhausted_requests().is_empty());
+    Ok(())
+}
