@@ -225,8 +225,12 @@ event_kinds! {
     NoteAdded(NoteAdded) => "note.added" in Note,
     NoteSuperseded(NoteSuperseded) => "note.superseded" in Note,
 
-    /// Hook: a file-writing tool call touched a file.
+    /// Hook: a file-writing tool call touched a file, or a shell command (`Bash`) created,
+    /// changed or deleted it (write attribution, the server's `attribution.rs`).
     FileTouched(FileTouched) => "file.touched" in File,
+    /// A dependency manifest or lockfile changed (`Cargo.toml`, `package-lock.json`, ...): one
+    /// agent's `cargo add` changes what everyone builds. Shown on the task and the dashboard.
+    FileDependencyChanged(DependencyChanged) => "file.dependency_changed" in File,
 
     // The merge queue (store/queue.rs): one entry per task branch waiting to land.
     /// A finished task's branch joined the merge queue; the task waits in `review`.
@@ -784,10 +788,41 @@ pub struct NoteSuperseded {
     pub by: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FileTouched {
     pub path: String,
     pub tool: String,
+    /// The shell command that wrote the file (`Bash` only), cut to [`MAX_COMMAND_CHARS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// `created`, `modified` or `deleted` (`Bash` only: a snapshot before and after told).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<String>,
+    /// Other agents' shell commands ran in the same tree at the same time, so the write may be
+    /// theirs as well as this agent's: `candidates` names them.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub ambiguous: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<String>,
+}
+
+/// The most of a shell command an event keeps.
+pub const MAX_COMMAND_CHARS: usize = 500;
+
+/// A dependency manifest or lockfile changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DependencyChanged {
+    /// Project-relative.
+    pub path: String,
+    /// `cargo`, `npm`, `pnpm`, `python`, `uv`, `go`.
+    pub ecosystem: String,
+    /// `manifest` (declares dependencies) or `lockfile` (pins versions).
+    pub file: String,
+    /// The tool that changed it (`Edit`, `Write`, `Bash`, ...).
+    pub tool: String,
+    /// The shell command, when a `Bash` call changed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
 }
 
 #[cfg(test)]
@@ -937,6 +972,11 @@ mod tests {
             ),
             ("note.superseded", json!({"id": "N-1", "by": "N-2"})),
             ("file.touched", json!({"path": "src/a.rs", "tool": "Edit"})),
+            (
+                "file.dependency_changed",
+                json!({"path": "Cargo.lock", "ecosystem": "cargo", "file": "lockfile",
+                       "tool": "Bash", "command": "cargo add serde"}),
+            ),
             ("queue.enqueued", json!({"branch": "conclave/T-1"})),
             ("queue.merging", json!({"branch": "conclave/T-1"})),
             (
@@ -998,6 +1038,10 @@ mod tests {
         let gave_up = json!({"alert": true, "gave_up": true, "message": "crashed 4 times"});
         let payload = EventPayload::from_parts("agent.crashed", &gave_up).expect("fits");
         assert_eq!(payload.data(), gave_up);
+        let shell = json!({"path": "gen/out.rs", "tool": "Bash", "command": "make gen",
+                           "change": "created", "ambiguous": true, "candidates": ["bob"]});
+        let payload = EventPayload::from_parts("file.touched", &shell).expect("fits");
+        assert_eq!(payload.data(), shell);
         let asked = json!({"asked": true});
         let payload = EventPayload::from_parts("agent.restarted", &asked).expect("fits");
         assert_eq!(payload.data(), asked);

@@ -281,6 +281,38 @@ pub struct QueueView {
     pub entries: Vec<QueueEntry>,
 }
 
+/// An open task's branch (`conclave/T-12`) in `GET /api/overlaps`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OpenBranch {
+    pub task: TaskId,
+    pub branch: String,
+    /// The task's holder.
+    pub agent: Option<String>,
+}
+
+/// Two open branches that changed the same files (committed, or uncommitted in the worktree
+/// that has the branch checked out).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct BranchOverlap {
+    pub first: OpenBranch,
+    pub second: OpenBranch,
+    /// Project-relative as git names them, sorted; never empty.
+    pub files: Vec<String>,
+}
+
+/// `GET /api/overlaps`: per pair of open task branches, the files both have changed, so that
+/// two agents in separate worktrees learn of a coming conflict before the merge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OverlapReport {
+    /// The project is a git repository (else there are no branches to compare).
+    pub git: bool,
+    /// The open tasks' branches compared (the most recently updated ones, up to a bound).
+    pub branches: Vec<OpenBranch>,
+    /// Open tasks whose branches were left out by the bound.
+    pub left_out: usize,
+    pub overlaps: Vec<BranchOverlap>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum LeaseMode {
@@ -391,6 +423,30 @@ pub struct Task {
     /// cost their supervisor reports.
     #[serde(default)]
     pub cost_usd: f64,
+    /// Dependency manifests and lockfiles its holders changed (from the task's
+    /// `file.dependency_changed` events), oldest first. Filled by `GET /api/tasks/{id}`; left
+    /// out of lists.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dependency_changes: Vec<DependencyChange>,
+}
+
+/// One change of a dependency manifest or lockfile by an agent working on a task (write
+/// attribution, issue 11): `cargo add` by one agent changes what the whole team builds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DependencyChange {
+    /// Project-relative.
+    pub path: String,
+    /// `cargo`, `npm`, `pnpm`, `python`, `uv` or `go`.
+    pub ecosystem: String,
+    /// `manifest` (declares dependencies) or `lockfile` (pins versions).
+    pub file: String,
+    pub agent: Option<String>,
+    /// The tool that changed it (`Edit`, `Write`, `Bash`, ...).
+    pub tool: String,
+    /// The shell command, when a `Bash` call changed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    pub at: DateTime<Utc>,
 }
 
 /// A pipeline: the stages (roles) a task passes through in order, each stage's agent passing it
@@ -1209,6 +1265,7 @@ mod tests {
             approve: false,
             awaiting_approval: false,
             cost_usd: 0.0,
+            dependency_changes: Vec::new(),
         };
         let rust = vec!["rust".to_string()];
         assert!(task.fits("alice", Some("coder"), &rust));

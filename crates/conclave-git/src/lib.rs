@@ -12,7 +12,7 @@
 //! | agent worktrees in `.conclave/worktrees/<agent>` | [`AgentWorktrees::start_task`] (creates or reuses the worktree, switches it to `conclave/<task>`), [`AgentWorktrees::remove`], [`AgentWorktrees::repair`] (at start-up), [`AgentWorktrees::with_setup`] (`[merge] setup`) |
 //! | commit-on-done | [`commit_on_done`] with a [`TaskSummary`]; [`DoneCommit::has_changes`] says whether the branch changes anything |
 //! | landing a branch | [`MergeEngine::land`] → [`LandOutcome`] (landed, already landed, conflict, check failed, integration moved, refused); [`MergeEngine::fast_forward`] for the user's own branch |
-//! | overlaps between open branches | [`overlaps`] |
+//! | overlaps between open branches | [`overlaps`], [`overlaps_with_work`] (uncommitted work in the worktrees too) |
 //! | write attribution | [`TreeSnapshot::capture`] before a command, [`TreeSnapshot::capture_after`] after it, [`TreeSnapshot::changes`]; [`dependency_file`] flags manifests and lockfiles |
 //!
 //! A sketch of one task's life, as the supervisor and the queue will run it:
@@ -78,7 +78,7 @@ pub use merge::{
     CONFLICT_BYTES, CONFLICT_LINES, ConflictReport, FastForward, LandOutcome, LandRequest,
     LandStage, MergeEngine, SCRATCH_NAME, Strategy,
 };
-pub use overlap::{Overlap, overlaps};
+pub use overlap::{Overlap, overlaps, overlaps_with_work};
 pub use repo::{DEFAULT_INTEGRATION_BRANCH, Repo, WorktreeEntry};
 pub use shell::{ShellCommand, ShellOutcome, TAIL_BYTES, TAIL_LINES, bounded_tail, run_shell};
 pub use snapshot::{ChangeKind, FileChange, FileStamp, SnapshotEntry, TreeSnapshot};

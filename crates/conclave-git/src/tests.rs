@@ -821,6 +821,37 @@ fn overlaps_name_the_files_both_branches_changed() {
 }
 
 #[test]
+fn overlaps_with_work_count_what_agents_have_not_committed_yet() {
+    let fixture = Fixture::new();
+    let alice = fixture
+        .worktrees
+        .start_task("alice", "T-1", INTEGRATION)
+        .expect("start");
+    let bob = fixture
+        .worktrees
+        .start_task("bob", "T-2", INTEGRATION)
+        .expect("start");
+    write_in(&alice.path, "shared.rs", "a\n");
+    commit_all_in(&alice.path, "alice's commit");
+    // Bob has not committed: only his worktree shows the change.
+    write_in(&bob.path, "shared.rs", "b\n");
+    write_in(&bob.path, "new_b.rs", "b\n");
+    let branches = vec![alice.branch.clone(), bob.branch.clone()];
+    assert_eq!(
+        overlaps(fixture.repo.git(), &branches).expect("overlaps"),
+        vec![]
+    );
+    assert_eq!(
+        overlaps_with_work(&fixture.repo, &branches).expect("overlaps"),
+        vec![Overlap {
+            first: "conclave/T-1".into(),
+            second: "conclave/T-2".into(),
+            files: vec!["shared.rs".into()],
+        }]
+    );
+}
+
+#[test]
 fn a_cargo_add_style_change_is_seen_by_the_snapshot_and_flagged_as_a_dependency_change() {
     let fixture = Fixture::new();
     let checkout = fixture

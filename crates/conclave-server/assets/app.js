@@ -152,6 +152,8 @@ function waitText(agent) {
 /** A one-line description of an event. */
 function describe(ev) {
   const d = ev.data || {};
+  const written = describeWrite(ev);
+  if (written) return written;
   switch (ev.kind) {
     case 'agent.tool': return toolFailed(ev)
       ? `${d.tool || 'tool'} FAILED: ${clip(d.error || 'error', 160)} · ${toolInput(d, 80)}`
@@ -356,6 +358,7 @@ function onEvent(ev) {
   else if (kind.startsWith('note.')) refresh('notes', loadNotes);
   else if (kind.startsWith('agent.') && kind !== 'agent.tool' && kind !== 'agent.text') refresh('agents', loadAgents);
   if (kind.startsWith('agent.registered')) refresh('last', loadLastActions);
+  mergeViewOnEvent(ev);
   refresh('team', async () => renderTeam());
 }
 
@@ -611,6 +614,7 @@ function renderTaskDrawer() {
       h('dt', { text: 'created' }), h('dd', {}, `by ${task.created_by} `, agoNode(task.created_at))),
     task.body ? h('div', { class: 'pre', text: task.body }) : null,
     actions);
+  renderTaskDependencies(info, id);
 }
 
 // ---- agent page -------------------------------------------------------------------------------
@@ -700,6 +704,159 @@ function closeDrawer() {
   state.drawer = null;
   $('drawer').hidden = true;
   put($('drawer-body'));
+}
+
+// ---- merge queue, overlaps and dependency changes (issue 11) ----------------------------------
+// Kept apart from the rest: its own state, loaders and renderers; the rest of the page calls
+// only mergeViewOnEvent (live events), renderTaskDependencies (task panel) and startMergeView.
+
+const mergeView = {
+  queue: null, // GET /api/queue
+  overlaps: null, // GET /api/overlaps
+  dependencies: [], // file.dependency_changed events (the latest 200), newest first
+  overlapTimer: null,
+};
+const QUEUE_STATES_LIVE = new Set(['queued', 'merging']);
+
+async function loadQueue() {
+  mergeView.queue = await api('GET', '/api/queue');
+  renderQueue();
+}
+
+/** A queue action through the same API as `conclave queue pause|resume|skip|retry|merge`. */
+function queueAction(what, path) {
+  return act(what, () => api('POST', path)).then((ok) => { if (ok) refresh('queue', loadQueue); });
+}
+
+function renderQueue() {
+  const view = mergeView.queue;
+  if (!view) return;
+  const paused = view.paused;
+  put($('queue-state'),
+    h('span', { class: 'badge', 'data-queue-paused': String(paused), text: paused ? 'paused' : 'running' }),
+    paused && view.paused_reason ? h('span', { class: 'muted', text: ` ${clip(view.paused_reason, 160)}` }) : null, ' ',
+    paused
+      ? h('button', { type: 'button', 'data-queue-action': 'resume', text: 'Resume', onclick: () => queueAction('resume the queue', '/api/queue/resume') })
+      : h('button', { type: 'button', 'data-queue-action': 'pause', text: 'Pause', onclick: () => queueAction('pause the queue', '/api/queue/pause') }));
+  const waiting = view.entries.filter((e) => QUEUE_STATES_LIVE.has(e.state)).length;
+  $('queue-count').textContent = view.entries.length ? `(${waiting} waiting, ${view.entries.length} in all)` : '';
+  const row = (entry) => {
+    const task = enc(entry.task);
+    const buttons = [];
+    if (entry.state === 'queued') buttons.push(h('button', { type: 'button', 'data-queue-action': 'merge', text: 'Merge now', onclick: () => queueAction(`merge ${entry.task}`, `/api/queue/${task}/merge`) }));
+    if (['queued', 'merging', 'sent_back'].includes(entry.state)) buttons.push(h('button', { type: 'button', 'data-queue-action': 'skip', text: 'Skip', onclick: () => queueAction(`skip ${entry.task}`, `/api/queue/${task}/skip`) }));
+    if (['sent_back', 'skipped'].includes(entry.state)) buttons.push(h('button', { type: 'button', 'data-queue-action': 'retry', text: 'Retry', onclick: () => queueAction(`retry ${entry.task}`, `/api/queue/${task}/retry`) }));
+    // A branch that changes manifests or lockfiles changes what everyone builds: say so.
+    const deps = [...new Set(mergeView.dependencies.filter((d) => d.task === entry.task).map((d) => d.data.path))];
+    return h('tr', { 'data-queue-entry': entry.task, 'data-state': entry.state },
+      h('td', { class: 'task-id', title: entry.branch }, entry.task,
+        deps.length ? [' ', h('span', { class: 'badge', 'data-dependency-flag': 'true', title: `dependency changes: ${deps.join(', ')}`, text: 'deps' })] : null),
+      h('td', { text: entry.agent }),
+      h('td', {}, h('span', { class: 'badge', 'data-queue-state': entry.state, text: entry.state.replace('_', ' ') })),
+      h('td', { text: entry.attempts }),
+      h('td', { class: 'queue-outcome', title: entry.outcome || '', text: clip(entry.outcome || '—', 120) }),
+      h('td', {}, agoNode(entry.updated_at)),
+      h('td', { class: 'queue-actions' }, buttons));
+  };
+  // Waiting entries first in landing order, then the finished ones, latest first.
+  const live = view.entries.filter((e) => QUEUE_STATES_LIVE.has(e.state)).sort((a, b) => a.position - b.position);
+  const done = view.entries.filter((e) => !QUEUE_STATES_LIVE.has(e.state)).sort((a, b) => Date.parse(b.updated_at) - Date.parse(a.updated_at));
+  const rows = [...live, ...done].slice(0, 50).map(row);
+  put($('queue-entries'), rows.length ? rows : h('tr', {}, h('td', { colspan: 7, class: 'empty', text: 'No branch in the queue.' })));
+}
+
+async function loadOverlaps() {
+  mergeView.overlaps = await api('GET', '/api/overlaps');
+  renderOverlaps();
+}
+
+/** Overlaps cost git work on the server: asked again at most every few seconds. */
+function refreshOverlaps() {
+  if (mergeView.overlapTimer) return;
+  mergeView.overlapTimer = setTimeout(() => {
+    mergeView.overlapTimer = null;
+    loadOverlaps().catch((error) => toast(`overlaps: ${error.message}`, true));
+  }, 3000);
+}
+
+function renderOverlaps() {
+  const report = mergeView.overlaps;
+  if (!report) return;
+  const root = $('overlaps');
+  const branch = (b) => h('span', { class: 'overlap-branch', title: b.branch, text: `${b.task}${b.agent ? ` @${b.agent}` : ''}` });
+  if (!report.git) {
+    put(root, h('p', { class: 'empty', text: 'Not a git repository: no branches to compare.' }));
+    return;
+  }
+  if (!report.overlaps.length) {
+    put(root, h('p', { class: 'empty', text: report.branches.length < 2
+      ? `${report.branches.length ? 'One open task branch' : 'No open task branch'}: nothing to compare.`
+      : `No file changed on two of the ${report.branches.length} open branches.` }));
+    return;
+  }
+  put(root, report.overlaps.map((overlap) => h('div', {
+    class: 'overlap', 'data-overlap': `${overlap.first.task} ${overlap.second.task}`,
+  },
+  h('div', {}, branch(overlap.first), ' ∩ ', branch(overlap.second), ' ', h('span', { class: 'muted', text: `${overlap.files.length} file${overlap.files.length === 1 ? '' : 's'}` })),
+  h('ul', { class: 'overlap-files' }, overlap.files.slice(0, 20).map((file) => h('li', { 'data-path': file, text: file })),
+    overlap.files.length > 20 ? h('li', { class: 'muted', text: `and ${overlap.files.length - 20} more` }) : null))),
+  report.left_out ? h('p', { class: 'muted', text: `${report.left_out} older open branches not compared.` }) : null);
+}
+
+async function loadDependencyChanges() {
+  mergeView.dependencies = (await api('GET', '/api/events?desc=true&limit=200&kind=file.dependency_changed')).events;
+  renderDependencyChanges();
+  renderQueue();
+}
+
+const dependencyLine = (d) => `${d.path} (${d.file}, ${d.ecosystem}) by ${d.tool}${d.command ? `: ${clip(d.command, 120)}` : ''}`;
+
+function renderDependencyChanges() {
+  const list = mergeView.dependencies;
+  put($('dependency-changes'), list.length
+    ? list.slice(0, 30).map((ev) => h('li', { 'data-dependency': ev.data.path, 'data-task': ev.task || '' },
+      h('b', { text: ev.task || 'no task' }), ' ', h('span', { text: ev.agent ? `@${ev.agent} ` : '' }),
+      h('span', { text: dependencyLine(ev.data) }), ' ', h('span', { class: 'muted' }, agoNode(ev.ts))))
+    : h('li', { class: 'empty', text: 'No manifest or lockfile changed.' }));
+}
+
+/** A file event of write attribution in a line (the timeline's and the panels' `describe`). */
+function describeWrite(ev) {
+  const d = ev.data || {};
+  if (ev.kind === 'file.dependency_changed') return `dependency ${dependencyLine(d)}`;
+  if (ev.kind !== 'file.touched' || d.tool !== 'Bash') return null;
+  const ambiguous = d.ambiguous ? ` (ambiguous: ${(d.candidates || []).join(', ')})` : '';
+  return `Bash ${d.path || ''} ${d.change || 'changed'}${ambiguous}${d.command ? ` · ${clip(d.command, 100)}` : ''}`;
+}
+
+/** The task panel's dependency changes, read with the task itself (GET /api/tasks/{id}). */
+function renderTaskDependencies(info, id) {
+  const block = h('div', { class: 'task-dependencies', hidden: true });
+  info.append(block);
+  api('GET', `/api/tasks/${enc(id)}`).then((task) => {
+    const changes = task.dependency_changes || [];
+    if (!changes.length || !block.isConnected) return;
+    block.hidden = false;
+    put(block, h('h3', { text: 'Dependency changes' }),
+      h('ul', {}, changes.map((c) => h('li', { 'data-dependency': c.path },
+        `${c.agent ? `@${c.agent} ` : ''}${dependencyLine(c)} `, h('span', { class: 'muted' }, agoNode(c.at))))));
+  }).catch(() => { /* the task panel shows the rest */ });
+}
+
+function mergeViewOnEvent(ev) {
+  const kind = ev.kind;
+  if (kind.startsWith('queue.')) refresh('queue', loadQueue);
+  if (kind === 'file.dependency_changed' && !mergeView.dependencies.some((d) => d.seq === ev.seq)) {
+    mergeView.dependencies.unshift(ev);
+    renderDependencyChanges();
+    renderQueue();
+  }
+  // What changes the overlaps: edits and shell writes, claims and finishes, landings.
+  if (kind === 'file.touched' || kind.startsWith('queue.') || kind === 'task.claimed' || kind === 'task.done') refreshOverlaps();
+}
+
+async function startMergeView() {
+  await Promise.all([loadQueue(), loadOverlaps(), loadDependencyChanges()]);
 }
 
 // ---- leases -----------------------------------------------------------------------------------
@@ -917,6 +1074,7 @@ async function start() {
     if (entries.some((entry) => entry.isIntersecting)) loadOlder();
   }, { root: $('timeline-scroll') }).observe($('timeline-end'));
   resetTimeline(state.filter);
+  await startMergeView().catch((error) => toast(`merge queue: ${error.message}`, true));
   setInterval(tick, 5000);
   document.body.dataset.ready = 'true';
 }

@@ -5,6 +5,7 @@ pub mod events;
 pub mod leases;
 pub mod messages;
 pub mod notes;
+pub mod overlaps;
 pub mod queue;
 pub mod status;
 pub mod tasks;

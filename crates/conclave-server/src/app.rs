@@ -34,6 +34,7 @@ struct AppInner {
     shutdown: CancellationToken,
     settings: AppSettings,
     stop_blocks: StopBlocks,
+    shell_runs: crate::attribution::ShellRuns,
 }
 
 /// Server-wide settings that handlers and integrations read.
@@ -101,6 +102,7 @@ impl App {
                 shutdown,
                 settings,
                 stop_blocks: StopBlocks::default(),
+                shell_runs: crate::attribution::ShellRuns::default(),
             }),
         }
     }
@@ -119,6 +121,11 @@ impl App {
 
     pub(crate) fn stop_blocks(&self) -> &StopBlocks {
         &self.inner.stop_blocks
+    }
+
+    /// Shell calls waiting for their `PostToolUse` (write attribution).
+    pub(crate) fn shell_runs(&self) -> &crate::attribution::ShellRuns {
+        &self.inner.shell_runs
     }
 
     pub fn shutdown_token(&self) -> &CancellationToken {

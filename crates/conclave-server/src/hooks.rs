@@ -14,6 +14,10 @@
 //!   predecessor's handoff (bounded); again after a compaction or a resume.
 //! - `user-prompt-submit`: delivers urgent mail. `stop`: keeps the agent working while it holds
 //!   a task, when the team's policy says so. `pre-compact`, `session-end`: recorded.
+//!
+//! Write attribution ([`crate::attribution`]): for a `Bash` call, `pre-tool-use` and
+//! `post-tool-use` also snapshot the agent's tree before and after it, to record what the
+//! command wrote; a file tool's change of a dependency manifest or lockfile is flagged.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -33,6 +37,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::app::App;
+use crate::attribution;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiPath;
 use crate::ops::{self, IdempotencyKey, OpError};
@@ -52,6 +57,9 @@ const CUT_MARKER: &str = "…(cut)";
 struct HookInput {
     #[serde(default)]
     pub session_id: Option<String>,
+    /// Ties a tool call's `PreToolUse` to its `PostToolUse` (write attribution).
+    #[serde(default)]
+    pub tool_use_id: Option<String>,
     #[serde(default)]
     pub cwd: Option<String>,
     #[serde(default)]
@@ -75,8 +83,18 @@ pub async fn handle(
     input.session_id = input.session_id.map(|id| bounded(id, MAX_SESSION_ID));
     input.tool_name = input.tool_name.map(|name| bounded(name, MAX_TOOL_NAME));
     let answer = match event.as_str() {
-        "pre-tool-use" => pre_tool_use(&app, &actor, &agent, &input).await?,
-        "post-tool-use" => post_tool_use(&app, &actor, &agent, &input).await?,
+        "pre-tool-use" => {
+            if let Some(call) = shell_call(&input) {
+                attribution::before_shell(&app, &agent, &call).await;
+            }
+            pre_tool_use(&app, &actor, &agent, &input).await?
+        }
+        "post-tool-use" => {
+            if let Some(call) = shell_call(&input) {
+                attribution::after_shell(&app, &actor, &agent, &call).await;
+            }
+            post_tool_use(&app, &actor, &agent, &input).await?
+        }
         "session-start" => session_start(&app, &actor, &agent, &input).await?,
         "user-prompt-submit" => urgent_context(&app, &actor, &agent, "UserPromptSubmit").await?,
         "stop" => stop(&app, &agent, &input).await?,
@@ -135,7 +153,7 @@ fn bounded(text: String, max: usize) -> String {
 
 /// A concrete file name as a lease pattern that matches exactly it: `[`, `*` and `?` (legal in
 /// file names, such as `app/[id]/page.tsx`) become one-character classes.
-fn escape_glob(path: &str) -> String {
+pub(crate) fn escape_glob(path: &str) -> String {
     let mut escaped = String::with_capacity(path.len());
     for c in path.chars() {
         match c {
@@ -148,6 +166,17 @@ fn escape_glob(path: &str) -> String {
         }
     }
     escaped
+}
+
+/// A `Bash` call, whose writes are attributed by comparing its tree before and after it.
+fn shell_call(input: &HookInput) -> Option<attribution::ShellCall> {
+    attribution::ShellCall::from_hook(
+        input.tool_name.as_deref(),
+        input.session_id.as_deref(),
+        input.tool_use_id.as_deref(),
+        input.cwd.as_deref(),
+        input.tool_input.as_ref(),
+    )
 }
 
 async fn pre_tool_use(
@@ -309,8 +338,12 @@ async fn post_tool_use(
             let touched = FileTouched {
                 path: bounded(path.clone(), MAX_TOUCHED_PATH),
                 tool: tool.clone(),
+                ..FileTouched::default()
             };
             tx.emit(&name, task, Some(&name), EventPayload::FileTouched(touched))?;
+            if let Some(changed) = attribution::dependency_event(path, &tool, None) {
+                tx.emit(&name, task, Some(&name), changed)?;
+            }
         }
         Ok(())
     })

@@ -8,6 +8,7 @@
 
 mod api;
 mod app;
+mod attribution;
 mod auth;
 mod dashboard;
 mod error;

@@ -7,7 +7,8 @@
 //! `settings.json` pre-approves the Conclave tools and sets the hooks: HTTP hooks posting to the
 //! server for tool and prompt events, `conclave hook` command hooks for `SessionStart` and
 //! `SessionEnd` (which the client only runs as commands); in strict mode `PreToolUse` is a
-//! command hook too, so that it fails closed.
+//! command hook too, so that it fails closed. `PreToolUse` of `Bash` (a snapshot of the tree, to
+//! attribute what the command writes) and `PostToolUse` (every tool) are HTTP hooks always.
 
 use std::path::{Path, PathBuf};
 
@@ -162,7 +163,12 @@ pub fn settings(url: &str, exe: &Path, strict: bool) -> Value {
     json!({
         "permissions": {"allow": ["mcp__conclave"]},
         "hooks": {
-            "PreToolUse": [{"matcher": file_writing_matcher, "hooks": [pre_tool_use]}],
+            // `Bash` too, over HTTP even in strict mode: its hook only snapshots the tree to
+            // attribute the command's writes, and must never stop a command.
+            "PreToolUse": [
+                {"matcher": file_writing_matcher, "hooks": [pre_tool_use]},
+                {"matcher": "Bash", "hooks": [http("pre-tool-use")]},
+            ],
             "PostToolUse": [{"hooks": [http("post-tool-use")]}],
             "UserPromptSubmit": [{"hooks": [http("user-prompt-submit")]}],
             "Stop": [{"hooks": [http("stop")]}],
@@ -247,6 +253,11 @@ mod tests {
                 "timeout": HTTP_HOOK_TIMEOUT_SECS,
             })
         );
+        // Write attribution: `Bash` has its own `PreToolUse`, and `PostToolUse` has no matcher
+        // (every tool, `Bash` included).
+        assert_eq!(hooks["PreToolUse"][1]["matcher"], "Bash");
+        assert_eq!(hooks["PreToolUse"][1]["hooks"][0], pre["hooks"][0]);
+        assert!(hooks["PostToolUse"][0].get("matcher").is_none());
         for event in ["PostToolUse", "UserPromptSubmit", "Stop", "PreCompact"] {
             assert_eq!(hooks[event][0]["hooks"][0]["type"], "http", "{event}");
         }
@@ -266,6 +277,10 @@ mod tests {
         let hook = &value["hooks"]["PreToolUse"][0]["hooks"][0];
         assert_eq!(hook["type"], "command");
         assert_eq!(hook["command"], "/bin/conclave hook pre-tool-use --strict");
+        // The shell's snapshot hook never blocks a command, strict or not.
+        let shell = &value["hooks"]["PreToolUse"][1];
+        assert_eq!(shell["matcher"], "Bash");
+        assert_eq!(shell["hooks"][0]["type"], "http");
     }
 
     #[test]

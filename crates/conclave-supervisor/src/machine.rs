@@ -1977,6 +1977,7 @@ mod tests {
             approve: false,
             awaiting_approval: false,
             cost_usd: 0.0,
+            dependency_changes: Vec::new(),
         }
     }
 

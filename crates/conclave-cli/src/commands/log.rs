@@ -395,6 +395,20 @@ fn summarize(event: &Event) -> String {
         }
         EventPayload::FileTouched(d) => {
             summary.field("path", &d.path).field("tool", &d.tool);
+            summary.opt("change", d.change.as_ref());
+            summary.opt("command", d.command.as_ref());
+            summary.flag("ambiguous", d.ambiguous);
+            if !d.candidates.is_empty() {
+                summary.list("candidates", &d.candidates);
+            }
+        }
+        EventPayload::FileDependencyChanged(d) => {
+            summary
+                .field("path", &d.path)
+                .field("ecosystem", &d.ecosystem)
+                .field("file", &d.file)
+                .field("tool", &d.tool);
+            summary.opt("command", d.command.as_ref());
         }
         EventPayload::QueueEnqueued(d)
         | EventPayload::QueueMerging(d)

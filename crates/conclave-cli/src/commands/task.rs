@@ -369,6 +369,21 @@ fn print_task(task: &Task, blocked: Option<&str>) -> std::io::Result<()> {
     if !task.files.is_empty() {
         lines.push(format!("files:     {}", task.files.join(", ")));
     }
+    // Manifests and lockfiles its holders changed: `cargo add` by one agent changes what
+    // everyone builds.
+    for change in &task.dependency_changes {
+        let how = match &change.command {
+            Some(command) => format!("{}: {command}", change.tool),
+            None => change.tool.clone(),
+        };
+        lines.push(format!(
+            "deps:      {} ({} {}) by {} via {how}",
+            change.path,
+            change.ecosystem,
+            change.file,
+            change.agent.as_deref().unwrap_or("?"),
+        ));
+    }
     for line in lines {
         outln!("{}", printable(&line))?;
     }

@@ -7,6 +7,7 @@
 //! records the skip in the file `CONCLAVE_SKIP_LOG` names, which `scripts/test.sh` counts;
 //! under `CI=true` it fails instead.
 
+mod attribution;
 mod demo;
 mod loop_cmd;
 mod outages;

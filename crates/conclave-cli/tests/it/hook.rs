@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::support::{As, COMMAND_DEADLINE, Run, Server, TestProject, add_agent, finish};
 
 /// Runs `conclave hook <args>` as `who` with `input` on stdin and the server at `url`.
-fn hook(project: &TestProject, who: &As, url: &str, args: &[&str], input: &Value) -> Run {
+pub fn hook(project: &TestProject, who: &As, url: &str, args: &[&str], input: &Value) -> Run {
     let mut command = project.command(who, &[&["hook"][..], args].concat());
     command
         .env("CONCLAVE_URL", url)

@@ -2,6 +2,7 @@
 //! database in a temporary project. One test binary, one module per area.
 
 mod attach;
+mod attribution;
 mod config;
 mod errors;
 mod follow;

@@ -90,6 +90,8 @@ pub(crate) fn task_from_row(row: &Row<'_>) -> rusqlite::Result<Task> {
         approve: row.get(18)?,
         awaiting_approval: row.get(19)?,
         cost_usd: row.get(20)?,
+        // Read from the event log by the task API when it shows one task.
+        dependency_changes: Vec::new(),
     })
 }
 

@@ -5,9 +5,9 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::Response;
 use conclave_core::model::{
-    Actor, ClaimRequest, NewTask, ReasonRequest, Task, TaskAssign, TaskCancel, TaskDecision,
-    TaskEdit, TaskFailure, TaskFinish, TaskId, TaskList, TaskStatus, TaskStatusUpdate,
-    TaskStepList,
+    Actor, ClaimRequest, DependencyChange, EventFilter, EventPayload, NewTask, ReasonRequest, Task,
+    TaskAssign, TaskCancel, TaskDecision, TaskEdit, TaskFailure, TaskFinish, TaskId, TaskList,
+    TaskStatus, TaskStatusUpdate, TaskStepList,
 };
 use serde::Deserialize;
 
@@ -53,9 +53,52 @@ pub async fn list(
     Ok(Json(TaskList { tasks }))
 }
 
+/// One task, with the dependency manifests and lockfiles its holders changed (read from its
+/// `file.dependency_changed` events: write attribution, issue 11).
 pub async fn show(State(app): State<App>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Task>> {
     let id = parse_id(&id)?;
-    Ok(Json(app.read(move |r| r.task(id)).await?))
+    Ok(Json(
+        app.read(move |r| {
+            let mut task = r.task(id)?;
+            task.dependency_changes = dependency_changes(r, id)?;
+            Ok(task)
+        })
+        .await?,
+    ))
+}
+
+/// The most dependency changes shown on one task (the latest ones).
+const MAX_DEPENDENCY_CHANGES: i64 = 200;
+
+fn dependency_changes(
+    reader: &conclave_core::store::Reader<'_>,
+    task: TaskId,
+) -> conclave_core::Result<Vec<DependencyChange>> {
+    let filter = EventFilter {
+        task: Some(task),
+        kind: Some("file.dependency_changed".to_string()),
+        limit: Some(MAX_DEPENDENCY_CHANGES),
+        desc: true,
+        ..EventFilter::default()
+    };
+    let mut changes: Vec<DependencyChange> = reader
+        .events(&filter)?
+        .into_iter()
+        .filter_map(|event| match event.payload {
+            EventPayload::FileDependencyChanged(changed) => Some(DependencyChange {
+                path: changed.path,
+                ecosystem: changed.ecosystem,
+                file: changed.file,
+                agent: event.agent,
+                tool: changed.tool,
+                command: changed.command,
+                at: event.ts,
+            }),
+            _ => None,
+        })
+        .collect();
+    changes.reverse();
+    Ok(changes)
 }
 
 pub async fn steps(
