@@ -24,6 +24,16 @@ pub fn open_worktrees(root: &Path, merge: &MergeSection) -> anyhow::Result<Agent
             root.display()
         )
     })?;
+    // A worktree holds the whole repository: a project in a subfolder of it would sit one level
+    // down in each worktree, and the paths agents and hooks use would not line up.
+    let prefix = conclave_git::Git::new(root).run(&["rev-parse", "--show-prefix"])?;
+    anyhow::ensure!(
+        prefix.trim().is_empty(),
+        "isolation = \"worktree\" needs the project at the top of its git repository ({} is \
+         the subfolder {} of one)",
+        root.display(),
+        prefix.trim()
+    );
     repo.ensure_integration_branch(merge.into_branch(), None)
         .with_context(|| format!("cannot prepare the branch {}", merge.into_branch()))?;
     let setup = merge
@@ -147,6 +157,19 @@ mod tests {
         for tree in &trees {
             assert!(tree.join("README.md").is_file(), "{}", tree.display());
         }
+    }
+
+    #[test]
+    fn a_project_in_a_subfolder_of_its_repository_is_refused_saying_so() {
+        let (_dir, root) = project();
+        let sub = root.join("app");
+        std::fs::create_dir_all(&sub).expect("mkdir");
+        let error = prepare_worktrees(&sub, &MergeSection::default(), &["a".into()])
+            .expect_err("a subfolder");
+        assert!(
+            format!("{error:#}").contains("top of its git repository"),
+            "{error:#}"
+        );
     }
 
     #[test]
