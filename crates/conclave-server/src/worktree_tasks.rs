@@ -16,6 +16,8 @@
 //!   The commit happens for any `done` of a task the worktree agent holds (a pipeline stage's
 //!   next agent claims the same branch), and for `fail` too (the work given up stays on the
 //!   branch for the next holder, and the worktree is clean for the agent's next claim).
+//! - **assign**: a person's assignment switches the worktree like a claim when it is clean
+//!   ([`after_assign`]); work left on a detached worktree is put on the task's branch at `done`.
 //! - **sent back**: the merge queue's runner switches an idle, clean worktree back to the
 //!   returned task's branch ([`return_to_branch`]).
 //!
@@ -192,6 +194,16 @@ fn hand_over(
     Ok(())
 }
 
+/// After a person assigned `task` to `agent` (and it is claimed at once): its worktree is
+/// switched to the task's branch when it holds no uncommitted work. Unlike a claim, the
+/// assignment stands either way (the agent may be in the middle of other work); a failure is
+/// logged, and `done` still puts work left on a detached worktree on the task's branch.
+pub async fn after_assign(app: &App, agent: &str, task: TaskId) {
+    if let Err(error) = after_claim(app, agent, task).await {
+        tracing::info!(%agent, %task, %error, "an assigned task's branch was not checked out");
+    }
+}
+
 /// What [`before_done`] found on the task's branch.
 #[derive(Debug, Clone)]
 pub struct BranchDone {
@@ -249,7 +261,14 @@ pub async fn before_done(
         }
         let git = trees.repo().git_at(&path);
         let head = git.run(&["rev-parse", "--abbrev-ref", "HEAD"])?;
-        if head.trim() != branch {
+        if head.trim() == "HEAD"
+            && trees.repo().branch_tip(&branch)?.is_none()
+            && !git.dirty_files()?.is_empty()
+        {
+            // Work done on a worktree no claim switched (a task given by assignment): it is the
+            // task's being finished, so it goes on the task's branch from where it stands.
+            git.run(&["switch", "--quiet", "--no-track", "-c", &branch])?;
+        } else if head.trim() != branch {
             return Ok(BranchDone {
                 branch,
                 commit: None,

@@ -722,3 +722,48 @@ fn strict_leases_deny_an_edit_across_worktrees() {
         "{denied}"
     );
 }
+
+/// A task a person assigns: the agent's worktree follows it when clean; work done on a worktree
+/// no claim switched (here, left detached and dirty) goes on the task's branch at `done`.
+#[test]
+fn an_assigned_task_gets_its_branch_and_work_on_a_detached_worktree_lands_with_it() {
+    let (project, _checks) = git_project();
+    let _server = Server::start(&project);
+    let alice = add_agent(&project, "alice", &["--isolation", "worktree"]);
+    add_agent(&project, "bob", &["--isolation", "worktree"]);
+    let root = project.root();
+
+    let t1 = project.run(&["task", "add", "for bob"]).ok();
+    project.run(&["task", "assign", &t1, "bob"]).ok();
+    assert_eq!(
+        git(
+            &root.join(".conclave/worktrees/bob"),
+            &["rev-parse", "--abbrev-ref", "HEAD"]
+        ),
+        format!("conclave/{t1}")
+    );
+
+    // Alice's worktree, as `up` makes it: detached at the integration tip. She edits before any
+    // claim, then is given the task: the switch is skipped, the assignment stands.
+    let trees = worktrees(&project);
+    let tip = trees
+        .repo()
+        .branch_tip(INTEGRATION)
+        .expect("tip")
+        .expect("integration");
+    let tree = trees.ensure("alice", &tip).expect("worktree").path;
+    std::fs::write(tree.join("a.txt"), "a, before the assignment\n").expect("write");
+    let t2 = project.run(&["task", "add", "for alice"]).ok();
+    project.run(&["task", "assign", &t2, "alice"]).ok();
+    assert_eq!(task_status(&project, &t2)["status"], "claimed");
+    project.run_as(&alice, &["task", "done", &t2]).ok();
+    assert_eq!(
+        git(&tree, &["rev-parse", "--abbrev-ref", "HEAD"]),
+        format!("conclave/{t2}")
+    );
+    wait_for_state(&project, &t2, "landed");
+    assert_eq!(
+        git(&root, &["show", &format!("{INTEGRATION}:a.txt")]),
+        "a, before the assignment"
+    );
+}
