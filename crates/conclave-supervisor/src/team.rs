@@ -189,7 +189,12 @@ impl Supervisor {
             let root = project.root().to_path_buf();
             let agents = worktree_agents.clone();
             tokio::task::spawn_blocking(move || {
-                crate::worktrees::prepare_worktrees(&root, &merge, &agents)
+                crate::worktrees::prepare_worktrees(
+                    &root,
+                    &merge,
+                    &agents,
+                    crate::worktrees::Repair::All,
+                )
             })
             .await??;
         }

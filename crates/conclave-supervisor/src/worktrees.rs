@@ -43,20 +43,39 @@ pub fn open_worktrees(root: &Path, merge: &MergeSection) -> anyhow::Result<Agent
     Ok(AgentWorktrees::new(repo)?.with_setup(setup))
 }
 
-/// Start-up of a team with worktree agents: repairs the worktrees folder, then makes sure each
-/// of `agents` has a working worktree (new ones at the integration branch's tip, setup run).
-/// Answers each agent's worktree. Blocking.
+/// How often making one worktree is tried: another process's `git worktree prune` (a session
+/// starting at the same time, the merge queue) can remove `.git/worktrees` while `git worktree
+/// add` is making its entry in it.
+const ENSURE_ATTEMPTS: u32 = 3;
+
+/// What a start repairs first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repair {
+    /// The whole worktrees folder (`conclave up`, which starts the team): stale entries and
+    /// half-made folders go.
+    All,
+    /// Only the agents' own worktrees, when broken (`conclave claude`, one session among
+    /// others that may be starting).
+    Own,
+}
+
+/// Start-up with worktree agents: repairs (see [`Repair`]), then makes sure each of `agents`
+/// has a working worktree (new ones at the integration branch's tip, setup run). Answers each
+/// agent's worktree. Blocking.
 pub fn prepare_worktrees(
     root: &Path,
     merge: &MergeSection,
     agents: &[String],
+    repair: Repair,
 ) -> anyhow::Result<Vec<PathBuf>> {
     let worktrees = open_worktrees(root, merge)?;
-    let report = worktrees
-        .repair()
-        .context("cannot repair .conclave/worktrees")?;
-    for path in report.stale_entries.iter().chain(&report.removed_folders) {
-        tracing::info!(path = %path.display(), "removed a broken worktree left by a crash");
+    if repair == Repair::All {
+        let report = worktrees
+            .repair()
+            .context("cannot repair .conclave/worktrees")?;
+        for path in report.stale_entries.iter().chain(&report.removed_folders) {
+            tracing::info!(path = %path.display(), "removed a broken worktree left by a crash");
+        }
     }
     let tip = worktrees
         .repo()
@@ -65,9 +84,23 @@ pub fn prepare_worktrees(
     agents
         .iter()
         .map(|agent| {
-            let tree = worktrees
-                .ensure(agent, &tip)
-                .with_context(|| format!("cannot make the worktree of agent {agent}"))?;
+            let mut attempt = 1;
+            let tree = loop {
+                match worktrees.ensure(agent, &tip) {
+                    Ok(tree) => break tree,
+                    Err(error) if attempt < ENSURE_ATTEMPTS => {
+                        tracing::info!(%agent, %error, "making the worktree again");
+                        std::thread::sleep(std::time::Duration::from_millis(
+                            200 * u64::from(attempt),
+                        ));
+                        attempt += 1;
+                    }
+                    Err(error) => {
+                        return Err(anyhow::Error::new(error)
+                            .context(format!("cannot make the worktree of agent {agent}")));
+                    }
+                }
+            };
             if let Some(setup) = &tree.setup {
                 tracing::info!(%agent, outcome = %setup.describe(), "setup ran in a new worktree");
             }
@@ -119,7 +152,7 @@ mod tests {
             ..MergeSection::default()
         };
         let agents = vec!["alice".to_string(), "bob".to_string()];
-        let trees = prepare_worktrees(&root, &merge, &agents).expect("prepare");
+        let trees = prepare_worktrees(&root, &merge, &agents, Repair::All).expect("prepare");
         assert_eq!(
             trees,
             vec![
@@ -134,7 +167,7 @@ mod tests {
             assert!(tree.join("README.md").is_file());
         }
         // Again (a restart): the worktrees are reused, the setup does not run twice.
-        prepare_worktrees(&root, &merge, &agents).expect("prepare again");
+        prepare_worktrees(&root, &merge, &agents, Repair::All).expect("prepare again");
         let log = std::fs::read_to_string(trees[0].join("setup.log")).expect("setup ran");
         assert_eq!(log, "made\n");
         // The main worktree sees none of it.
@@ -146,13 +179,13 @@ mod tests {
         let (_dir, root) = project();
         let merge = MergeSection::default();
         let agents = vec!["alice".to_string()];
-        let tree = prepare_worktrees(&root, &merge, &agents)
+        let tree = prepare_worktrees(&root, &merge, &agents, Repair::All)
             .expect("prepare")
             .remove(0);
         // The folder vanished behind git's back, and a half-made folder sits next to it.
         std::fs::remove_dir_all(&tree).expect("remove");
         std::fs::create_dir_all(root.join(".conclave/worktrees/bob/src")).expect("mkdir");
-        let trees = prepare_worktrees(&root, &merge, &["alice".into(), "bob".into()])
+        let trees = prepare_worktrees(&root, &merge, &["alice".into(), "bob".into()], Repair::All)
             .expect("prepare after a crash");
         for tree in &trees {
             assert!(tree.join("README.md").is_file(), "{}", tree.display());
@@ -164,7 +197,7 @@ mod tests {
         let (_dir, root) = project();
         let sub = root.join("app");
         std::fs::create_dir_all(&sub).expect("mkdir");
-        let error = prepare_worktrees(&sub, &MergeSection::default(), &["a".into()])
+        let error = prepare_worktrees(&sub, &MergeSection::default(), &["a".into()], Repair::All)
             .expect_err("a subfolder");
         assert!(
             format!("{error:#}").contains("top of its git repository"),
@@ -175,8 +208,13 @@ mod tests {
     #[test]
     fn a_project_that_is_no_git_repository_is_refused_saying_so() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let error = prepare_worktrees(dir.path(), &MergeSection::default(), &["a".into()])
-            .expect_err("no repository");
+        let error = prepare_worktrees(
+            dir.path(),
+            &MergeSection::default(),
+            &["a".into()],
+            Repair::All,
+        )
+        .expect_err("no repository");
         assert!(format!("{error:#}").contains("git repository"), "{error:#}");
     }
 }

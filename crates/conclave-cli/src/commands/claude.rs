@@ -27,7 +27,7 @@ use conclave_core::model::{Agent, Isolation, NewAgent};
 use conclave_core::project::Project;
 pub use conclave_supervisor::agent_files::claude_bin;
 use conclave_supervisor::agent_files::{AgentFiles, JoinedAgent, prepare_agent};
-use conclave_supervisor::worktrees::prepare_worktrees;
+use conclave_supervisor::worktrees::{Repair, prepare_worktrees};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::ClaudeArgs;
@@ -80,7 +80,7 @@ pub async fn run(context: &Context, options: ClaudeArgs) -> anyhow::Result<()> {
         let root = project.root().to_path_buf();
         let name = options.name.clone();
         let mut trees = tokio::task::spawn_blocking(move || {
-            prepare_worktrees(&root, &merge, std::slice::from_ref(&name))
+            prepare_worktrees(&root, &merge, std::slice::from_ref(&name), Repair::Own)
         })
         .await??;
         let tree = trees.pop().context("no worktree was made")?;
