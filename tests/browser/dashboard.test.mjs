@@ -101,7 +101,7 @@ async function seed() {
     tokens[name] = (await ok('POST', '/api/agents', { name, role, model })).token;
   }
   await ok('PATCH', '/api/agents/alice', { status: 'working', context_tokens: 84000, context_window: 200000, cost_usd: 0.42 });
-  await ok('PATCH', '/api/agents/bob', { status: 'working', context_tokens: 151000, context_window: 200000, cost_usd: 1.37, restarts: 1 });
+  await ok('PATCH', '/api/agents/bob', { status: 'working', context_tokens: 151000, context_window: 200000, cost_usd: 1.37, restarts: 1, host: 'build-2' });
   await ok('PATCH', '/api/agents/carol', { status: 'idle', context_tokens: 12000, context_window: 200000, cost_usd: 0.05 });
   const schema = await ok('POST', '/api/tasks', { title: 'Design the storage schema', priority: 5, role: 'backend' });
   const store = await ok('POST', '/api/tasks', { title: 'Implement the store', after: [schema.id], role: 'backend' });
@@ -190,6 +190,9 @@ test('the token link logs in with a strict HttpOnly cookie and the page shows ag
   // The same figure as `conclave status` prints (context_figure in the CLI's commands/agent.rs).
   assert.match(await alice.innerText(), /context 42% \(84k \/ 200k\)/);
   assert.match(await page.locator('[data-agent="bob"]').innerText(), /1 restarts/);
+  // Where an agent runs (docs/scale-out.md); one with no host reported says nothing of it.
+  assert.match(await page.locator('[data-agent="bob"] [data-host]').innerText(), /on build-2/);
+  assert.equal(await alice.locator('[data-host]').count(), 0);
   await page.locator('[data-column="working"] [data-task="T-1"]').waitFor();
   assert.match(await page.locator('[data-column="pending"] [data-task="T-2"]').innerText(), /after T-1/);
   await page.locator('[data-task="T-1"]').getByText('blocks T-2').waitFor();

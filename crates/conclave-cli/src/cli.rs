@@ -125,8 +125,16 @@ pub struct UpArgs {
     pub stay: bool,
     /// Address the in-process server listens on (default from [server] listen in conclave.toml,
     /// else 127.0.0.1:7420; port 0 picks one); ignored when joining a running server
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", conflicts_with = "server")]
     pub listen: Option<String>,
+    /// Run this host's share of the team against a remote server (`URL1,URL2`: the next one
+    /// when one cannot be reached); only the agents with `host =` this machine start. The
+    /// admin token is read from .conclave/admin.token of this clone (docs/scale-out.md)
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// This machine's name, matched against `host =` of each [[agent]] (default: its hostname)
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -188,6 +196,13 @@ pub struct ClaudeArgs {
     /// Deny edits while the server cannot be reached (default from [server] strict)
     #[arg(long)]
     pub strict: bool,
+    /// The team's server, on this or another host (`URL1,URL2`: the next one when one cannot be
+    /// reached); default CONCLAVE_URL, else the project's running server
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// The host name the agent is listed with (default: this machine's hostname)
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
     /// Arguments passed to claude unchanged
     #[arg(last = true, value_name = "CLAUDE ARGS")]
     pub claude_args: Vec<std::ffi::OsString>,
@@ -275,6 +290,10 @@ pub enum AgentCommand {
         /// the merge queue (default `shared`)
         #[arg(long, value_name = "I", value_parser = parse_isolation)]
         isolation: Option<Isolation>,
+        /// Print, instead of the bare token, the environment that acts as the agent on another
+        /// host (CONCLAVE_URL, CONCLAVE_AGENT, CONCLAVE_TOKEN as shell-quoted `export` lines)
+        #[arg(long)]
+        print_env: bool,
     },
     /// List the registered agents
     List(JsonFlag),

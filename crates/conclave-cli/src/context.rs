@@ -2,7 +2,9 @@
 //!
 //! - Project: the nearest folder at or above the current one holding `.conclave/` or
 //!   `conclave.toml`.
-//! - Server: `CONCLAVE_URL`, else the `url` in `.conclave/server.json` that a running server wrote.
+//! - Server: `CONCLAVE_URL` (a comma-separated list names several servers, tried in order when
+//!   one cannot be reached), else the `url` in `.conclave/server.json` that a running server
+//!   wrote. HTTPS trusts `CONCLAVE_CA_CERT`, else `[server] tls_ca`, besides the built-in roots.
 //! - Identity: the agent named by `CONCLAVE_AGENT` with `CONCLAVE_TOKEN`, else the admin with the
 //!   token in `.conclave/admin.token`.
 //!
@@ -111,7 +113,11 @@ impl Context {
         let url = self.server_url()?;
         let token = self.token()?;
         let agent = self.agent.as_ref().map(|(name, _)| name.clone());
-        Client::new(url, token, agent)
+        let ca = match &self.project {
+            Some(project) => crate::commands::claude::ca_file(project),
+            None => conclave_client::ca_from_env(),
+        };
+        Client::with_ca(url, token, agent, ca.as_deref())
     }
 }
 

@@ -6,6 +6,13 @@
 //! fails, so that a retried request is applied at most once. A server that cannot be reached at
 //! all is an [`Unreachable`] error (exit 5).
 //!
+//! Several servers: the URL may be a comma-separated list (`--server URL1,URL2`,
+//! `CONCLAVE_URL=URL1,URL2`). A request goes to the current URL; when its connection cannot be
+//! made (so the request never left), the client moves on to the next URL and sends it there,
+//! and stays with the one that answered. HTTPS: the built-in web roots, plus the PEM CA
+//! certificate of `CONCLAVE_CA_CERT` (or one given to [`Client::with_ca`]) for a server whose
+//! certificate a private CA signed.
+//!
 //! [`sse`] reads the server's event stream. The CLI's commands and the supervisor share this
 //! crate, so that there is one client and one SSE reader.
 
@@ -28,6 +35,8 @@ pub const ENV_URL: &str = "CONCLAVE_URL";
 pub const ENV_AGENT: &str = "CONCLAVE_AGENT";
 /// The agent's token, in its environment.
 pub const ENV_TOKEN: &str = "CONCLAVE_TOKEN";
+/// A PEM file of CA certificates trusted besides the built-in ones (a private CA's).
+pub const ENV_CA_CERT: &str = "CONCLAVE_CA_CERT";
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time allowed for an ordinary request (a waiting one gets its wait on top).
@@ -37,7 +46,10 @@ const RETRY_DELAY: Duration = Duration::from_millis(300);
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,
-    base_url: String,
+    /// The servers, in order of preference; at least one.
+    urls: std::sync::Arc<[String]>,
+    /// The index in `urls` of the one requests go to (shared by clones).
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     token: String,
     agent: Option<String>,
     /// Random per invocation; each mutating request adds a counter so that keys never repeat.
@@ -59,16 +71,74 @@ struct ErrorDetail {
     conflicts: Vec<conclave_core::LeaseConflict>,
 }
 
+/// The URLs of a comma-separated list, each without a trailing slash; at least one.
+pub fn parse_urls(text: &str) -> anyhow::Result<Vec<String>> {
+    let urls: Vec<String> = text
+        .split(',')
+        .map(|url| url.trim().trim_end_matches('/').to_string())
+        .filter(|url| !url.is_empty())
+        .collect();
+    anyhow::ensure!(!urls.is_empty(), "no server URL in {text:?}");
+    for url in &urls {
+        anyhow::ensure!(
+            url.starts_with("http://") || url.starts_with("https://"),
+            "{url:?} is not an http:// or https:// URL"
+        );
+    }
+    Ok(urls)
+}
+
+/// The CA file `CONCLAVE_CA_CERT` names, if set.
+pub fn ca_from_env() -> Option<std::path::PathBuf> {
+    std::env::var_os(ENV_CA_CERT)
+        .filter(|path| !path.is_empty())
+        .map(std::path::PathBuf::from)
+}
+
+/// An HTTP client that trusts the built-in web roots and the CA certificates in `ca` (PEM).
+pub fn http_client(ca: Option<&std::path::Path>) -> anyhow::Result<reqwest::ClientBuilder> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .user_agent(concat!("conclave-cli/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = ca {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("cannot read the CA certificate {}", path.display()))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("{} holds no PEM certificate", path.display()))?;
+        anyhow::ensure!(
+            !certificates.is_empty(),
+            "{} holds no PEM certificate",
+            path.display()
+        );
+        for certificate in certificates {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    Ok(builder)
+}
+
 impl Client {
+    /// A client of the server(s) at `base_url` (one URL or a comma-separated list), trusting the
+    /// CA of `CONCLAVE_CA_CERT` when set.
     pub fn new(base_url: String, token: String, agent: Option<String>) -> anyhow::Result<Client> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("conclave-cli/", env!("CARGO_PKG_VERSION")))
+        Client::with_ca(base_url, token, agent, ca_from_env().as_deref())
+    }
+
+    /// The same, trusting the CA certificates in the PEM file `ca` besides the built-in roots.
+    pub fn with_ca(
+        base_url: String,
+        token: String,
+        agent: Option<String>,
+        ca: Option<&std::path::Path>,
+    ) -> anyhow::Result<Client> {
+        let urls = parse_urls(&base_url)?;
+        let http = http_client(ca)?
             .build()
             .context("cannot set up the HTTP client")?;
         Ok(Client {
             http,
-            base_url,
+            urls: urls.into(),
+            current: Default::default(),
             token,
             agent,
             key_prefix: random_key(),
@@ -76,8 +146,46 @@ impl Client {
         })
     }
 
+    /// The URL requests go to now.
     pub fn base_url(&self) -> &str {
-        &self.base_url
+        let index = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        &self.urls[index % self.urls.len()]
+    }
+
+    /// Every URL, in order of preference.
+    pub fn urls(&self) -> &[String] {
+        &self.urls
+    }
+
+    /// The token requests carry.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The HTTP client itself (TLS settings included), for the relay.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Moves to the URL after `failed`, unless another request moved already; returns whether
+    /// there is another URL to try.
+    pub fn fail_over(&self, failed: &str) -> bool {
+        if self.urls.len() < 2 {
+            return false;
+        }
+        let index = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        if self.urls[index % self.urls.len()] == failed {
+            let next = (index + 1) % self.urls.len();
+            // Only one of the requests that failed at once moves the index.
+            let _ = self.current.compare_exchange(
+                index,
+                next,
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            tracing::warn!(failed, next = %self.urls[next], "server unreachable: failing over");
+        }
+        true
     }
 
     pub async fn get<T: DeserializeOwned>(
@@ -129,23 +237,39 @@ impl Client {
         query: &[(&str, String)],
         last_event_id: Option<i64>,
     ) -> anyhow::Result<Response> {
-        let mut request = self
-            .request(Method::GET, path, query)
-            .header(reqwest::header::ACCEPT, "text/event-stream");
-        if let Some(id) = last_event_id {
-            request = request.header("Last-Event-ID", id.to_string());
+        let mut failovers = 0;
+        loop {
+            let base = self.base_url().to_string();
+            let mut request = self
+                .request(&base, Method::GET, path, query)
+                .header(reqwest::header::ACCEPT, "text/event-stream");
+            if let Some(id) = last_event_id {
+                request = request.header("Last-Event-ID", id.to_string());
+            }
+            match request.send().await {
+                Ok(response) => return check_status(response).await,
+                Err(error)
+                    if error.is_connect()
+                        && failovers + 1 < self.urls.len()
+                        && self.fail_over(&base) =>
+                {
+                    failovers += 1;
+                }
+                Err(error) => return Err(self.transport_error(&base, &error)),
+            }
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|error| self.transport_error(&error))?;
-        check_status(response).await
     }
 
-    fn request(&self, method: Method, path: &str, query: &[(&str, String)]) -> RequestBuilder {
+    fn request(
+        &self,
+        base: &str,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> RequestBuilder {
         let mut request = self
             .http
-            .request(method, format!("{}{}", self.base_url, path))
+            .request(method, format!("{base}{path}"))
             .bearer_auth(&self.token);
         if !query.is_empty() {
             request = request.query(query);
@@ -172,10 +296,12 @@ impl Client {
             format!("{}-{n}", self.key_prefix)
         });
         let mut attempt = 0;
+        let mut failovers = 0;
         let response = loop {
             attempt += 1;
+            let base = self.base_url().to_string();
             let mut request = self
-                .request(method.clone(), path, query)
+                .request(&base, method.clone(), path, query)
                 .timeout(REQUEST_TIMEOUT + wait);
             if let Some(key) = &key {
                 request = request.header("Idempotency-Key", key);
@@ -185,20 +311,29 @@ impl Client {
             }
             tracing::debug!(%method, path, attempt, "request");
             match request.send().await {
-                Ok(response) => break response,
+                Ok(response) => break (base, response),
+                // No connection, so the request never left: the next server gets it.
+                Err(error)
+                    if error.is_connect()
+                        && failovers + 1 < self.urls.len()
+                        && self.fail_over(&base) =>
+                {
+                    failovers += 1;
+                }
                 // The request may or may not have arrived: the same key makes a retry safe.
                 Err(error) if attempt == 1 && (error.is_connect() || error.is_request()) => {
                     tracing::debug!(%error, "retrying once");
                     tokio::time::sleep(RETRY_DELAY).await;
                 }
-                Err(error) => return Err(self.transport_error(&error)),
+                Err(error) => return Err(self.transport_error(&base, &error)),
             }
         };
+        let (base, response) = response;
         let response = check_status(response).await?;
         let text = response
             .text()
             .await
-            .map_err(|error| self.transport_error(&error))?;
+            .map_err(|error| self.transport_error(&base, &error))?;
         serde_json::from_str(&text).with_context(|| {
             format!(
                 "unexpected answer from the server to {method} {path}: {}",
@@ -207,24 +342,23 @@ impl Client {
         })
     }
 
-    fn transport_error(&self, error: &reqwest::Error) -> anyhow::Error {
+    fn transport_error(&self, base: &str, error: &reqwest::Error) -> anyhow::Error {
         if error.is_connect() {
-            return Unreachable {
-                what: format!("cannot reach the conclave server at {}", self.base_url),
-            }
-            .into();
+            let what = if self.urls.len() > 1 {
+                format!(
+                    "cannot reach any conclave server of {} ({})",
+                    self.urls.join(", "),
+                    error_chain(error)
+                )
+            } else {
+                format!("cannot reach the conclave server at {base}")
+            };
+            return Unreachable { what }.into();
         }
         if error.is_timeout() {
-            return anyhow::anyhow!(
-                "the conclave server at {} did not answer in time",
-                self.base_url
-            );
+            return anyhow::anyhow!("the conclave server at {base} did not answer in time");
         }
-        anyhow::anyhow!(
-            "request to {} failed: {}",
-            self.base_url,
-            error_chain(error)
-        )
+        anyhow::anyhow!("request to {base} failed: {}", error_chain(error))
     }
 }
 
@@ -328,6 +462,60 @@ mod tests {
             text.contains("alice") && text.contains("T-1") && text.contains("00:00:00"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn url_lists_are_split_and_checked() {
+        assert_eq!(
+            parse_urls("http://a:1/, https://b:2").expect("two"),
+            ["http://a:1", "https://b:2"]
+        );
+        assert!(parse_urls(" , ").is_err());
+        assert!(parse_urls("a:1").is_err());
+    }
+
+    /// The first server is gone (nothing listens on its port): requests go to the second, and
+    /// the client stays with it.
+    #[tokio::test]
+    async fn an_unreachable_server_is_passed_over_for_the_next() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let dead = format!("http://{}", closed.local_addr().expect("addr"));
+        drop(closed);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let alive = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buffer = [0u8; 4096];
+                let _ = stream.read(&mut buffer).await;
+                let body = r#"{"ok":true}"#;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            }
+        });
+        let client =
+            Client::with_ca(format!("{dead},{alive}"), "t".into(), None, None).expect("client");
+        assert_eq!(client.base_url(), dead);
+        let answer: serde_json::Value = client.get("/healthz", &[]).await.expect("failed over");
+        assert_eq!(answer["ok"], true);
+        assert_eq!(client.base_url(), alive);
+        let posted: serde_json::Value = client
+            .post("/api/x", &serde_json::json!({}))
+            .await
+            .expect("stays");
+        assert_eq!(posted["ok"], true);
+
+        let lone = Client::with_ca(dead.clone(), "t".into(), None, None).expect("client");
+        let error = lone
+            .get::<serde_json::Value>("/healthz", &[])
+            .await
+            .expect_err("nothing listens");
+        assert!(error.downcast_ref::<Unreachable>().is_some(), "{error:#}");
     }
 
     #[test]

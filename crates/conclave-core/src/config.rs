@@ -120,6 +120,14 @@ pub struct ServerSection {
     /// The Stop hook keeps an agent working while it holds an unfinished task.
     #[serde(default)]
     pub keep_working: bool,
+    /// A PEM certificate chain: with `tls_key`, the server speaks HTTPS (docs/scale-out.md).
+    /// Relative paths are from the project root.
+    pub tls_cert: Option<String>,
+    /// The PEM private key of `tls_cert`.
+    pub tls_key: Option<String>,
+    /// A PEM CA certificate that clients on this clone trust besides the system's (for a
+    /// server whose certificate a private CA signed); `CONCLAVE_CA_CERT` wins over it.
+    pub tls_ca: Option<String>,
 }
 
 /// Settings shared by `[defaults]` and each `[[agent]]` (the agent's own win).
@@ -315,6 +323,10 @@ pub struct AgentSpec {
     pub count: Option<u32>,
     #[serde(default)]
     pub caps: Vec<String>,
+    /// The machine that runs this agent (docs/scale-out.md): `conclave up --server URL` on the
+    /// host whose name (`--host`, default its hostname) matches starts it. An agent without
+    /// `host` runs where `conclave up` runs without `--server`, next to the server.
+    pub host: Option<String>,
     #[serde(flatten)]
     pub settings: AgentSettings,
 }
@@ -438,6 +450,11 @@ impl Config {
                 ));
             }
         }
+        if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
+            return Err(
+                "[server] tls_cert and tls_key go together: set both to serve HTTPS".to_string(),
+            );
+        }
         let mut names = std::collections::BTreeSet::new();
         for agent in &self.agents {
             if agent.name.is_empty() {
@@ -445,6 +462,11 @@ impl Config {
             }
             if !names.insert(agent.name.clone()) {
                 return Err(format!("[[agent]] name {:?} appears twice", agent.name));
+            }
+            if let Some(host) = &agent.host {
+                validate_host_name(host).map_err(|error| {
+                    format!("[[agent]] {:?}: host = {host:?}: {error}", agent.name)
+                })?;
             }
             if agent.count == Some(0) {
                 return Err(format!(
@@ -557,6 +579,23 @@ impl Config {
     }
 }
 
+/// Checks a host name as `host =` and `--host` take it: what a hostname may hold (letters,
+/// digits, `-`, `.`, `_`), 1 to 253 characters.
+pub fn validate_host_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 253 {
+        return Err("a host name has 1 to 253 characters".to_string());
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')))
+    {
+        return Err(format!(
+            "{bad:?} cannot be in a host name (letters, digits, '-', '.', '_')"
+        ));
+    }
+    Ok(())
+}
+
 /// toml's messages carry the span; say it as `line N: ...` so people find the spot.
 fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
     let message = error.message().trim_end_matches('\n');
@@ -609,6 +648,9 @@ pub const EXAMPLE_CONFIG: &str = r#"# Conclave configuration. Every setting is o
 # durability = "normal"        # "full" also survives power loss, at ~10x the commit cost
 # strict = false               # hooks deny edits when the server cannot be reached
 # keep_working = false         # the Stop hook keeps an agent going while it holds a task
+# tls_cert = "tls/cert.pem"    # with tls_key: serve HTTPS (a server other hosts reach)
+# tls_key = "tls/key.pem"
+# tls_ca = "tls/ca.pem"        # clients of this clone trust this CA too (or CONCLAVE_CA_CERT)
 
 [defaults]
 # command = "claude"
@@ -633,6 +675,7 @@ pub const EXAMPLE_CONFIG: &str = r#"# Conclave configuration. Every setting is o
 # name = "coder"
 # role = "coder"
 # count = 2                    # coder-1, coder-2
+# host = "build-2"             # runs on that machine: `conclave up --server URL --host build-2` there
 # allowed_tools = ["Read", "Edit", "Write", "Bash(cargo *)"]
 # env = { ANTHROPIC_BASE_URL = "http://127.0.0.1:9999" }
 
@@ -845,6 +888,22 @@ env = { A = "b" }
                 "{text:?} gave {error}"
             );
         }
+    }
+
+    #[test]
+    fn agents_name_the_host_that_runs_them() {
+        let text = "[[agent]]\nname = \"a\"\nhost = \"build-2\"\n[[agent]]\nname = \"b\"\n";
+        let config = Config::parse(text).expect("host");
+        assert_eq!(config.agents[0].host.as_deref(), Some("build-2"));
+        assert_eq!(config.agents[1].host, None);
+        for bad in ["", "two words", "a/b"] {
+            let text = format!("[[agent]]\nname = \"a\"\nhost = {bad:?}\n");
+            let error = Config::parse(&text).expect_err(bad);
+            assert!(error.contains("host"), "{bad:?}: {error}");
+        }
+        // Not a setting of [defaults]: a host is where one agent runs.
+        let error = Config::parse("[defaults]\nhost = \"x\"\n").expect_err("defaults");
+        assert!(error.contains("host"), "{error}");
     }
 
     #[test]

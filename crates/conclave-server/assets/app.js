@@ -463,6 +463,7 @@ function renderTeam() {
       h('button', { type: 'button', class: 'dismiss', text: 'dismiss', onclick: (e) => { e.stopPropagation(); dismiss([alert.seq]); } })) : null,
     agent.status === 'waiting' ? h('div', { class: 'line waiting', 'data-wait': '', text: waitText(agent) }) : null,
     h('div', { class: 'line muted', text: [agent.role ? `role ${agent.role}` : 'no role', agent.model || 'model not reported'].join(' · ') }),
+    agent.host ? h('div', { class: 'line muted', 'data-host': agent.host, text: `on ${agent.host}` }) : null,
     h('div', { class: 'line', title: task ? task.title : '' }, task ? `${task.id} ${task.title}` : h('span', { class: 'muted', text: 'no task' })),
     contextBar(agent),
     h('div', { class: 'line muted', text: `$${Number(agent.cost_usd || 0).toFixed(2)} · ${agent.restarts} restarts` }),

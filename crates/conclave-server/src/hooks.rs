@@ -68,12 +68,24 @@ struct HookInput {
     pub tool_input: Option<Value>,
     #[serde(default)]
     pub source: Option<String>,
+    /// The root of the agent's clone of the project, from the [`ROOT_HEADER`] its hook sends:
+    /// on another host it is not the server's, and paths are made relative to it.
+    #[serde(skip)]
+    pub clone_root: Option<PathBuf>,
+    /// `clone_root` is the server's own project root.
+    #[serde(skip)]
+    pub in_the_servers_clone: bool,
 }
+
+/// The header naming the agent's project root (its clone, on its host): `conclave up` and
+/// `conclave claude` put it on the hooks they configure, `conclave hook` sends it too.
+pub const ROOT_HEADER: &str = "x-conclave-root";
 
 pub async fn handle(
     State(app): State<App>,
     actor: Actor,
     ApiPath(event): ApiPath<String>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
     let agent = ops::require_agent(&actor, "report hook events")?.to_string();
@@ -82,6 +94,17 @@ pub async fn handle(
         .map_err(|error| ApiError::bad_request(format!("hook input is not JSON: {error}")))?;
     input.session_id = input.session_id.map(|id| bounded(id, MAX_SESSION_ID));
     input.tool_name = input.tool_name.map(|name| bounded(name, MAX_TOOL_NAME));
+    input.clone_root = headers
+        .get(ROOT_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .map(PathBuf::from)
+        .filter(|root| root.is_absolute());
+    input.in_the_servers_clone = match (&input.clone_root, &app.settings().project_root) {
+        (Some(clone), Some(root)) => {
+            clone == root || std::fs::canonicalize(clone).ok() == std::fs::canonicalize(root).ok()
+        }
+        _ => false,
+    };
     let answer = match event.as_str() {
         "pre-tool-use" => {
             if let Some(call) = shell_call(&input) {
@@ -136,7 +159,8 @@ fn touched_path(root: Option<&Path>, input: &HookInput) -> Option<String> {
         .or_else(|| tool_input.get("notebook_path"))
         .and_then(Value::as_str)?;
     let cwd = PathBuf::from(input.cwd.as_deref().unwrap_or("/"));
-    let root = root.map(Path::to_path_buf).unwrap_or_else(|| cwd.clone());
+    let root = (input.clone_root.as_deref().or(root).map(Path::to_path_buf))
+        .unwrap_or_else(|| cwd.clone());
     // An agent in its own worktree names the same files as the project's (paths.rs).
     paths::project_path(&root, &cwd, file).map(|path| escape_glob(&path))
 }
@@ -168,8 +192,13 @@ pub(crate) fn escape_glob(path: &str) -> String {
     escaped
 }
 
-/// A `Bash` call, whose writes are attributed by comparing its tree before and after it.
+/// A `Bash` call, whose writes are attributed by comparing its tree before and after it. Not
+/// for an agent editing another clone than the server's (on another host): the server cannot
+/// see that tree, and a folder at the same path here would be another clone.
 fn shell_call(input: &HookInput) -> Option<attribution::ShellCall> {
+    if input.clone_root.is_some() && !input.in_the_servers_clone {
+        return None;
+    }
     attribution::ShellCall::from_hook(
         input.tool_name.as_deref(),
         input.session_id.as_deref(),
@@ -551,5 +580,32 @@ mod tests {
         let pattern = paths::normalize_lease_path(&path).expect("valid pattern");
         assert!(pattern.matches("app/[id]/page.tsx"));
         assert!(!pattern.matches("app/i/page.tsx"));
+    }
+
+    /// An agent on another host edits in its own clone: the path is the same project file as
+    /// on the server's host.
+    #[test]
+    fn paths_in_another_hosts_clone_are_relative_to_that_clone() {
+        let input = HookInput {
+            cwd: Some("/home/ci/clone/src".into()),
+            tool_name: Some("Edit".into()),
+            tool_input: Some(serde_json::json!({ "file_path": "/home/ci/clone/src/a.rs" })),
+            clone_root: Some(PathBuf::from("/home/ci/clone")),
+            ..HookInput::default()
+        };
+        let server_root = Some(Path::new("/srv/project"));
+        assert_eq!(
+            touched_path(server_root, &input).as_deref(),
+            Some("src/a.rs")
+        );
+        let without = HookInput {
+            clone_root: None,
+            ..input
+        };
+        assert_eq!(
+            touched_path(server_root, &without),
+            None,
+            "outside the server's root"
+        );
     }
 }

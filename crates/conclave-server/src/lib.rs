@@ -21,6 +21,7 @@ mod metrics;
 mod ops;
 mod routes;
 mod session;
+pub mod tls;
 mod worktree_tasks;
 
 pub use merge_queue::MergeQueue;
@@ -43,6 +44,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 pub use app::{App, AppSettings, ServerLimits};
@@ -116,6 +118,16 @@ pub async fn run(
     app: App,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    run_with_tls(listener, None, app, shutdown).await
+}
+
+/// [`run`], speaking HTTPS on `listener` when `tls` is given (see [`tls`]).
+pub async fn run_with_tls(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    app: App,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let sweeper = tokio::spawn(sweep_periodically(app.clone(), shutdown.clone()));
     let merge_runner = app.settings().merge.clone().map(|queue| {
         tokio::spawn(merge_queue::run_merge_queue(
@@ -126,7 +138,7 @@ pub async fn run(
     });
     let limits = app.settings().limits;
     let service = router(app);
-    serve_connections(listener, service, limits, shutdown.clone()).await;
+    serve_connections(listener, tls, service, limits, shutdown.clone()).await;
     shutdown.cancel();
     let _ = sweeper.await;
     // Not awaited: a landing may be inside a long check. An entry left `merging` is retried at
@@ -147,6 +159,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// connections alike). Responses already being sent (event streams, inbox waits) are not timed.
 async fn serve_connections(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     service: Router,
     limits: ServerLimits,
     shutdown: CancellationToken,
@@ -186,14 +199,30 @@ async fn serve_connections(
             () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let connection = http.serve_connection(
-            TokioIo::new(stream),
-            TowerToHyperService::new(service.clone()),
-        );
-        let connection = graceful.watch(connection);
+        let service = TowerToHyperService::new(service.clone());
+        let Some(tls) = &tls else {
+            let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "connection closed with an error");
+                }
+                drop(permit);
+            });
+            continue;
+        };
+        // The handshake happens in the connection's task, within the header-read timeout.
+        let (tls, http, watcher) = (tls.clone(), http.clone(), graceful.watcher());
+        let handshake_limit = limits.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "connection closed with an error");
+            match tokio::time::timeout(handshake_limit, tls.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    let connection = http.serve_connection(TokioIo::new(stream), service);
+                    if let Err(error) = watcher.watch(connection).await {
+                        tracing::debug!(%error, "connection closed with an error");
+                    }
+                }
+                Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+                Err(_) => tracing::debug!("TLS handshake timed out"),
             }
             drop(permit);
         });
@@ -283,6 +312,8 @@ impl ServerLock {
 pub struct ProjectServer {
     pub app: App,
     pub listener: TcpListener,
+    /// Present when `[server] tls_cert`/`tls_key` are set: serve with [`run_with_tls`].
+    pub tls: Option<TlsAcceptor>,
     pub url: String,
     pub admin_token: String,
     pub lock: ServerLock,
@@ -332,7 +363,15 @@ pub async fn open_project_server(
         anyhow::anyhow!("cannot listen on {addr} ({source}): {error}{hint}")
     })?;
     let local = listener.local_addr()?;
-    let url = format!("http://{local}");
+    let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(
+            &project.root().join(cert),
+            &project.root().join(key),
+        )?),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{local}");
     let mut allowed_hosts = config.server.allowed_hosts.clone();
     if !local.ip().is_loopback() && !local.ip().is_unspecified() {
         allowed_hosts.push(local.ip().to_string());
@@ -351,6 +390,7 @@ pub async fn open_project_server(
     Ok(ProjectServer {
         app,
         listener,
+        tls,
         url,
         admin_token,
         lock,
@@ -446,7 +486,7 @@ pub async fn serve_project(
         server.url
     );
     print_dashboard_link(&server.url, &server.admin_token);
-    let result = run(server.listener, server.app, shutdown).await;
+    let result = run_with_tls(server.listener, server.tls, server.app, shutdown).await;
     project.remove_server_info();
     drop(server.lock);
     eprintln!("conclave: server stopped");

@@ -91,6 +91,11 @@ impl StandIn {
         let listener = TcpListener::bind(("127.0.0.1", 0))
             .await
             .map_err(StandInError::Bind)?;
+        Self::start_on(listener, script)
+    }
+
+    /// The same on a listener the caller bound (one in a network namespace a test made, say).
+    pub fn start_on(listener: TcpListener, script: Script) -> Result<StandInHandle, StandInError> {
         let addr = listener.local_addr().map_err(StandInError::Bind)?;
         let stand_in = Self::new(script);
         let (stop_sender, stop_receiver) = oneshot::channel::<()>();

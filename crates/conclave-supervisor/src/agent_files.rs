@@ -43,22 +43,17 @@ pub struct JoinedAgent {
 /// What `conclave claude` and the supervisor both do before starting an agent's client: as the
 /// admin, register the agent (or issue a fresh token for it), then write its `mcp.json` and
 /// `settings.json` under `.conclave/agents/NAME/`. The hooks run `exe` (the `conclave` binary).
+/// The files point the client at `agent_url` (the admin's server, or a local relay to it).
 pub async fn prepare_agent(
     project: &Project,
     admin: &Client,
     registration: &NewAgent,
     strict: bool,
+    agent_url: &str,
 ) -> anyhow::Result<JoinedAgent> {
     let token = join(admin, registration).await?;
     let exe = std::env::current_exe().context("cannot find the path of this conclave binary")?;
-    let files = write_agent_files(
-        project,
-        &registration.name,
-        admin.base_url(),
-        &token,
-        &exe,
-        strict,
-    )?;
+    let files = write_agent_files(project, &registration.name, agent_url, &token, &exe, strict)?;
     Ok(JoinedAgent { token, files })
 }
 
@@ -113,7 +108,10 @@ fn write_agent_files(
     };
     for (path, value) in [
         (&files.mcp_config, mcp_config(url, token)),
-        (&files.settings, settings(url, exe, strict)),
+        (
+            &files.settings,
+            settings(url, exe, strict, Some(project.root())),
+        ),
     ] {
         let text = serde_json::to_string_pretty(&value)?;
         write_private(path, &format!("{text}\n"))
@@ -135,13 +133,23 @@ pub fn mcp_config(url: &str, token: &str) -> Value {
     })
 }
 
-/// The `--settings` document: the Conclave tools pre-approved, and the hooks.
-pub fn settings(url: &str, exe: &Path, strict: bool) -> Value {
+/// The `--settings` document: the Conclave tools pre-approved, and the hooks. The HTTP hooks
+/// name `root`, this clone's project root, in `X-Conclave-Root`: the server makes the paths
+/// of an agent on another host relative to its own clone (a root that is not printable ASCII
+/// cannot be a header and is left out: the server's root applies).
+pub fn settings(url: &str, exe: &Path, strict: bool, root: Option<&Path>) -> Value {
+    let root = root
+        .and_then(Path::to_str)
+        .filter(|root| root.chars().all(|c| c.is_ascii_graphic() || c == ' '));
     let http = |event: &str| {
+        let mut headers = json!({"Authorization": format!("Bearer ${ENV_TOKEN}")});
+        if let Some(root) = root {
+            headers["X-Conclave-Root"] = json!(root);
+        }
         json!({
             "type": "http",
             "url": format!("{url}/hooks/{event}"),
-            "headers": {"Authorization": format!("Bearer ${ENV_TOKEN}")},
+            "headers": headers,
             "allowedEnvVars": [ENV_TOKEN],
             "timeout": HTTP_HOOK_TIMEOUT_SECS,
         })
@@ -238,6 +246,7 @@ mod tests {
             "http://127.0.0.1:7420",
             Path::new("/opt/my tools/conclave"),
             false,
+            None,
         );
         assert_eq!(value["permissions"]["allow"], json!(["mcp__conclave"]));
         let hooks = &value["hooks"];
@@ -273,7 +282,7 @@ mod tests {
 
     #[test]
     fn strict_settings_make_pre_tool_use_a_command_hook() {
-        let value = settings("http://127.0.0.1:1", Path::new("/bin/conclave"), true);
+        let value = settings("http://127.0.0.1:1", Path::new("/bin/conclave"), true, None);
         let hook = &value["hooks"]["PreToolUse"][0]["hooks"][0];
         assert_eq!(hook["type"], "command");
         assert_eq!(hook["command"], "/bin/conclave hook pre-tool-use --strict");
@@ -281,6 +290,26 @@ mod tests {
         let shell = &value["hooks"]["PreToolUse"][1];
         assert_eq!(shell["matcher"], "Bash");
         assert_eq!(shell["hooks"][0]["type"], "http");
+    }
+
+    #[test]
+    fn http_hooks_name_the_clone_they_edit_in() {
+        let value = settings(
+            "http://127.0.0.1:1",
+            Path::new("/bin/conclave"),
+            false,
+            Some(Path::new("/home/ci/clone")),
+        );
+        let hook = &value["hooks"]["PostToolUse"][0]["hooks"][0];
+        assert_eq!(hook["headers"]["X-Conclave-Root"], "/home/ci/clone");
+        let odd = settings(
+            "http://h:1",
+            Path::new("/c"),
+            false,
+            Some(Path::new("/home/é")),
+        );
+        let hook = &odd["hooks"]["PostToolUse"][0]["hooks"][0];
+        assert!(hook["headers"].get("X-Conclave-Root").is_none(), "{hook}");
     }
 
     #[test]

@@ -23,6 +23,7 @@
 //! - [`follow`]: the server's event stream, resumed after the last event seen.
 //! - [`worktrees`]: `isolation = "worktree"` agents' own git worktrees, repaired and made before
 //!   the team starts.
+//! - [`relay`]: the loopback relay through which agents reach remote servers (failover, TLS).
 
 pub mod agent_files;
 pub mod follow;
@@ -32,10 +33,11 @@ pub mod plan;
 pub mod pricing;
 pub mod probe;
 pub mod process;
+pub mod relay;
 pub mod stream;
 pub mod team;
 pub mod wake;
 pub mod worktrees;
 
 pub use machine::Outcome;
-pub use team::{Supervisor, SupervisorOptions, check_team};
+pub use team::{Supervisor, SupervisorOptions, check_share, check_team};

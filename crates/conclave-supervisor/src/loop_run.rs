@@ -171,7 +171,7 @@ pub async fn run_loop(
         ..Default::default()
     };
     let strict = false;
-    let joined = prepare_agent(project, admin, &registration, strict).await?;
+    let joined = prepare_agent(project, admin, &registration, strict, url).await?;
     let plan = loop_plan(options, project.root());
     let dir = project.agent_dir(&options.agent);
     let mut stream_log = StreamLog::in_dir(&dir);
@@ -252,6 +252,7 @@ fn loop_plan(options: &LoopOptions, root: &Path) -> AgentPlan {
     AgentPlan {
         name: options.agent.clone(),
         role: None,
+        host: None,
         caps: Vec::new(),
         settings,
         cwd: root.to_path_buf(),

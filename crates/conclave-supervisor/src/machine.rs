@@ -441,6 +441,9 @@ pub struct Team {
     pub agents: Vec<AgentState>,
     /// Keep running when the team has nothing left to do.
     stay: bool,
+    /// Agents of the team run on other hosts too (this supervisor runs one host's share): a
+    /// task one of them holds is being worked on, so it keeps this share waiting, not stalled.
+    shares_the_team: bool,
     /// Something happened that may give an idle agent something to do.
     dirty: bool,
     quiet_ticks: u32,
@@ -502,6 +505,7 @@ impl Team {
         Team {
             agents,
             stay,
+            shares_the_team: false,
             dirty: false,
             quiet_ticks: 0,
             next_start_at: None,
@@ -512,6 +516,12 @@ impl Team {
             team_budget_spent: false,
             out: Vec::new(),
         }
+    }
+
+    /// The same, for one host's share of a team whose other agents other supervisors run.
+    pub fn sharing(mut self) -> Team {
+        self.shares_the_team = true;
+        self
     }
 
     /// Whether any agent's process still runs.
@@ -1594,6 +1604,38 @@ impl Team {
             self.quiet_ticks = 0;
             return;
         }
+        if self.shares_the_team {
+            let held_elsewhere = |task: &&&Task| {
+                task.assignee
+                    .as_deref()
+                    .is_some_and(|holder| !self.agents.iter().any(|a| a.plan.name == holder))
+            };
+            let elsewhere: Vec<String> = left
+                .iter()
+                .filter(held_elsewhere)
+                .filter_map(|task| {
+                    let holder = task.assignee.as_deref()?;
+                    let ours = self.agents.iter().any(|a| a.plan.name == holder);
+                    (!ours).then(|| format!("{} ({holder})", task.id))
+                })
+                .collect();
+            if !elsewhere.is_empty() {
+                let ids: Vec<TaskId> = left
+                    .iter()
+                    .filter(held_elsewhere)
+                    .map(|task| task.id)
+                    .collect();
+                if ids != self.waiting_for {
+                    self.say(format!(
+                        "waiting for agents on other hosts: {}",
+                        elsewhere.join(", ")
+                    ));
+                    self.waiting_for = ids;
+                }
+                self.quiet_ticks = 0;
+                return;
+            }
+        }
         let reasons: Vec<String> = left.iter().map(|task| self.why_stuck(task)).collect();
         self.end(Outcome::Stalled {
             reason: format!(
@@ -1737,6 +1779,7 @@ mod tests {
         AgentPlan {
             name: name.to_string(),
             role: None,
+            host: None,
             caps: Vec::new(),
             settings: AgentSettings::default(),
             cwd: PathBuf::from("/p"),
@@ -2607,6 +2650,29 @@ mod tests {
             let effects = staying.at(11 + n).tick();
             ended(&effects).is_none() && reads(&effects).is_none()
         }));
+    }
+
+    #[test]
+    fn one_hosts_share_waits_while_an_agent_on_another_host_holds_a_task() {
+        let held = vec![
+            task(3, TaskStatus::InProgress, None, Some("far-away")),
+            task(4, TaskStatus::Claimed, None, Some("far-away")),
+        ];
+        let mut share = Harness::new(vec![plan("a")]);
+        share.team = std::mem::replace(&mut share.team, Team::new(Vec::new(), false)).sharing();
+        share.start_all();
+        share.idle_after_a_turn(0, 0.1);
+        share.read(Vec::new(), &[]);
+        assert_eq!(share.quiet_outcome(11, held.clone()), None, "it waits");
+
+        let mut whole = Harness::new(vec![plan("a")]);
+        whole.start_all();
+        whole.idle_after_a_turn(0, 0.1);
+        whole.read(Vec::new(), &[]);
+        assert!(
+            matches!(whole.quiet_outcome(11, held), Some(Outcome::Stalled { .. })),
+            "a whole team with nobody to finish the task has stalled"
+        );
     }
 
     #[test]

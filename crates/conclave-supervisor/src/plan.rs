@@ -38,6 +38,8 @@ When nothing is ready for you, end your turn: you will be woken when a message o
 pub struct AgentPlan {
     pub name: String,
     pub role: Option<String>,
+    /// The machine that runs it (`host =`); none: the one next to the server.
+    pub host: Option<String>,
     pub caps: Vec<String>,
     /// Its settings with `[defaults]` filled in.
     pub settings: AgentSettings,
@@ -77,6 +79,7 @@ pub fn plan_team(config: &Config, root: &Path) -> anyhow::Result<Vec<AgentPlan>>
             };
             plans.push(AgentPlan {
                 role: spec.role.clone(),
+                host: spec.host.clone(),
                 caps: spec.caps.clone(),
                 cwd: {
                     // A worktree agent's tree stands in for the project's (docs/worktrees.md).
@@ -117,6 +120,44 @@ pub fn plan_team(config: &Config, root: &Path) -> anyhow::Result<Vec<AgentPlan>>
         }
     }
     Ok(plans)
+}
+
+/// Which agents of the team one supervisor runs (docs/scale-out.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostScope {
+    /// This machine's name: `--host`, default its hostname ([`this_host`]).
+    pub name: String,
+    /// This supervisor runs where the project is served (`conclave up` without `--server`):
+    /// agents that name no host are its too.
+    pub main: bool,
+}
+
+impl HostScope {
+    /// Whether an agent with `host` runs here: one naming this machine does; one naming none
+    /// runs on the main host.
+    pub fn runs(&self, host: Option<&str>) -> bool {
+        match host {
+            Some(host) => host == self.name,
+            None => self.main,
+        }
+    }
+
+    /// The plans of the agents that run here, in order.
+    pub fn select(&self, plans: Vec<AgentPlan>) -> Vec<AgentPlan> {
+        plans
+            .into_iter()
+            .filter(|plan| self.runs(plan.host.as_deref()))
+            .collect()
+    }
+}
+
+/// This machine's name as the kernel has it (`hostname`); `localhost` when it has none.
+pub fn this_host() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .filter(|name| !name.trim().is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
 }
 
 /// The program an agent runs, and the arguments that come before Conclave's:
@@ -358,6 +399,40 @@ mod tests {
                 ),
             ]
         );
+        assert!(system_prompt(&plans[0]).contains(WORKTREE_PROTOCOL));
+        assert!(!system_prompt(&plans[2]).contains(WORKTREE_PROTOCOL));
+    }
+
+    #[test]
+    fn each_host_runs_the_agents_named_for_it() {
+        let config = Config::parse(
+            "[[agent]]\nname = \"lead\"\n[[agent]]\nname = \"coder\"\ncount = 2\nhost = \"build-2\"\n[[agent]]\nname = \"tester\"\nhost = \"build-1\"\n",
+        )
+        .expect("config");
+        let plans = plan_team(&config, Path::new("/p")).expect("plan");
+        let names = |scope: &HostScope| -> Vec<String> {
+            scope
+                .select(plans.clone())
+                .into_iter()
+                .map(|plan| plan.name)
+                .collect()
+        };
+        let main = HostScope {
+            name: "build-1".to_string(),
+            main: true,
+        };
+        assert_eq!(names(&main), ["lead", "tester"]);
+        let second = HostScope {
+            name: "build-2".to_string(),
+            main: false,
+        };
+        assert_eq!(names(&second), ["coder-1", "coder-2"]);
+        let elsewhere = HostScope {
+            name: "laptop".to_string(),
+            main: false,
+        };
+        assert!(names(&elsewhere).is_empty());
+        assert!(!this_host().is_empty());
     }
 
     #[test]

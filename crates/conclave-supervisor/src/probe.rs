@@ -163,8 +163,20 @@ pub async fn probe_team(
     project: &conclave_core::project::Project,
     limit: Duration,
 ) -> anyhow::Result<Vec<Probed>> {
+    probe_share(project, limit, None).await
+}
+
+/// [`probe_team`] for the agents `scope` runs on this host (all with none).
+pub async fn probe_share(
+    project: &conclave_core::project::Project,
+    limit: Duration,
+    scope: Option<&plan::HostScope>,
+) -> anyhow::Result<Vec<Probed>> {
     let config = conclave_core::config::Config::load(&project.config_file())?;
-    let plans = plan::plan_team(&config, project.root())?;
+    let mut plans = plan::plan_team(&config, project.root())?;
+    if let Some(scope) = scope {
+        plans = scope.select(plans);
+    }
     let mut seen = std::collections::HashSet::new();
     let mut probed = Vec::new();
     for plan in &plans {

@@ -15,6 +15,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use conclave_client::{Client, ENV_AGENT, ENV_TOKEN, ENV_URL, segment};
 use conclave_core::config::{Config, Isolation};
 use conclave_core::event::AgentCrashed;
@@ -29,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::agent_files::{AgentFiles, JoinedAgent, prepare_agent};
 use crate::follow::follow_events;
 use crate::machine::{AgentState, Effect, Input, Outcome, SavedState, Team, TeamView};
-use crate::plan;
+use crate::plan::{self, HostScope};
 use crate::process::{ClientProcesses, Launch, ProcessReport, ProcessSide};
 use crate::stream::parse_line;
 
@@ -45,6 +46,11 @@ const MESSAGES_READ: usize = 500;
 pub struct SupervisorOptions {
     /// Keep running when the team has nothing left to do.
     pub stay: bool,
+    /// The agents this supervisor runs, by host; none: the whole team, reported as running on
+    /// this machine.
+    pub host: Option<HostScope>,
+    /// The URL agents are given (a local relay, [`crate::relay`]); none: the admin's.
+    pub agent_url: Option<String>,
 }
 
 /// What the driver asks of the server.
@@ -148,12 +154,33 @@ pub struct AgentLaunch {
 /// The agents of `conclave.toml` and their clients, checked without starting anything (for
 /// `up --detach`, which reports a bad configuration before it goes to the background).
 pub fn check_team(project: &Project) -> anyhow::Result<Vec<String>> {
+    check_share(project, None)
+}
+
+/// [`check_team`] for the agents `scope` runs (all with none): another host's agents' clients
+/// are that host's to check.
+pub fn check_share(project: &Project, scope: Option<&HostScope>) -> anyhow::Result<Vec<String>> {
     let config = Config::load(&project.config_file())?;
-    let plans = plan::plan_team(&config, project.root())?;
+    let mut plans = plan::plan_team(&config, project.root())?;
     anyhow::ensure!(
         !plans.is_empty(),
         "conclave.toml names no agents: add an [[agent]] section (see `conclave init`)"
     );
+    if let Some(scope) = scope {
+        plans = scope.select(plans);
+        anyhow::ensure!(
+            !plans.is_empty(),
+            "no agent of conclave.toml runs on host {:?}: name it with `host = {:?}` on an \
+             [[agent]] ({})",
+            scope.name,
+            scope.name,
+            if scope.main {
+                "agents without `host` run here too"
+            } else {
+                "agents without `host` run next to the server"
+            }
+        );
+    }
     for plan in &plans {
         plan::program(plan)?;
     }
@@ -165,6 +192,8 @@ pub struct Supervisor {
     admin: Client,
     team: Team,
     launches: Vec<AgentLaunch>,
+    /// The server's URL as agents reach it.
+    agent_url: String,
 }
 
 impl Supervisor {
@@ -175,9 +204,24 @@ impl Supervisor {
         admin: Client,
         options: SupervisorOptions,
     ) -> anyhow::Result<Supervisor> {
-        check_team(project)?;
+        check_share(project, options.host.as_ref())?;
         let config = Config::load(&project.config_file())?;
-        let plans = plan::plan_team(&config, project.root())?;
+        let mut plans = plan::plan_team(&config, project.root())?;
+        let whole_team = plans.len();
+        if let Some(scope) = &options.host {
+            plans = scope.select(plans);
+        }
+        // Other hosts run the rest of the team: their tasks keep this share waiting.
+        let shares_the_team = plans.len() < whole_team;
+        let agent_url = options
+            .agent_url
+            .clone()
+            .unwrap_or_else(|| admin.base_url().to_string());
+        let host = options
+            .host
+            .as_ref()
+            .map_or_else(plan::this_host, |scope| scope.name.clone());
+        // This host's worktree agents get their worktrees before anyone starts.
         let worktree_agents: Vec<String> = plans
             .iter()
             .filter(|plan| plan.isolation() == Isolation::Worktree)
@@ -208,11 +252,25 @@ impl Supervisor {
                 caps: plan.caps.clone(),
                 isolation: plan.isolation(),
             };
-            let JoinedAgent { token, files } =
-                prepare_agent(project, &admin, &registration, config.server.strict).await?;
+            let JoinedAgent { token, files } = prepare_agent(
+                project,
+                &admin,
+                &registration,
+                config.server.strict,
+                &agent_url,
+            )
+            .await?;
+            // The host is the supervisor's to say: the dashboard shows where each agent runs.
             let record: conclave_core::model::Agent = admin
-                .get(&format!("/api/agents/{}", segment(&plan.name)), &[])
-                .await?;
+                .patch(
+                    &format!("/api/agents/{}", segment(&plan.name)),
+                    &AgentUpdate {
+                        host: Some(host.clone()),
+                        ..AgentUpdate::default()
+                    },
+                )
+                .await
+                .with_context(|| format!("cannot record the host of agent {}", plan.name))?;
             let dir = project.agent_dir(&plan.name);
             let saved = read_saved_state(&dir);
             agents.push(AgentState::restore(plan, &record, saved, Instant::now()));
@@ -220,8 +278,13 @@ impl Supervisor {
         }
         Ok(Supervisor {
             admin,
-            team: Team::new(agents, options.stay),
+            team: if shares_the_team {
+                Team::new(agents, options.stay).sharing()
+            } else {
+                Team::new(agents, options.stay)
+            },
             launches,
+            agent_url,
         })
     }
 
@@ -249,7 +312,7 @@ impl Supervisor {
         ));
         let (reports_tx, mut reports) = mpsc::channel(1024);
         let mut driver = Driver {
-            url: self.admin.base_url().to_string(),
+            url: self.agent_url,
             team: self.team,
             launches: self.launches,
             processes: ClientProcesses::new(reports_tx),
@@ -659,6 +722,7 @@ mod tests {
         let plan = AgentPlan {
             name: "a".into(),
             role: None,
+            host: None,
             caps: Vec::new(),
             settings: AgentSettings {
                 command: Some("/bin/agent-cli".into()),

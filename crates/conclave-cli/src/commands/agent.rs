@@ -20,6 +20,7 @@ pub async fn run(context: &Context, command: AgentCommand) -> anyhow::Result<()>
             caps,
             model,
             isolation,
+            print_env,
         } => {
             let request = NewAgent {
                 name,
@@ -29,6 +30,23 @@ pub async fn run(context: &Context, command: AgentCommand) -> anyhow::Result<()>
                 isolation: isolation.unwrap_or_default(),
             };
             let created: AgentCreated = client.post("/api/agents", &request).await?;
+            if print_env {
+                let url = context.server_url()?;
+                if !reachable_from_elsewhere(&url) {
+                    note!(
+                        "conclave: warning: {url} is not an address another host reaches; set \
+                         CONCLAVE_URL to the one it should use (e.g. https://build-1:7420) and \
+                         run this again, or edit the printed line"
+                    );
+                }
+                outln!("{}", env_lines(&url, &created.agent.name, &created.token))?;
+                note!(
+                    "conclave: registered agent {}; on the other host, paste these lines into its \
+                     shell (they hold its token: treat them as a password)",
+                    created.agent.name
+                );
+                return Ok(());
+            }
             outln!("{}", created.token)?;
             note!(
                 "conclave: registered agent {}; act as it with CONCLAVE_AGENT={} CONCLAVE_TOKEN=<the token above>",
@@ -114,6 +132,47 @@ async fn control(
     Ok(())
 }
 
+/// `export` lines that make a shell act as the agent (`conclave agent add --print-env`), each
+/// value quoted for `sh`.
+pub fn env_lines(url: &str, name: &str, token: &str) -> String {
+    [
+        (crate::context::ENV_URL, url),
+        (crate::context::ENV_AGENT, name),
+        (crate::context::ENV_TOKEN, token),
+    ]
+    .iter()
+    .map(|(key, value)| format!("export {key}={}", shell_quote(value)))
+    .collect::<Vec<_>>()
+    .join("\n")
+}
+
+/// `text` in single quotes for `sh` (a `'` inside becomes `'\''`).
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// Whether every URL of `urls` names an address other hosts could use (not loopback, not the
+/// unspecified `0.0.0.0`/`[::]`).
+fn reachable_from_elsewhere(urls: &str) -> bool {
+    urls.split(',').all(|url| {
+        let host = url
+            .split_once("://")
+            .map_or(url, |(_, rest)| rest)
+            .split(['/', '?'])
+            .next()
+            .unwrap_or_default();
+        let host = match host.rsplit_once(':') {
+            Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+            _ => host,
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => !(ip.is_loopback() || ip.is_unspecified()),
+            Err(_) => host != "localhost",
+        }
+    })
+}
+
 /// The agents with what the supervisor reports (task held, context use, cost, restarts).
 pub fn agents_table(agents: &[Agent], tasks: &[Task]) -> Table {
     let mut table = Table::new(&[
@@ -125,6 +184,7 @@ pub fn agents_table(agents: &[Agent], tasks: &[Task]) -> Table {
         "cost",
         "restarts",
         "model",
+        "host",
         "last seen",
     ]);
     for agent in agents {
@@ -144,6 +204,7 @@ pub fn agents_table(agents: &[Agent], tasks: &[Task]) -> Table {
             format!("${:.2}", agent.cost_usd),
             agent.restarts.to_string(),
             or_dash(agent.model.as_ref()),
+            or_dash(agent.host.as_ref()),
             or_dash(agent.last_seen.map(ago)),
         ]);
     }
@@ -182,6 +243,45 @@ pub fn context_figure(tokens: Option<i64>, window: Option<i64>) -> Option<String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_printed_env_is_quoted_for_the_shell() {
+        let lines = env_lines("https://build-1:7420", "coder-1", "tok'en");
+        assert_eq!(
+            lines,
+            "export CONCLAVE_URL='https://build-1:7420'\nexport CONCLAVE_AGENT='coder-1'\n\
+             export CONCLAVE_TOKEN='tok'\\''en'"
+        );
+        // What sh reads back is the value itself.
+        let output = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{lines}\nprintf %s \"$CONCLAVE_TOKEN\""))
+            .output()
+            .expect("sh");
+        assert_eq!(String::from_utf8_lossy(&output.stdout), "tok'en");
+    }
+
+    #[test]
+    fn loopback_and_unspecified_addresses_do_not_reach_other_hosts() {
+        for url in [
+            "http://127.0.0.1:7420",
+            "http://0.0.0.0:7420",
+            "http://[::1]:1",
+            "http://localhost:2",
+        ] {
+            assert!(!reachable_from_elsewhere(url), "{url}");
+        }
+        for url in [
+            "http://10.200.0.1:7420",
+            "https://build-1:7420/",
+            "https://a:1,https://b:2",
+        ] {
+            assert!(reachable_from_elsewhere(url), "{url}");
+        }
+        assert!(!reachable_from_elsewhere(
+            "http://10.0.0.1:1,http://127.0.0.1:2"
+        ));
+    }
 
     #[test]
     fn the_context_figure_rounds_like_the_dashboard() {

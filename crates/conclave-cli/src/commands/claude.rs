@@ -1,7 +1,9 @@
 //! `conclave claude --name NAME [--role R] [--strict] [-- CLAUDE ARGS...]`: a person's own Claude
 //! Code, joined to the team.
 //!
-//! 1. Finds the project and its running server (`CONCLAVE_URL` or `.conclave/server.json`).
+//! 1. Finds the project and its server: `--server URL` (a remote one, `URL1,URL2` for several),
+//!    `CONCLAVE_URL`, or `.conclave/server.json`. With several URLs or HTTPS, the session talks
+//!    to a loopback relay in this process (`conclave_supervisor::relay`) that fails over.
 //! 2. As the admin (`prepare_agent` of the supervisor crate, which `conclave up` uses too),
 //!    registers the agent, or, when it exists already, issues it a fresh token
 //!    (tokens are stored hashed and cannot be read back; an agent may hold several).
@@ -52,7 +54,10 @@ pub async fn run(context: &Context, options: ClaudeArgs) -> anyhow::Result<()> {
     let config = Config::load(&project.config_file())?;
     let strict = options.strict || config.server.strict;
     let bin = claude_bin()?;
-    let url = reachable_url(&context.server_url()?);
+    let url = match &options.server {
+        Some(server) => server.clone(),
+        None => reachable_url(&context.server_url()?),
+    };
     let admin = admin_client(project, &url)?;
     let isolation = isolation_of(project, &config, &admin, &options.name).await?;
     // Without a merge queue nothing would land a worktree agent's branches.
@@ -66,6 +71,23 @@ pub async fn run(context: &Context, options: ClaudeArgs) -> anyhow::Result<()> {
         })?),
         Isolation::Shared => None,
     };
+    let host = options
+        .host
+        .clone()
+        .unwrap_or_else(conclave_supervisor::plan::this_host);
+    conclave_core::config::validate_host_name(&host)
+        .map_err(|error| anyhow::anyhow!("--host {host:?}: {error}"))?;
+    // Several servers, or HTTPS: the session reaches them through a relay in this process,
+    // which lives as long as claude does (see `conclave_supervisor::relay`).
+    let relay = if super::up::needs_relay(&admin) {
+        Some(conclave_supervisor::relay::Relay::start(admin.clone()).await?)
+    } else {
+        None
+    };
+    let agent_url = relay.as_ref().map_or_else(
+        || admin.base_url().to_string(),
+        |relay| relay.url().to_string(),
+    );
     let registration = NewAgent {
         name: options.name.clone(),
         role: options.role.clone(),
@@ -74,7 +96,17 @@ pub async fn run(context: &Context, options: ClaudeArgs) -> anyhow::Result<()> {
         isolation,
     };
     let JoinedAgent { token, files } =
-        prepare_agent(project, &admin, &registration, strict).await?;
+        prepare_agent(project, &admin, &registration, strict, &agent_url).await?;
+    let _: conclave_core::model::Agent = admin
+        .patch(
+            &format!("/api/agents/{}", conclave_client::segment(&options.name)),
+            &conclave_core::model::AgentUpdate {
+                host: Some(host.clone()),
+                ..Default::default()
+            },
+        )
+        .await
+        .with_context(|| format!("cannot record the host of agent {}", options.name))?;
     // A worktree agent's session runs in its own worktree, as `conclave up` runs it.
     let cwd = if let Some(merge) = merge {
         let root = project.root().to_path_buf();
@@ -94,7 +126,7 @@ pub async fn run(context: &Context, options: ClaudeArgs) -> anyhow::Result<()> {
         None
     };
     eprintln!(
-        "conclave: starting Claude Code as agent {}{} on the team at {url}{} (config in {})",
+        "conclave: starting Claude Code as agent {} on host {host}{} on the team at {url}{} (config in {})",
         options.name,
         options
             .role
@@ -107,7 +139,8 @@ pub async fn run(context: &Context, options: ClaudeArgs) -> anyhow::Result<()> {
             .parent()
             .map_or_else(String::new, |dir| dir.display().to_string()),
     );
-    let code = run_claude(&bin, &files, &options, &url, &token, cwd.as_deref()).await?;
+    let code = run_claude(&bin, &files, &options, &agent_url, &token, cwd.as_deref()).await?;
+    drop(relay);
     if code == 0 {
         Ok(())
     } else {
@@ -139,18 +172,21 @@ async fn isolation_of(
 /// address (`0.0.0.0`, `[::]`) writes that address in `server.json`, but the MCP endpoint only
 /// answers requests whose `Host` it knows, loopback included.
 pub fn reachable_url(url: &str) -> String {
-    for (any, loopback) in [("://0.0.0.0", "://127.0.0.1"), ("://[::]", "://[::1]")] {
-        if let Some(rest) = url.strip_prefix("http").and_then(|u| u.strip_prefix(any))
-            && (rest.is_empty() || rest.starts_with(':') || rest.starts_with('/'))
-        {
-            return format!("http{loopback}{rest}");
+    for scheme in ["https", "http"] {
+        for (any, loopback) in [("://0.0.0.0", "://127.0.0.1"), ("://[::]", "://[::1]")] {
+            if let Some(rest) = url.strip_prefix(scheme).and_then(|u| u.strip_prefix(any))
+                && (rest.is_empty() || rest.starts_with(':') || rest.starts_with('/'))
+            {
+                return format!("{scheme}{loopback}{rest}");
+            }
         }
     }
     url.to_string()
 }
 
 /// A client acting as the admin, whatever `CONCLAVE_AGENT` says (it may be set by an outer
-/// Conclave session).
+/// Conclave session). `url` may list several servers; HTTPS trusts `CONCLAVE_CA_CERT`, else
+/// `[server] tls_ca`.
 pub fn admin_client(project: &Project, url: &str) -> anyhow::Result<Client> {
     let path = project.admin_token_file();
     let token = project
@@ -163,7 +199,17 @@ pub fn admin_client(project: &Project, url: &str) -> anyhow::Result<Client> {
                 path.display()
             )
         })?;
-    Client::new(url.to_string(), token, None)
+    Client::with_ca(url.to_string(), token, None, ca_file(project).as_deref())
+}
+
+/// The CA certificate clients of this clone trust besides the built-in roots:
+/// `CONCLAVE_CA_CERT`, else `[server] tls_ca` of conclave.toml (relative to the project root).
+pub fn ca_file(project: &Project) -> Option<std::path::PathBuf> {
+    conclave_client::ca_from_env().or_else(|| {
+        let config = Config::load(&project.config_file()).ok()?;
+        let ca = config.server.tls_ca?;
+        Some(project.root().join(ca))
+    })
 }
 
 /// Runs claude with the generated files and the agent's identity; returns its exit code
@@ -240,6 +286,7 @@ mod tests {
             ("http://127.0.0.1:7420", "http://127.0.0.1:7420"),
             ("http://0.0.0.01:7420", "http://0.0.0.01:7420"),
             ("http://10.0.0.5:7420", "http://10.0.0.5:7420"),
+            ("https://0.0.0.0:7420", "https://127.0.0.1:7420"),
         ];
         for (url, expected) in cases {
             assert_eq!(reachable_url(url), expected, "{url}");

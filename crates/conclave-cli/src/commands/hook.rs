@@ -13,6 +13,11 @@
 //! This runs once per tool call, so it is built to start and finish fast: no async runtime, a
 //! minimal blocking HTTP/1.1 client over one loopback TCP connection, a 1 s connect timeout and a
 //! 5 s deadline for the whole exchange (10 s for `session-start`, which reads more).
+//!
+//! `CONCLAVE_URL` may list several servers (`URL1,URL2`): the hook posts to the first that
+//! accepts a connection. An `https://` URL is spoken over TLS (rustls), trusting the built-in web
+//! roots and the PEM CA file `CONCLAVE_CA_CERT` names. Agents that `conclave up` or `conclave
+//! claude` start reach remote servers through their loopback relay, in plain HTTP.
 
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
@@ -163,7 +168,13 @@ fn forward(event: &str, input: &[u8]) -> Result<String, Failure> {
         ))
     })?;
     let agent = env_value(ENV_AGENT);
-    let endpoint = Endpoint::parse(&url).map_err(&fail)?;
+    let endpoints = url
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(Endpoint::parse)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(&fail)?;
     let deadline = Instant::now()
         + if event == "session-start" {
             SESSION_START_DEADLINE
@@ -174,9 +185,19 @@ fn forward(event: &str, input: &[u8]) -> Result<String, Failure> {
     if let Some(agent) = agent {
         headers.push(("X-Conclave-Agent", agent));
     }
+    // This clone's root: on another host than the server's, paths are relative to it.
+    if let Some(root) = std::env::current_dir()
+        .ok()
+        .and_then(|cwd| Project::find(&cwd))
+        .and_then(|project| project.root().to_str().map(str::to_string))
+        .filter(|root| root.chars().all(|c| c.is_ascii_graphic() || c == ' '))
+    {
+        headers.push(("X-Conclave-Root", root));
+    }
+    let (endpoint, connection) = connect_first(&endpoints, deadline).map_err(&fail)?;
     let path = format!("{}/hooks/{event}", endpoint.base_path);
     let response = endpoint
-        .post_json(&path, &headers, input, deadline)
+        .post_json_over(connection, &path, &headers, input, deadline)
         .map_err(&fail)?;
     let body = String::from_utf8_lossy(&response.body).trim().to_string();
     if !(200..300).contains(&response.status) {
@@ -248,9 +269,11 @@ fn env_flag(name: &str) -> bool {
 // tests at the end of this file run it against a real HTTP server (axum) and against peers
 // that close early, stall or are not there.
 
-/// Where an `http://host:port/base` URL points.
+/// Where an `http://host:port/base` (or `https://`) URL points.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Endpoint {
+    /// `https`: TLS over the connection.
+    tls: bool,
     /// The host as given (brackets stripped from an IPv6 literal).
     host: String,
     port: u16,
@@ -269,11 +292,12 @@ struct Response {
 
 impl Endpoint {
     fn parse(url: &str) -> Result<Endpoint, String> {
-        let rest = match url.split_once("://") {
-            Some(("http", rest)) => rest,
+        let (tls, rest) = match url.split_once("://") {
+            Some(("http", rest)) => (false, rest),
+            Some(("https", rest)) => (true, rest),
             Some((scheme, _)) => {
                 return Err(format!(
-                    "{url}: the hook speaks plain http to the server, not {scheme}"
+                    "{url}: the hook speaks http or https to the server, not {scheme}"
                 ));
             }
             None => return Err(format!("{url} is not a URL like http://127.0.0.1:7420")),
@@ -297,12 +321,14 @@ impl Endpoint {
             Some(port) => port
                 .parse::<u16>()
                 .map_err(|_| format!("{url}: {port:?} is not a port number"))?,
+            None if tls => 443,
             None => 80,
         };
         if host.is_empty() {
             return Err(format!("{url}: no host"));
         }
         Ok(Endpoint {
+            tls,
             host: host.to_string(),
             port,
             authority: authority.to_string(),
@@ -311,8 +337,23 @@ impl Endpoint {
     }
 
     /// One `POST` with a JSON body over a fresh connection, finished before `deadline`.
+    #[cfg(test)]
     fn post_json(
         &self,
+        path: &str,
+        headers: &[(&str, String)],
+        body: &[u8],
+        deadline: Instant,
+    ) -> Result<Response, String> {
+        let stream = self.connect(deadline)?;
+        self.post_json_over(stream, path, headers, body, deadline)
+    }
+
+    /// One `POST` with a JSON body over `stream` (a fresh connection to this endpoint),
+    /// finished before `deadline`.
+    fn post_json_over(
+        &self,
+        stream: TcpStream,
         path: &str,
         headers: &[(&str, String)],
         body: &[u8],
@@ -337,15 +378,26 @@ impl Endpoint {
         let mut bytes = request.into_bytes();
         bytes.extend_from_slice(body);
 
-        let mut stream = self.connect(deadline)?;
         let _ = stream.set_nodelay(true);
         stream
             .set_write_timeout(Some(remaining(deadline)?))
             .map_err(|error| error.to_string())?;
-        stream
+        // The same socket, to bound each read by what is left of the deadline.
+        let socket = stream
+            .try_clone()
+            .map_err(|error| describe_io("setting up the connection", &error))?;
+        let mut connection: Box<dyn ReadWrite> = if self.tls {
+            Box::new(tls_stream(&self.host, stream)?)
+        } else {
+            Box::new(stream)
+        };
+        connection
             .write_all(&bytes)
             .map_err(|error| describe_io("sending the request", &error))?;
-        read_response(&mut stream, deadline)
+        connection
+            .flush()
+            .map_err(|error| describe_io("sending the request", &error))?;
+        read_response(&mut connection, &socket, deadline)
     }
 
     fn connect(&self, deadline: Instant) -> Result<TcpStream, String> {
@@ -364,18 +416,78 @@ impl Endpoint {
     }
 }
 
+/// A connection the hook speaks over: plain TCP or TLS on it.
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+/// The first endpoint of `endpoints` that accepts a connection, with that connection.
+fn connect_first(
+    endpoints: &[Endpoint],
+    deadline: Instant,
+) -> Result<(&Endpoint, TcpStream), String> {
+    let mut failures = Vec::new();
+    for endpoint in endpoints {
+        match endpoint.connect(deadline) {
+            Ok(stream) => return Ok((endpoint, stream)),
+            Err(error) => failures.push(format!("{}: {error}", endpoint.authority)),
+        }
+    }
+    Err(failures.join("; "))
+}
+
+/// A TLS client connection to `host` over `stream`: the built-in web roots and the CA file
+/// `CONCLAVE_CA_CERT` names are trusted.
+fn tls_stream(
+    host: &str,
+    stream: TcpStream,
+) -> Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = env_value(conclave_client::ENV_CA_CERT) {
+        let certificates = CertificateDer::pem_file_iter(&path)
+            .and_then(|certificates| certificates.collect::<Result<Vec<_>, _>>())
+            .map_err(|error| format!("cannot read the CA certificate {path}: {error}"))?;
+        for certificate in certificates {
+            roots
+                .add(certificate)
+                .map_err(|error| format!("the CA certificate {path}: {error}"))?;
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| error.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|error| format!("{host} is not a TLS server name: {error}"))?;
+    let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
+        .map_err(|error| format!("TLS: {error}"))?;
+    Ok(rustls::StreamOwned::new(connection, stream))
+}
+
 /// Reads the whole answer: the request said `Connection: close`, so the answer ends where the
 /// connection does; `Content-Length` (or the chunked framing) tells a whole answer from one cut
-/// short.
-fn read_response(stream: &mut TcpStream, deadline: Instant) -> Result<Response, String> {
+/// short. The socket's read timeout (set to the deadline) bounds each read.
+fn read_response(
+    stream: &mut dyn ReadWrite,
+    socket: &TcpStream,
+    deadline: Instant,
+) -> Result<Response, String> {
     let mut buffer = Vec::with_capacity(4096);
     let mut chunk = [0u8; 8192];
     loop {
-        stream
+        socket
             .set_read_timeout(Some(remaining(deadline)?))
             .map_err(|error| error.to_string())?;
         match stream.read(&mut chunk) {
             Ok(0) => break,
+            // A TLS peer that closes without close_notify: the framing below tells whether
+            // the answer is whole.
+            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => break,
             Ok(n) => buffer.extend_from_slice(&chunk[..n]),
             Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
             Err(error) => return Err(describe_io("reading the answer", &error)),
@@ -494,7 +606,9 @@ mod tests {
                 "{url}"
             );
         }
-        for bad in ["https://x:1", "127.0.0.1:7420", "http://:80", "http://h:x"] {
+        assert!(Endpoint::parse("https://build-1").expect("https").tls);
+        assert_eq!(Endpoint::parse("https://build-1").expect("https").port, 443);
+        for bad in ["ftp://x:1", "127.0.0.1:7420", "http://:80", "http://h:x"] {
             assert!(Endpoint::parse(bad).is_err(), "{bad}");
         }
     }

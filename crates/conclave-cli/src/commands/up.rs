@@ -73,40 +73,78 @@ pub async fn run(context: &Context, args: UpArgs) -> anyhow::Result<()> {
     super::serve::spawn_signal_handler(shutdown.clone(), "stopping the team")?;
 
     let server_shutdown = CancellationToken::new();
-    let (admin, server) = match running_server(&project).await {
+    let host = args
+        .host
+        .clone()
+        .unwrap_or_else(conclave_supervisor::plan::this_host);
+    conclave_core::config::validate_host_name(&host)
+        .map_err(|error| anyhow::anyhow!("--host {host:?}: {error}"))?;
+    let remote = match &args.server {
+        Some(urls) => Some(remote_admin(&project, urls).await?),
+        None => None,
+    };
+    let (admin, server) = match remote {
         Some(admin) => {
-            eprintln!("conclave: joining the server at {}", admin.base_url());
-            if let Some(listen) = &args.listen {
-                eprintln!("conclave: --listen {listen} is ignored: that server already listens");
-            }
+            eprintln!(
+                "conclave: host {host}: joining the server at {}",
+                admin.urls().join(", ")
+            );
             (admin, None)
         }
-        None => {
-            let server = conclave_server::open_project_server(
-                &project,
-                &ServeOptions {
-                    listen: args.listen.clone(),
-                    ..ServeOptions::default()
-                },
-                server_shutdown.clone(),
-            )
-            .await?;
-            conclave_server::announce(&project, &server.url)?;
-            let url = reachable_url(&server.url);
-            eprintln!(
-                "conclave: serving {} on {}",
-                project.root().display(),
-                server.url
-            );
-            let admin = Client::new(url, server.admin_token.clone(), None)?;
-            let lock = server.lock;
-            let task = tokio::spawn(conclave_server::run(
-                server.listener,
-                server.app,
-                server_shutdown.clone(),
-            ));
-            (admin, Some((task, lock)))
-        }
+        None => match running_server(&project).await {
+            Some(admin) => {
+                eprintln!("conclave: joining the server at {}", admin.base_url());
+                if let Some(listen) = &args.listen {
+                    eprintln!(
+                        "conclave: --listen {listen} is ignored: that server already listens"
+                    );
+                }
+                (admin, None)
+            }
+            None => {
+                let server = conclave_server::open_project_server(
+                    &project,
+                    &ServeOptions {
+                        listen: args.listen.clone(),
+                        ..ServeOptions::default()
+                    },
+                    server_shutdown.clone(),
+                )
+                .await?;
+                conclave_server::announce(&project, &server.url)?;
+                let url = reachable_url(&server.url);
+                eprintln!(
+                    "conclave: serving {} on {}",
+                    project.root().display(),
+                    server.url
+                );
+                let ca = crate::commands::claude::ca_file(&project);
+                let admin = Client::with_ca(url, server.admin_token.clone(), None, ca.as_deref())?;
+                let lock = server.lock;
+                let task = tokio::spawn(conclave_server::run_with_tls(
+                    server.listener,
+                    server.tls,
+                    server.app,
+                    server_shutdown.clone(),
+                ));
+                (admin, Some((task, lock)))
+            }
+        },
+    };
+    // Agents reach the server through a relay in this process when it has several URLs or
+    // speaks TLS: Claude Code's MCP config and HTTP hooks take one URL each, and the command
+    // hook speaks plain HTTP on loopback fastest.
+    let relay = if needs_relay(&admin) {
+        let relay = conclave_supervisor::relay::Relay::start(admin.clone())
+            .await
+            .context("cannot start the local relay to the server")?;
+        eprintln!(
+            "conclave: agents reach the server through the relay at {}",
+            relay.url()
+        );
+        Some(relay)
+    } else {
+        None
     };
     if let Ok(Some(admin_token)) = project.read_admin_token() {
         conclave_server::print_dashboard_link(admin.base_url(), &admin_token);
@@ -118,9 +156,26 @@ pub async fn run(context: &Context, args: UpArgs) -> anyhow::Result<()> {
     std::fs::write(supervisor_file(&project), serde_json::to_string(&info)?)
         .context("cannot write .conclave/supervisor.json")?;
 
-    let options = SupervisorOptions { stay: args.stay };
-    let no_agents = config.agents.is_empty();
+    let options = SupervisorOptions {
+        stay: args.stay,
+        host: Some(host_scope(&args)),
+        agent_url: relay.as_ref().map(|relay| relay.url().to_string()),
+    };
+    let no_agents = config.agents.is_empty() && args.server.is_none();
+    // Every agent runs on other hosts: this one serves them.
+    let none_here = !no_agents
+        && args.server.is_none()
+        && conclave_supervisor::plan::plan_team(&config, project.root())
+            .is_ok_and(|plans| host_scope(&args).select(plans).is_empty());
     let outcome = async {
+        if none_here {
+            eprintln!(
+                "conclave: every agent of conclave.toml runs on another host (`host =`): serving \
+                 only, for their `conclave up --server URL` (Ctrl-C or `conclave down` stops)"
+            );
+            shutdown.cancelled().await;
+            return Ok(());
+        }
         if no_agents {
             // Nothing to supervise yet: serve the project (tasks, messages, the dashboard) until
             // stopped, so that `conclave init && conclave up` is a working start.
@@ -170,6 +225,35 @@ pub async fn run(context: &Context, args: UpArgs) -> anyhow::Result<()> {
     outcome
 }
 
+/// The agents this `up` runs: those named for this host (`--host`, default the hostname), and
+/// those with no host when it runs next to the server (no `--server`).
+fn host_scope(args: &UpArgs) -> conclave_supervisor::plan::HostScope {
+    conclave_supervisor::plan::HostScope {
+        name: args
+            .host
+            .clone()
+            .unwrap_or_else(conclave_supervisor::plan::this_host),
+        main: args.server.is_none(),
+    }
+}
+
+/// Whether agents should reach `admin`'s server through a local relay: it has several URLs, or
+/// speaks HTTPS.
+pub fn needs_relay(admin: &Client) -> bool {
+    admin.urls().len() > 1 || admin.urls().iter().any(|url| url.starts_with("https://"))
+}
+
+/// An admin client for the remote server(s) of `--server`, with the admin token of this clone;
+/// one of its URLs must answer.
+async fn remote_admin(project: &Project, urls: &str) -> anyhow::Result<Client> {
+    let admin = admin_client(project, urls)?;
+    admin
+        .get::<Value>("/healthz", &[])
+        .await
+        .with_context(|| format!("the server at {urls} does not answer"))?;
+    Ok(admin)
+}
+
 /// An admin client for the server named in `server.json`, if it answers.
 async fn running_server(project: &Project) -> Option<Client> {
     let info = project.read_server_info()?;
@@ -185,10 +269,11 @@ async fn detach(project: &Project, args: &UpArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the path of this conclave binary")?;
     let log_path = project.state_dir().join("supervisor.log");
     // A bad conclave.toml is reported here, not only in the log.
-    conclave_supervisor::check_team(project)?;
+    let scope = host_scope(args);
+    conclave_supervisor::check_share(project, Some(&scope))?;
     // So are a client that is missing, refuses its flags or is not logged in: one probe turn
     // per agent, with its own env and flags.
-    match conclave_supervisor::probe::probe_team(project, PROBE_LIMIT).await {
+    match conclave_supervisor::probe::probe_share(project, PROBE_LIMIT, Some(&scope)).await {
         Ok(probed) => {
             for agent in probed {
                 eprintln!(
@@ -224,6 +309,12 @@ async fn detach(project: &Project, args: &UpArgs) -> anyhow::Result<()> {
     }
     if let Some(listen) = &args.listen {
         command.arg("--listen").arg(listen);
+    }
+    if let Some(server) = &args.server {
+        command.arg("--server").arg(server);
+    }
+    if let Some(host) = &args.host {
+        command.arg("--host").arg(host);
     }
     use std::os::unix::process::CommandExt as _;
     let mut child = command

@@ -9,6 +9,7 @@
 
 mod attribution;
 mod demo;
+mod hosts;
 mod loop_cmd;
 mod outages;
 mod outcomes;

@@ -7,6 +7,7 @@ mod config;
 mod errors;
 mod follow;
 mod hook;
+mod hosts;
 mod pipeline;
 mod pipes;
 mod queue;
