@@ -62,7 +62,8 @@ pub enum Command {
     /// The command hook Claude Code runs: reads the hook's JSON on stdin, prints the server's
     /// answer (always exits 0; fails open unless --strict)
     Hook(HookArgs),
-    /// Measure claim, lock and message latency over loopback HTTP (a private server, temporary store)
+    /// Measure the server over loopback: its HTTP floor, every operation over HTTP, MCP and hooks,
+    /// teams of simulated agents, and a long history (a private server on a temporary project)
     Bench(BenchArgs),
     /// Run the team of conclave.toml: start (or join) the server, then every agent as a headless
     /// Claude Code, and keep them healthy until the team has an outcome
@@ -174,13 +175,26 @@ pub struct AttachArgs {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Concurrent clients, each its own agent
-    #[arg(long, default_value_t = 16)]
-    pub clients: usize,
-    /// Requests per client and operation
+    /// Requests per operation in the one-client phases, and per client in the sixteen-client ones
     #[arg(long, default_value_t = 200)]
     pub requests: usize,
-    /// Print JSON instead of a table
+    /// Team sizes of the mixed runs, comma-separated (the largest also runs with every agent's
+    /// live stream open at --rate)
+    #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
+    pub agents: Vec<usize>,
+    /// Operations per team run, all agents together
+    #[arg(long, default_value_t = 8000)]
+    pub team_ops: usize,
+    /// Operations per second of the fixed-rate run (0 skips it)
+    #[arg(long, default_value_t = 1000)]
+    pub rate: usize,
+    /// Seconds of the fixed-rate run
+    #[arg(long, default_value_t = 5)]
+    pub rate_secs: u64,
+    /// Tasks of history the scale run's server starts on (0 skips it)
+    #[arg(long, default_value_t = 100_000)]
+    pub scale_tasks: usize,
+    /// Print JSON instead of tables
     #[arg(long)]
     pub json: bool,
 }
@@ -316,6 +330,15 @@ pub enum AgentCommand {
         /// The id `conclave agent tokens` shows (at least 6 hex digits)
         #[arg(long, value_name = "ID")]
         token_id: Option<String>,
+    },
+    /// Remove an agent from the team: give back its tasks and leases, drop its waiting merge
+    /// queue entries, revoke its tokens (it stays in the history, stopped)
+    Remove {
+        /// The agent to remove
+        name: String,
+        /// Why (recorded with the tasks given back)
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
     },
     /// Ask the supervisor to end an agent's process (status stopped)
     Stop {

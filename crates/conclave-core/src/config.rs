@@ -112,6 +112,9 @@ pub struct ServerSection {
     pub lease_ttl_secs: Option<i64>,
     /// Live file leases one agent may hold at once (default 256).
     pub max_leases_per_agent: Option<usize>,
+    /// Connections served at once (default 512); a team of many agents, each with a live event
+    /// stream open, needs more.
+    pub max_connections: Option<usize>,
     /// `normal` (default) or `full`.
     pub durability: Option<String>,
     /// Hooks fail closed when the server cannot be reached.

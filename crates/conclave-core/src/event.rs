@@ -792,6 +792,10 @@ pub struct NoteSuperseded {
 pub struct FileTouched {
     pub path: String,
     pub tool: String,
+    /// The fencing token of the toucher's lease covering the path at that moment (none when it
+    /// held none): `done` compares it with the lease held then (ops.rs, stale edits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fencing_token: Option<i64>,
     /// The shell command that wrote the file (`Bash` only), cut to [`MAX_COMMAND_CHARS`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
@@ -971,7 +975,10 @@ mod tests {
                 json!({"id": "N-1", "kind": "decision", "title": "use sqlite", "supersedes": null}),
             ),
             ("note.superseded", json!({"id": "N-1", "by": "N-2"})),
-            ("file.touched", json!({"path": "src/a.rs", "tool": "Edit"})),
+            (
+                "file.touched",
+                json!({"path": "src/a.rs", "tool": "Edit", "fencing_token": 7}),
+            ),
             (
                 "file.dependency_changed",
                 json!({"path": "Cargo.lock", "ecosystem": "cargo", "file": "lockfile",

@@ -753,7 +753,8 @@ pub struct TaskEdit {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskStatusUpdate {
-    /// `in_progress`, `blocked` or `review`: done, fail and cancel have their own operations.
+    /// `claimed`, `in_progress`, `blocked` or `review` (among the held states, as the holder
+    /// sees fit): done, fail and cancel have their own operations.
     #[schemars(schema_with = "settable_task_status_schema")]
     pub status: TaskStatus,
     #[serde(default)]
@@ -765,7 +766,7 @@ pub struct TaskStatusUpdate {
 fn settable_task_status_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "string",
-        "enum": ["in_progress", "blocked", "review"]
+        "enum": ["claimed", "in_progress", "blocked", "review"]
     })
 }
 
@@ -1112,9 +1113,73 @@ pub struct ClaimRequest {
     pub id: Option<TaskId>,
 }
 
+/// `GET /api/tasks`: one page of tasks in id order (`GET /api/status` has the board: open work,
+/// the latest finished tasks and the counts).
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct TaskList {
     pub tasks: Vec<Task>,
+    /// More tasks follow this page: ask again with `after` set to this id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<TaskId>,
+}
+
+/// How many tasks are in each status, over all history.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TaskCounts {
+    pub pending: u64,
+    pub ready: u64,
+    pub claimed: u64,
+    pub in_progress: u64,
+    pub review: u64,
+    pub blocked: u64,
+    pub done: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+}
+
+impl TaskCounts {
+    /// The counts of `(status, count)` pairs (statuses not listed count zero).
+    pub fn from_pairs(pairs: &[(TaskStatus, usize)]) -> TaskCounts {
+        let mut counts = TaskCounts::default();
+        for (status, count) in pairs {
+            *counts.slot(*status) += *count as u64;
+        }
+        counts
+    }
+
+    /// How many tasks are in `status`.
+    pub fn get(&self, status: TaskStatus) -> u64 {
+        match status {
+            TaskStatus::Pending => self.pending,
+            TaskStatus::Ready => self.ready,
+            TaskStatus::Claimed => self.claimed,
+            TaskStatus::InProgress => self.in_progress,
+            TaskStatus::Review => self.review,
+            TaskStatus::Blocked => self.blocked,
+            TaskStatus::Done => self.done,
+            TaskStatus::Failed => self.failed,
+            TaskStatus::Cancelled => self.cancelled,
+        }
+    }
+
+    /// Every task, whatever its status.
+    pub fn total(&self) -> u64 {
+        TaskStatus::ALL.iter().map(|status| self.get(*status)).sum()
+    }
+
+    fn slot(&mut self, status: TaskStatus) -> &mut u64 {
+        match status {
+            TaskStatus::Pending => &mut self.pending,
+            TaskStatus::Ready => &mut self.ready,
+            TaskStatus::Claimed => &mut self.claimed,
+            TaskStatus::InProgress => &mut self.in_progress,
+            TaskStatus::Review => &mut self.review,
+            TaskStatus::Blocked => &mut self.blocked,
+            TaskStatus::Done => &mut self.done,
+            TaskStatus::Failed => &mut self.failed,
+            TaskStatus::Cancelled => &mut self.cancelled,
+        }
+    }
 }
 
 /// A task's history, oldest first: each stage's verdict and each person's decision.
@@ -1158,11 +1223,19 @@ pub struct EventList {
     pub events: Vec<Event>,
 }
 
+/// How many finished tasks (the most recently finished) `GET /api/status` lists.
+pub const STATUS_FINISHED_TASKS: i64 = 100;
+
 /// `GET /api/status`: the whole team at a glance.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct StatusReport {
     pub agents: Vec<Agent>,
+    /// Every unfinished task and the most recently finished ones (at most
+    /// [`STATUS_FINISHED_TASKS`]), in id order: what is being worked on, not all history.
     pub tasks: Vec<Task>,
+    /// How many tasks are in each status, over all history.
+    #[serde(default)]
+    pub task_counts: TaskCounts,
     pub leases: Vec<Lease>,
     /// The calling agent, when an agent asks.
     pub me: Option<String>,

@@ -38,7 +38,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{CoreError, Result};
 use crate::model::{Actor, Event, EventPayload, Pipeline, TaskId};
 
-pub use agents::{ReleaseReport, hash_token};
+pub use agents::{ReleaseReport, RemovalReport, hash_token};
 pub use events::{IDEMPOTENCY_WINDOW_SECS, SweepReport};
 pub use group_commit::CommitStats;
 pub use leases::MAX_LEASE_TTL_SECS;

@@ -194,7 +194,10 @@ async function loadAgents() {
 }
 
 async function loadTasks() {
-  state.tasks = (await api('GET', '/api/tasks')).tasks;
+  // The board: every open task and the latest finished ones, with the counts over all history.
+  const status = await api('GET', '/api/status');
+  state.tasks = status.tasks;
+  state.taskCounts = status.task_counts;
   renderTasks();
   await loadBlockNotes();
 }
@@ -267,7 +270,9 @@ async function loadLastActions() {
 
 function summaryText() {
   const count = (pred) => state.tasks.filter(pred).length;
-  return `${state.agents.length} agents · ${count((t) => HELD.has(t.status))} tasks held · ${count((t) => t.status === 'ready')} ready · ${count((t) => t.status === 'done')} done`;
+  // Finished tasks beyond the latest are not on the page, only counted by the server.
+  const done = state.taskCounts ? state.taskCounts.done : count((t) => t.status === 'done');
+  return `${state.agents.length} agents · ${count((t) => HELD.has(t.status))} tasks held · ${count((t) => t.status === 'ready')} ready · ${done} done`;
 }
 
 const BUSY = new Set(['working', 'starting', 'waiting']);
@@ -282,11 +287,15 @@ function outcome() {
   const busy = state.agents.some((a) => BUSY.has(a.status));
   if (busy) return null;
   const left = state.tasks.filter((t) => t.status !== 'done' && t.status !== 'cancelled');
-  if (!left.length) return { state: 'finished', text: `finished: all ${state.tasks.length} tasks done or cancelled` };
+  // Old failed tasks are counted by the server, not on the page.
+  const counts = state.taskCounts;
+  const total = counts ? Object.values(counts).reduce((a, b) => a + b, 0) : state.tasks.length;
+  const failed = counts ? counts.failed : left.filter((t) => t.status === 'failed').length;
+  const leftCount = counts ? total - counts.done - counts.cancelled : left.length;
+  if (!leftCount) return { state: 'finished', text: `finished: all ${total} tasks done or cancelled` };
   const blocked = left.filter((t) => t.status === 'blocked').length;
-  const failed = left.filter((t) => t.status === 'failed').length;
   const why = [blocked ? `${blocked} blocked` : null, failed ? `${failed} failed` : null].filter(Boolean).join(', ');
-  return { state: 'stalled', text: `stalled: ${left.length} tasks left${why ? ` (${why})` : ''}, no agent at work` };
+  return { state: 'stalled', text: `stalled: ${leftCount} tasks left${why ? ` (${why})` : ''}, no agent at work` };
 }
 
 function renderSummary() {
@@ -1058,6 +1067,7 @@ async function start() {
     const status = await api('GET', '/api/status');
     state.agents = status.agents;
     state.tasks = status.tasks;
+    state.taskCounts = status.task_counts;
     state.leases = status.leases;
     state.lastSeq = status.last_seq;
     // Follow from the snapshot on, so nothing between it and the stream is missed.

@@ -398,6 +398,8 @@ async fn attribute(app: &App, actor: &Actor, agent: &str, call: &ShellCall) -> R
                 change: Some(change_name(kind).to_string()),
                 ambiguous: !ambiguous_with.is_empty(),
                 candidates: ambiguous_with,
+                // A shell write takes no lease: nothing for `done` to compare.
+                fencing_token: None,
             };
             tx.emit(
                 &caller,

@@ -367,6 +367,13 @@ async fn post_tool_use(
             let touched = FileTouched {
                 path: bounded(path.clone(), MAX_TOUCHED_PATH),
                 tool: tool.clone(),
+                fencing_token: ops::covering_lease(
+                    &tx.read(),
+                    &name,
+                    path,
+                    tx.now().timestamp_millis(),
+                )?
+                .map(|lease| lease.fencing_token),
                 ..FileTouched::default()
             };
             tx.emit(&name, task, Some(&name), EventPayload::FileTouched(touched))?;

@@ -384,7 +384,14 @@ pub async fn open_project_server(
             .merge
             .clone()
             .map(|merge| merge_queue::MergeQueue::new(merge, project.root().to_path_buf())),
-        limits: ServerLimits::default(),
+        limits: ServerLimits {
+            max_connections: config
+                .server
+                .max_connections
+                .unwrap_or(ServerLimits::default().max_connections)
+                .max(1),
+            ..ServerLimits::default()
+        },
     };
     let app = App::new(store, &admin_token, settings, shutdown);
     Ok(ProjectServer {

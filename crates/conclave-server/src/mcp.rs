@@ -18,7 +18,7 @@ use conclave_core::model::{
     NewTask, NoteKind, ReleasedLeases, Task, TaskFinish, TaskId, TaskStatus, TaskStatusUpdate,
     Verdict, format_duration_secs,
 };
-use conclave_core::store::ClaimOutcome;
+use conclave_core::store::{ClaimOutcome, TaskPage};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::Extension;
 use rmcp::handler::server::wrapper::Parameters;
@@ -317,6 +317,11 @@ pub struct HandoffArgs {
 
 type Parts = Extension<http::request::Parts>;
 
+/// Finished tasks the `tasks` tool lists with "all" (the latest ones).
+const TOOL_FINISHED_TASKS: i64 = 100;
+/// Tasks of one status the `tasks` tool lists.
+const TOOL_TASK_PAGE: i64 = 200;
+
 #[tool_router]
 impl ConclaveTools {
     #[tool(description = "Who you are, your tasks and leases, unread count, the team.")]
@@ -536,17 +541,34 @@ impl ConclaveTools {
     #[tool(description = "List tasks: open (default), all, or a status.")]
     async fn tasks(&self, Parameters(args): Parameters<TasksArgs>) -> ToolResult {
         let result = async {
-            let filter = match args.status.as_str() {
-                "open" | "all" => None,
-                status => Some(status.parse::<TaskStatus>()?),
+            // Bounded by what is open, never by all history: "all" adds the latest finished
+            // tasks, a status is listed a page at a time.
+            let (tasks, more) = match args.status.as_str() {
+                "open" => (self.app.read(|r| r.open_and_recent_tasks(0)).await?, false),
+                "all" => (
+                    self.app
+                        .read(|r| r.open_and_recent_tasks(TOOL_FINISHED_TASKS))
+                        .await?,
+                    false,
+                ),
+                status => {
+                    let page = TaskPage {
+                        status: Some(status.parse::<TaskStatus>()?),
+                        limit: TOOL_TASK_PAGE + 1,
+                        ..TaskPage::default()
+                    };
+                    let mut tasks = self.app.read(move |r| r.task_page(&page)).await?;
+                    let more = tasks.len() as i64 > TOOL_TASK_PAGE;
+                    tasks.truncate(TOOL_TASK_PAGE as usize);
+                    (tasks, more)
+                }
             };
-            let open_only = args.status == "open";
-            let tasks = self.app.read(move |r| r.tasks(filter, None)).await?;
-            let lines: Vec<String> = tasks
-                .iter()
-                .filter(|t| !open_only || !t.status.is_finished())
-                .map(task_line)
-                .collect();
+            let mut lines: Vec<String> = tasks.iter().map(task_line).collect();
+            if more {
+                lines.push(format!(
+                    "(only the first {TOOL_TASK_PAGE}; `conclave task list` shows every one)"
+                ));
+            }
             Ok::<_, OpError>(if lines.is_empty() {
                 "No tasks.".to_string()
             } else {

@@ -117,6 +117,11 @@ impl MergeQueue {
     /// Lands one entry and records the outcome; the caller holds `landing`.
     async fn land_entry(&self, app: &App, entry: QueueEntry) -> OpResult<QueueEntry> {
         let task_id = entry.task;
+        // A stale holder's branch never lands (fencing at merge).
+        if let Some(dropped) = store_write(app, move |tx| tx.drop_stale_merge(task_id)).await? {
+            tracing::info!(task = %task_id, outcome = ?dropped.outcome, "merge queue entry dropped");
+            return Ok(dropped);
+        }
         store_write(app, move |tx| tx.begin_merge(task_id)).await?;
         let task = app.read(move |r| r.task(task_id)).await?;
         let summary = TaskSummary {

@@ -15,10 +15,11 @@ use conclave_core::Store;
 use conclave_core::audience::Viewer;
 use conclave_core::event::LeaseDenied;
 use conclave_core::model::{
-    AckResult, Actor, AgentStatus, Event, EventFilter, EventPayload, LeaseList, LeaseRelease,
-    LeaseRequest, Message, NewMessage, NewNote, NewTask, QueueState, ReleasedLeases, SearchHit,
-    TaskDecision, TaskFinish, TaskId, TaskStatusUpdate, format_duration_secs,
+    AckResult, Actor, AgentStatus, Event, EventFilter, EventPayload, Lease, LeaseList,
+    LeaseRelease, LeaseRequest, Message, NewMessage, NewNote, NewTask, QueueState, ReleasedLeases,
+    SearchHit, TaskDecision, TaskFinish, TaskId, TaskStatusUpdate, format_duration_secs,
 };
+use conclave_core::store::Reader;
 
 use crate::app::App;
 pub use crate::app::{IdempotencyKey, OpError, OpResult, Written};
@@ -242,6 +243,16 @@ pub async fn finish_task_on_branch(
     };
     let written = app
         .write(actor, key, move |tx| {
+            if let Actor::Agent(agent) = &by {
+                let now = tx.now().timestamp_millis();
+                let stale = stale_edits(&tx.read(), id, agent, &finish.files, now)?;
+                if !stale.is_empty() {
+                    return Err(CoreError::conflict(format!(
+                        "cannot finish {id}: your lease on {} lapsed or changed hands after you                          edited it (fencing token check); lease it again, check the file and                          edit it under the new lease, or leave it out of `files`",
+                        stale.join(", ")
+                    )));
+                }
+            }
             // An agent in its own worktree: the task waits for its branch to land (merge_queue.rs).
             if queued && tx.read().finishes_through_merge_queue(id)? {
                 tx.enqueue_merge(&by, id, finish)
@@ -254,6 +265,73 @@ pub async fn finish_task_on_branch(
         queue.wake();
     }
     Ok((written, branch))
+}
+
+/// The live lease of `holder` that covers `path` (the path itself or a glob over it), if any.
+pub fn covering_lease(
+    reader: &Reader<'_>,
+    holder: &str,
+    path: &str,
+    now_ms: i64,
+) -> Result<Option<Lease>, CoreError> {
+    Ok(covering(&reader.leases_of(holder, now_ms)?, path).cloned())
+}
+
+/// The lease of `leases` that covers `path` (the path itself or a glob over it), if any.
+fn covering<'l>(leases: &'l [Lease], path: &str) -> Option<&'l Lease> {
+    leases.iter().find(|lease| {
+        lease.path == path
+            || conclave_core::paths::normalize_lease_path(&lease.path)
+                .is_ok_and(|pattern| pattern.matches(path))
+    })
+}
+
+/// The files of `files` that `agent` edited under a lease (a fencing token was recorded when it
+/// touched them for `task`) but no longer holds under that same lease: none covers them now, or
+/// the one that does was taken after the edit (the old one lapsed, and someone else may have
+/// edited in between), or carries an older token than the edit recorded. Files touched without
+/// a lease, or never touched through the hooks, have nothing to compare and pass.
+pub fn stale_edits(
+    reader: &Reader<'_>,
+    task: TaskId,
+    agent: &str,
+    files: &[String],
+    now_ms: i64,
+) -> Result<Vec<String>, CoreError> {
+    if files.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The last recorded edit of each path, with its token.
+    let mut edits: HashMap<String, (i64, i64)> = HashMap::new();
+    for event in reader.touches_of_task(task, agent)? {
+        if let EventPayload::FileTouched(touched) = event.payload {
+            match touched.fencing_token {
+                Some(token) => {
+                    edits.insert(touched.path, (token, event.ts.timestamp_millis()));
+                }
+                None => {
+                    edits.remove(&touched.path);
+                }
+            }
+        }
+    }
+    if edits.is_empty() {
+        return Ok(Vec::new());
+    }
+    let held = reader.leases_of(agent, now_ms)?;
+    let mut stale = Vec::new();
+    for file in files {
+        let Some((token, edited_at)) = edits.get(file.as_str()) else {
+            continue;
+        };
+        let held_since_the_edit = covering(&held, file).is_some_and(|lease| {
+            lease.fencing_token >= *token && lease.acquired_at.timestamp_millis() <= *edited_at
+        });
+        if !held_since_the_edit {
+            stale.push(file.clone());
+        }
+    }
+    Ok(stale)
 }
 
 /// A person approves a task waiting for a decision: it moves on as its agent's pass said.

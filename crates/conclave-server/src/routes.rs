@@ -165,6 +165,14 @@ pub fn operations() -> Vec<Operation> {
         )
         .request::<ReasonRequest>()
         .response::<conclave_core::store::ReleaseReport>(),
+        op(
+            "post",
+            "/api/agents/{name}/remove",
+            "Remove an agent: its tasks and leases given back, its merge queue entries dropped, its tokens revoked (admin)",
+            post(agents::remove),
+        )
+        .request::<ReasonRequest>()
+        .response::<conclave_core::store::RemovalReport>(),
         op("post", "/api/tasks", "Create a task", post(tasks::create))
             .request::<NewTask>()
             .response::<Task>()

@@ -1,6 +1,6 @@
 //! What an agent's client needs before it starts, shared by `conclave claude` (a person's own
 //! Claude Code) and the supervisor of `conclave up`: as the admin, register the agent (or issue
-//! it a fresh token), then write its `mcp.json` and `settings.json` under
+//! it a fresh token, revoking all but its newest few), then write its `mcp.json` and `settings.json` under
 //! `.conclave/agents/NAME/`, never in the user's own settings files; and find the Claude Code
 //! executable.
 //!
@@ -14,8 +14,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use conclave_client::{ApiError, Client, ENV_TOKEN, segment};
-use conclave_core::model::{AgentCreated, AgentUpdate, NewAgent, TokenIssued};
+use conclave_core::model::{
+    AgentCreated, AgentToken, AgentTokenList, AgentUpdate, NewAgent, TokenIssued,
+};
 use conclave_core::project::{Project, write_private};
+use conclave_core::store::hash_token;
 use serde_json::{Value, json};
 
 /// Names the Claude Code executable to run instead of `claude` from `PATH`.
@@ -82,7 +85,38 @@ async fn join(admin: &Client, new: &NewAgent) -> anyhow::Result<String> {
         .post(&format!("{path}/tokens"), &json!({}))
         .await
         .with_context(|| format!("cannot issue a token for agent {name}"))?;
+    retire_old_tokens(admin, name, &issued.token).await?;
     Ok(issued.token)
+}
+
+/// Tokens an agent keeps when it is started again: the new one and the newest before it (a
+/// session of the same agent still running, such as a `conclave claude` beside `conclave up`,
+/// keeps working); older ones are revoked, so restarts and loop iterations do not pile them up.
+pub const TOKENS_KEPT: usize = 3;
+
+/// Revokes `name`'s tokens beyond the [`TOKENS_KEPT`] newest, never `current`.
+async fn retire_old_tokens(admin: &Client, name: &str, current: &str) -> anyhow::Result<()> {
+    let path = format!("/api/agents/{}/tokens", segment(name));
+    let list: AgentTokenList = admin
+        .get(&path, &[])
+        .await
+        .with_context(|| format!("cannot list the tokens of agent {name}"))?;
+    let current_id = &hash_token(current)[..12];
+    let mut others: Vec<AgentToken> = list
+        .tokens
+        .into_iter()
+        .filter(|token| token.id != current_id)
+        .collect();
+    // The listing is oldest first; the newest are kept.
+    others.reverse();
+    for old in others.iter().skip(TOKENS_KEPT - 1) {
+        admin
+            .delete::<Value>(&format!("{path}/{}", segment(&old.id)))
+            .await
+            .with_context(|| format!("cannot revoke an old token of agent {name}"))?;
+        tracing::info!(agent = %name, token = %old.id, "revoked an old token");
+    }
+    Ok(())
 }
 
 fn is_conflict(error: &anyhow::Error) -> bool {

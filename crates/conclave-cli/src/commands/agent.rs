@@ -10,6 +10,8 @@ use crate::cli::AgentCommand;
 use crate::context::Context;
 use crate::output::{Table, ago, note, or_dash, outln, print_json};
 use conclave_client::segment;
+use conclave_core::store::RemovalReport;
+use serde_json::json;
 
 pub async fn run(context: &Context, command: AgentCommand) -> anyhow::Result<()> {
     let client = context.client()?;
@@ -93,6 +95,18 @@ pub async fn run(context: &Context, command: AgentCommand) -> anyhow::Result<()>
             note!(
                 "conclave: revoked {} token(s) of {name}; requests made with them are refused",
                 revoked.revoked
+            );
+        }
+        AgentCommand::Remove { name, reason } => {
+            let path = format!("/api/agents/{}/remove", segment(&name));
+            let removed: RemovalReport = client.post(&path, &json!({ "reason": reason })).await?;
+            note!(
+                "conclave: removed {name}: {} task(s) and {} lease(s) given back, {} token(s) \
+                 revoked, {} merge queue entries dropped",
+                removed.released.tasks.len(),
+                removed.released.leases.len(),
+                removed.tokens_revoked,
+                removed.merges_dropped.len()
             );
         }
         AgentCommand::Stop { name } => control(context, &client, &name, AgentAction::Stop).await?,

@@ -1,33 +1,114 @@
-//! `conclave bench`: runs the loopback benchmark (`conclave-bench`) and prints its figures.
+//! `conclave bench`: runs the benchmark (`conclave-bench`) against a `conclave serve` of this
+//! same executable and prints its figures: a table for people, `--json` for machines.
 
-use conclave_bench::{BenchOptions, run_bench};
+use conclave_bench::{BenchOptions, BenchReport, OperationStats, TeamRun, run_bench};
 
 use crate::cli::BenchArgs;
 use crate::output::{note, outln};
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if args.clients == 0 || args.requests == 0 {
-        anyhow::bail!("--clients and --requests must be at least 1");
+    if args.requests == 0 {
+        anyhow::bail!("--requests must be at least 1");
     }
-    let options = BenchOptions {
-        clients: args.clients,
-        requests_per_client: args.requests,
-    };
-    let stats = run_bench(options, |step| note!("bench: {step}")).await?;
+    let exe = std::env::current_exe()?;
+    let mut options = BenchOptions::new(exe);
+    options.requests = args.requests;
+    options.teams = args.agents.clone();
+    options.team_ops = args.team_ops;
+    options.rate = args.rate;
+    options.rate_secs = args.rate_secs;
+    options.scale_tasks = args.scale_tasks;
+    let report = run_bench(options, |step| note!("bench: {step}")).await?;
     if args.json {
-        outln!("{}", serde_json::to_string_pretty(&stats)?)?;
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
         return Ok(());
     }
-    outln!("operation  requests   p50 ms   p99 ms   max ms   req/s")?;
-    for s in &stats {
+    print_report(&report)
+}
+
+fn print_report(report: &BenchReport) -> anyhow::Result<()> {
+    outln!(
+        "{} cores · load {:.2} before, {:.2} after · {:.0} s",
+        report.cores,
+        report.load_before,
+        report.load_after,
+        report.seconds
+    )?;
+    outln!()?;
+    outln!("floor (GET /healthz)")?;
+    print_table(&report.floor)?;
+    outln!()?;
+    outln!("one agent, one request at a time (ratios to the one-client floor)")?;
+    print_table(&report.sequential)?;
+    outln!()?;
+    outln!("sixteen clients (ratios to the sixteen-client floor)")?;
+    print_table(&report.concurrent)?;
+    for team in report.teams.iter().chain(report.streams.iter()) {
+        outln!()?;
+        print_team(team)?;
+    }
+    if let Some(scale) = &report.scale {
+        outln!()?;
         outln!(
-            "{:<10} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>7.0}",
+            "a history of {} tasks ({} events, written in {:.1} s): server up in {:.0} ms, RSS {:.0} MiB",
+            scale.history.tasks,
+            scale.events,
+            scale.history.seconds,
+            scale.start_ms,
+            scale.server.rss_mib
+        )?;
+        print_table(&scale.reads)?;
+    }
+    Ok(())
+}
+
+fn print_team(team: &TeamRun) -> anyhow::Result<()> {
+    let pace = team
+        .rate
+        .map_or("full speed".to_string(), |rate| format!("{rate} ops/s"));
+    outln!(
+        "{} agents, {} live streams, {pace}: {:.0} ops/s, p99 {:.2} ms; server CPU {:.0}% (load generator {:.0}%), RSS {:.0} MiB (peak {:.0})",
+        team.agents,
+        team.streams,
+        team.all.per_sec,
+        team.all.p99_ms,
+        team.server_cpu_percent,
+        team.generator_cpu_percent,
+        team.server.rss_mib,
+        team.server.peak_rss_mib
+    )?;
+    print_table(&team.operations)
+}
+
+fn print_table(rows: &[OperationStats]) -> anyhow::Result<()> {
+    outln!(
+        "  {:<30} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>9}",
+        "operation",
+        "n",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms",
+        "req/s",
+        "p50 x",
+        "rate x",
+        "cpu ms/op"
+    )?;
+    let ratio = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}"));
+    for s in rows {
+        outln!(
+            "  {:<30} {:>6} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.0} {:>7} {:>7} {:>9}",
             s.operation,
             s.requests,
             s.p50_ms,
+            s.p90_ms,
             s.p99_ms,
             s.max_ms,
-            s.throughput_per_sec
+            s.per_sec,
+            ratio(s.p50_to_floor),
+            ratio(s.rate_to_floor),
+            s.server_cpu_ms
+                .map_or("-".to_string(), |ms| format!("{ms:.3}"))
         )?;
     }
     Ok(())

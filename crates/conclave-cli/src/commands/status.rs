@@ -1,7 +1,5 @@
 //! `conclave status`: the team, the tasks by status and the leases, in one screen.
 
-use std::collections::BTreeMap;
-
 use conclave_core::model::{StatusReport, Task, TaskStatus};
 
 use crate::context::Context;
@@ -38,19 +36,18 @@ pub async fn run(context: &Context, json: bool) -> anyhow::Result<()> {
     }
 
     outln!()?;
-    let mut counts: BTreeMap<usize, (TaskStatus, usize)> = BTreeMap::new();
-    for task in &status.tasks {
-        let order = TaskStatus::ALL
-            .iter()
-            .position(|status| *status == task.status)
-            .unwrap_or(0);
-        counts.entry(order).or_insert((task.status, 0)).1 += 1;
-    }
+    let status_counts = status.task_counts;
+    // Counted by the server over all history; `tasks` holds only the open and recent ones.
+    let counts: Vec<(TaskStatus, u64)> = TaskStatus::ALL
+        .iter()
+        .map(|status| (*status, status_counts.get(*status)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
     if counts.is_empty() {
         outln!("tasks: none")?;
     } else {
         let summary: Vec<String> = counts
-            .values()
+            .iter()
             .map(|(status, n)| format!("{n} {status}"))
             .collect();
         outln!("tasks: {}", summary.join(", "))?;

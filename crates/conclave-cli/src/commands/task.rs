@@ -59,7 +59,15 @@ pub async fn run(context: &Context, command: TaskCommand) -> anyhow::Result<()> 
             if let Some(assignee) = assignee {
                 query.push(("assignee", assignee));
             }
-            let list: TaskList = client.get("/api/tasks", &query).await?;
+            // The server answers a page at a time; the listing is every page.
+            let mut list: TaskList = client.get("/api/tasks", &query).await?;
+            while let Some(after) = list.next_after.take() {
+                let mut next_query = query.clone();
+                next_query.push(("after", after.to_string()));
+                let page: TaskList = client.get("/api/tasks", &next_query).await?;
+                list.tasks.extend(page.tasks);
+                list.next_after = page.next_after;
+            }
             if json {
                 print_json(&list)?;
             } else if list.tasks.is_empty() {

@@ -450,6 +450,49 @@ impl Tx<'_> {
     }
 }
 
+/// What [`Tx::remove_agent`] did.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct RemovalReport {
+    pub agent: String,
+    /// The tasks and leases it held, given back.
+    pub released: ReleaseReport,
+    /// Its tokens revoked.
+    pub tokens_revoked: u64,
+    /// Its merge queue entries taken out of the queue without landing.
+    pub merges_dropped: Vec<crate::model::TaskId>,
+}
+
+impl Tx<'_> {
+    /// Removes an agent from the team: gives back its tasks and leases, drops its waiting merge
+    /// queue entries, revokes every token, and marks it `stopped`, each step an event. The name
+    /// stays in the history (events, finished tasks) and in the agent list; a new token
+    /// (`conclave agent token NAME`) would bring it back.
+    pub fn remove_agent(&mut self, actor: &str, name: &str, reason: &str) -> Result<RemovalReport> {
+        self.read().agent(name)?;
+        let released = self.release_agent(actor, name, reason)?;
+        let merges_dropped = self.drop_merges_of(actor, name, reason)?;
+        let tokens_revoked = if self.read().agent_tokens(name)?.is_empty() {
+            0
+        } else {
+            self.revoke_tokens(actor, name, None)?
+        };
+        self.update_agent(
+            actor,
+            name,
+            AgentUpdate {
+                status: Some(AgentStatus::Stopped),
+                ..AgentUpdate::default()
+            },
+        )?;
+        Ok(RemovalReport {
+            agent: name.to_string(),
+            released,
+            tokens_revoked: u64::try_from(tokens_revoked).unwrap_or(u64::MAX),
+            merges_dropped,
+        })
+    }
+}
+
 /// What [`Tx::release_agent`] gave back.
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct ReleaseReport {

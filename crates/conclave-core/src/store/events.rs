@@ -34,6 +34,18 @@ impl Reader<'_> {
         )?)
     }
 
+    /// The `file.touched` events `agent` recorded while it worked on `task`, oldest first: what
+    /// `done` checks the fencing tokens of. Read through the task's index, so its cost follows
+    /// the task's own events, not the log.
+    pub fn touches_of_task(&self, task: TaskId, agent: &str) -> Result<Vec<Event>> {
+        let mut statement = self.conn().prepare_cached(
+            "SELECT seq, ts, actor, kind, task_id, agent, data FROM events INDEXED BY events_by_task
+             WHERE task_id = ?1 AND kind = 'file.touched' AND agent = ?2 ORDER BY seq",
+        )?;
+        let rows = statement.query_map(params![task.0, agent], event_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Events matching `filter`, oldest first (or newest first with `desc`).
     pub fn events(&self, filter: &EventFilter) -> Result<Vec<Event>> {
         let (kind_exact, kind_prefix) = match filter.kind.as_deref() {

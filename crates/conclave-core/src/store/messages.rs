@@ -151,24 +151,22 @@ impl Reader<'_> {
 
     /// The agents a recipient spec names, at this moment.
     fn resolve_recipients(&self, sender: &str, to: &str) -> Result<Vec<String>> {
-        let agents = self.agents()?;
-        let names: Vec<String> = if to == "all" {
-            agents
-                .into_iter()
-                .map(|a| a.name)
-                .filter(|name| name != sender)
-                .collect()
-        } else if let Some(role) = to.strip_prefix("role:") {
+        // A direct message reads its one recipient, not the whole team: sends stay flat as the
+        // team grows (the writer holds its lock meanwhile).
+        if to != "all" && !to.starts_with("role:") {
+            return Ok(vec![self.agent(to)?.name]);
+        }
+        let role = to.strip_prefix("role:");
+        if let Some(role) = role {
             validate_name("role", role)?;
-            agents
-                .into_iter()
-                .filter(|a| a.role.as_deref() == Some(role))
-                .map(|a| a.name)
-                .filter(|name| name != sender)
-                .collect()
-        } else {
-            vec![self.agent(to)?.name]
-        };
+        }
+        let names: Vec<String> = self
+            .agents()?
+            .into_iter()
+            .filter(|a| role.is_none_or(|role| a.role.as_deref() == Some(role)))
+            .map(|a| a.name)
+            .filter(|name| name != sender)
+            .collect();
         if names.is_empty() {
             return Err(CoreError::not_found(format!(
                 "{to:?} names no agent other than the sender"

@@ -207,6 +207,84 @@ impl Tx<'_> {
         self.read().task(id)
     }
 
+    /// Before landing: an entry whose agent no longer holds its task (the task was reassigned,
+    /// released, reopened or cancelled while it waited, or the agent was removed) is a stale
+    /// holder's work and must not land. Such an entry is taken out of the queue (`skipped`, its
+    /// outcome saying why) and returned; a current one is left alone (`None`).
+    pub fn drop_stale_merge(&mut self, task: TaskId) -> Result<Option<QueueEntry>> {
+        let entry = self.read().merge_entry(task)?;
+        if !matches!(entry.state, QueueState::Queued | QueueState::Merging) {
+            return Ok(None);
+        }
+        let current = self.read().task(task)?;
+        let agent_exists = self.read().find_agent(&entry.agent)?.is_some();
+        let why = if !agent_exists {
+            format!("{} was removed", entry.agent)
+        } else if current.assignee.as_deref() != Some(entry.agent.as_str()) {
+            format!(
+                "{task} is now {}",
+                current
+                    .assignee
+                    .as_deref()
+                    .map_or("held by no one".to_string(), |a| format!("{a}'s"))
+            )
+        } else if current.status != TaskStatus::Review {
+            format!("{task} is {} now, not waiting to land", current.status)
+        } else {
+            return Ok(None);
+        };
+        let outcome = bounded(&format!("not landed: stale holder ({why})"));
+        self.set_entry(task, QueueState::Skipped, Some(&outcome), 0)?;
+        self.emit(
+            crate::model::SYSTEM_NAME,
+            Some(task),
+            Some(&entry.agent),
+            EventPayload::QueueSkipped(QueueBranch {
+                branch: entry.branch.clone(),
+            }),
+        )?;
+        if agent_exists {
+            let body = format!(
+                "{task}: your branch {} was taken out of the merge queue without landing: {why}.",
+                entry.branch
+            );
+            self.notify(&entry.agent, &body)?;
+        }
+        Ok(Some(self.read().merge_entry(task)?))
+    }
+
+    /// Takes every waiting entry of `agent` out of the queue (`skipped`, with `reason` as the
+    /// outcome), as when the agent is removed; returns their tasks.
+    pub fn drop_merges_of(
+        &mut self,
+        actor: &str,
+        agent: &str,
+        reason: &str,
+    ) -> Result<Vec<TaskId>> {
+        let waiting: Vec<QueueEntry> = {
+            let sql = format!(
+                "SELECT {ENTRY_COLUMNS} FROM merge_queue
+                 WHERE agent = ?1 AND state IN ('queued', 'merging') ORDER BY position"
+            );
+            let mut statement = self.conn().prepare(&sql)?;
+            let rows = statement.query_map(params![agent], entry_from_row)?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let outcome = bounded(&format!("not landed: {reason}"));
+        for entry in &waiting {
+            self.set_entry(entry.task, QueueState::Skipped, Some(&outcome), 0)?;
+            self.emit(
+                actor,
+                Some(entry.task),
+                Some(agent),
+                EventPayload::QueueSkipped(QueueBranch {
+                    branch: entry.branch.clone(),
+                }),
+            )?;
+        }
+        Ok(waiting.into_iter().map(|entry| entry.task).collect())
+    }
+
     /// The runner starts landing `task`'s entry (queued or left merging by a crash).
     pub fn begin_merge(&mut self, task: TaskId) -> Result<QueueEntry> {
         let entry = self.read().merge_entry(task)?;
@@ -534,6 +612,86 @@ mod tests {
 
     fn task_status(store: &Store, id: TaskId) -> TaskStatus {
         store.read(|r| r.task(id)).expect("task").status
+    }
+
+    #[test]
+    fn removing_an_agent_drops_its_waiting_entries_and_revokes_its_tokens() {
+        let store = store_with_worktree_agent();
+        let waiting = claimed_task(&store, "waiting", &[]);
+        let held = claimed_task(&store, "held", &[]);
+        finish(&store, waiting);
+        let report = store
+            .write(|tx| tx.remove_agent("admin", "alice", "alice left the team"))
+            .expect("remove");
+        assert_eq!(report.merges_dropped, vec![waiting]);
+        assert_eq!(report.tokens_revoked, 1);
+        assert!(report.released.tasks.contains(&held), "{report:?}");
+        let entry = store.read(|r| r.merge_entry(waiting)).expect("entry");
+        assert_eq!(entry.state, QueueState::Skipped);
+        assert!(store.read(|r| r.next_merge()).expect("next").is_none());
+        // Nothing is held by the removed agent, and nothing lets it act.
+        assert_eq!(task_status(&store, held), TaskStatus::Ready);
+        assert!(
+            store
+                .read(|r| r.agent_tokens("alice"))
+                .expect("tokens")
+                .is_empty()
+        );
+        let agent = store.read(|r| r.agent("alice")).expect("agent");
+        assert_eq!(agent.status, crate::model::AgentStatus::Stopped);
+    }
+
+    #[test]
+    fn an_entry_whose_task_changed_hands_is_dropped_not_landed() {
+        let store = store_with_worktree_agent();
+        store
+            .write(|tx| {
+                tx.register_agent(
+                    "admin",
+                    NewAgent {
+                        name: "bob".into(),
+                        ..Default::default()
+                    },
+                )
+            })
+            .expect("register bob");
+        let kept = claimed_task(&store, "kept", &[]);
+        let moved = claimed_task(&store, "moved", &[]);
+        finish(&store, kept);
+        finish(&store, moved);
+        store
+            .write(|tx| {
+                tx.assign_task(
+                    &Actor::Admin,
+                    moved,
+                    crate::model::TaskAssign {
+                        agent: "bob".into(),
+                    },
+                )
+            })
+            .expect("reassign");
+
+        let current = store
+            .write(|tx| tx.drop_stale_merge(kept))
+            .expect("check kept");
+        assert!(current.is_none(), "alice still holds {kept}");
+        let dropped = store
+            .write(|tx| tx.drop_stale_merge(moved))
+            .expect("check moved")
+            .expect("dropped");
+        assert_eq!(dropped.state, QueueState::Skipped);
+        assert!(
+            dropped
+                .outcome
+                .as_deref()
+                .unwrap_or_default()
+                .contains("bob"),
+            "{dropped:?}"
+        );
+        // The task stays with its new holder.
+        let task = store.read(|r| r.task(moved)).expect("task");
+        assert_eq!(task.assignee.as_deref(), Some("bob"));
+        assert_eq!(task.status, TaskStatus::Claimed);
     }
 
     #[test]

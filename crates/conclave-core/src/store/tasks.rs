@@ -635,8 +635,8 @@ impl Tx<'_> {
             TaskStatus::InProgress | TaskStatus::Blocked | TaskStatus::Review | TaskStatus::Claimed
         ) {
             return Err(CoreError::invalid(format!(
-                "status {} cannot be set by update: use in_progress, blocked or review \
-                 (done, fail and cancel have their own commands)",
+                "status {} cannot be set by update: use claimed, in_progress, blocked or \
+                 review (done, fail and cancel have their own commands)",
                 update.status
             )));
         }

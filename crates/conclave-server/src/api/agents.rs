@@ -177,6 +177,31 @@ pub async fn release(
     Ok(written.ok())
 }
 
+/// Removes an agent from the team (admin): its tasks and leases given back, its waiting merge
+/// queue entries dropped, its tokens revoked, its status `stopped`; every step is an event.
+pub async fn remove(
+    State(app): State<App>,
+    actor: Actor,
+    key: IdempotencyKey,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(request): ApiJson<ReasonRequest>,
+) -> ApiResult<Response> {
+    require_admin(&actor, "remove an agent")?;
+    let key = key.with_body(&request);
+    let reason = request
+        .reason
+        .unwrap_or_else(|| format!("{name} was removed from the team"));
+    let written = app
+        .write(&actor, &key, move |tx| {
+            tx.remove_agent(conclave_core::model::ADMIN_NAME, &name, &reason)
+        })
+        .await?;
+    if let Some(queue) = app.settings().merge.clone() {
+        queue.wake();
+    }
+    Ok(written.ok())
+}
+
 /// Asks the supervisor to pause, resume, stop or restart an agent (admin). The request is an
 /// `agent.control` event; the supervisor that runs the agent follows the log and acts on it.
 pub async fn control(

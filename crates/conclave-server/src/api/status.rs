@@ -5,12 +5,14 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use conclave_core::model::{Actor, Health, StatusReport};
+use conclave_core::model::{Actor, Health, STATUS_FINISHED_TASKS, StatusReport, TaskCounts};
 
 use crate::app::App;
 use crate::error::ApiResult;
 use crate::metrics::StateGauges;
 
+/// The team at a glance. Its cost follows what is open (agents, unfinished tasks, live leases)
+/// and a fixed number of finished tasks; the history is only counted, through indexes.
 pub async fn status(State(app): State<App>, actor: Actor) -> ApiResult<Json<StatusReport>> {
     let me = actor.agent().map(str::to_string);
     let now = chrono::Utc::now().timestamp_millis();
@@ -19,7 +21,8 @@ pub async fn status(State(app): State<App>, actor: Actor) -> ApiResult<Json<Stat
             let unread = me.as_deref().map(|name| r.unread_count(name)).transpose()?;
             Ok(StatusReport {
                 agents: r.agents()?,
-                tasks: r.tasks(None, None)?,
+                tasks: r.open_and_recent_tasks(STATUS_FINISHED_TASKS)?,
+                task_counts: TaskCounts::from_pairs(&r.task_status_counts()?),
                 leases: r.leases(now)?,
                 me,
                 unread,

@@ -9,6 +9,7 @@ use conclave_core::model::{
     TaskAssign, TaskCancel, TaskDecision, TaskEdit, TaskFailure, TaskFinish, TaskId, TaskList,
     TaskStatus, TaskStatusUpdate, TaskStepList,
 };
+use conclave_core::store::TaskPage;
 use serde::Deserialize;
 
 use crate::app::App;
@@ -26,7 +27,15 @@ pub struct TaskQuery {
     #[schemars(with = "Option<TaskStatus>")]
     pub status: Option<String>,
     pub assignee: Option<String>,
+    /// Tasks after this one in id order (the `next_after` of the previous page).
+    #[schemars(with = "Option<TaskId>")]
+    pub after: Option<String>,
+    /// Tasks per page, 1 to 1,000 (default 1,000; a larger number is read as 1,000).
+    pub limit: Option<i64>,
 }
+
+/// The most tasks one page of `GET /api/tasks` holds.
+const TASK_PAGE_MAX: i64 = 1000;
 
 pub async fn create(
     State(app): State<App>,
@@ -47,10 +56,23 @@ pub async fn list(
         .as_deref()
         .map(str::parse::<TaskStatus>)
         .transpose()?;
-    let tasks = app
-        .read(move |r| r.tasks(status, query.assignee.as_deref()))
-        .await?;
-    Ok(Json(TaskList { tasks }))
+    let after = query.after.as_deref().map(parse_id).transpose()?;
+    let limit = query.limit.unwrap_or(TASK_PAGE_MAX).clamp(1, TASK_PAGE_MAX);
+    // One more than asked tells whether another page follows without counting the rest.
+    let page = TaskPage {
+        status,
+        assignee: query.assignee,
+        after,
+        limit: limit + 1,
+    };
+    let mut tasks = app.read(move |r| r.task_page(&page)).await?;
+    let next_after = if tasks.len() as i64 > limit {
+        tasks.truncate(limit as usize);
+        tasks.last().map(|task| task.id)
+    } else {
+        None
+    };
+    Ok(Json(TaskList { tasks, next_after }))
 }
 
 /// One task, with the dependency manifests and lockfiles its holders changed (read from its

@@ -6,8 +6,10 @@ mod contract;
 mod dashboard;
 mod errors;
 mod events;
+mod fencing;
 mod flows;
 mod limits;
+mod listings;
 mod mcp;
 mod privacy;
 
