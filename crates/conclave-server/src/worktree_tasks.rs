@@ -18,6 +18,7 @@
 //!   branch for the next holder, and the worktree is clean for the agent's next claim).
 //! - **assign**: a person's assignment switches the worktree like a claim when it is clean
 //!   ([`after_assign`]); work left on a detached worktree is put on the task's branch at `done`.
+//! - **removed**: `conclave agent remove` prunes the agent's worktree ([`prune`]).
 //! - **sent back**: the merge queue's runner switches an idle, clean worktree back to the
 //!   returned task's branch ([`return_to_branch`]).
 //!
@@ -201,6 +202,43 @@ fn hand_over(
 pub async fn after_assign(app: &App, agent: &str, task: TaskId) {
     if let Err(error) = after_claim(app, agent, task).await {
         tracing::info!(%agent, %task, %error, "an assigned task's branch was not checked out");
+    }
+}
+
+/// After `agent` was removed from the team: its worktree is removed (pruned from git). What it
+/// left uncommitted on a task's branch is committed there first, so nothing is lost; its task
+/// branches stay. A failure is logged (the removal stands).
+pub async fn prune(app: &App, agent: &str) {
+    let Ok(Some(worktree)) = worktree_agent(app, agent).await else {
+        return;
+    };
+    let pruned = tokio::task::spawn_blocking(move || -> Result<(), GitError> {
+        let trees = open(&worktree.root, &worktree.settings, &worktree.agent)?;
+        let path = trees.path_of(&worktree.agent)?;
+        if path.is_dir() {
+            let git = trees.repo().git_at(&path);
+            let head = git.run(&["rev-parse", "--abbrev-ref", "HEAD"])?;
+            if let Some(task) = head.trim().strip_prefix("conclave/") {
+                let summary = TaskSummary {
+                    id: task.to_string(),
+                    title: format!("work {} left uncommitted", worktree.agent),
+                    summary: String::new(),
+                };
+                commit_on_done(
+                    trees.repo().git(),
+                    &path,
+                    &summary,
+                    worktree.settings.into_branch(),
+                )?;
+            }
+        }
+        trees.remove(&worktree.agent)
+    })
+    .await;
+    match pruned {
+        Ok(Ok(())) => tracing::info!(%agent, "removed agent's worktree pruned"),
+        Ok(Err(error)) => tracing::warn!(%agent, %error, "cannot prune a removed agent's worktree"),
+        Err(error) => tracing::warn!(%agent, %error, "pruning a removed agent's worktree failed"),
     }
 }
 

@@ -767,3 +767,27 @@ fn an_assigned_task_gets_its_branch_and_work_on_a_detached_worktree_lands_with_i
         "a, before the assignment"
     );
 }
+
+/// `conclave agent remove` prunes a worktree agent's worktree; what it left uncommitted is
+/// committed on its task's branch first, and the branch stays.
+#[test]
+fn removing_a_worktree_agent_prunes_its_worktree_and_keeps_its_work_on_the_branch() {
+    let (project, _checks) = git_project();
+    let _server = Server::start(&project);
+    let alice = add_agent(&project, "alice", &["--isolation", "worktree"]);
+    let root = project.root();
+    let tree = root.join(".conclave/worktrees/alice");
+    let t1 = project.run(&["task", "add", "change a"]).ok();
+    project.run_as(&alice, &["task", "claim", &t1]).ok();
+    std::fs::write(tree.join("a.txt"), "a, unfinished\n").expect("write");
+    project.run(&["agent", "remove", "alice"]).ok();
+    assert!(!tree.exists(), "the worktree is pruned");
+    assert!(
+        !git(&root, &["worktree", "list"]).contains("worktrees/alice"),
+        "git forgot it too"
+    );
+    assert_eq!(
+        git(&root, &["show", &format!("conclave/{t1}:a.txt")]),
+        "a, unfinished"
+    );
+}
