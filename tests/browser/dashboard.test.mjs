@@ -505,3 +505,41 @@ test('the header says when the team has stalled, then finished', { skip, timeout
   assert.deepEqual(page.errors, []);
   await page.context().close();
 });
+
+test('each card says what coordination costs, and past comparisons open with their report and charts', { skip, timeout: 60000 }, async () => {
+  await ok('PATCH', '/api/agents/carol', {
+    coordination: {
+      model_calls: 12, input_tokens: 387000, output_tokens: 900, cache_read_tokens: 0, cache_creation_tokens: 0,
+      definitions_tokens: 12000, tool_tokens: 0, injected_tokens: 0, handoff_tokens: 0, chars_per_token: 4,
+    },
+  });
+  // What `conclave compare` leaves in the project's .conclave/compare/ folder.
+  const name = 'compare-20261201-021500';
+  const folder = path.join(server.dir, '.conclave/compare', name);
+  fs.mkdirSync(folder, { recursive: true });
+  fs.writeFileSync(path.join(folder, `${name}.json`), JSON.stringify({
+    name, started_at: '2026-12-01T02:15:00Z', scripted: true, ways: ['single', 'team'],
+    runs: [{ way: 'single', check_passed: true }, { way: 'team', check_passed: false }],
+  }));
+  fs.writeFileSync(path.join(folder, 'report.md'), `# Comparison ${name}\n\n> **SCRIPTED: the model turns were played by the stand-in.**\n`);
+  fs.writeFileSync(path.join(folder, 'cost_usd.svg'), '<svg xmlns="http://www.w3.org/2000/svg" width="40" height="20"><rect width="40" height="20" fill="#468"/></svg>');
+
+  const page = await loggedInPage();
+  await page.locator('[data-agent="carol"] [data-coordination]').getByText('coordination: 3.1 % of input, ≈ 12 k tokens').waitFor();
+  await page.locator('[data-agent="alice"] [data-coordination]').getByText('coordination: not measured yet').waitFor();
+  const entry = page.locator(`[data-comparison="${name}"]`);
+  await entry.getByText('single, team · 1 of 2 passed the check', { exact: false }).waitFor();
+  await entry.locator('.badge.scripted').waitFor();
+  await entry.getByRole('button', { name }).click();
+  await entry.locator('pre').getByText('SCRIPTED', { exact: false }).waitFor();
+  const chart = entry.locator('img[alt="cost_usd.svg"]');
+  await chart.waitFor();
+  await page.waitForFunction((n) => {
+    const img = document.querySelector(`[data-comparison="${n}"] img`);
+    return img && img.complete && img.naturalWidth > 0;
+  }, name);
+  // A name outside the compare folders is refused.
+  assert.equal((await call('GET', '/api/comparisons/..%2F..%2Fadmin.token/report.md')).status, 404);
+  assert.deepEqual(page.errors, []);
+  await page.context().close();
+});

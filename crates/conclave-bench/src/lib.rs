@@ -59,6 +59,9 @@ pub struct BenchOptions {
     pub rate_secs: u64,
     /// Tasks of the scale run's history (0 skips it).
     pub scale_tasks: usize,
+    /// A PostgreSQL database (`postgres://...`) to run every phase on, each project in a
+    /// throwaway schema dropped afterwards; `None` runs on each project's own SQLite file.
+    pub postgres: Option<String>,
 }
 
 impl BenchOptions {
@@ -71,6 +74,7 @@ impl BenchOptions {
             rate: 1000,
             rate_secs: 5,
             scale_tasks: 100_000,
+            postgres: None,
         }
     }
 }
@@ -148,6 +152,7 @@ pub async fn run_bench(
             "max_connections = {}\nmax_leases_per_agent = 256",
             largest_team * 4 + 256
         ),
+        options.postgres.as_deref(),
     )
     .await?;
     let server = project.serve(&http).await?;
@@ -743,12 +748,12 @@ async fn streams_run(
 /// A server started on a long history: its start time, and the dashboard's and listings'
 /// reads, a claim and a done among that history.
 async fn scale_run(options: &BenchOptions, http: &reqwest::Client) -> anyhow::Result<ScaleRun> {
-    let project = BenchProject::create(&options.exe, "").await?;
-    let database = project.database();
+    let project = BenchProject::create(&options.exe, "", options.postgres.as_deref()).await?;
+    let store_url = project.store_url();
     let tasks = options.scale_tasks;
     let ready = SCALE_READS.min(tasks);
     let history =
-        tokio::task::spawn_blocking(move || scale::write_history(&database, tasks, ready))
+        tokio::task::spawn_blocking(move || scale::write_history(&store_url, tasks, ready))
             .await??;
     let server = project.serve(http).await?;
     let target = Target {

@@ -3,8 +3,6 @@
 //! as they do in use) and a few left ready. Writing through the store rather than over HTTP
 //! keeps a 100,000-task history to seconds.
 
-use std::path::Path;
-
 use conclave_core::model::{Actor, NewAgent, NewTask, TaskFinish};
 use conclave_core::{Store, StoreConfig};
 
@@ -20,12 +18,12 @@ pub struct History {
     pub seconds: f64,
 }
 
-/// Writes `tasks` tasks into the database at `database` (created if missing): all but `ready`
+/// Writes `tasks` tasks into the store `store_url` names (a SQLite file, created if missing, or
+/// a PostgreSQL URL): all but `ready`
 /// of them created, claimed and finished by agent `history`, the last `ready` created only.
-pub fn write_history(database: &Path, tasks: usize, ready: usize) -> anyhow::Result<History> {
+pub fn write_history(store_url: &str, tasks: usize, ready: usize) -> anyhow::Result<History> {
     let started = std::time::Instant::now();
-    // ENGINE: with `--store URL`, open that engine's store here instead.
-    let store = Store::open(database, StoreConfig::default())?;
+    let store = Store::open_url(store_url, StoreConfig::default())?;
     let worker = "history";
     store.write(|tx| {
         tx.register_agent(
@@ -84,7 +82,7 @@ mod tests {
     fn the_history_holds_finished_and_ready_tasks() {
         let dir = tempfile::tempdir().expect("tempdir");
         let database = dir.path().join("conclave.db");
-        let history = write_history(&database, 5, 2).expect("history");
+        let history = write_history(&database.to_string_lossy(), 5, 2).expect("history");
         assert_eq!(history.tasks, 5);
         let store = Store::open(&database, StoreConfig::default()).expect("store");
         let counts = store.read(|r| r.task_status_counts()).expect("counts");

@@ -26,12 +26,43 @@ pub struct ProcessSample {
 pub struct BenchProject {
     pub dir: tempfile::TempDir,
     exe: PathBuf,
+    /// The PostgreSQL schema this project's server runs in, when the bench runs on PostgreSQL.
+    postgres: Option<ScratchSchema>,
+}
+
+/// A throwaway PostgreSQL schema: `url` is the database's, `store_url` one whose connections
+/// work inside `schema`.
+struct ScratchSchema {
+    url: String,
+    schema: String,
+    store_url: String,
+}
+
+impl Drop for ScratchSchema {
+    fn drop(&mut self) {
+        // The PostgreSQL driver is synchronous and must not run on an async worker thread.
+        let (url, schema) = (self.url.clone(), self.schema.clone());
+        let dropped =
+            std::thread::spawn(move || conclave_core::Store::drop_postgres_schema(&url, &schema))
+                .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!(
+                "bench: could not drop the PostgreSQL schema {}",
+                self.schema
+            );
+        }
+    }
 }
 
 impl BenchProject {
     /// `conclave init` in a new temporary folder, then a `conclave.toml` whose `[server]`
     /// section holds `extra_server_config` (the limits a load test needs).
-    pub async fn create(exe: &Path, extra_server_config: &str) -> anyhow::Result<BenchProject> {
+    /// With `postgres` (a `postgres://` URL), the server runs on a new schema of that database.
+    pub async fn create(
+        exe: &Path,
+        extra_server_config: &str,
+        postgres: Option<&str>,
+    ) -> anyhow::Result<BenchProject> {
         let dir = tempfile::tempdir().context("cannot make a temporary folder")?;
         let status = tokio::process::Command::new(exe)
             .arg("init")
@@ -47,16 +78,50 @@ impl BenchProject {
             dir.path().join("conclave.toml"),
             format!("# Written by `conclave bench`.\n[server]\n{extra_server_config}\n"),
         )?;
+        let postgres = match postgres {
+            Some(url) => {
+                let url = url.to_string();
+                let schema = format!(
+                    "conclave_bench_{}_{}",
+                    std::process::id(),
+                    dir.path()
+                        .file_name()
+                        .map_or(String::new(), |name| name.to_string_lossy().to_lowercase())
+                        .replace(|c: char| !c.is_ascii_alphanumeric(), "")
+                );
+                let (base, name) = (url.clone(), schema.clone());
+                let store_url = tokio::task::spawn_blocking(move || {
+                    conclave_core::Store::create_postgres_schema(&base, &name)
+                })
+                .await??;
+                Some(ScratchSchema {
+                    url,
+                    schema,
+                    store_url,
+                })
+            }
+            None => None,
+        };
         Ok(BenchProject {
             dir,
             exe: exe.to_path_buf(),
+            postgres,
         })
     }
 
-    /// The project's database file (where a scale run writes its history before the server
-    /// starts).
-    pub fn database(&self) -> PathBuf {
-        self.dir.path().join(".conclave").join("conclave.db")
+    /// Where the project's store is (where a scale run writes its history before the server
+    /// starts): the PostgreSQL schema's URL, or the project's database file.
+    pub fn store_url(&self) -> String {
+        match &self.postgres {
+            Some(scratch) => scratch.store_url.clone(),
+            None => self
+                .dir
+                .path()
+                .join(".conclave")
+                .join("conclave.db")
+                .to_string_lossy()
+                .into_owned(),
+        }
     }
 
     /// Starts `conclave serve` on a free loopback port and waits until `/healthz` answers.
@@ -64,11 +129,12 @@ impl BenchProject {
         let started = Instant::now();
         let server_json = self.dir.path().join(".conclave").join("server.json");
         let _ = std::fs::remove_file(&server_json);
-        // ENGINE: `--store URL` (PostgreSQL, issue 15) goes here: pass `--store URL` to this
-        // `serve`, and seed the scale run's history through that engine (scale.rs), so the
-        // same phases measure either engine.
-        let child = tokio::process::Command::new(&self.exe)
-            .args(["serve", "--listen", "127.0.0.1:0"])
+        let mut command = tokio::process::Command::new(&self.exe);
+        command.args(["serve", "--listen", "127.0.0.1:0"]);
+        if let Some(scratch) = &self.postgres {
+            command.args(["--store", &scratch.store_url]);
+        }
+        let child = command
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

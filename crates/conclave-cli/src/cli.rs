@@ -36,6 +36,10 @@ pub enum Command {
     /// Create, list, claim and finish tasks
     #[command(subcommand)]
     Task(TaskCommand),
+    /// Move a project's store: `conclave store migrate --from .conclave/conclave.db --to
+    /// postgres://...`
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Lease files or globs to the current agent (exits 4 when someone else holds one)
     Lock(LockArgs),
     /// Release file leases
@@ -74,6 +78,11 @@ pub enum Command {
     /// iterations or the --budget ran out; 7 no iteration could run (client missing, not logged
     /// in); 130 interrupted (Ctrl-C stops the running iteration and records it)
     Loop(LoopArgs),
+    /// Run one task in several ways of working (single session, loop, team, uncoordinated
+    /// instances, pipeline), each in a fresh worktree at the same commit, then the check; prints
+    /// a table as it goes and writes the JSON, a Markdown report and charts into one folder.
+    /// Exit 0 when every way ran (the report says which passed the check), 1 on its own errors
+    Compare(CompareArgs),
     /// Stop the team started by `conclave up` (agents first, then its server)
     Down,
     /// Follow one agent's live stream: tool calls, text and cost
@@ -103,14 +112,16 @@ Outcomes (the last lines printed name it, with a line per agent):
   stalled   agents idle or gone and tasks left; each task left is
             named with why none can proceed (nobody fits it, its
             agents crashed or were stopped by a budget, blocked,
-            held by a crashed agent)                                 exit 6
+            failed, held by a crashed agent)                         exit 6
   failed    no agent could run at all: a refused login or API key
             (at the first 401; fix: run `claude` once and /login,
             or set ANTHROPIC_API_KEY), a missing client binary,
             flags the client refuses (its error quoted)              exit 7
   stopped   by a person: `conclave down`, SIGTERM or Ctrl-C          exit 0
             a second Ctrl-C ends at once                             exit 130
-A task in review waits for a person: `up` keeps running and says so.
+A task waiting for approval, or in a paused merge queue, waits for a
+person (a task the merge queue is landing, for the queue): `up` keeps
+running and says so. A `mode = \"loop\"` agent's loop runs to its end first.
 Failures (authentication, rate limits, refused flags, error results,
 crash loops, a spent team budget) are printed as ALERT lines the moment
 they happen and counted in `conclave status`.";
@@ -165,6 +176,50 @@ pub struct LoopArgs {
     /// Seconds the check may run before it counts as failed
     #[arg(long, value_name = "SECS", default_value_t = conclave_supervisor::loop_run::DEFAULT_CHECK_TIMEOUT.as_secs())]
     pub check_timeout: u64,
+    /// Wait for a person before each iteration after the first: Enter continues, s stops
+    /// (exit 6), e edits the prompt in $EDITOR; or answer on the dashboard's "waiting for you"
+    /// list (POST /api/agents/NAME/confirm)
+    #[arg(long)]
+    pub confirm: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// The file holding the task every way is given
+    #[arg(long, value_name = "FILE")]
+    pub task: std::path::PathBuf,
+    /// The check run in each way's tree when it has ended (sh -c); exit 0 means the task is done
+    #[arg(long, value_name = "CMD")]
+    pub check: String,
+    /// The ways to run, comma-separated
+    #[arg(
+        long,
+        value_name = "WAYS",
+        default_value = "single,loop,team,uncoordinated,pipeline"
+    )]
+    pub ways: String,
+    /// The team file for the team way (default: an architect and two coders with the project's
+    /// [defaults]); its agent count is the uncoordinated way's
+    #[arg(long, value_name = "FILE")]
+    pub team: Option<std::path::PathBuf>,
+    /// Runs per way (medians and spread are reported)
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
+    /// What one run may spend, in US dollars
+    #[arg(long, value_name = "USD")]
+    pub budget: Option<f64>,
+    /// How long one run may take, the check not counted (30s, 10m, 1h)
+    #[arg(long, value_name = "DUR", default_value = "30m")]
+    pub timeout: String,
+    /// The folder the comparison's own folder is made in (default .conclave/compare)
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<std::path::PathBuf>,
+    /// The model is Conclave's scripted stand-in (CI, docs): says so in the output and the report
+    #[arg(long)]
+    pub scripted: bool,
+    /// Seconds the check may run before it counts as failed
+    #[arg(long, value_name = "SECS", default_value_t = conclave_supervisor::loop_run::DEFAULT_CHECK_TIMEOUT.as_secs())]
+    pub check_timeout: u64,
 }
 
 #[derive(Debug, Args)]
@@ -194,6 +249,10 @@ pub struct BenchArgs {
     /// Tasks of history the scale run's server starts on (0 skips it)
     #[arg(long, default_value_t = 100_000)]
     pub scale_tasks: usize,
+    /// Also run every phase on this PostgreSQL database (postgres://..., in a throwaway schema
+    /// dropped afterwards), and print its figures after SQLite's
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
     /// Print JSON instead of tables
     #[arg(long)]
     pub json: bool,
@@ -283,6 +342,28 @@ pub struct ServeArgs {
     /// Allow listening on a non-loopback address
     #[arg(long)]
     pub allow_remote: bool,
+    /// The store: postgres://... (shared by several servers) or sqlite://PATH; overrides
+    /// `[store] url` in conclave.toml (default .conclave/conclave.db)
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy a project's whole history into a new, empty store, and check the copy (row counts
+    /// of every table, the event log's digest). Stop the project's server first
+    Migrate(StoreMigrateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StoreMigrateArgs {
+    /// The store to copy: a SQLite file (`.conclave/conclave.db`, or sqlite://PATH) or
+    /// postgres://...
+    #[arg(long, value_name = "URL")]
+    pub from: String,
+    /// The new store: postgres://user@host/db (or a SQLite file); must be empty
+    #[arg(long, value_name = "URL")]
+    pub to: String,
 }
 
 #[derive(Debug, Subcommand)]

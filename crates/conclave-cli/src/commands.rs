@@ -4,6 +4,7 @@ mod agent;
 mod attach;
 mod bench;
 pub mod claude;
+mod compare;
 mod demo;
 mod down;
 pub mod hook;
@@ -16,6 +17,7 @@ mod note;
 mod queue;
 mod serve;
 mod status;
+mod store;
 mod task;
 mod up;
 
@@ -35,14 +37,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => bench::run(args).await,
+        Command::Store(command) => store::run(command).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Compare(args) => compare::run(args).await,
         command => {
             let context = Context::from_env()?;
             match command {
                 Command::Init
+                | Command::Compare(_)
                 | Command::Serve(_)
                 | Command::Bench(_)
                 | Command::Hook(_)
+                | Command::Store(_)
                 | Command::Demo(_) => {
                     unreachable!("handled above")
                 }

@@ -27,6 +27,35 @@ pub struct Config {
     /// `[merge]`: present, the server runs the merge queue (issue 11, docs/worktrees.md).
     #[serde(default)]
     pub merge: Option<MergeSection>,
+    /// `[store]`: where the server keeps its state (default: `.conclave/conclave.db`).
+    #[serde(default)]
+    pub store: StoreSection,
+}
+
+/// `[store]`: the database the server uses.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// `postgres://user@host/db` (a PostgreSQL database several servers may share), or
+    /// `sqlite://PATH` (a SQLite file); left out, the project's `.conclave/conclave.db`.
+    pub url: Option<String>,
+}
+
+/// Checks a store URL as `[store] url` and `--store` take it: `postgres://` or `postgresql://`
+/// (parsed as PostgreSQL's own URL syntax), or `sqlite://` followed by a path.
+pub fn validate_store_url(url: &str) -> Result<(), String> {
+    if crate::store::is_postgres_url(url) {
+        return url
+            .parse::<postgres::Config>()
+            .map(|_| ())
+            .map_err(|error| format!("{url:?} is not a PostgreSQL URL: {error}"));
+    }
+    match url.strip_prefix("sqlite://") {
+        Some(path) if !path.is_empty() => Ok(()),
+        _ => Err(format!(
+            "{url:?}: expected postgres://..., postgresql://... or sqlite://PATH"
+        )),
+    }
 }
 
 /// The integration branch [`MergeSection::into`] defaults to.
@@ -326,12 +355,65 @@ pub struct AgentSpec {
     pub count: Option<u32>,
     #[serde(default)]
     pub caps: Vec<String>,
+    /// `"team"` (default: a long-lived session woken by the supervisor) or `"loop"`: a fresh
+    /// `claude -p` per iteration that claims one fitting ready task each time (issue 12).
+    pub mode: Option<AgentMode>,
+    /// `mode = "loop"`: the check run after each iteration (`sh -c` in the project root); the
+    /// loop ends when it exits 0.
+    pub until: Option<String>,
+    /// `mode = "loop"`: the most iterations it runs.
+    pub max_iterations: Option<u32>,
     /// The machine that runs this agent (docs/scale-out.md): `conclave up --server URL` on the
     /// host whose name (`--host`, default its hostname) matches starts it. An agent without
     /// `host` runs where `conclave up` runs without `--server`, next to the server.
     pub host: Option<String>,
     #[serde(flatten)]
     pub settings: AgentSettings,
+}
+
+/// How an `[[agent]]` works (`mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentMode {
+    /// One session at a time, woken when a message or a fitting task arrives.
+    #[default]
+    Team,
+    /// `conclave loop` inside `conclave up`: a fresh session per iteration, one task each.
+    Loop,
+}
+
+impl AgentSpec {
+    /// Whether the agent runs as a loop (`mode = "loop"`).
+    pub fn is_loop(&self) -> bool {
+        self.mode == Some(AgentMode::Loop)
+    }
+
+    fn validate_mode(&self) -> Result<(), String> {
+        if !self.is_loop() {
+            for (key, set) in [
+                ("until", self.until.is_some()),
+                ("max_iterations", self.max_iterations.is_some()),
+            ] {
+                if set {
+                    return Err(format!(
+                        "{key} is a setting of a loop: add mode = \"loop\" or remove it"
+                    ));
+                }
+            }
+            return Ok(());
+        }
+        if self
+            .until
+            .as_deref()
+            .is_some_and(|until| until.trim().is_empty())
+        {
+            return Err("until must not be empty".to_string());
+        }
+        if self.max_iterations == Some(0) {
+            return Err("max_iterations must be at least 1".to_string());
+        }
+        Ok(())
+    }
 }
 
 /// A `[[pipeline]]` section: the stages (roles) a task created in it passes through in order.
@@ -481,6 +563,9 @@ impl Config {
                 .settings
                 .validate()
                 .map_err(|error| format!("[[agent]] {:?}: {error}", agent.name))?;
+            agent
+                .validate_mode()
+                .map_err(|error| format!("[[agent]] {:?}: {error}", agent.name))?;
             if agent.settings.team_budget_usd.is_some() {
                 return Err(format!(
                     "[[agent]] {:?}: team_budget_usd is the whole team's: set it in [defaults]",
@@ -535,6 +620,9 @@ impl Config {
                  defaults; docs/worktrees.md)",
                 agent.name
             ));
+        }
+        if let Some(url) = &self.store.url {
+            validate_store_url(url).map_err(|error| format!("[store] url = {error}"))?;
         }
         Ok(())
     }
@@ -655,6 +743,9 @@ pub const EXAMPLE_CONFIG: &str = r#"# Conclave configuration. Every setting is o
 # tls_key = "tls/key.pem"
 # tls_ca = "tls/ca.pem"        # clients of this clone trust this CA too (or CONCLAVE_CA_CERT)
 
+# [store]                      # default: .conclave/conclave.db (SQLite); see docs/store.md
+# url = "postgres://conclave@db.internal/team"   # PostgreSQL, shared by several servers
+
 [defaults]
 # command = "claude"
 # model = "sonnet"
@@ -697,6 +788,26 @@ pub const EXAMPLE_CONFIG: &str = r#"# Conclave configuration. Every setting is o
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_loop_agent_takes_until_and_max_iterations_and_others_may_not() {
+        let config = Config::parse(
+            "[[agent]]\nname = \"fixer\"\nmode = \"loop\"\nuntil = \"cargo test\"\nmax_iterations = 5\n",
+        )
+        .expect("a loop agent");
+        assert!(config.agents[0].is_loop());
+        assert_eq!(config.agents[0].until.as_deref(), Some("cargo test"));
+        assert_eq!(config.agents[0].max_iterations, Some(5));
+        let error = Config::parse("[[agent]]\nname = \"coder\"\nuntil = \"true\"\n")
+            .expect_err("until without loop");
+        assert!(error.contains("mode = \"loop\""), "{error}");
+        let error =
+            Config::parse("[[agent]]\nname = \"x\"\nmode = \"swarm\"\n").expect_err("unknown mode");
+        assert!(error.contains("swarm"), "{error}");
+        let error = Config::parse("[[agent]]\nname = \"x\"\nmode = \"loop\"\nmax_iterations = 0\n")
+            .expect_err("zero iterations");
+        assert!(error.contains("at least 1"), "{error}");
+    }
 
     #[test]
     fn pipelines_and_approvals_parse_into_the_store_config() {
@@ -925,5 +1036,23 @@ env = { A = "b" }
             let parsed = parse_listen(text).ok().map(|addr| addr.to_string());
             assert_eq!(parsed.as_deref(), expected, "{text}");
         }
+    }
+
+    #[test]
+    fn a_store_url_is_postgres_or_sqlite_and_checked_at_load() {
+        let config = Config::parse("[store]\nurl = \"postgres://conclave@db.internal/team\"\n")
+            .expect("postgres");
+        assert_eq!(
+            config.store.url.as_deref(),
+            Some("postgres://conclave@db.internal/team")
+        );
+        Config::parse("[store]\nurl = \"sqlite:///var/lib/conclave.db\"\n").expect("sqlite");
+        let error = Config::parse("[store]\nurl = \"mysql://x\"\n").expect_err("mysql");
+        assert!(error.contains("[store] url"), "{error}");
+        let error =
+            Config::parse("[store]\nurl = \"postgres://x:notaport/db\"\n").expect_err("bad port");
+        assert!(error.contains("not a PostgreSQL URL"), "{error}");
+        let error = Config::parse("[store]\npath = \"x\"\n").expect_err("unknown key");
+        assert!(error.contains("path"), "{error}");
     }
 }

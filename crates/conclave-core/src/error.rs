@@ -59,6 +59,24 @@ pub enum CoreError {
     Storage(#[from] rusqlite::Error),
     #[error("storage error: {0}")]
     Json(#[from] serde_json::Error),
+    /// An error of the PostgreSQL engine, or a value that does not fit its column.
+    #[error("storage error: {0}")]
+    Database(String),
+}
+
+impl From<postgres::Error> for CoreError {
+    fn from(error: postgres::Error) -> Self {
+        // The server's own message and SQLSTATE say more than the client's summary.
+        match error.as_db_error() {
+            Some(db) => CoreError::Database(format!(
+                "{} ({}){}",
+                db.message(),
+                db.code().code(),
+                db.detail().map(|d| format!(": {d}")).unwrap_or_default()
+            )),
+            None => CoreError::Database(error.to_string()),
+        }
+    }
 }
 
 fn lease_conflict_message(conflicts: &[LeaseConflict]) -> String {
@@ -82,7 +100,7 @@ impl CoreError {
             CoreError::Cycle(_) => "cycle",
             CoreError::LeaseConflict(_) => "lease_conflict",
             CoreError::IdempotencyMismatch(_) => "idempotency_mismatch",
-            CoreError::Storage(_) | CoreError::Json(_) => "internal",
+            CoreError::Storage(_) | CoreError::Json(_) | CoreError::Database(_) => "internal",
         }
     }
 

@@ -211,6 +211,10 @@ event_kinds! {
     AgentAlert(AgentAlert) => "agent.alert" in Agent,
     /// One iteration of `conclave loop` ended (a fresh client run, then the check).
     AgentIteration(AgentIteration) => "agent.iteration" in Agent,
+    /// `conclave loop --confirm` waits for a person before its next iteration.
+    AgentConfirmRequested(crate::model::ConfirmationRequest) => "agent.confirm_requested" in Agent,
+    /// A person answered a waiting loop: continue (perhaps with an edited prompt) or stop.
+    AgentConfirmed(AgentConfirmed) => "agent.confirmed" in Agent,
 
     LeaseGranted(LeaseGranted) => "lease.granted" in Lease,
     LeaseRenewed(LeaseGranted) => "lease.renewed" in Lease,
@@ -370,6 +374,15 @@ impl JsonSchema for Event {
         WireEvent::json_schema(generator)
     }
 }
+
+/// `agent.` kinds that `POST /api/events` refuses: each is recorded by its own operation, which
+/// checks what a bare event could not (`agent.control`: `POST /api/agents/{name}/control`; a
+/// loop's confirmation and its answer: `POST /api/agents/{name}/confirmation` and `.../confirm`).
+pub const KINDS_WITH_OWN_OPERATION: &[&str] = &[
+    "agent.control",
+    "agent.confirm_requested",
+    "agent.confirmed",
+];
 
 /// The kinds `POST /api/events` records (every `agent.` kind but `agent.control`, which has its
 /// own operation), each with the schema of its data, for the OpenAPI document.
@@ -604,6 +617,10 @@ pub struct AgentSessionStart {
     /// `startup`, `resume`, `clear` or `compact`, as Claude Code says.
     pub source: Option<String>,
     pub session_id: Option<String>,
+    /// The characters of context the hook injected into the session (its coordination cost,
+    /// counted by the supervisor); absent in older rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_chars: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -641,6 +658,17 @@ pub struct AgentTurn {
     pub context_window: Option<i64>,
     /// The agent's total cost so far.
     pub cost_usd: f64,
+}
+
+/// A person's answer to a loop's `agent.confirm_requested`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AgentConfirmed {
+    /// The sequence number of the request answered.
+    pub request: i64,
+    pub decision: crate::model::ConfirmDecision,
+    /// The prompt put in place of the loop's, when the person edited it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
 }
 
 /// One iteration of `conclave loop`: what the client run cost and what the check answered.
@@ -943,6 +971,14 @@ mod tests {
                        "outcome": "ok", "duration_ms": 5400}),
             ),
             (
+                "agent.confirm_requested",
+                json!({"next_iteration": 3, "summary": "iteration 2: check exited 1"}),
+            ),
+            (
+                "agent.confirmed",
+                json!({"request": 41, "decision": "continue", "prompt": "Fix the next test."}),
+            ),
+            (
                 "lease.granted",
                 json!({"path": "src/a.rs", "mode": "exclusive", "ttl_secs": 600,
                        "fencing_token": 3, "reason": null}),
@@ -1147,7 +1183,7 @@ mod tests {
         let expected: Vec<&str> = EventPayload::KINDS
             .iter()
             .copied()
-            .filter(|kind| kind.starts_with("agent.") && *kind != "agent.control")
+            .filter(|kind| kind.starts_with("agent.") && !KINDS_WITH_OWN_OPERATION.contains(kind))
             .collect();
         assert_eq!(recordable, expected);
     }

@@ -380,6 +380,127 @@ pub struct Agent {
     pub created_at: DateTime<Utc>,
     #[serde(default)]
     pub isolation: Isolation,
+    /// What the agent's model calls read, and the part of it that was coordination, as its
+    /// supervisor last reported; absent until a supervisor (or `conclave loop`) reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordination: Option<Coordination>,
+}
+
+/// Characters per token used to estimate the coordination parts of an agent's input (Anthropic's
+/// rule of thumb for English text and JSON with Claude models). The totals of input, output and
+/// cache tokens are never estimated: they add up what the API reported per model call.
+pub const CHARS_PER_TOKEN: f64 = 4.0;
+
+/// An agent's context accounting (issue 16): every token its model calls read and wrote, as the
+/// API reported them, and an estimate of the part of the input that was coordination — the
+/// Conclave tool definitions and protocol text carried by every call, Conclave tool calls and
+/// their results, text injected by the SessionStart hook and by wake-ups, and handoffs. A piece of
+/// coordination text counts once for every model call that carried it in its context.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Coordination {
+    /// Model calls counted.
+    #[schemars(range(min = 0))]
+    pub model_calls: i64,
+    /// Input tokens read by all calls, cache reads and writes included (reported by the API).
+    #[schemars(range(min = 0))]
+    pub input_tokens: i64,
+    #[schemars(range(min = 0))]
+    pub output_tokens: i64,
+    /// The part of `input_tokens` read from the prompt cache.
+    #[schemars(range(min = 0))]
+    pub cache_read_tokens: i64,
+    /// The part of `input_tokens` written to the prompt cache.
+    #[schemars(range(min = 0))]
+    pub cache_creation_tokens: i64,
+    /// Estimated: the Conclave tool definitions and the Conclave protocol text, every call.
+    #[schemars(range(min = 0))]
+    pub definitions_tokens: i64,
+    /// Estimated: Conclave tool calls and their results, for as long as they stay in context.
+    #[schemars(range(min = 0))]
+    pub tool_tokens: i64,
+    /// Estimated: text the SessionStart hook and the supervisor's wake-ups injected.
+    #[schemars(range(min = 0))]
+    pub injected_tokens: i64,
+    /// Estimated: handoff requests and handoffs at recycling.
+    #[schemars(range(min = 0))]
+    pub handoff_tokens: i64,
+    /// The characters per token the estimates used ([`CHARS_PER_TOKEN`]).
+    #[schemars(range(min = 0))]
+    pub chars_per_token: f64,
+}
+
+impl Coordination {
+    /// The estimated coordination tokens, all parts together.
+    pub fn tokens(&self) -> i64 {
+        self.definitions_tokens + self.tool_tokens + self.injected_tokens + self.handoff_tokens
+    }
+
+    /// Coordination as a percentage of the input (0 with no input).
+    pub fn percent_of_input(&self) -> f64 {
+        if self.input_tokens <= 0 {
+            0.0
+        } else {
+            100.0 * self.tokens() as f64 / self.input_tokens as f64
+        }
+    }
+
+    /// `coordination: 3.1 % of input, ≈ 12 k tokens (estimated at 4 characters a token)`.
+    pub fn describe(&self) -> String {
+        let tokens = self.tokens();
+        let amount = if tokens >= 10_000 {
+            format!("{} k", (tokens as f64 / 1000.0).round())
+        } else if tokens >= 1000 {
+            format!("{:.1} k", tokens as f64 / 1000.0)
+        } else {
+            tokens.to_string()
+        };
+        format!(
+            "coordination: {:.1} % of input, ≈ {amount} tokens (estimated at {} characters a token)",
+            self.percent_of_input(),
+            self.chars_per_token
+        )
+    }
+
+    /// Adds another account to this one (a team's or a run's total).
+    pub fn add(&mut self, other: &Coordination) {
+        self.model_calls += other.model_calls;
+        self.input_tokens += other.input_tokens;
+        self.output_tokens += other.output_tokens;
+        self.cache_read_tokens += other.cache_read_tokens;
+        self.cache_creation_tokens += other.cache_creation_tokens;
+        self.definitions_tokens += other.definitions_tokens;
+        self.tool_tokens += other.tool_tokens;
+        self.injected_tokens += other.injected_tokens;
+        self.handoff_tokens += other.handoff_tokens;
+        if other.chars_per_token > 0.0 {
+            self.chars_per_token = other.chars_per_token;
+        }
+    }
+}
+
+/// One past `conclave compare` run, as `GET /api/comparisons` lists it (docs/compare.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ComparisonSummary {
+    /// The comparison's folder under `.conclave/compare/` (`compare-20261201-021500`).
+    pub name: String,
+    pub started_at: String,
+    /// The model was the scripted stand-in.
+    pub scripted: bool,
+    pub ways: Vec<String>,
+    pub runs: i64,
+    /// Runs whose check passed.
+    pub passed: i64,
+    /// Where the Markdown report is served; its charts are next to it
+    /// (`/api/comparisons/{name}/{metric}.svg`).
+    pub report: String,
+    /// The chart files, one per metric.
+    pub charts: Vec<String>,
+}
+
+/// `GET /api/comparisons`: past comparisons, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ComparisonList {
+    pub comparisons: Vec<ComparisonSummary>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -686,6 +807,9 @@ pub struct AgentUpdate {
     #[serde(default)]
     #[schemars(range(min = 0))]
     pub cost_usd: Option<f64>,
+    /// The agent's whole context account so far (replaces the one stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordination: Option<Coordination>,
     /// Not negative.
     #[serde(default)]
     #[schemars(range(min = 0))]
@@ -1105,6 +1229,72 @@ pub struct AgentControl {
     pub action: AgentAction,
 }
 
+/// What a person answers a loop (`conclave loop --confirm`) that waits between iterations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ConfirmDecision {
+    /// Run the next iteration (with the prompt of the answer, when it gives one).
+    Continue,
+    /// End the loop now.
+    Stop,
+}
+
+named_enum!(ConfirmDecision, "confirmation decision", {
+    Continue => "continue", Stop => "stop",
+});
+
+/// The longest summary a loop's confirmation request carries.
+pub const MAX_CONFIRMATION_SUMMARY: usize = 2000;
+/// The longest prompt a person's answer may put in place of the loop's prompt.
+pub const MAX_CONFIRMATION_PROMPT: usize = 32_000;
+
+/// `POST /api/agents/{name}/confirmation` (admin): a loop asks a person before its next
+/// iteration; recorded as an `agent.confirm_requested` event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmationRequest {
+    /// The iteration that runs once a person says continue.
+    pub next_iteration: u32,
+    /// How the loop stands (the last iteration, the check), for the person deciding.
+    #[serde(default)]
+    pub summary: String,
+}
+
+/// `POST /api/agents/{name}/confirm` (admin): a person's answer to a waiting loop, from the
+/// terminal or the dashboard alike; recorded as an `agent.confirmed` event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmationAnswer {
+    pub decision: ConfirmDecision,
+    /// With `continue`: the prompt for this iteration and the next ones (an edit); none keeps
+    /// the prompt as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+}
+
+/// A loop's latest request for a person's confirmation, and the answer once there is one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Confirmation {
+    pub agent: String,
+    /// The sequence number of the request's event.
+    pub seq: i64,
+    pub next_iteration: u32,
+    pub summary: String,
+    pub requested_at: DateTime<Utc>,
+    /// None while it waits for a person.
+    pub decision: Option<ConfirmDecision>,
+    /// The prompt the answer put in place, if it edited it.
+    pub prompt: Option<String>,
+    /// Who answered.
+    pub decided_by: Option<String>,
+}
+
+/// `GET /api/confirmations`: per agent that ever asked, its latest request (waiting or answered).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ConfirmationList {
+    pub confirmations: Vec<Confirmation>,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimRequest {
@@ -1248,6 +1438,10 @@ pub struct StatusReport {
     /// Tasks waiting for a person's decision (approve or reject).
     #[serde(default)]
     pub approvals_waiting: i64,
+    /// Loops waiting for a person's confirmation of their next iteration (`conclave loop
+    /// --confirm`).
+    #[serde(default)]
+    pub confirmations_waiting: i64,
 }
 
 /// `task.` matches every `task.*` kind; anything else must match exactly.

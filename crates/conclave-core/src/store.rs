@@ -1,4 +1,9 @@
-//! The durable store: one SQLite database (WAL) holding all coordination state and the event log.
+//! The durable store: one database holding all coordination state and the event log, on one of
+//! two engines: an embedded SQLite file (WAL; the default) or a PostgreSQL server (`store/pg.rs`),
+//! which several servers may share. The domain rules in `store/*.rs` are written once, against
+//! the small SQL interface of `store/db.rs`; the engines differ only in SQL dialect and in how
+//! connections and transactions are handled. What follows describes SQLite; `store/pg.rs` says
+//! how PostgreSQL keeps the same guarantees.
 //!
 //! Every change goes through [`Store::write`], which runs a closure on the single writer
 //! connection; the closure's events are inserted into the `events` table in the same transaction
@@ -13,17 +18,22 @@
 //! The API is synchronous (rusqlite); async callers run it on a blocking thread.
 
 mod agents;
+mod copy;
+pub(crate) mod db;
 mod events;
 mod group_commit;
 mod leases;
 mod liveness;
 mod messages;
 mod notes;
+mod pg;
 mod presence;
 mod queue;
 mod schema;
 mod steps;
 mod tasks;
+#[doc(hidden)]
+pub mod testing;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -31,7 +41,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use group_commit::WriteLane;
 
 use chrono::{DateTime, TimeZone, Utc};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use db::{Db, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -39,6 +50,7 @@ use crate::error::{CoreError, Result};
 use crate::model::{Actor, Event, EventPayload, Pipeline, TaskId};
 
 pub use agents::{ReleaseReport, RemovalReport, hash_token};
+pub use copy::CopyReport;
 pub use events::{IDEMPOTENCY_WINDOW_SECS, SweepReport};
 pub use group_commit::CommitStats;
 pub use leases::MAX_LEASE_TTL_SECS;
@@ -46,7 +58,7 @@ pub use leases::{MAX_REPORTED_CONFLICTS, MAX_WHOLE_TREE_TTL_SECS};
 pub use messages::parse_message_id;
 pub use notes::parse_note_id;
 pub use presence::ServerPresence;
-pub use schema::SCHEMA_VERSION;
+pub use schema::{PG_SCHEMA_VERSION, SCHEMA_VERSION};
 pub use tasks::{ClaimOutcome, TaskPage, is_held};
 
 /// How hard a commit tries to reach the disk.
@@ -101,8 +113,7 @@ pub struct Store {
 }
 
 struct StoreInner {
-    writer: WriteLane,
-    readers: Vec<Mutex<Connection>>,
+    engine: Engine,
     config: StoreConfig,
     sink: Mutex<Option<EventSink>>,
     liveness: liveness::Liveness,
@@ -129,6 +140,7 @@ impl Store {
                 OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )?;
             reader.busy_timeout(std::time::Duration::from_secs(10))?;
+            reader.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
             readers.push(Mutex::new(reader));
         }
         Ok(Store::from_parts(writer, readers, config))
@@ -147,10 +159,74 @@ impl Store {
         readers: Vec<Mutex<Connection>>,
         config: StoreConfig,
     ) -> Self {
-        Store {
-            inner: Arc::new(StoreInner {
+        Store::with_engine(
+            Engine::Sqlite {
                 writer: WriteLane::new(writer),
                 readers,
+            },
+            config,
+        )
+    }
+
+    /// Opens the store a URL names: `postgres://` or `postgresql://` for PostgreSQL (see
+    /// `store/pg.rs`), anything else (a path, or `sqlite://path`) for a SQLite file.
+    pub fn open_url(url: &str, config: StoreConfig) -> Result<Store> {
+        if is_postgres_url(url) {
+            Store::open_postgres(url, config)
+        } else {
+            let path = url.strip_prefix("sqlite://").unwrap_or(url);
+            Store::open(Path::new(path), config)
+        }
+    }
+
+    /// Connects to a PostgreSQL database and brings its schema up to date. Call it, and every
+    /// method of the store it answers, from a blocking thread (the driver is synchronous).
+    pub fn open_postgres(url: &str, config: StoreConfig) -> Result<Store> {
+        Ok(Store::with_engine(
+            Engine::Pg(pg::PgEngine::open(url)?),
+            config,
+        ))
+    }
+
+    /// Creates the schema `schema` in the PostgreSQL database `url` names, and answers a URL
+    /// whose connections work in it: a store opened there is apart from every other schema's
+    /// (throwaway stores for tests and benchmarks). `schema` is a plain lower-case name.
+    pub fn create_postgres_schema(url: &str, schema: &str) -> Result<String> {
+        validate_schema_name(schema)?;
+        let mut client = postgres::Client::connect(url, postgres::NoTls)?;
+        client.batch_execute(&format!("CREATE SCHEMA {schema}"))?;
+        let separator = if url.contains('?') { '&' } else { '?' };
+        Ok(format!(
+            "{url}{separator}options=-c%20search_path%3D{schema}"
+        ))
+    }
+
+    /// Drops a schema [`Store::create_postgres_schema`] made, with everything in it.
+    pub fn drop_postgres_schema(url: &str, schema: &str) -> Result<()> {
+        validate_schema_name(schema)?;
+        let mut client = postgres::Client::connect(url, postgres::NoTls)?;
+        client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))?;
+        Ok(())
+    }
+
+    /// Whether this store is on PostgreSQL (shared by several servers) rather than SQLite.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.inner.engine, Engine::Pg(_))
+    }
+
+    /// The SQLite write lane (its tests line callers up on it).
+    #[cfg(test)]
+    fn sqlite_lane(&self) -> &WriteLane {
+        match &self.inner.engine {
+            Engine::Sqlite { writer, .. } => writer,
+            Engine::Pg(_) => panic!("a PostgreSQL store has no SQLite write lane"),
+        }
+    }
+
+    fn with_engine(engine: Engine, config: StoreConfig) -> Self {
+        Store {
+            inner: Arc::new(StoreInner {
+                engine,
                 config,
                 sink: Mutex::new(None),
                 liveness: liveness::Liveness::default(),
@@ -163,8 +239,14 @@ impl Store {
     }
 
     /// Sets the function that receives every committed event (the server's broadcast).
+    ///
+    /// On PostgreSQL the sink also gets the events other servers write to the same database
+    /// (a follower thread reads the log every fifth of a second), in sequence order.
     pub fn set_event_sink(&self, sink: EventSink) {
         *lock(&self.inner.sink) = Some(sink);
+        if let Engine::Pg(engine) = &self.inner.engine {
+            engine.start_follower(std::sync::Arc::downgrade(&self.inner));
+        }
     }
 
     /// Runs `change` atomically: if it returns `Ok`, its changes and events are committed before
@@ -175,15 +257,20 @@ impl Store {
         // Events reach the sink while the writer is still held, so that subscribers see them in
         // sequence order (a stream that has sent seq 11 never gets seq 10 afterwards). The sink
         // must not block: the server's is a broadcast send.
-        self.inner
-            .writer
-            .write(&self.inner.config, &|events| self.publish(events), change)
+        let publish = |events: &[Event]| self.publish(events);
+        match &self.inner.engine {
+            Engine::Sqlite { writer, .. } => writer.write(&self.inner.config, &publish, change),
+            Engine::Pg(engine) => engine.write(&self.inner.config, &publish, change),
+        }
     }
 
     /// Transactions committed so far and the operations they held (operations per commit tells
     /// how much group commit batches).
     pub fn commit_stats(&self) -> CommitStats {
-        self.inner.writer.stats()
+        match &self.inner.engine {
+            Engine::Sqlite { writer, .. } => writer.stats(),
+            Engine::Pg(engine) => engine.stats(),
+        }
     }
 
     /// Like [`Store::write`] for a request that carries an `Idempotency-Key`: the first request with
@@ -231,19 +318,23 @@ impl Store {
 
     /// Runs `query` against a consistent snapshot of the database.
     pub fn read<T>(&self, query: impl FnOnce(&Reader<'_>) -> Result<T>) -> Result<T> {
-        if self.inner.readers.is_empty() {
+        let readers = match &self.inner.engine {
+            Engine::Sqlite { readers, .. } => readers,
+            Engine::Pg(engine) => return engine.read(query),
+        };
+        if readers.is_empty() {
             // An in-memory database has only the writer's connection: the read takes its turn
             // there (in a savepoint of its own, writing nothing).
             return self.write(|tx| query(&tx.read()));
         }
         // Take the first free reader; if all are busy, wait on one chosen by thread.
-        for reader in &self.inner.readers {
+        for reader in readers {
             if let Ok(conn) = reader.try_lock() {
                 return read_snapshot(&conn, query);
             }
         }
-        let index = thread_index() % self.inner.readers.len();
-        let conn = lock(&self.inner.readers[index]);
+        let index = thread_index() % readers.len();
+        let conn = lock(&readers[index]);
         read_snapshot(&conn, query)
     }
 
@@ -270,7 +361,9 @@ fn read_snapshot<T>(conn: &Connection, query: impl FnOnce(&Reader<'_>) -> Result
     // One deferred transaction so that a multi-query read sees a single snapshot.
     conn.execute_batch("BEGIN")?;
     let _end = EndRead(conn);
-    query(&Reader { conn })
+    query(&Reader {
+        db: Db::Sqlite(conn),
+    })
 }
 
 fn thread_index() -> usize {
@@ -280,8 +373,13 @@ fn thread_index() -> usize {
     hasher.finish() as usize
 }
 
+/// Statements each SQLite connection keeps prepared: every statement of the store goes through
+/// the cache (`store/db.rs`), and there are about a hundred of them.
+const STATEMENT_CACHE: usize = 256;
+
 fn configure(conn: &Connection, durability: Durability) -> Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     conn.pragma_update(None, "journal_mode", "WAL")?;
     let synchronous = match durability {
         Durability::Normal => "NORMAL",
@@ -306,16 +404,17 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
 
 /// One write transaction. Domain operations are methods on it (see the `store/*.rs` modules).
 pub struct Tx<'c> {
-    /// The writer connection, inside this operation's savepoint of the open transaction.
-    conn: &'c Connection,
+    /// The write connection: SQLite's, inside this operation's savepoint of the open batch, or a
+    /// PostgreSQL one inside this operation's transaction.
+    db: Db<'c>,
     now: DateTime<Utc>,
     config: &'c StoreConfig,
     events: Vec<Event>,
 }
 
-impl Tx<'_> {
-    pub(crate) fn conn(&self) -> &Connection {
-        self.conn
+impl<'c> Tx<'c> {
+    pub(crate) fn conn(&self) -> Db<'c> {
+        self.db
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -332,7 +431,7 @@ impl Tx<'_> {
 
     /// Reads inside this transaction (they see its uncommitted changes).
     pub fn read(&self) -> Reader<'_> {
-        Reader { conn: self.conn }
+        Reader { db: self.db }
     }
 
     /// Appends an event to the log in this transaction.
@@ -345,11 +444,13 @@ impl Tx<'_> {
     ) -> Result<()> {
         let ts = self.now_ms();
         let data_text = serde_json::to_string(&payload.data())?;
-        self.conn.execute(
+        // On PostgreSQL a trigger numbers the event under the store's write lock, so that commit
+        // order is sequence order with nothing skipped (see `store/pg.rs`).
+        let seq = self.db.insert(
             "INSERT INTO events (ts, actor, kind, task_id, agent, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![ts, actor, payload.kind(), task.map(|t| t.0), agent, data_text],
+            "seq",
         )?;
-        let seq = self.conn.last_insert_rowid();
         self.events.push(Event {
             seq,
             ts: self.now,
@@ -364,13 +465,45 @@ impl Tx<'_> {
 
 /// Read access to a snapshot (or to a write transaction's view).
 pub struct Reader<'c> {
-    conn: &'c Connection,
+    db: Db<'c>,
 }
 
-impl Reader<'_> {
-    pub(crate) fn conn(&self) -> &Connection {
-        self.conn
+impl<'c> Reader<'c> {
+    pub(crate) fn conn(&self) -> Db<'c> {
+        self.db
     }
+}
+
+fn validate_schema_name(schema: &str) -> Result<()> {
+    let plain = !schema.is_empty()
+        && schema.len() <= 63
+        && schema.starts_with(|c: char| c.is_ascii_lowercase())
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain {
+        Ok(())
+    } else {
+        Err(CoreError::invalid(format!(
+            "schema name {schema:?}: use lower-case letters, digits and '_'"
+        )))
+    }
+}
+
+/// Whether a store URL names a PostgreSQL database.
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// The engine under a store.
+// One per store, behind an `Arc`: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+enum Engine {
+    Sqlite {
+        writer: WriteLane,
+        readers: Vec<Mutex<Connection>>,
+    },
+    Pg(pg::PgEngine),
 }
 
 pub(crate) fn ms_to_time(ms: i64) -> DateTime<Utc> {

@@ -31,6 +31,7 @@ use conclave_core::model::{
     TaskFinish, TaskId, TaskStatus, TaskStatusUpdate,
 };
 use conclave_core::paths::{normalize_lease_path, overlaps};
+use conclave_core::store::testing::{Engine, test_store, with_engine};
 use conclave_core::{CoreError, Store, StoreConfig};
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -1038,7 +1039,7 @@ fn snapshot(store: &Store) -> (Vec<Task>, Vec<Lease>, i64) {
 }
 
 fn new_store() -> Store {
-    let store = Store::open_in_memory(StoreConfig::default()).expect("open store");
+    let store = test_store(StoreConfig::default()).expect("open store");
     for (name, role) in AGENTS {
         store
             .write(|tx| {
@@ -1379,6 +1380,23 @@ proptest! {
     }
 }
 
+proptest! {
+    // Each case on PostgreSQL opens a schema of its own: fewer cases keep the suite quick.
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn store_follows_the_reference_model_on_postgres(
+        ops in proptest::collection::vec(op(), 1..60)
+    ) {
+        let mut result = Ok(());
+        with_engine(Engine::Postgres, || {
+            let mut ops = ops.iter();
+            result = run_case(|model| ops.next().map(|op| op.resolve(model)));
+        });
+        result?;
+    }
+}
+
 // ---- focused cases -------------------------------------------------------------------------------
 
 fn add(after: &[i64]) -> Step {
@@ -1393,7 +1411,6 @@ fn add(after: &[i64]) -> Step {
 
 /// A task that waits for approval holds back its dependents until a person approves it; a
 /// rejection gives it back to its agent, and only the admin decides.
-#[test]
 fn an_approval_task_holds_its_dependents_until_a_person_approves() {
     let coder = AGENTS[0].0;
     let first = TaskId(1);
@@ -1481,7 +1498,6 @@ fn status(model: &Model, id: i64) -> TaskStatus {
 }
 
 /// Claiming "next" takes the highest priority, then the lowest id, among ready tasks that fit.
-#[test]
 fn claim_next_prefers_priority_then_age_among_fitting_tasks() {
     let task = |role, priority| Step::AddTask {
         creator: Who::Admin,
@@ -1526,7 +1542,6 @@ fn claim_next_prefers_priority_then_age_among_fitting_tasks() {
 
 /// Leases taken while holding tasks are tied to the lowest-id one and go when it is done; a
 /// lease taken while holding nothing stays.
-#[test]
 fn leases_are_tied_to_the_first_held_task() {
     let lock = |agent, path| Step::Lock {
         agent,
@@ -1557,7 +1572,6 @@ fn leases_are_tied_to_the_first_held_task() {
 
 /// Shared leases coexist; an exclusive one (or an upgrade to exclusive) conflicts with any
 /// overlapping lease of another holder, globs and directories included.
-#[test]
 fn lease_modes_and_overlaps() {
     let lock = |agent, paths: &[&'static str], mode| Step::Lock {
         agent,
@@ -1598,7 +1612,6 @@ fn lease_modes_and_overlaps() {
 }
 
 /// The store leaves a held task with its holder when a dependency is reopened (the holder is told).
-#[test]
 fn a_held_task_stays_held_when_its_dependency_is_reopened() {
     let model = run_steps(vec![
         add(&[]),
@@ -1631,7 +1644,6 @@ fn a_held_task_stays_held_when_its_dependency_is_reopened() {
 
 /// ...but if its holder then dies, the task must not come back `ready` (claimable by anyone)
 /// while that dependency is not done: it waits again, as `pending`.
-#[test]
 fn a_released_task_waits_again_for_a_reopened_dependency() {
     let model = run_steps(vec![
         add(&[]),
@@ -1656,3 +1668,26 @@ fn a_released_task_waits_again_for_a_reopened_dependency() {
     ]);
     assert_eq!(status(&model, 2), TaskStatus::Pending);
 }
+
+/// Each focused case above runs once per engine.
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            use super::*;
+            $(#[test] fn $name() { with_engine(Engine::Sqlite, super::$name) })*
+        }
+        mod on_postgres {
+            use super::*;
+            $(#[test] fn $name() { with_engine(Engine::Postgres, super::$name) })*
+        }
+    };
+}
+
+on_both_engines!(
+    an_approval_task_holds_its_dependents_until_a_person_approves,
+    claim_next_prefers_priority_then_age_among_fitting_tasks,
+    leases_are_tied_to_the_first_held_task,
+    lease_modes_and_overlaps,
+    a_held_task_stays_held_when_its_dependency_is_reopened,
+    a_released_task_waits_again_for_a_reopened_dependency,
+);

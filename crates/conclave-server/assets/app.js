@@ -169,6 +169,9 @@ function describe(ev) {
     case 'agent.text': return clip(d.text, 200);
     case 'agent.turn': return `context ${d.context_tokens ?? '?'} / ${d.context_window ?? '?'}, $${Number(d.cost_usd || 0).toFixed(2)}`;
     case 'agent.control': return `${d.action || ''} requested`;
+    case 'agent.iteration': return `iteration ${d.number}: ${d.outcome}, $${Number(d.cost_usd || 0).toFixed(4)}, ${d.turns ?? '?'} turns${d.check_exit !== undefined ? `, check exit ${d.check_exit}` : ''}`;
+    case 'agent.confirm_requested': return `waits for a person before iteration ${d.next_iteration}`;
+    case 'agent.confirmed': return `${d.decision}${d.prompt ? ' with an edited prompt' : ''} (answered by ${ev.actor})`;
     case 'file.touched': return `${d.tool || ''} ${d.path || ''}`;
     case 'message.sent': return `${d.to ? `to ${d.to}: ` : ''}${clip(d.body ?? '', 160)}`;
     default: {
@@ -199,6 +202,7 @@ async function loadTasks() {
   state.tasks = status.tasks;
   state.taskCounts = status.task_counts;
   renderTasks();
+  renderWaitingForYou();
   await loadBlockNotes();
 }
 
@@ -361,6 +365,7 @@ function onEvent(ev) {
   if (state.drawer && state.drawer.type === 'agent' && agentOf(ev) === state.drawer.name) addStream(ev, true);
   if (state.drawer && state.drawer.type === 'task' && ev.task === state.drawer.id) addStream(ev, true);
   const kind = ev.kind;
+  if (kind === 'agent.confirm_requested' || kind === 'agent.confirmed') refresh('confirmations', loadConfirmations);
   if (kind.startsWith('task.')) refresh('tasks', loadTasks);
   else if (kind.startsWith('lease.')) refresh('leases', loadLeases);
   else if (kind.startsWith('message.')) refresh('messages', loadMessages);
@@ -404,6 +409,55 @@ function renderAlerts() {
     h('span', { class: 'alert-message', text: clip(alert.data && alert.data.message, 400) }), ' ',
     h('span', { class: 'muted' }, agoNode(alert.ts)), ' ',
     h('button', { type: 'button', class: 'dismiss', 'aria-label': 'dismiss', text: 'dismiss', onclick: () => dismiss([alert.seq]) }))));
+}
+
+// ---- waiting for you --------------------------------------------------------------------------
+// Tasks waiting for a person's approval and loops (`conclave loop --confirm`) waiting for a
+// confirmation, each with buttons calling the same API as `conclave task approve|reject` and the
+// loop's own terminal prompt.
+
+// Comments typed and not yet sent survive the list being rebuilt on every task change.
+const waitingForYou = { confirmations: [], comments: new Map() };
+
+async function loadConfirmations() {
+  waitingForYou.confirmations = (await api('GET', '/api/confirmations?waiting=true')).confirmations;
+  renderWaitingForYou();
+}
+
+function approvalItem(task) {
+  const comment = h('input', {
+    name: 'comment', placeholder: 'comment (optional; its agent reads it on reject)', 'aria-label': `comment on ${task.id}`,
+    value: waitingForYou.comments.get(task.id) || '', oninput: () => waitingForYou.comments.set(task.id, comment.value),
+  });
+  const decide = (verb) => act(`${verb} ${task.id}`, () => api('POST', `/api/tasks/${enc(task.id)}/${verb}`, comment.value.trim() ? { comment: comment.value.trim() } : {}));
+  return h('li', { class: 'wait-item', 'data-approval': task.id },
+    h('span', { class: 'task-id', text: task.id }), h('span', { text: task.title }),
+    h('span', { class: 'muted', text: `finished by ${task.assignee || 'its agent'}; waits for your approval` }),
+    comment,
+    h('button', { type: 'button', text: 'Approve', onclick: () => decide('approve') }),
+    h('button', { type: 'button', class: 'danger', text: 'Reject', onclick: () => decide('reject') }));
+}
+
+function confirmationItem(waiting) {
+  const answer = (decision) => act(`${decision} ${waiting.agent}`, () => api('POST', `/api/agents/${enc(waiting.agent)}/confirm`, { decision }));
+  return h('li', { class: 'wait-item', 'data-confirmation': waiting.agent },
+    h('b', { text: waiting.agent }),
+    h('span', { text: `loop: run iteration ${waiting.next_iteration}?` }),
+    h('span', { class: 'muted', text: clip(waiting.summary, 300) }),
+    h('button', { type: 'button', text: 'Continue', onclick: () => answer('continue') }),
+    h('button', { type: 'button', class: 'danger', text: 'Stop', onclick: () => answer('stop') }));
+}
+
+/** The strip under the alerts: every decision that waits for a person. */
+function renderWaitingForYou() {
+  const root = $('waiting');
+  if (!root) return;
+  const approvals = state.tasks.filter((t) => t.awaiting_approval);
+  const loops = waitingForYou.confirmations;
+  const count = approvals.length + loops.length;
+  root.hidden = !count;
+  put(root, h('h2', { text: `Waiting for you (${count})` }),
+    h('ul', {}, approvals.map(approvalItem), loops.map(confirmationItem)));
 }
 
 // ---- team -------------------------------------------------------------------------------------
@@ -476,11 +530,27 @@ function renderTeam() {
     h('div', { class: 'line', title: task ? task.title : '' }, task ? `${task.id} ${task.title}` : h('span', { class: 'muted', text: 'no task' })),
     contextBar(agent),
     h('div', { class: 'line muted', text: `$${Number(agent.cost_usd || 0).toFixed(2)} · ${agent.restarts} restarts` }),
+    coordinationLine(agent),
     h('div', { class: `line last-action${last && toolFailed(last) ? ' failed' : ''}`, title: last ? describe(last) : '' },
       last ? [h('span', { class: 'mono', text: last.kind }), ' ', clip(describe(last), 80), ' · ', agoNode(last.ts)]
         : h('span', { class: 'muted', text: `no action yet · seen ${ago(agent.last_seen)}` })),
     controlButtons(agent.name));
   }));
+}
+
+// The agent's coordination overhead (issue 16): the share of its input that was Conclave's
+// tool definitions, tool traffic, injected text and handoffs; estimated from characters.
+function coordinationLine(agent) {
+  const c = agent.coordination;
+  if (!c) return h('div', { class: 'line muted', 'data-coordination': '', text: 'coordination: not measured yet' });
+  const tokens = c.definitions_tokens + c.tool_tokens + c.injected_tokens + c.handoff_tokens;
+  const share = c.input_tokens > 0 ? (100 * tokens / c.input_tokens).toFixed(1) : '0.0';
+  const amount = tokens >= 10000 ? `${Math.round(tokens / 1000)} k` : tokens >= 1000 ? `${(tokens / 1000).toFixed(1)} k` : `${tokens}`;
+  return h('div', {
+    class: 'line muted', 'data-coordination': '',
+    title: `estimated at ${c.chars_per_token} characters a token: definitions ${c.definitions_tokens}, Conclave tools ${c.tool_tokens}, injected ${c.injected_tokens}, handoffs ${c.handoff_tokens} of ${c.input_tokens} input tokens in ${c.model_calls} model calls`,
+    text: `coordination: ${share} % of input, ≈ ${amount} tokens`,
+  });
 }
 
 function renderRecipients() {
@@ -619,6 +689,7 @@ function renderTaskDrawer() {
       h('dt', { text: 'after' }), h('dd', { text: task.depends_on.join(', ') || '—' }),
       h('dt', { text: 'blocks' }), h('dd', { text: waiting.join(', ') || '—' }),
       h('dt', { text: 'attempts' }), h('dd', { text: task.attempts }),
+      h('dt', { text: 'cost' }), h('dd', { class: 'task-cost', text: `$${Number(task.cost_usd || 0).toFixed(2)}` }),
       h('dt', { text: 'result' }), h('dd', { class: 'pre', text: task.result || '—' }),
       h('dt', { text: 'files' }), h('dd', { text: task.files.join(', ') || '—' }),
       h('dt', { text: 'created' }), h('dd', {}, `by ${task.created_by} `, agoNode(task.created_at))),
@@ -1059,6 +1130,31 @@ function wireForms() {
   document.addEventListener('keydown', (e) => { if (e.key === 'Escape') closeDrawer(); });
 }
 
+// ---- comparisons (conclave compare) -----------------------------------------------------------
+
+// Past comparisons with their reports; a report opens below its line, with its charts.
+async function loadComparisons() {
+  const list = await api('GET', '/api/comparisons');
+  if (!list.comparisons.length) return;
+  put($('comparisons'), ...list.comparisons.map((c) => {
+    const shown = h('div', { class: 'comparison-report', hidden: true });
+    const open = async () => {
+      if (!shown.hidden) { shown.hidden = true; return; }
+      const report = await fetch(c.report, { credentials: 'same-origin' }).then((r) => r.text());
+      put(shown, h('pre', { class: 'mono', text: report }),
+        ...c.charts.map((file) => h('img', { src: `/api/comparisons/${c.name}/${file}`, alt: file, loading: 'lazy' })));
+      shown.hidden = false;
+    };
+    return h('div', { class: 'comparison', 'data-comparison': c.name },
+      h('button', { type: 'button', class: 'link', text: c.name, onclick: () => open().catch((e) => toast(e.message, true)) }),
+      ' ', c.scripted ? h('span', { class: 'badge scripted', text: 'scripted' }) : null,
+      h('span', { class: 'muted', text: ` ${c.ways.join(', ')} · ${c.passed} of ${c.runs} passed the check` }),
+      shown);
+  }));
+}
+// Loaded once at start, on its own: a project without comparisons shows the empty line.
+loadComparisons().catch(() => {});
+
 // ---- start ------------------------------------------------------------------------------------
 
 async function start() {
@@ -1077,7 +1173,7 @@ async function start() {
     renderBoard();
     renderLeases();
     renderSummary();
-    await Promise.all([loadMessages(), loadNotes(), loadLastActions(), loadTasks(), loadAlerts(), loadWaits()]);
+    await Promise.all([loadMessages(), loadNotes(), loadLastActions(), loadTasks(), loadAlerts(), loadWaits(), loadConfirmations()]);
   } catch (error) {
     toast(error.message, true);
   }

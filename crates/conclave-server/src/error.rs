@@ -70,7 +70,9 @@ impl From<CoreError> for ApiError {
             CoreError::Cycle(_) | CoreError::IdempotencyMismatch(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            CoreError::Storage(_) | CoreError::Json(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            CoreError::Storage(_) | CoreError::Json(_) | CoreError::Database(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(%error, "request failed inside the store");

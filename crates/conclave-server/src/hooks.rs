@@ -429,11 +429,6 @@ async fn session_start(
         tx.update_agent(&name, &name, update)
     })
     .await?;
-    let started = AgentSessionStart {
-        source: input.source.clone(),
-        session_id: input.session_id.clone(),
-    };
-    record(app, actor, agent, EventPayload::AgentSessionStart(started)).await?;
     let name = agent.to_string();
     let (me, held, inbox, decisions) = app
         .read(move |r| {
@@ -497,6 +492,14 @@ async fn session_start(
     if !shown.is_empty() {
         ops::acknowledge(app, actor, &IdempotencyKey::default(), shown).await?;
     }
+    // Recorded with the size of what it injects: the supervisor counts that text as
+    // coordination for every model call of the session.
+    let started = AgentSessionStart {
+        source: input.source.clone(),
+        session_id: input.session_id.clone(),
+        context_chars: Some(i64::try_from(context.chars().count()).unwrap_or(i64::MAX)),
+    };
+    record(app, actor, agent, EventPayload::AgentSessionStart(started)).await?;
     Ok(
         json!({ "hookSpecificOutput": { "hookEventName": "SessionStart", "additionalContext": context } }),
     )

@@ -269,6 +269,8 @@ pub struct ServeOptions {
     pub listen: Option<String>,
     /// Allow binding a non-loopback address.
     pub allow_remote: bool,
+    /// Overrides `[store] url` from `conclave.toml` (`postgres://...` or `sqlite://PATH`).
+    pub store: Option<String>,
 }
 
 /// Holds the project's server lock for as long as it lives. The OS drops the lock when the
@@ -305,6 +307,22 @@ impl ServerLock {
                 Err(error).with_context(|| format!("cannot lock {}", path.display()))
             }
         }
+    }
+}
+
+/// A store URL fit for messages: the password, if any, replaced by `***`.
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) => match user_info.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{path}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
     }
 }
 
@@ -345,10 +363,33 @@ pub async fn open_project_server(
         );
     }
     let store_config = config.store_config();
-    let database = project.database();
-    let store = tokio::task::spawn_blocking(move || Store::open(&database, store_config))
-        .await?
-        .with_context(|| format!("cannot open the store at {}", project.database().display()))?;
+    // The store: `--store`, else `[store] url`, else the project's SQLite file.
+    let store_url = match (&options.store, &config.store.url) {
+        (Some(url), _) => {
+            conclave_core::config::validate_store_url(url)
+                .map_err(|why| anyhow::anyhow!("--store {why}"))?;
+            Some(url.clone())
+        }
+        (None, Some(url)) => Some(url.clone()),
+        (None, None) => None,
+    };
+    let store = match store_url {
+        Some(url) => {
+            let shown = redact_password(&url);
+            // The PostgreSQL driver is synchronous: it connects on a blocking thread.
+            tokio::task::spawn_blocking(move || Store::open_url(&url, store_config))
+                .await?
+                .with_context(|| format!("cannot open the store at {shown}"))?
+        }
+        None => {
+            let database = project.database();
+            tokio::task::spawn_blocking(move || Store::open(&database, store_config))
+                .await?
+                .with_context(|| {
+                    format!("cannot open the store at {}", project.database().display())
+                })?
+        }
+    };
     keep_presence(&store, shutdown.clone()).await?;
     let listener = TcpListener::bind(addr).await.map_err(|error| {
         let hint = if error.kind() == std::io::ErrorKind::AddrInUse {
@@ -498,4 +539,25 @@ pub async fn serve_project(
     drop(server.lock);
     eprintln!("conclave: server stopped");
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_password;
+
+    #[test]
+    fn store_urls_are_shown_without_their_password() {
+        assert_eq!(
+            redact_password("postgres://conclave:s3cret@db.internal:5432/team"),
+            "postgres://conclave:***@db.internal:5432/team"
+        );
+        assert_eq!(
+            redact_password("postgres://conclave@db.internal/team"),
+            "postgres://conclave@db.internal/team"
+        );
+        assert_eq!(
+            redact_password("sqlite:///var/lib/conclave.db"),
+            "sqlite:///var/lib/conclave.db"
+        );
+    }
 }

@@ -6,7 +6,7 @@ use axum::routing::{MethodRouter, delete, get, patch, post};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Map, Value, json};
 
-use crate::api::{agents, events, leases, messages, notes, queue, status, tasks};
+use crate::api::{agents, confirmations, events, leases, messages, notes, queue, status, tasks};
 use crate::app::App;
 use crate::error::ErrorBody;
 use conclave_core::model::*;
@@ -159,6 +159,31 @@ pub fn operations() -> Vec<Operation> {
         .response::<Agent>(),
         op(
             "post",
+            "/api/agents/{name}/confirmation",
+            "A loop asks a person to confirm its next iteration (admin)",
+            post(confirmations::request),
+        )
+        .request::<ConfirmationRequest>()
+        .response::<Confirmation>()
+        .created(),
+        op(
+            "post",
+            "/api/agents/{name}/confirm",
+            "Answer a loop waiting for confirmation: continue (perhaps with a new prompt) or stop (admin)",
+            post(confirmations::answer),
+        )
+        .request::<ConfirmationAnswer>()
+        .response::<Confirmation>(),
+        op(
+            "get",
+            "/api/confirmations",
+            "Each loop's latest request for confirmation, waiting or answered",
+            get(confirmations::list),
+        )
+        .query::<confirmations::ConfirmationQuery>()
+        .response::<ConfirmationList>(),
+        op(
+            "post",
             "/api/agents/{name}/release",
             "Return an agent's tasks and leases (admin)",
             post(agents::release),
@@ -219,6 +244,19 @@ pub fn operations() -> Vec<Operation> {
         )
         .request::<TaskFinish>()
         .response::<Task>(),
+        op(
+            "get",
+            "/api/comparisons",
+            "Past `conclave compare` runs of this project, newest first, with their reports",
+            get(crate::api::comparisons::list),
+        )
+        .response::<ComparisonList>(),
+        op(
+            "get",
+            "/api/comparisons/{name}/{file}",
+            "A comparison's Markdown report (report.md) or one of its SVG charts (<metric>.svg)",
+            get(crate::api::comparisons::file),
+        ),
         op(
             "get",
             "/api/queue",

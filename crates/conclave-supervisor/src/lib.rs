@@ -18,15 +18,20 @@
 //! - [`probe`]: the check of each agent's client (binary, version, one turn) `up --detach`
 //!   makes before it returns.
 //! - [`pricing`]: a dated per-model rate table that prices each model call as it arrives.
+//! - [`coordination`]: what coordination costs each agent in context (tool definitions, Conclave
+//!   tool traffic, injected text, handoffs), against all its input.
 //! - [`wake`]: the user message that wakes an idle agent, quoting what arrived (bounded).
 //! - [`loop_run`]: `conclave loop`, a fresh client per iteration until a check passes.
+//! - [`loop_agent`]: `mode = "loop"` agents, loops run by `conclave up` beside the team.
 //! - [`follow`]: the server's event stream, resumed after the last event seen.
 //! - [`worktrees`]: `isolation = "worktree"` agents' own git worktrees, repaired and made before
 //!   the team starts.
 //! - [`relay`]: the loopback relay through which agents reach remote servers (failover, TLS).
 
 pub mod agent_files;
+pub mod coordination;
 pub mod follow;
+pub mod loop_agent;
 pub mod loop_run;
 pub mod machine;
 pub mod plan;

@@ -13,25 +13,30 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use conclave_client::{Client, ENV_AGENT, ENV_TOKEN, ENV_URL};
+use conclave_client::{Client, ENV_AGENT, ENV_TOKEN, ENV_URL, segment};
 use conclave_core::config::AgentSettings;
 use conclave_core::event::{AgentIteration, EventPayload};
-use conclave_core::model::{EventList, NewAgent, NewEvent, StatusReport, TaskStatus};
+use conclave_core::model::{
+    ConfirmDecision, Confirmation, ConfirmationAnswer, ConfirmationList, ConfirmationRequest,
+    EventList, MAX_CONFIRMATION_SUMMARY, NewAgent, NewEvent, StatusReport, TaskStatus,
+};
 use conclave_core::project::Project;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::Command;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent_files::prepare_agent;
+use crate::coordination::{CoordinationMeter, FixedCosts, is_conclave_tool};
 use crate::plan::{
     AgentPlan, DEFAULT_HIBERNATE_AFTER, DEFAULT_MAX_RESTARTS, DEFAULT_RECYCLE_AT,
     DEFAULT_RESTART_WINDOW, command_line, extra_env,
 };
 use crate::process::user_message_line;
-use crate::stream::{StreamLog, StreamUpdate, parse_line, truncate};
+use crate::stream::{Content, StreamLog, StreamUpdate, parse_line, truncate};
 
 /// The agent name a loop runs as unless told otherwise.
 pub const DEFAULT_LOOP_AGENT: &str = "loop";
@@ -49,6 +54,8 @@ const MAX_TASKS_LISTED: usize = 20;
 const MAX_FAILED_IN_A_ROW: usize = 3;
 /// How long an interrupted client gets to end after SIGINT before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How often a loop waiting for a person asks the server whether someone answered.
+const CONFIRM_POLL: Duration = Duration::from_millis(500);
 
 /// What a loop is asked to do.
 #[derive(Debug, Clone)]
@@ -67,6 +74,28 @@ pub struct LoopOptions {
     pub check_timeout: Duration,
     /// Extra environment for the client (on top of the inherited one).
     pub env: std::collections::BTreeMap<String, String>,
+    /// The characters of the Conclave tool definitions as the model receives them, for the
+    /// coordination account (0 leaves them out).
+    pub tool_definition_chars: usize,
+}
+
+/// No prompt yet (a caller sets it), no check, no bound, the default agent name and check
+/// time limit: for `..LoopOptions::default()` beside the fields a caller sets.
+impl Default for LoopOptions {
+    fn default() -> Self {
+        LoopOptions {
+            prompt: String::new(),
+            until: None,
+            max: None,
+            budget_usd: None,
+            model: None,
+            agent: DEFAULT_LOOP_AGENT.to_string(),
+            permission_mode: None,
+            check_timeout: DEFAULT_CHECK_TIMEOUT,
+            env: Default::default(),
+            tool_definition_chars: 0,
+        }
+    }
 }
 
 /// Why the loop ended; each has its exit code.
@@ -82,13 +111,19 @@ pub enum LoopEnd {
     CouldNotRun(String),
     /// Ctrl-C: the running iteration was stopped and recorded: exit 130.
     Interrupted,
+    /// A person answered "stop" when asked to confirm the next iteration (`--confirm`): exit 6,
+    /// like any other end without the check passing.
+    StoppedByPerson(String),
+    /// A loop inside `conclave up` found no ready task that fits it, and no work left that could
+    /// make one ready: exit 0 (its part of the team is done).
+    NoTaskLeft,
 }
 
 impl LoopEnd {
     pub fn exit_code(&self) -> u8 {
         match self {
-            LoopEnd::CheckPassed => 0,
-            LoopEnd::MaxIterations | LoopEnd::BudgetSpent => 6,
+            LoopEnd::CheckPassed | LoopEnd::NoTaskLeft => 0,
+            LoopEnd::MaxIterations | LoopEnd::BudgetSpent | LoopEnd::StoppedByPerson(_) => 6,
             LoopEnd::CouldNotRun(_) => 7,
             LoopEnd::Interrupted => 130,
         }
@@ -101,6 +136,8 @@ impl LoopEnd {
             LoopEnd::BudgetSpent => "the budget is spent".into(),
             LoopEnd::CouldNotRun(why) => format!("no iteration could run: {why}"),
             LoopEnd::Interrupted => "interrupted".into(),
+            LoopEnd::StoppedByPerson(who) => format!("stopped by {who} before the next iteration"),
+            LoopEnd::NoTaskLeft => "no task is left for it".into(),
         }
     }
 }
@@ -152,6 +189,45 @@ impl LoopReport {
     }
 }
 
+/// `--confirm`: before each iteration after the first, the loop asks a person through the
+/// server (`POST /api/agents/NAME/confirmation`) and waits for the answer, which the terminal
+/// and the dashboard give the same way (`POST /api/agents/NAME/confirm`).
+pub struct ConfirmEach {
+    /// Answers typed in the terminal. The loop records each through the server like the
+    /// dashboard's, so there is one decision whoever gives it; a closed channel (no terminal)
+    /// leaves the answer to the dashboard and the API.
+    pub terminal: mpsc::UnboundedReceiver<ConfirmationAnswer>,
+    /// Told when the loop starts waiting (the terminal's question).
+    pub on_wait: Box<dyn FnMut(&Confirmation) + Send>,
+}
+
+/// Told a line to show a person (the loop is a library; its caller prints).
+pub type SayLine = Box<dyn FnMut(&str) + Send>;
+
+/// What the loop is besides its [`LoopOptions`]: who it runs as, and its checkpoints.
+#[derive(Default)]
+pub struct LoopExtras {
+    /// The role and capabilities it registers with (a loop inside `conclave up` claims tasks
+    /// that fit them).
+    pub role: Option<String>,
+    pub caps: Vec<String>,
+    /// Appended to the loop's own protocol prompt (a loop inside `up` is told to claim one task
+    /// per iteration).
+    pub extra_prompt: Option<String>,
+    /// The client's settings (command, tools, env, the agent's own prompt) of a `[[agent]]`
+    /// with `mode = "loop"`; none builds them from the [`LoopOptions`] alone.
+    pub settings: Option<AgentSettings>,
+    /// Wait for a person before each iteration after the first.
+    pub confirm: Option<ConfirmEach>,
+    /// A loop inside `conclave up`: an iteration runs only when a ready task fits the loop
+    /// (it claims one per iteration); while none does but other work may still make one ready,
+    /// it waits; when no work is left that could, it ends ([`LoopEnd::NoTaskLeft`]).
+    pub one_task_each: bool,
+    /// With `one_task_each`: told what the loop waits for when no ready task fits it (the
+    /// tasks that may still become ready, and why they are not), again when that changes.
+    pub on_waiting: Option<SayLine>,
+}
+
 /// Runs the loop. `url` is the server as agents reach it; `on_iteration` is called after each
 /// iteration (the terminal's one line); `interrupt` stops the running iteration cleanly.
 pub async fn run_loop(
@@ -160,28 +236,101 @@ pub async fn run_loop(
     url: &str,
     options: &LoopOptions,
     interrupt: CancellationToken,
+    on_iteration: impl FnMut(&IterationReport),
+) -> anyhow::Result<LoopReport> {
+    run_loop_with(
+        project,
+        admin,
+        url,
+        options,
+        LoopExtras::default(),
+        interrupt,
+        on_iteration,
+    )
+    .await
+}
+
+/// [`run_loop`] with a role, capabilities and, with [`LoopExtras::confirm`], a person's
+/// confirmation before each iteration after the first.
+pub async fn run_loop_with(
+    project: &Project,
+    admin: &Client,
+    url: &str,
+    options: &LoopOptions,
+    mut extras: LoopExtras,
+    interrupt: CancellationToken,
     mut on_iteration: impl FnMut(&IterationReport),
 ) -> anyhow::Result<LoopReport> {
     let started = Instant::now();
     let registration = NewAgent {
         name: options.agent.clone(),
-        role: None,
+        role: extras.role.clone(),
         model: options.model.clone(),
-        caps: Vec::new(),
+        caps: extras.caps.clone(),
         ..Default::default()
     };
     let strict = false;
     let joined = prepare_agent(project, admin, &registration, strict, url).await?;
-    let plan = loop_plan(options, project.root());
+    let mut plan = loop_plan(options, project.root());
+    if let Some(settings) = extras.settings.take() {
+        // The loop's protocol first, then the agent's own prompt, as for team agents.
+        let own = settings.prompt.clone();
+        plan.settings = settings;
+        plan.settings.prompt = Some(match own {
+            Some(own) => format!("{LOOP_PROMPT}\n\n{own}"),
+            None => LOOP_PROMPT.to_string(),
+        });
+    }
+    if let Some(extra) = &extras.extra_prompt {
+        let base = plan.settings.prompt.clone().unwrap_or_default();
+        plan.settings.prompt = Some(format!("{base}\n\n{extra}"));
+    }
+    plan.role = extras.role.clone();
+    plan.caps = extras.caps.clone();
     let dir = project.agent_dir(&options.agent);
     let mut stream_log = StreamLog::in_dir(&dir);
+    // The protocol and the loop's own instructions ride in every call's system prompt.
+    let mut meter = CoordinationMeter::new(FixedCosts {
+        tool_definition_chars: options.tool_definition_chars,
+        protocol_chars: crate::plan::system_prompt(&plan).chars().count(),
+    });
 
     let mut iterations: Vec<IterationReport> = Vec::new();
     let mut seen_seq = current_seq(admin).await.unwrap_or(0);
+    let mut prompt = options.prompt.clone();
     let end = loop {
         let number = iterations.len() as u32 + 1;
+        if let (Some(confirm), Some(last)) = (extras.confirm.as_mut(), iterations.last()) {
+            match wait_for_person(admin, &options.agent, last, confirm, &interrupt).await? {
+                Waited::Interrupted => break LoopEnd::Interrupted,
+                Waited::Answered(answer) => match answer.decision {
+                    Some(ConfirmDecision::Stop) => {
+                        let who = answer.decided_by.unwrap_or_else(|| "a person".into());
+                        break LoopEnd::StoppedByPerson(who);
+                    }
+                    // Answered is decided: the wait returns only then.
+                    Some(ConfirmDecision::Continue) | None => {
+                        if let Some(edited) = answer.prompt {
+                            prompt = edited;
+                        }
+                    }
+                },
+            }
+        }
+        if extras.one_task_each {
+            let fits = TaskFit {
+                name: &options.agent,
+                role: extras.role.as_deref(),
+                caps: &extras.caps,
+            };
+            match wait_for_a_task(admin, &fits, &mut extras.on_waiting, &interrupt).await {
+                TaskWait::Ready => {}
+                TaskWait::NoneLeft => break LoopEnd::NoTaskLeft,
+                TaskWait::Interrupted => break LoopEnd::Interrupted,
+            }
+        }
         let (summary, last_seq) = state_summary(admin, seen_seq, iterations.last()).await;
-        let message = format!("{}\n\n{summary}", options.prompt.trim_end());
+        let message = format!("{}\n\n{summary}", prompt.trim_end());
         let mut report = run_client(
             &plan,
             &joined.files,
@@ -191,9 +340,18 @@ pub async fn run_loop(
             &interrupt,
             &mut stream_log,
             number,
+            &mut meter,
         )
         .await;
         seen_seq = last_seq;
+        // The prompt is the work; the state summary is what coordination added to it, in every
+        // call of the session, as is what the SessionStart hook injected.
+        meter.session_context(summary.chars().count());
+        add_session_context(admin, &options.agent, seen_seq, &mut meter).await;
+        let spent = iterations.iter().map(|it| it.cost_usd).sum::<f64>() + report.cost_usd;
+        report_account(admin, &options.agent, spent, meter.account()).await;
+        // The next iteration is a fresh session.
+        meter.new_session();
         if let Some(check) = options
             .until
             .as_deref()
@@ -202,6 +360,12 @@ pub async fn run_loop(
             report.check = Some(run_check(check, project.root(), options.check_timeout).await);
         }
         record_iteration(admin, &options.agent, &report).await;
+        if extras.one_task_each {
+            // A task the iteration claimed and did not finish would otherwise stay held by a
+            // session that is gone: it returns to the board for the next iteration (or anyone).
+            let reason = format!("iteration {number} of the loop ended without finishing it");
+            release_unfinished(admin, &options.agent, &reason).await;
+        }
         on_iteration(&report);
         let interrupted = report.interrupted || interrupt.is_cancelled();
         let ran = report.ran;
@@ -238,6 +402,216 @@ pub async fn run_loop(
         iterations,
         elapsed: started.elapsed(),
     })
+}
+
+/// Who a loop is, for the tasks that fit it.
+struct TaskFit<'a> {
+    name: &'a str,
+    role: Option<&'a str>,
+    caps: &'a [String],
+}
+
+/// How a wait for a fitting ready task ended.
+enum TaskWait {
+    Ready,
+    NoneLeft,
+    Interrupted,
+}
+
+/// Returns the tasks `agent` holds unfinished (claimed or in progress) to the board, when it
+/// holds any; answers whether it did. Tasks it put in review or marked blocked stay as they are.
+async fn release_unfinished(admin: &Client, agent: &str, reason: &str) -> bool {
+    let Ok(status) = admin.get::<StatusReport>("/api/status", &[]).await else {
+        return false;
+    };
+    let holds = status.tasks.iter().any(|task| {
+        task.assignee.as_deref() == Some(agent)
+            && matches!(task.status, TaskStatus::Claimed | TaskStatus::InProgress)
+    });
+    if !holds {
+        return false;
+    }
+    let path = format!("/api/agents/{}/release", segment(agent));
+    match admin
+        .post::<_, Value>(&path, &serde_json::json!({ "reason": reason }))
+        .await
+    {
+        Ok(_) => true,
+        Err(error) => {
+            tracing::warn!(error = %format!("{error:#}"), "cannot release the loop's tasks");
+            false
+        }
+    }
+}
+
+/// How often a loop with nothing to do looks at the board again.
+const TASK_POLL: Duration = Duration::from_secs(2);
+
+/// Waits until a ready task fits the loop; answers [`TaskWait::NoneLeft`] when none does and no
+/// task is left that could still become ready for it (pending on others' work, held by someone,
+/// in review). A server that does not answer is asked again.
+async fn wait_for_a_task(
+    admin: &Client,
+    fits: &TaskFit<'_>,
+    on_waiting: &mut Option<SayLine>,
+    interrupt: &CancellationToken,
+) -> TaskWait {
+    let mut said = String::new();
+    // Looked at again at once after the first release only: a task that stays held after that
+    // is waited on like the others, at the poll's pace.
+    let mut released = false;
+    loop {
+        if let Ok(status) = admin.get::<StatusReport>("/api/status", &[]).await {
+            let fitting =
+                |task: &&conclave_core::model::Task| task.fits(fits.name, fits.role, fits.caps);
+            let ready = status
+                .tasks
+                .iter()
+                .filter(fitting)
+                .any(|task| task.status == TaskStatus::Ready);
+            if ready {
+                return TaskWait::Ready;
+            }
+            // A task handed back to the loop while no iteration ran (a person rejected what it
+            // finished) is held by no live session: back to the board, for the next iteration.
+            if release_unfinished(admin, fits.name, "handed back while no iteration ran").await
+                && !released
+            {
+                released = true;
+                continue;
+            }
+            let may_come: Vec<String> = status
+                .tasks
+                .iter()
+                .filter(fitting)
+                .filter_map(|task| {
+                    let why = match task.status {
+                        TaskStatus::Pending => "waits for the tasks it depends on".to_string(),
+                        TaskStatus::Claimed | TaskStatus::InProgress => {
+                            format!("held by {}", task.assignee.as_deref().unwrap_or("nobody"))
+                        }
+                        TaskStatus::Review if task.awaiting_approval => {
+                            "waits for a person's approval".to_string()
+                        }
+                        TaskStatus::Review => "in review".to_string(),
+                        _ => return None,
+                    };
+                    Some(format!("{} {why}", task.id))
+                })
+                .collect();
+            if may_come.is_empty() {
+                return TaskWait::NoneLeft;
+            }
+            let why = format!("no ready task fits it; {}", may_come.join("; "));
+            if why != said {
+                if let Some(tell) = on_waiting.as_mut() {
+                    tell(&why);
+                }
+                said = why;
+            }
+        }
+        tokio::select! {
+            () = interrupt.cancelled() => return TaskWait::Interrupted,
+            () = tokio::time::sleep(TASK_POLL) => {}
+        }
+    }
+}
+
+/// How a wait for a person ended.
+enum Waited {
+    Answered(Confirmation),
+    Interrupted,
+}
+
+/// Asks the server for a person's confirmation of the iteration after `last` and waits for the
+/// answer: typed in the terminal (recorded through the server here) or given on the dashboard or
+/// the API (seen by asking the server). Ctrl-C while waiting records a stop, so that nothing is
+/// left waiting on the dashboard for a loop that is gone.
+async fn wait_for_person(
+    admin: &Client,
+    agent: &str,
+    last: &IterationReport,
+    confirm: &mut ConfirmEach,
+    interrupt: &CancellationToken,
+) -> anyhow::Result<Waited> {
+    // Lines typed while the iteration ran answer nothing.
+    while confirm.terminal.try_recv().is_ok() {}
+    let path = format!("/api/agents/{}", segment(agent));
+    let request = ConfirmationRequest {
+        next_iteration: last.number + 1,
+        summary: truncate(&iteration_line(last), MAX_CONFIRMATION_SUMMARY),
+    };
+    let asked: Confirmation = admin
+        .post(&format!("{path}/confirmation"), &request)
+        .await
+        .context("cannot ask the server for a person's confirmation")?;
+    (confirm.on_wait)(&asked);
+    let mut terminal_open = true;
+    let mut poll = tokio::time::interval(CONFIRM_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = interrupt.cancelled() => {
+                let stop = ConfirmationAnswer { decision: ConfirmDecision::Stop, prompt: None };
+                let _ = admin.post::<_, Value>(&format!("{path}/confirm"), &stop).await;
+                return Ok(Waited::Interrupted);
+            }
+            typed = confirm.terminal.recv(), if terminal_open => match typed {
+                Some(answer) => {
+                    // Answered already on the dashboard (a conflict): the poll below finds it.
+                    match admin.post::<_, Confirmation>(&format!("{path}/confirm"), &answer).await {
+                        Ok(answered) if answered.seq == asked.seq => {
+                            return Ok(Waited::Answered(answered));
+                        }
+                        Ok(_) => {}
+                        Err(error) => tracing::info!(error = %format!("{error:#}"), "the terminal's answer was not recorded"),
+                    }
+                }
+                None => terminal_open = false,
+            },
+            _ = poll.tick() => {
+                let query = [("agent", agent.to_string())];
+                if let Ok(list) = admin.get::<ConfirmationList>("/api/confirmations", &query).await
+                    && let Some(answered) = list
+                        .confirmations
+                        .into_iter()
+                        .find(|c| c.seq == asked.seq && c.decision.is_some())
+                {
+                    return Ok(Waited::Answered(answered));
+                }
+            }
+        }
+    }
+}
+
+/// One line saying how an iteration went (the terminal's, and the summary a person confirming
+/// the next iteration reads).
+pub fn iteration_line(it: &IterationReport) -> String {
+    let check = match &it.check {
+        Some(check) => match check.exit_code {
+            Some(code) => format!("check exit {code}"),
+            None => "check timed out".to_string(),
+        },
+        None if it.interrupted => "interrupted".to_string(),
+        None if !it.ran => format!(
+            "did not run: {}",
+            it.failure.as_deref().unwrap_or("no result")
+        ),
+        None => "no check".to_string(),
+    };
+    format!(
+        "iteration {}: ${:.4}, {} turns, {:.1}s, {}{}",
+        it.number,
+        it.cost_usd,
+        it.turns.map_or_else(|| "?".to_string(), |t| t.to_string()),
+        it.duration.as_secs_f64(),
+        check,
+        if it.is_error {
+            " (the client reported an error)"
+        } else {
+            ""
+        },
+    )
 }
 
 /// The loop's agent as the command line builder sees it.
@@ -373,6 +747,7 @@ async fn run_client(
     interrupt: &CancellationToken,
     stream_log: &mut StreamLog,
     number: u32,
+    meter: &mut CoordinationMeter,
 ) -> IterationReport {
     let started = Instant::now();
     let mut report = IterationReport {
@@ -396,6 +771,7 @@ async fn run_client(
         interrupt,
         stream_log,
         &mut report,
+        meter,
     )
     .await
     {
@@ -415,6 +791,7 @@ async fn drive_client(
     interrupt: &CancellationToken,
     stream_log: &mut StreamLog,
     report: &mut IterationReport,
+    meter: &mut CoordinationMeter,
 ) -> anyhow::Result<()> {
     let (program, args) = command_line(plan, files, None)?;
     let mut command = Command::new(&program);
@@ -452,19 +829,22 @@ async fn drive_client(
     });
     let mut lines = BufReader::new(stdout).lines();
     let mut stopping = false;
+    let mut conclave_calls = std::collections::HashSet::new();
     loop {
         tokio::select! {
             line = lines.next_line() => {
                 let Ok(Some(line)) = line else { break };
                 let _ = stream_log.append(&line);
                 let Ok(value) = serde_json::from_str::<Value>(&line) else { continue };
-                if let StreamUpdate::Result { cost_usd, is_error, num_turns, .. } = parse_line(&value) {
+                let update = parse_line(&value);
+                if let StreamUpdate::Result { cost_usd, is_error, num_turns, .. } = &update {
                     report.ran = true;
-                    report.is_error = is_error;
+                    report.is_error = *is_error;
                     report.cost_usd = cost_usd.unwrap_or(report.cost_usd);
-                    report.turns = num_turns;
+                    report.turns = *num_turns;
                     report.result = value["result"].as_str().map(str::to_string);
                 }
+                meter_line(meter, &mut conclave_calls, update);
             }
             _ = interrupt.cancelled(), if !stopping => {
                 stopping = true;
@@ -490,6 +870,82 @@ async fn drive_client(
         });
     }
     Ok(())
+}
+
+/// Counts one stream line in the coordination account: model calls, and Conclave tool calls
+/// and their results (`conclave_calls` holds the ids of the Conclave calls awaiting results).
+pub fn meter_line(
+    meter: &mut CoordinationMeter,
+    conclave_calls: &mut std::collections::HashSet<String>,
+    update: StreamUpdate,
+) {
+    match update {
+        StreamUpdate::Assistant { content, call, .. } => {
+            if let Some(call) = call {
+                meter.model_call(call.id.as_deref(), &call.usage);
+            }
+            for block in content {
+                if let Content::Tool(tool) = block
+                    && is_conclave_tool(&tool.name)
+                {
+                    meter.conclave_tool(tool.chars);
+                    conclave_calls.insert(tool.id);
+                }
+            }
+        }
+        StreamUpdate::ToolResults(results) => {
+            for result in results {
+                if conclave_calls.remove(&result.id) {
+                    meter.conclave_tool(result.bytes);
+                }
+            }
+        }
+        StreamUpdate::Result { output_tokens, .. } => meter.turn_result(output_tokens),
+        _ => {}
+    }
+}
+
+/// Adds the SessionStart context the server recorded for `agent` after event `after`.
+async fn add_session_context(
+    admin: &Client,
+    agent: &str,
+    after: i64,
+    meter: &mut CoordinationMeter,
+) {
+    let query = [
+        ("after", after.to_string()),
+        ("kind", "agent.session_start".to_string()),
+        ("limit", "50".to_string()),
+    ];
+    if let Ok(list) = admin.get::<EventList>("/api/events", &query).await {
+        for event in &list.events {
+            if event.agent.as_deref() == Some(agent)
+                && let EventPayload::AgentSessionStart(started) = &event.payload
+                && let Some(chars) = started.context_chars
+            {
+                meter.session_context(usize::try_from(chars).unwrap_or(0));
+            }
+        }
+    }
+}
+
+/// Stores what the loop's agent has spent and its context account with the agent (`PATCH
+/// /api/agents/NAME`), as a supervisor does for a team's agents; a failure is logged.
+async fn report_account(
+    admin: &Client,
+    agent: &str,
+    spent: f64,
+    account: &conclave_core::model::Coordination,
+) {
+    let update = conclave_core::model::AgentUpdate {
+        cost_usd: Some(spent),
+        coordination: Some(account.clone()),
+        ..conclave_core::model::AgentUpdate::default()
+    };
+    let path = format!("/api/agents/{agent}");
+    if let Err(error) = admin.patch::<_, Value>(&path, &update).await {
+        tracing::warn!(error = %format!("{error:#}"), "cannot report the coordination account");
+    }
 }
 
 /// Runs the check with `sh -c` in `root`, at most `timeout`.

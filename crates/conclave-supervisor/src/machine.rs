@@ -31,14 +31,15 @@ use conclave_core::event::{
     AgentRestarted, AgentStarted, AgentText, AgentTool, AgentTurn, AgentWoken, Topic,
 };
 use conclave_core::model::{
-    Agent, AgentAction, AgentStatus, AgentUpdate, Event, EventPayload, MessageKind, Task, TaskId,
-    TaskStatus,
+    Agent, AgentAction, AgentStatus, AgentUpdate, Event, EventPayload, MessageKind, QueueState,
+    QueueView, Task, TaskId, TaskStatus,
 };
 use conclave_core::store::is_held;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::plan::AgentPlan;
+use crate::coordination::{CoordinationMeter, FixedCosts, is_conclave_tool};
+use crate::plan::{AgentPlan, PROTOCOL};
 use crate::pricing;
 use crate::stream::{Content, MAX_TEXT, ModelCall, StreamUpdate, ToolResult, truncate};
 use crate::wake::{self, Quoted, Start};
@@ -140,6 +141,9 @@ pub struct TeamView {
     pub tasks: Vec<Task>,
     /// Unacknowledged message ids per recipient.
     pub unread: HashMap<String, HashSet<String>>,
+    /// The merge queue, read when a task is in review (to tell a paused queue, which waits for
+    /// a person, from one that is landing).
+    pub queue: Option<QueueView>,
 }
 
 /// What the state machine reacts to.
@@ -281,6 +285,8 @@ pub struct AgentState {
     unpriced_said: bool,
     /// When the cost was last reported during a turn.
     cost_reported_at: Option<Instant>,
+    /// What coordination costs it in context (issue 16).
+    pub meter: CoordinationMeter,
 }
 
 impl AgentState {
@@ -322,6 +328,10 @@ impl AgentState {
             last_call: None,
             unpriced_said: false,
             cost_reported_at: None,
+            meter: CoordinationMeter::new(FixedCosts {
+                tool_definition_chars: 0,
+                protocol_chars: PROTOCOL.chars().count(),
+            }),
         }
     }
 
@@ -388,7 +398,20 @@ impl AgentState {
         agent.session_cost = session_cost;
         agent.cost_at_start = session_cost;
         agent.restarts = record.restarts;
+        agent.meter = CoordinationMeter::resume(
+            FixedCosts {
+                tool_definition_chars: 0,
+                protocol_chars: PROTOCOL.chars().count(),
+            },
+            record.coordination.clone(),
+        );
         agent
+    }
+
+    /// Sets the size of the Conclave tool definitions its model calls carry (known to the
+    /// caller, which has the server's tool list).
+    pub fn set_tool_definition_chars(&mut self, chars: usize) {
+        self.meter.set_tool_definition_chars(chars);
     }
 
     /// What the agent has spent in all.
@@ -457,7 +480,88 @@ pub struct Team {
     ended: bool,
     /// `[defaults] team_budget_usd` was reached: every agent was stopped.
     team_budget_spent: bool,
+    /// The team's loops (`mode = "loop"`), which the driver runs beside the machine.
+    pub loops: Loops,
     out: Vec<Effect>,
+}
+
+/// What the machine knows of the team's loops (`mode = "loop"` agents): the driver runs them
+/// (each a `conclave loop` of its own); the team is not quiet while one runs, and a loop that
+/// could not run at all counts like an agent that could not.
+#[derive(Debug, Clone, Default)]
+pub struct Loops {
+    pub running: usize,
+    pub ended: Vec<LoopEnded>,
+}
+
+/// How one of the team's loops ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoopEnded {
+    pub name: String,
+    /// Why no iteration could run, when none could.
+    pub could_not_run: Option<String>,
+    /// Its line in the outcome.
+    pub summary: String,
+}
+
+/// What a quiet team with tasks in review waits for, in words: a person's approval, a person to
+/// resume the paused merge queue, or the merge queue landing them. Neither is a stall.
+fn waiting_text(in_review: &[&Task], queue: Option<&QueueView>) -> String {
+    let queued = |task: &Task| {
+        queue.is_some_and(|queue| {
+            queue.entries.iter().any(|entry| {
+                entry.task == task.id
+                    && matches!(entry.state, QueueState::Queued | QueueState::Merging)
+            })
+        })
+    };
+    let paused = queue.is_some_and(|queue| queue.paused);
+    let named = |tasks: Vec<&&Task>| -> String {
+        let names: Vec<String> = tasks
+            .iter()
+            .map(|task| format!("{} {:?}", task.id, task.title))
+            .collect();
+        names.join(", ")
+    };
+    let (in_queue, outside): (Vec<&&Task>, Vec<&&Task>) =
+        in_review.iter().partition(|task| queued(task));
+    let (approvals, reviews): (Vec<&&Task>, Vec<&&Task>) =
+        outside.into_iter().partition(|task| task.awaiting_approval);
+    let mut person = Vec::new();
+    if !approvals.is_empty() {
+        person.push(format!(
+            "{} waiting for approval (`conclave task approve|reject ID`, or the dashboard)",
+            named(approvals)
+        ));
+    }
+    if !reviews.is_empty() {
+        person.push(format!(
+            "{} in review (approve or reopen it)",
+            named(reviews)
+        ));
+    }
+    if paused && !in_queue.is_empty() {
+        person.push(format!(
+            "{} in the paused merge queue (`conclave queue resume`)",
+            named(in_queue.clone())
+        ));
+    }
+    let mut text = if person.is_empty() {
+        String::new()
+    } else {
+        format!("waiting for a person: {}", person.join("; "))
+    };
+    if !paused && !in_queue.is_empty() {
+        if !text.is_empty() {
+            text.push_str("; ");
+        }
+        text.push_str(&format!(
+            "waiting for the merge queue to land {}",
+            named(in_queue)
+        ));
+    }
+    text.push_str(" (Ctrl-C or `conclave down` stops the team)");
+    text
 }
 
 /// The phase of an agent in a word.
@@ -514,6 +618,7 @@ impl Team {
             waiting_for: Vec::new(),
             ended: false,
             team_budget_spent: false,
+            loops: Loops::default(),
             out: Vec::new(),
         }
     }
@@ -678,12 +783,15 @@ impl Team {
         agent.cost_at_start = agent.session_cost;
         agent.pending_tools.clear();
         if resume.is_none() {
+            agent.meter.new_session();
             // A new session: its cost starts from zero.
             agent.cost_base += agent.session_cost;
             agent.session_cost = 0.0;
             agent.cost_at_start = 0.0;
             agent.context_tokens = None;
         }
+        // After a fresh session's reset: the first message is in its context.
+        agent.meter.injected(first_message.chars().count());
         agent.resumed = resume.clone();
         let effect = Effect::Spawn {
             agent: index,
@@ -747,6 +855,9 @@ impl Team {
                 call,
             } => {
                 if let Some(call) = call {
+                    self.agents[index]
+                        .meter
+                        .model_call(call.id.as_deref(), &call.usage);
                     self.on_model_call(index, call, now);
                 }
                 if context_tokens.is_some() {
@@ -755,6 +866,9 @@ impl Team {
                 for block in content {
                     match block {
                         Content::Tool(tool) => {
+                            if is_conclave_tool(&tool.name) {
+                                self.agents[index].meter.conclave_tool(tool.chars);
+                            }
                             self.agents[index]
                                 .pending_tools
                                 .insert(tool.id, (tool.name, tool.input));
@@ -784,6 +898,9 @@ impl Team {
                     let Some((tool, input)) = self.agents[index].pending_tools.remove(&id) else {
                         continue;
                     };
+                    if is_conclave_tool(&tool) {
+                        self.agents[index].meter.conclave_tool(bytes);
+                    }
                     // A failed tool call is part of the work (the model reads the error and
                     // goes on): marked failed with its error, not alerted.
                     let used = AgentTool {
@@ -803,8 +920,10 @@ impl Team {
                 is_error,
                 session_id,
                 text,
+                output_tokens,
                 ..
             } => {
+                self.agents[index].meter.turn_result(output_tokens);
                 if is_error {
                     self.on_error_result(index, text.as_deref());
                 } else {
@@ -898,6 +1017,16 @@ impl Team {
             self.on_auth_failure(index, &format!("the client said {text:?}"));
             return;
         }
+        // A turn the supervisor itself interrupted (a budget spent, a stop asked for) ends with
+        // an error result: that is the stop's doing, already said, not a failure to report.
+        if matches!(
+            self.agents[index].stopping,
+            Some(
+                StopReason::Budget | StopReason::Stop | StopReason::Shutdown | StopReason::Restart
+            )
+        ) {
+            return;
+        }
         let name = self.agents[index].plan.name.clone();
         self.agents[index].trouble = Some(format!("its last turn failed: {text}"));
         self.alert(
@@ -959,6 +1088,7 @@ impl Team {
             agent.cost_reported_at = Some(now);
             let update = AgentUpdate {
                 cost_usd: Some(live),
+                coordination: Some(agent.meter.account().clone()),
                 ..AgentUpdate::default()
             };
             self.patch(index, update);
@@ -1096,6 +1226,7 @@ impl Team {
             context_tokens: tokens,
             context_window: window,
             cost_usd: Some(cost),
+            coordination: Some(self.agents[index].meter.account().clone()),
             ..AgentUpdate::default()
         };
         self.patch(index, update);
@@ -1132,6 +1263,7 @@ impl Team {
         {
             let text = wake::handoff_request(tokens, window);
             let agent = &mut self.agents[index];
+            agent.meter.handoff(text.chars().count());
             agent.asked_for_handoff = true;
             agent.phase = Phase::Live { busy: true };
             self.out.push(Effect::Send { agent: index, text });
@@ -1317,6 +1449,19 @@ impl Team {
                 }
                 self.dirty = true;
             }
+            EventPayload::AgentSessionStart(started) => {
+                // What the SessionStart hook injected is coordination the session carries.
+                if let Some(chars) = started.context_chars
+                    && let Some(agent) = self
+                        .agents
+                        .iter_mut()
+                        .find(|a| event.agent.as_deref() == Some(a.plan.name.as_str()))
+                {
+                    agent
+                        .meter
+                        .session_context(usize::try_from(chars).unwrap_or(0));
+                }
+            }
             payload if payload.topic() == Some(Topic::Task) => self.dirty = true,
             _ => {}
         }
@@ -1458,6 +1603,7 @@ impl Team {
                 self.start(index);
             } else {
                 agent.phase = Phase::Live { busy: true };
+                agent.meter.injected(text.chars().count());
                 self.out.push(Effect::Send { agent: index, text });
                 self.record(index, EventPayload::AgentWoken(woken));
                 self.patch(index, status_update(AgentStatus::Working));
@@ -1502,6 +1648,7 @@ impl Team {
             return;
         }
         let quiet = !self.dirty
+            && self.loops.running == 0
             && !self
                 .out
                 .iter()
@@ -1540,22 +1687,26 @@ impl Team {
             .iter()
             .filter(|task| !matches!(task.status, TaskStatus::Done | TaskStatus::Cancelled))
             .collect();
-        let none_could_run = self
-            .agents
-            .iter()
-            .all(|a| a.is_gone() && a.could_not_run && !a.worked);
-        if none_could_run {
-            let why: Vec<String> = self
+        let none_could_run = (self.agents.len() + self.loops.ended.len()) > 0
+            && self
                 .agents
                 .iter()
-                .map(|a| {
-                    format!(
-                        "{}: {}",
-                        a.plan.name,
-                        a.trouble.as_deref().unwrap_or("stopped")
-                    )
-                })
-                .collect();
+                .all(|a| a.is_gone() && a.could_not_run && !a.worked)
+            && self.loops.ended.iter().all(|l| l.could_not_run.is_some());
+        if none_could_run {
+            let agents = self.agents.iter().map(|a| {
+                format!(
+                    "{}: {}",
+                    a.plan.name,
+                    a.trouble.as_deref().unwrap_or("stopped")
+                )
+            });
+            let loops = self
+                .loops
+                .ended
+                .iter()
+                .map(|l| format!("{}: {}", l.name, l.could_not_run.as_deref().unwrap_or("?")));
+            let why: Vec<String> = agents.chain(loops).collect();
             self.end(Outcome::Failed {
                 reason: format!("no agent could run ({})", why.join("; ")),
             });
@@ -1573,32 +1724,7 @@ impl Team {
         if !in_review.is_empty() {
             let ids: Vec<TaskId> = in_review.iter().map(|task| task.id).collect();
             if ids != self.waiting_for {
-                // A finished task of a worktree agent waits in `review` for its branch to land
-                // (the merge queue), not for a person; the team view cannot tell it from a task
-                // an agent put in review, so the words cover both.
-                let (for_person, for_queue): (Vec<&Task>, Vec<&Task>) =
-                    in_review.iter().partition(|task| task.awaiting_approval);
-                let named = |tasks: &[&Task]| -> String {
-                    tasks
-                        .iter()
-                        .map(|task| format!("{} {:?}", task.id, task.title))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                };
-                if !for_person.is_empty() {
-                    self.say(format!(
-                        "waiting for a person: {} in review (approve or reopen it; Ctrl-C or \
-                         `conclave down` stops the team)",
-                        named(&for_person)
-                    ));
-                }
-                if !for_queue.is_empty() {
-                    self.say(format!(
-                        "waiting: {} in review (a worktree agent's finished task waits for the \
-                         merge queue to land its branch, `conclave queue`; any other for a person)",
-                        named(&for_queue)
-                    ));
-                }
+                self.say(waiting_text(&in_review, view.queue.as_ref()));
                 self.waiting_for = ids;
             }
             self.quiet_ticks = 0;
@@ -1710,14 +1836,24 @@ impl Team {
                 Some(reason) => format!("{head}: blocked: {reason}"),
                 None => format!("{head}: blocked"),
             },
-            TaskStatus::Failed => format!("{head}: failed"),
+            // A failed task is work left, not work done: `finished` is every task done or
+            // cancelled (cancel it, or reopen it for another try).
+            TaskStatus::Failed => match &task.result {
+                Some(reason) => format!("{head}: failed: {}", truncate(reason, 200)),
+                None => format!("{head}: failed"),
+            },
             _ => head,
         }
     }
 
     /// One line per agent, for the outcome.
     pub fn summaries(&self) -> Vec<String> {
-        self.agents.iter().map(AgentState::summary).collect()
+        let loops = self.loops.ended.iter().map(|l| l.summary.clone());
+        self.agents
+            .iter()
+            .map(AgentState::summary)
+            .chain(loops)
+            .collect()
     }
 
     // ---- ending -----------------------------------------------------------------------------
@@ -1913,6 +2049,7 @@ mod tests {
                     session_id: Some("s1".to_string()),
                     num_turns: Some(1),
                     text: None,
+                    output_tokens: None,
                 },
             )
         }
@@ -1974,7 +2111,7 @@ mod tests {
         fn read(&mut self, tasks: Vec<Task>, unread: &[(&str, &str)]) -> Vec<Effect> {
             let mut view = TeamView {
                 tasks,
-                unread: HashMap::new(),
+                ..TeamView::default()
             };
             for (agent, id) in unread {
                 view.unread
@@ -2321,6 +2458,35 @@ mod tests {
     }
 
     #[test]
+    fn a_turn_interrupted_for_the_budget_ending_in_an_error_is_not_a_turn_error() {
+        let mut team = Harness::new(vec![with_budget(plan("a"), 1.0)]);
+        team.start_all();
+        team.init(0, "s1");
+        team.line(0, StreamUpdate::Cost { total_usd: 1.5 });
+        let interrupted = team.line(
+            0,
+            StreamUpdate::Result {
+                cost_usd: Some(1.6),
+                context_window: None,
+                is_error: true,
+                session_id: Some("s1".into()),
+                num_turns: Some(1),
+                text: None,
+                output_tokens: None,
+            },
+        );
+        assert!(alerts(&interrupted).is_empty(), "{interrupted:?}");
+        assert!(
+            team.team.agents[0]
+                .trouble
+                .as_deref()
+                .is_some_and(|why| !why.contains("last turn failed")),
+            "{:?}",
+            team.team.agents[0].trouble
+        );
+    }
+
+    #[test]
     fn a_pause_during_a_turn_holds_every_wake_until_resume() {
         let mut team = Harness::new(vec![plan("a")]);
         team.start_all();
@@ -2629,6 +2795,46 @@ mod tests {
     }
 
     #[test]
+    fn a_running_loop_keeps_the_team_from_deciding_and_a_loop_that_never_ran_fails_it() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        team.idle_after_a_turn(0, 0.1);
+        team.read(Vec::new(), &[]);
+        team.team.loops.running = 1;
+        assert!(
+            (0..10).all(|n| reads(&team.at(11 + n).tick()).is_none()),
+            "no outcome while a loop runs"
+        );
+        team.team.loops.running = 0;
+        team.team.loops.ended.push(LoopEnded {
+            name: "fixer".into(),
+            could_not_run: None,
+            summary: "fixer: no task is left for it".into(),
+        });
+        let done = vec![task(1, TaskStatus::Done, None, None)];
+        assert_eq!(team.quiet_outcome(30, done), Some(Outcome::Finished));
+        assert!(
+            team.team
+                .summaries()
+                .contains(&"fixer: no task is left for it".to_string())
+        );
+
+        // A team of one loop that could not start: failed, naming why.
+        let mut lonely = Harness::new(Vec::new());
+        lonely.team.loops.ended.push(LoopEnded {
+            name: "fixer".into(),
+            could_not_run: Some("cannot start claude".into()),
+            summary: String::new(),
+        });
+        let Some(Outcome::Failed { reason }) =
+            lonely.quiet_outcome(1, vec![task(1, TaskStatus::Ready, None, None)])
+        else {
+            panic!("a team whose only loop never ran has failed");
+        };
+        assert!(reason.contains("fixer: cannot start claude"), "{reason}");
+    }
+
+    #[test]
     fn a_quiet_team_finishes_unless_it_stays() {
         let mut team = Harness::new(vec![plan("a")]);
         team.start_all();
@@ -2751,6 +2957,73 @@ mod tests {
     }
 
     #[test]
+    fn a_paused_merge_queue_with_entries_waits_for_a_person_and_a_failed_task_stalls() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.start_all();
+        team.idle_after_a_turn(0, 0.1);
+        team.read(Vec::new(), &[]);
+        let queued = task(5, TaskStatus::Review, None, Some("a"));
+        let entry = |state| conclave_core::model::QueueEntry {
+            task: TaskId(5),
+            branch: "conclave/a/T-5".into(),
+            agent: "a".into(),
+            position: 1,
+            state,
+            attempts: 0,
+            outcome: None,
+            enqueued_at: chrono::Utc::now(),
+            updated_at: chrono::Utc::now(),
+        };
+        let view = |paused| TeamView {
+            tasks: vec![queued.clone()],
+            queue: Some(QueueView {
+                paused,
+                paused_reason: None,
+                entries: vec![entry(QueueState::Queued)],
+            }),
+            ..TeamView::default()
+        };
+        for n in 0..QUIET_TICKS_TO_FINISH {
+            team.at(11 + u64::from(n)).tick();
+        }
+        let effects = team.step(Input::TeamRead(view(true)));
+        assert!(ended(&effects).is_none(), "not stalled: {effects:?}");
+        let said: Vec<&String> = effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Say(text) => Some(text),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            said.iter().any(|text| text.contains("waiting for a person")
+                && text.contains("paused merge queue")
+                && text.contains("T-5")),
+            "{said:?}"
+        );
+        let landing = waiting_text(&[&queued], Some(&view(false).queue.expect("queue")));
+        assert!(
+            landing.contains("waiting for the merge queue to land T-5")
+                && !landing.contains("waiting for a person"),
+            "{landing}"
+        );
+
+        let mut failing = Harness::new(vec![plan("a")]);
+        failing.start_all();
+        failing.idle_after_a_turn(0, 0.1);
+        failing.read(Vec::new(), &[]);
+        let mut failed = task(6, TaskStatus::Failed, None, None);
+        failed.result = Some("the tests do not build".into());
+        let Some(Outcome::Stalled { reason }) = failing.quiet_outcome(11, vec![failed]) else {
+            panic!("a failed task is work left: stalled");
+        };
+        assert!(
+            reason.contains("T-6") && reason.contains("failed: the tests do not build"),
+            "{reason}"
+        );
+    }
+
+    #[test]
     fn a_refused_login_alerts_at_once_and_fails_the_team() {
         let mut team = Harness::new(vec![plan("a"), plan("b")]);
         team.start_all();
@@ -2801,6 +3074,7 @@ mod tests {
                 session_id: Some("s1".into()),
                 num_turns: Some(1),
                 text: Some("Not logged in · Please run /login".into()),
+                output_tokens: None,
             },
         );
         assert_eq!(alerts(&effects)[0].0, "authentication");
@@ -2821,6 +3095,7 @@ mod tests {
                 session_id: Some("s1".into()),
                 num_turns: Some(1),
                 text: Some("API Error: 500 internal".into()),
+                output_tokens: None,
             },
         );
         let said = alerts(&effects);
@@ -2992,6 +3267,110 @@ mod tests {
         );
     }
 
+    /// A scripted session whose sizes are known, through the machine: the account reported at
+    /// the turn's end holds each part once per call that carried it.
+    #[test]
+    fn the_turn_end_reports_the_coordination_account_of_a_known_session() {
+        let mut team = Harness::new(vec![plan("a")]);
+        team.team.agents[0].set_tool_definition_chars(4000);
+        let first_message_chars = {
+            let effects = team.at(0).tick();
+            let spawned = team.answer_spawns(&effects);
+            assert!(spawned.iter().all(|e| !matches!(e, Effect::Spawn { .. })));
+            spawns(&effects)
+                .first()
+                .map(|(_, _, message)| message.chars().count())
+                .expect("a spawn")
+        };
+        team.init(0, "s1");
+        // Call 1 asks for a Conclave tool (28 + 12 characters) and a Write (not coordination).
+        team.line(
+            0,
+            StreamUpdate::Assistant {
+                context_tokens: Some(10_000),
+                content: vec![
+                    Content::Tool(crate::stream::ToolCall {
+                        id: "t1".into(),
+                        name: "mcp__conclave__claim".into(),
+                        input: "{}".into(),
+                        chars: 40,
+                    }),
+                    Content::Tool(crate::stream::ToolCall {
+                        id: "t2".into(),
+                        name: "Write".into(),
+                        input: "a.rs".into(),
+                        chars: 4000,
+                    }),
+                ],
+                call: call_usage("m1", 10_000),
+            },
+        );
+        // Its result: 360 bytes; the Write's result is not coordination.
+        team.line(
+            0,
+            StreamUpdate::ToolResults(vec![
+                ToolResult {
+                    id: "t1".into(),
+                    bytes: 360,
+                    is_error: false,
+                    error: None,
+                },
+                ToolResult {
+                    id: "t2".into(),
+                    bytes: 8000,
+                    is_error: false,
+                    error: None,
+                },
+            ]),
+        );
+        team.line(0, call("m2", 12_000));
+        // The SessionStart hook injected 800 characters, learnt after both calls.
+        let started = Event {
+            seq: 1,
+            ts: chrono::Utc::now(),
+            actor: "a".into(),
+            task: None,
+            agent: Some("a".into()),
+            payload: EventPayload::AgentSessionStart(conclave_core::event::AgentSessionStart {
+                source: Some("startup".into()),
+                session_id: Some("s1".into()),
+                context_chars: Some(800),
+            }),
+        };
+        team.step(Input::Event(started));
+        let effects = team.turn_end(0, 0.1);
+        let account = effects
+            .iter()
+            .find_map(|effect| match effect {
+                Effect::Patch { update, .. } => update.coordination.clone(),
+                _ => None,
+            })
+            .expect("the turn end reports the account");
+        let per_call = crate::coordination::estimate_tokens(4000 + PROTOCOL.chars().count());
+        let first_message = crate::coordination::estimate_tokens(first_message_chars);
+        assert_eq!(account.model_calls, 2);
+        assert_eq!(account.input_tokens, 22_000);
+        assert_eq!(account.definitions_tokens, 2 * per_call);
+        assert_eq!(
+            account.tool_tokens, 100,
+            "400 characters, in the second call only"
+        );
+        assert_eq!(account.injected_tokens, 2 * first_message + 2 * 200);
+        assert_eq!(account.handoff_tokens, 0);
+        assert_eq!(account.chars_per_token, 4.0);
+    }
+
+    fn call_usage(id: &str, input: i64) -> Option<ModelCall> {
+        Some(ModelCall {
+            id: Some(id.to_string()),
+            model: Some("claude-sonnet-4-5".to_string()),
+            usage: pricing::Usage {
+                input,
+                ..pricing::Usage::default()
+            },
+        })
+    }
+
     #[test]
     fn a_model_not_in_the_rate_table_is_priced_at_turn_end_and_said_once() {
         let mut team = Harness::new(vec![plan("a")]);
@@ -3030,6 +3409,7 @@ mod tests {
                     id: "t1".into(),
                     name: "Write".into(),
                     input: "a.rs".into(),
+                    chars: 20,
                 })],
                 call: None,
             },
@@ -3087,6 +3467,7 @@ mod tests {
                         id: "t1".into(),
                         name: "Write".into(),
                         input: "a.rs".into(),
+                        chars: 20,
                     }),
                 ],
                 call: None,

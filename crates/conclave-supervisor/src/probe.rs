@@ -19,11 +19,53 @@ const VERSION_LIMIT: Duration = Duration::from_secs(15);
 /// The prompt of the probe turn: one short answer, no tools.
 const PROBE_PROMPT: &str = "Reply with the single word OK.";
 
+/// The Claude Code versions Conclave's tests run against, oldest and newest (inclusive): the
+/// probe warns about a version outside them (or one it cannot read).
+pub const TESTED_CLAUDE_CODE: (&str, &str) = ("2.1.328", "2.1.328");
+
 /// What the probe found for one agent: the client's version line.
 #[derive(Debug, Clone)]
 pub struct Probed {
     pub name: String,
     pub version: String,
+    /// Set when the client is Claude Code of a version outside [`TESTED_CLAUDE_CODE`].
+    pub warning: Option<String>,
+}
+
+/// `2.1.328 (Claude Code)` → `[2, 1, 328]`; none unless the first word is a dotted number.
+fn version_numbers(line: &str) -> Option<Vec<u64>> {
+    let first = line.split_whitespace().next()?;
+    first.split('.').map(|part| part.parse().ok()).collect()
+}
+
+/// A warning naming the tested range when `version_line` (what `claude --version` printed) is
+/// outside it or unreadable; none inside it.
+pub fn version_warning(version_line: &str) -> Option<String> {
+    let (oldest, newest) = TESTED_CLAUDE_CODE;
+    let range = if oldest == newest {
+        oldest.to_string()
+    } else {
+        format!("{oldest} to {newest}")
+    };
+    let advice = format!(
+        "it may behave differently (refuse a flag, change its stream format); a tested one: \
+         npm install -g @anthropic-ai/claude-code@{newest}"
+    );
+    let Some(found) = version_numbers(version_line) else {
+        return Some(format!(
+            "cannot read a Claude Code version from {:?}; Conclave is tested with {range}: {advice}",
+            version_line.trim()
+        ));
+    };
+    let (low, high) = (version_numbers(oldest)?, version_numbers(newest)?);
+    if found < low || found > high {
+        Some(format!(
+            "Claude Code {} is outside the tested range ({range}): {advice}",
+            version_line.split_whitespace().next().unwrap_or_default()
+        ))
+    } else {
+        None
+    }
 }
 
 /// Checks agent `plan`'s client: `--version`, then one turn within `limit`. Agents with a
@@ -59,16 +101,18 @@ pub async fn probe_agent(plan: &AgentPlan, limit: Duration) -> anyhow::Result<Pr
         );
     }
     let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
-    let probed = Probed {
-        name: plan.name.clone(),
-        version,
-    };
-    if plan
+    let another_cli = plan
         .settings
         .command
         .as_deref()
-        .is_some_and(|command| command.contains('{'))
-    {
+        .is_some_and(|command| command.contains('{'));
+    let probed = Probed {
+        name: plan.name.clone(),
+        // Another CLI has versions of its own: only Claude Code's are compared.
+        warning: (!another_cli).then(|| version_warning(&version)).flatten(),
+        version,
+    };
+    if another_cli {
         return Ok(probed);
     }
     let mut args: Vec<String> = prefix;
@@ -187,4 +231,24 @@ pub async fn probe_share(
         probed.push(probe_agent(plan, limit).await?);
     }
     Ok(probed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_outside_the_tested_range_are_warned_about_naming_it() {
+        let (oldest, newest) = TESTED_CLAUDE_CODE;
+        assert_eq!(version_warning(&format!("{oldest} (Claude Code)")), None);
+        assert_eq!(version_warning(&format!("{newest} (Claude Code)")), None);
+        let old = version_warning("2.1.197 (Claude Code)").expect("an old version");
+        assert!(old.contains("2.1.197") && old.contains(oldest), "{old}");
+        assert!(old.contains("outside the tested range"), "{old}");
+        // Compared as numbers, not text: 2.1.1000 is newer than 2.1.328.
+        assert!(version_warning("2.1.1000 (Claude Code)").is_some());
+        assert!(version_warning("10.0.0").is_some());
+        let unreadable = version_warning("Claude Code, some version").expect("unreadable");
+        assert!(unreadable.contains("cannot read"), "{unreadable}");
+    }
 }

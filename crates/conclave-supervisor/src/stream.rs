@@ -44,6 +44,9 @@ pub struct ToolCall {
     pub name: String,
     /// A short summary of its input (≤ [`MAX_TOOL_INPUT`] characters).
     pub input: String,
+    /// The characters of its name and whole input as the model wrote them (compact JSON): what
+    /// the call adds to the context.
+    pub chars: usize,
 }
 
 /// One block of a model call's output.
@@ -95,6 +98,9 @@ pub enum StreamUpdate {
         num_turns: Option<i64>,
         /// The turn's final text (`result`), which says what went wrong in an error result.
         text: Option<String>,
+        /// Output tokens of the turn's calls added up (`usage.output_tokens`): an `assistant`
+        /// line may carry a call's usage before its output was complete.
+        output_tokens: Option<i64>,
     },
     /// `system/api_retry`: a model call failed and the CLI retries it (401: the key or login
     /// is refused; 429: rate limited; 529: overloaded).
@@ -135,6 +141,10 @@ pub fn parse_line(line: &Value) -> StreamUpdate {
                         id: block["id"].as_str().unwrap_or_default().to_string(),
                         name: block["name"].as_str().unwrap_or("?").to_string(),
                         input: summarize_input(&block["input"]),
+                        chars: block["name"]
+                            .as_str()
+                            .map_or(0, |name| name.chars().count())
+                            + block["input"].to_string().chars().count(),
                     })),
                     Some("text") => {
                         if let Some(text) = block["text"].as_str().filter(|t| !t.trim().is_empty())
@@ -222,6 +232,7 @@ pub fn parse_line(line: &Value) -> StreamUpdate {
             text: line["result"]
                 .as_str()
                 .map(|text| truncate(text.trim(), MAX_TEXT)),
+            output_tokens: line["usage"]["output_tokens"].as_i64(),
         },
         (Some("system"), Some("api_retry")) => StreamUpdate::ApiRetry {
             status: line["error_status"].as_i64(),
@@ -373,6 +384,7 @@ mod tests {
                             id: "t1".into(),
                             name: "Write".into(),
                             input: "a.rs".into(),
+                            chars: "Write".len() + r#"{"content":"x","file_path":"a.rs"}"#.len(),
                         }),
                     ],
                     call: Some(ModelCall {
@@ -420,6 +432,7 @@ mod tests {
                     session_id: Some("s1".into()),
                     num_turns: None,
                     text: None,
+                    output_tokens: None,
                 },
             ),
             (

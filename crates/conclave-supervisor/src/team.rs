@@ -20,16 +20,18 @@ use conclave_client::{Client, ENV_AGENT, ENV_TOKEN, ENV_URL, segment};
 use conclave_core::config::{Config, Isolation};
 use conclave_core::event::AgentCrashed;
 use conclave_core::model::{
-    AgentUpdate, Event, EventPayload, MessageList, NewAgent, NewEvent, StatusReport,
+    AgentUpdate, Event, EventPayload, MessageList, NewAgent, NewEvent, QueueView, StatusReport,
 };
 use conclave_core::project::Project;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent_files::{AgentFiles, JoinedAgent, prepare_agent};
 use crate::follow::follow_events;
-use crate::machine::{AgentState, Effect, Input, Outcome, SavedState, Team, TeamView};
+use crate::loop_agent::{LoopAgent, spawn_loop, split_loops};
+use crate::machine::{AgentState, Effect, Input, LoopEnded, Outcome, SavedState, Team, TeamView};
 use crate::plan::{self, HostScope};
 use crate::process::{ClientProcesses, Launch, ProcessReport, ProcessSide};
 use crate::stream::parse_line;
@@ -109,9 +111,26 @@ impl ServerSide for ApiServer {
         } else {
             HashMap::new()
         };
+        // Only a task in review can wait in the merge queue: no read otherwise.
+        let queue = if status
+            .tasks
+            .iter()
+            .any(|task| task.status == conclave_core::model::TaskStatus::Review)
+        {
+            match self.admin.get::<QueueView>("/api/queue", &[]).await {
+                Ok(queue) => Some(queue),
+                Err(error) => {
+                    tracing::warn!(error = %format!("{error:#}"), "cannot read the merge queue");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         Ok(TeamView {
             tasks: status.tasks,
             unread,
+            queue,
         })
     }
 }
@@ -192,6 +211,9 @@ pub struct Supervisor {
     admin: Client,
     team: Team,
     launches: Vec<AgentLaunch>,
+    project: Project,
+    /// `mode = "loop"` agents, run beside the team (see [`crate::loop_agent`]).
+    loops: Vec<LoopAgent>,
     /// The server's URL as agents reach it.
     agent_url: String,
 }
@@ -213,6 +235,7 @@ impl Supervisor {
         }
         // Other hosts run the rest of the team: their tasks keep this share waiting.
         let shares_the_team = plans.len() < whole_team;
+        let (plans, loops) = split_loops(&config, plans);
         let agent_url = options
             .agent_url
             .clone()
@@ -284,16 +307,20 @@ impl Supervisor {
                 Team::new(agents, options.stay)
             },
             launches,
+            project: project.clone(),
+            loops,
             agent_url,
         })
     }
 
     /// The agents' names, in order.
     pub fn names(&self) -> Vec<String> {
+        let loops = self.loops.iter().map(|agent| agent.plan.name.clone());
         self.team
             .agents
             .iter()
             .map(|agent| agent.plan.name.clone())
+            .chain(loops)
             .collect()
     }
 
@@ -311,12 +338,23 @@ impl Supervisor {
             follow_stop.clone(),
         ));
         let (reports_tx, mut reports) = mpsc::channel(1024);
+        let loops_stop = shutdown.child_token();
+        let mut loops = JoinSet::new();
+        let mut team = self.team;
+        for agent in self.loops {
+            team.loops.running += 1;
+            let (project, admin) = (self.project.clone(), self.admin.clone());
+            let url = self.agent_url.clone();
+            spawn_loop(&mut loops, project, admin, url, agent, loops_stop.clone());
+        }
         let mut driver = Driver {
             url: self.agent_url,
-            team: self.team,
+            team,
             launches: self.launches,
             processes: ClientProcesses::new(reports_tx),
             server: ApiServer { admin: self.admin },
+            loops,
+            loops_stop,
         };
         let outcome = driver.run(&mut reports, &mut events, shutdown).await;
         follow_stop.cancel();
@@ -339,6 +377,18 @@ pub fn outcome_lines(outcome: &Outcome, agents: &[String]) -> Vec<String> {
     lines
 }
 
+impl Supervisor {
+    /// Sets the characters of the Conclave tool definitions as the model receives them (see
+    /// [`crate::coordination::tool_definition_chars`]), for every agent's coordination account;
+    /// left unset, they are not counted.
+    pub fn with_tool_definition_chars(mut self, chars: usize) -> Supervisor {
+        for agent in &mut self.team.agents {
+            agent.set_tool_definition_chars(chars);
+        }
+        self
+    }
+}
+
 fn read_saved_state(dir: &std::path::Path) -> SavedState {
     std::fs::read_to_string(dir.join("supervisor.json"))
         .ok()
@@ -359,6 +409,10 @@ struct Driver<P, S> {
     url: String,
     processes: P,
     server: S,
+    /// The team's loops (`mode = "loop"`), each ending with its line for the outcome.
+    loops: JoinSet<LoopEnded>,
+    /// Ends the loops when the run ends.
+    loops_stop: CancellationToken,
 }
 
 impl<P: ProcessSide, S: ServerSide> Driver<P, S> {
@@ -380,12 +434,31 @@ impl<P: ProcessSide, S: ServerSide> Driver<P, S> {
                 () = shutdown.cancelled() => break Outcome::Stopped,
                 Some(report) = reports.recv() => self.input_of(report),
                 Some(event) = events.recv() => Input::Event(event),
+                Some(ended) = self.loops.join_next(), if !self.loops.is_empty() => {
+                    self.team.loops.running = self.team.loops.running.saturating_sub(1);
+                    match ended {
+                        Ok(ended) => self.team.loops.ended.push(ended),
+                        Err(error) => tracing::warn!(%error, "a loop's task ended abnormally"),
+                    }
+                    // Its iterations may have left work for the others, or nothing at all.
+                    Input::Tick
+                }
                 _ = ticker.tick() => Input::Tick,
             };
             if let Some(outcome) = self.feed(input).await {
                 break outcome;
             }
         };
+        // Loops still running when the run ends (a stop, a failed login) are interrupted and
+        // awaited like the agents' processes.
+        self.loops_stop.cancel();
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_WAIT;
+        while let Ok(Some(ended)) = tokio::time::timeout_at(deadline, self.loops.join_next()).await
+        {
+            if let Ok(ended) = ended {
+                self.team.loops.ended.push(ended);
+            }
+        }
         // Where each agent was when the run ended, not after the shutdown.
         let summaries = self.team.summaries();
         self.stop_all(reports).await;
@@ -755,6 +828,8 @@ mod tests {
                 seen: seen.clone(),
             },
             server: RecordingServer { seen: seen.clone() },
+            loops: JoinSet::new(),
+            loops_stop: CancellationToken::new(),
         };
         (driver, reports, seen)
     }

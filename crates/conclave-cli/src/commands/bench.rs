@@ -10,20 +10,52 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.requests == 0 {
         anyhow::bail!("--requests must be at least 1");
     }
+    if let Some(url) = &args.store
+        && !conclave_core::store::is_postgres_url(url)
+    {
+        anyhow::bail!("--store {url:?}: expected a postgres://... URL (SQLite always runs)");
+    }
+    // SQLite always; PostgreSQL too when named, in the same run so that the figures compare.
+    let mut engines = vec![("sqlite", None)];
+    if let Some(url) = &args.store {
+        engines.push(("postgres", Some(url.clone())));
+    }
     let exe = std::env::current_exe()?;
-    let mut options = BenchOptions::new(exe);
-    options.requests = args.requests;
-    options.teams = args.agents.clone();
-    options.team_ops = args.team_ops;
-    options.rate = args.rate;
-    options.rate_secs = args.rate_secs;
-    options.scale_tasks = args.scale_tasks;
-    let report = run_bench(options, |step| note!("bench: {step}")).await?;
+    let mut reports = Vec::new();
+    for (engine, postgres) in engines {
+        let mut options = BenchOptions::new(exe.clone());
+        options.requests = args.requests;
+        options.teams = args.agents.clone();
+        options.team_ops = args.team_ops;
+        options.rate = args.rate;
+        options.rate_secs = args.rate_secs;
+        options.scale_tasks = args.scale_tasks;
+        options.postgres = postgres;
+        let report = run_bench(options, |step| note!("bench ({engine}): {step}")).await?;
+        reports.push((engine, report));
+    }
     if args.json {
-        outln!("{}", serde_json::to_string_pretty(&report)?)?;
+        // One engine prints the report it always printed; several are keyed by engine.
+        let value = match reports.as_slice() {
+            [(_, report)] => serde_json::to_value(report)?,
+            _ => serde_json::Value::Object(
+                reports
+                    .iter()
+                    .map(|(engine, report)| Ok((engine.to_string(), serde_json::to_value(report)?)))
+                    .collect::<anyhow::Result<_>>()?,
+            ),
+        };
+        outln!("{}", serde_json::to_string_pretty(&value)?)?;
         return Ok(());
     }
-    print_report(&report)
+    for (i, (engine, report)) in reports.iter().enumerate() {
+        if i > 0 {
+            outln!()?;
+        }
+        outln!("== {engine}")?;
+        print_report(report)?;
+    }
+    Ok(())
 }
 
 fn print_report(report: &BenchReport) -> anyhow::Result<()> {

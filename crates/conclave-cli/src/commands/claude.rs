@@ -274,6 +274,14 @@ fn exit_code_of(status: std::process::ExitStatus) -> u8 {
     }
 }
 
+/// The characters the Conclave tool definitions take in each model request (names prefixed as
+/// Claude Code prefixes them): the part of the coordination account every call carries.
+pub fn conclave_tool_definition_chars() -> usize {
+    let json = conclave_server::tool_definitions_json();
+    let tools = serde_json::from_str::<Vec<serde_json::Value>>(&json).map_or(0, |list| list.len());
+    conclave_supervisor::coordination::tool_definition_chars(&json, tools)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

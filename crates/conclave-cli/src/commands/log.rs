@@ -325,6 +325,17 @@ fn summarize(event: &Event) -> String {
                 .opt("check_exit", d.check_exit)
                 .field("outcome", &d.outcome);
         }
+        EventPayload::AgentConfirmRequested(d) => {
+            summary
+                .field("next_iteration", d.next_iteration)
+                .field("summary", &d.summary);
+        }
+        EventPayload::AgentConfirmed(d) => {
+            summary
+                .field("request", d.request)
+                .field("decision", d.decision)
+                .field("prompt_edited", d.prompt.is_some());
+        }
         EventPayload::AgentBudgetExceeded(d) => {
             summary.field("message", &d.message);
         }

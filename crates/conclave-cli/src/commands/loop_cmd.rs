@@ -1,13 +1,24 @@
-//! `conclave loop --prompt FILE [--until CMD] [--max N] [--budget USD] [--model M] [--agent NAME]`:
-//! the `claude -p` loop of the supervisor crate ([`conclave_supervisor::loop_run`]) against the
-//! project's running server. One line per iteration, a total at the end; the exit code says why
-//! it ended (0 the check passed, 6 the iterations or budget ran out, 7 nothing could run, 130
-//! interrupted).
+//! `conclave loop --prompt FILE [--until CMD] [--max N] [--budget USD] [--confirm] [--model M]
+//! [--agent NAME]`: the `claude -p` loop of the supervisor crate ([`conclave_supervisor::loop_run`])
+//! against the project's running server. One line per iteration, a total at the end; the exit
+//! code says why it ended (0 the check passed, 6 the iterations or budget ran out or a person
+//! stopped it, 7 nothing could run, 130 interrupted).
+//!
+//! With `--confirm` the loop waits for a person before each iteration after the first. The
+//! terminal's answer (a line read from stdin) and the dashboard's are recorded the same way, by
+//! the server; whichever comes first decides.
 
 use std::time::Duration;
 
 use anyhow::Context as _;
-use conclave_supervisor::loop_run::{IterationReport, LoopOptions, run_loop};
+use std::io::BufRead as _;
+use std::path::PathBuf;
+
+use conclave_core::model::{ConfirmDecision, Confirmation, ConfirmationAnswer};
+use conclave_supervisor::loop_run::{
+    ConfirmEach, IterationReport, LoopExtras, LoopOptions, iteration_line, run_loop_with,
+};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::LoopArgs;
@@ -40,11 +51,12 @@ pub async fn run(context: &Context, args: LoopArgs) -> anyhow::Result<()> {
         args.prompt.display()
     );
     anyhow::ensure!(
-        args.until.is_some() || args.max.is_some() || args.budget.is_some(),
-        "give --until, --max or --budget: otherwise the loop never ends"
+        args.until.is_some() || args.max.is_some() || args.budget.is_some() || args.confirm,
+        "give --until, --max, --budget or --confirm: otherwise the loop never ends"
     );
     let url = reachable_url(&context.server_url()?);
     let admin = admin_client(project, &url)?;
+    let prompt_file = args.prompt.clone();
     let options = LoopOptions {
         prompt,
         until: args.until,
@@ -55,6 +67,7 @@ pub async fn run(context: &Context, args: LoopArgs) -> anyhow::Result<()> {
         permission_mode: args.permission_mode,
         check_timeout: Duration::from_secs(args.check_timeout),
         env: Default::default(),
+        tool_definition_chars: crate::commands::claude::conclave_tool_definition_chars(),
     };
     let interrupt = CancellationToken::new();
     let on_signal = interrupt.clone();
@@ -77,7 +90,23 @@ pub async fn run(context: &Context, args: LoopArgs) -> anyhow::Result<()> {
             .map(|max| format!(", at most {max} iterations"))
             .unwrap_or_default(),
     );
-    let report = run_loop(project, &admin, &url, &options, interrupt, print_iteration).await?;
+    let extras = LoopExtras {
+        confirm: args.confirm.then(|| ConfirmEach {
+            terminal: read_terminal_answers(prompt_file),
+            on_wait: Box::new(ask_in_terminal),
+        }),
+        ..LoopExtras::default()
+    };
+    let report = run_loop_with(
+        project,
+        &admin,
+        &url,
+        &options,
+        extras,
+        interrupt,
+        print_iteration,
+    )
+    .await?;
     note!(
         "conclave: {}: {} iteration{}, ${:.4}, {}",
         report.end.describe(),
@@ -97,31 +126,78 @@ pub async fn run(context: &Context, args: LoopArgs) -> anyhow::Result<()> {
 }
 
 fn print_iteration(it: &IterationReport) {
-    let check = match &it.check {
-        Some(check) => match check.exit_code {
-            Some(code) => format!("check exit {code}"),
-            None => "check timed out".to_string(),
-        },
-        None if it.interrupted => "interrupted".to_string(),
-        None if !it.ran => format!(
-            "did not run: {}",
-            it.failure.as_deref().unwrap_or("no result")
-        ),
-        None => "no check".to_string(),
-    };
+    note!("{}", iteration_line(it));
+}
+
+fn ask_in_terminal(waiting: &Confirmation) {
     note!(
-        "iteration {}: ${:.4}, {} turns, {}, {}{}",
-        it.number,
-        it.cost_usd,
-        it.turns.map_or_else(|| "?".to_string(), |t| t.to_string()),
-        seconds(it.duration),
-        check,
-        if it.is_error {
-            " (the client reported an error)"
-        } else {
-            ""
-        },
+        "conclave: iteration {} waits for you: Enter continues, s stops, e edits the prompt \
+         (or answer on the dashboard)",
+        waiting.next_iteration
     );
+}
+
+/// Reads the terminal's answers on a thread of its own (stdin blocks): a line is an answer, `e`
+/// opens the prompt file in `$EDITOR` (default `vi`) and continues with what it then holds. The
+/// channel closes at the end of stdin, leaving the answer to the dashboard.
+fn read_terminal_answers(prompt_file: PathBuf) -> mpsc::UnboundedReceiver<ConfirmationAnswer> {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            let answer = match line.trim().to_ascii_lowercase().as_str() {
+                "" | "c" | "y" | "continue" => ConfirmationAnswer {
+                    decision: ConfirmDecision::Continue,
+                    prompt: None,
+                },
+                "s" | "n" | "q" | "stop" => ConfirmationAnswer {
+                    decision: ConfirmDecision::Stop,
+                    prompt: None,
+                },
+                "e" | "edit" => match edit(&prompt_file) {
+                    Ok(prompt) => ConfirmationAnswer {
+                        decision: ConfirmDecision::Continue,
+                        prompt: Some(prompt),
+                    },
+                    Err(error) => {
+                        note!("conclave: {error:#}; answer again");
+                        continue;
+                    }
+                },
+                other => {
+                    note!(
+                        "conclave: {other:?} is not an answer: Enter continues, s stops, e edits"
+                    );
+                    continue;
+                }
+            };
+            if sender.send(answer).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
+}
+
+/// Opens the prompt in `$EDITOR` and answers what the file holds afterwards.
+fn edit(prompt_file: &std::path::Path) -> anyhow::Result<String> {
+    let editor = std::env::var("EDITOR")
+        .ok()
+        .filter(|e| !e.trim().is_empty())
+        .unwrap_or_else(|| "vi".into());
+    // `sh -c` so that an EDITOR with arguments ("code --wait") works as in other tools.
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{editor} \"$1\""))
+        .arg("sh")
+        .arg(prompt_file)
+        .status()
+        .with_context(|| format!("cannot start the editor {editor}"))?;
+    anyhow::ensure!(status.success(), "the editor {editor} ended with {status}");
+    let prompt = std::fs::read_to_string(prompt_file)
+        .with_context(|| format!("cannot read {}", prompt_file.display()))?;
+    anyhow::ensure!(!prompt.trim().is_empty(), "the prompt is empty");
+    Ok(prompt)
 }
 
 fn seconds(duration: Duration) -> String {

@@ -23,6 +23,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let options = ServeOptions {
         listen: args.listen,
         allow_remote: args.allow_remote,
+        store: args.store,
     };
     conclave_server::serve_project(&project, options, shutdown).await
 }

@@ -21,8 +21,13 @@ pub async fn run(context: &Context, json: bool) -> anyhow::Result<()> {
     }
     // Failures a person should see (`conclave log --kind agent.alert` lists them).
     outln!("alerts: {}", status.alerts)?;
-    // Tasks held for a person (`conclave task approve|reject` decides).
-    outln!("decisions waiting: {}", status.approvals_waiting)?;
+    // Tasks held for a person (`conclave task approve|reject` decides), and loops waiting for a
+    // person's go-ahead (their terminal or the dashboard answers).
+    let decisions = status.approvals_waiting + status.confirmations_waiting;
+    match status.confirmations_waiting {
+        0 => outln!("decisions waiting: {decisions}")?,
+        loops => outln!("decisions waiting: {decisions} ({loops} loop confirmation(s))")?,
+    }
 
     outln!()?;
     if status.agents.is_empty() {
@@ -33,6 +38,14 @@ pub async fn run(context: &Context, json: bool) -> anyhow::Result<()> {
             "{}",
             super::agent::agents_table(&status.agents, &status.tasks).render()
         )?;
+        // What coordination costs each agent in context (docs/compare.md).
+        for agent in &status.agents {
+            match &agent.coordination {
+                Some(account) => outln!("  {}: {}", agent.name, account.describe())?,
+                // Only `conclave up` and `conclave loop` count it.
+                None => outln!("  {}: coordination: not measured yet", agent.name)?,
+            }
+        }
     }
 
     outln!()?;

@@ -186,7 +186,9 @@ pub async fn run(context: &Context, args: UpArgs) -> anyhow::Result<()> {
             shutdown.cancelled().await;
             return Ok(());
         }
-        let supervisor = Supervisor::prepare(&project, admin, options).await?;
+        let supervisor = Supervisor::prepare(&project, admin, options)
+            .await?
+            .with_tool_definition_chars(super::claude::conclave_tool_definition_chars());
         eprintln!(
             "conclave: running {} agent(s): {}",
             supervisor.names().len(),
@@ -280,6 +282,9 @@ async fn detach(project: &Project, args: &UpArgs) -> anyhow::Result<()> {
                     "conclave: {}: client {} answered a probe turn",
                     agent.name, agent.version
                 );
+                if let Some(warning) = &agent.warning {
+                    eprintln!("conclave: warning: {}: {warning}", agent.name);
+                }
             }
         }
         Err(error) => {

@@ -269,3 +269,181 @@ async fn loop_stops_with_exit_6_once_the_budget_is_spent() -> Result<()> {
     );
     Ok(())
 }
+
+/// The admin's client of the team's server (what the dashboard's buttons call).
+fn admin(team: &Team) -> Result<conclave_client::Client> {
+    let project = conclave_core::project::Project::at(team.root());
+    let token = project
+        .read_admin_token()?
+        .context("no admin token in the project")?;
+    conclave_client::Client::new(format!("http://{}", team.server()?.address()), token, None)
+}
+
+/// Waits until the loop asks for iteration `next`; answers nothing.
+async fn waiting_for(client: &conclave_client::Client, next: u32) -> Result<Value> {
+    let deadline = tokio::time::Instant::now() + AGENT_TIMEOUT;
+    loop {
+        let list: Value = client
+            .get("/api/confirmations", &[("waiting", "true".to_string())])
+            .await?;
+        if let Some(waiting) = list["confirmations"]
+            .as_array()
+            .and_then(|all| all.iter().find(|c| c["next_iteration"] == next))
+        {
+            return Ok(waiting.clone());
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the loop never asked for iteration {next}: {list}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirm_waits_for_a_person_through_the_api_who_edits_the_prompt_then_stops_it()
+-> Result<()> {
+    let _serial = serial().await;
+    let Some(claude) = claude_or_skip() else {
+        return Ok(());
+    };
+    let team = Team::start().await?;
+    let (script, prompts) = counting_model(team.root());
+    let stand_in = StandIn::start(script).await?;
+    let env = CliEnv::new(&stand_in.url(), &api_key("loop"))?;
+    std::fs::write(team.path("prompt.md"), "Add one to the count.\n")?;
+    let mut command = env.command(Path::new(BIN));
+    command
+        .args(["loop", "--prompt", "prompt.md", "--confirm", "--max", "5"])
+        .args(["--until", "false", "--permission-mode", "acceptEdits"])
+        .current_dir(team.root())
+        .env("CONCLAVE_CLAUDE_BIN", &claude)
+        // No terminal: only the API answers.
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let child = command.spawn()?;
+    let client = admin(&team)?;
+
+    let asked = waiting_for(&client, 2).await?;
+    ensure!(
+        asked["summary"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("iteration 1:") && s.contains("check exit 1")),
+        "summary: {asked}"
+    );
+    let status = team.conclave(&["status"]).await?;
+    ensure!(
+        status.contains("decisions waiting: 1 (1 loop confirmation(s))"),
+        "counted in status: {status}"
+    );
+    // Nothing runs while it waits.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    ensure!(
+        prompts
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .len()
+            == 1,
+        "an iteration ran without confirmation"
+    );
+    let answer: Value = client
+        .post(
+            "/api/agents/loop/confirm",
+            &json!({"decision": "continue", "prompt": "Count once more, carefully."}),
+        )
+        .await?;
+    ensure!(answer["decision"] == "continue", "{answer}");
+
+    waiting_for(&client, 3).await?;
+    let _: Value = client
+        .post("/api/agents/loop/confirm", &json!({"decision": "stop"}))
+        .await?;
+    let output = tokio::time::timeout(AGENT_TIMEOUT, child.wait_with_output())
+        .await
+        .context("conclave loop did not end after stop")??;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        output.status.code() == Some(6),
+        "{:?}: {stderr}",
+        output.status
+    );
+    ensure!(
+        stderr.contains("iteration 2 waits for you")
+            && stderr.contains("stopped by admin before the next iteration: 2 iterations"),
+        "{stderr}"
+    );
+    let prompts = prompts
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clone();
+    ensure!(prompts.len() == 2, "sessions: {prompts:?}");
+    ensure!(
+        prompts[1].contains("Count once more, carefully.")
+            && !prompts[1].contains("Add one to the count."),
+        "the edited prompt: {}",
+        prompts[1]
+    );
+    let events = events(&team).await?;
+    let decisions: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "agent.confirmed")
+        .map(|e| &e["data"]["decision"])
+        .collect();
+    ensure!(
+        decisions == [&json!("continue"), &json!("stop")],
+        "{decisions:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirm_answered_in_the_terminal_is_recorded_like_the_dashboards() -> Result<()> {
+    let _serial = serial().await;
+    let Some(claude) = claude_or_skip() else {
+        return Ok(());
+    };
+    let team = Team::start().await?;
+    let (script, _) = counting_model(team.root());
+    let stand_in = StandIn::start(script).await?;
+    let env = CliEnv::new(&stand_in.url(), &api_key("loop"))?;
+    std::fs::write(team.path("prompt.md"), "Add one to the count.\n")?;
+    let mut command = env.command(Path::new(BIN));
+    command
+        .args(["loop", "--prompt", "prompt.md", "--confirm", "--max", "2"])
+        .args(["--until", "false", "--permission-mode", "acceptEdits"])
+        .current_dir(team.root())
+        .env("CONCLAVE_CLAUDE_BIN", &claude)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn()?;
+    let mut stdin = child.stdin.take().context("no stdin")?;
+    let client = admin(&team)?;
+    waiting_for(&client, 2).await?;
+    // Enter continues.
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, b"\n").await?;
+    let output = tokio::time::timeout(AGENT_TIMEOUT, child.wait_with_output())
+        .await
+        .context("conclave loop did not end")??;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        output.status.code() == Some(6),
+        "{:?}: {stderr}",
+        output.status
+    );
+    ensure!(
+        stderr.contains("the iterations ran out: 2 iterations"),
+        "{stderr}"
+    );
+    let events = events(&team).await?;
+    let answered: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "agent.confirmed")
+        .collect();
+    ensure!(
+        answered.len() == 1 && answered[0]["data"]["decision"] == "continue",
+        "{answered:?}"
+    );
+    Ok(())
+}

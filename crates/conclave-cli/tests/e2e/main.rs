@@ -8,6 +8,7 @@
 //! under `CI=true` it fails instead.
 
 mod attribution;
+mod compare;
 mod demo;
 mod hosts;
 mod loop_cmd;
@@ -20,4 +21,5 @@ mod supervisor_control;
 mod support;
 mod team;
 mod tool_list;
+mod up_modes;
 mod worktrees;

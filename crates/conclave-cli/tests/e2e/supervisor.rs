@@ -197,7 +197,7 @@ fn claimed_id(content: &str) -> Option<String> {
 }
 
 /// An agent that claims, finishes what it claimed, and ends its turn when nothing is ready.
-fn worker(request: &RecordedRequest) -> Reply {
+pub(crate) fn worker(request: &RecordedRequest) -> Reply {
     match request.tool_results().last() {
         None => Reply::tool_use("mcp__conclave__claim", json!({})),
         Some(result) => match claimed_id(&result.content) {

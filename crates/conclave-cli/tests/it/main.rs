@@ -3,7 +3,9 @@
 
 mod attach;
 mod attribution;
+mod compare;
 mod config;
+mod coordination;
 mod errors;
 mod follow;
 mod hook;
@@ -14,6 +16,7 @@ mod queue;
 mod retry;
 mod serve;
 mod steering;
+mod store;
 mod support;
 mod terminal;
 mod tokens;

@@ -1,8 +1,8 @@
 //! Agents: registration, tokens (stored hashed), heartbeats, status reports, and releasing what a
 //! dead agent held.
 
+use super::db::{OptionalExtension, Row, params};
 use rand::RngCore;
-use rusqlite::{OptionalExtension, Row, params};
 
 use super::{Reader, Tx, json_list, ms_to_time, opt_time, sha256_hex, to_json_list, validate_name};
 use crate::error::{CoreError, Result};
@@ -15,7 +15,7 @@ use crate::model::{
 };
 
 const AGENT_COLUMNS: &str = "name, role, model, caps, status, session_id, pid, host, last_seen, \
-     context_tokens, context_window, cost_usd, restarts, created_at, isolation";
+     context_tokens, context_window, cost_usd, restarts, created_at, isolation, coordination";
 
 /// Tokens are stored as their SHA-256; a token cannot be read back, only checked.
 pub fn hash_token(token: &str) -> String {
@@ -29,13 +29,13 @@ fn new_token() -> String {
     format!("cvk_{hex}")
 }
 
-fn agent_from_row(row: &Row<'_>) -> rusqlite::Result<Agent> {
+fn agent_from_row(row: &Row<'_>) -> Result<Agent> {
     let status: String = row.get(4)?;
     Ok(Agent {
         name: row.get(0)?,
         role: row.get(1)?,
         model: row.get(2)?,
-        caps: json_list(&row.get::<_, String>(3)?),
+        caps: json_list(&row.get::<String>(3)?),
         status: status.parse().unwrap_or(AgentStatus::Offline),
         session_id: row.get(5)?,
         pid: row.get(6)?,
@@ -47,9 +47,14 @@ fn agent_from_row(row: &Row<'_>) -> rusqlite::Result<Agent> {
         restarts: row.get(12)?,
         created_at: ms_to_time(row.get(13)?),
         isolation: row
-            .get::<_, String>(14)?
+            .get::<String>(14)?
             .parse()
             .unwrap_or(crate::model::Isolation::Shared),
+        // An account that no longer parses is dropped, not fatal: it is replaced at the next
+        // report.
+        coordination: row
+            .get::<Option<String>>(15)?
+            .and_then(|text| serde_json::from_str(&text).ok()),
     })
 }
 
@@ -79,31 +84,28 @@ impl Reader<'_> {
 
     pub fn find_agent(&self, name: &str) -> Result<Option<Agent>> {
         let sql = format!("SELECT {AGENT_COLUMNS} FROM agents WHERE name = ?1");
-        Ok(self
-            .conn()
+        self.conn()
             .query_row(&sql, params![name], agent_from_row)
-            .optional()?)
+            .optional()
     }
 
     pub fn agents(&self) -> Result<Vec<Agent>> {
         let sql = format!("SELECT {AGENT_COLUMNS} FROM agents ORDER BY created_at, name");
-        let mut statement = self.conn().prepare(&sql)?;
-        let rows = statement.query_map([], agent_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let rows = self.conn().query_map(&sql, params![], agent_from_row)?;
+        Ok(rows)
     }
 
     /// How many agents are in each status (every status listed, zeros included).
     pub fn agent_status_counts(&self) -> Result<Vec<(AgentStatus, usize)>> {
-        let mut statement = self
-            .conn()
-            .prepare_cached("SELECT status, count(*) FROM agents GROUP BY status")?;
-        let rows = statement.query_map([], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
-        })?;
+        let rows = self.conn().query_map(
+            "SELECT status, count(*) FROM agents GROUP BY status",
+            params![],
+            |row| Ok((row.get::<String>(0)?, row.get::<i64>(1)?)),
+        )?;
         let mut counts: Vec<(AgentStatus, usize)> =
             AgentStatus::ALL.iter().map(|status| (*status, 0)).collect();
         for row in rows {
-            let (status, count) = row?;
+            let (status, count) = row;
             if let Some(slot) = counts.iter_mut().find(|(s, _)| s.as_str() == status) {
                 slot.1 = usize::try_from(count).unwrap_or(0);
             }
@@ -114,29 +116,29 @@ impl Reader<'_> {
     /// The agent's tokens, oldest first.
     pub fn agent_tokens(&self, name: &str) -> Result<Vec<AgentToken>> {
         self.agent(name)?;
-        let mut statement = self.conn().prepare(
+        let rows = self.conn().query_map(
             "SELECT substr(token_hash, 1, 12), created_at FROM agent_tokens
              WHERE agent = ?1 ORDER BY created_at, token_hash",
+            params![name],
+            |row| {
+                Ok(AgentToken {
+                    id: row.get(0)?,
+                    created_at: ms_to_time(row.get(1)?),
+                })
+            },
         )?;
-        let rows = statement.query_map(params![name], |row| {
-            Ok(AgentToken {
-                id: row.get(0)?,
-                created_at: ms_to_time(row.get(1)?),
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        Ok(rows)
     }
 
     /// The agent a token belongs to, if any.
     pub fn agent_for_token(&self, token: &str) -> Result<Option<String>> {
-        Ok(self
-            .conn()
+        self.conn()
             .query_row(
                 "SELECT agent FROM agent_tokens WHERE token_hash = ?1",
                 params![hash_token(token)],
                 |row| row.get(0),
             )
-            .optional()?)
+            .optional()
     }
 }
 
@@ -270,6 +272,35 @@ impl Tx<'_> {
         {
             return Err(CoreError::invalid("cost_usd must be a non-negative number"));
         }
+        let coordination = match &update.coordination {
+            Some(account) => {
+                if [
+                    account.model_calls,
+                    account.input_tokens,
+                    account.output_tokens,
+                    account.cache_read_tokens,
+                    account.cache_creation_tokens,
+                    account.definitions_tokens,
+                    account.tool_tokens,
+                    account.injected_tokens,
+                    account.handoff_tokens,
+                ]
+                .iter()
+                .any(|count| *count < 0)
+                    || !account.chars_per_token.is_finite()
+                    || account.chars_per_token < 0.0
+                {
+                    return Err(CoreError::invalid(
+                        "coordination counts must not be negative",
+                    ));
+                }
+                Some(
+                    serde_json::to_string(account)
+                        .map_err(|error| CoreError::invalid(format!("coordination: {error}")))?,
+                )
+            }
+            None => None,
+        };
         // What the agent spent since its last report goes to the task it holds (a lower report,
         // the client's total replacing an estimate, takes back what was counted, never below 0).
         if let Some(cost) = update.cost_usd {
@@ -291,7 +322,8 @@ impl Tx<'_> {
                 host = COALESCE(?7, host),
                 context_tokens = COALESCE(?8, context_tokens),
                 context_window = COALESCE(?9, context_window),
-                cost_usd = COALESCE(?10, cost_usd), restarts = COALESCE(?11, restarts)
+                cost_usd = COALESCE(?10, cost_usd), restarts = COALESCE(?11, restarts),
+                coordination = COALESCE(?12, coordination)
              WHERE name = ?1",
             params![
                 name,
@@ -304,7 +336,8 @@ impl Tx<'_> {
                 update.context_tokens,
                 update.context_window,
                 update.cost_usd,
-                update.restarts
+                update.restarts,
+                coordination
             ],
         )?;
         if let Some(isolation) = update.isolation {
@@ -413,16 +446,15 @@ impl Tx<'_> {
         name: &str,
         reason: &str,
     ) -> Result<ReleaseReport> {
-        let held: Vec<i64> = {
-            let mut statement = self.conn().prepare(
-                "SELECT id FROM tasks WHERE assignee = ?1 AND blocked_reason IS NULL
-                 AND awaiting_approval = 0 AND status IN ('claimed', 'in_progress', 'review', 'blocked')
+        let held: Vec<i64> = self.conn().query_map(
+            "SELECT id FROM tasks WHERE assignee = ?1 AND blocked_reason IS NULL
+                 AND awaiting_approval = 0
+                 AND status IN ('claimed', 'in_progress', 'review', 'blocked')
                  AND id NOT IN (SELECT task_id FROM merge_queue WHERE state IN ('queued', 'merging'))
                  ORDER BY id",
-            )?;
-            let rows = statement.query_map(params![name], |row| row.get(0))?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
+            params![name],
+            |row| row.get(0),
+        )?;
         let mut report = ReleaseReport::default();
         for id in held {
             let task_id = crate::model::TaskId(id);

@@ -1,6 +1,6 @@
 //! The append-only event log: queries, and the sweeper that expires claims and leases.
 
-use rusqlite::{Row, params};
+use super::db::{Row, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Reader, Store, Tx, ms_to_time};
@@ -10,7 +10,7 @@ use crate::model::{Event, EventFilter, EventPayload, TaskId};
 const DEFAULT_LIMIT: i64 = 1000;
 const MAX_LIMIT: i64 = 10_000;
 
-fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Event> {
+fn event_from_row(row: &Row<'_>) -> Result<Event> {
     let data: String = row.get(6)?;
     // An old row whose data does not fit its kind reads as an unrecognized payload, verbatim.
     let data = serde_json::from_str(&data).unwrap_or(serde_json::Value::Null);
@@ -18,7 +18,7 @@ fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Event> {
         seq: row.get(0)?,
         ts: ms_to_time(row.get(1)?),
         actor: row.get(2)?,
-        task: row.get::<_, Option<i64>>(4)?.map(TaskId),
+        task: row.get::<Option<i64>>(4)?.map(TaskId),
         agent: row.get(5)?,
         payload: EventPayload::read(row.get(3)?, data),
     })
@@ -27,23 +27,23 @@ fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Event> {
 impl Reader<'_> {
     /// How many events of exactly this kind the log holds (`agent.alert` for `conclave status`).
     pub fn count_events(&self, kind: &str) -> Result<i64> {
-        Ok(self.conn().query_row(
+        self.conn().query_row(
             "SELECT count(*) FROM events WHERE kind = ?1",
             params![kind],
             |row| row.get(0),
-        )?)
+        )
     }
 
     /// The `file.touched` events `agent` recorded while it worked on `task`, oldest first: what
     /// `done` checks the fencing tokens of. Read through the task's index, so its cost follows
     /// the task's own events, not the log.
     pub fn touches_of_task(&self, task: TaskId, agent: &str) -> Result<Vec<Event>> {
-        let mut statement = self.conn().prepare_cached(
+        self.conn().query_map(
             "SELECT seq, ts, actor, kind, task_id, agent, data FROM events INDEXED BY events_by_task
              WHERE task_id = ?1 AND kind = 'file.touched' AND agent = ?2 ORDER BY seq",
-        )?;
-        let rows = statement.query_map(params![task.0, agent], event_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+            params![task.0, agent],
+            event_from_row,
+        )
     }
 
     /// Events matching `filter`, oldest first (or newest first with `desc`).
@@ -66,9 +66,9 @@ impl Reader<'_> {
                AND (?8 IS NULL OR seq < ?8)
              ORDER BY seq {order} LIMIT ?9"
         );
-        let mut statement = self.conn().prepare_cached(&sql)?;
         let limit = filter.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
-        let rows = statement.query_map(
+        let rows = self.conn().query_map(
+            &sql,
             params![
                 filter.after,
                 filter.agent,
@@ -82,16 +82,16 @@ impl Reader<'_> {
             ],
             event_from_row,
         )?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        Ok(rows)
     }
 
     /// The highest sequence number written so far (0 for an empty log).
     pub fn last_seq(&self) -> Result<i64> {
-        Ok(self
-            .conn()
-            .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |row| {
-                row.get(0)
-            })?)
+        self.conn().query_row(
+            "SELECT COALESCE(MAX(seq), 0) FROM events",
+            params![],
+            |row| row.get(0),
+        )
     }
 }
 
@@ -130,10 +130,24 @@ impl Tx<'_> {
 }
 
 impl Store {
+    /// Whether this server sweeps: always on SQLite (one server); on PostgreSQL, the one server
+    /// of those sharing the database that holds the sweeper's lock (see `store/pg.rs`).
+    pub fn is_sweeper(&self) -> Result<bool> {
+        match &self.inner.engine {
+            super::Engine::Sqlite { .. } => Ok(true),
+            super::Engine::Pg(engine) => engine.holds_sweeper_lock(),
+        }
+    }
+
     /// Expires claims and leases whose time is up. The server runs this periodically. The
     /// liveness noted in memory is persisted first, in the same transaction, so that no claim
-    /// of an agent this server has heard from expires.
+    /// of an agent this server has heard from expires. On PostgreSQL only the sweeping server
+    /// (see [`Store::is_sweeper`]) expires anything; the others only persist liveness.
     pub fn sweep(&self) -> Result<SweepReport> {
+        if !self.is_sweeper()? {
+            self.flush_liveness()?;
+            return Ok(SweepReport::default());
+        }
         self.with_heard(|tx, heard| {
             tx.record_liveness(heard)?;
             tx.sweep()

@@ -342,7 +342,7 @@ fn run_operation<T>(
         return (conn, Ran::Refused(error.into()), Vec::new(), Some(reason));
     }
     let mut tx = Tx {
-        conn: &conn,
+        db: super::db::Db::Sqlite(&conn),
         now: Utc::now(),
         config,
         events: Vec::new(),
@@ -425,7 +425,7 @@ mod tests {
     }
 
     fn wait_until_queued(store: &Store, count: usize) {
-        while store.inner.writer.queued() < count {
+        while store.sqlite_lane().queued() < count {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
@@ -516,7 +516,7 @@ mod tests {
         let before = store.commit_stats();
         for n in 0..20 {
             create_and_check(&store, &format!("task {n}")).expect("create");
-            assert_eq!(store.inner.writer.queued(), 0);
+            assert_eq!(store.sqlite_lane().queued(), 0);
         }
         let after = store.commit_stats();
         assert_eq!(after.commits - before.commits, 20);

@@ -4,7 +4,7 @@
 //! free (the sweeper deletes them with an event); re-acquiring a lease one already holds extends
 //! it and gives it a new, larger fencing token.
 
-use rusqlite::{Row, params};
+use super::db::{Row, params};
 
 use super::{Reader, Tx, ms_to_time, validate_text};
 use crate::error::{CoreError, LeaseConflict, Result};
@@ -26,13 +26,13 @@ pub const MAX_PATHS: usize = 100;
 /// Conflicts named in a refusal (the first found; the answer says when there may be more).
 pub const MAX_REPORTED_CONFLICTS: usize = 5;
 
-fn lease_from_row(row: &Row<'_>) -> rusqlite::Result<Lease> {
+fn lease_from_row(row: &Row<'_>) -> Result<Lease> {
     let mode: String = row.get(1)?;
     Ok(Lease {
         path: row.get(0)?,
         mode: mode.parse().unwrap_or_default(),
         holder: row.get(2)?,
-        task: row.get::<_, Option<i64>>(3)?.map(TaskId),
+        task: row.get::<Option<i64>>(3)?.map(TaskId),
         reason: row.get(4)?,
         fencing_token: row.get(5)?,
         acquired_at: ms_to_time(row.get(6)?),
@@ -66,9 +66,10 @@ impl Reader<'_> {
         let sql = format!(
             "SELECT {LEASE_COLUMNS} FROM leases WHERE expires_at > ?1 ORDER BY pattern, holder"
         );
-        let mut statement = self.conn().prepare_cached(&sql)?;
-        let rows = statement.query_map(params![now_ms], lease_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let rows = self
+            .conn()
+            .query_map(&sql, params![now_ms], lease_from_row)?;
+        Ok(rows)
     }
 
     /// How many leases are in force at `now_ms`, counted on the expiry index.
@@ -95,10 +96,10 @@ impl Reader<'_> {
             "SELECT {LEASE_COLUMNS} FROM leases
              WHERE pattern > ?1 || '/' AND pattern < ?1 || '0' AND expires_at > ?2"
         );
-        let mut statement = self.conn().prepare_cached(&beneath)?;
-        let rows = statement.query_map(params![prefix, now_ms], lease_from_row)?;
+        let rows = self
+            .conn()
+            .query_map(&beneath, params![prefix, now_ms], lease_from_row)?;
         for lease in rows {
-            let lease = lease?;
             // Globs are read below, once.
             if !is_glob_text(&lease.path) {
                 near.push(lease);
@@ -106,10 +107,10 @@ impl Reader<'_> {
         }
         let globs =
             format!("SELECT {LEASE_COLUMNS} FROM leases WHERE is_glob = 1 AND expires_at > ?1");
-        let mut statement = self.conn().prepare_cached(&globs)?;
-        let rows = statement.query_map(params![now_ms], lease_from_row)?;
+        let rows = self
+            .conn()
+            .query_map(&globs, params![now_ms], lease_from_row)?;
         for lease in rows {
-            let lease = lease?;
             let related = paths::normalize_lease_path(&lease.path).map_or(true, |held| {
                 let held_prefix = held.literal_prefix();
                 held_prefix.is_empty() || prefixes_related(held_prefix, prefix)
@@ -140,21 +141,31 @@ impl Reader<'_> {
     fn leases_of_task(&self, task: TaskId, now_ms: i64) -> Result<Vec<Lease>> {
         let sql =
             format!("SELECT {LEASE_COLUMNS} FROM leases WHERE task_id = ?1 AND expires_at > ?2");
-        let mut statement = self.conn().prepare_cached(&sql)?;
-        let rows = statement.query_map(params![task.0, now_ms], lease_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let rows = self
+            .conn()
+            .query_map(&sql, params![task.0, now_ms], lease_from_row)?;
+        Ok(rows)
     }
 
     /// The live leases on exactly these patterns.
     fn leases_on(&self, patterns: &[&str], now_ms: i64) -> Result<Vec<Lease>> {
+        // The patterns go as one JSON list, unpacked by each engine's own JSON function. On
+        // PostgreSQL as an array (`= ANY`), not a set: it then looks each pattern up in the
+        // index instead of scanning every lease.
+        let test = if self.conn().is_postgres() {
+            "= ANY (ARRAY(SELECT jsonb_array_elements_text(?1::jsonb)))"
+        } else {
+            "IN (SELECT value FROM json_each(?1))"
+        };
         let sql = format!(
             "SELECT {LEASE_COLUMNS} FROM leases
-             WHERE pattern IN (SELECT value FROM json_each(?1)) AND expires_at > ?2"
+             WHERE pattern {test} AND expires_at > ?2"
         );
-        let mut statement = self.conn().prepare_cached(&sql)?;
         let list = serde_json::to_string(patterns)?;
-        let rows = statement.query_map(params![list, now_ms], lease_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let rows = self
+            .conn()
+            .query_map(&sql, params![list, now_ms], lease_from_row)?;
+        Ok(rows)
     }
 
     /// How many live leases `holder` has.
@@ -171,9 +182,10 @@ impl Reader<'_> {
         let sql = format!(
             "SELECT {LEASE_COLUMNS} FROM leases WHERE holder = ?1 AND expires_at > ?2 ORDER BY pattern"
         );
-        let mut statement = self.conn().prepare_cached(&sql)?;
-        let rows = statement.query_map(params![holder, now_ms], lease_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let rows = self
+            .conn()
+            .query_map(&sql, params![holder, now_ms], lease_from_row)?;
+        Ok(rows)
     }
 
     /// The live leases held by others that stand against `holder` taking `pattern` in `mode`.
@@ -514,9 +526,8 @@ impl Tx<'_> {
     pub(crate) fn purge_expired_leases(&mut self) -> Result<Vec<Lease>> {
         let sql = format!("SELECT {LEASE_COLUMNS} FROM leases WHERE expires_at <= ?1");
         let expired: Vec<Lease> = {
-            let mut statement = self.conn().prepare_cached(&sql)?;
-            let rows = statement.query_map(params![self.now_ms()], lease_from_row)?;
-            rows.collect::<rusqlite::Result<_>>()?
+            self.conn()
+                .query_map(&sql, params![self.now_ms()], lease_from_row)?
         };
         for lease in &expired {
             self.conn().execute(
@@ -538,11 +549,11 @@ impl Tx<'_> {
     }
 
     fn next_fencing_token(&mut self) -> Result<i64> {
-        Ok(self.conn().query_row(
+        self.conn().query_row(
             "UPDATE counters SET value = value + 1 WHERE name = 'fencing_token' RETURNING value",
-            [],
+            params![],
             |row| row.get(0),
-        )?)
+        )
     }
 }
 

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::db::params;
 use chrono::Utc;
-use rusqlite::params;
 
 use super::{Store, Tx, lock};
 use crate::error::Result;
@@ -130,30 +130,28 @@ impl Tx<'_> {
             return Ok(());
         }
         let ttl_ms = self.config().claim_ttl_secs.saturating_mul(1000);
-        let mut seen = self.conn().prepare_cached(
-            "UPDATE agents SET last_seen = max(COALESCE(last_seen, 0), ?2) WHERE name = ?1",
-        )?;
-        let mut claims = self.conn().prepare_cached(
-            "UPDATE tasks SET claim_expires_at = max(COALESCE(claim_expires_at, 0), ?2)
-             WHERE assignee = ?1 AND status IN ('claimed', 'in_progress', 'review', 'blocked')",
-        )?;
-        let mut first = self.conn().prepare_cached(
-            "UPDATE agents SET status = ?2 WHERE name = ?1 AND last_seen IS NULL AND status = ?3",
-        )?;
+        let seen = "UPDATE agents SET last_seen = max(COALESCE(last_seen, 0), ?2) WHERE name = ?1";
+        let claims = "UPDATE tasks SET claim_expires_at = max(COALESCE(claim_expires_at, 0), ?2)
+             WHERE assignee = ?1 AND status IN ('claimed', 'in_progress', 'review', 'blocked')";
+        let first =
+            "UPDATE agents SET status = ?2 WHERE name = ?1 AND last_seen IS NULL AND status = ?3";
+        let db = self.conn();
         let mut woke = Vec::new();
         for (agent, at) in heard {
-            let changed = first.execute(params![
-                agent,
-                AgentStatus::Idle.as_str(),
-                AgentStatus::Offline.as_str()
-            ])?;
+            let changed = db.execute(
+                first,
+                params![
+                    agent,
+                    AgentStatus::Idle.as_str(),
+                    AgentStatus::Offline.as_str()
+                ],
+            )?;
             if changed == 1 {
                 woke.push(agent.as_str());
             }
-            seen.execute(params![agent, at])?;
-            claims.execute(params![agent, at.saturating_add(ttl_ms)])?;
+            db.execute(seen, params![agent, at])?;
+            db.execute(claims, params![agent, at.saturating_add(ttl_ms)])?;
         }
-        drop((seen, claims, first));
         woke.sort_unstable();
         for agent in woke {
             let changed = AgentStatusChanged {

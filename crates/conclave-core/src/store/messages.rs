@@ -2,7 +2,7 @@
 //! delivery row per recipient that stays unacknowledged (and so comes back in the inbox) until the
 //! recipient acknowledges it: at-least-once delivery across reconnects and restarts.
 
-use rusqlite::{OptionalExtension, Row, params};
+use super::db::{OptionalExtension, Row, params};
 
 use super::{Reader, Tx, ms_to_time, opt_time, validate_name, validate_text};
 use crate::audience::Viewer;
@@ -37,10 +37,10 @@ pub fn parse_message_id(text: &str) -> Result<i64> {
     crate::model::parse_short_id(text, 'M', "message")
 }
 
-fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
+fn message_from_row(row: &Row<'_>) -> Result<Message> {
     let kind: String = row.get(4)?;
     Ok(Message {
-        id: format!("M-{}", row.get::<_, i64>(0)?),
+        id: format!("M-{}", row.get::<i64>(0)?),
         sender: row.get(1)?,
         to: row.get(2)?,
         thread: row.get(3)?,
@@ -68,12 +68,12 @@ impl Reader<'_> {
                AND (?2 IS NULL OR m.thread = ?2)
              ORDER BY m.id DESC LIMIT ?3"
         );
-        let mut statement = self.conn().prepare_cached(&sql)?;
-        let rows = statement.query_map(
+        let rows = self.conn().query_map(
+            &sql,
             params![party, thread, limit.clamp(1, 10_000)],
             message_from_row,
         )?;
-        let mut messages: Vec<Message> = rows.collect::<rusqlite::Result<_>>()?;
+        let mut messages: Vec<Message> = rows;
         messages.reverse();
         self.attach_deliveries(&mut messages)?;
         Ok(messages)
@@ -117,34 +117,36 @@ impl Reader<'_> {
             "SELECT {MESSAGE_COLUMNS} FROM messages m JOIN deliveries d ON d.message_id = m.id
              WHERE d.agent = ?1 AND d.acked_at IS NULL ORDER BY m.id"
         );
-        let mut statement = self.conn().prepare_cached(&sql)?;
-        let rows = statement.query_map(params![agent], message_from_row)?;
-        let mut messages: Vec<Message> = rows.collect::<rusqlite::Result<_>>()?;
+        let rows = self
+            .conn()
+            .query_map(&sql, params![agent], message_from_row)?;
+        let mut messages: Vec<Message> = rows;
         self.attach_deliveries(&mut messages)?;
         Ok(messages)
     }
 
     pub fn unread_count(&self, agent: &str) -> Result<i64> {
-        Ok(self.conn().query_row(
+        self.conn().query_row(
             "SELECT COUNT(*) FROM deliveries WHERE agent = ?1 AND acked_at IS NULL",
             params![agent],
             |row| row.get(0),
-        )?)
+        )
     }
 
     fn attach_deliveries(&self, messages: &mut [Message]) -> Result<()> {
-        let mut statement = self.conn().prepare_cached(
-            "SELECT agent, acked_at FROM deliveries WHERE message_id = ?1 ORDER BY agent",
-        )?;
         for message in messages {
             let id = parse_message_id(&message.id)?;
-            let rows = statement.query_map(params![id], |row| {
-                Ok(Delivery {
-                    agent: row.get(0)?,
-                    acked_at: opt_time(row.get(1)?),
-                })
-            })?;
-            message.deliveries = rows.collect::<rusqlite::Result<_>>()?;
+            let rows = self.conn().query_map(
+                "SELECT agent, acked_at FROM deliveries WHERE message_id = ?1 ORDER BY agent",
+                params![id],
+                |row| {
+                    Ok(Delivery {
+                        agent: row.get(0)?,
+                        acked_at: opt_time(row.get(1)?),
+                    })
+                },
+            )?;
+            message.deliveries = rows;
         }
         Ok(())
     }
@@ -184,7 +186,7 @@ impl Tx<'_> {
         if let Some(thread) = &new.thread {
             validate_text("thread", thread, 200, true)?;
         }
-        self.conn().execute(
+        let row_id = self.conn().insert(
             "INSERT INTO messages (sender, recipient, thread, kind, urgent, body, created_at)
              VALUES (?1, ?2, '', ?3, ?4, ?5, ?6)",
             params![
@@ -195,8 +197,8 @@ impl Tx<'_> {
                 new.body,
                 self.now_ms()
             ],
+            "id",
         )?;
-        let row_id = self.conn().last_insert_rowid();
         let id = format!("M-{row_id}");
         let thread = new.thread.clone().unwrap_or_else(|| id.clone());
         self.conn().execute(
@@ -240,13 +242,13 @@ impl Tx<'_> {
     /// Acknowledges, for `agent`, every message it was sent in `thread` before `before`.
     fn ack_thread_before(&mut self, agent: &str, thread: &str, before: i64) -> Result<()> {
         let answered: Vec<String> = {
-            let mut statement = self.conn().prepare(
+            self.conn().query_map(
                 "SELECT 'M-' || m.id FROM messages m JOIN deliveries d ON d.message_id = m.id
                  WHERE m.thread = ?1 AND m.id < ?2 AND d.agent = ?3 AND d.acked_at IS NULL
                  ORDER BY m.id",
-            )?;
-            let rows = statement.query_map(params![thread, before, agent], |row| row.get(0))?;
-            rows.collect::<rusqlite::Result<_>>()?
+                params![thread, before, agent],
+                |row| row.get(0),
+            )?
         };
         if !answered.is_empty() {
             self.ack_messages(agent, &answered)?;

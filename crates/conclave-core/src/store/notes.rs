@@ -1,7 +1,7 @@
 //! Notes (shared knowledge: decisions, discoveries, interfaces, warnings) and the full-text index
 //! over notes, messages and task results.
 
-use rusqlite::{OptionalExtension, Row, params};
+use super::db::{OptionalExtension, Row, params};
 
 use super::{Reader, Tx, json_list, ms_to_time, to_json_list, validate_name, validate_text};
 use crate::audience::Viewer;
@@ -18,19 +18,19 @@ pub fn parse_note_id(text: &str) -> Result<i64> {
     crate::model::parse_short_id(text, 'N', "note")
 }
 
-fn note_from_row(row: &Row<'_>) -> rusqlite::Result<Note> {
+fn note_from_row(row: &Row<'_>) -> Result<Note> {
     let kind: String = row.get(2)?;
     Ok(Note {
-        id: format!("N-{}", row.get::<_, i64>(0)?),
+        id: format!("N-{}", row.get::<i64>(0)?),
         author: row.get(1)?,
         kind: kind.parse().unwrap_or(NoteKind::Discovery),
         title: row.get(3)?,
         body: row.get(4)?,
-        tags: json_list(&row.get::<_, String>(5)?),
-        files: json_list(&row.get::<_, String>(6)?),
-        task: row.get::<_, Option<i64>>(7)?.map(TaskId),
-        supersedes: row.get::<_, Option<i64>>(8)?.map(|id| format!("N-{id}")),
-        superseded_by: row.get::<_, Option<i64>>(9)?.map(|id| format!("N-{id}")),
+        tags: json_list(&row.get::<String>(5)?),
+        files: json_list(&row.get::<String>(6)?),
+        task: row.get::<Option<i64>>(7)?.map(TaskId),
+        supersedes: row.get::<Option<i64>>(8)?.map(|id| format!("N-{id}")),
+        superseded_by: row.get::<Option<i64>>(9)?.map(|id| format!("N-{id}")),
         created_at: ms_to_time(row.get(10)?),
     })
 }
@@ -69,8 +69,8 @@ impl Reader<'_> {
              WHERE (?1 IS NULL OR kind = ?1) AND (?2 OR superseded_by IS NULL)
              ORDER BY id DESC LIMIT ?3"
         );
-        let mut statement = self.conn().prepare_cached(&sql)?;
-        let rows = statement.query_map(
+        let rows = self.conn().query_map(
+            &sql,
             params![
                 kind.map(NoteKind::as_str),
                 include_superseded,
@@ -78,7 +78,7 @@ impl Reader<'_> {
             ],
             note_from_row,
         )?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        Ok(rows)
     }
 
     /// Full-text search; `kinds` narrows to `note`, `message` and/or `task`. Best matches first.
@@ -93,19 +93,35 @@ impl Reader<'_> {
         let Some(query) = fts_query(text) else {
             return Err(CoreError::invalid("the search query has no words"));
         };
-        let mut statement = self.conn().prepare_cached(
-            "SELECT kind, ref, title, snippet(search_index, 3, '[', ']', '…', 16)
-             FROM search_index WHERE search_index MATCH ?1 ORDER BY rank LIMIT ?2",
-        )?;
-        let rows = statement.query_map(params![query, limit.clamp(1, 1000) * 4], |row| {
-            Ok(SearchHit {
-                kind: row.get(0)?,
-                id: row.get(1)?,
-                title: row.get(2)?,
-                snippet: row.get(3)?,
-            })
-        })?;
-        let mut hits: Vec<SearchHit> = rows.collect::<rusqlite::Result<_>>()?;
+        let (sql, query) = if self.conn().is_postgres() {
+            // Every word must match (as FTS5's implicit AND does), stemmed by PostgreSQL's
+            // English configuration; the snippet marks matches the same way.
+            (
+                "SELECT kind, ref, title, ts_headline('english', body, q,
+                    'StartSel=\"[\", StopSel=\"]\", MaxWords=16, MinWords=4, \
+                     MaxFragments=1, FragmentDelimiter=\"…\"')
+                 FROM search_index, plainto_tsquery('english', ?1) AS q
+                 WHERE document @@ q ORDER BY ts_rank(document, q) DESC, rowid LIMIT ?2",
+                query.replace('"', ""),
+            )
+        } else {
+            (
+                "SELECT kind, ref, title, snippet(search_index, 3, '[', ']', '…', 16)
+                 FROM search_index WHERE search_index MATCH ?1 ORDER BY rank LIMIT ?2",
+                query,
+            )
+        };
+        let rows = self
+            .conn()
+            .query_map(sql, params![query, limit.clamp(1, 1000) * 4], |row| {
+                Ok(SearchHit {
+                    kind: row.get(0)?,
+                    id: row.get(1)?,
+                    title: row.get(2)?,
+                    snippet: row.get(3)?,
+                })
+            })?;
+        let mut hits: Vec<SearchHit> = rows;
         if !kinds.is_empty() {
             hits.retain(|hit| kinds.contains(&hit.kind.as_str()));
         }
@@ -208,7 +224,7 @@ impl Tx<'_> {
                 None => None,
             },
         };
-        self.conn().execute(
+        let row_id = self.conn().insert(
             "INSERT INTO notes (author, kind, title, body, tags, files, task_id, supersedes, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
@@ -222,8 +238,8 @@ impl Tx<'_> {
                 supersedes.as_ref().map(|old| parse_note_id(&old.id)).transpose()?,
                 self.now_ms()
             ],
+            "id",
         )?;
-        let row_id = self.conn().last_insert_rowid();
         let id = format!("N-{row_id}");
         let tags_text = new.tags.join(" ");
         self.index_search("note", &id, &title, &format!("{body} {tags_text}"))?;

@@ -10,7 +10,7 @@
 //! task becomes `done`, and its dependents ready, only when its branch lands, so tasks that
 //! depend on each other land in dependency order.
 
-use rusqlite::{OptionalExtension, Row, params};
+use super::db::{OptionalExtension, Row, params};
 
 use super::{Reader, Tx, ms_to_time, to_json_list, validate_text};
 use crate::error::{CoreError, Result};
@@ -34,7 +34,7 @@ pub fn task_branch_name(id: TaskId) -> String {
     format!("conclave/{id}")
 }
 
-fn entry_from_row(row: &Row<'_>) -> rusqlite::Result<QueueEntry> {
+fn entry_from_row(row: &Row<'_>) -> Result<QueueEntry> {
     let state: String = row.get(4)?;
     Ok(QueueEntry {
         task: TaskId(row.get(0)?),
@@ -73,13 +73,14 @@ impl Reader<'_> {
                                ORDER BY updated_at DESC, position DESC LIMIT ?1)
              ORDER BY position"
         );
-        let mut statement = self.conn().prepare(&sql)?;
-        let rows = statement.query_map(params![QUEUE_HISTORY as i64], entry_from_row)?;
-        let entries = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+        let rows = self
+            .conn()
+            .query_map(&sql, params![QUEUE_HISTORY as i64], entry_from_row)?;
+        let entries = rows;
         let (paused, paused_reason) = self.conn().query_row(
             "SELECT paused, reason FROM merge_queue_control WHERE id = 1",
-            [],
-            |row| Ok((row.get::<_, i64>(0)? != 0, row.get(1)?)),
+            params![],
+            |row| Ok((row.get::<i64>(0)? != 0, row.get(1)?)),
         )?;
         Ok(QueueView {
             paused,
@@ -106,14 +107,16 @@ impl Reader<'_> {
             "SELECT {ENTRY_COLUMNS} FROM merge_queue WHERE state IN ('merging', 'queued')
              ORDER BY state = 'merging' DESC, position LIMIT 1"
         );
-        Ok(self.conn().query_row(&sql, [], entry_from_row).optional()?)
+        self.conn()
+            .query_row(&sql, params![], entry_from_row)
+            .optional()
     }
 
     pub fn merge_queue_paused(&self) -> Result<bool> {
         Ok(self.conn().query_row(
             "SELECT paused FROM merge_queue_control WHERE id = 1",
-            [],
-            |row| row.get::<_, i64>(0),
+            params![],
+            |row| row.get::<i64>(0),
         )? != 0)
     }
 
@@ -266,9 +269,8 @@ impl Tx<'_> {
                 "SELECT {ENTRY_COLUMNS} FROM merge_queue
                  WHERE agent = ?1 AND state IN ('queued', 'merging') ORDER BY position"
             );
-            let mut statement = self.conn().prepare(&sql)?;
-            let rows = statement.query_map(params![agent], entry_from_row)?;
-            rows.collect::<rusqlite::Result<_>>()?
+            self.conn()
+                .query_map(&sql, params![agent], entry_from_row)?
         };
         let outcome = bounded(&format!("not landed: {reason}"));
         for entry in &waiting {
@@ -491,7 +493,7 @@ impl Tx<'_> {
         }
         self.conn().execute(
             "UPDATE merge_queue_control SET paused = 0, reason = NULL WHERE id = 1",
-            [],
+            params![],
         )?;
         self.emit(
             actor.name(),

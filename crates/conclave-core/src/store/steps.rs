@@ -17,7 +17,7 @@
 //! Every verdict and decision is a row of the task's history (`task_steps`), read on its own so
 //! that listing tasks stays one query.
 
-use rusqlite::{OptionalExtension, Row, params};
+use super::db::{OptionalExtension, Row, params};
 
 use super::tasks::{MAX_BODY, TASK_COLUMNS, task_from_row};
 use super::{Reader, Tx, ms_to_time, validate_text};
@@ -28,18 +28,18 @@ use crate::model::{
     TaskStep,
 };
 
-fn step_from_row(row: &Row<'_>) -> rusqlite::Result<TaskStep> {
+fn step_from_row(row: &Row<'_>) -> Result<TaskStep> {
     let verdict: String = row.get(4)?;
     Ok(TaskStep {
         at: ms_to_time(row.get(0)?),
         actor: row.get(1)?,
         stage: row
-            .get::<_, Option<i64>>(2)?
+            .get::<Option<i64>>(2)?
             .and_then(|stage| usize::try_from(stage).ok()),
         role: row.get(3)?,
         verdict: verdict.parse().unwrap_or(StepVerdict::Pass),
         to_stage: row
-            .get::<_, Option<i64>>(5)?
+            .get::<Option<i64>>(5)?
             .and_then(|stage| usize::try_from(stage).ok()),
         comments: row.get(6)?,
         summary: row.get(7)?,
@@ -49,21 +49,22 @@ fn step_from_row(row: &Row<'_>) -> rusqlite::Result<TaskStep> {
 impl Reader<'_> {
     /// A task's history, oldest first: each stage's verdict and each person's decision.
     pub fn task_steps(&self, id: TaskId) -> Result<Vec<TaskStep>> {
-        let mut statement = self.conn().prepare_cached(
+        let rows = self.conn().query_map(
             "SELECT at, actor, stage, role, verdict, to_stage, comments, summary
              FROM task_steps WHERE task_id = ?1 ORDER BY id",
+            params![id.0],
+            step_from_row,
         )?;
-        let rows = statement.query_map(params![id.0], step_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        Ok(rows)
     }
 
     /// How many tasks wait for a person's decision.
     pub fn approvals_waiting(&self) -> Result<i64> {
-        Ok(self.conn().query_row(
+        self.conn().query_row(
             "SELECT count(*) FROM tasks WHERE awaiting_approval = 1 AND status = 'review'",
-            [],
+            params![],
             |row| row.get(0),
-        )?)
+        )
     }
 
     /// The tasks waiting for a person's decision, oldest first.
@@ -72,9 +73,8 @@ impl Reader<'_> {
             "SELECT {TASK_COLUMNS} FROM tasks WHERE awaiting_approval = 1 AND status = 'review'
              ORDER BY id"
         );
-        let mut statement = self.conn().prepare(&sql)?;
-        let rows = statement.query_map([], task_from_row)?;
-        let mut tasks: Vec<Task> = rows.collect::<rusqlite::Result<_>>()?;
+        let rows = self.conn().query_map(&sql, params![], task_from_row)?;
+        let mut tasks: Vec<Task> = rows;
         for task in &mut tasks {
             task.depends_on = self.dependencies(task.id)?;
         }
@@ -83,7 +83,7 @@ impl Reader<'_> {
 
     /// The agent that last passed `id` at pipeline stage `stage`: the one a send-back returns to.
     fn stage_holder(&self, id: TaskId, stage: usize) -> Result<Option<String>> {
-        Ok(self
+        self
             .conn()
             .query_row(
                 "SELECT actor FROM task_steps WHERE task_id = ?1 AND stage = ?2 AND verdict = 'pass'
@@ -91,7 +91,7 @@ impl Reader<'_> {
                 params![id.0, i64::try_from(stage).unwrap_or(i64::MAX)],
                 |row| row.get(0),
             )
-            .optional()?)
+            .optional()
     }
 }
 

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use rusqlite::{OptionalExtension, Row, params};
+use super::db::{OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -63,7 +63,7 @@ pub struct ClaimOutcome {
     pub history: Vec<TaskStep>,
 }
 
-pub(crate) fn task_from_row(row: &Row<'_>) -> rusqlite::Result<Task> {
+pub(crate) fn task_from_row(row: &Row<'_>) -> Result<Task> {
     let status: String = row.get(3)?;
     Ok(Task {
         id: TaskId(row.get(0)?),
@@ -72,20 +72,20 @@ pub(crate) fn task_from_row(row: &Row<'_>) -> rusqlite::Result<Task> {
         status: status.parse().unwrap_or(TaskStatus::Pending),
         priority: row.get(4)?,
         role: row.get(5)?,
-        caps: json_list(&row.get::<_, String>(6)?),
+        caps: json_list(&row.get::<String>(6)?),
         depends_on: Vec::new(),
         assignee: row.get(7)?,
         claim_expires_at: opt_time(row.get(8)?),
         attempts: row.get(9)?,
         result: row.get(10)?,
         blocked_reason: row.get(16)?,
-        files: json_list(&row.get::<_, String>(11)?),
-        parent: row.get::<_, Option<i64>>(12)?.map(TaskId),
+        files: json_list(&row.get::<String>(11)?),
+        parent: row.get::<Option<i64>>(12)?.map(TaskId),
         created_by: row.get(13)?,
         created_at: ms_to_time(row.get(14)?),
         updated_at: ms_to_time(row.get(15)?),
         pipeline: row
-            .get::<_, Option<String>>(17)?
+            .get::<Option<String>>(17)?
             .and_then(|text| serde_json::from_str(&text).ok()),
         approve: row.get(18)?,
         awaiting_approval: row.get(19)?,
@@ -161,12 +161,12 @@ impl Reader<'_> {
             "SELECT {TASK_COLUMNS} FROM tasks
              WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR assignee = ?2) ORDER BY id"
         );
-        let mut statement = self.conn().prepare_cached(&sql)?;
-        let rows = statement.query_map(
+        let rows = self.conn().query_map(
+            &sql,
             params![status.map(TaskStatus::as_str), assignee],
             task_from_row,
         )?;
-        let mut tasks: Vec<Task> = rows.collect::<rusqlite::Result<_>>()?;
+        let mut tasks: Vec<Task> = rows;
         self.attach_dependencies(&mut tasks)?;
         Ok(tasks)
     }
@@ -180,8 +180,8 @@ impl Reader<'_> {
              WHERE id > ?1 AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR assignee = ?3)
              ORDER BY id LIMIT ?4"
         );
-        let mut statement = self.conn().prepare_cached(&sql)?;
-        let rows = statement.query_map(
+        let rows = self.conn().query_map(
+            &sql,
             params![
                 page.after.map_or(0, |id| id.0),
                 page.status.map(TaskStatus::as_str),
@@ -190,7 +190,7 @@ impl Reader<'_> {
             ],
             task_from_row,
         )?;
-        let mut tasks: Vec<Task> = rows.collect::<rusqlite::Result<_>>()?;
+        let mut tasks: Vec<Task> = rows;
         self.attach_dependencies(&mut tasks)?;
         Ok(tasks)
     }
@@ -211,17 +211,15 @@ impl Reader<'_> {
              WHERE status IN ('done', 'failed', 'cancelled')
              ORDER BY updated_at DESC, id DESC LIMIT ?1"
         );
-        let mut tasks: Vec<Task> = {
-            let mut statement = self.conn().prepare_cached(&open)?;
-            let rows = statement.query_map([], task_from_row)?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
+        let mut tasks: Vec<Task> = { self.conn().query_map(&open, params![], task_from_row)? };
         {
-            let mut statement = self.conn().prepare_cached(&recent)?;
-            let rows =
-                statement.query_map(params![finished.clamp(0, MAX_TASK_PAGE)], task_from_row)?;
+            let rows = self.conn().query_map(
+                &recent,
+                params![finished.clamp(0, MAX_TASK_PAGE)],
+                task_from_row,
+            )?;
             for task in rows {
-                tasks.push(task?);
+                tasks.push(task);
             }
         }
         tasks.sort_by_key(|task| task.id);
@@ -232,16 +230,15 @@ impl Reader<'_> {
     /// How many tasks are in each status (every status listed, zeros included), counted by the
     /// status index without reading the tasks.
     pub fn task_status_counts(&self) -> Result<Vec<(TaskStatus, usize)>> {
-        let mut statement = self
-            .conn()
-            .prepare_cached("SELECT status, count(*) FROM tasks GROUP BY status")?;
-        let rows = statement.query_map([], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
-        })?;
+        let rows = self.conn().query_map(
+            "SELECT status, count(*) FROM tasks GROUP BY status",
+            params![],
+            |row| Ok((row.get::<String>(0)?, row.get::<i64>(1)?)),
+        )?;
         let mut counts: Vec<(TaskStatus, usize)> =
             TaskStatus::ALL.iter().map(|status| (*status, 0)).collect();
         for row in rows {
-            let (status, count) = row?;
+            let (status, count) = row;
             if let Some(slot) = counts.iter_mut().find(|(s, _)| s.as_str() == status) {
                 slot.1 = usize::try_from(count).unwrap_or(0);
             }
@@ -252,19 +249,44 @@ impl Reader<'_> {
     /// Fills in `depends_on` for `tasks`: through the edges' primary key, task by task, for a few;
     /// in one pass over the edges for many.
     fn attach_dependencies(&self, tasks: &mut [Task]) -> Result<()> {
+        if self.conn().is_postgres() && tasks.len() > 1 {
+            // A lookup per task would be a network round trip per task: one query instead.
+            return self.attach_dependencies_at_once(tasks);
+        }
         if tasks.len() <= DEPENDENCY_LOOKUPS_MAX {
             for task in tasks.iter_mut() {
                 task.depends_on = self.dependencies(task.id)?;
             }
             return Ok(());
         }
-        let mut deps = self
-            .conn()
-            .prepare_cached("SELECT task_id, depends_on FROM task_deps ORDER BY depends_on")?;
-        let edges = deps.query_map([], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)))?;
+        let edges = self.conn().query_map(
+            "SELECT task_id, depends_on FROM task_deps ORDER BY depends_on",
+            params![],
+            |row| Ok((row.get::<i64>(0)?, row.get::<i64>(1)?)),
+        )?;
         let mut by_task: std::collections::HashMap<i64, Vec<TaskId>> = Default::default();
         for edge in edges {
-            let (task, dep) = edge?;
+            let (task, dep) = edge;
+            by_task.entry(task).or_default().push(TaskId(dep));
+        }
+        for task in tasks.iter_mut() {
+            task.depends_on = by_task.remove(&task.id.0).unwrap_or_default();
+        }
+        Ok(())
+    }
+
+    /// [`Reader::attach_dependencies`] in one query over the tasks' ids (PostgreSQL).
+    fn attach_dependencies_at_once(&self, tasks: &mut [Task]) -> Result<()> {
+        let ids: Vec<i64> = tasks.iter().map(|task| task.id.0).collect();
+        let edges = self.conn().query_map(
+            "SELECT task_id, depends_on FROM task_deps
+             WHERE task_id = ANY (ARRAY(SELECT jsonb_array_elements_text(?1::jsonb)::bigint))
+             ORDER BY depends_on",
+            params![serde_json::to_string(&ids)?],
+            |row| Ok((row.get::<i64>(0)?, row.get::<i64>(1)?)),
+        )?;
+        let mut by_task: std::collections::HashMap<i64, Vec<TaskId>> = Default::default();
+        for (task, dep) in edges {
             by_task.entry(task).or_default().push(TaskId(dep));
         }
         for task in tasks.iter_mut() {
@@ -288,9 +310,10 @@ impl Reader<'_> {
     }
 
     fn id_list(&self, sql: &str, id: TaskId) -> Result<Vec<TaskId>> {
-        let mut statement = self.conn().prepare_cached(sql)?;
-        let rows = statement.query_map(params![id.0], |row| row.get(0).map(TaskId))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let rows = self
+            .conn()
+            .query_map(sql, params![id.0], |row| row.get(0).map(TaskId))?;
+        Ok(rows)
     }
 
     /// Tasks held by an agent (claimed, in progress, in review or blocked).
@@ -306,15 +329,12 @@ impl Reader<'_> {
         let sql = format!(
             "SELECT {TASK_COLUMNS} FROM tasks WHERE status = 'ready' ORDER BY priority DESC, id ASC"
         );
-        let mut statement = self.conn().prepare_cached(&sql)?;
-        let mut rows = statement.query([])?;
-        while let Some(row) = rows.next()? {
+        self.conn().query_first(&sql, params![], |row| {
             let task = task_from_row(row)?;
-            if task.fits(&agent.name, agent.role.as_deref(), &agent.caps) {
-                return Ok(Some(task));
-            }
-        }
-        Ok(None)
+            Ok(task
+                .fits(&agent.name, agent.role.as_deref(), &agent.caps)
+                .then_some(task))
+        })
     }
 
     /// Unfinished dependencies of a task, with their status, for "not ready" explanations.
@@ -373,7 +393,7 @@ impl Tx<'_> {
             None => new.role.clone(),
         };
         let now = self.now_ms();
-        self.conn().execute(
+        let id = TaskId(self.conn().insert(
             "INSERT INTO tasks (title, body, status, priority, role, caps, parent, created_by,
                 created_at, updated_at, pipeline, approve)
              VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10)",
@@ -389,8 +409,8 @@ impl Tx<'_> {
                 pipeline.as_ref().map(serde_json::to_string).transpose()?,
                 new.approve
             ],
-        )?;
-        let id = TaskId(self.conn().last_insert_rowid());
+            "id",
+        )?);
         for dep in &deps {
             self.conn().execute(
                 "INSERT INTO task_deps (task_id, depends_on) VALUES (?1, ?2)",
@@ -1068,13 +1088,13 @@ impl Tx<'_> {
     /// Returns tasks whose claim lease ran out to `ready` (via releasing their holders).
     pub(crate) fn expire_claims(&mut self) -> Result<Vec<TaskId>> {
         let holders: Vec<String> = {
-            let mut statement = self.conn().prepare(
+            self.conn().query_map(
                 "SELECT DISTINCT assignee FROM tasks
                  WHERE claim_expires_at IS NOT NULL AND claim_expires_at <= ?1
                  AND status IN ('claimed', 'in_progress', 'review', 'blocked')",
-            )?;
-            let rows = statement.query_map(params![self.now_ms()], |row| row.get(0))?;
-            rows.collect::<rusqlite::Result<_>>()?
+                params![self.now_ms()],
+                |row| row.get(0),
+            )?
         };
         let mut reclaimed = Vec::new();
         for holder in holders {

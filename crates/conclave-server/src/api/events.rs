@@ -48,6 +48,12 @@ pub async fn record(
             "agent.control is recorded by POST /api/agents/{name}/control",
         ));
     }
+    if conclave_core::event::KINDS_WITH_OWN_OPERATION.contains(&new.payload.kind()) {
+        return Err(ApiError::bad_request(format!(
+            "{} is recorded by POST /api/agents/{{name}}/confirmation or /confirm",
+            new.payload.kind()
+        )));
+    }
     let size = serde_json::to_string(&new.payload.data()).map_or(0, |text| text.len());
     if size > MAX_EVENT_DATA {
         return Err(ApiError::bad_request(format!(

@@ -29,6 +29,7 @@ pub async fn status(State(app): State<App>, actor: Actor) -> ApiResult<Json<Stat
                 last_seq: r.last_seq()?,
                 alerts: r.count_events("agent.alert")?,
                 approvals_waiting: r.approvals_waiting()?,
+                confirmations_waiting: crate::api::confirmations::waiting_count(r)?,
             })
         })
         .await?;

@@ -2,6 +2,7 @@
 
 mod auth;
 mod concurrency;
+mod confirmations;
 mod contract;
 mod dashboard;
 mod errors;

@@ -1,0 +1,235 @@
+//! `conclave up` beyond a plain team, end to end with the real CLI driven by the stand-in: a
+//! `mode = "loop"` agent works the board one task per fresh session beside the team, and the
+//! team's total budget (`[defaults] team_budget_usd`) stops every agent with an alert, the work
+//! left making the outcome `stalled` (exit 6).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use conclave_standin::{RecordedRequest, Reply, Script};
+use serde_json::{Value, json};
+
+use crate::supervisor::{Member, UpTeam, worker};
+use crate::support::{AGENT_TIMEOUT, api_key, events, serial};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loop_agent_in_up_claims_one_task_per_iteration_and_the_team_finishes() -> Result<()> {
+    let _serial = serial().await;
+    let script = Script::new().agent_fn(&api_key("fixer"), worker);
+    let members = [Member {
+        name: "fixer",
+        role: Some("fixer"),
+        extra: "mode = \"loop\"\nmax_iterations = 5\n",
+    }];
+    let Some(up_team) = UpTeam::start(script, &members).await? else {
+        return Ok(());
+    };
+    let team = &up_team.team;
+    let mut ids = Vec::new();
+    for title in ["Fix the parser", "Fix the printer"] {
+        ids.push(
+            team.conclave(&["task", "add", title, "--role", "fixer"])
+                .await?,
+        );
+    }
+    let mut up = up_team.up(&[])?;
+    let output = up.finish(AGENT_TIMEOUT).await?;
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    ensure!(
+        output.status.code() == Some(0),
+        "{:?}: {stderr}",
+        output.status
+    );
+    ensure!(stderr.contains("outcome: finished"), "{stderr}");
+    ensure!(
+        stderr.contains("fixer: loop, no task is left for it: 2 iteration(s)"),
+        "the loop's line in the outcome: {stderr}"
+    );
+    for id in &ids {
+        let task = team.conclave_json(&["task", "show", id, "--json"]).await?;
+        ensure!(task["status"] == "done", "{task:#}");
+        ensure!(task["assignee"] == "fixer", "{task:#}");
+    }
+    let events = events(team).await?;
+    let iterations: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "agent.iteration" && e["agent"] == "fixer")
+        .collect();
+    ensure!(
+        iterations.len() == 2,
+        "one iteration per task: {iterations:#?}"
+    );
+    // Each iteration is a fresh session: two first requests without tool results.
+    let fresh = up_team
+        .requests("fixer")
+        .iter()
+        .filter(|r| r.tool_results().is_empty())
+        .count();
+    ensure!(fresh == 2, "fresh sessions: {fresh}");
+    Ok(())
+}
+
+/// A model that claims a task, then keeps working on it (a status call every second, each
+/// reporting 100k input tokens of sonnet, $0.30): only a budget ends it.
+fn busy_forever(request: &RecordedRequest) -> Reply {
+    let reply = if request.tool_results().is_empty() {
+        Reply::tool_use("mcp__conclave__claim", json!({}))
+    } else {
+        Reply::tool_use("mcp__conclave__status", json!({}))
+    };
+    reply
+        .with_usage(100_000)
+        .with_delay(Duration::from_millis(1000))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_team_budget_stops_every_agent_with_an_alert_and_the_team_stalls() -> Result<()> {
+    let _serial = serial().await;
+    let script = Script::new()
+        .agent_fn(&api_key("a"), busy_forever)
+        .agent_fn(&api_key("b"), busy_forever);
+    let members = [
+        Member {
+            name: "a",
+            role: None,
+            extra: "model = \"claude-sonnet-4-5\"\n",
+        },
+        Member {
+            name: "b",
+            role: None,
+            extra: "model = \"claude-sonnet-4-5\"\n",
+        },
+    ];
+    let Some(up_team) = UpTeam::start(script, &members).await? else {
+        return Ok(());
+    };
+    let team = &up_team.team;
+    let toml_path = team.path("conclave.toml");
+    let toml = std::fs::read_to_string(&toml_path)?;
+    std::fs::write(
+        &toml_path,
+        format!("[defaults]\nteam_budget_usd = 1.0\n\n{toml}"),
+    )?;
+    for title in ["First job", "Second job"] {
+        team.conclave(&["task", "add", title]).await?;
+    }
+    let mut up = up_team.up(&[])?;
+    let output = up.finish(AGENT_TIMEOUT).await?;
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    ensure!(
+        output.status.code() == Some(6),
+        "{:?}: {stderr}",
+        output.status
+    );
+    ensure!(
+        stderr.contains("ALERT (team_budget)") && stderr.contains("outcome: stalled"),
+        "{stderr}"
+    );
+    ensure!(
+        stderr.contains("the team's budget of $1.00 is spent"),
+        "why each agent stopped: {stderr}"
+    );
+    let events = events(team).await?;
+    let alert = events
+        .iter()
+        .find(|e| e["kind"] == "agent.alert" && e["data"]["cause"] == "team_budget")
+        .with_context(|| format!("no team_budget alert: {events:#?}"))?;
+    ensure!(
+        alert["data"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("team_budget_usd")),
+        "{alert:#}"
+    );
+    let mut total = 0.0;
+    for name in ["a", "b"] {
+        let agent = up_team.agent(name).await?;
+        ensure!(agent["status"] == "stopped", "{agent:#}");
+        total += agent["cost_usd"].as_f64().unwrap_or(0.0);
+    }
+    // Stopped as the budget was reached, not long after: within one more call per agent.
+    ensure!(
+        (1.0..=1.0 + 2.0 * 0.31).contains(&total),
+        "the team spent {total}"
+    );
+    Ok(())
+}
+
+/// Polls `conclave task show ID --json` until `check` holds.
+async fn wait_task(
+    team: &crate::support::Team,
+    id: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Result<Value> {
+    let deadline = tokio::time::Instant::now() + AGENT_TIMEOUT;
+    loop {
+        let task = team.conclave_json(&["task", "show", id, "--json"]).await?;
+        if check(&task) {
+            return Ok(task);
+        }
+        ensure!(tokio::time::Instant::now() < deadline, "{what}: {task:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loop_agents_rejected_task_is_taken_up_again_by_its_next_iteration() -> Result<()> {
+    let _serial = serial().await;
+    let script = Script::new().agent_fn(&api_key("fixer"), worker);
+    let members = [Member {
+        name: "fixer",
+        role: Some("fixer"),
+        extra: "mode = \"loop\"\nmax_iterations = 4\n",
+    }];
+    let Some(up_team) = UpTeam::start(script, &members).await? else {
+        return Ok(());
+    };
+    let team = &up_team.team;
+    let id = team
+        .conclave(&[
+            "task",
+            "add",
+            "Fix the parser",
+            "--role",
+            "fixer",
+            "--approve",
+        ])
+        .await?;
+    let up = up_team.up(&[])?;
+    wait_task(team, &id, "the first finish waits for approval", |task| {
+        task["awaiting_approval"] == true
+    })
+    .await?;
+    team.conclave(&[
+        "task",
+        "reject",
+        &id,
+        "--comment",
+        "Handle empty input too.",
+    ])
+    .await?;
+    wait_task(team, &id, "the second finish waits for approval", |task| {
+        task["awaiting_approval"] == true && task["attempts"].as_i64() >= Some(1)
+    })
+    .await?;
+    // Long enough for the loop to look at the board (every 2 s) and say what it waits for.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    team.conclave(&["task", "approve", &id]).await?;
+    let stderr = crate::supervisor::finished(up).await?;
+    ensure!(stderr.contains("outcome: finished"), "{stderr}");
+    ensure!(
+        stderr.contains(&format!(
+            "fixer waits: no ready task fits it; {id} waits for a person's approval"
+        )),
+        "says what the loop waits for: {stderr}"
+    );
+    let task = team.conclave_json(&["task", "show", &id, "--json"]).await?;
+    ensure!(task["status"] == "done", "{task:#}");
+    let events = events(team).await?;
+    let iterations = events
+        .iter()
+        .filter(|e| e["kind"] == "agent.iteration" && e["agent"] == "fixer")
+        .count();
+    ensure!(iterations == 2, "one iteration per attempt: {iterations}");
+    Ok(())
+}
