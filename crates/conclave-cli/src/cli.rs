@@ -99,6 +99,10 @@ pub struct DemoArgs {
     /// Stop when the scripted team has finished instead of waiting for Ctrl-C
     #[arg(long)]
     pub exit_when_done: bool,
+    /// Each agent works in its own git worktree; the merge queue lands their branches on
+    /// conclave/integration after a check (docs/worktrees.md)
+    #[arg(long)]
+    pub worktrees: bool,
 }
 
 /// The outcomes of `conclave up`, in its `--help` (docs/supervisor.md says the same).

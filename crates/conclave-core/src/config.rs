@@ -79,6 +79,10 @@ pub struct MergeSection {
     pub setup: Option<String>,
     /// The user's own branch, moved by fast-forward after each landing when set.
     pub land_on: Option<String>,
+    /// An edit of a file leased by an agent working in another worktree is denied (as in one
+    /// shared tree) rather than allowed with a warning naming the holder and its task.
+    #[serde(default)]
+    pub strict_leases: bool,
 }
 
 impl MergeSection {
@@ -181,8 +185,8 @@ pub struct AgentSettings {
     /// The window `max_restarts` counts in (default `"10m"`).
     pub restart_window: Option<String>,
     pub cwd: Option<String>,
-    /// Where the agent works: only `"shared"` (the project's own tree, what every agent gets)
-    /// is accepted until worktrees are implemented.
+    /// Where the agent works: `"shared"` (the project's own tree, the default) or `"worktree"`
+    /// (its own git worktree; needs a `[merge]` table, whose queue lands its branches).
     pub isolation: Option<Isolation>,
     /// Refused: the merge queue's check is `[merge] check`, one for the project.
     #[serde(
@@ -196,28 +200,10 @@ pub struct AgentSettings {
     pub approve: Option<Vec<String>>,
 }
 
-/// The accepted values of `isolation`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Isolation {
-    /// Every agent works in the project's own tree.
-    Shared,
-}
-
-/// Written by hand so that a value a later change will implement (`"worktree"`) is refused as
-/// "not supported yet" rather than as an unknown variant.
-impl<'de> Deserialize<'de> for Isolation {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let value = String::deserialize(deserializer)?;
-        match value.as_str() {
-            "shared" => Ok(Isolation::Shared),
-            other => Err(serde::de::Error::custom(format!(
-                "isolation = {other:?} is not supported yet (only \"shared\": every agent works \
-                 in the project's own tree)"
-            ))),
-        }
-    }
-}
+/// The accepted values of `isolation`: `"shared"` (the default: the project's own tree) or
+/// `"worktree"` (the agent's own git worktree under `.conclave/worktrees/<agent>`, its finished
+/// tasks landing through the merge queue; docs/worktrees.md).
+pub use crate::model::Isolation;
 
 /// A setting that is reserved for a later change: it has no value, so a configuration holding
 /// one cannot be built. Parsing such a key fails with "not supported yet" rather than doing
@@ -623,10 +609,29 @@ impl Config {
         if let Some(merge) = &self.merge {
             merge.validate()?;
         }
+        if self.merge.is_none()
+            && let Some(agent) = self.agents.iter().find(|agent| {
+                agent.settings.or(&self.defaults).isolation == Some(Isolation::Worktree)
+            })
+        {
+            return Err(format!(
+                "[[agent]] {:?}: isolation = \"worktree\" needs a [merge] table: its finished \
+                 tasks' branches land through the merge queue (an empty `[merge]` takes the \
+                 defaults; docs/worktrees.md)",
+                agent.name
+            ));
+        }
         if let Some(url) = &self.store.url {
             validate_store_url(url).map_err(|error| format!("[store] url = {error}"))?;
         }
         Ok(())
+    }
+
+    /// Whether any agent of the team works in its own worktree.
+    pub fn uses_worktrees(&self) -> bool {
+        self.agents
+            .iter()
+            .any(|agent| agent.settings.or(&self.defaults).isolation == Some(Isolation::Worktree))
     }
 
     pub fn store_config(&self) -> StoreConfig {
@@ -752,6 +757,7 @@ pub const EXAMPLE_CONFIG: &str = r#"# Conclave configuration. Every setting is o
 # max_restarts = 5             # crash restarts allowed within restart_window, then "crashed"
 # restart_window = "10m"
 # approve = ["role:reviewer"] # every task of these roles waits for a person's approval
+# isolation = "shared"         # "worktree": each agent in its own git worktree (needs [merge])
 
 # [[agent]]
 # name = "architect"
@@ -772,6 +778,11 @@ pub const EXAMPLE_CONFIG: &str = r#"# Conclave configuration. Every setting is o
 # stages = ["coder", "reviewer", "tester"]
 # max_rounds = 3               # send-backs before it is blocked for a person
 # approve = ["reviewer"]       # stages whose pass waits for a person's approval
+
+# [merge]                      # worktree agents' branches land here after a check (docs/worktrees.md)
+# check = "cargo test"
+# setup = "cp ../.env ."       # run in each new worktree
+# strict_leases = false        # true: an edit of a file leased in another worktree is denied
 "#;
 
 #[cfg(test)]
@@ -932,6 +943,30 @@ env = { A = "b" }
     }
 
     #[test]
+    fn isolation_worktree_is_accepted_with_a_merge_table_and_refused_without_one() {
+        let text = "[defaults]\nisolation = \"worktree\"\n[merge]\n[[agent]]\nname = \"a\"\n[[agent]]\nname = \"b\"\nisolation = \"shared\"\n";
+        let config = Config::parse(text).expect("worktree with [merge]");
+        assert_eq!(
+            config.agents[0].settings.or(&config.defaults).isolation,
+            Some(Isolation::Worktree)
+        );
+        assert_eq!(
+            config.agents[1].settings.or(&config.defaults).isolation,
+            Some(Isolation::Shared),
+            "an agent's own setting wins over [defaults]"
+        );
+        assert!(config.uses_worktrees());
+        let error = Config::parse("[[agent]]\nname = \"a\"\nisolation = \"worktree\"\n")
+            .expect_err("no [merge]");
+        assert!(
+            error.contains("\"a\"") && error.contains("[merge]"),
+            "{error}"
+        );
+        let error = Config::parse("[defaults]\nisolation = \"sandbox\"\n").expect_err("unknown");
+        assert!(error.contains("isolation"), "{error}");
+    }
+
+    #[test]
     fn isolation_shared_is_accepted() {
         let text =
             "[defaults]\nisolation = \"shared\"\n[[agent]]\nname = \"a\"\nisolation = \"shared\"\n";
@@ -944,12 +979,6 @@ env = { A = "b" }
     #[test]
     fn keys_that_would_do_nothing_are_refused_with_their_line() {
         let cases = [
-            ("[defaults]\nisolation = \"worktree\"\n", "isolation", 2),
-            (
-                "[server]\n\n[[agent]]\nname = \"coder\"\nisolation = \"worktree\"\n",
-                "isolation",
-                5,
-            ),
             (
                 "[defaults]\nmodel = \"sonnet\"\ncheck = \"cargo test\"\n",
                 "check",

@@ -814,6 +814,9 @@ pub struct AgentUpdate {
     #[serde(default)]
     #[schemars(range(min = 0))]
     pub restarts: Option<i64>,
+    /// Where the agent works from now on (the supervisor sets it from `conclave.toml`).
+    #[serde(default)]
+    pub isolation: Option<Isolation>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]

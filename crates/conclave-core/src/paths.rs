@@ -395,6 +395,42 @@ pub fn relativize(root: &Path, cwd: &Path, file_path: &str) -> Option<String> {
     Some(names.join("/"))
 }
 
+/// Where the agents' worktrees live, relative to the project root (`isolation = "worktree"`:
+/// conclave-git's `AgentWorktrees` makes one folder per agent in it).
+pub const WORKTREES_DIR: &str = ".conclave/worktrees";
+
+/// The project-relative path of a file an agent names, whichever tree it works in: the one
+/// mapping every way in (hooks, MCP tools, the API) uses, so that leases, `file.touched` and the
+/// dashboard speak of the same file. `file_path` (absolute, or relative to `cwd`) is taken
+/// relative to `root` as [`relativize`] does; a path inside an agent's worktree
+/// (`.conclave/worktrees/<agent>/src/a.rs`) is that file of the project (`src/a.rs`). `None`
+/// outside the project, and for the worktrees folder or a worktree's own root.
+pub fn project_path(root: &Path, cwd: &Path, file_path: &str) -> Option<String> {
+    let relative = relativize(root, cwd, file_path)?;
+    match relative
+        .strip_prefix(WORKTREES_DIR)
+        .and_then(|rest| rest.strip_prefix('/'))
+    {
+        Some(inside) => {
+            let (_agent, path) = inside.split_once('/')?;
+            (!path.is_empty()).then(|| path.to_string())
+        }
+        None if relative == WORKTREES_DIR => None,
+        None => Some(relative),
+    }
+}
+
+/// An absolute path an agent passed to a tool (`lock`, `unlock`, `done`'s files) as the
+/// project-relative path [`project_path`] gives; a relative path, or one outside the project, is
+/// returned as it is (relative paths are the project's already: an agent's worktree mirrors it).
+pub fn agent_path_to_project(root: &Path, path: &str) -> String {
+    if Path::new(path).is_absolute() {
+        project_path(root, root, path).unwrap_or_else(|| path.to_string())
+    } else {
+        path.to_string()
+    }
+}
+
 /// Whether the lease `p` covers the concrete relative path `path`: `path` or one of its ancestors
 /// matches `p`. The path is normalized like a lease path (`./`, `//`, `..`, trailing `/`) but its
 /// characters are all literal (`*` in it is just a `*`); an empty, absolute or escaping path, or
@@ -1109,6 +1145,42 @@ mod tests {
             message("x/a**"),
             r#"path "x/a**" uses `**` inside a segment; `**` must be a whole segment"#
         );
+    }
+
+    #[test]
+    fn worktree_paths_map_to_the_project_file() {
+        let root = Path::new("/p");
+        let cases = [
+            (
+                "/p/.conclave/worktrees",
+                "/p/.conclave/worktrees/alice/src/a.rs",
+                Some("src/a.rs"),
+            ),
+            ("/p/.conclave/worktrees/alice", "src/a.rs", Some("src/a.rs")),
+            ("/p/.conclave/worktrees/bob/sub", "../b.txt", Some("b.txt")),
+            ("/p", "src/a.rs", Some("src/a.rs")),
+            ("/p", "/p/.conclave/worktrees/alice", None),
+            ("/p", "/p/.conclave/worktrees", None),
+            (
+                "/p",
+                "/p/.conclave/agents/a/mcp.json",
+                Some(".conclave/agents/a/mcp.json"),
+            ),
+            ("/p", "/elsewhere/a.rs", None),
+        ];
+        for (cwd, file, expected) in cases {
+            assert_eq!(
+                project_path(root, Path::new(cwd), file).as_deref(),
+                expected,
+                "project_path(/p, {cwd:?}, {file:?})"
+            );
+        }
+        assert_eq!(
+            agent_path_to_project(root, "/p/.conclave/worktrees/alice/src/*.rs"),
+            "src/*.rs"
+        );
+        assert_eq!(agent_path_to_project(root, "src/a.rs"), "src/a.rs");
+        assert_eq!(agent_path_to_project(root, "/etc/passwd"), "/etc/passwd");
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //! tools and the JSON API; this module reads the hook input and shapes the hook answers.
 //!
 //! - `pre-tool-use`: a file-writing tool's path is leased to the agent on the spot (tied to its
-//!   current task); a path held by another agent is denied with a reason naming the holder.
+//!   current task); a path held by another agent is denied with a reason naming the holder, in
+//!   one shared tree; across worktrees (either agent in its own) it is allowed with a warning
+//!   naming the holder and its task, and the holder is told (denied with `[merge]
+//!   strict_leases`). Paths in an agent's worktree are the project's ([`paths::project_path`]).
 //! - `post-tool-use`: records the file touched, renews the agent's leases, delivers urgent mail.
 //! - `session-start`: records the session id and injects role, task, messages, decisions and the
 //!   predecessor's handoff (bounded); again after a compaction or a resume.
@@ -26,8 +29,8 @@ use conclave_core::CoreError;
 use conclave_core::event::{AgentSession, AgentSessionStart, FileTouched};
 use conclave_core::model::EventPayload;
 use conclave_core::model::{
-    Actor, AgentStatus, AgentUpdate, FILE_WRITING_TOOLS, LeaseMode, LeaseRequest, Message,
-    MessageKind, NoteKind,
+    Actor, AgentStatus, AgentUpdate, FILE_WRITING_TOOLS, Isolation, LeaseMode, LeaseRequest,
+    Message, MessageKind, NewMessage, NoteKind,
 };
 use conclave_core::paths;
 use serde::Deserialize;
@@ -158,7 +161,8 @@ fn touched_path(root: Option<&Path>, input: &HookInput) -> Option<String> {
     let cwd = PathBuf::from(input.cwd.as_deref().unwrap_or("/"));
     let root = (input.clone_root.as_deref().or(root).map(Path::to_path_buf))
         .unwrap_or_else(|| cwd.clone());
-    paths::relativize(&root, &cwd, file).map(|path| escape_glob(&path))
+    // An agent in its own worktree names the same files as the project's (paths.rs).
+    paths::project_path(&root, &cwd, file).map(|path| escape_glob(&path))
 }
 
 /// `text` within `max` bytes: cut, with a marker saying so, when longer.
@@ -225,6 +229,11 @@ async fn pre_tool_use(
     };
     match ops::acquire_leases(app, actor, &IdempotencyKey::default(), agent, request).await {
         Ok(_) => Ok(json!({})),
+        Err(OpError::Core(CoreError::LeaseConflict(conflicts)))
+            if !strict_leases(app) && in_another_tree(app, agent, &conflicts).await? =>
+        {
+            warn_across_trees(app, agent, &path, &conflicts).await
+        }
         Err(OpError::Core(CoreError::LeaseConflict(conflicts))) => Ok(json!({
             "hookSpecificOutput": {
                 "hookEventName": "PreToolUse",
@@ -246,6 +255,100 @@ async fn pre_tool_use(
         })),
         Err(error) => Err(error.into()),
     }
+}
+
+/// Whether an edit in another tree than the holder's is denied too (`[merge] strict_leases`).
+fn strict_leases(app: &App) -> bool {
+    app.settings()
+        .merge
+        .as_ref()
+        .is_some_and(|queue| queue.settings().strict_leases)
+}
+
+/// Whether `agent` edits in another tree than every holder of `conflicts`: one of the two works
+/// in its own worktree (two shared agents edit one tree, where a lease stops the second edit).
+async fn in_another_tree(
+    app: &App,
+    agent: &str,
+    conflicts: &[conclave_core::LeaseConflict],
+) -> ApiResult<bool> {
+    let mut names: Vec<String> = conflicts.iter().map(|c| c.holder.clone()).collect();
+    names.push(agent.to_string());
+    let worktree = app
+        .read(move |r| {
+            names
+                .iter()
+                .map(|name| {
+                    Ok(r.find_agent(name)?
+                        .is_some_and(|a| a.isolation == Isolation::Worktree))
+                })
+                .collect::<conclave_core::Result<Vec<bool>>>()
+        })
+        .await?;
+    let (mine, holders) = worktree.split_last().unwrap_or((&false, &[]));
+    Ok(*mine || holders.iter().all(|holder| *holder))
+}
+
+/// An edit of a file another agent leases in another worktree: allowed (the trees are
+/// separate), with a warning naming the holder and its task, shown to the agent
+/// (`additionalContext`) and the person watching (`systemMessage`); the holder is told once.
+async fn warn_across_trees(
+    app: &App,
+    agent: &str,
+    path: &str,
+    conflicts: &[conclave_core::LeaseConflict],
+) -> ApiResult<Value> {
+    let holders: Vec<String> = conflicts
+        .iter()
+        .map(|c| match c.task {
+            Some(task) => format!("{} (task {task})", c.holder),
+            None => c.holder.clone(),
+        })
+        .collect();
+    let warning = format!(
+        "Conclave: {path} is leased by {} in another worktree. Your edit is allowed (your trees \
+         are separate), but both branches will change this file and may conflict when they \
+         land: message {} (send) to agree who changes what.",
+        holders.join(", "),
+        conflicts
+            .first()
+            .map_or("the holder", |c| c.holder.as_str())
+    );
+    let mut told: Vec<String> = conflicts.iter().map(|c| c.holder.clone()).collect();
+    told.dedup();
+    let (name, file) = (agent.to_string(), path.to_string());
+    app.write(&Actor::System, &IdempotencyKey::default(), move |tx| {
+        for holder in &told {
+            let body = format!(
+                "{name} is editing {file}, which you lease, in its own worktree: your \
+                     branches will both change it. Agree with {name} (send) who changes what."
+            );
+            // Once per holder, file and editor while unread: every edit runs this hook.
+            let unread = tx.read().inbox(holder)?;
+            if unread.iter().any(|m| m.body == body) {
+                continue;
+            }
+            tx.send_message(
+                &Actor::System,
+                NewMessage {
+                    to: holder.clone(),
+                    body,
+                    thread: None,
+                    kind: MessageKind::Alert,
+                    urgent: false,
+                },
+            )?;
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(json!({
+        "systemMessage": warning,
+        "hookSpecificOutput": {
+            "hookEventName": "PreToolUse",
+            "additionalContext": warning,
+        }
+    }))
 }
 
 async fn post_tool_use(
@@ -448,6 +551,30 @@ mod tests {
         assert!(cut.len() <= MAX_SESSION_ID, "{}", cut.len());
         assert!(cut.ends_with(CUT_MARKER));
         assert_eq!(bounded("short".into(), MAX_SESSION_ID), "short");
+    }
+
+    #[test]
+    fn an_edit_in_an_agents_worktree_names_the_projects_file() {
+        let input = HookInput {
+            cwd: Some("/repo/.conclave/worktrees/alice".into()),
+            tool_name: Some("Edit".into()),
+            tool_input: Some(
+                serde_json::json!({ "file_path": "/repo/.conclave/worktrees/alice/src/a.rs" }),
+            ),
+            ..HookInput::default()
+        };
+        assert_eq!(
+            touched_path(Some(Path::new("/repo")), &input).as_deref(),
+            Some("src/a.rs")
+        );
+        let relative = HookInput {
+            tool_input: Some(serde_json::json!({ "file_path": "lib/b.rs" })),
+            ..input
+        };
+        assert_eq!(
+            touched_path(Some(Path::new("/repo")), &relative).as_deref(),
+            Some("lib/b.rs")
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ mod ops;
 mod routes;
 mod session;
 pub mod tls;
+mod worktree_tasks;
 
 pub use merge_queue::MergeQueue;
 

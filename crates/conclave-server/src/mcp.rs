@@ -338,15 +338,27 @@ impl ConclaveTools {
         let result = async {
             let (actor, _) = agent_of(&parts)?;
             let id = args.id.as_deref().map(str::parse::<TaskId>).transpose()?;
-            let outcome: ClaimOutcome =
-                ops::claim_task(&self.app, &actor, &IdempotencyKey::default(), id)
-                    .await?
-                    .parse()?;
+            let (written, checkout) =
+                ops::claim_task_on_branch(&self.app, &actor, &IdempotencyKey::default(), id)
+                    .await?;
+            let outcome: ClaimOutcome = written.parse()?;
             Ok::<_, OpError>(match outcome.task {
                 Some(task) => {
                     let mut body = format!("Claimed {}\n", task_line(&task));
                     if !task.body.is_empty() {
                         let _ = writeln!(body, "{}", task.body);
+                    }
+                    if let Some(checkout) = checkout {
+                        let _ = writeln!(
+                            body,
+                            "Your worktree is on its branch {} ({}).",
+                            checkout.branch,
+                            if checkout.resumed {
+                                "with the work already on it"
+                            } else {
+                                "new, from the integration branch's tip"
+                            }
+                        );
                     }
                     body.push_str("Edits lease files for you. Finish with done (or fail).");
                     body
@@ -406,11 +418,25 @@ impl ConclaveTools {
                 comments: args.comments,
                 to_stage: args.to_stage,
             };
-            let written =
-                ops::finish_task(&self.app, &actor, &IdempotencyKey::default(), id, finish).await?;
+            let (written, branch) = ops::finish_task_on_branch(
+                &self.app,
+                &actor,
+                &IdempotencyKey::default(),
+                id,
+                finish,
+            )
+            .await?;
             // A pipeline or approval task moves on rather than ending: say where it went.
-            // (A merge-queue entry is no task: it reads as done, as before.)
             let task = &written.value;
+            if let Some(branch) = branch
+                && task["status"] == "review"
+            {
+                return Ok(format!(
+                    "{id} finished; its leases are released. {} It is done once its branch \
+                     lands (you are told if it is sent back). claim for more work.",
+                    branch.describe()
+                ));
+            }
             Ok::<_, OpError>(if task["awaiting_approval"] == true {
                 format!("{id} waits for a person's approval. claim for more work.")
             } else if task["title"].is_string() && task["status"] == "ready" {

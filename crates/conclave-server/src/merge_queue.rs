@@ -75,6 +75,11 @@ impl MergeQueue {
         &self.settings
     }
 
+    /// The project's main worktree (the agents' worktrees are under its `.conclave/worktrees`).
+    pub fn project_root(&self) -> &std::path::Path {
+        &self.project_root
+    }
+
     /// Lands `task`'s queued entry now, out of order and even while the queue is paused (a
     /// person's `conclave queue merge`); the check still runs.
     pub async fn merge_now(&self, app: &App, task: TaskId) -> OpResult<QueueEntry> {
@@ -137,6 +142,38 @@ impl MergeQueue {
             outcome: format!("the landing thread failed: {error}"),
             pause: Some(format!("landing {task_id} failed: {error}")),
         });
+        // A branch sent back: the agent's worktree goes back to it when the agent is between
+        // tasks, and the message says where the worktree is.
+        let landing = match landing {
+            Recorded::SentBack { reason, details } => {
+                let agent = entry.agent.clone();
+                let busy = app
+                    .read(move |r| Ok(r.held_tasks(&agent)?.iter().any(|held| held.id != task_id)))
+                    .await
+                    .unwrap_or(true);
+                let (settings, root, agent) = (
+                    self.settings.clone(),
+                    self.project_root.clone(),
+                    entry.agent.clone(),
+                );
+                let line = tokio::task::spawn_blocking(move || {
+                    crate::worktree_tasks::return_to_branch(
+                        &root,
+                        &settings,
+                        &agent,
+                        &task_id.to_string(),
+                        busy,
+                    )
+                })
+                .await
+                .unwrap_or_default();
+                Recorded::SentBack {
+                    reason,
+                    details: format!("{line}\n\n{details}"),
+                }
+            }
+            other => other,
+        };
         let recorded = store_write(app, move |tx| match landing {
             Recorded::Landed(outcome) => tx.land_merge(task_id, &outcome),
             Recorded::SentBack { reason, details } => tx.send_back_merge(task_id, reason, &details),

@@ -48,6 +48,19 @@ pub fn require_agent<'a>(actor: &'a Actor, what: &str) -> Result<&'a str, CoreEr
     })
 }
 
+/// Paths an agent names (to lease, release, or as a finished task's files), absolute ones (in
+/// its worktree, or the project's) made project-relative by the one mapping the hooks use too
+/// (`conclave_core::paths::project_path`); relative ones are the project's already.
+fn project_paths(app: &App, given: &[String]) -> Vec<String> {
+    match app.settings().project_root.as_deref() {
+        Some(root) => given
+            .iter()
+            .map(|path| conclave_core::paths::agent_path_to_project(root, path))
+            .collect(),
+        None => given.to_vec(),
+    }
+}
+
 /// Leases paths to `holder`. A refusal changes no state, but the collision belongs in the record
 /// of what happened: it is logged as `lease.denied` before the conflict is returned.
 pub async fn acquire_leases(
@@ -55,8 +68,9 @@ pub async fn acquire_leases(
     actor: &Actor,
     key: &IdempotencyKey,
     holder: &str,
-    request: LeaseRequest,
+    mut request: LeaseRequest,
 ) -> OpResult<Written> {
+    request.paths = project_paths(app, &request.paths);
     let paths = request.paths.clone();
     let name = holder.to_string();
     let result = app
@@ -120,8 +134,9 @@ pub async fn release_leases(
     app: &App,
     actor: &Actor,
     key: &IdempotencyKey,
-    release: LeaseRelease,
+    mut release: LeaseRelease,
 ) -> OpResult<Written> {
+    release.paths = project_paths(app, &release.paths);
     let by = actor.clone();
     app.write(actor, key, move |tx| {
         let released = tx.release_leases(&by, release)?;
@@ -137,9 +152,32 @@ pub async fn claim_task(
     key: &IdempotencyKey,
     id: Option<TaskId>,
 ) -> OpResult<Written> {
+    Ok(claim_task_on_branch(app, actor, key, id).await?.0)
+}
+
+/// [`claim_task`], answering too the task's branch a worktree agent's worktree was switched to
+/// (before the claim answers: worktree_tasks.rs).
+pub async fn claim_task_on_branch(
+    app: &App,
+    actor: &Actor,
+    key: &IdempotencyKey,
+    id: Option<TaskId>,
+) -> OpResult<(Written, Option<conclave_git::TaskCheckout>)> {
     let agent = require_agent(actor, "claim tasks")?.to_string();
-    app.write(actor, key, move |tx| tx.claim_task(&agent, id))
-        .await
+    crate::worktree_tasks::before_claim(app, &agent).await?;
+    let name = agent.clone();
+    let written = app
+        .write(actor, key, move |tx| tx.claim_task(&name, id))
+        .await?;
+    let mut checkout = None;
+    if !written.replayed
+        && let Some(task) = written.value["task"]["id"]
+            .as_str()
+            .and_then(|id| id.parse::<TaskId>().ok())
+    {
+        checkout = crate::worktree_tasks::after_claim(app, &agent, task).await?;
+    }
+    Ok((written, checkout))
 }
 
 pub async fn create_task(
@@ -172,9 +210,37 @@ pub async fn finish_task(
     id: TaskId,
     finish: TaskFinish,
 ) -> OpResult<Written> {
+    Ok(finish_task_on_branch(app, actor, key, id, finish).await?.0)
+}
+
+/// [`finish_task`], answering too what a worktree agent's `done` found on the task's branch (its
+/// uncommitted work is committed before the task joins the merge queue: worktree_tasks.rs).
+pub async fn finish_task_on_branch(
+    app: &App,
+    actor: &Actor,
+    key: &IdempotencyKey,
+    id: TaskId,
+    mut finish: TaskFinish,
+) -> OpResult<(Written, Option<crate::worktree_tasks::BranchDone>)> {
+    finish.files = project_paths(app, &finish.files);
     let by = actor.clone();
     let queue = app.settings().merge.clone();
     let queued = queue.is_some();
+    // A worktree agent's work is committed on the task's branch whichever way the task goes on
+    // (the queue, or a pipeline's next stage, which claims the same branch).
+    let branch = match holder_of(app, actor, id).await? {
+        Some((agent, task)) => {
+            crate::worktree_tasks::before_done(
+                app,
+                &agent,
+                id,
+                task.title.clone(),
+                finish.summary.clone(),
+            )
+            .await?
+        }
+        None => None,
+    };
     let written = app
         .write(actor, key, move |tx| {
             if let Actor::Agent(agent) = &by {
@@ -198,7 +264,7 @@ pub async fn finish_task(
     if let Some(queue) = queue {
         queue.wake();
     }
-    Ok(written)
+    Ok((written, branch))
 }
 
 /// The live lease of `holder` that covers `path` (the path itself or a glob over it), if any.
@@ -303,9 +369,37 @@ pub async fn fail_task(
     id: TaskId,
     reason: String,
 ) -> OpResult<Written> {
+    // What a worktree agent leaves when it gives up stays on the task's branch (the next holder
+    // claims that branch), and its worktree is clean for its next claim.
+    if let Some((agent, task)) = holder_of(app, actor, id).await? {
+        crate::worktree_tasks::before_done(
+            app,
+            &agent,
+            id,
+            task.title.clone(),
+            Some(format!("Given up by {agent}: {reason}")),
+        )
+        .await?;
+    }
     let by = actor.clone();
     app.write(actor, key, move |tx| tx.fail_task(&by, id, &reason))
         .await
+}
+
+/// The acting agent and the task, when that agent holds the task (a worktree step applies).
+async fn holder_of(
+    app: &App,
+    actor: &Actor,
+    id: TaskId,
+) -> OpResult<Option<(String, conclave_core::model::Task)>> {
+    let Actor::Agent(agent) = actor else {
+        return Ok(None);
+    };
+    let name = agent.clone();
+    let task = app.read(move |r| r.task(id)).await?;
+    let holds =
+        task.assignee.as_deref() == Some(name.as_str()) && conclave_core::store::is_held(&task);
+    Ok(holds.then(|| (agent.clone(), task)))
 }
 
 pub async fn send_message(

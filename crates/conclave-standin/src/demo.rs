@@ -68,6 +68,31 @@ pub fn demo_script(project_root: &Path) -> Script {
         })
 }
 
+/// The demo team in worktrees (`conclave demo --worktrees`): the same story, each agent
+/// writing in its own worktree (`<project>/.conclave/worktrees/<agent>`). The coders' trees are
+/// separate, so the second coder's edit of the shared file draws a warning instead of a denial
+/// and nobody waits: both add the same `src/lib.rs`, and the merge queue lands all three
+/// branches on the integration branch after the check.
+pub fn demo_script_in_worktrees(project_root: &Path) -> Script {
+    let tree = |agent: &str| project_root.join(".conclave").join("worktrees").join(agent);
+    let (architect_root, coder_1_root, coder_2_root) =
+        (tree("architect"), tree("coder-1"), tree("coder-2"));
+    let coder_1 = Coder {
+        holds_shared_file: false,
+        ..CODER_1
+    };
+    Script::new()
+        .agent_fn("demo-architect", move |request| {
+            architect(&architect_root, request)
+        })
+        .agent_fn("demo-coder-1", move |request| {
+            coder(&coder_1_root, request, &coder_1)
+        })
+        .agent_fn("demo-coder-2", move |request| {
+            coder(&coder_2_root, request, &CODER_2)
+        })
+}
+
 /// The last tool call of the conversation and its result, or none at the start of a turn.
 struct LastCall {
     tool: String,

@@ -61,7 +61,7 @@ pub async fn prepare_agent(
 }
 
 /// Registers the agent, or issues a fresh token for the existing one (updating its role and
-/// model when given); returns the token.
+/// model when given, and its isolation); returns the token.
 async fn join(admin: &Client, new: &NewAgent) -> anyhow::Result<String> {
     let name = &new.name;
     match admin.post::<_, AgentCreated>("/api/agents", new).await {
@@ -70,17 +70,17 @@ async fn join(admin: &Client, new: &NewAgent) -> anyhow::Result<String> {
         Err(error) => return Err(error.context(format!("cannot register agent {name}"))),
     }
     let path = format!("/api/agents/{}", segment(name));
-    if new.role.is_some() || new.model.is_some() {
-        let update = AgentUpdate {
-            role: new.role.clone(),
-            model: new.model.clone(),
-            ..AgentUpdate::default()
-        };
-        admin
-            .patch::<_, Value>(&path, &update)
-            .await
-            .with_context(|| format!("cannot set the role and model of agent {name}"))?;
-    }
+    // Where it works follows the registration (conclave.toml may have moved it to a worktree).
+    let update = AgentUpdate {
+        role: new.role.clone(),
+        model: new.model.clone(),
+        isolation: Some(new.isolation),
+        ..AgentUpdate::default()
+    };
+    admin
+        .patch::<_, Value>(&path, &update)
+        .await
+        .with_context(|| format!("cannot update the registration of agent {name}"))?;
     let issued: TokenIssued = admin
         .post(&format!("{path}/tokens"), &json!({}))
         .await

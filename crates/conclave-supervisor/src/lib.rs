@@ -24,6 +24,8 @@
 //! - [`loop_run`]: `conclave loop`, a fresh client per iteration until a check passes.
 //! - [`loop_agent`]: `mode = "loop"` agents, loops run by `conclave up` beside the team.
 //! - [`follow`]: the server's event stream, resumed after the last event seen.
+//! - [`worktrees`]: `isolation = "worktree"` agents' own git worktrees, repaired and made before
+//!   the team starts.
 //! - [`relay`]: the loopback relay through which agents reach remote servers (failover, TLS).
 
 pub mod agent_files;
@@ -40,6 +42,7 @@ pub mod relay;
 pub mod stream;
 pub mod team;
 pub mod wake;
+pub mod worktrees;
 
 pub use machine::Outcome;
 pub use team::{Supervisor, SupervisorOptions, check_share, check_team};

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use conclave_core::config::{AgentSettings, Config, parse_duration};
+use conclave_core::config::{AgentSettings, Config, Isolation, parse_duration};
+use conclave_core::paths;
 
 use crate::agent_files::{AgentFiles, ENV_CLAUDE_BIN, claude_bin, find_on_path};
 
@@ -42,12 +43,20 @@ pub struct AgentPlan {
     pub caps: Vec<String>,
     /// Its settings with `[defaults]` filled in.
     pub settings: AgentSettings,
-    /// Where its client runs (the project root unless `cwd` says otherwise).
+    /// Where its client runs: the project root (its worktree, `.conclave/worktrees/NAME`, with
+    /// `isolation = "worktree"`), or `cwd` inside it.
     pub cwd: PathBuf,
     pub recycle_at: f64,
     pub hibernate_after: Duration,
     pub max_restarts: u32,
     pub restart_window: Duration,
+}
+
+impl AgentPlan {
+    /// Where the agent works (`[defaults]` filled in; `shared` when neither says).
+    pub fn isolation(&self) -> Isolation {
+        self.settings.isolation.unwrap_or_default()
+    }
 }
 
 /// Every agent process of the team, in the order of `conclave.toml`.
@@ -72,10 +81,18 @@ pub fn plan_team(config: &Config, root: &Path) -> anyhow::Result<Vec<AgentPlan>>
                 role: spec.role.clone(),
                 host: spec.host.clone(),
                 caps: spec.caps.clone(),
-                cwd: settings
-                    .cwd
-                    .as_deref()
-                    .map_or_else(|| root.to_path_buf(), |cwd| root.join(cwd)),
+                cwd: {
+                    // A worktree agent's tree stands in for the project's (docs/worktrees.md).
+                    let base = if settings.isolation == Some(Isolation::Worktree) {
+                        root.join(paths::WORKTREES_DIR).join(&name)
+                    } else {
+                        root.to_path_buf()
+                    };
+                    settings
+                        .cwd
+                        .as_deref()
+                        .map_or_else(|| base.clone(), |cwd| base.join(cwd))
+                },
                 recycle_at: settings.recycle_at.unwrap_or(DEFAULT_RECYCLE_AT),
                 hibernate_after: duration(
                     "hibernate_after",
@@ -284,11 +301,25 @@ pub fn command_line(
     Ok((program, args))
 }
 
-/// The protocol text, then the agent's own `prompt`.
+/// What a worktree agent is told besides [`PROTOCOL`].
+pub const WORKTREE_PROTOCOL: &str = "You work in your own git worktree (your working directory), \
+not in the project's tree. Each task you claim gets its own branch, conclave/<task id>, started \
+from the integration branch; `done` commits what you left uncommitted and the merge queue merges \
+the branch after the project's check passes. If the branch conflicts or fails the check, the task \
+comes back to you with the details: fix it on the same branch (you may merge the integration \
+branch into it) and call done again. Do not switch branches yourself.";
+
+/// The protocol text (with the worktree part for a worktree agent), then the agent's own
+/// `prompt`.
 pub fn system_prompt(plan: &AgentPlan) -> String {
+    let protocol = if plan.isolation() == Isolation::Worktree {
+        format!("{PROTOCOL}\n\n{WORKTREE_PROTOCOL}")
+    } else {
+        PROTOCOL.to_string()
+    };
     match plan.settings.prompt.as_deref().map(str::trim) {
-        Some(prompt) if !prompt.is_empty() => format!("{PROTOCOL}\n\n{prompt}"),
-        _ => PROTOCOL.to_string(),
+        Some(prompt) if !prompt.is_empty() => format!("{protocol}\n\n{prompt}"),
+        _ => protocol,
     }
 }
 
@@ -334,6 +365,42 @@ mod tests {
         assert_eq!(plans[1].cwd, PathBuf::from("/p/sub"));
         assert_eq!(plans[0].cwd, PathBuf::from("/p"));
         assert_eq!(plans[0].hibernate_after, DEFAULT_HIBERNATE_AFTER);
+    }
+
+    #[test]
+    fn a_worktree_agent_runs_in_its_own_worktree() {
+        let config = Config::parse(
+            "[defaults]\nisolation = \"worktree\"\n[merge]\n[[agent]]\nname = \"coder\"\ncount = 2\n[[agent]]\nname = \"lead\"\nisolation = \"shared\"\n[[agent]]\nname = \"web\"\ncwd = \"app\"\n",
+        )
+        .expect("config");
+        let plans = plan_team(&config, Path::new("/p")).expect("plan");
+        let cwds: Vec<(&str, &Path, Isolation)> = plans
+            .iter()
+            .map(|p| (p.name.as_str(), p.cwd.as_path(), p.isolation()))
+            .collect();
+        assert_eq!(
+            cwds,
+            [
+                (
+                    "coder-1",
+                    Path::new("/p/.conclave/worktrees/coder-1"),
+                    Isolation::Worktree
+                ),
+                (
+                    "coder-2",
+                    Path::new("/p/.conclave/worktrees/coder-2"),
+                    Isolation::Worktree
+                ),
+                ("lead", Path::new("/p"), Isolation::Shared),
+                (
+                    "web",
+                    Path::new("/p/.conclave/worktrees/web/app"),
+                    Isolation::Worktree
+                ),
+            ]
+        );
+        assert!(system_prompt(&plans[0]).contains(WORKTREE_PROTOCOL));
+        assert!(!system_prompt(&plans[2]).contains(WORKTREE_PROTOCOL));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use conclave_client::{Client, ENV_AGENT, ENV_TOKEN, ENV_URL, segment};
-use conclave_core::config::Config;
+use conclave_core::config::{Config, Isolation};
 use conclave_core::event::AgentCrashed;
 use conclave_core::model::{
     AgentUpdate, Event, EventPayload, MessageList, NewAgent, NewEvent, QueueView, StatusReport,
@@ -244,6 +244,27 @@ impl Supervisor {
             .host
             .as_ref()
             .map_or_else(plan::this_host, |scope| scope.name.clone());
+        // This host's worktree agents get their worktrees before anyone starts.
+        let worktree_agents: Vec<String> = plans
+            .iter()
+            .filter(|plan| plan.isolation() == Isolation::Worktree)
+            .map(|plan| plan.name.clone())
+            .collect();
+        if !worktree_agents.is_empty() {
+            // Config::validate refuses worktree agents without a [merge] table.
+            let merge = config.merge.clone().unwrap_or_default();
+            let root = project.root().to_path_buf();
+            let agents = worktree_agents.clone();
+            tokio::task::spawn_blocking(move || {
+                crate::worktrees::prepare_worktrees(
+                    &root,
+                    &merge,
+                    &agents,
+                    crate::worktrees::Repair::All,
+                )
+            })
+            .await??;
+        }
         let mut agents = Vec::new();
         let mut launches = Vec::new();
         for plan in plans {
@@ -252,7 +273,7 @@ impl Supervisor {
                 role: plan.role.clone(),
                 model: plan.settings.model.clone(),
                 caps: plan.caps.clone(),
-                ..Default::default()
+                isolation: plan.isolation(),
             };
             let JoinedAgent { token, files } = prepare_agent(
                 project,

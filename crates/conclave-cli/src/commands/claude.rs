@@ -13,7 +13,9 @@
 //!    server for tool and prompt events, `conclave hook` command hooks for `SessionStart` and
 //!    `SessionEnd`, which the client only runs as commands; in strict mode `PreToolUse` is a
 //!    command hook too, so that it fails closed).
-//! 4. Runs `claude` (or `CONCLAVE_CLAUDE_BIN`) with `--mcp-config` and `--settings` pointing at
+//! 4. An agent with `isolation = "worktree"` (in `conclave.toml`, or as registered) gets its
+//!    worktree `.conclave/worktrees/NAME` made (or repaired) and its session runs there.
+//! 5. Runs `claude` (or `CONCLAVE_CLAUDE_BIN`) with `--mcp-config` and `--settings` pointing at
 //!    them, then every argument after `--` unchanged, with `CONCLAVE_URL`, `CONCLAVE_AGENT` and
 //!    `CONCLAVE_TOKEN` in its environment and the terminal inherited; exits with its exit code.
 
@@ -23,10 +25,11 @@ use std::path::Path;
 use anyhow::Context as _;
 use conclave_client::Client;
 use conclave_core::config::Config;
-use conclave_core::model::NewAgent;
+use conclave_core::model::{Agent, Isolation, NewAgent};
 use conclave_core::project::Project;
 pub use conclave_supervisor::agent_files::claude_bin;
 use conclave_supervisor::agent_files::{AgentFiles, JoinedAgent, prepare_agent};
+use conclave_supervisor::worktrees::{Repair, prepare_worktrees};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::ClaudeArgs;
@@ -56,6 +59,18 @@ pub async fn run(context: &Context, options: ClaudeArgs) -> anyhow::Result<()> {
         None => reachable_url(&context.server_url()?),
     };
     let admin = admin_client(project, &url)?;
+    let isolation = isolation_of(project, &config, &admin, &options.name).await?;
+    // Without a merge queue nothing would land a worktree agent's branches.
+    let merge = match isolation {
+        Isolation::Worktree => Some(config.merge.clone().with_context(|| {
+            format!(
+                "{} works in its own worktree, but conclave.toml has no [merge] table to land \
+                 its branches: add one (docs/worktrees.md)",
+                options.name
+            )
+        })?),
+        Isolation::Shared => None,
+    };
     let host = options
         .host
         .clone()
@@ -78,7 +93,7 @@ pub async fn run(context: &Context, options: ClaudeArgs) -> anyhow::Result<()> {
         role: options.role.clone(),
         model: None,
         caps: Vec::new(),
-        ..Default::default()
+        isolation,
     };
     let JoinedAgent { token, files } =
         prepare_agent(project, &admin, &registration, strict, &agent_url).await?;
@@ -92,6 +107,24 @@ pub async fn run(context: &Context, options: ClaudeArgs) -> anyhow::Result<()> {
         )
         .await
         .with_context(|| format!("cannot record the host of agent {}", options.name))?;
+    // A worktree agent's session runs in its own worktree, as `conclave up` runs it.
+    let cwd = if let Some(merge) = merge {
+        let root = project.root().to_path_buf();
+        let name = options.name.clone();
+        let mut trees = tokio::task::spawn_blocking(move || {
+            prepare_worktrees(&root, &merge, std::slice::from_ref(&name), Repair::Own)
+        })
+        .await??;
+        let tree = trees.pop().context("no worktree was made")?;
+        eprintln!(
+            "conclave: {} works in its worktree {}",
+            options.name,
+            tree.display()
+        );
+        Some(tree)
+    } else {
+        None
+    };
     eprintln!(
         "conclave: starting Claude Code as agent {} on host {host}{} on the team at {url}{} (config in {})",
         options.name,
@@ -106,13 +139,33 @@ pub async fn run(context: &Context, options: ClaudeArgs) -> anyhow::Result<()> {
             .parent()
             .map_or_else(String::new, |dir| dir.display().to_string()),
     );
-    let code = run_claude(&bin, &files, &options, &agent_url, &token).await?;
+    let code = run_claude(&bin, &files, &options, &agent_url, &token, cwd.as_deref()).await?;
     drop(relay);
     if code == 0 {
         Ok(())
     } else {
         Err(ClaudeExited { code }.into())
     }
+}
+
+/// Where agent `name` works: what `conclave.toml` says when it names the agent, else what its
+/// registration says (`conclave agent add --isolation`), else `shared`.
+async fn isolation_of(
+    project: &Project,
+    config: &Config,
+    admin: &Client,
+    name: &str,
+) -> anyhow::Result<Isolation> {
+    let plans = conclave_supervisor::plan::plan_team(config, project.root())?;
+    if let Some(plan) = plans.iter().find(|plan| plan.name == name) {
+        return Ok(plan.isolation());
+    }
+    let path = format!("/api/agents/{}", conclave_client::segment(name));
+    Ok(admin
+        .get::<Agent>(&path, &[])
+        .await
+        .map(|agent| agent.isolation)
+        .unwrap_or_default())
 }
 
 /// The server's URL as an agent on this machine reaches it: a server listening on every
@@ -167,8 +220,12 @@ async fn run_claude(
     options: &ClaudeArgs,
     url: &str,
     token: &str,
+    cwd: Option<&Path>,
 ) -> anyhow::Result<u8> {
     let mut command = tokio::process::Command::new(bin);
+    if let Some(cwd) = cwd {
+        command.current_dir(cwd);
+    }
     command
         .arg("--mcp-config")
         .arg(&files.mcp_config)

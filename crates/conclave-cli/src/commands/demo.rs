@@ -7,6 +7,10 @@
 //! the dashboard link. The agents claim tasks, lease files, collide on one file and resolve it by
 //! message, and finish. Nothing is opened; nothing leaves the machine.
 //!
+//! `--worktrees` runs the same story with `isolation = "worktree"`: each agent in its own git
+//! worktree, the collision a warning instead of a denial, and a `[merge]` check; the demo ends by
+//! showing what the merge queue landed and the integration branch's history.
+//!
 //! It runs Claude Code versions it was tried with ([`TRIED_VERSIONS`]); for another one it uses
 //! the pinned version from the test cache if installed there, else warns. It watches the team:
 //! it says in the terminal when every task is done (and how long it took), stops at once with
@@ -18,14 +22,17 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use conclave_core::config::DEFAULT_INTEGRATION_BRANCH;
 use conclave_core::event::Topic;
-use conclave_core::model::{EventList, EventPayload, Task, TaskList, TaskStatus};
+use conclave_core::model::{EventList, EventPayload, QueueView, Task, TaskList, TaskStatus};
 use conclave_core::project::Project;
 use conclave_standin::StandIn;
 use conclave_standin::claude_cli::{
     CLAUDE_BIN_ENV, PINNED_CLAUDE_CODE_VERSION, binary_in, install_dir,
 };
-use conclave_standin::demo::{DEMO_AGENTS, DEMO_TASKS, STOP_MARK, demo_script};
+use conclave_standin::demo::{
+    DEMO_AGENTS, DEMO_TASKS, STOP_MARK, demo_script, demo_script_in_worktrees,
+};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{SignalKind, signal};
@@ -72,8 +79,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     note!("{BANNER}");
     note!("conclave demo: project in {}", dir.display());
 
-    let stand_in = StandIn::start(demo_script(&dir)).await?;
-    make_project(&dir, &stand_in.url(), &claude)?;
+    let script = if args.worktrees {
+        demo_script_in_worktrees(&dir)
+    } else {
+        demo_script(&dir)
+    };
+    let stand_in = StandIn::start(script).await?;
+    make_project(&dir, &stand_in.url(), &claude, args.worktrees)?;
 
     let exe = std::env::current_exe().context("cannot find the conclave binary")?;
     let mut serve = spawn(
@@ -141,8 +153,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                     Ok(Progress::Working) => {}
                     Ok(Progress::JustFinished(took)) if args.exit_when_done => {
                         note!("conclave demo: the scripted team finished in {} s; stopping once the agents are idle", took.as_secs());
+                        if args.worktrees {
+                            show_landed(&admin, &dir).await;
+                        }
                     }
                     Ok(Progress::JustFinished(took)) => {
+                        if args.worktrees {
+                            show_landed(&admin, &dir).await;
+                        }
                         note!(
                             "conclave demo: the scripted team finished in {} s — the dashboard stays up until Ctrl-C; {stays_in}",
                             took.as_secs()
@@ -364,8 +382,48 @@ fn parse_version(text: &str) -> Option<String> {
         .then(|| first.to_string())
 }
 
-/// A git repository with a README and a `conclave.toml` whose agents talk to the stand-in.
-fn make_project(dir: &Path, stand_in_url: &str, claude: &Path) -> anyhow::Result<()> {
+/// With `--worktrees`: what the merge queue did, and the integration branch's history, so the
+/// demo ends showing the work merged and checked there.
+async fn show_landed(admin: &Client, dir: &Path) {
+    match admin.get::<QueueView>("/api/queue", &[]).await {
+        Ok(queue) => {
+            for entry in &queue.entries {
+                note!(
+                    "conclave demo: {} {} {}",
+                    entry.task,
+                    entry.state,
+                    entry.outcome.as_deref().unwrap_or_default()
+                );
+            }
+        }
+        Err(error) => tracing::debug!("demo queue: {error:#}"),
+    }
+    let log = std::process::Command::new("git")
+        .args([
+            "log",
+            "--oneline",
+            "--first-parent",
+            DEFAULT_INTEGRATION_BRANCH,
+        ])
+        .current_dir(dir)
+        .output();
+    if let Ok(log) = log {
+        note!(
+            "conclave demo: {DEFAULT_INTEGRATION_BRANCH} now holds:\n{}",
+            String::from_utf8_lossy(&log.stdout).trim_end()
+        );
+    }
+}
+
+/// A git repository with a README and a `conclave.toml` whose agents talk to the stand-in; with
+/// `worktrees`, the README is committed (the integration branch starts there), every agent
+/// works in its own worktree, and `[merge]` checks each branch before it lands.
+fn make_project(
+    dir: &Path,
+    stand_in_url: &str,
+    claude: &Path,
+    worktrees: bool,
+) -> anyhow::Result<()> {
     let git = std::process::Command::new("git")
         .args(["init", "-q"])
         .current_dir(dir)
@@ -395,6 +453,40 @@ fn make_project(dir: &Path, stand_in_url: &str, claude: &Path) -> anyhow::Result
             home = home.display(),
             claude = claude.display(),
         ));
+    }
+    if worktrees {
+        config = config.replace("[defaults]\n", "[defaults]\nisolation = \"worktree\"\n");
+        // The check every branch passes before it lands: the design is there and every Rust
+        // file in the tree has content.
+        config.push_str(
+            "[merge]\ncheck = \"test -s docs/design.md && for f in $(git ls-files '*.rs'); do test -s \\\"$f\\\" || exit 1; done\"\n\
+             check_timeout = \"1m\"\n",
+        );
+        let git = |args: &[&str]| {
+            std::process::Command::new("git")
+                .args([
+                    "-c",
+                    "user.name=conclave demo",
+                    "-c",
+                    "user.email=demo@conclave.invalid",
+                ])
+                .args(args)
+                .current_dir(dir)
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|status| status.success())
+        };
+        let committed = git(&["add", "README.md"])
+            && git(&[
+                "commit",
+                "--quiet",
+                "--no-verify",
+                "-m",
+                "Start of the demo",
+            ]);
+        if !committed {
+            bail!("cannot commit the demo's README in {}", dir.display());
+        }
     }
     std::fs::write(dir.join("conclave.toml"), config)?;
     Project::at(dir).ensure_state_dir()?;

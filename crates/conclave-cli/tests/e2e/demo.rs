@@ -81,6 +81,83 @@ async fn the_demo_team_collides_on_one_file_resolves_it_by_message_and_finishes(
     Ok(())
 }
 
+/// `conclave demo --worktrees`: the same team, each agent in its own worktree; it ends with the
+/// three branches landed on the integration branch, each after the check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worktree_demo_ends_with_the_work_merged_and_checked_on_the_integration_branch()
+-> Result<()> {
+    let Some(claude) = claude_or_skip() else {
+        return Ok(());
+    };
+    let _serial = serial().await;
+    let temp = tempfile::tempdir()?;
+    let dir = temp.path().join("demo");
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_conclave"));
+    command
+        .args(["demo", "--worktrees", "--exit-when-done", "--dir"])
+        .arg(&dir)
+        .env("CONCLAVE_CLAUDE_BIN", &claude)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(240), command.output())
+        .await
+        .context("the demo did not finish within 240 s")??;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(output.status.success(), "demo failed: {stderr}");
+    ensure!(
+        stderr.contains("conclave/integration now holds"),
+        "the demo ends showing the integration branch: {stderr}"
+    );
+
+    let store = conclave_core::Store::open(&dir.join(".conclave/conclave.db"), Default::default())?;
+    let tasks = store.read(|r| r.tasks(None, None))?;
+    ensure!(tasks.len() == 3, "{tasks:?}");
+    for task in &tasks {
+        ensure!(
+            task.status == conclave_core::model::TaskStatus::Done,
+            "{task:?}"
+        );
+    }
+    let queue = store.read(|r| r.merge_queue())?;
+    ensure!(queue.entries.len() == 3, "{queue:?}");
+    // A coder may take both coding tasks (the scripted coder writes its own files whichever it
+    // claims): the second then changes nothing and lands as such, without a check.
+    let mut checked = 0;
+    for entry in &queue.entries {
+        let outcome = entry.outcome.as_deref().unwrap_or_default();
+        ensure!(
+            entry.state == conclave_core::model::QueueState::Landed
+                && (outcome.contains("check passed") || outcome.contains("nothing to merge")),
+            "{entry:?}"
+        );
+        checked += usize::from(outcome.contains("check passed"));
+    }
+    ensure!(checked >= 2, "{queue:?}");
+    let show = |path: &str| -> Result<String> {
+        let output = std::process::Command::new("git")
+            .args(["show", &format!("conclave/integration:{path}")])
+            .current_dir(&dir)
+            .output()?;
+        ensure!(
+            output.status.success(),
+            "no {path} on the integration branch"
+        );
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    let lib = show("src/lib.rs")?;
+    ensure!(
+        lib.contains("mod farewell") && lib.contains("mod greet"),
+        "{lib}"
+    );
+    ensure!(
+        show("src/greet.rs")?.contains("Hello") || show("src/farewell.rs")?.contains("Goodbye")
+    );
+    ensure!(show("docs/design.md")?.contains("Greeting API"));
+    // The agents wrote in their worktrees, not in the project's own tree.
+    ensure!(!dir.join("docs/design.md").exists());
+    Ok(())
+}
+
 /// A step the script does not expect (here `src/lib.rs` is a folder, so reading it fails) makes
 /// the scripted agent stop instead of trying again, and the demo ends at once quoting it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

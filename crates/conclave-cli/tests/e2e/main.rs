@@ -22,3 +22,4 @@ mod support;
 mod team;
 mod tool_list;
 mod up_modes;
+mod worktrees;

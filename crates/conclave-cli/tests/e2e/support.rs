@@ -138,21 +138,7 @@ impl Team {
     ) -> Result<AgentRun> {
         let mut command = self.agent_command(cli_env, name, conclave_args);
         command.args(["-p", prompt]).args(HEADLESS_ARGS);
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut agent = AgentProcess::spawn(command)?;
-        let output = agent.finish(AGENT_TIMEOUT).await?;
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        let lines = parse_stream_json(&stdout)
-            .with_context(|| format!("stdout is not stream-json: {stdout}\nstderr: {stderr}"))?;
-        Ok(AgentRun {
-            status: output.status,
-            lines,
-            stderr,
-        })
+        run_to_end(command).await
     }
 
     /// `conclave claude --name NAME CONCLAVE_ARGS --`, ready for the claude arguments.
@@ -189,6 +175,25 @@ pub const HEADLESS_ARGS: [&str; 5] = [
     "--permission-mode",
     "acceptEdits",
 ];
+
+/// Runs a headless agent's command (stdout stream-json) to the end.
+pub async fn run_to_end(mut command: Command) -> Result<AgentRun> {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut agent = AgentProcess::spawn(command)?;
+    let output = agent.finish(AGENT_TIMEOUT).await?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let lines = parse_stream_json(&stdout)
+        .with_context(|| format!("stdout is not stream-json: {stdout}\nstderr: {stderr}"))?;
+    Ok(AgentRun {
+        status: output.status,
+        lines,
+        stderr,
+    })
+}
 
 /// A finished agent run.
 #[derive(Debug)]

@@ -1,19 +1,14 @@
-//! `conclave.toml` keys that would do nothing are refused by every command that starts a team.
+//! `conclave.toml` settings that could not work are refused by every command that starts a team.
 
 use crate::support::TestProject;
 
 #[test]
-fn serve_up_and_claude_refuse_an_isolation_that_is_not_supported_yet() {
+fn serve_up_and_claude_refuse_worktree_isolation_without_a_merge_table() {
     let project = TestProject::init();
     let config = project.root().join("conclave.toml");
     let mut text = std::fs::read_to_string(&config).expect("config");
     text.push_str("\n[[agent]]\nname = \"coder\"\nisolation = \"worktree\"\n");
     std::fs::write(&config, &text).expect("write");
-    let line = text
-        .lines()
-        .position(|line| line.starts_with("isolation"))
-        .map(|index| index + 1)
-        .expect("the line");
     for args in [
         &["serve", "--listen", "127.0.0.1:0"][..],
         &["up"],
@@ -23,8 +18,7 @@ fn serve_up_and_claude_refuse_an_isolation_that_is_not_supported_yet() {
         assert_ne!(run.code, 0, "{args:?} started with a refused key: {run:#?}");
         assert!(
             run.stderr
-                .contains("isolation = \"worktree\" is not supported yet")
-                && run.stderr.contains(&format!("line {line} ")),
+                .contains("\"coder\": isolation = \"worktree\" needs a [merge] table"),
             "{args:?}: {}",
             run.stderr
         );

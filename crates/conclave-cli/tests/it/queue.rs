@@ -10,7 +10,7 @@ use conclave_git::{AgentWorktrees, Identity, Repo};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
-use crate::support::{As, Server, TestProject, add_agent};
+use crate::support::{As, COMMAND_DEADLINE, Server, TestProject, add_agent, finish};
 
 const INTEGRATION: &str = "conclave/integration";
 
@@ -342,5 +342,452 @@ fn an_entry_left_merging_by_a_crash_is_retried_at_start_up_and_lands_once() {
         git(&root, &["rev-parse", INTEGRATION]),
         merge,
         "the branch is not merged a second time"
+    );
+}
+
+/// Runs `conclave hook <event>` as `who` with `input` on stdin; answers its JSON.
+fn hook(project: &TestProject, who: &As, url: &str, event: &str, input: &Value) -> Value {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let mut command = project.command(who, &["hook", event]);
+    command
+        .env("CONCLAVE_URL", url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("spawn conclave hook");
+    child
+        .stdin
+        .take()
+        .expect("stdin piped")
+        .write_all(input.to_string().as_bytes())
+        .expect("write the hook input");
+    let run = finish(child, COMMAND_DEADLINE);
+    serde_json::from_str(run.stdout.trim()).unwrap_or_else(|_| panic!("not JSON: {run:#?}"))
+}
+
+/// A `Write` tool call of `file` by an agent working in `cwd`.
+fn edit(cwd: &Path, file: &Path) -> Value {
+    serde_json::json!({
+        "session_id": "s-1",
+        "cwd": cwd,
+        "tool_name": "Write",
+        "tool_input": {"file_path": file, "content": "x"},
+    })
+}
+
+/// The supervisor's side of worktree isolation as the server runs it: a claim switches the
+/// agent's worktree (made on the spot) to the task's branch before it answers, paths in a
+/// worktree are the project's, an edit of a file leased in another worktree is allowed with a
+/// warning, `done` commits the agent's work before the entry joins the queue, a done with no
+/// change lands as nothing to merge, and a claim over uncommitted work is refused.
+#[test]
+fn a_claim_switches_the_worktree_and_done_commits_it_before_the_queue_sees_it() {
+    let (project, checks) = git_project();
+    let server = Server::start(&project);
+    let alice = add_agent(&project, "alice", &["--isolation", "worktree"]);
+    let bob = add_agent(&project, "bob", &["--isolation", "worktree"]);
+    project.run(&["queue", "pause"]).ok();
+    let root = project.root();
+    let start_tip = git(&root, &["rev-parse", "HEAD"]);
+
+    let t1 = project.run(&["task", "add", "change a"]).ok();
+    project.run_as(&alice, &["task", "claim", &t1]).ok();
+    let alice_tree = root.join(".conclave/worktrees/alice");
+    assert_eq!(
+        git(&alice_tree, &["rev-parse", "--abbrev-ref", "HEAD"]),
+        format!("conclave/{t1}"),
+        "the claim switched alice's worktree to the task's branch"
+    );
+    assert_eq!(git(&alice_tree, &["rev-parse", "HEAD"]), start_tip);
+
+    // Alice's edit in her worktree leases the project's a.txt.
+    let answer = hook(
+        &project,
+        &alice,
+        &server.url,
+        "pre-tool-use",
+        &edit(&alice_tree, &alice_tree.join("a.txt")),
+    );
+    assert_eq!(answer, serde_json::json!({}));
+    hook(
+        &project,
+        &alice,
+        &server.url,
+        "post-tool-use",
+        &edit(&alice_tree, &alice_tree.join("a.txt")),
+    );
+    let status = project.run(&["status", "--json"]).json();
+    let leases = status["leases"].to_string();
+    assert!(
+        leases.contains("\"a.txt\"") && !leases.contains("worktrees"),
+        "{status}"
+    );
+    let touched: Vec<Value> = project
+        .export()
+        .into_iter()
+        .filter(|event| event["kind"] == "file.touched")
+        .collect();
+    assert!(
+        touched
+            .iter()
+            .any(|event| event.to_string().contains("\"a.txt\"")),
+        "{touched:?}"
+    );
+    assert!(!format!("{touched:?}").contains("worktrees"), "{touched:?}");
+
+    // An absolute path in her worktree, through the API (`conclave lock`), is the project's too.
+    let worktree_path = alice_tree.join("b.txt").display().to_string();
+    project.run_as(&alice, &["lock", &worktree_path]).ok();
+    let status = project.run(&["status", "--json"]).json();
+    let leases = status["leases"].to_string();
+    assert!(
+        leases.contains("\"b.txt\"") && !leases.contains("worktrees"),
+        "{status}"
+    );
+    project.run_as(&alice, &["unlock", &worktree_path]).ok();
+
+    // Bob, in his own worktree, edits the same file: allowed, with a warning naming alice and
+    // her task; alice is told.
+    let t2 = project.run(&["task", "add", "look at a"]).ok();
+    project.run_as(&bob, &["task", "claim", &t2]).ok();
+    let bob_tree = root.join(".conclave/worktrees/bob");
+    let answer = hook(
+        &project,
+        &bob,
+        &server.url,
+        "pre-tool-use",
+        &edit(&bob_tree, &bob_tree.join("a.txt")),
+    );
+    let output = &answer["hookSpecificOutput"];
+    assert!(output.get("permissionDecision").is_none(), "{answer}");
+    let warning = output["additionalContext"].as_str().unwrap_or_default();
+    assert!(
+        warning.contains("alice") && warning.contains(&t1) && warning.contains("a.txt"),
+        "{answer}"
+    );
+    assert_eq!(answer["systemMessage"].as_str(), Some(warning));
+    assert!(inbox(&project, &alice).contains("bob is editing a.txt"));
+
+    // Done commits alice's uncommitted work on her branch while the queue is paused.
+    std::fs::write(alice_tree.join("a.txt"), "a by alice\n").expect("write");
+    project
+        .run_as(&alice, &["task", "done", &t1, "--summary", "a changed"])
+        .ok();
+    assert_eq!(entry(&project, &t1)["state"], "queued");
+    assert_eq!(git(&alice_tree, &["status", "--porcelain"]), "");
+    let branch = format!("conclave/{t1}");
+    let message = git(&root, &["log", "-1", "--format=%B", &branch]);
+    assert!(
+        message.starts_with(&format!("{t1}: change a"))
+            && message.contains("a changed")
+            && message.contains(&format!("Conclave-Task: {t1}")),
+        "{message}"
+    );
+    assert_eq!(git(&root, &["log", "-1", "--format=%an", &branch]), "alice");
+
+    // Bob finishes with no change at all.
+    project.run_as(&bob, &["task", "done", &t2]).ok();
+
+    // A claim over uncommitted work is refused, saying why.
+    let t3 = project.run(&["task", "add", "another"]).ok();
+    std::fs::write(alice_tree.join("stray.txt"), "x\n").expect("write");
+    let refused = project.run_as(&alice, &["task", "claim", &t3]);
+    assert_ne!(refused.code, 0, "{refused:#?}");
+    assert!(
+        refused.stderr.contains("uncommitted") && refused.stderr.contains("stray.txt"),
+        "{refused:#?}"
+    );
+    std::fs::remove_file(alice_tree.join("stray.txt")).expect("remove");
+
+    project.run(&["queue", "resume"]).ok();
+    wait_for_state(&project, &t1, "landed");
+    let nothing = wait_for_state(&project, &t2, "landed");
+    assert!(
+        nothing["outcome"]
+            .as_str()
+            .is_some_and(|o| o.contains("nothing to merge")),
+        "{nothing}"
+    );
+    assert_eq!(task_status(&project, &t2)["status"], "done");
+    assert_eq!(
+        git(&root, &["show", &format!("{INTEGRATION}:a.txt")]),
+        "a by alice"
+    );
+    assert_eq!(check_runs(&checks), 1, "the check ran for the one change");
+    // The next claim starts from the new tip.
+    project.run_as(&alice, &["task", "claim", &t3]).ok();
+    assert_eq!(
+        git(&alice_tree, &["rev-parse", "HEAD"]),
+        git(&root, &["rev-parse", INTEGRATION])
+    );
+    drop(server);
+}
+
+/// The admin's `POST /api/agents/NAME/release` (what the supervisor does when an agent's
+/// process dies).
+fn release(project: &TestProject, url: &str, agent: &str) {
+    let token = conclave_core::project::Project::at(project.root())
+        .read_admin_token()
+        .expect("read the admin token")
+        .expect("an admin token");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let status = runtime.block_on(async {
+        reqwest::Client::new()
+            .post(format!("{url}/api/agents/{agent}/release"))
+            .bearer_auth(token)
+            .json(&serde_json::json!({"reason": "its process died"}))
+            .send()
+            .await
+            .expect("release")
+            .status()
+    });
+    assert!(status.is_success(), "{status}");
+}
+
+/// An agent going away: a task whose branch waits in the queue stays there and lands; a task it
+/// was working on goes back to the team, and the next claimer gets the branch with the work the
+/// first agent left uncommitted (its worktree detached).
+#[test]
+fn a_released_agents_queued_branch_still_lands_and_its_unfinished_task_changes_hands() {
+    let (project, _checks) = git_project();
+    let server = Server::start(&project);
+    let alice = add_agent(&project, "alice", &["--isolation", "worktree"]);
+    let bob = add_agent(&project, "bob", &["--isolation", "worktree"]);
+    project.run(&["queue", "pause"]).ok();
+    let root = project.root();
+    let alice_tree = root.join(".conclave/worktrees/alice");
+
+    let t1 = project.run(&["task", "add", "change a"]).ok();
+    project.run_as(&alice, &["task", "claim", &t1]).ok();
+    std::fs::write(alice_tree.join("a.txt"), "a by alice\n").expect("write");
+    project.run_as(&alice, &["task", "done", &t1]).ok();
+    let t2 = project.run(&["task", "add", "change b"]).ok();
+    project.run_as(&alice, &["task", "claim", &t2]).ok();
+    std::fs::write(alice_tree.join("b.txt"), "b half done by alice\n").expect("write");
+
+    release(&project, &server.url, "alice");
+    assert_eq!(task_status(&project, &t1)["status"], "review");
+    assert_eq!(task_status(&project, &t2)["status"], "ready");
+
+    project.run_as(&bob, &["task", "claim", &t2]).ok();
+    let bob_tree = root.join(".conclave/worktrees/bob");
+    assert_eq!(
+        git(&bob_tree, &["rev-parse", "--abbrev-ref", "HEAD"]),
+        format!("conclave/{t2}")
+    );
+    assert_eq!(
+        std::fs::read_to_string(bob_tree.join("b.txt")).expect("b"),
+        "b half done by alice\n",
+        "alice's uncommitted work came with the branch"
+    );
+    assert_eq!(
+        git(&alice_tree, &["rev-parse", "--abbrev-ref", "HEAD"]),
+        "HEAD",
+        "alice's worktree let go of the branch"
+    );
+
+    project.run(&["queue", "resume"]).ok();
+    wait_for_state(&project, &t1, "landed");
+    assert_eq!(task_status(&project, &t1)["status"], "done");
+    project.run_as(&bob, &["task", "done", &t2]).ok();
+    wait_for_state(&project, &t2, "landed");
+    assert_eq!(
+        git(&root, &["show", &format!("{INTEGRATION}:b.txt")]),
+        "b half done by alice"
+    );
+    drop(server);
+}
+
+/// `conclave claude --name X` for a worktree agent makes X's worktree and runs the client there
+/// (a stand-in client here that records where it ran).
+#[test]
+fn conclave_claude_for_a_worktree_agent_starts_in_its_worktree() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let (project, _checks) = git_project();
+    let _server = Server::start(&project);
+    add_agent(&project, "alice", &["--isolation", "worktree"]);
+    let root = project.root();
+    let outside = root.parent().expect("parent").to_path_buf();
+    let client = outside.join("fake-claude.sh");
+    let ran_in = outside.join("ran-in.txt");
+    std::fs::write(
+        &client,
+        format!("#!/bin/sh\npwd > '{}'\n", ran_in.display()),
+    )
+    .expect("write");
+    std::fs::set_permissions(&client, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let client = client.display().to_string();
+    project
+        .run_with_env(
+            &[("CONCLAVE_CLAUDE_BIN", client.as_str())],
+            &["claude", "--name", "alice"],
+        )
+        .ok();
+    let tree = root.join(".conclave/worktrees/alice");
+    assert_eq!(
+        std::fs::read_to_string(&ran_in)
+            .expect("the client ran")
+            .trim(),
+        tree.display().to_string()
+    );
+    assert_eq!(
+        git(&tree, &["rev-parse", "HEAD"]),
+        git(&root, &["rev-parse", INTEGRATION]),
+        "made at the integration branch's tip"
+    );
+}
+
+/// A worktree agent that gives its task up leaves its work committed on the task's branch (its
+/// worktree clean for its next claim), and the next holder continues from it.
+#[test]
+fn a_task_given_up_keeps_its_work_on_its_branch_for_the_next_holder() {
+    let (project, _checks) = git_project();
+    let _server = Server::start(&project);
+    let alice = add_agent(&project, "alice", &["--isolation", "worktree"]);
+    let bob = add_agent(&project, "bob", &["--isolation", "worktree"]);
+    let root = project.root();
+    let alice_tree = root.join(".conclave/worktrees/alice");
+    let t1 = project.run(&["task", "add", "change a"]).ok();
+    project.run_as(&alice, &["task", "claim", &t1]).ok();
+    std::fs::write(alice_tree.join("a.txt"), "a, half done\n").expect("write");
+    project
+        .run_as(
+            &alice,
+            &["task", "fail", &t1, "--reason", "out of my depth"],
+        )
+        .ok();
+    assert_eq!(git(&alice_tree, &["status", "--porcelain"]), "");
+    let message = git(
+        &root,
+        &["log", "-1", "--format=%B", &format!("conclave/{t1}")],
+    );
+    assert!(
+        message.contains("Given up by alice: out of my depth"),
+        "{message}"
+    );
+
+    project.run(&["task", "reopen", &t1]).ok();
+    project.run_as(&bob, &["task", "claim", &t1]).ok();
+    assert_eq!(
+        std::fs::read_to_string(root.join(".conclave/worktrees/bob/a.txt")).expect("a"),
+        "a, half done\n"
+    );
+}
+
+/// With `[merge] strict_leases = true`, an edit of a file leased in another worktree is denied as
+/// in one shared tree.
+#[test]
+fn strict_leases_deny_an_edit_across_worktrees() {
+    let (project, _checks) = git_project();
+    let config = project.root().join("conclave.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, format!("{text}strict_leases = true\n")).expect("write");
+    let server = Server::start(&project);
+    let alice = add_agent(&project, "alice", &["--isolation", "worktree"]);
+    let bob = add_agent(&project, "bob", &["--isolation", "worktree"]);
+    let root = project.root();
+    for (agent, title) in [(&alice, "a by alice"), (&bob, "a by bob")] {
+        let task = project.run(&["task", "add", title]).ok();
+        project.run_as(agent, &["task", "claim", &task]).ok();
+    }
+    let (alice_tree, bob_tree) = (
+        root.join(".conclave/worktrees/alice"),
+        root.join(".conclave/worktrees/bob"),
+    );
+    let allowed = hook(
+        &project,
+        &alice,
+        &server.url,
+        "pre-tool-use",
+        &edit(&alice_tree, &alice_tree.join("a.txt")),
+    );
+    assert_eq!(allowed, serde_json::json!({}));
+    let denied = hook(
+        &project,
+        &bob,
+        &server.url,
+        "pre-tool-use",
+        &edit(&bob_tree, &bob_tree.join("a.txt")),
+    );
+    let output = &denied["hookSpecificOutput"];
+    assert_eq!(output["permissionDecision"], "deny", "{denied}");
+    assert!(
+        output["permissionDecisionReason"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("leased by alice")),
+        "{denied}"
+    );
+}
+
+/// A task a person assigns: the agent's worktree follows it when clean; work done on a worktree
+/// no claim switched (here, left detached and dirty) goes on the task's branch at `done`.
+#[test]
+fn an_assigned_task_gets_its_branch_and_work_on_a_detached_worktree_lands_with_it() {
+    let (project, _checks) = git_project();
+    let _server = Server::start(&project);
+    let alice = add_agent(&project, "alice", &["--isolation", "worktree"]);
+    add_agent(&project, "bob", &["--isolation", "worktree"]);
+    let root = project.root();
+
+    let t1 = project.run(&["task", "add", "for bob"]).ok();
+    project.run(&["task", "assign", &t1, "bob"]).ok();
+    assert_eq!(
+        git(
+            &root.join(".conclave/worktrees/bob"),
+            &["rev-parse", "--abbrev-ref", "HEAD"]
+        ),
+        format!("conclave/{t1}")
+    );
+
+    // Alice's worktree, as `up` makes it: detached at the integration tip. She edits before any
+    // claim, then is given the task: the switch is skipped, the assignment stands.
+    let trees = worktrees(&project);
+    let tip = trees
+        .repo()
+        .branch_tip(INTEGRATION)
+        .expect("tip")
+        .expect("integration");
+    let tree = trees.ensure("alice", &tip).expect("worktree").path;
+    std::fs::write(tree.join("a.txt"), "a, before the assignment\n").expect("write");
+    let t2 = project.run(&["task", "add", "for alice"]).ok();
+    project.run(&["task", "assign", &t2, "alice"]).ok();
+    assert_eq!(task_status(&project, &t2)["status"], "claimed");
+    project.run_as(&alice, &["task", "done", &t2]).ok();
+    assert_eq!(
+        git(&tree, &["rev-parse", "--abbrev-ref", "HEAD"]),
+        format!("conclave/{t2}")
+    );
+    wait_for_state(&project, &t2, "landed");
+    assert_eq!(
+        git(&root, &["show", &format!("{INTEGRATION}:a.txt")]),
+        "a, before the assignment"
+    );
+}
+
+/// `conclave agent remove` prunes a worktree agent's worktree; what it left uncommitted is
+/// committed on its task's branch first, and the branch stays.
+#[test]
+fn removing_a_worktree_agent_prunes_its_worktree_and_keeps_its_work_on_the_branch() {
+    let (project, _checks) = git_project();
+    let _server = Server::start(&project);
+    let alice = add_agent(&project, "alice", &["--isolation", "worktree"]);
+    let root = project.root();
+    let tree = root.join(".conclave/worktrees/alice");
+    let t1 = project.run(&["task", "add", "change a"]).ok();
+    project.run_as(&alice, &["task", "claim", &t1]).ok();
+    std::fs::write(tree.join("a.txt"), "a, unfinished\n").expect("write");
+    project.run(&["agent", "remove", "alice"]).ok();
+    assert!(!tree.exists(), "the worktree is pruned");
+    assert!(
+        !git(&root, &["worktree", "list"]).contains("worktrees/alice"),
+        "git forgot it too"
+    );
+    assert_eq!(
+        git(&root, &["show", &format!("conclave/{t1}:a.txt")]),
+        "a, unfinished"
     );
 }

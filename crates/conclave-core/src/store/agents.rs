@@ -340,6 +340,12 @@ impl Tx<'_> {
                 coordination
             ],
         )?;
+        if let Some(isolation) = update.isolation {
+            self.conn().execute(
+                "UPDATE agents SET isolation = ?2 WHERE name = ?1",
+                params![name, isolation.as_str()],
+            )?;
+        }
         let after = self.read().agent(name)?;
         if after.status != before.status {
             let changed = AgentStatusChanged {
@@ -431,6 +437,8 @@ impl Tx<'_> {
     /// Returns everything an agent holds to the team: its claimed tasks go back to `ready` (or
     /// `pending` when a dependency was reopened meanwhile)
     /// (attempts + 1) and its file leases are released, each with an event naming `reason`.
+    /// A finished task whose branch waits in the merge queue stays as it is: its work is
+    /// committed, and the queue lands it (or sends it back) without its agent.
     /// Used when its claim lease expires or when the supervisor knows its process died.
     pub fn release_agent(
         &mut self,
@@ -441,7 +449,9 @@ impl Tx<'_> {
         let held: Vec<i64> = self.conn().query_map(
             "SELECT id FROM tasks WHERE assignee = ?1 AND blocked_reason IS NULL
                  AND awaiting_approval = 0
-                 AND status IN ('claimed', 'in_progress', 'review', 'blocked') ORDER BY id",
+                 AND status IN ('claimed', 'in_progress', 'review', 'blocked')
+                 AND id NOT IN (SELECT task_id FROM merge_queue WHERE state IN ('queued', 'merging'))
+                 ORDER BY id",
             params![name],
             |row| row.get(0),
         )?;

@@ -845,6 +845,32 @@ mod tests {
     }
 
     #[test]
+    fn an_agent_released_while_its_branch_waits_leaves_the_entry_to_land() {
+        let store = store_with_worktree_agent();
+        let first = claimed_task(&store, "first", &[]);
+        let second = claimed_task(&store, "second", &[]);
+        finish(&store, first);
+        let report = store
+            .write(|tx| tx.release_agent("supervisor", "alice", "crashed"))
+            .expect("release");
+        assert_eq!(
+            report.tasks,
+            vec![second],
+            "only the unfinished task goes back"
+        );
+        let waiting = store.read(|r| r.task(first)).expect("task");
+        assert_eq!(
+            (waiting.status, waiting.assignee.as_deref()),
+            (TaskStatus::Review, Some("alice"))
+        );
+        store.write(|tx| tx.begin_merge(first)).expect("begin");
+        store
+            .write(|tx| tx.land_merge(first, "landed"))
+            .expect("land");
+        assert_eq!(task_status(&store, first), TaskStatus::Done);
+    }
+
+    #[test]
     fn only_the_holder_finishes_into_the_queue_and_a_shared_agent_does_not_go_through_it() {
         let store = store_with_worktree_agent();
         store

@@ -191,11 +191,16 @@ pub async fn remove(
     let reason = request
         .reason
         .unwrap_or_else(|| format!("{name} was removed from the team"));
+    let agent = name.clone();
     let written = app
         .write(&actor, &key, move |tx| {
             tx.remove_agent(conclave_core::model::ADMIN_NAME, &name, &reason)
         })
         .await?;
+    // A worktree agent's worktree goes with it (its task branches stay).
+    if !written.replayed {
+        crate::worktree_tasks::prune(&app, &agent).await;
+    }
     if let Some(queue) = app.settings().merge.clone() {
         queue.wake();
     }

@@ -261,10 +261,15 @@ pub async fn assign(
     let id = parse_id(&id)?;
     let key = key.with_body(&assign);
     let by = actor.clone();
-    Ok(app
+    let agent = assign.agent.clone();
+    let written = app
         .write(&actor, &key, move |tx| tx.assign_task(&by, id, assign))
-        .await?
-        .ok())
+        .await?;
+    // A worktree agent's worktree follows the task it was given, as after a claim.
+    if !written.replayed && written.value["status"] == "claimed" {
+        crate::worktree_tasks::after_assign(&app, &agent, id).await;
+    }
+    Ok(written.ok())
 }
 
 pub async fn reopen(

@@ -1,0 +1,369 @@
+//! Task branches in agents' worktrees (`isolation = "worktree"`, docs/worktrees.md): the git
+//! steps that must happen at a precise point of a task's life, so the server runs them inside
+//! the operation that marks that point rather than leaving them to the supervisor, which would
+//! learn of the claim or the `done` only afterwards (from the event stream) while the agent is
+//! already editing or moving on.
+//!
+//! - **claim**: before the claim, the agent's worktree must hold no uncommitted work (it would
+//!   belong to no task); after it, the worktree is switched to `conclave/<task>` (the task's
+//!   existing branch, or a new one from the integration branch's tip) before the claim answers,
+//!   so the agent's first edit is on the task's branch. The worktree is created (with `[merge]
+//!   setup`) if the supervisor has not made it yet.
+//! - **done**: what the agent left uncommitted becomes one commit on the task's branch (the
+//!   task's id, title and summary as its message) *before* the entry joins the merge queue, so
+//!   the queue never lands a branch without the agent's last changes. A `done` with no change on
+//!   the branch is allowed and says so.
+//!   The commit happens for any `done` of a task the worktree agent holds (a pipeline stage's
+//!   next agent claims the same branch), and for `fail` too (the work given up stays on the
+//!   branch for the next holder, and the worktree is clean for the agent's next claim).
+//! - **assign**: a person's assignment switches the worktree like a claim when it is clean
+//!   ([`after_assign`]); work left on a detached worktree is put on the task's branch at `done`.
+//! - **removed**: `conclave agent remove` prunes the agent's worktree ([`prune`]).
+//! - **sent back**: the merge queue's runner switches an idle, clean worktree back to the
+//!   returned task's branch ([`return_to_branch`]).
+//!
+//! Each step runs only for an agent registered with worktree isolation while the server has a
+//! merge queue (`[merge]`), on a blocking thread.
+
+use std::path::{Path, PathBuf};
+
+use conclave_core::CoreError;
+use conclave_core::config::MergeSection;
+use conclave_core::model::{Isolation, TaskId};
+use conclave_git::{
+    AgentWorktrees, DoneCommit, GitError, Identity, Repo, ShellCommand, TaskCheckout, TaskSummary,
+    commit_on_done, task_branch,
+};
+
+use crate::app::{App, OpError, OpResult};
+
+/// The project and `[merge]` settings an agent's worktree steps need, when the agent works in
+/// a worktree and the server runs a merge queue.
+struct WorktreeAgent {
+    root: PathBuf,
+    settings: MergeSection,
+    agent: String,
+}
+
+/// Commits of an agent's work carry its name (the merge queue's merge commits are Conclave's).
+fn identity_of(agent: &str) -> Identity {
+    Identity {
+        name: agent.to_string(),
+        email: format!("{agent}@conclave.invalid"),
+    }
+}
+
+fn open(root: &Path, settings: &MergeSection, agent: &str) -> Result<AgentWorktrees, GitError> {
+    let repo = Repo::open(root, identity_of(agent))?;
+    repo.ensure_integration_branch(settings.into_branch(), None)?;
+    let setup = settings
+        .setup
+        .as_ref()
+        .map(|command| ShellCommand::new(command.clone(), settings.check_timeout()));
+    Ok(AgentWorktrees::new(repo)?.with_setup(setup))
+}
+
+fn git_failure(what: &str, error: GitError) -> OpError {
+    OpError::Worker(format!("{what}: {error}"))
+}
+
+async fn worktree_agent(app: &App, agent: &str) -> OpResult<Option<WorktreeAgent>> {
+    let Some(queue) = app.settings().merge.clone() else {
+        return Ok(None);
+    };
+    let name = agent.to_string();
+    let isolation = app
+        .read(move |r| Ok(r.find_agent(&name)?.map(|a| a.isolation)))
+        .await?;
+    if isolation != Some(Isolation::Worktree) {
+        return Ok(None);
+    }
+    Ok(Some(WorktreeAgent {
+        root: queue.project_root().to_path_buf(),
+        settings: queue.settings().clone(),
+        agent: agent.to_string(),
+    }))
+}
+
+/// Refuses a claim while the agent's worktree holds uncommitted work: a task's branch must start
+/// clean, and work left from a task sent back belongs to that task.
+pub async fn before_claim(app: &App, agent: &str) -> OpResult<()> {
+    let Some(worktree) = worktree_agent(app, agent).await? else {
+        return Ok(());
+    };
+    let dirty = tokio::task::spawn_blocking(move || -> Result<_, GitError> {
+        let trees = open(&worktree.root, &worktree.settings, &worktree.agent)?;
+        let path = trees.path_of(&worktree.agent)?;
+        if !path.is_dir() {
+            return Ok(None);
+        }
+        let git = trees.repo().git_at(&path);
+        let files = git.dirty_files()?;
+        if files.is_empty() {
+            return Ok(None);
+        }
+        let head = git.run(&["rev-parse", "--abbrev-ref", "HEAD"])?;
+        Ok(Some((path, head.trim().to_string(), files)))
+    })
+    .await?
+    .map_err(|error| git_failure("cannot read your worktree", error))?;
+    match dirty {
+        None => Ok(()),
+        Some((path, head, files)) => {
+            let on = match head.strip_prefix("conclave/") {
+                Some(task) => format!(
+                    " on {head}: if {task} is a task you hold, finish it first (done commits \
+                     them); else discard them (git stash -u) and claim again"
+                ),
+                None => ": they belong to no task; discard them (git stash -u) and claim again"
+                    .to_string(),
+            };
+            let shown: Vec<&str> = files.iter().take(10).map(String::as_str).collect();
+            Err(CoreError::conflict(format!(
+                "cannot claim: your worktree {} has uncommitted changes ({}){on}",
+                path.display(),
+                shown.join(", ")
+            ))
+            .into())
+        }
+    }
+}
+
+/// Switches the claimer's worktree to `conclave/<task>` after the claim.
+pub async fn after_claim(app: &App, agent: &str, task: TaskId) -> OpResult<Option<TaskCheckout>> {
+    let Some(worktree) = worktree_agent(app, agent).await? else {
+        return Ok(None);
+    };
+    let checkout = tokio::task::spawn_blocking(move || {
+        let trees = open(&worktree.root, &worktree.settings, &worktree.agent)?;
+        let (id, into) = (task.to_string(), worktree.settings.into_branch());
+        match trees.start_task(&worktree.agent, &id, into) {
+            // The task changed hands (its agent crashed or was released after a send-back):
+            // the branch is still checked out in the previous holder's worktree.
+            Err(GitError::CheckedOutElsewhere { path, .. }) => {
+                let Some((previous, _)) = trees.locate(&path) else {
+                    return Err(GitError::CheckedOutElsewhere {
+                        branch: task_branch(&id)?,
+                        path,
+                    });
+                };
+                hand_over(&trees, &path, &previous, &id, into)?;
+                trees.start_task(&worktree.agent, &id, into)
+            }
+            other => other,
+        }
+    })
+    .await?
+    .map_err(|error| {
+        git_failure(
+            &format!(
+                "claimed {task}, but could not switch your worktree to its branch (give it back \
+                 with fail, saying so)"
+            ),
+            error,
+        )
+    })?;
+    tracing::info!(%agent, %task, branch = %checkout.branch, resumed = checkout.resumed, "worktree switched to the task's branch");
+    Ok(Some(checkout))
+}
+
+/// Frees a task's branch from the worktree of its previous holder: what that agent left
+/// uncommitted is committed on the branch (it is the task's work), and the worktree is detached.
+fn hand_over(
+    trees: &AgentWorktrees,
+    path: &Path,
+    previous: &str,
+    task: &str,
+    integration: &str,
+) -> Result<(), GitError> {
+    let summary = TaskSummary {
+        id: task.to_string(),
+        title: format!("work {previous} left uncommitted"),
+        summary: String::new(),
+    };
+    let previous_git = trees
+        .repo()
+        .git()
+        .clone()
+        .with_identity(identity_of(previous));
+    commit_on_done(&previous_git, path, &summary, integration)?;
+    trees
+        .repo()
+        .git_at(path)
+        .run(&["switch", "--quiet", "--detach"])?;
+    tracing::info!(%previous, %task, "the task's branch handed over from its previous holder's worktree");
+    Ok(())
+}
+
+/// After a person assigned `task` to `agent` (and it is claimed at once): its worktree is
+/// switched to the task's branch when it holds no uncommitted work. Unlike a claim, the
+/// assignment stands either way (the agent may be in the middle of other work); a failure is
+/// logged, and `done` still puts work left on a detached worktree on the task's branch.
+pub async fn after_assign(app: &App, agent: &str, task: TaskId) {
+    if let Err(error) = after_claim(app, agent, task).await {
+        tracing::info!(%agent, %task, %error, "an assigned task's branch was not checked out");
+    }
+}
+
+/// After `agent` was removed from the team: its worktree is removed (pruned from git). What it
+/// left uncommitted on a task's branch is committed there first, so nothing is lost; its task
+/// branches stay. A failure is logged (the removal stands).
+pub async fn prune(app: &App, agent: &str) {
+    let Ok(Some(worktree)) = worktree_agent(app, agent).await else {
+        return;
+    };
+    let pruned = tokio::task::spawn_blocking(move || -> Result<(), GitError> {
+        let trees = open(&worktree.root, &worktree.settings, &worktree.agent)?;
+        let path = trees.path_of(&worktree.agent)?;
+        if path.is_dir() {
+            let git = trees.repo().git_at(&path);
+            let head = git.run(&["rev-parse", "--abbrev-ref", "HEAD"])?;
+            if let Some(task) = head.trim().strip_prefix("conclave/") {
+                let summary = TaskSummary {
+                    id: task.to_string(),
+                    title: format!("work {} left uncommitted", worktree.agent),
+                    summary: String::new(),
+                };
+                commit_on_done(
+                    trees.repo().git(),
+                    &path,
+                    &summary,
+                    worktree.settings.into_branch(),
+                )?;
+            }
+        }
+        trees.remove(&worktree.agent)
+    })
+    .await;
+    match pruned {
+        Ok(Ok(())) => tracing::info!(%agent, "removed agent's worktree pruned"),
+        Ok(Err(error)) => tracing::warn!(%agent, %error, "cannot prune a removed agent's worktree"),
+        Err(error) => tracing::warn!(%agent, %error, "pruning a removed agent's worktree failed"),
+    }
+}
+
+/// What [`before_done`] found on the task's branch.
+#[derive(Debug, Clone)]
+pub struct BranchDone {
+    pub branch: String,
+    pub commit: Option<DoneCommit>,
+}
+
+impl BranchDone {
+    /// One line for the agent: what was committed, or that the branch changes nothing.
+    pub fn describe(&self) -> String {
+        match &self.commit {
+            None => format!(
+                "Your worktree is not on {}: its commits are what the merge queue lands.",
+                self.branch
+            ),
+            Some(done) if !done.has_changes() => format!(
+                "{} changes nothing: there is nothing to merge (a done with no change is allowed).",
+                self.branch
+            ),
+            Some(done) => format!(
+                "{}{} changes {} file(s); it waits in the merge queue.",
+                self.branch,
+                match &done.committed {
+                    Some(commit) =>
+                        format!(" (your uncommitted work committed as {})", commit.short()),
+                    None => String::new(),
+                },
+                done.changed_files.len()
+            ),
+        }
+    }
+}
+
+/// Before a worktree agent's `done` enqueues its task: commits what is uncommitted in its
+/// worktree when the worktree is on the task's branch.
+pub async fn before_done(
+    app: &App,
+    agent: &str,
+    task: TaskId,
+    title: String,
+    summary: Option<String>,
+) -> OpResult<Option<BranchDone>> {
+    let Some(worktree) = worktree_agent(app, agent).await? else {
+        return Ok(None);
+    };
+    let done = tokio::task::spawn_blocking(move || -> Result<BranchDone, GitError> {
+        let trees = open(&worktree.root, &worktree.settings, &worktree.agent)?;
+        let branch = task_branch(&task.to_string())?;
+        let path = trees.path_of(&worktree.agent)?;
+        if !path.is_dir() {
+            return Ok(BranchDone {
+                branch,
+                commit: None,
+            });
+        }
+        let git = trees.repo().git_at(&path);
+        let head = git.run(&["rev-parse", "--abbrev-ref", "HEAD"])?;
+        if head.trim() == "HEAD"
+            && trees.repo().branch_tip(&branch)?.is_none()
+            && !git.dirty_files()?.is_empty()
+        {
+            // Work done on a worktree no claim switched (a task given by assignment): it is the
+            // task's being finished, so it goes on the task's branch from where it stands.
+            git.run(&["switch", "--quiet", "--no-track", "-c", &branch])?;
+        } else if head.trim() != branch {
+            return Ok(BranchDone {
+                branch,
+                commit: None,
+            });
+        }
+        let summary = TaskSummary {
+            id: task.to_string(),
+            title,
+            summary: summary.unwrap_or_default(),
+        };
+        let commit = commit_on_done(
+            trees.repo().git(),
+            &path,
+            &summary,
+            worktree.settings.into_branch(),
+        )?;
+        Ok(BranchDone {
+            branch,
+            commit: Some(commit),
+        })
+    })
+    .await?
+    .map_err(|error| git_failure("cannot commit your worktree's changes", error))?;
+    tracing::info!(%agent, %task, outcome = %done.describe(), "done: the task's branch");
+    Ok(Some(done))
+}
+
+/// After the queue sent `task` back: switches `agent`'s worktree back to the task's branch when
+/// the agent is between tasks (`busy` says it holds another one) and the worktree holds no
+/// uncommitted work; answers a line for the agent's message saying where its worktree is.
+/// Blocking.
+pub fn return_to_branch(
+    root: &Path,
+    settings: &MergeSection,
+    agent: &str,
+    task: &str,
+    busy: bool,
+) -> String {
+    if busy {
+        return format!(
+            "Your worktree stays on your current task: finish it, then `git switch conclave/{task}` \
+             in your worktree to fix this one."
+        );
+    }
+    let switched = open(root, settings, agent)
+        .and_then(|trees| trees.start_task(agent, task, settings.into_branch()));
+    match switched {
+        Ok(checkout) => format!(
+            "Your worktree {} is on {} again.",
+            checkout.path.display(),
+            checkout.branch
+        ),
+        Err(GitError::Dirty { path, .. }) => format!(
+            "Your worktree {} has uncommitted work of another task: finish that first, then \
+             `git switch conclave/{task}` there.",
+            path.display()
+        ),
+        Err(error) => format!("Switch your worktree to conclave/{task} yourself ({error})."),
+    }
+}
