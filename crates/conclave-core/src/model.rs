@@ -1254,6 +1254,7 @@ pub const MAX_CONFIRMATION_PROMPT: usize = 32_000;
 #[serde(deny_unknown_fields)]
 pub struct ConfirmationRequest {
     /// The iteration that runs once a person says continue.
+    #[schemars(range(max = u32::MAX))]
     pub next_iteration: u32,
     /// How the loop stands (the last iteration, the check), for the person deciding.
     #[serde(default)]
@@ -1267,8 +1268,9 @@ pub struct ConfirmationRequest {
 pub struct ConfirmationAnswer {
     pub decision: ConfirmDecision,
     /// With `continue`: the prompt for this iteration and the next ones (an edit); none keeps
-    /// the prompt as it is.
+    /// the prompt as it is. A loop that stops runs no prompt: with `stop` it is ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32_000), regex(pattern = REQUIRED_TEXT_PATTERN))]
     pub prompt: Option<String>,
 }
 

@@ -148,13 +148,12 @@ pub async fn answer(
     ApiJson(answer): ApiJson<ConfirmationAnswer>,
 ) -> ApiResult<Response> {
     require_admin(&actor, "answer a loop's confirmation")?;
+    // A stop runs no prompt, so one sent with it is dropped rather than recorded.
+    let mut answer = answer;
+    if answer.decision == ConfirmDecision::Stop {
+        answer.prompt = None;
+    }
     if let Some(prompt) = &answer.prompt {
-        if answer.decision == ConfirmDecision::Stop {
-            return Err(CoreError::InvalidInput(
-                "a prompt goes with continue, not with stop".into(),
-            )
-            .into());
-        }
         if prompt.trim().is_empty() || prompt.chars().count() > MAX_CONFIRMATION_PROMPT {
             return Err(CoreError::InvalidInput(format!(
                 "prompt must be 1 to {MAX_CONFIRMATION_PROMPT} characters, not blank"

@@ -44,14 +44,10 @@ async fn a_loop_waits_until_a_person_answers_once() {
     let (status, _) = admin
         .post(
             "/api/agents/loop/confirm",
-            json!({"decision": "stop", "prompt": "x"}),
+            json!({"decision": "continue", "prompt": "  "}),
         )
         .await;
-    assert_eq!(
-        status,
-        StatusCode::BAD_REQUEST,
-        "a prompt goes with continue"
-    );
+    assert_eq!(status, StatusCode::BAD_REQUEST, "a blank prompt is refused");
 
     let (status, answered) = admin
         .post(
@@ -66,7 +62,10 @@ async fn a_loop_waits_until_a_person_answers_once() {
     assert_eq!(answered["seq"], asked["seq"]);
 
     let (status, _) = admin
-        .post("/api/agents/loop/confirm", json!({"decision": "stop"}))
+        .post(
+            "/api/agents/loop/confirm",
+            json!({"decision": "stop", "prompt": "ignored with stop"}),
+        )
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "answered once only");
     let (_, waiting) = admin.get("/api/confirmations?waiting=true").await;
