@@ -153,13 +153,13 @@ pub async fn answer(
     if answer.decision == ConfirmDecision::Stop {
         answer.prompt = None;
     }
-    if let Some(prompt) = &answer.prompt {
-        if prompt.trim().is_empty() || prompt.chars().count() > MAX_CONFIRMATION_PROMPT {
-            return Err(CoreError::InvalidInput(format!(
-                "prompt must be 1 to {MAX_CONFIRMATION_PROMPT} characters, not blank"
-            ))
-            .into());
-        }
+    if let Some(prompt) = &answer.prompt
+        && (prompt.trim().is_empty() || prompt.chars().count() > MAX_CONFIRMATION_PROMPT)
+    {
+        return Err(CoreError::InvalidInput(format!(
+            "prompt must be 1 to {MAX_CONFIRMATION_PROMPT} characters, not blank"
+        ))
+        .into());
     }
     let key = key.with_body(&answer);
     let by = actor.clone();
