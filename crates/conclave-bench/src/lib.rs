@@ -241,6 +241,72 @@ async fn sequence(
     Ok(latencies)
 }
 
+/// Leases held per agent in the caps phase (the `max_leases_per_agent` the bench configures).
+const CAPS_HELD: usize = 256;
+/// Paths per lease request in the caps phase (the API's limit, `store::MAX_PATHS`).
+const CAPS_ASKED: usize = conclave_core::store::MAX_PATHS;
+/// Lease requests timed in the caps phase.
+const CAPS_ROUNDS: usize = 20;
+
+/// A long glob at the pattern caps: 15 wildcards (of 16) in about 470 characters (of 512),
+/// ending in `ending`. Two of them with different endings overlap nowhere, which is only known
+/// after every segment is compared: the costliest answer a grant can give.
+fn capped_glob(ending: &str) -> String {
+    let segment = "*/a-long-directory-name-of-thirty/";
+    format!("caps/{}*{ending}", segment.repeat(14))
+}
+
+/// The worst lease request the caps allow: `holder` holds [`CAPS_HELD`] long globs, and
+/// `asker` asks [`CAPS_ASKED`] long globs at a time that are compared with every one of them
+/// and overlap none (granted, then released). Every grant runs under the store's write lock, so
+/// its latency bounds how long one lease request can hold every other write up.
+async fn leases_at_the_caps(
+    server: &BenchServer,
+    target: &Target,
+    holder: &BenchAgent,
+    asker: &BenchAgent,
+) -> anyhow::Result<OperationStats> {
+    let held: Vec<String> = (0..CAPS_HELD)
+        .map(|i| capped_glob(&format!(".held{i}")))
+        .collect();
+    for batch in held.chunks(CAPS_ASKED) {
+        target
+            .call(Some(&holder.token), &Request::LockMany(batch.to_vec()))
+            .await
+            .context("the caps phase's holder could not take its leases")?;
+    }
+    let asked = |round: usize| -> Vec<String> {
+        (0..CAPS_ASKED)
+            .map(|k| capped_glob(&format!(".asked{round}x{k}")))
+            .collect()
+    };
+    let stats = phase(
+        server,
+        &format!("lock at the caps ({CAPS_ASKED} x {CAPS_HELD})"),
+        async {
+            let mut latencies = Vec::with_capacity(CAPS_ROUNDS);
+            for round in 0..CAPS_ROUNDS {
+                let paths = asked(round);
+                let (took, _) = target
+                    .timed(Some(&asker.token), &Request::LockMany(paths.clone()))
+                    .await?;
+                latencies.push(took);
+                target
+                    .call(Some(&asker.token), &Request::UnlockMany(paths))
+                    .await?;
+            }
+            Ok(latencies)
+        },
+    )
+    .await?;
+    for batch in held.chunks(CAPS_ASKED) {
+        target
+            .call(Some(&holder.token), &Request::UnlockMany(batch.to_vec()))
+            .await?;
+    }
+    Ok(stats)
+}
+
 /// Runs `work` (one operation kind) and reports it with the server CPU it cost per request.
 async fn phase(
     server: &BenchServer,
@@ -341,6 +407,7 @@ async fn sequential_phases(
         )
         .await?,
     );
+    out.push(leases_at_the_caps(server, target, peer, solo).await?);
     // `done` releases the task holder's leases, so the leases go first.
     out.push(
         phase(

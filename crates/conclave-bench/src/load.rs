@@ -29,6 +29,9 @@ pub enum Request {
     Claim,
     Lock(String),
     Unlock(String),
+    /// One lease request of several paths (the caps phase), and its release.
+    LockMany(Vec<String>),
+    UnlockMany(Vec<String>),
     Done {
         task: String,
         file: String,
@@ -65,6 +68,8 @@ impl Request {
             Request::Healthz => "healthz".into(),
             Request::Claim => "claim".into(),
             Request::Lock(_) => "lock".into(),
+            Request::LockMany(paths) => format!("lock ({} paths)", paths.len()),
+            Request::UnlockMany(paths) => format!("unlock ({} paths)", paths.len()),
             Request::Unlock(_) => "unlock".into(),
             Request::Done { .. } => "done".into(),
             Request::Send { .. } => "send".into(),
@@ -113,6 +118,14 @@ impl Target {
                 .http
                 .post(format!("{base}/api/leases/release"))
                 .json(&json!({ "paths": [path] })),
+            Request::LockMany(paths) => self
+                .http
+                .post(format!("{base}/api/leases"))
+                .json(&json!({ "paths": paths })),
+            Request::UnlockMany(paths) => self
+                .http
+                .post(format!("{base}/api/leases/release"))
+                .json(&json!({ "paths": paths })),
             Request::Done { task, file } => self
                 .http
                 .post(format!("{base}/api/tasks/{task}/done"))
