@@ -559,19 +559,23 @@ mod tests {
 
     fn store_with_worktree_agent() -> Store {
         let store = Store::open_in_memory(StoreConfig::default()).expect("store");
+        register(&store, "alice", Isolation::Worktree);
+        store
+    }
+
+    fn register(store: &Store, name: &str, isolation: Isolation) {
         store
             .write(|tx| {
                 tx.register_agent(
                     "admin",
                     NewAgent {
-                        name: "alice".into(),
-                        isolation: Isolation::Worktree,
+                        name: name.into(),
+                        isolation,
                         ..Default::default()
                     },
                 )
             })
             .expect("register");
-        store
     }
 
     fn claimed_task(store: &Store, title: &str, after: &[TaskId]) -> TaskId {
@@ -646,17 +650,7 @@ mod tests {
     #[test]
     fn an_entry_whose_task_changed_hands_is_dropped_not_landed() {
         let store = store_with_worktree_agent();
-        store
-            .write(|tx| {
-                tx.register_agent(
-                    "admin",
-                    NewAgent {
-                        name: "bob".into(),
-                        ..Default::default()
-                    },
-                )
-            })
-            .expect("register bob");
+        register(&store, "bob", Isolation::Shared);
         let kept = claimed_task(&store, "kept", &[]);
         let moved = claimed_task(&store, "moved", &[]);
         finish(&store, kept);
@@ -873,17 +867,7 @@ mod tests {
     #[test]
     fn only_the_holder_finishes_into_the_queue_and_a_shared_agent_does_not_go_through_it() {
         let store = store_with_worktree_agent();
-        store
-            .write(|tx| {
-                tx.register_agent(
-                    "admin",
-                    NewAgent {
-                        name: "bob".into(),
-                        ..Default::default()
-                    },
-                )
-            })
-            .expect("register bob");
+        register(&store, "bob", Isolation::Shared);
         let first = claimed_task(&store, "first", &[]);
         let refused = store.write(|tx| {
             tx.enqueue_merge(&Actor::Agent("bob".into()), first, TaskFinish::default())
