@@ -443,13 +443,77 @@ pub fn matches(p: &LeasePattern, path: &str) -> bool {
 }
 
 /// Whether some concrete path is covered by both leases (see [`matches()`] for "covered").
+///
+/// Grants run this for every requested × nearby held pair, so the common answers come cheap:
+/// two patterns without `**` are compared segment by segment in one pass (after a test of the
+/// literal ends of every aligned segment pair, which rules most disjoint pairs out without a
+/// product search), and nothing is allocated unless a `**` calls for the memoized search.
 pub fn overlaps(a: &LeasePattern, b: &LeasePattern) -> bool {
+    let (a, b) = (a.segments.as_slice(), b.segments.as_slice());
+    let any_depth = |segments: &[Segment]| segments.contains(&Segment::AnyDepth);
+    if !any_depth(a) && !any_depth(b) {
+        // `P` covers `P/**`: without `**` the shorter pattern's segments meet the longer's
+        // first ones, one to one, and the longer's other segments (each satisfiable) follow.
+        let aligned = || a.iter().zip(b);
+        return aligned().all(|(x, y)| parts_ends_compatible(x, y))
+            && aligned().all(|(x, y)| parts_intersect(x, y));
+    }
+    let mut memo = vec![None; (a.len() + 2) * (b.len() + 2)];
+    intersect_at(a, b, 0, 0, &mut memo)
+}
+
+/// Segment `i` of `segments` followed by an implicit `**` (a pattern covers what lies beneath
+/// it): `None` past that `**`.
+fn covered_segment(segments: &[Segment], i: usize) -> Option<&Segment> {
     static ANY_DEPTH: Segment = Segment::AnyDepth;
-    // `P` covers exactly what `P/**` matches.
-    let a: Vec<&Segment> = a.segments.iter().chain([&ANY_DEPTH]).collect();
-    let b: Vec<&Segment> = b.segments.iter().chain([&ANY_DEPTH]).collect();
-    let mut memo = vec![None; (a.len() + 1) * (b.len() + 1)];
-    intersect_at(&a, &b, 0, 0, &mut memo)
+    match i.cmp(&segments.len()) {
+        Ordering::Less => segments.get(i),
+        Ordering::Equal => Some(&ANY_DEPTH),
+        Ordering::Greater => None,
+    }
+}
+
+/// Whether two single segments (either may be `**`, which meets anything) share a file name.
+fn parts_intersect(x: &Segment, y: &Segment) -> bool {
+    match (x, y) {
+        (Segment::Part(x), Segment::Part(y)) => tokens_intersect(x, y),
+        _ => true,
+    }
+}
+
+/// A necessary condition for [`parts_intersect`], in time linear in the literal ends.
+fn parts_ends_compatible(x: &Segment, y: &Segment) -> bool {
+    match (x, y) {
+        (Segment::Part(x), Segment::Part(y)) => literal_ends_compatible(x, y),
+        _ => true,
+    }
+}
+
+/// Whether two segment globs of normalized patterns share a file name: a lone `*` meets every
+/// segment (each matches some name), incompatible literal ends rule a pair out, and only then
+/// does the product search run.
+fn tokens_intersect(x: &[Token], y: &[Token]) -> bool {
+    if x == [Token::Star] || y == [Token::Star] {
+        return true;
+    }
+    literal_ends_compatible(x, y) && segments_intersect(x, y)
+}
+
+/// Whether the literal characters that open both globs agree, and those that close both: a name
+/// matching `ab*` starts with `ab`, one matching `ac?` with `ac`, so they share none. Exact as a
+/// refusal: `false` only when no name matches both.
+fn literal_ends_compatible(x: &[Token], y: &[Token]) -> bool {
+    let char_of = |token: &Token| match token {
+        Token::Char(c) => Some(*c),
+        _ => None,
+    };
+    let agree = |x: &mut dyn Iterator<Item = &Token>, y: &mut dyn Iterator<Item = &Token>| {
+        x.map(char_of)
+            .zip(y.map(char_of))
+            .map_while(|(x, y)| x.zip(y))
+            .all(|(x, y)| x == y)
+    };
+    agree(&mut x.iter(), &mut y.iter()) && agree(&mut x.iter().rev(), &mut y.iter().rev())
 }
 
 impl Segment {
@@ -627,32 +691,32 @@ fn skip_any_depth(pattern: &[Segment], positions: &mut [bool]) {
     }
 }
 
-/// Whether some sequence of file names matches both `a[i..]` and `b[j..]`. Memoized over `(i, j)`.
+/// Whether some sequence of file names matches both `a[i..]/**` and `b[j..]/**` (see
+/// [`covered_segment`]). Memoized over `(i, j)`.
 fn intersect_at(
-    a: &[&Segment],
-    b: &[&Segment],
+    a: &[Segment],
+    b: &[Segment],
     i: usize,
     j: usize,
     memo: &mut [Option<bool>],
 ) -> bool {
-    let key = i * (b.len() + 1) + j;
+    let key = i * (b.len() + 2) + j;
     if let Some(known) = memo[key] {
         return known;
     }
-    let result = match (a.get(i), b.get(j)) {
+    let (a_end, b_end) = (a.len() + 1, b.len() + 1);
+    let result = match (covered_segment(a, i), covered_segment(b, j)) {
         (None, None) => true,
         // `**` matches nothing more, or absorbs the other side's next segment (which, being a
         // satisfiable `Part` or a `**`, can always supply a name).
         (Some(Segment::AnyDepth), _) => {
-            intersect_at(a, b, i + 1, j, memo)
-                || (j < b.len() && intersect_at(a, b, i, j + 1, memo))
+            intersect_at(a, b, i + 1, j, memo) || (j < b_end && intersect_at(a, b, i, j + 1, memo))
         }
         (_, Some(Segment::AnyDepth)) => {
-            intersect_at(a, b, i, j + 1, memo)
-                || (i < a.len() && intersect_at(a, b, i + 1, j, memo))
+            intersect_at(a, b, i, j + 1, memo) || (i < a_end && intersect_at(a, b, i + 1, j, memo))
         }
         (Some(Segment::Part(x)), Some(Segment::Part(y))) => {
-            segments_intersect(x, y) && intersect_at(a, b, i + 1, j + 1, memo)
+            tokens_intersect(x, y) && intersect_at(a, b, i + 1, j + 1, memo)
         }
         (None, Some(Segment::Part(_))) | (Some(Segment::Part(_)), None) => false,
     };
@@ -1294,7 +1358,7 @@ mod tests {
     /// Segments for random patterns, globs and literals mixed.
     const POOL: &[&str] = &[
         "a", "b", "ab", "a.rs", ".a", "*", "?", "**", "*.rs", "a*", "*b", "?a", "[ab]", "[!a]",
-        ".*", "[a-c]*",
+        ".*", "[a-c]*", "a*.rs", "b*.rs", "ab?",
     ];
 
     /// Names for random concrete paths.
@@ -1385,6 +1449,16 @@ mod tests {
         }
 
         #[test]
+        fn the_one_pass_comparison_agrees_with_the_memoized_search(
+            a in pattern_from(POOL, 5),
+            b in pattern_from(POOL, 5),
+        ) {
+            let mut memo = vec![None; (a.segments.len() + 2) * (b.segments.len() + 2)];
+            let searched = intersect_at(&a.segments, &b.segments, 0, 0, &mut memo);
+            prop_assert_eq!(overlaps(&a, &b), searched, "{} vs {}", a, b);
+        }
+
+        #[test]
         fn overlaps_is_reflexive(a in pattern_from(POOL, 5)) {
             prop_assert!(overlaps(&a, &a), "{}", a);
         }
@@ -1440,6 +1514,15 @@ mod tests {
                 witness.is_some(),
                 "{} vs {}: {:?}", a_text, b_text, witness
             );
+            // The shortcuts before the product search (a lone `*`, literal ends) never change
+            // the answer for segments of normalized patterns (each matches some name), and
+            // literal ends that disagree mean no common name.
+            if segment_satisfiable(&a) && segment_satisfiable(&b) {
+                prop_assert_eq!(tokens_intersect(&a, &b), witness.is_some(), "{} vs {}", a_text, b_text);
+            }
+            if !literal_ends_compatible(&a, &b) {
+                prop_assert!(witness.is_none(), "{} vs {}: {:?}", a_text, b_text, witness);
+            }
             let a_alone = all_words(&["a", "b", "c", "."], fixed_tokens(&a) + 1, "")
                 .into_iter()
                 .any(|name| name != "." && name != ".." && segment_matches(&a, &name));

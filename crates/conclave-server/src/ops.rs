@@ -73,9 +73,21 @@ pub async fn acquire_leases(
     request.paths = project_paths(app, &request.paths);
     let paths = request.paths.clone();
     let name = holder.to_string();
+    // The costly comparisons run on a snapshot, outside the writer lock; the grant compares only
+    // what changed since (see conclave_core::store::leases). A snapshot that cannot be taken
+    // (an invalid path, say) leaves the grant to compare everything and give the error.
+    let snapshot = {
+        let (name, request) = (name.clone(), request.clone());
+        app.read(move |reader| reader.lease_snapshot(&name, &request))
+            .await
+            .ok()
+    };
     let result = app
         .write(actor, key, move |tx| {
-            let leases = tx.acquire_leases(&name, request)?;
+            let leases = match &snapshot {
+                Some(snapshot) => tx.acquire_leases_after(&name, request, snapshot)?,
+                None => tx.acquire_leases(&name, request)?,
+            };
             Ok(LeaseList { leases })
         })
         .await;

@@ -3,6 +3,28 @@
 //! A request for several paths is granted whole or not at all. Leases past their expiry count as
 //! free (the sweeper deletes them with an event); re-acquiring a lease one already holds extends
 //! it and gives it a new, larger fencing token.
+//!
+//! # Checking a request outside the writer lock
+//!
+//! Comparing a request's globs with every nearby held glob is the costly part of a grant (at the
+//! caps, 100 asked × 256 held long globs), and everything under the writer lock stalls every
+//! other write. So the comparison runs first on a read snapshot ([`Reader::lease_snapshot`]),
+//! which records which lease rows of other holders overlap the request, and the grant under the
+//! lock ([`Tx::acquire_leases_after`]) compares only what the snapshot cannot vouch for:
+//!
+//! - A lease row never changes its holder or its pattern (a re-grant after a release is a new
+//!   row), and row ids only grow (`AUTOINCREMENT` on SQLite; on PostgreSQL writes are serialized
+//!   by the store's lock, so ids are handed out in commit order). Rows with an id above the
+//!   snapshot's largest are compared under the lock, every one of them.
+//! - A row the snapshot found overlapping is re-read under the lock by id: its mode (a renewal
+//!   may turn shared into exclusive) and its expiry are judged then, without comparing again.
+//! - Any other row of the snapshot does not overlap the request, whatever happens to its mode
+//!   or expiry. The snapshot reads rows whatever their expiry, so a clock that steps back cannot
+//!   revive a lease it skipped.
+//!
+//! The snapshot stops at [`MAX_REPORTED_CONFLICTS`] conflicts; if none of them still stands
+//! under the lock, rows it never examined could conflict, and the grant falls back to comparing
+//! everything under the lock (a request racing the release of every lease it collided with).
 
 use super::db::{Row, params};
 
@@ -15,6 +37,11 @@ use crate::paths::{self, LeasePattern};
 
 const LEASE_COLUMNS: &str =
     "pattern, mode, holder, task_id, reason, fencing_token, acquired_at, expires_at";
+/// [`LEASE_COLUMNS`] after the row id, for [`HeldRow`].
+const HELD_COLUMNS: &str =
+    "id, pattern, mode, holder, task_id, reason, fencing_token, acquired_at, expires_at";
+/// "Whatever its expiry", as the `now_ms` of a lease query.
+const ANY_EXPIRY: i64 = i64::MIN;
 
 /// The longest a lease may be asked for (a day); longer work renews.
 pub const MAX_LEASE_TTL_SECS: i64 = 24 * 3600;
@@ -27,17 +54,211 @@ pub const MAX_PATHS: usize = 100;
 pub const MAX_REPORTED_CONFLICTS: usize = 5;
 
 fn lease_from_row(row: &Row<'_>) -> Result<Lease> {
-    let mode: String = row.get(1)?;
+    lease_at(row, 0)
+}
+
+/// The lease whose [`LEASE_COLUMNS`] start at column `at`.
+fn lease_at(row: &Row<'_>, at: usize) -> Result<Lease> {
+    let mode: String = row.get(at + 1)?;
     Ok(Lease {
-        path: row.get(0)?,
+        path: row.get(at)?,
         mode: mode.parse().unwrap_or_default(),
-        holder: row.get(2)?,
-        task: row.get::<Option<i64>>(3)?.map(TaskId),
-        reason: row.get(4)?,
-        fencing_token: row.get(5)?,
-        acquired_at: ms_to_time(row.get(6)?),
-        expires_at: ms_to_time(row.get(7)?),
+        holder: row.get(at + 2)?,
+        task: row.get::<Option<i64>>(at + 3)?.map(TaskId),
+        reason: row.get(at + 4)?,
+        fencing_token: row.get(at + 5)?,
+        acquired_at: ms_to_time(row.get(at + 6)?),
+        expires_at: ms_to_time(row.get(at + 7)?),
     })
+}
+
+/// A lease row as a grant compares it: its id, and its pattern parsed once per request.
+#[derive(Debug, Clone)]
+struct HeldRow {
+    id: i64,
+    lease: Lease,
+    /// `None` when the stored text no longer normalizes (then it is taken to overlap anything).
+    pattern: Option<LeasePattern>,
+}
+
+fn held_from_row(row: &Row<'_>) -> Result<HeldRow> {
+    let lease = lease_at(row, 1)?;
+    let pattern = paths::normalize_lease_path(&lease.path).ok();
+    Ok(HeldRow {
+        id: row.get(0)?,
+        lease,
+        pattern,
+    })
+}
+
+impl HeldRow {
+    /// Whether `pattern` overlaps this row. Two literal paths overlap when one is the other or
+    /// lies beneath it, which a string comparison decides; anything with a glob goes through the
+    /// exact glob intersection.
+    fn overlaps(&self, pattern: &LeasePattern) -> bool {
+        match &self.pattern {
+            Some(held) if !held.is_glob() && !pattern.is_glob() => {
+                prefixes_related(pattern.as_str(), held.as_str())
+            }
+            Some(held) => paths::overlaps(pattern, held),
+            // A stored lease always normalized once; if it no longer does, be safe: it conflicts.
+            None => true,
+        }
+    }
+
+    /// Whether this row stands against `holder` taking a lease in `mode` at `now_ms` (overlap
+    /// aside).
+    fn opposes(&self, holder: &str, mode: LeaseMode, now_ms: i64) -> bool {
+        self.lease.holder != holder
+            && !(mode == LeaseMode::Shared && self.lease.mode == LeaseMode::Shared)
+            && self.lease.expires_at.timestamp_millis() > now_ms
+    }
+
+    fn conflict(&self, requested: &LeasePattern) -> LeaseConflict {
+        LeaseConflict {
+            requested: requested.as_str().to_string(),
+            held: self.lease.path.clone(),
+            holder: self.lease.holder.clone(),
+            task: self.lease.task,
+            mode: self.lease.mode,
+            expires_at: self.lease.expires_at,
+        }
+    }
+}
+
+/// The lease rows a request's patterns are compared with, read once per request: every glob
+/// (each parsed once, not once per requested pattern), every literal when some requested pattern
+/// starts with a wildcard, and per requested pattern the literals related to its literal prefix
+/// (through the pattern index).
+struct NearLeases {
+    /// Rows expiring after this count (`ANY_EXPIRY`: all).
+    after_ms: i64,
+    globs: Vec<HeldRow>,
+    /// Every literal row, read only when some requested pattern has no literal prefix.
+    literals: Option<Vec<HeldRow>>,
+}
+
+impl NearLeases {
+    fn read(reader: &Reader<'_>, patterns: &[LeasePattern], after_ms: i64) -> Result<NearLeases> {
+        let globs =
+            format!("SELECT {HELD_COLUMNS} FROM leases WHERE is_glob = 1 AND expires_at > ?1");
+        let globs = reader
+            .conn()
+            .query_map(&globs, params![after_ms], held_from_row)?;
+        let literals = if patterns.iter().any(|p| p.literal_prefix().is_empty()) {
+            let sql =
+                format!("SELECT {HELD_COLUMNS} FROM leases WHERE is_glob = 0 AND expires_at > ?1");
+            Some(
+                reader
+                    .conn()
+                    .query_map(&sql, params![after_ms], held_from_row)?,
+            )
+        } else {
+            None
+        };
+        Ok(NearLeases {
+            after_ms,
+            globs,
+            literals,
+        })
+    }
+
+    /// The rows that could overlap `pattern` (a superset of those that do): literal rows
+    /// related to its literal prefix and globs whose own literal prefix is related to it (a
+    /// glob that starts with a wildcard is related to everything).
+    fn near<'n>(&'n self, reader: &Reader<'_>, pattern: &LeasePattern) -> Result<Vec<HeldRef<'n>>> {
+        let prefix = pattern.literal_prefix();
+        let related = |row: &HeldRow| {
+            row.pattern.as_ref().is_none_or(|held| {
+                let held_prefix = held.literal_prefix();
+                held_prefix.is_empty() || prefix.is_empty() || prefixes_related(held_prefix, prefix)
+            })
+        };
+        let mut near: Vec<HeldRef<'n>> = Vec::new();
+        if prefix.is_empty() {
+            near.extend(self.literals.iter().flatten().map(HeldRef::Shared));
+        } else {
+            let exact = serde_json::to_string(&ancestors_and_self(prefix))?;
+            let sql = format!(
+                "SELECT {HELD_COLUMNS} FROM leases
+                 WHERE pattern {} AND expires_at > ?2
+                 UNION ALL
+                 SELECT {HELD_COLUMNS} FROM leases
+                 WHERE pattern > ?3 || '/' AND pattern < ?3 || '0' AND is_glob = 0
+                   AND expires_at > ?2",
+                in_json_list(reader),
+            );
+            let rows = reader.conn().query_map(
+                &sql,
+                params![exact, self.after_ms, prefix],
+                held_from_row,
+            )?;
+            near.extend(rows.into_iter().map(HeldRef::Owned));
+        }
+        near.extend(
+            self.globs
+                .iter()
+                .filter(|row| related(row))
+                .map(HeldRef::Shared),
+        );
+        Ok(near)
+    }
+}
+
+/// A row of [`NearLeases::near`]: read for one pattern, or one of the rows read per request.
+enum HeldRef<'n> {
+    Owned(HeldRow),
+    Shared(&'n HeldRow),
+}
+
+impl std::ops::Deref for HeldRef<'_> {
+    type Target = HeldRow;
+
+    fn deref(&self) -> &HeldRow {
+        match self {
+            HeldRef::Owned(row) => row,
+            HeldRef::Shared(row) => row,
+        }
+    }
+}
+
+/// `IN` a list given as a JSON text parameter (`?1`), unpacked by each engine's own JSON
+/// function. On PostgreSQL as an array (`= ANY`), not a set: it then looks each value up in the
+/// index instead of scanning every lease.
+fn in_json_list(reader: &Reader<'_>) -> &'static str {
+    if reader.conn().is_postgres() {
+        "= ANY (ARRAY(SELECT jsonb_array_elements_text(?1::jsonb)))"
+    } else {
+        "IN (SELECT value FROM json_each(?1))"
+    }
+}
+
+/// What a lease request learned from a read snapshot, outside the writer lock, for
+/// [`Tx::acquire_leases_after`] (see the module documentation of `store::leases`).
+#[derive(Debug, Clone)]
+pub struct LeaseSnapshot {
+    holder: String,
+    /// The request's normalized patterns, in order: a snapshot serves only its own request.
+    patterns: Vec<String>,
+    /// Every lease row present in the snapshot has an id at most this.
+    max_id: i64,
+    /// The rows of other holders overlapping the request: (row id, index of the first requested
+    /// pattern found to overlap it), whatever their mode or expiry.
+    pub(crate) overlapping: Vec<(i64, usize)>,
+    /// Whether the search stopped at [`MAX_REPORTED_CONFLICTS`] conflicts before examining
+    /// every candidate row.
+    stopped_early: bool,
+    /// Pairs compared while taking the snapshot.
+    pub compared: usize,
+}
+
+/// What a grant did under the writer lock (tests assert on it: counts, not times).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct LockedWork {
+    /// Requested × held pairs whose overlap was computed under the lock.
+    pub compared: usize,
+    /// Whether the snapshot could not vouch for the request and everything was compared again.
+    pub full_check: bool,
 }
 
 fn normalize_all(inputs: &[String]) -> Result<Vec<LeasePattern>> {
@@ -86,40 +307,14 @@ impl Reader<'_> {
     /// every lease: for a literal path (or a glob's literal prefix `P`), the leases on `P`, on its
     /// ancestors and beneath it, and the globs whose own literal prefix is related to `P`. A glob
     /// that starts with a wildcard (`**/*.rs`) can cover anything and is compared with every lease.
+    #[cfg(test)]
     pub(crate) fn leases_near(&self, pattern: &LeasePattern, now_ms: i64) -> Result<Vec<Lease>> {
-        let prefix = pattern.literal_prefix();
-        if prefix.is_empty() {
-            return self.leases(now_ms);
-        }
-        let mut near = self.leases_on(&ancestors_and_self(prefix), now_ms)?;
-        let beneath = format!(
-            "SELECT {LEASE_COLUMNS} FROM leases
-             WHERE pattern > ?1 || '/' AND pattern < ?1 || '0' AND expires_at > ?2"
-        );
-        let rows = self
-            .conn()
-            .query_map(&beneath, params![prefix, now_ms], lease_from_row)?;
-        for lease in rows {
-            // Globs are read below, once.
-            if !is_glob_text(&lease.path) {
-                near.push(lease);
-            }
-        }
-        let globs =
-            format!("SELECT {LEASE_COLUMNS} FROM leases WHERE is_glob = 1 AND expires_at > ?1");
-        let rows = self
-            .conn()
-            .query_map(&globs, params![now_ms], lease_from_row)?;
-        for lease in rows {
-            let related = paths::normalize_lease_path(&lease.path).map_or(true, |held| {
-                let held_prefix = held.literal_prefix();
-                held_prefix.is_empty() || prefixes_related(held_prefix, prefix)
-            });
-            if related {
-                near.push(lease);
-            }
-        }
-        Ok(near)
+        let near = NearLeases::read(self, std::slice::from_ref(pattern), now_ms)?;
+        Ok(near
+            .near(self, pattern)?
+            .into_iter()
+            .map(|row| row.lease.clone())
+            .collect())
     }
 
     /// The holders of live leases that overlap `pattern`, each once.
@@ -128,13 +323,62 @@ impl Reader<'_> {
         pattern: &LeasePattern,
         now_ms: i64,
     ) -> Result<Vec<String>> {
+        let near = NearLeases::read(self, std::slice::from_ref(pattern), now_ms)?;
         let mut holders: Vec<String> = Vec::new();
-        for lease in self.leases_near(pattern, now_ms)? {
-            if !holders.contains(&lease.holder) && stored_pattern_overlaps(pattern, &lease.path) {
-                holders.push(lease.holder);
+        for row in near.near(self, pattern)? {
+            if !holders.contains(&row.lease.holder) && row.overlaps(pattern) {
+                holders.push(row.lease.holder.clone());
             }
         }
         Ok(holders)
+    }
+
+    /// Which lease rows of others overlap `holder`'s request, read from this (snapshot) reader
+    /// outside the writer lock; [`Tx::acquire_leases_after`] then compares under the lock only
+    /// what changed since. Rows are read whatever their expiry; the search stops at
+    /// [`MAX_REPORTED_CONFLICTS`] rows that would refuse the request now.
+    pub fn lease_snapshot(&self, holder: &str, request: &LeaseRequest) -> Result<LeaseSnapshot> {
+        let patterns = normalize_all(&request.paths)?;
+        let now = chrono::Utc::now().timestamp_millis();
+        // Read before the rows: a row committed later has a larger id and is compared under
+        // the lock, even if the reads below see it too.
+        let max_id: i64 = self.conn().query_row(
+            "SELECT COALESCE(max(id), 0) FROM leases",
+            params![],
+            |row| row.get(0),
+        )?;
+        let near = NearLeases::read(self, &patterns, ANY_EXPIRY)?;
+        let mut snapshot = LeaseSnapshot {
+            holder: holder.to_string(),
+            patterns: patterns.iter().map(|p| p.as_str().to_string()).collect(),
+            max_id,
+            overlapping: Vec::new(),
+            stopped_early: false,
+            compared: 0,
+        };
+        let mut conflicts = 0;
+        let mut found = std::collections::HashSet::new();
+        'patterns: for (index, pattern) in patterns.iter().enumerate() {
+            for row in near.near(self, pattern)? {
+                if row.lease.holder == holder || found.contains(&row.id) {
+                    continue;
+                }
+                snapshot.compared += 1;
+                if !row.overlaps(pattern) {
+                    continue;
+                }
+                found.insert(row.id);
+                snapshot.overlapping.push((row.id, index));
+                if row.opposes(holder, request.mode, now) {
+                    conflicts += 1;
+                    if conflicts >= MAX_REPORTED_CONFLICTS {
+                        snapshot.stopped_early = true;
+                        break 'patterns;
+                    }
+                }
+            }
+        }
+        Ok(snapshot)
     }
 
     /// The live leases tied to `task`.
@@ -149,23 +393,33 @@ impl Reader<'_> {
 
     /// The live leases on exactly these patterns.
     fn leases_on(&self, patterns: &[&str], now_ms: i64) -> Result<Vec<Lease>> {
-        // The patterns go as one JSON list, unpacked by each engine's own JSON function. On
-        // PostgreSQL as an array (`= ANY`), not a set: it then looks each pattern up in the
-        // index instead of scanning every lease.
-        let test = if self.conn().is_postgres() {
-            "= ANY (ARRAY(SELECT jsonb_array_elements_text(?1::jsonb)))"
-        } else {
-            "IN (SELECT value FROM json_each(?1))"
-        };
         let sql = format!(
             "SELECT {LEASE_COLUMNS} FROM leases
-             WHERE pattern {test} AND expires_at > ?2"
+             WHERE pattern {} AND expires_at > ?2",
+            in_json_list(self)
         );
         let list = serde_json::to_string(patterns)?;
         let rows = self
             .conn()
             .query_map(&sql, params![list, now_ms], lease_from_row)?;
         Ok(rows)
+    }
+
+    /// The live lease rows with these ids, or with an id above `above`.
+    fn lease_rows_since(&self, ids: &[i64], above: i64, now_ms: i64) -> Result<Vec<HeldRow>> {
+        let in_ids = if self.conn().is_postgres() {
+            "= ANY (ARRAY(SELECT jsonb_array_elements_text(?1::jsonb)::bigint))"
+        } else {
+            "IN (SELECT value FROM json_each(?1))"
+        };
+        let sql = format!(
+            "SELECT {HELD_COLUMNS} FROM leases WHERE id {in_ids} AND expires_at > ?2
+             UNION ALL
+             SELECT {HELD_COLUMNS} FROM leases WHERE id > ?3 AND expires_at > ?2"
+        );
+        let list = serde_json::to_string(ids)?;
+        self.conn()
+            .query_map(&sql, params![list, now_ms, above], held_from_row)
     }
 
     /// How many live leases `holder` has.
@@ -196,12 +450,14 @@ impl Reader<'_> {
         mode: LeaseMode,
         now_ms: i64,
     ) -> Result<Vec<LeaseConflict>> {
+        let near = NearLeases::read(self, std::slice::from_ref(pattern), now_ms)?;
         let mut conflicts = Vec::new();
         conflicts_with(
-            &self.leases_near(pattern, now_ms)?,
+            &near.near(self, pattern)?,
             holder,
             pattern,
             mode,
+            now_ms,
             &mut conflicts,
         );
         Ok(conflicts)
@@ -225,65 +481,69 @@ fn prefixes_related(a: &str, b: &str) -> bool {
     a == b || beneath(a, b) || beneath(b, a)
 }
 
-/// Whether stored (normalized) lease text is a glob: `*`, `?` and `[` are always wildcards in
-/// a normalized pattern.
-fn is_glob_text(pattern: &str) -> bool {
-    pattern.contains(['*', '?', '['])
-}
-
-/// Adds to `found` the leases of `live` that stand against `holder` taking `pattern` in `mode`,
+/// Adds to `found` the rows of `live` that stand against `holder` taking `pattern` in `mode`,
 /// stopping once [`MAX_REPORTED_CONFLICTS`] are known: a refusal names a few, never every pair.
+/// Answers how many pairs it compared.
 fn conflicts_with(
-    live: &[Lease],
+    live: &[HeldRef<'_>],
     holder: &str,
     pattern: &LeasePattern,
     mode: LeaseMode,
+    now_ms: i64,
     found: &mut Vec<LeaseConflict>,
-) {
-    let conflicting = live
-        .iter()
-        .filter(|lease| lease.holder != holder)
-        .filter(|lease| !(mode == LeaseMode::Shared && lease.mode == LeaseMode::Shared))
-        .filter(|lease| {
-            !found
-                .iter()
-                .any(|known| known.held == lease.path && known.holder == lease.holder)
-        })
-        .filter(|lease| stored_pattern_overlaps(pattern, &lease.path))
-        .take(MAX_REPORTED_CONFLICTS.saturating_sub(found.len()))
-        .map(|lease| LeaseConflict {
-            requested: pattern.as_str().to_string(),
-            held: lease.path.clone(),
-            holder: lease.holder.clone(),
-            task: lease.task,
-            mode: lease.mode,
-            expires_at: lease.expires_at,
-        });
-    let conflicting: Vec<LeaseConflict> = conflicting.collect();
-    found.extend(conflicting);
-}
-
-/// Whether `pattern` overlaps a stored (already normalized) lease path. Two literal paths overlap
-/// when one is the other or lies beneath it, which a string comparison decides without parsing;
-/// anything with a glob goes through the exact glob intersection.
-fn stored_pattern_overlaps(pattern: &LeasePattern, stored: &str) -> bool {
-    if !is_glob_text(stored) && !pattern.is_glob() {
-        return prefixes_related(pattern.as_str(), stored);
+) -> usize {
+    let mut compared = 0;
+    for row in live {
+        if found.len() >= MAX_REPORTED_CONFLICTS {
+            break;
+        }
+        let known = found
+            .iter()
+            .any(|known| known.held == row.lease.path && known.holder == row.lease.holder);
+        if known || !row.opposes(holder, mode, now_ms) {
+            continue;
+        }
+        compared += 1;
+        if row.overlaps(pattern) {
+            found.push(row.conflict(pattern));
+        }
     }
-    match paths::normalize_lease_path(stored) {
-        Ok(held) => paths::overlaps(pattern, &held),
-        // A stored lease always normalized once; if it no longer does, be safe: it conflicts.
-        Err(_) => true,
-    }
+    compared
 }
 
 impl Tx<'_> {
-    /// Grants every requested lease to `holder`, or none (with the first conflicts named).
+    /// Grants every requested lease to `holder`, or none (with the first conflicts named),
+    /// comparing the request with every nearby lease under the writer lock. Servers take a
+    /// [`LeaseSnapshot`] first and call [`Tx::acquire_leases_after`] instead.
     ///
-    /// Under the writer lock this reads only the leases that can overlap each requested pattern
-    /// (see `leases_near`), compares each pair at most once, and stops at
+    /// This reads only the leases that can overlap each requested pattern (see `leases_near`),
+    /// parses each once, compares each pair at most once, and stops at
     /// [`MAX_REPORTED_CONFLICTS`].
     pub fn acquire_leases(&mut self, holder: &str, request: LeaseRequest) -> Result<Vec<Lease>> {
+        Ok(self.acquire_leases_checked(holder, request, None)?.0)
+    }
+
+    /// Grants like [`Tx::acquire_leases`], comparing under the lock only the lease rows that
+    /// `snapshot` (taken for this holder and request outside the lock) cannot vouch for: see the
+    /// module documentation of `store::leases`.
+    pub fn acquire_leases_after(
+        &mut self,
+        holder: &str,
+        request: LeaseRequest,
+        snapshot: &LeaseSnapshot,
+    ) -> Result<Vec<Lease>> {
+        Ok(self
+            .acquire_leases_checked(holder, request, Some(snapshot))?
+            .0)
+    }
+
+    /// The grant, and what it compared under the lock.
+    pub(crate) fn acquire_leases_checked(
+        &mut self,
+        holder: &str,
+        request: LeaseRequest,
+        snapshot: Option<&LeaseSnapshot>,
+    ) -> Result<(Vec<Lease>, LockedWork)> {
         let patterns = normalize_all(&request.paths)?;
         if let Some(reason) = &request.reason {
             validate_text("reason", reason, 1000, false)?;
@@ -325,23 +585,75 @@ impl Tx<'_> {
         };
         let now = self.now_ms();
         self.purge_expired_leases()?;
+        // A snapshot serves only the request it was taken for.
+        let snapshot = snapshot.filter(|snapshot| {
+            snapshot.holder == holder
+                && snapshot
+                    .patterns
+                    .iter()
+                    .map(String::as_str)
+                    .eq(patterns.iter().map(LeasePattern::as_str))
+        });
+        let mut work = LockedWork::default();
         let mut conflicts = Vec::new();
-        let mut mine = Vec::new();
-        for pattern in &patterns {
-            let candidates = self.read().leases_near(pattern, now)?;
-            conflicts_with(&candidates, holder, pattern, request.mode, &mut conflicts);
-            if conflicts.len() >= MAX_REPORTED_CONFLICTS {
-                break;
+        if let Some(snapshot) = snapshot {
+            let ids: Vec<i64> = snapshot.overlapping.iter().map(|(id, _)| *id).collect();
+            let overlapping: std::collections::HashMap<i64, usize> =
+                snapshot.overlapping.iter().copied().collect();
+            for row in self.read().lease_rows_since(&ids, snapshot.max_id, now)? {
+                if conflicts.len() >= MAX_REPORTED_CONFLICTS {
+                    break;
+                }
+                if !row.opposes(holder, request.mode, now) {
+                    continue;
+                }
+                // A row the snapshot found overlapping overlaps still (its pattern is fixed);
+                // a row added since is compared with every requested pattern.
+                let known = overlapping
+                    .get(&row.id)
+                    .filter(|_| row.id <= snapshot.max_id);
+                let requested = match known {
+                    Some(index) => patterns.get(*index),
+                    None if row.id > snapshot.max_id => patterns.iter().find(|pattern| {
+                        work.compared += 1;
+                        row.overlaps(pattern)
+                    }),
+                    None => None,
+                };
+                if let Some(requested) = requested {
+                    conflicts.push(row.conflict(requested));
+                }
             }
-            mine.extend(
-                candidates
-                    .into_iter()
-                    .filter(|lease| lease.holder == holder && lease.path == pattern.as_str()),
-            );
+        }
+        if snapshot.is_none_or(|snapshot| conflicts.is_empty() && snapshot.stopped_early) {
+            // No snapshot, or every conflict it found has gone and it never looked further.
+            work.full_check = true;
+            let near = NearLeases::read(&self.read(), &patterns, now)?;
+            for pattern in &patterns {
+                let candidates = near.near(&self.read(), pattern)?;
+                work.compared += conflicts_with(
+                    &candidates,
+                    holder,
+                    pattern,
+                    request.mode,
+                    now,
+                    &mut conflicts,
+                );
+                if conflicts.len() >= MAX_REPORTED_CONFLICTS {
+                    break;
+                }
+            }
         }
         if !conflicts.is_empty() {
             return Err(CoreError::LeaseConflict(conflicts));
         }
+        let texts: Vec<&str> = patterns.iter().map(LeasePattern::as_str).collect();
+        let mine: Vec<Lease> = self
+            .read()
+            .leases_on(&texts, now)?
+            .into_iter()
+            .filter(|lease| lease.holder == holder)
+            .collect();
         let limit = self.config().max_leases_per_agent;
         let new = patterns
             .iter()
@@ -420,7 +732,7 @@ impl Tx<'_> {
                 expires_at: super::ms_to_time(expires),
             });
         }
-        Ok(granted)
+        Ok((granted, work))
     }
 
     /// Extends every live lease the holder has by its own TTL (used when it touches files): a
@@ -577,8 +889,22 @@ mod tests {
             for stored in paths {
                 let pattern = paths::normalize_lease_path(requested).expect("pattern");
                 let held = paths::normalize_lease_path(stored).expect("held");
+                let row = HeldRow {
+                    id: 1,
+                    lease: Lease {
+                        path: stored.to_string(),
+                        mode: LeaseMode::Exclusive,
+                        holder: "b".to_string(),
+                        task: None,
+                        reason: None,
+                        fencing_token: 1,
+                        acquired_at: chrono::Utc::now(),
+                        expires_at: chrono::Utc::now(),
+                    },
+                    pattern: Some(held.clone()),
+                };
                 assert_eq!(
-                    stored_pattern_overlaps(&pattern, stored),
+                    row.overlaps(&pattern),
                     paths::overlaps(&pattern, &held),
                     "{requested} vs {stored}"
                 );

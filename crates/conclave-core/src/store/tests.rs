@@ -945,6 +945,185 @@ fn grants_read_only_leases_that_can_overlap() {
     lease(&store, "b", &["src/y/a.rs"], LeaseMode::Exclusive).expect("free");
 }
 
+// ---- lease checks outside the writer lock (issue 13) ------------------------------------------
+
+fn request(paths: &[String], mode: LeaseMode) -> LeaseRequest {
+    LeaseRequest {
+        paths: paths.to_vec(),
+        mode,
+        ..Default::default()
+    }
+}
+
+fn strings(paths: &[&str]) -> Vec<String> {
+    paths.iter().map(|path| path.to_string()).collect()
+}
+
+fn release(store: &Store, holder: &str, paths: &[&str]) {
+    store
+        .write(|tx| {
+            tx.release_leases(
+                &Actor::Agent(holder.to_string()),
+                LeaseRelease {
+                    paths: strings(paths),
+                    ..Default::default()
+                },
+            )
+        })
+        .expect("released");
+}
+
+fn snapshot_for(store: &Store, holder: &str, request: &LeaseRequest) -> leases::LeaseSnapshot {
+    store
+        .read(|r| r.lease_snapshot(holder, request))
+        .expect("snapshot")
+}
+
+/// Grants `request` to `holder` after `snapshot`; answers what the grant compared under the lock.
+fn grant_after(
+    store: &Store,
+    holder: &str,
+    request: LeaseRequest,
+    snapshot: &leases::LeaseSnapshot,
+) -> Result<(Vec<Lease>, leases::LockedWork)> {
+    store.write(|tx| tx.acquire_leases_checked(holder, request, Some(snapshot)))
+}
+
+/// A long glob at the pattern caps, as the bench's "lock at the caps" phase asks: 15 wildcards
+/// in about 470 characters, ending in `ending`.
+fn capped_glob(ending: &str) -> String {
+    let segment = "*/a-long-directory-name-of-thirty/";
+    format!("caps/{}*{ending}", segment.repeat(14))
+}
+
+/// The worst request the caps allow (100 long globs asked, 256 held by another agent, none
+/// overlapping) compares its 25,600 pairs on the snapshot and none under the writer lock, where
+/// it used to compare them all.
+fn at_the_caps_a_grant_compares_nothing_under_the_writer_lock() {
+    let store = test_store(StoreConfig {
+        max_leases_per_agent: 256,
+        ..StoreConfig::default()
+    })
+    .expect("store");
+    agent(&store, "holder", None, &[]);
+    agent(&store, "asker", None, &[]);
+    let held: Vec<String> = (0..256)
+        .map(|i| capped_glob(&format!(".held{i}")))
+        .collect();
+    for batch in held.chunks(leases::MAX_PATHS) {
+        lease_with(&store, "holder", request(batch, LeaseMode::Exclusive)).expect("held");
+    }
+    let asked: Vec<String> = (0..leases::MAX_PATHS)
+        .map(|k| capped_glob(&format!(".asked{k}")))
+        .collect();
+    let asking = request(&asked, LeaseMode::Exclusive);
+    let snapshot = snapshot_for(&store, "asker", &asking);
+    assert_eq!(
+        snapshot.compared,
+        100 * 256,
+        "the snapshot compares every pair"
+    );
+    let (granted, work) = grant_after(&store, "asker", asking, &snapshot).expect("granted");
+    assert_eq!(granted.len(), 100);
+    assert_eq!(
+        work,
+        leases::LockedWork::default(),
+        "nothing compared under the lock"
+    );
+}
+
+/// A lease granted between the snapshot and the grant is compared under the lock, and refuses.
+fn a_lease_granted_after_the_snapshot_is_compared_under_the_lock() {
+    let store = store();
+    agent(&store, "a", None, &[]);
+    agent(&store, "b", None, &[]);
+    lease(&store, "b", &["docs/x.md"], LeaseMode::Exclusive).expect("far away");
+    let asking = request(&strings(&["lib", "src/**/*.rs"]), LeaseMode::Exclusive);
+    let snapshot = snapshot_for(&store, "a", &asking);
+    lease(&store, "b", &["src/x/a.rs"], LeaseMode::Exclusive).expect("b first");
+    let error = grant_after(&store, "a", asking.clone(), &snapshot).expect_err("conflict");
+    let CoreError::LeaseConflict(conflicts) = &error else {
+        panic!("{error:?}");
+    };
+    assert_eq!(conflicts.len(), 1);
+    assert_eq!(
+        (conflicts[0].requested.as_str(), conflicts[0].held.as_str()),
+        ("src/**/*.rs", "src/x/a.rs")
+    );
+    // Without that lease, the new rows compared under the lock are the request's own only:
+    // a fresh snapshot's grant compares nothing.
+    release(&store, "b", &["src/x/a.rs"]);
+    let snapshot = snapshot_for(&store, "a", &asking);
+    lease(&store, "b", &["elsewhere/y.rs"], LeaseMode::Exclusive).expect("b elsewhere");
+    let (_, work) = grant_after(&store, "a", asking, &snapshot).expect("granted");
+    assert_eq!(
+        work.compared, 2,
+        "one new row, compared with each of two patterns"
+    );
+    assert!(!work.full_check);
+}
+
+/// A conflict the snapshot saw is re-read under the lock: released since, it no longer refuses;
+/// a shared lease renewed as exclusive since, it now does.
+fn the_snapshots_overlapping_leases_are_judged_again_under_the_lock() {
+    let store = store();
+    agent(&store, "a", None, &[]);
+    agent(&store, "b", None, &[]);
+    lease(&store, "b", &["src/a.rs"], LeaseMode::Exclusive).expect("b");
+    let asking = request(&strings(&["src"]), LeaseMode::Exclusive);
+    let snapshot = snapshot_for(&store, "a", &asking);
+    release(&store, "b", &["src/a.rs"]);
+    let (_, work) = grant_after(&store, "a", asking, &snapshot).expect("granted");
+    assert_eq!(work, leases::LockedWork::default());
+    release(&store, "a", &["src"]);
+
+    lease(&store, "b", &["src/b.rs"], LeaseMode::Shared).expect("b shares");
+    let sharing = request(&strings(&["src"]), LeaseMode::Shared);
+    let snapshot = snapshot_for(&store, "a", &sharing);
+    lease(&store, "b", &["src/b.rs"], LeaseMode::Exclusive).expect("b renews as exclusive");
+    let error = grant_after(&store, "a", sharing, &snapshot).expect_err("now exclusive");
+    assert!(matches!(error, CoreError::LeaseConflict(_)), "{error:?}");
+}
+
+/// When the snapshot stopped at the first few conflicts and all of them have gone, rows it never
+/// examined may conflict: the grant then compares everything under the lock.
+fn a_snapshot_whose_conflicts_all_went_leaves_the_grant_to_compare_everything() {
+    let store = store();
+    agent(&store, "a", None, &[]);
+    agent(&store, "b", None, &[]);
+    let held: Vec<String> = (0..8).map(|i| format!("src/f{i}.rs")).collect();
+    lease_with(&store, "b", request(&held, LeaseMode::Exclusive)).expect("b");
+    let asking = request(&strings(&["src"]), LeaseMode::Exclusive);
+    let snapshot = snapshot_for(&store, "a", &asking);
+    let found: Vec<i64> = snapshot.overlapping.iter().map(|(id, _)| *id).collect();
+    assert_eq!(found.len(), leases::MAX_REPORTED_CONFLICTS);
+    let ids_and_paths: Vec<(i64, String)> = store
+        .read(|r| {
+            r.conn()
+                .query_map("SELECT id, pattern FROM leases", db::params![], |row| {
+                    Ok((row.get::<i64>(0)?, row.get::<String>(1)?))
+                })
+        })
+        .expect("rows");
+    let gone: Vec<&str> = ids_and_paths
+        .iter()
+        .filter(|(id, _)| found.contains(id))
+        .map(|(_, path)| path.as_str())
+        .collect();
+    release(&store, "b", &gone);
+    let error = store
+        .write(|tx| tx.acquire_leases_checked("a", asking.clone(), Some(&snapshot)))
+        .expect_err("the three left still conflict");
+    let CoreError::LeaseConflict(conflicts) = &error else {
+        panic!("{error:?}");
+    };
+    assert_eq!(conflicts.len(), 3);
+    // A snapshot for another request or holder is not used at all.
+    let other = request(&strings(&["docs"]), LeaseMode::Exclusive);
+    let (_, work) = grant_after(&store, "a", other, &snapshot).expect("docs are free");
+    assert!(work.full_check);
+}
+
 fn old_idempotency_keys_are_forgotten_by_the_sweep() {
     let store = store();
     agent(&store, "a", None, &[]);
@@ -1867,4 +2046,8 @@ on_both_engines!(
     the_dashboard_listing_keeps_open_tasks_and_the_latest_finished_and_counts_by_status,
     an_agents_reported_cost_goes_to_the_task_it_holds,
     an_agents_coordination_account_is_stored_replaced_and_checked,
+    at_the_caps_a_grant_compares_nothing_under_the_writer_lock,
+    a_lease_granted_after_the_snapshot_is_compared_under_the_lock,
+    the_snapshots_overlapping_leases_are_judged_again_under_the_lock,
+    a_snapshot_whose_conflicts_all_went_leaves_the_grant_to_compare_everything,
 );
