@@ -950,7 +950,24 @@ fn no_answer<T>(_: T) -> Answer {
     Answer::default()
 }
 
-fn run_on_store(store: &Store, step: &Step) -> Result<Answer, CoreError> {
+/// Runs `step`; a lease request goes, when `via_snapshot`, the way servers send it: compared
+/// with the held leases on a read snapshot first, then granted under the writer lock.
+fn run_on_store(store: &Store, step: &Step, via_snapshot: bool) -> Result<Answer, CoreError> {
+    let lease_request = |paths: &[&str], mode| LeaseRequest {
+        paths: paths.iter().map(|p| p.to_string()).collect(),
+        mode,
+        ..Default::default()
+    };
+    let lease_snapshot = match step {
+        Step::Lock {
+            agent, paths, mode, ..
+        // As on the server, a snapshot that cannot be taken leaves the grant to compare
+        // everything (and to give the error).
+        } if via_snapshot => store
+            .read(|r| r.lease_snapshot(agent, &lease_request(paths, *mode)))
+            .ok(),
+        _ => None,
+    };
     store.write(|tx| match *step {
         Step::AddTask {
             creator,
@@ -992,19 +1009,14 @@ fn run_on_store(store: &Store, step: &Step) -> Result<Answer, CoreError> {
             agent,
             ref paths,
             mode,
-        } => tx
-            .acquire_leases(
-                agent,
-                LeaseRequest {
-                    paths: paths.iter().map(|p| p.to_string()).collect(),
-                    mode,
-                    ..Default::default()
-                },
-            )
-            .map(|granted| Answer {
-                claimed: None,
-                granted,
-            }),
+        } => match &lease_snapshot {
+            Some(snapshot) => tx.acquire_leases_after(agent, lease_request(paths, mode), snapshot),
+            None => tx.acquire_leases(agent, lease_request(paths, mode)),
+        }
+        .map(|granted| Answer {
+            claimed: None,
+            granted,
+        }),
         Step::Unlock { by, path, force } => tx
             .release_leases(
                 &by.actor(),
@@ -1217,7 +1229,8 @@ fn run_case(mut next_step: impl FnMut(&Model) -> Option<Step>) -> Result<(), Tes
     while let Some(step) = next_step(&model) {
         number += 1;
         let predicted = model.apply(&step);
-        let answer = run_on_store(&store, &step);
+        // Every other lease request goes through a snapshot, as the server's do.
+        let answer = run_on_store(&store, &step, number % 2 == 0);
         trace.push(format!(
             "{number:>3}. {step:?} → {}",
             match &answer {
