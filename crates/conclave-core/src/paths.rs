@@ -454,7 +454,9 @@ pub fn overlaps(a: &LeasePattern, b: &LeasePattern) -> bool {
     if !any_depth(a) && !any_depth(b) {
         // `P` covers `P/**`: without `**` the shorter pattern's segments meet the longer's
         // first ones, one to one, and the longer's other segments (each satisfiable) follow.
-        let aligned = || a.iter().zip(b);
+        // From the last aligned pair back: siblings share their leading directories and differ
+        // in their names.
+        let aligned = || a.iter().zip(b).rev();
         return aligned().all(|(x, y)| parts_ends_compatible(x, y))
             && aligned().all(|(x, y)| parts_intersect(x, y));
     }
@@ -481,9 +483,11 @@ fn parts_intersect(x: &Segment, y: &Segment) -> bool {
     }
 }
 
-/// A necessary condition for [`parts_intersect`], in time linear in the literal ends.
+/// A necessary condition for [`parts_intersect`], in time linear in the literal ends (exact for
+/// two literal names).
 fn parts_ends_compatible(x: &Segment, y: &Segment) -> bool {
     match (x, y) {
+        (Segment::Part(x), Segment::Part(y)) if is_literal(x) && is_literal(y) => x == y,
         (Segment::Part(x), Segment::Part(y)) => literal_ends_compatible(x, y),
         _ => true,
     }

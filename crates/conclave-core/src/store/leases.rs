@@ -79,19 +79,32 @@ struct HeldRow {
     lease: Lease,
     /// `None` when the stored text no longer normalizes (then it is taken to overlap anything).
     pattern: Option<LeasePattern>,
+    /// The length of the pattern's literal prefix, read once per row rather than per pair.
+    prefix_len: usize,
 }
 
 fn held_from_row(row: &Row<'_>) -> Result<HeldRow> {
     let lease = lease_at(row, 1)?;
     let pattern = paths::normalize_lease_path(&lease.path).ok();
+    let prefix_len = pattern
+        .as_ref()
+        .map_or(0, |held| held.literal_prefix().len());
     Ok(HeldRow {
         id: row.get(0)?,
         lease,
         pattern,
+        prefix_len,
     })
 }
 
 impl HeldRow {
+    /// The literal prefix of the pattern (empty when it starts with a wildcard).
+    fn literal_prefix(&self) -> &str {
+        self.pattern
+            .as_ref()
+            .map_or("", |held| &held.as_str()[..self.prefix_len])
+    }
+
     /// Whether `pattern` overlaps this row. Two literal paths overlap when one is the other or
     /// lies beneath it, which a string comparison decides; anything with a glob goes through the
     /// exact glob intersection.
@@ -169,10 +182,8 @@ impl NearLeases {
     fn near<'n>(&'n self, reader: &Reader<'_>, pattern: &LeasePattern) -> Result<Vec<HeldRef<'n>>> {
         let prefix = pattern.literal_prefix();
         let related = |row: &HeldRow| {
-            row.pattern.as_ref().is_none_or(|held| {
-                let held_prefix = held.literal_prefix();
-                held_prefix.is_empty() || prefix.is_empty() || prefixes_related(held_prefix, prefix)
-            })
+            let held_prefix = row.literal_prefix();
+            held_prefix.is_empty() || prefix.is_empty() || prefixes_related(held_prefix, prefix)
         };
         let mut near: Vec<HeldRef<'n>> = Vec::new();
         if prefix.is_empty() {
@@ -902,6 +913,7 @@ mod tests {
                         expires_at: chrono::Utc::now(),
                     },
                     pattern: Some(held.clone()),
+                    prefix_len: held.literal_prefix().len(),
                 };
                 assert_eq!(
                     row.overlaps(&pattern),
