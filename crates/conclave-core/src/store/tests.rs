@@ -1409,6 +1409,76 @@ fn an_agents_tokens_are_listed_and_revoked_one_or_all() {
     );
 }
 
+/// How long the worst lease request the caps allow holds the writer lock: 100 long globs asked
+/// against 256 held, none overlapping, on a file database with its readers (as a server runs
+/// it), the snapshot taken outside the lock. A measurement, run on demand with a release build:
+/// `cargo test --release -p conclave-core --lib -- --ignored --nocapture writer_lock_at_the_caps`.
+#[test]
+#[ignore = "a measurement: times grants at the lease caps"]
+fn writer_lock_at_the_caps() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = Store::open(
+        &dir.path().join("db.sqlite"),
+        StoreConfig {
+            max_leases_per_agent: 256,
+            ..StoreConfig::default()
+        },
+    )
+    .expect("open");
+    agent(&store, "holder", None, &[]);
+    agent(&store, "asker", None, &[]);
+    let held: Vec<String> = (0..256)
+        .map(|i| capped_glob(&format!(".held{i}")))
+        .collect();
+    for batch in held.chunks(leases::MAX_PATHS) {
+        lease_with(&store, "holder", request(batch, LeaseMode::Exclusive)).expect("held");
+    }
+    let mut locked = Vec::new();
+    let mut snapshots = Vec::new();
+    let mut whole = Vec::new();
+    for round in 0..20 {
+        let asked: Vec<String> = (0..leases::MAX_PATHS)
+            .map(|k| capped_glob(&format!(".asked{round}x{k}")))
+            .collect();
+        let asking = request(&asked, LeaseMode::Exclusive);
+        let started = std::time::Instant::now();
+        let snapshot = snapshot_for(&store, "asker", &asking);
+        snapshots.push(started.elapsed());
+        let started = std::time::Instant::now();
+        let (_, work) = grant_after(&store, "asker", asking.clone(), &snapshot).expect("granted");
+        locked.push(started.elapsed());
+        assert_eq!(work, leases::LockedWork::default());
+        release(
+            &store,
+            "asker",
+            &asked.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        // The same request compared wholly under the lock, as before snapshots.
+        let started = std::time::Instant::now();
+        let (_, work) = store
+            .write(|tx| tx.acquire_leases_checked("asker", asking, None))
+            .expect("granted");
+        whole.push(started.elapsed());
+        assert_eq!(work.compared, 100 * 256);
+        release(
+            &store,
+            "asker",
+            &asked.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+    }
+    let summary = |name: &str, times: &mut Vec<std::time::Duration>| {
+        times.sort();
+        println!(
+            "{name}: p50 {:.2} ms, max {:.2} ms",
+            times[times.len() / 2].as_secs_f64() * 1000.0,
+            times[times.len() - 1].as_secs_f64() * 1000.0
+        );
+    };
+    summary("snapshot (outside the lock)", &mut snapshots);
+    summary("grant after the snapshot (writer lock held)", &mut locked);
+    summary("grant comparing everything (writer lock held)", &mut whole);
+}
+
 /// Start-up stays flat as the event log grows: opening a store whose log holds a million events
 /// (and reading its head, and the latest page of events) takes what an empty one does. A
 /// measurement, run on demand: `cargo test -p conclave-core --lib -- --ignored --nocapture
