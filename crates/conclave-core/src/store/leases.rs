@@ -85,19 +85,33 @@ struct HeldRow {
 
 fn held_from_row(row: &Row<'_>) -> Result<HeldRow> {
     let lease = lease_at(row, 1)?;
-    let pattern = paths::normalize_lease_path(&lease.path).ok();
-    let prefix_len = pattern
-        .as_ref()
-        .map_or(0, |held| held.literal_prefix().len());
-    Ok(HeldRow {
-        id: row.get(0)?,
-        lease,
-        pattern,
-        prefix_len,
-    })
+    Ok(HeldRow::new(row.get(0)?, lease))
 }
 
 impl HeldRow {
+    fn new(id: i64, lease: Lease) -> HeldRow {
+        let pattern = paths::normalize_lease_path(&lease.path).ok();
+        let prefix_len = pattern
+            .as_ref()
+            .map_or(0, |held| held.literal_prefix().len());
+        HeldRow {
+            id,
+            lease,
+            pattern,
+            prefix_len,
+        }
+    }
+
+    /// A row whose overlap is already known, left unparsed.
+    fn unparsed(id: i64, lease: Lease) -> HeldRow {
+        HeldRow {
+            id,
+            lease,
+            pattern: None,
+            prefix_len: 0,
+        }
+    }
+
     /// The literal prefix of the pattern (empty when it starts with a wildcard).
     fn literal_prefix(&self) -> &str {
         self.pattern
@@ -122,9 +136,7 @@ impl HeldRow {
     /// Whether this row stands against `holder` taking a lease in `mode` at `now_ms` (overlap
     /// aside).
     fn opposes(&self, holder: &str, mode: LeaseMode, now_ms: i64) -> bool {
-        self.lease.holder != holder
-            && !(mode == LeaseMode::Shared && self.lease.mode == LeaseMode::Shared)
-            && self.lease.expires_at.timestamp_millis() > now_ms
+        lease_opposes(&self.lease, holder, mode, now_ms)
     }
 
     fn conflict(&self, requested: &LeasePattern) -> LeaseConflict {
@@ -214,6 +226,13 @@ impl NearLeases {
         );
         Ok(near)
     }
+}
+
+/// Whether `lease` stands against `holder` taking a lease in `mode` at `now_ms` (overlap aside).
+fn lease_opposes(lease: &Lease, holder: &str, mode: LeaseMode, now_ms: i64) -> bool {
+    lease.holder != holder
+        && !(mode == LeaseMode::Shared && lease.mode == LeaseMode::Shared)
+        && lease.expires_at.timestamp_millis() > now_ms
 }
 
 /// A row of [`NearLeases::near`]: read for one pattern, or one of the rows read per request.
@@ -416,8 +435,9 @@ impl Reader<'_> {
         Ok(rows)
     }
 
-    /// The live lease rows with these ids, or with an id above `above`.
-    fn lease_rows_since(&self, ids: &[i64], above: i64, now_ms: i64) -> Result<Vec<HeldRow>> {
+    /// The live lease rows with these ids, or with an id above `above` (unparsed: a grant
+    /// parses only the rows it compares).
+    fn lease_rows_since(&self, ids: &[i64], above: i64, now_ms: i64) -> Result<Vec<(i64, Lease)>> {
         let in_ids = if self.conn().is_postgres() {
             "= ANY (ARRAY(SELECT jsonb_array_elements_text(?1::jsonb)::bigint))"
         } else {
@@ -430,7 +450,9 @@ impl Reader<'_> {
         );
         let list = serde_json::to_string(ids)?;
         self.conn()
-            .query_map(&sql, params![list, now_ms, above], held_from_row)
+            .query_map(&sql, params![list, now_ms, above], |row| {
+                Ok((row.get(0)?, lease_at(row, 1)?))
+            })
     }
 
     /// How many live leases `holder` has.
@@ -611,25 +633,27 @@ impl Tx<'_> {
             let ids: Vec<i64> = snapshot.overlapping.iter().map(|(id, _)| *id).collect();
             let overlapping: std::collections::HashMap<i64, usize> =
                 snapshot.overlapping.iter().copied().collect();
-            for row in self.read().lease_rows_since(&ids, snapshot.max_id, now)? {
+            for (id, lease) in self.read().lease_rows_since(&ids, snapshot.max_id, now)? {
                 if conflicts.len() >= MAX_REPORTED_CONFLICTS {
                     break;
                 }
-                if !row.opposes(holder, request.mode, now) {
+                if !lease_opposes(&lease, holder, request.mode, now) {
                     continue;
                 }
                 // A row the snapshot found overlapping overlaps still (its pattern is fixed);
                 // a row added since is compared with every requested pattern.
-                let known = overlapping
-                    .get(&row.id)
-                    .filter(|_| row.id <= snapshot.max_id);
-                let requested = match known {
-                    Some(index) => patterns.get(*index),
-                    None if row.id > snapshot.max_id => patterns.iter().find(|pattern| {
-                        work.compared += 1;
-                        row.overlaps(pattern)
-                    }),
-                    None => None,
+                let known = overlapping.get(&id).filter(|_| id <= snapshot.max_id);
+                let (row, requested) = match known {
+                    Some(index) => (HeldRow::unparsed(id, lease), patterns.get(*index)),
+                    None if id > snapshot.max_id => {
+                        let row = HeldRow::new(id, lease);
+                        let requested = patterns.iter().find(|pattern| {
+                            work.compared += 1;
+                            row.overlaps(pattern)
+                        });
+                        (row, requested)
+                    }
+                    None => continue,
                 };
                 if let Some(requested) = requested {
                     conflicts.push(row.conflict(requested));
