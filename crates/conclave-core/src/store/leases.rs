@@ -703,23 +703,30 @@ impl Tx<'_> {
         }
         let expires = now + ttl * 1000;
         let mut granted = Vec::with_capacity(patterns.len());
-        for pattern in &patterns {
-            let fencing_token = self.next_fencing_token()?;
-            let renewed = self.conn().execute(
-                "UPDATE leases SET mode = ?3, task_id = ?4, reason = COALESCE(?5, reason),
+        // One counter update for the whole request: its tokens are consecutive, in request
+        // order, and larger than every token granted before.
+        let last_token = self.next_fencing_tokens(patterns.len())?;
+        let first_token = last_token - (patterns.len() as i64 - 1);
+        for (fencing_token, pattern) in (first_token..).zip(&patterns) {
+            // `mine` holds every live lease of this holder on these patterns (the expired ones
+            // were purged above), so only those need the renewing update.
+            let held_already = mine.iter().any(|lease| lease.path == pattern.as_str());
+            let renewed = held_already
+                && self.conn().execute(
+                    "UPDATE leases SET mode = ?3, task_id = ?4, reason = COALESCE(?5, reason),
                     fencing_token = ?6, expires_at = ?7, ttl_ms = ?8
                  WHERE holder = ?1 AND pattern = ?2",
-                params![
-                    holder,
-                    pattern.as_str(),
-                    request.mode.as_str(),
-                    task.map(|t| t.0),
-                    request.reason,
-                    fencing_token,
-                    expires,
-                    ttl * 1000
-                ],
-            )? == 1;
+                    params![
+                        holder,
+                        pattern.as_str(),
+                        request.mode.as_str(),
+                        task.map(|t| t.0),
+                        request.reason,
+                        fencing_token,
+                        expires,
+                        ttl * 1000
+                    ],
+                )? == 1;
             if !renewed {
                 self.conn().execute(
                     "INSERT INTO leases (pattern, mode, holder, task_id, reason, fencing_token,
@@ -895,10 +902,12 @@ impl Tx<'_> {
         Ok(expired)
     }
 
-    fn next_fencing_token(&mut self) -> Result<i64> {
+    /// Takes `count` fencing tokens at once; answers the last (the others are the `count - 1`
+    /// before it).
+    fn next_fencing_tokens(&mut self, count: usize) -> Result<i64> {
         self.conn().query_row(
-            "UPDATE counters SET value = value + 1 WHERE name = 'fencing_token' RETURNING value",
-            params![],
+            "UPDATE counters SET value = value + ?1 WHERE name = 'fencing_token' RETURNING value",
+            params![count],
             |row| row.get(0),
         )
     }
