@@ -22,8 +22,7 @@ use super::{Reader, Tx, ms_to_time, to_json_list, validate_text};
 use crate::error::{CoreError, Result};
 use crate::event::{NoData, OptionalReason, QueueBranch, QueueLanded, QueueSentBack, TaskUpdated};
 use crate::model::{
-    Actor, EventPayload, Isolation, QueueEntry, QueueState, QueueView, Task, TaskFinish, TaskId,
-    TaskStatus,
+    Actor, EventPayload, Isolation, QueueEntry, QueueState, QueueView, Task, TaskId, TaskStatus,
 };
 
 /// An entry's recorded outcome is cut to this many bytes (the agent's message carries the same).
@@ -183,7 +182,12 @@ impl Tx<'_> {
                 to: TaskStatus::Review,
                 note: Some("finished: waiting in the merge queue".to_string()),
             };
-            self.emit(actor, Some(id), Some(&holder), EventPayload::TaskUpdated(updated))?;
+            self.emit(
+                actor,
+                Some(id),
+                Some(&holder),
+                EventPayload::TaskUpdated(updated),
+            )?;
         }
         self.release_task_leases(actor, id, "task finished: waiting in the merge queue")?;
         let branch = task_branch_name(id);
@@ -551,7 +555,7 @@ impl Tx<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{MessageKind, NewAgent, NewTask};
+    use crate::model::{MessageKind, NewAgent, NewTask, TaskFinish};
     use crate::store::{Store, StoreConfig};
 
     fn store_with_worktree_agent() -> Store {
@@ -875,9 +879,8 @@ mod tests {
         let store = store_with_worktree_agent();
         register(&store, "bob", Isolation::Shared);
         let first = claimed_task(&store, "first", &[]);
-        let refused = store.write(|tx| {
-            tx.finish_task(&Actor::Agent("bob".into()), first, TaskFinish::default())
-        });
+        let refused = store
+            .write(|tx| tx.finish_task(&Actor::Agent("bob".into()), first, TaskFinish::default()));
         assert!(matches!(refused, Err(CoreError::Forbidden(_))));
         let bobs = store
             .write(|tx| {
@@ -999,9 +1002,8 @@ mod tests {
             (QueueState::Queued, "rex", "conclave/T-1")
         );
         assert_eq!(done_events(&store, id), 0);
-        let again = store.write(|tx| {
-            tx.finish_task(&Actor::Agent("rex".into()), id, TaskFinish::default())
-        });
+        let again = store
+            .write(|tx| tx.finish_task(&Actor::Agent("rex".into()), id, TaskFinish::default()));
         assert!(
             matches!(again, Err(CoreError::Conflict(_))),
             "a waiting task is not finished twice: {again:?}"
@@ -1019,7 +1021,9 @@ mod tests {
         assert_eq!(back.pipeline.as_ref().map(|p| p.stage), Some(1));
         let inbox = store.read(|r| r.inbox("rex")).expect("inbox");
         assert!(
-            inbox.last().is_some_and(|m| m.body.contains("src/parse.rs")),
+            inbox
+                .last()
+                .is_some_and(|m| m.body.contains("src/parse.rs")),
             "{inbox:?}"
         );
         let steps = store.read(|r| r.task_steps(id)).expect("steps");
@@ -1112,16 +1116,21 @@ mod tests {
         assert!(finish(&store, id).awaiting_approval);
 
         let approved = store
-            .write(|tx| {
-                tx.approve_task(&Actor::Admin, id, crate::model::TaskDecision::default())
-            })
+            .write(|tx| tx.approve_task(&Actor::Admin, id, crate::model::TaskDecision::default()))
             .expect("approve");
-        assert_eq!(approved.status, TaskStatus::Review, "not done before it lands");
+        assert_eq!(
+            approved.status,
+            TaskStatus::Review,
+            "not done before it lands"
+        );
         assert!(!approved.awaiting_approval);
         assert!(crate::store::is_held(&approved));
         assert_eq!(store.read(|r| r.approvals_waiting()).expect("count"), 0);
         let entry = store.read(|r| r.merge_entry(id)).expect("entry");
-        assert_eq!((entry.state, entry.agent.as_str()), (QueueState::Queued, "alice"));
+        assert_eq!(
+            (entry.state, entry.agent.as_str()),
+            (QueueState::Queued, "alice")
+        );
         assert_eq!(done_events(&store, id), 0);
 
         store.write(|tx| tx.begin_merge(id)).expect("begin");
