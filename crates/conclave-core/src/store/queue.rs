@@ -1133,6 +1133,25 @@ mod tests {
         );
         assert_eq!(done_events(&store, id), 0);
 
+        // A failing check returns it to alice; the fix waits for the person again.
+        store.write(|tx| tx.begin_merge(id)).expect("begin");
+        store
+            .write(|tx| tx.send_back_merge(id, "check_failed", "test x failed"))
+            .expect("send back");
+        let back = store.read(|r| r.task(id)).expect("task");
+        assert_eq!(
+            (
+                back.status,
+                back.assignee.as_deref(),
+                back.awaiting_approval
+            ),
+            (TaskStatus::InProgress, Some("alice"), false)
+        );
+        assert!(finish(&store, id).awaiting_approval);
+        store
+            .write(|tx| tx.approve_task(&Actor::Admin, id, crate::model::TaskDecision::default()))
+            .expect("approve again");
+
         store.write(|tx| tx.begin_merge(id)).expect("begin");
         store.write(|tx| tx.land_merge(id, "landed")).expect("land");
         assert_eq!(task_status(&store, id), TaskStatus::Done);
