@@ -27,6 +27,7 @@ mod liveness;
 mod messages;
 mod notes;
 mod pg;
+pub mod pg_tls;
 mod presence;
 mod queue;
 mod schema;
@@ -193,7 +194,9 @@ impl Store {
     /// (throwaway stores for tests and benchmarks). `schema` is a plain lower-case name.
     pub fn create_postgres_schema(url: &str, schema: &str) -> Result<String> {
         validate_schema_name(schema)?;
-        let mut client = postgres::Client::connect(url, postgres::NoTls)?;
+        let mut client = pg_tls::PgTarget::parse(url)
+            .map_err(CoreError::invalid)?
+            .connect()?;
         client.batch_execute(&format!("CREATE SCHEMA {schema}"))?;
         let separator = if url.contains('?') { '&' } else { '?' };
         Ok(format!(
@@ -204,7 +207,9 @@ impl Store {
     /// Drops a schema [`Store::create_postgres_schema`] made, with everything in it.
     pub fn drop_postgres_schema(url: &str, schema: &str) -> Result<()> {
         validate_schema_name(schema)?;
-        let mut client = postgres::Client::connect(url, postgres::NoTls)?;
+        let mut client = pg_tls::PgTarget::parse(url)
+            .map_err(CoreError::invalid)?
+            .connect()?;
         client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))?;
         Ok(())
     }

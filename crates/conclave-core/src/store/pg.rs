@@ -33,6 +33,7 @@ use chrono::Utc;
 
 use super::db::{Db, PgConn};
 use super::group_commit::CommitStats;
+use super::pg_tls::PgTarget;
 use super::{Reader, StoreConfig, Tx, lock};
 use crate::error::{CoreError, Result};
 use crate::model::{Event, EventFilter};
@@ -49,7 +50,7 @@ const FOLLOW_PAGE: i64 = 1000;
 const POOL_SIZE: usize = 8;
 
 pub(super) struct PgEngine {
-    connect: postgres::Config,
+    connect: PgTarget,
     pool: Mutex<PoolState>,
     freed: Condvar,
     /// Queues this process's writers (see the module docs).
@@ -108,8 +109,7 @@ impl Pooled<'_> {
 impl PgEngine {
     /// Connects, brings the schema up to date, and keeps the connection for the pool.
     pub(super) fn open(url: &str) -> Result<PgEngine> {
-        let connect: postgres::Config = url
-            .parse()
+        let connect = PgTarget::parse(url)
             .map_err(|error| CoreError::invalid(format!("bad PostgreSQL URL: {error}")))?;
         let mut client = connect_with(&connect)?;
         let schema: String = client
@@ -373,16 +373,9 @@ impl Drop for PgEngine {
     }
 }
 
-fn connect_with(config: &postgres::Config) -> Result<postgres::Client> {
-    // `sslmode` in the URL asks for TLS; this build speaks plain connections (a local socket, a
-    // private network or a tunnel), and says so instead of failing obscurely.
-    if config.get_ssl_mode() == postgres::config::SslMode::Require {
-        return Err(CoreError::invalid(
-            "sslmode=require is not supported by this build: connect over a unix socket, a \
-             private network or an SSH tunnel",
-        ));
-    }
-    let mut client = config.connect(postgres::NoTls)?;
+fn connect_with(target: &PgTarget) -> Result<postgres::Client> {
+    // TLS as the URL's `sslmode` asks (see `pg_tls`).
+    let mut client = target.connect()?;
     // Plan each statement for its parameters: the store's `(?1 IS NULL OR column = ?1)` filters
     // then use their indexes, where a generic plan (PostgreSQL's choice after a few runs) scans
     // the table. Planning these small statements costs far less than such a scan.
