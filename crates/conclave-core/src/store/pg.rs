@@ -63,6 +63,8 @@ pub(super) struct PgEngine {
     follower_started: std::sync::atomic::AtomicBool,
     /// The connection holding the sweeper's session lock, while this server is the sweeper.
     sweeper: Mutex<Option<postgres::Client>>,
+    /// This engine's name in the notifications it sends, so that its follower can skip its own.
+    server_id: String,
 }
 
 struct PoolState {
@@ -132,7 +134,20 @@ impl PgEngine {
             published: Mutex::new(last_seq),
             follower_started: std::sync::atomic::AtomicBool::new(false),
             sweeper: Mutex::new(None),
+            server_id: format!("{:016x}", rand::random::<u64>()),
         })
+    }
+
+    /// The `LISTEN`/`NOTIFY` channel of this store's event log (one per schema, like the lock).
+    fn channel(&self) -> String {
+        format!("conclave_events_{:x}", self.lock_key)
+    }
+
+    /// A connection listening on [`PgEngine::channel`], for the follower.
+    fn listener(&self) -> Result<postgres::Client> {
+        let mut client = connect_with(&self.connect)?;
+        client.batch_execute(&format!("LISTEN {}", self.channel()))?;
+        Ok(client)
     }
 
     fn take(&self) -> Result<Pooled<'_>> {
@@ -193,7 +208,13 @@ impl PgEngine {
         let events = std::mem::take(&mut tx.events);
         match result {
             Ok(Ok(value)) => {
-                if let Err(error) = conn.batch("COMMIT") {
+                // The notification is sent when (and only if) the transaction commits.
+                let commit = if events.is_empty() {
+                    "COMMIT".to_string()
+                } else {
+                    format!("NOTIFY {}, '{}'; COMMIT", self.channel(), self.server_id)
+                };
+                if let Err(error) = conn.batch(&commit) {
                     let _ = conn.batch("ROLLBACK");
                     return Err(error);
                 }
@@ -315,8 +336,9 @@ impl PgEngine {
         let spawned = std::thread::Builder::new()
             .name("conclave-pg-follow".into())
             .spawn(move || {
+                let mut listener: Option<postgres::Client> = None;
                 loop {
-                    std::thread::sleep(FOLLOW_INTERVAL);
+                    wait_for_others(&mut listener, &store);
                     let Some(inner) = store.upgrade() else {
                         return;
                     };
@@ -370,6 +392,56 @@ impl Drop for PgEngine {
         if let Ok(closing) = closing {
             let _ = closing.join();
         }
+    }
+}
+
+/// Waits until another server notifies a commit with events, or [`FOLLOW_INTERVAL`] passes:
+/// the notification wakes followers at once, and the interval remains the fallback (a lost
+/// notification, a listening connection that broke). Order never rests on notifications: the
+/// follower reads the log by sequence number either way. Notifications this server sent are
+/// skipped (its own events reach the sink as it commits them).
+fn wait_for_others(
+    listener: &mut Option<postgres::Client>,
+    store: &std::sync::Weak<super::StoreInner>,
+) {
+    if listener.as_ref().is_none_or(postgres::Client::is_closed) {
+        *listener = store.upgrade().and_then(|inner| match &inner.engine {
+            super::Engine::Pg(engine) => engine
+                .listener()
+                .inspect_err(|error| tracing::debug!(%error, "cannot LISTEN; polling the log"))
+                .ok(),
+            super::Engine::Sqlite { .. } => None,
+        });
+    }
+    let Some(client) = listener.as_mut() else {
+        std::thread::sleep(FOLLOW_INTERVAL);
+        return;
+    };
+    let own = store.upgrade().and_then(|inner| match &inner.engine {
+        super::Engine::Pg(engine) => Some(engine.server_id.clone()),
+        super::Engine::Sqlite { .. } => None,
+    });
+    let deadline = std::time::Instant::now() + FOLLOW_INTERVAL;
+    let mut notifications = client.notifications();
+    let broke = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match postgres::fallible_iterator::FallibleIterator::next(
+            &mut notifications.timeout_iter(left),
+        ) {
+            Ok(Some(notification)) if Some(notification.payload()) != own.as_deref() => {
+                break false;
+            }
+            Ok(Some(_)) if !left.is_zero() => {}
+            Ok(_) => break false,
+            Err(error) => {
+                tracing::debug!(%error, "the LISTEN connection broke; polling the log");
+                break true;
+            }
+        }
+    };
+    drop(notifications);
+    if broke {
+        *listener = None;
     }
 }
 
