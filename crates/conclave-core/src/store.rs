@@ -246,7 +246,8 @@ impl Store {
     /// Sets the function that receives every committed event (the server's broadcast).
     ///
     /// On PostgreSQL the sink also gets the events other servers write to the same database
-    /// (a follower thread reads the log every fifth of a second), in sequence order.
+    /// (a follower thread reads the log when another server's `NOTIFY` wakes it, and at least
+    /// every fifth of a second), in sequence order.
     pub fn set_event_sink(&self, sink: EventSink) {
         *lock(&self.inner.sink) = Some(sink);
         if let Engine::Pg(engine) = &self.inner.engine {

@@ -42,11 +42,11 @@ impl TlsCluster {
 }
 
 fn is_root() -> bool {
-    nix_free_uid() == 0
+    effective_uid() == 0
 }
 
 /// The effective user id, from /proc (no libc dependency for one number).
-fn nix_free_uid() -> u32 {
+fn effective_uid() -> u32 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {

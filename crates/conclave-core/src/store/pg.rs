@@ -19,8 +19,11 @@
 //! sequence order, and only one connection per server waits on the lock.
 //!
 //! Live events cross servers by following the log: a server hands its sink its own events as
-//! it commits them and, every [`FOLLOW_INTERVAL`], the events other servers committed, always in
-//! sequence order and each once (see [`PgEngine::follow`]).
+//! it commits them and the events other servers committed, always in sequence order and each
+//! once (see [`PgEngine::follow`]). A commit with events sends a `NOTIFY` on the store's channel
+//! that wakes the other servers' followers at once; they read the log by sequence number when
+//! woken and at least every [`FOLLOW_INTERVAL`] (a lost notification, a broken listening
+//! connection), so order and completeness never rest on the notifications.
 //!
 //! The `postgres` client is synchronous (it drives its own small runtime): call it from blocking
 //! threads, never from an async task, as the server already does for the store.
