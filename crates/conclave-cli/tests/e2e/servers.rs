@@ -256,7 +256,7 @@ async fn two_servers_on_one_postgres_race_follow_and_fail_over() -> Result<()> {
         urls: Vec::new(),
     };
     let mut servers = Vec::new();
-    for host in 0..2 {
+    for (host, address) in ADDRESSES.iter().enumerate() {
         if host == 1 {
             std::fs::copy(
                 cluster.clones[0].join(".conclave/admin.token"),
@@ -266,7 +266,7 @@ async fn two_servers_on_one_postgres_race_follow_and_fail_over() -> Result<()> {
         let log = logs.path().join(format!("server-{host}.log"));
         let mut serve = netns.command(host, BIN);
         serve
-            .args(["serve", "--listen", &format!("{}:0", ADDRESSES[host])])
+            .args(["serve", "--listen", &format!("{address}:0")])
             .current_dir(&cluster.clones[host])
             .env_remove("CONCLAVE_URL")
             .env("RUST_LOG", "info")
@@ -275,10 +275,7 @@ async fn two_servers_on_one_postgres_race_follow_and_fail_over() -> Result<()> {
             .stderr(std::fs::File::create(&log)?);
         servers.push(AgentProcess::spawn(serve)?);
         let url = wait_for_url(&cluster.clones[host], &log).await?;
-        ensure!(
-            url.starts_with(&format!("http://{}:", ADDRESSES[host])),
-            "{url}"
-        );
+        ensure!(url.starts_with(&format!("http://{address}:")), "{url}");
         cluster.urls.push(url);
         if host == 0 {
             // A becomes the sweeper before B starts (its first sweep comes within a second).
