@@ -11,8 +11,12 @@
 //! seconds, a claim held by an agent that died with A returns to `ready`, and host 1's agents
 //! carry on through B.
 //!
-//! It needs root, `ip` and PostgreSQL; without them it prints `skipped: <reason>` (under
-//! `CI=true` it fails).
+//! A second test does the same failover for a live Claude Code session: host 1's supervisor
+//! (`conclave up --server A,B`) runs the real CLI, driven by the stand-in on host 1's loopback,
+//! through its relay; after A's SIGKILL the same session finishes a task through B.
+//!
+//! They need root, `ip` and PostgreSQL (and the second, Claude Code); without them they print
+//! `skipped: <reason>` (under `CI=true` they fail).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,8 +28,11 @@ use conclave_core::store::pg_tls::PgTarget;
 use conclave_core::store::testing::postgres_test_url;
 use serde_json::Value;
 
-use crate::hosts::Netns;
-use crate::support::{AgentProcess, BIN, COMMAND_TIMEOUT, Team, serial};
+use conclave_standin::claude_cli::{CliEnv, claude_or_skip};
+use conclave_standin::{Script, StandIn};
+
+use crate::hosts::{Netns, finisher};
+use crate::support::{AGENT_TIMEOUT, AgentProcess, BIN, COMMAND_TIMEOUT, Team, api_key, serial};
 
 /// The two servers' addresses (inside the namespaces only).
 const ADDRESSES: [&str; 2] = ["10.200.0.1", "10.200.0.2"];
@@ -219,51 +226,45 @@ async fn wait_for_url(root: &Path, log: &Path) -> Result<String> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_servers_on_one_postgres_race_follow_and_fail_over() -> Result<()> {
-    let _serial = serial().await;
-    let Some(netns) = Netns::create()? else {
-        return Ok(());
-    };
-    // The driver is synchronous: off the runtime's threads.
-    let Some(store_url) = tokio::task::spawn_blocking(postgres_test_url).await? else {
-        return Ok(());
-    };
-    // Two clones, one per "host", each with its server's conclave.toml naming the one database;
-    // `application_name` tells the servers' connections apart in pg_locks.
-    let teams = [Team::create().await?, Team::create().await?];
+/// Two clones, one per "host", each with a conclave.toml naming the one database (plus
+/// `extra`), and server A (host 1) then server B (host 2) serving them; A is the sweeper before B
+/// starts. `names` are the servers' `application_name`s, which tell their connections apart in
+/// `pg_locks`. The teams keep the clones alive.
+async fn start_servers<'n>(
+    netns: &'n Netns,
+    store_url: &str,
+    names: &[String; 2],
+    extra: &str,
+    logs: &Path,
+) -> Result<(Vec<Team>, Cluster<'n>, Vec<AgentProcess>)> {
+    let teams = vec![Team::create().await?, Team::create().await?];
     let clones = [teams[0].root().to_path_buf(), teams[1].root().to_path_buf()];
-    let names = [
-        format!("conclave-a-{}", std::process::id()),
-        format!("conclave-b-{}", std::process::id()),
-    ];
-    for (clone, name) in clones.iter().zip(&names) {
+    for (clone, name) in clones.iter().zip(names) {
         std::fs::create_dir_all(clone.join("src"))?;
         std::fs::write(
             clone.join("conclave.toml"),
             format!(
                 "[server]\nallow_remote = true\nclaim_ttl_secs = {CLAIM_TTL_SECS}\n\n\
-                 [store]\nurl = {}\n",
+                 [store]\nurl = {}\n\n{extra}",
                 serde_json::to_string(&format!("{store_url}&application_name={name}"))?
             ),
         )?;
     }
-    // One admin token for the team: host 1's, copied to host 2's clone.
-    let logs = tempfile::tempdir()?;
     let mut cluster = Cluster {
-        netns: &netns,
+        netns,
         clones,
         urls: Vec::new(),
     };
     let mut servers = Vec::new();
     for (host, address) in ADDRESSES.iter().enumerate() {
         if host == 1 {
+            // One admin token for the team: host 1's, copied to host 2's clone.
             std::fs::copy(
                 cluster.clones[0].join(".conclave/admin.token"),
                 cluster.clones[1].join(".conclave/admin.token"),
             )?;
         }
-        let log = logs.path().join(format!("server-{host}.log"));
+        let log = logs.join(format!("server-{host}.log"));
         let mut serve = netns.command(host, BIN);
         serve
             .args(["serve", "--listen", &format!("{address}:0")])
@@ -280,7 +281,7 @@ async fn two_servers_on_one_postgres_race_follow_and_fail_over() -> Result<()> {
         if host == 0 {
             // A becomes the sweeper before B starts (its first sweep comes within a second).
             let deadline = Instant::now() + Duration::from_secs(10);
-            while sweeper_holder(&store_url, &names).await?.as_deref() != Some(&names[0]) {
+            while sweeper_holder(store_url, names).await?.as_deref() != Some(&names[0]) {
                 ensure!(
                     Instant::now() < deadline,
                     "server A never took the sweeper's lock"
@@ -289,6 +290,26 @@ async fn two_servers_on_one_postgres_race_follow_and_fail_over() -> Result<()> {
             }
         }
     }
+    Ok((teams, cluster, servers))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_on_one_postgres_race_follow_and_fail_over() -> Result<()> {
+    let _serial = serial().await;
+    let Some(netns) = Netns::create()? else {
+        return Ok(());
+    };
+    // The driver is synchronous: off the runtime's threads.
+    let Some(store_url) = tokio::task::spawn_blocking(postgres_test_url).await? else {
+        return Ok(());
+    };
+    let names = [
+        format!("conclave-a-{}", std::process::id()),
+        format!("conclave-b-{}", std::process::id()),
+    ];
+    let logs = tempfile::tempdir()?;
+    let (teams, cluster, mut servers) =
+        start_servers(&netns, &store_url, &names, "", logs.path()).await?;
     let server_log = |host: usize| {
         std::fs::read_to_string(logs.path().join(format!("server-{host}.log"))).unwrap_or_default()
     };
@@ -545,5 +566,164 @@ async fn two_servers_on_one_postgres_race_follow_and_fail_over() -> Result<()> {
     );
     drop(servers);
     drop(teams);
+    Ok(())
+}
+
+/// Polls, through `host`'s server, until task `id` is done; answers it.
+async fn wait_done(cluster: &Cluster<'_>, host: usize, id: &str) -> Result<Value> {
+    let deadline = Instant::now() + AGENT_TIMEOUT;
+    loop {
+        let (code, shown, _) = cluster
+            .run(
+                host,
+                &cluster.urls[host],
+                None,
+                &["task", "show", id, "--json"],
+            )
+            .await?;
+        if code == 0 {
+            let task: Value = serde_json::from_str(&shown)?;
+            if task["status"] == "done" {
+                return Ok(task);
+            }
+        }
+        ensure!(Instant::now() < deadline, "{id} is not done");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// A live Claude Code session fails over between two servers running at once on one
+/// PostgreSQL: host 1's supervisor runs `conclave up --server A,B`, its agent's session reaches
+/// A through the supervisor's relay and finishes a task; A is SIGKILLed (B keeps running, as it
+/// did all along); the same session, woken through B for a task added there, claims and
+/// finishes it through B, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_session_fails_over_between_two_servers_on_one_postgres() -> Result<()> {
+    let _serial = serial().await;
+    let Some(claude) = claude_or_skip() else {
+        return Ok(());
+    };
+    let Some(netns) = Netns::create()? else {
+        return Ok(());
+    };
+    let Some(store_url) = tokio::task::spawn_blocking(postgres_test_url).await? else {
+        return Ok(());
+    };
+    // The stand-in for the model API on host 1's own loopback, where the agent runs.
+    let stand_in = StandIn::start_on(
+        netns.loopback_listener(0)?,
+        Script::new().agent_fn(&api_key("solo"), finisher),
+    )?;
+    let home = CliEnv::new(&stand_in.url(), &api_key("solo"))?;
+    let env: Vec<String> = home
+        .vars()
+        .iter()
+        .map(|(key, value)| format!("{key} = {}", serde_json::json!(value)))
+        .collect();
+    let agent = format!(
+        "[[agent]]\nname = \"solo\"\nhost = \"build-1\"\npermission_mode = \"acceptEdits\"\n\
+         env = {{ {} }}\n",
+        env.join(", ")
+    );
+    let names = [
+        format!("conclave-relay-a-{}", std::process::id()),
+        format!("conclave-relay-b-{}", std::process::id()),
+    ];
+    let logs = tempfile::tempdir()?;
+    let (_teams, cluster, mut servers) =
+        start_servers(&netns, &store_url, &names, &agent, logs.path()).await?;
+    let first = cluster
+        .ok(
+            0,
+            &cluster.urls[0],
+            None,
+            &["task", "add", "Before the failover"],
+        )
+        .await?;
+
+    // Host 1's supervisor, with both servers; its agent reaches them through its relay.
+    let supervisor_env = CliEnv::new(&stand_in.url(), "key-supervisor")?;
+    let log = logs.path().join("up.log");
+    let both = cluster.failover_urls(0);
+    let mut up = cluster.command(
+        0,
+        &both,
+        None,
+        &["up", "--stay", "--host", "build-1", "--server", &both],
+    );
+    for (key, value) in supervisor_env.vars() {
+        up.env(key, value);
+    }
+    up.env_remove("CONCLAVE_URL")
+        .env("CONCLAVE_CLAUDE_BIN", &claude)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?);
+    let mut up = AgentProcess::spawn(up)?;
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_done(&cluster, 1, &first)
+        .await
+        .with_context(|| format!("before the failover: {}", log_text()))?;
+    ensure!(
+        log_text().contains("through the relay at http://127.0.0.1:"),
+        "{}",
+        log_text()
+    );
+    let listed = |stdout: String| -> Result<Value> {
+        let list: Value = serde_json::from_str(&stdout)?;
+        list["agents"]
+            .as_array()
+            .and_then(|agents| agents.iter().find(|a| a["name"] == "solo"))
+            .cloned()
+            .context("solo is not listed")
+    };
+    let before = listed(
+        cluster
+            .ok(1, &cluster.urls[1], None, &["agent", "list", "--json"])
+            .await?,
+    )?;
+
+    // A dies; B has been serving the same database all along.
+    let pid = servers[0]
+        .id()
+        .and_then(|pid| i32::try_from(pid).ok())
+        .context("server A has no pid")?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    servers[0].wait(COMMAND_TIMEOUT).await?;
+    let second = cluster
+        .ok(
+            1,
+            &cluster.urls[1],
+            None,
+            &["task", "add", "After the failover"],
+        )
+        .await?;
+    let task = wait_done(&cluster, 1, &second)
+        .await
+        .with_context(|| format!("after the failover: {}", log_text()))?;
+    ensure!(task["assignee"] == "solo", "{task}");
+    let after = listed(
+        cluster
+            .ok(1, &cluster.urls[1], None, &["agent", "list", "--json"])
+            .await?,
+    )?;
+    // The same process and session did both tasks: nothing was restarted.
+    for field in ["pid", "session_id"] {
+        ensure!(after[field] == before[field], "{before} / {after}");
+    }
+    ensure!(after["restarts"] == 0, "{after}");
+
+    if let Some(pid) = up.id().and_then(|pid| i32::try_from(pid).ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let status = up.wait(COMMAND_TIMEOUT).await?;
+    ensure!(status.success(), "conclave up: {status}: {}", log_text());
+    drop(stand_in);
+    drop(home);
     Ok(())
 }
