@@ -53,8 +53,34 @@ impl PgTarget {
     /// Parses `url` (the `postgres://` URL form or libpq's `key=value` form) and builds the
     /// TLS connector its `sslmode` needs (reading `sslrootcert`).
     pub fn parse(url: &str) -> Result<PgTarget, String> {
+        let (mut config, mode, root_cert) = PgTarget::options(url)?;
+        let roots = root_cert.as_deref().map(read_roots).transpose()?;
+        config.ssl_mode(match mode {
+            SslMode::Disable => postgres::config::SslMode::Disable,
+            SslMode::Prefer => postgres::config::SslMode::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                postgres::config::SslMode::Require
+            }
+        });
+        let tls = match mode {
+            SslMode::Disable => None,
+            _ => Some(tokio_postgres_rustls::MakeRustlsConnect::new(
+                client_config(mode, roots)?,
+            )),
+        };
+        Ok(PgTarget { config, mode, tls })
+    }
+
+    /// Checks `url` as [`PgTarget::parse`] does, without reading `sslrootcert` (a configuration
+    /// file is read on hosts that never connect to the database, where that file need not be).
+    pub fn check(url: &str) -> Result<(), String> {
+        PgTarget::options(url).map(|_| ())
+    }
+
+    /// The driver's configuration, the mode, and the root certificate's path.
+    fn options(url: &str) -> Result<(postgres::Config, SslMode, Option<String>), String> {
         let (rest, ssl) = take_ssl_options(url)?;
-        let mut config: postgres::Config = rest.parse().map_err(|error| format!("{error}"))?;
+        let config: postgres::Config = rest.parse().map_err(|error| format!("{error}"))?;
         let mode = match ssl.mode.as_deref() {
             None | Some("prefer") => SslMode::Prefer,
             Some("disable") => SslMode::Disable,
@@ -91,7 +117,7 @@ impl PgTarget {
                 mode_name(mode)
             ));
         }
-        let roots = match (&ssl.root_cert, mode) {
+        match (&ssl.root_cert, mode) {
             (Some(path), SslMode::Disable | SslMode::Prefer) => {
                 return Err(format!(
                     "sslrootcert={path} with sslmode={}: that mode may connect in plain text, so \
@@ -106,23 +132,9 @@ impl PgTarget {
                     mode_name(mode)
                 ));
             }
-            (Some(path), _) => Some(read_roots(path)?),
-            (None, _) => None,
-        };
-        config.ssl_mode(match mode {
-            SslMode::Disable => postgres::config::SslMode::Disable,
-            SslMode::Prefer => postgres::config::SslMode::Prefer,
-            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
-                postgres::config::SslMode::Require
-            }
-        });
-        let tls = match mode {
-            SslMode::Disable => None,
-            _ => Some(tokio_postgres_rustls::MakeRustlsConnect::new(
-                client_config(mode, roots)?,
-            )),
-        };
-        Ok(PgTarget { config, mode, tls })
+            _ => {}
+        }
+        Ok((config, mode, ssl.root_cert))
     }
 
     /// Opens one connection with the TLS the URL asked for.
@@ -443,9 +455,13 @@ mod tests {
         assert!(
             refusal("postgres://u@%2Frun%2Fpostgresql/x?sslmode=require").contains("unix socket")
         );
+        let missing = "postgres://u@db/x?sslmode=verify-full&sslrootcert=%2Fnowhere%2Fca.pem";
+        assert!(refusal(missing).contains("cannot read sslrootcert=/nowhere/ca.pem"));
+        // A configuration check does not read the file (it may be on the servers' hosts only).
+        assert_eq!(PgTarget::check(missing), Ok(()));
         assert!(
-            refusal("postgres://u@db/x?sslmode=verify-full&sslrootcert=%2Fnowhere%2Fca.pem")
-                .contains("cannot read sslrootcert=/nowhere/ca.pem")
+            PgTarget::check("postgres://u@db/x?sslmode=verify-ca")
+                .is_err_and(|error| error.contains("needs sslrootcert"))
         );
     }
 }
