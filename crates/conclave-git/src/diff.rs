@@ -139,7 +139,9 @@ fn bounded_output(git: &Git, args: &[&str], max_bytes: usize) -> Result<(String,
         .ok_or_else(|| GitError::io(context(), std::io::Error::other("no stdout")))?;
     let mut kept = Vec::new();
     // One byte more than the bound tells whether there was more.
-    let limit = u64::try_from(max_bytes).unwrap_or(u64::MAX).saturating_add(1);
+    let limit = u64::try_from(max_bytes)
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
     (&mut stdout)
         .take(limit)
         .read_to_end(&mut kept)
@@ -149,7 +151,10 @@ fn bounded_output(git: &Git, args: &[&str], max_bytes: usize) -> Result<(String,
         // Git may still be writing: it is not waited for to the end of a huge diff.
         let _ = child.kill();
         kept.truncate(max_bytes);
-        let whole_lines = kept.iter().rposition(|&byte| byte == b'\n').map_or(0, |at| at + 1);
+        let whole_lines = kept
+            .iter()
+            .rposition(|&byte| byte == b'\n')
+            .map_or(0, |at| at + 1);
         kept.truncate(whole_lines);
         let _ = child.wait();
     } else {

@@ -912,7 +912,9 @@ fn a_branch_diff_shows_only_what_the_branch_changed_since_it_forked_and_is_bound
     // The integration branch moves on after the fork: its change is not the branch's.
     let main = fixture.test_repo.path();
     TestRepo::git_in(main, &["checkout", "--quiet", INTEGRATION]);
-    fixture.test_repo.write("later.txt", "landed by someone else\n");
+    fixture
+        .test_repo
+        .write("later.txt", "landed by someone else\n");
     fixture.test_repo.commit_all("someone else's work");
     let git = fixture.repo.git();
 
@@ -927,8 +929,15 @@ fn a_branch_diff_shows_only_what_the_branch_changed_since_it_forked_and_is_bound
 
     let cut = branch_diff(git, INTEGRATION, "conclave/T-1", 300).expect("bounded diff");
     assert!(cut.truncated);
-    assert!(cut.patch.len() <= 300 && cut.patch.ends_with('\n'), "{:?}", cut.patch);
-    assert_eq!(cut.files, whole.files, "the file list is complete when the patch is cut");
+    assert!(
+        cut.patch.len() <= 300 && cut.patch.ends_with('\n'),
+        "{:?}",
+        cut.patch
+    );
+    assert_eq!(
+        cut.files, whole.files,
+        "the file list is complete when the patch is cut"
+    );
 
     match branch_diff(git, INTEGRATION, "conclave/T-9", 1000) {
         Err(GitError::NoSuchBranch(branch)) => assert_eq!(branch, "conclave/T-9"),
