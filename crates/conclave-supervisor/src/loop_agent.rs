@@ -3,17 +3,22 @@
 //! `budget_usd`), its `until` check and `max_iterations`. Each iteration claims one ready task
 //! that fits the agent's role and capabilities, works on it and finishes it; the loop waits while
 //! nothing fits but other work may still make a task ready, and ends when its check passes, its
-//! iterations or budget run out, or no task is left for it.
+//! iterations or budget run out (its own `budget_usd`, or the team's `team_budget_usd`, which
+//! its iterations count against), no task is left for it, or, with `confirm = true`, a person
+//! stops it before an iteration.
 
 use std::collections::BTreeMap;
 
 use conclave_client::Client;
 use conclave_core::config::Config;
+use conclave_core::model::Confirmation;
 use conclave_core::project::Project;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::loop_run::{LoopEnd, LoopExtras, LoopOptions, iteration_line, run_loop_with};
+use crate::loop_run::{
+    ConfirmEach, LoopEnd, LoopExtras, LoopOptions, iteration_line, run_loop_with,
+};
 use crate::machine::LoopEnded;
 use crate::plan::AgentPlan;
 
@@ -28,6 +33,9 @@ pub struct LoopAgent {
     pub plan: AgentPlan,
     pub until: Option<String>,
     pub max_iterations: Option<u32>,
+    /// `confirm = true`: a person decides before each iteration after the first, from the
+    /// dashboard or the API (`up` has no terminal to ask in).
+    pub confirm: bool,
 }
 
 /// Splits the team's plans into the long-lived agents and the loops (by the `[[agent]]` each
@@ -53,6 +61,7 @@ pub fn split_loops(config: &Config, plans: Vec<AgentPlan>) -> (Vec<AgentPlan>, V
             Some(spec) => loops.push(LoopAgent {
                 until: spec.until.clone(),
                 max_iterations: spec.max_iterations,
+                confirm: spec.confirm.unwrap_or(false),
                 plan,
             }),
             None => team.push(plan),
@@ -95,6 +104,7 @@ pub fn spawn_loop(
                 let name = name.clone();
                 move |why: &str| eprintln!("conclave: {name} waits: {why}")
             })),
+            confirm: agent.confirm.then(|| confirm_from_the_dashboard(&name)),
             ..LoopExtras::default()
         };
         eprintln!("conclave: {name} runs as a loop (one task per iteration)");
@@ -131,6 +141,23 @@ pub fn spawn_loop(
     });
 }
 
+/// The checkpoints of a loop with `confirm = true`: no terminal answers (the channel is closed at
+/// once), so the decision comes from the dashboard or the API; `up`'s terminal says who waits.
+fn confirm_from_the_dashboard(name: &str) -> ConfirmEach {
+    let (_no_terminal, terminal) = tokio::sync::mpsc::unbounded_channel();
+    let name = name.to_string();
+    ConfirmEach {
+        terminal,
+        on_wait: Box::new(move |waiting: &Confirmation| {
+            eprintln!(
+                "conclave: {name} waits for you before iteration {}: continue or stop it on the \
+                 dashboard (or POST /api/agents/{name}/confirm)",
+                waiting.next_iteration
+            );
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,5 +178,6 @@ mod tests {
         assert_eq!(loop_names, ["fixer-1", "fixer-2"]);
         assert_eq!(loops[0].until.as_deref(), Some("true"));
         assert_eq!(loops[0].max_iterations, Some(4));
+        assert!(!loops[0].confirm, "no person asked unless confirm = true");
     }
 }

@@ -300,6 +300,20 @@ pub async fn run_loop_with(
     let mut prompt = options.prompt.clone();
     let end = loop {
         let number = iterations.len() as u32 + 1;
+        // A loop inside `up` first waits for a task that fits it: a person is asked only about an
+        // iteration that would run.
+        if extras.one_task_each {
+            let fits = TaskFit {
+                name: &options.agent,
+                role: extras.role.as_deref(),
+                caps: &extras.caps,
+            };
+            match wait_for_a_task(admin, &fits, &mut extras.on_waiting, &interrupt).await {
+                TaskWait::Ready => {}
+                TaskWait::NoneLeft => break LoopEnd::NoTaskLeft,
+                TaskWait::Interrupted => break LoopEnd::Interrupted,
+            }
+        }
         if let (Some(confirm), Some(last)) = (extras.confirm.as_mut(), iterations.last()) {
             match wait_for_person(admin, &options.agent, last, confirm, &interrupt).await? {
                 Waited::Interrupted => break LoopEnd::Interrupted,
@@ -311,22 +325,19 @@ pub async fn run_loop_with(
                     // Answered is decided: the wait returns only then.
                     Some(ConfirmDecision::Continue) | None => {
                         if let Some(edited) = answer.prompt {
-                            prompt = edited;
+                            prompt = if extras.one_task_each {
+                                // A loop inside `up` still takes one task per iteration: the
+                                // person's words come with that instruction, not instead of it.
+                                format!(
+                                    "{}\n\nA person's instructions for this loop:\n{edited}",
+                                    options.prompt.trim_end()
+                                )
+                            } else {
+                                edited
+                            };
                         }
                     }
                 },
-            }
-        }
-        if extras.one_task_each {
-            let fits = TaskFit {
-                name: &options.agent,
-                role: extras.role.as_deref(),
-                caps: &extras.caps,
-            };
-            match wait_for_a_task(admin, &fits, &mut extras.on_waiting, &interrupt).await {
-                TaskWait::Ready => {}
-                TaskWait::NoneLeft => break LoopEnd::NoTaskLeft,
-                TaskWait::Interrupted => break LoopEnd::Interrupted,
             }
         }
         let (summary, last_seq) = state_summary(admin, seen_seq, iterations.last()).await;
