@@ -13,11 +13,12 @@ use conclave_client::Client;
 use conclave_core::config::Config;
 use conclave_core::model::Confirmation;
 use conclave_core::project::Project;
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::loop_run::{
-    ConfirmEach, LoopEnd, LoopExtras, LoopOptions, iteration_line, run_loop_with,
+    ConfirmEach, LoopEnd, LoopExtras, LoopOptions, LoopSpend, iteration_line, run_loop_with,
 };
 use crate::machine::LoopEnded;
 use crate::plan::AgentPlan;
@@ -70,16 +71,39 @@ pub fn split_loops(config: &Config, plans: Vec<AgentPlan>) -> (Vec<AgentPlan>, V
     (team, loops)
 }
 
+/// What a loop inside `up` shares with the team: how it is stopped, and where its spend goes.
+#[derive(Clone)]
+pub struct LoopTies {
+    /// The run ends: the loop ends (a running iteration is interrupted and recorded).
+    pub stop: CancellationToken,
+    /// The team's budget is spent: the loop ends, saying so.
+    pub team_budget_spent: CancellationToken,
+    /// After each iteration: what the loop has spent in all, for the team's budget.
+    pub spent: UnboundedSender<LoopSpend>,
+}
+
 /// Starts `agent`'s loop in `set`, its sessions reaching the server at `url`; it ends by itself
-/// or when `stop` is cancelled. Each iteration and the end are printed in `up`'s terminal.
+/// or when the run ends or the team's budget is spent ([`LoopTies`]). Each iteration and the end
+/// are printed in `up`'s terminal.
 pub fn spawn_loop(
     set: &mut JoinSet<LoopEnded>,
     project: Project,
     admin: Client,
     url: String,
     agent: LoopAgent,
-    stop: CancellationToken,
+    ties: LoopTies,
 ) {
+    let stop = ties.stop.child_token();
+    // The team's budget ends the loop like the end of the run; the watcher goes with the loop.
+    tokio::spawn({
+        let (stop, spent) = (stop.clone(), ties.team_budget_spent.clone());
+        async move {
+            tokio::select! {
+                () = spent.cancelled() => stop.cancel(),
+                () = stop.cancelled() => {}
+            }
+        }
+    });
     set.spawn(async move {
         let name = agent.plan.name.clone();
         let settings = agent.plan.settings.clone();
@@ -105,6 +129,7 @@ pub fn spawn_loop(
                 move |why: &str| eprintln!("conclave: {name} waits: {why}")
             })),
             confirm: agent.confirm.then(|| confirm_from_the_dashboard(&name)),
+            on_spent: Some(ties.spent.clone()),
             ..LoopExtras::default()
         };
         eprintln!("conclave: {name} runs as a loop (one task per iteration)");
@@ -119,10 +144,16 @@ pub fn spawn_loop(
                     LoopEnd::CouldNotRun(why) => Some(why.clone()),
                     _ => None,
                 };
+                let why = if report.end == LoopEnd::Interrupted
+                    && ties.team_budget_spent.is_cancelled()
+                {
+                    "the team's budget is spent".to_string()
+                } else {
+                    report.end.describe()
+                };
                 LoopEnded {
                     summary: format!(
-                        "{name}: loop, {}: {} iteration(s), ${:.2}",
-                        report.end.describe(),
+                        "{name}: loop, {why}: {} iteration(s), ${:.2}",
                         report.iterations.len(),
                         report.cost_usd()
                     ),
