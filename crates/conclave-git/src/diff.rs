@@ -175,8 +175,16 @@ mod tests {
 
     #[test]
     fn numstat_reads_plain_renamed_and_binary_files() {
-        let text = "3\t1\tsrc/a.rs\0-\t-\tlogo.png\00\t0\t\0old.txt\0new.txt\0";
-        let files = parse_numstat(text);
+        let text = [
+            "3\t1\tsrc/a.rs",
+            "-\t-\tlogo.png",
+            "0\t0\t",
+            "old.txt",
+            "new.txt",
+            "",
+        ]
+        .join("\0");
+        let files = parse_numstat(&text);
         assert_eq!(files.len(), 3, "{files:?}");
         assert_eq!(files[0].path, "src/a.rs");
         assert_eq!((files[0].added, files[0].removed), (Some(3), Some(1)));
