@@ -493,7 +493,7 @@ function approvalItem(task) {
 
 function confirmationItem(waiting) {
   const prompt = h('input', {
-    name: 'prompt', placeholder: 'new prompt (optional; replaces the loop\'s own from this iteration on)', 'aria-label': `new prompt for ${waiting.agent}`,
+    name: 'prompt', placeholder: 'new prompt (optional; the iterations from now on get it)', 'aria-label': `new prompt for ${waiting.agent}`,
     value: waitingForYou.prompts.get(waiting.agent) || '', oninput: () => waitingForYou.prompts.set(waiting.agent, prompt.value),
   });
   const answer = (decision) => act(`${decision} ${waiting.agent}`, async () => {
