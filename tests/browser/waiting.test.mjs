@@ -117,10 +117,12 @@ async function finishedAwaitingApproval(coder, title) {
 test('approvals and a loop confirmation are decided from the waiting-for-you list', { skip, timeout: 60000 }, async () => {
   const coder = (await call('POST', '/api/agents', { name: 'coder' })).token;
   await call('POST', '/api/agents', { name: 'fixer' });
+  await call('POST', '/api/agents', { name: 'tidier' });
   const rejected = await finishedAwaitingApproval(coder, 'Rename the config key');
   const approved = await finishedAwaitingApproval(coder, 'Document the flag');
   branchFor(rejected);
   await call('POST', '/api/agents/fixer/confirmation', { next_iteration: 2, summary: 'iteration 1: $0.0100, 2 turns, 3.0s, check exit 1' });
+  await call('POST', '/api/agents/tidier/confirmation', { next_iteration: 4, summary: 'iteration 3: $0.0200, 4 turns, 5.0s, no check' });
 
   const context = await browser.newContext({ viewport: { width: 1200, height: 900 } });
   const page = await context.newPage();
@@ -130,7 +132,7 @@ test('approvals and a loop confirmation are decided from the waiting-for-you lis
   await page.waitForSelector('body[data-ready="true"]');
 
   const list = page.locator('#waiting');
-  await list.getByText('Waiting for you (3)').waitFor();
+  await list.getByText('Waiting for you (4)').waitFor();
   const loopItem = list.locator('[data-confirmation="fixer"]');
   assert.match(await loopItem.innerText(), /run iteration 2\?[\s\S]*check exit 1/);
 
@@ -163,6 +165,15 @@ test('approvals and a loop confirmation are decided from the waiting-for-you lis
 
   await list.locator(`[data-approval="${approved}"]`).getByRole('button', { name: 'Approve' }).click();
   await waitFor('the approval', async () => (await call('GET', `/api/tasks/${approved}`)).status === 'done');
+
+  // Continue with more instructions: the answer carries them.
+  const tidier = list.locator('[data-confirmation="tidier"]');
+  await tidier.getByRole('textbox').fill('Only touch the docs folder.');
+  await tidier.getByRole('button', { name: 'Continue' }).click();
+  await waitFor('the loop continued with a prompt', async () => {
+    const { confirmations } = await call('GET', '/api/confirmations?agent=tidier');
+    return confirmations[0] && confirmations[0].decision === 'continue' && confirmations[0].prompt === 'Only touch the docs folder.';
+  });
 
   await loopItem.getByRole('button', { name: 'Stop' }).click();
   await waitFor('the loop decision', async () => {
