@@ -496,6 +496,10 @@ pub enum TaskCommand {
         /// Print JSON instead of text
         #[arg(long)]
         json: bool,
+        /// Also print what the task's branch (conclave/T-3) changed since it forked from the
+        /// integration branch; with --json, the diff's JSON instead of the task's
+        #[arg(long)]
+        diff: bool,
     },
     /// Change a task's title, body, priority, role or dependencies
     Edit {

@@ -361,6 +361,10 @@ pub struct AgentSpec {
     pub until: Option<String>,
     /// `mode = "loop"`: the most iterations it runs.
     pub max_iterations: Option<u32>,
+    /// `mode = "loop"`: before each iteration after the first, wait for a person's decision
+    /// (continue, perhaps with more instructions, or stop) from the dashboard or the API, as
+    /// `conclave loop --confirm` does.
+    pub confirm: Option<bool>,
     /// The machine that runs this agent (docs/scale-out.md): `conclave up --server URL` on the
     /// host whose name (`--host`, default its hostname) matches starts it. An agent without
     /// `host` runs where `conclave up` runs without `--server`, next to the server.
@@ -391,6 +395,7 @@ impl AgentSpec {
             for (key, set) in [
                 ("until", self.until.is_some()),
                 ("max_iterations", self.max_iterations.is_some()),
+                ("confirm", self.confirm.is_some()),
             ] {
                 if set {
                     return Err(format!(
@@ -809,6 +814,13 @@ pub const EXAMPLE_CONFIG: &str = r#"# Conclave configuration. Every setting is o
 # allowed_tools = ["Read", "Edit", "Write", "Bash(cargo *)"]
 # env = { ANTHROPIC_BASE_URL = "http://127.0.0.1:9999" }
 
+# [[agent]]
+# name = "fixer"
+# mode = "loop"                # a fresh session per iteration, one ready task each
+# until = "cargo test"         # the loop ends when this passes
+# max_iterations = 10
+# confirm = true               # wait for a person (dashboard or API) before each next iteration
+
 # [[pipeline]]                 # tasks created in it pass coder -> reviewer -> tester
 # name = "reviewed"
 # stages = ["coder", "reviewer", "tester"]
@@ -843,6 +855,12 @@ mod tests {
         let error = Config::parse("[[agent]]\nname = \"x\"\nmode = \"loop\"\nmax_iterations = 0\n")
             .expect_err("zero iterations");
         assert!(error.contains("at least 1"), "{error}");
+        let config = Config::parse("[[agent]]\nname = \"x\"\nmode = \"loop\"\nconfirm = true\n")
+            .expect("a loop that asks a person");
+        assert_eq!(config.agents[0].confirm, Some(true));
+        let error = Config::parse("[[agent]]\nname = \"coder\"\nconfirm = true\n")
+            .expect_err("confirm without loop");
+        assert!(error.contains("confirm is a setting of a loop"), "{error}");
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod serve;
 mod steering;
 mod store;
 mod support;
+mod task_diff;
 mod terminal;
 mod tokens;
 mod tour;
