@@ -426,23 +426,15 @@ pub async fn open_project_server(
         project_root: Some(project.root().to_path_buf()),
         allowed_hosts,
         keep_working: config.server.keep_working,
-        merge: config
-            .merge
-            .clone()
-            .map(|merge| {
-                let host = options.host.clone().unwrap_or_else(machine_name);
-                let agent_hosts = config
-                    .agents
-                    .iter()
-                    .filter_map(|agent| agent.host.clone())
-                    .collect();
-                merge_queue::MergeQueue::on_host(
-                    merge,
-                    project.root().to_path_buf(),
-                    host,
-                    agent_hosts,
-                )
-            }),
+        merge: config.merge.clone().map(|merge| {
+            let host = options.host.clone().unwrap_or_else(machine_name);
+            let agent_hosts = config
+                .agents
+                .iter()
+                .filter_map(|agent| agent.host.clone())
+                .collect();
+            merge_queue::MergeQueue::on_host(merge, project.root().to_path_buf(), host, agent_hosts)
+        }),
         limits: ServerLimits {
             max_connections: config
                 .server

@@ -85,7 +85,10 @@ impl MergeQueue {
         Arc::new(MergeQueue {
             settings,
             project_root,
-            agent_hosts: agent_hosts.into_iter().filter(|name| *name != host).collect(),
+            agent_hosts: agent_hosts
+                .into_iter()
+                .filter(|name| *name != host)
+                .collect(),
             host,
             wake: Notify::new(),
             landing: tokio::sync::Mutex::new(()),

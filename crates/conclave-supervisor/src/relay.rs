@@ -319,7 +319,8 @@ async fn claim_with_steps(
     named: Option<String>,
 ) -> Response<RelayBody> {
     let (held, name) = (steps.clone(), agent.to_string());
-    let refusal = run_blocking(move || held.refuse_claim(&name).map_or(Ok(String::new()), Err)).await;
+    let refusal =
+        run_blocking(move || held.refuse_claim(&name).map_or(Ok(String::new()), Err)).await;
     if let Err(refusal) = refusal {
         return tool_answer(request, &refusal, true);
     }
@@ -341,9 +342,11 @@ async fn claim_with_steps(
     };
     if let Some(task) = claimed {
         let (held, name, id) = (steps.clone(), agent.to_string(), task.clone());
-        let switched =
-            run_blocking(move || held.after_claim(&name, &id).map_err(|error| error.to_string()))
-                .await;
+        let switched = run_blocking(move || {
+            held.after_claim(&name, &id)
+                .map_err(|error| error.to_string())
+        })
+        .await;
         let line = match switched {
             Ok(line) => line,
             Err(error) => {

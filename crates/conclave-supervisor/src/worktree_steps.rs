@@ -125,7 +125,9 @@ impl WorktreeSteps {
         let name = match known {
             Some(name) => name,
             None => {
-                let status = get_json(upstream, authorization, "/api/status").await.ok()?;
+                let status = get_json(upstream, authorization, "/api/status")
+                    .await
+                    .ok()?;
                 let name = status["me"].as_str().map(str::to_string);
                 if let Ok(mut identities) = self.identities.lock() {
                     identities.insert(authorization.to_string(), name.clone());
@@ -327,14 +329,20 @@ mod tests {
             Some(StepCall::Claim { task: None })
         );
         assert_eq!(
-            StepCall::parse(&call("done", serde_json::json!({"id": "T-2", "summary": "s"}))),
+            StepCall::parse(&call(
+                "done",
+                serde_json::json!({"id": "T-2", "summary": "s"})
+            )),
             Some(StepCall::Done {
                 task: "T-2".into(),
                 summary: Some("s".into())
             })
         );
         assert_eq!(
-            StepCall::parse(&call("fail", serde_json::json!({"id": "T-2", "reason": "r"}))),
+            StepCall::parse(&call(
+                "fail",
+                serde_json::json!({"id": "T-2", "reason": "r"})
+            )),
             Some(StepCall::Fail {
                 task: "T-2".into(),
                 reason: "r".into()
