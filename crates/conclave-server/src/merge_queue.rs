@@ -439,10 +439,12 @@ fn land_blocking(
 /// `shutdown`.
 pub async fn run_merge_queue(app: App, queue: Arc<MergeQueue>, shutdown: CancellationToken) {
     if !queue.runs_here() {
-        tracing::info!(
+        // Said out loud: with one server (SQLite), nothing lands until a server runs there.
+        tracing::warn!(
             host = %queue.host,
             queue_host = ?queue.settings.host,
-            "the merge queue runs on another host's server ([merge] host)"
+            "this server does not land branches: the merge queue runs on another host's server \
+             ([merge] host)"
         );
         return;
     }

@@ -278,3 +278,62 @@ fn a_host_away_from_the_server_needs_the_shared_remote_to_exist() {
         "{text}"
     );
 }
+
+fn wait_for_queue(project: &TestProject, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    let started = Instant::now();
+    loop {
+        let queue: Value = project.run(&["queue", "--json"]).json();
+        if ready(&queue) {
+            return queue;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the queue never {what}: {queue}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_queue_whose_remote_is_missing_pauses_saying_so_and_one_on_another_host_lands_nothing() {
+    let hosts = two_hosts();
+    let a = &hosts.a;
+    let config = CONFIG.replace("remote = \"origin\"", "remote = \"team\"");
+    std::fs::write(a.root().join("conclave.toml"), &config).expect("config");
+    let server = Server::start_command(
+        a,
+        "server.log",
+        &["serve", "--listen", "127.0.0.1:0", "--host", "build-1"],
+    );
+    let queue = wait_for_queue(a, "paused", |queue| queue["paused"] == true);
+    let reason = queue["paused_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("\"team\"") && reason.contains("git remote add"),
+        "{queue}"
+    );
+    drop(server);
+
+    // [merge] host names another host: this server keeps the queue's state but lands nothing.
+    let config = CONFIG.replace("[merge]\n", "[merge]\nhost = \"build-3\"\n");
+    std::fs::write(a.root().join("conclave.toml"), &config).expect("config");
+    let server = Server::start_command(
+        a,
+        "server-2.log",
+        &["serve", "--listen", "127.0.0.1:0", "--host", "build-1"],
+    );
+    let alice = add_agent(a, "alice", &["--isolation", "worktree"]);
+    let task = a.run(&["task", "add", "nothing to change"]).ok();
+    a.run_as(&alice, &["task", "claim", &task]).ok();
+    a.run_as(&alice, &["task", "done", &task]).ok();
+    wait_for_queue(a, "took the entry", |queue| {
+        queue["entries"][0]["task"] == task.as_str()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let queue: Value = a.run(&["queue", "--json"]).json();
+    assert_eq!(queue["entries"][0]["state"], "queued", "{queue}");
+    assert!(
+        server.log().contains("merge queue runs on another host"),
+        "{}",
+        server.log()
+    );
+}
