@@ -140,3 +140,48 @@ pub fn return_elsewhere(task: &str, busy: bool) -> String {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use conclave_core::config::MergeSection;
+
+    use crate::merge_queue::MergeQueue;
+
+    fn queue(host: &str, queue_host: Option<&str>) -> std::sync::Arc<MergeQueue> {
+        let settings = MergeSection {
+            host: queue_host.map(str::to_string),
+            ..MergeSection::default()
+        };
+        MergeQueue::on_host(
+            settings,
+            PathBuf::from("/project"),
+            host.to_string(),
+            vec!["build-1".into(), "build-2".into()],
+        )
+    }
+
+    #[test]
+    fn the_server_runs_git_only_for_agents_whose_worktrees_are_in_its_clone() {
+        let here = queue("build-1", None);
+        // No host, the server's own, or a name conclave.toml gives no agent (the main host's
+        // own name for its agents): the worktree is in this clone.
+        assert!(here.is_local(None));
+        assert!(here.is_local(Some("build-1")));
+        assert!(here.is_local(Some("main-box")));
+        // A host conclave.toml names for agents, other than this one: that host's relay runs
+        // the steps.
+        assert!(!here.is_local(Some("build-2")));
+        assert!(
+            here.runs_here(),
+            "no [merge] host: every server runs the queue"
+        );
+    }
+
+    #[test]
+    fn merge_host_picks_the_server_that_runs_the_queue() {
+        assert!(queue("build-1", Some("build-1")).runs_here());
+        assert!(!queue("build-2", Some("build-1")).runs_here());
+    }
+}

@@ -83,7 +83,10 @@ pub async fn run(context: &Context, options: ClaudeArgs) -> anyhow::Result<()> {
     let steps = match (&options.server, &merge) {
         (Some(_), Some(merge)) => {
             anyhow::ensure!(
-                config.agents.iter().any(|agent| agent.host.as_deref() == Some(host.as_str())),
+                config
+                    .agents
+                    .iter()
+                    .any(|agent| agent.host.as_deref() == Some(host.as_str())),
                 "{} works in a worktree on host {host}, away from the server: name that host for \
                  an agent in conclave.toml (`host = \"{host}\"` on an [[agent]]), so that the \
                  server leaves its git steps to this host (docs/scale-out.md)",

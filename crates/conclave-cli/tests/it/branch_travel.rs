@@ -337,3 +337,24 @@ fn a_queue_whose_remote_is_missing_pauses_saying_so_and_one_on_another_host_land
         server.log()
     );
 }
+
+#[test]
+fn up_away_from_the_server_refuses_worktree_agents_without_a_shared_remote() {
+    let hosts = two_hosts();
+    let a = &hosts.a;
+    let server = Server::start_command(
+        a,
+        "server.log",
+        &["serve", "--listen", "127.0.0.1:0", "--host", "build-1"],
+    );
+    let config = CONFIG.replace("remote = \"origin\"\n", "");
+    std::fs::write(a.root().join("conclave.toml"), &config).expect("config");
+    let run = a.run(&["up", "--server", &server.url, "--host", "build-2"]);
+    assert_ne!(run.code, 0, "{run:#?}");
+    assert!(
+        run.stderr.contains("[merge] remote") && run.stderr.contains("coder"),
+        "{run:#?}"
+    );
+    let agents = a.run(&["agent", "list", "--json"]).json();
+    assert_eq!(agents["agents"], json!([]), "nothing was registered");
+}
