@@ -45,9 +45,7 @@ pub struct StoreSection {
 /// (parsed as PostgreSQL's own URL syntax), or `sqlite://` followed by a path.
 pub fn validate_store_url(url: &str) -> Result<(), String> {
     if crate::store::is_postgres_url(url) {
-        return url
-            .parse::<postgres::Config>()
-            .map(|_| ())
+        return crate::store::pg_tls::PgTarget::check(url)
             .map_err(|error| format!("{url:?} is not a PostgreSQL URL: {error}"));
     }
     match url.strip_prefix("sqlite://") {
