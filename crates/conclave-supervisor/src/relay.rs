@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use conclave_git::TaskSummary;
 
-use crate::worktree_steps::{StepCall, WorktreeSteps, claimed_task, get_json};
+use crate::worktree_steps::{StepCall, Way, WorktreeSteps, claimed_task, get_json};
 
 /// How long a request waits for some server of the list to accept a connection (a server
 /// being restarted) before the relay answers 502. Below Claude Code's 10 s hook timeout.
@@ -163,8 +163,7 @@ async fn forward(
     };
     if let Some(steps) = steps
         && parts.method == hyper::Method::POST
-        && parts.uri.path() == "/mcp"
-        && let Some(call) = StepCall::parse(&body)
+        && let Some((call, way)) = StepCall::of_request(parts.uri.path(), &body)
         && let Some(authorization) = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -172,7 +171,14 @@ async fn forward(
         && let Some(agent) = steps.agent_of(upstream, authorization).await
     {
         let authorization = authorization.to_string();
-        return with_steps(upstream, &steps, &parts, body, &agent, &authorization, call).await;
+        let context = Intercepted {
+            upstream,
+            steps: &steps,
+            parts: &parts,
+            agent: &agent,
+            way,
+        };
+        return with_steps(&context, body, &authorization, call).await;
     }
     match send(upstream, &parts, body).await {
         Ok(answer) => relay_answer(answer),
@@ -232,30 +238,62 @@ async fn send(
     }
 }
 
+/// A request the steps follow, and where it came from.
+struct Intercepted<'a> {
+    upstream: &'a Client,
+    steps: &'a Arc<WorktreeSteps>,
+    parts: &'a hyper::http::request::Parts,
+    agent: &'a str,
+    way: Way,
+}
+
+impl Intercepted<'_> {
+    /// A refusal answered by the relay itself (the call was not forwarded, or its git step
+    /// failed after it): a tool error over MCP, an API error over the JSON API.
+    fn refuse(
+        &self,
+        request: &serde_json::Value,
+        status: StatusCode,
+        message: &str,
+    ) -> Response<RelayBody> {
+        match self.way {
+            Way::Mcp => tool_answer(request, message, true),
+            Way::Api => {
+                let code = if status == StatusCode::CONFLICT {
+                    "conflict"
+                } else {
+                    "worktree"
+                };
+                json_answer(
+                    status,
+                    &serde_json::json!({"error": {"code": code, "message": message}}),
+                )
+            }
+        }
+    }
+}
+
 /// A `claim`, `done` or `fail` of one of this host's worktree agents: the git steps run here,
 /// around the call, at the moments the server runs them for agents on its own host.
 async fn with_steps(
-    upstream: &Client,
-    steps: &Arc<WorktreeSteps>,
-    parts: &hyper::http::request::Parts,
+    call: &Intercepted<'_>,
     body: Bytes,
-    agent: &str,
     authorization: &str,
-    call: StepCall,
+    step: StepCall,
 ) -> Response<RelayBody> {
     let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let (task, summary, finishing) = match call {
-        StepCall::Claim { task } => {
-            return claim_with_steps(upstream, steps, parts, body, &request, agent, task).await;
-        }
+    let (task, summary, finishing) = match step {
+        StepCall::Claim { task } => return claim_with_steps(call, body, &request, task).await,
         StepCall::Done { task, summary } => (task, summary.unwrap_or_default(), "finished"),
-        StepCall::Fail { task, reason } => {
-            (task, format!("Given up by {agent}: {reason}"), "given up")
-        }
+        StepCall::Fail { task, reason } => (
+            task,
+            format!("Given up by {}: {reason}", call.agent),
+            "given up",
+        ),
     };
     // The commit message carries the task's title, as on the server's host.
     let title = get_json(
-        upstream,
+        call.upstream,
         authorization,
         &format!("/api/tasks/{}", conclave_client::segment(&task)),
     )
@@ -268,7 +306,7 @@ async fn with_steps(
         title,
         summary,
     };
-    let (held, name) = (steps.clone(), agent.to_string());
+    let (held, name) = (call.steps.clone(), call.agent.to_string());
     let published = run_blocking(move || {
         held.publish(&name, &summary)
             .map_err(|error| error.to_string())
@@ -278,20 +316,23 @@ async fn with_steps(
         Ok(line) => line,
         Err(error) => {
             // Nothing was forwarded: the task is still the agent's, to fix and finish again.
-            return tool_answer(
+            return call.refuse(
                 &request,
+                StatusCode::CONFLICT,
                 &format!(
                     "{task} is not {finishing}: its branch could not be published for the merge \
                      queue's host: {error}. Fix that in your worktree and call again."
                 ),
-                true,
             );
         }
     };
-    let answer = match send(upstream, parts, body).await {
+    let answer = match send(call.upstream, call.parts, body).await {
         Ok(answer) => answer,
         Err(refused) => return refused,
     };
+    if call.way == Way::Api {
+        return relay_answer(answer);
+    }
     match read_answer(answer).await {
         Some((status, mut reply)) => {
             if reply["result"]["isError"] != true {
@@ -310,21 +351,18 @@ async fn with_steps(
 /// A claim: refused while the worktree holds uncommitted work; once the server granted it, the
 /// worktree is switched to the task's branch before the agent reads the answer.
 async fn claim_with_steps(
-    upstream: &Client,
-    steps: &Arc<WorktreeSteps>,
-    parts: &hyper::http::request::Parts,
+    call: &Intercepted<'_>,
     body: Bytes,
     request: &serde_json::Value,
-    agent: &str,
     named: Option<String>,
 ) -> Response<RelayBody> {
-    let (held, name) = (steps.clone(), agent.to_string());
+    let (held, name) = (call.steps.clone(), call.agent.to_string());
     let refusal =
         run_blocking(move || held.refuse_claim(&name).map_or(Ok(String::new()), Err)).await;
     if let Err(refusal) = refusal {
-        return tool_answer(request, &refusal, true);
+        return call.refuse(request, StatusCode::CONFLICT, &refusal);
     }
-    let answer = match send(upstream, parts, body).await {
+    let answer = match send(call.upstream, call.parts, body).await {
         Ok(answer) => answer,
         Err(refused) => return refused,
     };
@@ -334,32 +372,44 @@ async fn claim_with_steps(
             "the server's answer to a claim could not be read",
         );
     };
-    let text = answer_text(&reply);
-    let claimed = if reply["result"]["isError"] == true || !text.starts_with("Claimed ") {
-        None
-    } else {
-        claimed_task(&text).or(named)
-    };
-    if let Some(task) = claimed {
-        let (held, name, id) = (steps.clone(), agent.to_string(), task.clone());
-        let switched = run_blocking(move || {
-            held.after_claim(&name, &id)
-                .map_err(|error| error.to_string())
-        })
-        .await;
-        let line = match switched {
-            Ok(line) => line,
-            Err(error) => {
-                reply["result"]["isError"] = serde_json::Value::Bool(true);
-                format!(
-                    "Claimed {task}, but could not switch your worktree to its branch (give it \
-                     back with fail, saying so): {error}"
-                )
+    let claimed = match call.way {
+        Way::Mcp => {
+            let text = answer_text(&reply);
+            if reply["result"]["isError"] == true || !text.starts_with("Claimed ") {
+                None
+            } else {
+                claimed_task(&text).or(named)
             }
-        };
-        set_answer_text(&mut reply, &format!("{text}\n{line}"));
+        }
+        // The API answers the claimed task (or none) with a success status.
+        Way::Api if status.is_success() => reply["task"]["id"].as_str().map(str::to_string),
+        Way::Api => None,
+    };
+    let Some(task) = claimed else {
+        return json_answer(status, &reply);
+    };
+    let (held, name, id) = (call.steps.clone(), call.agent.to_string(), task.clone());
+    let switched = run_blocking(move || {
+        held.after_claim(&name, &id)
+            .map_err(|error| error.to_string())
+    })
+    .await;
+    match (switched, call.way) {
+        (Ok(line), Way::Mcp) => {
+            let text = answer_text(&reply);
+            set_answer_text(&mut reply, &format!("{text}\n{line}"));
+            json_answer(status, &reply)
+        }
+        (Ok(_), Way::Api) => json_answer(status, &reply),
+        (Err(error), _) => call.refuse(
+            request,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!(
+                "Claimed {task}, but could not switch your worktree to its branch (give it back \
+                 with fail, saying so): {error}"
+            ),
+        ),
     }
-    json_answer(status, &reply)
 }
 
 /// A git step on a blocking thread; a thread that failed is an error like the step's own.

@@ -48,7 +48,44 @@ pub enum StepCall {
     Fail { task: String, reason: String },
 }
 
+/// How the call reached the relay, and so how its answer is worded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    /// An MCP `tools/call` (`POST /mcp`): answers are tool results.
+    Mcp,
+    /// The JSON API (`POST /api/tasks/claim`, `/api/tasks/{id}/done`, `/fail`: the CLI's
+    /// `conclave task claim|done|fail` run by the agent): refusals are API errors.
+    Api,
+}
+
 impl StepCall {
+    /// The call a request makes, when it is one the steps follow.
+    pub fn of_request(path: &str, body: &[u8]) -> Option<(StepCall, Way)> {
+        if path == "/mcp" {
+            return StepCall::parse(body).map(|call| (call, Way::Mcp));
+        }
+        let rest = path.strip_prefix("/api/tasks/")?;
+        let request: Value = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(body).ok()?
+        };
+        let text = |name: &str| request[name].as_str().map(str::to_string);
+        let call = match rest.split_once('/') {
+            None if rest == "claim" => StepCall::Claim { task: text("id") },
+            Some((task, "done")) => StepCall::Done {
+                task: task.to_string(),
+                summary: text("summary"),
+            },
+            Some((task, "fail")) => StepCall::Fail {
+                task: task.to_string(),
+                reason: text("reason").unwrap_or_default(),
+            },
+            _ => return None,
+        };
+        Some((call, Way::Api))
+    }
+
     /// The call a JSON-RPC request body makes, when it is one the steps follow.
     pub fn parse(body: &[u8]) -> Option<StepCall> {
         let request: Value = serde_json::from_slice(body).ok()?;
@@ -351,6 +388,46 @@ mod tests {
         assert_eq!(StepCall::parse(&call("send", serde_json::json!({}))), None);
         assert_eq!(StepCall::parse(b"{\"method\":\"tools/list\"}"), None);
         assert_eq!(StepCall::parse(b"not json"), None);
+    }
+
+    #[test]
+    fn the_api_routes_followed_are_claim_done_and_fail() {
+        assert_eq!(
+            StepCall::of_request("/api/tasks/claim", b""),
+            Some((StepCall::Claim { task: None }, Way::Api))
+        );
+        assert_eq!(
+            StepCall::of_request("/api/tasks/claim", b"{\"id\":\"T-4\"}"),
+            Some((
+                StepCall::Claim {
+                    task: Some("T-4".into())
+                },
+                Way::Api
+            ))
+        );
+        assert_eq!(
+            StepCall::of_request("/api/tasks/T-4/done", b"{\"summary\":\"s\"}"),
+            Some((
+                StepCall::Done {
+                    task: "T-4".into(),
+                    summary: Some("s".into())
+                },
+                Way::Api
+            ))
+        );
+        assert_eq!(
+            StepCall::of_request("/api/tasks/T-4/fail", b"{\"reason\":\"r\"}"),
+            Some((
+                StepCall::Fail {
+                    task: "T-4".into(),
+                    reason: "r".into()
+                },
+                Way::Api
+            ))
+        );
+        assert_eq!(StepCall::of_request("/api/tasks/T-4/status", b"{}"), None);
+        assert_eq!(StepCall::of_request("/api/tasks", b"{}"), None);
+        assert_eq!(StepCall::of_request("/hooks/stop", b"{}"), None);
     }
 
     #[test]

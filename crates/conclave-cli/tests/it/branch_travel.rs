@@ -251,6 +251,19 @@ async fn a_task_finished_on_another_host_lands_through_the_queue_host_and_the_ne
     assert!(text.contains("uncommitted changes"), "{text}");
     let task: Value = a.run(&["task", "show", &third, "--json"]).json();
     assert_eq!(task["status"], "ready", "{task}");
+
+    // The same steps for the agent's own CLI (`conclave task claim`) through the relay.
+    let claim_by_cli = || {
+        let mut command = a.command(&coder, &["task", "claim", &third]);
+        command.env("CONCLAVE_URL", relay.url());
+        crate::support::run_command(command)
+    };
+    let run = claim_by_cli();
+    assert_ne!(run.code, 0, "{run:#?}");
+    assert!(run.stderr.contains("uncommitted changes"), "{run:#?}");
+    std::fs::remove_file(worktree.join("d.txt")).expect("remove d");
+    claim_by_cli().ok();
+    assert_eq!(head_of(&worktree), format!("conclave/{third}"));
     drop(relay);
     drop(server);
 }
