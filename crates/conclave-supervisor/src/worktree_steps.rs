@@ -17,9 +17,13 @@
 //! - **fail**: the same commit and push ("Given up by …"), so the next holder, on any host,
 //!   continues from it.
 //!
-//! The steps apply to MCP `tools/call` requests of the agents listed in [`WorktreeSteps`] (this
+//! The steps apply to MCP `tools/call` requests, and to the same calls of the JSON API
+//! (`POST /api/tasks/claim`, `/api/tasks/{id}/done`, `/fail`: `conclave task claim|done|fail`
+//! run by the agent through `CONCLAVE_URL`), of the agents listed in [`WorktreeSteps`] (this
 //! host's worktree agents, identified by their token, asked of the server once). Other
-//! requests, and other agents', pass through unchanged.
+//! requests, and other agents', pass through unchanged. A person's assignment
+//! (`conclave task assign`) does not pass through the relay: work done on the still detached
+//! worktree goes on the task's branch at `done`, as on the server's host.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -263,10 +267,24 @@ impl WorktreeSteps {
         let path = trees.path_of(agent)?;
         let into = self.merge.into_branch();
         let git = trees.repo().git_at(&path);
-        let on_branch = path.is_dir()
-            && git
-                .run(&["rev-parse", "--abbrev-ref", "HEAD"])
-                .is_ok_and(|head| head.trim() == branch);
+        let head = if path.is_dir() {
+            git.run(&["rev-parse", "--abbrev-ref", "HEAD"])?
+                .trim()
+                .to_string()
+        } else {
+            String::new()
+        };
+        if head == "HEAD"
+            && trees.repo().branch_tip(&branch)?.is_none()
+            && !git.dirty_files()?.is_empty()
+        {
+            // Work done on a worktree no claim switched (a task given by assignment): it is the
+            // task's being finished, so it goes on the task's branch from where it stands.
+            git.run(&["switch", "--quiet", "--no-track", "-c", &branch])?;
+        }
+        // After that switch, the worktree may be on the branch now.
+        let on_branch =
+            path.is_dir() && git.run(&["rev-parse", "--abbrev-ref", "HEAD"])?.trim() == branch;
         let done = if on_branch {
             Some(commit_on_done(trees.repo().git(), &path, task, into)?)
         } else {
