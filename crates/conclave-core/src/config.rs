@@ -684,6 +684,7 @@ impl Config {
                 .filter_map(|entry| entry.strip_prefix("role:"))
                 .map(str::to_string)
                 .collect(),
+            merge_queue: self.merge.is_some(),
         }
     }
 }

@@ -87,6 +87,11 @@ pub struct StoreConfig {
     /// Roles every task of which waits for a person's approval when its agent finishes it
     /// (`[defaults] approve = ["role:reviewer"]`).
     pub approve_roles: Vec<String>,
+    /// Whether the server lands worktree agents' branches through a merge queue (`[merge]`): a
+    /// task finished by an agent in its own worktree then waits in `review` until its branch
+    /// lands (store/queue.rs), whatever way it finishes (a plain `done`, a pipeline's last pass,
+    /// a person's approval).
+    pub merge_queue: bool,
 }
 
 impl Default for StoreConfig {
@@ -98,6 +103,7 @@ impl Default for StoreConfig {
             durability: Durability::Normal,
             pipelines: Vec::new(),
             approve_roles: Vec::new(),
+            merge_queue: false,
         }
     }
 }

@@ -430,6 +430,7 @@ impl ConclaveTools {
             let task = &written.value;
             if let Some(branch) = branch
                 && task["status"] == "review"
+                && task["awaiting_approval"] != true
             {
                 return Ok(format!(
                     "{id} finished; its leases are released. {} It is done once its branch \

@@ -20,7 +20,13 @@
 //!   ([`after_assign`]); work left on a detached worktree is put on the task's branch at `done`.
 //! - **removed**: `conclave agent remove` prunes the agent's worktree ([`prune`]).
 //! - **sent back**: the merge queue's runner switches an idle, clean worktree back to the
-//!   returned task's branch ([`return_to_branch`]).
+//!   returned task's branch ([`return_to_branch`]); so does a person's rejection of a task that
+//!   waited for approval ([`back_to_branch`]).
+//! - **handed on**: after a `done` that leaves the task in other hands (a pipeline stage's pass
+//!   or send-back, a task waiting for a person) or a `fail`, the agent's worktree lets go of the
+//!   branch ([`release_branch_unless_held`]): a branch is checked out in one worktree at a time,
+//!   and the next holder's claim switches its own worktree to it, with every earlier stage's
+//!   commits. The done's commit names the stage ([`commit_title`]).
 //!
 //! Each step runs only for an agent registered with worktree isolation while the server has a
 //! merge queue (`[merge]`), on a blocking thread, and only for an agent on the server's own host:
@@ -32,13 +38,14 @@ use std::path::{Path, PathBuf};
 
 use conclave_core::CoreError;
 use conclave_core::config::MergeSection;
-use conclave_core::model::{Isolation, TaskId};
+use conclave_core::model::{Actor, Isolation, MessageKind, NewMessage, Task, TaskId};
 use conclave_git::{
     AgentWorktrees, DoneCommit, GitError, Identity, Repo, ShellCommand, TaskCheckout, TaskSummary,
     commit_on_done, task_branch,
 };
 
 use crate::app::{App, OpError, OpResult};
+use crate::ops::IdempotencyKey;
 
 /// The project and `[merge]` settings an agent's worktree steps need, when the agent works in
 /// a worktree and the server runs a merge queue.
@@ -380,25 +387,161 @@ pub fn return_to_branch(
     task: &str,
     busy: bool,
 ) -> String {
+    switch_back(root, settings, agent, task, busy).1
+}
+
+/// [`return_to_branch`], answering too whether the worktree is on the task's branch now.
+fn switch_back(
+    root: &Path,
+    settings: &MergeSection,
+    agent: &str,
+    task: &str,
+    busy: bool,
+) -> (bool, String) {
     if busy {
-        return format!(
-            "Your worktree stays on your current task: finish it, then `git switch conclave/{task}` \
-             in your worktree to fix this one."
+        return (
+            false,
+            format!(
+                "Your worktree stays on your current task: finish it, then `git switch \
+                 conclave/{task}` in your worktree to fix this one."
+            ),
         );
     }
-    let switched = open(root, settings, agent)
-        .and_then(|trees| trees.start_task(agent, task, settings.into_branch()));
+    let switched = open(root, settings, agent).and_then(|trees| {
+        match trees.start_task(agent, task, settings.into_branch()) {
+            // Another agent's worktree still has the branch (a pipeline's stage whose release
+            // failed): what it left is the task's, and the branch comes here.
+            Err(GitError::CheckedOutElsewhere { path, branch }) => {
+                let Some((previous, _)) = trees.locate(&path) else {
+                    return Err(GitError::CheckedOutElsewhere { branch, path });
+                };
+                hand_over(&trees, &path, &previous, task, settings.into_branch())?;
+                trees.start_task(agent, task, settings.into_branch())
+            }
+            other => other,
+        }
+    });
     match switched {
-        Ok(checkout) => format!(
-            "Your worktree {} is on {} again.",
-            checkout.path.display(),
-            checkout.branch
+        Ok(checkout) => (
+            true,
+            format!(
+                "Your worktree {} is on {} again.",
+                checkout.path.display(),
+                checkout.branch
+            ),
         ),
-        Err(GitError::Dirty { path, .. }) => format!(
-            "Your worktree {} has uncommitted work of another task: finish that first, then \
-             `git switch conclave/{task}` there.",
-            path.display()
+        Err(GitError::Dirty { path, .. }) => (
+            false,
+            format!(
+                "Your worktree {} has uncommitted work of another task: finish that first, then \
+                 `git switch conclave/{task}` there.",
+                path.display()
+            ),
         ),
+        Err(error) => (
+            false,
+            format!("Switch your worktree to conclave/{task} yourself ({error})."),
+        ),
+    }
+}
+
+/// The first line of the commit `done` makes of what the agent left uncommitted: the task's
+/// title, and for a pipeline task the stage that finished it (every stage commits on the same
+/// branch, so its log tells which stage did what).
+pub fn commit_title(task: &Task) -> String {
+    match task.pipeline.as_ref() {
+        Some(state) => format!(
+            "{} (stage {}/{}: {})",
+            task.title,
+            state.stage + 1,
+            state.pipeline.stages.len(),
+            state.current().map_or("?", |stage| stage.role.as_str())
+        ),
+        None => task.title.clone(),
+    }
+}
+
+/// After `agent` finished `task` one way or another: unless it still holds it (waiting in the
+/// merge queue), its worktree lets go of the task's branch (detached where the branch is), since
+/// a git branch is checked out in one worktree at a time and the next holder (a pipeline's next
+/// stage, the stage a send-back returns to) switches its own worktree to it at its claim. A
+/// failure is logged: that claim frees the branch itself ([`hand_over`]).
+pub async fn release_branch_unless_held(app: &App, agent: &str, task: TaskId) {
+    let Ok(Some(worktree)) = worktree_agent(app, agent).await else {
+        return;
+    };
+    let holder = agent.to_string();
+    let held = app
+        .read(move |r| {
+            let task = r.task(task)?;
+            Ok(conclave_core::store::is_held(&task) && task.assignee.as_deref() == Some(&holder))
+        })
+        .await;
+    if !matches!(held, Ok(false)) {
+        return;
+    }
+    let released = tokio::task::spawn_blocking(move || -> Result<bool, GitError> {
+        let trees = open(&worktree.root, &worktree.settings, &worktree.agent)?;
+        let path = trees.path_of(&worktree.agent)?;
+        if !path.is_dir() {
+            return Ok(false);
+        }
+        let git = trees.repo().git_at(&path);
+        let head = git.run(&["rev-parse", "--abbrev-ref", "HEAD"])?;
+        if head.trim() != task_branch(&task.to_string())? {
+            return Ok(false);
+        }
+        git.run(&["switch", "--quiet", "--detach"])?;
+        Ok(true)
+    })
+    .await;
+    match released {
+        Ok(Ok(true)) => tracing::info!(%agent, %task, "worktree released the task's branch"),
+        Ok(Ok(false)) => {}
+        Ok(Err(error)) => tracing::warn!(%agent, %task, %error, "cannot release the task's branch"),
+        Err(error) => tracing::warn!(%agent, %task, %error, "releasing the task's branch failed"),
+    }
+}
+
+/// After a person rejected `task` back to `agent`: its worktree is switched to the task's branch
+/// again when the agent is between tasks; otherwise the agent is told how to get there.
+pub async fn back_to_branch(app: &App, agent: &str, task: TaskId) {
+    let Ok(Some(worktree)) = worktree_agent(app, agent).await else {
+        return;
+    };
+    let name = agent.to_string();
+    let busy = app
+        .read(move |r| Ok(r.held_tasks(&name)?.iter().any(|held| held.id != task)))
+        .await
+        .unwrap_or(true);
+    let switched = tokio::task::spawn_blocking(move || {
+        switch_back(
+            &worktree.root,
+            &worktree.settings,
+            &worktree.agent,
+            &task.to_string(),
+            busy,
+        )
+    })
+    .await;
+    let line = match switched {
+        Ok((true, _)) => return,
+        Ok((false, line)) => line,
         Err(error) => format!("Switch your worktree to conclave/{task} yourself ({error})."),
+    };
+    let message = NewMessage {
+        to: agent.to_string(),
+        body: format!("{task}: {line}"),
+        thread: None,
+        kind: MessageKind::Alert,
+        urgent: false,
+    };
+    let sent = app
+        .write(&Actor::System, &IdempotencyKey::default(), move |tx| {
+            tx.send_message(&Actor::System, message)
+        })
+        .await;
+    if let Err(error) = sent {
+        tracing::warn!(%agent, %task, ?error, "cannot tell the agent where its worktree is");
     }
 }
