@@ -246,7 +246,18 @@ impl WorktreeSteps {
             trees.repo().ensure_integration_branch(into, None)?;
         }
         remote.bring(&branch)?;
-        let checkout = trees.start_task(agent, task, into)?;
+        let checkout = match trees.start_task(agent, task, into) {
+            // The task changed hands between two agents of this host (a pipeline's next stage,
+            // a holder that died): the branch is still checked out in the other's worktree.
+            Err(GitError::CheckedOutElsewhere { path, branch }) => {
+                let Some((previous, _)) = trees.locate(&path) else {
+                    return Err(GitError::CheckedOutElsewhere { branch, path });
+                };
+                hand_over(&trees, &path, &previous, task, into)?;
+                trees.start_task(agent, task, into)?
+            }
+            other => other?,
+        };
         Ok(format!(
             "Your worktree is on its branch {} ({}).",
             checkout.branch,
@@ -333,6 +344,35 @@ pub fn follow_integration(root: &Path, merge: &MergeSection) -> anyhow::Result<(
     SharedRemote::open(&repo, name)?
         .follow(merge.into_branch())
         .with_context(|| format!("cannot take {} from {name}", merge.into_branch()))?;
+    Ok(())
+}
+
+/// Frees a task's branch from the worktree of its previous holder on this host: what that
+/// agent left uncommitted is committed on the branch (it is the task's work), and its worktree
+/// is detached, as the server does on its own host.
+fn hand_over(
+    trees: &AgentWorktrees,
+    path: &Path,
+    previous: &str,
+    task: &str,
+    integration: &str,
+) -> Result<(), GitError> {
+    let summary = TaskSummary {
+        id: task.to_string(),
+        title: format!("work {previous} left uncommitted"),
+        summary: String::new(),
+    };
+    let previous_git = trees
+        .repo()
+        .git()
+        .clone()
+        .with_identity(identity_of(previous));
+    commit_on_done(&previous_git, path, &summary, integration)?;
+    trees
+        .repo()
+        .git_at(path)
+        .run(&["switch", "--quiet", "--detach"])?;
+    tracing::info!(%previous, %task, "the task's branch handed over from its previous holder's worktree");
     Ok(())
 }
 

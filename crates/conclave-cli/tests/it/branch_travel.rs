@@ -36,7 +36,8 @@ fn git(dir: &Path, args: &[&str]) -> String {
 }
 
 const CONFIG: &str = "[merge]\nremote = \"origin\"\ncheck = \"test -f ok\"\ncheck_timeout = \"1m\"\n\n\
-                      [[agent]]\nname = \"coder\"\nhost = \"build-2\"\nisolation = \"worktree\"\n";
+                      [[agent]]\nname = \"coder\"\nhost = \"build-2\"\nisolation = \"worktree\"\n\n\
+                      [[agent]]\nname = \"tester\"\nhost = \"build-2\"\nisolation = \"worktree\"\n";
 
 /// Clone A (a conclave project, pushed to the bare remote) and clone B of that remote.
 struct TwoHosts {
@@ -162,7 +163,12 @@ async fn a_task_finished_on_another_host_lands_through_the_queue_host_and_the_ne
     let config =
         conclave_core::config::Config::load(&hosts.b.join("conclave.toml")).expect("config");
     let merge = config.merge.expect("[merge]");
-    let steps = WorktreeSteps::new(&hosts.b, &merge, ["coder".to_string()]).expect("steps");
+    let steps = WorktreeSteps::new(
+        &hosts.b,
+        &merge,
+        ["coder".to_string(), "tester".to_string()],
+    )
+    .expect("steps");
     let relay = Relay::start_with_steps(admin.clone(), Some(Arc::new(steps)))
         .await
         .expect("relay");
@@ -264,6 +270,39 @@ async fn a_task_finished_on_another_host_lands_through_the_queue_host_and_the_ne
     std::fs::remove_file(worktree.join("d.txt")).expect("remove d");
     claim_by_cli().ok();
     assert_eq!(head_of(&worktree), format!("conclave/{third}"));
+
+    // The task changes hands between two agents of build-2 (coder is released with work left
+    // uncommitted): tester's claim takes the branch over, with coder's work committed on it.
+    let tester = add_agent(a, "tester", &["--isolation", "worktree"]);
+    let As::Agent {
+        token: tester_token,
+        ..
+    } = &tester
+    else {
+        unreachable!("add_agent returns an agent")
+    };
+    let _: Value = admin
+        .patch("/api/agents/tester", &json!({"host": "build-2"}))
+        .await
+        .expect("record the host");
+    std::fs::write(worktree.join("e.txt"), "e\n").expect("write e");
+    let _: Value = admin
+        .post("/api/agents/coder/release", &json!({"reason": "gone"}))
+        .await
+        .expect("release coder");
+    let (failed, text) = mcp(&relay, tester_token, "claim", json!({"id": third})).await;
+    assert!(!failed, "{text}");
+    let tester_tree = hosts.b.join(".conclave/worktrees/tester");
+    assert_eq!(head_of(&tester_tree), format!("conclave/{third}"));
+    assert_eq!(
+        std::fs::read_to_string(tester_tree.join("e.txt")).expect("coder's work came along"),
+        "e\n"
+    );
+    assert_eq!(
+        head_of(&worktree),
+        "HEAD",
+        "coder's worktree let go of the branch"
+    );
     drop(relay);
     drop(server);
 }
