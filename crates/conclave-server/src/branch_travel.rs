@@ -50,7 +50,15 @@ pub fn before_start(
     if !queue_here {
         remote.follow(settings.into_branch())?;
     }
-    log_brought(task_branch, &remote.bring(task_branch)?);
+    match remote.bring(task_branch) {
+        Ok(brought) => log_brought(task_branch, &brought),
+        // On the queue's host the local branches are the ones that count: a remote that cannot
+        // be reached only means a branch another host published is not here yet.
+        Err(error) if queue_here => {
+            tracing::warn!(%error, branch = %task_branch, "cannot bring the task's branch from the remote");
+        }
+        Err(error) => return Err(error),
+    }
     Ok(())
 }
 
