@@ -639,8 +639,45 @@ impl Config {
                 agent.name
             ));
         }
+        self.validate_pipeline_isolation()?;
         if let Some(url) = &self.store.url {
             validate_store_url(url).map_err(|error| format!("[store] url = {error}"))?;
+        }
+        Ok(())
+    }
+
+    /// Every stage of a pipeline must share one isolation: whether a finished task goes through
+    /// the merge queue depends on the agent that finishes it, so a shared-tree last stage would
+    /// mark done a task whose earlier stages committed on a branch that then never lands.
+    fn validate_pipeline_isolation(&self) -> Result<(), String> {
+        for pipeline in &self.pipelines {
+            let mut seen: Option<(&str, Isolation)> = None;
+            for agent in &self.agents {
+                let settings = agent.settings.or(&self.defaults);
+                if !agent
+                    .role
+                    .as_deref()
+                    .is_some_and(|role| pipeline.stages.iter().any(|stage| stage == role))
+                {
+                    continue;
+                }
+                let isolation = settings.isolation.unwrap_or(Isolation::Shared);
+                match seen {
+                    None => seen = Some((agent.name.as_str(), isolation)),
+                    Some((first, first_isolation)) if first_isolation != isolation => {
+                        return Err(format!(
+                            "[[pipeline]] {:?}: its stages' agents {first:?} ({}) and {:?} ({}) \
+                             differ in isolation; give every agent of a pipeline's roles the same \
+                             `isolation` (docs/worktrees.md, \"Pipelines and approvals\")",
+                            pipeline.name,
+                            first_isolation.as_str(),
+                            agent.name,
+                            isolation.as_str(),
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
         }
         Ok(())
     }
@@ -906,6 +943,19 @@ max_rounds = 1
             let error = Config::parse(text).expect_err(text);
             assert!(error.contains(expected), "{text}: {error}");
         }
+        let mixed = "[merge]\n[[pipeline]]\nname = \"p\"\nstages = [\"coder\", \"reviewer\"]\n\
+                     [[agent]]\nname = \"c\"\nrole = \"coder\"\nisolation = \"worktree\"\n\
+                     [[agent]]\nname = \"r\"\nrole = \"reviewer\"\n";
+        let error = Config::parse(mixed).expect_err("mixed isolation in one pipeline");
+        assert!(
+            error.contains("\"c\" (worktree)") && error.contains("\"r\" (shared)"),
+            "{error}"
+        );
+        Config::parse(&mixed.replace(
+            "role = \"reviewer\"\n",
+            "role = \"reviewer\"\nisolation = \"worktree\"\n",
+        ))
+        .expect("one isolation for every stage");
         // Roles no agent has are fine: agents may join later.
         Config::parse("[[pipeline]]\nname = \"p\"\nstages = [\"nobody-yet\"]\n")
             .expect("unknown role");
