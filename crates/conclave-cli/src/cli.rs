@@ -346,6 +346,11 @@ pub struct ServeArgs {
     /// `[store] url` in conclave.toml (default .conclave/conclave.db)
     #[arg(long, value_name = "URL")]
     pub store: Option<String>,
+    /// This machine's name among the team's hosts (default its hostname): agents registered
+    /// on another host keep their worktrees there, and `[merge] host` picks the server that
+    /// runs the merge queue
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -81,9 +81,21 @@ pub struct MergeSection {
     /// shared tree) rather than allowed with a warning naming the holder and its task.
     #[serde(default)]
     pub strict_leases: bool,
+    /// The git remote every clone shares (`origin`, say), through which task branches and the
+    /// integration branch travel between hosts (docs/scale-out.md). Left out, nothing is pushed
+    /// or fetched: every worktree agent must then run on the queue's host.
+    pub remote: Option<String>,
+    /// The host whose server runs the merge queue (a name as `[[agent]] host` takes it); left
+    /// out, the server's own host (every server runs it).
+    pub host: Option<String>,
 }
 
 impl MergeSection {
+    /// Whether the queue runs in a server on `host` (no `[merge] host`: on every server's).
+    pub fn queue_runs_on(&self, host: &str) -> bool {
+        self.host.as_deref().is_none_or(|queue| queue == host)
+    }
+
     pub fn into_branch(&self) -> &str {
         self.into.as_deref().unwrap_or(DEFAULT_INTEGRATION_BRANCH)
     }
@@ -118,6 +130,14 @@ impl MergeSection {
         }
         if self.into.as_deref().is_some_and(str::is_empty) {
             return Err("[merge] into must not be empty".to_string());
+        }
+        if let Some(remote) = &self.remote {
+            validate_remote_name(remote)
+                .map_err(|error| format!("[merge] remote = {remote:?}: {error}"))?;
+        }
+        if let Some(host) = &self.host {
+            validate_host_name(host)
+                .map_err(|error| format!("[merge] host = {host:?}: {error}"))?;
         }
         Ok(())
     }
@@ -711,6 +731,30 @@ impl Config {
     }
 }
 
+/// Checks a git remote's name as `[merge] remote` takes it: a name git accepts for a remote
+/// (no spaces, no `:` or `..`, not starting with `-`), not a URL.
+pub fn validate_remote_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 100 {
+        return Err("a remote's name has 1 to 100 characters".to_string());
+    }
+    if name.starts_with('-') || name.starts_with('.') || name.ends_with('/') {
+        return Err("a remote's name starts with a letter or digit".to_string());
+    }
+    if name.contains("..") || name.contains("//") {
+        return Err("a remote's name is a name (`origin`), not a URL or a path".to_string());
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '/')))
+    {
+        return Err(format!(
+            "{bad:?} cannot be in a remote's name (letters, digits, '-', '.', '_', '/'); name \
+             the remote (`git remote add origin URL`), not its URL"
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a host name as `host =` and `--host` take it: what a hostname may hold (letters,
 /// digits, `-`, `.`, `_`), 1 to 253 characters.
 pub fn validate_host_name(name: &str) -> Result<(), String> {
@@ -831,6 +875,8 @@ pub const EXAMPLE_CONFIG: &str = r#"# Conclave configuration. Every setting is o
 # check = "cargo test"
 # setup = "cp ../.env ."       # run in each new worktree
 # strict_leases = false        # true: an edit of a file leased in another worktree is denied
+# remote = "origin"            # agents on several hosts: branches travel through this remote
+# host = "build-1"             # the host whose server runs the queue (default: the server's)
 "#;
 
 #[cfg(test)]
@@ -969,6 +1015,35 @@ max_rounds = 1
         }
         let error = Config::parse("[defaults]\nhibernate_after = \"soon\"\n").expect_err("bad");
         assert!(error.contains("hibernate_after"), "{error}");
+    }
+
+    #[test]
+    fn merge_names_a_shared_remote_and_the_queue_host() {
+        let config = Config::parse("[merge]\nremote = \"origin\"\nhost = \"build-1\"\n")
+            .expect("remote and host");
+        let merge = config.merge.expect("merge");
+        assert_eq!(merge.remote.as_deref(), Some("origin"));
+        assert!(merge.queue_runs_on("build-1"));
+        assert!(!merge.queue_runs_on("build-2"));
+        let anywhere = Config::parse("[merge]\n")
+            .expect("empty")
+            .merge
+            .expect("merge");
+        assert!(anywhere.queue_runs_on("build-2"), "no host: every server's");
+        for bad in [
+            "",
+            "git@host:repo.git",
+            "https://example.com/r",
+            "-x",
+            "a b",
+            "../up",
+        ] {
+            let text = format!("[merge]\nremote = {bad:?}\n");
+            let error = Config::parse(&text).expect_err(bad);
+            assert!(error.contains("[merge] remote"), "{bad:?}: {error}");
+        }
+        let error = Config::parse("[merge]\nhost = \"a b\"\n").expect_err("host");
+        assert!(error.contains("[merge] host"), "{error}");
     }
 
     #[test]

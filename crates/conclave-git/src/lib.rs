@@ -14,6 +14,7 @@
 //! | landing a branch | [`MergeEngine::land`] → [`LandOutcome`] (landed, already landed, conflict, check failed, integration moved, refused); [`MergeEngine::fast_forward`] for the user's own branch |
 //! | what a task's branch changed (for a person approving it) | [`branch_diff`]: the merge-base diff against the integration branch, the file list complete, the patch bounded |
 //! | overlaps between open branches | [`overlaps`], [`overlaps_with_work`] (uncommitted work in the worktrees too) |
+//! | branches between clones (a remote every clone shares) | [`SharedRemote::push`] (a finished task's branch, the integration branch after a landing), [`SharedRemote::bring`] (a task branch into the queue's clone), [`SharedRemote::follow`] (the integration branch on the other clones) |
 //! | write attribution | [`TreeSnapshot::capture`] before a command, [`TreeSnapshot::capture_after`] after it, [`TreeSnapshot::changes`]; [`dependency_file`] flags manifests and lockfiles |
 //!
 //! A sketch of one task's life, as the supervisor and the queue will run it:
@@ -61,6 +62,7 @@ mod git;
 mod lock;
 mod merge;
 mod overlap;
+mod remote;
 mod repo;
 mod shell;
 mod snapshot;
@@ -82,6 +84,7 @@ pub use merge::{
     LandStage, MergeEngine, SCRATCH_NAME, Strategy,
 };
 pub use overlap::{Overlap, overlaps, overlaps_with_work};
+pub use remote::{Brought, SharedRemote};
 pub use repo::{DEFAULT_INTEGRATION_BRANCH, Repo, WorktreeEntry};
 pub use shell::{ShellCommand, ShellOutcome, TAIL_BYTES, TAIL_LINES, bounded_tail, run_shell};
 pub use snapshot::{ChangeKind, FileChange, FileStamp, SnapshotEntry, TreeSnapshot};

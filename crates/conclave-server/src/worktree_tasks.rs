@@ -29,7 +29,10 @@
 //!   commits. The done's commit names the stage ([`commit_title`]).
 //!
 //! Each step runs only for an agent registered with worktree isolation while the server has a
-//! merge queue (`[merge]`), on a blocking thread.
+//! merge queue (`[merge]`), on a blocking thread, and only for an agent on the server's own host:
+//! one registered on another host has its worktree in that host's clone, where its relay runs
+//! these steps (docs/scale-out.md). With `[merge] remote`, [`crate::branch_travel`] moves the
+//! branches between clones.
 
 use std::path::{Path, PathBuf};
 
@@ -50,6 +53,8 @@ struct WorktreeAgent {
     root: PathBuf,
     settings: MergeSection,
     agent: String,
+    /// This server runs the queue: its integration branch is the one that counts.
+    queue_here: bool,
 }
 
 /// Commits of an agent's work carry its name (the merge queue's merge commits are Conclave's).
@@ -79,16 +84,21 @@ async fn worktree_agent(app: &App, agent: &str) -> OpResult<Option<WorktreeAgent
         return Ok(None);
     };
     let name = agent.to_string();
-    let isolation = app
-        .read(move |r| Ok(r.find_agent(&name)?.map(|a| a.isolation)))
+    let found = app
+        .read(move |r| Ok(r.find_agent(&name)?.map(|a| (a.isolation, a.host))))
         .await?;
-    if isolation != Some(Isolation::Worktree) {
+    let Some((Isolation::Worktree, host)) = found else {
+        return Ok(None);
+    };
+    if !queue.is_local(host.as_deref()) {
+        // Its worktree is in another host's clone: that host's relay runs the git steps.
         return Ok(None);
     }
     Ok(Some(WorktreeAgent {
         root: queue.project_root().to_path_buf(),
         settings: queue.settings().clone(),
         agent: agent.to_string(),
+        queue_here: queue.runs_here(),
     }))
 }
 
@@ -144,6 +154,12 @@ pub async fn after_claim(app: &App, agent: &str, task: TaskId) -> OpResult<Optio
     let checkout = tokio::task::spawn_blocking(move || {
         let trees = open(&worktree.root, &worktree.settings, &worktree.agent)?;
         let (id, into) = (task.to_string(), worktree.settings.into_branch());
+        crate::branch_travel::before_start(
+            &worktree.root,
+            &worktree.settings,
+            worktree.queue_here,
+            &task_branch(&id)?,
+        )?;
         match trees.start_task(&worktree.agent, &id, into) {
             // The task changed hands (its agent crashed or was released after a send-back):
             // the branch is still checked out in the previous holder's worktree.
@@ -254,11 +270,21 @@ pub async fn prune(app: &App, agent: &str) {
 pub struct BranchDone {
     pub branch: String,
     pub commit: Option<DoneCommit>,
+    /// Where the branch was pushed for the queue's clone (`[merge] remote`), if it was.
+    pub published: Option<String>,
 }
 
 impl BranchDone {
     /// One line for the agent: what was committed, or that the branch changes nothing.
     pub fn describe(&self) -> String {
+        let line = self.describe_commit();
+        match &self.published {
+            Some(published) => format!("{line} {published}"),
+            None => line,
+        }
+    }
+
+    fn describe_commit(&self) -> String {
         match &self.commit {
             None => format!(
                 "Your worktree is not on {}: its commits are what the merge queue lands.",
@@ -302,6 +328,7 @@ pub async fn before_done(
             return Ok(BranchDone {
                 branch,
                 commit: None,
+                published: None,
             });
         }
         let git = trees.repo().git_at(&path);
@@ -317,6 +344,7 @@ pub async fn before_done(
             return Ok(BranchDone {
                 branch,
                 commit: None,
+                published: None,
             });
         }
         let summary = TaskSummary {
@@ -330,9 +358,16 @@ pub async fn before_done(
             &summary,
             worktree.settings.into_branch(),
         )?;
+        let published = crate::branch_travel::publish_task_branch(
+            &worktree.root,
+            &worktree.settings,
+            worktree.queue_here,
+            &branch,
+        )?;
         Ok(BranchDone {
             branch,
             commit: Some(commit),
+            published,
         })
     })
     .await?

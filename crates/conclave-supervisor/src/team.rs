@@ -256,7 +256,12 @@ impl Supervisor {
             let merge = config.merge.clone().unwrap_or_default();
             let root = project.root().to_path_buf();
             let agents = worktree_agents.clone();
+            let away = options.host.as_ref().is_some_and(|scope| !scope.main);
             tokio::task::spawn_blocking(move || {
+                if away {
+                    // Away from the server, the integration branch is the shared remote's.
+                    crate::worktree_steps::follow_integration(&root, &merge)?;
+                }
                 crate::worktrees::prepare_worktrees(
                     &root,
                     &merge,

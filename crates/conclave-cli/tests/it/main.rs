@@ -3,6 +3,7 @@
 
 mod attach;
 mod attribution;
+mod branch_travel;
 mod compare;
 mod config;
 mod coordination;
