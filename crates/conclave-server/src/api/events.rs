@@ -3,8 +3,9 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -141,6 +142,9 @@ pub async fn stream(
         reset,
         ended: false,
         pending: VecDeque::new(),
+        last_frame: Instant::now(),
+        keep_alive: Box::pin(tokio::time::sleep(KEEP_ALIVE)),
+        shutdown: Box::pin(app.shutdown_token().clone().cancelled_owned()),
         _guard: app.metrics().sse_client(),
     };
     let frames = futures::stream::unfold(state, |mut state| async move {
@@ -198,6 +202,14 @@ struct StreamState {
     ended: bool,
     /// Backlog events read from the store: each one's sequence number and SSE frame.
     pending: VecDeque<(i64, Bytes)>,
+    /// When the stream last sent something, and the timer that sends a keep-alive comment
+    /// [`KEEP_ALIVE`] after it. The timer is armed once and moved only when it fires: resetting
+    /// it on every event would touch the runtime's timer wheel once per reader per event.
+    last_frame: Instant,
+    keep_alive: Pin<Box<tokio::time::Sleep>>,
+    /// The server's shutdown, waited on by every `next` (one registration for the stream's
+    /// life rather than one per event).
+    shutdown: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
     _guard: crate::metrics::SseGuard,
 }
 
@@ -215,6 +227,12 @@ enum Next {
 
 impl StreamState {
     async fn next(&mut self) -> Option<Next> {
+        let next = self.next_unstamped().await;
+        self.last_frame = Instant::now();
+        next
+    }
+
+    async fn next_unstamped(&mut self) -> Option<Next> {
         if self.ended {
             return None;
         }
@@ -253,8 +271,17 @@ impl StreamState {
             }
             let received = tokio::select! {
                 received = self.receiver.recv() => received,
-                _ = tokio::time::sleep(KEEP_ALIVE) => return Some(Next::KeepAlive),
-                _ = self.app.shutdown_token().cancelled() => return None,
+                () = self.keep_alive.as_mut() => {
+                    let due = self.last_frame + KEEP_ALIVE;
+                    if due <= Instant::now() {
+                        self.keep_alive.as_mut().reset((Instant::now() + KEEP_ALIVE).into());
+                        return Some(Next::KeepAlive);
+                    }
+                    // Something was sent since the timer was armed: wait from then.
+                    self.keep_alive.as_mut().reset(due.into());
+                    continue;
+                }
+                () = self.shutdown.as_mut() => return None,
             };
             match received {
                 Received::Event(event) if event.seq <= self.last_sent => {}
