@@ -1868,3 +1868,14 @@ on_both_engines!(
     an_agents_reported_cost_goes_to_the_task_it_holds,
     an_agents_coordination_account_is_stored_replaced_and_checked,
 );
+
+/// Stored token hashes (and idempotency fingerprints) must not change with how they are written
+/// out: the SHA-256 of "abc", in lower-case hex, as FIPS 180-2 gives it.
+#[test]
+fn hashes_are_lower_case_hex_sha256() {
+    assert_eq!(
+        sha256_hex(b"abc"),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+    assert_eq!(hash_token("abc"), sha256_hex(b"abc"));
+}
