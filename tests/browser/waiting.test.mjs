@@ -1,7 +1,8 @@
 // The dashboard's "waiting for you" list in a real browser: a task waiting for approval is
 // rejected with a comment (back to its agent, the comment in its history), another approved, and
 // a loop waiting for confirmation (`conclave loop --confirm`) is stopped, all from the page's
-// buttons, which call the same API as the CLI.
+// buttons, which call the same API as the CLI. A task worked on in a branch shows the branch's
+// diff beside its buttons, folded, escaped and coloured; a task without one shows none.
 //
 // Run: cargo build -p conclave-cli && (cd tests/browser && npm ci && npm test)
 // Env and skipping as in dashboard.test.mjs.
@@ -39,6 +40,27 @@ async function call(method, urlPath, body, token = server.token) {
   try { data = JSON.parse(text); } catch { data = text; }
   assert.ok(response.ok, `${method} ${urlPath}: ${response.status} ${text}`);
   return data;
+}
+
+/** Runs git in the project (the server reads the task branches there). */
+function git(...args) {
+  return execFileSync('git', ['-C', server.dir, ...args], {
+    encoding: 'utf8',
+    env: { ...process.env, GIT_AUTHOR_NAME: 'Tester', GIT_AUTHOR_EMAIL: 't@example.invalid', GIT_COMMITTER_NAME: 'Tester', GIT_COMMITTER_EMAIL: 't@example.invalid' },
+  });
+}
+
+/** The project as a repository whose task branch `conclave/ID` changed a file since it forked. */
+function branchFor(id) {
+  git('init', '--quiet', '--initial-branch=main');
+  fs.writeFileSync(path.join(server.dir, 'config.txt'), 'key = old\nunchanged\n');
+  git('add', 'config.txt');
+  git('commit', '--quiet', '-m', 'initial');
+  git('branch', 'conclave/integration');
+  git('checkout', '--quiet', '-b', `conclave/${id}`);
+  fs.writeFileSync(path.join(server.dir, 'config.txt'), 'key = new\nunchanged\n<script>window.injected = 1</script>\n');
+  git('commit', '--quiet', '-am', `${id}: rename the key`);
+  git('checkout', '--quiet', 'main');
 }
 
 async function waitFor(what, probe, timeoutMs = 15000) {
@@ -95,9 +117,12 @@ async function finishedAwaitingApproval(coder, title) {
 test('approvals and a loop confirmation are decided from the waiting-for-you list', { skip, timeout: 60000 }, async () => {
   const coder = (await call('POST', '/api/agents', { name: 'coder' })).token;
   await call('POST', '/api/agents', { name: 'fixer' });
+  await call('POST', '/api/agents', { name: 'tidier' });
   const rejected = await finishedAwaitingApproval(coder, 'Rename the config key');
   const approved = await finishedAwaitingApproval(coder, 'Document the flag');
+  branchFor(rejected);
   await call('POST', '/api/agents/fixer/confirmation', { next_iteration: 2, summary: 'iteration 1: $0.0100, 2 turns, 3.0s, check exit 1' });
+  await call('POST', '/api/agents/tidier/confirmation', { next_iteration: 4, summary: 'iteration 3: $0.0200, 4 turns, 5.0s, no check' });
 
   const context = await browser.newContext({ viewport: { width: 1200, height: 900 } });
   const page = await context.newPage();
@@ -107,12 +132,28 @@ test('approvals and a loop confirmation are decided from the waiting-for-you lis
   await page.waitForSelector('body[data-ready="true"]');
 
   const list = page.locator('#waiting');
-  await list.getByText('Waiting for you (3)').waitFor();
+  await list.getByText('Waiting for you (4)').waitFor();
   const loopItem = list.locator('[data-confirmation="fixer"]');
   assert.match(await loopItem.innerText(), /run iteration 2\?[\s\S]*check exit 1/);
 
-  // Reject with a comment: the task goes back to its agent, the comment in its history.
+  // The branch's diff, folded beside the buttons: its summary counts files and lines; unfolded,
+  // the patch shows its lines coloured by kind and as text (the script in it is not run).
   const item = list.locator(`[data-approval="${rejected}"]`);
+  const diff = item.locator(`details[data-diff="${rejected}"]`);
+  await diff.locator('summary').getByText(`diff of conclave/${rejected} against conclave/integration: 1 file, +2 −1`).waitFor();
+  assert.equal(await diff.locator('.diff-patch').isVisible(), false, 'folded at first');
+  await diff.locator('summary').click();
+  await diff.locator('.diff-patch').waitFor();
+  assert.equal(await diff.locator('.diff-add', { hasText: '+key = new' }).count(), 1);
+  assert.equal(await diff.locator('.diff-del', { hasText: '-key = old' }).count(), 1);
+  assert.equal(await diff.locator('.diff-add', { hasText: '+<script>window.injected = 1</script>' }).count(), 1);
+  assert.equal(await item.locator('script').count(), 0, 'the patch is text, never markup');
+  assert.equal(await page.evaluate(() => window.injected), undefined);
+  assert.match(await diff.locator('.diff-files').innerText(), /config\.txt\s+\+2 −1/);
+  // A task without a branch (the shared tree) shows no diff.
+  assert.equal(await list.locator(`[data-approval="${approved}"] details`).count(), 0);
+
+  // Reject with a comment: the task goes back to its agent, the comment in its history.
   await item.getByRole('textbox').fill('Keep the old key as an alias.');
   await item.getByRole('button', { name: 'Reject' }).click();
   await waitFor('the rejection', async () => !(await call('GET', `/api/tasks/${rejected}`)).awaiting_approval);
@@ -124,6 +165,15 @@ test('approvals and a loop confirmation are decided from the waiting-for-you lis
 
   await list.locator(`[data-approval="${approved}"]`).getByRole('button', { name: 'Approve' }).click();
   await waitFor('the approval', async () => (await call('GET', `/api/tasks/${approved}`)).status === 'done');
+
+  // Continue with more instructions: the answer carries them.
+  const tidier = list.locator('[data-confirmation="tidier"]');
+  await tidier.getByRole('textbox').fill('Only touch the docs folder.');
+  await tidier.getByRole('button', { name: 'Continue' }).click();
+  await waitFor('the loop continued with a prompt', async () => {
+    const { confirmations } = await call('GET', '/api/confirmations?agent=tidier');
+    return confirmations[0] && confirmations[0].decision === 'continue' && confirmations[0].prompt === 'Only touch the docs folder.';
+  });
 
   await loopItem.getByRole('button', { name: 'Stop' }).click();
   await waitFor('the loop decision', async () => {

@@ -346,6 +346,11 @@ pub struct ServeArgs {
     /// `[store] url` in conclave.toml (default .conclave/conclave.db)
     #[arg(long, value_name = "URL")]
     pub store: Option<String>,
+    /// This machine's name among the team's hosts (default its hostname): agents registered
+    /// on another host keep their worktrees there, and `[merge] host` picks the server that
+    /// runs the merge queue
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -496,6 +501,10 @@ pub enum TaskCommand {
         /// Print JSON instead of text
         #[arg(long)]
         json: bool,
+        /// Also print what the task's branch (conclave/T-3) changed since it forked from the
+        /// integration branch; with --json, the diff's JSON instead of the task's
+        #[arg(long)]
+        diff: bool,
     },
     /// Change a task's title, body, priority, role or dependencies
     Edit {

@@ -45,9 +45,7 @@ pub struct StoreSection {
 /// (parsed as PostgreSQL's own URL syntax), or `sqlite://` followed by a path.
 pub fn validate_store_url(url: &str) -> Result<(), String> {
     if crate::store::is_postgres_url(url) {
-        return url
-            .parse::<postgres::Config>()
-            .map(|_| ())
+        return crate::store::pg_tls::PgTarget::check(url)
             .map_err(|error| format!("{url:?} is not a PostgreSQL URL: {error}"));
     }
     match url.strip_prefix("sqlite://") {
@@ -83,9 +81,21 @@ pub struct MergeSection {
     /// shared tree) rather than allowed with a warning naming the holder and its task.
     #[serde(default)]
     pub strict_leases: bool,
+    /// The git remote every clone shares (`origin`, say), through which task branches and the
+    /// integration branch travel between hosts (docs/scale-out.md). Left out, nothing is pushed
+    /// or fetched: every worktree agent must then run on the queue's host.
+    pub remote: Option<String>,
+    /// The host whose server runs the merge queue (a name as `[[agent]] host` takes it); left
+    /// out, the server's own host (every server runs it).
+    pub host: Option<String>,
 }
 
 impl MergeSection {
+    /// Whether the queue runs in a server on `host` (no `[merge] host`: on every server's).
+    pub fn queue_runs_on(&self, host: &str) -> bool {
+        self.host.as_deref().is_none_or(|queue| queue == host)
+    }
+
     pub fn into_branch(&self) -> &str {
         self.into.as_deref().unwrap_or(DEFAULT_INTEGRATION_BRANCH)
     }
@@ -120,6 +130,14 @@ impl MergeSection {
         }
         if self.into.as_deref().is_some_and(str::is_empty) {
             return Err("[merge] into must not be empty".to_string());
+        }
+        if let Some(remote) = &self.remote {
+            validate_remote_name(remote)
+                .map_err(|error| format!("[merge] remote = {remote:?}: {error}"))?;
+        }
+        if let Some(host) = &self.host {
+            validate_host_name(host)
+                .map_err(|error| format!("[merge] host = {host:?}: {error}"))?;
         }
         Ok(())
     }
@@ -363,6 +381,10 @@ pub struct AgentSpec {
     pub until: Option<String>,
     /// `mode = "loop"`: the most iterations it runs.
     pub max_iterations: Option<u32>,
+    /// `mode = "loop"`: before each iteration after the first, wait for a person's decision
+    /// (continue, perhaps with more instructions, or stop) from the dashboard or the API, as
+    /// `conclave loop --confirm` does.
+    pub confirm: Option<bool>,
     /// The machine that runs this agent (docs/scale-out.md): `conclave up --server URL` on the
     /// host whose name (`--host`, default its hostname) matches starts it. An agent without
     /// `host` runs where `conclave up` runs without `--server`, next to the server.
@@ -393,6 +415,7 @@ impl AgentSpec {
             for (key, set) in [
                 ("until", self.until.is_some()),
                 ("max_iterations", self.max_iterations.is_some()),
+                ("confirm", self.confirm.is_some()),
             ] {
                 if set {
                     return Err(format!(
@@ -621,8 +644,45 @@ impl Config {
                 agent.name
             ));
         }
+        self.validate_pipeline_isolation()?;
         if let Some(url) = &self.store.url {
             validate_store_url(url).map_err(|error| format!("[store] url = {error}"))?;
+        }
+        Ok(())
+    }
+
+    /// Every stage of a pipeline must share one isolation: whether a finished task goes through
+    /// the merge queue depends on the agent that finishes it, so a shared-tree last stage would
+    /// mark done a task whose earlier stages committed on a branch that then never lands.
+    fn validate_pipeline_isolation(&self) -> Result<(), String> {
+        for pipeline in &self.pipelines {
+            let mut seen: Option<(&str, Isolation)> = None;
+            for agent in &self.agents {
+                let settings = agent.settings.or(&self.defaults);
+                if !agent
+                    .role
+                    .as_deref()
+                    .is_some_and(|role| pipeline.stages.iter().any(|stage| stage == role))
+                {
+                    continue;
+                }
+                let isolation = settings.isolation.unwrap_or(Isolation::Shared);
+                match seen {
+                    None => seen = Some((agent.name.as_str(), isolation)),
+                    Some((first, first_isolation)) if first_isolation != isolation => {
+                        return Err(format!(
+                            "[[pipeline]] {:?}: its stages' agents {first:?} ({}) and {:?} ({}) \
+                             differ in isolation; give every agent of a pipeline's roles the same \
+                             `isolation` (docs/worktrees.md, \"Pipelines and approvals\")",
+                            pipeline.name,
+                            first_isolation.as_str(),
+                            agent.name,
+                            isolation.as_str(),
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
         }
         Ok(())
     }
@@ -666,8 +726,33 @@ impl Config {
                 .filter_map(|entry| entry.strip_prefix("role:"))
                 .map(str::to_string)
                 .collect(),
+            merge_queue: self.merge.is_some(),
         }
     }
+}
+
+/// Checks a git remote's name as `[merge] remote` takes it: a name git accepts for a remote
+/// (no spaces, no `:` or `..`, not starting with `-`), not a URL.
+pub fn validate_remote_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 100 {
+        return Err("a remote's name has 1 to 100 characters".to_string());
+    }
+    if name.starts_with('-') || name.starts_with('.') || name.ends_with('/') {
+        return Err("a remote's name starts with a letter or digit".to_string());
+    }
+    if name.contains("..") || name.contains("//") {
+        return Err("a remote's name is a name (`origin`), not a URL or a path".to_string());
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '/')))
+    {
+        return Err(format!(
+            "{bad:?} cannot be in a remote's name (letters, digits, '-', '.', '_', '/'); name \
+             the remote (`git remote add origin URL`), not its URL"
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a host name as `host =` and `--host` take it: what a hostname may hold (letters,
@@ -773,6 +858,13 @@ pub const EXAMPLE_CONFIG: &str = r#"# Conclave configuration. Every setting is o
 # allowed_tools = ["Read", "Edit", "Write", "Bash(cargo *)"]
 # env = { ANTHROPIC_BASE_URL = "http://127.0.0.1:9999" }
 
+# [[agent]]
+# name = "fixer"
+# mode = "loop"                # a fresh session per iteration, one ready task each
+# until = "cargo test"         # the loop ends when this passes
+# max_iterations = 10
+# confirm = true               # wait for a person (dashboard or API) before each next iteration
+
 # [[pipeline]]                 # tasks created in it pass coder -> reviewer -> tester
 # name = "reviewed"
 # stages = ["coder", "reviewer", "tester"]
@@ -783,6 +875,8 @@ pub const EXAMPLE_CONFIG: &str = r#"# Conclave configuration. Every setting is o
 # check = "cargo test"
 # setup = "cp ../.env ."       # run in each new worktree
 # strict_leases = false        # true: an edit of a file leased in another worktree is denied
+# remote = "origin"            # agents on several hosts: branches travel through this remote
+# host = "build-1"             # the host whose server runs the queue (default: the server's)
 "#;
 
 #[cfg(test)]
@@ -807,6 +901,12 @@ mod tests {
         let error = Config::parse("[[agent]]\nname = \"x\"\nmode = \"loop\"\nmax_iterations = 0\n")
             .expect_err("zero iterations");
         assert!(error.contains("at least 1"), "{error}");
+        let config = Config::parse("[[agent]]\nname = \"x\"\nmode = \"loop\"\nconfirm = true\n")
+            .expect("a loop that asks a person");
+        assert_eq!(config.agents[0].confirm, Some(true));
+        let error = Config::parse("[[agent]]\nname = \"coder\"\nconfirm = true\n")
+            .expect_err("confirm without loop");
+        assert!(error.contains("confirm is a setting of a loop"), "{error}");
     }
 
     #[test]
@@ -861,6 +961,19 @@ max_rounds = 1
             let error = Config::parse(text).expect_err(text);
             assert!(error.contains(expected), "{text}: {error}");
         }
+        let mixed = "[merge]\n[[pipeline]]\nname = \"p\"\nstages = [\"coder\", \"reviewer\"]\n\
+                     [[agent]]\nname = \"c\"\nrole = \"coder\"\nisolation = \"worktree\"\n\
+                     [[agent]]\nname = \"r\"\nrole = \"reviewer\"\n";
+        let error = Config::parse(mixed).expect_err("mixed isolation in one pipeline");
+        assert!(
+            error.contains("\"c\" (worktree)") && error.contains("\"r\" (shared)"),
+            "{error}"
+        );
+        Config::parse(&mixed.replace(
+            "role = \"reviewer\"\n",
+            "role = \"reviewer\"\nisolation = \"worktree\"\n",
+        ))
+        .expect("one isolation for every stage");
         // Roles no agent has are fine: agents may join later.
         Config::parse("[[pipeline]]\nname = \"p\"\nstages = [\"nobody-yet\"]\n")
             .expect("unknown role");
@@ -902,6 +1015,35 @@ max_rounds = 1
         }
         let error = Config::parse("[defaults]\nhibernate_after = \"soon\"\n").expect_err("bad");
         assert!(error.contains("hibernate_after"), "{error}");
+    }
+
+    #[test]
+    fn merge_names_a_shared_remote_and_the_queue_host() {
+        let config = Config::parse("[merge]\nremote = \"origin\"\nhost = \"build-1\"\n")
+            .expect("remote and host");
+        let merge = config.merge.expect("merge");
+        assert_eq!(merge.remote.as_deref(), Some("origin"));
+        assert!(merge.queue_runs_on("build-1"));
+        assert!(!merge.queue_runs_on("build-2"));
+        let anywhere = Config::parse("[merge]\n")
+            .expect("empty")
+            .merge
+            .expect("merge");
+        assert!(anywhere.queue_runs_on("build-2"), "no host: every server's");
+        for bad in [
+            "",
+            "git@host:repo.git",
+            "https://example.com/r",
+            "-x",
+            "a b",
+            "../up",
+        ] {
+            let text = format!("[merge]\nremote = {bad:?}\n");
+            let error = Config::parse(&text).expect_err(bad);
+            assert!(error.contains("[merge] remote"), "{bad:?}: {error}");
+        }
+        let error = Config::parse("[merge]\nhost = \"a b\"\n").expect_err("host");
+        assert!(error.contains("[merge] host"), "{error}");
     }
 
     #[test]

@@ -74,7 +74,7 @@ impl From<postgres::Error> for CoreError {
                 db.code().code(),
                 db.detail().map(|d| format!(": {d}")).unwrap_or_default()
             )),
-            None => CoreError::Database(error.to_string()),
+            None => CoreError::Database(crate::store::pg_tls::describe(&error)),
         }
     }
 }

@@ -281,6 +281,51 @@ pub struct QueueView {
     pub entries: Vec<QueueEntry>,
 }
 
+/// The default bound on the patch text of `GET /api/tasks/{id}/diff`.
+pub const DEFAULT_DIFF_BYTES: u64 = 256 * 1024;
+/// The most patch text `GET /api/tasks/{id}/diff` answers, whatever is asked.
+pub const MAX_DIFF_BYTES: u64 = 4 * 1024 * 1024;
+
+/// `GET /api/tasks/{id}/diff`: what the task's branch changed since it forked from the
+/// integration branch (`git diff into...branch`), for a person deciding on it. The file list and
+/// the totals are always complete; the patch is cut at a byte bound (after a whole line).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TaskDiff {
+    pub task: TaskId,
+    /// The task's branch, `conclave/T-n`.
+    pub branch: String,
+    /// The integration branch it is compared with (`[merge] into`).
+    pub into: String,
+    /// Their merge base; none when the histories are unrelated (then the diff is against the
+    /// integration branch's tip).
+    pub base: Option<String>,
+    /// The branch's tip.
+    pub head: String,
+    pub files: Vec<DiffFileStat>,
+    /// Lines added and removed in all text files.
+    pub added: u64,
+    pub removed: u64,
+    /// The unified diff, at most `max_bytes` of it.
+    pub patch: String,
+    /// The patch was cut at the bound: the file list still names every file.
+    pub truncated: bool,
+    /// The bound the patch was cut at.
+    pub max_bytes: u64,
+}
+
+/// One file of a [`TaskDiff`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DiffFileStat {
+    pub path: String,
+    /// Its path at the fork, when git saw a rename.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_path: Option<String>,
+    /// Lines added and removed; none for a binary file.
+    pub added: Option<u64>,
+    pub removed: Option<u64>,
+    pub binary: bool,
+}
+
 /// An open task's branch (`conclave/T-12`) in `GET /api/overlaps`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OpenBranch {

@@ -28,6 +28,7 @@ mod liveness;
 mod messages;
 mod notes;
 mod pg;
+pub mod pg_tls;
 mod presence;
 mod queue;
 mod schema;
@@ -87,6 +88,11 @@ pub struct StoreConfig {
     /// Roles every task of which waits for a person's approval when its agent finishes it
     /// (`[defaults] approve = ["role:reviewer"]`).
     pub approve_roles: Vec<String>,
+    /// Whether the server lands worktree agents' branches through a merge queue (`[merge]`): a
+    /// task finished by an agent in its own worktree then waits in `review` until its branch
+    /// lands (store/queue.rs), whatever way it finishes (a plain `done`, a pipeline's last pass,
+    /// a person's approval).
+    pub merge_queue: bool,
 }
 
 impl Default for StoreConfig {
@@ -98,6 +104,7 @@ impl Default for StoreConfig {
             durability: Durability::Normal,
             pipelines: Vec::new(),
             approve_roles: Vec::new(),
+            merge_queue: false,
         }
     }
 }
@@ -203,7 +210,9 @@ impl Store {
     /// (throwaway stores for tests and benchmarks). `schema` is a plain lower-case name.
     pub fn create_postgres_schema(url: &str, schema: &str) -> Result<String> {
         validate_schema_name(schema)?;
-        let mut client = postgres::Client::connect(url, postgres::NoTls)?;
+        let mut client = pg_tls::PgTarget::parse(url)
+            .map_err(CoreError::invalid)?
+            .connect()?;
         client.batch_execute(&format!("CREATE SCHEMA {schema}"))?;
         let separator = if url.contains('?') { '&' } else { '?' };
         Ok(format!(
@@ -214,7 +223,9 @@ impl Store {
     /// Drops a schema [`Store::create_postgres_schema`] made, with everything in it.
     pub fn drop_postgres_schema(url: &str, schema: &str) -> Result<()> {
         validate_schema_name(schema)?;
-        let mut client = postgres::Client::connect(url, postgres::NoTls)?;
+        let mut client = pg_tls::PgTarget::parse(url)
+            .map_err(CoreError::invalid)?
+            .connect()?;
         client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))?;
         Ok(())
     }
@@ -251,7 +262,8 @@ impl Store {
     /// Sets the function that receives every committed event (the server's broadcast).
     ///
     /// On PostgreSQL the sink also gets the events other servers write to the same database
-    /// (a follower thread reads the log every fifth of a second), in sequence order.
+    /// (a follower thread reads the log when another server's `NOTIFY` wakes it, and at least
+    /// every fifth of a second), in sequence order.
     pub fn set_event_sink(&self, sink: EventSink) {
         *lock(&self.inner.sink) = Some(sink);
         if let Engine::Pg(engine) = &self.inner.engine {

@@ -38,6 +38,27 @@ pub enum GitError {
     /// The `[merge] setup` command failed in a new worktree (the worktree is removed again).
     #[error("setup command failed in {path}: {detail}")]
     SetupFailed { path: PathBuf, detail: String },
+    /// `[merge] remote` names a remote this clone does not have.
+    #[error(
+        "the git remote {name:?} does not exist in {repo} (add it with `git remote add {name} \
+         URL`: every clone of the team needs the same remote)"
+    )]
+    NoSuchRemote { name: String, repo: PathBuf },
+    /// The shared remote refused a push (it would lose commits published there, a hook or a
+    /// permission said no).
+    #[error("pushing {branch} to the remote {remote} was refused: {detail}")]
+    PushRefused {
+        remote: String,
+        branch: String,
+        detail: String,
+    },
+    /// Talking to the shared remote failed (unreachable, no access).
+    #[error("{action} from the remote {remote} failed: {detail}")]
+    Remote {
+        remote: String,
+        action: String,
+        detail: String,
+    },
     /// A failpoint (see `MergeEngine::land_with`) stopped the operation on purpose.
     #[error("stopped at {0}")]
     Interrupted(String),

@@ -12,7 +12,9 @@
 //! | agent worktrees in `.conclave/worktrees/<agent>` | [`AgentWorktrees::start_task`] (creates or reuses the worktree, switches it to `conclave/<task>`), [`AgentWorktrees::remove`], [`AgentWorktrees::repair`] (at start-up), [`AgentWorktrees::with_setup`] (`[merge] setup`) |
 //! | commit-on-done | [`commit_on_done`] with a [`TaskSummary`]; [`DoneCommit::has_changes`] says whether the branch changes anything |
 //! | landing a branch | [`MergeEngine::land`] → [`LandOutcome`] (landed, already landed, conflict, check failed, integration moved, refused); [`MergeEngine::fast_forward`] for the user's own branch |
+//! | what a task's branch changed (for a person approving it) | [`branch_diff`]: the merge-base diff against the integration branch, the file list complete, the patch bounded |
 //! | overlaps between open branches | [`overlaps`], [`overlaps_with_work`] (uncommitted work in the worktrees too) |
+//! | branches between clones (a remote every clone shares) | [`SharedRemote::push`] (a finished task's branch, the integration branch after a landing), [`SharedRemote::bring`] (a task branch into the queue's clone), [`SharedRemote::follow`] (the integration branch on the other clones) |
 //! | write attribution | [`TreeSnapshot::capture`] before a command, [`TreeSnapshot::capture_after`] after it, [`TreeSnapshot::changes`]; [`dependency_file`] flags manifests and lockfiles |
 //!
 //! A sketch of one task's life, as the supervisor and the queue will run it:
@@ -54,11 +56,13 @@
 
 mod commit;
 mod deps;
+mod diff;
 mod error;
 mod git;
 mod lock;
 mod merge;
 mod overlap;
+mod remote;
 mod repo;
 mod shell;
 mod snapshot;
@@ -71,6 +75,7 @@ mod tests;
 
 pub use commit::{DoneCommit, TaskSummary, commit_on_done};
 pub use deps::{DependencyFile, dependency_file};
+pub use diff::{BranchDiff, DiffFile, branch_diff};
 pub use error::{GitError, Result};
 pub use git::{CommitId, Git, Identity, check_branch_name};
 pub use lock::{DEFAULT_LOCK_TIMEOUT, PathLock};
@@ -79,6 +84,7 @@ pub use merge::{
     LandStage, MergeEngine, SCRATCH_NAME, Strategy,
 };
 pub use overlap::{Overlap, overlaps, overlaps_with_work};
+pub use remote::{Brought, SharedRemote};
 pub use repo::{DEFAULT_INTEGRATION_BRANCH, Repo, WorktreeEntry};
 pub use shell::{ShellCommand, ShellOutcome, TAIL_BYTES, TAIL_LINES, bounded_tail, run_shell};
 pub use snapshot::{ChangeKind, FileChange, FileStamp, SnapshotEntry, TreeSnapshot};

@@ -899,3 +899,48 @@ fn names_that_are_not_branches_or_folders_are_refused() {
         assert!(check_agent_name(bad).is_err(), "{bad:?}");
     }
 }
+
+#[test]
+fn a_branch_diff_shows_only_what_the_branch_changed_since_it_forked_and_is_bounded() {
+    let fixture = Fixture::new();
+    let long: String = (0..400).map(|n| format!("line {n}\n")).collect();
+    fixture.finish_task(
+        "alice",
+        "T-1",
+        &[("src/new.rs", "fn added() {}\n"), ("big.txt", &long)],
+    );
+    // The integration branch moves on after the fork: its change is not the branch's.
+    let main = fixture.test_repo.path();
+    TestRepo::git_in(main, &["checkout", "--quiet", INTEGRATION]);
+    fixture
+        .test_repo
+        .write("later.txt", "landed by someone else\n");
+    fixture.test_repo.commit_all("someone else's work");
+    let git = fixture.repo.git();
+
+    let whole = branch_diff(git, INTEGRATION, "conclave/T-1", 1 << 20).expect("diff");
+    let paths: Vec<&str> = whole.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths, ["big.txt", "src/new.rs"]);
+    assert_eq!(whole.totals(), (401, 0));
+    assert!(!whole.truncated);
+    assert!(whole.patch.contains("+fn added() {}"), "{}", whole.patch);
+    assert!(!whole.patch.contains("later.txt"), "{}", whole.patch);
+    assert_eq!(whole.head, fixture.test_repo.tip("conclave/T-1"));
+
+    let cut = branch_diff(git, INTEGRATION, "conclave/T-1", 300).expect("bounded diff");
+    assert!(cut.truncated);
+    assert!(
+        cut.patch.len() <= 300 && cut.patch.ends_with('\n'),
+        "{:?}",
+        cut.patch
+    );
+    assert_eq!(
+        cut.files, whole.files,
+        "the file list is complete when the patch is cut"
+    );
+
+    match branch_diff(git, INTEGRATION, "conclave/T-9", 1000) {
+        Err(GitError::NoSuchBranch(branch)) => assert_eq!(branch, "conclave/T-9"),
+        other => panic!("expected NoSuchBranch, got {other:?}"),
+    }
+}

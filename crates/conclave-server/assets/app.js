@@ -412,12 +412,62 @@ function renderAlerts() {
 }
 
 // ---- waiting for you --------------------------------------------------------------------------
-// Tasks waiting for a person's approval and loops (`conclave loop --confirm`) waiting for a
-// confirmation, each with buttons calling the same API as `conclave task approve|reject` and the
-// loop's own terminal prompt.
+// Tasks waiting for a person's approval and loops (`conclave loop --confirm`, or `confirm = true`
+// in `conclave up`) waiting for a confirmation, each with buttons calling the same API as
+// `conclave task approve|reject` and the loop's own terminal prompt. A task worked on in a
+// worktree shows the diff of its branch (GET /api/tasks/{id}/diff) beside its buttons.
 
-// Comments typed and not yet sent survive the list being rebuilt on every task change.
-const waitingForYou = { confirmations: [], comments: new Map() };
+// Comments and prompts typed and not yet sent, diffs fetched and which of them are unfolded
+// survive the list being rebuilt on every task change.
+const waitingForYou = { confirmations: [], comments: new Map(), prompts: new Map(), diffs: new Map(), unfolded: new Set() };
+/** The patch text the dashboard asks for: the rest is a `conclave task show ID --diff` away. */
+const DIFF_BYTES = 65536;
+
+/** Fetches a waiting task's diff once per version of the task (its updated_at). */
+async function loadDiff(task) {
+  const key = task.updated_at;
+  waitingForYou.diffs.set(task.id, { key, loading: true });
+  let entry;
+  try {
+    entry = { key, diff: await api('GET', `/api/tasks/${enc(task.id)}/diff?max_bytes=${DIFF_BYTES}`) };
+  } catch (error) {
+    // A task without a branch (the shared tree) has no diff: nothing is shown for it.
+    entry = { key, diff: null, error: error.message };
+  }
+  const current = waitingForYou.diffs.get(task.id);
+  if (current && current.key === key) {
+    waitingForYou.diffs.set(task.id, entry);
+    renderWaitingForYou();
+  }
+}
+
+/** The class of a patch line: added, removed, a hunk header, or a file header. */
+function diffLineClass(line) {
+  if (line.startsWith('+++') || line.startsWith('---') || line.startsWith('diff ') || line.startsWith('index ')) return 'diff-meta';
+  if (line.startsWith('@@')) return 'diff-hunk';
+  if (line.startsWith('+')) return 'diff-add';
+  if (line.startsWith('-')) return 'diff-del';
+  return null;
+}
+
+/** The branch's diff, folded: its summary is the file count and line totals. */
+function diffBlock(task) {
+  const entry = waitingForYou.diffs.get(task.id);
+  if (!entry || entry.loading || !entry.diff) return null;
+  const diff = entry.diff;
+  const files = diff.files.length;
+  const details = h('details', {
+    class: 'diff', 'data-diff': task.id, open: waitingForYou.unfolded.has(task.id),
+    ontoggle: () => { if (details.open) waitingForYou.unfolded.add(task.id); else waitingForYou.unfolded.delete(task.id); },
+  },
+  h('summary', { text: `diff of ${diff.branch} against ${diff.into}: ${files} file${files === 1 ? '' : 's'}, +${diff.added} −${diff.removed}` }),
+  h('ul', { class: 'diff-files' }, diff.files.map((file) => h('li', {},
+    h('code', { text: file.old_path ? `${file.old_path} → ${file.path}` : file.path }), ' ',
+    h('span', { class: 'muted', text: file.binary ? 'binary' : `+${file.added} −${file.removed}` })))),
+  h('pre', { class: 'diff-patch' }, diff.patch.replace(/\n$/, '').split('\n').map((line) => h('span', { class: diffLineClass(line), text: line || ' ' }))),
+  diff.truncated ? h('p', { class: 'muted', text: `cut at ${Math.round(diff.max_bytes / 1024)} KiB: \`conclave task show ${task.id} --diff\` prints it all` }) : null);
+  return details;
+}
 
 async function loadConfirmations() {
   waitingForYou.confirmations = (await api('GET', '/api/confirmations?waiting=true')).confirmations;
@@ -430,20 +480,32 @@ function approvalItem(task) {
     value: waitingForYou.comments.get(task.id) || '', oninput: () => waitingForYou.comments.set(task.id, comment.value),
   });
   const decide = (verb) => act(`${verb} ${task.id}`, () => api('POST', `/api/tasks/${enc(task.id)}/${verb}`, comment.value.trim() ? { comment: comment.value.trim() } : {}));
+  const cached = waitingForYou.diffs.get(task.id);
+  if (!cached || cached.key !== task.updated_at) loadDiff(task);
   return h('li', { class: 'wait-item', 'data-approval': task.id },
     h('span', { class: 'task-id', text: task.id }), h('span', { text: task.title }),
     h('span', { class: 'muted', text: `finished by ${task.assignee || 'its agent'}; waits for your approval` }),
     comment,
     h('button', { type: 'button', text: 'Approve', onclick: () => decide('approve') }),
-    h('button', { type: 'button', class: 'danger', text: 'Reject', onclick: () => decide('reject') }));
+    h('button', { type: 'button', class: 'danger', text: 'Reject', onclick: () => decide('reject') }),
+    diffBlock(task));
 }
 
 function confirmationItem(waiting) {
-  const answer = (decision) => act(`${decision} ${waiting.agent}`, () => api('POST', `/api/agents/${enc(waiting.agent)}/confirm`, { decision }));
+  const prompt = h('input', {
+    name: 'prompt', placeholder: 'new prompt (optional; the iterations from now on get it)', 'aria-label': `new prompt for ${waiting.agent}`,
+    value: waitingForYou.prompts.get(waiting.agent) || '', oninput: () => waitingForYou.prompts.set(waiting.agent, prompt.value),
+  });
+  const answer = (decision) => act(`${decision} ${waiting.agent}`, async () => {
+    const edited = decision === 'continue' && prompt.value.trim() ? { prompt: prompt.value.trim() } : {};
+    await api('POST', `/api/agents/${enc(waiting.agent)}/confirm`, { decision, ...edited });
+    waitingForYou.prompts.delete(waiting.agent);
+  });
   return h('li', { class: 'wait-item', 'data-confirmation': waiting.agent },
     h('b', { text: waiting.agent }),
     h('span', { text: `loop: run iteration ${waiting.next_iteration}?` }),
     h('span', { class: 'muted', text: clip(waiting.summary, 300) }),
+    prompt,
     h('button', { type: 'button', text: 'Continue', onclick: () => answer('continue') }),
     h('button', { type: 'button', class: 'danger', text: 'Stop', onclick: () => answer('stop') }));
 }

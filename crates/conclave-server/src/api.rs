@@ -2,6 +2,7 @@
 
 pub mod agents;
 pub mod confirmations;
+pub mod diffs;
 pub mod events;
 pub mod leases;
 pub mod messages;

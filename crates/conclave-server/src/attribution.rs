@@ -87,8 +87,9 @@ struct FinishedRun {
 #[derive(Default)]
 pub struct ShellRuns {
     state: Mutex<RunsState>,
-    /// The project's repository: its top folder and the project root's place in it.
-    project_repo: OnceLock<Option<ProjectRepo>>,
+    /// The project root as a real path (symlinks resolved, as git reports work trees), found
+    /// once: changed files are mapped against it.
+    real_root: OnceLock<Option<PathBuf>>,
 }
 
 #[derive(Default)]
@@ -96,16 +97,6 @@ struct RunsState {
     pending: HashMap<RunKey, PendingRun>,
     held_paths: usize,
     finished: VecDeque<FinishedRun>,
-}
-
-#[derive(Debug, Clone)]
-struct ProjectRepo {
-    /// The main worktree's top folder (real path).
-    top: PathBuf,
-    /// The project root relative to it (`""` when they are the same), with a trailing `/`.
-    prefix: String,
-    /// Where agents' worktrees live (real path).
-    worktrees: PathBuf,
 }
 
 impl ShellRuns {
@@ -311,17 +302,20 @@ async fn attribute(app: &App, actor: &Actor, agent: &str, call: &ShellCall) -> R
     let project_root = app.settings().project_root.clone();
     let before = run.snapshot;
     let on_thread = app.clone();
-    let root = project_root.clone();
-    // Git runs on a blocking thread: the snapshot, and once per server the project's own repo.
-    let (tree, changes, project_repo) = tokio::task::spawn_blocking(move || {
-        let project_repo = on_thread
+    // Git runs on a blocking thread: the snapshot, and once per server the real project root.
+    let (tree, changes, real_root) = tokio::task::spawn_blocking(move || {
+        let real_root = on_thread
             .shell_runs()
-            .project_repo
-            .get_or_init(|| root.as_deref().and_then(project_repo))
+            .real_root
+            .get_or_init(|| {
+                project_root
+                    .as_deref()
+                    .map(|root| std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf()))
+            })
             .clone();
         let after = TreeSnapshot::capture_after(&before)?;
         let changes = before.changes(&after);
-        Ok::<_, conclave_git::GitError>((after.root, changes, project_repo))
+        Ok::<_, conclave_git::GitError>((after.root, changes, real_root))
     })
     .await
     .map_err(|error| OpError::Worker(format!("snapshot thread: {error}")))?
@@ -331,16 +325,12 @@ async fn attribute(app: &App, actor: &Actor, agent: &str, call: &ShellCall) -> R
         tree: tree.clone(),
         finished: Instant::now(),
     });
+    // Without a project root (a server started outside one), the tree's own paths are used.
+    let root = real_root.unwrap_or_else(|| tree.clone());
     let mut files: Vec<(String, ChangeKind)> = changes
         .into_iter()
         .filter_map(|change| {
-            project_path(
-                project_root.as_deref(),
-                project_repo.as_ref(),
-                &tree,
-                &change.path,
-            )
-            .map(|path| (path, change.kind))
+            project_file(&root, &tree, &change.path).map(|path| (path, change.kind))
         })
         .collect();
     if files.is_empty() {
@@ -349,10 +339,7 @@ async fn attribute(app: &App, actor: &Actor, agent: &str, call: &ShellCall) -> R
     // Dependency files first, so that the cap never drops them.
     files.sort_by_key(|(path, _)| dependency_file(path).is_none());
     files.truncate(MAX_TOUCHED_PER_COMMAND);
-    let shared_tree = match &project_repo {
-        Some(repo) => tree == repo.top,
-        None => true,
-    };
+    let shared_tree = !in_agent_worktree(&root, &tree);
     let concurrent = runs.concurrent(agent, &tree, run.started);
     let caller = agent.to_string();
     let command = bounded_command(&call.command);
@@ -629,53 +616,19 @@ fn tree_top(dir: &Path) -> Option<PathBuf> {
     std::fs::canonicalize(text).ok()
 }
 
-fn project_repo(project_root: &Path) -> Option<ProjectRepo> {
-    let output = Git::new(project_root)
-        .output(&["rev-parse", "--show-toplevel", "--show-prefix"])
-        .ok()?;
-    if !output.status.success() {
-        return None;
-    }
-    let text = String::from_utf8_lossy(&output.stdout).to_string();
-    let mut lines = text.lines();
-    let top = std::fs::canonicalize(lines.next()?.trim()).ok()?;
-    let prefix = lines.next().unwrap_or("").trim().to_string();
-    let root = std::fs::canonicalize(project_root).ok()?;
-    Some(ProjectRepo {
-        top,
-        prefix,
-        worktrees: root.join(".conclave").join("worktrees"),
-    })
+/// The project-relative path of a file a shell command changed (`path`, relative to the work
+/// tree `tree`), by the one mapping every way in uses ([`paths::project_path`]), so that shell
+/// writes name the same files as leases and edits whichever tree they happened in; `None` for a
+/// file outside the project or in Conclave's own folder.
+fn project_file(root: &Path, tree: &Path, path: &str) -> Option<String> {
+    let relative = paths::project_path(root, tree, path)?;
+    (relative != ".conclave" && !relative.starts_with(".conclave/")).then_some(relative)
 }
 
-/// The project-relative path of `path` (relative to the work tree `tree`), so that shell writes
-/// name the same files as leases and edits whichever tree they happened in; `None` for a file
-/// outside the project or in Conclave's own folder.
-///
-/// This is a local mapping of the attribution's own: the main worktree and the agents' worktrees
-/// under `.conclave/worktrees/` hold the project at the same place (`prefix`); another tree
-/// counts only where it lies inside the project root.
-fn project_path(
-    project_root: Option<&Path>,
-    repo: Option<&ProjectRepo>,
-    tree: &Path,
-    path: &str,
-) -> Option<String> {
-    let relative = match (project_root, repo) {
-        (_, Some(repo)) if tree == repo.top || tree.starts_with(&repo.worktrees) => {
-            path.strip_prefix(repo.prefix.as_str())?.to_string()
-        }
-        (Some(root), _) => {
-            let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
-            let absolute = tree.join(path);
-            absolute.strip_prefix(&root).ok()?.to_str()?.to_string()
-        }
-        (None, _) => path.to_string(),
-    };
-    if relative.is_empty() || relative == ".conclave" || relative.starts_with(".conclave/") {
-        return None;
-    }
-    Some(relative)
+/// Whether `tree` is an agent's own worktree (under the project's worktrees folder) rather than
+/// the tree the team shares.
+fn in_agent_worktree(root: &Path, tree: &Path) -> bool {
+    tree.starts_with(root.join(paths::WORKTREES_DIR))
 }
 
 #[cfg(test)]
@@ -789,33 +742,33 @@ mod tests {
 
     #[test]
     fn project_paths_map_worktrees_and_skip_conclaves_own_folder() {
-        let repo = ProjectRepo {
-            top: PathBuf::from("/repo"),
-            prefix: "app/".to_string(),
-            worktrees: PathBuf::from("/repo/app/.conclave/worktrees"),
-        };
+        // The project in a folder of its repository, the team's tree at the repository's top.
         let root = Path::new("/repo/app");
         let main = Path::new("/repo");
-        let worktree = Path::new("/repo/app/.conclave/worktrees/alice");
         assert_eq!(
-            project_path(Some(root), Some(&repo), main, "app/src/a.rs").as_deref(),
+            project_file(root, main, "app/src/a.rs").as_deref(),
             Some("src/a.rs")
         );
         assert_eq!(
-            project_path(Some(root), Some(&repo), worktree, "app/src/a.rs").as_deref(),
-            Some("src/a.rs")
-        );
-        assert_eq!(
-            project_path(Some(root), Some(&repo), main, "other/b.rs"),
+            project_file(root, main, "other/b.rs"),
             None,
             "outside the project"
         );
+        assert_eq!(project_file(root, main, "app/.conclave/x"), None);
+        assert!(!in_agent_worktree(root, main));
+        // An agent's worktree: its files are the project's.
+        let root = Path::new("/repo");
+        let worktree = Path::new("/repo/.conclave/worktrees/alice");
         assert_eq!(
-            project_path(Some(root), Some(&repo), main, "app/.conclave/x"),
-            None
+            project_file(root, worktree, "src/a.rs").as_deref(),
+            Some("src/a.rs")
         );
+        assert_eq!(project_file(root, worktree, ".conclave/x"), None);
+        assert!(in_agent_worktree(root, worktree));
+        assert!(!in_agent_worktree(root, root));
+        // Without a project root, the tree's own paths.
         assert_eq!(
-            project_path(None, None, main, "src/a.rs").as_deref(),
+            project_file(main, main, "src/a.rs").as_deref(),
             Some("src/a.rs")
         );
     }

@@ -10,6 +10,7 @@ mod api;
 mod app;
 mod attribution;
 mod auth;
+mod branch_travel;
 mod dashboard;
 mod error;
 mod extract;
@@ -271,6 +272,10 @@ pub struct ServeOptions {
     pub allow_remote: bool,
     /// Overrides `[store] url` from `conclave.toml` (`postgres://...` or `sqlite://PATH`).
     pub store: Option<String>,
+    /// This machine's name among the team's hosts (`--host`; default its hostname): agents
+    /// registered on another host keep their worktrees there, and `[merge] host` says whether
+    /// this server runs the merge queue (docs/scale-out.md).
+    pub host: Option<String>,
 }
 
 /// Holds the project's server lock for as long as it lives. The OS drops the lock when the
@@ -421,10 +426,15 @@ pub async fn open_project_server(
         project_root: Some(project.root().to_path_buf()),
         allowed_hosts,
         keep_working: config.server.keep_working,
-        merge: config
-            .merge
-            .clone()
-            .map(|merge| merge_queue::MergeQueue::new(merge, project.root().to_path_buf())),
+        merge: config.merge.clone().map(|merge| {
+            let host = options.host.clone().unwrap_or_else(machine_name);
+            let agent_hosts = config
+                .agents
+                .iter()
+                .filter_map(|agent| agent.host.clone())
+                .collect();
+            merge_queue::MergeQueue::on_host(merge, project.root().to_path_buf(), host, agent_hosts)
+        }),
         limits: ServerLimits {
             max_connections: config
                 .server
@@ -445,6 +455,15 @@ pub async fn open_project_server(
     })
 }
 
+/// This machine's hostname (`localhost` when it cannot be read).
+pub fn machine_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
 /// How often a server renews its presence row, and how old a row may be before another server
 /// may take the database over even though the recorded pid runs (it may be another program now).
 const PRESENCE_PERIOD: Duration = Duration::from_secs(5);
@@ -454,9 +473,7 @@ const PRESENCE_STALE_AFTER: Duration = Duration::from_secs(30);
 /// it, even if `server.lock` was deleted), renews that until `shutdown`, then removes it. A server
 /// that finds itself replaced (it was stopped for longer than the stale time) stops serving.
 async fn keep_presence(store: &Store, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|name| name.trim().to_string())
-        .unwrap_or_else(|_| "localhost".to_string());
+    let host = machine_name();
     let me = conclave_core::store::ServerPresence {
         instance: format!(
             "{}-{}",

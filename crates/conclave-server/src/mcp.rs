@@ -344,6 +344,8 @@ impl ConclaveTools {
             let outcome: ClaimOutcome = written.parse()?;
             Ok::<_, OpError>(match outcome.task {
                 Some(task) => {
+                    // The first line is a contract: a remote host's relay reads the task id from
+                    // it (conclave-supervisor worktree_steps::claimed_task) to switch the worktree.
                     let mut body = format!("Claimed {}\n", task_line(&task));
                     if !task.body.is_empty() {
                         let _ = writeln!(body, "{}", task.body);
@@ -430,6 +432,7 @@ impl ConclaveTools {
             let task = &written.value;
             if let Some(branch) = branch
                 && task["status"] == "review"
+                && task["awaiting_approval"] != true
             {
                 return Ok(format!(
                     "{id} finished; its leases are released. {} It is done once its branch \

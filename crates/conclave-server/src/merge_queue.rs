@@ -37,6 +37,12 @@ const IDLE_POLL: Duration = Duration::from_secs(5);
 pub struct MergeQueue {
     settings: MergeSection,
     project_root: PathBuf,
+    /// The host this server runs on (`conclave serve --host`, default the hostname).
+    host: String,
+    /// The hosts `conclave.toml` names for agents (`[[agent]] host`): those away from the
+    /// server. A registered host not named there is the main host's own name for its agents
+    /// (`conclave up --host build-1` next to a `conclave serve`).
+    agent_hosts: std::collections::BTreeSet<String>,
     wake: Notify,
     landing: tokio::sync::Mutex<()>,
 }
@@ -44,6 +50,12 @@ pub struct MergeQueue {
 /// How one landing ended, for the store and the log.
 enum Recorded {
     Landed(String),
+    /// Landed here, but the integration branch could not be published on the shared remote
+    /// (`[merge] remote`): the other clones do not see it, so the queue pauses with the reason.
+    LandedUnpublished {
+        outcome: String,
+        pause: String,
+    },
     SentBack {
         reason: &'static str,
         details: String,
@@ -58,9 +70,26 @@ enum Recorded {
 
 impl MergeQueue {
     pub fn new(settings: MergeSection, project_root: PathBuf) -> Arc<MergeQueue> {
+        MergeQueue::on_host(settings, project_root, crate::machine_name(), Vec::new())
+    }
+
+    /// The queue of a server running on `host`, in a team whose `conclave.toml` names
+    /// `agent_hosts` (agents of those hosts keep their worktrees there; `[merge] host` says
+    /// whether this server runs the queue).
+    pub fn on_host(
+        settings: MergeSection,
+        project_root: PathBuf,
+        host: String,
+        agent_hosts: Vec<String>,
+    ) -> Arc<MergeQueue> {
         Arc::new(MergeQueue {
             settings,
             project_root,
+            agent_hosts: agent_hosts
+                .into_iter()
+                .filter(|name| *name != host)
+                .collect(),
+            host,
             wake: Notify::new(),
             landing: tokio::sync::Mutex::new(()),
         })
@@ -73,6 +102,23 @@ impl MergeQueue {
 
     pub fn settings(&self) -> &MergeSection {
         &self.settings
+    }
+
+    /// The host this server runs on.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Whether this server runs the queue (`[merge] host` is its host, or unset).
+    pub fn runs_here(&self) -> bool {
+        self.settings.queue_runs_on(&self.host)
+    }
+
+    /// Whether an agent registered on `host` keeps its worktree in this server's clone: one on
+    /// no host, on this one, or on one `conclave.toml` does not name for agents does; the git
+    /// steps of an agent on a host named there are that host's.
+    pub fn is_local(&self, host: Option<&str>) -> bool {
+        host.is_none_or(|host| host == self.host || !self.agent_hosts.contains(host))
     }
 
     /// The project's main worktree (the agents' worktrees are under its `.conclave/worktrees`).
@@ -134,8 +180,9 @@ impl MergeQueue {
         let root = self.project_root.clone();
         let branch = entry.branch.clone();
         let agent = entry.agent.clone();
+        let local = self.agent_is_local(app, &entry.agent).await;
         let landing = tokio::task::spawn_blocking(move || {
-            land_blocking(&settings, &root, &agent, &branch, &summary)
+            land_blocking(&settings, &root, &agent, &branch, &summary, local)
         })
         .await
         .unwrap_or_else(|error| Recorded::Retry {
@@ -156,17 +203,21 @@ impl MergeQueue {
                     self.project_root.clone(),
                     entry.agent.clone(),
                 );
-                let line = tokio::task::spawn_blocking(move || {
-                    crate::worktree_tasks::return_to_branch(
-                        &root,
-                        &settings,
-                        &agent,
-                        &task_id.to_string(),
-                        busy,
-                    )
-                })
-                .await
-                .unwrap_or_default();
+                let line = if local {
+                    tokio::task::spawn_blocking(move || {
+                        crate::worktree_tasks::return_to_branch(
+                            &root,
+                            &settings,
+                            &agent,
+                            &task_id.to_string(),
+                            busy,
+                        )
+                    })
+                    .await
+                    .unwrap_or_default()
+                } else {
+                    crate::branch_travel::return_elsewhere(&task_id.to_string(), busy)
+                };
                 Recorded::SentBack {
                     reason,
                     details: format!("{line}\n\n{details}"),
@@ -176,6 +227,11 @@ impl MergeQueue {
         };
         let recorded = store_write(app, move |tx| match landing {
             Recorded::Landed(outcome) => tx.land_merge(task_id, &outcome),
+            Recorded::LandedUnpublished { outcome, pause } => {
+                let entry = tx.land_merge(task_id, &outcome)?;
+                tx.pause_merge_queue(&Actor::System, Some(pause))?;
+                Ok(entry)
+            }
             Recorded::SentBack { reason, details } => tx.send_back_merge(task_id, reason, &details),
             Recorded::Retry { outcome, pause } => {
                 let entry = tx.release_merge(task_id, &outcome)?;
@@ -188,6 +244,21 @@ impl MergeQueue {
         .await?;
         tracing::info!(task = %task_id, state = %recorded.state, "merge queue entry recorded");
         Ok(recorded)
+    }
+}
+
+impl MergeQueue {
+    /// Whether `agent`'s worktree is in this server's clone (it is registered on no host or on
+    /// this one); an agent that cannot be read counts as local, as before hosts existed.
+    async fn agent_is_local(&self, app: &App, agent: &str) -> bool {
+        let name = agent.to_string();
+        match app
+            .read(move |r| Ok(r.find_agent(&name)?.and_then(|a| a.host)))
+            .await
+        {
+            Ok(host) => self.is_local(host.as_deref()),
+            Err(_) => true,
+        }
     }
 }
 
@@ -210,6 +281,7 @@ fn land_blocking(
     agent: &str,
     branch: &str,
     summary: &TaskSummary,
+    local_agent: bool,
 ) -> Recorded {
     let into = settings.into_branch();
     let failed = |what: &str, error: conclave_git::GitError| Recorded::Retry {
@@ -231,8 +303,10 @@ fn land_blocking(
         Ok(worktrees) => worktrees.with_setup(setup),
         Err(error) => return failed("opening the worktrees", error),
     };
-    // The agent's uncommitted work belongs to the task, if its worktree is still on the branch.
-    if let Ok(path) = worktrees.path_of(agent)
+    // The agent's uncommitted work belongs to the task, if its worktree is still on the branch
+    // (and in this clone: an agent of another host committed and pushed at its `done`).
+    if local_agent
+        && let Ok(path) = worktrees.path_of(agent)
         && path.is_dir()
     {
         let git = repo.git_at(&path);
@@ -242,6 +316,10 @@ fn land_blocking(
         if on_branch && let Err(error) = commit_on_done(repo.git(), &path, summary, into) {
             return failed("committing the agent's work", error);
         }
+    }
+    // A branch finished on another host arrives through the shared remote.
+    if let Err(error) = crate::branch_travel::bring_for_landing(root, settings, branch) {
+        return failed("bringing the branch from the shared remote", error);
     }
     match repo.branch_tip(branch) {
         Ok(Some(_)) => {}
@@ -338,12 +416,56 @@ fn land_blocking(
             Err(error) => landed.push_str(&format!("; {target} not moved: {error}")),
         }
     }
+    // The other clones start their next task branches from what the remote holds.
+    match crate::branch_travel::publish_integration(root, settings) {
+        Ok(Some(remote)) => landed.push_str(&format!("; {into} pushed to {remote}")),
+        Ok(None) => {}
+        Err(error) => {
+            return Recorded::LandedUnpublished {
+                pause: format!(
+                    "{into} landed {} here but was not published: {error}; the other hosts do \
+                     not see it until it is (fix the remote, then resume: the next landing \
+                     pushes it)",
+                    summary.id
+                ),
+                outcome: format!("{landed}; NOT pushed: {error}"),
+            };
+        }
+    }
     Recorded::Landed(landed)
 }
 
 /// The runner: prepares the integration branch, then lands entries as they come until
 /// `shutdown`.
 pub async fn run_merge_queue(app: App, queue: Arc<MergeQueue>, shutdown: CancellationToken) {
+    if !queue.runs_here() {
+        // Said out loud: with one server (SQLite), nothing lands until a server runs there.
+        tracing::warn!(
+            host = %queue.host,
+            queue_host = ?queue.settings.host,
+            "this server does not land branches: the merge queue runs on another host's server \
+             ([merge] host)"
+        );
+        return;
+    }
+    let (root, settings) = (queue.project_root.clone(), queue.settings.clone());
+    match tokio::task::spawn_blocking(move || crate::branch_travel::check_remote(&root, &settings))
+        .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "the merge queue's shared remote");
+            let reason = error.to_string();
+            let paused = store_write(&app, move |tx| {
+                tx.pause_merge_queue(&Actor::System, Some(reason))
+            })
+            .await;
+            if let Err(error) = paused {
+                tracing::warn!(?error, "cannot pause the merge queue");
+            }
+        }
+        Err(error) => tracing::warn!(%error, "checking the shared remote failed"),
+    }
     let root = queue.project_root.clone();
     let into = queue.settings.into_branch().to_string();
     let prepared = tokio::task::spawn_blocking(move || {

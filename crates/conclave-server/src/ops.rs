@@ -224,17 +224,16 @@ pub async fn finish_task_on_branch(
 ) -> OpResult<(Written, Option<crate::worktree_tasks::BranchDone>)> {
     finish.files = project_paths(app, &finish.files);
     let by = actor.clone();
-    let queue = app.settings().merge.clone();
-    let queued = queue.is_some();
     // A worktree agent's work is committed on the task's branch whichever way the task goes on
-    // (the queue, or a pipeline's next stage, which claims the same branch).
-    let branch = match holder_of(app, actor, id).await? {
+    // (the merge queue, or a pipeline's next stage, which claims the same branch).
+    let holder = holder_of(app, actor, id).await?;
+    let branch = match &holder {
         Some((agent, task)) => {
             crate::worktree_tasks::before_done(
                 app,
-                &agent,
+                agent,
                 id,
-                task.title.clone(),
+                crate::worktree_tasks::commit_title(task),
                 finish.summary.clone(),
             )
             .await?
@@ -248,20 +247,26 @@ pub async fn finish_task_on_branch(
                 let stale = stale_edits(&tx.read(), id, agent, &finish.files, now)?;
                 if !stale.is_empty() {
                     return Err(CoreError::conflict(format!(
-                        "cannot finish {id}: your lease on {} lapsed or changed hands after you                          edited it (fencing token check); lease it again, check the file and                          edit it under the new lease, or leave it out of `files`",
+                        "cannot finish {id}: your lease on {} lapsed or changed hands after you \
+                         edited it (fencing token check); lease it again, check the file and \
+                         edit it under the new lease, or leave it out of `files`",
                         stale.join(", ")
                     )));
                 }
             }
-            // An agent in its own worktree: the task waits for its branch to land (merge_queue.rs).
-            if queued && tx.read().finishes_through_merge_queue(id)? {
-                tx.enqueue_merge(&by, id, finish)
-            } else {
-                tx.finish_task(&by, id, finish)
-            }
+            // Held in a worktree and finished for good, the task waits for its branch to land
+            // (store/queue.rs, merge_queue.rs); a pipeline's earlier pass hands it on.
+            tx.finish_task(&by, id, finish)
         })
         .await?;
-    if let Some(queue) = queue {
+    if let Some((agent, _)) = holder
+        && !written.replayed
+    {
+        // A stage passed or sent back, or a task waiting for a person: the agent's worktree
+        // lets go of the branch, which the next holder's worktree checks out.
+        crate::worktree_tasks::release_branch_unless_held(app, &agent, id).await;
+    }
+    if let Some(queue) = app.settings().merge.clone() {
         queue.wake();
     }
     Ok((written, branch))
@@ -344,8 +349,14 @@ pub async fn approve_task(
 ) -> OpResult<Written> {
     require_admin(actor, "approve tasks")?;
     let by = actor.clone();
-    app.write(actor, key, move |tx| tx.approve_task(&by, id, decision))
-        .await
+    let written = app
+        .write(actor, key, move |tx| tx.approve_task(&by, id, decision))
+        .await?;
+    // Approved in a worktree, the task's branch joined the merge queue.
+    if let Some(queue) = app.settings().merge.clone() {
+        queue.wake();
+    }
+    Ok(written)
 }
 
 /// A person rejects a task waiting for a decision: back to its agent with the comment.
@@ -358,8 +369,17 @@ pub async fn reject_task(
 ) -> OpResult<Written> {
     require_admin(actor, "reject tasks")?;
     let by = actor.clone();
-    app.write(actor, key, move |tx| tx.reject_task(&by, id, decision))
-        .await
+    let written = app
+        .write(actor, key, move |tx| tx.reject_task(&by, id, decision))
+        .await?;
+    // Back to its agent: in a worktree, on the task's branch again.
+    if !written.replayed
+        && let Some(agent) = written.value["assignee"].as_str()
+        && written.value["status"] == "in_progress"
+    {
+        crate::worktree_tasks::back_to_branch(app, agent, id).await;
+    }
+    Ok(written)
 }
 
 pub async fn fail_task(
@@ -376,14 +396,21 @@ pub async fn fail_task(
             app,
             &agent,
             id,
-            task.title.clone(),
+            crate::worktree_tasks::commit_title(&task),
             Some(format!("Given up by {agent}: {reason}")),
         )
         .await?;
     }
     let by = actor.clone();
-    app.write(actor, key, move |tx| tx.fail_task(&by, id, &reason))
-        .await
+    let written = app
+        .write(actor, key, move |tx| tx.fail_task(&by, id, &reason))
+        .await?;
+    if let Actor::Agent(agent) = actor
+        && !written.replayed
+    {
+        crate::worktree_tasks::release_branch_unless_held(app, agent, id).await;
+    }
+    Ok(written)
 }
 
 /// The acting agent and the task, when that agent holds the task (a worktree step applies).

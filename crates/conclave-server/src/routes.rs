@@ -6,7 +6,9 @@ use axum::routing::{MethodRouter, delete, get, patch, post};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Map, Value, json};
 
-use crate::api::{agents, confirmations, events, leases, messages, notes, queue, status, tasks};
+use crate::api::{
+    agents, confirmations, diffs, events, leases, messages, notes, queue, status, tasks,
+};
 use crate::app::App;
 use crate::error::ErrorBody;
 use conclave_core::model::*;
@@ -313,6 +315,14 @@ pub fn operations() -> Vec<Operation> {
             get(tasks::steps),
         )
         .response::<TaskStepList>(),
+        op(
+            "get",
+            "/api/tasks/{id}/diff",
+            "What the task's branch (conclave/T-n) changed since it forked from the integration branch (git diff into...branch): every file with its line counts, and the patch up to max_bytes (truncated says it was cut). 404 when the task does not exist or has no branch (its agent works in the shared tree, or the branch has landed and gone)",
+            get(diffs::show),
+        )
+        .query::<diffs::DiffQuery>()
+        .response::<TaskDiff>(),
         op(
             "post",
             "/api/tasks/{id}/approve",

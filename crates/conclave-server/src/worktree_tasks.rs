@@ -20,22 +20,32 @@
 //!   ([`after_assign`]); work left on a detached worktree is put on the task's branch at `done`.
 //! - **removed**: `conclave agent remove` prunes the agent's worktree ([`prune`]).
 //! - **sent back**: the merge queue's runner switches an idle, clean worktree back to the
-//!   returned task's branch ([`return_to_branch`]).
+//!   returned task's branch ([`return_to_branch`]); so does a person's rejection of a task that
+//!   waited for approval ([`back_to_branch`]).
+//! - **handed on**: after a `done` that leaves the task in other hands (a pipeline stage's pass
+//!   or send-back, a task waiting for a person) or a `fail`, the agent's worktree lets go of the
+//!   branch ([`release_branch_unless_held`]): a branch is checked out in one worktree at a time,
+//!   and the next holder's claim switches its own worktree to it, with every earlier stage's
+//!   commits. The done's commit names the stage ([`commit_title`]).
 //!
 //! Each step runs only for an agent registered with worktree isolation while the server has a
-//! merge queue (`[merge]`), on a blocking thread.
+//! merge queue (`[merge]`), on a blocking thread, and only for an agent on the server's own host:
+//! one registered on another host has its worktree in that host's clone, where its relay runs
+//! these steps (docs/scale-out.md). With `[merge] remote`, [`crate::branch_travel`] moves the
+//! branches between clones.
 
 use std::path::{Path, PathBuf};
 
 use conclave_core::CoreError;
 use conclave_core::config::MergeSection;
-use conclave_core::model::{Isolation, TaskId};
+use conclave_core::model::{Actor, Isolation, MessageKind, NewMessage, Task, TaskId};
 use conclave_git::{
     AgentWorktrees, DoneCommit, GitError, Identity, Repo, ShellCommand, TaskCheckout, TaskSummary,
     commit_on_done, task_branch,
 };
 
 use crate::app::{App, OpError, OpResult};
+use crate::ops::IdempotencyKey;
 
 /// The project and `[merge]` settings an agent's worktree steps need, when the agent works in
 /// a worktree and the server runs a merge queue.
@@ -43,6 +53,8 @@ struct WorktreeAgent {
     root: PathBuf,
     settings: MergeSection,
     agent: String,
+    /// This server runs the queue: its integration branch is the one that counts.
+    queue_here: bool,
 }
 
 /// Commits of an agent's work carry its name (the merge queue's merge commits are Conclave's).
@@ -72,16 +84,21 @@ async fn worktree_agent(app: &App, agent: &str) -> OpResult<Option<WorktreeAgent
         return Ok(None);
     };
     let name = agent.to_string();
-    let isolation = app
-        .read(move |r| Ok(r.find_agent(&name)?.map(|a| a.isolation)))
+    let found = app
+        .read(move |r| Ok(r.find_agent(&name)?.map(|a| (a.isolation, a.host))))
         .await?;
-    if isolation != Some(Isolation::Worktree) {
+    let Some((Isolation::Worktree, host)) = found else {
+        return Ok(None);
+    };
+    if !queue.is_local(host.as_deref()) {
+        // Its worktree is in another host's clone: that host's relay runs the git steps.
         return Ok(None);
     }
     Ok(Some(WorktreeAgent {
         root: queue.project_root().to_path_buf(),
         settings: queue.settings().clone(),
         agent: agent.to_string(),
+        queue_here: queue.runs_here(),
     }))
 }
 
@@ -137,6 +154,12 @@ pub async fn after_claim(app: &App, agent: &str, task: TaskId) -> OpResult<Optio
     let checkout = tokio::task::spawn_blocking(move || {
         let trees = open(&worktree.root, &worktree.settings, &worktree.agent)?;
         let (id, into) = (task.to_string(), worktree.settings.into_branch());
+        crate::branch_travel::before_start(
+            &worktree.root,
+            &worktree.settings,
+            worktree.queue_here,
+            &task_branch(&id)?,
+        )?;
         match trees.start_task(&worktree.agent, &id, into) {
             // The task changed hands (its agent crashed or was released after a send-back):
             // the branch is still checked out in the previous holder's worktree.
@@ -247,11 +270,21 @@ pub async fn prune(app: &App, agent: &str) {
 pub struct BranchDone {
     pub branch: String,
     pub commit: Option<DoneCommit>,
+    /// Where the branch was pushed for the queue's clone (`[merge] remote`), if it was.
+    pub published: Option<String>,
 }
 
 impl BranchDone {
     /// One line for the agent: what was committed, or that the branch changes nothing.
     pub fn describe(&self) -> String {
+        let line = self.describe_commit();
+        match &self.published {
+            Some(published) => format!("{line} {published}"),
+            None => line,
+        }
+    }
+
+    fn describe_commit(&self) -> String {
         match &self.commit {
             None => format!(
                 "Your worktree is not on {}: its commits are what the merge queue lands.",
@@ -295,6 +328,7 @@ pub async fn before_done(
             return Ok(BranchDone {
                 branch,
                 commit: None,
+                published: None,
             });
         }
         let git = trees.repo().git_at(&path);
@@ -310,6 +344,7 @@ pub async fn before_done(
             return Ok(BranchDone {
                 branch,
                 commit: None,
+                published: None,
             });
         }
         let summary = TaskSummary {
@@ -323,9 +358,16 @@ pub async fn before_done(
             &summary,
             worktree.settings.into_branch(),
         )?;
+        let published = crate::branch_travel::publish_task_branch(
+            &worktree.root,
+            &worktree.settings,
+            worktree.queue_here,
+            &branch,
+        )?;
         Ok(BranchDone {
             branch,
             commit: Some(commit),
+            published,
         })
     })
     .await?
@@ -345,25 +387,161 @@ pub fn return_to_branch(
     task: &str,
     busy: bool,
 ) -> String {
+    switch_back(root, settings, agent, task, busy).1
+}
+
+/// [`return_to_branch`], answering too whether the worktree is on the task's branch now.
+fn switch_back(
+    root: &Path,
+    settings: &MergeSection,
+    agent: &str,
+    task: &str,
+    busy: bool,
+) -> (bool, String) {
     if busy {
-        return format!(
-            "Your worktree stays on your current task: finish it, then `git switch conclave/{task}` \
-             in your worktree to fix this one."
+        return (
+            false,
+            format!(
+                "Your worktree stays on your current task: finish it, then `git switch \
+                 conclave/{task}` in your worktree to fix this one."
+            ),
         );
     }
-    let switched = open(root, settings, agent)
-        .and_then(|trees| trees.start_task(agent, task, settings.into_branch()));
+    let switched = open(root, settings, agent).and_then(|trees| {
+        match trees.start_task(agent, task, settings.into_branch()) {
+            // Another agent's worktree still has the branch (a pipeline's stage whose release
+            // failed): what it left is the task's, and the branch comes here.
+            Err(GitError::CheckedOutElsewhere { path, branch }) => {
+                let Some((previous, _)) = trees.locate(&path) else {
+                    return Err(GitError::CheckedOutElsewhere { branch, path });
+                };
+                hand_over(&trees, &path, &previous, task, settings.into_branch())?;
+                trees.start_task(agent, task, settings.into_branch())
+            }
+            other => other,
+        }
+    });
     match switched {
-        Ok(checkout) => format!(
-            "Your worktree {} is on {} again.",
-            checkout.path.display(),
-            checkout.branch
+        Ok(checkout) => (
+            true,
+            format!(
+                "Your worktree {} is on {} again.",
+                checkout.path.display(),
+                checkout.branch
+            ),
         ),
-        Err(GitError::Dirty { path, .. }) => format!(
-            "Your worktree {} has uncommitted work of another task: finish that first, then \
-             `git switch conclave/{task}` there.",
-            path.display()
+        Err(GitError::Dirty { path, .. }) => (
+            false,
+            format!(
+                "Your worktree {} has uncommitted work of another task: finish that first, then \
+                 `git switch conclave/{task}` there.",
+                path.display()
+            ),
         ),
+        Err(error) => (
+            false,
+            format!("Switch your worktree to conclave/{task} yourself ({error})."),
+        ),
+    }
+}
+
+/// The first line of the commit `done` makes of what the agent left uncommitted: the task's
+/// title, and for a pipeline task the stage that finished it (every stage commits on the same
+/// branch, so its log tells which stage did what).
+pub fn commit_title(task: &Task) -> String {
+    match task.pipeline.as_ref() {
+        Some(state) => format!(
+            "{} (stage {}/{}: {})",
+            task.title,
+            state.stage + 1,
+            state.pipeline.stages.len(),
+            state.current().map_or("?", |stage| stage.role.as_str())
+        ),
+        None => task.title.clone(),
+    }
+}
+
+/// After `agent` finished `task` one way or another: unless it still holds it (waiting in the
+/// merge queue), its worktree lets go of the task's branch (detached where the branch is), since
+/// a git branch is checked out in one worktree at a time and the next holder (a pipeline's next
+/// stage, the stage a send-back returns to) switches its own worktree to it at its claim. A
+/// failure is logged: that claim frees the branch itself ([`hand_over`]).
+pub async fn release_branch_unless_held(app: &App, agent: &str, task: TaskId) {
+    let Ok(Some(worktree)) = worktree_agent(app, agent).await else {
+        return;
+    };
+    let holder = agent.to_string();
+    let held = app
+        .read(move |r| {
+            let task = r.task(task)?;
+            Ok(conclave_core::store::is_held(&task) && task.assignee.as_deref() == Some(&holder))
+        })
+        .await;
+    if !matches!(held, Ok(false)) {
+        return;
+    }
+    let released = tokio::task::spawn_blocking(move || -> Result<bool, GitError> {
+        let trees = open(&worktree.root, &worktree.settings, &worktree.agent)?;
+        let path = trees.path_of(&worktree.agent)?;
+        if !path.is_dir() {
+            return Ok(false);
+        }
+        let git = trees.repo().git_at(&path);
+        let head = git.run(&["rev-parse", "--abbrev-ref", "HEAD"])?;
+        if head.trim() != task_branch(&task.to_string())? {
+            return Ok(false);
+        }
+        git.run(&["switch", "--quiet", "--detach"])?;
+        Ok(true)
+    })
+    .await;
+    match released {
+        Ok(Ok(true)) => tracing::info!(%agent, %task, "worktree released the task's branch"),
+        Ok(Ok(false)) => {}
+        Ok(Err(error)) => tracing::warn!(%agent, %task, %error, "cannot release the task's branch"),
+        Err(error) => tracing::warn!(%agent, %task, %error, "releasing the task's branch failed"),
+    }
+}
+
+/// After a person rejected `task` back to `agent`: its worktree is switched to the task's branch
+/// again when the agent is between tasks; otherwise the agent is told how to get there.
+pub async fn back_to_branch(app: &App, agent: &str, task: TaskId) {
+    let Ok(Some(worktree)) = worktree_agent(app, agent).await else {
+        return;
+    };
+    let name = agent.to_string();
+    let busy = app
+        .read(move |r| Ok(r.held_tasks(&name)?.iter().any(|held| held.id != task)))
+        .await
+        .unwrap_or(true);
+    let switched = tokio::task::spawn_blocking(move || {
+        switch_back(
+            &worktree.root,
+            &worktree.settings,
+            &worktree.agent,
+            &task.to_string(),
+            busy,
+        )
+    })
+    .await;
+    let line = match switched {
+        Ok((true, _)) => return,
+        Ok((false, line)) => line,
         Err(error) => format!("Switch your worktree to conclave/{task} yourself ({error})."),
+    };
+    let message = NewMessage {
+        to: agent.to_string(),
+        body: format!("{task}: {line}"),
+        thread: None,
+        kind: MessageKind::Alert,
+        urgent: false,
+    };
+    let sent = app
+        .write(&Actor::System, &IdempotencyKey::default(), move |tx| {
+            tx.send_message(&Actor::System, message)
+        })
+        .await;
+    if let Err(error) = sent {
+        tracing::warn!(%agent, %task, ?error, "cannot tell the agent where its worktree is");
     }
 }

@@ -27,6 +27,8 @@
 //! - [`worktrees`]: `isolation = "worktree"` agents' own git worktrees, repaired and made before
 //!   the team starts.
 //! - [`relay`]: the loopback relay through which agents reach remote servers (failover, TLS).
+//! - [`worktree_steps`]: the git steps of worktree agents on a host away from the server
+//!   (switch on claim, commit and push on done), run by the relay.
 
 pub mod agent_files;
 pub mod coordination;
@@ -42,6 +44,7 @@ pub mod relay;
 pub mod stream;
 pub mod team;
 pub mod wake;
+pub mod worktree_steps;
 pub mod worktrees;
 
 pub use machine::Outcome;

@@ -3,17 +3,23 @@
 //! `budget_usd`), its `until` check and `max_iterations`. Each iteration claims one ready task
 //! that fits the agent's role and capabilities, works on it and finishes it; the loop waits while
 //! nothing fits but other work may still make a task ready, and ends when its check passes, its
-//! iterations or budget run out, or no task is left for it.
+//! iterations or budget run out (its own `budget_usd`, or the team's `team_budget_usd`, which
+//! its iterations count against), no task is left for it, or, with `confirm = true`, a person
+//! stops it before an iteration.
 
 use std::collections::BTreeMap;
 
 use conclave_client::Client;
 use conclave_core::config::Config;
+use conclave_core::model::Confirmation;
 use conclave_core::project::Project;
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::loop_run::{LoopEnd, LoopExtras, LoopOptions, iteration_line, run_loop_with};
+use crate::loop_run::{
+    ConfirmEach, LoopEnd, LoopExtras, LoopOptions, LoopSpend, iteration_line, run_loop_with,
+};
 use crate::machine::LoopEnded;
 use crate::plan::AgentPlan;
 
@@ -28,6 +34,9 @@ pub struct LoopAgent {
     pub plan: AgentPlan,
     pub until: Option<String>,
     pub max_iterations: Option<u32>,
+    /// `confirm = true`: a person decides before each iteration after the first, from the
+    /// dashboard or the API (`up` has no terminal to ask in).
+    pub confirm: bool,
 }
 
 /// Splits the team's plans into the long-lived agents and the loops (by the `[[agent]]` each
@@ -53,6 +62,7 @@ pub fn split_loops(config: &Config, plans: Vec<AgentPlan>) -> (Vec<AgentPlan>, V
             Some(spec) => loops.push(LoopAgent {
                 until: spec.until.clone(),
                 max_iterations: spec.max_iterations,
+                confirm: spec.confirm.unwrap_or(false),
                 plan,
             }),
             None => team.push(plan),
@@ -61,16 +71,39 @@ pub fn split_loops(config: &Config, plans: Vec<AgentPlan>) -> (Vec<AgentPlan>, V
     (team, loops)
 }
 
+/// What a loop inside `up` shares with the team: how it is stopped, and where its spend goes.
+#[derive(Clone)]
+pub struct LoopTies {
+    /// The run ends: the loop ends (a running iteration is interrupted and recorded).
+    pub stop: CancellationToken,
+    /// The team's budget is spent: the loop ends, saying so.
+    pub team_budget_spent: CancellationToken,
+    /// After each iteration: what the loop has spent in all, for the team's budget.
+    pub spent: UnboundedSender<LoopSpend>,
+}
+
 /// Starts `agent`'s loop in `set`, its sessions reaching the server at `url`; it ends by itself
-/// or when `stop` is cancelled. Each iteration and the end are printed in `up`'s terminal.
+/// or when the run ends or the team's budget is spent ([`LoopTies`]). Each iteration and the end
+/// are printed in `up`'s terminal.
 pub fn spawn_loop(
     set: &mut JoinSet<LoopEnded>,
     project: Project,
     admin: Client,
     url: String,
     agent: LoopAgent,
-    stop: CancellationToken,
+    ties: LoopTies,
 ) {
+    let stop = ties.stop.child_token();
+    // The team's budget ends the loop like the end of the run; the watcher goes with the loop.
+    tokio::spawn({
+        let (stop, spent) = (stop.clone(), ties.team_budget_spent.clone());
+        async move {
+            tokio::select! {
+                () = spent.cancelled() => stop.cancel(),
+                () = stop.cancelled() => {}
+            }
+        }
+    });
     set.spawn(async move {
         let name = agent.plan.name.clone();
         let settings = agent.plan.settings.clone();
@@ -95,6 +128,8 @@ pub fn spawn_loop(
                 let name = name.clone();
                 move |why: &str| eprintln!("conclave: {name} waits: {why}")
             })),
+            confirm: agent.confirm.then(|| confirm_from_the_dashboard(&name)),
+            on_spent: Some(ties.spent.clone()),
             ..LoopExtras::default()
         };
         eprintln!("conclave: {name} runs as a loop (one task per iteration)");
@@ -109,10 +144,16 @@ pub fn spawn_loop(
                     LoopEnd::CouldNotRun(why) => Some(why.clone()),
                     _ => None,
                 };
+                let why = if report.end == LoopEnd::Interrupted
+                    && ties.team_budget_spent.is_cancelled()
+                {
+                    "the team's budget is spent".to_string()
+                } else {
+                    report.end.describe()
+                };
                 LoopEnded {
                     summary: format!(
-                        "{name}: loop, {}: {} iteration(s), ${:.2}",
-                        report.end.describe(),
+                        "{name}: loop, {why}: {} iteration(s), ${:.2}",
                         report.iterations.len(),
                         report.cost_usd()
                     ),
@@ -129,6 +170,23 @@ pub fn spawn_loop(
         eprintln!("conclave: {}", ended.summary);
         ended
     });
+}
+
+/// The checkpoints of a loop with `confirm = true`: no terminal answers (the channel is closed at
+/// once), so the decision comes from the dashboard or the API; `up`'s terminal says who waits.
+fn confirm_from_the_dashboard(name: &str) -> ConfirmEach {
+    let (_no_terminal, terminal) = tokio::sync::mpsc::unbounded_channel();
+    let name = name.to_string();
+    ConfirmEach {
+        terminal,
+        on_wait: Box::new(move |waiting: &Confirmation| {
+            eprintln!(
+                "conclave: {name} waits for you before iteration {}: continue or stop it on the \
+                 dashboard (or POST /api/agents/{name}/confirm)",
+                waiting.next_iteration
+            );
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -151,5 +209,6 @@ mod tests {
         assert_eq!(loop_names, ["fixer-1", "fixer-2"]);
         assert_eq!(loops[0].until.as_deref(), Some("true"));
         assert_eq!(loops[0].max_iterations, Some(4));
+        assert!(!loops[0].confirm, "no person asked unless confirm = true");
     }
 }

@@ -226,6 +226,20 @@ pub struct LoopExtras {
     /// With `one_task_each`: told what the loop waits for when no ready task fits it (the
     /// tasks that may still become ready, and why they are not), again when that changes.
     pub on_waiting: Option<SayLine>,
+    /// Told after each iteration what the loop's agent has spent in all (what the server
+    /// counted before this run, plus this run's iterations): a loop inside `conclave up` counts
+    /// against the team's budget. The loop waits until the spend is counted, so that a budget
+    /// it spent stops it before another iteration starts.
+    pub on_spent: Option<mpsc::UnboundedSender<LoopSpend>>,
+}
+
+/// A loop's spend in all, told to whoever counts it ([`LoopExtras::on_spent`]).
+#[derive(Debug)]
+pub struct LoopSpend {
+    pub name: String,
+    pub total_usd: f64,
+    /// Answered (or dropped) once the spend is counted.
+    pub counted: tokio::sync::oneshot::Sender<()>,
 }
 
 /// Runs the loop. `url` is the server as agents reach it; `on_iteration` is called after each
@@ -271,6 +285,14 @@ pub async fn run_loop_with(
     };
     let strict = false;
     let joined = prepare_agent(project, admin, &registration, strict, url).await?;
+    // The agent's cost goes on from what the server counted in earlier runs, as a team agent's.
+    let cost_before = admin
+        .get::<conclave_core::model::Agent>(
+            &format!("/api/agents/{}", segment(&options.agent)),
+            &[],
+        )
+        .await
+        .map_or(0.0, |agent| agent.cost_usd);
     let mut plan = loop_plan(options, project.root());
     if let Some(settings) = extras.settings.take() {
         // The loop's protocol first, then the agent's own prompt, as for team agents.
@@ -300,6 +322,20 @@ pub async fn run_loop_with(
     let mut prompt = options.prompt.clone();
     let end = loop {
         let number = iterations.len() as u32 + 1;
+        // A loop inside `up` first waits for a task that fits it: a person is asked only about an
+        // iteration that would run.
+        if extras.one_task_each {
+            let fits = TaskFit {
+                name: &options.agent,
+                role: extras.role.as_deref(),
+                caps: &extras.caps,
+            };
+            match wait_for_a_task(admin, &fits, &mut extras.on_waiting, &interrupt).await {
+                TaskWait::Ready => {}
+                TaskWait::NoneLeft => break LoopEnd::NoTaskLeft,
+                TaskWait::Interrupted => break LoopEnd::Interrupted,
+            }
+        }
         if let (Some(confirm), Some(last)) = (extras.confirm.as_mut(), iterations.last()) {
             match wait_for_person(admin, &options.agent, last, confirm, &interrupt).await? {
                 Waited::Interrupted => break LoopEnd::Interrupted,
@@ -311,22 +347,19 @@ pub async fn run_loop_with(
                     // Answered is decided: the wait returns only then.
                     Some(ConfirmDecision::Continue) | None => {
                         if let Some(edited) = answer.prompt {
-                            prompt = edited;
+                            prompt = if extras.one_task_each {
+                                // A loop inside `up` still takes one task per iteration: the
+                                // person's words come with that instruction, not instead of it.
+                                format!(
+                                    "{}\n\nA person's instructions for this loop:\n{edited}",
+                                    options.prompt.trim_end()
+                                )
+                            } else {
+                                edited
+                            };
                         }
                     }
                 },
-            }
-        }
-        if extras.one_task_each {
-            let fits = TaskFit {
-                name: &options.agent,
-                role: extras.role.as_deref(),
-                caps: &extras.caps,
-            };
-            match wait_for_a_task(admin, &fits, &mut extras.on_waiting, &interrupt).await {
-                TaskWait::Ready => {}
-                TaskWait::NoneLeft => break LoopEnd::NoTaskLeft,
-                TaskWait::Interrupted => break LoopEnd::Interrupted,
             }
         }
         let (summary, last_seq) = state_summary(admin, seen_seq, iterations.last()).await;
@@ -349,7 +382,21 @@ pub async fn run_loop_with(
         meter.session_context(summary.chars().count());
         add_session_context(admin, &options.agent, seen_seq, &mut meter).await;
         let spent = iterations.iter().map(|it| it.cost_usd).sum::<f64>() + report.cost_usd;
-        report_account(admin, &options.agent, spent, meter.account()).await;
+        report_account(admin, &options.agent, cost_before + spent, meter.account()).await;
+        if let Some(counter) = &extras.on_spent {
+            let (counted, answer) = tokio::sync::oneshot::channel();
+            let spend = LoopSpend {
+                name: options.agent.clone(),
+                total_usd: cost_before + spent,
+                counted,
+            };
+            if counter.send(spend).is_ok() {
+                tokio::select! {
+                    _ = answer => {}
+                    () = interrupt.cancelled() => {}
+                }
+            }
+        }
         // The next iteration is a fresh session.
         meter.new_session();
         if let Some(check) = options

@@ -187,6 +187,9 @@ pub enum Input {
     Shutdown,
     /// The processes had their time to end after [`Input::Shutdown`].
     ShutdownDeadline,
+    /// One of the team's loops has spent `cost_usd` in all (after an iteration): it counts
+    /// against `[defaults] team_budget_usd` like an agent's turns.
+    LoopSpent { name: String, cost_usd: f64 },
 }
 
 /// What the driver does for the state machine.
@@ -218,6 +221,11 @@ pub enum Effect {
     /// Read the team's tasks (and unread messages when `messages`); answer with
     /// [`Input::TeamRead`] or [`Input::TeamReadFailed`].
     ReadTeam { messages: bool },
+    /// `POST /api/events`: this event, about the loop (or other agent) named.
+    RecordAbout { name: String, payload: EventPayload },
+    /// End the team's loops (`mode = "loop"`): the team's budget is spent. A running iteration
+    /// is interrupted and recorded.
+    StopLoops,
     /// Tell the person running the team.
     Say(String),
     /// The run is over: the team finished, stalled or failed. The driver ends every process.
@@ -492,6 +500,20 @@ pub struct Team {
 pub struct Loops {
     pub running: usize,
     pub ended: Vec<LoopEnded>,
+    /// What each loop has spent in all, as it last reported (its iterations' costs).
+    pub spent: std::collections::BTreeMap<String, f64>,
+    /// `[defaults] team_budget_usd`, for a team whose agents are all loops (the agents' own
+    /// plans carry it otherwise).
+    pub team_budget_usd: Option<f64>,
+}
+
+/// Who pushed the team's spend over its budget.
+#[derive(Debug, Clone, Copy)]
+enum Spender<'a> {
+    /// The agent at this index (a turn's cost).
+    Agent(usize),
+    /// The loop of this name (an iteration's cost).
+    Loop(&'a str),
 }
 
 /// How one of the team's loops ended.
@@ -665,7 +687,7 @@ impl Team {
             } => {
                 if self.current(agent, generation) {
                     self.on_line(agent, update, now);
-                    self.check_team_budget(agent);
+                    self.check_team_budget(Spender::Agent(agent));
                 }
             }
             Input::Exited {
@@ -691,6 +713,10 @@ impl Team {
             }
             Input::Shutdown => self.shutdown(),
             Input::ShutdownDeadline => self.shutdown_deadline(),
+            Input::LoopSpent { name, cost_usd } => {
+                self.loops.spent.insert(name.clone(), cost_usd);
+                self.check_team_budget(Spender::Loop(&name));
+            }
         }
         self.start_due(now);
         if !read_failed {
@@ -1108,19 +1134,22 @@ impl Team {
         }
     }
 
-    /// What the whole team has spent, counting running turns as priced so far.
+    /// What the whole team has spent, counting running turns as priced so far and the loops'
+    /// iterations as they reported them.
     pub fn team_cost(&self) -> f64 {
-        self.agents.iter().map(AgentState::live_cost).sum()
+        let agents: f64 = self.agents.iter().map(AgentState::live_cost).sum();
+        agents + self.loops.spent.values().sum::<f64>()
     }
 
-    /// `[defaults] team_budget_usd` reached (last pushed over by agent `index`): an alert, and
-    /// every agent is stopped (a turn in progress is interrupted). What is left of the work
-    /// makes the outcome `stalled`, naming the stopped agents.
-    fn check_team_budget(&mut self, index: usize) {
+    /// `[defaults] team_budget_usd` reached (last pushed over by `by`): an alert, every agent
+    /// is stopped (a turn in progress is interrupted) and so is every loop. What is left of the
+    /// work makes the outcome `stalled`, naming the stopped agents.
+    fn check_team_budget(&mut self, by: Spender<'_>) {
         let Some(budget) = self
             .agents
             .first()
             .and_then(|agent| agent.plan.settings.team_budget_usd)
+            .or(self.loops.team_budget_usd)
         else {
             return;
         };
@@ -1129,13 +1158,26 @@ impl Team {
             return;
         }
         self.team_budget_spent = true;
-        self.alert(
-            index,
-            "team_budget",
-            format!(
-                "the team spent ${spent:.4} of its ${budget:.2} budget (team_budget_usd): stopping every agent"
-            ),
+        let message = format!(
+            "the team spent ${spent:.4} of its ${budget:.2} budget (team_budget_usd): stopping every agent"
         );
+        match by {
+            Spender::Agent(index) => self.alert(index, "team_budget", message),
+            Spender::Loop(name) => {
+                self.say(format!("ALERT (team_budget) {message}"));
+                let alert = AgentAlert {
+                    cause: "team_budget".to_string(),
+                    message,
+                };
+                self.out.push(Effect::RecordAbout {
+                    name: name.to_string(),
+                    payload: EventPayload::AgentAlert(alert),
+                });
+            }
+        }
+        if self.loops.running > 0 {
+            self.out.push(Effect::StopLoops);
+        }
         for other in 0..self.agents.len() {
             self.agents[other].trouble =
                 Some(format!("the team's budget of ${budget:.2} is spent"));
@@ -3264,6 +3306,100 @@ mod tests {
         assert!(
             alerts(&team.at(12).line(0, call("m3", 100_000))).is_empty(),
             "once"
+        );
+    }
+
+    fn loop_spent(name: &str, cost_usd: f64) -> Input {
+        Input::LoopSpent {
+            name: name.to_string(),
+            cost_usd,
+        }
+    }
+
+    #[test]
+    fn a_loops_iterations_count_against_the_team_budget_and_stop_everyone_with_the_loops() {
+        let mut with_team_budget = plan("a");
+        with_team_budget.settings.team_budget_usd = Some(1.0);
+        let mut team = Harness::new(vec![with_team_budget]);
+        team.team.loops.running = 1;
+        team.start_all();
+        team.idle_after_a_turn(0, 0.5);
+        // The loop's total so far: 0.3 (reported again, not added twice), then 0.45.
+        let under = team.step(loop_spent("fixer", 0.3));
+        let under_again = team.step(loop_spent("fixer", 0.45));
+        assert!(alerts(&under).is_empty() && alerts(&under_again).is_empty());
+        assert!(!under_again.iter().any(|e| matches!(e, Effect::StopLoops)));
+        assert!(
+            close(team.team.team_cost(), 0.95),
+            "{}",
+            team.team.team_cost()
+        );
+        // 0.5 + 0.55 passes $1: the alert is about the loop, the agent and the loops stop.
+        let over = team.step(loop_spent("fixer", 0.55));
+        let about_the_loop: Vec<&str> = over
+            .iter()
+            .filter_map(|effect| match effect {
+                Effect::RecordAbout {
+                    name,
+                    payload: EventPayload::AgentAlert(alert),
+                } if alert.cause == "team_budget" => Some(name.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(about_the_loop, ["fixer"], "{over:?}");
+        assert!(
+            over.iter().any(|e| matches!(e, Effect::StopLoops)),
+            "{over:?}"
+        );
+        let stopped: Vec<usize> = stops(&over).iter().map(|(agent, _)| *agent).collect();
+        assert_eq!(stopped, [0], "{over:?}");
+        let again = team.step(loop_spent("fixer", 0.7));
+        assert!(
+            !again
+                .iter()
+                .any(|e| matches!(e, Effect::StopLoops | Effect::RecordAbout { .. })),
+            "said once: {again:?}"
+        );
+    }
+
+    #[test]
+    fn an_agent_over_the_team_budget_with_the_loops_spend_stops_the_loops_too() {
+        let mut with_team_budget = plan("a");
+        with_team_budget.settings.team_budget_usd = Some(1.0);
+        let mut team = Harness::new(vec![with_team_budget]);
+        team.team.loops.running = 2;
+        team.start_all();
+        assert!(alerts(&team.step(loop_spent("fixer-1", 0.4))).is_empty());
+        assert!(alerts(&team.step(loop_spent("fixer-2", 0.4))).is_empty());
+        team.init(0, "s1");
+        // 0.8 from the loops and 0.3 from this call pass $1.
+        let over = team.at(10).line(0, call("m1", 100_000));
+        assert_eq!(alerts(&over).len(), 1, "{over:?}");
+        assert!(
+            over.iter().any(|e| matches!(e, Effect::StopLoops)),
+            "{over:?}"
+        );
+    }
+
+    #[test]
+    fn a_team_of_loops_alone_has_a_team_budget_too() {
+        let mut team = Harness::new(Vec::new());
+        team.team.loops.running = 1;
+        team.team.loops.team_budget_usd = Some(0.5);
+        assert!(
+            team.step(loop_spent("fixer", 0.2))
+                .iter()
+                .all(|e| !matches!(e, Effect::StopLoops))
+        );
+        let over = team.step(loop_spent("fixer", 0.5));
+        assert!(
+            over.iter().any(|e| matches!(e, Effect::StopLoops)),
+            "{over:?}"
+        );
+        assert!(
+            over.iter()
+                .any(|e| matches!(e, Effect::Say(text) if text.contains("ALERT (team_budget)"))),
+            "{over:?}"
         );
     }
 

@@ -304,8 +304,9 @@ pub fn command_line(
 /// What a worktree agent is told besides [`PROTOCOL`].
 pub const WORKTREE_PROTOCOL: &str = "You work in your own git worktree (your working directory), \
 not in the project's tree. Each task you claim gets its own branch, conclave/<task id>, started \
-from the integration branch; `done` commits what you left uncommitted and the merge queue merges \
-the branch after the project's check passes. If the branch conflicts or fails the check, the task \
+from the integration branch (a pipeline's stages share it: you see earlier stages' commits); \
+`done` commits what you left uncommitted and the merge queue merges the branch after the \
+project's check passes. If the branch conflicts or fails the check, the task \
 comes back to you with the details: fix it on the same branch (you may merge the integration \
 branch into it) and call done again. Do not switch branches yourself.";
 

@@ -30,7 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent_files::{AgentFiles, JoinedAgent, prepare_agent};
 use crate::follow::follow_events;
-use crate::loop_agent::{LoopAgent, spawn_loop, split_loops};
+use crate::loop_agent::{LoopAgent, LoopTies, spawn_loop, split_loops};
+use crate::loop_run::LoopSpend;
 use crate::machine::{AgentState, Effect, Input, LoopEnded, Outcome, SavedState, Team, TeamView};
 use crate::plan::{self, HostScope};
 use crate::process::{ClientProcesses, Launch, ProcessReport, ProcessSide};
@@ -255,7 +256,12 @@ impl Supervisor {
             let merge = config.merge.clone().unwrap_or_default();
             let root = project.root().to_path_buf();
             let agents = worktree_agents.clone();
+            let away = options.host.as_ref().is_some_and(|scope| !scope.main);
             tokio::task::spawn_blocking(move || {
+                if away {
+                    // Away from the server, the integration branch is the shared remote's.
+                    crate::worktree_steps::follow_integration(&root, &merge)?;
+                }
                 crate::worktrees::prepare_worktrees(
                     &root,
                     &merge,
@@ -339,14 +345,28 @@ impl Supervisor {
         ));
         let (reports_tx, mut reports) = mpsc::channel(1024);
         let loops_stop = shutdown.child_token();
+        let team_budget_spent = CancellationToken::new();
+        let (spent_tx, loop_costs) = mpsc::unbounded_channel();
         let mut loops = JoinSet::new();
         let mut team = self.team;
+        // The loops' plans carry `[defaults] team_budget_usd` too: a team of loops alone has one.
+        team.loops.team_budget_usd = self
+            .loops
+            .iter()
+            .find_map(|agent| agent.plan.settings.team_budget_usd);
         for agent in self.loops {
             team.loops.running += 1;
             let (project, admin) = (self.project.clone(), self.admin.clone());
             let url = self.agent_url.clone();
-            spawn_loop(&mut loops, project, admin, url, agent, loops_stop.clone());
+            let ties = LoopTies {
+                stop: loops_stop.clone(),
+                team_budget_spent: team_budget_spent.clone(),
+                spent: spent_tx.clone(),
+            };
+            spawn_loop(&mut loops, project, admin, url, agent, ties);
         }
+        // Held by the loops only: the channel closes when the last loop ends.
+        drop(spent_tx);
         let mut driver = Driver {
             url: self.agent_url,
             team,
@@ -355,6 +375,8 @@ impl Supervisor {
             server: ApiServer { admin: self.admin },
             loops,
             loops_stop,
+            loop_costs,
+            team_budget_spent,
         };
         let outcome = driver.run(&mut reports, &mut events, shutdown).await;
         follow_stop.cancel();
@@ -413,6 +435,10 @@ struct Driver<P, S> {
     loops: JoinSet<LoopEnded>,
     /// Ends the loops when the run ends.
     loops_stop: CancellationToken,
+    /// What each loop has spent in all, after each of its iterations.
+    loop_costs: mpsc::UnboundedReceiver<LoopSpend>,
+    /// Ends the loops, saying why, when the team's budget is spent.
+    team_budget_spent: CancellationToken,
 }
 
 impl<P: ProcessSide, S: ServerSide> Driver<P, S> {
@@ -434,6 +460,17 @@ impl<P: ProcessSide, S: ServerSide> Driver<P, S> {
                 () = shutdown.cancelled() => break Outcome::Stopped,
                 Some(report) = reports.recv() => self.input_of(report),
                 Some(event) = events.recv() => Input::Event(event),
+                Some(spend) = self.loop_costs.recv() => {
+                    let input = Input::LoopSpent { name: spend.name, cost_usd: spend.total_usd };
+                    // Counted (and the loops stopped if that spent the team's budget) before
+                    // the loop goes on to another iteration.
+                    let outcome = self.feed(input).await;
+                    let _ = spend.counted.send(());
+                    match outcome {
+                        Some(outcome) => break outcome,
+                        None => continue,
+                    }
+                }
                 Some(ended) = self.loops.join_next(), if !self.loops.is_empty() => {
                     self.team.loops.running = self.team.loops.running.saturating_sub(1);
                     match ended {
@@ -587,6 +624,14 @@ impl<P: ProcessSide, S: ServerSide> Driver<P, S> {
                     Some(Input::TeamReadFailed)
                 }
             },
+            Effect::RecordAbout { name, payload } => {
+                self.server.record(&name, payload).await;
+                None
+            }
+            Effect::StopLoops => {
+                self.team_budget_spent.cancel();
+                None
+            }
             Effect::Say(text) => {
                 eprintln!("conclave: {text}");
                 None
@@ -830,6 +875,8 @@ mod tests {
             server: RecordingServer { seen: seen.clone() },
             loops: JoinSet::new(),
             loops_stop: CancellationToken::new(),
+            loop_costs: mpsc::unbounded_channel().1,
+            team_budget_spent: CancellationToken::new(),
         };
         (driver, reports, seen)
     }
@@ -884,6 +931,50 @@ mod tests {
         assert!(second.2 - first.2 >= Duration::from_secs(1), "backoff");
         let kinds: Vec<&str> = seen.records.iter().map(|(_, k)| k.as_str()).collect();
         assert!(kinds.contains(&"agent.crashed") && kinds.contains(&"agent.restarted"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_loop_spending_the_team_budget_is_stopped_before_its_next_iteration() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut driver, mut reports, seen) = driver(dir.path(), 0);
+        driver.team.agents[0].plan.settings.team_budget_usd = Some(1.0);
+        let (spent, loop_costs) = mpsc::unbounded_channel();
+        driver.loop_costs = loop_costs;
+        let budget_spent = driver.team_budget_spent.clone();
+        driver.team.loops.running = 1;
+        // A loop as `spawn_loop` runs one: it tells its spend after an iteration and waits
+        // until it is counted before it would start another.
+        driver.loops.spawn(async move {
+            let (counted, answer) = tokio::sync::oneshot::channel();
+            let spend = LoopSpend {
+                name: "fixer".into(),
+                total_usd: 1.0,
+                counted,
+            };
+            spent.send(spend).expect("the driver counts");
+            answer.await.expect("counted");
+            LoopEnded {
+                name: "fixer".into(),
+                could_not_run: None,
+                summary: format!("fixer stopped at once: {}", budget_spent.is_cancelled()),
+            }
+        });
+        let (_events_tx, mut events) = mpsc::channel(8);
+        driver
+            .run(&mut reports, &mut events, CancellationToken::new())
+            .await;
+        assert_eq!(
+            driver.team.summaries().last().map(String::as_str),
+            Some("fixer stopped at once: true")
+        );
+        let seen = seen.lock().expect("seen");
+        assert!(
+            seen.records
+                .contains(&("fixer".to_string(), "agent.alert".to_string())),
+            "the alert names the loop: {:?}",
+            seen.records
+        );
+        assert_eq!(seen.stops, [0], "the team's agent is stopped too");
     }
 
     #[tokio::test(start_paused = true)]

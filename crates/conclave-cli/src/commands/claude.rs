@@ -77,10 +77,35 @@ pub async fn run(context: &Context, options: ClaudeArgs) -> anyhow::Result<()> {
         .unwrap_or_else(conclave_supervisor::plan::this_host);
     conclave_core::config::validate_host_name(&host)
         .map_err(|error| anyhow::anyhow!("--host {host:?}: {error}"))?;
+    // A worktree agent away from the server: its git steps run in this clone, through the
+    // relay. The server leaves them to this host only for a host conclave.toml names for
+    // agents (`[[agent]] host`), so only such a host may run one.
+    let steps = match (&options.server, &merge) {
+        (Some(_), Some(merge)) => {
+            anyhow::ensure!(
+                config
+                    .agents
+                    .iter()
+                    .any(|agent| agent.host.as_deref() == Some(host.as_str())),
+                "{} works in a worktree on host {host}, away from the server: name that host for \
+                 an agent in conclave.toml (`host = \"{host}\"` on an [[agent]]), so that the \
+                 server leaves its git steps to this host (docs/scale-out.md)",
+                options.name
+            );
+            Some(std::sync::Arc::new(
+                conclave_supervisor::worktree_steps::WorktreeSteps::new(
+                    project.root(),
+                    merge,
+                    [options.name.clone()],
+                )?,
+            ))
+        }
+        _ => None,
+    };
     // Several servers, or HTTPS: the session reaches them through a relay in this process,
     // which lives as long as claude does (see `conclave_supervisor::relay`).
-    let relay = if super::up::needs_relay(&admin) {
-        Some(conclave_supervisor::relay::Relay::start(admin.clone()).await?)
+    let relay = if super::up::needs_relay(&admin) || steps.is_some() {
+        Some(conclave_supervisor::relay::Relay::start_with_steps(admin.clone(), steps).await?)
     } else {
         None
     };
@@ -111,7 +136,12 @@ pub async fn run(context: &Context, options: ClaudeArgs) -> anyhow::Result<()> {
     let cwd = if let Some(merge) = merge {
         let root = project.root().to_path_buf();
         let name = options.name.clone();
+        let away = options.server.is_some();
         let mut trees = tokio::task::spawn_blocking(move || {
+            if away {
+                // Away from the server, the integration branch is the shared remote's.
+                conclave_supervisor::worktree_steps::follow_integration(&root, &merge)?;
+            }
             prepare_worktrees(&root, &merge, std::slice::from_ref(&name), Repair::Own)
         })
         .await??;

@@ -20,10 +20,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     })?;
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone(), "shutting down")?;
+    if let Some(host) = &args.host {
+        conclave_core::config::validate_host_name(host)
+            .map_err(|error| anyhow::anyhow!("--host {host:?}: {error}"))?;
+    }
     let options = ServeOptions {
         listen: args.listen,
         allow_remote: args.allow_remote,
         store: args.store,
+        host: args.host,
     };
     conclave_server::serve_project(&project, options, shutdown).await
 }

@@ -6,6 +6,7 @@ use conclave_core::model::{
     TaskDecision, TaskEdit, TaskFailure, TaskFinish, TaskId, TaskList, TaskStatus,
     TaskStatusUpdate, TaskStep, TaskStepList, Verdict,
 };
+use conclave_core::model::{MAX_DIFF_BYTES, TaskDiff};
 use conclave_core::store::ClaimOutcome;
 
 use crate::cli::TaskCommand;
@@ -76,15 +77,24 @@ pub async fn run(context: &Context, command: TaskCommand) -> anyhow::Result<()> 
                 tasks_table(&list.tasks).print()?;
             }
         }
-        TaskCommand::Show { id, json } => {
+        TaskCommand::Show { id, json, diff } => {
             let task: Task = client.get(&task_path(id, ""), &[]).await?;
-            if json {
+            // The whole patch the server gives: a terminal pages it, a pipe takes it all.
+            let diff_query = [("max_bytes", MAX_DIFF_BYTES.to_string())];
+            if json && diff {
+                let diff: TaskDiff = client.get(&task_path(id, "/diff"), &diff_query).await?;
+                print_json(&diff)?;
+            } else if json {
                 print_json(&task)?;
             } else {
                 let blocked = blocked_reason(&client, &task).await?;
                 let history: TaskStepList = client.get(&task_path(id, "/steps"), &[]).await?;
                 print_task(&task, blocked.as_deref())?;
                 print_steps(&history.steps)?;
+                if diff {
+                    let diff: TaskDiff = client.get(&task_path(id, "/diff"), &diff_query).await?;
+                    print_diff(&diff)?;
+                }
             }
         }
         TaskCommand::Edit {
@@ -400,6 +410,51 @@ fn print_task(task: &Task, blocked: Option<&str>) -> std::io::Result<()> {
         for line in task.body.trim_end().lines() {
             outln!("{}", printable(line))?;
         }
+    }
+    Ok(())
+}
+
+/// A task branch's diff: a line of totals, the files, then the patch as git wrote it.
+fn print_diff(diff: &TaskDiff) -> anyhow::Result<()> {
+    outln!(
+        "\ndiff of {} against {}: {} file(s), +{} -{}",
+        diff.branch,
+        diff.into,
+        diff.files.len(),
+        diff.added,
+        diff.removed
+    )?;
+    for file in &diff.files {
+        let counts = if file.binary {
+            "binary".to_string()
+        } else {
+            format!(
+                "+{} -{}",
+                file.added.unwrap_or(0),
+                file.removed.unwrap_or(0)
+            )
+        };
+        match &file.old_path {
+            Some(old) => outln!(
+                "  {} -> {}  {counts}",
+                printable(old),
+                printable(&file.path)
+            )?,
+            None => outln!("  {}  {counts}", printable(&file.path))?,
+        }
+    }
+    outln!()?;
+    // The patch is the branch's text, which anyone with a worktree wrote: control characters
+    // are escaped so that it cannot drive the terminal, tabs kept so that code lines up.
+    for line in diff.patch.lines() {
+        let shown: Vec<String> = line.split('\t').map(printable).collect();
+        outln!("{}", shown.join("\t"))?;
+    }
+    if diff.truncated {
+        note!(
+            "conclave: the patch was cut at {} bytes (the file list above is complete)",
+            diff.max_bytes
+        );
     }
     Ok(())
 }

@@ -106,6 +106,7 @@ pub async fn run(context: &Context, args: UpArgs) -> anyhow::Result<()> {
                     &project,
                     &ServeOptions {
                         listen: args.listen.clone(),
+                        host: Some(host.clone()),
                         ..ServeOptions::default()
                     },
                     server_shutdown.clone(),
@@ -134,8 +135,14 @@ pub async fn run(context: &Context, args: UpArgs) -> anyhow::Result<()> {
     // Agents reach the server through a relay in this process when it has several URLs or
     // speaks TLS: Claude Code's MCP config and HTTP hooks take one URL each, and the command
     // hook speaks plain HTTP on loopback fastest.
-    let relay = if needs_relay(&admin) {
-        let relay = conclave_supervisor::relay::Relay::start(admin.clone())
+    // Worktree agents on a host away from the server: their git steps run in this clone,
+    // through the relay (docs/scale-out.md).
+    let steps = match &args.server {
+        Some(_) => away_worktree_steps(&project, &config, &args)?,
+        None => None,
+    };
+    let relay = if needs_relay(&admin) || steps.is_some() {
+        let relay = conclave_supervisor::relay::Relay::start_with_steps(admin.clone(), steps)
             .await
             .context("cannot start the local relay to the server")?;
         eprintln!(
@@ -237,6 +244,32 @@ fn host_scope(args: &UpArgs) -> conclave_supervisor::plan::HostScope {
             .unwrap_or_else(conclave_supervisor::plan::this_host),
         main: args.server.is_none(),
     }
+}
+
+/// The git steps of this host's worktree agents when `up` runs away from the server (`--server`),
+/// or none when it has no worktree agents. Refused when `[merge] remote` is not set or names a
+/// remote this clone lacks.
+fn away_worktree_steps(
+    project: &Project,
+    config: &conclave_core::config::Config,
+    args: &UpArgs,
+) -> anyhow::Result<Option<std::sync::Arc<conclave_supervisor::worktree_steps::WorktreeSteps>>> {
+    let Some(merge) = &config.merge else {
+        return Ok(None);
+    };
+    let plans = conclave_supervisor::plan::plan_team(config, project.root())?;
+    let agents: Vec<String> = host_scope(args)
+        .select(plans)
+        .into_iter()
+        .filter(|plan| plan.isolation() == conclave_core::model::Isolation::Worktree)
+        .map(|plan| plan.name)
+        .collect();
+    if agents.is_empty() {
+        return Ok(None);
+    }
+    let steps =
+        conclave_supervisor::worktree_steps::WorktreeSteps::new(project.root(), merge, agents)?;
+    Ok(Some(std::sync::Arc::new(steps)))
 }
 
 /// Whether agents should reach `admin`'s server through a local relay: it has several URLs, or

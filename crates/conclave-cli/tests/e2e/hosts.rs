@@ -553,7 +553,7 @@ async fn finished((mut up, log): (AgentProcess, PathBuf)) -> Result<String> {
 }
 
 /// An agent that claims and finishes tasks until nothing is ready; woken, it claims again.
-fn finisher(request: &RecordedRequest) -> Reply {
+pub(crate) fn finisher(request: &RecordedRequest) -> Reply {
     let claim = || Reply::tool_use("mcp__conclave__claim", json!({}));
     if request.tool_results().is_empty() {
         return claim();

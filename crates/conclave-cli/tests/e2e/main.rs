@@ -15,6 +15,7 @@ mod loop_cmd;
 mod outages;
 mod outcomes;
 mod readme_team;
+mod servers;
 mod signals;
 mod supervisor;
 mod supervisor_control;

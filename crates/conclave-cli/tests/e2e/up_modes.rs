@@ -233,3 +233,172 @@ async fn a_loop_agents_rejected_task_is_taken_up_again_by_its_next_iteration() -
     ensure!(iterations == 2, "one iteration per attempt: {iterations}");
     Ok(())
 }
+
+/// The admin's client of the team's server (what the dashboard's buttons call).
+fn admin(team: &crate::support::Team) -> Result<conclave_client::Client> {
+    let project = conclave_core::project::Project::at(team.root());
+    let token = project
+        .read_admin_token()?
+        .context("no admin token in the project")?;
+    conclave_client::Client::new(format!("http://{}", team.server()?.address()), token, None)
+}
+
+/// Waits until loop `agent` asks a person before iteration `next`; answers nothing.
+async fn asked_before(client: &conclave_client::Client, agent: &str, next: u32) -> Result<Value> {
+    let deadline = tokio::time::Instant::now() + AGENT_TIMEOUT;
+    loop {
+        let query = [
+            ("agent", agent.to_string()),
+            ("waiting", "true".to_string()),
+        ];
+        let list: Value = client.get("/api/confirmations", &query).await?;
+        if let Some(waiting) = list["confirmations"]
+            .as_array()
+            .and_then(|all| all.iter().find(|c| c["next_iteration"] == next))
+        {
+            return Ok(waiting.clone());
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{agent} never asked before iteration {next}: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loop_agent_with_confirm_waits_for_a_person_who_adds_instructions_then_stops_it()
+-> Result<()> {
+    let _serial = serial().await;
+    let script = Script::new().agent_fn(&api_key("fixer"), worker);
+    let members = [Member {
+        name: "fixer",
+        role: Some("fixer"),
+        extra: "mode = \"loop\"\nmax_iterations = 5\nconfirm = true\n",
+    }];
+    let Some(up_team) = UpTeam::start(script, &members).await? else {
+        return Ok(());
+    };
+    let team = &up_team.team;
+    for title in ["Fix the parser", "Fix the printer", "Fix the linker"] {
+        team.conclave(&["task", "add", title, "--role", "fixer"])
+            .await?;
+    }
+    let mut up = up_team.up(&[])?;
+    let client = admin(team)?;
+
+    let asked = asked_before(&client, "fixer", 2).await?;
+    ensure!(
+        asked["summary"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("iteration 1:")),
+        "{asked}"
+    );
+    // Nothing runs while it waits: one fresh session so far.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let fresh = |requests: Vec<conclave_standin::RecordedRequest>| {
+        requests
+            .into_iter()
+            .filter(|r| r.tool_results().is_empty())
+            .collect::<Vec<_>>()
+    };
+    ensure!(
+        fresh(up_team.requests("fixer")).len() == 1,
+        "an iteration ran without a person's decision"
+    );
+    let _: Value = client
+        .post(
+            "/api/agents/fixer/confirm",
+            &json!({"decision": "continue", "prompt": "Mention PINEAPPLE in your summary."}),
+        )
+        .await?;
+    asked_before(&client, "fixer", 3).await?;
+    let _: Value = client
+        .post("/api/agents/fixer/confirm", &json!({"decision": "stop"}))
+        .await?;
+
+    let output = up.finish(AGENT_TIMEOUT).await?;
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    // The third task is left ready with nobody to take it: stalled.
+    ensure!(
+        output.status.code() == Some(6),
+        "{:?}: {stderr}",
+        output.status
+    );
+    ensure!(
+        stderr.contains("fixer waits for you before iteration 2")
+            && stderr.contains(
+                "fixer: loop, stopped by admin before the next iteration: 2 iteration(s)"
+            ),
+        "{stderr}"
+    );
+    let sessions = fresh(up_team.requests("fixer"));
+    ensure!(sessions.len() == 2, "two iterations: {}", sessions.len());
+    let second = crate::supervisor::context_text(&sessions[1]);
+    ensure!(
+        second.contains("A person's instructions for this loop:\nMention PINEAPPLE")
+            && second.contains("Call the conclave `claim` tool"),
+        "the person's words come with the claim instruction: {second}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loop_agents_iterations_count_against_the_team_budget_which_stops_it() -> Result<()> {
+    let _serial = serial().await;
+    // Each model call reports 100k input tokens of sonnet ($0.30): an iteration (claim, done,
+    // a last word) passes the team's $0.50.
+    let script = Script::new().agent_fn(&api_key("fixer"), |request| {
+        worker(request).with_usage(100_000)
+    });
+    let members = [Member {
+        name: "fixer",
+        role: Some("fixer"),
+        extra: "mode = \"loop\"\nmax_iterations = 5\nmodel = \"claude-sonnet-4-5\"\n",
+    }];
+    let Some(up_team) = UpTeam::start(script, &members).await? else {
+        return Ok(());
+    };
+    let team = &up_team.team;
+    let toml_path = team.path("conclave.toml");
+    let toml = std::fs::read_to_string(&toml_path)?;
+    std::fs::write(
+        &toml_path,
+        format!("[defaults]\nteam_budget_usd = 0.5\n\n{toml}"),
+    )?;
+    for title in ["Fix the parser", "Fix the printer", "Fix the linker"] {
+        team.conclave(&["task", "add", title, "--role", "fixer"])
+            .await?;
+    }
+    let mut up = up_team.up(&[])?;
+    let output = up.finish(AGENT_TIMEOUT).await?;
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    ensure!(
+        output.status.code() == Some(6),
+        "{:?}: {stderr}",
+        output.status
+    );
+    ensure!(
+        stderr.contains("ALERT (team_budget)")
+            && stderr.contains("fixer: loop, the team's budget is spent: 1 iteration(s)"),
+        "the loop stops before a second iteration: {stderr}"
+    );
+    let events = events(team).await?;
+    ensure!(
+        events.iter().any(|e| e["kind"] == "agent.alert"
+            && e["agent"] == "fixer"
+            && e["data"]["cause"] == "team_budget"),
+        "the alert names the loop: {events:#?}"
+    );
+    let iterations = events
+        .iter()
+        .filter(|e| e["kind"] == "agent.iteration" && e["agent"] == "fixer")
+        .count();
+    ensure!(iterations == 1, "iterations: {iterations}");
+    let fixer = up_team.agent("fixer").await?;
+    ensure!(
+        fixer["cost_usd"].as_f64().is_some_and(|cost| cost >= 0.5),
+        "{fixer:#}"
+    );
+    Ok(())
+}

@@ -35,6 +35,21 @@ fn git(dir: &Path, args: &[&str]) -> Result<String> {
 /// with worktree isolation, tasks for them, and the server started. Answers the team and the
 /// check log.
 async fn worktree_team(titles: &[&str]) -> Result<(Team, PathBuf, Vec<String>)> {
+    let (team, checks) = worktree_project("").await?;
+    for agent in ["alice", "bob"] {
+        team.conclave(&["agent", "add", agent, "--isolation", "worktree"])
+            .await?;
+    }
+    let mut tasks = Vec::new();
+    for title in titles {
+        tasks.push(team.conclave(&["task", "add", title]).await?);
+    }
+    Ok((team, checks, tasks))
+}
+
+/// The project of [`worktree_team`] (`more_config` added to `conclave.toml`), its server
+/// started, no agent registered yet.
+async fn worktree_project(more_config: &str) -> Result<(Team, PathBuf)> {
     let mut team = Team::create().await?;
     let root = team.root().to_path_buf();
     let checks = root.with_extension("checks.log");
@@ -42,7 +57,7 @@ async fn worktree_team(titles: &[&str]) -> Result<(Team, PathBuf, Vec<String>)> 
     std::fs::write(
         root.join("conclave.toml"),
         format!(
-            "{config}\n[merge]\ncheck = \"echo run >> {}\"\ncheck_timeout = \"1m\"\n",
+            "{config}\n[merge]\ncheck = \"echo run >> {}\"\ncheck_timeout = \"1m\"\n{more_config}",
             checks.display()
         ),
     )?;
@@ -56,15 +71,7 @@ async fn worktree_team(titles: &[&str]) -> Result<(Team, PathBuf, Vec<String>)> 
     git(&root, &["add", "a.txt", "b.txt", "shared.txt"])?;
     git(&root, &["commit", "--quiet", "-m", "start"])?;
     team.server = Some(Server::start(&root, "127.0.0.1:0").await?);
-    for agent in ["alice", "bob"] {
-        team.conclave(&["agent", "add", agent, "--isolation", "worktree"])
-            .await?;
-    }
-    let mut tasks = Vec::new();
-    for title in titles {
-        tasks.push(team.conclave(&["task", "add", title]).await?);
-    }
-    Ok((team, checks, tasks))
+    Ok((team, checks))
 }
 
 fn worktree(team: &Team, agent: &str) -> PathBuf {
@@ -378,6 +385,110 @@ async fn an_edit_of_a_file_leased_in_another_worktree_goes_ahead_with_a_warning(
                 && e.to_string().contains("bob is editing shared.txt")),
         "alice is told: {events:#?}"
     );
+    assert!(stand_in.exhausted_requests().is_empty());
+    Ok(())
+}
+
+/// A pipeline in worktrees (issues 11 and 12): the coder's pass commits its work on the task's
+/// branch and hands it on; the reviewer's claim puts its own worktree on that branch, where it
+/// reads the coder's change; only the reviewer's (last) pass queues the branch, which lands after
+/// the check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worktree_pipeline_shares_the_branch_between_stages_and_lands_after_the_last_pass()
+-> Result<()> {
+    let Some(claude) = claude_or_skip() else {
+        return Ok(());
+    };
+    let _serial = serial().await;
+    let (team, checks) = worktree_project(
+        "\n[[pipeline]]\nname = \"reviewed\"\nstages = [\"coder\", \"reviewer\"]\n",
+    )
+    .await?;
+    for (agent, role) in [("carol", "coder"), ("rex", "reviewer")] {
+        team.conclave(&[
+            "agent",
+            "add",
+            agent,
+            "--role",
+            role,
+            "--isolation",
+            "worktree",
+        ])
+        .await?;
+    }
+    let task = team
+        .conclave(&["task", "add", "change a", "--pipeline", "reviewed"])
+        .await?;
+    let (carol_tree, rex_tree) = (worktree(&team, "carol"), worktree(&team, "rex"));
+    let script = Script::new()
+        .agent(
+            &api_key("carol"),
+            [
+                Reply::tool_use("mcp__conclave__claim", json!({"id": task})),
+                Reply::tool_use("Read", json!({"file_path": carol_tree.join("a.txt")})),
+                Reply::tool_use(
+                    "Write",
+                    json!({"file_path": carol_tree.join("a.txt"), "content": "a by carol\n"}),
+                ),
+                Reply::tool_use(
+                    "mcp__conclave__done",
+                    json!({"id": task, "summary": "a changed"}),
+                ),
+                Reply::text("Passed on."),
+            ],
+        )
+        .agent(
+            &api_key("rex"),
+            [
+                Reply::tool_use("mcp__conclave__claim", json!({"id": task})),
+                Reply::tool_use("Read", json!({"file_path": rex_tree.join("a.txt")})),
+                Reply::tool_use(
+                    "mcp__conclave__done",
+                    json!({"id": task, "summary": "reviewed: fine"}),
+                ),
+                Reply::text("Reviewed."),
+            ],
+        );
+    let stand_in = StandIn::start(script).await?;
+    run_agent(&team, &claude, &stand_in, "carol").await?;
+    let passed = tool_result(&stand_in, "carol", 4)?;
+    assert!(passed.contains("handed to its next stage"), "{passed}");
+    assert_eq!(
+        entry(&team, &task).await?,
+        Value::Null,
+        "nothing queued yet"
+    );
+    assert_eq!(
+        git(&carol_tree, &["rev-parse", "--abbrev-ref", "HEAD"])?,
+        "HEAD",
+        "the coder's worktree let go of the branch"
+    );
+
+    run_agent(&team, &claude, &stand_in, "rex").await?;
+    let branch = format!("conclave/{task}");
+    let claimed = tool_result(&stand_in, "rex", 1)?;
+    assert!(
+        claimed.contains(&branch) && claimed.contains("with the work already on it"),
+        "{claimed}"
+    );
+    let read = tool_result(&stand_in, "rex", 2)?;
+    assert!(
+        read.contains("a by carol"),
+        "the reviewer reads the coder's work: {read}"
+    );
+    wait_for_state(&team, &task, "landed").await?;
+    let done = team
+        .conclave_json(&["task", "show", &task, "--json"])
+        .await?;
+    assert_eq!(done["status"], "done", "{done}");
+    let root = team.root();
+    assert_eq!(
+        git(root, &["show", &format!("{INTEGRATION}:a.txt")])?,
+        "a by carol"
+    );
+    let log = git(root, &["log", "--format=%s", &branch])?;
+    assert!(log.contains("(stage 1/2: coder)"), "{log}");
+    assert_eq!(check_runs(&checks), 1, "one check, after the last pass");
     assert!(stand_in.exhausted_requests().is_empty());
     Ok(())
 }

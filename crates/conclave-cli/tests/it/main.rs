@@ -3,6 +3,7 @@
 
 mod attach;
 mod attribution;
+mod branch_travel;
 mod compare;
 mod config;
 mod coordination;
@@ -18,6 +19,7 @@ mod serve;
 mod steering;
 mod store;
 mod support;
+mod task_diff;
 mod terminal;
 mod tokens;
 mod tour;

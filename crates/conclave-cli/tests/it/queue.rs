@@ -791,3 +791,316 @@ fn removing_a_worktree_agent_prunes_its_worktree_and_keeps_its_work_on_the_branc
         "a, unfinished"
     );
 }
+
+/// [`git_project`] with pipeline `reviewed` (coder → reviewer), a coder and a reviewer in
+/// worktrees.
+fn pipeline_project() -> (TestProject, PathBuf) {
+    let (project, checks) = git_project();
+    let config = project.root().join("conclave.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        format!("{text}\n[[pipeline]]\nname = \"reviewed\"\nstages = [\"coder\", \"reviewer\"]\n"),
+    )
+    .expect("write");
+    (project, checks)
+}
+
+fn head_of(tree: &Path) -> String {
+    git(tree, &["rev-parse", "--abbrev-ref", "HEAD"])
+}
+
+/// In worktree mode every stage works on the task's one branch: the coder's pass commits what it
+/// left and lets go of the branch, the reviewer's claim switches its worktree to it (the coder's
+/// work there), a send-back hands it back the same way, and only the last stage's pass puts it in
+/// the merge queue, which lands it after the check.
+#[test]
+fn a_worktree_pipeline_shares_the_task_branch_and_lands_only_after_its_last_pass() {
+    let (project, checks) = pipeline_project();
+    let server = Server::start(&project);
+    let coder = add_agent(
+        &project,
+        "carol",
+        &["--role", "coder", "--isolation", "worktree"],
+    );
+    let reviewer = add_agent(
+        &project,
+        "rex",
+        &["--role", "reviewer", "--isolation", "worktree"],
+    );
+    let root = project.root();
+    let (carol_tree, rex_tree) = (
+        root.join(".conclave/worktrees/carol"),
+        root.join(".conclave/worktrees/rex"),
+    );
+    let id = project
+        .run(&["task", "add", "the parser", "--pipeline", "reviewed"])
+        .ok();
+    let branch = format!("conclave/{id}");
+
+    project.run_as(&coder, &["task", "claim", &id]).ok();
+    assert_eq!(head_of(&carol_tree), branch);
+    std::fs::write(carol_tree.join("a.txt"), "a by carol\n").expect("write");
+    project
+        .run_as(&coder, &["task", "done", &id, "--summary", "drafted"])
+        .ok();
+    let message = git(&root, &["log", "-1", "--format=%B", &branch]);
+    assert!(
+        message.starts_with(&format!("{id}: the parser (stage 1/2: coder)"))
+            && message.contains("drafted"),
+        "{message}"
+    );
+    assert_eq!(
+        head_of(&carol_tree),
+        "HEAD",
+        "the coder let go of the branch"
+    );
+    let at_review = task_status(&project, &id);
+    assert_eq!(
+        (at_review["status"].as_str(), at_review["role"].as_str()),
+        (Some("ready"), Some("reviewer")),
+        "{at_review}"
+    );
+    assert_eq!(
+        entry(&project, &id),
+        Value::Null,
+        "an earlier pass queues nothing"
+    );
+
+    // The reviewer's worktree gets the branch with the coder's work, and sends it back.
+    project.run_as(&reviewer, &["task", "claim", &id]).ok();
+    assert_eq!(head_of(&rex_tree), branch);
+    assert_eq!(
+        std::fs::read_to_string(rex_tree.join("a.txt")).expect("a"),
+        "a by carol\n"
+    );
+    project
+        .run_as(
+            &reviewer,
+            &["task", "done", &id, "--send-back", "say who wrote it"],
+        )
+        .ok();
+    assert_eq!(
+        head_of(&rex_tree),
+        "HEAD",
+        "the reviewer let go of the branch"
+    );
+    let back = task_status(&project, &id);
+    assert_eq!(back["assignee"], "carol", "{back}");
+
+    project.run_as(&coder, &["task", "claim", &id]).ok();
+    assert_eq!(head_of(&carol_tree), branch);
+    std::fs::write(carol_tree.join("a.txt"), "a by carol, signed\n").expect("write");
+    project.run_as(&coder, &["task", "done", &id]).ok();
+
+    // The reviewer sees both of the coder's rounds and adds a commit of its own; its pass is the
+    // last: the branch waits in the queue, then lands after the check.
+    project.run_as(&reviewer, &["task", "claim", &id]).ok();
+    assert_eq!(
+        std::fs::read_to_string(rex_tree.join("a.txt")).expect("a"),
+        "a by carol, signed\n"
+    );
+    let log = git(&rex_tree, &["log", "--format=%an %s", "-3"]);
+    assert_eq!(log.matches("carol").count(), 2, "{log}");
+    std::fs::write(rex_tree.join("b.txt"), "b, reviewed\n").expect("write");
+    git(&rex_tree, &["commit", "--quiet", "-am", "review notes"]);
+    project
+        .run_as(&reviewer, &["task", "done", &id, "--summary", "approved"])
+        .ok();
+    let landed = wait_for_state(&project, &id, "landed");
+    assert_eq!(landed["agent"], "rex", "{landed}");
+    let done = task_status(&project, &id);
+    assert_eq!(done["status"], "done", "{done}");
+    assert_eq!(done["result"], "approved");
+    assert_eq!(
+        git(&root, &["show", &format!("{INTEGRATION}:a.txt")]),
+        "a by carol, signed"
+    );
+    assert_eq!(
+        git(&root, &["show", &format!("{INTEGRATION}:b.txt")]),
+        "b, reviewed"
+    );
+    assert_eq!(check_runs(&checks), 1, "one check, for the last pass only");
+    drop(server);
+}
+
+/// A conflict found by the queue sends a pipeline task back to the stage that finished it last
+/// (the reviewer here), its worktree on the branch again and the conflict in its inbox and the
+/// task's history; fixed there, it lands.
+#[test]
+fn a_conflict_from_the_queue_returns_a_pipeline_task_to_its_last_stage() {
+    let (project, checks) = pipeline_project();
+    let server = Server::start(&project);
+    let alice = add_agent(&project, "alice", &["--isolation", "worktree"]);
+    let coder = add_agent(
+        &project,
+        "carol",
+        &["--role", "coder", "--isolation", "worktree"],
+    );
+    let reviewer = add_agent(
+        &project,
+        "rex",
+        &["--role", "reviewer", "--isolation", "worktree"],
+    );
+    let root = project.root();
+    let (alice_tree, carol_tree, rex_tree) = (
+        root.join(".conclave/worktrees/alice"),
+        root.join(".conclave/worktrees/carol"),
+        root.join(".conclave/worktrees/rex"),
+    );
+    project.run(&["queue", "pause"]).ok();
+
+    let plain = project.run(&["task", "add", "shared by alice"]).ok();
+    project.run_as(&alice, &["task", "claim", &plain]).ok();
+    std::fs::write(alice_tree.join("shared.txt"), "ONE alice\ntwo\nthree\n").expect("write");
+    project.run_as(&alice, &["task", "done", &plain]).ok();
+
+    let id = project
+        .run(&[
+            "task",
+            "add",
+            "shared in a pipeline",
+            "--pipeline",
+            "reviewed",
+        ])
+        .ok();
+    project.run_as(&coder, &["task", "claim", &id]).ok();
+    std::fs::write(carol_tree.join("shared.txt"), "ONE carol\ntwo\nthree\n").expect("write");
+    project.run_as(&coder, &["task", "done", &id]).ok();
+    project.run_as(&reviewer, &["task", "claim", &id]).ok();
+    project.run_as(&reviewer, &["task", "done", &id]).ok();
+    assert_eq!(entry(&project, &id)["state"], "queued");
+
+    project.run(&["queue", "resume"]).ok();
+    wait_for_state(&project, &plain, "landed");
+    let sent_back = wait_for_state(&project, &id, "sent_back");
+    assert!(
+        sent_back["outcome"]
+            .as_str()
+            .is_some_and(|o| o.contains("shared.txt") && o.contains("ONE carol")),
+        "{sent_back}"
+    );
+    let back = task_status(&project, &id);
+    assert_eq!(back["status"], "in_progress", "{back}");
+    assert_eq!(back["assignee"], "rex", "back to the last stage: {back}");
+    assert_eq!(back["role"], "reviewer");
+    assert_eq!(
+        head_of(&rex_tree),
+        format!("conclave/{id}"),
+        "on the branch again"
+    );
+    let messages = inbox(&project, &reviewer);
+    assert!(
+        messages.contains("conflicts") && messages.contains("shared.txt"),
+        "{messages}"
+    );
+    let shown = project.run(&["task", "show", &id]).ok();
+    assert!(
+        shown.contains("send_back") && shown.contains("the merge queue"),
+        "{shown}"
+    );
+    assert_eq!(check_runs(&checks), 1, "no check runs for a conflict");
+
+    // The reviewer merges the integration branch in, resolves it and passes again: it lands.
+    let merged = Command::new("git")
+        .args(["merge", "--quiet", "--no-edit", INTEGRATION])
+        .current_dir(&rex_tree)
+        .env("GIT_AUTHOR_NAME", "rex")
+        .env("GIT_AUTHOR_EMAIL", "rex@example.com")
+        .env("GIT_COMMITTER_NAME", "rex")
+        .env("GIT_COMMITTER_EMAIL", "rex@example.com")
+        .output()
+        .expect("merge");
+    assert!(!merged.status.success(), "the merge should conflict");
+    std::fs::write(
+        rex_tree.join("shared.txt"),
+        "ONE alice and carol\ntwo\nthree\n",
+    )
+    .expect("resolve");
+    git(&rex_tree, &["add", "shared.txt"]);
+    git(&rex_tree, &["commit", "--quiet", "--no-edit"]);
+    project.run_as(&reviewer, &["task", "done", &id]).ok();
+    wait_for_state(&project, &id, "landed");
+    assert_eq!(task_status(&project, &id)["status"], "done");
+    assert_eq!(
+        git(&root, &["show", &format!("{INTEGRATION}:shared.txt")]),
+        "ONE alice and carol\ntwo\nthree"
+    );
+    drop(server);
+}
+
+/// A task needing approval in worktree mode: its agent's done commits the work and the task
+/// waits for the person, its branch nowhere near the queue; a rejection returns it to the agent,
+/// its worktree on the branch again; only the approval puts it in the queue, and it is done once
+/// its branch landed.
+#[test]
+fn an_approval_task_in_a_worktree_lands_only_after_it_is_approved() {
+    let (project, checks) = git_project();
+    let server = Server::start(&project);
+    let alice = add_agent(&project, "alice", &["--isolation", "worktree"]);
+    let root = project.root();
+    let tree = root.join(".conclave/worktrees/alice");
+    let start_tip = git(&root, &["rev-parse", INTEGRATION]);
+    let id = project.run(&["task", "add", "migrate", "--approve"]).ok();
+    let branch = format!("conclave/{id}");
+
+    project.run_as(&alice, &["task", "claim", &id]).ok();
+    std::fs::write(tree.join("a.txt"), "a migrated\n").expect("write");
+    project
+        .run_as(&alice, &["task", "done", &id, "--summary", "migrated"])
+        .ok();
+    let waiting = task_status(&project, &id);
+    assert_eq!(waiting["status"], "review");
+    assert_eq!(waiting["awaiting_approval"], true);
+    assert_eq!(
+        git(&root, &["show", &format!("{branch}:a.txt")]),
+        "a migrated",
+        "the work is committed on the branch"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        entry(&project, &id),
+        Value::Null,
+        "not queued before the decision"
+    );
+    assert_eq!(git(&root, &["rev-parse", INTEGRATION]), start_tip);
+
+    project
+        .run(&["task", "reject", &id, "--comment", "keep a backup"])
+        .ok();
+    assert_eq!(task_status(&project, &id)["status"], "in_progress");
+    assert_eq!(head_of(&tree), branch, "back on the task's branch");
+    std::fs::write(tree.join("b.txt"), "b, the backup\n").expect("write");
+    project
+        .run_as(
+            &alice,
+            &["task", "done", &id, "--summary", "migrated, backed up"],
+        )
+        .ok();
+    assert_eq!(task_status(&project, &id)["awaiting_approval"], true);
+    assert_eq!(entry(&project, &id), Value::Null);
+
+    // Approved while the queue is paused: the branch waits in it, the task not done before it
+    // lands.
+    project.run(&["queue", "pause"]).ok();
+    project.run(&["task", "approve", &id]).ok();
+    assert_eq!(entry(&project, &id)["state"], "queued");
+    let approved = task_status(&project, &id);
+    assert_eq!(approved["status"], "review", "{approved}");
+    assert_ne!(approved["awaiting_approval"], true, "{approved}");
+    project.run(&["queue", "resume"]).ok();
+    wait_for_state(&project, &id, "landed");
+    let done = task_status(&project, &id);
+    assert_eq!(done["status"], "done", "{done}");
+    assert_eq!(done["result"], "migrated, backed up");
+    assert_eq!(
+        git(&root, &["show", &format!("{INTEGRATION}:a.txt")]),
+        "a migrated"
+    );
+    assert_eq!(
+        git(&root, &["show", &format!("{INTEGRATION}:b.txt")]),
+        "b, the backup"
+    );
+    assert_eq!(check_runs(&checks), 1);
+    drop(server);
+}

@@ -19,8 +19,11 @@
 //! sequence order, and only one connection per server waits on the lock.
 //!
 //! Live events cross servers by following the log: a server hands its sink its own events as
-//! it commits them and, every [`FOLLOW_INTERVAL`], the events other servers committed, always in
-//! sequence order and each once (see [`PgEngine::follow`]).
+//! it commits them and the events other servers committed, always in sequence order and each
+//! once (see [`PgEngine::follow`]). A commit with events sends a `NOTIFY` on the store's channel
+//! that wakes the other servers' followers at once; they read the log by sequence number when
+//! woken and at least every [`FOLLOW_INTERVAL`] (a lost notification, a broken listening
+//! connection), so order and completeness never rest on the notifications.
 //!
 //! The `postgres` client is synchronous (it drives its own small runtime): call it from blocking
 //! threads, never from an async task, as the server already does for the store.
@@ -33,6 +36,7 @@ use chrono::Utc;
 
 use super::db::{Db, PgConn};
 use super::group_commit::CommitStats;
+use super::pg_tls::PgTarget;
 use super::{Reader, StoreConfig, Tx, lock};
 use crate::error::{CoreError, Result};
 use crate::model::{Event, EventFilter};
@@ -49,7 +53,7 @@ const FOLLOW_PAGE: i64 = 1000;
 const POOL_SIZE: usize = 8;
 
 pub(super) struct PgEngine {
-    connect: postgres::Config,
+    connect: PgTarget,
     pool: Mutex<PoolState>,
     freed: Condvar,
     /// Queues this process's writers (see the module docs).
@@ -62,6 +66,8 @@ pub(super) struct PgEngine {
     follower_started: std::sync::atomic::AtomicBool,
     /// The connection holding the sweeper's session lock, while this server is the sweeper.
     sweeper: Mutex<Option<postgres::Client>>,
+    /// This engine's name in the notifications it sends, so that its follower can skip its own.
+    server_id: String,
 }
 
 struct PoolState {
@@ -108,8 +114,7 @@ impl Pooled<'_> {
 impl PgEngine {
     /// Connects, brings the schema up to date, and keeps the connection for the pool.
     pub(super) fn open(url: &str) -> Result<PgEngine> {
-        let connect: postgres::Config = url
-            .parse()
+        let connect = PgTarget::parse(url)
             .map_err(|error| CoreError::invalid(format!("bad PostgreSQL URL: {error}")))?;
         let mut client = connect_with(&connect)?;
         let schema: String = client
@@ -132,7 +137,20 @@ impl PgEngine {
             published: Mutex::new(last_seq),
             follower_started: std::sync::atomic::AtomicBool::new(false),
             sweeper: Mutex::new(None),
+            server_id: format!("{:016x}", rand::random::<u64>()),
         })
+    }
+
+    /// The `LISTEN`/`NOTIFY` channel of this store's event log (one per schema, like the lock).
+    fn channel(&self) -> String {
+        format!("conclave_events_{:x}", self.lock_key)
+    }
+
+    /// A connection listening on [`PgEngine::channel`], for the follower.
+    fn listener(&self) -> Result<postgres::Client> {
+        let mut client = connect_with(&self.connect)?;
+        client.batch_execute(&format!("LISTEN {}", self.channel()))?;
+        Ok(client)
     }
 
     fn take(&self) -> Result<Pooled<'_>> {
@@ -193,7 +211,13 @@ impl PgEngine {
         let events = std::mem::take(&mut tx.events);
         match result {
             Ok(Ok(value)) => {
-                if let Err(error) = conn.batch("COMMIT") {
+                // The notification is sent when (and only if) the transaction commits.
+                let commit = if events.is_empty() {
+                    "COMMIT".to_string()
+                } else {
+                    format!("NOTIFY {}, '{}'; COMMIT", self.channel(), self.server_id)
+                };
+                if let Err(error) = conn.batch(&commit) {
                     let _ = conn.batch("ROLLBACK");
                     return Err(error);
                 }
@@ -315,8 +339,9 @@ impl PgEngine {
         let spawned = std::thread::Builder::new()
             .name("conclave-pg-follow".into())
             .spawn(move || {
+                let mut listener: Option<postgres::Client> = None;
                 loop {
-                    std::thread::sleep(FOLLOW_INTERVAL);
+                    wait_for_others(&mut listener, &store);
                     let Some(inner) = store.upgrade() else {
                         return;
                     };
@@ -373,16 +398,59 @@ impl Drop for PgEngine {
     }
 }
 
-fn connect_with(config: &postgres::Config) -> Result<postgres::Client> {
-    // `sslmode` in the URL asks for TLS; this build speaks plain connections (a local socket, a
-    // private network or a tunnel), and says so instead of failing obscurely.
-    if config.get_ssl_mode() == postgres::config::SslMode::Require {
-        return Err(CoreError::invalid(
-            "sslmode=require is not supported by this build: connect over a unix socket, a \
-             private network or an SSH tunnel",
-        ));
+/// Waits until another server notifies a commit with events, or [`FOLLOW_INTERVAL`] passes:
+/// the notification wakes followers at once, and the interval remains the fallback (a lost
+/// notification, a listening connection that broke). Order never rests on notifications: the
+/// follower reads the log by sequence number either way. Notifications this server sent are
+/// skipped (its own events reach the sink as it commits them).
+fn wait_for_others(
+    listener: &mut Option<postgres::Client>,
+    store: &std::sync::Weak<super::StoreInner>,
+) {
+    if listener.as_ref().is_none_or(postgres::Client::is_closed) {
+        *listener = store.upgrade().and_then(|inner| match &inner.engine {
+            super::Engine::Pg(engine) => engine
+                .listener()
+                .inspect_err(|error| tracing::debug!(%error, "cannot LISTEN; polling the log"))
+                .ok(),
+            super::Engine::Sqlite { .. } => None,
+        });
     }
-    let mut client = config.connect(postgres::NoTls)?;
+    let Some(client) = listener.as_mut() else {
+        std::thread::sleep(FOLLOW_INTERVAL);
+        return;
+    };
+    let own = store.upgrade().and_then(|inner| match &inner.engine {
+        super::Engine::Pg(engine) => Some(engine.server_id.clone()),
+        super::Engine::Sqlite { .. } => None,
+    });
+    let deadline = std::time::Instant::now() + FOLLOW_INTERVAL;
+    let mut notifications = client.notifications();
+    let broke = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match postgres::fallible_iterator::FallibleIterator::next(
+            &mut notifications.timeout_iter(left),
+        ) {
+            Ok(Some(notification)) if Some(notification.payload()) != own.as_deref() => {
+                break false;
+            }
+            Ok(Some(_)) if !left.is_zero() => {}
+            Ok(_) => break false,
+            Err(error) => {
+                tracing::debug!(%error, "the LISTEN connection broke; polling the log");
+                break true;
+            }
+        }
+    };
+    drop(notifications);
+    if broke {
+        *listener = None;
+    }
+}
+
+fn connect_with(target: &PgTarget) -> Result<postgres::Client> {
+    // TLS as the URL's `sslmode` asks (see `pg_tls`).
+    let mut client = target.connect()?;
     // Plan each statement for its parameters: the store's `(?1 IS NULL OR column = ?1)` filters
     // then use their indexes, where a generic plan (PostgreSQL's choice after a few runs) scans
     // the table. Planning these small statements costs far less than such a scan.

@@ -9,6 +9,12 @@
 //! entry waits, the task is `review` with no claim expiry (the agent is not working on it); the
 //! task becomes `done`, and its dependents ready, only when its branch lands, so tasks that
 //! depend on each other land in dependency order.
+//!
+//! A task joins the queue when it is finished for good by an agent in its own worktree
+//! ([`Tx::lands_through_merge_queue`]): a plain task at its agent's `done`; a pipeline task at its
+//! last stage's pass (earlier passes hand the same branch on to the next stage); a task needing
+//! approval when a person approves it. A conflict or a failing check returns it to the agent that
+//! finished it last (for a pipeline, the last stage's), with the details.
 
 use super::db::{OptionalExtension, Row, params};
 
@@ -16,15 +22,13 @@ use super::{Reader, Tx, ms_to_time, to_json_list, validate_text};
 use crate::error::{CoreError, Result};
 use crate::event::{NoData, OptionalReason, QueueBranch, QueueLanded, QueueSentBack, TaskUpdated};
 use crate::model::{
-    Actor, EventPayload, Isolation, QueueEntry, QueueState, QueueView, Task, TaskFinish, TaskId,
-    TaskStatus,
+    Actor, EventPayload, Isolation, QueueEntry, QueueState, QueueView, Task, TaskId, TaskStatus,
 };
 
 /// An entry's recorded outcome is cut to this many bytes (the agent's message carries the same).
 pub const MAX_QUEUE_OUTCOME: usize = 16 * 1024;
 /// Landed and skipped entries `GET /api/queue` still shows (the newest ones).
 pub const QUEUE_HISTORY: usize = 50;
-const MAX_SUMMARY: usize = 64 * 1024;
 
 const ENTRY_COLUMNS: &str =
     "task_id, branch, agent, position, state, attempts, outcome, enqueued_at, updated_at";
@@ -120,14 +124,8 @@ impl Reader<'_> {
         )? != 0)
     }
 
-    /// Whether finishing `task` goes through the merge queue: its holder works in its own
-    /// worktree. (Whether a queue runs at all is the server's to say.) Pipeline tasks and tasks
-    /// that need a person's approval keep their own finish path (store/tasks.rs) for now.
-    pub fn finishes_through_merge_queue(&self, task: TaskId) -> Result<bool> {
-        let task = self.task(task)?;
-        if task.pipeline.is_some() || task.approve {
-            return Ok(false);
-        }
+    /// Whether `task`'s holder works in its own worktree (so the task's work is on its branch).
+    pub fn held_in_a_worktree(&self, task: &Task) -> Result<bool> {
         let Some(holder) = task.assignee.as_deref() else {
             return Ok(false);
         };
@@ -135,62 +133,63 @@ impl Reader<'_> {
             .find_agent(holder)?
             .is_some_and(|agent| agent.isolation == Isolation::Worktree))
     }
+
+    /// Whether `task` waits in the merge queue now (its entry queued or being landed).
+    pub fn waits_in_merge_queue(&self, task: &Task) -> Result<bool> {
+        Ok(task.status == TaskStatus::Review
+            && self
+                .merge_entry(task.id)
+                .is_ok_and(|entry| matches!(entry.state, QueueState::Queued | QueueState::Merging)))
+    }
 }
 
 impl Tx<'_> {
-    /// The holder's `done` for a task whose branch must land first: the task waits in `review`
-    /// (no claim expiry, leases released, the summary and files kept as its result) and its
-    /// branch joins the end of the queue. It becomes `done` in [`Tx::land_merge`].
-    pub fn enqueue_merge(&mut self, actor: &Actor, id: TaskId, finish: TaskFinish) -> Result<Task> {
-        let summary = super::tasks::validated_summary(&finish, MAX_SUMMARY)?;
-        let task = self.read().task(id)?;
-        let holder = match (&task.assignee, crate::store::is_held(&task)) {
-            (Some(holder), true) => holder.clone(),
-            _ => {
-                return Err(CoreError::conflict(format!(
-                    "cannot finish {id}: it is {} (claim it first)",
-                    task.status
-                )));
-            }
-        };
-        if let Actor::Agent(name) = actor
-            && *name != holder
-        {
-            return Err(CoreError::forbidden(format!(
-                "cannot finish {id}: it is held by {holder}"
-            )));
-        }
-        if task.status == TaskStatus::Review
-            && self
-                .read()
-                .merge_entry(id)
-                .is_ok_and(|entry| matches!(entry.state, QueueState::Queued | QueueState::Merging))
-        {
+    /// Whether finishing `task` goes through the merge queue: the server runs one
+    /// ([`crate::store::StoreConfig::merge_queue`]) and the task's holder works in its own
+    /// worktree. This holds for a plain task's `done`, a pipeline's last pass and a person's
+    /// approval alike: the task is `done` only once its branch landed.
+    pub fn lands_through_merge_queue(&self, task: &Task) -> Result<bool> {
+        Ok(self.config().merge_queue && self.read().held_in_a_worktree(task)?)
+    }
+
+    /// A finished task whose branch must land first (its agent's `done`, a pipeline's last
+    /// pass, or a person's approval; [`Tx::lands_through_merge_queue`]): the task waits in
+    /// `review` (no claim expiry, leases released, the summary and files kept as its result) and
+    /// its branch joins the end of the queue, in the name of the agent that holds it (the one a
+    /// conflict or a failing check returns it to). It becomes `done` in [`Tx::land_merge`].
+    pub(crate) fn join_merge_queue(
+        &mut self,
+        actor: &str,
+        task: &Task,
+        summary: &str,
+        files: &[String],
+    ) -> Result<()> {
+        let id = task.id;
+        let Some(holder) = task.assignee.clone() else {
             return Err(CoreError::conflict(format!(
-                "{id} is already waiting in the merge queue"
+                "{id} has no holder: its branch cannot join the merge queue"
             )));
-        }
+        };
         self.conn().execute(
             "UPDATE tasks SET status = 'review', result = ?2, files = ?3, claim_expires_at = NULL,
-                updated_at = ?4 WHERE id = ?1",
-            params![id.0, summary, to_json_list(&finish.files)?, self.now_ms()],
+                awaiting_approval = 0, updated_at = ?4 WHERE id = ?1",
+            params![id.0, summary, to_json_list(files)?, self.now_ms()],
         )?;
-        let updated = TaskUpdated {
-            from: task.status,
-            to: TaskStatus::Review,
-            note: Some("finished: waiting in the merge queue".to_string()),
-        };
-        self.emit(
-            actor.name(),
-            Some(id),
-            Some(&holder),
-            EventPayload::TaskUpdated(updated),
-        )?;
-        self.release_task_leases(
-            actor.name(),
-            id,
-            "task finished: waiting in the merge queue",
-        )?;
+        // An approved task was in `review` already (waiting for the person, now for the queue).
+        if task.status != TaskStatus::Review {
+            let updated = TaskUpdated {
+                from: task.status,
+                to: TaskStatus::Review,
+                note: Some("finished: waiting in the merge queue".to_string()),
+            };
+            self.emit(
+                actor,
+                Some(id),
+                Some(&holder),
+                EventPayload::TaskUpdated(updated),
+            )?;
+        }
+        self.release_task_leases(actor, id, "task finished: waiting in the merge queue")?;
         let branch = task_branch_name(id);
         self.conn().execute(
             "INSERT INTO merge_queue (task_id, branch, agent, position, state, enqueued_at, updated_at)
@@ -202,12 +201,11 @@ impl Tx<'_> {
             params![id.0, branch, holder, self.now_ms()],
         )?;
         self.emit(
-            actor.name(),
+            actor,
             Some(id),
             Some(&holder),
             EventPayload::QueueEnqueued(QueueBranch { branch }),
-        )?;
-        self.read().task(id)
+        )
     }
 
     /// Before landing: an entry whose agent no longer holds its task (the task was reassigned,
@@ -329,12 +327,9 @@ impl Tx<'_> {
         if current.status == TaskStatus::Review
             && current.assignee.as_deref() == Some(entry.agent.as_str())
         {
-            let finish = TaskFinish {
-                summary: current.result.clone(),
-                files: current.files.clone(),
-                ..TaskFinish::default()
-            };
-            self.finish_task(&Actor::Agent(entry.agent.clone()), task, finish)?;
+            // Completed as it stands: its pass (and any approval) was recorded when it joined.
+            let summary = current.result.clone().unwrap_or_default();
+            self.complete_task(&entry.agent, &current, &summary, &current.files)?;
         }
         self.read().merge_entry(task)
     }
@@ -370,6 +365,12 @@ impl Tx<'_> {
              merge the integration branch into it) and finish {task} again.\n\n{details}",
             entry.branch
         );
+        // A pipeline's history shows the queue's verdict beside the stages' (the task stays at
+        // the stage that finished it; the pipeline's send-back rounds are the agents' own).
+        let current = self.read().task(task)?;
+        if current.pipeline.is_some() {
+            self.record_queue_send_back(&current, what)?;
+        }
         self.return_to_agent(&entry, &body)?;
         self.read().merge_entry(task)
     }
@@ -554,11 +555,15 @@ impl Tx<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{MessageKind, NewAgent, NewTask};
+    use crate::model::{MessageKind, NewAgent, NewTask, TaskFinish};
     use crate::store::{Store, StoreConfig};
 
     fn store_with_worktree_agent() -> Store {
-        let store = Store::open_in_memory(StoreConfig::default()).expect("store");
+        let store = Store::open_in_memory(StoreConfig {
+            merge_queue: true,
+            ..StoreConfig::default()
+        })
+        .expect("store");
         register(&store, "alice", Isolation::Worktree);
         store
     }
@@ -603,7 +608,7 @@ mod tests {
     fn finish(store: &Store, id: TaskId) -> Task {
         store
             .write(|tx| {
-                tx.enqueue_merge(
+                tx.finish_task(
                     &Actor::Agent("alice".into()),
                     id,
                     TaskFinish {
@@ -613,7 +618,16 @@ mod tests {
                     },
                 )
             })
-            .expect("enqueue")
+            .expect("finish into the queue")
+    }
+
+    fn lands_through_queue(store: &Store, id: TaskId) -> bool {
+        store
+            .write(|tx| {
+                let task = tx.read().task(id)?;
+                tx.lands_through_merge_queue(&task)
+            })
+            .expect("read")
     }
 
     fn task_status(store: &Store, id: TaskId) -> TaskStatus {
@@ -695,11 +709,7 @@ mod tests {
         let store = store_with_worktree_agent();
         let first = claimed_task(&store, "first", &[]);
         let second = claimed_task(&store, "second", &[first]);
-        assert!(
-            store
-                .read(|r| r.finishes_through_merge_queue(first))
-                .expect("read")
-        );
+        assert!(lands_through_queue(&store, first));
         let waiting = finish(&store, first);
         assert_eq!(waiting.status, TaskStatus::Review);
         assert_eq!(waiting.claim_expires_at, None, "no expiry while it waits");
@@ -869,9 +879,8 @@ mod tests {
         let store = store_with_worktree_agent();
         register(&store, "bob", Isolation::Shared);
         let first = claimed_task(&store, "first", &[]);
-        let refused = store.write(|tx| {
-            tx.enqueue_merge(&Actor::Agent("bob".into()), first, TaskFinish::default())
-        });
+        let refused = store
+            .write(|tx| tx.finish_task(&Actor::Agent("bob".into()), first, TaskFinish::default()));
         assert!(matches!(refused, Err(CoreError::Forbidden(_))));
         let bobs = store
             .write(|tx| {
@@ -888,10 +897,273 @@ mod tests {
         store
             .write(|tx| tx.claim_task("bob", Some(bobs)))
             .expect("claim");
-        assert!(
-            !store
-                .read(|r| r.finishes_through_merge_queue(bobs))
-                .expect("read")
+        assert!(!lands_through_queue(&store, bobs));
+    }
+
+    /// A store with a merge queue, pipeline `reviewed` (coder → reviewer) and one worktree agent
+    /// per role.
+    fn store_with_pipeline() -> Store {
+        let stages = ["coder", "reviewer"]
+            .iter()
+            .map(|role| crate::model::PipelineStage {
+                role: role.to_string(),
+                approve: false,
+            })
+            .collect();
+        let store = Store::open_in_memory(StoreConfig {
+            merge_queue: true,
+            pipelines: vec![crate::model::Pipeline {
+                name: "reviewed".into(),
+                stages,
+                max_rounds: 3,
+            }],
+            ..StoreConfig::default()
+        })
+        .expect("store");
+        for (name, role) in [("carol", "coder"), ("rex", "reviewer")] {
+            store
+                .write(|tx| {
+                    tx.register_agent(
+                        "admin",
+                        NewAgent {
+                            name: name.into(),
+                            role: Some(role.into()),
+                            isolation: Isolation::Worktree,
+                            ..Default::default()
+                        },
+                    )
+                })
+                .expect("register");
+        }
+        store
+    }
+
+    fn claim_and_pass(store: &Store, agent: &str, id: TaskId, summary: &str) -> Task {
+        store
+            .write(|tx| tx.claim_task(agent, Some(id)))
+            .expect("claim");
+        store
+            .write(|tx| {
+                tx.finish_task(
+                    &Actor::Agent(agent.into()),
+                    id,
+                    TaskFinish {
+                        summary: Some(summary.into()),
+                        ..TaskFinish::default()
+                    },
+                )
+            })
+            .expect("pass")
+    }
+
+    fn done_events(store: &Store, id: TaskId) -> usize {
+        store
+            .read(|r| {
+                r.events(&crate::model::EventFilter {
+                    task: Some(id),
+                    kind: Some("task.done".into()),
+                    ..Default::default()
+                })
+            })
+            .expect("events")
+            .len()
+    }
+
+    #[test]
+    fn a_pipeline_task_joins_the_queue_at_its_last_pass_and_a_send_back_returns_to_that_stage() {
+        let store = store_with_pipeline();
+        let id = store
+            .write(|tx| {
+                tx.create_task(
+                    &Actor::Admin,
+                    NewTask {
+                        title: "the parser".into(),
+                        pipeline: Some("reviewed".into()),
+                        ..Default::default()
+                    },
+                )
+            })
+            .expect("create")
+            .id;
+
+        // The coder's pass hands the task (and its branch) on: nothing is queued yet.
+        let at_review = claim_and_pass(&store, "carol", id, "drafted");
+        assert_eq!(at_review.status, TaskStatus::Ready);
+        assert_eq!(at_review.role.as_deref(), Some("reviewer"));
+        assert!(store.read(|r| r.merge_entry(id)).is_err(), "not queued");
+
+        // The reviewer's pass is the last: the branch waits in the queue, the task is not done.
+        let waiting = claim_and_pass(&store, "rex", id, "looks right");
+        assert_eq!(waiting.status, TaskStatus::Review);
+        assert_eq!(waiting.assignee.as_deref(), Some("rex"));
+        let entry = store.read(|r| r.merge_entry(id)).expect("entry");
+        assert_eq!(
+            (entry.state, entry.agent.as_str(), entry.branch.as_str()),
+            (QueueState::Queued, "rex", "conclave/T-1")
         );
+        assert_eq!(done_events(&store, id), 0);
+        let again = store
+            .write(|tx| tx.finish_task(&Actor::Agent("rex".into()), id, TaskFinish::default()));
+        assert!(
+            matches!(again, Err(CoreError::Conflict(_))),
+            "a waiting task is not finished twice: {again:?}"
+        );
+
+        // A conflict sends it back to the last stage (the reviewer), noted in its history.
+        store.write(|tx| tx.begin_merge(id)).expect("begin");
+        store
+            .write(|tx| tx.send_back_merge(id, "conflict", "src/parse.rs"))
+            .expect("send back");
+        let back = store.read(|r| r.task(id)).expect("task");
+        assert_eq!(back.status, TaskStatus::InProgress);
+        assert_eq!(back.assignee.as_deref(), Some("rex"));
+        assert_eq!(back.role.as_deref(), Some("reviewer"));
+        assert_eq!(back.pipeline.as_ref().map(|p| p.stage), Some(1));
+        let inbox = store.read(|r| r.inbox("rex")).expect("inbox");
+        assert!(
+            inbox
+                .last()
+                .is_some_and(|m| m.body.contains("src/parse.rs")),
+            "{inbox:?}"
+        );
+        let steps = store.read(|r| r.task_steps(id)).expect("steps");
+        let last = steps.last().expect("a step");
+        assert_eq!(
+            (last.actor.as_str(), last.verdict, last.to_stage),
+            (
+                crate::model::SYSTEM_NAME,
+                crate::model::StepVerdict::SendBack,
+                Some(1)
+            )
+        );
+        assert!(
+            last.comments
+                .as_deref()
+                .is_some_and(|c| c.contains("conflicts"))
+        );
+
+        // The reviewer fixes it and passes again: queued again, then landed and done once.
+        store
+            .write(|tx| {
+                tx.finish_task(
+                    &Actor::Agent("rex".into()),
+                    id,
+                    TaskFinish {
+                        summary: Some("merged the integration branch in".into()),
+                        ..TaskFinish::default()
+                    },
+                )
+            })
+            .expect("pass again");
+        assert_eq!(
+            store.read(|r| r.merge_entry(id)).expect("entry").state,
+            QueueState::Queued
+        );
+        store.write(|tx| tx.begin_merge(id)).expect("begin");
+        store.write(|tx| tx.land_merge(id, "landed")).expect("land");
+        let done = store.read(|r| r.task(id)).expect("task");
+        assert_eq!(done.status, TaskStatus::Done);
+        assert_eq!(
+            done.result.as_deref(),
+            Some("merged the integration branch in")
+        );
+        assert_eq!(done_events(&store, id), 1);
+        let passes = store
+            .read(|r| r.task_steps(id))
+            .expect("steps")
+            .iter()
+            .filter(|step| step.verdict == crate::model::StepVerdict::Pass)
+            .count();
+        assert_eq!(passes, 3, "landing records no pass of its own");
+    }
+
+    #[test]
+    fn an_approval_task_joins_the_queue_when_approved_and_is_done_when_it_lands() {
+        let store = store_with_worktree_agent();
+        let id = store
+            .write(|tx| {
+                tx.create_task(
+                    &Actor::Admin,
+                    NewTask {
+                        title: "migrate".into(),
+                        approve: true,
+                        ..Default::default()
+                    },
+                )
+            })
+            .expect("create")
+            .id;
+        store
+            .write(|tx| tx.claim_task("alice", Some(id)))
+            .expect("claim");
+        let waiting = finish(&store, id);
+        assert!(waiting.awaiting_approval);
+        assert!(store.read(|r| r.merge_entry(id)).is_err(), "not queued");
+
+        // Rejected: back to alice; her next done waits for the person again.
+        store
+            .write(|tx| {
+                tx.reject_task(
+                    &Actor::Admin,
+                    id,
+                    crate::model::TaskDecision {
+                        comment: Some("name the columns".into()),
+                    },
+                )
+            })
+            .expect("reject");
+        assert_eq!(task_status(&store, id), TaskStatus::InProgress);
+        assert!(finish(&store, id).awaiting_approval);
+
+        let approved = store
+            .write(|tx| tx.approve_task(&Actor::Admin, id, crate::model::TaskDecision::default()))
+            .expect("approve");
+        assert_eq!(
+            approved.status,
+            TaskStatus::Review,
+            "not done before it lands"
+        );
+        assert!(!approved.awaiting_approval);
+        assert!(crate::store::is_held(&approved));
+        assert_eq!(store.read(|r| r.approvals_waiting()).expect("count"), 0);
+        let entry = store.read(|r| r.merge_entry(id)).expect("entry");
+        assert_eq!(
+            (entry.state, entry.agent.as_str()),
+            (QueueState::Queued, "alice")
+        );
+        assert_eq!(done_events(&store, id), 0);
+
+        // A failing check returns it to alice; the fix waits for the person again.
+        store.write(|tx| tx.begin_merge(id)).expect("begin");
+        store
+            .write(|tx| tx.send_back_merge(id, "check_failed", "test x failed"))
+            .expect("send back");
+        let back = store.read(|r| r.task(id)).expect("task");
+        assert_eq!(
+            (
+                back.status,
+                back.assignee.as_deref(),
+                back.awaiting_approval
+            ),
+            (TaskStatus::InProgress, Some("alice"), false)
+        );
+        assert!(finish(&store, id).awaiting_approval);
+        store
+            .write(|tx| tx.approve_task(&Actor::Admin, id, crate::model::TaskDecision::default()))
+            .expect("approve again");
+
+        store.write(|tx| tx.begin_merge(id)).expect("begin");
+        store.write(|tx| tx.land_merge(id, "landed")).expect("land");
+        assert_eq!(task_status(&store, id), TaskStatus::Done);
+        assert_eq!(done_events(&store, id), 1);
+    }
+
+    #[test]
+    fn without_a_merge_queue_a_worktree_agents_task_is_done_at_once() {
+        let store = Store::open_in_memory(StoreConfig::default()).expect("store");
+        register(&store, "alice", Isolation::Worktree);
+        let id = claimed_task(&store, "first", &[]);
+        assert_eq!(finish(&store, id).status, TaskStatus::Done);
+        assert!(store.read(|r| r.merge_entry(id)).is_err());
     }
 }

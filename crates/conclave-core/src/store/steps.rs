@@ -14,6 +14,10 @@
 //! the admin approves (it moves on as a pass would) or rejects (back `in_progress` to the agent
 //! that finished it, with the comment as a message). Only the admin decides.
 //!
+//! With a merge queue, a task held in a worktree leaves for good through it: the last stage's
+//! pass (or the approval of it, or of a plain task) puts its branch in the queue instead of
+//! marking it `done` (store/queue.rs); every stage works on that one branch.
+//!
 //! Every verdict and decision is a row of the task's history (`task_steps`), read on its own so
 //! that listing tasks stays one query.
 
@@ -237,6 +241,10 @@ impl Tx<'_> {
                 ..state.clone()
             });
         let Some(next) = next else {
+            // Finished for good: in a worktree, the task's branch lands first (store/queue.rs).
+            if self.lands_through_merge_queue(task)? {
+                return self.join_merge_queue(actor, task, summary, files);
+            }
             return self.complete_task(actor, task, summary, files);
         };
         let role = next.current().map(|stage| stage.role.clone());
@@ -401,6 +409,22 @@ impl Tx<'_> {
         self.read().task(id)
     }
 
+    /// The merge queue sent `task` back (a conflict or a failing check, `what`): a row of its
+    /// history at the stage it stays at, in the queue's name.
+    pub(crate) fn record_queue_send_back(&mut self, task: &Task, what: &str) -> Result<()> {
+        let comments = format!("the merge queue: its branch {what}");
+        self.record_step(
+            task,
+            crate::model::SYSTEM_NAME,
+            StepRecord {
+                verdict: StepVerdict::SendBack,
+                to_stage: task.pipeline.as_ref().map(|state| state.stage),
+                comments: Some(&comments),
+                summary: None,
+            },
+        )
+    }
+
     /// A task waiting for a person, checked: the decision is the admin's alone.
     fn awaiting_decision(&self, actor: &Actor, id: TaskId, verb: &str) -> Result<Task> {
         if !actor.is_admin() {
@@ -446,7 +470,7 @@ impl Tx<'_> {
     }
 
     /// A person approves a waiting task: it moves on as its agent's pass said (next stage, or
-    /// done).
+    /// done; in a worktree, into the merge queue, done when its branch lands).
     pub fn approve_task(
         &mut self,
         actor: &Actor,

@@ -703,6 +703,11 @@ impl Tx<'_> {
             validate_name("to_stage", stage)?;
         }
         let task = self.held_by(actor, id, "finish")?;
+        if self.read().waits_in_merge_queue(&task)? {
+            return Err(CoreError::conflict(format!(
+                "{id} is already waiting in the merge queue"
+            )));
+        }
         match finish.verdict.unwrap_or_default() {
             Verdict::Pass => {
                 if finish.to_stage.is_some() {

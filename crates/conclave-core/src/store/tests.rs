@@ -1791,6 +1791,52 @@ fn on_postgres_every_server_hears_every_event_in_order() {
     });
 }
 
+/// A write through one server wakes the other's follower at once (`LISTEN`/`NOTIFY`), well
+/// before its next poll of the log: polling alone would take half the interval on average.
+#[test]
+fn on_postgres_a_notification_wakes_the_other_server_at_once() {
+    with_engine(Engine::Postgres, || {
+        let (_dir, url) = testing::shared_store_url();
+        let first = Store::open_url(&url, StoreConfig::default()).expect("first server");
+        let second = Store::open_url(&url, StoreConfig::default()).expect("second server");
+        let heard = std::sync::Arc::new((std::sync::Mutex::new(0_i64), std::sync::Condvar::new()));
+        let sink = std::sync::Arc::clone(&heard);
+        second.set_event_sink(std::sync::Arc::new(move |events: &[Event]| {
+            if let Some(last) = events.last() {
+                *lock(&sink.0) = last.seq;
+                sink.1.notify_all();
+            }
+        }));
+        let mut delays = Vec::new();
+        for round in 0..8 {
+            // Let the follower settle into its wait.
+            std::thread::sleep(std::time::Duration::from_millis(50 + 37 * round));
+            let written = std::time::Instant::now();
+            task(&first, &format!("task {round}"), &[], None, 0);
+            let last = first.read(|r| r.last_seq()).expect("last seq");
+            let mut seen = lock(&heard.0);
+            while *seen < last {
+                let (next, timeout) = heard
+                    .1
+                    .wait_timeout(seen, std::time::Duration::from_secs(5))
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                seen = next;
+                assert!(
+                    !timeout.timed_out(),
+                    "the second server never heard seq {last}"
+                );
+            }
+            delays.push(written.elapsed());
+        }
+        delays.sort();
+        assert!(
+            delays[delays.len() / 2] < super::pg::FOLLOW_INTERVAL / 4,
+            "median {:?} from a write to the other server's sink: {delays:?}",
+            delays[delays.len() / 2]
+        );
+    });
+}
+
 /// One server of those sharing a PostgreSQL database sweeps; when it goes away (its connection
 /// closes), the next to try takes over.
 #[test]

@@ -5,6 +5,7 @@ mod concurrency;
 mod confirmations;
 mod contract;
 mod dashboard;
+mod diffs;
 mod errors;
 mod events;
 mod fencing;
