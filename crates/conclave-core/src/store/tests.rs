@@ -1925,3 +1925,40 @@ fn hashes_are_lower_case_hex_sha256() {
     );
     assert_eq!(hash_token("abc"), sha256_hex(b"abc"));
 }
+
+/// `held_tasks` answers only the tasks an agent holds now, in id order, with their dependencies:
+/// not those it finished (which keep their assignee), nor another agent's.
+#[test]
+fn held_tasks_are_the_unfinished_ones_of_that_agent_in_id_order() {
+    let store = store();
+    agent(&store, "a", None, &[]);
+    agent(&store, "b", None, &[]);
+    let base = task(&store, "base", &[], None, 0);
+    let finished = task(&store, "finished", &[], None, 0);
+    let theirs = task(&store, "theirs", &[], None, 0);
+    claim(&store, "a", Some(base)).expect("claim base");
+    claim(&store, "a", Some(finished)).expect("claim finished");
+    store
+        .write(|tx| tx.finish_task(&Actor::Agent("a".into()), finished, TaskFinish::default()))
+        .expect("done");
+    store
+        .write(|tx| tx.finish_task(&Actor::Agent("a".into()), base, TaskFinish::default()))
+        .expect("done");
+    let later = task(&store, "later", &[base], None, 0);
+    let first = task(&store, "first", &[], None, 0);
+    claim(&store, "b", Some(theirs)).expect("claim theirs");
+    claim(&store, "a", Some(later)).expect("claim later");
+    claim(&store, "a", Some(first)).expect("claim first");
+
+    let held = store.read(|r| r.held_tasks("a")).expect("held");
+    let ids: Vec<TaskId> = held.iter().map(|task| task.id).collect();
+    assert_eq!(ids, [later, first]);
+    assert_eq!(held[0].depends_on, [base]);
+    let theirs_held: Vec<TaskId> = store
+        .read(|r| r.held_tasks("b"))
+        .expect("held")
+        .iter()
+        .map(|task| task.id)
+        .collect();
+    assert_eq!(theirs_held, [theirs]);
+}
