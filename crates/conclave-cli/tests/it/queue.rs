@@ -1040,7 +1040,8 @@ fn an_approval_task_in_a_worktree_lands_only_after_it_is_approved() {
     let alice = add_agent(&project, "alice", &["--isolation", "worktree"]);
     let root = project.root();
     let tree = root.join(".conclave/worktrees/alice");
-    let start_tip = git(&root, &["rev-parse", INTEGRATION]);
+    // The queue makes the integration branch from HEAD once it has started, in the background.
+    let start_tip = git(&root, &["rev-parse", "HEAD"]);
     let id = project.run(&["task", "add", "migrate", "--approve"]).ok();
     let branch = format!("conclave/{id}");
 
