@@ -17,6 +17,8 @@ mod server;
 mod stats;
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -106,6 +108,10 @@ pub struct TeamRun {
     pub agents: usize,
     /// Live event streams open during the run.
     pub streams: usize,
+    /// SSE frames the streams received during the run, all readers together.
+    pub stream_frames: u64,
+    /// The same per second of the run.
+    pub stream_frames_per_sec: f64,
     /// Operations per second asked for (none: as fast as they answer).
     pub rate: Option<usize>,
     /// Every operation of the run together.
@@ -737,6 +743,8 @@ fn summarize(
     TeamRun {
         agents,
         streams,
+        stream_frames: 0,
+        stream_frames_per_sec: 0.0,
         rate,
         all,
         operations,
@@ -757,8 +765,9 @@ async fn streams_run(
 ) -> anyhow::Result<TeamRun> {
     let team = target.register("streamer", agents, CLIENTS).await?;
     let stop = CancellationToken::new();
+    let frames = Arc::new(AtomicU64::new(0));
     futures::stream::iter(team.iter())
-        .map(|agent| target.open_stream(agent, stop.clone()))
+        .map(|agent| target.open_stream(agent, stop.clone(), frames.clone()))
         .buffer_unordered(CLIENTS)
         .collect::<Vec<_>>()
         .await
@@ -766,6 +775,7 @@ async fn streams_run(
         .collect::<anyhow::Result<Vec<()>>>()?;
     let total = options.rate * options.rate_secs as usize;
     let interval = Duration::from_secs_f64(1.0 / options.rate as f64);
+    let frames_before = frames.load(Ordering::Relaxed);
     let before = server.sample();
     let generator_before = server::sample_generator();
     let started = Instant::now();
@@ -800,8 +810,9 @@ async fn streams_run(
     let elapsed = started.elapsed();
     let after = server.sample();
     let generator_cpu_ms = server::sample_generator().cpu_ms - generator_before.cpu_ms;
+    let stream_frames = frames.load(Ordering::Relaxed) - frames_before;
     stop.cancel();
-    Ok(summarize(
+    let mut run = summarize(
         agents,
         agents,
         Some(options.rate),
@@ -809,7 +820,10 @@ async fn streams_run(
         elapsed,
         (before, after),
         generator_cpu_ms,
-    ))
+    );
+    run.stream_frames = stream_frames;
+    run.stream_frames_per_sec = stream_frames as f64 / elapsed.as_secs_f64().max(f64::EPSILON);
+    Ok(run)
 }
 
 /// A server started on a long history: its start time, and the dashboard's and listings'

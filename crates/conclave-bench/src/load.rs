@@ -1,6 +1,8 @@
 //! Simulated agents: each a token of its own, speaking to the server over real HTTP (the REST
 //! API, the hook endpoint, or MCP's JSON-RPC over HTTP) one request at a time.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -243,12 +245,14 @@ impl Target {
         Ok(())
     }
 
-    /// Opens the live event stream as `agent` and reads it in the background until `stop`;
-    /// returns once the server has answered the stream's headers.
+    /// Opens the live event stream as `agent` and reads it in the background until `stop`,
+    /// adding every SSE frame it receives to `frames`; returns once the server has answered the
+    /// stream's headers.
     pub async fn open_stream(
         &self,
         agent: &BenchAgent,
         stop: tokio_util::sync::CancellationToken,
+        frames: Arc<AtomicU64>,
     ) -> anyhow::Result<()> {
         let response = self
             .http
@@ -259,14 +263,43 @@ impl Target {
             .error_for_status()?;
         tokio::spawn(async move {
             let mut body = response.bytes_stream();
+            let mut ends = FrameEnds::default();
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    chunk = body.next() => if !matches!(chunk, Some(Ok(_))) { break },
+                    chunk = body.next() => match chunk {
+                        Some(Ok(bytes)) => {
+                            frames.fetch_add(ends.count(&bytes), Ordering::Relaxed);
+                        }
+                        _ => break,
+                    },
                 }
             }
         });
         Ok(())
+    }
+}
+
+/// Counts the ends of SSE frames (a blank line, `\n\n`) in a stream read chunk by chunk, one
+/// that spans two chunks included.
+#[derive(Default)]
+struct FrameEnds {
+    last_was_newline: bool,
+}
+
+impl FrameEnds {
+    fn count(&mut self, chunk: &[u8]) -> u64 {
+        let mut ends = 0;
+        for &byte in chunk {
+            let newline = byte == b'\n';
+            if newline && self.last_was_newline {
+                ends += 1;
+                self.last_was_newline = false;
+            } else {
+                self.last_was_newline = newline;
+            }
+        }
+        ends
     }
 }
 
@@ -306,6 +339,18 @@ fn cut(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frame_ends_are_counted_across_chunks() {
+        let mut ends = FrameEnds::default();
+        assert_eq!(ends.count(b"id: 1\ndata: {}\n\nid: 2\ndata: {}\n"), 1);
+        assert_eq!(
+            ends.count(b"\n:\n\n"),
+            2,
+            "the end split over two chunks counts once"
+        );
+        assert_eq!(ends.count(b"\n"), 0, "a third newline starts no frame");
+    }
 
     #[test]
     fn answers_are_read_for_what_comes_next() {

@@ -137,6 +137,15 @@ impl App {
         self.inner.events.subscribe()
     }
 
+    /// Like [`App::subscribe`], for the live events `admits` lets through only: the others are
+    /// neither queued for it nor wake it.
+    pub(crate) fn subscribe_where(
+        &self,
+        admits: impl Fn(&Event) -> bool + Send + Sync + 'static,
+    ) -> Arc<Subscriber> {
+        self.inner.events.subscribe_where(admits)
+    }
+
     /// Figures about the live event streams (readers, the most any reader had queued).
     pub fn live_stats(&self) -> LiveStats {
         self.inner.events.stats()

@@ -109,6 +109,13 @@ fn print_team(team: &TeamRun) -> anyhow::Result<()> {
         team.server.rss_mib,
         team.server.peak_rss_mib
     )?;
+    if team.streams > 0 {
+        outln!(
+            "  the streams received {} SSE frames in all ({:.0} per second)",
+            team.stream_frames,
+            team.stream_frames_per_sec
+        )?;
+    }
     print_table(&team.operations)
 }
 

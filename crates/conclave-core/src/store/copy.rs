@@ -17,7 +17,8 @@ use crate::error::{CoreError, Result};
 
 /// The tables and their columns, in an order that satisfies the foreign keys (agents before
 /// their tasks and leases, tasks before their dependencies, steps and notes). The first column
-/// orders the copy.
+/// orders the copy. `task_status_counts` is not among them: the destination's triggers keep it
+/// as the tasks are inserted.
 const TABLES: &[(&str, &[&str])] = &[
     (
         "agents",
@@ -196,6 +197,15 @@ impl Store {
                 "the copy differs from its source: source {source:?}, copy {copied:?}"
             )));
         }
+        // The per-status counts are not copied: the destination's triggers counted the tasks
+        // as they were inserted. They must agree with what the source's tasks hold.
+        let source_counts = self.read(|r| r.task_status_counts_by_scan())?;
+        let copied_counts = destination.read(|r| r.task_status_counts())?;
+        if source_counts != copied_counts {
+            return Err(CoreError::Database(format!(
+                "the copy's task counts differ from its source's tasks: source {source_counts:?}, copy {copied_counts:?}"
+            )));
+        }
         Ok(CopyReport {
             tables: source.0,
             events_digest: source.1,
@@ -349,8 +359,12 @@ mod tests {
         assert!(schema.len() > 20, "read the schema: {schema:?}");
         // Copied apart, after every note exists (`copy_tables`); and live servers' presence,
         // which belongs to the source's servers, not to the history.
+        // The per-status task counts are kept by the destination's own triggers as the tasks
+        // are copied in, and checked against the source's tasks afterwards.
         let copied_apart = |table: &str, column: &str| {
-            (table, column) == ("notes", "superseded_by") || table == "server_presence"
+            (table, column) == ("notes", "superseded_by")
+                || table == "server_presence"
+                || table == "task_status_counts"
         };
         let missing: Vec<String> = schema
             .iter()

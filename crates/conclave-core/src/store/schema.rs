@@ -251,6 +251,32 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE agents ADD COLUMN coordination TEXT;
     "#,
+    // 8: how many tasks are in each status, kept by the database itself in the transaction of
+    // every change to a task's status (issue 14), so that `/api/status` counts without reading
+    // every task of the history. Triggers rather than code in each operation: no way of
+    // changing a task (or copying one in, `store migrate`) can leave the counts behind.
+    r#"
+    CREATE TABLE task_status_counts (
+        status TEXT PRIMARY KEY,
+        tasks  INTEGER NOT NULL
+    );
+    INSERT INTO task_status_counts (status, tasks)
+        SELECT status, count(*) FROM tasks GROUP BY status;
+    CREATE TRIGGER tasks_counted_on_insert AFTER INSERT ON tasks BEGIN
+        INSERT INTO task_status_counts (status, tasks) VALUES (NEW.status, 1)
+            ON CONFLICT (status) DO UPDATE SET tasks = tasks + 1;
+    END;
+    CREATE TRIGGER tasks_counted_on_delete AFTER DELETE ON tasks BEGIN
+        UPDATE task_status_counts SET tasks = tasks - 1 WHERE status = OLD.status;
+    END;
+    CREATE TRIGGER tasks_counted_on_status AFTER UPDATE OF status ON tasks
+        WHEN OLD.status IS NOT NEW.status
+    BEGIN
+        UPDATE task_status_counts SET tasks = tasks - 1 WHERE status = OLD.status;
+        INSERT INTO task_status_counts (status, tasks) VALUES (NEW.status, 1)
+            ON CONFLICT (status) DO UPDATE SET tasks = tasks + 1;
+    END;
+    "#,
 ];
 
 /// The PostgreSQL schema, in the same tables and columns as SQLite's (integers are `BIGINT`,
@@ -486,6 +512,31 @@ const PG_MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE agents ADD COLUMN coordination TEXT COLLATE "C";
     "#,
+    // 3: SQLite's 8, the per-status task counts kept by a trigger.
+    r#"
+    CREATE TABLE task_status_counts (
+        status TEXT COLLATE "C" PRIMARY KEY,
+        tasks  BIGINT NOT NULL
+    );
+    INSERT INTO task_status_counts (status, tasks)
+        SELECT status, count(*) FROM tasks GROUP BY status;
+    CREATE FUNCTION task_status_counted() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP IN ('UPDATE', 'DELETE') THEN
+            UPDATE task_status_counts SET tasks = tasks - 1 WHERE status = OLD.status;
+        END IF;
+        IF TG_OP IN ('INSERT', 'UPDATE') THEN
+            INSERT INTO task_status_counts (status, tasks) VALUES (NEW.status, 1)
+                ON CONFLICT (status) DO UPDATE SET tasks = task_status_counts.tasks + 1;
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER tasks_counted_on_insert_or_delete AFTER INSERT OR DELETE ON tasks
+        FOR EACH ROW EXECUTE FUNCTION task_status_counted();
+    CREATE TRIGGER tasks_counted_on_status AFTER UPDATE OF status ON tasks
+        FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
+        EXECUTE FUNCTION task_status_counted();
+    "#,
 ];
 
 /// The PostgreSQL schema version this build writes.
@@ -630,6 +681,46 @@ mod tests {
             )
             .expect("task");
         assert_eq!((pipeline, approve, awaiting), (None, false, false));
+    }
+
+    /// A database written before the kept counts gets them from its tasks, then keeps them.
+    #[test]
+    fn version_8_counts_the_existing_tasks_by_status_and_keeps_counting() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        for migration in &MIGRATIONS[..7] {
+            conn.execute_batch(migration).expect("v1 to v7");
+        }
+        conn.pragma_update(None, "user_version", 7)
+            .expect("version");
+        conn.execute_batch(
+            "INSERT INTO tasks (title, status, created_by, created_at, updated_at)
+                 VALUES ('a', 'done', 'admin', 0, 0), ('b', 'done', 'admin', 0, 0),
+                        ('c', 'ready', 'admin', 0, 0);",
+        )
+        .expect("v7 tasks");
+        migrate(&mut conn).expect("migrate");
+        let counts = |conn: &Connection| -> Vec<(String, i64)> {
+            let mut statement = conn
+                .prepare(
+                    "SELECT status, tasks FROM task_status_counts WHERE tasks > 0 ORDER BY status",
+                )
+                .expect("prepare");
+            statement
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .expect("query")
+                .collect::<rusqlite::Result<_>>()
+                .expect("rows")
+        };
+        assert_eq!(counts(&conn), [("done".into(), 2), ("ready".into(), 1)]);
+        conn.execute_batch(
+            "UPDATE tasks SET status = 'done' WHERE title = 'c';
+             UPDATE tasks SET title = 'renamed' WHERE title = 'a';
+             DELETE FROM tasks WHERE title = 'b';
+             INSERT INTO tasks (title, status, created_by, created_at, updated_at)
+                 VALUES ('d', 'pending', 'admin', 0, 0);",
+        )
+        .expect("changes");
+        assert_eq!(counts(&conn), [("done".into(), 2), ("pending".into(), 1)]);
     }
 
     #[test]

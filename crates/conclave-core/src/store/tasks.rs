@@ -233,14 +233,23 @@ impl Reader<'_> {
         Ok(tasks)
     }
 
-    /// How many tasks are in each status (every status listed, zeros included), counted by the
-    /// status index without reading the tasks.
+    /// How many tasks are in each status (every status listed, zeros included), read from the
+    /// counts the database keeps as tasks change (schema migration 8): one row per status,
+    /// however long the history.
     pub fn task_status_counts(&self) -> Result<Vec<(TaskStatus, usize)>> {
-        let rows = self.conn().query_map(
-            "SELECT status, count(*) FROM tasks GROUP BY status",
-            params![],
-            |row| Ok((row.get::<String>(0)?, row.get::<i64>(1)?)),
-        )?;
+        self.status_counts("SELECT status, tasks FROM task_status_counts")
+    }
+
+    /// The same counts as [`Reader::task_status_counts`], counted over every task: what the
+    /// kept counts must always equal (checked by `store migrate` and the tests).
+    pub fn task_status_counts_by_scan(&self) -> Result<Vec<(TaskStatus, usize)>> {
+        self.status_counts("SELECT status, count(*) FROM tasks GROUP BY status")
+    }
+
+    fn status_counts(&self, sql: &str) -> Result<Vec<(TaskStatus, usize)>> {
+        let rows = self.conn().query_map(sql, params![], |row| {
+            Ok((row.get::<String>(0)?, row.get::<i64>(1)?))
+        })?;
         let mut counts: Vec<(TaskStatus, usize)> =
             TaskStatus::ALL.iter().map(|status| (*status, 0)).collect();
         for row in rows {

@@ -1403,6 +1403,92 @@ fn the_dashboard_listing_keeps_open_tasks_and_the_latest_finished_and_counts_by_
     assert_eq!(store.read(|r| r.live_lease_count(now)).expect("leases"), 1);
 }
 
+/// The per-status counts the database keeps (schema migration 8) agree with a count over every
+/// task after a long random sequence of changes: creations with dependencies, claims, finishes,
+/// failures (which block dependents), cancels, reopens, and writes refused after they changed a
+/// task's status (rolled back with everything else they wrote).
+fn the_kept_task_counts_agree_with_a_full_count_after_random_changes() {
+    use rand::{Rng, SeedableRng};
+    let store = store();
+    let workers = ["a", "b", "c"];
+    for name in workers {
+        agent(&store, name, None, &[]);
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(14);
+    let mut ids: Vec<TaskId> = Vec::new();
+    let agree = |when: &str| {
+        let kept = store.read(|r| r.task_status_counts()).expect("kept");
+        let scanned = store
+            .read(|r| r.task_status_counts_by_scan())
+            .expect("scanned");
+        assert_eq!(kept, scanned, "{when}");
+    };
+    let mut changed = 0;
+    for step in 0..400 {
+        let worker = workers[rng.random_range(0..workers.len())];
+        let as_worker = Actor::Agent(worker.into());
+        let some_task = (!ids.is_empty()).then(|| ids[rng.random_range(0..ids.len())]);
+        let outcome = match (rng.random_range(0..9), some_task) {
+            (0 | 1, _) | (_, None) => {
+                let after: Vec<TaskId> = some_task
+                    .into_iter()
+                    .filter(|_| rng.random_bool(0.3))
+                    .collect();
+                let created = store.write(|tx| {
+                    tx.create_task(
+                        &Actor::Admin,
+                        NewTask {
+                            title: format!("task {step}"),
+                            after,
+                            ..Default::default()
+                        },
+                    )
+                });
+                created.map(|task| ids.push(task.id))
+            }
+            (2, Some(id)) => claim(&store, worker, Some(id)).map(drop),
+            (3, _) => claim(&store, worker, None).map(drop),
+            (4, Some(id)) => store
+                .write(|tx| tx.finish_task(&as_worker, id, TaskFinish::default()))
+                .map(drop),
+            (5, Some(id)) => store
+                .write(|tx| tx.fail_task(&as_worker, id, "random failure"))
+                .map(drop),
+            (6, Some(id)) => store
+                .write(|tx| tx.cancel_task(&Actor::Admin, id, None))
+                .map(drop),
+            (7, Some(id)) => store
+                .write(|tx| tx.reopen_task(&Actor::Admin, id, None))
+                .map(drop),
+            (_, Some(id)) => {
+                // A status change, then a refusal: nothing of it may stay, counts included.
+                let refused = store.write(|tx| {
+                    tx.cancel_task(&Actor::Admin, id, None)?;
+                    Err::<(), _>(CoreError::conflict("refused after the change"))
+                });
+                assert!(refused.is_err());
+                Ok(())
+            }
+        };
+        changed += usize::from(outcome.is_ok());
+        if step % 20 == 0 {
+            agree(&format!("after step {step}"));
+        }
+    }
+    agree("at the end");
+    let counts = store.read(|r| r.task_status_counts()).expect("counts");
+    assert_eq!(
+        counts.iter().map(|(_, n)| n).sum::<usize>(),
+        ids.len(),
+        "every task counted once"
+    );
+    let statuses_seen = counts.iter().filter(|(_, n)| *n > 0).count();
+    assert!(
+        changed > 200 && statuses_seen >= 4,
+        "the sequence exercised the counts: {changed} changes, {counts:?}"
+    );
+}
+
 fn an_agents_reported_cost_goes_to_the_task_it_holds() {
     let store = store();
     agent(&store, "a", None, &[]);
@@ -1856,6 +1942,60 @@ fn on_postgres_one_server_sweeps_and_another_takes_over() {
     });
 }
 
+/// A query for one kind of event walks that kind's index, not the whole log: with 3,000 other
+/// events and none of the kind asked, SQLite's plan names `events_by_kind` and the answer is
+/// empty (before, `(?4 IS NULL OR kind = ?4)` kept the index out and `/api/status` read the
+/// whole log twice for its waiting-confirmations count).
+#[test]
+fn an_event_query_by_kind_uses_the_kind_index() {
+    let store = Store::open_in_memory(StoreConfig::default()).expect("store");
+    for n in 0..1000 {
+        task(&store, &format!("task {n}"), &[], None, 0);
+    }
+    let filter = EventFilter {
+        kind: Some("agent.confirmed".into()),
+        desc: true,
+        limit: Some(10),
+        ..EventFilter::default()
+    };
+    assert!(
+        store
+            .read(|r| r.events(&filter))
+            .expect("events")
+            .is_empty()
+    );
+    let plan: Vec<String> = store
+        .read(|r| {
+            let (sql, values) = events::event_query(&filter);
+            r.conn()
+                .query_map(&format!("EXPLAIN QUERY PLAN {sql}"), &values, |row| {
+                    row.get::<String>(3)
+                })
+        })
+        .expect("plan");
+    assert!(
+        plan.iter().any(|step| step.contains("events_by_kind")),
+        "{plan:?}"
+    );
+    let created = EventFilter {
+        kind: Some("task.".into()),
+        after: Some(10),
+        before: Some(21),
+        ..EventFilter::default()
+    };
+    let seqs: Vec<i64> = store
+        .read(|r| r.events(&created))
+        .expect("events")
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(
+        seqs,
+        (11..=20).collect::<Vec<_>>(),
+        "a prefix between two positions"
+    );
+}
+
 /// Each test above runs once per engine: `on_sqlite::name` and `on_postgres::name`.
 macro_rules! on_both_engines {
     ($($name:ident),* $(,)?) => {
@@ -1913,6 +2053,7 @@ on_both_engines!(
     the_dashboard_listing_keeps_open_tasks_and_the_latest_finished_and_counts_by_status,
     an_agents_reported_cost_goes_to_the_task_it_holds,
     an_agents_coordination_account_is_stored_replaced_and_checked,
+    the_kept_task_counts_agree_with_a_full_count_after_random_changes,
 );
 
 /// Stored token hashes (and idempotency fingerprints) must not change with how they are written

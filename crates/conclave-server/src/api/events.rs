@@ -3,23 +3,23 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Json;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::HeaderMap;
-use axum::response::Response;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
 use conclave_core::audience::Viewer;
 use conclave_core::event::Topic;
 use conclave_core::model::{Actor, Event, EventFilter, EventList, EventPayload, NewEvent};
-use futures::Stream;
 
 use crate::app::App;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery};
-use crate::live::{Received, Subscriber, json_size};
+use crate::live::{Received, Subscriber, sse_frame};
 use crate::ops::{self, IdempotencyKey, require_admin};
 
 const BACKLOG_PAGE: i64 = 500;
@@ -87,17 +87,24 @@ pub async fn list(
     Ok(Json(EventList { events }))
 }
 
+/// How long a stream may stay silent before it sends a comment line, so that proxies and
+/// clients see the connection alive.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
 /// Streams events: first those after `Last-Event-ID` (or `?after=`) from the store, then live
 /// ones as they are committed. Without either, it starts at the newest event; after the newest
 /// event (a client that remembers another log), it says so with a `reset` event whose id is the
 /// newest event's and follows from there. A client that falls behind its live queue's budget
 /// (bytes or events) gets a `lagged` event and the stream ends: it resumes with `Last-Event-ID`.
+///
+/// A live event's SSE frame is serialized once for every reader (`live::LiveEvent`); what each
+/// reader may see (its filter, and the audience rule for messages) is decided per reader.
 pub async fn stream(
     State(app): State<App>,
     actor: Actor,
     headers: HeaderMap,
     ApiQuery(mut filter): ApiQuery<EventFilter>,
-) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+) -> ApiResult<Response> {
     if let Some(value) = headers.get("last-event-id") {
         let text = value.to_str().unwrap_or_default().trim();
         let seq = text.parse::<i64>().map_err(|_| {
@@ -107,7 +114,14 @@ pub async fn stream(
     }
     let viewer = ops::viewer(&app, &actor).await?;
     // Subscribe before reading the log's end so that nothing committed in between is missed.
-    let receiver = app.subscribe();
+    // The reader is queued (and woken) only for live events it may see: what the filter admits
+    // apart from its position, and what the audience rule lets this reader read.
+    let receiver = {
+        let mut live_filter = filter.clone();
+        live_filter.after = None;
+        let viewer = viewer.clone();
+        app.subscribe_where(move |event| live_filter.admits(event) && viewer.may_read_event(event))
+    };
     let newest = app.read(|r| r.last_seq()).await?;
     let (last_sent, backfill, reset) = match filter.after {
         Some(after) if after > newest => (newest, false, Some(after)),
@@ -128,14 +142,15 @@ pub async fn stream(
         reset,
         ended: false,
         pending: VecDeque::new(),
+        last_frame: Instant::now(),
+        keep_alive: Box::pin(tokio::time::sleep(KEEP_ALIVE)),
+        shutdown: Box::pin(app.shutdown_token().clone().cancelled_owned()),
         _guard: app.metrics().sse_client(),
     };
-    let stream = futures::stream::unfold(state, |mut state| async move {
-        let sse = match state.next().await? {
-            Next::Event(event) => {
-                let data = serde_json::to_string(&event).unwrap_or_default();
-                SseEvent::default().id(event.seq.to_string()).data(data)
-            }
+    let frames = futures::stream::unfold(state, |mut state| async move {
+        let frame = match state.next().await? {
+            Next::Frame(frame) => frame,
+            Next::KeepAlive => Bytes::from_static(b":\n\n"),
             Next::Reset { requested } => {
                 let data = serde_json::json!({
                     "error": "reset",
@@ -145,10 +160,7 @@ pub async fn stream(
                     ),
                     "last_event_id": state.last_sent,
                 });
-                SseEvent::default()
-                    .event("reset")
-                    .id(state.last_sent.to_string())
-                    .data(data.to_string())
+                notice("reset", state.last_sent, &data)
             }
             Next::Lagged => {
                 let data = serde_json::json!({
@@ -156,15 +168,24 @@ pub async fn stream(
                     "message": "this reader fell behind the live stream; reconnect with Last-Event-ID to resume",
                     "last_event_id": state.last_sent,
                 });
-                SseEvent::default()
-                    .event("lagged")
-                    .id(state.last_sent.to_string())
-                    .data(data.to_string())
+                notice("lagged", state.last_sent, &data)
             }
         };
-        Some((Ok(sse), state))
+        Some((Ok::<_, Infallible>(frame), state))
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(frames),
+    )
+        .into_response())
+}
+
+/// An SSE event named `name` (not a log event) whose id is the log position it speaks of.
+fn notice(name: &str, last_sent: i64, data: &serde_json::Value) -> Bytes {
+    Bytes::from(format!("event: {name}\nid: {last_sent}\ndata: {data}\n\n"))
 }
 
 struct StreamState {
@@ -179,19 +200,39 @@ struct StreamState {
     reset: Option<i64>,
     /// Set once a `lagged` event was sent: the stream ends.
     ended: bool,
-    pending: VecDeque<Event>,
+    /// Backlog events read from the store: each one's sequence number and SSE frame.
+    pending: VecDeque<(i64, Bytes)>,
+    /// When the stream last sent something, and the timer that sends a keep-alive comment
+    /// [`KEEP_ALIVE`] after it. The timer is armed once and moved only when it fires: resetting
+    /// it on every event would touch the runtime's timer wheel once per reader per event.
+    last_frame: Instant,
+    keep_alive: Pin<Box<tokio::time::Sleep>>,
+    /// The server's shutdown, waited on by every `next` (one registration for the stream's
+    /// life rather than one per event).
+    shutdown: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
     _guard: crate::metrics::SseGuard,
 }
 
 /// What the stream sends next.
 enum Next {
-    Event(Arc<Event>),
-    Reset { requested: i64 },
+    /// One event's SSE frame.
+    Frame(Bytes),
+    /// Nothing happened for [`KEEP_ALIVE`].
+    KeepAlive,
+    Reset {
+        requested: i64,
+    },
     Lagged,
 }
 
 impl StreamState {
     async fn next(&mut self) -> Option<Next> {
+        let next = self.next_unstamped().await;
+        self.last_frame = Instant::now();
+        next
+    }
+
+    async fn next_unstamped(&mut self) -> Option<Next> {
         if self.ended {
             return None;
         }
@@ -199,9 +240,9 @@ impl StreamState {
             return Some(Next::Reset { requested });
         }
         loop {
-            if let Some(event) = self.pending.pop_front() {
-                self.last_sent = event.seq;
-                return Some(Next::Event(Arc::new(event)));
+            if let Some((seq, frame)) = self.pending.pop_front() {
+                self.last_sent = seq;
+                return Some(Next::Frame(frame));
             }
             if self.backfill {
                 let mut filter = self.filter.clone();
@@ -230,15 +271,27 @@ impl StreamState {
             }
             let received = tokio::select! {
                 received = self.receiver.recv() => received,
-                _ = self.app.shutdown_token().cancelled() => return None,
+                () = self.keep_alive.as_mut() => {
+                    let due = self.last_frame + KEEP_ALIVE;
+                    if due <= Instant::now() {
+                        self.keep_alive.as_mut().reset((Instant::now() + KEEP_ALIVE).into());
+                        return Some(Next::KeepAlive);
+                    }
+                    // Something was sent since the timer was armed: wait from then.
+                    self.keep_alive.as_mut().reset(due.into());
+                    continue;
+                }
+                () = self.shutdown.as_mut() => return None,
             };
             match received {
                 Received::Event(event) if event.seq <= self.last_sent => {}
+                // The subscriber admits only what this reader may see; checked again here, next
+                // to the position, so that the rule holds whatever a subscriber was given.
                 Received::Event(event)
                     if self.filter.admits(&event) && self.viewer.may_read_event(&event) =>
                 {
                     self.last_sent = event.seq;
-                    return Some(Next::Event(event));
+                    return Some(Next::Frame(event.frame()));
                 }
                 Received::Event(_) => {}
                 Received::Lagged => {
@@ -250,17 +303,19 @@ impl StreamState {
     }
 }
 
-/// The first events of a backlog page that fit in `max_bytes` (at least one), so that a reader
-/// catching up pins no more than a live one may; the rest is read again after them.
-fn within_budget(page: Vec<Event>, max_bytes: usize) -> VecDeque<Event> {
+/// The frames of the first events of a backlog page that fit in `max_bytes` (at least one), so
+/// that a reader catching up pins no more than a live one may; the rest is read again after
+/// them.
+fn within_budget(page: Vec<Event>, max_bytes: usize) -> VecDeque<(i64, Bytes)> {
     let mut total = 0;
     let mut kept = VecDeque::new();
     for event in page {
-        total += json_size(&event);
+        let frame = sse_frame(&event);
+        total += frame.len();
         if total > max_bytes && !kept.is_empty() {
             break;
         }
-        kept.push_back(event);
+        kept.push_back((event.seq, frame));
     }
     kept
 }
