@@ -170,6 +170,20 @@ impl App {
         Ok(tokio::task::spawn_blocking(move || store.read(query)).await??)
     }
 
+    /// Runs a point read (microseconds: a lookup by key) at once on this thread when a read
+    /// connection is free, else like [`App::read`]. Spares the hand-off to a blocking thread and
+    /// back, which costs more than such a read; never waits for a connection on this thread.
+    pub async fn read_point<T, F>(&self, query: F) -> OpResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Reader<'_>) -> CoreResult<T> + Send + 'static,
+    {
+        match self.inner.store.try_read_now(query) {
+            Ok(result) => Ok(result?),
+            Err(query) => self.read(query).await,
+        }
+    }
+
     /// Runs a change on a blocking thread (noting the acting agent alive), in one transaction
     /// with, when the request carries one, its idempotency key. Answers with the change's JSON.
     pub async fn write<T, F>(
@@ -235,6 +249,10 @@ pub struct IdempotencyKey {
 impl IdempotencyKey {
     /// Binds the key to the request body so that reusing it for another request is caught.
     pub fn with_body(mut self, body: &impl Serialize) -> Self {
+        // Without a key nothing reads the fingerprint: spare every other write the serialization.
+        if self.key.is_none() {
+            return self;
+        }
         if let Ok(text) = serde_json::to_string(body) {
             self.fingerprint.push(' ');
             self.fingerprint.push_str(&text);

@@ -48,7 +48,7 @@ pub async fn authenticate(app: &App, headers: &HeaderMap) -> Result<Actor, ApiEr
         return Ok(Actor::Admin);
     }
     let token = token.to_string();
-    let agent = app.read(move |r| r.agent_for_token(&token)).await?;
+    let agent = app.read_point(move |r| r.agent_for_token(&token)).await?;
     let Some(agent) = agent else {
         return Err(ApiError::unauthorized("unknown token"));
     };

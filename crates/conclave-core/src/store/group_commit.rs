@@ -138,6 +138,20 @@ impl WriteLane {
         lock(&self.state).queue.len()
     }
 
+    /// Runs `inspect` on the write connection while nobody writes (tests read its settings).
+    #[cfg(test)]
+    pub(super) fn with_connection<T>(
+        &self,
+        inspect: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        let state = lock(&self.state);
+        let conn = state
+            .conn
+            .as_ref()
+            .expect("no write is in progress in this test");
+        inspect(conn)
+    }
+
     /// Runs `change` in a savepoint of the open batch (opening one if none is), and answers once
     /// the batch has committed. `publish` receives the batch's events after the commit, in
     /// sequence order, before any member is answered.

@@ -333,8 +333,17 @@ impl Reader<'_> {
 
     /// Tasks held by an agent (claimed, in progress, in review or blocked).
     pub fn held_tasks(&self, agent: &str) -> Result<Vec<Task>> {
-        let mut tasks = self.tasks(None, Some(agent))?;
+        // Through the assignee index and the held statuses only: a lease, a note and a hook ask
+        // this on every request, and an agent's finished tasks (which keep their assignee) grow
+        // with history. (`tasks()`'s optional filters cannot use an index.)
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks
+             WHERE assignee = ?1 AND status IN ('claimed', 'in_progress', 'review', 'blocked')
+             ORDER BY id"
+        );
+        let mut tasks: Vec<Task> = self.conn().query_map(&sql, params![agent], task_from_row)?;
         tasks.retain(is_held);
+        self.attach_dependencies(&mut tasks)?;
         Ok(tasks)
     }
 

@@ -2308,3 +2308,51 @@ on_both_engines!(
     a_snapshot_whose_conflicts_all_went_leaves_the_grant_to_compare_everything,
     the_kept_task_counts_agree_with_a_full_count_after_random_changes,
 );
+
+/// Stored token hashes (and idempotency fingerprints) must not change with how they are written
+/// out: the SHA-256 of "abc", in lower-case hex, as FIPS 180-2 gives it.
+#[test]
+fn hashes_are_lower_case_hex_sha256() {
+    assert_eq!(
+        sha256_hex(b"abc"),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+    assert_eq!(hash_token("abc"), sha256_hex(b"abc"));
+}
+
+/// `held_tasks` answers only the tasks an agent holds now, in id order, with their dependencies:
+/// not those it finished (which keep their assignee), nor another agent's.
+#[test]
+fn held_tasks_are_the_unfinished_ones_of_that_agent_in_id_order() {
+    let store = store();
+    agent(&store, "a", None, &[]);
+    agent(&store, "b", None, &[]);
+    let base = task(&store, "base", &[], None, 0);
+    let finished = task(&store, "finished", &[], None, 0);
+    let theirs = task(&store, "theirs", &[], None, 0);
+    claim(&store, "a", Some(base)).expect("claim base");
+    claim(&store, "a", Some(finished)).expect("claim finished");
+    store
+        .write(|tx| tx.finish_task(&Actor::Agent("a".into()), finished, TaskFinish::default()))
+        .expect("done");
+    store
+        .write(|tx| tx.finish_task(&Actor::Agent("a".into()), base, TaskFinish::default()))
+        .expect("done");
+    let later = task(&store, "later", &[base], None, 0);
+    let first = task(&store, "first", &[], None, 0);
+    claim(&store, "b", Some(theirs)).expect("claim theirs");
+    claim(&store, "a", Some(later)).expect("claim later");
+    claim(&store, "a", Some(first)).expect("claim first");
+
+    let held = store.read(|r| r.held_tasks("a")).expect("held");
+    let ids: Vec<TaskId> = held.iter().map(|task| task.id).collect();
+    assert_eq!(ids, [later, first]);
+    assert_eq!(held[0].depends_on, [base]);
+    let theirs_held: Vec<TaskId> = store
+        .read(|r| r.held_tasks("b"))
+        .expect("held")
+        .iter()
+        .map(|task| task.id)
+        .collect();
+    assert_eq!(theirs_held, [theirs]);
+}
