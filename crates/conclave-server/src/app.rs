@@ -132,13 +132,8 @@ impl App {
         &self.inner.shutdown
     }
 
-    /// Live events committed from now on, in a queue bounded by [`ServerLimits::live_queue`].
-    pub(crate) fn subscribe(&self) -> Arc<Subscriber> {
-        self.inner.events.subscribe()
-    }
-
-    /// Like [`App::subscribe`], for the live events `admits` lets through only: the others are
-    /// neither queued for it nor wake it.
+    /// The live events committed from now on that `admits` lets through, in a queue bounded by
+    /// [`ServerLimits::live_queue`]: the others are neither queued for it nor wake it.
     pub(crate) fn subscribe_where(
         &self,
         admits: impl Fn(&Event) -> bool + Send + Sync + 'static,

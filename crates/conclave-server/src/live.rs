@@ -16,17 +16,29 @@
 //!   its sender and recipients, not the whole team);
 //! - the fan-out runs on a thread of its own: the store publishes while it still holds its
 //!   writer (so that events reach subscribers in sequence order), and a hand-off to one channel
-//!   keeps that order without making every write wait for a thousand queues.
+//!   keeps that order without making every write wait for a thousand queues;
+//! - a reader takes everything queued for it at each wake-up ([`Subscriber::recv`]), and the
+//!   stream writes it as one body chunk: one system call per wake-up, not one per event;
+//! - during a burst, wake-ups are gathered on one hub-wide deadline ([`GATHER`]): an event that
+//!   follows a wake-up by less than that waits for the deadline, so that a reader is woken (and
+//!   writes) at most once per window however many events the window holds. After a quiet
+//!   window an event wakes its readers at once, so a lone event is not delayed.
 
 use std::collections::VecDeque;
 use std::io::Write as _;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak, mpsc};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use conclave_core::model::Event;
 use tokio::sync::Notify;
+
+/// The longest a queued event waits for its reader to be woken, during a burst: readers are
+/// woken at most once per window, and the events of the window leave together. Stream latency
+/// (at most this) is traded for one write per reader per window instead of one per event.
+pub(crate) const GATHER: Duration = Duration::from_millis(5);
 
 /// How much one subscriber may have queued before it is dropped as lagged.
 #[derive(Debug, Clone, Copy)]
@@ -57,6 +69,10 @@ pub struct LiveStats {
     pub peak_queued_events: usize,
     /// Readers dropped because they fell behind their budget.
     pub lagged_readers: u64,
+    /// Events queued for readers, counted once per reader.
+    pub queued_events: u64,
+    /// Times a reader was woken for what was queued for it.
+    pub wakeups: u64,
 }
 
 /// A committed event as every reader receives it: the event itself (for filters) and its SSE
@@ -124,6 +140,8 @@ struct Shared {
     peak_queued_bytes: AtomicUsize,
     peak_queued_events: AtomicUsize,
     lagged_readers: AtomicU64,
+    queued_events: AtomicU64,
+    wakeups: AtomicU64,
 }
 
 /// One reader's queue.
@@ -139,38 +157,39 @@ struct Queue {
     events: VecDeque<(Arc<LiveEvent>, usize)>,
     bytes: usize,
     lagged: bool,
+    /// On the fan-out thread's list of readers to wake (so it is listed once per window).
+    wake_due: bool,
 }
 
 /// What a subscriber receives next.
 pub(crate) enum Received {
-    Event(Arc<LiveEvent>),
+    /// Every event queued for the reader (at least one), in order, up to the size it asked for.
+    Events(Vec<Arc<LiveEvent>>),
     /// The reader fell behind its budget; what was queued is gone.
     Lagged,
 }
 
 impl LiveHub {
     pub(crate) fn new(limits: LiveQueueLimits) -> LiveHub {
+        LiveHub::gathering_for(limits, GATHER)
+    }
+
+    /// A hub whose wake-ups during a burst are gathered over `gather` windows.
+    fn gathering_for(limits: LiveQueueLimits, gather: Duration) -> LiveHub {
         let shared = Arc::new(Shared {
             limits,
             subscribers: Mutex::new(Vec::new()),
             peak_queued_bytes: AtomicUsize::new(0),
             peak_queued_events: AtomicUsize::new(0),
             lagged_readers: AtomicU64::new(0),
+            queued_events: AtomicU64::new(0),
+            wakeups: AtomicU64::new(0),
         });
         let (sender, receiver) = mpsc::channel::<Work>();
         let fan_out = shared.clone();
         let spawned = std::thread::Builder::new()
             .name("conclave-live-fan-out".into())
-            .spawn(move || {
-                for work in receiver {
-                    match work {
-                        Work::Publish(batch) => fan_out.fan_out(batch),
-                        Work::Settle(done) => {
-                            let _ = done.send(());
-                        }
-                    }
-                }
-            });
+            .spawn(move || fan_out.run(&receiver, gather));
         if let Err(error) = spawned {
             // Without the thread every send fails and live readers get nothing; the store and
             // every request still work, and a reader resumes from the log.
@@ -183,6 +202,7 @@ impl LiveHub {
     }
 
     /// A new subscriber that receives every event published from now on.
+    #[cfg(test)]
     pub(crate) fn subscribe(&self) -> Arc<Subscriber> {
         self.add(None)
     }
@@ -235,12 +255,60 @@ impl LiveHub {
             peak_queued_bytes: self.shared.peak_queued_bytes.load(Ordering::Relaxed),
             peak_queued_events: self.shared.peak_queued_events.load(Ordering::Relaxed),
             lagged_readers: self.shared.lagged_readers.load(Ordering::Relaxed),
+            queued_events: self.shared.queued_events.load(Ordering::Relaxed),
+            wakeups: self.shared.wakeups.load(Ordering::Relaxed),
         }
     }
 }
 
 impl Shared {
-    fn fan_out(&self, batch: Vec<Event>) {
+    /// The fan-out thread: queues each published batch for its readers and wakes them, at
+    /// once after a quiet window, else at the end of the current one (see [`GATHER`]).
+    fn run(&self, work: &mpsc::Receiver<Work>, gather: Duration) {
+        // Readers with something queued and not yet woken for it.
+        let mut to_wake: Vec<Arc<Subscriber>> = Vec::new();
+        // When readers were last woken; `None` until the first time.
+        let mut last_wake: Option<Instant> = None;
+        loop {
+            let next = match last_wake {
+                Some(last) if !to_wake.is_empty() => {
+                    let deadline = last + gather;
+                    work.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                }
+                _ => work
+                    .recv()
+                    .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            };
+            match next {
+                Ok(Work::Publish(batch)) => self.fan_out(batch, &mut to_wake),
+                Ok(Work::Settle(done)) => {
+                    self.wake(&mut to_wake);
+                    let _ = done.send(());
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    self.wake(&mut to_wake);
+                    return;
+                }
+            }
+            let now = Instant::now();
+            if !to_wake.is_empty() && last_wake.is_none_or(|last| now >= last + gather) {
+                self.wake(&mut to_wake);
+                last_wake = Some(now);
+            }
+        }
+    }
+
+    fn wake(&self, to_wake: &mut Vec<Arc<Subscriber>>) {
+        for subscriber in to_wake.drain(..) {
+            lock(&subscriber.queue).wake_due = false;
+            self.wakeups.fetch_add(1, Ordering::Relaxed);
+            // One consumer per queue: a stored permit wakes it even if it is not waiting yet.
+            subscriber.ready.notify_one();
+        }
+    }
+
+    fn fan_out(&self, batch: Vec<Event>, to_wake: &mut Vec<Arc<Subscriber>>) {
         let subscribers: Vec<Arc<Subscriber>> = {
             let mut subscribers = lock(&self.subscribers);
             subscribers.retain(|weak| weak.strong_count() > 0);
@@ -253,21 +321,23 @@ impl Shared {
             let event = Arc::new(LiveEvent::new(event));
             let size = event.frame.len();
             for subscriber in &subscribers {
-                if subscriber
+                let admitted = subscriber
                     .admits
                     .as_ref()
-                    .is_none_or(|admits| admits(&event))
-                {
-                    self.offer(subscriber, &event, size);
+                    .is_none_or(|admits| admits(&event));
+                if admitted && self.offer(subscriber, &event, size) {
+                    to_wake.push(subscriber.clone());
                 }
             }
         }
     }
 
-    fn offer(&self, subscriber: &Subscriber, event: &Arc<LiveEvent>, size: usize) {
+    /// Queues `event` for `subscriber`; answers whether it must be added to the readers to
+    /// wake (it is not on that list yet).
+    fn offer(&self, subscriber: &Subscriber, event: &Arc<LiveEvent>, size: usize) -> bool {
         let mut queue = lock(&subscriber.queue);
         if queue.lagged {
-            return;
+            return false;
         }
         if queue.bytes + size > self.limits.max_bytes
             || queue.events.len() + 1 > self.limits.max_events
@@ -285,26 +355,37 @@ impl Shared {
         } else {
             queue.events.push_back((event.clone(), size));
             queue.bytes += size;
+            self.queued_events.fetch_add(1, Ordering::Relaxed);
             self.peak_queued_bytes
                 .fetch_max(queue.bytes, Ordering::Relaxed);
             self.peak_queued_events
                 .fetch_max(queue.events.len(), Ordering::Relaxed);
         }
-        drop(queue);
-        // One consumer per queue: a stored permit wakes it even if it is not waiting yet.
-        subscriber.ready.notify_one();
+        !std::mem::replace(&mut queue.wake_due, true)
     }
 }
 
 impl Subscriber {
-    /// The next queued event, waiting for one.
-    pub(crate) async fn recv(&self) -> Received {
+    /// Every event queued for this reader, in order, waiting for one: as many as fit in
+    /// `max_bytes` of frames (at least one), the rest left queued for the next call.
+    pub(crate) async fn recv(&self, max_bytes: usize) -> Received {
         loop {
             {
                 let mut queue = lock(&self.queue);
-                if let Some((event, size)) = queue.events.pop_front() {
-                    queue.bytes = queue.bytes.saturating_sub(size);
-                    return Received::Event(event);
+                if !queue.events.is_empty() {
+                    let mut taken = Vec::new();
+                    let mut bytes = 0;
+                    while let Some((_, size)) = queue.events.front() {
+                        if !taken.is_empty() && bytes + size > max_bytes {
+                            break;
+                        }
+                        bytes += size;
+                        if let Some((event, _)) = queue.events.pop_front() {
+                            taken.push(event);
+                        }
+                    }
+                    queue.bytes = queue.bytes.saturating_sub(bytes);
+                    return Received::Events(taken);
                 }
                 if queue.lagged {
                     return Received::Lagged;
@@ -348,8 +429,10 @@ mod tests {
         let reading = hub.subscribe();
         for seq in 1..=200 {
             hub.publish(&[event(seq, 10_000)]);
-            match reading.recv().await {
-                Received::Event(got) => assert_eq!(got.seq, seq),
+            match reading.recv(usize::MAX).await {
+                Received::Events(got) => {
+                    assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), [seq]);
+                }
                 Received::Lagged => panic!("a reader that keeps up is never lagged"),
             }
         }
@@ -365,7 +448,7 @@ mod tests {
             lock(&stalled.queue).events.is_empty(),
             "its memory is freed"
         );
-        assert!(matches!(stalled.recv().await, Received::Lagged));
+        assert!(matches!(stalled.recv(usize::MAX).await, Received::Lagged));
     }
 
     #[tokio::test]
@@ -384,7 +467,7 @@ mod tests {
         hub.settle();
         assert_eq!(hub.stats().lagged_readers, 1);
         assert_eq!(hub.stats().peak_queued_events, 10);
-        assert!(matches!(stalled.recv().await, Received::Lagged));
+        assert!(matches!(stalled.recv(usize::MAX).await, Received::Lagged));
     }
 
     #[test]
@@ -407,12 +490,13 @@ mod tests {
         let even_only = hub.subscribe_where(|event| event.seq % 2 == 0);
         hub.publish(&[event(1, 3), event(2, 3)]);
         hub.settle();
-        let Received::Event(first) = everything.recv().await else {
+        let Received::Events(first) = everything.recv(1).await else {
             panic!("an event")
         };
-        let Received::Event(same) = also_everything.recv().await else {
+        let Received::Events(same) = also_everything.recv(1).await else {
             panic!("an event")
         };
+        let (first, same) = (&first[0], &same[0]);
         assert_eq!(first.seq, 1);
         assert_eq!(
             first.frame().as_ptr(),
@@ -433,9 +517,86 @@ mod tests {
             1,
             "seq 1 was not queued"
         );
-        let Received::Event(got) = even_only.recv().await else {
+        let Received::Events(got) = even_only.recv(usize::MAX).await else {
             panic!("an event")
         };
-        assert_eq!(got.seq, 2);
+        assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), [2]);
+    }
+
+    fn seqs(received: Received) -> Vec<i64> {
+        match received {
+            Received::Events(events) => events.iter().map(|event| event.seq).collect(),
+            Received::Lagged => panic!("not lagged"),
+        }
+    }
+
+    /// A reader takes everything queued for it in one call, in order, and within the size it
+    /// asks for (at least one event, however big).
+    #[tokio::test]
+    async fn a_reader_takes_all_that_is_queued_at_once_in_order() {
+        let hub = LiveHub::new(LiveQueueLimits::default());
+        let reader = hub.subscribe();
+        let batch: Vec<Event> = (1..=50).map(|seq| event(seq, 10)).collect();
+        let frame_size = LiveEvent::new(event(1, 10)).frame().len();
+        hub.publish(&batch[..20]);
+        hub.publish(&batch[20..]);
+        hub.settle();
+        assert_eq!(
+            seqs(reader.recv(usize::MAX).await),
+            (1..=50).collect::<Vec<_>>()
+        );
+        assert!(lock(&reader.queue).events.is_empty());
+        assert_eq!(lock(&reader.queue).bytes, 0);
+
+        hub.publish(&batch[..3]);
+        hub.settle();
+        assert_eq!(seqs(reader.recv(2 * frame_size).await), [1, 2]);
+        assert_eq!(
+            seqs(reader.recv(1).await),
+            [3],
+            "one event even past the size"
+        );
+        assert_eq!(lock(&reader.queue).bytes, 0);
+    }
+
+    /// During a burst a reader is woken once per gather window, not once per event. With a
+    /// window longer than the test, the first event wakes each reader at once and the other
+    /// 99 wait for the window's end (here the settle, which wakes whoever is due).
+    #[tokio::test]
+    async fn a_burst_wakes_each_reader_once_per_window() {
+        let hub = LiveHub::gathering_for(LiveQueueLimits::default(), Duration::from_secs(3600));
+        let readers: Vec<_> = (0..10).map(|_| hub.subscribe()).collect();
+        for seq in 1..=100 {
+            hub.publish(&[event(seq, 10)]);
+        }
+        hub.settle();
+        let stats = hub.stats();
+        assert_eq!(stats.queued_events, 1000);
+        assert_eq!(
+            stats.wakeups, 20,
+            "one at the burst's start, one at the window's end"
+        );
+        for reader in &readers {
+            let mut got = Vec::new();
+            while got.len() < 100 {
+                got.extend(seqs(reader.recv(usize::MAX).await));
+            }
+            assert_eq!(got, (1..=100).collect::<Vec<_>>());
+        }
+    }
+
+    /// A lone event after a quiet time wakes its reader at once, not at the end of a window.
+    #[test]
+    fn a_lone_event_wakes_its_reader_at_once() {
+        let hub = LiveHub::gathering_for(LiveQueueLimits::default(), Duration::from_secs(3600));
+        let _reader = hub.subscribe();
+        hub.publish(&[event(1, 1)]);
+        // No settle (it wakes whoever is due): the wake-up must come by itself, where a
+        // gathered event would wait for the hour-long window.
+        let started = Instant::now();
+        while hub.stats().wakeups == 0 {
+            assert!(started.elapsed() < Duration::from_secs(10), "never woken");
+            std::thread::yield_now();
+        }
     }
 }

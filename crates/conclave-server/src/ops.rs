@@ -530,8 +530,11 @@ pub async fn visible_events(
 /// [`MAX_INBOX_WAIT_SECS`]) for one to arrive and returns as soon as it does.
 pub async fn wait_for_inbox(app: &App, agent: &str, wait: Duration) -> OpResult<Vec<Message>> {
     let wait = wait.min(Duration::from_secs(MAX_INBOX_WAIT_SECS));
-    // Subscribe before reading so that nothing sent in between is missed.
-    let events = app.subscribe();
+    // Subscribe before reading so that nothing sent in between is missed; only to messages for
+    // this agent, so that a thousand waiting agents are not each queued and woken for every
+    // event of the team.
+    let recipient = agent.to_string();
+    let events = app.subscribe_where(move |event| is_recipient(&event.payload, &recipient));
     let name = agent.to_string();
     let messages = app.read(move |r| r.inbox(&name)).await?;
     if !messages.is_empty() || wait.is_zero() {
@@ -543,9 +546,9 @@ pub async fn wait_for_inbox(app: &App, agent: &str, wait: Duration) -> OpResult<
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break,
             _ = app.shutdown_token().cancelled() => break,
-            received = events.recv() => match received {
-                Received::Event(event) if is_recipient(&event.payload, agent) => break,
-                Received::Event(_) => {}
+            received = events.recv(usize::MAX) => match received {
+                Received::Events(events) if events.iter().any(|event| is_recipient(&event.payload, agent)) => break,
+                Received::Events(_) => {}
                 // Fell behind: whatever arrived is in the store, read below.
                 Received::Lagged => break,
             },

@@ -19,10 +19,13 @@ use conclave_core::model::{Actor, Event, EventFilter, EventList, EventPayload, N
 use crate::app::App;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery};
-use crate::live::{Received, Subscriber, sse_frame};
+use crate::live::{LiveEvent, Received, Subscriber, sse_frame};
 use crate::ops::{self, IdempotencyKey, require_admin};
 
 const BACKLOG_PAGE: i64 = 500;
+/// The most bytes of frames one body chunk takes from a reader's live queue; what is left waits
+/// for the next chunk.
+const MAX_CHUNK: usize = 256 * 1024;
 /// The longest `data` accepted for an observation, as JSON text.
 const MAX_EVENT_DATA: usize = 16 * 1024;
 
@@ -98,7 +101,9 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// (bytes or events) gets a `lagged` event and the stream ends: it resumes with `Last-Event-ID`.
 ///
 /// A live event's SSE frame is serialized once for every reader (`live::LiveEvent`); what each
-/// reader may see (its filter, and the audience rule for messages) is decided per reader.
+/// reader may see (its filter, and the audience rule for messages) is decided per reader. Every
+/// frame queued for a reader when it wakes (live, or a backlog page) leaves in one body chunk,
+/// so one write to its socket, in order.
 pub async fn stream(
     State(app): State<App>,
     actor: Actor,
@@ -200,7 +205,8 @@ struct StreamState {
     reset: Option<i64>,
     /// Set once a `lagged` event was sent: the stream ends.
     ended: bool,
-    /// Backlog events read from the store: each one's sequence number and SSE frame.
+    /// Backlog events read from the store and not sent yet: each one's sequence number and SSE
+    /// frame.
     pending: VecDeque<(i64, Bytes)>,
     /// When the stream last sent something, and the timer that sends a keep-alive comment
     /// [`KEEP_ALIVE`] after it. The timer is armed once and moved only when it fires: resetting
@@ -215,7 +221,7 @@ struct StreamState {
 
 /// What the stream sends next.
 enum Next {
-    /// One event's SSE frame.
+    /// The SSE frames of one or more events, in order, as one body chunk.
     Frame(Bytes),
     /// Nothing happened for [`KEEP_ALIVE`].
     KeepAlive,
@@ -240,9 +246,10 @@ impl StreamState {
             return Some(Next::Reset { requested });
         }
         loop {
-            if let Some((seq, frame)) = self.pending.pop_front() {
-                self.last_sent = seq;
-                return Some(Next::Frame(frame));
+            if let Some(&(last, _)) = self.pending.back() {
+                let frames: Vec<Bytes> = self.pending.drain(..).map(|(_, frame)| frame).collect();
+                self.last_sent = last;
+                return Some(Next::Frame(one_chunk(frames)));
             }
             if self.backfill {
                 let mut filter = self.filter.clone();
@@ -270,7 +277,7 @@ impl StreamState {
                 continue;
             }
             let received = tokio::select! {
-                received = self.receiver.recv() => received,
+                received = self.receiver.recv(MAX_CHUNK) => received,
                 () = self.keep_alive.as_mut() => {
                     let due = self.last_frame + KEEP_ALIVE;
                     if due <= Instant::now() {
@@ -284,16 +291,13 @@ impl StreamState {
                 () = self.shutdown.as_mut() => return None,
             };
             match received {
-                Received::Event(event) if event.seq <= self.last_sent => {}
-                // The subscriber admits only what this reader may see; checked again here, next
-                // to the position, so that the rule holds whatever a subscriber was given.
-                Received::Event(event)
-                    if self.filter.admits(&event) && self.viewer.may_read_event(&event) =>
-                {
-                    self.last_sent = event.seq;
-                    return Some(Next::Frame(event.frame()));
+                Received::Events(events) => {
+                    if let Some(chunk) =
+                        live_chunk(&events, &self.filter, &self.viewer, &mut self.last_sent)
+                    {
+                        return Some(Next::Frame(chunk));
+                    }
                 }
-                Received::Event(_) => {}
                 Received::Lagged => {
                     self.ended = true;
                     return Some(Next::Lagged);
@@ -301,6 +305,39 @@ impl StreamState {
             }
         }
     }
+}
+
+/// The frames of the live `events` this reader is sent, in order, as one body chunk (none when
+/// it is sent none of them); `last_sent` moves to the last one sent. An event at or before
+/// `last_sent` was already sent from the backlog. The subscriber admits only what this reader
+/// may see; both rules are checked again here, next to the position, so that they hold
+/// whatever a subscriber was given.
+fn live_chunk(
+    events: &[Arc<LiveEvent>],
+    filter: &EventFilter,
+    viewer: &Viewer,
+    last_sent: &mut i64,
+) -> Option<Bytes> {
+    let mut frames = Vec::with_capacity(events.len());
+    for event in events {
+        if event.seq > *last_sent && filter.admits(event) && viewer.may_read_event(event) {
+            *last_sent = event.seq;
+            frames.push(event.frame());
+        }
+    }
+    (!frames.is_empty()).then(|| one_chunk(frames))
+}
+
+/// `frames` as one buffer: the frame itself when there is one (shared, not copied).
+fn one_chunk(mut frames: Vec<Bytes>) -> Bytes {
+    if frames.len() == 1 {
+        return frames.pop().unwrap_or_default();
+    }
+    let mut chunk = Vec::with_capacity(frames.iter().map(Bytes::len).sum());
+    for frame in &frames {
+        chunk.extend_from_slice(frame);
+    }
+    Bytes::from(chunk)
 }
 
 /// The frames of the first events of a backlog page that fit in `max_bytes` (at least one), so
@@ -318,4 +355,112 @@ fn within_budget(page: Vec<Event>, max_bytes: usize) -> VecDeque<(i64, Bytes)> {
         kept.push_back((event.seq, frame));
     }
     kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: i64, actor: &str, payload: serde_json::Value) -> Arc<LiveEvent> {
+        let mut value = serde_json::json!({
+            "seq": seq,
+            "ts": "2030-01-01T00:00:00Z",
+            "actor": actor,
+            "task": null,
+            "agent": null,
+        });
+        if let (Some(object), Some(payload)) = (value.as_object_mut(), payload.as_object()) {
+            object.extend(payload.clone());
+        }
+        Arc::new(LiveEvent::new(
+            serde_json::from_value(value).expect("an event"),
+        ))
+    }
+
+    fn note(seq: i64) -> Arc<LiveEvent> {
+        event(
+            seq,
+            "alice",
+            serde_json::json!({ "kind": "task.created", "data": { "title": format!("t{seq}") } }),
+        )
+    }
+
+    fn direct_message(seq: i64, to: &str) -> Arc<LiveEvent> {
+        event(
+            seq,
+            "alice",
+            serde_json::json!({
+                "kind": "message.sent",
+                "data": {
+                    "id": format!("M-{seq}"), "to": to, "recipients": [to], "thread": format!("M-{seq}"),
+                    "kind": "chat", "urgent": false, "body": "private",
+                },
+            }),
+        )
+    }
+
+    /// The SSE events of a chunk: each one's id, in order.
+    fn ids(chunk: &Bytes) -> Vec<i64> {
+        let text = std::str::from_utf8(chunk).expect("utf-8");
+        assert!(text.ends_with("\n\n"), "{text:?}");
+        text.split("\n\n")
+            .filter(|frame| !frame.is_empty())
+            .map(|frame| {
+                let id = frame
+                    .lines()
+                    .next()
+                    .and_then(|line| line.strip_prefix("id: "));
+                id.and_then(|id| id.parse().ok()).expect("an id line")
+            })
+            .collect()
+    }
+
+    /// Every frame queued for a reader leaves in one chunk, in order, without what it may not
+    /// read (another agent's direct message) nor what it was already sent.
+    #[test]
+    fn queued_frames_leave_in_one_chunk_in_order_without_others_messages() {
+        let bob = Viewer::Agent {
+            name: "bob".into(),
+            role: None,
+        };
+        let filter = EventFilter {
+            after: Some(2),
+            ..EventFilter::default()
+        };
+        let queued = vec![
+            note(2),
+            note(3),
+            direct_message(4, "carol"),
+            direct_message(5, "bob"),
+            note(6),
+            note(7),
+        ];
+        let mut last_sent = 2;
+        let chunk = live_chunk(&queued, &filter, &bob, &mut last_sent).expect("a chunk");
+        assert_eq!(ids(&chunk), [3, 5, 6, 7]);
+        assert_eq!(last_sent, 7);
+        let text = std::str::from_utf8(&chunk).expect("utf-8");
+        assert!(!text.contains("M-4"), "carol's message leaked: {text}");
+        assert!(text.contains("M-5"));
+
+        // Nothing new for this reader: no chunk, and the position stays.
+        let nothing = vec![note(7), direct_message(8, "carol")];
+        assert_eq!(live_chunk(&nothing, &filter, &bob, &mut last_sent), None);
+        assert_eq!(last_sent, 7);
+    }
+
+    /// A lone frame is sent as it is: the shared buffer, not a copy.
+    #[test]
+    fn a_lone_frame_is_not_copied() {
+        let lone = note(1);
+        let mut last_sent = 0;
+        let chunk = live_chunk(
+            std::slice::from_ref(&lone),
+            &EventFilter::default(),
+            &Viewer::Admin,
+            &mut last_sent,
+        )
+        .expect("a chunk");
+        assert_eq!(chunk.as_ptr(), lone.frame().as_ptr());
+    }
 }

@@ -87,6 +87,65 @@ async fn an_inbox_wait_returns_as_soon_as_a_message_arrives() {
     assert_eq!(empty["messages"].as_array().map(Vec::len), Some(0));
 }
 
+/// A blocking inbox wait is queued and woken only for messages to its agent: the rest of the
+/// team's traffic (messages to others, new tasks) never reaches it, and its own message still
+/// ends the wait at once.
+#[tokio::test]
+async fn an_inbox_wait_is_not_woken_by_others_events() {
+    let server = TestServer::start().await;
+    let alice = server.agent("alice", None).await;
+    let bob = server.agent("bob", None).await;
+    let _carol = server.agent("carol", None).await;
+    let waiting = {
+        let caller = server.with_token(&bob);
+        async move {
+            let started = Instant::now();
+            let (status, body) = caller.get("/api/inbox?wait=60").await;
+            (status, body, started.elapsed())
+        }
+    };
+    let traffic = async {
+        // Bob is blocked in his wait once his status says so (it is set after his inbox was
+        // read empty): from then on only his subscription can end the wait.
+        let mut blocked = false;
+        for _ in 0..500 {
+            let (_, agent) = server.as_admin().get("/api/agents/bob").await;
+            if agent["status"] == "waiting" {
+                blocked = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(blocked, "bob never waited");
+        assert_eq!(server.app.live_stats().subscribers, 1);
+        for n in 0..20 {
+            let (status, _) = server
+                .with_token(&alice)
+                .post(
+                    "/api/messages",
+                    json!({ "to": "carol", "body": format!("n{n}") }),
+                )
+                .await;
+            assert_eq!(status, StatusCode::CREATED);
+            server.task(&format!("task {n}")).await;
+        }
+        let (status, _) = server
+            .with_token(&alice)
+            .post("/api/messages", json!({ "to": "bob", "body": "yours" }))
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+    };
+    let ((status, inbox, waited), ()) = tokio::join!(waiting, traffic);
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(inbox["messages"][0]["body"], "yours");
+    assert!(waited < Duration::from_secs(30), "waited {waited:?}");
+    // The 40 events before bob's message were published before it, in order, so they were all
+    // offered to his subscription by the time it woke him: none was queued for it.
+    let stats = server.app.live_stats();
+    assert_eq!(stats.queued_events, 1, "{stats:?}");
+    assert_eq!(stats.wakeups, 1, "{stats:?}");
+}
+
 #[tokio::test]
 async fn a_claim_not_renewed_within_its_ttl_returns_the_task_to_ready() {
     let server = TestServer::with_config(StoreConfig {
