@@ -2520,7 +2520,8 @@ fn hashes_are_lower_case_hex_sha256() {
 }
 
 /// `held_tasks` answers only the tasks an agent holds now, in id order, with their dependencies:
-/// not those it finished (which keep their assignee), nor another agent's.
+/// not those it finished (which keep their assignee), nor another agent's; `first_held_task` the
+/// first of them.
 #[test]
 fn held_tasks_are_the_unfinished_ones_of_that_agent_in_id_order() {
     let store = store();
@@ -2554,4 +2555,14 @@ fn held_tasks_are_the_unfinished_ones_of_that_agent_in_id_order() {
         .map(|task| task.id)
         .collect();
     assert_eq!(theirs_held, [theirs]);
+    // The first of them, as a lease, a note or a cost is attributed to it, without loading all.
+    let first_held = |name: &str| store.read(|r| r.first_held_task(name)).expect("first");
+    assert_eq!(first_held("a"), Some(later));
+    assert_eq!(first_held("b"), Some(theirs));
+    store
+        .write(|tx| tx.finish_task(&Actor::Agent("a".into()), later, TaskFinish::default()))
+        .expect("done");
+    assert_eq!(first_held("a"), Some(first), "a finished task is skipped");
+    agent(&store, "idle", None, &[]);
+    assert_eq!(first_held("idle"), None);
 }
