@@ -149,6 +149,7 @@ impl Store {
             )?;
             reader.busy_timeout(std::time::Duration::from_secs(10))?;
             reader.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+            plan_without_bound_values(&reader)?;
             readers.push(Mutex::new(reader));
         }
         // Checkpoints run on their own thread (`store/checkpoint.rs`); the writer's own is a
@@ -422,6 +423,7 @@ const STATEMENT_CACHE: usize = 256;
 fn configure(conn: &Connection, durability: Durability) -> Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    plan_without_bound_values(conn)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     let synchronous = match durability {
         Durability::Normal => "NORMAL",
@@ -429,6 +431,25 @@ fn configure(conn: &Connection, durability: Durability) -> Result<()> {
     };
     conn.pragma_update(None, "synchronous", synchronous)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+/// Turns on SQLite's query planner stability guarantee, so that no plan depends on the values
+/// bound to a statement.
+///
+/// Without it SQLite marks a statement for re-preparation whenever a planning heuristic looked
+/// at a bound value (`col = ?` estimates, `LIMIT ?`, `LIKE ?`, STAT4), and
+/// `sqlite3_clear_bindings` then expires every such statement: rusqlite clears the bindings of
+/// each statement it returns to the cache, so nearly every cached statement was compiled again
+/// (`sqlite3Reprepare`, 5% of the server's CPU on the write path) on every use. What the
+/// guarantee gives up is not used here: no query binds a `LIKE` pattern to a column indexed
+/// with `NOCASE` (the only case where SQLite's default `LIKE` uses an index), and the store
+/// does not `ANALYZE` (no STAT4 samples).
+fn plan_without_bound_values(conn: &Connection) -> Result<()> {
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
     Ok(())
 }
 
@@ -635,3 +656,42 @@ pub(crate) fn validate_text(what: &str, text: &str, max_len: usize, required: bo
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod planner_tests {
+    use rusqlite::{Connection, StatementStatus};
+
+    /// Runs a cached lookup with three different bound values and says how many times SQLite
+    /// compiled it again.
+    fn reprepares(conn: &Connection) -> i32 {
+        conn.execute_batch(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, owner TEXT, n INTEGER);
+             CREATE INDEX t_by_owner ON t (owner);
+             INSERT INTO t (owner, n) VALUES ('a', 0), ('b', 1), ('c', 2);",
+        )
+        .expect("schema");
+        let sql = "SELECT id FROM t WHERE owner = ?1 AND n = ?2 ORDER BY id LIMIT ?3";
+        for (owner, n, limit) in [("a", 0, 1), ("b", 1, 2), ("c", 2, 3)] {
+            let mut statement = conn.prepare_cached(sql).expect("prepare");
+            let _: Vec<i64> = statement
+                .query_map(rusqlite::params![owner, n, limit], |row| row.get(0))
+                .expect("query")
+                .collect::<rusqlite::Result<_>>()
+                .expect("rows");
+        }
+        conn.prepare_cached(sql)
+            .expect("prepare")
+            .get_status(StatementStatus::RePrepare)
+    }
+
+    #[test]
+    fn cached_statements_are_not_compiled_again_for_new_values() {
+        // Without the guarantee, rusqlite's clearing of bindings on return to the cache expires
+        // the statement each time: the control shows the test can see what it checks.
+        let plain = Connection::open_in_memory().expect("open");
+        assert!(reprepares(&plain) > 0, "control: SQLite re-prepares by default");
+        let configured = Connection::open_in_memory().expect("open");
+        super::plan_without_bound_values(&configured).expect("configure");
+        assert_eq!(reprepares(&configured), 0);
+    }
+}
