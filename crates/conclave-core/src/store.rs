@@ -287,6 +287,25 @@ impl Store {
         }
     }
 
+    /// Runs `change` like [`Store::write`], at once on the calling thread, when the SQLite write
+    /// connection is idle (free, nobody waiting for it); gives `change` back, unrun, when it is
+    /// busy, or when the store is on PostgreSQL (whose driver must not run on an async thread).
+    /// The change then commits in a transaction of its own, and nothing here waits for another
+    /// caller's operation: an async caller spares the hand-off to a blocking thread and back
+    /// (which costs more than a short write) and falls back to that hand-off under contention.
+    pub fn try_write_now<T, F>(&self, change: F) -> std::result::Result<Result<T>, F>
+    where
+        F: FnOnce(&mut Tx<'_>) -> Result<T>,
+    {
+        let publish = |events: &[Event]| self.publish(events);
+        match &self.inner.engine {
+            Engine::Sqlite { writer, .. } => {
+                writer.try_write_now(&self.inner.config, &publish, change)
+            }
+            Engine::Pg(_) => Err(change),
+        }
+    }
+
     /// Transactions committed so far and the operations they held (operations per commit tells
     /// how much group commit batches).
     pub fn commit_stats(&self) -> CommitStats {
@@ -307,36 +326,12 @@ impl Store {
         fingerprint: &str,
         change: impl FnOnce(&mut Tx<'_>) -> Result<Value>,
     ) -> Result<(Value, bool)> {
-        let fingerprint = sha256_hex(fingerprint.as_bytes());
-        self.write(|tx| {
-            let stored: Option<(String, String)> = tx
-                .conn()
-                .query_row(
-                    "SELECT fingerprint, response FROM idempotency_keys WHERE actor = ?1 AND key = ?2",
-                    params![actor.name(), key],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )
-                .optional()?;
-            if let Some((stored_fingerprint, response)) = stored {
-                if stored_fingerprint != fingerprint {
-                    return Err(CoreError::IdempotencyMismatch(key.to_string()));
-                }
-                return Ok((serde_json::from_str(&response)?, true));
-            }
-            let response = change(tx)?;
-            tx.conn().execute(
-                "INSERT INTO idempotency_keys (actor, key, fingerprint, response, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    actor.name(),
-                    key,
-                    fingerprint,
-                    serde_json::to_string(&response)?,
-                    tx.now_ms()
-                ],
-            )?;
-            Ok((response, false))
-        })
+        self.write(idempotent_change(
+            actor.clone(),
+            key.to_string(),
+            fingerprint,
+            change,
+        ))
     }
 
     /// Runs `query` against a consistent snapshot of the database.
@@ -389,6 +384,51 @@ impl Store {
         if let Some(sink) = sink {
             sink(events);
         }
+    }
+}
+
+/// The operation [`Store::write_idempotent`] runs, for callers that choose how to run it (for
+/// instance [`Store::try_write_now`] first): the stored answer when the key was used before by the
+/// same request, else `change`'s answer, stored with the key in the same transaction. The answer
+/// says whether it was replayed.
+pub fn idempotent_change<F>(
+    actor: Actor,
+    key: String,
+    fingerprint: &str,
+    change: F,
+) -> impl FnOnce(&mut Tx<'_>) -> Result<(Value, bool)> + use<F>
+where
+    F: FnOnce(&mut Tx<'_>) -> Result<Value>,
+{
+    let fingerprint = sha256_hex(fingerprint.as_bytes());
+    move |tx: &mut Tx<'_>| {
+        let stored: Option<(String, String)> = tx
+            .conn()
+            .query_row(
+                "SELECT fingerprint, response FROM idempotency_keys WHERE actor = ?1 AND key = ?2",
+                params![actor.name(), key],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+        if let Some((stored_fingerprint, response)) = stored {
+            if stored_fingerprint != fingerprint {
+                return Err(CoreError::IdempotencyMismatch(key));
+            }
+            return Ok((serde_json::from_str(&response)?, true));
+        }
+        let response = change(tx)?;
+        tx.conn().execute(
+            "INSERT INTO idempotency_keys (actor, key, fingerprint, response, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                actor.name(),
+                key,
+                fingerprint,
+                serde_json::to_string(&response)?,
+                tx.now_ms()
+            ],
+        )?;
+        Ok((response, false))
     }
 }
 
@@ -689,7 +729,10 @@ mod planner_tests {
         // Without the guarantee, rusqlite's clearing of bindings on return to the cache expires
         // the statement each time: the control shows the test can see what it checks.
         let plain = Connection::open_in_memory().expect("open");
-        assert!(reprepares(&plain) > 0, "control: SQLite re-prepares by default");
+        assert!(
+            reprepares(&plain) > 0,
+            "control: SQLite re-prepares by default"
+        );
         let configured = Connection::open_in_memory().expect("open");
         super::plan_without_bound_values(&configured).expect("configure");
         assert_eq!(reprepares(&configured), 0);
