@@ -515,13 +515,17 @@ mod tests {
     fn a_write_runs_in_place_only_on_an_idle_lane_and_answers_after_its_commit() {
         let (_dir, store, published) = store_with_sink();
         let before = store.commit_stats();
+        let published_before = lock(&published).len();
         let id = match store.try_write_now(|tx| tx.create_task(&Actor::Admin, new_task("idle"))) {
             Ok(result) => result.expect("commits").id,
             Err(_) => panic!("an idle lane runs the write in place"),
         };
         assert!(store.read(|r| r.find_task(id)).expect("read").is_some());
         assert_eq!(store.commit_stats().commits - before.commits, 1);
-        assert_eq!(lock(&published).len(), 1, "its event is published");
+        assert!(
+            lock(&published).len() > published_before,
+            "its events are published"
+        );
 
         let (entered_tx, entered) = mpsc::channel();
         let (go_tx, go) = mpsc::channel::<()>();
