@@ -53,6 +53,10 @@ pub enum CoreError {
     Cycle(String),
     #[error("{}", lease_conflict_message(.0))]
     LeaseConflict(Vec<LeaseConflict>),
+    /// A lease grant could not be decided within its bounded work under the writer lock
+    /// (`store::leases::SnapshotStale`); nothing was written, and the request may be retried.
+    #[error("{0}; nothing was granted, retry the request")]
+    LeaseSnapshotStale(String),
     #[error("idempotency key {0:?} was already used for a different request")]
     IdempotencyMismatch(String),
     #[error("storage error: {0}")]
@@ -99,6 +103,7 @@ impl CoreError {
             CoreError::NotReady(_) => "not_ready",
             CoreError::Cycle(_) => "cycle",
             CoreError::LeaseConflict(_) => "lease_conflict",
+            CoreError::LeaseSnapshotStale(_) => "lease_check_busy",
             CoreError::IdempotencyMismatch(_) => "idempotency_mismatch",
             CoreError::Storage(_) | CoreError::Json(_) | CoreError::Database(_) => "internal",
         }

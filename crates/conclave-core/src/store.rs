@@ -56,7 +56,10 @@ pub use copy::CopyReport;
 pub use events::{IDEMPOTENCY_WINDOW_SECS, SweepReport};
 pub use group_commit::CommitStats;
 pub use leases::MAX_LEASE_TTL_SECS;
-pub use leases::{LeaseSnapshot, MAX_PATHS, MAX_REPORTED_CONFLICTS, MAX_WHOLE_TREE_TTL_SECS};
+pub use leases::{
+    LeaseSnapshot, MAX_PAIRS_UNDER_LOCK, MAX_PATHS, MAX_REPORTED_CONFLICTS,
+    MAX_WHOLE_TREE_TTL_SECS, SnapshotStale,
+};
 pub use messages::parse_message_id;
 pub use notes::parse_note_id;
 pub use presence::ServerPresence;

@@ -363,7 +363,7 @@ async fn attribute(app: &App, actor: &Actor, agent: &str, call: &ShellCall) -> R
                 };
                 judged.push((path, kind, judge(&caller, shared_tree, &evidence)));
             }
-            let task = reader.held_tasks(&caller)?.first().map(|task| task.id);
+            let task = reader.first_held_task(&caller)?;
             (judged, task)
         };
         let mut alerts: BTreeMap<String, Vec<String>> = BTreeMap::new();

@@ -67,6 +67,8 @@ impl From<CoreError> for ApiError {
             CoreError::Conflict(_) | CoreError::NotReady(_) | CoreError::LeaseConflict(_) => {
                 StatusCode::CONFLICT
             }
+            // Retryable: the leases near the request changed faster than it could be checked.
+            CoreError::LeaseSnapshotStale(_) => StatusCode::SERVICE_UNAVAILABLE,
             CoreError::Cycle(_) | CoreError::IdempotencyMismatch(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }

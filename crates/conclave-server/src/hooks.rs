@@ -253,6 +253,17 @@ async fn pre_tool_use(
                 ),
             }
         })),
+        // The leases near the file kept changing while they were checked: the edit is not
+        // covered yet, so it waits for the next try rather than going ahead unleased.
+        Err(error @ OpError::Core(CoreError::LeaseSnapshotStale(_))) => Ok(json!({
+            "hookSpecificOutput": {
+                "hookEventName": "PreToolUse",
+                "permissionDecision": "deny",
+                "permissionDecisionReason": format!(
+                    "Conclave could not check the leases on {path} just now: {error}. Try the edit again."
+                ),
+            }
+        })),
         Err(error) => Err(error.into()),
     }
 }
@@ -363,7 +374,7 @@ async fn post_tool_use(
     app.write(actor, &IdempotencyKey::default(), move |tx| {
         tx.renew_leases(&name)?;
         if let Some(path) = &path {
-            let task = tx.read().held_tasks(&name)?.first().map(|t| t.id);
+            let task = tx.read().first_held_task(&name)?;
             let touched = FileTouched {
                 path: bounded(path.clone(), MAX_TOUCHED_PATH),
                 tool: tool.clone(),

@@ -28,6 +28,10 @@ use crate::live::Received;
 
 /// The longest an inbox read may wait for something to arrive.
 pub const MAX_INBOX_WAIT_SECS: u64 = 600;
+/// How many fresh snapshots a lease request is checked against before it is refused as
+/// retryable (`lease_check_busy`, 503): each attempt's work under the writer lock is bounded, and
+/// a request only needs another when leases near it changed while it was being checked.
+pub const MAX_LEASE_CHECK_ATTEMPTS: u32 = 4;
 /// How many times in a row the Stop hook may keep an agent working.
 const MAX_STOP_BLOCKS: u32 = 3;
 
@@ -73,25 +77,39 @@ pub async fn acquire_leases(
 ) -> OpResult<Written<LeaseList>> {
     request.paths = project_paths(app, &request.paths);
     let paths = request.paths.clone();
-    let name = holder.to_string();
     // The costly comparisons run on a snapshot, outside the writer lock; the grant compares only
-    // what changed since (see conclave_core::store::leases). A snapshot that cannot be taken
-    // (an invalid path, say) leaves the grant to compare everything and give the error.
-    let snapshot = {
-        let (name, request) = (name.clone(), request.clone());
-        app.read(move |reader| reader.lease_snapshot(&name, &request))
-            .await
-            .ok()
+    // what changed since, within a fixed budget (see conclave_core::store::leases). When the
+    // snapshot cannot vouch for the request within it, the grant writes nothing (not even the
+    // idempotency key) and answers "stale": take a fresh snapshot and try again, a few times.
+    let mut attempt = 1;
+    let result = loop {
+        let (name, asked) = (holder.to_string(), request.clone());
+        let snapshot = app
+            .read(move |reader| reader.lease_snapshot(&name, &asked))
+            .await?;
+        let (name, asked) = (holder.to_string(), request.clone());
+        let result = app
+            .write(actor, key, move |tx| {
+                let leases = tx.acquire_leases_after(&name, asked, &snapshot)?;
+                Ok(LeaseList { leases })
+            })
+            .await;
+        match result {
+            Err(OpError::Core(CoreError::LeaseSnapshotStale(why)))
+                if attempt < MAX_LEASE_CHECK_ATTEMPTS =>
+            {
+                tracing::debug!(holder, attempt, %why, "lease snapshot stale; checking again");
+                attempt += 1;
+            }
+            Err(OpError::Core(CoreError::LeaseSnapshotStale(why))) => {
+                break Err(OpError::Core(CoreError::LeaseSnapshotStale(format!(
+                    "the leases near this request kept changing while it was checked \
+                     ({attempt} attempts; last: {why})"
+                ))));
+            }
+            other => break other,
+        }
     };
-    let result = app
-        .write(actor, key, move |tx| {
-            let leases = match &snapshot {
-                Some(snapshot) => tx.acquire_leases_after(&name, request, snapshot)?,
-                None => tx.acquire_leases(&name, request)?,
-            };
-            Ok(LeaseList { leases })
-        })
-        .await;
     if let Err(error @ OpError::Core(CoreError::LeaseConflict(_))) = &result {
         record_denial(app, holder, &paths, &error.to_string()).await;
     }

@@ -15,16 +15,24 @@
 //! - A lease row never changes its holder or its pattern (a re-grant after a release is a new
 //!   row), and row ids only grow (`AUTOINCREMENT` on SQLite; on PostgreSQL writes are serialized
 //!   by the store's lock, so ids are handed out in commit order). Rows with an id above the
-//!   snapshot's largest are compared under the lock, every one of them.
+//!   snapshot's largest are compared under the lock, but only up to a fixed budget
+//!   ([`MAX_PAIRS_UNDER_LOCK`] requested × new-row pairs; only rows of other holders whose mode
+//!   could refuse the request count).
 //! - A row the snapshot found overlapping is re-read under the lock by id: its mode (a renewal
 //!   may turn shared into exclusive) and its expiry are judged then, without comparing again.
 //! - Any other row of the snapshot does not overlap the request, whatever happens to its mode
 //!   or expiry. The snapshot reads rows whatever their expiry, so a clock that steps back cannot
 //!   revive a lease it skipped.
 //!
-//! The snapshot stops at [`MAX_REPORTED_CONFLICTS`] conflicts; if none of them still stands
-//! under the lock, rows it never examined could conflict, and the grant falls back to comparing
-//! everything under the lock (a request racing the release of every lease it collided with).
+//! The work under the lock is therefore bounded in every case: when the snapshot cannot vouch for
+//! the request within the budget, the grant does no comparison at all and answers
+//! [`SnapshotStale`] (as [`CoreError::LeaseSnapshotStale`] from [`Tx::acquire_leases_after`]),
+//! writing nothing; the server takes a fresh snapshot and tries again a bounded number of times.
+//! That happens when more rows were granted since the snapshot than the budget allows (unless
+//! rows the snapshot vouches for already refuse the request), and when the snapshot stopped at
+//! [`MAX_REPORTED_CONFLICTS`] conflicts and none of them still stands: rows it never examined
+//! could conflict (a request racing the release of every lease it collided with). Comparing
+//! everything under the lock is left to [`Tx::acquire_leases`], which takes no snapshot.
 
 use super::db::{Row, params};
 
@@ -52,6 +60,11 @@ pub const MAX_WHOLE_TREE_TTL_SECS: i64 = 600;
 pub const MAX_PATHS: usize = 100;
 /// Conflicts named in a refusal (the first found; the answer says when there may be more).
 pub const MAX_REPORTED_CONFLICTS: usize = 5;
+/// The most requested × held pairs a grant after a snapshot compares under the writer lock
+/// (rows granted since the snapshot × patterns asked). Each comparison is bounded by the
+/// pattern caps, so this bounds the time every other write waits for a grant; past it the grant
+/// answers [`SnapshotStale`] instead of comparing. The whole request at the caps is 25,600 pairs.
+pub const MAX_PAIRS_UNDER_LOCK: usize = 2_000;
 
 fn lease_from_row(row: &Row<'_>) -> Result<Lease> {
     lease_at(row, 0)
@@ -287,8 +300,48 @@ pub struct LeaseSnapshot {
 pub(crate) struct LockedWork {
     /// Requested × held pairs whose overlap was computed under the lock.
     pub compared: usize,
-    /// Whether the snapshot could not vouch for the request and everything was compared again.
+    /// Whether everything was compared under the lock (only [`Tx::acquire_leases`], which has
+    /// no snapshot, does that).
     pub full_check: bool,
+}
+
+/// Why a grant after a snapshot did not decide: deciding would have taken more than the
+/// bounded work under the writer lock. Nothing was written; take a fresh snapshot and retry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotStale {
+    /// More rows that could refuse the request were granted since the snapshot than
+    /// [`MAX_PAIRS_UNDER_LOCK`] allows comparing (`new_rows` is a lower bound).
+    TooManyNewRows { new_rows: usize, asked: usize },
+    /// The snapshot stopped at its first conflicts and none of them stands any more: rows it
+    /// never examined could conflict.
+    ConflictsGone,
+    /// The snapshot was taken for another holder or another request.
+    OtherRequest,
+}
+
+impl std::fmt::Display for SnapshotStale {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SnapshotStale::TooManyNewRows { new_rows, asked } => write!(
+                f,
+                "at least {new_rows} leases were granted nearby while {asked} paths were checked"
+            ),
+            SnapshotStale::ConflictsGone => f.write_str(
+                "every lease this request collided with was released while it was checked",
+            ),
+            SnapshotStale::OtherRequest => {
+                f.write_str("the lease check was made for another request")
+            }
+        }
+    }
+}
+
+/// What a grant after a snapshot came to.
+#[derive(Debug)]
+pub(crate) enum GrantOutcome {
+    Granted(Vec<Lease>),
+    /// Nothing compared and nothing written (see [`SnapshotStale`]).
+    Stale(SnapshotStale),
 }
 
 fn normalize_all(inputs: &[String]) -> Result<Vec<LeasePattern>> {
@@ -435,22 +488,43 @@ impl Reader<'_> {
         Ok(rows)
     }
 
-    /// The live lease rows with these ids, or with an id above `above` (unparsed: a grant
-    /// parses only the rows it compares).
-    fn lease_rows_since(&self, ids: &[i64], above: i64, now_ms: i64) -> Result<Vec<(i64, Lease)>> {
+    /// The live lease rows with these ids (unparsed: their overlap is already known).
+    fn live_lease_rows(&self, ids: &[i64], now_ms: i64) -> Result<Vec<(i64, Lease)>> {
         let in_ids = if self.conn().is_postgres() {
             "= ANY (ARRAY(SELECT jsonb_array_elements_text(?1::jsonb)::bigint))"
         } else {
             "IN (SELECT value FROM json_each(?1))"
         };
-        let sql = format!(
-            "SELECT {HELD_COLUMNS} FROM leases WHERE id {in_ids} AND expires_at > ?2
-             UNION ALL
-             SELECT {HELD_COLUMNS} FROM leases WHERE id > ?3 AND expires_at > ?2"
-        );
+        let sql =
+            format!("SELECT {HELD_COLUMNS} FROM leases WHERE id {in_ids} AND expires_at > ?2");
         let list = serde_json::to_string(ids)?;
+        self.conn().query_map(&sql, params![list, now_ms], |row| {
+            Ok((row.get(0)?, lease_at(row, 1)?))
+        })
+    }
+
+    /// The live lease rows with an id above `above` that stand against `holder` taking a lease
+    /// in `mode` (overlap aside), at most `limit` of them (unparsed).
+    fn opposing_rows_above(
+        &self,
+        above: i64,
+        holder: &str,
+        mode: LeaseMode,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, Lease)>> {
+        // Shared does not stand against shared: a shared request meets only exclusive rows.
+        let modes = match mode {
+            LeaseMode::Exclusive => "",
+            LeaseMode::Shared => "AND mode = 'exclusive'",
+        };
+        let sql = format!(
+            "SELECT {HELD_COLUMNS} FROM leases
+             WHERE id > ?1 AND expires_at > ?2 AND holder <> ?3 {modes}
+             ORDER BY id LIMIT {limit}"
+        );
         self.conn()
-            .query_map(&sql, params![list, now_ms, above], |row| {
+            .query_map(&sql, params![above, now_ms, holder], |row| {
                 Ok((row.get(0)?, lease_at(row, 1)?))
             })
     }
@@ -553,21 +627,31 @@ impl Tx<'_> {
     /// parses each once, compares each pair at most once, and stops at
     /// [`MAX_REPORTED_CONFLICTS`].
     pub fn acquire_leases(&mut self, holder: &str, request: LeaseRequest) -> Result<Vec<Lease>> {
-        Ok(self.acquire_leases_checked(holder, request, None)?.0)
+        match self.acquire_leases_checked(holder, request, None)?.0 {
+            GrantOutcome::Granted(leases) => Ok(leases),
+            // Without a snapshot everything is compared: there is nothing to be stale.
+            GrantOutcome::Stale(stale) => Err(CoreError::LeaseSnapshotStale(stale.to_string())),
+        }
     }
 
     /// Grants like [`Tx::acquire_leases`], comparing under the lock only the lease rows that
-    /// `snapshot` (taken for this holder and request outside the lock) cannot vouch for: see the
-    /// module documentation of `store::leases`.
+    /// `snapshot` (taken for this holder and request outside the lock) cannot vouch for, and at
+    /// most [`MAX_PAIRS_UNDER_LOCK`] pairs: see the module documentation of `store::leases`.
+    /// When that is not enough to decide, it compares nothing, writes nothing and answers
+    /// [`CoreError::LeaseSnapshotStale`]: take a fresh snapshot and call it again.
     pub fn acquire_leases_after(
         &mut self,
         holder: &str,
         request: LeaseRequest,
         snapshot: &LeaseSnapshot,
     ) -> Result<Vec<Lease>> {
-        Ok(self
+        match self
             .acquire_leases_checked(holder, request, Some(snapshot))?
-            .0)
+            .0
+        {
+            GrantOutcome::Granted(leases) => Ok(leases),
+            GrantOutcome::Stale(stale) => Err(CoreError::LeaseSnapshotStale(stale.to_string())),
+        }
     }
 
     /// The grant, and what it compared under the lock.
@@ -576,7 +660,7 @@ impl Tx<'_> {
         holder: &str,
         request: LeaseRequest,
         snapshot: Option<&LeaseSnapshot>,
-    ) -> Result<(Vec<Lease>, LockedWork)> {
+    ) -> Result<(GrantOutcome, LockedWork)> {
         let patterns = normalize_all(&request.paths)?;
         if let Some(reason) = &request.reason {
             validate_text("reason", reason, 1000, false)?;
@@ -614,74 +698,43 @@ impl Tx<'_> {
                 }
                 Some(task.id)
             }
-            None => self.read().held_tasks(holder)?.first().map(|task| task.id),
+            None => self.read().first_held_task(holder)?,
         };
         let now = self.now_ms();
-        self.purge_expired_leases()?;
-        // A snapshot serves only the request it was taken for.
-        let snapshot = snapshot.filter(|snapshot| {
-            snapshot.holder == holder
-                && snapshot
-                    .patterns
-                    .iter()
-                    .map(String::as_str)
-                    .eq(patterns.iter().map(LeasePattern::as_str))
-        });
         let mut work = LockedWork::default();
-        let mut conflicts = Vec::new();
-        if let Some(snapshot) = snapshot {
-            let ids: Vec<i64> = snapshot.overlapping.iter().map(|(id, _)| *id).collect();
-            let overlapping: std::collections::HashMap<i64, usize> =
-                snapshot.overlapping.iter().copied().collect();
-            for (id, lease) in self.read().lease_rows_since(&ids, snapshot.max_id, now)? {
-                if conflicts.len() >= MAX_REPORTED_CONFLICTS {
-                    break;
+        let conflicts = match snapshot {
+            Some(snapshot) => {
+                match self.conflicts_since(holder, &request, &patterns, snapshot, now, &mut work)? {
+                    Ok(conflicts) => conflicts,
+                    Err(stale) => return Ok((GrantOutcome::Stale(stale), work)),
                 }
-                if !lease_opposes(&lease, holder, request.mode, now) {
-                    continue;
-                }
-                // A row the snapshot found overlapping overlaps still (its pattern is fixed);
-                // a row added since is compared with every requested pattern.
-                let known = overlapping.get(&id).filter(|_| id <= snapshot.max_id);
-                let (row, requested) = match known {
-                    Some(index) => (HeldRow::unparsed(id, lease), patterns.get(*index)),
-                    None if id > snapshot.max_id => {
-                        let row = HeldRow::new(id, lease);
-                        let requested = patterns.iter().find(|pattern| {
-                            work.compared += 1;
-                            row.overlaps(pattern)
-                        });
-                        (row, requested)
+            }
+            None => {
+                work.full_check = true;
+                let mut conflicts = Vec::new();
+                let near = NearLeases::read(&self.read(), &patterns, now)?;
+                for pattern in &patterns {
+                    let candidates = near.near(&self.read(), pattern)?;
+                    work.compared += conflicts_with(
+                        &candidates,
+                        holder,
+                        pattern,
+                        request.mode,
+                        now,
+                        &mut conflicts,
+                    );
+                    if conflicts.len() >= MAX_REPORTED_CONFLICTS {
+                        break;
                     }
-                    None => continue,
-                };
-                if let Some(requested) = requested {
-                    conflicts.push(row.conflict(requested));
                 }
+                conflicts
             }
-        }
-        if snapshot.is_none_or(|snapshot| conflicts.is_empty() && snapshot.stopped_early) {
-            // No snapshot, or every conflict it found has gone and it never looked further.
-            work.full_check = true;
-            let near = NearLeases::read(&self.read(), &patterns, now)?;
-            for pattern in &patterns {
-                let candidates = near.near(&self.read(), pattern)?;
-                work.compared += conflicts_with(
-                    &candidates,
-                    holder,
-                    pattern,
-                    request.mode,
-                    now,
-                    &mut conflicts,
-                );
-                if conflicts.len() >= MAX_REPORTED_CONFLICTS {
-                    break;
-                }
-            }
-        }
+        };
         if !conflicts.is_empty() {
             return Err(CoreError::LeaseConflict(conflicts));
         }
+        // After the check, which reads only live rows: a stale answer writes nothing at all.
+        self.purge_expired_leases()?;
         let texts: Vec<&str> = patterns.iter().map(LeasePattern::as_str).collect();
         let mine: Vec<Lease> = self
             .read()
@@ -774,7 +827,89 @@ impl Tx<'_> {
                 expires_at: super::ms_to_time(expires),
             });
         }
-        Ok((granted, work))
+        Ok((GrantOutcome::Granted(granted), work))
+    }
+
+    /// The conflicts of `holder`'s request with the live leases, as far as `snapshot` leaves
+    /// them to be judged under the lock, comparing at most [`MAX_PAIRS_UNDER_LOCK`] pairs; or,
+    /// having compared nothing, why the snapshot cannot decide.
+    fn conflicts_since(
+        &self,
+        holder: &str,
+        request: &LeaseRequest,
+        patterns: &[LeasePattern],
+        snapshot: &LeaseSnapshot,
+        now: i64,
+        work: &mut LockedWork,
+    ) -> Result<std::result::Result<Vec<LeaseConflict>, SnapshotStale>> {
+        // A snapshot serves only the request it was taken for.
+        let same_request = snapshot.holder == holder
+            && snapshot
+                .patterns
+                .iter()
+                .map(String::as_str)
+                .eq(patterns.iter().map(LeasePattern::as_str));
+        if !same_request {
+            return Ok(Err(SnapshotStale::OtherRequest));
+        }
+        let reader = self.read();
+        let mut conflicts = Vec::new();
+        // The rows the snapshot found overlapping still overlap (a row's pattern is fixed):
+        // only their mode and expiry are judged again, without comparing.
+        // (A row above `max_id` the snapshot happened to see is compared as a new row.)
+        let ids: Vec<i64> = snapshot
+            .overlapping
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| *id <= snapshot.max_id)
+            .collect();
+        let overlapping: std::collections::HashMap<i64, usize> =
+            snapshot.overlapping.iter().copied().collect();
+        for (id, lease) in reader.live_lease_rows(&ids, now)? {
+            if conflicts.len() >= MAX_REPORTED_CONFLICTS {
+                break;
+            }
+            if !lease_opposes(&lease, holder, request.mode, now) {
+                continue;
+            }
+            if let Some(requested) = overlapping.get(&id).and_then(|index| patterns.get(*index)) {
+                conflicts.push(HeldRow::unparsed(id, lease).conflict(requested));
+            }
+        }
+        if conflicts.is_empty() && snapshot.stopped_early {
+            // Every conflict it found has gone and it never looked further: only a fresh
+            // snapshot can tell, not a comparison of everything under the lock.
+            return Ok(Err(SnapshotStale::ConflictsGone));
+        }
+        // Rows granted since are compared with every requested pattern, within the budget:
+        // read one row more than it allows, to know when it would be exceeded.
+        let fit = (MAX_PAIRS_UNDER_LOCK / patterns.len().max(1)).max(1);
+        let new_rows =
+            reader.opposing_rows_above(snapshot.max_id, holder, request.mode, now, fit + 1)?;
+        if new_rows.len() > fit {
+            if !conflicts.is_empty() {
+                // Refused by the rows the snapshot vouches for, whatever the new rows are.
+                return Ok(Ok(conflicts));
+            }
+            return Ok(Err(SnapshotStale::TooManyNewRows {
+                new_rows: new_rows.len(),
+                asked: patterns.len(),
+            }));
+        }
+        for (id, lease) in new_rows {
+            if conflicts.len() >= MAX_REPORTED_CONFLICTS {
+                break;
+            }
+            let row = HeldRow::new(id, lease);
+            let requested = patterns.iter().find(|pattern| {
+                work.compared += 1;
+                row.overlaps(pattern)
+            });
+            if let Some(requested) = requested {
+                conflicts.push(row.conflict(requested));
+            }
+        }
+        Ok(Ok(conflicts))
     }
 
     /// Extends every live lease the holder has by its own TTL (used when it touches files): a

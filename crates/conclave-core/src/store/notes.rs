@@ -220,7 +220,7 @@ impl Tx<'_> {
         let task = match new.task {
             Some(task) => Some(self.read().task(task)?.id),
             None => match actor.agent() {
-                Some(agent) => self.read().held_tasks(agent)?.first().map(|task| task.id),
+                Some(agent) => self.read().first_held_task(agent)?,
                 None => None,
             },
         };

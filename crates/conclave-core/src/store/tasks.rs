@@ -347,6 +347,21 @@ impl Reader<'_> {
         Ok(tasks)
     }
 
+    /// The first task (by id) that `agent` holds, as [`Reader::held_tasks`] orders them: the
+    /// task a lease, a note or a cost is attributed to. It stops at the first held row and loads
+    /// no dependencies, since a lease grant asks this under the writer lock.
+    pub fn first_held_task(&self, agent: &str) -> Result<Option<TaskId>> {
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks
+             WHERE assignee = ?1 AND status IN ('claimed', 'in_progress', 'review', 'blocked')
+             ORDER BY id"
+        );
+        self.conn().query_first(&sql, params![agent], |row| {
+            let task = task_from_row(row)?;
+            Ok(is_held(&task).then_some(task.id))
+        })
+    }
+
     /// The highest-priority (then oldest) ready task that fits `agent`, walking the ready queue
     /// in order on its index and stopping at the first fit.
     fn best_ready_task(&self, agent: &Agent) -> Result<Option<Task>> {

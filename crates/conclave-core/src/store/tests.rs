@@ -979,14 +979,69 @@ fn snapshot_for(store: &Store, holder: &str, request: &LeaseRequest) -> leases::
         .expect("snapshot")
 }
 
-/// Grants `request` to `holder` after `snapshot`; answers what the grant compared under the lock.
+/// Grants `request` to `holder` after `snapshot`; answers what the grant compared under the lock
+/// (a stale snapshot as `CoreError::LeaseSnapshotStale`).
 fn grant_after(
     store: &Store,
     holder: &str,
     request: LeaseRequest,
     snapshot: &leases::LeaseSnapshot,
 ) -> Result<(Vec<Lease>, leases::LockedWork)> {
+    match grant_outcome(store, holder, request, snapshot)? {
+        (leases::GrantOutcome::Granted(granted), work) => Ok((granted, work)),
+        (leases::GrantOutcome::Stale(stale), _) => {
+            Err(CoreError::LeaseSnapshotStale(stale.to_string()))
+        }
+    }
+}
+
+/// The outcome of a grant after `snapshot`, stale or not, with what it compared under the lock.
+fn grant_outcome(
+    store: &Store,
+    holder: &str,
+    request: LeaseRequest,
+    snapshot: &leases::LeaseSnapshot,
+) -> Result<(leases::GrantOutcome, leases::LockedWork)> {
     store.write(|tx| tx.acquire_leases_checked(holder, request, Some(snapshot)))
+}
+
+/// Asserts that a grant after `snapshot` is stale for `why`, having compared nothing under the
+/// lock and written nothing (not even an event).
+fn assert_stale(
+    store: &Store,
+    holder: &str,
+    request: &LeaseRequest,
+    snapshot: &leases::LeaseSnapshot,
+    why: &leases::SnapshotStale,
+) {
+    let events_before = event_rows(store);
+    let (outcome, work) =
+        grant_outcome(store, holder, request.clone(), snapshot).expect("an outcome");
+    let leases::GrantOutcome::Stale(stale) = outcome else {
+        panic!("expected a stale snapshot, got {outcome:?}");
+    };
+    assert_eq!(&stale, why);
+    assert_eq!(
+        work,
+        leases::LockedWork::default(),
+        "nothing compared under the lock"
+    );
+    assert_eq!(
+        event_rows(store),
+        events_before,
+        "a stale grant writes nothing"
+    );
+}
+
+fn event_rows(store: &Store) -> i64 {
+    store
+        .read(|r| {
+            r.conn()
+                .query_row("SELECT count(*) FROM events", db::params![], |row| {
+                    row.get(0)
+                })
+        })
+        .expect("event count")
 }
 
 /// A long glob at the pattern caps, as the bench's "lock at the caps" phase asks: 15 wildcards
@@ -1086,8 +1141,9 @@ fn the_snapshots_overlapping_leases_are_judged_again_under_the_lock() {
 }
 
 /// When the snapshot stopped at the first few conflicts and all of them have gone, rows it never
-/// examined may conflict: the grant then compares everything under the lock.
-fn a_snapshot_whose_conflicts_all_went_leaves_the_grant_to_compare_everything() {
+/// examined may conflict: the grant compares nothing under the lock and answers "stale", and a
+/// fresh snapshot's grant refuses on the rows left.
+fn a_snapshot_whose_conflicts_all_went_is_stale_and_the_retry_decides() {
     let store = store();
     agent(&store, "a", None, &[]);
     agent(&store, "b", None, &[]);
@@ -1111,17 +1167,132 @@ fn a_snapshot_whose_conflicts_all_went_leaves_the_grant_to_compare_everything() 
         .map(|(_, path)| path.as_str())
         .collect();
     release(&store, "b", &gone);
-    let error = store
-        .write(|tx| tx.acquire_leases_checked("a", asking.clone(), Some(&snapshot)))
-        .expect_err("the three left still conflict");
+    assert_stale(
+        &store,
+        "a",
+        &asking,
+        &snapshot,
+        &leases::SnapshotStale::ConflictsGone,
+    );
+    let error = grant_after(&store, "a", asking.clone(), &snapshot).expect_err("stale");
+    assert_eq!(error.code(), "lease_check_busy");
+    // The retry, on a fresh snapshot, finds the three left.
+    let fresh = snapshot_for(&store, "a", &asking);
+    let error = grant_after(&store, "a", asking.clone(), &fresh).expect_err("three conflict");
     let CoreError::LeaseConflict(conflicts) = &error else {
         panic!("{error:?}");
     };
     assert_eq!(conflicts.len(), 3);
-    // A snapshot for another request or holder is not used at all.
+    // Once they are gone too, the retry grants.
+    let left: Vec<&str> = ids_and_paths
+        .iter()
+        .filter(|(id, _)| !found.contains(id))
+        .map(|(_, path)| path.as_str())
+        .collect();
+    release(&store, "b", &left);
+    let fresh = snapshot_for(&store, "a", &asking);
+    let (granted, work) = grant_after(&store, "a", asking.clone(), &fresh).expect("granted");
+    assert_eq!(granted.len(), 1);
+    assert_eq!(work, leases::LockedWork::default());
+    // A snapshot for another request or holder is not used at all, and nothing is compared.
     let other = request(&strings(&["docs"]), LeaseMode::Exclusive);
-    let (_, work) = grant_after(&store, "a", other, &snapshot).expect("docs are free");
-    assert!(work.full_check);
+    assert_stale(
+        &store,
+        "a",
+        &other,
+        &snapshot,
+        &leases::SnapshotStale::OtherRequest,
+    );
+    assert_stale(
+        &store,
+        "b",
+        &asking,
+        &snapshot,
+        &leases::SnapshotStale::OtherRequest,
+    );
+}
+
+/// Rows granted between the snapshot and the lock are compared under it only within
+/// `MAX_PAIRS_UNDER_LOCK` (new rows × asked patterns): at the budget they are all compared;
+/// one row past it, the grant compares nothing and is stale, and the retry on a fresh snapshot
+/// grants, or refuses when one of the new rows overlaps.
+fn rows_granted_since_the_snapshot_are_compared_only_within_the_budget() {
+    let store = test_store(StoreConfig {
+        max_leases_per_agent: 256,
+        ..StoreConfig::default()
+    })
+    .expect("store");
+    for name in ["asker", "b", "c"] {
+        agent(&store, name, None, &[]);
+    }
+    let asked: Vec<String> = (0..leases::MAX_PATHS)
+        .map(|k| capped_glob(&format!(".asked{k}")))
+        .collect();
+    let asking = request(&asked, LeaseMode::Exclusive);
+    let fit = leases::MAX_PAIRS_UNDER_LOCK / leases::MAX_PATHS;
+    let far: Vec<String> = (0..=fit).map(|i| format!("far/b{i}.rs")).collect();
+
+    // Exactly at the budget: every new row is compared with every asked pattern. The asker's
+    // own new rows stand against nothing and are not counted.
+    let snapshot = snapshot_for(&store, "asker", &asking);
+    lease_with(&store, "b", request(&far[..fit], LeaseMode::Exclusive)).expect("b");
+    lease(&store, "asker", &["mine/x.rs"], LeaseMode::Exclusive).expect("own");
+    let (granted, work) = grant_after(&store, "asker", asking.clone(), &snapshot).expect("granted");
+    assert_eq!(granted.len(), leases::MAX_PATHS);
+    assert_eq!(work.compared, leases::MAX_PAIRS_UNDER_LOCK);
+    assert!(!work.full_check);
+    let asked_texts: Vec<&str> = asked.iter().map(String::as_str).collect();
+    release(&store, "asker", &asked_texts);
+    release(
+        &store,
+        "b",
+        &far[..fit].iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+
+    // One row past it: stale, nothing compared, nothing written.
+    let snapshot = snapshot_for(&store, "asker", &asking);
+    lease_with(&store, "b", request(&far, LeaseMode::Exclusive)).expect("b, one more");
+    let too_many = leases::SnapshotStale::TooManyNewRows {
+        new_rows: fit + 1,
+        asked: leases::MAX_PATHS,
+    };
+    assert_stale(&store, "asker", &asking, &snapshot, &too_many);
+    let error = grant_after(&store, "asker", asking.clone(), &snapshot).expect_err("stale");
+    assert!(
+        matches!(error, CoreError::LeaseSnapshotStale(_)),
+        "{error:?}"
+    );
+    // The retry on a fresh snapshot compares nothing under the lock and grants.
+    let fresh = snapshot_for(&store, "asker", &asking);
+    let (granted, work) = grant_after(&store, "asker", asking.clone(), &fresh).expect("granted");
+    assert_eq!(granted.len(), leases::MAX_PATHS);
+    assert_eq!(work, leases::LockedWork::default());
+    release(&store, "asker", &asked_texts);
+
+    // Past the budget with one overlapping new row: stale, then the retry refuses on it.
+    let snapshot = snapshot_for(&store, "asker", &asking);
+    let crowd: Vec<String> = (0..fit)
+        .map(|i| format!("crowd/c{i}.rs"))
+        .chain([capped_glob(".asked7")])
+        .collect();
+    lease_with(&store, "c", request(&crowd, LeaseMode::Exclusive)).expect("c crowds");
+    assert_stale(&store, "asker", &asking, &snapshot, &too_many);
+    let fresh = snapshot_for(&store, "asker", &asking);
+    let error = grant_after(&store, "asker", asking.clone(), &fresh).expect_err("c holds one");
+    let CoreError::LeaseConflict(conflicts) = &error else {
+        panic!("{error:?}");
+    };
+    assert_eq!(conflicts.len(), 1);
+    assert_eq!(conflicts[0].holder, "c");
+
+    // Rows the snapshot vouches for refuse the request whatever the new rows are: no retry.
+    let more: Vec<String> = (0..=fit).map(|i| format!("more/d{i}.rs")).collect();
+    lease_with(&store, "b", request(&more, LeaseMode::Exclusive)).expect("b adds more");
+    let error = grant_after(&store, "asker", asking, &fresh).expect_err("refused");
+    let CoreError::LeaseConflict(conflicts) = &error else {
+        panic!("{error:?}");
+    };
+    assert_eq!(conflicts[0].holder, "c");
 }
 
 fn old_idempotency_keys_are_forgotten_by_the_sweep() {
@@ -1427,6 +1598,7 @@ fn writer_lock_at_the_caps() {
     .expect("open");
     agent(&store, "holder", None, &[]);
     agent(&store, "asker", None, &[]);
+    agent(&store, "latecomer", None, &[]);
     let held: Vec<String> = (0..256)
         .map(|i| capped_glob(&format!(".held{i}")))
         .collect();
@@ -1436,6 +1608,7 @@ fn writer_lock_at_the_caps() {
     let mut locked = Vec::new();
     let mut snapshots = Vec::new();
     let mut whole = Vec::new();
+    let mut at_budget = Vec::new();
     for round in 0..20 {
         let asked: Vec<String> = (0..leases::MAX_PATHS)
             .map(|k| capped_glob(&format!(".asked{round}x{k}")))
@@ -1448,6 +1621,27 @@ fn writer_lock_at_the_caps() {
         let (_, work) = grant_after(&store, "asker", asking.clone(), &snapshot).expect("granted");
         locked.push(started.elapsed());
         assert_eq!(work, leases::LockedWork::default());
+        release(
+            &store,
+            "asker",
+            &asked.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        // The most work allowed under the lock: as many long globs granted between the
+        // snapshot and the lock as the budget of pairs lets the grant compare.
+        let late: Vec<String> = (0..leases::MAX_PAIRS_UNDER_LOCK / leases::MAX_PATHS)
+            .map(|i| capped_glob(&format!(".late{round}x{i}")))
+            .collect();
+        let snapshot = snapshot_for(&store, "asker", &asking);
+        lease_with(&store, "latecomer", request(&late, LeaseMode::Exclusive)).expect("late");
+        let started = std::time::Instant::now();
+        let (_, work) = grant_after(&store, "asker", asking.clone(), &snapshot).expect("granted");
+        at_budget.push(started.elapsed());
+        assert_eq!(work.compared, leases::MAX_PAIRS_UNDER_LOCK);
+        release(
+            &store,
+            "latecomer",
+            &late.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
         release(
             &store,
             "asker",
@@ -1476,6 +1670,10 @@ fn writer_lock_at_the_caps() {
     };
     summary("snapshot (outside the lock)", &mut snapshots);
     summary("grant after the snapshot (writer lock held)", &mut locked);
+    summary(
+        "grant after the snapshot, new rows at the budget (writer lock held)",
+        &mut at_budget,
+    );
     summary("grant comparing everything (writer lock held)", &mut whole);
 }
 
@@ -2305,7 +2503,8 @@ on_both_engines!(
     at_the_caps_a_grant_compares_nothing_under_the_writer_lock,
     a_lease_granted_after_the_snapshot_is_compared_under_the_lock,
     the_snapshots_overlapping_leases_are_judged_again_under_the_lock,
-    a_snapshot_whose_conflicts_all_went_leaves_the_grant_to_compare_everything,
+    a_snapshot_whose_conflicts_all_went_is_stale_and_the_retry_decides,
+    rows_granted_since_the_snapshot_are_compared_only_within_the_budget,
     the_kept_task_counts_agree_with_a_full_count_after_random_changes,
 );
 
@@ -2321,7 +2520,8 @@ fn hashes_are_lower_case_hex_sha256() {
 }
 
 /// `held_tasks` answers only the tasks an agent holds now, in id order, with their dependencies:
-/// not those it finished (which keep their assignee), nor another agent's.
+/// not those it finished (which keep their assignee), nor another agent's; `first_held_task` the
+/// first of them.
 #[test]
 fn held_tasks_are_the_unfinished_ones_of_that_agent_in_id_order() {
     let store = store();
@@ -2355,4 +2555,14 @@ fn held_tasks_are_the_unfinished_ones_of_that_agent_in_id_order() {
         .map(|task| task.id)
         .collect();
     assert_eq!(theirs_held, [theirs]);
+    // The first of them, as a lease, a note or a cost is attributed to it, without loading all.
+    let first_held = |name: &str| store.read(|r| r.first_held_task(name)).expect("first");
+    assert_eq!(first_held("a"), Some(later));
+    assert_eq!(first_held("b"), Some(theirs));
+    store
+        .write(|tx| tx.finish_task(&Actor::Agent("a".into()), later, TaskFinish::default()))
+        .expect("done");
+    assert_eq!(first_held("a"), Some(first), "a finished task is skipped");
+    agent(&store, "idle", None, &[]);
+    assert_eq!(first_held("idle"), None);
 }

@@ -102,3 +102,85 @@ async fn exactly_one_of_many_simultaneous_lockers_wins_every_round() {
         }
     }
 }
+
+/// A 100-path lease request while other agents keep granting leases nearby: rows granted between
+/// its snapshot and the writer lock are compared there only within a fixed budget, past which the
+/// attempt writes nothing and is retried on a fresh snapshot. Whatever the interleaving, the
+/// request ends granted, refused by a real conflict, or refused as retryable (503
+/// `lease_check_busy`), and one contested path never has two holders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_large_lease_request_among_crowding_grants_keeps_the_guarantees() {
+    let server = TestServer::start().await;
+    let asker = server.agent("asker", None).await;
+    let mut crowd = Vec::new();
+    for i in 0..3 {
+        crowd.push(server.agent(&format!("crowd-{i}"), None).await);
+    }
+    for round in 0..4 {
+        let contested = format!("mine/r{round}/f0.rs");
+        let asked: Vec<String> = (0..100).map(|k| format!("mine/r{round}/f{k}.rs")).collect();
+        let asking = {
+            let caller = server.with_token(&asker);
+            let asked = asked.clone();
+            async move { caller.post("/api/leases", json!({ "paths": asked })).await }
+        };
+        let crowding = crowd.iter().enumerate().map(|(i, token)| {
+            let caller = server.with_token(token);
+            let contested = contested.clone();
+            async move {
+                let mut answers = Vec::new();
+                for batch in 0..2 {
+                    let mut paths: Vec<String> = (0..25)
+                        .map(|k| format!("crowd{i}/r{round}/b{batch}/f{k}.rs"))
+                        .collect();
+                    if i == 0 && batch == 1 {
+                        paths.push(contested.clone());
+                    }
+                    answers.push(caller.post("/api/leases", json!({ "paths": paths })).await);
+                }
+                answers
+            }
+        });
+        let (asked_answer, crowd_answers) =
+            futures::join!(asking, futures::future::join_all(crowding));
+        let (status, body) = &asked_answer;
+        match *status {
+            StatusCode::OK => assert_eq!(body["leases"].as_array().map(Vec::len), Some(100)),
+            StatusCode::CONFLICT => assert_eq!(body["error"]["code"], "lease_conflict"),
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(body["error"]["code"], "lease_check_busy", "{body}")
+            }
+            other => panic!("round {round}: {other} {body}"),
+        }
+        for (status, body) in crowd_answers.iter().flatten() {
+            assert!(
+                *status == StatusCode::OK
+                    || (*status == StatusCode::CONFLICT
+                        && body["error"]["code"] == "lease_conflict"),
+                "round {round}: {status} {body}"
+            );
+        }
+        let (_, leases) = server.with_token(&asker).get("/api/leases").await;
+        let holders: Vec<&str> = leases["leases"]
+            .as_array()
+            .expect("leases")
+            .iter()
+            .filter(|lease| lease["path"] == contested.as_str())
+            .filter_map(|lease| lease["holder"].as_str())
+            .collect();
+        assert!(holders.len() <= 1, "round {round}: {holders:?}");
+        let contested_by_crowd = crowd_answers[0][1].0 == StatusCode::OK;
+        assert_eq!(
+            *status == StatusCode::OK,
+            !contested_by_crowd && holders == ["asker"],
+            "round {round}: the asker's answer {status} agrees with who holds {contested}: {holders:?}"
+        );
+        if *status == StatusCode::OK {
+            let (released, body) = server
+                .with_token(&asker)
+                .post("/api/leases/release", json!({ "paths": asked }))
+                .await;
+            assert_eq!(released, StatusCode::OK, "{body}");
+        }
+    }
+}
