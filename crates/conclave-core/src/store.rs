@@ -152,6 +152,7 @@ impl Store {
             )?;
             reader.busy_timeout(std::time::Duration::from_secs(10))?;
             reader.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+            plan_without_bound_values(&reader)?;
             readers.push(Mutex::new(reader));
         }
         // Checkpoints run on their own thread (`store/checkpoint.rs`); the writer's own is a
@@ -289,6 +290,25 @@ impl Store {
         }
     }
 
+    /// Runs `change` like [`Store::write`], at once on the calling thread, when the SQLite write
+    /// connection is idle (free, nobody waiting for it); gives `change` back, unrun, when it is
+    /// busy, or when the store is on PostgreSQL (whose driver must not run on an async thread).
+    /// The change then commits in a transaction of its own, and nothing here waits for another
+    /// caller's operation: an async caller spares the hand-off to a blocking thread and back
+    /// (which costs more than a short write) and falls back to that hand-off under contention.
+    pub fn try_write_now<T, F>(&self, change: F) -> std::result::Result<Result<T>, F>
+    where
+        F: FnOnce(&mut Tx<'_>) -> Result<T>,
+    {
+        let publish = |events: &[Event]| self.publish(events);
+        match &self.inner.engine {
+            Engine::Sqlite { writer, .. } => {
+                writer.try_write_now(&self.inner.config, &publish, change)
+            }
+            Engine::Pg(_) => Err(change),
+        }
+    }
+
     /// Transactions committed so far and the operations they held (operations per commit tells
     /// how much group commit batches).
     pub fn commit_stats(&self) -> CommitStats {
@@ -309,36 +329,12 @@ impl Store {
         fingerprint: &str,
         change: impl FnOnce(&mut Tx<'_>) -> Result<Value>,
     ) -> Result<(Value, bool)> {
-        let fingerprint = sha256_hex(fingerprint.as_bytes());
-        self.write(|tx| {
-            let stored: Option<(String, String)> = tx
-                .conn()
-                .query_row(
-                    "SELECT fingerprint, response FROM idempotency_keys WHERE actor = ?1 AND key = ?2",
-                    params![actor.name(), key],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )
-                .optional()?;
-            if let Some((stored_fingerprint, response)) = stored {
-                if stored_fingerprint != fingerprint {
-                    return Err(CoreError::IdempotencyMismatch(key.to_string()));
-                }
-                return Ok((serde_json::from_str(&response)?, true));
-            }
-            let response = change(tx)?;
-            tx.conn().execute(
-                "INSERT INTO idempotency_keys (actor, key, fingerprint, response, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    actor.name(),
-                    key,
-                    fingerprint,
-                    serde_json::to_string(&response)?,
-                    tx.now_ms()
-                ],
-            )?;
-            Ok((response, false))
-        })
+        self.write(idempotent_change(
+            actor.clone(),
+            key.to_string(),
+            fingerprint,
+            change,
+        ))
     }
 
     /// Runs `query` against a consistent snapshot of the database.
@@ -394,6 +390,51 @@ impl Store {
     }
 }
 
+/// The operation [`Store::write_idempotent`] runs, for callers that choose how to run it (for
+/// instance [`Store::try_write_now`] first): the stored answer when the key was used before by the
+/// same request, else `change`'s answer, stored with the key in the same transaction. The answer
+/// says whether it was replayed.
+pub fn idempotent_change<F>(
+    actor: Actor,
+    key: String,
+    fingerprint: &str,
+    change: F,
+) -> impl FnOnce(&mut Tx<'_>) -> Result<(Value, bool)> + use<F>
+where
+    F: FnOnce(&mut Tx<'_>) -> Result<Value>,
+{
+    let fingerprint = sha256_hex(fingerprint.as_bytes());
+    move |tx: &mut Tx<'_>| {
+        let stored: Option<(String, String)> = tx
+            .conn()
+            .query_row(
+                "SELECT fingerprint, response FROM idempotency_keys WHERE actor = ?1 AND key = ?2",
+                params![actor.name(), key],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+        if let Some((stored_fingerprint, response)) = stored {
+            if stored_fingerprint != fingerprint {
+                return Err(CoreError::IdempotencyMismatch(key));
+            }
+            return Ok((serde_json::from_str(&response)?, true));
+        }
+        let response = change(tx)?;
+        tx.conn().execute(
+            "INSERT INTO idempotency_keys (actor, key, fingerprint, response, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                actor.name(),
+                key,
+                fingerprint,
+                serde_json::to_string(&response)?,
+                tx.now_ms()
+            ],
+        )?;
+        Ok((response, false))
+    }
+}
+
 fn read_snapshot<T>(conn: &Connection, query: impl FnOnce(&Reader<'_>) -> Result<T>) -> Result<T> {
     /// Ends the read transaction however the query ends, a panic included, so that a pooled
     /// connection is never left inside one.
@@ -425,6 +466,7 @@ const STATEMENT_CACHE: usize = 256;
 fn configure(conn: &Connection, durability: Durability) -> Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    plan_without_bound_values(conn)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     let synchronous = match durability {
         Durability::Normal => "NORMAL",
@@ -432,6 +474,25 @@ fn configure(conn: &Connection, durability: Durability) -> Result<()> {
     };
     conn.pragma_update(None, "synchronous", synchronous)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+/// Turns on SQLite's query planner stability guarantee, so that no plan depends on the values
+/// bound to a statement.
+///
+/// Without it SQLite marks a statement for re-preparation whenever a planning heuristic looked
+/// at a bound value (`col = ?` estimates, `LIMIT ?`, `LIKE ?`, STAT4), and
+/// `sqlite3_clear_bindings` then expires every such statement: rusqlite clears the bindings of
+/// each statement it returns to the cache, so nearly every cached statement was compiled again
+/// (`sqlite3Reprepare`, 5% of the server's CPU on the write path) on every use. What the
+/// guarantee gives up is not used here: no query binds a `LIKE` pattern to a column indexed
+/// with `NOCASE` (the only case where SQLite's default `LIKE` uses an index), and the store
+/// does not `ANALYZE` (no STAT4 samples).
+fn plan_without_bound_values(conn: &Connection) -> Result<()> {
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
     Ok(())
 }
 
@@ -638,3 +699,45 @@ pub(crate) fn validate_text(what: &str, text: &str, max_len: usize, required: bo
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod planner_tests {
+    use rusqlite::{Connection, StatementStatus};
+
+    /// Runs a cached lookup with three different bound values and says how many times SQLite
+    /// compiled it again.
+    fn reprepares(conn: &Connection) -> i32 {
+        conn.execute_batch(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, owner TEXT, n INTEGER);
+             CREATE INDEX t_by_owner ON t (owner);
+             INSERT INTO t (owner, n) VALUES ('a', 0), ('b', 1), ('c', 2);",
+        )
+        .expect("schema");
+        let sql = "SELECT id FROM t WHERE owner = ?1 AND n = ?2 ORDER BY id LIMIT ?3";
+        for (owner, n, limit) in [("a", 0, 1), ("b", 1, 2), ("c", 2, 3)] {
+            let mut statement = conn.prepare_cached(sql).expect("prepare");
+            let _: Vec<i64> = statement
+                .query_map(rusqlite::params![owner, n, limit], |row| row.get(0))
+                .expect("query")
+                .collect::<rusqlite::Result<_>>()
+                .expect("rows");
+        }
+        conn.prepare_cached(sql)
+            .expect("prepare")
+            .get_status(StatementStatus::RePrepare)
+    }
+
+    #[test]
+    fn cached_statements_are_not_compiled_again_for_new_values() {
+        // Without the guarantee, rusqlite's clearing of bindings on return to the cache expires
+        // the statement each time: the control shows the test can see what it checks.
+        let plain = Connection::open_in_memory().expect("open");
+        assert!(
+            reprepares(&plain) > 0,
+            "control: SQLite re-prepares by default"
+        );
+        let configured = Connection::open_in_memory().expect("open");
+        super::plan_without_bound_values(&configured).expect("configure");
+        assert_eq!(reprepares(&configured), 0);
+    }
+}

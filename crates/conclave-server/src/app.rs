@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use conclave_core::model::{Actor, Event};
-use conclave_core::store::{Reader, Tx};
+use conclave_core::store::{Reader, Tx, idempotent_change};
 use conclave_core::{CoreError, Result as CoreResult, Store};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -179,35 +179,70 @@ impl App {
         }
     }
 
-    /// Runs a change on a blocking thread (noting the acting agent alive), in one transaction
-    /// with, when the request carries one, its idempotency key. Answers with the change's JSON.
+    /// Runs a change (noting the acting agent alive), in one transaction with, when the request
+    /// carries one, its idempotency key. Answers with the change's value as its type, turned
+    /// into JSON only when an idempotency key stores it; a replay answers the stored JSON.
+    ///
+    /// The change runs at once on this thread when the store's writer is idle (a short write
+    /// costs less than the hand-off to a blocking thread and back), else on a blocking thread,
+    /// where it joins the group commit. Either way it answers only after its commit.
     pub async fn write<T, F>(
         &self,
         actor: &Actor,
         key: &IdempotencyKey,
         change: F,
-    ) -> OpResult<Written>
+    ) -> OpResult<Written<T>>
     where
-        T: Serialize + 'static,
+        T: Serialize + Send + 'static,
+        F: FnOnce(&mut Tx<'_>) -> CoreResult<T> + Send + 'static,
+    {
+        let first_heard = matches!(actor, Actor::Agent(name) if self.inner.store.note_alive(name));
+        match &key.key {
+            None => {
+                let value = self.run_write(first_heard, change).await?;
+                Ok(Written {
+                    answer: Answer::Ran(value),
+                    replayed: false,
+                })
+            }
+            Some(k) => {
+                let as_json = move |tx: &mut Tx<'_>| -> CoreResult<Value> {
+                    Ok(serde_json::to_value(change(tx)?)?)
+                };
+                let change = idempotent_change(actor.clone(), k.clone(), &key.fingerprint, as_json);
+                let (value, replayed) = self.run_write(first_heard, change).await?;
+                Ok(Written {
+                    answer: Answer::Stored(value),
+                    replayed,
+                })
+            }
+        }
+    }
+
+    /// Runs `change` in place when the writer is idle, else on a blocking thread; first persists
+    /// the noted liveness when the agent was not yet known to be alive (on the blocking thread:
+    /// that is a write of its own, once per agent).
+    async fn run_write<T, F>(&self, first_heard: bool, change: F) -> OpResult<T>
+    where
+        T: Send + 'static,
         F: FnOnce(&mut Tx<'_>) -> CoreResult<T> + Send + 'static,
     {
         let store = self.inner.store.clone();
-        let actor = actor.clone();
-        let key = key.clone();
-        let first_heard = matches!(&actor, Actor::Agent(name) if store.note_alive(name));
-        let run = move || -> CoreResult<(Value, bool)> {
+        let change = if first_heard {
+            change
+        } else {
+            match store.try_write_now(change) {
+                Ok(result) => return Ok(result?),
+                Err(change) => change,
+            }
+        };
+        let run = move || -> CoreResult<T> {
             if first_heard {
                 store.flush_liveness()?;
             }
-            let with_heartbeat =
-                |tx: &mut Tx<'_>| -> CoreResult<Value> { Ok(serde_json::to_value(change(tx)?)?) };
-            match &key.key {
-                Some(k) => store.write_idempotent(&actor, k, &key.fingerprint, with_heartbeat),
-                None => store.write(with_heartbeat).map(|value| (value, false)),
-            }
+            store.write(change)
         };
-        let (value, replayed) = tokio::task::spawn_blocking(run).await??;
-        Ok(Written { value, replayed })
+        Ok(tokio::task::spawn_blocking(run).await??)
     }
 
     /// Notes that an agent was heard from (reads are heartbeats too): in memory, persisted by
@@ -221,16 +256,56 @@ impl App {
     }
 }
 
-/// The answer of a write: its JSON, and whether it was replayed from an earlier request.
-pub struct Written {
-    pub value: Value,
+/// The answer of a write, and whether it was replayed from an earlier request.
+pub struct Written<T> {
+    answer: Answer<T>,
     pub replayed: bool,
 }
 
-impl Written {
-    /// The written value as the type the change returned (for callers that render it as text).
-    pub fn parse<T: DeserializeOwned>(self) -> OpResult<T> {
-        serde_json::from_value(self.value).map_err(|error| OpError::Core(error.into()))
+/// What a write answered: the change's own value, or (when an idempotency key stored it, and on
+/// a replay) its JSON.
+enum Answer<T> {
+    Ran(T),
+    Stored(Value),
+}
+
+impl<T> Written<T> {
+    /// The written value as the type the change returned (for callers that render it as text):
+    /// as it is when the change ran here without a key, read back from JSON otherwise.
+    pub fn parse(self) -> OpResult<T>
+    where
+        T: DeserializeOwned,
+    {
+        match self.answer {
+            Answer::Ran(value) => Ok(value),
+            Answer::Stored(json) => {
+                serde_json::from_value(json).map_err(|error| OpError::Core(error.into()))
+            }
+        }
+    }
+
+    /// The written value as its type without giving the answer up: borrowed when the change ran
+    /// here without a key, read from the stored JSON otherwise.
+    pub fn typed(&self) -> OpResult<std::borrow::Cow<'_, T>>
+    where
+        T: Clone + DeserializeOwned,
+    {
+        match &self.answer {
+            Answer::Ran(value) => Ok(std::borrow::Cow::Borrowed(value)),
+            Answer::Stored(json) => T::deserialize(json)
+                .map(std::borrow::Cow::Owned)
+                .map_err(|error| OpError::Core(error.into())),
+        }
+    }
+}
+
+impl<T: Serialize> Serialize for Written<T> {
+    /// Serializes the answer itself (what a response body holds).
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match &self.answer {
+            Answer::Ran(value) => value.serialize(serializer),
+            Answer::Stored(json) => json.serialize(serializer),
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use crate::error::ApiError;
 
 const MAX_IDEMPOTENCY_KEY: usize = 200;
 
-impl Written {
+impl<T: serde::Serialize> Written<T> {
     pub fn created(self) -> Response {
         self.respond(StatusCode::CREATED)
     }
@@ -26,8 +26,9 @@ impl Written {
     }
 
     fn respond(self, status: StatusCode) -> Response {
-        let mut response = (status, Json(self.value)).into_response();
-        if self.replayed {
+        let replayed = self.replayed;
+        let mut response = (status, Json(self)).into_response();
+        if replayed {
             response
                 .headers_mut()
                 .insert("idempotent-replayed", HeaderValue::from_static("true"));

@@ -69,6 +69,9 @@ pub fn service(app: App) -> McpService {
 /// Answers a POST whose body is not JSON with a JSON-RPC parse error (code -32700, HTTP 400),
 /// as JSON-RPC and MCP's HTTP transport say, where the SDK would answer 415 with plain text. A
 /// body over [`crate::MAX_BODY_BYTES`] is refused with 413.
+///
+/// The body is parsed once, by the SDK: only when it answers 415 (its answer both to a wrong
+/// content type and to a body it cannot read) is the body checked here for being JSON at all.
 pub async fn answer_parse_errors(
     request: axum::extract::Request,
     next: axum::middleware::Next,
@@ -86,19 +89,26 @@ pub async fn answer_parse_errors(
         )
         .into_response();
     };
-    if let Err(error) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
-        let answer = serde_json::json!({
-            "jsonrpc": "2.0",
-            "id": null,
-            "error": { "code": -32700, "message": format!("Parse error: {error}") }
-        });
-        return (http::StatusCode::BAD_REQUEST, axum::Json(answer)).into_response();
+    let response = next
+        .run(axum::extract::Request::from_parts(
+            parts,
+            axum::body::Body::from(bytes.clone()),
+        ))
+        .await;
+    if response.status() != http::StatusCode::UNSUPPORTED_MEDIA_TYPE {
+        return response;
     }
-    next.run(axum::extract::Request::from_parts(
-        parts,
-        axum::body::Body::from(bytes),
-    ))
-    .await
+    match serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+        Ok(_) => response,
+        Err(error) => {
+            let answer = serde_json::json!({
+                "jsonrpc": "2.0",
+                "id": null,
+                "error": { "code": -32700, "message": format!("Parse error: {error}") }
+            });
+            (http::StatusCode::BAD_REQUEST, axum::Json(answer)).into_response()
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -429,10 +439,10 @@ impl ConclaveTools {
             )
             .await?;
             // A pipeline or approval task moves on rather than ending: say where it went.
-            let task = &written.value;
+            let task = written.parse()?;
             if let Some(branch) = branch
-                && task["status"] == "review"
-                && task["awaiting_approval"] != true
+                && task.status == TaskStatus::Review
+                && !task.awaiting_approval
             {
                 return Ok(format!(
                     "{id} finished; its leases are released. {} It is done once its branch \
@@ -440,9 +450,9 @@ impl ConclaveTools {
                     branch.describe()
                 ));
             }
-            Ok::<_, OpError>(if task["awaiting_approval"] == true {
+            Ok::<_, OpError>(if task.awaiting_approval {
                 format!("{id} waits for a person's approval. claim for more work.")
-            } else if task["title"].is_string() && task["status"] == "ready" {
+            } else if task.status == TaskStatus::Ready {
                 format!("{id} handed to its next stage. claim for more work.")
             } else {
                 format!("{id} done; its leases are released. claim for more work.")
@@ -526,15 +536,7 @@ impl ConclaveTools {
                     Ok(ids)
                 })
                 .await?;
-            let ids: Vec<String> = created
-                .value
-                .as_array()
-                .map(|ids| {
-                    ids.iter()
-                        .filter_map(|v| v.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let ids: Vec<String> = created.parse()?.iter().map(ToString::to_string).collect();
             Ok(format!("Created {}.", ids.join(", ")))
         }
         .await;
@@ -674,11 +676,14 @@ impl ConclaveTools {
                 kind,
                 urgent: args.urgent,
             };
-            let written =
-                ops::send_message(&self.app, &actor, &IdempotencyKey::default(), new).await?;
-            let id = written.value["id"].as_str().unwrap_or("?").to_string();
-            let n = written.value["deliveries"].as_array().map_or(0, Vec::len);
-            Ok::<_, OpError>(format!("Sent {id} to {n} agent(s)."))
+            let sent = ops::send_message(&self.app, &actor, &IdempotencyKey::default(), new)
+                .await?
+                .parse()?;
+            Ok::<_, OpError>(format!(
+                "Sent {} to {} agent(s).",
+                sent.id,
+                sent.deliveries.len()
+            ))
         }
         .await;
         answer(result, "status lists the team's names.")
@@ -730,11 +735,10 @@ impl ConclaveTools {
                 supersedes: args.supersedes,
                 ..NewNote::default()
             };
-            let written = ops::add_note(&self.app, &actor, &IdempotencyKey::default(), new).await?;
-            Ok::<_, OpError>(format!(
-                "Noted {}.",
-                written.value["id"].as_str().unwrap_or("?")
-            ))
+            let note = ops::add_note(&self.app, &actor, &IdempotencyKey::default(), new)
+                .await?
+                .parse()?;
+            Ok::<_, OpError>(format!("Noted {}.", note.id))
         }
         .await;
         answer(result, "")

@@ -16,10 +16,11 @@ use conclave_core::audience::Viewer;
 use conclave_core::event::LeaseDenied;
 use conclave_core::model::{
     AckResult, Actor, AgentStatus, Event, EventFilter, EventPayload, Lease, LeaseList,
-    LeaseRelease, LeaseRequest, Message, NewMessage, NewNote, NewTask, QueueState, ReleasedLeases,
-    SearchHit, TaskDecision, TaskFinish, TaskId, TaskStatusUpdate, format_duration_secs,
+    LeaseRelease, LeaseRequest, Message, NewMessage, NewNote, NewTask, Note, QueueState,
+    ReleasedLeases, SearchHit, Task, TaskDecision, TaskFinish, TaskId, TaskStatus,
+    TaskStatusUpdate, format_duration_secs,
 };
-use conclave_core::store::Reader;
+use conclave_core::store::{ClaimOutcome, Reader};
 
 use crate::app::App;
 pub use crate::app::{IdempotencyKey, OpError, OpResult, Written};
@@ -73,7 +74,7 @@ pub async fn acquire_leases(
     key: &IdempotencyKey,
     holder: &str,
     mut request: LeaseRequest,
-) -> OpResult<Written> {
+) -> OpResult<Written<LeaseList>> {
     request.paths = project_paths(app, &request.paths);
     let paths = request.paths.clone();
     // The costly comparisons run on a snapshot, outside the writer lock; the grant compares only
@@ -165,7 +166,7 @@ pub async fn release_leases(
     actor: &Actor,
     key: &IdempotencyKey,
     mut release: LeaseRelease,
-) -> OpResult<Written> {
+) -> OpResult<Written<ReleasedLeases>> {
     release.paths = project_paths(app, &release.paths);
     let by = actor.clone();
     app.write(actor, key, move |tx| {
@@ -181,7 +182,7 @@ pub async fn claim_task(
     actor: &Actor,
     key: &IdempotencyKey,
     id: Option<TaskId>,
-) -> OpResult<Written> {
+) -> OpResult<Written<ClaimOutcome>> {
     Ok(claim_task_on_branch(app, actor, key, id).await?.0)
 }
 
@@ -192,7 +193,7 @@ pub async fn claim_task_on_branch(
     actor: &Actor,
     key: &IdempotencyKey,
     id: Option<TaskId>,
-) -> OpResult<(Written, Option<conclave_git::TaskCheckout>)> {
+) -> OpResult<(Written<ClaimOutcome>, Option<conclave_git::TaskCheckout>)> {
     let agent = require_agent(actor, "claim tasks")?.to_string();
     crate::worktree_tasks::before_claim(app, &agent).await?;
     let name = agent.clone();
@@ -201,9 +202,7 @@ pub async fn claim_task_on_branch(
         .await?;
     let mut checkout = None;
     if !written.replayed
-        && let Some(task) = written.value["task"]["id"]
-            .as_str()
-            .and_then(|id| id.parse::<TaskId>().ok())
+        && let Some(task) = written.typed()?.task.as_ref().map(|task| task.id)
     {
         checkout = crate::worktree_tasks::after_claim(app, &agent, task).await?;
     }
@@ -215,7 +214,7 @@ pub async fn create_task(
     actor: &Actor,
     key: &IdempotencyKey,
     new: NewTask,
-) -> OpResult<Written> {
+) -> OpResult<Written<Task>> {
     let by = actor.clone();
     app.write(actor, key, move |tx| tx.create_task(&by, new))
         .await
@@ -227,7 +226,7 @@ pub async fn set_task_status(
     key: &IdempotencyKey,
     id: TaskId,
     update: TaskStatusUpdate,
-) -> OpResult<Written> {
+) -> OpResult<Written<Task>> {
     let by = actor.clone();
     app.write(actor, key, move |tx| tx.update_task_status(&by, id, update))
         .await
@@ -239,7 +238,7 @@ pub async fn finish_task(
     key: &IdempotencyKey,
     id: TaskId,
     finish: TaskFinish,
-) -> OpResult<Written> {
+) -> OpResult<Written<Task>> {
     Ok(finish_task_on_branch(app, actor, key, id, finish).await?.0)
 }
 
@@ -251,7 +250,7 @@ pub async fn finish_task_on_branch(
     key: &IdempotencyKey,
     id: TaskId,
     mut finish: TaskFinish,
-) -> OpResult<(Written, Option<crate::worktree_tasks::BranchDone>)> {
+) -> OpResult<(Written<Task>, Option<crate::worktree_tasks::BranchDone>)> {
     finish.files = project_paths(app, &finish.files);
     let by = actor.clone();
     // A worktree agent's work is committed on the task's branch whichever way the task goes on
@@ -376,7 +375,7 @@ pub async fn approve_task(
     key: &IdempotencyKey,
     id: TaskId,
     decision: TaskDecision,
-) -> OpResult<Written> {
+) -> OpResult<Written<Task>> {
     require_admin(actor, "approve tasks")?;
     let by = actor.clone();
     let written = app
@@ -396,18 +395,20 @@ pub async fn reject_task(
     key: &IdempotencyKey,
     id: TaskId,
     decision: TaskDecision,
-) -> OpResult<Written> {
+) -> OpResult<Written<Task>> {
     require_admin(actor, "reject tasks")?;
     let by = actor.clone();
     let written = app
         .write(actor, key, move |tx| tx.reject_task(&by, id, decision))
         .await?;
     // Back to its agent: in a worktree, on the task's branch again.
-    if !written.replayed
-        && let Some(agent) = written.value["assignee"].as_str()
-        && written.value["status"] == "in_progress"
-    {
-        crate::worktree_tasks::back_to_branch(app, agent, id).await;
+    if !written.replayed {
+        let task = written.typed()?;
+        if let Some(agent) = task.assignee.as_deref()
+            && task.status == TaskStatus::InProgress
+        {
+            crate::worktree_tasks::back_to_branch(app, agent, id).await;
+        }
     }
     Ok(written)
 }
@@ -418,7 +419,7 @@ pub async fn fail_task(
     key: &IdempotencyKey,
     id: TaskId,
     reason: String,
-) -> OpResult<Written> {
+) -> OpResult<Written<Task>> {
     // What a worktree agent leaves when it gives up stays on the task's branch (the next holder
     // claims that branch), and its worktree is clean for its next claim.
     if let Some((agent, task)) = holder_of(app, actor, id).await? {
@@ -464,7 +465,7 @@ pub async fn send_message(
     actor: &Actor,
     key: &IdempotencyKey,
     new: NewMessage,
-) -> OpResult<Written> {
+) -> OpResult<Written<Message>> {
     let by = actor.clone();
     app.write(actor, key, move |tx| tx.send_message(&by, new))
         .await
@@ -475,7 +476,7 @@ pub async fn add_note(
     actor: &Actor,
     key: &IdempotencyKey,
     new: NewNote,
-) -> OpResult<Written> {
+) -> OpResult<Written<Note>> {
     let by = actor.clone();
     app.write(actor, key, move |tx| tx.add_note(&by, new)).await
 }
@@ -690,7 +691,7 @@ pub async fn acknowledge(
     actor: &Actor,
     key: &IdempotencyKey,
     ids: Vec<String>,
-) -> OpResult<Written> {
+) -> OpResult<Written<AckResult>> {
     let agent = require_agent(actor, "acknowledge messages")?.to_string();
     app.write(actor, key, move |tx| {
         let acked = tx.ack_messages(&agent, &ids)?;

@@ -162,6 +162,44 @@ impl WriteLane {
         change: impl FnOnce(&mut Tx<'_>) -> Result<T>,
     ) -> Result<T> {
         let (conn, outcome, opens) = self.take_turn();
+        self.run_turn(conn, outcome, opens, true, config, publish, change)
+    }
+
+    /// Runs `change` like [`WriteLane::write`] when the lane is idle (the connection free and
+    /// nobody queued), committing it in a transaction of its own; gives `change` back, unrun,
+    /// when the lane is busy. Never waits for another caller: it neither queues nor hands the
+    /// connection to callers who queue meanwhile (they form the next batch once it commits), so
+    /// an async caller can run a short write on its own thread, sparing the hand-off to a
+    /// blocking thread and back, without ever blocking on someone else's operation.
+    pub(super) fn try_write_now<T, F>(
+        &self,
+        config: &StoreConfig,
+        publish: &dyn Fn(&[Event]),
+        change: F,
+    ) -> std::result::Result<Result<T>, F>
+    where
+        F: FnOnce(&mut Tx<'_>) -> Result<T>,
+    {
+        let Some((conn, outcome)) = self.try_take_idle_turn() else {
+            return Err(change);
+        };
+        Ok(self.run_turn(conn, outcome, true, false, config, publish, change))
+    }
+
+    /// Runs this caller's operation on `conn`, then hands the connection to the next in line
+    /// (when `may_hand_over` and the batch can go on) or ends the batch; answers once the batch
+    /// has ended.
+    #[allow(clippy::too_many_arguments)]
+    fn run_turn<T>(
+        &self,
+        conn: Connection,
+        outcome: Arc<BatchOutcome>,
+        opens: bool,
+        may_hand_over: bool,
+        config: &StoreConfig,
+        publish: &dyn Fn(&[Event]),
+        change: impl FnOnce(&mut Tx<'_>) -> Result<T>,
+    ) -> Result<T> {
         let (conn, ran, events, broken) = run_operation(conn, opens, config, change);
         let ends_batch = {
             let mut state = lock(&self.state);
@@ -184,7 +222,8 @@ impl WriteLane {
             if let Some(reason) = broken {
                 open.broken.get_or_insert(reason);
             }
-            let hand_over = open.broken.is_none()
+            let hand_over = may_hand_over
+                && open.broken.is_none()
                 && !queue.is_empty()
                 && open.operations < MAX_BATCH_OPERATIONS;
             if hand_over {
@@ -214,6 +253,29 @@ impl WriteLane {
                 Err(failure) => Err(failure.to_error()),
             },
         }
+    }
+
+    /// The connection and a new batch, when the connection is free and nobody waits for it (then
+    /// no batch is open either: a batch stays open only while a member holds the connection or
+    /// a queued caller has been handed it).
+    fn try_take_idle_turn(&self) -> Option<(Connection, Arc<BatchOutcome>)> {
+        let mut state = lock(&self.state);
+        if !state.queue.is_empty() || state.batch.is_some() {
+            return None;
+        }
+        let conn = state.conn.take()?;
+        let outcome = Arc::new(BatchOutcome {
+            result: Mutex::new(None),
+            done: Condvar::new(),
+        });
+        state.batch = Some(OpenBatch {
+            outcome: Arc::clone(&outcome),
+            events: Vec::new(),
+            operations: 0,
+            refused: 0,
+            broken: None,
+        });
+        Some((conn, outcome))
     }
 
     /// Waits until the connection is free and this caller is first in line; returns it with the
@@ -442,6 +504,77 @@ mod tests {
         while store.sqlite_lane().queued() < count {
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+
+    /// On an idle lane a write runs in place and has committed when it answers; while another
+    /// caller holds the connection it is given back unrun, and once that caller is done and the
+    /// lane idle again, it runs. A caller that queues behind an in-place write is not taken into
+    /// its transaction (the in-place caller never waits for another's operation): it commits in
+    /// a transaction of its own.
+    #[test]
+    fn a_write_runs_in_place_only_on_an_idle_lane_and_answers_after_its_commit() {
+        let (_dir, store, published) = store_with_sink();
+        let before = store.commit_stats();
+        let published_before = lock(&published).len();
+        let id = match store.try_write_now(|tx| tx.create_task(&Actor::Admin, new_task("idle"))) {
+            Ok(result) => result.expect("commits").id,
+            Err(_) => panic!("an idle lane runs the write in place"),
+        };
+        assert!(store.read(|r| r.find_task(id)).expect("read").is_some());
+        assert_eq!(store.commit_stats().commits - before.commits, 1);
+        assert!(
+            lock(&published).len() > published_before,
+            "its events are published"
+        );
+
+        let (entered_tx, entered) = mpsc::channel();
+        let (go_tx, go) = mpsc::channel::<()>();
+        std::thread::scope(|scope| {
+            let writer = &store;
+            let holder = scope.spawn(move || {
+                writer.write(|tx| {
+                    entered_tx.send(()).expect("signal");
+                    go.recv().expect("go");
+                    tx.create_task(&Actor::Admin, new_task("held"))
+                })
+            });
+            entered.recv().expect("holder is running");
+            let ran = std::cell::Cell::new(false);
+            let given_back = store.try_write_now(|tx| {
+                ran.set(true);
+                tx.create_task(&Actor::Admin, new_task("busy"))
+            });
+            assert!(given_back.is_err(), "a busy lane gives the write back");
+            assert!(!ran.get(), "unrun");
+            go_tx.send(()).expect("go");
+            holder.join().expect("holder").expect("holder commits");
+        });
+
+        let (entered_tx, entered) = mpsc::channel();
+        let (go_tx, go) = mpsc::channel::<()>();
+        let before = store.commit_stats();
+        std::thread::scope(|scope| {
+            let writer = &store;
+            let in_place = scope.spawn(move || {
+                writer.try_write_now(move |tx| {
+                    entered_tx.send(()).expect("signal");
+                    go.recv().expect("go");
+                    tx.create_task(&Actor::Admin, new_task("in place"))
+                })
+            });
+            entered.recv().expect("in-place write is running");
+            let queued = scope.spawn(|| create_and_check(&store, "queued"));
+            wait_until_queued(&store, 1);
+            go_tx.send(()).expect("go");
+            match in_place.join().expect("in place") {
+                Ok(result) => {
+                    result.expect("in-place write commits");
+                }
+                Err(_) => panic!("the lane was idle"),
+            }
+            queued.join().expect("queued").expect("queued commits");
+        });
+        assert_eq!(store.commit_stats().commits - before.commits, 2);
     }
 
     /// Four writes that meet at the connection share one transaction: the refused one leaves no

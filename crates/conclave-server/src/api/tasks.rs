@@ -266,7 +266,7 @@ pub async fn assign(
         .write(&actor, &key, move |tx| tx.assign_task(&by, id, assign))
         .await?;
     // A worktree agent's worktree follows the task it was given, as after a claim.
-    if !written.replayed && written.value["status"] == "claimed" {
+    if !written.replayed && written.typed()?.status == TaskStatus::Claimed {
         crate::worktree_tasks::after_assign(&app, &agent, id).await;
     }
     Ok(written.ok())
