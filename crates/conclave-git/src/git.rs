@@ -48,6 +48,17 @@ pub struct Identity {
     pub email: String,
 }
 
+impl Identity {
+    /// The identity an agent's own commits carry (commit-on-done, a hand-over), the same on
+    /// every host, so a branch's history names who did the work.
+    pub fn agent(name: &str) -> Identity {
+        Identity {
+            name: name.to_string(),
+            email: format!("{name}@conclave.invalid"),
+        }
+    }
+}
+
 impl Default for Identity {
     fn default() -> Self {
         Identity {

@@ -136,6 +136,34 @@ impl AgentWorktrees {
         &self.repo
     }
 
+    /// Frees a task's branch from the worktree at `path` of its previous holder: what that
+    /// agent left uncommitted is committed on the branch (it is the task's work, under the
+    /// agent's own name), and the worktree is detached so that another worktree can check the
+    /// branch out. The server does this on its host, a remote host's relay on its own.
+    pub fn hand_over(
+        &self,
+        path: &Path,
+        previous: &str,
+        task: &str,
+        integration: &str,
+    ) -> Result<()> {
+        let summary = crate::commit::TaskSummary {
+            id: task.to_string(),
+            title: format!("work {previous} left uncommitted"),
+            summary: String::new(),
+        };
+        let previous_git = self
+            .repo()
+            .git()
+            .clone()
+            .with_identity(crate::git::Identity::agent(previous));
+        crate::commit::commit_on_done(&previous_git, path, &summary, integration)?;
+        self.repo()
+            .git_at(path)
+            .run(&["switch", "--quiet", "--detach"])?;
+        Ok(())
+    }
+
     /// Where `agent`'s worktree lives (whether or not it exists).
     pub fn path_of(&self, agent: &str) -> Result<PathBuf> {
         check_agent_name(agent)?;

@@ -57,16 +57,8 @@ struct WorktreeAgent {
     queue_here: bool,
 }
 
-/// Commits of an agent's work carry its name (the merge queue's merge commits are Conclave's).
-fn identity_of(agent: &str) -> Identity {
-    Identity {
-        name: agent.to_string(),
-        email: format!("{agent}@conclave.invalid"),
-    }
-}
-
 fn open(root: &Path, settings: &MergeSection, agent: &str) -> Result<AgentWorktrees, GitError> {
-    let repo = Repo::open(root, identity_of(agent))?;
+    let repo = Repo::open(root, Identity::agent(agent))?;
     repo.ensure_integration_branch(settings.into_branch(), None)?;
     let setup = settings
         .setup
@@ -170,7 +162,8 @@ pub async fn after_claim(app: &App, agent: &str, task: TaskId) -> OpResult<Optio
                         path,
                     });
                 };
-                hand_over(&trees, &path, &previous, &id, into)?;
+                trees.hand_over(&path, &previous, &id, into)?;
+                tracing::info!(%previous, task = %id, "the task's branch handed over from its previous holder's worktree");
                 trees.start_task(&worktree.agent, &id, into)
             }
             other => other,
@@ -188,34 +181,6 @@ pub async fn after_claim(app: &App, agent: &str, task: TaskId) -> OpResult<Optio
     })?;
     tracing::info!(%agent, %task, branch = %checkout.branch, resumed = checkout.resumed, "worktree switched to the task's branch");
     Ok(Some(checkout))
-}
-
-/// Frees a task's branch from the worktree of its previous holder: what that agent left
-/// uncommitted is committed on the branch (it is the task's work), and the worktree is detached.
-fn hand_over(
-    trees: &AgentWorktrees,
-    path: &Path,
-    previous: &str,
-    task: &str,
-    integration: &str,
-) -> Result<(), GitError> {
-    let summary = TaskSummary {
-        id: task.to_string(),
-        title: format!("work {previous} left uncommitted"),
-        summary: String::new(),
-    };
-    let previous_git = trees
-        .repo()
-        .git()
-        .clone()
-        .with_identity(identity_of(previous));
-    commit_on_done(&previous_git, path, &summary, integration)?;
-    trees
-        .repo()
-        .git_at(path)
-        .run(&["switch", "--quiet", "--detach"])?;
-    tracing::info!(%previous, %task, "the task's branch handed over from its previous holder's worktree");
-    Ok(())
 }
 
 /// After a person assigned `task` to `agent` (and it is claimed at once): its worktree is
@@ -415,7 +380,8 @@ fn switch_back(
                 let Some((previous, _)) = trees.locate(&path) else {
                     return Err(GitError::CheckedOutElsewhere { branch, path });
                 };
-                hand_over(&trees, &path, &previous, task, settings.into_branch())?;
+                trees.hand_over(&path, &previous, task, settings.into_branch())?;
+                tracing::info!(%previous, task = %task, "the task's branch handed over from its previous holder's worktree");
                 trees.start_task(agent, task, settings.into_branch())
             }
             other => other,
@@ -465,7 +431,7 @@ pub fn commit_title(task: &Task) -> String {
 /// merge queue), its worktree lets go of the task's branch (detached where the branch is), since
 /// a git branch is checked out in one worktree at a time and the next holder (a pipeline's next
 /// stage, the stage a send-back returns to) switches its own worktree to it at its claim. A
-/// failure is logged: that claim frees the branch itself ([`hand_over`]).
+/// failure is logged: that claim frees the branch itself (`AgentWorktrees::hand_over`).
 pub async fn release_branch_unless_held(app: &App, agent: &str, task: TaskId) {
     let Ok(Some(worktree)) = worktree_agent(app, agent).await else {
         return;

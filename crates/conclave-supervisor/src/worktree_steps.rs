@@ -180,7 +180,7 @@ impl WorktreeSteps {
     }
 
     fn worktrees(&self, agent: &str) -> Result<AgentWorktrees, GitError> {
-        let repo = Repo::open(&self.root, identity_of(agent))?;
+        let repo = Repo::open(&self.root, Identity::agent(agent))?;
         let setup = self
             .merge
             .setup
@@ -253,7 +253,8 @@ impl WorktreeSteps {
                 let Some((previous, _)) = trees.locate(&path) else {
                     return Err(GitError::CheckedOutElsewhere { branch, path });
                 };
-                hand_over(&trees, &path, &previous, task, into)?;
+                trees.hand_over(&path, &previous, task, into)?;
+                tracing::info!(%previous, task = %task, "the task's branch handed over from its previous holder's worktree");
                 trees.start_task(agent, task, into)?
             }
             other => other?,
@@ -345,43 +346,6 @@ pub fn follow_integration(root: &Path, merge: &MergeSection) -> anyhow::Result<(
         .follow(merge.into_branch())
         .with_context(|| format!("cannot take {} from {name}", merge.into_branch()))?;
     Ok(())
-}
-
-/// Frees a task's branch from the worktree of its previous holder on this host: what that
-/// agent left uncommitted is committed on the branch (it is the task's work), and its worktree
-/// is detached, as the server does on its own host.
-fn hand_over(
-    trees: &AgentWorktrees,
-    path: &Path,
-    previous: &str,
-    task: &str,
-    integration: &str,
-) -> Result<(), GitError> {
-    let summary = TaskSummary {
-        id: task.to_string(),
-        title: format!("work {previous} left uncommitted"),
-        summary: String::new(),
-    };
-    let previous_git = trees
-        .repo()
-        .git()
-        .clone()
-        .with_identity(identity_of(previous));
-    commit_on_done(&previous_git, path, &summary, integration)?;
-    trees
-        .repo()
-        .git_at(path)
-        .run(&["switch", "--quiet", "--detach"])?;
-    tracing::info!(%previous, %task, "the task's branch handed over from its previous holder's worktree");
-    Ok(())
-}
-
-/// Commits of an agent's work carry its name, as on the server's host.
-fn identity_of(agent: &str) -> Identity {
-    Identity {
-        name: agent.to_string(),
-        email: format!("{agent}@conclave.invalid"),
-    }
 }
 
 /// A GET with the agent's own credentials.
