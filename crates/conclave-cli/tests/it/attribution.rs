@@ -3,30 +3,12 @@
 //! `PostToolUse`, same `tool_use_id`), and what the command wrote is found in the log, on the
 //! task and in the holder's inbox.
 
-use std::path::Path;
 use std::process::Command;
 
 use serde_json::{Value, json};
 
 use crate::hook::hook;
-use crate::support::{As, Server, TestProject, add_agent};
-
-fn git(dir: &Path, args: &[&str]) {
-    let output = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "test")
-        .env("GIT_AUTHOR_EMAIL", "test@example.com")
-        .env("GIT_COMMITTER_NAME", "test")
-        .env("GIT_COMMITTER_EMAIL", "test@example.com")
-        .output()
-        .expect("run git");
-    assert!(
-        output.status.success(),
-        "git {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
+use crate::support::{As, Server, TestProject, add_agent, git};
 
 /// A project in a git repository with a few files committed.
 fn git_project() -> TestProject {

@@ -6,7 +6,6 @@
 //! starts from the new tip.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,26 +13,7 @@ use conclave_supervisor::relay::Relay;
 use conclave_supervisor::worktree_steps::WorktreeSteps;
 use serde_json::{Value, json};
 
-use crate::support::{As, Server, TestProject, add_agent};
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let output = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "test")
-        .env("GIT_AUTHOR_EMAIL", "test@example.com")
-        .env("GIT_COMMITTER_NAME", "test")
-        .env("GIT_COMMITTER_EMAIL", "test@example.com")
-        .output()
-        .expect("run git");
-    assert!(
-        output.status.success(),
-        "git {args:?} in {} failed: {}",
-        dir.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
+use crate::support::{As, Server, TestProject, add_agent, git};
 
 const CONFIG: &str = "[merge]\nremote = \"origin\"\ncheck = \"test -f ok\"\ncheck_timeout = \"1m\"\n\n\
                       [[agent]]\nname = \"coder\"\nhost = \"build-2\"\nisolation = \"worktree\"\n\n\

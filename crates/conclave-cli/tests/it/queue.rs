@@ -10,27 +10,9 @@ use conclave_git::{AgentWorktrees, Identity, Repo};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
-use crate::support::{As, COMMAND_DEADLINE, Server, TestProject, add_agent, finish};
+use crate::support::{As, COMMAND_DEADLINE, Server, TestProject, add_agent, finish, git};
 
 const INTEGRATION: &str = "conclave/integration";
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let output = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "test")
-        .env("GIT_AUTHOR_EMAIL", "test@example.com")
-        .env("GIT_COMMITTER_NAME", "test")
-        .env("GIT_COMMITTER_EMAIL", "test@example.com")
-        .output()
-        .expect("run git");
-    assert!(
-        output.status.success(),
-        "git {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
 
 /// A project in a git repository with `a.txt`, `b.txt`, `shared.txt` and `ok` committed, and
 /// a `[merge]` table whose check needs `ok` and records each run in `checks.log` (outside the

@@ -2,31 +2,11 @@
 //! shows what its branch changed since it forked from the integration branch; a task without a
 //! branch says it has none.
 
-use std::path::Path;
-use std::process::Command;
-
 use conclave_git::{AgentWorktrees, Identity, Repo};
 
-use crate::support::{Server, TestProject, add_agent};
+use crate::support::{Server, TestProject, add_agent, git};
 
 const INTEGRATION: &str = "conclave/integration";
-
-fn git(dir: &Path, args: &[&str]) {
-    let output = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "test")
-        .env("GIT_AUTHOR_EMAIL", "test@example.com")
-        .env("GIT_COMMITTER_NAME", "test")
-        .env("GIT_COMMITTER_EMAIL", "test@example.com")
-        .output()
-        .expect("run git");
-    assert!(
-        output.status.success(),
-        "git {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
 
 #[test]
 fn task_show_diff_prints_the_branch_changes_of_a_task_waiting_for_approval() {
