@@ -69,6 +69,22 @@ struct OpenBatch {
     broken: Option<String>,
 }
 
+impl OpenBatch {
+    /// A batch with no operation yet, and the outcome its members will wait on.
+    fn new() -> Self {
+        OpenBatch {
+            outcome: Arc::new(BatchOutcome {
+                result: Mutex::new(None),
+                done: Condvar::new(),
+            }),
+            events: Vec::new(),
+            operations: 0,
+            refused: 0,
+            broken: None,
+        }
+    }
+}
+
 /// How a batch ended, for every member to read once it is set.
 struct BatchOutcome {
     result: Mutex<Option<std::result::Result<(), CommitFailure>>>,
@@ -264,17 +280,9 @@ impl WriteLane {
             return None;
         }
         let conn = state.conn.take()?;
-        let outcome = Arc::new(BatchOutcome {
-            result: Mutex::new(None),
-            done: Condvar::new(),
-        });
-        state.batch = Some(OpenBatch {
-            outcome: Arc::clone(&outcome),
-            events: Vec::new(),
-            operations: 0,
-            refused: 0,
-            broken: None,
-        });
+        let batch = OpenBatch::new();
+        let outcome = Arc::clone(&batch.outcome);
+        state.batch = Some(batch);
         Some((conn, outcome))
     }
 
@@ -301,17 +309,9 @@ impl WriteLane {
         let outcome = match &state.batch {
             Some(open) => Arc::clone(&open.outcome),
             None => {
-                let outcome = Arc::new(BatchOutcome {
-                    result: Mutex::new(None),
-                    done: Condvar::new(),
-                });
-                state.batch = Some(OpenBatch {
-                    outcome: Arc::clone(&outcome),
-                    events: Vec::new(),
-                    operations: 0,
-                    refused: 0,
-                    broken: None,
-                });
+                let batch = OpenBatch::new();
+                let outcome = Arc::clone(&batch.outcome);
+                state.batch = Some(batch);
                 outcome
             }
         };
