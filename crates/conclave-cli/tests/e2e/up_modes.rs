@@ -12,16 +12,26 @@ use serde_json::{Value, json};
 use crate::supervisor::{Member, UpTeam, worker};
 use crate::support::{AGENT_TIMEOUT, api_key, events, serial};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_loop_agent_in_up_claims_one_task_per_iteration_and_the_team_finishes() -> Result<()> {
-    let _serial = serial().await;
-    let script = Script::new().agent_fn(&api_key("fixer"), worker);
+/// A team of one loop agent, "fixer" (role "fixer"), its `[[agent]]` lines `extra`, each model call
+/// answered by the stand-in's worker; `None` when the test is skipped.
+async fn fixer_loop(extra: &'static str) -> Result<Option<UpTeam>> {
+    fixer_loop_with(Script::new().agent_fn(&api_key("fixer"), worker), extra).await
+}
+
+/// [`fixer_loop`] with a script of the test's own.
+async fn fixer_loop_with(script: Script, extra: &'static str) -> Result<Option<UpTeam>> {
     let members = [Member {
         name: "fixer",
         role: Some("fixer"),
-        extra: "mode = \"loop\"\nmax_iterations = 5\n",
+        extra,
     }];
-    let Some(up_team) = UpTeam::start(script, &members).await? else {
+    UpTeam::start(script, &members).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loop_agent_in_up_claims_one_task_per_iteration_and_the_team_finishes() -> Result<()> {
+    let _serial = serial().await;
+    let Some(up_team) = fixer_loop("mode = \"loop\"\nmax_iterations = 5\n").await? else {
         return Ok(());
     };
     let team = &up_team.team;
@@ -175,13 +185,7 @@ async fn wait_task(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loop_agents_rejected_task_is_taken_up_again_by_its_next_iteration() -> Result<()> {
     let _serial = serial().await;
-    let script = Script::new().agent_fn(&api_key("fixer"), worker);
-    let members = [Member {
-        name: "fixer",
-        role: Some("fixer"),
-        extra: "mode = \"loop\"\nmax_iterations = 4\n",
-    }];
-    let Some(up_team) = UpTeam::start(script, &members).await? else {
+    let Some(up_team) = fixer_loop("mode = \"loop\"\nmax_iterations = 4\n").await? else {
         return Ok(());
     };
     let team = &up_team.team;
@@ -270,13 +274,8 @@ async fn asked_before(client: &conclave_client::Client, agent: &str, next: u32) 
 async fn a_loop_agent_with_confirm_waits_for_a_person_who_adds_instructions_then_stops_it()
 -> Result<()> {
     let _serial = serial().await;
-    let script = Script::new().agent_fn(&api_key("fixer"), worker);
-    let members = [Member {
-        name: "fixer",
-        role: Some("fixer"),
-        extra: "mode = \"loop\"\nmax_iterations = 5\nconfirm = true\n",
-    }];
-    let Some(up_team) = UpTeam::start(script, &members).await? else {
+    let Some(up_team) = fixer_loop("mode = \"loop\"\nmax_iterations = 5\nconfirm = true\n").await?
+    else {
         return Ok(());
     };
     let team = &up_team.team;
@@ -351,12 +350,12 @@ async fn a_loop_agents_iterations_count_against_the_team_budget_which_stops_it()
     let script = Script::new().agent_fn(&api_key("fixer"), |request| {
         worker(request).with_usage(100_000)
     });
-    let members = [Member {
-        name: "fixer",
-        role: Some("fixer"),
-        extra: "mode = \"loop\"\nmax_iterations = 5\nmodel = \"claude-sonnet-4-5\"\n",
-    }];
-    let Some(up_team) = UpTeam::start(script, &members).await? else {
+    let Some(up_team) = fixer_loop_with(
+        script,
+        "mode = \"loop\"\nmax_iterations = 5\nmodel = \"claude-sonnet-4-5\"\n",
+    )
+    .await?
+    else {
         return Ok(());
     };
     let team = &up_team.team;
