@@ -240,9 +240,19 @@ async fn sequence(
     n: usize,
     make: impl Fn(usize) -> Request,
 ) -> anyhow::Result<Vec<Duration>> {
+    sequence_as(target, |_| token, n, make).await
+}
+
+/// The requests `make(i)` for i in 0..n, one after another, request i as `token(i)`.
+async fn sequence_as<'t>(
+    target: &Target,
+    token: impl Fn(usize) -> Option<&'t str>,
+    n: usize,
+    make: impl Fn(usize) -> Request,
+) -> anyhow::Result<Vec<Duration>> {
     let mut latencies = Vec::with_capacity(n);
     for i in 0..n {
-        latencies.push(target.timed(token, &make(i)).await?.0);
+        latencies.push(target.timed(token(i), &make(i)).await?.0);
     }
     Ok(latencies)
 }
@@ -397,11 +407,20 @@ async fn sequential_phases(
     .await?;
     out.push(claim);
     let path = |i: usize| format!("bench/solo/{i}.rs");
+    // One agent holds at most CAPS_HELD leases: past that, the next lock requests go to further
+    // agents (each its own CAPS_HELD), so any `--requests` runs and `solo` is timed alone up to it.
+    let extra_lockers = target
+        .register("solo-locker", n.saturating_sub(1) / CAPS_HELD, 1)
+        .await?;
+    let locker = |i: usize| match i / CAPS_HELD {
+        0 => Some(solo.token.as_str()),
+        k => Some(extra_lockers[k - 1].token.as_str()),
+    };
     out.push(
         phase(
             server,
             "lock",
-            sequence(target, Some(&solo.token), n, |i| Request::Lock(path(i))),
+            sequence_as(target, locker, n, |i| Request::Lock(path(i))),
         )
         .await?,
     );
@@ -409,7 +428,7 @@ async fn sequential_phases(
         phase(
             server,
             "unlock",
-            sequence(target, Some(&solo.token), n, |i| Request::Unlock(path(i))),
+            sequence_as(target, locker, n, |i| Request::Unlock(path(i))),
         )
         .await?,
     );

@@ -153,6 +153,7 @@ impl Store {
             reader.busy_timeout(std::time::Duration::from_secs(10))?;
             reader.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
             plan_without_bound_values(&reader)?;
+            keep_temporary_data_in_memory(&reader)?;
             readers.push(Mutex::new(reader));
         }
         // Checkpoints run on their own thread (`store/checkpoint.rs`); the writer's own is a
@@ -474,6 +475,16 @@ fn configure(conn: &Connection, durability: Durability) -> Result<()> {
     };
     conn.pragma_update(None, "synchronous", synchronous)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    keep_temporary_data_in_memory(conn)?;
+    Ok(())
+}
+
+/// Keeps SQLite's temporary data in memory: a savepoint's sub-journal (the originals of the pages
+/// an operation of a write batch changes) would otherwise spill into a new temporary file once
+/// it passes 64 KiB, which a message's twenty-odd pages do; sorts and temporary tables of reads
+/// likewise. Bounded: a write changes a bounded number of pages, and reads are paginated.
+fn keep_temporary_data_in_memory(conn: &Connection) -> Result<()> {
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(())
 }
 

@@ -59,9 +59,13 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
 /// Builds the whole HTTP service.
 pub fn router(app: App) -> Router {
+    let (mcp_service, direct_calls) = mcp::service(app.clone());
     let mcp = Router::new()
-        .nest_service("/mcp", mcp::service(app.clone()))
-        .layer(axum::middleware::from_fn(mcp::answer_parse_errors))
+        .nest_service("/mcp", mcp_service)
+        .layer(axum::middleware::from_fn_with_state(
+            direct_calls,
+            mcp::answer_requests,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             auth::require_token,

@@ -35,10 +35,15 @@ use crate::ops::{self, IdempotencyKey, OpError};
 const MAX_RESULT_CHARS: usize = 6000;
 const MAX_INBOX_WAIT_SECS: i64 = 300;
 
+mod direct;
+
+pub use direct::DirectCalls;
+
 pub type McpService = StreamableHttpService<ConclaveTools, NeverSessionManager>;
 
-/// The `/mcp` service. Mount it behind the token middleware.
-pub fn service(app: App) -> McpService {
+/// The `/mcp` service, and the tool calls answered before it ([`answer_requests`]'s state).
+/// Mount both behind the token middleware.
+pub fn service(app: App) -> (McpService, DirectCalls) {
     let mut hosts = vec![
         "localhost".to_string(),
         "127.0.0.1".to_string(),
@@ -51,28 +56,30 @@ pub fn service(app: App) -> McpService {
         .with_sse_keep_alive(None)
         // The API's limit, not rmcp's 4 MiB default: one bound on what a request can make us hold.
         .with_max_request_body_bytes(crate::MAX_BODY_BYTES)
-        .with_allowed_hosts(hosts)
+        .with_allowed_hosts(hosts.clone())
         .with_cancellation_token(app.shutdown_token().child_token());
-    let router = Arc::new(slim_schemas(ConclaveTools::tool_router()));
-    StreamableHttpService::new(
-        move || {
-            Ok(ConclaveTools {
-                app: app.clone(),
-                tool_router: router.clone(),
-            })
-        },
+    let tools = ConclaveTools {
+        app: app.clone(),
+        tool_router: Arc::new(slim_schemas(ConclaveTools::tool_router())),
+    };
+    let direct = DirectCalls::new(tools.clone(), &hosts, app.shutdown_token().child_token());
+    let sdk = StreamableHttpService::new(
+        move || Ok(tools.clone()),
         Arc::new(NeverSessionManager::default()),
         config,
-    )
+    );
+    (sdk, direct)
 }
 
-/// Answers a POST whose body is not JSON with a JSON-RPC parse error (code -32700, HTTP 400),
-/// as JSON-RPC and MCP's HTTP transport say, where the SDK would answer 415 with plain text. A
-/// body over [`crate::MAX_BODY_BYTES`] is refused with 413.
+/// Reads a POST's body once (over [`crate::MAX_BODY_BYTES`] it is refused with 413), answers
+/// a plain tool call directly ([`DirectCalls`]), and hands anything else to the SDK's service.
 ///
-/// The body is parsed once, by the SDK: only when it answers 415 (its answer both to a wrong
-/// content type and to a body it cannot read) is the body checked here for being JSON at all.
-pub async fn answer_parse_errors(
+/// Answers a POST whose body is not JSON with a JSON-RPC parse error (code -32700, HTTP 400),
+/// as JSON-RPC and MCP's HTTP transport say, where the SDK would answer 415 with plain text:
+/// only when it answers 415 (its answer both to a wrong content type and to a body it cannot
+/// read) is the body checked here for being JSON at all.
+pub async fn answer_requests(
+    axum::extract::State(direct): axum::extract::State<DirectCalls>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
@@ -89,6 +96,9 @@ pub async fn answer_parse_errors(
         )
         .into_response();
     };
+    if let Some(response) = direct.try_answer(&parts, &bytes).await {
+        return response;
+    }
     let response = next
         .run(axum::extract::Request::from_parts(
             parts,
@@ -794,7 +804,7 @@ impl ConclaveTools {
         let (_, name) = agent_of(parts)?;
         let now = chrono::Utc::now().timestamp_millis();
         let me = name.clone();
-        let (agent, held, leases, unread, agents) = self
+        let (agent, held, leases, unread, agents, held_by_all) = self
             .app
             .read(move |r| {
                 Ok((
@@ -803,10 +813,10 @@ impl ConclaveTools {
                     r.leases_of(&me, now)?,
                     r.unread_count(&me)?,
                     r.agents()?,
+                    r.tasks_in_hand()?,
                 ))
             })
             .await?;
-        let held_by_all = self.app.read(|r| r.open_and_recent_tasks(0)).await?;
         let mut body = format!(
             "You are {} (role {}).\n",
             agent.name,

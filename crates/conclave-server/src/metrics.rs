@@ -20,6 +20,7 @@ struct Counters {
     request_micros: AtomicU64,
     events: AtomicU64,
     sse_clients: AtomicU64,
+    mcp_direct_calls: AtomicU64,
 }
 
 impl Metrics {
@@ -37,6 +38,12 @@ impl Metrics {
 
     pub fn count_event(&self) {
         self.inner.events.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an MCP tool call answered directly (`mcp/direct.rs`), not through the SDK's
+    /// per-request service.
+    pub fn count_mcp_direct_call(&self) {
+        self.inner.mcp_direct_calls.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts an open event stream until the guard drops.
@@ -82,6 +89,15 @@ impl Metrics {
             out,
             "conclave_event_streams {}",
             c.sse_clients.load(Ordering::Relaxed)
+        );
+        out.push_str(
+            "# HELP conclave_mcp_direct_tool_calls_total MCP tool calls answered without the SDK's per-request service.\n",
+        );
+        out.push_str("# TYPE conclave_mcp_direct_tool_calls_total counter\n");
+        let _ = writeln!(
+            out,
+            "conclave_mcp_direct_tool_calls_total {}",
+            c.mcp_direct_calls.load(Ordering::Relaxed)
         );
         out.push_str("# HELP conclave_tasks Tasks by status.\n# TYPE conclave_tasks gauge\n");
         for (status, n) in &state.tasks {

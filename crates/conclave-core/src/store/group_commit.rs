@@ -238,8 +238,11 @@ impl WriteLane {
             if let Some(reason) = broken {
                 open.broken.get_or_insert(reason);
             }
+            // A refused first operation rolled the (then empty) transaction back: the batch ends
+            // there, and whoever is queued opens the next.
             let hand_over = may_hand_over
                 && open.broken.is_none()
+                && !conn.is_autocommit()
                 && !queue.is_empty()
                 && open.operations < MAX_BATCH_OPERATIONS;
             if hand_over {
@@ -332,6 +335,8 @@ impl WriteLane {
             refused,
             broken,
         } = batch;
+        // Nothing to commit when the batch's only operation was refused and rolled back.
+        let empty = conn.is_autocommit();
         let result = match broken {
             Some(reason) => {
                 rollback(&conn);
@@ -340,6 +345,7 @@ impl WriteLane {
                     message: reason,
                 })
             }
+            None if empty => Ok(()),
             None => match conn.execute_batch("COMMIT") {
                 Ok(()) => Ok(()),
                 Err(error) => {
@@ -358,7 +364,7 @@ impl WriteLane {
         };
         outcome.finish(result.clone());
         let mut state = lock(&self.state);
-        if result.is_ok() {
+        if result.is_ok() && !empty {
             state.stats.commits += 1;
             state.stats.operations += (operations - refused) as u64;
         }
@@ -398,7 +404,13 @@ impl BatchOutcome {
 /// (when it succeeded), and why the batch cannot go on, if so.
 type Outcome<T> = (Connection, Ran<T>, Vec<Event>, Option<String>);
 
-/// Runs one operation in a savepoint, opening the batch's transaction first when `opens`.
+/// Runs one operation, opening the batch's transaction first when `opens`.
+///
+/// The operation that opens the batch runs without a savepoint: nothing else is in the
+/// transaction yet, so when it is refused the whole transaction rolls back and the batch ends
+/// empty. A savepoint copies the original of every page the operation changes into a
+/// sub-journal (about twenty pages for a message), so a lone writer, the common case, is spared
+/// that work. Every later member runs in a savepoint, so that its refusal undoes only itself.
 fn run_operation<T>(
     conn: Connection,
     opens: bool,
@@ -412,8 +424,7 @@ fn run_operation<T>(
             let reason = error.to_string();
             return (conn, Ran::Refused(error.into()), Vec::new(), Some(reason));
         }
-    }
-    if let Err(error) = conn.execute_batch("SAVEPOINT operation") {
+    } else if let Err(error) = conn.execute_batch("SAVEPOINT operation") {
         let reason = error.to_string();
         return (conn, Ran::Refused(error.into()), Vec::new(), Some(reason));
     }
@@ -426,6 +437,7 @@ fn run_operation<T>(
     let result = catch_unwind(AssertUnwindSafe(|| change(&mut tx)));
     let events = std::mem::take(&mut tx.events);
     let ran = match result {
+        Ok(Ok(value)) if opens => return (conn, Ran::Done(value), events, None),
         Ok(Ok(value)) => match conn.execute_batch("RELEASE operation") {
             Ok(()) => return (conn, Ran::Done(value), events, None),
             Err(error) => Ran::Refused(error.into()),
@@ -433,8 +445,25 @@ fn run_operation<T>(
         Ok(Err(error)) => Ran::Refused(error),
         Err(payload) => Ran::Panicked(payload),
     };
-    let broken = undo_operation(&conn);
+    let broken = if opens {
+        undo_first_operation(&conn)
+    } else {
+        undo_operation(&conn)
+    };
     (conn, ran, Vec::new(), broken)
+}
+
+/// Rolls back the transaction the refused first operation of a batch opened (nothing else is in
+/// it); returns why the batch cannot go on when that fails.
+fn undo_first_operation(conn: &Connection) -> Option<String> {
+    if conn.is_autocommit() {
+        // SQLite already rolled it back (after an I/O or out-of-memory error, for instance).
+        return None;
+    }
+    match conn.execute_batch("ROLLBACK") {
+        Ok(()) => None,
+        Err(error) => Some(format!("could not undo a refused change: {error}")),
+    }
 }
 
 /// Rolls the current operation back to its savepoint; returns why the batch cannot go on when
@@ -653,6 +682,68 @@ mod tests {
             })
             .collect();
         assert_eq!(created, ["first", "second", "third"]);
+    }
+
+    /// The operation that opens a batch runs without a savepoint: when it is refused, its
+    /// transaction rolls back whole (no row, no event), the batch ends there, and the callers
+    /// queued behind it form the next batch and commit.
+    #[test]
+    fn a_refused_first_operation_rolls_back_alone_and_the_queue_goes_on() {
+        let (_dir, store, published) = store_with_sink();
+        let before = store.commit_stats();
+        let published_before = lock(&published).len();
+        let (entered_tx, entered) = mpsc::channel();
+        let (go_tx, go) = mpsc::channel::<()>();
+        std::thread::scope(|scope| {
+            let writer = &store;
+            let first = scope.spawn(move || {
+                writer.write(|tx| {
+                    tx.create_task(&Actor::Admin, new_task("refused first"))?;
+                    entered_tx.send(()).expect("signal");
+                    go.recv().expect("go");
+                    Err::<(), _>(CoreError::conflict("refused on purpose"))
+                })
+            });
+            entered.recv().expect("first is running");
+            let second = scope.spawn(|| create_and_check(&store, "second"));
+            wait_until_queued(&store, 1);
+            let third = scope.spawn(|| create_and_check(&store, "third"));
+            wait_until_queued(&store, 2);
+            go_tx.send(()).expect("go");
+            let error = first.join().expect("first").expect_err("refused");
+            assert_eq!(error.code(), "conflict", "its own error, not a storage one");
+            second.join().expect("second").expect("second commits");
+            third.join().expect("third").expect("third commits");
+        });
+        let after = store.commit_stats();
+        assert_eq!(after.refused - before.refused, 1);
+        assert_eq!(after.operations - before.operations, 2);
+        assert_eq!(
+            after.commits - before.commits,
+            1,
+            "the refused batch committed nothing; the two queued behind it share one commit"
+        );
+        let titles: Vec<String> = store
+            .read(|r| r.tasks(None, None))
+            .expect("tasks")
+            .into_iter()
+            .map(|task| task.title)
+            .collect();
+        assert_eq!(titles, ["second", "third"]);
+        assert_eq!(
+            lock(&published).len() - published_before,
+            4,
+            "only the committed tasks' events"
+        );
+        // A refused lone write (the in-place path) leaves the lane usable too.
+        let refused = store.write(|tx| {
+            tx.create_task(&Actor::Admin, new_task("alone"))?;
+            Err::<(), _>(CoreError::conflict("refused on purpose"))
+        });
+        assert!(refused.is_err());
+        create_and_check(&store, "after").expect("the next write commits");
+        let count = store.read(|r| r.tasks(None, None)).expect("tasks").len();
+        assert_eq!(count, 3);
     }
 
     /// A caller that finds nobody waiting commits alone, at once: every sequential write is its

@@ -347,6 +347,18 @@ impl Reader<'_> {
         Ok(tasks)
     }
 
+    /// Every task in someone's hands (claimed, in progress, in review or blocked), by id,
+    /// without its dependencies: who works on what, for the `status` tool's team lines. It walks
+    /// the status index, so its cost follows the tasks in hand, not the history.
+    pub fn tasks_in_hand(&self) -> Result<Vec<Task>> {
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks
+             WHERE status IN ('claimed', 'in_progress', 'review', 'blocked')
+             ORDER BY id"
+        );
+        self.conn().query_map(&sql, params![], task_from_row)
+    }
+
     /// The first task (by id) that `agent` holds, as [`Reader::held_tasks`] orders them: the
     /// task a lease, a note or a cost is attributed to. It stops at the first held row and loads
     /// no dependencies, since a lease grant asks this under the writer lock.

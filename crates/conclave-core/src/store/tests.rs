@@ -2521,7 +2521,7 @@ fn hashes_are_lower_case_hex_sha256() {
 
 /// `held_tasks` answers only the tasks an agent holds now, in id order, with their dependencies:
 /// not those it finished (which keep their assignee), nor another agent's; `first_held_task` the
-/// first of them.
+/// first of them; `tasks_in_hand` every held task, whoever holds it.
 #[test]
 fn held_tasks_are_the_unfinished_ones_of_that_agent_in_id_order() {
     let store = store();
@@ -2565,4 +2565,19 @@ fn held_tasks_are_the_unfinished_ones_of_that_agent_in_id_order() {
     assert_eq!(first_held("a"), Some(first), "a finished task is skipped");
     agent(&store, "idle", None, &[]);
     assert_eq!(first_held("idle"), None);
+    // Every task in someone's hands, whoever holds it, and none that is ready or finished.
+    task(&store, "still ready", &[], None, 0);
+    let in_hand: Vec<(TaskId, Option<String>)> = store
+        .read(|r| r.tasks_in_hand())
+        .expect("in hand")
+        .into_iter()
+        .map(|task| (task.id, task.assignee))
+        .collect();
+    assert_eq!(
+        in_hand,
+        [
+            (theirs, Some("b".to_string())),
+            (first, Some("a".to_string()))
+        ]
+    );
 }

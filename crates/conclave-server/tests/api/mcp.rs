@@ -123,3 +123,134 @@ async fn a_body_that_is_not_json_gets_a_json_rpc_parse_error() {
         .expect("send");
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 }
+
+/// A tools/call sent with `headers` (name, value pairs) as `token`.
+async fn mcp_call_with(
+    server: &TestServer,
+    token: &str,
+    headers: &[(&str, &str)],
+    body: &Value,
+) -> Value {
+    let mut request = server
+        .http
+        .request(Method::POST, format!("{}/mcp", server.base))
+        .bearer_auth(token)
+        .json(body);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.expect("send");
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json().await.expect("a JSON-RPC answer")
+}
+
+async fn direct_calls_counted(server: &TestServer) -> u64 {
+    let text = server
+        .http
+        .get(format!("{}/metrics", server.base))
+        .bearer_auth(crate::ADMIN)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find_map(|line| line.strip_prefix("conclave_mcp_direct_tool_calls_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("the direct-call counter")
+}
+
+/// A plain tool call is answered directly, without the SDK's per-request service; anything the
+/// SDK must judge (here an `Accept` with weights, an older protocol version) goes through it.
+/// Both give the same answers: results, tool errors, unknown tools, bad arguments.
+#[tokio::test]
+async fn plain_tool_calls_are_answered_directly_and_the_same_as_through_the_sdk() {
+    let server = TestServer::start().await;
+    let token = server.agent("alice", Some("coder")).await;
+    let bob = server.agent("bob", None).await;
+    let parser = server.task("write the parser").await;
+    let plain = [
+        ("accept", "application/json, text/event-stream"),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    let weighted = [
+        ("accept", "application/json;q=1, text/event-stream;q=0.9"),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    let older = [
+        ("accept", "application/json, text/event-stream"),
+        ("mcp-protocol-version", "2024-11-05"),
+    ];
+    let calls = [
+        json!({ "name": "tasks", "arguments": {} }),
+        json!({ "name": "inbox", "arguments": {} }),
+        json!({ "name": "claim", "arguments": { "id": "T-999" } }),
+        json!({ "name": "send", "arguments": { "to": "bob" } }),
+        json!({ "name": "no_such_tool", "arguments": {} }),
+        json!({ "name": "locks" }),
+    ];
+    let before = direct_calls_counted(&server).await;
+    for (n, params) in calls.iter().enumerate() {
+        let body =
+            json!({ "jsonrpc": "2.0", "id": n + 10, "method": "tools/call", "params": params });
+        let direct = mcp_call_with(&server, &token, &plain, &body).await;
+        let counted = direct_calls_counted(&server).await;
+        assert_eq!(
+            counted,
+            before + n as u64 + 1,
+            "{params} was answered directly"
+        );
+        for through_sdk in [&weighted[..], &older[..]] {
+            let sdk = mcp_call_with(&server, &token, through_sdk, &body).await;
+            assert_eq!(direct, sdk, "{params}: the same answer both ways");
+        }
+        assert_eq!(
+            direct_calls_counted(&server).await,
+            counted,
+            "{params} went through the SDK"
+        );
+        assert_eq!(direct["id"], n + 10);
+    }
+    // A host that is not allowed is refused for a tool call too (the SDK judges it).
+    let call = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": { "name": "tasks", "arguments": {} }
+    });
+    let (status, _) = mcp_call(&server, Some(&token), "evil.example", call.clone()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = mcp_call(&server, Some(&token), "evil.example:80", call).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // The status tool's team lines say who works on what.
+    let claim = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": { "name": "claim", "arguments": {} }
+    });
+    mcp_call_with(&server, &bob, &plain, &claim).await;
+    let status = json!({
+        "jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": { "name": "status", "arguments": {} }
+    });
+    let answer = mcp_call_with(&server, &token, &plain, &status).await;
+    let text = answer["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        text.contains(&format!("- bob (no role) idle on {parser}")),
+        "{text}"
+    );
+
+    // A call that writes is made once, as the token's agent.
+    let body = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": { "name": "send", "arguments": { "to": "bob", "body": "hello" } }
+    });
+    let answer = mcp_call_with(&server, &token, &plain, &body).await;
+    assert_eq!(answer["result"]["isError"], false, "{answer}");
+    let (_, sent) = server.as_admin().get("/api/messages").await;
+    let from_alice = sent["messages"]
+        .as_array()
+        .map(|all| all.iter().filter(|m| m["sender"] == "alice").count());
+    assert_eq!(from_alice, Some(1), "{sent}");
+}
