@@ -58,7 +58,7 @@ pub use group_commit::CommitStats;
 pub use leases::MAX_LEASE_TTL_SECS;
 pub use leases::{
     LeaseSnapshot, MAX_PAIRS_UNDER_LOCK, MAX_PATHS, MAX_REPORTED_CONFLICTS,
-    MAX_WHOLE_TREE_TTL_SECS, SnapshotStale,
+    MAX_WHOLE_TREE_TTL_SECS, SNAPSHOT_IN_PLACE_ROWS, SnapshotStale,
 };
 pub use messages::parse_message_id;
 pub use notes::parse_note_id;

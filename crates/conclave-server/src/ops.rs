@@ -20,7 +20,7 @@ use conclave_core::model::{
     ReleasedLeases, SearchHit, Task, TaskDecision, TaskFinish, TaskId, TaskStatus,
     TaskStatusUpdate, format_duration_secs,
 };
-use conclave_core::store::{ClaimOutcome, Reader};
+use conclave_core::store::{ClaimOutcome, LeaseSnapshot, Reader, SNAPSHOT_IN_PLACE_ROWS};
 
 use crate::app::App;
 pub use crate::app::{IdempotencyKey, OpError, OpResult, Written};
@@ -83,10 +83,7 @@ pub async fn acquire_leases(
     // idempotency key) and answers "stale": take a fresh snapshot and try again, a few times.
     let mut attempt = 1;
     let result = loop {
-        let (name, asked) = (holder.to_string(), request.clone());
-        let snapshot = app
-            .read(move |reader| reader.lease_snapshot(&name, &asked))
-            .await?;
+        let snapshot = lease_snapshot(app, holder, &request).await?;
         let (name, asked) = (holder.to_string(), request.clone());
         let result = app
             .write(actor, key, move |tx| {
@@ -114,6 +111,28 @@ pub async fn acquire_leases(
         record_denial(app, holder, &paths, &error.to_string()).await;
     }
     result
+}
+
+/// The snapshot a grant is checked against: read in place when it is small (most requests: a
+/// few paths among few leases), sparing the hand-off to a blocking thread and back; a request
+/// near more rows than [`SNAPSHOT_IN_PLACE_ROWS`] is read again on a blocking thread, whole.
+async fn lease_snapshot(
+    app: &App,
+    holder: &str,
+    request: &LeaseRequest,
+) -> OpResult<LeaseSnapshot> {
+    let (name, asked) = (holder.to_string(), request.clone());
+    let small = app
+        .read_point(move |reader| {
+            reader.lease_snapshot_within(&name, &asked, SNAPSHOT_IN_PLACE_ROWS)
+        })
+        .await?;
+    if let Some(snapshot) = small {
+        return Ok(snapshot);
+    }
+    let (name, asked) = (holder.to_string(), request.clone());
+    app.read(move |reader| reader.lease_snapshot(&name, &asked))
+        .await
 }
 
 async fn record_denial(app: &App, holder: &str, paths: &[String], why: &str) {

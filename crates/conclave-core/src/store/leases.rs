@@ -66,6 +66,10 @@ pub const MAX_REPORTED_CONFLICTS: usize = 5;
 /// answers [`SnapshotStale`] instead of comparing. The whole request at the caps is 25,600 pairs.
 pub const MAX_PAIRS_UNDER_LOCK: usize = 2_000;
 
+/// Rows a lease snapshot may read and compare to run in place on a server's request thread
+/// ([`Reader::lease_snapshot_within`]); a request near more rows takes a blocking thread.
+pub const SNAPSHOT_IN_PLACE_ROWS: usize = 256;
+
 fn lease_from_row(row: &Row<'_>) -> Result<Lease> {
     lease_at(row, 0)
 }
@@ -171,6 +175,8 @@ impl HeldRow {
 struct NearLeases {
     /// Rows expiring after this count (`ANY_EXPIRY`: all).
     after_ms: i64,
+    /// The most literal rows [`NearLeases::near`] reads per pattern (one past a bound).
+    row_limit: i64,
     globs: Vec<HeldRow>,
     /// Every literal row, read only when some requested pattern has no literal prefix.
     literals: Option<Vec<HeldRow>>,
@@ -178,27 +184,52 @@ struct NearLeases {
 
 impl NearLeases {
     fn read(reader: &Reader<'_>, patterns: &[LeasePattern], after_ms: i64) -> Result<NearLeases> {
-        let globs =
-            format!("SELECT {HELD_COLUMNS} FROM leases WHERE is_glob = 1 AND expires_at > ?1");
+        match Self::read_within(reader, patterns, after_ms, None)? {
+            Some(near) => Ok(near),
+            None => unreachable!("an unbounded read is never over its bound"),
+        }
+    }
+
+    /// Like [`NearLeases::read`], but `None` as soon as either shared list would hold more than
+    /// `max_rows` rows (reading at most one row past it): what a request that must stay cheap
+    /// gives up on.
+    fn read_within(
+        reader: &Reader<'_>,
+        patterns: &[LeasePattern],
+        after_ms: i64,
+        max_rows: Option<usize>,
+    ) -> Result<Option<NearLeases>> {
+        let limit = max_rows.map_or(i64::MAX, |rows| rows as i64 + 1);
+        let over = |rows: &Vec<HeldRow>| max_rows.is_some_and(|max| rows.len() > max);
+        let globs = format!(
+            "SELECT {HELD_COLUMNS} FROM leases WHERE is_glob = 1 AND expires_at > ?1 LIMIT ?2"
+        );
         let globs = reader
             .conn()
-            .query_map(&globs, params![after_ms], held_from_row)?;
+            .query_map(&globs, params![after_ms, limit], held_from_row)?;
+        if over(&globs) {
+            return Ok(None);
+        }
         let literals = if patterns.iter().any(|p| p.literal_prefix().is_empty()) {
-            let sql =
-                format!("SELECT {HELD_COLUMNS} FROM leases WHERE is_glob = 0 AND expires_at > ?1");
-            Some(
-                reader
-                    .conn()
-                    .query_map(&sql, params![after_ms], held_from_row)?,
-            )
+            let sql = format!(
+                "SELECT {HELD_COLUMNS} FROM leases WHERE is_glob = 0 AND expires_at > ?1 LIMIT ?2"
+            );
+            let rows = reader
+                .conn()
+                .query_map(&sql, params![after_ms, limit], held_from_row)?;
+            if over(&rows) {
+                return Ok(None);
+            }
+            Some(rows)
         } else {
             None
         };
-        Ok(NearLeases {
+        Ok(Some(NearLeases {
             after_ms,
+            row_limit: limit,
             globs,
             literals,
-        })
+        }))
     }
 
     /// The rows that could overlap `pattern` (a superset of those that do): literal rows
@@ -221,12 +252,13 @@ impl NearLeases {
                  UNION ALL
                  SELECT {HELD_COLUMNS} FROM leases
                  WHERE pattern > ?3 || '/' AND pattern < ?3 || '0' AND is_glob = 0
-                   AND expires_at > ?2",
+                   AND expires_at > ?2
+                 LIMIT ?4",
                 in_json_list(reader),
             );
             let rows = reader.conn().query_map(
                 &sql,
-                params![exact, self.after_ms, prefix],
+                params![exact, self.after_ms, prefix, self.row_limit],
                 held_from_row,
             )?;
             near.extend(rows.into_iter().map(HeldRef::Owned));
@@ -421,6 +453,31 @@ impl Reader<'_> {
     /// what changed since. Rows are read whatever their expiry; the search stops at
     /// [`MAX_REPORTED_CONFLICTS`] rows that would refuse the request now.
     pub fn lease_snapshot(&self, holder: &str, request: &LeaseRequest) -> Result<LeaseSnapshot> {
+        match self.snapshot_within(holder, request, None)? {
+            Some(snapshot) => Ok(snapshot),
+            None => unreachable!("an unbounded snapshot is never over its budget"),
+        }
+    }
+
+    /// [`Reader::lease_snapshot`] when it reads and compares at most `max_rows` rows (about
+    /// [`SNAPSHOT_IN_PLACE_ROWS`] keeps it within tens of microseconds), else `None`, having read
+    /// at most one row past that: a server runs a small request's snapshot in place this way,
+    /// and hands only a big one to a blocking thread.
+    pub fn lease_snapshot_within(
+        &self,
+        holder: &str,
+        request: &LeaseRequest,
+        max_rows: usize,
+    ) -> Result<Option<LeaseSnapshot>> {
+        self.snapshot_within(holder, request, Some(max_rows))
+    }
+
+    fn snapshot_within(
+        &self,
+        holder: &str,
+        request: &LeaseRequest,
+        max_rows: Option<usize>,
+    ) -> Result<Option<LeaseSnapshot>> {
         let patterns = normalize_all(&request.paths)?;
         let now = chrono::Utc::now().timestamp_millis();
         // Read before the rows: a row committed later has a larger id and is compared under
@@ -430,7 +487,9 @@ impl Reader<'_> {
             params![],
             |row| row.get(0),
         )?;
-        let near = NearLeases::read(self, &patterns, ANY_EXPIRY)?;
+        let Some(near) = NearLeases::read_within(self, &patterns, ANY_EXPIRY, max_rows)? else {
+            return Ok(None);
+        };
         let mut snapshot = LeaseSnapshot {
             holder: holder.to_string(),
             patterns: patterns.iter().map(|p| p.as_str().to_string()).collect(),
@@ -439,10 +498,16 @@ impl Reader<'_> {
             stopped_early: false,
             compared: 0,
         };
+        let mut rows_seen = 0;
         let mut conflicts = 0;
         let mut found = std::collections::HashSet::new();
         'patterns: for (index, pattern) in patterns.iter().enumerate() {
-            for row in near.near(self, pattern)? {
+            let rows = near.near(self, pattern)?;
+            rows_seen += rows.len();
+            if max_rows.is_some_and(|max| rows_seen > max) {
+                return Ok(None);
+            }
+            for row in rows {
                 if row.lease.holder == holder || found.contains(&row.id) {
                     continue;
                 }
@@ -461,7 +526,7 @@ impl Reader<'_> {
                 }
             }
         }
-        Ok(snapshot)
+        Ok(Some(snapshot))
     }
 
     /// The live leases tied to `task`.

@@ -1087,6 +1087,43 @@ fn at_the_caps_a_grant_compares_nothing_under_the_writer_lock() {
     );
 }
 
+/// A snapshot bounded in rows is the whole snapshot while it reads no more than its bound, and
+/// gives up (`None`) past it: on the globs every request reads, on the literals under an asked
+/// prefix, and on every literal when an asked pattern starts with a wildcard.
+fn a_bounded_lease_snapshot_is_the_whole_one_or_gives_up() {
+    let store = store();
+    agent(&store, "a", None, &[]);
+    agent(&store, "b", None, &[]);
+    let globs = ["docs/*.md", "src/x/*.rs", "lib/**", "tests/*"];
+    lease(&store, "b", &globs, LeaseMode::Exclusive).expect("globs");
+    let literals = [
+        "src/a.rs", "src/b.rs", "src/c.rs", "src/d.rs", "src/e.rs", "src/f.rs",
+    ];
+    lease(&store, "b", &literals, LeaseMode::Exclusive).expect("literals");
+    let bounded = |paths: &[&str], max_rows: usize| {
+        let asking = request(&strings(paths), LeaseMode::Exclusive);
+        store
+            .read(|r| r.lease_snapshot_within("a", &asking, max_rows))
+            .expect("snapshot")
+            .map(|snapshot| (snapshot.compared, snapshot.overlapping))
+    };
+    let whole = |paths: &[&str]| {
+        let snapshot = snapshot_for(&store, "a", &request(&strings(paths), LeaseMode::Exclusive));
+        Some((snapshot.compared, snapshot.overlapping))
+    };
+    assert_eq!(bounded(&["src/a.rs"], 10), whole(&["src/a.rs"]));
+    assert_eq!(
+        whole(&["src/a.rs"]).map(|(_, overlapping)| overlapping.len()),
+        Some(1),
+        "the bounded snapshot found the conflict too"
+    );
+    assert_eq!(bounded(&["src/a.rs"], 3), None, "four globs, three allowed");
+    assert_eq!(bounded(&["src/**"], 20), whole(&["src/**"]));
+    assert_eq!(bounded(&["src/**"], 5), None, "six literals under src/");
+    assert_eq!(bounded(&["**/*.rs"], 20), whole(&["**/*.rs"]));
+    assert_eq!(bounded(&["**/*.rs"], 5), None, "every literal is read");
+}
+
 /// A lease granted between the snapshot and the grant is compared under the lock, and refuses.
 fn a_lease_granted_after_the_snapshot_is_compared_under_the_lock() {
     let store = store();
@@ -2459,6 +2496,7 @@ macro_rules! on_both_engines {
 
 on_both_engines!(
     two_servers_racing_keep_every_guarantee,
+    a_bounded_lease_snapshot_is_the_whole_one_or_gives_up,
     a_task_is_ready_only_when_all_its_dependencies_are_done,
     claim_next_takes_the_highest_priority_task_that_fits_the_role,
     tasks_that_need_capabilities_go_only_to_agents_that_have_them,
