@@ -32,7 +32,7 @@ pub use scale::History;
 pub use server::ProcessSample;
 pub use stats::OperationStats;
 
-use load::{claimed_task, hook_input, message_ids};
+use load::{claimed_task, hook_input, mcp_claimed_task, message_ids};
 use server::{BenchProject, BenchServer};
 
 /// Concurrency of the "sixteen clients" phases (the targets name sixteen).
@@ -57,8 +57,12 @@ pub struct BenchOptions {
     pub team_ops: usize,
     /// Total operations per second of the fixed-rate run (with every live stream open).
     pub rate: usize,
-    /// Seconds of the fixed-rate run.
+    /// Seconds of each fixed-rate run.
     pub rate_secs: u64,
+    /// Agents of the paced run: a team at a fixed rate, without streams (0 skips it).
+    pub paced_agents: usize,
+    /// Operations per second of the paced run (0 skips it).
+    pub paced_rate: usize,
     /// Tasks of the scale run's history (0 skips it).
     pub scale_tasks: usize,
     /// A PostgreSQL database (`postgres://...`) to run every phase on, each project in a
@@ -75,6 +79,8 @@ impl BenchOptions {
             team_ops: 8000,
             rate: 1000,
             rate_secs: 5,
+            paced_agents: 100,
+            paced_rate: 5000,
             scale_tasks: 100_000,
             postgres: None,
         }
@@ -96,6 +102,9 @@ pub struct BenchReport {
     /// Sixteen clients at once (ratios to the sixteen-client floor).
     pub concurrent: Vec<OperationStats>,
     pub teams: Vec<TeamRun>,
+    /// A team at a fixed rate without streams: its latency when the server is not saturated
+    /// (a full-speed run queues every agent's next request behind the others').
+    pub paced: Option<TeamRun>,
     /// The largest team with every agent's live stream open, at a fixed rate.
     pub streams: Option<TeamRun>,
     pub scale: Option<ScaleRun>,
@@ -196,13 +205,36 @@ pub async fn run_bench(
         teams.push(team_run(&server, &own, agents, options.team_ops, None).await?);
     }
 
+    let paced = if options.paced_agents > 0 && options.paced_rate > 0 {
+        progress(&format!(
+            "a team of {} agents at {} ops/s for {} s",
+            options.paced_agents, options.paced_rate, options.rate_secs
+        ));
+        let own = target.with_fresh_client(options.paced_agents * 2)?;
+        let pace = Pace {
+            agents: options.paced_agents,
+            rate: options.paced_rate,
+            secs: options.rate_secs,
+            streams: false,
+        };
+        Some(fixed_rate_run(&server, &own, "paced", pace).await?)
+    } else {
+        None
+    };
+
     let streams = if largest_team > 0 && options.rate > 0 {
         progress(&format!(
             "{largest_team} agents with live streams open, {} ops/s for {} s",
             options.rate, options.rate_secs
         ));
         let own = target.with_fresh_client(largest_team * 2)?;
-        Some(streams_run(&server, &own, largest_team, &options).await?)
+        let pace = Pace {
+            agents: largest_team,
+            rate: options.rate,
+            secs: options.rate_secs,
+            streams: true,
+        };
+        Some(fixed_rate_run(&server, &own, "streamer", pace).await?)
     } else {
         None
     };
@@ -227,6 +259,7 @@ pub async fn run_bench(
         sequential,
         concurrent,
         teams,
+        paced,
         streams,
         scale,
         seconds: started.elapsed().as_secs_f64(),
@@ -499,17 +532,33 @@ async fn sequential_phases(
         )
         .await?,
     );
-    out.push(
-        phase(
-            server,
-            "mcp claim",
-            sequence(target, Some(&mcp.token), n, |_| Request::Mcp {
-                tool: "claim",
-                arguments: json!({}),
-            }),
-        )
-        .await?,
-    );
+    let mut mcp_claimed = Vec::with_capacity(n);
+    let claim = Request::Mcp {
+        tool: "claim",
+        arguments: json!({}),
+    };
+    let mcp_claim = phase(server, "mcp claim", async {
+        let mut latencies = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (took, answer) = target.timed(Some(&mcp.token), &claim).await?;
+            mcp_claimed.push(mcp_claimed_task(&answer).context("an MCP claim found no task")?);
+            latencies.push(took);
+        }
+        Ok(latencies)
+    })
+    .await?;
+    out.push(mcp_claim);
+    // An agent at work holds a task or two, not hundreds: the claimed tasks but the last are
+    // finished (untimed) before the other tools run, so that `status` reads what it would.
+    if let Some((_, finished)) = mcp_claimed.split_last() {
+        for task in finished {
+            let done = Request::Done {
+                task: task.clone(),
+                file: "bench/mcp.rs".to_string(),
+            };
+            target.call(Some(&mcp.token), &done).await?;
+        }
+    }
     out.push(
         phase(
             server,
@@ -773,27 +822,41 @@ fn summarize(
     }
 }
 
-/// `agents` agents, each with its live event stream open, sending, reading, noting and leasing
-/// at `options.rate` operations per second in all (each operation started on schedule, whether
-/// or not the earlier ones have answered).
-async fn streams_run(
+/// A fixed-rate run's shape.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    agents: usize,
+    /// Operations per second, all agents together.
+    rate: usize,
+    secs: u64,
+    /// Whether every agent has its live event stream open.
+    streams: bool,
+}
+
+/// `pace.agents` agents (named `prefix-<n>`), sending, reading, noting and leasing at
+/// `pace.rate` operations per second in all (each operation started on schedule, whether or not
+/// the earlier ones have answered), each with its live event stream open when `pace.streams`.
+async fn fixed_rate_run(
     server: &BenchServer,
     target: &Target,
-    agents: usize,
-    options: &BenchOptions,
+    prefix: &str,
+    pace: Pace,
 ) -> anyhow::Result<TeamRun> {
-    let team = target.register("streamer", agents, CLIENTS).await?;
+    let agents = pace.agents;
+    let team = target.register(prefix, agents, CLIENTS).await?;
     let stop = CancellationToken::new();
     let frames = Arc::new(AtomicU64::new(0));
-    futures::stream::iter(team.iter())
-        .map(|agent| target.open_stream(agent, stop.clone(), frames.clone()))
-        .buffer_unordered(CLIENTS)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<anyhow::Result<Vec<()>>>()?;
-    let total = options.rate * options.rate_secs as usize;
-    let interval = Duration::from_secs_f64(1.0 / options.rate as f64);
+    if pace.streams {
+        futures::stream::iter(team.iter())
+            .map(|agent| target.open_stream(agent, stop.clone(), frames.clone()))
+            .buffer_unordered(CLIENTS)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<anyhow::Result<Vec<()>>>()?;
+    }
+    let total = pace.rate * pace.secs as usize;
+    let interval = Duration::from_secs_f64(1.0 / pace.rate as f64);
     let frames_before = frames.load(Ordering::Relaxed);
     let before = server.sample();
     let generator_before = server::sample_generator();
@@ -814,7 +877,7 @@ async fn streams_run(
             },
             1 => Request::Inbox,
             2 => Request::Note(format!("{} round {round}", agent.name)),
-            _ => Request::Lock(format!("streams/{}/{round}.rs", agent.name)),
+            _ => Request::Lock(format!("{prefix}/{}/{round}.rs", agent.name)),
         };
         let target = target.clone();
         running.spawn(async move {
@@ -833,8 +896,8 @@ async fn streams_run(
     stop.cancel();
     let mut run = summarize(
         agents,
-        agents,
-        Some(options.rate),
+        if pace.streams { agents } else { 0 },
+        Some(pace.rate),
         samples,
         elapsed,
         (before, after),

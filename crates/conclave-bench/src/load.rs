@@ -308,6 +308,13 @@ pub fn claimed_task(answer: &Value) -> Option<String> {
     answer["task"]["id"].as_str().map(str::to_string)
 }
 
+/// The task an MCP `claim` answer claimed: its text starts "Claimed T-n [claimed] ...".
+pub fn mcp_claimed_task(answer: &Value) -> Option<String> {
+    let text = answer["result"]["content"][0]["text"].as_str()?;
+    let id = text.strip_prefix("Claimed ")?.split_whitespace().next()?;
+    Some(id.to_string())
+}
+
 /// The ids of the messages an inbox answer holds.
 pub fn message_ids(answer: &Value) -> Vec<String> {
     answer["messages"]

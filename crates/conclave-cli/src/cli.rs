@@ -243,9 +243,16 @@ pub struct BenchArgs {
     /// Operations per second of the fixed-rate run (0 skips it)
     #[arg(long, default_value_t = 1000)]
     pub rate: usize,
-    /// Seconds of the fixed-rate run
+    /// Seconds of each fixed-rate run (the streams run and the paced run)
     #[arg(long, default_value_t = 5)]
     pub rate_secs: u64,
+    /// Agents of the paced run: a team at --paced-rate without streams, to read latency when
+    /// the server is not saturated (0 skips it)
+    #[arg(long, default_value_t = 100)]
+    pub paced_agents: usize,
+    /// Operations per second of the paced run (0 skips it)
+    #[arg(long, default_value_t = 5000)]
+    pub paced_rate: usize,
     /// Tasks of history the scale run's server starts on (0 skips it)
     #[arg(long, default_value_t = 100_000)]
     pub scale_tasks: usize,

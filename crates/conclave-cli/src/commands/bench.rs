@@ -29,6 +29,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         options.team_ops = args.team_ops;
         options.rate = args.rate;
         options.rate_secs = args.rate_secs;
+        options.paced_agents = args.paced_agents;
+        options.paced_rate = args.paced_rate;
         options.scale_tasks = args.scale_tasks;
         options.postgres = postgres;
         let report = run_bench(options, |step| note!("bench ({engine}): {step}")).await?;
@@ -75,7 +77,12 @@ fn print_report(report: &BenchReport) -> anyhow::Result<()> {
     outln!()?;
     outln!("sixteen clients (ratios to the sixteen-client floor)")?;
     print_table(&report.concurrent)?;
-    for team in report.teams.iter().chain(report.streams.iter()) {
+    let teams = report
+        .teams
+        .iter()
+        .chain(&report.paced)
+        .chain(&report.streams);
+    for team in teams {
         outln!()?;
         print_team(team)?;
     }

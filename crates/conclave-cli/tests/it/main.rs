@@ -3,6 +3,7 @@
 
 mod attach;
 mod attribution;
+mod bench;
 mod branch_travel;
 mod compare;
 mod config;
