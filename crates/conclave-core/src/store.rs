@@ -310,6 +310,32 @@ impl Store {
         }
     }
 
+    /// Runs `change` like [`Store::write`] without blocking the calling thread: on SQLite it is
+    /// handed to the write lane's writer thread, which runs it with the other writes queued
+    /// meanwhile (group commit) and calls `done` with its result once its batch has ended, after
+    /// the commit. An async caller awaits `done`'s channel instead of holding a thread while it
+    /// waits for the connection. On PostgreSQL both are given back, unrun (run them on a
+    /// blocking thread with [`Store::write`]).
+    pub fn submit_write<T, F, D>(&self, change: F, done: D) -> std::result::Result<(), (F, D)>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Tx<'_>) -> Result<T> + Send + 'static,
+        D: FnOnce(Result<T>) + Send + 'static,
+    {
+        let Engine::Sqlite { writer, .. } = &self.inner.engine else {
+            return Err((change, done));
+        };
+        let write = Box::new(SubmittedWrite {
+            change: Some(change),
+            result: None,
+            done,
+        });
+        if writer.submit(write) {
+            group_commit::start_writer(Arc::downgrade(&self.inner));
+        }
+        Ok(())
+    }
+
     /// Transactions committed so far and the operations they held (operations per commit tells
     /// how much group commit batches).
     pub fn commit_stats(&self) -> CommitStats {
@@ -388,6 +414,43 @@ impl Store {
         if let Some(sink) = sink {
             sink(events);
         }
+    }
+}
+
+/// A write handed to the writer thread by [`Store::submit_write`].
+struct SubmittedWrite<T, F, D> {
+    change: Option<F>,
+    result: Option<Result<T>>,
+    done: D,
+}
+
+impl<T, F, D> group_commit::QueuedWrite for SubmittedWrite<T, F, D>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut Tx<'_>) -> Result<T> + Send + 'static,
+    D: FnOnce(Result<T>) + Send + 'static,
+{
+    fn run(&mut self, tx: &mut Tx<'_>) -> bool {
+        let Some(change) = self.change.take() else {
+            return false;
+        };
+        let result = change(tx);
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn answer(self: Box<Self>, failure: Option<CoreError>) {
+        let result = match (failure, self.result) {
+            // A refusal may rest on a batch-mate's uncommitted change: when the batch did not
+            // commit, the storage error is the answer (as for a blocking caller).
+            (Some(error), _) => Err(error),
+            (None, Some(result)) => result,
+            (None, None) => Err(CoreError::Database(
+                "the write failed before its change finished (it panicked)".to_string(),
+            )),
+        };
+        (self.done)(result);
     }
 }
 

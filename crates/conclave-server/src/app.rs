@@ -184,8 +184,8 @@ impl App {
     /// into JSON only when an idempotency key stores it; a replay answers the stored JSON.
     ///
     /// The change runs at once on this thread when the store's writer is idle (a short write
-    /// costs less than the hand-off to a blocking thread and back), else on a blocking thread,
-    /// where it joins the group commit. Either way it answers only after its commit.
+    /// costs less than any hand-off), else on the store's writer thread, where it joins the
+    /// group commit. Either way it answers only after its commit.
     pub async fn write<T, F>(
         &self,
         actor: &Actor,
@@ -219,30 +219,43 @@ impl App {
         }
     }
 
-    /// Runs `change` in place when the writer is idle, else on a blocking thread; first persists
-    /// the noted liveness when the agent was not yet known to be alive (on the blocking thread:
-    /// that is a write of its own, once per agent).
+    /// Runs `change` in place when the writer is idle, else hands it to the store's writer
+    /// thread (it joins the next batch) and awaits the answer without holding a thread; on
+    /// PostgreSQL, on a blocking thread. First persists the noted liveness when the agent was
+    /// not yet known to be alive (on a blocking thread: that is a write of its own, once per
+    /// agent).
     async fn run_write<T, F>(&self, first_heard: bool, change: F) -> OpResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Tx<'_>) -> CoreResult<T> + Send + 'static,
     {
         let store = self.inner.store.clone();
-        let change = if first_heard {
-            change
-        } else {
-            match store.try_write_now(change) {
-                Ok(result) => return Ok(result?),
-                Err(change) => change,
-            }
-        };
-        let run = move || -> CoreResult<T> {
-            if first_heard {
+        if first_heard {
+            let run = move || -> CoreResult<T> {
                 store.flush_liveness()?;
-            }
-            store.write(change)
+                store.write(change)
+            };
+            return Ok(tokio::task::spawn_blocking(run).await??);
+        }
+        let change = match store.try_write_now(change) {
+            Ok(result) => return Ok(result?),
+            Err(change) => change,
         };
-        Ok(tokio::task::spawn_blocking(run).await??)
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let done = move |result: CoreResult<T>| {
+            let _ = answer.send(result);
+        };
+        match store.submit_write(change, done) {
+            Ok(()) => match answered.await {
+                Ok(result) => Ok(result?),
+                Err(_) => Err(OpError::Core(CoreError::Database(
+                    "the store's writer stopped before answering".to_string(),
+                ))),
+            },
+            Err((change, _)) => {
+                Ok(tokio::task::spawn_blocking(move || store.write(change)).await??)
+            }
+        }
     }
 
     /// Notes that an agent was heard from (reads are heartbeats too): in memory, persisted by

@@ -12,7 +12,13 @@
 //! is no timer anywhere in this module, and batches form only from callers who were already
 //! waiting for the connection.
 //!
-//! Each caller runs its operation on its own thread rather than handing it to a writer thread:
+//! A caller that cannot block (the server's async handlers) hands its write to the lane's writer
+//! thread instead ([`WriteLane::submit`]): that thread takes every write queued for it, runs them
+//! back to back in one turn of the lane (each in a savepoint, like any batch member), and answers
+//! each through its callback once the batch has ended. No thread is woken per write, and no
+//! blocking thread waits for the connection on a request's behalf.
+//!
+//! A blocking caller runs its operation on its own thread rather than handing it to a writer thread:
 //! operations borrow from their callers (`Store::write` takes any `FnOnce`), and moving a
 //! borrowing closure to another thread would take `unsafe` (forbidden in this workspace) or
 //! `'static` closures at every call site. Running in place also spares a lone caller two thread
@@ -20,12 +26,13 @@
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::Duration;
 
 use chrono::Utc;
 use rusqlite::Connection;
 
-use super::{StoreConfig, Tx, lock};
+use super::{Engine, StoreConfig, StoreInner, Tx, lock};
 use crate::error::{CoreError, Result};
 use crate::model::Event;
 
@@ -46,7 +53,35 @@ pub struct CommitStats {
 /// The single write connection and the queue of callers waiting for it.
 pub(super) struct WriteLane {
     state: Mutex<LaneState>,
+    /// Writes handed to the writer thread ([`WriteLane::submit`]).
+    submitted: Arc<Submitted>,
 }
+
+/// A write handed to the writer thread: its change, run in the thread's turn, and the answer to
+/// its caller, given once the batch has ended.
+pub(super) trait QueuedWrite: Send {
+    /// Runs the change; answers whether it succeeded (a refusal writes nothing).
+    fn run(&mut self, tx: &mut Tx<'_>) -> bool;
+    /// Answers the caller: the change's own result, or `failure` when its batch did not commit
+    /// (or the change never ran).
+    fn answer(self: Box<Self>, failure: Option<CoreError>);
+}
+
+/// The writes waiting for the writer thread, and whether that thread runs.
+#[derive(Default)]
+struct Submitted {
+    queue: Mutex<SubmittedQueue>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct SubmittedQueue {
+    writes: VecDeque<Box<dyn QueuedWrite>>,
+    thread_started: bool,
+}
+
+/// How long the idle writer thread waits before checking that its store still exists.
+const WRITER_IDLE_CHECK: Duration = Duration::from_secs(1);
 
 struct LaneState {
     /// The connection while nobody runs an operation on it (`None` while someone does).
@@ -141,6 +176,102 @@ impl WriteLane {
                 queue: VecDeque::new(),
                 stats: CommitStats::default(),
             }),
+            submitted: Arc::default(),
+        }
+    }
+
+    /// Queues `write` for the writer thread; answers whether the caller must start that thread
+    /// ([`start_writer`]), which happens once, at the first write handed over.
+    pub(super) fn submit(&self, write: Box<dyn QueuedWrite>) -> bool {
+        let mut queue = lock(&self.submitted.queue);
+        queue.writes.push_back(write);
+        let start = !queue.thread_started;
+        queue.thread_started = true;
+        drop(queue);
+        self.submitted.ready.notify_one();
+        start
+    }
+
+    /// Runs the submitted `writes` in one turn of the lane (they join the open batch, if any, as
+    /// members, or open one), then answers each once the batch has ended.
+    fn run_submitted(
+        &self,
+        config: &StoreConfig,
+        publish: &dyn Fn(&[Event]),
+        writes: Vec<Box<dyn QueuedWrite>>,
+    ) {
+        let (mut conn, outcome, _) = self.take_turn();
+        let mut ran = Vec::with_capacity(writes.len());
+        let mut events = Vec::new();
+        let mut refused = 0;
+        let mut broken = None;
+        let mut writes = writes.into_iter();
+        for mut write in writes.by_ref() {
+            let (back, ok, written, why) = run_submitted_write(conn, config, write.as_mut());
+            conn = back;
+            if ok {
+                events.extend(written);
+            } else {
+                refused += 1;
+            }
+            ran.push(write);
+            if why.is_some() {
+                broken = why;
+                break;
+            }
+        }
+        // A write after the one that broke the batch never ran: it goes back to the head of the
+        // queue, for the next turn.
+        let unrun: Vec<_> = writes.collect();
+        if !unrun.is_empty() {
+            let mut queue = lock(&self.submitted.queue);
+            for write in unrun.into_iter().rev() {
+                queue.writes.push_front(write);
+            }
+        }
+        let ends_batch = {
+            let mut state = lock(&self.state);
+            let LaneState {
+                conn: slot,
+                batch,
+                queue,
+                ..
+            } = &mut *state;
+            match batch.as_mut() {
+                Some(open) => {
+                    open.events.extend(events);
+                    open.operations += ran.len();
+                    open.refused += refused;
+                    if let Some(reason) = broken {
+                        open.broken.get_or_insert(reason);
+                    }
+                    let hand_over = open.broken.is_none()
+                        && !conn.is_autocommit()
+                        && !queue.is_empty()
+                        && open.operations < MAX_BATCH_OPERATIONS;
+                    if hand_over {
+                        *slot = Some(conn);
+                        if let Some(next) = queue.front() {
+                            next.notify_one();
+                        }
+                        None
+                    } else {
+                        batch.take().map(|batch| (conn, batch))
+                    }
+                }
+                None => {
+                    // Unreachable: the batch stays open while its member holds the connection.
+                    *slot = Some(conn);
+                    None
+                }
+            }
+        };
+        if let Some((conn, batch)) = ends_batch {
+            self.end_batch(conn, batch, publish);
+        }
+        let failure = outcome.wait().err();
+        for write in ran {
+            write.answer(failure.as_ref().map(CommitFailure::to_error));
         }
     }
 
@@ -453,6 +584,113 @@ fn run_operation<T>(
     (conn, ran, Vec::new(), broken)
 }
 
+/// Runs one submitted write on `conn`: without a savepoint when no transaction is open (it opens
+/// the batch, as [`run_operation`]'s first operation does), else in a savepoint. Answers the
+/// connection, whether the change succeeded, its events, and why the batch cannot go on.
+fn run_submitted_write(
+    conn: Connection,
+    config: &StoreConfig,
+    write: &mut dyn QueuedWrite,
+) -> (Connection, bool, Vec<Event>, Option<String>) {
+    let opens = conn.is_autocommit();
+    let opening = if opens {
+        conn.execute_batch("BEGIN IMMEDIATE")
+    } else {
+        conn.execute_batch("SAVEPOINT operation")
+    };
+    if let Err(error) = opening {
+        return (conn, false, Vec::new(), Some(error.to_string()));
+    }
+    let mut tx = Tx {
+        db: super::db::Db::Sqlite(&conn),
+        now: Utc::now(),
+        config,
+        events: Vec::new(),
+    };
+    // A panicking change is a refused one (its caller hears that the write failed); the writer
+    // thread goes on.
+    let ok = catch_unwind(AssertUnwindSafe(|| write.run(&mut tx))).unwrap_or(false);
+    let events = std::mem::take(&mut tx.events);
+    let ok = ok
+        && (opens
+            || match conn.execute_batch("RELEASE operation") {
+                Ok(()) => true,
+                Err(error) => {
+                    tracing::warn!(%error, "could not release a write's savepoint");
+                    false
+                }
+            });
+    if ok {
+        return (conn, true, events, None);
+    }
+    let broken = if opens {
+        undo_first_operation(&conn)
+    } else {
+        undo_operation(&conn)
+    };
+    (conn, false, Vec::new(), broken)
+}
+
+/// Starts the writer thread of `store`'s SQLite lane: it runs the writes handed over with
+/// [`WriteLane::submit`], a batch at a time, and ends once the store is dropped. When the thread
+/// cannot start, the writes queued so far are run on this thread, and later ones start it again.
+pub(super) fn start_writer(store: Weak<StoreInner>) {
+    let Some(inner) = store.upgrade() else {
+        return;
+    };
+    let Engine::Sqlite { writer, .. } = &inner.engine else {
+        return;
+    };
+    let submitted = Arc::clone(&writer.submitted);
+    let spawned = std::thread::Builder::new()
+        .name("conclave-writer".into())
+        .spawn(move || run_writer(&submitted, &store));
+    if let Err(error) = spawned {
+        tracing::error!(%error, "could not start the writer thread; writing on this thread");
+        lock(&writer.submitted.queue).thread_started = false;
+        let store = super::Store {
+            inner: Arc::clone(&inner),
+        };
+        let writes: Vec<_> = lock(&writer.submitted.queue).writes.drain(..).collect();
+        writer.run_submitted(&inner.config, &|events| store.publish(events), writes);
+    }
+}
+
+fn run_writer(submitted: &Submitted, store: &Weak<StoreInner>) {
+    loop {
+        let writes: Vec<Box<dyn QueuedWrite>> = {
+            let mut queue = lock(&submitted.queue);
+            if queue.writes.is_empty() {
+                queue = submitted
+                    .ready
+                    .wait_timeout(queue, WRITER_IDLE_CHECK)
+                    .map_or_else(|poisoned| poisoned.into_inner().0, |(queue, _)| queue);
+            }
+            let take = queue.writes.len().min(MAX_BATCH_OPERATIONS);
+            queue.writes.drain(..take).collect()
+        };
+        let Some(inner) = store.upgrade() else {
+            // The store is gone: its callers hear that their writes never ran.
+            for write in writes {
+                write.answer(Some(CoreError::Database(
+                    "the store closed before this write ran".to_string(),
+                )));
+            }
+            return;
+        };
+        if writes.is_empty() {
+            continue;
+        }
+        let Engine::Sqlite { writer, .. } = &inner.engine else {
+            return;
+        };
+        let store = super::Store {
+            inner: Arc::clone(&inner),
+        };
+        writer.run_submitted(&inner.config, &|events| store.publish(events), writes);
+    }
+}
+
 /// Rolls back the transaction the refused first operation of a batch opened (nothing else is in
 /// it); returns why the batch cannot go on when that fails.
 fn undo_first_operation(conn: &Connection) -> Option<String> {
@@ -744,6 +982,97 @@ mod tests {
         create_and_check(&store, "after").expect("the next write commits");
         let count = store.read(|r| r.tasks(None, None)).expect("tasks").len();
         assert_eq!(count, 3);
+    }
+
+    /// Writes handed to the writer thread while the connection is busy run together after it:
+    /// in one batch, each answered through its callback only after the commit; a refused one
+    /// writes nothing and hears its own error; a panicking one hears an error and the thread
+    /// goes on to the next writes.
+    #[test]
+    fn submitted_writes_share_a_batch_and_are_answered_after_its_commit() {
+        let (_dir, store, published) = store_with_sink();
+        let before = store.commit_stats();
+        let (answers_tx, answers) = mpsc::channel::<(&'static str, Result<bool>)>();
+        let (entered_tx, entered) = mpsc::channel();
+        let (go_tx, go) = mpsc::channel::<()>();
+        std::thread::scope(|scope| {
+            let writer = &store;
+            let holder = scope.spawn(move || {
+                writer.write(|tx| {
+                    entered_tx.send(()).expect("signal");
+                    go.recv().expect("go");
+                    tx.create_task(&Actor::Admin, new_task("held"))
+                })
+            });
+            entered.recv().expect("the holder has the connection");
+            for title in ["first", "refused", "panics", "second"] {
+                let answer = answers_tx.clone();
+                let check = store.clone();
+                let submitted = store.submit_write(
+                    move |tx| {
+                        let task = tx.create_task(&Actor::Admin, new_task(title))?;
+                        match title {
+                            "refused" => Err(CoreError::conflict("refused on purpose")),
+                            "panics" => panic!("a change that panics"),
+                            _ => Ok(task.id),
+                        }
+                    },
+                    move |result: Result<TaskId>| {
+                        // Answered after the commit: a committed task is readable by then.
+                        let seen = result.map(|id| {
+                            check
+                                .read(|r| r.find_task(id))
+                                .expect("read")
+                                .is_some()
+                        });
+                        answer.send((title, seen)).expect("answer");
+                    },
+                );
+                assert!(submitted.is_ok(), "SQLite takes submitted writes");
+            }
+            // All four wait behind the holder, then run in the writer thread's one turn.
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(answers.try_recv().is_err(), "nothing answered before the holder ends");
+            go_tx.send(()).expect("go");
+            holder.join().expect("holder").expect("holder commits");
+        });
+        let mut got: Vec<(&str, Result<bool>)> = (0..4)
+            .map(|_| answers.recv_timeout(Duration::from_secs(10)).expect("an answer"))
+            .collect();
+        got.sort_by_key(|(title, _)| *title);
+        let summary: Vec<(&str, std::result::Result<bool, &'static str>)> = got
+            .iter()
+            .map(|(title, result)| {
+                (
+                    *title,
+                    result.as_ref().map(|seen| *seen).map_err(CoreError::code),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("first", Ok(true)),
+                ("panics", Err("internal")),
+                ("refused", Err("conflict")),
+                ("second", Ok(true)),
+            ]
+        );
+        let titles: Vec<String> = store
+            .read(|r| r.tasks(None, None))
+            .expect("tasks")
+            .into_iter()
+            .map(|task| task.title)
+            .collect();
+        assert_eq!(titles, ["held", "first", "second"]);
+        let after = store.commit_stats();
+        assert_eq!(after.operations - before.operations, 3);
+        assert_eq!(after.refused - before.refused, 2);
+        assert!(
+            after.commits - before.commits <= 2,
+            "the submitted writes shared a commit: {before:?} → {after:?}"
+        );
+        assert_eq!(lock(&published).len(), 6, "two events per committed task");
     }
 
     /// A caller that finds nobody waiting commits alone, at once: every sequential write is its
