@@ -32,6 +32,7 @@ pub mod pg_tls;
 mod presence;
 mod queue;
 mod schema;
+mod search_backlog;
 mod steps;
 mod tasks;
 #[doc(hidden)]
@@ -165,6 +166,7 @@ impl Store {
         )?;
         let store = Store::from_parts(writer, readers, config);
         checkpoint::start(path, Arc::downgrade(&store.inner))?;
+        search_backlog::start(Arc::downgrade(&store.inner));
         Ok(store)
     }
 
@@ -334,6 +336,31 @@ impl Store {
             group_commit::start_writer(Arc::downgrade(&self.inner));
         }
         Ok(())
+    }
+
+    /// Moves what waits in the search backlog into the full-text index (`store/search_backlog.rs`);
+    /// answers how many entries. Costs one read when nothing waits, and nothing on PostgreSQL.
+    pub fn flush_search_backlog(&self) -> Result<usize> {
+        if self.is_postgres() {
+            return Ok(0);
+        }
+        if !self.read(|r| r.search_backlog_waits())? {
+            return Ok(0);
+        }
+        self.write(|tx| tx.index_search_backlog())
+    }
+
+    /// Full-text search ([`Reader::search`]) over everything written so far: what waits in the
+    /// search backlog is indexed first.
+    pub fn search(
+        &self,
+        text: &str,
+        kinds: &[&str],
+        limit: i64,
+        viewer: &crate::audience::Viewer,
+    ) -> Result<Vec<crate::model::SearchHit>> {
+        self.flush_search_backlog()?;
+        self.read(|r| r.search(text, kinds, limit, viewer))
     }
 
     /// Transactions committed so far and the operations they held (operations per commit tells

@@ -510,11 +510,15 @@ pub async fn search(
     limit: i64,
 ) -> OpResult<Vec<SearchHit>> {
     let viewer = viewer(app, actor).await?;
-    app.read(move |r| {
+    let store = app.store().clone();
+    let hits = tokio::task::spawn_blocking(move || {
         let kinds: Vec<&str> = kinds.iter().map(String::as_str).collect();
-        r.search(&query, &kinds, limit, &viewer)
+        // Indexes what waits in the search backlog first, so that a search finds every write
+        // answered before it.
+        store.search(&query, &kinds, limit, &viewer)
     })
-    .await
+    .await??;
+    Ok(hits)
 }
 
 /// The reader `actor` is for the audience rule ([`Viewer`]): an agent with its current role.

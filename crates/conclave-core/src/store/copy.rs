@@ -186,6 +186,9 @@ impl Store {
                 "the destination store is not empty: migrate into a new database",
             ));
         }
+        // What waits in the source's search backlog goes into its index first, where the copy
+        // takes it (the backlog itself is not copied: PostgreSQL has none).
+        self.flush_search_backlog()?;
         destination.write(|tx| {
             let to = tx.conn();
             self.read(|source| copy_tables(source.conn(), to))
@@ -350,6 +353,7 @@ mod tests {
                     "SELECT m.name, p.name FROM sqlite_master m, pragma_table_info(m.name) p
                      WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%'
                        AND m.name NOT LIKE 'search_index_%' AND m.name != 'search_index'
+                       AND m.name != 'search_backlog'
                        AND m.name != 'schema_version'",
                     params![],
                     |row| Ok((row.get(0)?, row.get(1)?)),

@@ -1019,12 +1019,8 @@ mod tests {
                     },
                     move |result: Result<TaskId>| {
                         // Answered after the commit: a committed task is readable by then.
-                        let seen = result.map(|id| {
-                            check
-                                .read(|r| r.find_task(id))
-                                .expect("read")
-                                .is_some()
-                        });
+                        let seen = result
+                            .map(|id| check.read(|r| r.find_task(id)).expect("read").is_some());
                         answer.send((title, seen)).expect("answer");
                     },
                 );
@@ -1032,12 +1028,19 @@ mod tests {
             }
             // All four wait behind the holder, then run in the writer thread's one turn.
             std::thread::sleep(Duration::from_millis(50));
-            assert!(answers.try_recv().is_err(), "nothing answered before the holder ends");
+            assert!(
+                answers.try_recv().is_err(),
+                "nothing answered before the holder ends"
+            );
             go_tx.send(()).expect("go");
             holder.join().expect("holder").expect("holder commits");
         });
         let mut got: Vec<(&str, Result<bool>)> = (0..4)
-            .map(|_| answers.recv_timeout(Duration::from_secs(10)).expect("an answer"))
+            .map(|_| {
+                answers
+                    .recv_timeout(Duration::from_secs(10))
+                    .expect("an answer")
+            })
             .collect();
         got.sort_by_key(|(title, _)| *title);
         let summary: Vec<(&str, std::result::Result<bool, &'static str>)> = got

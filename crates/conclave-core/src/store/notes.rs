@@ -82,7 +82,18 @@ impl Reader<'_> {
     }
 
     /// Full-text search; `kinds` narrows to `note`, `message` and/or `task`. Best matches first.
-    /// Messages the viewer may not read ([`Viewer::may_read_message`]) are left out.
+    /// Whether anything waits in the search backlog (`store/search_backlog.rs`).
+    pub fn search_backlog_waits(&self) -> Result<bool> {
+        let waits: i64 = self.conn().query_row(
+            "SELECT EXISTS (SELECT 1 FROM search_backlog)",
+            params![],
+            |row| row.get(0),
+        )?;
+        Ok(waits != 0)
+    }
+
+    /// Messages the viewer may not read ([`Viewer::may_read_message`]) are left out. What still
+    /// waits in the search backlog is not found: [`crate::Store::search`] indexes it first.
     pub fn search(
         &self,
         text: &str,
@@ -308,6 +319,45 @@ impl Tx<'_> {
         title: &str,
         body: &str,
     ) -> Result<()> {
+        if self.conn().is_postgres() {
+            // PostgreSQL keeps its `tsvector` column itself, at no cost a batch would spare.
+            return self.index_now(kind, id, title, body);
+        }
+        self.conn().execute(
+            "INSERT INTO search_backlog (kind, ref, title, body) VALUES (?1, ?2, ?3, ?4)",
+            params![kind, id, title, body],
+        )?;
+        Ok(())
+    }
+
+    /// Moves everything waiting in the search backlog into the full-text index, in the order it
+    /// was written; answers how many entries. (SQLite only: PostgreSQL has no backlog.)
+    pub(crate) fn index_search_backlog(&mut self) -> Result<usize> {
+        let waiting: Vec<(i64, String, String, String, String)> = self.conn().query_map(
+            "SELECT id, kind, ref, title, body FROM search_backlog ORDER BY id",
+            params![],
+            |row| {
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                ))
+            },
+        )?;
+        let Some(last) = waiting.last().map(|entry| entry.0) else {
+            return Ok(0);
+        };
+        for (_, kind, id, title, body) in &waiting {
+            self.index_now(kind, id, title, body)?;
+        }
+        self.conn()
+            .execute("DELETE FROM search_backlog WHERE id <= ?1", params![last])?;
+        Ok(waiting.len())
+    }
+
+    fn index_now(&mut self, kind: &str, id: &str, title: &str, body: &str) -> Result<()> {
         // Only a task's result is indexed again (done again after a reopen). Its row is found by
         // rowid (task T-n is row -n), never by a scan of the index's unindexed columns; notes and
         // messages take positive rowids, given explicitly so that they never run into the

@@ -277,6 +277,18 @@ const MIGRATIONS: &[&str] = &[
             ON CONFLICT (status) DO UPDATE SET tasks = tasks + 1;
     END;
     "#,
+    // 9: what is written for search waits here, in the transaction that wrote it, and the
+    // full-text index takes it in batches (`store/search_backlog.rs`, issue 14): an FTS5 insert
+    // writes a segment of its own at each commit, five pages for one message.
+    r#"
+    CREATE TABLE search_backlog (
+        id    INTEGER PRIMARY KEY,
+        kind  TEXT NOT NULL,
+        ref   TEXT NOT NULL,
+        title TEXT NOT NULL,
+        body  TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// The PostgreSQL schema, in the same tables and columns as SQLite's (integers are `BIGINT`,

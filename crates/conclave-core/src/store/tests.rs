@@ -603,14 +603,14 @@ fn search_finds_notes_messages_and_task_results_and_survives_odd_queries() {
         })
         .expect("message");
     let hits = store
-        .read(|r| r.search("unicode escapes", &[], 10, &Viewer::Admin))
+        .search("unicode escapes", &[], 10, &Viewer::Admin)
         .expect("search");
     let bystander = Viewer::Agent {
         name: "c".into(),
         role: None,
     };
     let seen_by_bystander = store
-        .read(|r| r.search("unicode escapes", &[], 10, &bystander))
+        .search("unicode escapes", &[], 10, &bystander)
         .expect("search");
     assert!(seen_by_bystander.iter().all(|hit| hit.kind != "message"));
     assert_eq!(seen_by_bystander.len() + 1, hits.len());
@@ -618,15 +618,9 @@ fn search_finds_notes_messages_and_task_results_and_survives_odd_queries() {
     kinds.sort_unstable();
     assert_eq!(kinds, vec!["message", "note", "task"]);
     for odd in ["\"quoted", "AND OR NOT", "a*b(", "NEAR("] {
-        store
-            .read(|r| r.search(odd, &[], 10, &Viewer::Admin))
-            .expect(odd);
+        store.search(odd, &[], 10, &Viewer::Admin).expect(odd);
     }
-    assert!(
-        store
-            .read(|r| r.search("  ()  ", &[], 10, &Viewer::Admin))
-            .is_err()
-    );
+    assert!(store.search("  ()  ", &[], 10, &Viewer::Admin).is_err());
 }
 
 fn every_change_writes_its_event_and_a_failed_change_writes_none() {
@@ -1406,7 +1400,7 @@ fn a_task_done_twice_has_one_search_row_with_its_latest_result() {
         .expect("done again");
     note_store("zebra notes after");
     let hits = store
-        .read(|r| r.search("zebra", &[], 50, &Viewer::Admin))
+        .search("zebra", &[], 50, &Viewer::Admin)
         .expect("search");
     let tasks: Vec<&SearchHit> = hits.iter().filter(|hit| hit.kind == "task").collect();
     assert_eq!(tasks.len(), 1, "{hits:?}");
@@ -2266,7 +2260,7 @@ fn a_project_moves_between_engines_with_its_whole_history() {
         let next = task(&postgres, "after the move", &[], None, 0);
         assert_eq!(next, TaskId(11));
         let hits = postgres
-            .read(|r| r.search("zebra", &[], 10, &Viewer::Admin))
+            .search("zebra", &[], 10, &Viewer::Admin)
             .expect("search");
         assert_eq!(hits.len(), 5, "{hits:?}");
 
