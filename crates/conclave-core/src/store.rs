@@ -338,16 +338,18 @@ impl Store {
         Ok(())
     }
 
-    /// Moves what waits in the search backlog into the full-text index (`store/search_backlog.rs`);
-    /// answers how many entries. Costs one read when nothing waits, and nothing on PostgreSQL.
+    /// Moves what waits in the search backlog into the full-text index (`store/search_backlog.rs`),
+    /// a bounded batch per write so that other writes pass in between; answers how many entries.
+    /// Costs one read when nothing waits, and nothing on PostgreSQL.
     pub fn flush_search_backlog(&self) -> Result<usize> {
         if self.is_postgres() {
             return Ok(0);
         }
-        if !self.read(|r| r.search_backlog_waits())? {
-            return Ok(0);
+        let mut indexed = 0;
+        while self.read(|r| r.search_backlog_waits())? {
+            indexed += self.write(|tx| tx.index_search_backlog(search_backlog::BATCH))?;
         }
-        self.write(|tx| tx.index_search_backlog())
+        Ok(indexed)
     }
 
     /// Full-text search ([`Reader::search`]) over everything written so far: what waits in the

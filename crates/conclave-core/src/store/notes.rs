@@ -330,12 +330,12 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Moves everything waiting in the search backlog into the full-text index, in the order it
-    /// was written; answers how many entries. (SQLite only: PostgreSQL has no backlog.)
-    pub(crate) fn index_search_backlog(&mut self) -> Result<usize> {
+    /// Moves the oldest `max` entries waiting in the search backlog into the full-text index,
+    /// in the order they were written; answers how many. (SQLite only: PostgreSQL has none.)
+    pub(crate) fn index_search_backlog(&mut self, max: usize) -> Result<usize> {
         let waiting: Vec<(i64, String, String, String, String)> = self.conn().query_map(
-            "SELECT id, kind, ref, title, body FROM search_backlog ORDER BY id",
-            params![],
+            "SELECT id, kind, ref, title, body FROM search_backlog ORDER BY id LIMIT ?1",
+            params![max as i64],
             |row| {
                 Ok((
                     row.get(0)?,

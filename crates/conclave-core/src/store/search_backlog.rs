@@ -1,6 +1,7 @@
 //! The search backlog: what an operation writes for search (a message, a note, a task's result)
 //! is kept in a plain table in the operation's own transaction, and moved into the full-text
-//! index in batches, by a thread of the store every [`INDEX_INTERVAL`] and before every search.
+//! index in batches of [`BATCH`], by a thread of the store every [`INDEX_INTERVAL`] and before
+//! every search.
 //!
 //! Why (issue 14): an FTS5 insert writes a new index segment at each commit, five of the
 //! seventeen pages a message's commit wrote, and most of a note's. A backlog row is one page,
@@ -16,6 +17,10 @@ use super::{Engine, Store, StoreInner};
 
 /// How often the backlog is moved into the index while entries wait.
 pub(super) const INDEX_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Entries indexed per write: one write holds the write connection for about a millisecond,
+/// so that a burst's backlog never keeps other writes waiting long (they pass between batches).
+pub(super) const BATCH: usize = 64;
 
 /// Starts the thread that indexes `store`'s backlog. It holds the store weakly and ends when the
 /// store is dropped; if it cannot start, searches still take the backlog in before they read.
@@ -93,6 +98,15 @@ mod tests {
             .expect("search");
         assert_eq!(hits.len(), 1, "the store's search indexes what waits first");
         assert!(!store.read(|r| r.search_backlog_waits()).expect("waits"));
+
+        // More than a batch waits: a search takes it all in, a batch per write.
+        for n in 0..(BATCH * 2 + 5) {
+            note(&store, &format!("antelope {n}"));
+        }
+        let hits = store
+            .search("antelope", &[], 1000, &Viewer::Admin)
+            .expect("search");
+        assert_eq!(hits.len(), BATCH * 2 + 5);
 
         note(&store, "giraffe neck");
         let started = Instant::now();
