@@ -75,7 +75,8 @@ pub fn service(app: App) -> (McpService, DirectCalls) {
 /// a plain tool call directly ([`DirectCalls`]), and hands anything else to the SDK's service.
 ///
 /// Answers a POST whose body is not JSON with a JSON-RPC parse error (code -32700, HTTP 400),
-/// as JSON-RPC and MCP's HTTP transport say, where the SDK would answer 415 with plain text:
+/// and JSON that is not a JSON-RPC message with an invalid request (-32600), as JSON-RPC and
+/// MCP's HTTP transport say, where the SDK would answer 415 with plain text:
 /// only when it answers 415 (its answer both to a wrong content type and to a body it cannot
 /// read) is the body checked here for being JSON at all.
 pub async fn answer_requests(
@@ -99,6 +100,12 @@ pub async fn answer_requests(
     if let Some(response) = direct.try_answer(&parts, &bytes).await {
         return response;
     }
+    let sent_as_json = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"));
     let response = next
         .run(axum::extract::Request::from_parts(
             parts,
@@ -108,17 +115,34 @@ pub async fn answer_requests(
     if response.status() != http::StatusCode::UNSUPPORTED_MEDIA_TYPE {
         return response;
     }
-    match serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
-        Ok(_) => response,
-        Err(error) => {
-            let answer = serde_json::json!({
-                "jsonrpc": "2.0",
-                "id": null,
-                "error": { "code": -32700, "message": format!("Parse error: {error}") }
-            });
-            (http::StatusCode::BAD_REQUEST, axum::Json(answer)).into_response()
+    let (code, message, id) = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Err(error) => (
+            -32700,
+            format!("Parse error: {error}"),
+            serde_json::Value::Null,
+        ),
+        // JSON sent as JSON that the SDK could not read as a JSON-RPC message: an invalid
+        // request, answered with its id when it has a usable one.
+        Ok(body) if sent_as_json => {
+            let id = match &body["id"] {
+                id @ (serde_json::Value::String(_) | serde_json::Value::Number(_)) => id.clone(),
+                _ => serde_json::Value::Null,
+            };
+            (
+                -32600,
+                "Invalid Request: not a JSON-RPC 2.0 request, notification or response".to_string(),
+                id,
+            )
         }
-    }
+        // Any other content type: the SDK's 415 stands.
+        Ok(_) => return response,
+    };
+    let answer = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "error": { "code": code, "message": message }
+    });
+    (http::StatusCode::BAD_REQUEST, axum::Json(answer)).into_response()
 }
 
 #[derive(Clone)]

@@ -113,6 +113,30 @@ async fn a_body_that_is_not_json_gets_a_json_rpc_parse_error() {
     assert_eq!(answer["jsonrpc"], "2.0");
     assert_eq!(answer["id"], Value::Null);
     assert_eq!(answer["error"]["code"], -32700, "{answer}");
+    // JSON that is not a JSON-RPC message is an invalid request, answered with its id.
+    for (body, id) in [
+        (
+            json!({ "jsonrpc": "1.0", "id": 7, "method": "tools/list" }),
+            json!(7),
+        ),
+        (json!({ "id": "x", "method": "tools/list" }), json!("x")),
+        (json!([1, 2, 3]), Value::Null),
+    ] {
+        let response = server
+            .http
+            .request(Method::POST, format!("{}/mcp", server.base))
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-11-25")
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+        let answer: Value = response.json().await.expect("a JSON-RPC answer");
+        assert_eq!(answer["error"]["code"], -32600, "{body}: {answer}");
+        assert_eq!(answer["id"], id, "{body}: {answer}");
+    }
     // Without a token, the token is what is refused.
     let response = server
         .http
