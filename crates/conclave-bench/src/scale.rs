@@ -67,6 +67,8 @@ pub fn write_history(store_url: &str, tasks: usize, ready: usize) -> anyhow::Res
         })?;
         written = end;
     }
+    // A server that has run through this history would have indexed it for search as it went.
+    store.flush_search_backlog()?;
     Ok(History {
         tasks,
         ready: tasks.min(ready),

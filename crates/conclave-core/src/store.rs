@@ -346,10 +346,21 @@ impl Store {
             return Ok(0);
         }
         let mut indexed = 0;
-        while self.read(|r| r.search_backlog_waits())? {
-            indexed += self.write(|tx| tx.index_search_backlog(search_backlog::BATCH))?;
+        loop {
+            match self.index_search_batch()? {
+                0 => return Ok(indexed),
+                batch => indexed += batch,
+            }
         }
-        Ok(indexed)
+    }
+
+    /// Indexes the oldest batch waiting in the search backlog (SQLite); answers how many entries
+    /// (0, after one read, when nothing waits).
+    fn index_search_batch(&self) -> Result<usize> {
+        if !self.read(|r| r.search_backlog_waits())? {
+            return Ok(0);
+        }
+        self.write(|tx| tx.index_search_backlog(search_backlog::BATCH))
     }
 
     /// Full-text search ([`Reader::search`]) over everything written so far: what waits in the

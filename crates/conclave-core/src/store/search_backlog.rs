@@ -36,17 +36,27 @@ pub(super) fn start(store: Weak<StoreInner>) {
 fn run(store: &Weak<StoreInner>) {
     loop {
         std::thread::sleep(INDEX_INTERVAL);
-        let Some(inner) = store.upgrade() else {
-            return;
-        };
-        if !matches!(inner.engine, Engine::Sqlite { .. }) {
-            return;
-        }
-        let store = Store {
-            inner: Arc::clone(&inner),
-        };
-        if let Err(error) = store.flush_search_backlog() {
-            tracing::warn!(%error, "could not index the search backlog; retrying");
+        // A batch at a time, holding the store only while writing it: a store dropped with a long
+        // backlog (the next process that opens the database indexes the rest) is not kept open,
+        // and writing, by this thread.
+        loop {
+            let Some(inner) = store.upgrade() else {
+                return;
+            };
+            if !matches!(inner.engine, Engine::Sqlite { .. }) {
+                return;
+            }
+            let store = Store {
+                inner: Arc::clone(&inner),
+            };
+            match store.index_search_batch() {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "could not index the search backlog; retrying");
+                    break;
+                }
+            }
         }
     }
 }
