@@ -329,8 +329,9 @@ async fn leases_at_the_caps(
             .map(|k| capped_glob(&format!(".asked{round}x{k}")))
             .collect()
     };
-    let stats = phase(
+    let stats = alone(
         server,
+        target,
         &format!("lock at the caps ({CAPS_ASKED} x {CAPS_HELD})"),
         async {
             let mut latencies = Vec::with_capacity(CAPS_ROUNDS);
@@ -371,6 +372,27 @@ async fn phase(
     if stats.requests > 0 {
         stats.server_cpu_ms = Some((after.cpu_ms - before.cpu_ms) / stats.requests as f64);
     }
+    Ok(stats)
+}
+
+/// Health checks timed right after each one-client phase ([`alone`]).
+const ADJACENT_FLOOR_REQUESTS: usize = 100;
+
+/// [`phase`] for one client, followed by a floor of its own: `/healthz` timed right after it,
+/// in whatever state the machine is in then, which the operation's p50 is compared with. The
+/// one-client floor of a whole run moves between about 0.03 and 0.18 ms p50 from one run to the
+/// next on a small virtual machine (how deeply its idle cores sleep between requests); measured
+/// next to each operation, the ratio compares like with like.
+async fn alone(
+    server: &BenchServer,
+    target: &Target,
+    operation: &str,
+    work: impl std::future::Future<Output = anyhow::Result<Vec<Duration>>>,
+) -> anyhow::Result<OperationStats> {
+    let mut stats = phase(server, operation, work).await?;
+    let floor = sequence(target, None, ADJACENT_FLOOR_REQUESTS, |_| Request::Healthz).await?;
+    let floor = OperationStats::from_latencies("healthz", floor, Duration::ZERO);
+    stats.floor_p50_ms = Some(floor.p50_ms);
     Ok(stats)
 }
 
@@ -428,7 +450,7 @@ async fn sequential_phases(
     let mut out = Vec::new();
 
     let mut claimed = Vec::with_capacity(n);
-    let claim = phase(server, "claim", async {
+    let claim = alone(server, target, "claim", async {
         let mut latencies = Vec::with_capacity(n);
         for _ in 0..n {
             let (took, answer) = target.timed(Some(&solo.token), &Request::Claim).await?;
@@ -450,16 +472,18 @@ async fn sequential_phases(
         k => Some(extra_lockers[k - 1].token.as_str()),
     };
     out.push(
-        phase(
+        alone(
             server,
+            target,
             "lock",
             sequence_as(target, locker, n, |i| Request::Lock(path(i))),
         )
         .await?,
     );
     out.push(
-        phase(
+        alone(
             server,
+            target,
             "unlock",
             sequence_as(target, locker, n, |i| Request::Unlock(path(i))),
         )
@@ -468,8 +492,9 @@ async fn sequential_phases(
     out.push(leases_at_the_caps(server, target, peer, solo).await?);
     // `done` releases the task holder's leases, so the leases go first.
     out.push(
-        phase(
+        alone(
             server,
+            target,
             "done",
             sequence(target, Some(&solo.token), n, |i| Request::Done {
                 task: claimed[i].clone(),
@@ -479,8 +504,9 @@ async fn sequential_phases(
         .await?,
     );
     out.push(
-        phase(
+        alone(
             server,
+            target,
             "send",
             sequence(target, Some(&solo.token), n, |i| Request::Send {
                 to: peer.name.clone(),
@@ -494,8 +520,9 @@ async fn sequential_phases(
     let first = target.call(Some(&peer.token), &Request::Inbox).await?;
     let waiting = message_ids(&first);
     out.push(
-        phase(
+        alone(
             server,
+            target,
             "ack",
             sequence(target, Some(&peer.token), waiting.len().min(n), |i| {
                 Request::Ack(vec![waiting[i].clone()])
@@ -504,16 +531,18 @@ async fn sequential_phases(
         .await?,
     );
     out.push(
-        phase(
+        alone(
             server,
+            target,
             "inbox",
             sequence(target, Some(&peer.token), n, |_| Request::Inbox),
         )
         .await?,
     );
     out.push(
-        phase(
+        alone(
             server,
+            target,
             "note",
             sequence(target, Some(&solo.token), n, |i| {
                 Request::Note(format!("finding {i}"))
@@ -522,8 +551,9 @@ async fn sequential_phases(
         .await?,
     );
     out.push(
-        phase(
+        alone(
             server,
+            target,
             "hook post-tool-use",
             sequence(target, Some(&solo.token), n, |i| Request::Hook {
                 event: "post-tool-use",
@@ -537,7 +567,7 @@ async fn sequential_phases(
         tool: "claim",
         arguments: json!({}),
     };
-    let mcp_claim = phase(server, "mcp claim", async {
+    let mcp_claim = alone(server, target, "mcp claim", async {
         let mut latencies = Vec::with_capacity(n);
         for _ in 0..n {
             let (took, answer) = target.timed(Some(&mcp.token), &claim).await?;
@@ -560,8 +590,9 @@ async fn sequential_phases(
         }
     }
     out.push(
-        phase(
+        alone(
             server,
+            target,
             "mcp send",
             sequence(target, Some(&mcp.token), n, |i| Request::Mcp {
                 tool: "send",
@@ -571,8 +602,9 @@ async fn sequential_phases(
         .await?,
     );
     out.push(
-        phase(
+        alone(
             server,
+            target,
             "mcp inbox",
             sequence(target, Some(&mcp.token), n, |_| Request::Mcp {
                 tool: "inbox",
@@ -582,8 +614,9 @@ async fn sequential_phases(
         .await?,
     );
     out.push(
-        phase(
+        alone(
             server,
+            target,
             "mcp note",
             sequence(target, Some(&mcp.token), n, |i| Request::Mcp {
                 tool: "note",
@@ -593,8 +626,9 @@ async fn sequential_phases(
         .await?,
     );
     out.push(
-        phase(
+        alone(
             server,
+            target,
             "mcp status",
             sequence(target, Some(&mcp.token), n, |_| Request::Mcp {
                 tool: "status",
@@ -615,7 +649,7 @@ async fn command_hook(
     agent: &BenchAgent,
 ) -> anyhow::Result<OperationStats> {
     let input = hook_input("bench-command-hook", "Read", "src/lib.rs").to_string();
-    phase(server, "command hook post-tool-use", async {
+    alone(server, target, "command hook post-tool-use", async {
         let mut latencies = Vec::with_capacity(COMMAND_HOOK_RUNS);
         for _ in 0..COMMAND_HOOK_RUNS {
             let sent = Instant::now();

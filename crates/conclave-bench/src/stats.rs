@@ -19,7 +19,12 @@ pub struct OperationStats {
     /// Answers per second over the phase's wall-clock time (the phase runs this operation
     /// alone unless it is a mixed run, where it is this operation's share).
     pub per_sec: f64,
-    /// p50 divided by the `/healthz` p50 of the same run at the same concurrency.
+    /// The `/healthz` p50 measured right after this operation's phase, when it was measured
+    /// (the one-client phases): the floor its `p50_to_floor` is taken against.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub floor_p50_ms: Option<f64>,
+    /// p50 divided by the `/healthz` p50 at the same concurrency: the floor measured next to
+    /// this phase when there is one (`floor_p50_ms`), else the run's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub p50_to_floor: Option<f64>,
     /// Rate divided by the `/healthz` rate of the same run at the same concurrency.
@@ -54,6 +59,7 @@ impl OperationStats {
             p99_ms: ms(0.99),
             max_ms: ms(1.0),
             per_sec: latencies.len() as f64 / elapsed.as_secs_f64().max(1e-9),
+            floor_p50_ms: None,
             p50_to_floor: None,
             rate_to_floor: None,
             server_cpu_ms: None,
@@ -62,8 +68,9 @@ impl OperationStats {
 
     /// Fills in the ratios to `floor`, measured at the same concurrency.
     pub fn against(mut self, floor: &OperationStats) -> OperationStats {
-        if floor.p50_ms > 0.0 {
-            self.p50_to_floor = Some(self.p50_ms / floor.p50_ms);
+        let floor_p50 = self.floor_p50_ms.unwrap_or(floor.p50_ms);
+        if floor_p50 > 0.0 {
+            self.p50_to_floor = Some(self.p50_ms / floor_p50);
         }
         if floor.per_sec > 0.0 {
             self.rate_to_floor = Some(self.per_sec / floor.per_sec);

@@ -72,7 +72,9 @@ fn print_report(report: &BenchReport) -> anyhow::Result<()> {
     outln!("floor (GET /healthz)")?;
     print_table(&report.floor)?;
     outln!()?;
-    outln!("one agent, one request at a time (ratios to the one-client floor)")?;
+    outln!(
+        "one agent, one request at a time (p50 ratio to the floor measured right after each; rate ratio to the run's)"
+    )?;
     print_table(&report.sequential)?;
     outln!()?;
     outln!("sixteen clients (ratios to the sixteen-client floor)")?;
@@ -128,7 +130,7 @@ fn print_team(team: &TeamRun) -> anyhow::Result<()> {
 
 fn print_table(rows: &[OperationStats]) -> anyhow::Result<()> {
     outln!(
-        "  {:<30} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>9}",
+        "  {:<30} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>9}",
         "operation",
         "n",
         "p50 ms",
@@ -136,6 +138,7 @@ fn print_table(rows: &[OperationStats]) -> anyhow::Result<()> {
         "p99 ms",
         "max ms",
         "req/s",
+        "floor",
         "p50 x",
         "rate x",
         "cpu ms/op"
@@ -143,7 +146,7 @@ fn print_table(rows: &[OperationStats]) -> anyhow::Result<()> {
     let ratio = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}"));
     for s in rows {
         outln!(
-            "  {:<30} {:>6} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.0} {:>7} {:>7} {:>9}",
+            "  {:<30} {:>6} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.0} {:>7} {:>7} {:>7} {:>9}",
             s.operation,
             s.requests,
             s.p50_ms,
@@ -151,6 +154,8 @@ fn print_table(rows: &[OperationStats]) -> anyhow::Result<()> {
             s.p99_ms,
             s.max_ms,
             s.per_sec,
+            s.floor_p50_ms
+                .map_or("-".to_string(), |ms| format!("{ms:.2}")),
             ratio(s.p50_to_floor),
             ratio(s.rate_to_floor),
             s.server_cpu_ms

@@ -51,6 +51,11 @@ fn a_small_bench_runs_every_phase_and_reports_each() {
         .and_then(|all| all.iter().find(|stats| stats["operation"] == "lock"))
         .expect("the lock phase");
     assert_eq!(lock["requests"], 300, "past the per-agent lease cap of 256");
+    // Each one-client operation has a floor measured next to it, and its ratio is to that floor.
+    let floor = lock["floor_p50_ms"].as_f64().expect("an adjacent floor");
+    let p50 = lock["p50_ms"].as_f64().expect("p50");
+    let ratio = lock["p50_to_floor"].as_f64().expect("ratio");
+    assert!(floor > 0.0 && (ratio - p50 / floor).abs() < 1e-9, "{lock}");
     assert_eq!(report["teams"][0]["agents"], 3);
     let paced = &report["paced"];
     assert_eq!(paced["agents"], 2, "{paced}");
