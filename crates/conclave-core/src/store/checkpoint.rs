@@ -9,7 +9,7 @@
 //!
 //! Instead a background thread checkpoints (`PASSIVE`: it never waits for, nor blocks, the
 //! writer or a reader) on a connection of its own, every [`CHECKPOINT_INTERVAL`] when something
-//! was committed since the last. The writer keeps an automatic checkpoint only as a backstop at
+//! was committed since the last (backing off to [`IDLE_INTERVAL`] while nothing is). The writer keeps an automatic checkpoint only as a backstop at
 //! [`WRITER_BACKSTOP_PAGES`], which the log reaches only if the thread falls far behind (or
 //! could not start). Durability does not change: a commit is durable in the log before it is
 //! answered, whoever copies it into the database file later.
@@ -23,8 +23,16 @@ use rusqlite::Connection;
 use super::{Engine, StoreInner};
 use crate::error::Result;
 
-/// How often the checkpointer looks for new commits to copy back.
-pub(super) const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(50);
+/// How often the checkpointer looks for new commits to copy back while commits come in. Small
+/// checkpoints, often: a checkpoint's stall of the writer grows with the pages it copies and
+/// syncs. Measured (`conclave bench`, sixteen clients sending): p99 30 ms at 250 ms, 8–9 ms at
+/// 50 ms, 6 ms at 15 ms, 4.7–5.0 ms at 5 ms.
+pub(super) const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(5);
+
+/// The longest the checkpointer sleeps while nothing is committed: it backs off from
+/// [`CHECKPOINT_INTERVAL`] to this when idle, so that an idle server does not wake it 200 times a
+/// second.
+pub(super) const IDLE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The writer's own automatic checkpoint, a backstop: 10,000 pages (about 40 MB of log).
 pub(super) const WRITER_BACKSTOP_PAGES: u32 = 10_000;
@@ -49,8 +57,9 @@ pub(super) fn start(path: &Path, store: Weak<StoreInner>) -> Result<()> {
 
 fn run(conn: &Connection, store: &Weak<StoreInner>) {
     let mut copied_up_to = 0;
+    let mut interval = CHECKPOINT_INTERVAL;
     loop {
-        std::thread::sleep(CHECKPOINT_INTERVAL);
+        std::thread::sleep(interval);
         let Some(inner) = store.upgrade() else {
             return;
         };
@@ -60,8 +69,10 @@ fn run(conn: &Connection, store: &Weak<StoreInner>) {
         let commits = writer.stats().commits;
         drop(inner);
         if commits == copied_up_to {
+            interval = (interval * 2).min(IDLE_INTERVAL);
             continue;
         }
+        interval = CHECKPOINT_INTERVAL;
         match checkpoint(conn) {
             Ok(()) => copied_up_to = commits,
             Err(error) => tracing::warn!(%error, "WAL checkpoint failed; retrying"),
