@@ -66,6 +66,15 @@ pub async fn run(context: &Context, args: UpArgs) -> anyhow::Result<()> {
             info.pid
         );
     }
+    // Each agent's client is looked up before anything starts: a missing `claude` (or a `command`
+    // not on PATH) is refused here, with nothing served or written, not once the server is up.
+    // (A plan that does not hold is refused below, where it always was.)
+    if let Ok(plans) = conclave_supervisor::plan::plan_team(&config, project.root()) {
+        for plan in host_scope(&args).select(plans) {
+            conclave_supervisor::plan::program(&plan)
+                .with_context(|| format!("cannot start agent {}", plan.name))?;
+        }
+    }
     if args.detach && std::env::var_os(ENV_DETACHED).is_none() {
         return detach(&project, &args).await;
     }
