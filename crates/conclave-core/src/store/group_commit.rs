@@ -160,6 +160,15 @@ impl CommitFailure {
     }
 }
 
+/// What one turn of the connection ran: its operations, how many were refused, the events of
+/// those that succeeded (in sequence order), and why the batch cannot go on, if so.
+struct Turn {
+    operations: usize,
+    refused: usize,
+    events: Vec<Event>,
+    broken: Option<String>,
+}
+
 /// What one operation came to, before its batch ends.
 enum Ran<T> {
     Done(T),
@@ -229,47 +238,13 @@ impl WriteLane {
                 queue.writes.push_front(write);
             }
         }
-        let ends_batch = {
-            let mut state = lock(&self.state);
-            let LaneState {
-                conn: slot,
-                batch,
-                queue,
-                ..
-            } = &mut *state;
-            match batch.as_mut() {
-                Some(open) => {
-                    open.events.extend(events);
-                    open.operations += ran.len();
-                    open.refused += refused;
-                    if let Some(reason) = broken {
-                        open.broken.get_or_insert(reason);
-                    }
-                    let hand_over = open.broken.is_none()
-                        && !conn.is_autocommit()
-                        && !queue.is_empty()
-                        && open.operations < MAX_BATCH_OPERATIONS;
-                    if hand_over {
-                        *slot = Some(conn);
-                        if let Some(next) = queue.front() {
-                            next.notify_one();
-                        }
-                        None
-                    } else {
-                        batch.take().map(|batch| (conn, batch))
-                    }
-                }
-                None => {
-                    // Unreachable: the batch stays open while its member holds the connection.
-                    *slot = Some(conn);
-                    None
-                }
-            }
+        let turn = Turn {
+            operations: ran.len(),
+            refused,
+            events,
+            broken,
         };
-        if let Some((conn, batch)) = ends_batch {
-            self.end_batch(conn, batch, publish);
-        }
-        let failure = outcome.wait().err();
+        let failure = self.close_turn(conn, &outcome, turn, true, publish).err();
         for write in ran {
             write.answer(failure.as_ref().map(CommitFailure::to_error));
         }
@@ -348,6 +323,47 @@ impl WriteLane {
         change: impl FnOnce(&mut Tx<'_>) -> Result<T>,
     ) -> Result<T> {
         let (conn, ran, events, broken) = run_operation(conn, opens, config, change);
+        let turn = match &ran {
+            Ran::Done(_) => Turn {
+                operations: 1,
+                refused: 0,
+                events,
+                broken,
+            },
+            Ran::Refused(_) | Ran::Panicked(_) => Turn {
+                operations: 1,
+                refused: 1,
+                events: Vec::new(),
+                broken,
+            },
+        };
+        let result = self.close_turn(conn, &outcome, turn, may_hand_over, publish);
+        match ran {
+            Ran::Panicked(payload) => resume_unwind(payload),
+            Ran::Done(value) => match result {
+                Ok(()) => Ok(value),
+                Err(failure) => Err(failure.to_error()),
+            },
+            // A refusal may rest on a batch-mate's uncommitted change: if that change did not
+            // commit either, the refusal is not trustworthy and the storage error is the answer.
+            Ran::Refused(error) => match result {
+                Ok(()) => Err(error),
+                Err(failure) => Err(failure.to_error()),
+            },
+        }
+    }
+
+    /// Records `turn` in the open batch, then hands the connection to the next in line (when
+    /// `may_hand_over` and the batch can go on) or ends the batch; answers how the batch ended,
+    /// once it has.
+    fn close_turn(
+        &self,
+        conn: Connection,
+        outcome: &BatchOutcome,
+        turn: Turn,
+        may_hand_over: bool,
+        publish: &dyn Fn(&[Event]),
+    ) -> std::result::Result<(), CommitFailure> {
         let ends_batch = {
             let mut state = lock(&self.state);
             let LaneState {
@@ -359,14 +375,15 @@ impl WriteLane {
             let Some(open) = batch.as_mut() else {
                 // Unreachable: the batch stays open while its member holds the connection.
                 *slot = Some(conn);
-                return Err(CoreError::invalid("the write batch vanished"));
+                return Err(CommitFailure {
+                    code: None,
+                    message: "the write batch vanished".to_string(),
+                });
             };
-            match &ran {
-                Ran::Done(_) => open.events.extend(events),
-                Ran::Refused(_) | Ran::Panicked(_) => open.refused += 1,
-            }
-            open.operations += 1;
-            if let Some(reason) = broken {
+            open.events.extend(turn.events);
+            open.operations += turn.operations;
+            open.refused += turn.refused;
+            if let Some(reason) = turn.broken {
                 open.broken.get_or_insert(reason);
             }
             // A refused first operation rolled the (then empty) transaction back: the batch ends
@@ -389,20 +406,7 @@ impl WriteLane {
         if let Some((conn, batch)) = ends_batch {
             self.end_batch(conn, batch, publish);
         }
-        let result = outcome.wait();
-        match ran {
-            Ran::Panicked(payload) => resume_unwind(payload),
-            Ran::Done(value) => match result {
-                Ok(()) => Ok(value),
-                Err(failure) => Err(failure.to_error()),
-            },
-            // A refusal may rest on a batch-mate's uncommitted change: if that change did not
-            // commit either, the refusal is not trustworthy and the storage error is the answer.
-            Ran::Refused(error) => match result {
-                Ok(()) => Err(error),
-                Err(failure) => Err(failure.to_error()),
-            },
-        }
+        outcome.wait()
     }
 
     /// The connection and a new batch, when the connection is free and nobody waits for it (then
