@@ -68,12 +68,21 @@ impl DirectCalls {
         if !self.is_plain_call(&parts.headers, &parts.uri) {
             return None;
         }
-        let ClientJsonRpcMessage::Request(request) = serde_json::from_slice(body).ok()? else {
+        let message = match serde_json::from_slice::<ClientJsonRpcMessage>(body) {
+            Ok(message) => message,
+            Err(error) => return invalid_tool_call(body, &error.to_string()),
+        };
+        let ClientJsonRpcMessage::Request(request) = message else {
             return None;
         };
         let id = request.id;
         let ClientRequest::CallToolRequest(mut call) = request.request else {
-            return None;
+            // The SDK reads a `tools/call` whose params do not fit as a request of another kind.
+            return invalid_tool_call(
+                body,
+                "its params must hold the tool's name (a string) and, optionally, its arguments \
+                 (an object)",
+            );
         };
         if call
             .params
@@ -164,6 +173,21 @@ impl DirectCalls {
             })
             .peer()
     }
+}
+
+/// The answer to a `tools/call` request whose params the SDK's types cannot read (a `name`
+/// that is not a string, `arguments` that are not an object): invalid params (-32602), with the
+/// request's id. (The SDK answers such a body "method not found", -32601: the method exists.)
+/// `None` for any other body the SDK's types cannot read: the SDK answers it.
+fn invalid_tool_call(body: &Bytes, why: &str) -> Option<Response> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let is_tool_call = value["jsonrpc"] == "2.0" && value["method"] == "tools/call";
+    let id: rmcp::model::RequestId = serde_json::from_value(value.get("id")?.clone()).ok()?;
+    if !is_tool_call {
+        return None;
+    }
+    let error = ErrorData::invalid_params(format!("tools/call: {why}"), None);
+    Some(json_response(&ServerJsonRpcMessage::error(error, Some(id))))
 }
 
 /// An allowed host that names no port, in lower case and without brackets ("::1" and "[::1]"

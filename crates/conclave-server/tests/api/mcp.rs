@@ -236,6 +236,17 @@ async fn plain_tool_calls_are_answered_directly_and_the_same_as_through_the_sdk(
         );
         assert_eq!(direct["id"], n + 10);
     }
+    // A tool call whose params cannot be read is invalid params (-32602), with its id.
+    for params in [
+        json!({ "name": 5 }),
+        json!({ "name": "tasks", "arguments": [1] }),
+    ] {
+        let body = json!({ "jsonrpc": "2.0", "id": 41, "method": "tools/call", "params": params });
+        let answer = mcp_call_with(&server, &token, &plain, &body).await;
+        assert_eq!(answer["error"]["code"], -32602, "{params}: {answer}");
+        assert_eq!(answer["id"], 41, "{answer}");
+    }
+
     // A host that is not allowed is refused for a tool call too (the SDK judges it).
     let call = json!({
         "jsonrpc": "2.0", "id": 1, "method": "tools/call",
