@@ -108,22 +108,9 @@ cleanup() {
 trap cleanup EXIT
 
 started=$(date +%s)
-mkdir "$work/project"
-(cd "$work/project" && "$bin" init >/dev/null)
-(cd "$work/project" && exec "$bin" serve --listen 127.0.0.1:0) >"$work/server.log" 2>&1 &
-server_pid=$!
-url=""
-for _ in $(seq 1 300); do
-  if [ -f "$work/project/.conclave/server.json" ]; then
-    url=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["url"])' \
-      "$work/project/.conclave/server.json" 2>/dev/null || true)
-    [ -n "$url" ] && break
-  fi
-  kill -0 "$server_pid" 2>/dev/null || { cat "$work/server.log" >&2; echo "conclave serve died" >&2; exit 1; }
-  sleep 0.1
-done
-[ -n "$url" ] || { cat "$work/server.log" >&2; echo "conclave serve did not start" >&2; exit 1; }
-admin=$(cat "$work/project/.conclave/admin.token")
+# shellcheck source=scripts/throwaway-server.sh
+. scripts/throwaway-server.sh
+start_throwaway_server "$bin" "$work"
 
 token=$(python3 - "$url" "$admin" <<'EOF'
 import json, sys, urllib.request

@@ -100,12 +100,7 @@ pub async fn answer_requests(
     if let Some(response) = direct.try_answer(&parts, &bytes).await {
         return response;
     }
-    let sent_as_json = parts
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split(';').next())
-        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"));
+    let sent_as_json = direct::sent_as_json(&parts.headers);
     let response = next
         .run(axum::extract::Request::from_parts(
             parts,

@@ -200,26 +200,24 @@ impl NearLeases {
         max_rows: Option<usize>,
     ) -> Result<Option<NearLeases>> {
         let limit = max_rows.map_or(i64::MAX, |rows| rows as i64 + 1);
-        let over = |rows: &Vec<HeldRow>| max_rows.is_some_and(|max| rows.len() > max);
-        let globs = format!(
-            "SELECT {HELD_COLUMNS} FROM leases WHERE is_glob = 1 AND expires_at > ?1 LIMIT ?2"
-        );
-        let globs = reader
-            .conn()
-            .query_map(&globs, params![after_ms, limit], held_from_row)?;
-        if over(&globs) {
-            return Ok(None);
-        }
-        let literals = if patterns.iter().any(|p| p.literal_prefix().is_empty()) {
+        // The live rows of one kind (globs or literals), or `None` past the bound.
+        let held = |is_glob: i64| -> Result<Option<Vec<HeldRow>>> {
             let sql = format!(
-                "SELECT {HELD_COLUMNS} FROM leases WHERE is_glob = 0 AND expires_at > ?1 LIMIT ?2"
+                "SELECT {HELD_COLUMNS} FROM leases WHERE is_glob = ?1 AND expires_at > ?2 LIMIT ?3"
             );
-            let rows = reader
-                .conn()
-                .query_map(&sql, params![after_ms, limit], held_from_row)?;
-            if over(&rows) {
+            let rows =
+                reader
+                    .conn()
+                    .query_map(&sql, params![is_glob, after_ms, limit], held_from_row)?;
+            Ok((!max_rows.is_some_and(|max| rows.len() > max)).then_some(rows))
+        };
+        let Some(globs) = held(1)? else {
+            return Ok(None);
+        };
+        let literals = if patterns.iter().any(|p| p.literal_prefix().is_empty()) {
+            let Some(rows) = held(0)? else {
                 return Ok(None);
-            }
+            };
             Some(rows)
         } else {
             None

@@ -92,6 +92,15 @@ mod tests {
             .len()
     }
 
+    /// Waits (up to 10 s) until the index itself, not a store search, finds `word`.
+    fn wait_until_indexed(store: &Store, word: &str, never: &str) {
+        let started = Instant::now();
+        while indexed_hits(store, word) == 0 {
+            assert!(started.elapsed() < Duration::from_secs(10), "{never}");
+            std::thread::sleep(INDEX_INTERVAL / 2);
+        }
+    }
+
     /// A note's commit leaves its search entry in the backlog (not yet in the index); a search
     /// through the store indexes it first and finds it; the thread indexes the rest by itself;
     /// and a store reopened on a backlog (a crash before the thread ran) indexes it too.
@@ -119,14 +128,11 @@ mod tests {
         assert_eq!(hits.len(), BATCH * 2 + 5);
 
         note(&store, "giraffe neck");
-        let started = Instant::now();
-        while indexed_hits(&store, "giraffe") == 0 {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "the indexing thread never took the backlog in"
-            );
-            std::thread::sleep(INDEX_INTERVAL / 2);
-        }
+        wait_until_indexed(
+            &store,
+            "giraffe",
+            "the indexing thread never took the backlog in",
+        );
         drop(store);
 
         // A backlog left behind (written by hand, as a crash between commit and indexing would
@@ -141,13 +147,10 @@ mod tests {
             .expect("backlog row");
         }
         let store = Store::open(&path, StoreConfig::default()).expect("reopen");
-        let started = Instant::now();
-        while indexed_hits(&store, "okapi") == 0 {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "the backlog of the last run was never indexed"
-            );
-            std::thread::sleep(INDEX_INTERVAL / 2);
-        }
+        wait_until_indexed(
+            &store,
+            "okapi",
+            "the backlog of the last run was never indexed",
+        );
     }
 }

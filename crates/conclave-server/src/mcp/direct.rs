@@ -113,12 +113,6 @@ impl DirectCalls {
     /// `Origin`, session or standard (SEP-2243) header for the SDK to check.
     fn is_plain_call(&self, headers: &http::HeaderMap, uri: &http::Uri) -> bool {
         let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
-        let content_type_is_json = header("content-type").is_some_and(|value| {
-            value
-                .split(';')
-                .next()
-                .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
-        });
         let version_is_direct = header("mcp-protocol-version")
             .is_some_and(|version| DIRECT_VERSIONS.contains(&version));
         let no_other_checks = ["origin", "mcp-session-id", "mcp-method", "mcp-name"]
@@ -127,7 +121,7 @@ impl DirectCalls {
             && !headers
                 .keys()
                 .any(|name| name.as_str().starts_with("mcp-param-"));
-        content_type_is_json
+        sent_as_json(headers)
             && version_is_direct
             && no_other_checks
             && accepts_json_and_sse(headers)
@@ -201,6 +195,15 @@ fn portless_host(host: &str) -> Option<String> {
         None => host,
     };
     (!bare.is_empty()).then(|| bare.to_ascii_lowercase())
+}
+
+/// Whether the request's `Content-Type` is `application/json` (parameters aside).
+pub(super) fn sent_as_json(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
 }
 
 /// Whether `Accept` names both `application/json` and `text/event-stream`, plainly (an entry
