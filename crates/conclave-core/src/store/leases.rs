@@ -209,7 +209,7 @@ impl NearLeases {
                 reader
                     .conn()
                     .query_map(&sql, params![is_glob, after_ms, limit], held_from_row)?;
-            Ok((!max_rows.is_some_and(|max| rows.len() > max)).then_some(rows))
+            Ok(max_rows.is_none_or(|max| rows.len() <= max).then_some(rows))
         };
         let Some(globs) = held(1)? else {
             return Ok(None);
