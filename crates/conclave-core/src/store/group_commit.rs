@@ -771,6 +771,31 @@ mod tests {
         Ok(id)
     }
 
+    /// Starts, in `scope`, a write that takes the connection, runs `change`, and holds the
+    /// connection until the sender it answers with is used (others queue behind it meanwhile);
+    /// returns once `change` has run.
+    fn hold_the_connection<'scope, T: Send + 'scope>(
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        store: &'scope Store,
+        change: impl FnOnce(&mut Tx<'_>) -> Result<T> + Send + 'scope,
+    ) -> (
+        mpsc::Sender<()>,
+        std::thread::ScopedJoinHandle<'scope, Result<T>>,
+    ) {
+        let (entered_tx, entered) = mpsc::channel();
+        let (go_tx, go) = mpsc::channel::<()>();
+        let holder = scope.spawn(move || {
+            store.write(|tx| {
+                let result = change(tx);
+                entered_tx.send(()).expect("signal");
+                go.recv().expect("go");
+                result
+            })
+        });
+        entered.recv().expect("the holder has the connection");
+        (go_tx, holder)
+    }
+
     fn wait_until_queued(store: &Store, count: usize) {
         while store.sqlite_lane().queued() < count {
             std::thread::sleep(Duration::from_millis(1));
@@ -798,18 +823,10 @@ mod tests {
             "its events are published"
         );
 
-        let (entered_tx, entered) = mpsc::channel();
-        let (go_tx, go) = mpsc::channel::<()>();
         std::thread::scope(|scope| {
-            let writer = &store;
-            let holder = scope.spawn(move || {
-                writer.write(|tx| {
-                    entered_tx.send(()).expect("signal");
-                    go.recv().expect("go");
-                    tx.create_task(&Actor::Admin, new_task("held"))
-                })
+            let (go_tx, holder) = hold_the_connection(scope, &store, |tx| {
+                tx.create_task(&Actor::Admin, new_task("held"))
             });
-            entered.recv().expect("holder is running");
             let ran = std::cell::Cell::new(false);
             let given_back = store.try_write_now(|tx| {
                 ran.set(true);
@@ -855,20 +872,11 @@ mod tests {
     fn a_batch_commits_once_and_a_refused_operation_in_it_writes_nothing() {
         let (_dir, store, published) = store_with_sink();
         let before = store.commit_stats();
-        let (entered_tx, entered) = mpsc::channel();
-        let (go_tx, go) = mpsc::channel::<()>();
         std::thread::scope(|scope| {
-            let writer = &store;
-            let first = scope.spawn(move || {
-                writer.write(|tx| {
-                    let task = tx.create_task(&Actor::Admin, new_task("first"))?;
-                    entered_tx.send(()).expect("signal");
-                    // Holds the connection until the others have queued behind it.
-                    go.recv().expect("go");
-                    Ok(task.id)
-                })
+            // Holds the connection until the others have queued behind it.
+            let (go_tx, first) = hold_the_connection(scope, &store, |tx| {
+                Ok(tx.create_task(&Actor::Admin, new_task("first"))?.id)
             });
-            entered.recv().expect("first is running");
             let second = scope.spawn(|| create_and_check(&store, "second"));
             wait_until_queued(&store, 1);
             let refused = scope.spawn(|| {
@@ -934,19 +942,11 @@ mod tests {
         let (_dir, store, published) = store_with_sink();
         let before = store.commit_stats();
         let published_before = lock(&published).len();
-        let (entered_tx, entered) = mpsc::channel();
-        let (go_tx, go) = mpsc::channel::<()>();
         std::thread::scope(|scope| {
-            let writer = &store;
-            let first = scope.spawn(move || {
-                writer.write(|tx| {
-                    tx.create_task(&Actor::Admin, new_task("refused first"))?;
-                    entered_tx.send(()).expect("signal");
-                    go.recv().expect("go");
-                    Err::<(), _>(CoreError::conflict("refused on purpose"))
-                })
+            let (go_tx, first) = hold_the_connection(scope, &store, |tx| {
+                tx.create_task(&Actor::Admin, new_task("refused first"))?;
+                Err::<(), _>(CoreError::conflict("refused on purpose"))
             });
-            entered.recv().expect("first is running");
             let second = scope.spawn(|| create_and_check(&store, "second"));
             wait_until_queued(&store, 1);
             let third = scope.spawn(|| create_and_check(&store, "third"));
@@ -997,18 +997,10 @@ mod tests {
         let (_dir, store, published) = store_with_sink();
         let before = store.commit_stats();
         let (answers_tx, answers) = mpsc::channel::<(&'static str, Result<bool>)>();
-        let (entered_tx, entered) = mpsc::channel();
-        let (go_tx, go) = mpsc::channel::<()>();
         std::thread::scope(|scope| {
-            let writer = &store;
-            let holder = scope.spawn(move || {
-                writer.write(|tx| {
-                    entered_tx.send(()).expect("signal");
-                    go.recv().expect("go");
-                    tx.create_task(&Actor::Admin, new_task("held"))
-                })
+            let (go_tx, holder) = hold_the_connection(scope, &store, |tx| {
+                tx.create_task(&Actor::Admin, new_task("held"))
             });
-            entered.recv().expect("the holder has the connection");
             for title in ["first", "refused", "panics", "second"] {
                 let answer = answers_tx.clone();
                 let check = store.clone();
@@ -1103,19 +1095,10 @@ mod tests {
     #[test]
     fn a_panicking_operation_rolls_back_and_the_store_goes_on() {
         let (_dir, store, _published) = store_with_sink();
-        let (entered_tx, entered) = mpsc::channel();
-        let (go_tx, go) = mpsc::channel::<()>();
         std::thread::scope(|scope| {
-            let writer = &store;
-            let first = scope.spawn(move || {
-                writer.write(|tx| {
-                    let task = tx.create_task(&Actor::Admin, new_task("kept"))?;
-                    entered_tx.send(()).expect("signal");
-                    go.recv().expect("go");
-                    Ok(task.id)
-                })
+            let (go_tx, first) = hold_the_connection(scope, &store, |tx| {
+                Ok(tx.create_task(&Actor::Admin, new_task("kept"))?.id)
             });
-            entered.recv().expect("first is running");
             let panicking = scope.spawn(|| {
                 store.write(|tx| -> Result<()> {
                     tx.create_task(&Actor::Admin, new_task("lost"))?;
