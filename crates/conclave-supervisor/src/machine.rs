@@ -1446,9 +1446,24 @@ impl Team {
         let delay = Duration::from_secs(1)
             .saturating_mul(1 << agent.failures_in_a_row.min(5))
             .min(MAX_BACKOFF);
+        // A resumed session that failed again before finishing a turn, after a crash already:
+        // resuming does not take (Claude Code 2.1.332 cannot resume a session killed mid-turn;
+        // each resume exits at once), so the next start is a fresh session. What it held was
+        // released above; it claims again like any new session.
+        let resume_failed = agent.resumed.is_some() && agent.failures_in_a_row >= 1;
         agent.failures_in_a_row += 1;
         agent.phase = Phase::RestartPending { at: now + delay };
-        agent.next_start = Start::AfterCrash;
+        agent.next_start = if resume_failed {
+            Start::Fresh
+        } else {
+            Start::AfterCrash
+        };
+        let name = agent.plan.name.clone();
+        if resume_failed {
+            self.say(format!(
+                "{name}: its resumed session failed again before a turn; starting a fresh session"
+            ));
+        }
         self.patch(index, status_update(AgentStatus::Starting));
     }
 
@@ -2356,10 +2371,17 @@ mod tests {
             spawned[0].2
         );
         team.answer_spawns(&restarted);
-        // The second crash in a row waits twice as long.
-        team.at(20).exit(0, "signal 9");
+        // The second crash in a row waits twice as long; the resumed session failed before a
+        // turn, so the next start is a fresh session rather than the same resume again.
+        let again = team.at(20).exit(0, "signal 9");
+        assert!(again.iter().any(|e| matches!(
+            e,
+            Effect::Say(text) if text.contains("starting a fresh session")
+        )));
         assert!(spawns(&team.at(21).tick()).is_empty());
-        assert_eq!(spawns(&team.at(22).tick()).len(), 1);
+        let fresh = spawns(&team.at(22).tick());
+        assert_eq!(fresh.len(), 1);
+        assert_eq!(fresh[0].1, None, "a fresh session, not the failing resume");
         assert_eq!(team.team.agents[0].restarts, 2);
     }
 
